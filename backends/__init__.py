@@ -1,0 +1,1 @@
+"""What consumes a scheduled program: the executable schedule, the interpreter, visualizers."""

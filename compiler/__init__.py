@@ -1,0 +1,1 @@
+"""lpuc's compiler: the ONNX frontend, the passes and schedulers, and the `lpuc` CLI."""

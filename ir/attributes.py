@@ -1,0 +1,117 @@
+"""Attribute values: frozen and hashable.
+
+An attribute is one of: bool, int, float, str, a tuple of those, a DType, or a
+`Tensor` (constant data). `AttrDict` is the frozen mapping an op carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .types import DType, TensorType
+
+INLINE_LIMIT = 16  # tensors with at most this many elements are printed inline
+
+
+def tensor_digest(ttype: TensorType, array: np.ndarray) -> str:
+    """Content hash of constant data: sha256 over the type and the little-endian bytes."""
+    h = hashlib.sha256(str(ttype).encode())
+    h.update(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+@dataclass(frozen=True, eq=True)
+class Tensor:
+    """Constant tensor data, identified by its type and content `key`.
+
+    `key` is `sha256:<hex>` for content we hashed, or another stable reference
+    (e.g. `ext:<file>:<offset>:<length>` for ONNX external data we must not read
+    at compile time). The data itself is not part of equality: it comes from
+    `loader` on first use, so weights stay on disk until a program runs.
+    """
+
+    type: TensorType
+    key: str
+    loader: Callable[[], np.ndarray] | None = field(default=None, compare=False, repr=False)
+
+    @staticmethod
+    def from_array(array, dtype: DType | None = None) -> "Tensor":
+        array = np.asarray(array)
+        dtype = dtype or DType.from_numpy(array.dtype)
+        array = np.ascontiguousarray(array, dtype=dtype.numpy)
+        array.flags.writeable = False
+        ttype = TensorType(array.shape, dtype)
+        return Tensor(ttype, tensor_digest(ttype, array), loader=lambda: array)
+
+    @property
+    def has_data(self) -> bool:
+        return self.loader is not None
+
+    @property
+    def array(self) -> np.ndarray:
+        from .errors import EvalError
+
+        if self.loader is None:
+            raise EvalError(f"constant {self.key} has no data (its blob file was not found)")
+        array = self.loader()
+        if tuple(array.shape) != self.type.shape:
+            raise EvalError(f"constant {self.key}: data has shape {array.shape}, expected {self.type}")
+        return array
+
+    @property
+    def inline(self) -> bool:
+        return self.type.numel <= INLINE_LIMIT and self.loader is not None
+
+
+class AttrDict(Mapping):
+    """A frozen, hashable str -> attribute mapping, iterated in sorted key order."""
+
+    __slots__ = ("_items", "_dict", "_hash")
+
+    def __init__(self, items: Mapping[str, Any] | None = None):
+        d = dict(items or {})
+        for k, v in d.items():
+            check_attr_value(k, v)
+        self._items = tuple(sorted(d.items()))
+        self._dict = dict(self._items)
+        self._hash = None
+
+    def __getitem__(self, key):
+        return self._dict[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self):
+        if self._hash is None:
+            self._hash = hash(self._items)
+        return self._hash
+
+    def __eq__(self, other):
+        if isinstance(other, AttrDict):
+            return self._items == other._items
+        return NotImplemented
+
+    def __repr__(self):
+        return f"AttrDict({self._dict!r})"
+
+
+_SCALARS = (bool, int, float, str, DType, Tensor)
+
+
+def check_attr_value(name: str, value: Any) -> None:
+    """Reject values that are not frozen attribute values (lists must be tuples)."""
+    if isinstance(value, _SCALARS):
+        return
+    if isinstance(value, tuple) and all(isinstance(v, (bool, int, float, str)) for v in value):
+        return
+    raise TypeError(f"attribute {name!r}: {value!r} is not an attribute value "
+                    "(bool, int, float, str, DType, Tensor or a tuple of scalars)")

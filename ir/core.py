@@ -1,0 +1,115 @@
+"""The IR's data structures: Value, Op, Block, Module. All frozen and hashable.
+
+A Block is a flat SSA list (as a jaxpr): its inputs, its ops in order, and its
+named outputs. A Module is a named Block plus module-level attributes. Passes
+build new modules rather than mutate old ones.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .attributes import AttrDict
+from .types import TensorType
+
+NAME_RE = re.compile(r"[A-Za-z0-9_.]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """An SSA value: a unique name (printed `%name`) and its type."""
+
+    name: str
+    type: TensorType
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name):
+            raise ValueError(f"invalid value name {self.name!r} (letters, digits, '_' and '.')")
+        if not isinstance(self.type, TensorType):
+            raise TypeError(f"value %{self.name}: type must be a TensorType, got {self.type!r}")
+
+    def __str__(self) -> str:
+        return f"%{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One operation: `results = name(operands) {attrs}`."""
+
+    name: str
+    operands: tuple[Value, ...]
+    results: tuple[Value, ...]
+    attrs: AttrDict = field(default_factory=AttrDict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "operands", tuple(self.operands))
+        object.__setattr__(self, "results", tuple(self.results))
+        if not isinstance(self.attrs, AttrDict):
+            object.__setattr__(self, "attrs", AttrDict(self.attrs))
+
+    @property
+    def result(self) -> Value:
+        """The single result of a one-result op."""
+        (r,) = self.results
+        return r
+
+    def label(self) -> str:
+        """How errors name this op: its first result and its op name."""
+        return f"{self.results[0]} = {self.name}" if self.results else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A flat SSA list: inputs, ops in program order, and named outputs."""
+
+    inputs: tuple[Value, ...]
+    ops: tuple[Op, ...]
+    outputs: tuple[tuple[str, Value], ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "ops", tuple(self.ops))
+        object.__setattr__(self, "outputs", tuple((str(n), v) for n, v in self.outputs))
+
+
+@dataclass(frozen=True, slots=True)
+class Module:
+    """A named block plus module attributes (e.g. the machine it targets)."""
+
+    name: str
+    block: Block
+    attrs: AttrDict = field(default_factory=AttrDict)
+
+    def __post_init__(self):
+        if not NAME_RE.fullmatch(self.name):
+            raise ValueError(f"invalid module name {self.name!r}")
+        if not isinstance(self.attrs, AttrDict):
+            object.__setattr__(self, "attrs", AttrDict(self.attrs))
+
+    @property
+    def inputs(self) -> tuple[Value, ...]:
+        return self.block.inputs
+
+    @property
+    def ops(self) -> tuple[Op, ...]:
+        return self.block.ops
+
+    @property
+    def outputs(self) -> tuple[tuple[str, Value], ...]:
+        return self.block.outputs
+
+    def replace(self, **changes: Any) -> "Module":
+        """A copy with some of name / block / attrs / inputs / ops / outputs replaced."""
+        block = changes.pop("block", self.block)
+        parts = {k: changes.pop(k) for k in ("inputs", "ops", "outputs") if k in changes}
+        if parts:
+            block = Block(parts.get("inputs", block.inputs), parts.get("ops", block.ops),
+                          parts.get("outputs", block.outputs))
+        return Module(changes.pop("name", self.name), block, changes.pop("attrs", self.attrs))
+
+    def __str__(self) -> str:
+        from .printer import print_module
+
+        return print_module(self)

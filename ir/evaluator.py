@@ -1,0 +1,230 @@
+"""The reference evaluator: runs a graph-level module with numpy.
+
+An environment (value name -> array), a loop over the block, and a dispatch
+table keyed by op name. Errors name the failing op. This is the executable
+definition of each graph op's semantics; later levels are checked against it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .core import Module, Op
+from .errors import EvalError
+from .registry import OPS
+from .types import DType, TensorType
+
+Impl = Callable[[list[np.ndarray], dict[str, Any]], "np.ndarray | tuple[np.ndarray, ...]"]
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    return _erf(x.astype(np.float64)).astype(x.dtype)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    e = np.exp(-np.abs(x))  # never overflows
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
+
+
+def gelu(x: np.ndarray, approximate: str) -> np.ndarray:
+    if approximate == "tanh":
+        c = np.asarray(math.sqrt(2 / math.pi), x.dtype)
+        return (0.5 * x * (1 + np.tanh(c * (x + np.asarray(0.044715, x.dtype) * x ** 3)))).astype(x.dtype)
+    return (0.5 * x * (1 + erf(x / np.asarray(math.sqrt(2), x.dtype)))).astype(x.dtype)
+
+
+def int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Integer division truncating toward zero (C, ONNX Runtime), not numpy's floor."""
+    q = a // b
+    return q + ((a % b != 0) & ((a < 0) != (b < 0)))
+
+
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """Round f32 values to the nearest bf16 (ties to even), kept in f32."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    rounded = np.where(np.isnan(x), bits | 0x00400000, rounded).astype(np.uint32)
+    return rounded.view(np.float32).reshape(x.shape)
+
+
+def softmax(x, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def layer_norm(args, axis, epsilon):
+    x, scale, bias = (args + [None])[:3]
+    axes = tuple(range(axis % x.ndim, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    d = x - mean
+    y = d / np.sqrt((d * d).mean(axis=axes, keepdims=True) + np.asarray(epsilon, x.dtype)) * scale
+    return y if bias is None else y + bias
+
+
+def rms_norm(x, scale, axis, epsilon):
+    axes = tuple(range(axis % x.ndim, x.ndim))
+    return x / np.sqrt((x * x).mean(axis=axes, keepdims=True) + np.asarray(epsilon, x.dtype)) * scale
+
+
+def split(x, axis, sizes):
+    return tuple(np.split(x, np.cumsum(sizes)[:-1], axis=axis))
+
+
+def slice_(x, starts, ends, axes, steps):
+    index = [slice(None)] * x.ndim
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        index[a] = slice(s, e, st)
+    return x[tuple(index)]
+
+
+def gather_nd(data, indices, batch_dims):
+    b = batch_dims
+    batch = data.shape[:b]
+    data_b = data.reshape((-1,) + data.shape[b:])
+    idx_b = indices.reshape((-1,) + indices.shape[b:])
+    out = []
+    for d, i in zip(data_b, idx_b):
+        flat = i.reshape(-1, i.shape[-1])
+        out.append(np.stack([d[tuple(row)] for row in flat]).reshape(i.shape[:-1] + d.shape[i.shape[-1]:]))
+    return np.stack(out).reshape(batch + indices.shape[b:-1] + data.shape[b + indices.shape[-1]:])
+
+
+def topk(x, k, axis, largest, sorted):
+    """ONNX TopK: ties keep the lower index first."""
+    if largest:  # a stable ascending sort of the reversed axis, read backwards
+        order = x.shape[axis] - 1 - np.flip(np.argsort(np.flip(x, axis), axis=axis, kind="stable"), axis)
+    else:
+        order = np.argsort(x, axis=axis, kind="stable")
+    idx = np.take(order, np.arange(k), axis=axis)
+    return np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64)
+
+
+def cumsum(x, axis, exclusive, reverse):
+    if reverse:
+        x = np.flip(x, axis)
+    y = np.cumsum(x, axis=axis, dtype=x.dtype)
+    if exclusive:
+        y = y - x
+    return np.flip(y, axis) if reverse else y
+
+
+def _binary(fn):
+    return lambda a, attrs: fn(a[0], a[1])
+
+
+def _unary(fn):
+    return lambda a, attrs: fn(a[0])
+
+
+EVAL: dict[str, Impl] = {
+    "graph.add": _binary(np.add),
+    "graph.sub": _binary(np.subtract),
+    "graph.mul": _binary(np.multiply),
+    "graph.div": lambda a, attrs: np.divide(*a) if a[0].dtype.kind == "f" else int_div(*a),
+    "graph.pow": _binary(np.power),
+    "graph.max": _binary(np.maximum),
+    "graph.min": _binary(np.minimum),
+    "graph.mod": lambda a, attrs: np.fmod(*a) if a[0].dtype.kind == "f" else np.mod(*a),
+    "graph.equal": _binary(np.equal),
+    "graph.less": _binary(np.less),
+    "graph.less_equal": _binary(np.less_equal),
+    "graph.greater": _binary(np.greater),
+    "graph.greater_equal": _binary(np.greater_equal),
+    "graph.and": _binary(np.logical_and),
+    "graph.or": _binary(np.logical_or),
+    "graph.xor": _binary(np.logical_xor),
+    "graph.not": _unary(np.logical_not),
+    "graph.exp": _unary(np.exp),
+    "graph.log": _unary(np.log),
+    "graph.sqrt": _unary(np.sqrt),
+    "graph.reciprocal": _unary(np.reciprocal),
+    "graph.tanh": _unary(np.tanh),
+    "graph.sigmoid": _unary(sigmoid),
+    "graph.erf": _unary(erf),
+    "graph.cos": _unary(np.cos),
+    "graph.sin": _unary(np.sin),
+    "graph.neg": _unary(np.negative),
+    "graph.abs": _unary(np.abs),
+    "graph.relu": _unary(lambda x: np.maximum(x, np.zeros((), x.dtype))),
+    "graph.isnan": _unary(np.isnan),
+    "graph.gelu": lambda a, attrs: gelu(a[0], attrs["approximate"]),
+    "graph.where": lambda a, attrs: np.where(*a),
+    "graph.cast": lambda a, attrs: a[0].astype(attrs["to"].numpy),
+    "graph.constant": lambda a, attrs: attrs["value"].array,
+    "graph.matmul": _binary(np.matmul),
+    "graph.reduce_sum": lambda a, attrs: np.sum(a[0], axis=attrs["axes"], keepdims=attrs["keepdims"]),
+    "graph.reduce_mean": lambda a, attrs: np.mean(a[0], axis=attrs["axes"], keepdims=attrs["keepdims"]),
+    "graph.reduce_max": lambda a, attrs: np.max(a[0], axis=attrs["axes"], keepdims=attrs["keepdims"]),
+    "graph.reduce_min": lambda a, attrs: np.min(a[0], axis=attrs["axes"], keepdims=attrs["keepdims"]),
+    "graph.softmax": lambda a, attrs: softmax(a[0], attrs["axis"]),
+    "graph.layer_norm": lambda a, attrs: layer_norm(a, attrs["axis"], attrs["epsilon"]),
+    "graph.rms_norm": lambda a, attrs: rms_norm(*a, attrs["axis"], attrs["epsilon"]),
+    "graph.cumsum": lambda a, attrs: cumsum(a[0], **attrs),
+    "graph.topk": lambda a, attrs: topk(a[0], **attrs),
+    "graph.trilu": lambda a, attrs: (np.triu if attrs["upper"] else np.tril)(a[0], attrs["k"]),
+    "graph.reshape": lambda a, attrs: a[0].reshape(attrs["shape"]),
+    "graph.transpose": lambda a, attrs: np.transpose(a[0], attrs["perm"]),
+    "graph.expand": lambda a, attrs: np.broadcast_to(a[0], attrs["shape"]),
+    "graph.tile": lambda a, attrs: np.tile(a[0], attrs["repeats"]),
+    "graph.concat": lambda a, attrs: np.concatenate(a, axis=attrs["axis"]),
+    "graph.split": lambda a, attrs: split(a[0], **attrs),
+    "graph.slice": lambda a, attrs: slice_(a[0], **attrs),
+    "graph.gather": lambda a, attrs: np.take(a[0], a[1], axis=attrs["axis"]),
+    "graph.gather_elements": lambda a, attrs: np.take_along_axis(a[0], a[1], axis=attrs["axis"]),
+    "graph.gather_nd": lambda a, attrs: gather_nd(*a, attrs["batch_dims"]),
+}
+
+
+def check_inputs(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Match user inputs to the module's inputs by name, shape and dtype."""
+    names = [v.name for v in module.inputs]
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise EvalError(f"missing input(s): {', '.join(missing)} (the model takes {', '.join(names)})")
+    extra = sorted(set(inputs) - set(names))
+    if extra:
+        raise EvalError(f"unknown input(s): {', '.join(extra)} (the model takes {', '.join(names)})")
+    env = {}
+    for v in module.inputs:
+        a = np.asarray(inputs[v.name])
+        if tuple(a.shape) != v.type.shape:
+            raise EvalError(f"input {v.name}: shape {list(a.shape)}, expected {list(v.type.shape)}")
+        if a.dtype != v.type.dtype.numpy:
+            raise EvalError(f"input {v.name}: dtype {a.dtype}, expected {v.type.dtype.numpy} ({v.type})")
+        env[v.name] = a
+    return env
+
+
+def _conform(op: Op, value, ttype: TensorType) -> np.ndarray:
+    a = np.asarray(value)
+    if tuple(a.shape) != ttype.shape:
+        raise EvalError(f"{op.label()}: produced shape {list(a.shape)}, expected {ttype}")
+    a = a.astype(ttype.dtype.numpy, copy=False)
+    return round_bf16(a) if ttype.dtype is DType.bf16 else a
+
+
+def evaluate(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run `module` on `inputs` (name -> array); return its outputs by name."""
+    env = check_inputs(module, inputs)
+    for op in module.ops:
+        impl = EVAL.get(op.name)
+        if impl is None:
+            raise EvalError(f"{op.label()}: the reference evaluator has no rule for {op.name}")
+        attrs = OPS[op.name].attrs_with_defaults(op.attrs)
+        try:
+            with np.errstate(all="ignore"):
+                out = impl([env[v.name] for v in op.operands], attrs)
+        except EvalError:
+            raise
+        except Exception as e:  # numpy's own complaint, e.g. an index out of range
+            raise EvalError(f"{op.label()}: {type(e).__name__}: {e}") from e
+        outs = out if isinstance(out, tuple) else (out,)
+        for r, value in zip(op.results, outs, strict=True):
+            env[r.name] = _conform(op, value, r.type)
+    return {name: env[v.name] for name, v in module.outputs}

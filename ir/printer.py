@@ -1,0 +1,85 @@
+"""The printer: Module -> IR text, in the grammar of grammar.lark.
+
+`parse(print_module(m)) == m` and `print_module(parse(text)) == text` for every
+printed text: one spelling per construct, attributes in sorted key order.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .attributes import AttrDict, Tensor
+from .core import Module, Op
+from .types import DType
+
+
+def format_float(v: float) -> str:
+    return repr(float(v))
+
+
+def _format_element(x, dtype: DType) -> str:
+    if dtype is DType.bool:
+        return "true" if x else "false"
+    if dtype.is_int:
+        return str(int(x))
+    if dtype is DType.f64:
+        return repr(float(x))
+    return str(np.float16(x) if dtype is DType.f16 else np.float32(x))  # shortest round-trip spelling
+
+
+def format_tensor(t: Tensor) -> str:
+    if t.inline and t.key.startswith("sha256:"):
+        body = ", ".join(_format_element(x, t.type.dtype) for x in t.array.reshape(-1).tolist())
+        return f"tensor<{t.type}, [{body}]>"
+    return f"tensor<{t.type}, {json.dumps(t.key)}>"
+
+
+def format_attr(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return format_float(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, DType):
+        return v.value
+    if isinstance(v, Tensor):
+        return format_tensor(v)
+    if isinstance(v, tuple):
+        return "[" + ", ".join(format_attr(x) for x in v) + "]"
+    raise TypeError(f"cannot print attribute value {v!r}")
+
+
+def format_attrs(attrs: AttrDict) -> str:
+    return "{" + ", ".join(f"{k} = {format_attr(v)}" for k, v in attrs.items()) + "}"
+
+
+def format_op(op: Op) -> str:
+    parts = []
+    if op.results:
+        parts.append(", ".join(f"%{r.name}" for r in op.results) + " =")
+    parts.append(op.name)
+    if op.operands:
+        parts.append(", ".join(f"%{v.name}" for v in op.operands))
+    if op.attrs:
+        parts.append(format_attrs(op.attrs))
+    line = " ".join(parts)
+    if op.results:
+        line += " : " + ", ".join(str(r.type) for r in op.results)
+    return line
+
+
+def print_module(m: Module) -> str:
+    head = f"module @{m.name}"
+    if m.attrs:
+        head += " attributes " + format_attrs(m.attrs)
+    lines = [head + " {"]
+    lines += [f"  input %{v.name} : {v.type}" for v in m.inputs]
+    lines += ["  " + format_op(op) for op in m.ops]
+    lines += [f"  output {json.dumps(name)} = %{v.name}" for name, v in m.outputs]
+    lines.append("}")
+    return "\n".join(lines) + "\n"

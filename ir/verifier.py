@@ -1,0 +1,76 @@
+"""The verifier: the rules every module obeys, whatever pass produced it.
+
+Each rule raises a VerifyError whose message names the op and the value.
+"""
+
+from __future__ import annotations
+
+from .core import Module, Op
+from .errors import VerifyError
+from .registry import ATTR_KINDS, OPS, TypeRuleError
+
+
+def verify(module: Module) -> Module:
+    """Check `module`; return it unchanged, or raise VerifyError on the first broken rule."""
+    defined: dict[str, object] = {}
+    later = {r.name for op in module.ops for r in op.results}
+
+    def define(value, where):
+        if value.name in defined:
+            raise VerifyError(f"{where}: value {value} is defined twice")
+        defined[value.name] = value.type
+
+    for v in module.inputs:
+        define(v, f"input {v}")
+    for op in module.ops:
+        where = op.label()
+        for v in op.operands:
+            if v.name not in defined:
+                if v.name in later:
+                    raise VerifyError(f"{where}: operand {v} is used before its definition")
+                raise VerifyError(f"{where}: operand {v} is not defined")
+            if defined[v.name] != v.type:
+                raise VerifyError(f"{where}: operand {v} has type {v.type} but is defined as {defined[v.name]}")
+        check_op(op)
+        for r in op.results:
+            define(r, where)
+    names = set()
+    for name, v in module.outputs:
+        if name in names:
+            raise VerifyError(f"output {name!r}: named twice")
+        names.add(name)
+        if v.name not in defined:
+            raise VerifyError(f"output {name!r}: value {v} is not defined")
+        if defined[v.name] != v.type:
+            raise VerifyError(f"output {name!r}: value {v} has type {v.type} but is defined as {defined[v.name]}")
+    return module
+
+
+def check_op(op: Op) -> None:
+    """The op-local rules: known op, operand count, attributes, result types."""
+    where = op.label()
+    opdef = OPS.get(op.name)
+    if opdef is None:
+        raise VerifyError(f"{where}: unknown op {op.name}")
+    n, lo, hi = len(op.operands), opdef.min_operands, opdef.max_operands
+    if n < lo or (hi is not None and n > hi):
+        want = f"{lo}" if lo == hi else f"{lo} or more" if hi is None else f"{lo} to {hi}"
+        raise VerifyError(f"{where}: takes {want} operands, got {n}")
+    for key, value in op.attrs.items():
+        spec = opdef.attrs.get(key)
+        if spec is None:
+            raise VerifyError(f"{where}: unknown attribute {key!r}")
+        if not ATTR_KINDS[spec.kind](value):
+            raise VerifyError(f"{where}: attribute {key!r} must be {spec.kind}, got {value!r}")
+    for key, spec in opdef.attrs.items():
+        if spec.required and key not in op.attrs:
+            raise VerifyError(f"{where}: missing attribute {key!r}")
+    try:
+        expected = opdef.result_types([v.type for v in op.operands], op.attrs)
+    except TypeRuleError as e:
+        raise VerifyError(f"{where}: {e} (operands {', '.join(f'{v}: {v.type}' for v in op.operands)})") from None
+    if len(expected) != len(op.results):
+        raise VerifyError(f"{where}: has {len(op.results)} results, {op.name} gives {len(expected)}")
+    for r, t in zip(op.results, expected):
+        if r.type != t:
+            raise VerifyError(f"{where}: result {r} has type {r.type}, expected {t}")

@@ -1,0 +1,230 @@
+"""Export the bundled sample models (tiny Hugging Face architectures, random seeded weights) to ONNX.
+
+Needs the ``export`` extra (``pip install -e .[export]``: torch==2.13.0, transformers, onnxscript, onnx,
+onnxruntime, numpy).  Nothing is downloaded: every model is built from a config with fixed seeds.
+
+    python samples/export_samples.py [--only NAME ...]
+
+For each sample writes ``<name>.onnx`` (weights embedded), ``<name>.inputs.npz`` (keyed by graph input names)
+and ``<name>.outputs.npz`` (keyed by graph output names, computed by onnxruntime on CPU).  Each export is
+checked against PyTorch, with ``onnx.checker`` and strict shape inference, and must have fully static shapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import transformers as tf
+from transformers import DynamicCache
+
+HERE = Path(__file__).resolve().parent
+SEQ, PAST, VOCAB = 7, 5, 400  # prompt length (odd on purpose), decode KV-cache length, vocab (>320, not k*320)
+ATOL, RTOL = 1e-4, 1e-3
+
+# Shared by every config: 2 layers, vocab 400, and weights at unit-preserving scale (std 0.1 for width ~96) so that
+# attention and MoE routing are far from uniform/ties.
+COMMON = dict(vocab_size=VOCAB, num_hidden_layers=2, max_position_embeddings=64, initializer_range=0.1,
+              bos_token_id=0, eos_token_id=1, pad_token_id=None)
+
+# One entry per architecture: model class and config (head_dim 16 or 32, one width > 320 and not a multiple).
+ARCHS = {
+    "gpt2": (tf.GPT2LMHeadModel, tf.GPT2Config(n_embd=96, n_head=6, n_inner=344, **COMMON)),
+    "bert": (tf.BertForMaskedLM, tf.BertConfig(
+        hidden_size=96, num_attention_heads=6, intermediate_size=344, type_vocab_size=2, **COMMON)),
+    "llama": (tf.LlamaForCausalLM, tf.LlamaConfig(
+        hidden_size=96, num_attention_heads=6, num_key_value_heads=2, head_dim=16, intermediate_size=344, **COMMON)),
+    "gemma": (tf.GemmaForCausalLM, tf.GemmaConfig(
+        hidden_size=96, num_attention_heads=3, num_key_value_heads=1, head_dim=32, intermediate_size=344, **COMMON)),
+    "mixtral": (tf.MixtralForCausalLM, tf.MixtralConfig(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=168,
+        num_local_experts=4, num_experts_per_tok=2, experts_implementation="batched_mm", **COMMON)),
+}
+
+# The sample table: name -> (architecture, mode, opset).
+SAMPLES = {
+    f"{arch}_{mode}{suffix}": (arch, mode, opset)
+    for arch, modes, opset, suffix in [
+        ("gpt2", ("prefill", "decode"), 20, ""),
+        ("bert", ("prefill",), 20, ""),
+        ("llama", ("prefill", "decode"), 20, ""),
+        ("gemma", ("prefill", "decode"), 20, ""),
+        ("mixtral", ("prefill", "decode"), 20, ""),
+        ("llama", ("prefill", "decode"), 23, "_op23"),
+        ("mixtral", ("prefill", "decode"), 23, "_op23"),
+    ]
+    for mode in modes
+}
+
+
+class Encoder(torch.nn.Module):
+    """BERT: (input_ids, attention_mask, token_type_ids) -> masked-LM logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+
+class Decoder(torch.nn.Module):
+    """Causal LM with a flat signature: (input_ids, attention_mask, position_ids, *past k/v) -> (logits, *present k/v).
+
+    With no past tensors it is a prefill returning logits only.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        cache = None
+        if past:
+            cache = DynamicCache(ddp_cache_data=list(zip(past[0::2], past[1::2])), config=self.model.config)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         cache=cache, use_cache=bool(past))
+        if not past:
+            return out.logits
+        return (out.logits, *(t for layer in out.cache.layers for t in (layer.keys, layer.values)))
+
+
+def rms_norm_forward(self, hidden_states):
+    """Drop-in forward for Llama/Mixtral RMSNorm that lowers to ONNX RMSNormalization (opset 23)."""
+    return torch.nn.functional.rms_norm(hidden_states, self.weight.shape, self.weight, self.variance_epsilon)
+
+
+def build(arch: str, opset: int):
+    cls, config = ARCHS[arch]
+    torch.manual_seed(0)
+    model = cls(copy.deepcopy(config)).eval()
+    with torch.no_grad():  # norm scales and biases are initialised to constants: make them random too
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    if opset >= 23:
+        for module in model.modules():
+            if type(module).__name__.endswith("RMSNorm"):
+                module.forward = rms_norm_forward.__get__(module)
+    return model
+
+
+def make_inputs(arch: str, mode: str, config) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    seq, past = (SEQ, 0) if mode == "prefill" else (1, PAST)
+    inputs = {
+        "input_ids": rng.integers(0, config.vocab_size, (1, seq), dtype=np.int64),
+        "attention_mask": np.ones((1, past + seq), dtype=np.int64),
+    }
+    if arch == "bert":
+        inputs["token_type_ids"] = (np.arange(seq) >= seq // 2).astype(np.int64)[None]
+        return inputs
+    inputs["position_ids"] = np.arange(past, past + seq, dtype=np.int64)[None]
+    if past:
+        n_kv = getattr(config, "num_key_value_heads", config.num_attention_heads)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        for i in range(config.num_hidden_layers):
+            for kind in ("key", "value"):
+                inputs[f"past_key_values.{i}.{kind}"] = rng.standard_normal((1, n_kv, past, head_dim), np.float32)
+    return inputs
+
+
+def output_names(arch: str, mode: str, config) -> list[str]:
+    names = ["logits"]
+    if mode == "decode":
+        names += [f"present.{i}.{kind}" for i in range(config.num_hidden_layers) for kind in ("key", "value")]
+    return names
+
+
+def all_nodes(model: onnx.ModelProto):
+    """Every node in the model, including subgraphs (If/Loop bodies) and local function bodies."""
+    def walk(nodes):
+        for node in nodes:
+            yield node
+            for attr in node.attribute:
+                for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    yield from walk(g.node)
+    yield from walk(model.graph.node)
+    for fn in model.functions:
+        yield from walk(fn.node)
+
+
+def static_dims(value_infos) -> list[str]:
+    """Names of values whose shape is missing or has a symbolic/unknown dim."""
+    bad = []
+    for vi in value_infos:
+        t = vi.type.tensor_type
+        if not t.HasField("shape") or any(not d.HasField("dim_value") for d in t.shape.dim):
+            bad.append(vi.name)
+    return bad
+
+
+def export(name: str) -> collections.Counter:
+    arch, mode, opset = SAMPLES[name]
+    model = build(arch, opset)
+    wrapper = (Encoder(model) if arch == "bert" else Decoder(model)).eval()
+    inputs = make_inputs(arch, mode, model.config)
+    outs = output_names(arch, mode, model.config)
+    args = tuple(torch.from_numpy(v) for v in inputs.values())
+    path = HERE / f"{name}.onnx"
+
+    with torch.no_grad():
+        expected = wrapper(*args)
+    expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+    torch.onnx.export(wrapper, args, str(path), dynamo=True, external_data=False, opset_version=opset,
+                      input_names=list(inputs), output_names=outs, verbose=False)
+
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+    graph = inferred.graph
+    assert [i.name for i in graph.input] == list(inputs), [i.name for i in graph.input]
+    assert [o.name for o in graph.output] == outs, [o.name for o in graph.output]
+    bad = static_dims(list(graph.input) + list(graph.output) + list(graph.value_info))
+    assert not bad, f"{name}: non-static shapes for {bad}"
+    ops = collections.Counter(n.op_type for n in all_nodes(proto))
+    assert "NonZero" not in ops, f"{name}: data-dependent NonZero in graph"
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(outs, inputs)
+    for out_name, ref, val in zip(outs, expected, got):
+        ref = ref.numpy()
+        assert ref.shape == val.shape, (out_name, ref.shape, val.shape)
+        err = np.abs(ref - val).max()
+        rel = err / max(np.abs(ref).max(), 1e-12)
+        if not np.allclose(val, ref, atol=ATOL, rtol=RTOL):
+            sys.exit(f"FAIL {name}.{out_name}: onnxruntime vs torch max abs err {err:.3g}, rel {rel:.3g}")
+    errs = [np.abs(r.numpy() - v).max() for r, v in zip(expected, got)]
+    np.savez(HERE / f"{name}.inputs.npz", **inputs)
+    np.savez(HERE / f"{name}.outputs.npz", **dict(zip(outs, got)))
+
+    size = path.stat().st_size
+    assert size < 2 * 1024 * 1024, f"{name}: {size} bytes >= 2 MB"
+    print(f"{name:22s} opset {opset}  {size / 1024:7.1f} KiB  {sum(ops.values()):4d} nodes  "
+          f"max|err| {max(errs):.1e}  {dict(sorted(ops.items()))}", flush=True)
+    return ops
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=sorted(SAMPLES), metavar="NAME",
+                        help=f"export only these samples (default: all of {', '.join(SAMPLES)})")
+    names = parser.parse_args(argv).only or list(SAMPLES)
+    total = collections.Counter()
+    for name in names:
+        total += export(name)
+    print(f"all op types: {dict(sorted(total.items()))}")
+
+
+if __name__ == "__main__":
+    main()
