@@ -21,7 +21,7 @@ INLINE_LIMIT = 16  # tensors with at most this many elements are printed inline
 def tensor_digest(ttype: TensorType, array: np.ndarray) -> str:
     """Content hash of constant data: sha256 over the type and the little-endian bytes."""
     h = hashlib.sha256(str(ttype).encode())
-    h.update(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
+    h.update(np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C").tobytes())
     return "sha256:" + h.hexdigest()
 
 
@@ -43,7 +43,7 @@ class Tensor:
     def from_array(array, dtype: DType | None = None) -> "Tensor":
         array = np.asarray(array)
         dtype = dtype or DType.from_numpy(array.dtype)
-        array = np.ascontiguousarray(array, dtype=dtype.numpy)
+        array = np.array(array, dtype=dtype.numpy, order="C")  # a private copy (ascontiguousarray would make 0-d 1-d)
         array.flags.writeable = False
         ttype = TensorType(array.shape, dtype)
         return Tensor(ttype, tensor_digest(ttype, array), loader=lambda: array)

@@ -13,7 +13,7 @@ from .errors import VerifyError
 from .registry import OPS, TypeRuleError
 from .types import DType, TensorType
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.:/-]+")
 
 
 class Builder:
@@ -66,4 +66,4 @@ class Builder:
         self.outputs.append((name, value))
 
     def build(self, module_name: str, **attrs) -> Module:
-        return Module(_UNSAFE.sub("_", module_name) or "module", Block(self.inputs, self.ops, self.outputs), attrs)
+        return Module(re.sub(r"[^A-Za-z0-9_.-]+", "_", module_name) or "module", Block(self.inputs, self.ops, self.outputs), attrs)

@@ -14,7 +14,8 @@ from typing import Any
 from .attributes import AttrDict
 from .types import TensorType
 
-NAME_RE = re.compile(r"[A-Za-z0-9_.]+")
+NAME_RE = re.compile(r"[A-Za-z0-9_.:/\-]+")
+MODULE_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +27,7 @@ class Value:
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name):
-            raise ValueError(f"invalid value name {self.name!r} (letters, digits, '_' and '.')")
+            raise ValueError(f"invalid value name {self.name!r} (letters, digits and _ . : / -)")
         if not isinstance(self.type, TensorType):
             raise TypeError(f"value %{self.name}: type must be a TensorType, got {self.type!r}")
 
@@ -83,7 +84,7 @@ class Module:
     attrs: AttrDict = field(default_factory=AttrDict)
 
     def __post_init__(self):
-        if not NAME_RE.fullmatch(self.name):
+        if not MODULE_NAME_RE.fullmatch(self.name):
             raise ValueError(f"invalid module name {self.name!r}")
         if not isinstance(self.attrs, AttrDict):
             object.__setattr__(self, "attrs", AttrDict(self.attrs))

@@ -1,0 +1,293 @@
+"""ONNX -> graph IR.
+
+The driver: load the model (weights stay on disk), check opsets and op support
+(all problems at once), run onnx's strict shape inference with data
+propagation, then convert node by node through the converter table in
+converters.py. Nodes whose inputs are all small compile-time constants
+(Shape / Gather / Concat / Range chains, mask arithmetic) are folded by running
+their conversion through the reference evaluator, so graphs with symbolic dims
+become static once the inputs are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ir import DType, LpucError, Module, Tensor, TensorType, Value
+from ir.builder import Builder
+from ir.evaluator import evaluate
+
+from compiler.passes import dead_code_elimination
+
+from .converters import CONVERTERS, DATA_DEPENDENT, Node
+
+OPSETS = range(17, 25)  # default-domain opsets we accept
+FOLD_LIMIT = 1 << 16  # fold a node when its constant inputs hold at most this many elements
+
+ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: DType.f32, onnx.TensorProto.DOUBLE: DType.f64, onnx.TensorProto.FLOAT16: DType.f16,
+    onnx.TensorProto.BFLOAT16: DType.bf16, onnx.TensorProto.INT8: DType.i8, onnx.TensorProto.INT16: DType.i16,
+    onnx.TensorProto.INT32: DType.i32, onnx.TensorProto.INT64: DType.i64, onnx.TensorProto.UINT8: DType.u8,
+    onnx.TensorProto.UINT16: DType.u16, onnx.TensorProto.UINT32: DType.u32, onnx.TensorProto.UINT64: DType.u64,
+    onnx.TensorProto.BOOL: DType.bool,
+}
+
+STATIC_ADVICE = ("static scheduling needs static shapes: export with a fixed batch and sequence length "
+                 "(no dynamic axes); for Mixtral, use transformers' `batched_mm` experts implementation")
+
+
+def onnx_dtype(elem_type: int, what: str) -> DType:
+    try:
+        return ONNX_DTYPES[elem_type]
+    except KeyError:
+        name = onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() \
+            else str(elem_type)
+        raise LpucError(f"{what}: element type {name} is not supported") from None
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    """Read an ONNX file without loading external weights."""
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError:
+        raise LpucError(f"{path}: no such file") from None
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise LpucError(f"{path}: not a valid ONNX model ({type(e).__name__})") from None
+    if not model.graph.node and not model.graph.output:
+        raise LpucError(f"{path}: not a valid ONNX model (no graph)")
+    return model
+
+
+@dataclass(frozen=True)
+class SupportReport:
+    """Which of the model's nodes lpuc can compile."""
+
+    total: int
+    unsupported: dict[str, list[str]] = field(default_factory=dict)  # op type -> node names
+
+    @property
+    def supported(self) -> int:
+        return self.total - sum(len(v) for v in self.unsupported.values())
+
+    def summary(self) -> str:
+        line = f"{self.supported}/{self.total} nodes supported"
+        if self.unsupported:
+            parts = []
+            for op_type, names in sorted(self.unsupported.items()):
+                shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+                parts.append(f"{op_type} x{len(names)} ({shown})")
+            line += "; unsupported: " + "; ".join(parts)
+        return line
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    versions = {o.domain: o.version for o in model.opset_import}
+    return versions.get("", versions.get("ai.onnx", 0))
+
+
+def support_report(model: onnx.ModelProto) -> SupportReport:
+    unsupported: dict[str, list[str]] = {}
+    for i, node in enumerate(model.graph.node):
+        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        if key not in CONVERTERS or key in DATA_DEPENDENT:
+            unsupported.setdefault(key, []).append(node.name or f"#{i}")
+    return SupportReport(len(model.graph.node), unsupported)
+
+
+def _check_model(model: onnx.ModelProto, report: SupportReport) -> None:
+    opset = _opset(model)
+    if opset not in OPSETS:
+        raise LpucError(f"model uses ONNX opset {opset}; lpuc supports opsets {OPSETS.start}-{OPSETS.stop - 1}")
+    dynamic = sorted(set(report.unsupported) & DATA_DEPENDENT)
+    if dynamic:
+        raise LpucError(f"{', '.join(dynamic)} produces data-dependent shapes; {STATIC_ADVICE}")
+    if report.unsupported:
+        raise LpucError(report.summary())
+
+
+def _fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
+    inits = {t.name for t in model.graph.initializer}
+    known = {i.name for i in model.graph.input}
+    for name in shapes:
+        if name not in known:
+            raise LpucError(f"no graph input named {name!r} (inputs: {', '.join(sorted(known - inits))})")
+    for inp in model.graph.input:
+        if inp.name in shapes:
+            dims = inp.type.tensor_type.shape.dim
+            want = shapes[inp.name]
+            if len(dims) != len(want):
+                raise LpucError(f"input {inp.name}: rank {len(want)} given, the model has rank {len(dims)}")
+            for d, n in zip(dims, want):
+                if d.HasField("dim_value") and d.dim_value != n:
+                    raise LpucError(f"input {inp.name}: shape {list(want)} given, the model fixes "
+                                    f"{[x.dim_value if x.HasField('dim_value') else x.dim_param for x in dims]}")
+                d.Clear()
+                d.dim_value = n
+
+
+def _static_type(vi: onnx.ValueInfoProto, what: str) -> TensorType:
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type"):
+        raise LpucError(f"{what} {vi.name} is not a tensor (sequences and maps are not supported)")
+    dims = []
+    for d in tt.shape.dim:
+        if not d.HasField("dim_value"):
+            raise LpucError(f"{what} {vi.name} has a dynamic dimension {d.dim_param or '?'!r}; {STATIC_ADVICE} "
+                            "(or fix the input's shape: --shape NAME=D0,D1,...)")
+        dims.append(d.dim_value)
+    return TensorType(tuple(dims), onnx_dtype(tt.elem_type, f"{what} {vi.name}"))
+
+
+def _weight(init: onnx.TensorProto, base_dir: Path) -> Tensor:
+    """A lazy constant for an initializer; external data is never read here."""
+    dtype = onnx_dtype(init.data_type, f"initializer {init.name}")
+    ttype = TensorType(tuple(init.dims), dtype)
+    if init.data_location == onnx.TensorProto.EXTERNAL:
+        info = {e.key: e.value for e in init.external_data}
+        location, offset, length = info["location"], int(info.get("offset", 0)), info.get("length")
+        key = f"ext:{location}:{offset}:{length or ttype.nbytes}"
+
+        def load(init=init, dtype=dtype, ttype=ttype, path=base_dir / location):
+            try:
+                raw = np.fromfile(path, dtype=np.uint8, count=int(length or ttype.nbytes), offset=offset)
+            except OSError as e:
+                raise LpucError(f"weights of {init.name}: cannot read {path}: {e.strerror}") from None
+            if raw.size != ttype.nbytes:
+                raise LpucError(f"weights of {init.name}: {path} is too short")
+            return _decode(raw.tobytes(), init.data_type, dtype, ttype.shape)
+
+        return Tensor(ttype, key, loader=load)
+    return Tensor.from_array(_to_numpy(init, dtype), dtype)
+
+
+def _decode(raw: bytes, data_type: int, dtype: DType, shape) -> np.ndarray:
+    if dtype is DType.bf16:
+        bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+        return bits.view(np.float32).reshape(shape)
+    return np.frombuffer(raw, dtype=dtype.numpy.newbyteorder("<")).astype(dtype.numpy).reshape(shape)
+
+
+def _to_numpy(t: onnx.TensorProto, dtype: DType) -> np.ndarray:
+    a = numpy_helper.to_array(t)
+    return a.astype(np.float32) if dtype is DType.bf16 else a.astype(dtype.numpy)
+
+
+class _Importer:
+    def __init__(self, model: onnx.ModelProto, base_dir: Path):
+        self.model = model
+        self.opset = _opset(model)
+        self.b = Builder()
+        self.consts: dict[str, Tensor] = {}  # ONNX name -> compile-time constant
+        self.values: dict[str, Value] = {}  # ONNX name -> IR value
+        self.inferred: dict[str, onnx.ValueInfoProto] = {}
+        g = model.graph
+        for vi in list(g.value_info) + list(g.output):
+            self.inferred[vi.name] = vi
+        for init in g.initializer:
+            self.consts[init.name] = _weight(init, base_dir)
+
+    def value(self, name: str) -> Value:
+        """The IR value of an ONNX tensor, materializing a constant on first use."""
+        v = self.values.get(name)
+        if v is None:
+            v = self.values[name] = self.b.constant(self.consts[name], name=name)
+        return v
+
+    def const(self, name: str) -> np.ndarray | None:
+        t = self.consts.get(name)
+        return None if t is None else t.array
+
+    def run(self, name: str) -> Module:
+        g = self.model.graph
+        for inp in g.input:
+            if inp.name not in self.consts:
+                self.values[inp.name] = self.b.input(inp.name, _static_type(inp, "input"))
+        for node in g.node:
+            self.convert(node)
+        for out in g.output:
+            if out.name not in self.values and out.name not in self.consts:
+                raise LpucError(f"graph output {out.name} is never computed")
+            self.b.output(out.name, self.value(out.name))
+        return dead_code_elimination(self.b.build(name))
+
+    def foldable(self, node: onnx.NodeProto) -> bool:
+        names = [n for n in node.input if n]
+        return bool(names) and all(n in self.consts and self.consts[n].has_data
+                                   and not self.consts[n].key.startswith("ext:")
+                                   and self.consts[n].type.numel <= FOLD_LIMIT for n in names)
+
+    def convert(self, node: onnx.NodeProto) -> None:
+        label = f"{node.op_type} node {node.name or '(unnamed)'}"
+        if self.foldable(node) or (node.op_type == "Constant"):
+            outs = self._fold(node, label)
+            for name, t in zip(node.output, outs):
+                if name:
+                    self.consts[name] = t
+            return
+        first = len(self.b.ops)
+        try:
+            results = CONVERTERS[node.op_type](Node(node, self.b, self, self.opset))
+        except LpucError as e:
+            raise LpucError(f"{label}: {e}") from None
+        if isinstance(results, Value):
+            results = [results]
+        # Constants a converter made (Shape, ConstantOfShape, ...) stay foldable downstream.
+        made = {op.result.name: op.attrs["value"] for op in self.b.ops[first:] if op.name == "graph.constant"}
+        for name, v in zip(node.output, results):
+            if name and v is not None:
+                self._check_type(name, v, label)
+                self.values[name] = v
+                if v.name in made:
+                    self.consts[name] = made[v.name]
+
+    def _fold(self, node: onnx.NodeProto, label: str) -> list[Tensor]:
+        """Evaluate a node on constant inputs, through its converter and the reference evaluator."""
+        scratch = _Importer.__new__(_Importer)
+        scratch.model, scratch.opset, scratch.b = self.model, self.opset, Builder()
+        scratch.consts, scratch.values, scratch.inferred = self.consts, {}, self.inferred
+        try:
+            results = CONVERTERS[node.op_type](Node(node, scratch.b, scratch, self.opset))
+        except LpucError as e:
+            raise LpucError(f"{label}: {e}") from None
+        if isinstance(results, Value):
+            results = [results]
+        for i, v in enumerate(results):
+            if v is not None:
+                scratch.b.output(str(i), v)
+        outputs = evaluate(scratch.b.build("fold"), {})
+        return [Tensor.from_array(outputs[str(i)], v.type.dtype) if v is not None else None
+                for i, v in enumerate(results)]
+
+    def _check_type(self, name: str, v: Value, label: str) -> None:
+        vi = self.inferred.get(name)
+        if vi is None or not vi.type.tensor_type.HasField("shape"):
+            return
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        if len(dims) != v.type.rank or any(d is not None and d != s for d, s in zip(dims, v.type.shape)):
+            raise LpucError(f"{label}: lpuc computed {v.type} for {name}, ONNX shape inference says {dims}")
+
+
+def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                model: onnx.ModelProto | None = None) -> tuple[Module, SupportReport]:
+    """Convert an ONNX file to a graph-level module. Raises LpucError with the
+    support report when any node is unsupported."""
+    path = Path(path)
+    model = model if model is not None else load_onnx(path)
+    report = support_report(model)
+    _check_model(model, report)
+    if input_shapes:
+        _fix_input_shapes(model, input_shapes)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LpucError(f"{path}: ONNX shape inference failed: {msg}") from None
+    name = path.stem if path.name else "model"
+    module = _Importer(model, path.parent).run(name)
+    return module, report

@@ -1,0 +1,68 @@
+"""Seeded random inputs that are valid for a module.
+
+Integer inputs that index a table (token ids reaching a gather) stay inside it;
+attention masks are all ones; position ids count up to the end of the masked
+length; float inputs are standard normal. Same module and seed, same inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ir import Module
+
+# Ops through which an integer tensor keeps its values on the way to a gather.
+_PASS_THROUGH = {"graph.reshape", "graph.cast", "graph.expand", "graph.transpose", "graph.slice",
+                 "graph.concat", "graph.tile", "graph.split"}
+_GATHERS = {"graph.gather", "graph.gather_elements", "graph.gather_nd"}
+
+
+def index_bounds(module: Module) -> dict[str, int]:
+    """For each input used as gather indices: the smallest table size it indexes."""
+    uses: dict[str, list] = {}
+    for op in module.ops:
+        for i, v in enumerate(op.operands):
+            uses.setdefault(v.name, []).append((op, i))
+    bounds = {}
+    for inp in module.inputs:
+        if inp.type.dtype.is_float:
+            continue
+        stack, seen = [inp.name], set()
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for op, i in uses.get(name, []):
+                if op.name in _GATHERS and i == 1:
+                    data = op.operands[0].type
+                    axis = op.attrs.get("axis", 0) % data.rank if op.name == "graph.gather" else 0
+                    dim = data.shape[axis]
+                    bounds[inp.name] = min(bounds.get(inp.name, dim), dim)
+                elif op.name in _PASS_THROUGH:
+                    stack.extend(r.name for r in op.results)
+    return bounds
+
+
+def random_inputs(module: Module, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    bounds = index_bounds(module)
+    masks = [v for v in module.inputs if "mask" in v.name.lower()]
+    mask_len = max((v.type.shape[-1] for v in masks if v.type.rank), default=None)
+    out = {}
+    for v in module.inputs:
+        t, name = v.type, v.name.lower()
+        if t.dtype.is_float:
+            a = rng.standard_normal(t.shape).astype(t.dtype.numpy)
+        elif v.name in bounds:
+            a = rng.integers(0, bounds[v.name], t.shape).astype(t.dtype.numpy)
+        elif "mask" in name or t.dtype.name == "bool":
+            a = np.ones(t.shape, t.dtype.numpy)
+        elif "position" in name and t.rank:
+            n = t.shape[-1]
+            start = max((mask_len or n) - n, 0)
+            a = np.broadcast_to(np.arange(start, start + n), t.shape).astype(t.dtype.numpy)
+        else:
+            a = np.zeros(t.shape, t.dtype.numpy)
+        out[v.name] = a
+    return out
