@@ -107,11 +107,14 @@ class AttrDict(Mapping):
 _SCALARS = (bool, int, float, str, DType, Tensor)
 
 
+def _is_attr_list(value: Any) -> bool:
+    return isinstance(value, tuple) and all(
+        isinstance(v, (bool, int, float, str)) or _is_attr_list(v) for v in value)
+
+
 def check_attr_value(name: str, value: Any) -> None:
     """Reject values that are not frozen attribute values (lists must be tuples)."""
-    if isinstance(value, _SCALARS):
-        return
-    if isinstance(value, tuple) and all(isinstance(v, (bool, int, float, str)) for v in value):
+    if isinstance(value, _SCALARS) or _is_attr_list(value):
         return
     raise TypeError(f"attribute {name!r}: {value!r} is not an attribute value "
-                    "(bool, int, float, str, DType, Tensor or a tuple of scalars)")
+                    "(bool, int, float, str, DType, Tensor or a (nested) tuple of scalars)")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LpucError
+from .layout import LANES
 
 SHIPPED = Path(__file__).with_name("machines")
 DEFAULT_MACHINE = "tsp-v1"
@@ -59,6 +60,17 @@ class Mxm:
 @dataclass(frozen=True)
 class Vxm:
     alus_per_lane: int
+    transcendental_cycles: int
+
+
+@dataclass(frozen=True)
+class Mem:
+    units: int
+
+
+@dataclass(frozen=True)
+class Host:
+    bytes_per_cycle: float
 
 
 @dataclass(frozen=True)
@@ -88,11 +100,12 @@ class Topology:
 
 @dataclass(frozen=True)
 class Latency:
-    mem: int
     vxm: int
     mxm: int
     sxm: int
     c2c: int
+    mem: int
+    host: int
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,8 @@ class Machine:
     mxm: Mxm
     vxm: Vxm
     sxm: Sxm
+    mem: Mem
+    host: Host
     c2c: C2c
     topology: Topology
     latency: Latency
@@ -152,7 +167,7 @@ def _check_scalar(type_name: str, value: Any, key: str, source: str):
     raise AssertionError(type_name)
 
 
-_SECTIONS = {cls.__name__: cls for cls in (Vector, Sram, Streams, Mxm, Vxm, Sxm, C2c, Topology, Latency)}
+_SECTIONS = {cls.__name__: cls for cls in (Vector, Sram, Streams, Mxm, Vxm, Sxm, Mem, Host, C2c, Topology, Latency)}
 
 
 def parse_machine(text: str, source: str = "<machine>") -> Machine:
@@ -164,9 +179,9 @@ def parse_machine(text: str, source: str = "<machine>") -> Machine:
     if machine.topology.kind not in TOPOLOGIES:
         raise LpucError(f"{source}: topology.kind must be one of {', '.join(TOPOLOGIES)}, "
                         f"got {machine.topology.kind!r}")
-    if machine.sram.word_bytes != machine.vector.lanes:
-        raise LpucError(f"{source}: sram.word_bytes ({machine.sram.word_bytes}) must equal vector.lanes "
-                        f"({machine.vector.lanes}): one SRAM word holds one byte-plane of a vector")
+    if machine.vector.lanes != LANES or machine.sram.word_bytes != LANES:
+        raise LpucError(f"{source}: vector.lanes and sram.word_bytes must be {LANES} (the SRAM layout lpuc "
+                        f"implements), got {machine.vector.lanes} and {machine.sram.word_bytes}")
     return machine
 
 

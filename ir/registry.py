@@ -44,6 +44,9 @@ ATTR_KINDS: dict[str, Callable[[Any], bool]] = {
     "floats": lambda v: isinstance(v, tuple) and all(isinstance(x, float) for x in v),
     "dtype": lambda v: isinstance(v, DType),
     "tensor": lambda v: isinstance(v, Tensor),
+    # SRAM extents: (slice, first word, words) triples
+    "extents": lambda v: isinstance(v, tuple) and all(
+        isinstance(e, tuple) and len(e) == 3 and all(_is_int(x) and x >= 0 for x in e) for e in v),
 }
 
 InferFn = Callable[[tuple[TensorType, ...], Mapping[str, Any]], "TensorType | tuple[TensorType, ...]"]

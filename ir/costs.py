@@ -1,0 +1,85 @@
+"""THE cost table: occupancy and latency of every machine instruction, from the
+machine description. The scheduler and the interpreter both call `cost`; the
+interpreter recomputes it rather than trusting the program.
+
+- occupancy: cycles the instruction holds its unit and streams; its SRAM read
+  ports are held while its operand words stream out (one word per port per cycle),
+  so occupancy is at least the words read from, or written to, its busiest slice.
+- latency: cycles from issue until its results are in SRAM: occupancy plus
+  the unit's pipeline depth (machine.latency).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .core import Op
+from .layout import vectors, words
+from .machine import Machine
+from .machine_ops import TRANSCENDENTAL, unit_class
+
+Extent = tuple[int, int, int]  # (slice, first word, words)
+
+
+@dataclass(frozen=True)
+class Cost:
+    occupancy: int
+    latency: int
+    reads: tuple[tuple[int, int], ...] = ()   # (slice, words read) per slice touched
+    writes: tuple[tuple[int, int], ...] = ()  # (slice, words written)
+
+
+def units(machine: Machine) -> dict[str, int]:
+    """Unit class -> instances per chip (named class + index, e.g. vxm0..vxm15)."""
+    return {"mxm": machine.mxm.planes, "vxm": machine.vxm.alus_per_lane, "sxm": machine.sxm.units,
+            "mem": machine.mem.units, "host": 1}
+
+
+def compute_cycles(op: Op, machine: Machine) -> int:
+    """Cycles of the unit's own work, from the types alone."""
+    cls = unit_class(op.name)
+    suffix = op.name.split(".", 1)[1]
+    types = [v.type for v in op.operands] + [r.type for r in op.results]
+    if cls == "vxm":
+        per_vector = -(-max(t.dtype.itemsize for t in types) // 4)  # 64-bit types take two passes
+        if suffix in TRANSCENDENTAL:
+            per_vector *= machine.vxm.transcendental_cycles
+        return max(vectors(t) for t in types) * per_vector
+    if cls in ("sxm", "mem"):
+        return max(words(t) for t in types)
+    if cls == "mxm":
+        w = op.operands[1].type if suffix == "matmul" else op.operands[0].type
+        batch = w.numel // (w.shape[-2] * w.shape[-1]) if w.numel else 0
+        if suffix == "install":  # one weight row per cycle per byte-plane
+            return max(batch * w.shape[-2] * w.dtype.itemsize, 1)
+        x = op.operands[0].type
+        rows = x.numel // x.shape[-1] if x.numel else 0
+        rate = 1.0 if x.dtype.itemsize == 1 else machine.mxm.fp16_rate
+        return max(int(-(-rows // rate)), 1)
+    if cls == "host":
+        return max(int(-(-words(op.operands[0].type) * machine.vector.lanes // machine.host.bytes_per_cycle)), 1)
+    raise AssertionError(op.name)
+
+
+def cost(op: Op, machine: Machine, reads: Sequence[Sequence[Extent]] = (),
+         writes: Sequence[Sequence[Extent]] = ()) -> Cost:
+    """Occupancy and latency of `op`, reading the operand extents `reads` and
+    writing the result extents `writes` (one extent list per SRAM operand/result)."""
+    cls = unit_class(op.name)
+    if cls is None:
+        return Cost(0, 0)
+    per_read, per_write = Counter(), Counter()
+    for extents in reads:
+        for s, _, n in extents:
+            per_read[s] += n
+    for extents in writes:
+        for s, _, n in extents:
+            per_write[s] += n
+    ports = machine.sram
+    occupancy = max([compute_cycles(op, machine)]
+                    + [-(-n // ports.read_ports) for n in per_read.values()]
+                    + [-(-n // ports.write_ports) for n in per_write.values()])
+    latency = occupancy + getattr(machine.latency, cls)
+    return Cost(occupancy, latency, tuple(sorted(per_read.items())), tuple(sorted(per_write.items())))

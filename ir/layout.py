@@ -1,0 +1,104 @@
+"""How a tensor lies in SRAM: words of 320 byte-lanes, vector-column major.
+
+A tensor is viewed as 2-D, rows x cols, cols being its last dim (a scalar is
+1 x 1). Each row is cut into 320-lane vectors ("vector columns", the last one
+zero-padded). A vector of a dtype with itemsize b spans b words, one byte-plane
+each (fp32: 4 words). Words are ordered vector column, then row, then byte
+plane, so column tile j — what one 320x320 MXM tile reads or writes — is a
+contiguous run of rows * itemsize words.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .types import DType, TensorType
+
+LANES = 320  # the layout is defined for 320-lane words; machines must match (checked in ir.machine)
+
+
+def rows_cols(t: TensorType) -> tuple[int, int]:
+    if t.rank == 0:
+        return 1, 1
+    cols = t.shape[-1]
+    return (t.numel // cols if cols else 0), cols
+
+
+def vector_cols(t: TensorType) -> int:
+    return -(-rows_cols(t)[1] // LANES)
+
+
+def vectors(t: TensorType) -> int:
+    """How many 320-lane vectors the tensor spans (all byte-planes count once)."""
+    return rows_cols(t)[0] * vector_cols(t)
+
+
+def words(t: TensorType) -> int:
+    """SRAM words the tensor occupies."""
+    return vectors(t) * t.dtype.itemsize
+
+
+def _storage_dtype(dtype: DType) -> np.dtype:
+    return np.dtype(np.uint16) if dtype is DType.bf16 else dtype.numpy.newbyteorder("<")
+
+
+def to_words(array: np.ndarray, t: TensorType) -> np.ndarray:
+    """The tensor's bytes as a (words(t), 320) uint8 array."""
+    rows, cols = rows_cols(t)
+    a = np.asarray(array, dtype=t.dtype.numpy).reshape(rows, cols)
+    if t.dtype is DType.bf16:  # the upper half of an f32 (values are bf16-exact)
+        a = (np.ascontiguousarray(a, np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    a = a.astype(_storage_dtype(t.dtype))
+    vc = vector_cols(t)
+    padded = np.zeros((rows, vc * LANES), a.dtype)
+    padded[:, :cols] = a
+    b = padded.reshape(rows, vc, LANES).transpose(1, 0, 2)  # vector column, row, lane
+    planes = np.ascontiguousarray(b).view(np.uint8).reshape(vc, rows, LANES, t.dtype.itemsize)
+    return np.ascontiguousarray(planes.transpose(0, 1, 3, 2)).reshape(-1, LANES)
+
+
+def from_words(data: np.ndarray, t: TensorType) -> np.ndarray:
+    """Inverse of to_words: a (words(t), 320) uint8 array back to the tensor."""
+    rows, cols = rows_cols(t)
+    vc, size = vector_cols(t), t.dtype.itemsize
+    planes = np.ascontiguousarray(data, np.uint8).reshape(vc, rows, size, LANES).transpose(0, 1, 3, 2)
+    b = np.ascontiguousarray(planes).view(_storage_dtype(t.dtype)).reshape(vc, rows, LANES)
+    a = b.transpose(1, 0, 2).reshape(rows, vc * LANES)[:, :cols]
+    if t.dtype is DType.bf16:
+        a = (a.astype(np.uint32) << 16).view(np.float32)
+    return a.astype(t.dtype.numpy).reshape(t.shape)
+
+
+# --- extents ----------------------------------------------------------------
+
+Extent = tuple[int, int, int]  # (slice, first word, words)
+
+
+def extent_words(extents) -> int:
+    return sum(n for _, _, n in extents)
+
+
+def sub_extents(extents, offset: int, count: int) -> tuple[Extent, ...]:
+    """Words [offset, offset+count) of the word sequence that `extents` spell."""
+    out, pos = [], 0
+    for s, w, n in extents:
+        lo, hi = max(offset, pos), min(offset + count, pos + n)
+        if lo < hi:
+            out.append((s, w + lo - pos, hi - lo))
+        pos += n
+    return tuple(out)
+
+
+def view_extents(op_name: str, attrs, operand_types, operand_extents) -> tuple[Extent, ...]:
+    """The words a view op's result names, from its operands' extents."""
+    if op_name == "mem.reshape_view":
+        return tuple(operand_extents[0])
+    if op_name == "mem.join":
+        return tuple(e for extents in operand_extents for e in extents)
+    if op_name == "mem.column_slice":
+        t = operand_types[0]
+        per_column = rows_cols(t)[0] * t.dtype.itemsize
+        first = attrs["start"] // LANES
+        ncols = -(-attrs["size"] // LANES)
+        return sub_extents(operand_extents[0], first * per_column, ncols * per_column)
+    raise ValueError(f"{op_name} is not a view")
