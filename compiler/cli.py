@@ -10,6 +10,7 @@ reports to stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -20,11 +21,10 @@ import numpy as np
 
 from ir import LpucError
 from ir.evaluator import evaluate
-from ir.files import atomic_write, read_module, read_npz, write_module, write_npz
+from ir.files import atomic_write, read_npz, write_module, write_npz
 from ir.printer import print_module
-from ir.verifier import verify
 
-from .driver import load_model
+from .driver import load_model, read_ir
 from .inputs import random_inputs
 
 EXIT_USAGE = 2
@@ -80,7 +80,7 @@ def _check_args(p):
 @command("check", "parse and verify an IR file, and print it back",
          "Parse FILE.ir, run the verifier, and print the module in canonical form.", _check_args)
 def cmd_check(args) -> int:
-    module = verify(read_module(args.file))
+    module = read_ir(args.file)
     text = print_module(module)
     if args.output:
         atomic_write(args.output, text.encode())
@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lpuc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed early, e.g. `lpuc import m.onnx | head`: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ir import LpucError, Module
+from ir import LpucError, Module, VerifyError
 from ir.files import read_module
 from ir.verifier import verify
 
@@ -21,6 +21,15 @@ def load_model(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None
     if path.suffix == ".ir":
         if input_shapes:
             raise LpucError("--shape applies to ONNX models; an IR file has static shapes already")
-        return verify(read_module(path)), None
+        return read_ir(path), None
     module, report = import_onnx(path, input_shapes)
     return verify(module), report
+
+
+def read_ir(path: str | Path) -> Module:
+    """Parse and verify an IR file; a verifier error names the file too."""
+    module = read_module(path)
+    try:
+        return verify(module)
+    except VerifyError as e:
+        raise VerifyError(f"{path}: {e}") from None

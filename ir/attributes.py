@@ -57,7 +57,8 @@ class Tensor:
         from .errors import EvalError
 
         if self.loader is None:
-            raise EvalError(f"constant {self.key} has no data (its blob file was not found)")
+            raise EvalError(f"constant {self.key} has no data: its blob file (MODEL.blobs.npz beside MODEL.ir) "
+                            "is missing or lacks it")
         array = self.loader()
         if tuple(array.shape) != self.type.shape:
             raise EvalError(f"constant {self.key}: data has shape {array.shape}, expected {self.type}")

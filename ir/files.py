@@ -53,6 +53,8 @@ def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 def read_npz(path: str | Path, what: str = "arrays") -> dict[str, np.ndarray]:
     """Load every array of an .npz file (never unpickling), with one-line errors."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # np.load would also take a lone .npy
+        raise LpucError(f"{path}: not an .npz file of {what} (expected arrays keyed by name, as numpy.savez writes)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}

@@ -1,0 +1,265 @@
+"""Bad input to `lpuc`: one line on stderr, `lpuc: error: ...`, exit code 2, no
+traceback, nothing written at the -o path. And the help texts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from compiler.cli import COMMANDS, main
+
+from helpers import ROOT, SAMPLES, legacy_transformer, save, tiny_model
+
+SAMPLE = SAMPLES / "gpt2_prefill.onnx"
+
+
+def _inputs():
+    with np.load(SAMPLES / "gpt2_prefill.inputs.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *words):
+    assert code == 2
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("lpuc: error: "), err
+    for w in words:
+        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def _xy_model(nodes, opset=20, out_type=TensorProto.FLOAT, domains=()):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", out_type, None)
+    return tiny_model(nodes, [x], [y], opset=opset, domains=domains)
+
+
+# --- bad models -----------------------------------------------------------------
+
+def _truncated(tmp):
+    data = SAMPLE.read_bytes()
+    return _write(tmp / "trunc.onnx", data[: len(data) // 2])
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+MODELS = {
+    "truncated": (_truncated, ["trunc.onnx", "not a valid ONNX model"]),
+    "text": (lambda t: _write(t / "notes.onnx", b"this is not a model\n" * 20), ["notes.onnx", "not a valid ONNX"]),
+    "random-bytes": (lambda t: _write(t / "noise.onnx", np.random.default_rng(0).bytes(4096)),
+                     ["noise.onnx", "not a valid ONNX"]),
+    "empty": (lambda t: _write(t / "empty.onnx", b""), ["empty.onnx", "not a valid ONNX"]),
+    "missing": (lambda t: t / "nowhere.onnx", ["nowhere.onnx", "no such file"]),
+    "unsupported": (lambda t: save(_xy_model([
+        helper.make_node("Hardmax", ["x"], ["h"], name="hm"), helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Hardmax", ["r"], ["h2"], name="hm2"),
+        helper.make_node("Custom", ["h2"], ["y"], name="cu", domain="org.example")], domains=["org.example"]),
+        t / "unsup.onnx"), ["1/4 nodes supported", "Hardmax x2 (hm, hm2)", "org.example.Custom x1 (cu)"]),
+    "nonzero": (lambda t: save(_xy_model([helper.make_node("NonZero", ["x"], ["y"], name="nz")],
+                                         out_type=TensorProto.INT64), t / "nz.onnx"),
+                ["NonZero", "data-dependent shapes", "static shapes"]),
+    "opset-12": (lambda t: save(_xy_model([helper.make_node("Relu", ["x"], ["y"])], opset=12), t / "old.onnx"),
+                 ["opset 12", "17-24"]),
+    "symbolic-dims": (lambda t: save(legacy_transformer(), t / "sym.onnx"), ["'sequence'", "--shape"]),
+}
+
+
+@pytest.mark.parametrize("command", ["import", "eval"])
+@pytest.mark.parametrize("case", MODELS)
+def test_bad_model(tmp_path, capsys, case, command):
+    make, words = MODELS[case]
+    model = make(tmp_path)
+    out = tmp_path / ("out.ir" if command == "import" else "out.npz")
+    code, stdout, err = run(capsys, command, model, "-o", out)
+    assert_one_line_error(code, err, *words)
+    assert stdout == ""
+    assert not out.exists() and not (tmp_path / "out.blobs.npz").exists() and not (tmp_path / "out.inputs.npz").exists()
+
+
+# --- bad inputs -----------------------------------------------------------------
+
+def _save_npz(path, arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def _changed(**changes):
+    def make(tmp):
+        d = {k: v for k, v in {**_inputs(), **changes}.items() if v is not None}
+        return _save_npz(tmp / "in.npz", d)
+    return make
+
+
+INPUTS = {
+    "missing-input": (_changed(attention_mask=None), ["missing input(s): attention_mask"]),
+    "extra-input": (_changed(bogus=np.zeros(3, np.float32)), ["unknown input(s): bogus"]),
+    "wrong-shape": (_changed(input_ids=np.zeros((1, 5), np.int64)), ["input_ids", "[1, 5]", "[1, 7]"]),
+    "wrong-rank": (_changed(input_ids=np.zeros(7, np.int64)), ["input input_ids:"]),
+    "wrong-dtype": (_changed(input_ids=np.zeros((1, 7), np.int32)), ["input_ids", "int32", "int64"]),
+    "text-file": (lambda t: _write(t / "in.npz", b"input_ids = 1 2 3\n"), ["in.npz", "not an .npz file"]),
+    "npy-file": (lambda t: (np.save(t / "in.npy", np.zeros(3)), t / "in.npy")[1], ["in.npy", "not an .npz file"]),
+    "empty-file": (lambda t: _write(t / "in.npz", b""), ["in.npz", "not an .npz file"]),
+    "object-array": (lambda t: _save_npz(t / "in.npz", {"input_ids": np.array([None], dtype=object)}),
+                     ["in.npz", "not a valid .npz"]),
+    "no-such-file": (lambda t: t / "nowhere.npz", ["nowhere.npz", "no such file"]),
+}
+
+
+@pytest.fixture(scope="module")
+def sample_ir(tmp_path_factory):
+    ir = tmp_path_factory.mktemp("ir") / "gpt2.ir"
+    assert main(["import", str(SAMPLE), "-o", str(ir)]) == 0
+    return ir
+
+
+@pytest.mark.parametrize("model", ["onnx", "ir"])
+@pytest.mark.parametrize("case", INPUTS)
+def test_bad_inputs(tmp_path, capsys, sample_ir, case, model):
+    make, words = INPUTS[case]
+    inputs = make(tmp_path)
+    capsys.readouterr()
+    out = tmp_path / "out.npz"
+    code, stdout, err = run(capsys, "eval", SAMPLE if model == "onnx" else sample_ir, "--inputs", inputs, "-o", out)
+    assert_one_line_error(code, err, *words)
+    assert not out.exists()
+
+
+def test_token_id_outside_the_vocabulary(tmp_path, capsys):
+    inputs = _save_npz(tmp_path / "in.npz", {**_inputs(), "input_ids": np.full((1, 7), 10**6, np.int64)})
+    code, _, err = run(capsys, "eval", SAMPLE, "--inputs", inputs, "-o", tmp_path / "out.npz")
+    assert_one_line_error(code, err, "graph.gather", "out of bounds")
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_shape_option_on_an_ir_file(tmp_path, capsys, sample_ir):
+    code, _, err = run(capsys, "eval", sample_ir, "--shape", "input_ids=1,7")
+    assert_one_line_error(code, err, "--shape", "IR file")
+
+
+def assert_error_after_progress(code, err, *words):
+    """An error found after progress lines (e.g. the support report): still one error line, the last."""
+    lines = err.splitlines()
+    assert_one_line_error(code, lines[-1] + "\n", *words)
+    assert not any(line.startswith("lpuc: error") for line in lines[:-1]) and "Traceback" not in err
+
+
+def test_ir_file_without_its_blobs(tmp_path, capsys, sample_ir):
+    ir = tmp_path / "lonely.ir"
+    ir.write_text(sample_ir.read_text())
+    code, _, err = run(capsys, "eval", ir, "--inputs", SAMPLES / "gpt2_prefill.inputs.npz", "-o", tmp_path / "o.npz")
+    assert_one_line_error(code, err, "no data")
+    code, _, err = run(capsys, "eval", ir, "-o", tmp_path / "o.npz")  # random inputs: a progress line first
+    assert_error_after_progress(code, err, "no data")
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_unwritable_output(tmp_path, capsys):
+    code, _, err = run(capsys, "import", SAMPLE, "-o", tmp_path / "no" / "such" / "dir" / "x.ir")
+    assert_error_after_progress(code, err, "cannot write")
+
+
+# --- bad arguments and IR text ----------------------------------------------------
+
+@pytest.mark.parametrize("shape", ["input_ids", "input_ids=1,x", "=1,7", "input_ids=1;7"])
+def test_malformed_shape_argument(tmp_path, capsys, shape):
+    code, _, err = run(capsys, "eval", SAMPLE, "--shape", shape, "-o", tmp_path / "out.npz")
+    assert code == 2
+    assert "Traceback" not in err and "--shape" in err and "NAME=D0,D1" in err
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_unknown_command_and_missing_argument(capsys):
+    assert run(capsys, "compile-everything")[0] == 2
+    code, _, err = run(capsys, "import")
+    assert code == 2 and "MODEL.onnx" in err and "Traceback" not in err
+
+
+IR_ERRORS = {
+    "bad-type": ('module @m {\n  input %x : f32[2]\n  %y = graph.relu %x : f32[2\n  output "y" = %y\n}\n', ":3:"),
+    "bad-token": ('module @m {\n  input %x : f32[2]\n  %y = graph.relu %x : f32[2] ;\n  output "y" = %y\n}\n',
+                  ":3:"),
+    "undefined-value": ('module @m {\n  input %x : f32[2]\n  %y = graph.relu %z : f32[2]\n  output "y" = %y\n}\n',
+                        ":3:"),
+    "garbage": ("\x00\x01 binary junk", ":1:"),
+}
+
+
+@pytest.mark.parametrize("case", IR_ERRORS)
+@pytest.mark.parametrize("command", ["check", "eval"])
+def test_ir_parse_error_has_file_line_column(tmp_path, capsys, case, command):
+    text, where = IR_ERRORS[case]
+    ir = tmp_path / "bad.ir"
+    ir.write_text(text)
+    out = tmp_path / ("out.ir" if command == "check" else "out.npz")
+    code, stdout, err = run(capsys, command, ir, "-o", out)
+    line = assert_one_line_error(code, err, f"bad.ir{where}")
+    assert line.split(where, 1)[1].split(":", 1)[0].isdigit(), "expected file:line:column"
+    assert not out.exists() and stdout == ""
+
+
+@pytest.mark.parametrize("command", ["check", "eval"])
+def test_ir_verifier_error_names_the_file_and_the_op(tmp_path, capsys, command):
+    ir = tmp_path / "bad.ir"
+    ir.write_text('module @m {\n  input %x : f32[2]\n  %y = graph.frobnicate %x : f32[2]\n  output "y" = %y\n}\n')
+    code, _, err = run(capsys, command, ir)
+    assert_one_line_error(code, err, "bad.ir", "%y = graph.frobnicate", "unknown op")
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    model = save(_xy_model([helper.make_node("NonZero", ["x"], ["y"])], out_type=TensorProto.INT64), tmp_path / "nz.onnx")
+    for argv in (["--debug", "import", model], ["import", model, "--debug"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2
+        assert "Traceback (most recent call last)" in err and "LpucError" in err
+        assert err.rstrip().splitlines()[-1].startswith("lpuc: error: NonZero")
+
+
+def test_real_process_exit_code_and_streams(tmp_path):
+    ir = tmp_path / "out.ir"
+    r = subprocess.run([sys.executable, "-m", "compiler", "import", str(tmp_path / "nowhere.onnx"), "-o", str(ir)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr.splitlines() == [f"lpuc: error: {tmp_path / 'nowhere.onnx'}: no such file"]
+    assert not ir.exists()
+
+
+# --- help -------------------------------------------------------------------------
+
+def test_main_help(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for name in COMMANDS:
+        assert name in out
+    assert "--debug" in out
+
+
+@pytest.mark.parametrize("command, args", [
+    ("check", ["FILE.ir", "--output"]),
+    ("import", ["MODEL.onnx", "--output", "--shape"]),
+    ("eval", ["MODEL.onnx|MODEL.ir", "--inputs", "--output", "--seed", "--shape"]),
+])
+def test_command_help(capsys, command, args):
+    assert {"check", "import", "eval"} <= set(COMMANDS)
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0
+    assert out.startswith(f"usage: lpuc {command}")
+    for a in args:
+        assert a in out, f"{a} not in `lpuc {command} --help`"
