@@ -94,6 +94,28 @@ for _onnx, _ours in {"Sqrt": "sqrt", "Reciprocal": "reciprocal", "Neg": "neg", "
     converts(_onnx)(lambda n, ours=_ours: n.op(f"graph.{ours}", n.x(0)))
 
 
+@converts("Sum")
+def _sum(n: Node):
+    acc = n.x(0)
+    for i in range(1, len(n.proto.input)):
+        acc = n.op("graph.add", acc, n.x(i))
+    return acc
+
+
+@converts("Mod")
+def _mod(n: Node):
+    a, b = n.x(0), n.x(1)
+    fmod = n.attr("fmod", 0)
+    if a.type.dtype.is_float:
+        if not fmod:
+            raise LpucError("Mod of floats needs fmod=1")
+        return n.op("graph.mod", a, b)  # C fmod
+    if not fmod:
+        return n.op("graph.mod", a, b)  # the sign of the divisor
+    # integers with fmod=1: the sign of the dividend, a - b * trunc(a / b)
+    return n.op("graph.sub", a, n.b.op("graph.mul", b, n.b.op("graph.div", a, b)))
+
+
 @converts("Max", "Min")
 def _max_min(n: Node):
     op = "graph.max" if n.proto.op_type == "Max" else "graph.min"
@@ -176,7 +198,8 @@ def _range(n: Node):
     start, limit, delta = (n.const(i) for i in range(3))
     if start is None or limit is None or delta is None:
         raise LpucError("Range bounds are computed at run time; static scheduling needs constant shapes")
-    return n.constant(np.arange(start, limit, delta, dtype=np.asarray(start).dtype))
+    dtype = n.importer.consts[n.proto.input[0]].type.dtype
+    return n.constant(np.arange(start, limit, delta, dtype=dtype.numpy), dtype)
 
 
 # --- linear algebra, reductions, normalizations ------------------------------
@@ -223,7 +246,26 @@ def _reduce(n: Node):
         return x
     op = {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max",
           "ReduceMin": "reduce_min"}[n.proto.op_type]
-    return n.op(f"graph.{op}", x, axes=axes, keepdims=bool(n.attr("keepdims", 1)))
+    keepdims = bool(n.attr("keepdims", 1))
+    if any(x.type.shape[a] == 0 for a in axes):  # an empty reduction: the op's identity, known statically
+        shape = tuple(1 if i in axes else d for i, d in enumerate(x.type.shape) if keepdims or i not in axes)
+        return n.constant(np.full(shape, _reduce_identity(op, x.type.dtype), x.type.dtype.numpy), x.type.dtype)
+    return n.op(f"graph.{op}", x, axes=axes, keepdims=keepdims)
+
+
+def _reduce_identity(op: str, dtype: DType):
+    """ONNX's value for a reduction over an empty set."""
+    if op == "reduce_sum":
+        return 0
+    if op == "reduce_mean":
+        return np.nan
+    lowest = op == "reduce_max"
+    if dtype is DType.bool:
+        return not lowest
+    if dtype.is_float:
+        return -np.inf if lowest else np.inf
+    info = np.iinfo(dtype.numpy)
+    return info.min if lowest else info.max
 
 
 @converts("Softmax")
@@ -299,7 +341,8 @@ def _reshape(n: Node):
 @converts("Flatten")
 def _flatten(n: Node):
     x = n.x(0)
-    axis = n.attr("axis", 1) % (x.type.rank + 1) if x.type.rank else 0
+    axis = n.attr("axis", 1)
+    axis = axis + x.type.rank if axis < 0 else axis  # in [-rank, rank]
     shape = (int(np.prod(x.type.shape[:axis])), int(np.prod(x.type.shape[axis:])))
     return n.op("graph.reshape", x, shape=shape)
 
@@ -378,6 +421,45 @@ def _slice(n: Node):
     return n.op("graph.slice", x, starts=starts, ends=ends, axes=tuple(a % x.type.rank for a in axes), steps=steps)
 
 
+@converts("Pad")
+def _pad(n: Node):
+    """Constant-mode Pad: concat with filled blocks (negative pads slice)."""
+    x = n.x(0)
+    rank = x.type.rank
+    mode = n.attr("mode", "constant")
+    if mode != "constant":
+        raise LpucError(f"Pad mode {mode!r} is not supported (only 'constant')")
+    pads = n.attr("pads") or n.ints(1, "pads")  # an attribute before opset 11
+    axes = n.ints(3, "axes")
+    axes = tuple(a % rank for a in axes) if axes else tuple(range(rank))
+    if len(pads) != 2 * len(axes):
+        raise LpucError(f"pads {list(pads)} do not give a begin and end for each of {len(axes)} axes")
+    dtype = x.type.dtype
+    if n.has(2):  # the fill value: a constant, or a run-time scalar expanded below
+        value = n.const(2)
+        fill_value = None if value is None else np.asarray(value).reshape(-1)[0]
+    else:
+        fill_value = n.attr("value", 0)
+    for axis, begin, end in zip(axes, pads[: len(axes)], pads[len(axes):]):
+        dim = x.type.shape[axis]
+        if begin < 0 or end < 0:
+            x = n.b.op("graph.slice", x, starts=(max(-begin, 0),), ends=(dim - max(-end, 0),), axes=(axis,),
+                       steps=(1,))
+        parts = []
+        for size in (max(begin, 0), None, max(end, 0)):
+            if size is None:
+                parts.append(x)
+            elif size:
+                shape = x.type.shape[:axis] + (size,) + x.type.shape[axis + 1:]
+                if fill_value is not None:
+                    parts.append(n.b.constant(np.full(shape, fill_value, dtype.numpy), dtype))
+                else:
+                    parts.append(n.b.op("graph.expand", n.x(2), shape=shape))
+        if len(parts) > 1:
+            x = n.b.op("graph.concat", *parts, axis=axis)
+    return x
+
+
 @converts("Gather")
 def _gather(n: Node):
     return n.op("graph.gather", n.x(0), n.x(1), axis=n.attr("axis", 0))
@@ -391,3 +473,232 @@ def _gather_elements(n: Node):
 @converts("GatherND")
 def _gather_nd(n: Node):
     return n.op("graph.gather_nd", n.x(0), n.x(1), batch_dims=n.attr("batch_dims", 0))
+
+
+# --- fused transformer ops (opset 23+) ---------------------------------------
+
+def _scalar(n: Node, value, dtype: DType) -> Value:
+    return n.b.constant(np.asarray(value, dtype.numpy), dtype)
+
+
+def _rank4_heads(n: Node, x: Value, heads: int, what: str) -> Value:
+    """[B, S, H*D] -> [B, H, S, D]."""
+    b, s, hidden = x.type.shape
+    if not heads or hidden % heads:
+        raise LpucError(f"{what} hidden size {hidden} is not a multiple of {heads} heads")
+    x = n.b.op("graph.reshape", x, shape=(b, s, heads, hidden // heads))
+    return n.b.op("graph.transpose", x, perm=(0, 2, 1, 3))
+
+
+def _pad_last(n: Node, x: Value, size: int, fill) -> Value:
+    """Pad the last dim of x up to `size` with the constant `fill`."""
+    missing = size - x.type.shape[-1]
+    if missing < 0:
+        raise LpucError(f"attn_mask {x.type} is longer than the {size} keys")
+    if missing == 0:
+        return x
+    pad = n.b.constant(np.full(x.type.shape[:-1] + (missing,), fill, x.type.dtype.numpy), x.type.dtype)
+    return n.b.op("graph.concat", x, pad, axis=-1)
+
+
+@converts("Attention")
+def _attention(n: Node):
+    """ONNX Attention (opsets 23-24, and 25's window attributes): decomposed into
+    matmul / softmax with an additive bias. GQA never copies K/V: the q heads of
+    one kv head are folded into the row dim of the score matmul."""
+    b_ = n.b
+    q, k, v = n.x(0), n.x(1), n.x(2)
+    rank = q.type.rank
+    if rank not in (3, 4) or k.type.rank != rank or v.type.rank != rank:
+        raise LpucError(f"Q, K, V must all be 3-D or all 4-D, got {q.type}, {k.type}, {v.type}")
+    dtype = q.type.dtype
+    if not dtype.is_float:
+        raise LpucError(f"Q must be a float tensor, got {q.type}")
+    if rank == 3:
+        qh, kvh = n.attr("q_num_heads"), n.attr("kv_num_heads")
+        if not qh or not kvh:
+            raise LpucError("3-D Q/K/V need the q_num_heads and kv_num_heads attributes")
+        q, k, v = _rank4_heads(n, q, qh, "Q"), _rank4_heads(n, k, kvh, "K"), _rank4_heads(n, v, kvh, "V")
+    batch, qh, sq, d = q.type.shape
+    kvh = k.type.shape[1]
+    if v.type.shape[1] != kvh or qh % kvh:
+        raise LpucError(f"{qh} query heads cannot share {kvh} key / {v.type.shape[1]} value heads")
+
+    # KV cache
+    past = 0
+    if n.has(4) != n.has(5):
+        raise LpucError("past_key and past_value must be given together")
+    if n.has(4):
+        past = n.x(4).type.shape[2]
+        k = b_.op("graph.concat", n.x(4), k, axis=2)
+        v = b_.op("graph.concat", n.x(5), v, axis=2)
+    present_k, present_v = k, v
+    skv = k.type.shape[2]
+
+    # scores = (Q * scale) @ K^T   [B, Hq, Sq, Skv]
+    scale = n.attr("scale")
+    scale = float(1 / np.sqrt(d)) if scale is None else float(scale)
+    kt = b_.op("graph.transpose", k, perm=(0, 1, 3, 2))
+    if dtype.itemsize >= 4:  # scale the (smaller) Q side only
+        qs = b_.op("graph.mul", q, _scalar(n, scale, dtype)) if scale != 1.0 else q
+    else:  # 16-bit floats: the spec's Q*sqrt(scale) @ (K*sqrt(scale))^T, rounding as it does
+        root = _scalar(n, np.sqrt(scale), dtype)
+        qs, kt = b_.op("graph.mul", q, root), b_.op("graph.mul", kt, root)
+    group = qh // kvh
+    if group > 1:  # [B, Hkv, group*Sq, D]: q heads h*group .. h*group+group-1 use kv head h
+        qs = b_.op("graph.reshape", qs, shape=(batch, kvh, group * sq, d))
+    scores = b_.op("graph.matmul", qs, kt)
+    if group > 1:
+        scores = b_.op("graph.reshape", scores, shape=(batch, qh, sq, skv))
+    raw = scores
+    softcap = float(n.attr("softcap", 0.0) or 0.0)
+    if softcap > 0:
+        c = _scalar(n, softcap, dtype)
+        scores = b_.op("graph.mul", b_.op("graph.tanh", b_.op("graph.div", scores, c)), c)
+    capped = scores
+
+    # the additive bias: attn_mask, causal frontier, sliding window, key padding
+    zero, ninf = _scalar(n, 0, dtype), _scalar(n, -np.inf, dtype)
+    bias = None
+    maybe_empty = False  # could a row of the bias be all -inf?
+
+    def add_bias(term):
+        nonlocal bias
+        bias = term if bias is None else b_.op("graph.add", bias, term)
+
+    if n.has(3):
+        mask = n.x(3)
+        if mask.type.dtype is DType.bool:
+            mask = b_.op("graph.where", _pad_last(n, mask, skv, False), zero, ninf)
+        else:
+            if mask.type.dtype != dtype:
+                mask = b_.op("graph.cast", mask, to=dtype)
+            mask = _pad_last(n, mask, skv, -np.inf)
+        add_bias(mask)
+        maybe_empty = True
+    nonpad = n.x(6) if n.has(6) else None
+    if nonpad is not None and n.has(4):
+        raise LpucError("nonpad_kv_seqlen cannot be combined with past_key / past_value")
+    left, right = n.attr("left_window_size", -1), n.attr("right_window_size", -1)
+    causal = bool(n.attr("is_causal", 0))
+    # allowed(i, j) rules on diff = offset + i - j: causal: diff >= 0; window: -right <= diff <= left
+    rules = ([(0, None)] if causal else []) + ([(None, left)] if left >= 0 else []) \
+        + ([(-right, None)] if right >= 0 else [])
+    if rules:
+        base = np.arange(sq)[:, None] - np.arange(skv)[None, :]  # i - j
+        if nonpad is None:  # a static frontier: offset = past length
+            diff = base + past
+            allowed = np.ones(diff.shape, bool)
+            for lo, hi in rules:
+                allowed &= (diff >= lo) if lo is not None else (diff <= hi)
+            maybe_empty |= not allowed.any(axis=-1).all()
+            add_bias(b_.constant(np.where(allowed, 0, -np.inf).astype(dtype.numpy), dtype))
+        else:  # offset[b] = nonpad[b] - Sq, known at run time: [B, 1, Sq, Skv]
+            off = b_.op("graph.reshape", nonpad, shape=(batch, 1, 1, 1))
+            itype = nonpad.type.dtype
+            diff = b_.op("graph.add", off, b_.constant((base - sq).astype(itype.numpy), itype))
+            allowed = None
+            for lo, hi in rules:
+                cond = b_.op("graph.greater_equal", diff, _scalar(n, lo, itype)) if lo is not None \
+                    else b_.op("graph.less_equal", diff, _scalar(n, hi, itype))
+                allowed = cond if allowed is None else b_.op("graph.and", allowed, cond)
+            add_bias(b_.op("graph.where", allowed, zero, ninf))
+            maybe_empty = True
+    if nonpad is not None:  # keys j >= nonpad[b] are padding
+        itype = nonpad.type.dtype
+        keys = b_.constant(np.arange(skv, dtype=itype.numpy).reshape(1, 1, 1, skv), itype)
+        valid = b_.op("graph.less", keys, b_.op("graph.reshape", nonpad, shape=(batch, 1, 1, 1)))
+        add_bias(b_.op("graph.where", valid, zero, ninf))
+        maybe_empty = True
+    if bias is not None:
+        scores = b_.op("graph.add", scores, bias)
+    biased = scores
+
+    # softmax, in softmax_precision when given
+    sp = n.attr("softmax_precision")
+    sp = _dtype_of(sp) if sp else dtype
+    if sp != dtype:
+        scores = b_.op("graph.cast", scores, to=sp)
+    probs = b_.op("graph.softmax", scores, axis=-1)
+    if maybe_empty:  # a row without any attended key gives zeros, not NaN
+        row_max = b_.op("graph.reduce_max", bias, axes=(bias.type.rank - 1,), keepdims=True)
+        empty = b_.op("graph.equal", row_max, ninf)
+        probs = b_.op("graph.where", empty, _scalar(n, 0, sp), probs)
+    if sp != dtype:
+        probs = b_.op("graph.cast", probs, to=dtype)
+
+    # Y = probs @ V
+    dv = v.type.shape[3]
+    p = b_.op("graph.reshape", probs, shape=(batch, kvh, group * sq, skv)) if group > 1 else probs
+    y = b_.op("graph.matmul", p, v)
+    if group > 1:
+        y = b_.op("graph.reshape", y, shape=(batch, qh, sq, dv))
+    if rank == 3:
+        y = b_.op("graph.reshape", b_.op("graph.transpose", y, perm=(0, 2, 1, 3)), shape=(batch, sq, qh * dv))
+
+    outputs = list(n.proto.output) + [""] * 4
+    mode = n.attr("qk_matmul_output_mode", 0)
+    if mode not in (0, 1, 2, 3):
+        raise LpucError(f"qk_matmul_output_mode {mode} is not one of 0-3")
+    qk_out = None
+    if outputs[3]:
+        qk_out = (raw, capped, biased, probs)[mode]  # all [B, Hq, Sq, Skv]
+    return [y, present_k if outputs[1] else None, present_v if outputs[2] else None, qk_out]
+
+
+@converts("RotaryEmbedding")
+def _rotary_embedding(n: Node):
+    """ONNX RotaryEmbedding (opset 23): rotate the first rotary_embedding_dim
+    features of each head, split in halves or interleaved pairs."""
+    b_ = n.b
+    x = n.x(0)
+    shape_in = x.type.shape
+    if x.type.rank == 4:  # [B, H, S, D]: cos/sin broadcast as [B, 1, S, r/2]
+        batch, heads, seq, d = shape_in
+        xs, cs_shape = x, (batch, 1, seq)
+    elif x.type.rank == 3:
+        batch, seq, hidden = shape_in
+        heads = n.attr("num_heads", 0)
+        if not heads or hidden % heads:
+            raise LpucError(f"3-D input {x.type} needs a num_heads attribute dividing its hidden size")
+        d = hidden // heads
+        xs, cs_shape = b_.op("graph.reshape", x, shape=(batch, seq, heads, d)), (batch, seq, 1)
+    else:
+        raise LpucError(f"input must be 3-D or 4-D, got {x.type}")
+    rd = n.attr("rotary_embedding_dim", 0) or d
+    if rd % 2 or rd > d:
+        raise LpucError(f"rotary_embedding_dim {rd} must be even and at most the head size {d}")
+    half = rd // 2
+    cos, sin = n.x(1), n.x(2)
+    if n.has(3):
+        pos = n.x(3)
+        cos, sin = b_.op("graph.gather", cos, pos, axis=0), b_.op("graph.gather", sin, pos, axis=0)
+    for c in (cos, sin):
+        if c.type.shape[-1] != half or c.type.numel not in (batch * seq * half, seq * half):
+            raise LpucError(f"cos/sin cache {c.type} does not fit [{batch}, {seq}, {half}]")
+    if cos.type.dtype != x.type.dtype or sin.type.dtype != x.type.dtype:
+        raise LpucError(f"cos/sin caches must have the input's dtype {x.type.dtype}")
+    rows = batch if cos.type.numel == batch * seq * half else 1
+    interleaved = bool(n.attr("interleaved", 0))
+    tail = (half, 1) if interleaved else (half,)
+    cos = b_.op("graph.reshape", cos, shape=(rows,) + cs_shape[1:] + tail)
+    sin = b_.op("graph.reshape", sin, shape=(rows,) + cs_shape[1:] + tail)
+
+    lead = xs.type.shape[:-1]
+    last = xs.type.rank - 1
+    rot = xs if rd == d else b_.op("graph.slice", xs, starts=(0,), ends=(rd,), axes=(last,), steps=(1,))
+    if interleaved:  # pairs (x[2i], x[2i+1])
+        rot = b_.op("graph.reshape", rot, shape=lead + (half, 2))
+        x1, x2 = b_.op("graph.split", rot, axis=last + 1, sizes=(1, 1))
+    else:
+        x1, x2 = b_.op("graph.split", rot, axis=last, sizes=(half, half))
+    real = b_.op("graph.sub", b_.op("graph.mul", cos, x1), b_.op("graph.mul", sin, x2))
+    imag = b_.op("graph.add", b_.op("graph.mul", sin, x1), b_.op("graph.mul", cos, x2))
+    if interleaved:
+        out = b_.op("graph.reshape", b_.op("graph.concat", real, imag, axis=last + 1), shape=lead + (rd,))
+    else:
+        out = b_.op("graph.concat", real, imag, axis=last)
+    if rd < d:
+        keep = b_.op("graph.slice", xs, starts=(rd,), ends=(d,), axes=(last,), steps=(1,))
+        out = b_.op("graph.concat", out, keep, axis=last)
+    return n.op("graph.reshape", out, shape=shape_in) if x.type.rank == 3 else out
