@@ -43,7 +43,7 @@ class Builder:
         self.inputs.append(v)
         return v
 
-    def op(self, name: str, *operands: Value, names: tuple[str | None, ...] = (), **attrs):
+    def op(self, name: str, /, *operands: Value, names: tuple[str | None, ...] = (), **attrs):
         """Append op `name`; return its result (or the tuple of its results)."""
         opdef = OPS.get(name)
         if opdef is None:

@@ -1,0 +1,374 @@
+"""The executable schedule: one `.lpu` file holding everything a run needs.
+
+A `.lpu` file is a ZIP archive (stored, never compressed) written by our own
+few lines of code below, so its bytes depend on its content only: members in
+sorted order, a fixed timestamp, no extra fields, no pickle anywhere. Members:
+
+  manifest.json  format and version, machine name, options, input/output
+                 bindings (name -> type), cycles, sha256 of every other part
+  program.ir     the scheduled module as IR text (large constants by reference)
+  machine.toml   the machine description's text (a run needs no local files)
+  image.json     the initial SRAM image's index: [[slice, first word, words], ...]
+                 sorted; one entry per extent of every `mem.constant`
+  image.bin      the image's bytes: those extents' words (320 B each), in index order
+
+Loading checks the container byte for byte against what the writer would
+produce from the same parts, then the format version, the part hashes, the
+machine, the program and the image; any problem is one `LpuFormatError` line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+import zipfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from ir import machine_ops  # noqa: F401  (registers the machine dialects)
+from ir.attributes import AttrDict, Tensor
+from ir.core import Module, Op
+from ir.errors import LpucError
+from ir.files import atomic_write
+from ir.layout import LANES, from_words, to_words, words
+from ir.machine import Machine, parse_machine
+from ir.parser import parse
+from ir.printer import print_module
+from ir.verifier import verify
+
+FORMAT = "lpu"
+FORMAT_VERSION = 1
+PARTS = ("image.bin", "image.json", "machine.toml", "manifest.json", "program.ir")
+HASHED = tuple(p for p in PARTS if p != "manifest.json")
+
+Image = Mapping[tuple[int, int], np.ndarray]  # (slice, first word) -> uint8 [words, 320]
+
+
+class LpuFormatError(LpucError):
+    """A .lpu file that cannot be loaded: damaged, truncated, of another format version."""
+
+
+@dataclass(frozen=True, eq=False)
+class Program:
+    """A loaded (or freshly built) executable schedule. Arrays are read-only."""
+
+    module: Module
+    machine: Machine
+    machine_text: str
+    image: Image
+    manifest: Mapping[str, Any]
+
+    @property
+    def options(self) -> Mapping[str, Any]:
+        return self.manifest["options"]
+
+    @property
+    def cycles(self) -> int:
+        return self.manifest["cycles"]
+
+
+# --- building ---------------------------------------------------------------
+
+def _tool_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("lpuc")
+    except Exception:  # not installed: the version is unknown, not an error
+        return "unknown"
+
+
+def _canonical_json(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, indent=1, ensure_ascii=True, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as e:
+        raise LpucError(f"{what} must be JSON data (str keys; str, number, bool, null, list, dict values): {e}") \
+            from None
+
+
+def _build_image(module: Module) -> dict[tuple[int, int], np.ndarray]:
+    """The SRAM image: each mem.constant's words at its `out` extents."""
+    image: dict[tuple[int, int], np.ndarray] = {}
+    owner: dict[tuple[int, int], str] = {}
+    for op in module.ops:
+        if op.name != "mem.constant":
+            continue
+        value, t = op.attrs["value"], op.result.type
+        out = op.attrs.get("out")
+        if out is None:
+            raise LpucError(f"cannot build the SRAM image: {op.label()} has no `out` extents")
+        n = sum(e[2] for e in out)
+        if n != words(t):
+            raise LpucError(f"cannot build the SRAM image: {op.label()}: `out` spans {n} words, {t} takes {words(t)}")
+        if not value.has_data:
+            raise LpucError(f"cannot build the SRAM image: {op.label()}: constant {value.key} has no data")
+        data = to_words(value.array, t)
+        pos = 0
+        for s, w, k in out:
+            if k:
+                if (s, w) in image:
+                    raise LpucError(f"cannot build the SRAM image: {op.label()} and {owner[s, w]} both start "
+                                    f"at slice {s} word {w}")
+                image[s, w] = _frozen(data[pos:pos + k])
+                owner[s, w] = op.label()
+            pos += k
+    return dict(sorted(image.items()))
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.array(a, np.uint8, order="C")
+    a.flags.writeable = False
+    return a
+
+
+def build_program(module: Module, machine_text: str, options: Mapping[str, Any] | None = None) -> Program:
+    """The Program `write_lpu` would write, built in memory (no file)."""
+    from .interpreter import schedule_length  # the one place timing is derived from ir.costs
+
+    machine = parse_machine(machine_text, "machine.toml")
+    verify(module)
+    target = module.attrs.get("machine")
+    if target is not None and target != machine.name:
+        raise LpucError(f"module @{module.name} targets machine {target!r}, the description given is {machine.name!r}")
+    options = json.loads(_canonical_json(dict(options or {}), "options"))
+    image = _build_image(module)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "lpuc_version": _tool_version(),
+        "machine": machine.name,
+        "module": module.name,
+        "options": options,
+        "inputs": {v.name: str(v.type) for v in module.inputs},
+        "outputs": {name: str(v.type) for name, v in module.outputs},
+        "cycles": schedule_length(module, machine),
+    }
+    return Program(module, machine, machine_text, MappingProxyType(image), MappingProxyType(manifest))
+
+
+def _parts(program: Program) -> dict[str, bytes]:
+    index = [[s, w, int(a.shape[0])] for (s, w), a in sorted(program.image.items())]
+    parts = {
+        "image.bin": b"".join(program.image[s, w].tobytes() for s, w, _ in index),
+        "image.json": _canonical_json(index, "image index").encode(),
+        "machine.toml": program.machine_text.encode(),
+        "program.ir": print_module(program.module).encode(),
+    }
+    manifest = dict(program.manifest)
+    manifest["parts"] = {name: sha256(parts[name]) for name in HASHED}
+    parts["manifest.json"] = _canonical_json(manifest, "manifest").encode()
+    return parts
+
+
+def lpu_bytes(module: Module, machine_text: str, options: Mapping[str, Any] | None = None) -> bytes:
+    """The bytes of the .lpu file of `module` (what write_lpu writes)."""
+    return _pack(_parts(build_program(module, machine_text, options)))
+
+
+def write_lpu(path: str | Path, module: Module, machine_text: str, options: Mapping[str, Any] | None = None) -> str:
+    """Write the executable schedule of `module` to `path` atomically; return the file's sha256 (hex)."""
+    data = lpu_bytes(module, machine_text, options)
+    atomic_write(path, data)
+    return sha256(data)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def schedule_sha256(path: str | Path) -> str:
+    """The sha256 (hex) of a .lpu file's bytes: the identity of a compiled schedule."""
+    try:
+        return sha256(Path(path).read_bytes())
+    except OSError as e:
+        raise LpuFormatError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+# --- the container: a minimal, deterministic ZIP (stored members) ------------
+
+_DOS_DATE = (0 << 9) | (1 << 5) | 1  # 1980-01-01
+_DOS_TIME = 0
+_VERSION = 20  # 2.0: what stored members need
+
+
+def _pack(parts: Mapping[str, bytes]) -> bytes:
+    """A ZIP archive of `parts`, members in sorted order, bytes a function of the content only."""
+    out, central = io.BytesIO(), []
+    for name in sorted(parts):
+        data, raw = parts[name], name.encode("ascii")
+        if len(data) >= 0xFFFFFFFF or out.tell() >= 0xFFFFFFFF:
+            raise LpucError(f"the .lpu container holds at most 4 GiB; part {name} does not fit")
+        crc, offset = zlib.crc32(data), out.tell()
+        out.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, _VERSION, 0, 0, _DOS_TIME, _DOS_DATE, crc,
+                              len(data), len(data), len(raw), 0))
+        out.write(raw)
+        out.write(data)
+        central.append(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, _VERSION, _VERSION, 0, 0, _DOS_TIME,
+                                   _DOS_DATE, crc, len(data), len(data), len(raw), 0, 0, 0, 0, 0, offset) + raw)
+    start = out.tell()
+    for entry in central:
+        out.write(entry)
+    size = out.tell() - start
+    if out.tell() >= 0xFFFFFFFF:
+        raise LpucError("the .lpu container holds at most 4 GiB")
+    out.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(parts), len(parts), size, start, 0))
+    return out.getvalue()
+
+
+def _unpack(data: bytes, where: str) -> dict[str, bytes]:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            names = zf.namelist()
+            if len(set(names)) != len(names):
+                raise LpuFormatError(f"{where}: not a valid .lpu file (a part appears twice)")
+            parts = {name: zf.read(name) for name in names}
+    except LpuFormatError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError, IndexError,
+            NotImplementedError, RuntimeError, struct.error, UnicodeDecodeError, zlib.error) as e:
+        raise LpuFormatError(f"{where}: not a valid .lpu file (truncated or damaged: {_one_line(e)})") from None
+    missing = [p for p in PARTS if p not in parts]
+    if missing:
+        raise LpuFormatError(f"{where}: not a valid .lpu file (missing part {', '.join(missing)})")
+    extra = sorted(set(parts) - set(PARTS))
+    if extra:
+        raise LpuFormatError(f"{where}: not a valid .lpu file (unexpected part {', '.join(extra)})")
+    if _pack(parts) != data:
+        raise LpuFormatError(f"{where}: damaged .lpu file (its container bytes differ from the canonical form)")
+    return parts
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+# --- loading ----------------------------------------------------------------
+
+def read_lpu(path: str | Path) -> Program:
+    """Load and check a .lpu file; every problem is one LpuFormatError line naming the file."""
+    where = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise LpuFormatError(f"{where}: no such file") from None
+    except OSError as e:
+        raise LpuFormatError(f"{where}: cannot read: {e.strerror or e}") from None
+    return load_lpu(data, where)
+
+
+def load_lpu(data: bytes, where: str = "<lpu>") -> Program:
+    """Load a .lpu file from its bytes (see read_lpu)."""
+    parts = _unpack(data, where)
+    manifest = _manifest(parts["manifest.json"], where)
+    for name in HASHED:
+        if sha256(parts[name]) != manifest["parts"].get(name):
+            raise LpuFormatError(f"{where}: part {name} does not match its sha256 in the manifest (corrupted file)")
+    try:
+        machine_text = parts["machine.toml"].decode()
+        program_text = parts["program.ir"].decode()
+    except UnicodeDecodeError as e:
+        raise LpuFormatError(f"{where}: a text part is not UTF-8 ({e})") from None
+    try:
+        machine = parse_machine(machine_text, f"{where}:machine.toml")
+        module = verify(parse(program_text, f"{where}:program.ir"))
+    except LpucError as e:
+        raise LpuFormatError(_one_line(e)) from None
+    if machine.name != manifest["machine"]:
+        raise LpuFormatError(f"{where}: the manifest names machine {manifest['machine']!r}, "
+                             f"machine.toml describes {machine.name!r}")
+    image = _image(parts["image.json"], parts["image.bin"], where)
+    module = _bind_constants(module, image, where)
+    bindings = {"inputs": {v.name: str(v.type) for v in module.inputs},
+                "outputs": {name: str(v.type) for name, v in module.outputs}}
+    for key, expected in bindings.items():
+        if manifest[key] != expected:
+            raise LpuFormatError(f"{where}: the manifest's {key} do not match program.ir")
+    del manifest["parts"]
+    return Program(module, machine, machine_text, MappingProxyType(image), MappingProxyType(manifest))
+
+
+_MANIFEST_KEYS = {"format": str, "format_version": int, "lpuc_version": str, "machine": str, "module": str,
+                  "options": dict, "inputs": dict, "outputs": dict, "cycles": int, "parts": dict}
+
+
+def _manifest(raw: bytes, where: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(raw.decode())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise LpuFormatError(f"{where}: manifest.json is not valid JSON ({_one_line(e)})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise LpuFormatError(f"{where}: not a .lpu file (its manifest does not say format \"{FORMAT}\")")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise LpuFormatError(f"{where}: .lpu format version {version!r}; this lpuc reads version {FORMAT_VERSION} "
+                             "(recompile the model)")
+    for key, kind in _MANIFEST_KEYS.items():
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise LpuFormatError(f"{where}: manifest.json: {key} is missing or not a {kind.__name__}")
+    return manifest
+
+
+def _image(index_raw: bytes, blob: bytes, where: str) -> dict[tuple[int, int], np.ndarray]:
+    try:
+        index = json.loads(index_raw.decode())
+        ok = isinstance(index, list) and all(
+            isinstance(e, list) and len(e) == 3 and all(type(x) is int and x >= 0 for x in e) for e in index)
+    except (UnicodeDecodeError, ValueError):
+        ok = False
+    if not ok:
+        raise LpuFormatError(f"{where}: image.json is not a list of [slice, word, words]")
+    keys = [(s, w) for s, w, _ in index]
+    if keys != sorted(set(keys)):
+        raise LpuFormatError(f"{where}: image.json is not sorted by (slice, word) without repeats")
+    total = sum(n for _, _, n in index) * LANES
+    if total != len(blob):
+        raise LpuFormatError(f"{where}: image.bin holds {len(blob)} bytes, image.json describes {total}")
+    flat = np.frombuffer(blob, np.uint8)  # read-only: a view of immutable bytes
+    image, pos = {}, 0
+    for s, w, n in index:
+        image[s, w] = flat[pos:pos + n * LANES].reshape(n, LANES)
+        pos += n * LANES
+    return image
+
+
+def _bind_constants(module: Module, image: dict[tuple[int, int], np.ndarray], where: str) -> Module:
+    """Check the image holds exactly the constants' extents; give each constant its data from the image."""
+    used, ops = set(), []
+    for op in module.ops:
+        if op.name != "mem.constant":
+            ops.append(op)
+            continue
+        out = tuple(e for e in op.attrs.get("out") or () if e[2])
+        missing = [e for e in out if (e[0], e[1]) not in image or image[e[0], e[1]].shape[0] != e[2]]
+        if missing:
+            s, w, n = missing[0]
+            raise LpuFormatError(f"{where}: the SRAM image lacks {op.label()}'s {n} words at slice {s} word {w}")
+        used.update((s, w) for s, w, _ in out)
+        value = op.attrs["value"]
+        if not value.has_data:
+            t = op.result.type
+            chunks = [image[s, w] for s, w, _ in out]
+            value = Tensor(value.type, value.key, loader=_loader(chunks, t))
+            op = Op(op.name, op.operands, op.results, AttrDict({**op.attrs, "value": value}))
+        ops.append(op)
+    extra = sorted(set(image) - used)
+    if extra:
+        raise LpuFormatError(f"{where}: the SRAM image holds words at slice {extra[0][0]} word {extra[0][1]} "
+                             "that no constant names")
+    return module.replace(ops=tuple(ops))
+
+
+def _loader(chunks, t):
+    def load():
+        a = from_words(np.concatenate(chunks) if chunks else np.zeros((0, LANES), np.uint8), t)
+        a.flags.writeable = False
+        return a
+    return load
