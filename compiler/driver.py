@@ -33,3 +33,31 @@ def read_ir(path: str | Path) -> Module:
         return verify(module)
     except VerifyError as e:
         raise VerifyError(f"{path}: {e}") from None
+
+
+def compile_model(path: str | Path, machine: str | Path = "tsp-v1", options=None,
+                  input_shapes: dict[str, tuple[int, ...]] | None = None):
+    """Model file -> (scheduled module, CompileSummary, machine TOML text)."""
+    from ir.machine import read_machine
+
+    from .pipeline import CompileOptions, compile_module
+
+    graph, _ = load_model(path, input_shapes)
+    machine_desc, machine_text = read_machine(machine)
+    scheduled, summary = compile_module(graph, machine_desc, options or CompileOptions())
+    return scheduled, summary, machine_text
+
+
+def max_relative_error(ours, ref) -> float:
+    """max |ours - ref| / max |ref| (in float64): how lpuc compares outputs with
+    ONNX Runtime. Integer and bool outputs must be equal (else inf)."""
+    import numpy as np
+
+    ours, ref = np.asarray(ours), np.asarray(ref)
+    if ours.shape != ref.shape:
+        return float("inf")
+    if ref.dtype.kind not in "fc":
+        return 0.0 if np.array_equal(ours, ref) else float("inf")
+    diff = np.max(np.abs(ours.astype(np.float64) - ref.astype(np.float64)), initial=0.0)
+    scale = np.max(np.abs(ref.astype(np.float64)), initial=0.0)
+    return float(diff / scale) if scale else float(diff)

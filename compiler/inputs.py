@@ -11,10 +11,11 @@ import numpy as np
 
 from ir import Module
 
-# Ops through which an integer tensor keeps its values on the way to a gather.
-_PASS_THROUGH = {"graph.reshape", "graph.cast", "graph.expand", "graph.transpose", "graph.slice",
-                 "graph.concat", "graph.tile", "graph.split"}
-_GATHERS = {"graph.gather", "graph.gather_elements", "graph.gather_nd"}
+# Ops through which an integer tensor keeps its values on the way to a gather,
+# by name without the dialect, so graph and machine modules read alike.
+_PASS_THROUGH = {"reshape", "cast", "expand", "transpose", "slice", "concat", "tile", "split", "input",
+                 "reshape_view", "join", "column_slice", "row_slice"}
+_GATHERS = {"gather", "gather_elements", "gather_nd"}
 
 
 def index_bounds(module: Module) -> dict[str, int]:
@@ -34,12 +35,13 @@ def index_bounds(module: Module) -> dict[str, int]:
                 continue
             seen.add(name)
             for op, i in uses.get(name, []):
-                if op.name in _GATHERS and i == 1:
+                kind = op.name.split(".", 1)[1]
+                if kind in _GATHERS and i == 1:
                     data = op.operands[0].type
-                    axis = op.attrs.get("axis", 0) % data.rank if op.name == "graph.gather" else 0
+                    axis = op.attrs.get("axis", 0) % data.rank if kind == "gather" else 0
                     dim = data.shape[axis]
                     bounds[inp.name] = min(bounds.get(inp.name, dim), dim)
-                elif op.name in _PASS_THROUGH:
+                elif kind in _PASS_THROUGH:
                     stack.extend(r.name for r in op.results)
     return bounds
 

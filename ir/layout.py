@@ -101,4 +101,13 @@ def view_extents(op_name: str, attrs, operand_types, operand_extents) -> tuple[E
         first = attrs["start"] // LANES
         ncols = -(-attrs["size"] // LANES)
         return sub_extents(operand_extents[0], first * per_column, ncols * per_column)
+    if op_name == "mem.row_slice":  # per vector column, per batch (leading dims): a run of whole rows
+        t = operand_types[0]
+        rows_per_batch, size = t.shape[-2], t.dtype.itemsize
+        batches = rows_cols(t)[0] // rows_per_batch if rows_per_batch else 0
+        out = []
+        for run in range(vector_cols(t) * batches):
+            out += sub_extents(operand_extents[0], (run * rows_per_batch + attrs["start"]) * size,
+                               attrs["size"] * size)
+        return tuple(out)
     raise ValueError(f"{op_name} is not a view")

@@ -185,8 +185,9 @@ def parse_machine(text: str, source: str = "<machine>") -> Machine:
     return machine
 
 
-def load_machine(name_or_path: str | Path = DEFAULT_MACHINE) -> Machine:
-    """A shipped machine by name (e.g. `tsp-v1`), or a machine TOML file."""
+def read_machine(name_or_path: str | Path = DEFAULT_MACHINE) -> tuple[Machine, str]:
+    """A shipped machine by name (e.g. `tsp-v1`), or a machine TOML file: the
+    validated Machine and the file's text (which executable schedules embed)."""
     text_path = Path(name_or_path)
     shipped = SHIPPED / f"{name_or_path}.toml"
     if not str(name_or_path).endswith(".toml") and shipped.is_file():
@@ -198,4 +199,9 @@ def load_machine(name_or_path: str | Path = DEFAULT_MACHINE) -> Machine:
         text = text_path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise LpucError(f"{text_path}: cannot read: {e}") from None
-    return parse_machine(text, str(name_or_path) if text_path == shipped else str(text_path))
+    return parse_machine(text, str(name_or_path) if text_path == shipped else str(text_path)), text
+
+
+def load_machine(name_or_path: str | Path = DEFAULT_MACHINE) -> Machine:
+    """A shipped machine by name (e.g. `tsp-v1`), or a machine TOML file."""
+    return read_machine(name_or_path)[0]

@@ -83,7 +83,15 @@ def _column_slice(types, attrs):
     return t.with_shape(t.shape[:-1] + (size,))
 
 
-VIEWS = frozenset({"mem.reshape_view", "mem.join", "mem.column_slice"})
+@defop("mem.row_slice", 1, {"start": A("int"), "size": A("int"), **SCHEDULE_ATTRS},
+       doc="rows [start, start+size) of the second-to-last axis (any start: each row is whole words)")
+def _row_slice(types, attrs):
+    t, start, size = types[0], attrs["start"], attrs["size"]
+    g.need(t.rank >= 2 and start >= 0 and size > 0 and start + size <= t.shape[-2], f"bad rows of {t}")
+    return t.with_shape(t.shape[:-2] + (size, t.shape[-1]))
+
+
+VIEWS = frozenset({"mem.reshape_view", "mem.join", "mem.column_slice", "mem.row_slice"})
 
 
 @defop("mxm.install", 1, {**SCHEDULE_ATTRS}, doc="install a weight tile [..., K<=320, N<=320] on an MXM plane")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lexer import Lexer, PatternRE, PatternStr
 
@@ -29,7 +29,8 @@ _DTYPES = {d.value: d for d in DType}
 _EXPECTED = {
     "VALUE": "a value like %x", "OP_NAME": "an op name like graph.add", "TYPE": "a type like f32[1,7]",
     "DTYPE": "a dtype like f32", "INT": "an integer", "FLOAT": "a float", "STRING": "a string",
-    "VALUES": "a value like %x", "TYPES": "a type like f32[1,7]", "ATTR_NAME": "an attribute name", "MODULE_NAME": "a module name like @model",
+    "VALUES": "a value like %x", "TYPES": "a type like f32[1,7]", "RESULTS": "results like '%y ='",
+    "ATTR_KEY": "an attribute like 'axis ='", "NUMBERS": "'['", "TENSOR_REF": "'tensor'", "MODULE_NAME": "a module name like @model",
     "LBRACE": "'{'", "RBRACE": "'}'", "LSQB": "'['", "RSQB": "']'", "COMMA": "','", "COLON": "':'",
     "EQUAL": "'='", "LESSTHAN": "'<'", "MORETHAN": "'>'", "MODULE": "'module'", "INPUT": "'input'",
     "OUTPUT": "'output'", "ATTRIBUTES": "'attributes'", "TENSOR": "'tensor'", "TRUE": "'true'",
@@ -37,8 +38,21 @@ _EXPECTED = {
 }
 
 
-_VALUE_NAME = re.compile(r"%([^\s,]+)")
+# Pieces of the one-token lists of grammar.lark (VALUES, TYPES, NUMBERS, TENSOR_REF).
+_VALUE_NAME = re.compile(r"%([^\s,#]+)")
 _TYPE_TEXT = re.compile(r"[a-z0-9]+\[[0-9,]*\]")
+_NUMBER = re.compile(r"(-?[0-9]+)(?![0-9.eE])|[^\s,\[\]]+")  # group 1: an INT, else a FLOAT
+_COMMENT = re.compile(r"#[^\n]*")
+_KEY = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _uncomment(token: str) -> str:
+    """The token with its comments blanked out (same length, so offsets still hold)."""
+    return _COMMENT.sub(lambda m: " " * len(m.group()), token) if "#" in token else token
+
+
+def _numbers(token: str) -> list:
+    return [int(m.group()) if m.group(1) else float(m.group()) for m in _NUMBER.finditer(_uncomment(token))]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -48,17 +62,18 @@ def parse_type(text: str) -> TensorType:
     return TensorType(tuple(int(d) for d in dims.split(",")) if dims else (), _DTYPES[dtype])
 
 
-def _at(token: Token, offset: int) -> Token:
-    """A token standing for the text at `offset` inside `token` (for error positions)."""
+def _at(token: Token, offset: int, length: int | None = None) -> Token:
+    """The token's text at `offset` (to `length`), as a token with its own line and column."""
     before = token[:offset]
     newlines = before.count("\n")
     column = offset - before.rfind("\n") if newlines else token.column + offset
-    return Token(token.type, token[offset:], token.start_pos + offset, token.line + newlines, column)
+    value = token[offset:] if length is None else token[offset:offset + length]
+    return Token(token.type, value, token.start_pos + offset, token.line + newlines, column)
 
 
 def _find(token: str, name: str) -> int:
     """The offset of `%name` as a whole item of the value list `token`."""
-    for m in _VALUE_NAME.finditer(token):
+    for m in _VALUE_NAME.finditer(_uncomment(token)):
         if m.group(1) == name:
             return m.start()
     return 0
@@ -74,9 +89,28 @@ class _Error(Exception):
         self.token, self.message = token, message
 
 
-@v_args(inline=True)
+def _value(name: str, ttype: TensorType) -> Value:
+    """Value(name, ttype) without re-checking the name: the grammar's VALUE pattern is
+    core.NAME_RE (this is a third of the cost of a Value)."""
+    v = _object_new(Value)
+    _setattr(v, "name", name)
+    _setattr(v, "type", ttype)
+    return v
+
+
+_object_new, _setattr = object.__new__, object.__setattr__
+
+
+def _string(token: Token) -> str:
+    try:
+        return json.loads(token)
+    except ValueError as e:
+        raise _Error(token, f"bad string {token}: {e}") from None
+
+
 class _Builder(Transformer):
-    """Builds the Module while the LALR parser reduces statements, in order."""
+    """Builds the Module while the LALR parser reduces statements, in order. Each
+    method gets the rule's children (tokens and built values) as a list."""
 
     def reset(self, blobs):
         self.blobs = blobs
@@ -87,7 +121,7 @@ class _Builder(Transformer):
         """Define %name (spelled in `token`, which may hold a list of values)."""
         if name in self.values:
             raise _Error(_at(token, _find(token, name)), f"value %{name} is defined twice")
-        v = self.values[name] = Value(name, ttype)
+        v = self.values[name] = _value(name, ttype)
         return v
 
     def _use(self, name: str, token: Token) -> Value:
@@ -97,84 +131,130 @@ class _Builder(Transformer):
             raise _Error(_at(token, _find(token, name)), f"use of undefined value %{name}") from None
 
     # statements
-    def input_stmt(self, name, ttype):
+    def input_stmt(self, c):
+        name, ttype = c
         self.inputs.append(self._define(name[1:], parse_type(ttype), name))
 
-    def output_stmt(self, name, value):
-        self.outputs.append((json.loads(name), self._use(value[1:], value)))
+    def output_stmt(self, c):
+        name, value = c
+        self.outputs.append((_string(name), self._use(value[1:], value)))
 
-    def op_stmt(self, *parts):
-        # parts: [VALUES] OP_NAME [VALUES] [AttrDict] [TYPES], as grammar.lark's op_stmt
-        results = operands = types = name = None
+    def op_stmt(self, parts):
+        # parts: [RESULTS] OP_NAME [VALUES] [AttrDict] [TYPES], as grammar.lark's op_stmt
+        results = operands = types = None
         attrs = _NO_ATTRS
         for p in parts:
             if type(p) is AttrDict:
                 attrs = p
-            elif p.type == "VALUES":
-                if name is None:
-                    results = p
-                else:
-                    operands = p
-            elif p.type == "OP_NAME":
-                name = p
             else:
-                types = p
-        result_names = _VALUE_NAME.findall(results) if results is not None else ()
-        type_texts = _TYPE_TEXT.findall(types) if types is not None else ()
+                kind = p.type
+                if kind == "VALUES":
+                    operands = p
+                elif kind == "TYPES":
+                    types = p
+                elif kind == "OP_NAME":
+                    name = p
+                else:
+                    results = p
+        result_names = _VALUE_NAME.findall(_uncomment(results)) if results is not None else ()
+        type_texts = _TYPE_TEXT.findall(_uncomment(types)) if types is not None else ()
         if len(result_names) != len(type_texts):
             raise _Error(name, f"{name} names {len(result_names)} results but gives {len(type_texts)} types")
-        args = tuple(self._use(n, operands) for n in _VALUE_NAME.findall(operands)) if operands is not None else ()
-        outs = tuple(self._define(n, parse_type(t), results) for n, t in zip(result_names, type_texts))
+        use, define = self._use, self._define
+        args = tuple(use(n, operands) for n in _VALUE_NAME.findall(_uncomment(operands))) if operands else ()
+        outs = tuple(define(n, parse_type(t), results) for n, t in zip(result_names, type_texts))
         self.ops.append(Op(str(name), args, outs, attrs))
 
-    def start(self, name, *rest):
-        attrs = rest[0] if rest and isinstance(rest[0], AttrDict) else AttrDict()
-        return Module(name[1:], Block(self.inputs, self.ops, self.outputs), attrs)
+    def start(self, c):
+        attrs = c[1] if len(c) > 1 and type(c[1]) is AttrDict else _NO_ATTRS
+        return Module(c[0][1:], Block(self.inputs, self.ops, self.outputs), attrs)
 
-    def module_attrs(self, attrs):
-        return attrs
+    def module_attrs(self, c):
+        return c[0]
 
     # attributes
-    def attr_dict(self, *pairs):
-        return AttrDict(dict(pairs))
+    def attr_dict(self, pairs):
+        attrs = {_attr_name(key): value for key, value in pairs}
+        if len(attrs) != len(pairs):
+            seen = set()
+            for key, _ in pairs:
+                if _attr_name(key) in seen:
+                    raise _Error(key, f"attribute {_attr_name(key)} given twice")
+                seen.add(_attr_name(key))
+        return AttrDict(attrs)
 
-    def attr(self, name, value):
-        return str(name), value
+    def attr(self, c):
+        return c  # [ATTR_KEY token, value]
 
-    def int_(self, t):
-        return int(t)
+    def int_(self, c):
+        return int(c[0])
 
-    def float_(self, t):
-        return float(t)
+    def float_(self, c):
+        return float(c[0])
 
-    def string(self, t):
-        return json.loads(t)
+    def string(self, c):
+        return _string(c[0])
 
-    def true(self):
+    def true(self, c):
         return True
 
-    def false(self):
+    def false(self, c):
         return False
 
-    def dtype(self, t):
-        return _DTYPES[str(t)]
+    def dtype(self, c):
+        return _DTYPES[c[0]]
 
-    def list_(self, *items):
+    def list_(self, items):
         return tuple(items)
 
-    def tensor_ref(self, key):
-        return json.loads(key)
+    def numbers(self, c):
+        return tuple(_numbers(c[0]))
 
-    def tensor_data(self, *numbers):
+    def tensor_key(self, c):
+        return _string(c[0])
+
+    def tensor_numbers(self, c):
+        return _numbers(c[0])
+
+    def tensor_ref(self, c):
+        token = c[0]
+        text = _uncomment(token)
+        m = _TYPE_TEXT.search(text)
+        ttype_tok = _at(token, m.start(), len(m.group()))
+        k = _KEY.search(text)
+        return self.tensor([ttype_tok, _string(_at(token, k.start(), len(k.group())))])
+
+    def tensor_data(self, numbers):
         return [n if isinstance(n, bool) else (float(n) if n.type == "FLOAT" else int(n)) for n in numbers]
 
-    def tensor(self, ttype_tok, body):
+    def tensor(self, c):
+        ttype_tok, body = c
         ttype = parse_type(ttype_tok)
         if isinstance(body, str):
             return Tensor(ttype, body, loader=self.blobs.get(body))
         if len(body) != ttype.numel:
             raise _Error(ttype_tok, f"tensor<{ttype}> needs {ttype.numel} elements, got {len(body)}")
-        return Tensor.from_array(np.array(body, dtype=ttype.dtype.numpy).reshape(ttype.shape), ttype.dtype)
+        dtype = ttype.dtype
+        want = bool if dtype is DType.bool else int if dtype.is_int else (int, float)
+        for x in body:
+            if not isinstance(x, want) or (want is int and isinstance(x, bool)):
+                raise _Error(ttype_tok, f"tensor<{ttype}>: element {_format_number(x)} is not a {dtype.value} value")
+        if dtype.is_int:
+            info = np.iinfo(dtype.numpy)
+            bad = [x for x in body if not info.min <= x <= info.max]
+            if bad:
+                raise _Error(ttype_tok, f"tensor<{ttype}>: element {bad[0]} is out of range for {dtype.value}")
+        return Tensor.from_array(np.array(body, dtype=dtype.numpy).reshape(ttype.shape), dtype)
+
+
+def _format_number(x) -> str:
+    return ("true" if x else "false") if isinstance(x, bool) else repr(x)
+
+
+@functools.lru_cache(maxsize=1024)
+def _attr_name(key: str) -> str:
+    """`axis =` (an ATTR_KEY token) -> `axis`."""
+    return re.match(r"[a-z_][a-z0-9_]*", key).group()
 
 
 class _Scanner:
@@ -197,7 +277,10 @@ class _Scanner:
         hidden = {name for names in self.rename.values() for name in names.values()}
         self.names = frozenset(t.name for t in terminals)
         alternatives = "|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in terminals if t.name not in hidden)
-        self.regex = re.compile(f"(?:{ignore})*+(?:{alternatives})")
+        self.regex = re.compile(f"(?:{ignore})*+(?:{alternatives or '(?!)'})")  # (?!): accepts only the end
+
+
+_token = Token._future_new  # Token(...) without the check for a deprecated keyword
 
 
 class _FastLexer(Lexer):
@@ -247,7 +330,7 @@ class _FastLexer(Lexer):
             value = m.group(kind)
             if kind in scanner.rename:
                 kind = scanner.rename[kind].get(value, kind)
-            token = Token(kind, value, start, line, start - line_start + 1)
+            token = _token(kind, value, start, line, start - line_start + 1)
             pos = m.end()
             if "\n" in value:
                 line += value.count("\n")

@@ -9,23 +9,20 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from compiler.driver import max_relative_error
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 LANES = 320  # one tsp-v1 vector
 
 
 def max_rel_error(ours, ref) -> float:
-    """max|ours - ref| / max|ref|, in float64 (0 when both are all zero)."""
+    """lpuc's comparison metric (compiler.driver.max_relative_error), with clear failures."""
     ours, ref = np.asarray(ours), np.asarray(ref)
     assert ours.shape == ref.shape, f"shape {ours.shape} != reference shape {ref.shape}"
     if ref.dtype.kind not in "fc":
         assert np.array_equal(ours, ref), "integer/bool outputs differ"
-        return 0.0
-    diff = np.max(np.abs(ours.astype(np.float64) - ref.astype(np.float64)), initial=0.0)
-    scale = np.max(np.abs(ref.astype(np.float64)), initial=0.0)
-    if scale == 0.0:
-        return float(diff)
-    return float(diff / scale)
+    return max_relative_error(ours, ref)
 
 
 def assert_close(ours: dict, ref: dict, tol: float = 1e-5) -> None:

@@ -1,0 +1,247 @@
+"""SRAM allocation: every SRAM value of a machine-level module gets extents
+(slice, first word, words).
+
+A pure analysis (`plan_allocation` -> a frozen `Allocation`) and a small apply
+step (`apply_allocation`, writing the `out` attributes). Liveness is in program
+order: a value's words are free once the last instruction reading it (directly
+or through views) is done; constants form the SRAM image, placed first and
+never freed. The scheduler derives its write-after-read dependences from the
+resulting `out` attributes, so any placement here is legal; placement only
+shapes how fast the schedule can be:
+
+  - a value is striped over `stripes` slices (default: one stripe per byte-plane,
+    so an fp32 vector column reads in as many cycles as the VXM computes it);
+  - stripes go to slices in round-robin order, so instructions close in program
+    order (which the scheduler may run in parallel) use different slice ports;
+  - when no slice has room for a stripe it is cut over the largest free blocks,
+    so placement fails only if the live words exceed the chip.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import insort
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import ir.machine_ops as mo
+from ir import LpucError, Module
+from ir.layout import Extent, view_extents, words
+from ir.machine import Machine
+
+HOST, SRAM, PLANE, VIEW = "host", "sram", "plane", "view"
+
+
+def storage(module: Module) -> dict[str, str]:
+    """Where each value lives: host, sram, plane (an installed weight) or view."""
+    where = {v.name: HOST for v in module.inputs}
+    for op in module.ops:
+        kind = (HOST if op.name == "host.output" else PLANE if op.name == "mxm.install"
+                else VIEW if op.name in mo.VIEWS else SRAM)
+        for r in op.results:
+            where[r.name] = kind
+    return where
+
+
+def view_bases(module: Module) -> dict[str, tuple[str, ...]]:
+    """For every SRAM or view value: the SRAM values whose words it names (in program order)."""
+    where = storage(module)
+    order: dict[str, int] = {}
+    bases: dict[str, tuple[str, ...]] = {}
+    for i, op in enumerate(module.ops):
+        for r in op.results:
+            order[r.name] = i
+            if where[r.name] == SRAM:
+                bases[r.name] = (r.name,)
+            elif where[r.name] == VIEW:
+                found = {b for v in op.operands for b in bases[v.name]}
+                bases[r.name] = tuple(sorted(found, key=lambda b: (order[b], b)))
+    return bases
+
+
+def is_instruction(op_name: str) -> bool:
+    return mo.unit_class(op_name) is not None
+
+
+def operand_extents(module: Module, extents: Mapping[str, tuple[Extent, ...]]) -> dict[str, tuple[Extent, ...]]:
+    """Extents of every SRAM and view value, from those of the SRAM values."""
+    out = dict(extents)
+    for op in module.ops:
+        if op.name in mo.VIEWS:
+            out[op.result.name] = view_extents(op.name, op.attrs, [v.type for v in op.operands],
+                                               [out[v.name] for v in op.operands])
+    return out
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Extents of every SRAM value, in program order, and the peak footprint."""
+
+    extents: tuple[tuple[str, tuple[Extent, ...]], ...]
+    peak_words: int
+    image_words: int  # the constants (never freed)
+    word_bytes: int
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.peak_words * self.word_bytes
+
+    @property
+    def image_bytes(self) -> int:
+        return self.image_words * self.word_bytes
+
+    def as_dict(self) -> dict[str, tuple[Extent, ...]]:
+        return dict(self.extents)
+
+
+class _Free:
+    """Free word ranges of every slice, first-fit, merged on release."""
+
+    def __init__(self, slices: int, words_per_slice: int):
+        self.blocks = [[(0, words_per_slice)] for _ in range(slices)]  # sorted (start, end)
+
+    def first_fit(self, s: int, n: int) -> int | None:
+        for start, end in self.blocks[s]:
+            if end - start >= n:
+                return start
+        return None
+
+    def take(self, s: int, start: int, n: int) -> None:
+        blocks = self.blocks[s]
+        for i, (a, b) in enumerate(blocks):
+            if a <= start and start + n <= b:
+                blocks[i:i + 1] = [x for x in ((a, start), (start + n, b)) if x[1] > x[0]]
+                return
+        raise AssertionError("taking words that are not free")
+
+    def release(self, s: int, start: int, n: int) -> None:
+        blocks = self.blocks[s]
+        insort(blocks, (start, start + n))
+        merged = []
+        for a, b in blocks:
+            if merged and merged[-1][1] == a:
+                merged[-1] = (merged[-1][0], b)
+            else:
+                merged.append((a, b))
+        blocks[:] = merged
+
+    def largest(self) -> tuple[int, int, int] | None:
+        """(slice, start, words) of the largest free block; ties: lowest slice, lowest address."""
+        best = None
+        for s, blocks in enumerate(self.blocks):
+            for a, b in blocks:
+                if best is None or b - a > best[2]:
+                    best = (s, a, b - a)
+        return best
+
+
+@dataclass(frozen=True)
+class Allocate:
+    """Options of the allocation; `stripes` = slices a value is spread over (None: its itemsize)."""
+
+    stripes: int | None = None
+
+    def plan(self, module: Module, machine: Machine) -> Allocation:
+        return plan_allocation(module, machine, self.stripes)
+
+    def __call__(self, module: Module, machine: Machine) -> Module:
+        return apply_allocation(module, self.plan(module, machine))
+
+
+def _live_ranges(module: Module) -> tuple[dict[str, int], dict[str, int]]:
+    """Definition index and last-reader index of every SRAM value (program order)."""
+    where, bases = storage(module), view_bases(module)
+    first, last = {}, {}
+    for i, op in enumerate(module.ops):
+        if is_instruction(op.name):
+            for v in op.operands:
+                for b in bases.get(v.name, ()):
+                    last[b] = i
+        for r in op.results:
+            if where[r.name] == SRAM:
+                first[r.name] = i
+                last.setdefault(r.name, i)
+    return first, last
+
+
+def plan_allocation(module: Module, machine: Machine, stripes: int | None = None) -> Allocation:
+    sram = machine.sram
+    where = storage(module)
+    first, last = _live_ranges(module)
+    types = {r.name: r.type for op in module.ops for r in op.results}
+    constants = [op.result.name for op in module.ops if op.name == "mem.constant"]
+    size = {name: words(types[name]) for name in first}
+
+    # The peak, from liveness alone: placement can always cut values into pieces, so it
+    # fails exactly when this exceeds the chip.
+    image = sum(size[c] for c in constants)
+    ends_at: dict[int, list[str]] = {}
+    for name in first:
+        if name not in constants:
+            ends_at.setdefault(last[name], []).append(name)
+    live = peak = image
+    for i, op in enumerate(module.ops):
+        live += sum(size[r.name] for r in op.results if where[r.name] == SRAM and op.name != "mem.constant")
+        peak = max(peak, live)
+        live -= sum(size[n] for n in ends_at.get(i, ()))
+    capacity = sram.slices * sram.words_per_slice
+    if peak > capacity:
+        needed, available = peak * sram.word_bytes, sram.chip_bytes
+        raise LpucError(f"{module.name} does not fit the SRAM of one {machine.name} chip: it needs "
+                        f"{needed} bytes ({needed / 2**20:.1f} MiB) at its peak, a chip has {available} bytes "
+                        f"({available / 2**20:.1f} MiB); it would fit on {math.ceil(needed / available)} chips")
+
+    free = _Free(sram.slices, sram.words_per_slice)
+    cursor = 0
+    placed: dict[str, tuple[Extent, ...]] = {}
+
+    def place(name: str) -> None:
+        nonlocal cursor
+        n = size[name]
+        pieces = max(1, min(stripes or types[name].dtype.itemsize, n), -(-n // sram.words_per_slice))
+        chunk = -(-n // pieces) if n else 0
+        out, remaining = [], n
+        while remaining:
+            want = min(chunk, remaining)
+            for step in range(sram.slices):
+                s = (cursor + step) % sram.slices
+                start = free.first_fit(s, want)
+                if start is not None:
+                    cursor = s + 1
+                    break
+            else:  # no slice has room: cut it over the largest free blocks
+                s, start, avail = free.largest()
+                want = min(want, avail)
+            free.take(s, start, want)
+            out.append((s, start, want))
+            remaining -= want
+        placed[name] = tuple(out)
+
+    for c in constants:
+        place(c)
+    for i, op in enumerate(module.ops):
+        if op.name != "mem.constant":
+            for r in op.results:
+                if where[r.name] == SRAM:
+                    place(r.name)
+        for name in ends_at.get(i, ()):
+            for s, start, n in placed[name]:
+                free.release(s, start, n)
+    order = [r.name for op in module.ops for r in op.results if r.name in placed]
+    return Allocation(tuple((name, placed[name]) for name in order), peak, image, sram.word_bytes)
+
+
+def apply_allocation(module: Module, allocation: Allocation) -> Module:
+    """Write each instruction's and constant's `out`: its SRAM results' extents, in result order."""
+    extents = allocation.as_dict()
+    ops = []
+    for op in module.ops:
+        if any(r.name in extents for r in op.results):
+            out = tuple(e for r in op.results for e in extents.get(r.name, ()))
+            op = type(op)(op.name, op.operands, op.results, {**dict(op.attrs), "out": out})
+        ops.append(op)
+    return module.replace(ops=tuple(ops))
+
+
+__all__ = ["Allocate", "Allocation", "apply_allocation", "is_instruction", "operand_extents", "plan_allocation",
+           "storage", "view_bases"]

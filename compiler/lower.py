@@ -1,0 +1,284 @@
+"""Lowering: a graph-level module -> machine instructions of one chip.
+
+One rule per graph op (`RULES`, keyed by op name). Most graph ops map 1:1 onto
+the machine op computing the same semantics (`vxm.*`, `sxm.*`, `mem.*`);
+softmax and the norms become VXM sequences; matmul becomes MXM tiles. Module
+inputs enter through `host.input` and outputs leave through `host.output`.
+
+Matmul tiling (A [..., M, K] @ B [..., K, N]):
+  - A is cut into 320-column k-tiles with `mem.column_slice` (free views);
+  - B into weight tiles of <= 320 rows x <= 320 cols with `mem.row_slice` and
+    `mem.column_slice` (free views);
+  - per n-tile, per k-tile: `mxm.install w_kn` then `mxm.matmul x_k, w_kn[, acc]`,
+    the partial sum of the previous k-tile as acc; n-tiles joined by `mem.join`.
+  Batch dims: a B with a single batch element is viewed as 2-D (A's rows all
+  stream through one tile); otherwise A and B are expanded (`sxm.expand`) to the
+  broadcast batch shape, so install and matmul see equal batches. 1-D operands
+  are reshaped to a row / a column first and the result reshaped back.
+
+`evaluate_machine` runs a machine-level module with numpy (the untimed
+reference for this level; the interpreter in backends/ is the timed one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+import ir.machine_ops as mo
+from ir import LpucError, Module, Op, Tensor, Value
+from ir.attributes import AttrDict
+from ir.builder import Builder
+from ir.errors import EvalError, VerifyError
+from ir.evaluator import EVAL, _conform, check_inputs
+from ir.graph_ops import broadcast_shapes
+from ir.layout import LANES, rows_cols
+from ir.machine import Machine
+from ir.registry import OPS, TypeRuleError
+from ir.types import TensorType
+
+
+class _Emitter:
+    """Appends machine ops, naming results after the graph values they stand for."""
+
+    def __init__(self):
+        self.b = Builder()
+
+    def op(self, name: str, operands, attrs: Mapping | None = None, hints=()) -> tuple[Value, ...]:
+        attrs = AttrDict({k: tuple(v) if isinstance(v, list) else v for k, v in (attrs or {}).items()})
+        try:
+            types = OPS[name].result_types([v.type for v in operands], attrs)
+        except TypeRuleError as e:
+            raise VerifyError(f"lowering to {name}: {e} "
+                              f"(operands {', '.join(f'{v}: {v.type}' for v in operands)})") from None
+        hints = tuple(hints) + (None,) * (len(types) - len(hints))
+        results = tuple(Value(self.b.fresh(h), t) for h, t in zip(hints, types))
+        self.b.ops.append(Op(name, tuple(operands), results, attrs))
+        return results
+
+    def one(self, name: str, operands, attrs: Mapping | None = None, hint: str | None = None) -> Value:
+        (r,) = self.op(name, operands, attrs, (hint,))
+        return r
+
+    def reshape(self, x: Value, shape, hint: str) -> Value:
+        """A free view when rows and cols stay, an SXM copy otherwise."""
+        shape = tuple(shape)
+        if shape == x.type.shape:
+            return x
+        if rows_cols(x.type.with_shape(shape)) == rows_cols(x.type):
+            return self.one("mem.reshape_view", [x], {"shape": shape}, hint)
+        return self.one("sxm.reshape", [x], {"shape": shape}, hint)
+
+    def constant(self, array: np.ndarray, dtype, hint: str) -> Value:
+        return self.one("mem.constant", [], {"value": Tensor.from_array(np.asarray(array, dtype.numpy), dtype)}, hint)
+
+
+Rule = Callable[[_Emitter, Op, list[Value]], tuple[Value, ...]]
+RULES: dict[str, Rule] = {}
+
+
+def _hint(op: Op, i: int = 0) -> str:
+    return op.results[i].name
+
+
+def _same(unit: str, name: str) -> Rule:
+    def rule(e: _Emitter, op: Op, args: list[Value]):
+        return e.op(f"{unit}.{name}", args, op.attrs, [r.name for r in op.results])
+    return rule
+
+
+for _machine_op, _graph_op in mo.GRAPH_EQUIVALENT.items():
+    RULES[_graph_op] = _same(*_machine_op.split(".", 1))
+
+
+def _constant(e: _Emitter, op: Op, args):
+    return e.op("mem.constant", [], op.attrs, [_hint(op)])
+
+
+def _reshape(e: _Emitter, op: Op, args):
+    return (e.reshape(args[0], op.attrs["shape"], _hint(op)),)  # to the same shape: the operand itself
+
+
+def _softmax(e: _Emitter, op: Op, args):
+    (x,) = args
+    h, axes = _hint(op), (op.attrs.get("axis", -1),)
+    m = e.one("vxm.reduce_max", [x], {"axes": axes, "keepdims": True}, f"{h}.max")
+    d = e.one("vxm.sub", [x, m], {}, f"{h}.shifted")
+    p = e.one("vxm.exp", [d], {}, f"{h}.exp")
+    s = e.one("vxm.reduce_sum", [p], {"axes": axes, "keepdims": True}, f"{h}.sum")
+    return (e.one("vxm.div", [p, s], {}, h),)
+
+
+def _norm_axes(op: Op, x: Value) -> tuple[int, ...]:
+    axis = op.attrs.get("axis", -1) % x.type.rank
+    return tuple(range(axis, x.type.rank))
+
+
+def _eps(e: _Emitter, op: Op, x: Value) -> Value:
+    return e.constant(np.asarray(op.attrs.get("epsilon", 1e-5)), x.type.dtype, f"{_hint(op)}.eps")
+
+
+def _layer_norm(e: _Emitter, op: Op, args):
+    # The reference's order of operations, so the numbers agree bit for bit.
+    x, scale = args[0], args[1]
+    h, red = _hint(op), {"axes": _norm_axes(op, args[0]), "keepdims": True}
+    mean = e.one("vxm.reduce_mean", [x], red, f"{h}.mean")
+    d = e.one("vxm.sub", [x, mean], {}, f"{h}.centered")
+    sq = e.one("vxm.mul", [d, d], {}, f"{h}.sq")
+    var = e.one("vxm.reduce_mean", [sq], red, f"{h}.var")
+    ve = e.one("vxm.add", [var, _eps(e, op, x)], {}, f"{h}.var_eps")
+    sd = e.one("vxm.sqrt", [ve], {}, f"{h}.std")
+    n = e.one("vxm.div", [d, sd], {}, f"{h}.normed")
+    if len(args) == 2:
+        return (e.one("vxm.mul", [n, scale], {}, h),)
+    y = e.one("vxm.mul", [n, scale], {}, f"{h}.scaled")
+    return (e.one("vxm.add", [y, args[2]], {}, h),)
+
+
+def _rms_norm(e: _Emitter, op: Op, args):
+    x, scale = args
+    h, red = _hint(op), {"axes": _norm_axes(op, x), "keepdims": True}
+    sq = e.one("vxm.mul", [x, x], {}, f"{h}.sq")
+    ms = e.one("vxm.reduce_mean", [sq], red, f"{h}.ms")
+    me = e.one("vxm.add", [ms, _eps(e, op, x)], {}, f"{h}.ms_eps")
+    rms = e.one("vxm.sqrt", [me], {}, f"{h}.rms")
+    n = e.one("vxm.div", [x, rms], {}, f"{h}.normed")
+    return (e.one("vxm.mul", [n, scale], {}, h),)
+
+
+def _matmul(e: _Emitter, op: Op, args):
+    a, b = args
+    h = _hint(op)
+    out_shape = op.results[0].type.shape
+    vector_operand = a.type.rank == 1 or b.type.rank == 1
+    if a.type.rank == 1:
+        a = e.reshape(a, (1,) + a.type.shape, f"{h}.a_row")
+    if b.type.rank == 1:
+        b = e.reshape(b, b.type.shape + (1,), f"{h}.b_col")
+    (m, k), n = a.type.shape[-2:], b.type.shape[-1]
+    if k == 0 or n == 0 or m == 0:
+        raise LpucError(f"{op.label()}: matmul with an empty dimension ({a.type} @ {b.type}) is not supported")
+    a_batch, b_batch = a.type.shape[:-2], b.type.shape[:-2]
+    if int(np.prod(b_batch, dtype=np.int64)) == 1:
+        b = e.reshape(b, (k, n), f"{h}.w2d")  # one weight for every row of A
+    else:
+        batch = broadcast_shapes(a_batch, b_batch)
+        if a_batch != batch:
+            a = e.one("sxm.expand", [a], {"shape": batch + (m, k)}, f"{h}.a_batched")
+        if b_batch != batch:
+            b = e.one("sxm.expand", [b], {"shape": batch + (k, n)}, f"{h}.b_batched")
+    k_tiles = [(k0, min(LANES, k - k0)) for k0 in range(0, k, LANES)]
+    n_tiles = [(n0, min(LANES, n - n0)) for n0 in range(0, n, LANES)]
+    xs = [a if len(k_tiles) == 1 else
+          e.one("mem.column_slice", [a], {"start": k0, "size": ks}, f"{h}.x{i}")
+          for i, (k0, ks) in enumerate(k_tiles)]
+    ws = [b if len(k_tiles) == 1 else
+          e.one("mem.row_slice", [b], {"start": k0, "size": ks}, f"{h}.wr{i}")
+          for i, (k0, ks) in enumerate(k_tiles)]
+    final = f"{h}.mm" if vector_operand else h
+    parts = []
+    for j, (n0, ns) in enumerate(n_tiles):
+        acc = None
+        for i in range(len(k_tiles)):
+            w = ws[i] if len(n_tiles) == 1 else \
+                e.one("mem.column_slice", [ws[i]], {"start": n0, "size": ns}, f"{h}.w{i}_{j}")
+            tile = e.one("mxm.install", [w], {}, f"{h}.tile{i}_{j}")
+            whole = i == len(k_tiles) - 1 and len(n_tiles) == 1
+            acc = e.one("mxm.matmul", [xs[i], tile] + ([acc] if acc is not None else []), {},
+                        final if whole else f"{h}.p{i}_{j}")
+        parts.append(acc)
+    y = parts[0] if len(parts) == 1 else e.one("mem.join", parts, {}, final)
+    return (e.reshape(y, out_shape, h),)
+
+
+RULES.update({
+    "graph.constant": _constant,
+    "graph.reshape": _reshape,
+    "graph.softmax": _softmax,
+    "graph.layer_norm": _layer_norm,
+    "graph.rms_norm": _rms_norm,
+    "graph.matmul": _matmul,
+})
+
+
+@dataclass(frozen=True)
+class Lower:
+    """Graph module -> machine module for `machine` (module attribute `machine`)."""
+
+    machine: str = "tsp-v1"
+
+    def __call__(self, module: Module) -> Module:
+        return lower(module, self.machine)
+
+
+def lower(module: Module, machine: Machine | str = "tsp-v1") -> Module:
+    name = machine if isinstance(machine, str) else machine.name
+    e = _Emitter()
+    env: dict[str, Value] = {}
+    for v in module.inputs:
+        block_input = Value(v.name, v.type)  # inputs keep their names: they bind the caller's arrays
+        e.b.inputs.append(block_input)
+        e.b._taken.add(v.name)
+        env[v.name] = e.one("host.input", [block_input], {"name": v.name}, f"{v.name}.sram")
+    for op in module.ops:
+        if op.name.split(".", 1)[0] != "graph":
+            raise VerifyError(f"{op.label()}: lowering takes a graph-level module, found {op.name}")
+        rule = RULES.get(op.name)
+        if rule is None:
+            raise LpucError(f"{op.label()}: no lowering rule for {op.name}")
+        results = rule(e, op, [env[v.name] for v in op.operands])
+        for r, lowered in zip(op.results, results, strict=True):
+            if lowered.type != r.type:
+                raise AssertionError(f"{op.label()}: lowered to {lowered.type}, expected {r.type}")
+            env[r.name] = lowered
+    for out_name, v in module.outputs:
+        e.b.outputs.append((out_name, e.one("host.output", [env[v.name]], {"name": out_name}, f"{out_name}.host")))
+    return e.b.build(module.name, **{**dict(module.attrs), "machine": name})
+
+
+# --- the machine-level reference evaluator -----------------------------------
+
+def _view_or_special(op: Op, a: list[np.ndarray]):
+    n = op.name
+    if n == "mem.reshape_view":
+        return a[0].reshape(op.attrs["shape"])
+    if n == "mem.join":
+        return np.concatenate(a, axis=-1)
+    if n == "mem.column_slice":
+        return a[0][..., op.attrs["start"]:op.attrs["start"] + op.attrs["size"]]
+    if n == "mem.row_slice":
+        return a[0][..., op.attrs["start"]:op.attrs["start"] + op.attrs["size"], :]
+    if n in ("mxm.install", "host.input", "host.output"):
+        return a[0]
+    if n == "mxm.matmul":
+        y = np.matmul(a[0], a[1])
+        return y + a[2] if len(a) == 3 else y
+    if n == "mem.constant":
+        return op.attrs["value"].array
+    raise EvalError(f"{op.label()}: no machine-level rule for {op.name}")
+
+
+def evaluate_machine(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a machine-level module, untimed: every instruction's numpy semantics."""
+    env = check_inputs(module, inputs)
+    for op in module.ops:
+        graph = mo.GRAPH_EQUIVALENT.get(op.name)
+        attrs = {k: v for k, v in OPS[op.name].attrs_with_defaults(op.attrs).items()
+                 if k not in mo.SCHEDULE_ATTRS}
+        args = [env[v.name] for v in op.operands]
+        try:
+            with np.errstate(all="ignore"):
+                out = EVAL[graph](args, attrs) if graph else _view_or_special(op, args)
+        except EvalError:
+            raise
+        except Exception as ex:
+            raise EvalError(f"{op.label()}: {type(ex).__name__}: {ex}") from ex
+        outs = out if isinstance(out, tuple) else (out,)
+        for r, value in zip(op.results, outs, strict=True):
+            env[r.name] = _conform(op, value, r.type)
+    return {name: env[v.name] for name, v in module.outputs}
+
+
+__all__ = ["Lower", "RULES", "evaluate_machine", "lower"]
