@@ -186,6 +186,8 @@ def _compile_args(p):
          "and write FILE.lpu. Prints cycles, the lower bound and gap, instructions, SRAM peak and compile time.",
          _compile_args)
 def cmd_compile(args) -> int:
+    if args.chips < 1:
+        raise LpucError(f"--chips {args.chips}: the chip count must be at least 1")
     if args.chips != 1:
         raise LpucError(f"--chips {args.chips}: lpuc compiles for one chip so far (multi-chip partitioning "
                         "is not implemented yet)")

@@ -37,7 +37,6 @@ from ir.graph_ops import broadcast_shapes
 from ir.layout import LANES, rows_cols
 from ir.machine import Machine
 from ir.registry import OPS, TypeRuleError
-from ir.types import TensorType
 
 
 class _Emitter:

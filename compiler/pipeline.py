@@ -14,7 +14,7 @@ from ir.verifier import verify
 
 from .allocate import Allocate, apply_allocation
 from .lower import lower
-from .schedule_list import ListScheduler, apply_schedule, list_schedule
+from .schedule_list import ListScheduler, apply_schedule
 
 SCHEDULERS = ("list",)
 
@@ -23,6 +23,7 @@ SCHEDULERS = ("list",)
 class CompileOptions:
     scheduler: str = "list"
     stripes: int | None = None   # SRAM slices a value is spread over (None: one per byte-plane)
+    rounds: int = 2              # list scheduler: forward-backward improvement rounds
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def compile_module(graph_module: Module, machine: Machine,
     lowered = verify(lower(graph_module, machine))
     allocation = Allocate(options.stripes).plan(lowered, machine)
     allocated = verify(apply_allocation(lowered, allocation))
-    result = list_schedule(allocated, machine)
+    result = ListScheduler(options.rounds).schedule(allocated, machine)
     scheduled = verify(apply_schedule(allocated, result))
     summary = CompileSummary(machine.name, result.cycles, result.lower_bound, result.critical_path,
                              result.resource_bound, result.bound_resource, result.instructions,

@@ -199,11 +199,14 @@ class _Resources:
         self.write = [_Busy() for _ in range(machine.sram.slices)]
         self.streams = [_Busy() for _ in range(machine.streams.east + machine.streams.west)]
 
-    def windows(self, c: Cost) -> list[tuple[_Busy, int, int]]:
-        """(resource, offset from issue, length) of the port windows of an instruction."""
+    def windows(self, c: Cost, reverse: bool = False) -> list[tuple[_Busy, int, int]]:
+        """(resource, offset from issue, length) of the port windows of an instruction.
+        Reversed time mirrors every window: [off, off+len) -> [lat-off-len, lat-off)."""
         rp, wp = self.machine.sram.read_ports, self.machine.sram.write_ports
         out = [(self.read[s], 0, -(-n // rp)) for s, n in c.reads]
         out += [(self.write[s], c.latency - -(-n // wp), -(-n // wp)) for s, n in c.writes]
+        if reverse:
+            out = [(busy, c.latency - off - length, length) for busy, off, length in out]
         return out
 
     def fit(self, t: int, reqs, n_streams: int, hold: int) -> int:
@@ -219,6 +222,11 @@ class _Resources:
                         t, moved = t2, True
             if n_streams == 0:
                 return t
+            free = 0
+            for b in self.streams:  # usually enough are free: stop counting at n_streams
+                free += b.free(t, hold)
+                if free == n_streams:
+                    return t
             fits = sorted(b.first_fit(t, hold) for b in self.streams)
             if fits[n_streams - 1] == t:
                 return t
@@ -300,89 +308,123 @@ def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str]:
 
 @dataclass(frozen=True)
 class ListScheduler:
-    """Options of the list scheduler (none yet beyond the machine)."""
+    """Options of the list scheduler. `rounds`: forward-backward improvement rounds
+    after the critical-path pass (each: a backward pass in order of the best
+    schedule's finish times, then a forward pass in order of that one's start
+    times; the shortest schedule wins)."""
+
+    rounds: int = 2
+
+    def schedule(self, module: Module, machine: Machine) -> "ScheduleResult":
+        return list_schedule(module, machine, self.rounds)
 
     def __call__(self, module: Module, machine: Machine) -> Module:
-        return apply_schedule(module, list_schedule(module, machine))
+        return apply_schedule(module, self.schedule(module, machine))
 
 
-def list_schedule(module: Module, machine: Machine) -> ScheduleResult:
-    ops = module.ops
-    program = analyze(module, machine)
+def _pass(program: Program, machine: Machine, priority: dict[int, int], reverse: bool
+          ) -> dict[int, tuple[int, int, tuple[int, ...]]]:
+    """One serial list-scheduling pass: instruction -> (cycle, unit instance, streams).
+
+    Items (single instructions, or install+matmul pairs keyed by the install) are
+    taken by `priority` (higher first; ties by program order) once their
+    predecessors are placed, each at its earliest feasible cycle. With
+    `reverse`, time runs backwards: an instruction at tau stands for
+    c = H - tau - lat, dependences and windows are mirrored, and the caller
+    converts back."""
     by_index = {ins.index: ins for ins in program.instructions}
-    prio = _priorities(program, len(ops))
+    lat = {i: ins.cost.latency for i, ins in by_index.items()}
+    preds: dict[int, list[tuple[int, int]]] = {i: [] for i in by_index}
+    for j in by_index:
+        for i, d in program.preds[j]:
+            if reverse:  # c_j >= c_i + d  <=>  tau_i >= tau_j + lat_j - lat_i + d
+                preds[i].append((j, lat[j] - lat[i] + d))
+            else:
+                preds[j].append((i, d))
     pair_of = dict(program.install_of)  # matmul -> install
     install_user = {inst: mm for mm, inst in program.install_of}
 
-    # Scheduling items: single instructions, or (install, matmul) pairs keyed by the install.
     def item_of(i: int) -> int:
         return pair_of.get(i, i)
 
     members: dict[int, list[int]] = {}
-    for ins in program.instructions:
-        members.setdefault(item_of(ins.index), []).append(ins.index)
-    waiting = {}
-    succs: dict[int, list[int]] = {}
+    for i in sorted(by_index):
+        members.setdefault(item_of(i), []).append(i)
+    waiting, succs = {}, {}
     for key, mem in members.items():
-        ps = {item_of(p) for m in mem for p, _ in program.preds[m] if p in by_index} - {key}
+        ps = {item_of(p) for m in mem for p, _ in preds[m]} - {key}
         waiting[key] = len(ps)
         for p in sorted(ps):
             succs.setdefault(p, []).append(key)
 
     res = _Resources(machine)
     cycle: dict[int, int] = {}
-    placement: dict[int, Placement] = {}
-    ready = [(-prio[k], k) for k in sorted(members) if waiting[k] == 0]
+    placed: dict[int, tuple[int, int, tuple[int, ...]]] = {}
+    ready = [(-priority[k], k) for k in sorted(members) if waiting[k] == 0]
     heapq.heapify(ready)
 
-    def earliest(i: int) -> int:
-        return max([0] + [cycle[p] + d for p, d in program.preds[i]])
+    def earliest(i: int, skip: int = -1) -> int:
+        return max([0] + [cycle[p] + d for p, d in preds[i] if p != skip])
+
+    def unit_window(i: int) -> int:  # offset of the unit's window [c, c+occ), mirrored in reverse
+        c = by_index[i].cost
+        return c.latency - c.occupancy if reverse else 0
 
     def place_single(i: int) -> None:
         ins = by_index[i]
-        c, reqs, hold = ins.cost, res.windows(by_index[i].cost), ins.cost.latency
-        t0 = earliest(i)
+        c, reqs, hold = ins.cost, res.windows(ins.cost, reverse), ins.cost.latency
+        t0, off = earliest(i), unit_window(i)
+        # The earliest (cycle, instance): try instances by a cheap lower bound, stop when none can win.
+        t_free = res.fit(t0, reqs, ins.streams, hold)
+        instances = res.units[ins.unit_class]
+        order = sorted((max(t_free, busy.first_fit(t0 + off, c.occupancy) - off), k)
+                       for k, busy in enumerate(instances))
         best = None
-        for k, busy in enumerate(res.units[ins.unit_class]):
-            t = res.fit(t0, reqs + [(busy, 0, c.occupancy)], ins.streams, hold)
-            if best is None or t < best[0]:
-                best = (t, k, busy)
-        t, k, busy = best
-        res.book(t, reqs + [(busy, 0, c.occupancy)])
+        for lb, k in order:
+            if best is not None and (lb, k) >= best[:2]:
+                break
+            t = res.fit(lb, reqs + [(instances[k], off, c.occupancy)], ins.streams, hold)
+            if best is None or (t, k) < best[:2]:
+                best = (t, k)
+        t, k = best
+        res.book(t, reqs + [(instances[k], off, c.occupancy)])
         cycle[i] = t
-        placement[i] = Placement(t, f"{ins.unit_class}{k}", res.take_streams(t, ins.streams, hold))
+        placed[i] = (t, k, res.take_streams(t, ins.streams, hold))
 
     def place_pair(inst: int, mm: int) -> None:
-        a, b = by_index[inst], by_index[mm]
-        ra, rb = res.windows(a.cost), res.windows(b.cost)
-        ta = earliest(inst)
-        tb = max([0] + [cycle[p] + d for p, d in program.preds[mm] if p != inst])  # all but its install
+        # F runs first in this pass's time, S second (forward: the install, then the matmul);
+        # the plane is held from F's window to S's, so no other install lands in between.
+        f, s_ = (mm, inst) if reverse else (inst, mm)
+        F, S = by_index[f], by_index[s_]
+        gap = F.cost.latency                      # S >= F + gap: the weight has landed
+        a, b = unit_window(f), unit_window(s_) + S.cost.occupancy
+        rf = res.windows(F.cost, reverse)
+        rs = res.windows(S.cost, reverse)
+        tf0, ts0 = earliest(f), earliest(s_, skip=f)
         best = None
         for k, plane in enumerate(res.units["mxm"]):
-            t2 = max(tb, ta + a.cost.latency)
+            ts = max(ts0, tf0 + gap)
             while True:
-                t2 = res.fit(t2, rb + [(plane, 0, b.cost.occupancy)], b.streams, b.cost.latency)
-                # Install as late as possible: the plane is held from its issue to the matmul's end.
-                t1 = res.fit(max(ta, t2 - a.cost.latency), ra + [(plane, 0, a.cost.occupancy)],
-                             a.streams, a.cost.latency)
-                if t1 + a.cost.latency > t2:
-                    t2 = t1 + a.cost.latency
+                ts = res.fit(ts, rs + [(plane, unit_window(s_), S.cost.occupancy)], S.streams, S.cost.latency)
+                # F as late as possible: the plane is idle but held from F to the end of S.
+                tf = res.fit(max(tf0, ts - gap), rf + [(plane, a, F.cost.occupancy)], F.streams, F.cost.latency)
+                if tf + gap > ts:
+                    ts = tf + gap
                     continue
-                span_end = t2 + b.cost.occupancy
-                if not plane.free(t1, span_end - t1):
-                    t2 = plane.first_fit(t1, span_end - t1) + a.cost.latency
+                if not plane.free(tf + a, ts + b - tf - a):
+                    ts = plane.first_fit(tf + a, ts + b - tf - a) - a + gap
                     continue
                 break
-            if best is None or (t2, t1) < best[:2]:
-                best = (t2, t1, k, plane)
-        t2, t1, k, plane = best
-        res.book(t1, ra)
-        cycle[inst] = t1
-        placement[inst] = Placement(t1, f"mxm{k}", res.take_streams(t1, a.streams, a.cost.latency))
-        res.book(t2, rb)
-        plane.add(t1, t2 + b.cost.occupancy)
-        cycle[mm] = t2
-        placement[mm] = Placement(t2, f"mxm{k}", res.take_streams(t2, b.streams, b.cost.latency))
+            if best is None or (ts, -tf, k) < best[:3]:
+                best = (ts, -tf, k)
+        ts, tf, k = best[0], -best[1], best[2]
+        plane = res.units["mxm"][k]
+        res.book(tf, rf)
+        res.book(ts, rs)
+        plane.add(tf + a, ts + b)
+        cycle[f], cycle[s_] = tf, ts
+        placed[f] = (tf, k, res.take_streams(tf, F.streams, F.cost.latency))
+        placed[s_] = (ts, k, res.take_streams(ts, S.streams, S.cost.latency))
 
     while ready:
         _, key = heapq.heappop(ready)
@@ -393,27 +435,60 @@ def list_schedule(module: Module, machine: Machine) -> ScheduleResult:
         for s in succs.get(key, ()):
             waiting[s] -= 1
             if waiting[s] == 0:
-                heapq.heappush(ready, (-prio[s], s))
-    if len(cycle) != len(by_index):
+                heapq.heappush(ready, (-priority[s], s))
+    if len(placed) != len(by_index):
         raise AssertionError("dependence cycle: some instructions were never ready")
+    if reverse:  # back to forward time, the earliest instruction at cycle 0
+        horizon = max(t + lat[i] for i, (t, _, _) in placed.items())
+        placed = {i: (horizon - t - lat[i], k, st) for i, (t, k, st) in placed.items()}
+        shift = min(t for t, _, _ in placed.values())
+        placed = {i: (t - shift, k, st) for i, (t, k, st) in placed.items()}
+    return placed
 
-    # Constants at 0; views when their words have all landed.
+
+def _length(program: Program, placed) -> int:
+    return max([0] + [placed[ins.index][0] + ins.cost.latency for ins in program.instructions])
+
+
+def list_schedule(module: Module, machine: Machine, rounds: int = ListScheduler.rounds) -> ScheduleResult:
+    ops = module.ops
+    program = analyze(module, machine)
+    by_index = {ins.index: ins for ins in program.instructions}
+    pair_of = dict(program.install_of)
+    keys = [i for i in sorted(by_index) if i not in pair_of]  # items: pairs are keyed by their install
+    members = {k: [k] + ([m for m, inst in program.install_of if inst == k]) for k in keys}
+
+    cp = _priorities(program, len(ops))
+    best = _pass(program, machine, {k: cp[k] for k in keys}, reverse=False)
+    for _ in range(rounds):
+        # Backward: latest-finishing first; then forward: earliest-starting first.
+        finish = {k: max(best[m][0] + by_index[m].cost.latency for m in members[k]) for k in keys}
+        backward = _pass(program, machine, finish, reverse=True)
+        start = {k: -min(backward[m][0] for m in members[k]) for k in keys}
+        forward = _pass(program, machine, start, reverse=False)
+        improved = False
+        for candidate in (backward, forward):
+            if _length(program, candidate) < _length(program, best):
+                best, improved = candidate, True
+        if not improved:
+            break
+
+    placements = []
     available: dict[str, int] = {}
-    out = []
     for i, op in enumerate(ops):
         if i in by_index:
-            p = placement[i]
+            t, k, streams = best[i]
+            p = Placement(t, f"{by_index[i].unit_class}{k}", streams)
             for r in op.results:
-                available[r.name] = p.cycle + by_index[i].cost.latency
-        else:
+                available[r.name] = t + by_index[i].cost.latency
+        else:  # constants at 0; views when their words have all landed
             t = max([0] + [available.get(v.name, 0) for v in op.operands]) if op.name in mo.VIEWS else 0
             p = Placement(t)
             for r in op.results:
                 available[r.name] = t
-        out.append(p)
-    cycles = max([0] + [cycle[i] + by_index[i].cost.latency for i in by_index])
+        placements.append(p)
     critical, resource, which = lower_bounds(program, machine)
-    return ScheduleResult(tuple(out), cycles, critical, resource, which, len(by_index))
+    return ScheduleResult(tuple(placements), _length(program, best), critical, resource, which, len(by_index))
 
 
 def apply_schedule(module: Module, result: ScheduleResult) -> Module:

@@ -70,17 +70,24 @@ class Tensor:
 
 
 class AttrDict(Mapping):
-    """A frozen, hashable str -> attribute mapping, iterated in sorted key order."""
+    """A frozen, hashable str -> attribute mapping, iterated in sorted key order.
 
-    __slots__ = ("_items", "_dict", "_hash")
+    Two AttrDicts are equal when they print the same: `1`, `1.0` and `true` differ
+    (as attribute values they do), and so do `0.0` and `-0.0`; a NaN equals itself.
+    """
+
+    __slots__ = ("_items", "_dict", "_hash", "_key")
 
     def __init__(self, items: Mapping[str, Any] | None = None):
         d = dict(items or {})
         for k, v in d.items():
+            if not isinstance(k, str):
+                raise TypeError(f"attribute name {k!r} is not a str")
             check_attr_value(k, v)
         self._items = tuple(sorted(d.items()))
         self._dict = dict(self._items)
         self._hash = None
+        self._key = None
 
     def __getitem__(self, key):
         return self._dict[key]
@@ -91,18 +98,32 @@ class AttrDict(Mapping):
     def __len__(self) -> int:
         return len(self._items)
 
+    def _compare_key(self):
+        if self._key is None:
+            self._key = tuple((k, _typed(v)) for k, v in self._items)
+        return self._key
+
     def __hash__(self):
         if self._hash is None:
-            self._hash = hash(self._items)
+            self._hash = hash(self._compare_key())
         return self._hash
 
     def __eq__(self, other):
         if isinstance(other, AttrDict):
-            return self._items == other._items
+            return self is other or self._compare_key() == other._compare_key()
         return NotImplemented
 
     def __repr__(self):
         return f"AttrDict({self._dict!r})"
+
+
+def _typed(v):
+    """A value that compares as the attribute prints (Python has 1 == 1.0 == True)."""
+    if isinstance(v, tuple):
+        return tuple, tuple(_typed(x) for x in v)
+    if isinstance(v, float):
+        return float, repr(v)
+    return type(v), v
 
 
 _SCALARS = (bool, int, float, str, DType, Tensor)

@@ -83,6 +83,13 @@ def slice_(x, starts, ends, axes, steps):
     return x[tuple(index)]
 
 
+def gather_elements(data, indices, axis):
+    """ONNX GatherElements: indices may be smaller than data outside `axis`."""
+    axis %= data.ndim
+    data = data[tuple(slice(None) if d == axis else slice(0, n) for d, n in enumerate(indices.shape))]
+    return np.take_along_axis(data, indices, axis=axis)
+
+
 def gather_nd(data, indices, batch_dims):
     b = batch_dims
     batch = data.shape[:b]
@@ -108,9 +115,10 @@ def topk(x, k, axis, largest, sorted):
 def cumsum(x, axis, exclusive, reverse):
     if reverse:
         x = np.flip(x, axis)
+    if exclusive and x.shape[axis]:  # sums of the elements before: shift, do not subtract (inf - inf, rounding)
+        head = np.zeros_like(np.take(x, [0], axis=axis))
+        x = np.concatenate([head, np.take(x, np.arange(x.shape[axis] - 1), axis=axis)], axis=axis)
     y = np.cumsum(x, axis=axis, dtype=x.dtype)
-    if exclusive:
-        y = y - x
     return np.flip(y, axis) if reverse else y
 
 
@@ -176,7 +184,7 @@ EVAL: dict[str, Impl] = {
     "graph.split": lambda a, attrs: split(a[0], **attrs),
     "graph.slice": lambda a, attrs: slice_(a[0], **attrs),
     "graph.gather": lambda a, attrs: np.take(a[0], a[1], axis=attrs["axis"]),
-    "graph.gather_elements": lambda a, attrs: np.take_along_axis(a[0], a[1], axis=attrs["axis"]),
+    "graph.gather_elements": lambda a, attrs: gather_elements(*a, attrs["axis"]),
     "graph.gather_nd": lambda a, attrs: gather_nd(*a, attrs["batch_dims"]),
 }
 
@@ -197,7 +205,7 @@ def check_inputs(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[str, 
             raise EvalError(f"input {v.name}: shape {list(a.shape)}, expected {list(v.type.shape)}")
         if a.dtype != v.type.dtype.numpy:
             raise EvalError(f"input {v.name}: dtype {a.dtype}, expected {v.type.dtype.numpy} ({v.type})")
-        env[v.name] = a
+        env[v.name] = round_bf16(a) if v.type.dtype is DType.bf16 else a  # as results are
     return env
 
 
@@ -220,8 +228,8 @@ def evaluate(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[str, np.n
         try:
             with np.errstate(all="ignore"):
                 out = impl([env[v.name] for v in op.operands], attrs)
-        except EvalError:
-            raise
+        except EvalError as e:  # e.g. a constant whose data is missing
+            raise EvalError(f"{op.label()}: {e}") from None
         except Exception as e:  # numpy's own complaint, e.g. an index out of range
             raise EvalError(f"{op.label()}: {type(e).__name__}: {e}") from e
         outs = out if isinstance(out, tuple) else (out,)

@@ -301,8 +301,10 @@ def _gather(types, attrs):
 def _gather_elements(types, attrs):
     data, idx = types
     need_int(idx)
-    norm_axis(attrs["axis"], data.rank)
+    axis = norm_axis(attrs["axis"], data.rank)
     need(idx.rank == data.rank, f"indices {idx} must have the rank of data {data}")
+    need(all(i <= d for n, (i, d) in enumerate(zip(idx.shape, data.shape)) if n != axis),
+         f"indices {idx} exceed data {data} outside axis {axis}")
     return data.with_shape(idx.shape)
 
 

@@ -1,5 +1,14 @@
-"""The parser: IR text -> Module, with lark's LALR parser and an inline
-transformer, so no parse tree is built (fast enough for 100,000-line programs).
+"""The parser: IR text -> Module, with lark's LALR parser and a transformer that
+builds the module while the parser reduces, so no parse tree is built.
+
+Speed (a 100,000-line module in a few seconds) comes from three things, none of
+which changes the language of grammar.lark:
+- compound terminals (grammar.lark): an op's operand list, result list and type
+  list, an attribute's name and "=", number lists and constants by reference are
+  one token each;
+- `_FastLexer`: lark's contextual lexer at a third of the cost per token;
+- callbacks that take the children list as it is, and no re-validation of what
+  the grammar already guarantees (value names).
 
 Errors are `ParseError`s reading `file:line:column: message`.
 """
@@ -7,6 +16,7 @@ Errors are `ParseError`s reading `file:line:column: message`.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import re
 import threading
@@ -27,32 +37,16 @@ _DTYPES = {d.value: d for d in DType}
 
 # What the user is told was expected, per grammar terminal.
 _EXPECTED = {
-    "VALUE": "a value like %x", "OP_NAME": "an op name like graph.add", "TYPE": "a type like f32[1,7]",
+    "VALUE": "a value like %x", "VALUES": "a value like %x", "RESULTS": "results like '%y ='",
+    "OP_NAME": "an op name like graph.add", "TYPE": "a type like f32[1,7]", "TYPES": "a type like f32[1,7]",
     "DTYPE": "a dtype like f32", "INT": "an integer", "FLOAT": "a float", "STRING": "a string",
-    "VALUES": "a value like %x", "TYPES": "a type like f32[1,7]", "RESULTS": "results like '%y ='",
-    "ATTR_KEY": "an attribute like 'axis ='", "NUMBERS": "'['", "TENSOR_REF": "'tensor'", "MODULE_NAME": "a module name like @model",
+    "ATTR_KEY": "an attribute like 'axis ='", "NUMBERS": "'['", "TENSOR_REF": "'tensor'",
+    "MODULE_NAME": "a module name like @model",
     "LBRACE": "'{'", "RBRACE": "'}'", "LSQB": "'['", "RSQB": "']'", "COMMA": "','", "COLON": "':'",
     "EQUAL": "'='", "LESSTHAN": "'<'", "MORETHAN": "'>'", "MODULE": "'module'", "INPUT": "'input'",
     "OUTPUT": "'output'", "ATTRIBUTES": "'attributes'", "TENSOR": "'tensor'", "TRUE": "'true'",
     "FALSE": "'false'", "$END": "end of input",
 }
-
-
-# Pieces of the one-token lists of grammar.lark (VALUES, TYPES, NUMBERS, TENSOR_REF).
-_VALUE_NAME = re.compile(r"%([^\s,#]+)")
-_TYPE_TEXT = re.compile(r"[a-z0-9]+\[[0-9,]*\]")
-_NUMBER = re.compile(r"(-?[0-9]+)(?![0-9.eE])|[^\s,\[\]]+")  # group 1: an INT, else a FLOAT
-_COMMENT = re.compile(r"#[^\n]*")
-_KEY = re.compile(r'"(?:[^"\\]|\\.)*"')
-
-
-def _uncomment(token: str) -> str:
-    """The token with its comments blanked out (same length, so offsets still hold)."""
-    return _COMMENT.sub(lambda m: " " * len(m.group()), token) if "#" in token else token
-
-
-def _numbers(token: str) -> list:
-    return [int(m.group()) if m.group(1) else float(m.group()) for m in _NUMBER.finditer(_uncomment(token))]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -62,55 +56,83 @@ def parse_type(text: str) -> TensorType:
     return TensorType(tuple(int(d) for d in dims.split(",")) if dims else (), _DTYPES[dtype])
 
 
-def _at(token: Token, offset: int, length: int | None = None) -> Token:
-    """The token's text at `offset` (to `length`), as a token with its own line and column."""
-    before = token[:offset]
-    newlines = before.count("\n")
-    column = offset - before.rfind("\n") if newlines else token.column + offset
-    value = token[offset:] if length is None else token[offset:offset + length]
-    return Token(token.type, value, token.start_pos + offset, token.line + newlines, column)
+# --- splitting the compound tokens -------------------------------------------
+# These run only on text that a compound terminal of grammar.lark has matched, so
+# they need not check it again; a comment is an item of its own (it may hold
+# anything, and a string may hold a '#').
+
+_S = r"(?:\s|#[^\n]*)*"
+_NAMES = re.compile(r"%([A-Za-z0-9_.:/\-]+)")
+_NAMES_C = re.compile(r"#[^\n]*|%([A-Za-z0-9_.:/\-]+)")
+_TYPES = re.compile(r"[a-z0-9]+\[[0-9,]*\]")
+_TYPES_C = re.compile(r"#[^\n]*|([a-z0-9]+\[[0-9,]*\])")
+_NUMBERS = re.compile(r"#[^\n]*|(-?[0-9]+)(?![0-9.eE])|([^\s,\[\]#]+)")  # group 1: INT, group 2: FLOAT
+_TENSOR_REF = re.compile(rf'tensor{_S}<{_S}(?P<type>[a-z0-9]+\[[0-9,]*\]){_S},{_S}(?P<key>"(?:[^"\\]|\\.)*"){_S}>')
+
+
+def _names(token: str) -> list[str]:
+    return _NAMES.findall(token) if "#" not in token else [n for n in _NAMES_C.findall(token) if n]
+
+
+def _types(token: str) -> list[str]:
+    return _TYPES.findall(token) if "#" not in token else [t for t in _TYPES_C.findall(token) if t]
+
+
+def _numbers(token: str) -> list:
+    return [int(m.group(1)) if m.group(1) else float(m.group(2))
+            for m in _NUMBERS.finditer(token) if m.group(1) or m.group(2)]
 
 
 def _find(token: str, name: str) -> int:
     """The offset of `%name` as a whole item of the value list `token`."""
-    for m in _VALUE_NAME.finditer(_uncomment(token)):
+    for m in _NAMES_C.finditer(token):
         if m.group(1) == name:
             return m.start()
     return 0
 
 
-_NO_ATTRS = AttrDict()
-
-
 class _Error(Exception):
-    """A semantic error at a token, turned into a ParseError with the file name."""
+    """A semantic error at offset `pos` of the text, turned into a ParseError with
+    the file name, line and column."""
 
-    def __init__(self, token: Token, message: str):
-        self.token, self.message = token, message
+    def __init__(self, pos: int, message: str):
+        self.pos, self.message = pos, message
+
+
+def _where(text: str, pos: int) -> str:
+    """`line:column` (both from 1) of offset `pos`. Tokens carry only their offset:
+    lines are counted when an error needs them, not for every token."""
+    return f"{text.count(chr(10), 0, pos) + 1}:{pos - text.rfind(chr(10), 0, pos)}"
+
+
+def _string(text: str, pos: int) -> str:
+    """The value of the STRING `text`, found at offset `pos`."""
+    if "\\" not in text and text.isprintable():  # nothing to unescape (json.loads is slower)
+        return text[1:-1]
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise _Error(pos, f"bad string {text}: {e}") from None
+
+
+_object_new, _setattr = object.__new__, object.__setattr__
 
 
 def _value(name: str, ttype: TensorType) -> Value:
-    """Value(name, ttype) without re-checking the name: the grammar's VALUE pattern is
-    core.NAME_RE (this is a third of the cost of a Value)."""
+    """Value(name, ttype) without checking the name again: the grammar's VALUE is
+    core.NAME_RE (the check is a third of the cost of a Value)."""
     v = _object_new(Value)
     _setattr(v, "name", name)
     _setattr(v, "type", ttype)
     return v
 
 
-_object_new, _setattr = object.__new__, object.__setattr__
-
-
-def _string(token: Token) -> str:
-    try:
-        return json.loads(token)
-    except ValueError as e:
-        raise _Error(token, f"bad string {token}: {e}") from None
+_NO_ATTRS = AttrDict()
 
 
 class _Builder(Transformer):
     """Builds the Module while the LALR parser reduces statements, in order. Each
-    method gets the rule's children (tokens and built values) as a list."""
+    method gets its rule's children (tokens and built values) as one list."""
 
     def reset(self, blobs):
         self.blobs = blobs
@@ -120,7 +142,7 @@ class _Builder(Transformer):
     def _define(self, name: str, ttype: TensorType, token: Token) -> Value:
         """Define %name (spelled in `token`, which may hold a list of values)."""
         if name in self.values:
-            raise _Error(_at(token, _find(token, name)), f"value %{name} is defined twice")
+            raise _Error(token.start_pos + _find(token, name), f"value %{name} is defined twice")
         v = self.values[name] = _value(name, ttype)
         return v
 
@@ -128,7 +150,7 @@ class _Builder(Transformer):
         try:
             return self.values[name]
         except KeyError:
-            raise _Error(_at(token, _find(token, name)), f"use of undefined value %{name}") from None
+            raise _Error(token.start_pos + _find(token, name), f"use of undefined value %{name}") from None
 
     # statements
     def input_stmt(self, c):
@@ -137,7 +159,7 @@ class _Builder(Transformer):
 
     def output_stmt(self, c):
         name, value = c
-        self.outputs.append((_string(name), self._use(value[1:], value)))
+        self.outputs.append((_string(name, name.start_pos), self._use(value[1:], value)))
 
     def op_stmt(self, parts):
         # parts: [RESULTS] OP_NAME [VALUES] [AttrDict] [TYPES], as grammar.lark's op_stmt
@@ -156,13 +178,14 @@ class _Builder(Transformer):
                     name = p
                 else:
                     results = p
-        result_names = _VALUE_NAME.findall(_uncomment(results)) if results is not None else ()
-        type_texts = _TYPE_TEXT.findall(_uncomment(types)) if types is not None else ()
+        result_names = _names(results) if results is not None else ()
+        type_texts = _types(types) if types is not None else ()
         if len(result_names) != len(type_texts):
-            raise _Error(name, f"{name} names {len(result_names)} results but gives {len(type_texts)} types")
+            raise _Error(name.start_pos,
+                         f"{name} has {len(result_names)} result(s) but {len(type_texts)} result type(s)")
         use, define = self._use, self._define
-        args = tuple(use(n, operands) for n in _VALUE_NAME.findall(_uncomment(operands))) if operands else ()
-        outs = tuple(define(n, parse_type(t), results) for n, t in zip(result_names, type_texts))
+        args = tuple([use(n, operands) for n in _names(operands)]) if operands is not None else ()
+        outs = tuple([define(n, parse_type(t), results) for n, t in zip(result_names, type_texts)])
         self.ops.append(Op(str(name), args, outs, attrs))
 
     def start(self, c):
@@ -173,15 +196,9 @@ class _Builder(Transformer):
         return c[0]
 
     # attributes
-    def attr_dict(self, pairs):
-        attrs = {_attr_name(key): value for key, value in pairs}
-        if len(attrs) != len(pairs):
-            seen = set()
-            for key, _ in pairs:
-                if _attr_name(key) in seen:
-                    raise _Error(key, f"attribute {_attr_name(key)} given twice")
-                seen.add(_attr_name(key))
-        return AttrDict(attrs)
+    def attr_dict(self, c):
+        items = [(_attr_name(key), value) for key, value in c]
+        return _attr_dict(items, lambda i: c[i][0].start_pos)
 
     def attr(self, c):
         return c  # [ATTR_KEY token, value]
@@ -193,7 +210,7 @@ class _Builder(Transformer):
         return float(c[0])
 
     def string(self, c):
-        return _string(c[0])
+        return _string(c[0], c[0].start_pos)
 
     def true(self, c):
         return True
@@ -211,51 +228,65 @@ class _Builder(Transformer):
         return tuple(_numbers(c[0]))
 
     def tensor_key(self, c):
-        return _string(c[0])
+        return _string(c[0], c[0].start_pos)
 
     def tensor_numbers(self, c):
         return _numbers(c[0])
 
     def tensor_ref(self, c):
-        token = c[0]
-        text = _uncomment(token)
-        m = _TYPE_TEXT.search(text)
-        ttype_tok = _at(token, m.start(), len(m.group()))
-        k = _KEY.search(text)
-        return self.tensor([ttype_tok, _string(_at(token, k.start(), len(k.group())))])
+        return self._tensor_ref(c[0], c[0].start_pos)
+
+    def _tensor_ref(self, text: str, pos: int) -> Tensor:
+        """A TENSOR_REF `text` found at offset `pos`."""
+        m = _TENSOR_REF.match(text)
+        key = _string(m.group("key"), pos + m.start("key"))
+        return Tensor(parse_type(m.group("type")), key, loader=self.blobs.get(key))
 
     def tensor_data(self, numbers):
         return [n if isinstance(n, bool) else (float(n) if n.type == "FLOAT" else int(n)) for n in numbers]
 
     def tensor(self, c):
-        ttype_tok, body = c
-        ttype = parse_type(ttype_tok)
+        type_token, body = c
+        ttype, pos = parse_type(type_token), type_token.start_pos
         if isinstance(body, str):
             return Tensor(ttype, body, loader=self.blobs.get(body))
         if len(body) != ttype.numel:
-            raise _Error(ttype_tok, f"tensor<{ttype}> needs {ttype.numel} elements, got {len(body)}")
+            raise _Error(pos, f"tensor<{ttype}> needs {ttype.numel} elements, got {len(body)}")
         dtype = ttype.dtype
-        want = bool if dtype is DType.bool else int if dtype.is_int else (int, float)
+        want = "true or false" if dtype is DType.bool else "an integer" if dtype.is_int else "a number"
         for x in body:
-            if not isinstance(x, want) or (want is int and isinstance(x, bool)):
-                raise _Error(ttype_tok, f"tensor<{ttype}>: element {_format_number(x)} is not a {dtype.value} value")
+            ok = (isinstance(x, bool) if dtype is DType.bool else
+                  isinstance(x, int) and not isinstance(x, bool) if dtype.is_int else not isinstance(x, bool))
+            if not ok:
+                shown = ("true" if x else "false") if isinstance(x, bool) else repr(x)
+                raise _Error(pos, f"tensor<{ttype}>: element {shown} is not {want}")
         if dtype.is_int:
             info = np.iinfo(dtype.numpy)
-            bad = [x for x in body if not info.min <= x <= info.max]
-            if bad:
-                raise _Error(ttype_tok, f"tensor<{ttype}>: element {bad[0]} is out of range for {dtype.value}")
+            for x in body:
+                if not info.min <= x <= info.max:
+                    raise _Error(pos, f"tensor<{ttype}>: element {x} is out of range for {dtype.value}")
         return Tensor.from_array(np.array(body, dtype=dtype.numpy).reshape(ttype.shape), dtype)
-
-
-def _format_number(x) -> str:
-    return ("true" if x else "false") if isinstance(x, bool) else repr(x)
 
 
 @functools.lru_cache(maxsize=1024)
 def _attr_name(key: str) -> str:
-    """`axis =` (an ATTR_KEY token) -> `axis`."""
+    """The name in an ATTR_KEY token (`axis =`)."""
     return re.match(r"[a-z_][a-z0-9_]*", key).group()
 
+
+def _attr_dict(items: list[tuple[str, object]], where: Callable[[int], int]) -> AttrDict:
+    """An AttrDict of (name, value) items; `where(i)` is the offset of item i, for errors."""
+    attrs = dict(items)
+    if len(attrs) != len(items):
+        seen = set()
+        for i, (name, _) in enumerate(items):
+            if name in seen:
+                raise _Error(where(i), f"attribute {name} is given twice")
+            seen.add(name)
+    return AttrDict(attrs)
+
+
+# --- the lexer ---------------------------------------------------------------
 
 class _Scanner:
     """One regex for the terminals a parser state accepts, ignored text (whitespace,
@@ -280,13 +311,14 @@ class _Scanner:
         self.regex = re.compile(f"(?:{ignore})*+(?:{alternatives or '(?!)'})")  # (?!): accepts only the end
 
 
-_token = Token._future_new  # Token(...) without the check for a deprecated keyword
+_token = getattr(Token, "_future_new", Token)  # Token(...) without its check for a deprecated keyword
 
 
 class _FastLexer(Lexer):
     """lark's contextual lexer (each parser state lexes only the terminals it accepts),
-    with the same tokens, but a third of the cost per token: one regex match each,
-    no separate tokens for whitespace, line numbers counted with str.count."""
+    giving the same tokens at a third of the cost: one regex match per token, no
+    tokens for whitespace and comments, no line counting (tokens carry their offset;
+    `_where` finds the line and column of an error)."""
 
     __future_interface__ = 2
 
@@ -307,8 +339,6 @@ class _FastLexer(Lexer):
 
     def lex(self, lexer_state, parser_state):
         text, pos, end = lexer_state.text.text, lexer_state.text.start, lexer_state.text.end
-        line = text.count("\n", 0, pos) + 1
-        line_start = text.rfind("\n", 0, pos) + 1
         stack, states, by_state = parser_state.state_stack, parser_state.parse_conf.states, self.by_state
         while True:
             state = stack[-1]
@@ -320,35 +350,22 @@ class _FastLexer(Lexer):
                 pos = self.skip.match(text, pos, end).end()
                 if pos == end:
                     return
-                line += text.count("\n", line_start, pos)
-                self._fail(text, pos, end, line, pos - text.rfind("\n", 0, pos), scanner, lexer_state, parser_state)
+                self._fail(text, pos, end, scanner, parser_state)
             kind = m.lastgroup
-            start = m.start(kind)
-            if start != pos and text.count("\n", pos, start):
-                line += text.count("\n", pos, start)
-                line_start = text.rfind("\n", pos, start) + 1
             value = m.group(kind)
+            pos = m.end()
             if kind in scanner.rename:
                 kind = scanner.rename[kind].get(value, kind)
-            token = _token(kind, value, start, line, start - line_start + 1)
-            pos = m.end()
-            if "\n" in value:
-                line += value.count("\n")
-                line_start = start + value.rfind("\n") + 1
-            lexer_state.last_token = token
-            yield token
+            yield _token(kind, value, pos - len(value))  # line and column: see _where
 
-    def _fail(self, text, pos, end, line, column, scanner, lexer_state, parser_state):
+    def _fail(self, text, pos, end, scanner, parser_state):
         """Nothing this state accepts is at `pos`: name what is there, as lark does."""
         m = self.root.regex.match(text, pos, end)
         if m is not None:
             kind = m.lastgroup
             kind = self.root.rename.get(kind, {}).get(m.group(kind), kind)
-            token = Token(kind, m.group(kind), pos, line, column)
-            raise UnexpectedToken(token, set(scanner.names), state=parser_state,
-                                  token_history=[lexer_state.last_token])
-        raise UnexpectedCharacters(text, pos, line, column, allowed=set(scanner.names), state=parser_state,
-                                   token_history=[lexer_state.last_token])
+            raise UnexpectedToken(Token(kind, m.group(kind), pos), set(scanner.names), state=parser_state)
+        raise UnexpectedCharacters(text, pos, None, None, allowed=set(scanner.names), state=parser_state)
 
 
 _GRAMMAR = Path(__file__).with_name("grammar.lark")
@@ -357,32 +374,33 @@ _parser = Lark(_GRAMMAR.read_text(), parser="lalr", lexer=_FastLexer, transforme
                maybe_placeholders=False)
 _lock = threading.Lock()
 
-
 def parse(text: str, filename: str = "<string>",
           blobs: Mapping[str, Callable[[], np.ndarray]] | None = None) -> Module:
     """Parse IR text. `blobs` maps constant keys to loaders of their data."""
     with _lock:
         _builder.reset(blobs or {})
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # the parser makes no garbage cycles; the collector would scan the growing module over and over
         try:
             return _parser.parse(text)
         except _Error as e:
-            raise ParseError(f"{filename}:{e.token.line}:{e.token.column}: {e.message}") from None
+            raise ParseError(f"{filename}:{_where(text, e.pos)}: {e.message}") from None
         except UnexpectedInput as e:
             raise ParseError(_describe(e, text, filename)) from None
         except (ValueError, TypeError) as e:  # e.g. a type rule of a frozen dataclass
             raise ParseError(f"{filename}: {e}") from None
+        finally:
+            _builder.reset({})  # drop the values of this text
+            if gc_was_enabled:
+                gc.enable()
 
 
 def _describe(e: UnexpectedInput, text: str, filename: str) -> str:
-    if isinstance(e, UnexpectedEOF):
-        lines = text.splitlines() or [""]
-        where, found = f"{len(lines)}:{len(lines[-1]) + 1}", "end of input"
+    if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
+        where, found = _where(text, len(text.rstrip())), "end of input"
     else:
-        where = f"{e.line}:{e.column}"
-        if isinstance(e, UnexpectedToken):
-            found = "end of input" if e.token.type == "$END" else repr(e.token.value)
-        else:
-            found = repr(text[e.pos_in_stream])
+        where = _where(text, e.pos_in_stream)
+        found = repr(e.token.value) if isinstance(e, UnexpectedToken) else repr(text[e.pos_in_stream])
     expected = e.expected if isinstance(e, (UnexpectedToken, UnexpectedEOF)) else (e.allowed or set())
     names = sorted({_EXPECTED.get(t, t.lower()) for t in expected})
     if len(names) > 6:

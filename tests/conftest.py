@@ -1,0 +1,18 @@
+"""pytest options shared by the test suite.
+
+`--update-golden`: rewrite the expected output of the golden files
+(tests/golden/**) from what the code produces now, instead of comparing.
+Review the diff before committing it.
+"""
+
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite the expected output of tests/golden files instead of checking it")
+
+
+@pytest.fixture
+def update_golden(request) -> bool:
+    return request.config.getoption("--update-golden")

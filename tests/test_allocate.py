@@ -1,0 +1,154 @@
+"""SRAM allocation: simultaneously live values never share a word (checked by
+brute force with liveness recomputed here), constants are never freed,
+extents fit the machine, and a model too big for a chip says by how much."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ir.machine_ops as mo
+from compiler.allocate import Allocate, apply_allocation, plan_allocation
+from compiler.driver import load_model
+from compiler.lower import evaluate_machine, lower
+from ir import DType, LpucError, TensorType
+from ir.builder import Builder
+from ir.layout import words
+from ir.machine import SHIPPED, load_machine, parse_machine
+from ir.verifier import verify
+from test_lower import every_op, wide_matmuls
+
+ROOT = Path(__file__).resolve().parents[1]
+MACHINE = load_machine("tsp-v1")
+TSP = (SHIPPED / "tsp-v1.toml").read_text()
+
+
+def small_machine(slices: int, words_per_slice: int):
+    text = TSP.replace("slices = 88", f"slices = {slices}").replace(
+        "words_per_slice = 8192", f"words_per_slice = {words_per_slice}")
+    return parse_machine(text.replace('name = "tsp-v1"', 'name = "tiny"'), "tiny.toml")
+
+
+def liveness(module):
+    """(first, last) op index of every SRAM value; readers through views count."""
+    kind, covers = {}, {}
+    first, last = {}, {}
+    for i, op in enumerate(module.ops):
+        if mo.unit_class(op.name) is not None:
+            for v in op.operands:
+                for base in covers.get(v.name, ()):
+                    last[base] = i
+        for r in op.results:
+            if op.name in mo.VIEWS:
+                covers[r.name] = set().union(*(covers[v.name] for v in op.operands))
+            elif op.name not in ("mxm.install", "host.output"):
+                covers[r.name] = {r.name}
+                first[r.name] = i
+                last.setdefault(r.name, i)
+                kind[r.name] = op.name
+    for name, k in kind.items():
+        if k == "mem.constant":
+            first[name], last[name] = -1, len(module.ops)  # the image: live throughout
+    return first, last
+
+
+def check_allocation(module, allocation, machine):
+    extents = allocation.as_dict()
+    first, last = liveness(module)
+    types = {r.name: r.type for op in module.ops for r in op.results}
+    assert sorted(extents) == sorted(first), "every SRAM value and nothing else is allocated"
+    for name, ext in extents.items():
+        assert sum(n for _, _, n in ext) == words(types[name])
+        for s, w, n in ext:
+            assert 0 <= s < machine.sram.slices and 0 <= w and w + n <= machine.sram.words_per_slice and n > 0
+    # brute force: word -> owners; owners of one word must have disjoint live ranges
+    owners: dict[tuple[int, int], list[str]] = {}
+    for name, ext in extents.items():
+        for s, w, n in ext:
+            for x in range(w, w + n):
+                owners.setdefault((s, x), []).append(name)
+    for word, names in owners.items():
+        spans = sorted((first[n], last[n], n) for n in names)
+        for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:]):
+            assert a1 < b0, f"{an} [{a0}, {a1}] and {bn} [{b0}, {b1}] share word {word}"
+    peak = max(sum(words(types[n]) for n in first if first[n] <= i <= last[n]) for i in range(len(module.ops)))
+    assert allocation.peak_words == peak
+    return owners
+
+
+@pytest.mark.parametrize("build", [wide_matmuls, every_op], ids=["wide_matmuls", "every_op"])
+def test_hand_built_no_overlap(build):
+    module = lower(build()[0])
+    allocation = plan_allocation(module, MACHINE)
+    check_allocation(module, allocation, MACHINE)
+
+
+@pytest.mark.parametrize("name", ["gpt2_decode", "llama_prefill"])
+def test_samples_no_overlap(name):
+    module = lower(load_model(ROOT / "samples" / f"{name}.onnx")[0])
+    allocation = plan_allocation(module, MACHINE)
+    owners = check_allocation(module, allocation, MACHINE)
+    constants = {op.result.name for op in module.ops if op.name == "mem.constant"}
+    for names in owners.values():
+        if constants & set(names):
+            assert len(names) == 1, "a constant's words are never given to another value"
+    assert allocation.image_words == sum(words(op.result.type) for op in module.ops if op.name == "mem.constant")
+
+
+def test_reuse_under_pressure():
+    """A machine with little SRAM forces reuse and cutting values over slices; still no overlap."""
+    module, inputs = every_op()
+    lowered = lower(module)
+    big = plan_allocation(lowered, MACHINE)
+    slices = 6
+    tiny = small_machine(slices, -(-big.peak_words // slices) + 2)
+    allocation = plan_allocation(lowered, tiny)
+    owners = check_allocation(lowered, allocation, tiny)
+    assert max(len(v) for v in owners.values()) > 1, "expected words to be reused"
+    assert allocation.peak_words == big.peak_words
+
+
+def test_f32_values_spread_over_slices():
+    module = lower(wide_matmuls()[0])
+    allocation = plan_allocation(module, MACHINE)
+    types = {r.name: r.type for op in module.ops for r in op.results}
+    for name, ext in allocation.extents:
+        if types[name].dtype is DType.f32 and words(types[name]) >= 4:
+            assert len({s for s, _, _ in ext}) == 4, name
+
+
+def test_apply_writes_out_in_result_order():
+    module, inputs = every_op()
+    lowered = lower(module)
+    allocation = plan_allocation(lowered, MACHINE)
+    allocated = verify(apply_allocation(lowered, allocation))
+    extents = allocation.as_dict()
+    for op in allocated.ops:
+        if op.name in mo.VIEWS or op.name in ("mxm.install", "host.output"):
+            assert "out" not in op.attrs
+        else:
+            assert op.attrs["out"] == tuple(e for r in op.results for e in extents[r.name])
+    np.testing.assert_equal(evaluate_machine(allocated, inputs), evaluate_machine(lowered, inputs))
+
+
+def test_deterministic():
+    module = lower(every_op()[0])
+    assert plan_allocation(module, MACHINE) == plan_allocation(module, MACHINE)
+    assert Allocate(stripes=1).plan(module, MACHINE) != plan_allocation(module, MACHINE)
+
+
+def test_out_of_memory_names_needed_available_and_chips():
+    b = Builder()
+    x = b.input("x", TensorType((40, 320), DType.f32))          # 160 words
+    w = b.constant(np.ones((320, 320), np.float32), name="w")   # 1280 words
+    b.output("y", b.op("graph.matmul", x, w))
+    module = lower(b.build("too_big"))
+    tiny = small_machine(2, 256)                                 # 512 words = 163,840 bytes
+    with pytest.raises(LpucError) as e:
+        plan_allocation(module, tiny)
+    msg = str(e.value)
+    peak = plan_allocation(module, MACHINE).peak_bytes
+    assert f"needs {peak} bytes" in msg and "a chip has 163840 bytes" in msg
+    assert f"fit on {-(-peak // 163840)} chips" in msg and "\n" not in msg

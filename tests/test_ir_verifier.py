@@ -1,0 +1,185 @@
+"""The verifier: one failing module per rule, and the exact message (which op,
+which value). Op-local rules are written as IR text; rules the parser already
+enforces for text (a value defined twice, a use before definition ...) are built
+with the core classes directly, as a pass could."""
+
+from __future__ import annotations
+
+import pytest
+
+from ir import AttrDict, Block, DType, LpucError, Module, Op, TensorType, Value, VerifyError, parse
+from ir.verifier import check_op, verify
+
+F23 = TensorType((2, 3), DType.f32)
+X = Value("x", F23)
+
+
+def text_module(*lines: str, inputs: str = "input %x : f32[2,3]", output: str = "%y") -> Module:
+    body = "\n".join(f"  {line}" for line in (inputs, *lines, f'output "out" = {output}'))
+    return parse(f"module @m {{\n{body}\n}}\n")
+
+
+def module(ops, inputs=(X,), outputs=None) -> Module:
+    ops = tuple(ops)
+    if outputs is None:
+        outputs = (("out", ops[-1].results[0]),)
+    return Module("m", Block(inputs, ops, outputs))
+
+
+def verify_error(m: Module) -> str:
+    with pytest.raises(VerifyError) as e:
+        verify(m)
+    return str(e.value)
+
+
+# --- op-local rules ---------------------------------------------------------------
+
+OP_RULES = {
+    "unknown op": (["%y = graph.frobnicate %x : f32[2,3]"],
+                   "%y = graph.frobnicate: unknown op graph.frobnicate"),
+    "too few operands": (["%y = graph.add %x : f32[2,3]"],
+                         "%y = graph.add: takes 2 operands, got 1"),
+    "too many operands": (["%y = graph.layer_norm %x, %x, %x, %x : f32[2,3]"],
+                          "%y = graph.layer_norm: takes 2 to 3 operands, got 4"),
+    "no operand of a variadic op": (["%y = graph.concat {axis = 0} : f32[2,3]"],
+                                    "%y = graph.concat: takes 1 or more operands, got 0"),
+    "unknown attribute": (["%y = graph.exp %x {base = 2} : f32[2,3]"],
+                          "%y = graph.exp: unknown attribute 'base'"),
+    "missing attribute": (["%y = graph.cast %x : f32[2,3]"],
+                          "%y = graph.cast: missing attribute 'to'"),
+    "attribute of the wrong kind": (['%y = graph.cast %x {to = "f16"} : f16[2,3]'],
+                                    "%y = graph.cast: attribute 'to' must be dtype, got 'f16'"),
+    "an int where a bool is wanted": (["%y = graph.reduce_sum %x {axes = [1], keepdims = 1} : f32[2,1]"],
+                                      "%y = graph.reduce_sum: attribute 'keepdims' must be bool, got 1"),
+    "an int where a float is wanted": (["%y = graph.rms_norm %x, %x {epsilon = 0} : f32[2,3]"],
+                                       "%y = graph.rms_norm: attribute 'epsilon' must be float, got 0"),
+    "type rule: no broadcast": (
+        ["%b = graph.constant {value = tensor<f32[4], [1.0, 2.0, 3.0, 4.0]>} : f32[4]",
+         "%y = graph.add %x, %b : f32[2,3]"],
+        "%y = graph.add: shapes (2, 3) and (4,) do not broadcast (operands %x: f32[2,3], %b: f32[4])"),
+    "type rule: dtypes differ": (
+        ["%b = graph.cast %x {to = f16} : f16[2,3]", "%y = graph.mul %x, %b : f32[2,3]"],
+        "%y = graph.mul: operands must share one dtype, got f32[2,3], f16[2,3] (operands %x: f32[2,3], %b: f16[2,3])"),
+    "type rule: attribute out of range": (
+        ["%y = graph.softmax %x {axis = 2} : f32[2,3]"],
+        "%y = graph.softmax: axis 2 out of range for rank 2 (operands %x: f32[2,3])"),
+    "type rule: indices larger than data": (
+        ["%i = graph.constant {value = tensor<i64[3,1], [0, 1, 2]>} : i64[3,1]",
+         "%y = graph.gather_elements %x, %i {axis = 1} : f32[3,1]"],
+        "%y = graph.gather_elements: indices i64[3,1] exceed data f32[2,3] outside axis 1 "
+        "(operands %x: f32[2,3], %i: i64[3,1])"),
+    "wrong result type": (["%y = graph.transpose %x {perm = [1, 0]} : f32[2,3]"],
+                          "%y = graph.transpose: result %y has type f32[2,3], expected f32[3,2]"),
+    "wrong result dtype": (["%y = graph.less %x, %x : f32[2,3]"],
+                           "%y = graph.less: result %y has type f32[2,3], expected bool[2,3]"),
+    "too few results": (["%y = graph.split %x {axis = 1, sizes = [1, 2]} : f32[2,1]"],
+                        "%y = graph.split: has 1 results, graph.split gives 2"),
+    "too many results": (["%y, %z = graph.exp %x : f32[2,3], f32[2,3]"],
+                         "%y = graph.exp: has 2 results, graph.exp gives 1"),
+}
+
+
+@pytest.mark.parametrize("rule", OP_RULES)
+def test_op_rule(rule):
+    lines, message = OP_RULES[rule]
+    assert verify_error(text_module(*lines)) == message
+
+
+def test_an_op_without_results_is_named_by_its_op_name():
+    op = Op("graph.exp", (X,), ())
+    with pytest.raises(VerifyError, match=r"^graph.exp: has 0 results, graph.exp gives 1$"):
+        check_op(op)
+
+
+# --- rules of the block -------------------------------------------------------------
+
+def test_value_defined_twice_by_ops():
+    y = Value("y", F23)
+    ops = [Op("graph.exp", (X,), (y,)), Op("graph.neg", (X,), (y,))]
+    assert verify_error(module(ops)) == "%y = graph.neg: value %y is defined twice"
+
+
+def test_value_defined_twice_by_an_op_and_an_input():
+    ops = [Op("graph.exp", (X,), (Value("x", F23),))]
+    assert verify_error(module(ops)) == "%x = graph.exp: value %x is defined twice"
+
+
+def test_input_defined_twice():
+    m = module([Op("graph.exp", (X,), (Value("y", F23),))], inputs=(X, Value("x", F23)))
+    assert verify_error(m) == "input %x: value %x is defined twice"
+
+
+def test_use_before_definition():
+    y, z = Value("y", F23), Value("z", F23)
+    ops = [Op("graph.exp", (z,), (y,)), Op("graph.neg", (X,), (z,))]
+    assert verify_error(module(ops)) == "%y = graph.exp: operand %z is used before its definition"
+
+
+def test_undefined_operand():
+    ops = [Op("graph.exp", (Value("ghost", F23),), (Value("y", F23),))]
+    assert verify_error(module(ops)) == "%y = graph.exp: operand %ghost is not defined"
+
+
+def test_an_op_using_its_own_result():
+    y = Value("y", F23)
+    assert verify_error(module([Op("graph.exp", (y,), (y,))])) == \
+        "%y = graph.exp: operand %y is used before its definition"
+
+
+def test_operand_type_differs_from_its_definition():
+    stale = Value("x", TensorType((3,), DType.f32))
+    ops = [Op("graph.exp", (stale,), (Value("y", TensorType((3,), DType.f32)),))]
+    assert verify_error(module(ops)) == "%y = graph.exp: operand %x has type f32[3] but is defined as f32[2,3]"
+
+
+def test_output_of_an_undefined_value():
+    ops = [Op("graph.exp", (X,), (Value("y", F23),))]
+    m = module(ops, outputs=(("out", Value("nowhere", F23)),))
+    assert verify_error(m) == "output 'out': value %nowhere is not defined"
+
+
+def test_output_type_differs_from_the_definition():
+    ops = [Op("graph.exp", (X,), (Value("y", F23),))]
+    m = module(ops, outputs=(("out", Value("y", TensorType((6,), DType.f32))),))
+    assert verify_error(m) == "output 'out': value %y has type f32[6] but is defined as f32[2,3]"
+
+
+def test_duplicate_output_name():
+    y = Value("y", F23)
+    m = module([Op("graph.exp", (X,), (y,))], outputs=(("out", y), ("out", X)))
+    assert verify_error(m) == "output 'out': named twice"
+
+
+def test_the_first_broken_rule_is_reported():
+    m = text_module("%y = graph.frobnicate %x : f32[2,3]", "%z = graph.cast %y : f32[2,3]", output="%z")
+    assert verify_error(m).startswith("%y = graph.frobnicate")
+
+
+# --- what passes -----------------------------------------------------------------------
+
+def test_a_valid_module_is_returned_unchanged():
+    m = text_module("%s, %t = graph.split %x {axis = 1, sizes = [1, 2]} : f32[2,1], f32[2,2]",
+                    "%y = graph.concat %t, %s {axis = -1} : f32[2,3]")
+    assert verify(m) is m
+
+
+def test_defaults_need_not_be_spelled():
+    m = text_module("%y = graph.reduce_max %x {axes = [0]} : f32[3]")  # keepdims defaults to true ...
+    assert verify_error(m) == "%y = graph.reduce_max: result %y has type f32[3], expected f32[1,3]"
+    verify(text_module("%y = graph.reduce_max %x {axes = [0]} : f32[1,3]"))
+
+
+def test_outputs_may_name_inputs_and_share_values():
+    m = Module("m", Block((X,), (), (("a", X), ("b", X))))
+    assert verify(m) is m
+
+
+def test_verify_error_is_a_user_error():
+    assert issubclass(VerifyError, LpucError)
+
+
+def test_attrs_are_checked_with_their_spec_kinds():
+    op = Op("graph.slice", (X,), (Value("y", TensorType((1, 3), DType.f32)),),
+            AttrDict({"starts": (0,), "ends": (1,), "axes": (0,), "steps": (1.0,)}))
+    with pytest.raises(VerifyError, match=r"attribute 'steps' must be ints, got \(1\.0,\)"):
+        check_op(op)
