@@ -419,6 +419,17 @@ class _Plan:
         return max([i.cycle + i.lat for i in self.instrs if i.cycle is not None], default=0)
 
 
+def schedule_stats(module: Module, machine: Machine) -> Stats:
+    """The statistics a run will report (cycles, busy cycles, SRAM peak), from the schedule alone."""
+    plan = _Plan(module, machine)
+    for ins in plan.instrs:  # what a run learns while reading: when each value's last read ends
+        if ins.cycle is not None:
+            for segs in ins.reads:
+                for *_, b in segs:
+                    plan.bases[b].end = max(plan.bases[b].end, ins.cycle + ins.occ)
+    return _stats(plan)
+
+
 def schedule_length(module: Module, machine: Machine) -> int:
     """The program's length in cycles: the largest c + lat (ir.costs), whatever its hazards."""
     return _Plan(module, machine).cycles

@@ -109,9 +109,9 @@ def test_compile_and_run_json(tmp_path, capsys):
     ran = _one_json(capsys.readouterr().out)
     assert RUN_KEYS <= set(ran)
     assert ran["schedule_sha256"] == compiled["schedule_sha256"]
-    for key in ("cycles", "latency_us", "instructions"):
+    # compile predicts what run measures
+    for key in ("cycles", "latency_us", "instructions", "sram_peak_bytes"):
         assert ran[key] == compiled[key], key
-    assert ran["sram_peak_bytes"] > 0
     assert set(ran["outputs"]) == set(_npz(outs))
 
     # random inputs: still one JSON object on stdout (no progress line there)
