@@ -657,7 +657,7 @@ def run(program: Program | str | Path, inputs: Mapping[str, np.ndarray], *, chec
     check=True raises the earliest HazardError; check=False runs on regardless
     and returns every hazard in `Result.hazards` (outputs are then unreliable)."""
     program = _load(program)
-    module, machine = program.module, program.machine
+    module = program.module
     env = check_inputs(module, inputs)
     plan = _plan(program)
     static = sorted(plan.hazards, key=_order)

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from ir import machine_ops  # noqa: F401  (registers the machine dialects)
 from ir.attributes import AttrDict, Tensor
 from ir.core import Module, Op
 from ir.errors import LpucError
@@ -129,8 +128,10 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def build_program(module: Module, machine_text: str, options: Mapping[str, Any] | None = None) -> Program:
-    """The Program `write_lpu` would write, built in memory (no file)."""
+def build_program(module: Module, machine_text: str, options: Mapping[str, Any] | None = None,
+                  summary: Mapping[str, Any] | None = None) -> Program:
+    """The Program `write_lpu` would write, built in memory (no file). `summary`
+    holds the compiler's deterministic findings (lower bound, ...) for viewers."""
     from .interpreter import schedule_length  # the one place timing is derived from ir.costs
 
     machine = parse_machine(machine_text, "machine.toml")
@@ -139,6 +140,7 @@ def build_program(module: Module, machine_text: str, options: Mapping[str, Any] 
     if target is not None and target != machine.name:
         raise LpucError(f"module @{module.name} targets machine {target!r}, the description given is {machine.name!r}")
     options = json.loads(_canonical_json(dict(options or {}), "options"))
+    summary = json.loads(_canonical_json(dict(summary or {}), "summary"))
     image = _build_image(module)
     manifest = {
         "format": FORMAT,
@@ -150,6 +152,7 @@ def build_program(module: Module, machine_text: str, options: Mapping[str, Any] 
         "inputs": {v.name: str(v.type) for v in module.inputs},
         "outputs": {name: str(v.type) for name, v in module.outputs},
         "cycles": schedule_length(module, machine),
+        "summary": summary,
     }
     return Program(module, machine, machine_text, MappingProxyType(image), MappingProxyType(manifest))
 
@@ -168,14 +171,16 @@ def _parts(program: Program) -> dict[str, bytes]:
     return parts
 
 
-def lpu_bytes(module: Module, machine_text: str, options: Mapping[str, Any] | None = None) -> bytes:
+def lpu_bytes(module: Module, machine_text: str, options: Mapping[str, Any] | None = None,
+              summary: Mapping[str, Any] | None = None) -> bytes:
     """The bytes of the .lpu file of `module` (what write_lpu writes)."""
-    return _pack(_parts(build_program(module, machine_text, options)))
+    return _pack(_parts(build_program(module, machine_text, options, summary)))
 
 
-def write_lpu(path: str | Path, module: Module, machine_text: str, options: Mapping[str, Any] | None = None) -> str:
+def write_lpu(path: str | Path, module: Module, machine_text: str, options: Mapping[str, Any] | None = None,
+              summary: Mapping[str, Any] | None = None) -> str:
     """Write the executable schedule of `module` to `path` atomically; return the file's sha256 (hex)."""
-    data = lpu_bytes(module, machine_text, options)
+    data = lpu_bytes(module, machine_text, options, summary)
     atomic_write(path, data)
     return sha256(data)
 
@@ -296,7 +301,8 @@ def load_lpu(data: bytes, where: str = "<lpu>") -> Program:
 
 
 _MANIFEST_KEYS = {"format": str, "format_version": int, "lpuc_version": str, "machine": str, "module": str,
-                  "options": dict, "inputs": dict, "outputs": dict, "cycles": int, "parts": dict}
+                  "options": dict, "inputs": dict, "outputs": dict, "cycles": int, "summary": dict,
+                  "parts": dict}
 
 
 def _manifest(raw: bytes, where: str) -> dict[str, Any]:

@@ -10,7 +10,6 @@ reports to stderr.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -20,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from ir import LpucError
 from ir.evaluator import evaluate
@@ -31,7 +29,7 @@ from backends import interpreter
 from backends.lpu import read_lpu, schedule_sha256, write_lpu
 from ir.machine import DEFAULT_MACHINE, load_machine
 
-from .driver import compile_model, load_model, max_relative_error, read_ir
+from .driver import compile_model, load_model, lpu_options, max_relative_error, read_ir
 from .inputs import random_inputs
 from .pipeline import CompileOptions
 
@@ -194,7 +192,7 @@ def cmd_compile(args) -> int:
     start = time.perf_counter()
     options = CompileOptions()
     module, summary, machine_text = compile_model(args.model, args.machine, options, dict(args.shape))
-    sha = write_lpu(args.output, module, machine_text, {**dataclasses.asdict(options), "chips": args.chips})
+    sha = write_lpu(args.output, module, machine_text, lpu_options(options, args.chips), summary.facts())
     seconds = time.perf_counter() - start
     # The SRAM peak over time, as `lpuc run` will measure it; the allocator's peak (its
     # footprint in program order) is reported beside it.
@@ -202,7 +200,7 @@ def cmd_compile(args) -> int:
     report = {
         "output": str(args.output), "machine": summary.machine, "chips": args.chips, "scheduler": options.scheduler,
         "cycles": summary.cycles, "lower_bound_cycles": summary.lower_bound, "gap": round(summary.gap, 6),
-        "bound": summary.bound_resource if summary.resource_bound >= summary.critical_path else "critical path",
+        "bound": summary.bound,
         "latency_us": round(summary.microseconds, 3), "instructions": summary.instructions,
         "sram_peak_bytes": stats.sram_peak_bytes, "sram_allocated_bytes": summary.sram_peak_bytes,
         "sram_image_bytes": summary.sram_image_bytes,
@@ -214,7 +212,7 @@ def cmd_compile(args) -> int:
     print(f"{args.model} -> {args.output} ({summary.machine}, {args.chips} chip, {options.scheduler} scheduler)")
     _table([
         ("cycles", f"{summary.cycles:,}  ({summary.microseconds:.2f} us at {summary.clock_mhz:g} MHz)"),
-        ("lower bound", f"{summary.lower_bound:,}  (gap {summary.gap:.1%}; bound: {report['bound']})"),
+        ("lower bound", f"{summary.lower_bound:,}  (gap {summary.gap:.1%}; bound: {summary.bound})"),
         ("instructions", f"{summary.instructions:,}"),
         ("SRAM peak", f"{_mib(stats.sram_peak_bytes)}  (allocated {_mib(summary.sram_peak_bytes)}, "
                       f"of which weights and constants {_mib(summary.sram_image_bytes)})"),

@@ -61,3 +61,10 @@ def max_relative_error(ours, ref) -> float:
     diff = np.max(np.abs(ours.astype(np.float64) - ref.astype(np.float64)), initial=0.0)
     scale = np.max(np.abs(ref.astype(np.float64)), initial=0.0)
     return float(diff / scale) if scale else float(diff)
+
+
+def lpu_options(options, chips: int = 1) -> dict:
+    """The compile options an .lpu manifest records."""
+    import dataclasses
+
+    return {**dataclasses.asdict(options), "chips": chips}

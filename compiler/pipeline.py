@@ -49,6 +49,18 @@ class CompileSummary:
     def microseconds(self) -> float:
         return self.cycles / self.clock_mhz
 
+    @property
+    def bound(self) -> str:
+        """What the lower bound comes from: a resource, or the critical path."""
+        return self.bound_resource if self.resource_bound >= self.critical_path else "critical path"
+
+    def facts(self) -> dict:
+        """What the .lpu manifest records of this compile (deterministic: no timings)."""
+        return {"lower_bound_cycles": self.lower_bound, "critical_path_cycles": self.critical_path,
+                "resource_bound_cycles": self.resource_bound, "bound": self.bound,
+                "instructions": self.instructions, "sram_allocated_bytes": self.sram_peak_bytes,
+                "sram_image_bytes": self.sram_image_bytes}
+
 
 def compile_module(graph_module: Module, machine: Machine,
                    options: CompileOptions = CompileOptions()) -> tuple[Module, CompileSummary]:

@@ -1,7 +1,7 @@
 """lpuc's IR: types, values, ops, blocks, modules, the op registry, the text
 form (grammar, printer, parser), the verifier and the reference evaluator."""
 
-from . import graph_ops  # noqa: F401  (registers the graph dialect)
+from . import graph_ops, machine_ops  # noqa: F401  (register the graph and machine dialects)
 from .attributes import AttrDict, Tensor
 from .core import Block, Module, Op, Value
 from .errors import EvalError, LpucError, ParseError, VerifyError

@@ -5,7 +5,6 @@ program twice gives the same cycles and bitwise the same outputs; and
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -18,13 +17,13 @@ import pytest
 from backends import interpreter
 from backends.lpu import build_program, lpu_bytes, sha256
 from compiler.cli import main
-from compiler.driver import compile_model
+from compiler.driver import compile_model, lpu_options
 from compiler.pipeline import CompileOptions
 
 from helpers import ROOT, SAMPLES
 
 SAMPLE_PATHS = sorted(SAMPLES.glob("*.onnx"))
-OPTIONS = {**dataclasses.asdict(CompileOptions()), "chips": 1}   # what `lpuc compile` records
+OPTIONS = lpu_options(CompileOptions(), chips=1)   # what `lpuc compile` records
 HASH_SEEDS = ("0", "1", "12345")
 PROCESS_SAMPLES = ("llama_prefill", "mixtral_decode_op23")
 COMPILE_KEYS = {"cycles", "lower_bound_cycles", "latency_us", "instructions", "sram_peak_bytes", "schedule_sha256"}
@@ -37,8 +36,8 @@ def _npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def _lpu(path: Path) -> bytes:
-    module, _, machine_text = compile_model(path)
-    return lpu_bytes(module, machine_text, OPTIONS)
+    module, summary, machine_text = compile_model(path)
+    return lpu_bytes(module, machine_text, OPTIONS, summary.facts())
 
 
 @pytest.mark.parametrize("path", SAMPLE_PATHS, ids=lambda p: p.stem)
