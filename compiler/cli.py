@@ -228,6 +228,9 @@ def _run_args(p):
                    "(default: seeded random inputs valid for each input)")
     p.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs, keyed by the model's output names")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--trace", metavar="TRACE.json",
+                   help="write the executed instructions as Chrome trace-event JSON "
+                        "(ui.perfetto.dev, chrome://tracing)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
 
 
@@ -236,6 +239,8 @@ def _run_args(p):
          "stream registers, read-before-write, overwrites, bounds), and print cycles, latency, utilization and "
          "SRAM peak.", _run_args)
 def cmd_run(args) -> int:
+    if args.trace:
+        _check_output(args.trace, "--trace", (".json",))
     program = read_lpu(args.program)
     sha = schedule_sha256(args.program)
     if args.inputs:
@@ -248,6 +253,10 @@ def cmd_run(args) -> int:
     stats = result.stats
     if args.output:
         write_npz(args.output, result.outputs)
+    if args.trace:
+        from backends.trace import trace_json
+
+        atomic_write(args.trace, trace_json(program, result.trace, source="interpreter"))
     report = {
         "program": str(args.program), "machine": program.machine.name, "cycles": stats.cycles,
         "latency_us": round(stats.latency_us, 3), "instructions": stats.instructions,
@@ -256,12 +265,15 @@ def cmd_run(args) -> int:
         "busy_cycles": dict(sorted(stats.class_busy.items())),
         "outputs": {k: list(v.shape) for k, v in result.outputs.items()},
     }
+    if args.trace:
+        report["trace"] = str(args.trace)
     if args.json:
         print(json.dumps(report))
         return 0
     _print_run(stats, program.machine)
-    if args.output:
-        say(f"wrote {args.output}")
+    for path in (args.output, args.trace):
+        if path:
+            say(f"wrote {path}")
     return 0
 
 
@@ -277,7 +289,8 @@ def _print_run(stats, machine) -> None:
 def _demo_args(p):
     p.add_argument("--machine", default=DEFAULT_MACHINE, metavar="tsp-v1|FILE.toml",
                    help=f"machine description (default {DEFAULT_MACHINE})")
-    p.add_argument("--out-dir", default="lpuc-demo", metavar="DIR", help="where to write the .lpu (default lpuc-demo)")
+    p.add_argument("--out-dir", default="lpuc-demo", metavar="DIR",
+                   help="where to write the .lpu and report.html (default lpuc-demo)")
 
 
 DEMO_SAMPLE = "llama_prefill"
@@ -285,7 +298,8 @@ DEMO_SAMPLE = "llama_prefill"
 
 @command("demo", "compile, run and check the bundled Llama sample",
          "Compile samples/llama_prefill.onnx (a tiny Llama: GQA, RoPE, SwiGLU) for one chip, run it on the "
-         "interpreter, and compare its logits with ONNX Runtime's. Exit 1 if they differ by more than 1e-4.",
+         "interpreter, compare its logits with ONNX Runtime's (exit 1 if they differ by more than 1e-4), and "
+         "write the HTML report of the run to DIR/report.html.",
          _demo_args)
 def cmd_demo(args) -> int:
     samples = Path(__file__).resolve().parents[1] / "samples"
@@ -300,12 +314,16 @@ def cmd_demo(args) -> int:
                                    json=False))
     inputs = read_npz(samples / f"{DEMO_SAMPLE}.inputs.npz", "inputs")
     say(f"running {lpu} on the interpreter ...")
-    result = interpreter.run(read_lpu(lpu), inputs)
-    _print_run(result.stats, load_machine(args.machine))
+    program = read_lpu(lpu)
+    result = interpreter.run(program, inputs)
+    _print_run(result.stats, program.machine)
     reference, source = _reference_outputs(model, inputs, samples / f"{DEMO_SAMPLE}.outputs.npz")
     worst = max(max_relative_error(result.outputs[k], reference[k]) for k in reference)
     ok = worst <= 1e-4
     print(f"max relative error vs {source}: {worst:.2e} ({'OK' if ok else 'MISMATCH'}, tolerance 1e-4)")
+    report = out_dir / "report.html"
+    atomic_write(report, _render_html(program, result).encode())
+    print(f"report: {report}")
     return 0 if ok else 1
 
 
@@ -328,6 +346,127 @@ def _table(rows) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"  {k:<{width}}  {v}")
+
+
+# --- viz -----------------------------------------------------------------------
+
+DOT_FORMATS = (".svg", ".png", ".pdf", ".dot")
+
+
+def _viz_args(p):
+    p.add_argument("model", metavar="MODEL.onnx|FILE.ir|FILE.lpu",
+                   help="a model (its graph), an IR file, or an executable schedule (its instructions)")
+    p.add_argument("--dot", metavar="OUT.svg|OUT.png|OUT.pdf|OUT.dot",
+                   help="the dataflow graph, rendered by Graphviz's `dot` (or its DOT source for .dot)")
+    p.add_argument("--perfetto", metavar="TRACE.json",
+                   help="the scheduled timeline as Chrome trace-event JSON (ui.perfetto.dev, chrome://tracing)")
+    p.add_argument("--html", metavar="REPORT.html", help="the self-contained HTML report of the schedule")
+    p.add_argument("--collapse", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw repeated layers once, as one 'layer × N' cluster (default: when there are "
+                        "3 or more)")
+    p.add_argument("--machine", default=DEFAULT_MACHINE, metavar="tsp-v1|FILE.toml",
+                   help="machine to compile a model for, for --perfetto and --html (default "
+                        f"{DEFAULT_MACHINE}; a .lpu names its own)")
+    p.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME=D0,D1",
+                   help="fix the shape of an ONNX input with symbolic dims (repeatable)")
+
+
+@command("viz", "draw a model's graph or a schedule's timeline",
+         "Write the dataflow graph (--dot: ops coloured by unit class, edges labelled with shapes, repeated "
+         "layers collapsible), the timeline as Chrome trace-event JSON (--perfetto: a track per unit, SRAM "
+         "slice port and link, SRAM occupancy counters) and/or the HTML report (--html). A model or IR file "
+         "is compiled first for --perfetto and --html. Without Graphviz's `dot` program, --dot writes the "
+         "DOT source beside OUT and says how to install it.", _viz_args)
+def cmd_viz(args) -> int:
+    path = Path(args.model)
+    if path.suffix not in (".onnx", ".ir", ".lpu"):
+        raise LpucError(f"{path}: expected an ONNX model (.onnx), an IR file (.ir) or a schedule (.lpu)")
+    if not path.is_file():
+        raise LpucError(f"{path}: no such file")
+    if not (args.dot or args.perfetto or args.html):
+        raise LpucError("nothing to draw: give --dot OUT.svg, --perfetto TRACE.json and/or --html REPORT.html")
+    if args.dot:
+        _check_output(args.dot, "--dot", DOT_FORMATS)
+    if args.perfetto:
+        _check_output(args.perfetto, "--perfetto", (".json",))
+    if args.html:
+        _check_output(args.html, "--html", (".html", ".htm"))
+    program = module = None
+    if path.suffix == ".lpu":
+        if args.shape:
+            raise LpucError("--shape applies to ONNX models; a .lpu program has static shapes already")
+        program = read_lpu(path)
+        module = program.module
+    elif args.dot:
+        module, _ = load_model(path, dict(args.shape))
+    if (args.perfetto or args.html) and program is None:
+        from backends.lpu import build_program
+
+        say(f"compiling {path} for {args.machine} ...")
+        options = CompileOptions()
+        scheduled, summary, machine_text = compile_model(path, args.machine, options, dict(args.shape))
+        program = build_program(scheduled, machine_text, lpu_options(options), summary.facts())
+        module = module or scheduled
+    outputs = []  # (path, bytes): all made before any is written
+    if args.dot:
+        outputs += _graph_outputs(module, Path(args.dot), chips=1 if path.suffix == ".lpu" else None,
+                                  collapse=args.collapse)
+    if args.perfetto:
+        from backends.trace import trace_json
+
+        outputs.append((Path(args.perfetto), trace_json(program)))
+    if args.html:
+        outputs.append((Path(args.html), _render_html(program).encode()))
+    for out, data in outputs:
+        atomic_write(out, data)
+        say(f"wrote {out}")
+    return 0
+
+
+def _graph_outputs(module, out: Path, chips, collapse) -> list[tuple[Path, bytes]]:
+    """The graph rendered in OUT's format; without `dot`, its DOT source beside OUT (and how to get `dot`)."""
+    import graphviz
+
+    from backends.graph import graph_dot
+
+    graph = graph_dot(module, chips=chips, collapse=collapse)
+    if out.suffix == ".dot":
+        return [(out, graph.source.encode())]
+    try:
+        return [(out, graph.pipe(format=out.suffix[1:]))]
+    except graphviz.ExecutableNotFound:
+        source = out.with_suffix(".dot")
+        say(f"lpuc: Graphviz's `dot` program was not found, so {out} was not rendered; writing the DOT source "
+            f"to {source}. Install Graphviz (`apt-get install graphviz`, `brew install graphviz`, or your OS's "
+            f"package) and run again, or render it yourself: dot -T{out.suffix[1:]} {source} -o {out}")
+        return [(source, graph.source.encode())]
+    except graphviz.CalledProcessError as e:
+        detail = " ".join((e.stderr or b"").decode(errors="replace").split())[:300]
+        raise LpucError(f"{out}: Graphviz's `dot` failed: {detail or e}") from None
+
+
+def _check_output(path: str, option: str, suffixes: tuple[str, ...]) -> None:
+    """Fail early (before any work) on an output of the wrong kind or in a directory we cannot write."""
+    p = Path(path)
+    if p.suffix.lower() not in suffixes:
+        raise LpucError(f"{option} {path}: unknown output format {p.suffix or '(no suffix)'!r} "
+                        f"(expected {', '.join(suffixes)})")
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise LpucError(f"{path}: cannot write: is a directory")
+    if not parent.is_dir():
+        raise LpucError(f"{path}: cannot write: no such directory {parent}")
+    if not os.access(parent, os.W_OK):
+        raise LpucError(f"{path}: cannot write: permission denied")
+
+
+def _render_html(program, run_result=None) -> str:
+    """backends.report's HTML report of `program` (and of a run of it)."""
+    try:
+        from backends.report import render_html
+    except ImportError as e:
+        raise LpucError(f"the HTML report is not available in this lpuc (backends.report: {e})") from None
+    return render_html(program, run_result)
 
 
 # --- main --------------------------------------------------------------------

@@ -60,6 +60,9 @@ class Tensor:
             raise EvalError(f"constant {self.key} has no data: its blob file (MODEL.blobs.npz beside MODEL.ir) "
                             "is missing or lacks it")
         array = self.loader()
+        want = self.type.dtype.numpy
+        if self.type.dtype.is_narrow and array.dtype != want and array.dtype.kind in "uV" and array.dtype.itemsize == 1:
+            array = array.view(want)  # stored as its bytes: .npy files cannot name ml_dtypes' types
         if tuple(array.shape) != self.type.shape:
             raise EvalError(f"constant {self.key}: data has shape {array.shape}, expected {self.type}")
         return array

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from .core import Module, Op
@@ -43,6 +44,80 @@ def int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Integer division truncating toward zero (C, ONNX Runtime), not numpy's floor."""
     q = a // b
     return q + ((a % b != 0) & ((a < 0) != (b < 0)))
+
+
+def is_floating(a: np.ndarray) -> bool:
+    """Whether an array holds floats: numpy's, or ml_dtypes' float8 / float4."""
+    return a.dtype.kind == "f" or a.dtype in _NARROW_FLOAT
+
+
+_NARROW_FLOAT = frozenset(d.numpy for d in DType if d.is_narrow and d.is_float)
+_NARROW_INT = frozenset(d.numpy for d in DType if d.is_narrow and d.is_int)
+_EXACT_IN_F32 = frozenset(np.dtype(t) for t in (np.float32, np.float16, np.bool_, np.int8, np.uint8, np.int16,
+                                                np.uint16))
+SATURATING = frozenset({DType.f8e4m3fn, DType.f8e4m3fnuz, DType.f8e5m2, DType.f8e5m2fnuz})  # ONNX's `saturate`
+ROUND_MODES = ("up", "down", "nearest")
+
+
+def _standard(x: np.ndarray) -> np.ndarray:
+    """The values of `x` in a numpy type of their own (narrow floats in f32, narrow ints in i8/u8): exact."""
+    if x.dtype in _NARROW_FLOAT:
+        return x.astype(np.float32)
+    if x.dtype in _NARROW_INT:
+        return x.astype(np.int8 if DType.from_numpy(x.dtype).iinfo.min < 0 else np.uint8)
+    return x
+
+
+def f32_round_to_odd(x: np.ndarray) -> np.ndarray:
+    """f64 (or wide integer) values to f32, truncated and the last bit set when inexact.
+
+    Rounding that to a type of at most 22 significant bits (bf16, float8, float4)
+    rounds as if from the original value: one rounding, not two."""
+    x = np.asarray(x, np.float64)
+    with np.errstate(over="ignore"):  # beyond f32: inf, then back to its largest finite value
+        y = x.astype(np.float32)
+    inexact = (y.astype(np.float64) != x) & ~np.isnan(x)
+    y = np.where(inexact & (np.abs(y.astype(np.float64)) > np.abs(x)), np.nextafter(y, np.float32(0)), y)
+    return (np.asarray(y, np.float32).view(np.uint32) | inexact).astype(np.uint32).view(np.float32)
+
+
+def to_f8e8m0(x: np.ndarray, saturate: bool, round_mode: str) -> np.ndarray:
+    """ONNX Cast to FLOAT8E8M0 (a power of two, 2^-127..2^127, or NaN), per the spec's table:
+    `round_mode` up / down / nearest (ties up) picks a neighbouring power of two; when that is out
+    of range (zero and infinity are) it saturates to the smallest / largest one, else is NaN.
+    The sign is ignored (the spec leaves negative inputs undefined)."""
+    a = np.abs(np.asarray(x, np.float64))
+    m, e = np.frexp(a)  # a = m * 2**e with 0.5 <= m < 1 (finite, nonzero a)
+    k = e.astype(np.int64) - 1  # 2**k <= a < 2**(k+1)
+    if round_mode == "up":
+        k += m > 0.5
+    elif round_mode == "nearest":
+        k += m >= 0.75
+    elif round_mode != "down":
+        raise EvalError(f"round_mode {round_mode!r} is not one of {', '.join(ROUND_MODES)}")
+    biased = k + 127
+    low, high = (a == 0) | (biased < 0), np.isinf(a) | (biased > 254)  # rounded out of range, as for float8
+    out = np.where(low, 0, np.where(high, 254, biased)) if saturate else np.where(low | high, 255, biased)
+    out = np.where(np.isnan(a), 255, out)
+    return out.astype(np.uint8).view(DType.f8e8m0.numpy)
+
+
+def cast(x: np.ndarray, to: DType, saturate: bool = True, round_mode: str = "up") -> np.ndarray:
+    """ONNX Cast. To the float8 types with `saturate`, out-of-range values and
+    infinities become the largest finite value (+-), else what the type does:
+    NaN (e4m3fn, the fnuz types) or infinity (e5m2). Narrow floats round to
+    nearest even, once (wide sources go through f32 rounded to odd). float4 has no
+    NaN or infinity: it always saturates. To integers: floats truncate, integers
+    wrap (keep the low bits), as numpy and ml_dtypes do."""
+    x = _standard(np.asarray(x))
+    if to is DType.f8e8m0:
+        return to_f8e8m0(x, saturate, round_mode)
+    if to.is_narrow and to.is_float or to is DType.bf16:
+        x = x.astype(np.float32) if x.dtype in _EXACT_IN_F32 else f32_round_to_odd(x)
+        if saturate and to in SATURATING:
+            big = np.float32(ml_dtypes.finfo(to.numpy).max)
+            x = np.clip(x, -big, big)
+    return x.astype(to.numpy)
 
 
 def round_bf16(x: np.ndarray) -> np.ndarray:
@@ -134,11 +209,11 @@ EVAL: dict[str, Impl] = {
     "graph.add": _binary(np.add),
     "graph.sub": _binary(np.subtract),
     "graph.mul": _binary(np.multiply),
-    "graph.div": lambda a, attrs: np.divide(*a) if a[0].dtype.kind == "f" else int_div(*a),
+    "graph.div": lambda a, attrs: np.divide(*a) if is_floating(a[0]) else int_div(*a),
     "graph.pow": _binary(np.power),
     "graph.max": _binary(np.maximum),
     "graph.min": _binary(np.minimum),
-    "graph.mod": lambda a, attrs: np.fmod(*a) if a[0].dtype.kind == "f" else np.mod(*a),
+    "graph.mod": lambda a, attrs: np.fmod(*a) if is_floating(a[0]) else np.mod(*a),
     "graph.equal": _binary(np.equal),
     "graph.less": _binary(np.less),
     "graph.less_equal": _binary(np.less_equal),
@@ -163,7 +238,7 @@ EVAL: dict[str, Impl] = {
     "graph.isnan": _unary(np.isnan),
     "graph.gelu": lambda a, attrs: gelu(a[0], attrs["approximate"]),
     "graph.where": lambda a, attrs: np.where(*a),
-    "graph.cast": lambda a, attrs: a[0].astype(attrs["to"].numpy),
+    "graph.cast": lambda a, attrs: cast(a[0], attrs["to"], attrs["saturate"], attrs["round_mode"]),
     "graph.constant": lambda a, attrs: attrs["value"].array,
     "graph.matmul": _binary(np.matmul),
     "graph.reduce_sum": lambda a, attrs: np.sum(a[0], axis=attrs["axes"], keepdims=attrs["keepdims"]),

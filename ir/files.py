@@ -37,12 +37,17 @@ def atomic_write(path: str | Path, data: bytes) -> None:
 
 
 def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """An .npz (as numpy.savez) with sorted members and fixed timestamps."""
+    """An .npz (as numpy.savez) with sorted members and fixed timestamps. Arrays of
+    ml_dtypes' types (float8, int4, ...), which .npy cannot name, are stored as their
+    bits (unsigned ints of their size); ir.attributes.Tensor views constants back."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for name in sorted(arrays):
             member = io.BytesIO()
-            np.lib.format.write_array(member, np.asarray(arrays[name], order="C"), allow_pickle=False)
+            a = np.asarray(arrays[name], order="C")
+            if a.dtype.isbuiltin == 2:  # a user-defined numpy type (ml_dtypes'): its bits, same shape
+                a = a.view(f"<u{a.dtype.itemsize}")
+            np.lib.format.write_array(member, a, allow_pickle=False)
             zf.writestr(zipfile.ZipInfo(name + ".npy", FIXED_TIME), member.getvalue())
     return buf.getvalue()
 

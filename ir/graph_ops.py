@@ -120,8 +120,10 @@ def _where(types, attrs):
     return TensorType(broadcast_shapes(cond.shape, a.shape, b.shape), same_dtype((a, b)))
 
 
-@defop("graph.cast", 1, {"to": A("dtype")}, doc="convert the element type")
+@defop("graph.cast", 1, {"to": A("dtype"), "saturate": A("bool", True), "round_mode": A("str", "up")},
+       doc="convert the element type (ONNX Cast: `saturate` for float8 targets, `round_mode` for f8e8m0)")
 def _cast(types, attrs):
+    need(attrs["round_mode"] in ("up", "down", "nearest"), "round_mode must be 'up', 'down' or 'nearest'")
     return types[0].with_dtype(attrs["to"])
 
 

@@ -261,7 +261,7 @@ class _Builder(Transformer):
                 shown = ("true" if x else "false") if isinstance(x, bool) else repr(x)
                 raise _Error(pos, f"tensor<{ttype}>: element {shown} is not {want}")
         if dtype.is_int:
-            info = np.iinfo(dtype.numpy)
+            info = dtype.iinfo
             for x in body:
                 if not info.min <= x <= info.max:
                     raise _Error(pos, f"tensor<{ttype}>: element {x} is out of range for {dtype.value}")

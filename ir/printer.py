@@ -26,7 +26,8 @@ def _format_element(x, dtype: DType) -> str:
         return str(int(x))
     if dtype is DType.f64:
         return repr(float(x))
-    return str(np.float16(x) if dtype is DType.f16 else np.float32(x))  # shortest round-trip spelling
+    # the shortest spelling that round-trips (bf16 and the float8 / float4 values are f32-exact)
+    return str(np.float16(x) if dtype is DType.f16 else np.float32(x))
 
 
 def format_tensor(t: Tensor) -> str:

@@ -5,16 +5,31 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
 
 class DType(enum.Enum):
-    """Element types. The value is the spelling in IR text."""
+    """Element types. The value is the spelling in IR text.
+
+    The narrow types (float8, float4, 4- and 2-bit integers) compute with
+    ml_dtypes' numpy types and take one storage byte per element, in SRAM and
+    in memory alike (ONNX packs the sub-byte ones; the frontend unpacks them).
+    The float8 ones are those of ONNX: e4m3fn / e5m2 (OCP, e5m2 has infinities),
+    their `fnuz` variants (no -0, no infinities, NaN is 0x80) and e8m0 (a power
+    of two 2^-127..2^127, or NaN); f4e2m1 has neither NaN nor infinities.
+    """
 
     f64 = "f64"
     f32 = "f32"
     f16 = "f16"
     bf16 = "bf16"
+    f8e4m3fn = "f8e4m3fn"
+    f8e4m3fnuz = "f8e4m3fnuz"
+    f8e5m2 = "f8e5m2"
+    f8e5m2fnuz = "f8e5m2fnuz"
+    f8e8m0 = "f8e8m0"
+    f4e2m1 = "f4e2m1"
     i8 = "i8"
     i16 = "i16"
     i32 = "i32"
@@ -23,6 +38,10 @@ class DType(enum.Enum):
     u16 = "u16"
     u32 = "u32"
     u64 = "u64"
+    i4 = "i4"
+    u4 = "u4"
+    i2 = "i2"
+    u2 = "u2"
     bool = "bool"
 
     @property
@@ -31,7 +50,7 @@ class DType(enum.Enum):
 
     @property
     def is_float(self) -> bool:
-        return self in (DType.f64, DType.f32, DType.f16, DType.bf16)
+        return self in _FLOATS
 
     @property
     def is_int(self) -> bool:
@@ -42,9 +61,21 @@ class DType(enum.Enum):
         """The numpy dtype used to compute with this type (bf16 computes in f32)."""
         return _NUMPY[self]
 
+    @property
+    def is_narrow(self) -> bool:
+        """A float8 / float4 / int4 / int2 type: its numpy type is one of ml_dtypes'."""
+        return self in _NARROW
+
+    @property
+    def iinfo(self):
+        """The range of an integer type (.min, .max), numpy's or ml_dtypes'."""
+        return ml_dtypes.iinfo(self.numpy)
+
     @staticmethod
     def from_numpy(dtype) -> "DType":
         dtype = np.dtype(dtype)
+        if dtype == np.dtype(ml_dtypes.bfloat16):  # the bf16 values, computed in f32
+            return DType.bf16
         for d, n in _NUMPY.items():
             if n == dtype and d is not DType.bf16:
                 return d
@@ -54,10 +85,20 @@ class DType(enum.Enum):
         return f"DType.{self.name}"
 
 
+_NARROW_NUMPY = {
+    DType.f8e4m3fn: ml_dtypes.float8_e4m3fn, DType.f8e4m3fnuz: ml_dtypes.float8_e4m3fnuz,
+    DType.f8e5m2: ml_dtypes.float8_e5m2, DType.f8e5m2fnuz: ml_dtypes.float8_e5m2fnuz,
+    DType.f8e8m0: ml_dtypes.float8_e8m0fnu, DType.f4e2m1: ml_dtypes.float4_e2m1fn,
+    DType.i4: ml_dtypes.int4, DType.u4: ml_dtypes.uint4, DType.i2: ml_dtypes.int2, DType.u2: ml_dtypes.uint2,
+}
+_NARROW = frozenset(_NARROW_NUMPY)
+_FLOATS = frozenset({DType.f64, DType.f32, DType.f16, DType.bf16, DType.f8e4m3fn, DType.f8e4m3fnuz,
+                     DType.f8e5m2, DType.f8e5m2fnuz, DType.f8e8m0, DType.f4e2m1})
 _ITEMSIZE = {
     DType.f64: 8, DType.f32: 4, DType.f16: 2, DType.bf16: 2,
     DType.i8: 1, DType.i16: 2, DType.i32: 4, DType.i64: 8,
     DType.u8: 1, DType.u16: 2, DType.u32: 4, DType.u64: 8, DType.bool: 1,
+    **{d: 1 for d in _NARROW},  # one storage byte per element, sub-byte types too
 }
 _NUMPY = {
     DType.f64: np.dtype(np.float64), DType.f32: np.dtype(np.float32),
@@ -67,6 +108,7 @@ _NUMPY = {
     DType.u8: np.dtype(np.uint8), DType.u16: np.dtype(np.uint16),
     DType.u32: np.dtype(np.uint32), DType.u64: np.dtype(np.uint64),
     DType.bool: np.dtype(np.bool_),
+    **{d: np.dtype(t) for d, t in _NARROW_NUMPY.items()},
 }
 
 

@@ -76,7 +76,7 @@ MODELS = {
                                          out_type=TensorProto.INT64), t / "nz.onnx"),
                 ["NonZero", "data-dependent shapes", "static shapes"]),
     "opset-12": (lambda t: save(_xy_model([helper.make_node("Relu", ["x"], ["y"])], opset=12), t / "old.onnx"),
-                 ["opset 12", "17-24"]),
+                 ["opset 12", "17-25"]),
     "symbolic-dims": (lambda t: save(legacy_transformer(), t / "sym.onnx"), ["'sequence'", "--shape"]),
 }
 

@@ -112,13 +112,8 @@ OTHER_OPS = {
 EXCLUDE: dict[str, str] = {}
 
 # Cases expected to fail (strict: an unexpected pass fails the run), with the reason.
-# First those whose element type lpuc does not have, then the rest.
+# First those whose (element) type lpuc does not have, then the rest.
 XFAIL_TYPES = {
-    r"FLOAT8E(4M3|5M2)": "float8 dtype: lpuc has no float8 element types",
-    r"FLOAT8E8M0": "float8 e8m0 dtype: lpuc has no float8 element types",
-    r"FLOAT4E2M1": "float4 dtype: lpuc has no float4 element types",
-    r"U?INT4(_|$)": "int4/uint4 dtype: lpuc has no sub-byte integer types",
-    r"U?INT2(_|$)": "int2/uint2 dtype: lpuc has no sub-byte integer types",
     r"^test_equal_string": "string dtype: lpuc has no string tensors",
     r"^test_identity_opt$": "optional type: lpuc has tensors only",
     r"^test_identity_sequence$": "sequence type: lpuc has tensors only",
@@ -131,12 +126,8 @@ XFAIL = {
 # Cases expected to fail while the frontend does not accept their opset (see
 # lift_opset): pattern -> (opset, reason). They run normally once it does.
 XFAIL_OPSET = {
-    r"^test_attention_(3d_local_window|bidirectional_window|local_window(_ext_cache_\w+|_gqa_rank4_mask|"
-    r"_rank1_boolean_mask|_with_past)?)(?<!_expanded)$": (
-        25, "opset 25 model (left/right_window_size): the frontend takes opsets 17-24 and ONNX's "
-            "version converter cannot lower windows to 24"),
     r"^test_range_(bfloat16|float16)_type_positive_delta$": (
-        27, "opset 27 model (float16/bfloat16 Range): not expressible at opsets <= 24, so ONNX's "
+        27, "opset 27 model (float16/bfloat16 Range): not expressible at opsets <= 25, so ONNX's "
             "version converter refuses it"),
 }
 for _pattern, (_opset, _why) in XFAIL_OPSET.items():
@@ -338,8 +329,8 @@ class _Tally:
                       f"{total['excluded']:>6}{rate:>8}")
         typed = sum(1 for case in CASES if reason(XFAIL_TYPES, case) and reason(EXCLUDE, case) is None)
         if run > typed:
-            tw.write_line(f"pass rate without the {typed} cases in element types lpuc lacks (float8, "
-                          f"int4, string, ...): {100 * total['pass'] / (run - typed):.1f}%")
+            tw.write_line(f"pass rate without the {typed} cases in types lpuc lacks (string, optional, "
+                          f"sequence): {100 * total['pass'] / (run - typed):.1f}%")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -148,14 +148,25 @@ def _where(n: Node):
     return n.op("graph.where", n.x(0), n.x(1), n.x(2))
 
 
+def _cast_to(n: Node, to: DType):
+    """graph.cast with ONNX's `saturate` (float8 targets) and `round_mode` (f8e8m0), each only
+    where it applies and differs from the default."""
+    attrs = {}
+    if to.is_narrow and to.is_float and to is not DType.f4e2m1 and not n.attr("saturate", 1):
+        attrs["saturate"] = False
+    if to is DType.f8e8m0 and n.attr("round_mode", "up") != "up":
+        attrs["round_mode"] = n.attr("round_mode")
+    return n.op("graph.cast", n.x(0), to=to, **attrs)
+
+
 @converts("Cast")
 def _cast(n: Node):
-    return n.op("graph.cast", n.x(0), to=_dtype_of(n.attr("to")))
+    return _cast_to(n, _dtype_of(n.attr("to")))
 
 
 @converts("CastLike")
 def _cast_like(n: Node):
-    return n.op("graph.cast", n.x(0), to=n.x(1).type.dtype)
+    return _cast_to(n, n.x(1).type.dtype)
 
 
 # --- constants and shapes ----------------------------------------------------
@@ -264,7 +275,7 @@ def _reduce_identity(op: str, dtype: DType):
         return not lowest
     if dtype.is_float:
         return -np.inf if lowest else np.inf
-    info = np.iinfo(dtype.numpy)
+    info = dtype.iinfo
     return info.min if lowest else info.max
 
 

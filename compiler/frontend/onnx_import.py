@@ -26,7 +26,7 @@ from compiler.passes import dead_code_elimination
 
 from .converters import CONVERTERS, DATA_DEPENDENT, Node
 
-OPSETS = range(17, 25)  # default-domain opsets we accept
+OPSETS = range(17, 26)  # default-domain opsets we accept
 FOLD_LIMIT = 1 << 16  # fold a node when its constant inputs hold at most this many elements
 
 ONNX_DTYPES = {
@@ -35,7 +35,14 @@ ONNX_DTYPES = {
     onnx.TensorProto.INT32: DType.i32, onnx.TensorProto.INT64: DType.i64, onnx.TensorProto.UINT8: DType.u8,
     onnx.TensorProto.UINT16: DType.u16, onnx.TensorProto.UINT32: DType.u32, onnx.TensorProto.UINT64: DType.u64,
     onnx.TensorProto.BOOL: DType.bool,
+    onnx.TensorProto.FLOAT8E4M3FN: DType.f8e4m3fn, onnx.TensorProto.FLOAT8E4M3FNUZ: DType.f8e4m3fnuz,
+    onnx.TensorProto.FLOAT8E5M2: DType.f8e5m2, onnx.TensorProto.FLOAT8E5M2FNUZ: DType.f8e5m2fnuz,
+    onnx.TensorProto.FLOAT8E8M0: DType.f8e8m0, onnx.TensorProto.FLOAT4E2M1: DType.f4e2m1,
+    onnx.TensorProto.INT4: DType.i4, onnx.TensorProto.UINT4: DType.u4,
+    onnx.TensorProto.INT2: DType.i2, onnx.TensorProto.UINT2: DType.u2,
 }
+# Bits per element where ONNX packs several elements in a byte (lpuc stores one per byte).
+PACKED_BITS = {DType.f4e2m1: 4, DType.i4: 4, DType.u4: 4, DType.i2: 2, DType.u2: 2}
 
 STATIC_ADVICE = ("static scheduling needs static shapes: export with a fixed batch and sequence length "
                  "(no dynamic axes); for Mixtral, use transformers' `batched_mm` experts implementation")
@@ -151,14 +158,15 @@ def _weight(init: onnx.TensorProto, base_dir: Path) -> Tensor:
     if init.data_location == onnx.TensorProto.EXTERNAL:
         info = {e.key: e.value for e in init.external_data}
         location, offset, length = info["location"], int(info.get("offset", 0)), info.get("length")
-        key = f"ext:{location}:{offset}:{length or ttype.nbytes}"
+        nbytes = onnx_nbytes(ttype)
+        key = f"ext:{location}:{offset}:{length or nbytes}"
 
         def load(init=init, dtype=dtype, ttype=ttype, path=base_dir / location):
             try:
-                raw = np.fromfile(path, dtype=np.uint8, count=int(length or ttype.nbytes), offset=offset)
+                raw = np.fromfile(path, dtype=np.uint8, count=int(length or nbytes), offset=offset)
             except OSError as e:
                 raise LpucError(f"weights of {init.name}: cannot read {path}: {e.strerror}") from None
-            if raw.size != ttype.nbytes:
+            if raw.size != nbytes:
                 raise LpucError(f"weights of {init.name}: {path} is too short")
             return _decode(raw.tobytes(), init.data_type, dtype, ttype.shape)
 
@@ -166,7 +174,16 @@ def _weight(init: onnx.TensorProto, base_dir: Path) -> Tensor:
     return Tensor.from_array(_to_numpy(init, dtype), dtype)
 
 
+def onnx_nbytes(ttype: TensorType) -> int:
+    """The bytes of a tensor's data in ONNX (raw_data, external data): sub-byte types packed."""
+    bits = PACKED_BITS.get(ttype.dtype)
+    return ttype.nbytes if bits is None else -(-ttype.numel * bits // 8)
+
+
 def _decode(raw: bytes, data_type: int, dtype: DType, shape) -> np.ndarray:
+    if dtype in PACKED_BITS:  # numpy_helper unpacks them
+        t = onnx.TensorProto(data_type=data_type, dims=shape, raw_data=raw)
+        return numpy_helper.to_array(t).astype(dtype.numpy)
     if dtype is DType.bf16:
         bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
         return bits.view(np.float32).reshape(shape)

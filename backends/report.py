@@ -1,0 +1,1124 @@
+"""The HTML report: one self-contained page about a scheduled program.
+
+`render_html(program, run_result=None)` returns a single HTML file that opens
+offline in any browser (inline CSS, JS and SVG; no fetch of any kind):
+
+- a summary: model, machine, cycles, latency, lower bound and gap, chips,
+  instructions, SRAM peak, tokens/s for a decode step;
+- a zoomable, pannable timeline: one row per chip x unit instance, one
+  `<rect class="instr" data-i="I">` per instruction (its occupancy; a lighter
+  tail shows the rest of its latency), hover for a summary, click for
+  every detail (op, results, operands and the values they name, unit, cycles,
+  extents, streams, attributes);
+- the critical path (`critical_path`): the chain of instructions ending at the
+  last one to land, each step following the operand that landed last (through
+  views to its producer), drawn over the timeline and listed with the cycles
+  each step waited after its operand had landed;
+- SRAM occupancy per slice over time (a heat strip per slice, exact step
+  functions, on the timeline's time axis) and in total;
+- link traffic (chip-to-chip; on one chip: none) and a utilization table per
+  unit class and instance.
+
+All data is embedded as one JSON document (`<script type="application/json"
+id="lpuc-data">`, keys sorted, no timestamps) and the page's script draws
+from it, so the same program always gives the same bytes. Timing comes from
+ir.costs and the machine description, as in the interpreter; the statistics
+are `schedule_stats` (or the run's, when a run result is given).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from ir import machine_ops as mo
+from ir.core import Op
+from ir.costs import cost, units
+from ir.layout import LANES, sub_extents, view_extents, words
+from ir.printer import format_attr
+
+from .interpreter import Result, Stats, schedule_stats
+from .lpu import Program
+
+CLASS_ORDER = ("mxm", "vxm", "sxm", "mem", "host", "c2c")
+SCHEDULE_KEYS = frozenset(mo.SCHEDULE_ATTRS)
+
+
+# --- the analysis ---------------------------------------------------------------
+
+@dataclass
+class _Base:
+    """A value owning SRAM words: an instruction's result or a constant."""
+    name: str
+    instr: int                 # producing instruction (index into Analysis.instrs), -1 for constants
+    land: int
+    chip: int
+    per_slice: Counter         # slice -> words
+    end: int = 0               # the last read of its words ends (c + occ)
+    constant: bool = False
+
+
+@dataclass
+class _Value:
+    kind: str                  # "sram", "plane" (an mxm.install result), "host" (inputs, host.output results)
+    segs: tuple = ()           # sram: ((slice, word, words, base id), ...)
+    instr: int = -1            # plane / host.output: the instruction that made it
+    sources: tuple = ()        # sram: names of the values owning its words (itself unless a view)
+    views: tuple = ()          # the views between it and those owners, outermost first
+
+
+@dataclass
+class Instr:
+    i: int                     # index among instructions (the timeline's data-i)
+    k: int                     # index in module.ops
+    op: Op
+    cls: str
+    unit: str
+    chip: int
+    start: int
+    occ: int
+    lat: int
+    reads: list = field(default_factory=list)        # per SRAM operand: ((slice, word, words), ...)
+    writes: list = field(default_factory=list)       # per SRAM result: ((slice, word, words), ...)
+    producers: list = field(default_factory=list)    # per operand: sorted instruction indices
+
+    @property
+    def end(self) -> int:
+        return self.start + self.occ
+
+    @property
+    def land(self) -> int:
+        return self.start + self.lat
+
+
+@dataclass(frozen=True)
+class CriticalStep:
+    instr: int                 # the instruction
+    producer: int | None       # the producer of its last-landing operand (None: the chain's first)
+    operand: str | None        # that operand's name
+    ready: int                 # when that operand landed (0 for the first)
+    wait: int                  # issue - ready: cycles the instruction waited with its operands in place
+
+
+@dataclass
+class Analysis:
+    program: Program
+    instrs: list[Instr]
+    bases: list[_Base]
+    values: dict[str, _Value]
+    chips: list[int]
+    cycles: int
+    critical: list[CriticalStep]   # first instruction first
+
+
+def _chip(op: Op) -> int:
+    c = op.attrs.get("chip")
+    return c if isinstance(c, int) and not isinstance(c, bool) else 0
+
+
+def analyze(program: Program) -> Analysis:
+    """Timing, SRAM words, producers and the critical path of a scheduled program."""
+    module, machine = program.module, program.machine
+    values: dict[str, _Value] = {v.name: _Value("host") for v in module.inputs}
+    bases: list[_Base] = []
+    instrs: list[Instr] = []
+    for k, op in enumerate(module.ops):
+        if op.name in mo.VIEWS:
+            values[op.result.name] = _view(op, values)
+            continue
+        if op.name == "mem.constant":
+            out = tuple(op.attrs.get("out") or ())
+            b = len(bases)
+            bases.append(_Base(op.result.name, -1, 0, _chip(op), _per_slice(out), constant=True))
+            values[op.result.name] = _Value("sram", tuple((s, w, n, b) for s, w, n in out),
+                                            sources=(op.result.name,))
+            continue
+        cls = mo.unit_class(op.name)
+        cycle = op.attrs.get("cycle")
+        if cycle is None:  # not scheduled: nothing to draw
+            continue
+        ins = Instr(len(instrs), k, op, cls, op.attrs.get("unit") or f"{cls}?", _chip(op), cycle, 0, 0)
+        read_segs = []
+        for pos, v in enumerate(op.operands):
+            val = values.get(v.name, _Value("host"))
+            if op.name == "host.input" or val.kind == "host":
+                ins.producers.append([])
+            elif val.kind == "plane":
+                ins.producers.append([val.instr])
+            else:
+                read_segs.append(val.segs)
+                ins.reads.append(tuple(seg[:3] for seg in val.segs))
+                ins.producers.append(sorted({bases[seg[3]].instr for seg in val.segs
+                                             if bases[seg[3]].instr >= 0}))
+        sram_results = () if op.name in ("mxm.install", "host.output") else op.results
+        out = tuple(op.attrs.get("out") or ()) if sram_results else ()
+        pos = 0
+        for r in sram_results:
+            n = words(r.type)
+            ins.writes.append(sub_extents(out, pos, n))
+            pos += n
+        c = cost(op, machine, ins.reads, [out] if out else [])
+        ins.occ, ins.lat = c.occupancy, c.latency
+        for segs in read_segs:  # liveness: a value's words stay until its last read ends
+            for *_, b in segs:
+                bases[b].end = max(bases[b].end, ins.end)
+        for r, ext in zip(sram_results, ins.writes):
+            b = len(bases)
+            bases.append(_Base(r.name, ins.i, ins.land, ins.chip, _per_slice(ext)))
+            values[r.name] = _Value("sram", tuple((s, w, n, b) for s, w, n in ext), sources=(r.name,))
+        if op.name == "mxm.install":
+            values[op.result.name] = _Value("plane", instr=ins.i, sources=(op.result.name,))
+        elif op.name == "host.output":
+            values[op.result.name] = _Value("host", instr=ins.i)
+        instrs.append(ins)
+    cycles = max((i.land for i in instrs), default=0)
+    chips = sorted({i.chip for i in instrs} | {b.chip for b in bases}
+                   | set(range(int(program.options.get("chips") or 1))))
+    return Analysis(program, instrs, bases, values, chips, cycles, critical_path(instrs))
+
+
+def _per_slice(extents) -> Counter:
+    c = Counter()
+    for s, _, n in extents:
+        if n:
+            c[s] += n
+    return c
+
+
+def _view(op: Op, values: dict[str, _Value]) -> _Value:
+    """The words a view names (the layout's own rule, ir.layout.view_extents)."""
+    segs, by_operand, sources, views = [], [], [], [op.result.name]
+    for v in op.operands:
+        val = values.get(v.name, _Value("host"))
+        if val.kind != "sram":
+            return _Value("host")
+        by_operand.append(tuple((len(segs) + j, seg[1], seg[2]) for j, seg in enumerate(val.segs)))
+        segs += val.segs
+        sources += val.sources
+        views += val.views
+    ext = view_extents(op.name, op.attrs, [v.type for v in op.operands], by_operand)
+    return _Value("sram", tuple((segs[j][0], w, n, segs[j][3]) for j, w, n in ext),
+                  sources=tuple(dict.fromkeys(sources)), views=tuple(dict.fromkeys(views)))
+
+
+def critical_path(instrs: list[Instr]) -> list[CriticalStep]:
+    """The chain of read-after-write steps ending at the last instruction to land.
+
+    From each instruction it steps to the producer of one of its operands (views
+    resolved to the values owning their words; an MXM weight to its install):
+    the one whose own chain carries the most latency (the latency-weighted
+    longest path, the compiler's critical-path bound), the latest to land among
+    equals. Every step is a read after write: the producer landed at `ready` <=
+    the consumer's issue; `wait` is the difference, the cycles the consumer
+    spent on units, ports, streams or other operands with this one in place.
+    So cycles = first issue + sum of latencies + sum of waits along the chain.
+
+    (Following plainly the operand that landed last ends every chain at the last
+    weight install: installs of weights read nothing computed, so the scheduler
+    places them just in time, landing as their matmul issues.)"""
+    if not instrs:
+        return []
+    longest = [0] * len(instrs)  # latency of the longest RAW chain ending with each instruction
+    for ins in instrs:           # program order is SSA order: producers come first
+        longest[ins.i] = ins.lat + max((longest[p] for prods in ins.producers for p in prods), default=0)
+    cur = max(instrs, key=lambda x: (x.land, longest[x.i], x.i))
+    chain = []
+    while True:
+        best = None
+        for pos, prods in enumerate(cur.producers):
+            for p in prods:
+                key = (longest[p], instrs[p].land, p)
+                if best is None or key > best[0]:
+                    best = (key, p, cur.op.operands[pos].name)
+        if best is None:
+            chain.append(CriticalStep(cur.i, None, None, 0, cur.start))
+            break
+        _, p, operand = best
+        ready = instrs[p].land
+        chain.append(CriticalStep(cur.i, p, operand, ready, cur.start - ready))
+        cur = instrs[p]
+    return chain[::-1]
+
+
+# --- the SRAM over time -----------------------------------------------------------
+
+def _steps(deltas: dict[int, int]) -> list[int]:
+    """A step function from {cycle: change}: flat [t0, level0, t1, level1, ...] (levels hold until the next t)."""
+    out, level = [], 0
+    for t in sorted(deltas):
+        if deltas[t] == 0:
+            continue
+        level += deltas[t]
+        out += [t, level]
+    return out
+
+
+def sram_occupancy(a: Analysis) -> dict[tuple[int, int], list[int]]:
+    """(chip, slice) -> step function of the words live there: each value owning words
+    holds them from landing until its last read ends (constants: the whole run)."""
+    per: dict[tuple[int, int], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for b in a.bases:
+        lo, hi = (0, max(a.cycles, 1)) if b.constant else (b.land, max(b.end, b.land + 1))
+        for s, n in b.per_slice.items():
+            per[b.chip, s][lo] += n
+            per[b.chip, s][hi] -= n
+    return {key: _steps(d) for key, d in per.items()}
+
+
+def _total(steps: list[list[int]]) -> list[int]:
+    deltas: dict[int, int] = defaultdict(int)
+    for st in steps:
+        prev = 0
+        for j in range(0, len(st), 2):
+            deltas[st[j]] += st[j + 1] - prev
+            prev = st[j + 1]
+    return _steps(deltas)
+
+
+# --- the model -----------------------------------------------------------------------
+
+def decode_batch(program: Program) -> int | None:
+    """A decode step's batch: the module has a KV-cache input (name containing "past")
+    and a sequence-length-1 token input ([batch, 1]); None for anything else."""
+    inputs = program.module.inputs
+    if not any("past" in v.name.lower() for v in inputs):
+        return None
+    tokens = [v for v in inputs if v.type.rank == 2 and v.type.shape[1] == 1 and v.type.dtype.is_int]
+    tokens.sort(key=lambda v: (v.name != "input_ids", v.name))
+    return tokens[0].type.shape[0] if tokens else None
+
+
+# --- the page's data ------------------------------------------------------------------
+
+def _extents(ext) -> list[list[int]]:
+    return [[s, w, n] for s, w, n in ext]
+
+
+def report_data(program: Program, run_result: Result | None = None) -> dict[str, Any]:
+    """Everything the page draws, as JSON data (deterministic for a program)."""
+    a = analyze(program)
+    machine, manifest = program.machine, program.manifest
+    stats: Stats = run_result.stats if run_result is not None else schedule_stats(program.module, machine)
+    summary_in = dict(manifest.get("summary") or {})
+    counts = units(machine)
+    classes = [c for c in CLASS_ORDER if c in counts] + sorted(set(counts) - set(CLASS_ORDER))
+    extra = sorted({i.cls for i in a.instrs} - set(classes))
+    classes += extra
+
+    # timeline rows: chip x unit instance (every instance, used or not), then any unit the machine lacks
+    rows, row_of = [], {}
+    per_unit_n = Counter((i.chip, i.unit) for i in a.instrs)
+    for chip in a.chips:
+        names = [f"{c}{j}" for c in classes for j in range(counts.get(c, 0))]
+        names += sorted({i.unit for i in a.instrs if i.chip == chip} - set(names))
+        for u in names:
+            row_of[chip, u] = len(rows)
+            cls = next((c for c in classes if u.startswith(c)), "")
+            busy = stats.busy.get(u, 0) if len(a.chips) == 1 else \
+                sum(i.occ for i in a.instrs if i.chip == chip and i.unit == u)
+            rows.append({"chip": chip, "unit": u, "cls": cls, "n": per_unit_n[chip, u], "busy": busy,
+                         "util": busy / a.cycles if a.cycles else 0.0})
+
+    crit_of = {st.instr: j for j, st in enumerate(a.critical)}
+    ops = sorted({i.op.name for i in a.instrs})
+    op_index = {n: j for j, n in enumerate(ops)}
+    instrs, details = [], []
+    for ins in a.instrs:
+        instrs.append([row_of[ins.chip, ins.unit], ins.start, ins.occ, ins.lat, op_index[ins.op.name],
+                       classes.index(ins.cls) if ins.cls in classes else -1])
+        operands = []
+        for v, prods in zip(ins.op.operands, ins.producers):
+            val = a.values.get(v.name, _Value("host"))
+            o = {"name": v.name, "type": str(v.type)}  # defaults left out: kind "sram", no producers, no views
+            if val.kind != "sram":
+                o["kind"] = val.kind
+            if prods:
+                o["producers"] = prods
+            if val.views:
+                o["views"], o["sources"] = list(val.views), list(val.sources)
+            operands.append(o)
+        d = {"k": ins.k, "results": [[r.name, str(r.type)] for r in ins.op.results], "operands": operands,
+             "out": [_extents(e) for e in ins.writes], "reads": [_extents(e) for e in ins.reads],
+             "streams": list(ins.op.attrs.get("streams") or ())}
+        attrs = {k: format_attr(v) for k, v in ins.op.attrs.items() if k not in SCHEDULE_KEYS}
+        if attrs:
+            d["attrs"] = attrs
+        if ins.i in crit_of:
+            d["crit"] = crit_of[ins.i]
+        details.append(d)
+
+    steps = sram_occupancy(a)
+    sram = []
+    for chip in a.chips:
+        per = [steps.get((chip, s), []) for s in range(machine.sram.slices)]
+        total = _total(per)
+        peak = max(total[1::2], default=0)
+        peak_at = total[total[1::2].index(peak) * 2] if total else 0
+        sram.append({"chip": chip, "slices": per, "total": total, "peak_words": peak, "peak_cycle": peak_at,
+                     "max_slice_words": max((lv for st in per for lv in st[1::2]), default=0)})
+
+    links = _links(a, machine)
+    batch = decode_batch(program)
+    latency_us = machine.cycles_to_us(a.cycles)
+    crit_wait = sum(st.wait for st in a.critical[1:])
+    summary = {
+        "model": program.module.name, "machine": machine.name, "clock_mhz": machine.clock_mhz,
+        "chips": len(a.chips), "cycles": a.cycles, "manifest_cycles": manifest.get("cycles"),
+        "latency_us": latency_us,
+        "lower_bound_cycles": summary_in.get("lower_bound_cycles"),
+        "critical_path_cycles": summary_in.get("critical_path_cycles"),
+        "resource_bound_cycles": summary_in.get("resource_bound_cycles"),
+        "bound": summary_in.get("bound"),
+        "gap": (a.cycles / summary_in["lower_bound_cycles"] - 1) if summary_in.get("lower_bound_cycles") else None,
+        "instructions": len(a.instrs), "ops": len(program.module.ops),
+        "sram_peak_bytes": stats.sram_peak_bytes,
+        "sram_capacity_bytes": machine.sram.chip_bytes * len(a.chips),
+        "sram_image_bytes": summary_in.get("sram_image_bytes"),
+        "decode": batch is not None, "batch": batch,
+        "tokens_per_s": (batch * 1e6 / latency_us) if batch and latency_us else None,
+        "inputs": dict(manifest.get("inputs") or {}), "outputs": dict(manifest.get("outputs") or {}),
+        "options": dict(manifest.get("options") or {}), "lpuc_version": manifest.get("lpuc_version"),
+        "measured": run_result is not None,
+    }
+    class_rows = []
+    for c in classes:
+        n_inst = counts.get(c, 0) * len(a.chips)
+        busy = sum(r["busy"] for r in rows if r["cls"] == c)
+        class_rows.append({"cls": c, "instances": n_inst, "n": sum(r["n"] for r in rows if r["cls"] == c),
+                           "busy": busy, "util": busy / (a.cycles * n_inst) if a.cycles and n_inst else 0.0})
+    data = {
+        "version": 1,
+        "summary": summary,
+        "classes": classes,
+        "class_rows": class_rows,
+        "rows": rows,
+        "ops": ops,
+        "instrs": instrs,
+        "details": details,
+        "critical": {"chain": [st.instr for st in a.critical],
+                     "steps": [[st.instr, st.producer, st.operand, st.ready, st.wait] for st in a.critical],
+                     "why": [_why(a, st) for st in a.critical],
+                     "bound": summary_in.get("critical_path_cycles"),
+                     "first_issue": a.critical[0].wait if a.critical else 0,
+                     "latency": sum(a.instrs[st.instr].lat for st in a.critical),
+                     "waits": crit_wait},
+        "sram": {"words_per_slice": machine.sram.words_per_slice, "word_bytes": machine.sram.word_bytes,
+                 "chips": sram},
+        "links": links,
+        "run": _run(run_result),
+    }
+    return data
+
+
+def _why(a: Analysis, st: CriticalStep) -> list | None:
+    """What a critical step waited for after its operand had landed: another operand
+    landing later ["operand", name, producer, cycle], its unit busy ["unit", None,
+    instruction, cycle], or something else (ports, streams, an MXM plane) ["other"]."""
+    if st.wait <= 0 or st.producer is None:
+        return None
+    ins = a.instrs[st.instr]
+    late = [(a.instrs[p].land, p, v.name) for v, prods in zip(ins.op.operands, ins.producers) for p in prods
+            if st.ready < a.instrs[p].land <= ins.start]
+    if late:
+        land, p, name = max(late)
+        return ["operand", name, p, land]
+    busy = [(o.end, o.i) for o in a.instrs if o.chip == ins.chip and o.unit == ins.unit and o.i != ins.i
+            and st.ready < o.end <= ins.start]
+    if busy:
+        end, o = max(busy)
+        return ["unit", None, o, end]
+    return ["other", None, None, None]
+
+
+def _links(a: Analysis, machine) -> dict[str, Any]:
+    """Chip-to-chip traffic: per link unit, the transfers, bytes and busy cycles."""
+    per: dict[tuple[int, str], list[int]] = {}
+    for ins in a.instrs:
+        if ins.cls != "c2c":
+            continue
+        n_bytes = sum(words(v.type) for v in ins.op.operands) * LANES
+        row = per.setdefault((ins.chip, ins.unit), [0, 0, 0])
+        row[0] += 1
+        row[1] += n_bytes
+        row[2] += ins.occ
+    rows = [{"chip": c, "link": u, "transfers": t, "bytes": b, "busy": busy,
+             "util": busy / a.cycles if a.cycles else 0.0} for (c, u), (t, b, busy) in sorted(per.items())]
+    return {"used": bool(rows), "rows": rows, "links_per_chip": machine.c2c.links}
+
+
+def _run(result: Result | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    import numpy as np
+
+    outs = []
+    for name in sorted(result.outputs):
+        x = np.asarray(result.outputs[name])
+        row = {"name": name, "dtype": str(x.dtype), "shape": list(x.shape)}
+        if x.size and x.dtype.kind in "fiub":
+            xf = x.astype(np.float64)
+            finite = np.isfinite(xf)
+            row.update({"min": float(xf[finite].min()) if finite.any() else None,
+                        "max": float(xf[finite].max()) if finite.any() else None,
+                        "nonfinite": int((~finite).sum())})
+        outs.append(row)
+    return {"outputs": outs, "hazards": [str(h) for h in result.hazards[:50]],
+            "hazard_count": len(result.hazards), "trace_events": len(result.trace)}
+
+
+def _json_for_script(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    # inside <script>: no "</script>", no "<!--"; these only occur inside JSON strings
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render_html(program: Program, run_result: Result | None = None) -> str:
+    """The report page of `program` (and of a run of it, when given): one offline HTML file."""
+    data = report_data(program, run_result)
+    title = f"lpuc report: {program.module.name} on {program.machine.name}"
+    return (_PAGE.replace("@@TITLE@@", html.escape(title))
+            .replace("@@CSS@@", _CSS)
+            .replace("@@DATA@@", _json_for_script(data))
+            .replace("@@JS@@", _JS))
+
+
+# --- the page ----------------------------------------------------------------------------
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:">
+<title>@@TITLE@@</title>
+<style>@@CSS@@</style>
+<script>
+window.lpucErrors = [];
+(function () {
+  function note(msg) {
+    window.lpucErrors.push(String(msg));
+    var el = document.getElementById('lpuc-errors');
+    if (el) { el.textContent = window.lpucErrors.join('\\n'); el.hidden = false; }
+  }
+  window.lpucNote = note;
+  window.addEventListener('error', function (e) {
+    if (e.target && e.target !== window && (e.target.src || e.target.href)) note('resource failed: ' + (e.target.src || e.target.href));
+    else note('error: ' + e.message + ' @' + e.lineno + ':' + e.colno);
+  }, true);
+  window.addEventListener('unhandledrejection', function (e) { note('unhandled rejection: ' + e.reason); });
+  var ce = console.error;
+  console.error = function () { note('console.error: ' + Array.prototype.join.call(arguments, ' ')); return ce.apply(console, arguments); };
+})();
+</script>
+</head>
+<body data-rendered="0">
+<div id="lpuc-errors" class="errors" hidden></div>
+<header><h1 id="title"></h1><div id="subtitle" class="muted"></div></header>
+<section id="summary" class="cards"></section>
+<section id="timeline-section">
+  <div class="sechead"><h2>Timeline</h2>
+    <div class="toolbar">
+      <button id="zoom-fit" title="show the whole program (double-click the plot)">Fit</button>
+      <button id="zoom-in" title="zoom in (wheel up, +)">+</button>
+      <button id="zoom-out" title="zoom out (wheel down, -)">&minus;</button>
+      <button id="zoom-crit" title="zoom to the critical path's last steps">Critical end</button>
+      <label><input type="checkbox" id="show-crit" checked> highlight critical path</label>
+      <label><input type="checkbox" id="show-lat" checked> latency tails</label>
+      <span id="legend" class="legend"></span>
+    </div>
+  </div>
+  <div class="hint muted">Wheel to zoom at the cursor, drag to pan, double-click to fit. Hover an instruction for a summary, click it for details. Bars: occupancy (unit busy); lighter tail: until its results land in SRAM.</div>
+  <div id="view-readout" class="readout"></div>
+  <div id="timeline" class="plot"></div>
+  <div id="details" class="details"><span class="muted">Click an instruction to see its details here.</span></div>
+</section>
+<section id="sram-section">
+  <div class="sechead"><h2>SRAM occupancy</h2><span id="sram-legend" class="legend"></span></div>
+  <div class="hint muted">Live words per slice over time (same time axis as the timeline; wheel and drag work here too). A value holds its words from landing until its last read ends; constants (weights) for the whole run. Top: all slices together.</div>
+  <div id="sram" class="plot"></div>
+</section>
+<section id="links-section"><h2>Link traffic</h2><div id="links"></div></section>
+<section id="util-section"><h2>Utilization</h2><div id="util"></div></section>
+<section id="crit-section"><h2>Critical path</h2><div id="crit"></div></section>
+<section id="run-section" hidden><h2>Run</h2><div id="run"></div></section>
+<div id="tooltip" class="tooltip" hidden></div>
+<script type="application/json" id="lpuc-data">@@DATA@@</script>
+<script>@@JS@@</script>
+</body>
+</html>
+"""
+
+_CSS = """
+:root { --fg:#1d2230; --muted:#667085; --line:#d9dde5; --bg:#ffffff; --band:#f6f7f9; --crit:#d62728; }
+* { box-sizing: border-box; }
+body { margin: 0; padding: 14px 18px 40px; font: 13px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: var(--fg); background: var(--bg); }
+h1 { font-size: 19px; margin: 0; }
+h2 { font-size: 15px; margin: 0; }
+header { display: flex; align-items: baseline; gap: 14px; margin-bottom: 10px; flex-wrap: wrap; }
+section { margin: 16px 0 0; }
+.muted { color: var(--muted); }
+.hint { font-size: 12px; margin: 2px 0 4px; }
+.errors { background: #fde8e8; color: #8a1c1c; border: 1px solid #f1a9a9; padding: 6px 10px; white-space: pre-wrap; font-family: monospace; margin-bottom: 8px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 8px; }
+.card { border: 1px solid var(--line); border-radius: 6px; padding: 6px 10px; background: #fbfcfd; }
+.card .k { font-size: 11px; color: var(--muted); text-transform: uppercase; letter-spacing: .03em; }
+.card .v { font-size: 18px; font-weight: 600; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.card .v.long { font-size: 13px; line-height: 16px; min-height: 25px; white-space: normal; overflow-wrap: anywhere; }
+.card .s { font-size: 11px; color: var(--muted); white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.sechead { display: flex; align-items: center; gap: 16px; flex-wrap: wrap; }
+.toolbar { display: flex; align-items: center; gap: 6px; flex-wrap: wrap; }
+.toolbar button { font: inherit; padding: 1px 9px; border: 1px solid #b9c0cc; border-radius: 4px; background: #f3f5f8; cursor: pointer; }
+.toolbar button:hover { background: #e6eaf0; }
+.toolbar label { user-select: none; }
+.legend { display: inline-flex; gap: 10px; align-items: center; font-size: 12px; }
+.legend i { display: inline-block; width: 11px; height: 11px; border-radius: 2px; margin-right: 3px; vertical-align: -1px; }
+.readout { font-size: 12px; color: var(--muted); height: 16px; font-variant-numeric: tabular-nums; }
+.plot { position: relative; border: 1px solid var(--line); border-radius: 4px; overflow: hidden; user-select: none; cursor: grab; }
+.plot.dragging { cursor: grabbing; }
+.plot svg, .plot canvas { display: block; }
+svg text { font-size: 11px; fill: #3b4252; }
+svg .axis text { fill: #667085; font-size: 10px; }
+svg .axis line { stroke: #e3e6eb; }
+svg .band { fill: var(--band); }
+svg .chiphead { fill: #eef1f6; }
+rect.instr { stroke: rgba(0,0,0,.25); stroke-width: .5; }
+rect.instr:hover { stroke: #000; stroke-width: 1.5; }
+rect.instr.sel { stroke: #000; stroke-width: 2; }
+path.lat { opacity: .3; }
+.nolat path.lat { display: none; }
+.showcrit rect.instr.crit { stroke: var(--crit); stroke-width: 2; }
+.showcrit rect.instr:not(.crit) { opacity: .55; }
+path.critlink { fill: none; stroke: var(--crit); stroke-width: 1.2; stroke-dasharray: 3 2; display: none; }
+.showcrit path.critlink { display: inline; }
+.c-mxm { fill: #4c78a8; } .c-vxm { fill: #59a14f; } .c-sxm { fill: #f28e2b; }
+.c-mem { fill: #b07aa1; } .c-host { fill: #79706e; } .c-c2c { fill: #e15759; } .c-other { fill: #9c755f; }
+i.c-mxm { background: #4c78a8; } i.c-vxm { background: #59a14f; } i.c-sxm { background: #f28e2b; }
+i.c-mem { background: #b07aa1; } i.c-host { background: #79706e; } i.c-c2c { background: #e15759; } i.c-other { background: #9c755f; }
+i.crit { background: #fff; border: 2px solid var(--crit); }
+.details { margin-top: 6px; border: 1px solid var(--line); border-radius: 4px; padding: 6px 10px; min-height: 34px; background: #fbfcfd; font-size: 12px; }
+.details table, .tooltip table { border-collapse: collapse; }
+.details td, .tooltip td { padding: 1px 8px 1px 0; vertical-align: top; }
+.details td.k, .tooltip td.k { color: var(--muted); white-space: nowrap; }
+.mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 12px; }
+.tooltip { position: fixed; z-index: 10; max-width: 560px; background: #fff; border: 1px solid #9aa3b2; border-radius: 5px; padding: 6px 9px; box-shadow: 0 3px 12px rgba(0,0,0,.16); font-size: 12px; pointer-events: none; }
+table.grid { border-collapse: collapse; font-size: 12px; font-variant-numeric: tabular-nums; }
+table.grid th, table.grid td { border-bottom: 1px solid #eceef2; padding: 2px 10px 2px 4px; text-align: right; }
+table.grid th { color: var(--muted); font-weight: 600; text-align: right; }
+table.grid th:first-child, table.grid td:first-child, table.grid td.l, table.grid th.l { text-align: left; }
+table.grid tr.cls td { font-weight: 600; background: #f6f7f9; }
+table.grid tr.click { cursor: pointer; } table.grid tr.click:hover td { background: #eef3fb; }
+.bar { display: inline-block; width: 120px; height: 9px; background: #eceef2; border-radius: 2px; vertical-align: middle; }
+.bar b { display: block; height: 100%; border-radius: 2px; background: #4c78a8; }
+.util-wrap { display: flex; gap: 28px; flex-wrap: wrap; align-items: flex-start; }
+details summary { cursor: pointer; margin: 6px 0; }
+.note { padding: 8px 10px; border: 1px dashed #c7ccd6; border-radius: 4px; background: #fafbfc; display: inline-block; }
+"""
+
+_JS = r"""
+(function () {
+'use strict';
+var D = JSON.parse(document.getElementById('lpuc-data').textContent);
+var S = D.summary;
+function $(id) { return document.getElementById(id); }
+function esc(s) { return String(s).replace(/[&<>"']/g, function (c) { return {'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c]; }); }
+function num(n) { return n === null || n === undefined ? '\u2014' : Math.round(n).toString().replace(/\B(?=(\d{3})+(?!\d))/g, ','); }
+function fix(x, d) { return x === null || x === undefined ? '\u2014' : x.toFixed(d); }
+function pct(x) { return x === null || x === undefined ? '\u2014' : (100 * x).toFixed(x < 0.001 && x > 0 ? 3 : 1) + '%'; }
+function bytes(b) {
+  if (b === null || b === undefined) return '\u2014';
+  var u = ['B', 'KiB', 'MiB', 'GiB'], i = 0;
+  while (b >= 1024 && i < u.length - 1) { b /= 1024; i++; }
+  return (i ? b.toFixed(2) : b) + ' ' + u[i];
+}
+function us(c) { return c / S.clock_mhz; }
+var CLASSES = D.classes;
+function clsName(j) { var c = CLASSES[j]; return ['mxm', 'vxm', 'sxm', 'mem', 'host', 'c2c'].indexOf(c) >= 0 ? c : 'other'; }
+
+// ---- summary
+$('title').textContent = S.model;
+$('subtitle').textContent = 'lpuc ' + (S.lpuc_version || '') + ' report \u00b7 ' + S.machine + ' @ ' + S.clock_mhz + ' MHz \u00b7 ' +
+  (S.measured ? 'statistics measured by the interpreter' : 'statistics from the schedule');
+document.title = 'lpuc: ' + S.model + ' on ' + S.machine;
+var cards = [
+  ['Model', S.model, (S.decode ? 'decode step' : 'one pass') + ', ' + Object.keys(S.inputs).length + ' inputs, ' + Object.keys(S.outputs).length + ' outputs'],
+  ['Machine', S.machine, S.clock_mhz + ' MHz'],
+  ['Cycles', num(S.cycles), 'until the last result lands'],
+  ['Latency', fix(S.latency_us, 3) + ' \u00b5s', 'at ' + S.clock_mhz + ' MHz'],
+  ['Lower bound', num(S.lower_bound_cycles), S.bound ? 'bound: ' + S.bound : 'not recorded'],
+  ['Gap', S.gap === null ? '\u2014' : pct(S.gap), 'cycles / lower bound \u2212 1'],
+  ['Chips', String(S.chips), S.chips === 1 ? 'no chip-to-chip links' : ''],
+  ['Instructions', num(S.instructions), 'of ' + num(S.ops) + ' ops (with views, constants)'],
+  ['SRAM peak', bytes(S.sram_peak_bytes), pct(S.sram_peak_bytes / S.sram_capacity_bytes) + ' of ' + bytes(S.sram_capacity_bytes)],
+  ['Tokens/s', S.tokens_per_s ? num(S.tokens_per_s) : '\u2014', S.decode ? 'decode step, batch ' + S.batch : 'not a decode step']
+];
+$('summary').innerHTML = cards.map(function (c) {
+  return '<div class="card"><div class="k">' + esc(c[0]) + '</div><div class="v' + (c[1].length > 13 ? ' long' : '') + '" title="' + esc(c[1]) + '">' + esc(c[1]) +
+    '</div><div class="s">' + esc(c[2]) + '</div></div>';
+}).join('');
+
+// ---- shared time view
+var N = D.instrs.length, CYC = Math.max(S.cycles, 1);
+var LABEL = 92, PADR = 12;
+var view = { t0: 0, t1: CYC };
+var plotW = 800;
+function measure() { plotW = Math.max(200, $('timeline').clientWidth - LABEL - PADR); }
+function X(t) { return LABEL + (t - view.t0) / (view.t1 - view.t0) * plotW; }
+function T(x) { return view.t0 + (x - LABEL) / plotW * (view.t1 - view.t0); }
+var redraws = [];
+var pending = false;
+function redraw() { if (pending) return; pending = true; requestAnimationFrame(function () { pending = false; drawAll(); }); }
+function drawAll() { for (var j = 0; j < redraws.length; j++) redraws[j](); readout(); }
+function setView(t0, t1) {
+  var span = Math.max(Math.min(t1 - t0, CYC * 1.1), Math.min(20, CYC));
+  var mid = (t0 + t1) / 2;
+  t0 = mid - span / 2; t1 = mid + span / 2;
+  var lo = -CYC * 0.05, hi = CYC * 1.05;
+  if (t0 < lo) { t1 += lo - t0; t0 = lo; }
+  if (t1 > hi) { t0 -= t1 - hi; t1 = hi; }
+  view.t0 = t0; view.t1 = t1; redraw();
+}
+function fit() { setView(0, CYC); }
+function zoomAt(t, f) { setView(t - (t - view.t0) * f, t + (view.t1 - t) * f); }
+function readout(t) {
+  var s = 'view: cycles ' + num(Math.max(0, view.t0)) + ' \u2013 ' + num(Math.min(CYC, view.t1)) + ' of ' + num(CYC);
+  if (t !== undefined && t >= 0 && t <= CYC) s += ' \u00b7 cursor: cycle ' + num(t) + ' (' + fix(us(t), 3) + ' \u00b5s)';
+  $('view-readout').textContent = s;
+}
+function ticks() {
+  var span = view.t1 - view.t0, raw = span / Math.max(2, plotW / 90), p = Math.pow(10, Math.floor(Math.log10(raw)));
+  var step = [1, 2, 5, 10].map(function (m) { return m * p; }).filter(function (s) { return s >= raw; })[0] || 10 * p;
+  step = Math.max(1, step);
+  var out = [];
+  for (var t = Math.ceil(Math.max(0, view.t0) / step) * step; t <= Math.min(CYC, view.t1); t += step) out.push(t);
+  return out;
+}
+function tickLabel(t) { return t >= 10000 && t % 1000 === 0 ? (t / 1000) + 'k' : num(t); }
+function interact(el, onMove, onClick) {
+  var drag = null;
+  el.addEventListener('wheel', function (e) {
+    e.preventDefault();
+    var r = el.getBoundingClientRect(), x = e.clientX - r.left;
+    if (Math.abs(e.deltaX) > Math.abs(e.deltaY)) { var d = e.deltaX / plotW * (view.t1 - view.t0); setView(view.t0 + d, view.t1 + d); return; }
+    zoomAt(T(Math.max(LABEL, x)), Math.exp(e.deltaY * 0.0015));
+  }, { passive: false });
+  el.addEventListener('mousedown', function (e) { if (e.button === 0) { drag = { x: e.clientX, t0: view.t0, t1: view.t1, moved: false }; } });
+  window.addEventListener('mousemove', function (e) {
+    if (drag) {
+      var dx = e.clientX - drag.x;
+      if (Math.abs(dx) > 3) { drag.moved = true; el.classList.add('dragging'); }
+      if (drag.moved) { var d = -dx / plotW * (drag.t1 - drag.t0); setView(drag.t0 + d, drag.t1 + d); }
+    }
+  });
+  window.addEventListener('mouseup', function (e) {
+    if (drag && !drag.moved && onClick && el.contains(e.target)) onClick(e);
+    drag = null; el.classList.remove('dragging');
+  });
+  el.addEventListener('mousemove', function (e) {
+    var r = el.getBoundingClientRect(), x = e.clientX - r.left;
+    readout(x >= LABEL ? Math.round(T(x)) : undefined);
+    if (onMove) onMove(e, x, e.clientY - r.top);
+  });
+  el.addEventListener('mouseleave', function () { readout(); if (onMove) onMove(null); });
+  el.addEventListener('dblclick', function (e) { e.preventDefault(); fit(); });
+}
+
+// ---- timeline
+var ROWH = 15, ROWGAP = 3, AXISH = 20, CHIPH = 16;
+var rows = D.rows, multiChip = S.chips > 1;
+var rowY = [], y = AXISH;
+for (var r = 0; r < rows.length; r++) {
+  if (multiChip && (r === 0 || rows[r].chip !== rows[r - 1].chip)) y += CHIPH;
+  rowY.push(y); y += ROWH + ROWGAP;
+}
+var TLH = y + 4;
+var critSet = {};
+D.critical.chain.forEach(function (i) { critSet[i] = true; });
+var legend = CLASSES.filter(function (c) { return D.rows.some(function (r) { return r.cls === c; }); }).map(function (c, j) {
+  return '<span><i class="c-' + clsName(CLASSES.indexOf(c)) + '"></i>' + esc(c) + '</span>';
+}).join('') + '<span><i class="crit"></i>critical path</span>';
+$('legend').innerHTML = legend;
+
+function buildTimeline() {
+  measure();
+  var W = LABEL + plotW + PADR, h = [];
+  h.push('<svg id="tl" width="' + W + '" height="' + TLH + '" class="showcrit">');
+  h.push('<defs><clipPath id="tlclip"><rect x="' + LABEL + '" y="0" width="' + plotW + '" height="' + TLH + '"></rect></clipPath></defs>');
+  h.push('<g class="bands">');
+  var lastChip = null;
+  for (var r = 0; r < rows.length; r++) {
+    var row = rows[r];
+    if (multiChip && row.chip !== lastChip) {
+      h.push('<rect class="chiphead" x="0" y="' + (rowY[r] - CHIPH) + '" width="' + W + '" height="' + (CHIPH - 1) + '"></rect>');
+      h.push('<text x="4" y="' + (rowY[r] - 4) + '" font-weight="600">chip ' + row.chip + '</text>');
+      lastChip = row.chip;
+    }
+    if (r % 2 === 0) h.push('<rect class="band" x="0" y="' + (rowY[r] - ROWGAP / 2) + '" width="' + W + '" height="' + (ROWH + ROWGAP) + '"></rect>');
+    h.push('<text x="6" y="' + (rowY[r] + ROWH - 3) + '">' + esc(row.unit) + '</text>');
+    h.push('<text x="' + (LABEL - 6) + '" y="' + (rowY[r] + ROWH - 3) + '" text-anchor="end" class="muted" style="fill:#98a2b3;font-size:10px">' +
+      (row.n ? pct(row.util) : '') + '</text>');
+  }
+  h.push('</g><g class="axis" id="axis"></g>');
+  h.push('<g clip-path="url(#tlclip)"><g id="lats">');
+  for (var j = 0; j < CLASSES.length; j++) h.push('<path class="lat c-' + clsName(j) + '"></path>');
+  h.push('</g><g id="instrs">');
+  var k = plotW / (view.t1 - view.t0);
+  for (var i = 0; i < N; i++) {
+    var a = D.instrs[i], g = geom(a, k);
+    h.push('<rect class="instr c-' + clsName(a[5]) + (critSet[i] ? ' crit' : '') + '" data-i="' + i + '" x="' + g[0] + '" width="' + g[1] +
+      '" y="' + rowY[a[0]] + '" height="' + ROWH + '"></rect>');
+  }
+  h.push('</g><path class="critlink" id="critlink"></path></g></svg>');
+  $('timeline').innerHTML = h.join('');
+  drawn = true;
+}
+function geom(a, k) {  // an instruction's bar: x and width (at least 1.5 px)
+  var x0 = LABEL + (a[1] - view.t0) * k;
+  return [x0.toFixed(1), Math.max(a[2] * k, 1.5).toFixed(1)];
+}
+var instrEls = [], drawn = false;
+function drawTimeline() {
+  var axis = [], tk = ticks();
+  for (var j = 0; j < tk.length; j++) {
+    var x = X(tk[j]).toFixed(1);
+    axis.push('<line x1="' + x + '" x2="' + x + '" y1="' + (AXISH - 4) + '" y2="' + TLH + '"></line><text x="' + x + '" y="' + (AXISH - 7) + '" text-anchor="middle">' + tickLabel(tk[j]) + '</text>');
+  }
+  $('axis').innerHTML = axis.join('');
+  var k = plotW / (view.t1 - view.t0), i, a;
+  if (!drawn) {  // the bars were drawn by buildTimeline for this view
+    for (i = 0; i < N; i++) {
+      var g = geom(D.instrs[i], k), el = instrEls[i];
+      el.setAttribute('x', g[0]); el.setAttribute('width', g[1]);
+    }
+  }
+  drawn = false;
+  var tails = CLASSES.map(function () { return []; }), lo = LABEL - 2, hi = LABEL + plotW + 2;
+  for (i = 0; i < N; i++) {
+    a = D.instrs[i];
+    var x1 = Math.max(LABEL + (a[1] - view.t0) * k + Math.max(a[2] * k, 1.5), lo), x2 = Math.min(LABEL + (a[1] + a[3] - view.t0) * k, hi);
+    if (x2 - x1 >= 0.2 && a[5] >= 0) tails[a[5]].push('M' + x1.toFixed(1) + ' ' + (rowY[a[0]] + 4) + 'H' + x2.toFixed(1) + 'v' + (ROWH - 8) + 'H' + x1.toFixed(1) + 'z');
+  }
+  var lp = $('lats').children;
+  for (i = 0; i < lp.length; i++) lp[i].setAttribute('d', tails[i].join(''));
+  var chain = D.critical.steps, p = [];
+  for (j = 1; j < chain.length; j++) {
+    var pi = chain[j][1], ci = chain[j][0], pa = D.instrs[pi], ca = D.instrs[ci];
+    var x1 = LABEL + (pa[1] + pa[3] - view.t0) * k, y1 = rowY[pa[0]] + ROWH / 2;
+    var x2 = LABEL + (ca[1] - view.t0) * k, y2 = rowY[ca[0]] + ROWH / 2;
+    p.push('M' + x1.toFixed(1) + ' ' + y1 + 'L' + x2.toFixed(1) + ' ' + y2);
+  }
+  $('critlink').setAttribute('d', p.join(''));
+}
+
+// ---- details
+function label(i) {  // as the interpreter names an instruction: its first result and its op
+  var r = D.details[i].results;
+  return (r.length ? '%' + r[0][0] + ' = ' : '') + D.ops[D.instrs[i][4]];
+}
+function ext(list) {
+  if (!list || !list.length) return '\u2014';
+  var s = list.slice(0, 8).map(function (e) { return 's' + e[0] + ':' + e[1] + '+' + e[2]; }).join(' ');
+  return s + (list.length > 8 ? ' \u2026 (' + list.length + ' extents)' : '');
+}
+function opnd(o) {
+  var s = '%' + esc(o.name) + ' <span class="muted">' + esc(o.type) + '</span>';
+  var kind = o.kind || 'sram';
+  if (kind === 'plane') s += ' <span class="muted">(MXM plane)</span>';
+  else if (kind === 'host') s += ' <span class="muted">(host)</span>';
+  if (o.views && o.views.length) s += ' <span class="muted">view of</span> ' + o.sources.map(function (n) { return '%' + esc(n); }).join(', ');
+  if (o.producers && o.producers.length) s += ' <span class="muted">\u2190 ' + o.producers.map(function (p) {
+    var a = D.instrs[p]; return esc(D.ops[a[4]]) + ' on ' + esc(rows[a[0]].unit) + ', lands ' + num(a[1] + a[3]);
+  }).join('; ') + '</span>';
+  else if (kind === 'sram') s += ' <span class="muted">(SRAM image)</span>';
+  return s;
+}
+function detailHTML(i, full) {
+  var a = D.instrs[i], d = D.details[i], t = [];
+  function row(k, v) { t.push('<tr><td class="k">' + k + '</td><td>' + v + '</td></tr>'); }
+  row('instruction', '<b class="mono">' + esc(label(i)) + '</b>');
+  row('op', esc(D.ops[a[4]]) + ' <span class="muted">(' + esc(CLASSES[a[5]] || '') + ')</span>');
+  row('unit', esc(rows[a[0]].unit) + (multiChip ? ' on chip ' + rows[a[0]].chip : ''));
+  row('issue', 'cycle ' + num(a[1]) + ' <span class="muted">(' + fix(us(a[1]), 3) + ' \u00b5s)</span>');
+  row('occupancy', num(a[2]) + ' cycles <span class="muted">(unit free at ' + num(a[1] + a[2]) + ')</span>');
+  row('latency', num(a[3]) + ' cycles <span class="muted">(results land at ' + num(a[1] + a[3]) + ')</span>');
+  row('results', d.results.map(function (r) { return '%' + esc(r[0]) + ' <span class="muted">' + esc(r[1]) + '</span>'; }).join('<br>'));
+  row('operands', d.operands.length ? d.operands.map(opnd).join('<br>') : '\u2014');
+  if (full || d.out.length) row('writes', d.out.length ? d.out.map(function (e) { return '<span class="mono">' + ext(e) + '</span>'; }).join('<br>') : '\u2014');
+  if (full) row('reads', d.reads.length ? d.reads.map(function (e) { return '<span class="mono">' + ext(e) + '</span>'; }).join('<br>') : '\u2014');
+  if (full) row('streams', d.streams.length ? d.streams.join(', ') : '\u2014');
+  var ak = Object.keys(d.attrs || {});
+  if (ak.length) row('attributes', '<span class="mono">' + ak.map(function (k) { return esc(k) + ' = ' + esc(d.attrs[k]); }).join(', ') + '</span>');
+  if (d.crit !== undefined) {
+    var st = D.critical.steps[d.crit];
+    row('critical path', '<span style="color:var(--crit)">step ' + (d.crit + 1) + ' of ' + D.critical.steps.length + '</span>' +
+      (st[1] === null ? ' (first: issued at ' + num(st[4]) + ')' : ' \u2014 operand %' + esc(st[2]) + ' landed at ' + num(st[3]) +
+        ', issued ' + num(st[4]) + ' cycles later'));
+  }
+  row('index', 'instruction ' + i + ', op ' + d.k + ' of the module');
+  return '<table>' + t.join('') + '</table>';
+}
+var selected = -1;
+function select(i, zoom) {
+  if (selected >= 0) instrEls[selected].classList.remove('sel');
+  selected = i;
+  if (i < 0) { $('details').innerHTML = '<span class="muted">Click an instruction to see its details here.</span>'; return; }
+  instrEls[i].classList.add('sel');
+  $('details').innerHTML = detailHTML(i, true);
+  if (zoom) {
+    var a = D.instrs[i], span = Math.max(a[3] * 8, 200);
+    setView(a[1] + a[3] / 2 - span / 2, a[1] + a[3] / 2 + span / 2);
+  }
+}
+var tip = $('tooltip');
+function showTip(e, html) {
+  tip.innerHTML = html; tip.hidden = false;
+  var w = tip.offsetWidth, h = tip.offsetHeight, x = e.clientX + 14, yy = e.clientY + 14;
+  if (x + w > window.innerWidth - 4) x = Math.max(4, e.clientX - w - 14);
+  if (yy + h > window.innerHeight - 4) yy = Math.max(4, e.clientY - h - 14);
+  tip.style.left = x + 'px'; tip.style.top = yy + 'px';
+}
+function hideTip() { tip.hidden = true; }
+
+// ---- SRAM
+var SR = D.sram, SL_H = 3, TOT_H = 56, SR_GAP = 8;
+function sramLayout() {
+  var chips = SR.chips, h = 0, lay = [];
+  for (var c = 0; c < chips.length; c++) {
+    var top = h + (multiChip ? CHIPH : 0);
+    lay.push({ total: top + 4, heat: top + 4 + TOT_H + SR_GAP, slices: chips[c].slices.length });
+    h = top + 4 + TOT_H + SR_GAP + chips[c].slices.length * SL_H + 10;
+  }
+  return { lay: lay, h: h };
+}
+var SRL = sramLayout();
+var heatMax = Math.max(1, Math.max.apply(null, SR.chips.map(function (c) { return c.max_slice_words; })));
+function heatRGB(f) {
+  // light to dark blue-violet; f in [0, 1]
+  var stops = [[247, 251, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107], [63, 0, 125]];
+  var x = Math.min(0.999, Math.max(0, f)) * (stops.length - 1), j = Math.floor(x), u = x - j, A = stops[j], B = stops[j + 1];
+  return [0, 1, 2].map(function (c) { return Math.round(A[c] + (B[c] - A[c]) * u); });
+}
+function heatColor(f) { return 'rgb(' + heatRGB(f).join(',') + ')'; }
+var PALRGB = []; for (var q = 0; q <= 64; q++) PALRGB.push(heatRGB(q / 64));
+$('sram-legend').innerHTML = '<span>0</span><span style="display:inline-block;width:140px;height:10px;background:linear-gradient(90deg,' +
+  [0, .2, .4, .6, .8, 1].map(heatColor).join(',') + ')"></span><span>' + num(heatMax) + ' words / slice (' +
+  pct(heatMax / SR.words_per_slice) + ' of a slice)</span><span class="muted">peak ' + bytes(SR.chips[0].peak_words * SR.word_bytes) +
+  ' at cycle ' + num(SR.chips[0].peak_cycle) + '</span>';
+// per-pixel maximum of a step function [t0, l0, t1, l1, ...] over the view
+function colMax(st, out) {
+  for (var p = 0; p < out.length; p++) out[p] = 0;
+  var k = plotW / (view.t1 - view.t0), W = out.length;
+  for (var j = 0; j < st.length; j += 2) {
+    var lv = st[j + 1]; if (!lv) continue;
+    var ts = st[j], te = j + 2 < st.length ? st[j + 2] : CYC;
+    var p0 = Math.floor((ts - view.t0) * k), p1 = Math.ceil((te - view.t0) * k) - 1;
+    if (p1 < 0 || p0 >= W) continue;
+    if (p1 < p0) p1 = p0;
+    p0 = Math.max(0, p0); p1 = Math.min(W - 1, p1);
+    for (p = p0; p <= p1; p++) if (lv > out[p]) out[p] = lv;
+  }
+  return out;
+}
+function levelAt(st, t) {
+  var lv = 0;
+  for (var j = 0; j < st.length && st[j] <= t; j += 2) lv = st[j + 1];
+  return lv;
+}
+var cv, ctx;
+function buildSram() {
+  var W = LABEL + plotW + PADR, dpr = window.devicePixelRatio || 1;
+  $('sram').innerHTML = '<canvas id="sramcv"></canvas>';
+  cv = $('sramcv'); cv.width = Math.round(W * dpr); cv.height = Math.round(SRL.h * dpr);
+  cv.style.width = W + 'px'; cv.style.height = SRL.h + 'px';
+  ctx = cv.getContext('2d'); ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+}
+function drawSram() {
+  var W = LABEL + plotW + PADR, col = new Float64Array(Math.ceil(plotW));
+  ctx.clearRect(0, 0, W, SRL.h);
+  ctx.font = '10px system-ui, sans-serif'; ctx.textBaseline = 'middle';
+  for (var c = 0; c < SR.chips.length; c++) {
+    var chip = SR.chips[c], L = SRL.lay[c];
+    if (multiChip) { ctx.fillStyle = '#3b4252'; ctx.fillText('chip ' + chip.chip, 4, L.total - 10); }
+    // total
+    var cap = SR.words_per_slice * chip.slices.length, tmax = Math.max(1, chip.peak_words);
+    colMax(chip.total, col);
+    ctx.fillStyle = '#f6f7f9'; ctx.fillRect(LABEL, L.total, plotW, TOT_H);
+    ctx.fillStyle = '#4c78a8';
+    for (var p = 0; p < col.length; p++) if (col[p]) { var hh = col[p] / tmax * (TOT_H - 4); ctx.fillRect(LABEL + p, L.total + TOT_H - hh, 1, hh); }
+    ctx.fillStyle = '#3b4252'; ctx.textAlign = 'left';
+    ctx.fillText('all slices', 6, L.total + 10);
+    ctx.fillStyle = '#98a2b3';
+    ctx.fillText(bytes(chip.peak_words * SR.word_bytes), 6, L.total + 24);
+    ctx.fillText('peak', 6, L.total + 36);
+    // heat strips: one pixel row per slice in an image, scaled to SL_H
+    var PW = col.length, img = new ImageData(PW, chip.slices.length), px = img.data;
+    for (var s = 0; s < chip.slices.length; s++) {
+      colMax(chip.slices[s], col);
+      for (p = 0; p < PW; p++) {
+        var rgb = PALRGB[col[p] ? Math.max(1, Math.round(col[p] / heatMax * 64)) : 0], o = (s * PW + p) * 4;
+        px[o] = rgb[0]; px[o + 1] = rgb[1]; px[o + 2] = rgb[2]; px[o + 3] = 255;
+      }
+      if (s % 8 === 0) { ctx.fillStyle = '#667085'; ctx.textAlign = 'right'; ctx.fillText('slice ' + s, LABEL - 6, L.heat + s * SL_H + SL_H / 2 + 1); }
+    }
+    var off = document.createElement('canvas');
+    off.width = PW; off.height = chip.slices.length;
+    off.getContext('2d').putImageData(img, 0, 0);
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(off, LABEL, L.heat, PW, chip.slices.length * SL_H);
+    ctx.textAlign = 'left';
+    // axis lines
+    ctx.strokeStyle = 'rgba(0,0,0,.08)'; ctx.beginPath();
+    var tk = ticks();
+    for (var j = 0; j < tk.length; j++) { var x = Math.round(X(tk[j])) + 0.5; ctx.moveTo(x, L.total); ctx.lineTo(x, L.heat + chip.slices.length * SL_H); }
+    ctx.stroke();
+  }
+}
+function sramHover(e, x, yy) {
+  if (!e || x < LABEL) { hideTip(); return; }
+  var t = Math.round(T(x));
+  for (var c = 0; c < SR.chips.length; c++) {
+    var L = SRL.lay[c], chip = SR.chips[c];
+    if (yy >= L.heat && yy < L.heat + L.slices * SL_H) {
+      var s = Math.floor((yy - L.heat) / SL_H), lv = levelAt(chip.slices[s], t);
+      showTip(e, (multiChip ? 'chip ' + chip.chip + ', ' : '') + 'slice ' + s + ' at cycle ' + num(t) + ': <b>' + num(lv) + '</b> words live (' +
+        pct(lv / SR.words_per_slice) + ' of the slice)');
+      return;
+    }
+    if (yy >= L.total && yy < L.total + TOT_H) {
+      var tv = levelAt(chip.total, t);
+      showTip(e, 'all slices at cycle ' + num(t) + ': <b>' + bytes(tv * SR.word_bytes) + '</b> live (' + num(tv) + ' words)');
+      return;
+    }
+  }
+  hideTip();
+}
+
+// ---- links, utilization, critical path, run
+(function () {
+  var L = D.links;
+  if (!L.used) {
+    $('links').innerHTML = '<div class="note">No chip-to-chip links used' + (S.chips === 1 ? ': the program runs on one chip, all data stays in its SRAM.' : '.') +
+      ' <span class="muted">(' + L.links_per_chip + ' C2C links per chip available)</span></div>';
+    return;
+  }
+  var h = ['<table class="grid"><tr><th class="l">chip</th><th class="l">link</th><th>transfers</th><th>bytes</th><th>busy cycles</th><th>utilization</th></tr>'];
+  L.rows.forEach(function (r) {
+    h.push('<tr><td>' + r.chip + '</td><td class="l">' + esc(r.link) + '</td><td>' + num(r.transfers) + '</td><td>' + bytes(r.bytes) + '</td><td>' + num(r.busy) +
+      '</td><td>' + pct(r.util) + '</td></tr>');
+  });
+  $('links').innerHTML = h.join('') + '</table>';
+})();
+(function () {
+  function bar(u) { return '<span class="bar"><b style="width:' + Math.min(100, 100 * u).toFixed(1) + '%"></b></span>'; }
+  var h = ['<div class="util-wrap"><table class="grid"><tr><th class="l">unit class</th><th>instances</th><th>instructions</th><th>busy cycles</th><th>utilization</th><th></th></tr>'];
+  D.class_rows.forEach(function (c) {
+    h.push('<tr class="cls"><td class="l"><i class="c-' + clsName(CLASSES.indexOf(c.cls)) + '" style="display:inline-block;width:10px;height:10px;margin-right:4px"></i>' + esc(c.cls) + '</td><td>' + c.instances + '</td><td>' + num(c.n) +
+      '</td><td>' + num(c.busy) + '</td><td>' + pct(c.util) + '</td><td>' + bar(c.util) + '</td></tr>');
+  });
+  h.push('</table><table class="grid"><tr><th class="l">unit</th><th>instructions</th><th>busy cycles</th><th>utilization</th><th></th></tr>');
+  D.rows.forEach(function (r) {
+    h.push('<tr><td class="l">' + (multiChip ? 'chip ' + r.chip + ' ' : '') + esc(r.unit) + '</td><td>' + num(r.n) + '</td><td>' + num(r.busy) + '</td><td>' + pct(r.util) + '</td><td>' + bar(r.util) + '</td></tr>');
+  });
+  $('util').innerHTML = h.join('') + '</table></div>';
+})();
+(function () {
+  var C = D.critical, st = C.steps;
+  if (!st.length) { $('crit').innerHTML = '<span class="muted">no instructions</span>'; return; }
+  var last = st[st.length - 1];
+  var h = ['<p>The chain of <b>' + st.length + '</b> instructions ending at the last one to land (cycle ' + num(S.cycles) +
+    '). Each step goes from an instruction to the producer of one of its operands (through views to the value owning the words; ' +
+    'from a matmul to its weights\u2019 install): the one whose own chain carries the most latency. Every step is a read after write: ' +
+    'the operand landed before the instruction issued.</p><p>Along it: <b>' + num(C.latency) + '</b> cycles of latency' +
+    (C.bound !== null && C.bound !== undefined ? ' (the compiler\u2019s critical-path bound: ' + num(C.bound) + ')' : '') +
+    ' + <b>' + num(C.waits) + '</b> cycles waiting with the operand in place (' + pct(C.waits / CYC) + ' of the program)' +
+    (C.first_issue ? ' + a first issue at cycle ' + num(C.first_issue) : '') + ' = ' + num(S.cycles) + ' cycles.</p>'];
+  function why(w) {
+    if (!w) return '';
+    if (w[0] === 'operand') return 'operand %' + esc(w[1]) + ' landed at ' + num(w[3]);
+    if (w[0] === 'unit') return 'unit busy with ' + esc(label(w[2])) + ' until ' + num(w[3]);
+    return 'ports, streams or plane';
+  }
+  h.push('<details' + (st.length <= 40 ? ' open' : '') + '><summary>the ' + st.length + ' steps (click a row to select and zoom)</summary><table class="grid" id="crit-table"><tr><th>#</th><th class="l">instruction</th><th class="l">unit</th><th>operand landed</th><th>issue</th><th>waited</th><th class="l">waited for</th><th>latency</th><th>lands</th></tr>');
+  st.forEach(function (s, j) {
+    var a = D.instrs[s[0]];
+    h.push('<tr class="click" data-ci="' + s[0] + '"><td>' + (j + 1) + '</td><td class="l mono">' + esc(label(s[0])) + '</td><td class="l">' + esc(rows[a[0]].unit) +
+      '</td><td>' + (s[1] === null ? '\u2014' : num(s[3]) + ' <span class="muted">%' + esc(s[2]) + '</span>') + '</td><td>' + num(a[1]) + '</td><td>' + (s[1] === null ? '\u2014' : num(s[4])) +
+      '</td><td class="l muted">' + why(C.why[j]) + '</td><td>' + num(a[3]) + '</td><td>' + num(a[1] + a[3]) + '</td></tr>');
+  });
+  $('crit').innerHTML = h.join('') + '</table></details>';
+  $('crit').addEventListener('click', function (e) {
+    var tr = e.target.closest('tr[data-ci]'); if (!tr) return;
+    select(+tr.getAttribute('data-ci'), true);
+    $('timeline-section').scrollIntoView({ behavior: 'smooth' });
+  });
+})();
+(function () {
+  if (!D.run) return;
+  $('run-section').hidden = false;
+  var R = D.run, h = ['<p>Interpreter run: ' + num(R.trace_events) + ' trace events, ' + R.hazard_count + ' hazards.</p>'];
+  h.push('<table class="grid"><tr><th class="l">output</th><th class="l">dtype</th><th class="l">shape</th><th>min</th><th>max</th><th>non-finite</th></tr>');
+  R.outputs.forEach(function (o) {
+    h.push('<tr><td class="l">' + esc(o.name) + '</td><td class="l">' + esc(o.dtype) + '</td><td class="l">[' + o.shape.join(', ') + ']</td><td>' +
+      (o.min === undefined || o.min === null ? '\u2014' : o.min.toPrecision(5)) + '</td><td>' + (o.max === undefined || o.max === null ? '\u2014' : o.max.toPrecision(5)) +
+      '</td><td>' + (o.nonfinite === undefined ? '\u2014' : o.nonfinite) + '</td></tr>');
+  });
+  h.push('</table>');
+  if (R.hazards.length) h.push('<pre class="errors">' + esc(R.hazards.join('\n')) + '</pre>');
+  $('run').innerHTML = h.join('');
+})();
+
+// ---- wiring
+function build() {
+  buildTimeline();
+  instrEls = Array.prototype.slice.call($('instrs').children);
+  buildSram();
+  if (selected >= 0) { var s = selected; selected = -1; select(s, false); }
+  setShow();
+}
+function setShow() {
+  var svg = $('tl');
+  svg.classList.toggle('showcrit', $('show-crit').checked);
+  svg.classList.toggle('nolat', !$('show-lat').checked);
+}
+redraws.push(drawTimeline, drawSram);
+build();
+drawAll();
+interact($('timeline'), function (e) {
+  if (!e) { hideTip(); return; }
+  var t = e.target;
+  if (t && t.classList && t.classList.contains('instr')) showTip(e, detailHTML(+t.getAttribute('data-i'), false));
+  else hideTip();
+}, function (e) {
+  var t = e.target;
+  if (t && t.classList && t.classList.contains('instr')) select(+t.getAttribute('data-i'), false);
+});
+interact($('sram'), sramHover, null);
+$('zoom-fit').onclick = fit;
+$('zoom-in').onclick = function () { zoomAt((view.t0 + view.t1) / 2, 0.5); };
+$('zoom-out').onclick = function () { zoomAt((view.t0 + view.t1) / 2, 2); };
+$('zoom-crit').onclick = function () {
+  var st = D.critical.steps; if (!st.length) return;
+  var from = st[Math.max(0, st.length - 12)][0], a = D.instrs[from];
+  setView(a[1] - CYC * 0.002, CYC + CYC * 0.002);
+};
+$('show-crit').onchange = setShow;
+$('show-lat').onchange = setShow;
+window.addEventListener('keydown', function (e) {
+  if (e.target && /INPUT|TEXTAREA/.test(e.target.tagName)) return;
+  if (e.key === '+' || e.key === '=') zoomAt((view.t0 + view.t1) / 2, 0.5);
+  else if (e.key === '-') zoomAt((view.t0 + view.t1) / 2, 2);
+  else if (e.key === '0') fit();
+  else if (e.key === 'Escape') select(-1);
+});
+var lastW = $('timeline').clientWidth;
+window.addEventListener('resize', function () {
+  var w = $('timeline').clientWidth;
+  if (w !== lastW) { lastW = w; build(); drawAll(); }
+});
+document.body.offsetHeight;  // force layout: rendering is done
+document.body.setAttribute('data-render-ms', performance.now().toFixed(1));
+document.body.setAttribute('data-rendered', '1');
+})();
+"""

@@ -1,0 +1,97 @@
+"""The HTML report: its size and how fast headless Chromium renders it.
+
+    python benchmarks/report_render.py [--runs 5] [MODEL.onnx ...]
+
+For each model (default: the sample with the most instructions, compiled for one
+chip) prints the report's size, the time `render_html` takes in Python, and the
+median over `--runs` fresh headless Chromium processes (no network) of the page's
+render time: performance.now() from navigation start until the page's script has
+drawn everything and forced layout (it writes the value into the DOM as
+`data-render-ms`, read back with --dump-dom). Targets: < 5 MB, < 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from backends.lpu import build_program  # noqa: E402
+from backends.report import render_html  # noqa: E402
+from compiler.driver import compile_model, load_model, lpu_options  # noqa: E402
+from compiler.lower import lower  # noqa: E402
+from compiler.pipeline import CompileOptions  # noqa: E402
+from ir import machine_ops as mo  # noqa: E402
+from ir.machine import load_machine  # noqa: E402
+
+MAX_MB, MAX_S = 5.0, 2.0
+
+
+def largest_sample() -> Path:
+    machine = load_machine()
+
+    def count(path):
+        return sum(1 for op in lower(load_model(path)[0], machine).ops if mo.unit_class(op.name))
+    return max(sorted((ROOT / "samples").glob("*.onnx")), key=count)
+
+
+def chromium_render_ms(chromium: str, page: Path, profile: Path) -> tuple[float, float]:
+    """(the page's own render time in ms, the browser process's wall time in s)."""
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-extensions", "--no-proxy-server", "--host-resolver-rules=MAP * ~NOTFOUND",
+           f"--user-data-dir={profile}", "--window-size=1400,900", "--dump-dom", page.as_uri()]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    wall = time.perf_counter() - t0
+    m = re.search(r'data-render-ms="([0-9.]+)"', done.stdout)
+    if done.returncode or not m or 'data-rendered="1"' not in done.stdout:
+        raise SystemExit(f"chromium did not render {page}: {done.stderr[-500:]}")
+    return float(m.group(1)), wall
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="*", type=Path)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args(argv)
+    chromium = shutil.which("chromium")
+    models = args.models or [largest_sample()]
+    print(f"{'model':<24} {'instrs':>6} {'cycles':>8} {'MB':>6} {'python s':>8} {'render s':>8} {'chromium s':>10}")
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in models:
+            options = CompileOptions()
+            module, summary, machine_text = compile_model(path, options=options)
+            program = build_program(module, machine_text, lpu_options(options, 1), summary.facts())
+            t0 = time.perf_counter()
+            html = render_html(program)
+            py_s = time.perf_counter() - t0
+            page = Path(tmp) / f"{path.stem}.html"
+            page.write_text(html)
+            mb = len(html.encode()) / 1e6
+            render, wall = float("nan"), float("nan")
+            if chromium:
+                runs = [chromium_render_ms(chromium, page, Path(tmp) / f"profile{i}") for i in range(args.runs)]
+                render = statistics.median(r for r, _ in runs) / 1000
+                wall = statistics.median(w for _, w in runs)
+            print(f"{path.stem:<24} {summary.instructions:>6} {summary.cycles:>8} {mb:>6.3f} {py_s:>8.3f} "
+                  f"{render:>8.3f} {wall:>10.2f}")
+            ok &= mb < MAX_MB and (not chromium or render < MAX_S)
+    if not chromium:
+        print("chromium is not installed: render times not measured")
+    print(f"targets: < {MAX_MB:g} MB, render < {MAX_S:g} s: {'met' if ok else 'MISSED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""The HTML report (backends/report.py): its data, the page's structure, and the
+page itself in headless Chromium (no network): no errors, one timeline element per
+instruction, a screenshot that is not blank.
+
+The browser test opens the report of the largest sample (by instruction count,
+compiled for one chip); it is skipped only when `chromium` is not installed (CI
+installs it: .ci/run)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from backends.interpreter import run, schedule_stats
+from backends.lpu import build_program, read_lpu, write_lpu
+from backends.report import analyze, decode_batch, render_html, report_data
+from compiler.driver import compile_model, load_model, lpu_options
+from compiler.lower import lower
+from compiler.pipeline import CompileOptions
+from ir import machine_ops as mo
+from ir.machine import load_machine
+
+from helpers import SAMPLES
+
+MAX_BYTES = 5 * 1024 * 1024
+DATA_RE = re.compile(r'<script type="application/json" id="lpuc-data">(.*?)</script>', re.S)
+INSTR_RE = re.compile(r'<rect class="(instr\b[^"]*)"[^>]*\bdata-i="(\d+)"')  # the timeline's elements
+
+
+def largest_sample() -> Path:
+    """The sample with the most machine instructions (lowering alone tells; cheap)."""
+    machine = load_machine()
+
+    def count(path):
+        return sum(1 for op in lower(load_model(path)[0], machine).ops if mo.unit_class(op.name))
+    return max(sorted(SAMPLES.glob("*.onnx")), key=count)
+
+
+def compile_program(path: Path):
+    options = CompileOptions()
+    module, summary, machine_text = compile_model(path, options=options)
+    return build_program(module, machine_text, lpu_options(options, 1), summary.facts())
+
+
+@pytest.fixture(scope="module")
+def largest():
+    return compile_program(largest_sample())
+
+
+@pytest.fixture(scope="module")
+def page(largest):
+    return render_html(largest)
+
+
+def embedded(page_text: str) -> dict:
+    m = DATA_RE.search(page_text)
+    assert m, "no embedded JSON data block"
+    return json.loads(m.group(1))
+
+
+def timed_instructions(program) -> int:
+    return sum(1 for op in program.module.ops if mo.unit_class(op.name) and op.attrs.get("cycle") is not None)
+
+
+# --- the data --------------------------------------------------------------------------
+
+def test_embedded_json_is_the_report_data(largest, page):
+    data = embedded(page)
+    assert data == json.loads(json.dumps(report_data(largest)))
+    n = timed_instructions(largest)
+    assert len(data["instrs"]) == len(data["details"]) == n == schedule_stats(largest.module, largest.machine).instructions
+    rows = data["rows"]
+    assert all(0 <= r < len(rows) for r, *_ in data["instrs"])
+    # every instruction sits on its own unit's row
+    for (r, start, occ, lat, op, cls), d, op_ in zip(data["instrs"], data["details"],
+                                                     [o for o in largest.module.ops if mo.unit_class(o.name)]):
+        assert rows[r]["unit"] == op_.attrs["unit"] and start == op_.attrs["cycle"] and data["ops"][op] == op_.name
+        assert 0 < occ <= lat and f"%{d['results'][0][0]} = {data['ops'][op]}" == op_.label()
+
+
+def test_summary_matches_the_schedule(largest, page):
+    s = embedded(page)["summary"]
+    stats = schedule_stats(largest.module, largest.machine)
+    facts = largest.manifest["summary"]
+    assert s["cycles"] == largest.cycles == stats.cycles
+    assert s["latency_us"] == pytest.approx(stats.latency_us)
+    assert s["instructions"] == stats.instructions and s["chips"] == 1
+    assert s["lower_bound_cycles"] == facts["lower_bound_cycles"] and s["bound"] == facts["bound"]
+    assert s["gap"] == pytest.approx(s["cycles"] / s["lower_bound_cycles"] - 1)
+    assert s["sram_peak_bytes"] == stats.sram_peak_bytes
+    assert s["model"] == largest.module.name and s["machine"] == "tsp-v1"
+    if s["decode"]:
+        assert s["tokens_per_s"] == pytest.approx(s["batch"] * 1e6 / s["latency_us"])
+    else:
+        assert s["tokens_per_s"] is None
+
+
+def test_decode_is_a_kv_cache_input_and_one_token():
+    for path in sorted(SAMPLES.glob("*.onnx")):
+        module = load_model(path)[0]
+        batch = decode_batch(SimpleNamespace(module=module))
+        assert batch == (1 if "decode" in path.stem else None), path.name
+
+
+def test_utilization_and_links(largest, page):
+    data = embedded(page)
+    stats = schedule_stats(largest.module, largest.machine)
+    assert {r["unit"]: r["busy"] for r in data["rows"]} == dict(stats.busy)
+    for c in data["class_rows"]:
+        assert c["busy"] == stats.class_busy[c["cls"]]
+        assert c["util"] == pytest.approx(stats.class_utilization[c["cls"]])
+    assert sum(r["n"] for r in data["rows"]) == len(data["instrs"])
+    assert data["links"] == {"used": False, "rows": [], "links_per_chip": largest.machine.c2c.links}
+
+
+def test_sram_occupancy_peaks_where_the_interpreter_says(largest, page):
+    data = embedded(page)
+    (chip,) = data["sram"]["chips"]
+    assert len(chip["slices"]) == largest.machine.sram.slices
+    for steps in chip["slices"] + [chip["total"]]:
+        times, levels = steps[0::2], steps[1::2]
+        assert times == sorted(set(times)) and min(levels, default=0) >= 0
+        assert not levels or levels[-1] == 0  # everything is freed by the end
+    assert chip["peak_words"] * largest.machine.sram.word_bytes == \
+        schedule_stats(largest.module, largest.machine).sram_peak_bytes
+    assert chip["max_slice_words"] <= largest.machine.sram.words_per_slice
+
+
+def test_critical_path_is_a_chain_of_reads_after_writes(largest):
+    a = analyze(largest)
+    chain = a.critical
+    assert chain and a.instrs[chain[-1].instr].land == a.cycles == largest.cycles
+    assert chain[0].producer is None and chain[0].wait == a.instrs[chain[0].instr].start
+    for prev, step in zip(chain, chain[1:]):
+        ins, producer = a.instrs[step.instr], a.instrs[step.producer]
+        assert step.producer == prev.instr
+        assert step.ready == producer.land <= ins.start and step.wait == ins.start - producer.land >= 0
+        # the producer made (the words of) the named operand, through views
+        pos = [v.name for v in ins.op.operands].index(step.operand)
+        assert step.producer in ins.producers[pos]
+    latency = sum(a.instrs[s.instr].lat for s in chain)
+    assert chain[0].wait + latency + sum(s.wait for s in chain[1:]) == a.cycles
+    assert latency <= largest.manifest["summary"]["critical_path_cycles"]
+
+
+def test_deterministic_and_from_a_file(largest, page, tmp_path):
+    assert render_html(largest) == page
+    path = tmp_path / "m.lpu"
+    write_lpu(path, largest.module, largest.machine_text, largest.options, largest.manifest["summary"])
+    assert render_html(read_lpu(path)) == page
+
+
+def test_with_a_run_result(tmp_path):
+    path = SAMPLES / "gpt2_decode.onnx"
+    program = compile_program(path)
+    inputs = dict(np.load(SAMPLES / "gpt2_decode.inputs.npz"))
+    result = run(program, inputs)
+    data = embedded(render_html(program, result))
+    assert data["summary"]["measured"] and data["run"]["hazard_count"] == 0
+    assert [o["name"] for o in data["run"]["outputs"]] == sorted(result.outputs)
+    assert data["run"]["trace_events"] == len(data["instrs"])
+    assert data["summary"]["tokens_per_s"] == pytest.approx(1e6 / result.stats.latency_us)
+
+
+# --- the page's structure ------------------------------------------------------------------
+
+def test_self_contained(page):
+    assert len(page.encode()) < MAX_BYTES
+    assert not re.search(r"https?://", page, re.I), "the page names a URL"
+    # no way to load anything: no src/href attributes, CSS imports or urls but #fragments, no fetch APIs
+    assert not re.search(r"""\s(src|href|srcset|action|poster|data)\s*=\s*["']?[^"'#\s>]""", page, re.I)
+    assert not re.search(r"@import|url\((?!#)|\bfetch\(|XMLHttpRequest|WebSocket|EventSource|\bimport\(", page)
+    assert "default-src 'none'" in page  # and the page's own policy forbids it
+    assert page.count("<script") == 3 and "</script>" not in DATA_RE.search(page).group(1)
+
+
+def test_json_block_cannot_be_closed_early():
+    from backends.report import _json_for_script
+
+    tricky = {"name": "</script><!--<script>&"}
+    text = _json_for_script(tricky)
+    assert "<" not in text and ">" not in text and json.loads(text) == tricky
+
+
+# --- the page in headless Chromium -----------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (CI installs it: .ci/run)")
+
+
+def chromium(args: list[str], profile: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Headless Chromium on a fresh profile, without network (no proxy, every host unresolvable)."""
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-extensions", "--no-proxy-server", "--host-resolver-rules=MAP * ~NOTFOUND",
+           f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def read_png(path: Path) -> np.ndarray:
+    """RGB(A) pixels of an 8-bit, non-interlaced PNG (what Chromium writes): zlib and the five filters."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat = 8, b""
+    while pos < len(data):
+        (n,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            w, h, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    assert depth == 8 and color in (2, 6) and interlace == 0
+    bpp = 4 if color == 6 else 3
+    raw, stride = zlib.decompress(idat), w * bpp
+    prev = bytearray(stride)
+    rows = []
+    for y in range(h):
+        f = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        if f == 1:
+            for i in range(bpp, stride):
+                line[i] = (line[i] + line[i - bpp]) & 255
+        elif f == 2:
+            line = bytearray((np.frombuffer(line, np.uint8) + np.frombuffer(prev, np.uint8)).tobytes())
+        elif f == 3:
+            for i in range(stride):
+                left = line[i - bpp] if i >= bpp else 0
+                line[i] = (line[i] + ((left + prev[i]) >> 1)) & 255
+        elif f == 4:
+            for i in range(stride):
+                a = line[i - bpp] if i >= bpp else 0
+                b, c = prev[i], (prev[i - bpp] if i >= bpp else 0)
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(bytes(line))
+        prev = line
+    return np.frombuffer(b"".join(rows), np.uint8).reshape(h, w, bpp)
+
+
+@pytest.fixture(scope="module")
+def report_file(page, tmp_path_factory):
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    path.write_text(page)
+    return path
+
+
+@needs_chromium
+def test_page_renders_in_chromium(largest, page, report_file, tmp_path):
+    done = chromium(["--virtual-time-budget=5000", "--dump-dom", report_file.as_uri()], tmp_path / "profile")
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    assert 'data-rendered="1"' in dom, "the page's script did not finish"
+    # (1) no errors: the page's collector (window.onerror, console.error, failed loads) and Chromium's log
+    errors = re.search(r'<div id="lpuc-errors"[^>]*>(.*?)</div>', dom, re.S)
+    assert errors and errors.group(1).strip() == "", errors.group(1) if errors else dom[:2000]
+    assert 'id="lpuc-errors" class="errors" hidden' in dom
+    # the page never logs: any console line (an uncaught error, a CSP violation ...) is a failure
+    console = [line for line in done.stderr.splitlines() if re.search(r"CONSOLE[:(]|Uncaught", line)]
+    assert not console, "\n".join(console)
+    # (2) one timeline element per instruction, in order; the critical path marked
+    elements = [(cls.split(), int(i)) for cls, i in INSTR_RE.findall(dom)]
+    assert [i for _, i in elements] == list(range(timed_instructions(largest)))
+    crit = [i for cls, i in elements if "crit" in cls]
+    assert crit == sorted(step.instr for step in analyze(largest).critical)
+    assert "no chip-to-chip links used" in dom.lower()
+    for section in ("summary", "timeline", "sram", "links", "util", "crit"):
+        assert f'id="{section}"' in dom
+
+
+@needs_chromium
+def test_screenshot_is_not_blank(report_file, tmp_path):
+    shot = tmp_path / "report.png"
+    done = chromium(["--virtual-time-budget=5000", "--window-size=1400,900", f"--screenshot={shot}",
+                     report_file.as_uri()], tmp_path / "profile")
+    assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
+    px = read_png(shot)[:, :, :3]
+    assert px.shape[:2] == (900, 1400)
+    colours = np.unique(px.reshape(-1, 3) // 8, axis=0)  # coarse colours: anti-aliasing aside
+    assert len(colours) >= 20, f"{len(colours)} colours: blank?"
+    assert px.std() > 10
+    # the timeline's unit colours are there (mxm blue, vxm green, sxm orange)
+    for rgb in ((0x4c, 0x78, 0xa8), (0xf2, 0x8e, 0x2b)):
+        close = (np.abs(px.astype(int) - rgb).sum(axis=2) < 30).sum()
+        assert close > 200, f"colour {rgb} hardly on screen ({close} px)"
