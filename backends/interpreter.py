@@ -35,7 +35,7 @@ from ir.core import Module, Op
 from ir.costs import cost, units
 from ir.errors import EvalError, LpucError
 from ir.evaluator import EVAL, check_inputs, round_bf16
-from ir.layout import LANES, from_words, to_words, view_extents, words
+from ir.layout import LANES, from_words, sub_extents, to_words, view_extents, words
 from ir.machine import Machine
 from ir.registry import OPS, TypeRuleError
 from ir.types import DType, TensorType
@@ -283,13 +283,7 @@ class _Plan:
             seen[s].append((w, n))
         result, pos = [], 0
         for k in need:
-            part, acc = [], 0
-            for s, w, n in out:
-                lo, hi = max(pos, acc), min(pos + k, acc + n)
-                if lo < hi:
-                    part.append((s, w + lo - acc, hi - lo))
-                acc += n
-            result.append(tuple(part))
+            result.append(sub_extents(out, pos, k))
             pos += k
         return result
 

@@ -181,3 +181,16 @@ def tiny_model(nodes, inputs, outputs, initializers=(), opset: int = 20, domains
 def save(model: onnx.ModelProto, path: Path) -> Path:
     onnx.save_model(model, str(path))
     return path
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """`lpuc ARGV` in-process: (exit code, stdout, stderr); argparse's exits count too."""
+    from compiler.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err

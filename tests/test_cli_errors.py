@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from compiler.cli import COMMANDS, main
 
-from helpers import ROOT, SAMPLES, legacy_transformer, save, tiny_model
+from helpers import run_cli, ROOT, SAMPLES, legacy_transformer, save, tiny_model
 
 SAMPLE = SAMPLES / "gpt2_prefill.onnx"
 
@@ -22,13 +22,7 @@ def _inputs():
         return {k: f[k] for k in f.files}
 
 
-def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def assert_one_line_error(code, err, *words):

@@ -27,21 +27,14 @@ from ir.layout import sub_extents, view_extents, words
 from ir.machine import SHIPPED, load_machine
 from ir import machine_ops as mo
 
-from helpers import ROOT, SAMPLES
+from helpers import run_cli, ROOT, SAMPLES
 
 SAMPLE = SAMPLES / "gpt2_prefill.onnx"
 INPUTS = SAMPLES / "gpt2_prefill.inputs.npz"
 TSP_V1 = (SHIPPED / "tsp-v1.toml").read_text()
 
 
-def lpuc(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+lpuc = run_cli
 
 
 def one_error_line(code, out, err, *words) -> str:
