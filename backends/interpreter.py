@@ -34,11 +34,10 @@ from ir import machine_ops as mo
 from ir.core import Module, Op
 from ir.costs import cost, units
 from ir.errors import EvalError, LpucError
-from ir.evaluator import EVAL, check_inputs, round_bf16
+from ir.evaluator import EVAL, check_inputs, conform
 from ir.layout import LANES, from_words, sub_extents, to_words, view_extents, words
 from ir.machine import Machine
 from ir.registry import OPS, TypeRuleError
-from ir.types import DType, TensorType
 
 from .lpu import Program, read_lpu
 
@@ -117,14 +116,6 @@ IMPLS.update({
     "host.input": lambda op, args: (args[0],),   # args: the host's array
     "host.output": lambda op, args: (args[0],),
 })
-
-
-def _conform(op: Op, value, t: TensorType) -> np.ndarray:
-    a = np.asarray(value)
-    if tuple(a.shape) != t.shape:
-        raise EvalError(f"{op.label()}: produced shape {list(a.shape)}, expected {t}")
-    a = a.astype(t.dtype.numpy, copy=False)
-    return round_bf16(a) if t.dtype is DType.bf16 else a
 
 
 # --- the plan: what each instruction reads, writes and holds -----------------
@@ -535,7 +526,7 @@ class _Machine:
         try:
             with np.errstate(all="ignore"):
                 outs = IMPLS[op.name](op, args)
-            results = tuple(_conform(op, a, r.type) for a, r in zip(outs, op.results, strict=True))
+            results = tuple(conform(op, a, r.type) for a, r in zip(outs, op.results, strict=True))
         except EvalError:
             if not self.collect:
                 raise

@@ -32,7 +32,7 @@ from ir import LpucError, Module, Op, Tensor, Value
 from ir.attributes import AttrDict
 from ir.builder import Builder
 from ir.errors import EvalError, VerifyError
-from ir.evaluator import EVAL, _conform, check_inputs
+from ir.evaluator import EVAL, check_inputs, conform
 from ir.graph_ops import broadcast_shapes
 from ir.layout import LANES, rows_cols
 from ir.machine import Machine
@@ -276,7 +276,7 @@ def evaluate_machine(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[s
             raise EvalError(f"{op.label()}: {type(ex).__name__}: {ex}") from ex
         outs = out if isinstance(out, tuple) else (out,)
         for r, value in zip(op.results, outs, strict=True):
-            env[r.name] = _conform(op, value, r.type)
+            env[r.name] = conform(op, value, r.type)
     return {name: env[v.name] for name, v in module.outputs}
 
 

@@ -284,7 +284,8 @@ def check_inputs(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[str, 
     return env
 
 
-def _conform(op: Op, value, ttype: TensorType) -> np.ndarray:
+def conform(op: Op, value, ttype: TensorType) -> np.ndarray:
+    """An op's raw numpy result checked against, and cast to, its result type."""
     a = np.asarray(value)
     if tuple(a.shape) != ttype.shape:
         raise EvalError(f"{op.label()}: produced shape {list(a.shape)}, expected {ttype}")
@@ -309,5 +310,5 @@ def evaluate(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[str, np.n
             raise EvalError(f"{op.label()}: {type(e).__name__}: {e}") from e
         outs = out if isinstance(out, tuple) else (out,)
         for r, value in zip(op.results, outs, strict=True):
-            env[r.name] = _conform(op, value, r.type)
+            env[r.name] = conform(op, value, r.type)
     return {name: env[v.name] for name, v in module.outputs}
