@@ -194,3 +194,15 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def assert_one_line_error(code, err, *words) -> str:
+    """A user error: exit 2 and exactly one `lpuc: error:` line naming `words`, no traceback."""
+    assert code == 2, (code, err)
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("lpuc: error: "), err
+    for w in words:
+        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
+    return lines[0]

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from compiler.cli import COMMANDS, main
 
-from helpers import run_cli, ROOT, SAMPLES, legacy_transformer, save, tiny_model
+from helpers import assert_one_line_error, run_cli, ROOT, SAMPLES, legacy_transformer, save, tiny_model
 
 SAMPLE = SAMPLES / "gpt2_prefill.onnx"
 
@@ -23,17 +23,6 @@ def _inputs():
 
 
 run = run_cli
-
-
-def assert_one_line_error(code, err, *words):
-    assert code == 2
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("lpuc: error: "), err
-    for w in words:
-        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def _xy_model(nodes, opset=20, out_type=TensorProto.FLOAT, domains=()):

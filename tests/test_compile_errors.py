@@ -27,7 +27,7 @@ from ir.layout import sub_extents, view_extents, words
 from ir.machine import SHIPPED, load_machine
 from ir import machine_ops as mo
 
-from helpers import run_cli, ROOT, SAMPLES
+from helpers import assert_one_line_error, run_cli, ROOT, SAMPLES
 
 SAMPLE = SAMPLES / "gpt2_prefill.onnx"
 INPUTS = SAMPLES / "gpt2_prefill.inputs.npz"
@@ -38,14 +38,8 @@ lpuc = run_cli
 
 
 def one_error_line(code, out, err, *words) -> str:
-    assert code == 2, (code, err)
-    assert "Traceback" not in err and out == ""
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("lpuc: error: "), err
-    for w in words:
-        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
-    return lines[0]
+    assert out == "", out
+    return assert_one_line_error(code, err, *words)
 
 
 @pytest.fixture(scope="module")
