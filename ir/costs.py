@@ -7,6 +7,11 @@ interpreter recomputes it rather than trusting the program.
   so occupancy is at least the words read from, or written to, its busiest slice.
 - latency: cycles from issue until its results are in SRAM: occupancy plus
   the unit's pipeline depth (machine.latency).
+- a `c2c.send` streams its words at the link rate (c2c.bytes_per_cycle) through
+  every hop of its route, cut-through: hop k carries them during
+  [c + k * hop_latency, c + k * hop_latency + occupancy) (`link_windows`); they
+  have all arrived at c + latency = c + occupancy + hops * hop_latency +
+  latency.c2c. The `c2c.recv` then writes them into SRAM like any result.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ class Cost:
 def units(machine: Machine) -> dict[str, int]:
     """Unit class -> instances per chip (named class + index, e.g. vxm0..vxm15)."""
     return {"mxm": machine.mxm.planes, "vxm": machine.vxm.alus_per_lane, "sxm": machine.sxm.units,
-            "mem": machine.mem.units, "host": 1}
+            "mem": machine.mem.units, "host": 1, "tx": machine.c2c.links, "rx": machine.c2c.links}
 
 
 def compute_cycles(op: Op, machine: Machine) -> int:
@@ -60,7 +65,19 @@ def compute_cycles(op: Op, machine: Machine) -> int:
         return max(int(-(-rows // rate)), 1)
     if cls == "host":
         return max(int(-(-words(op.operands[0].type) * machine.vector.lanes // machine.host.bytes_per_cycle)), 1)
+    if cls == "tx":
+        return max(int(-(-words(op.operands[0].type) * machine.vector.lanes // machine.c2c.bytes_per_cycle)), 1)
+    if cls == "rx":
+        return max(words(op.operands[0].type), 1)
     raise AssertionError(op.name)
+
+
+def link_windows(op: Op, machine: Machine, occupancy: int) -> list[tuple[int, int, int]]:
+    """(hop, offset from issue, length) of each link a `c2c.send` holds; [] for anything else."""
+    if op.name != "c2c.send":
+        return []
+    h = machine.c2c.hop_latency_cycles
+    return [(k, k * h, occupancy) for k in range(len(op.attrs["route"]))]
 
 
 def cost(op: Op, machine: Machine, reads: Sequence[Sequence[Extent]] = (),
@@ -81,5 +98,7 @@ def cost(op: Op, machine: Machine, reads: Sequence[Sequence[Extent]] = (),
     occupancy = max([compute_cycles(op, machine)]
                     + [-(-n // ports.read_ports) for n in per_read.values()]
                     + [-(-n // ports.write_ports) for n in per_write.values()])
-    latency = occupancy + getattr(machine.latency, cls)
+    latency = occupancy + getattr(machine.latency, "c2c" if cls in ("tx", "rx") else cls)
+    if cls == "tx":
+        latency += len(op.attrs["route"]) * machine.c2c.hop_latency_cycles
     return Cost(occupancy, latency, tuple(sorted(per_read.items())), tuple(sorted(per_write.items())))

@@ -90,12 +90,19 @@ TOPOLOGIES = ("dragonfly", "ring", "torus2d")
 
 @dataclass(frozen=True)
 class Topology:
+    """How chips are linked (ir/topology.py builds the links). Keys a kind does
+    not use may be left out (0 here): dragonfly needs chips_per_node,
+    local_links and global_links; torus2d needs width (chips per row)."""
+
     kind: str
-    chips_per_node: int
-    local_links: int
-    global_links: int
-    nodes_per_rack: int
     max_chips: int
+    chips_per_node: int = 0
+    local_links: int = 0
+    global_links: int = 0
+    nodes_per_rack: int = 0
+    width: int = 0
+
+    NEEDS = {"dragonfly": ("chips_per_node", "local_links", "global_links"), "ring": (), "torus2d": ("width",)}
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,9 @@ def _build(cls, table: Any, where: str, source: str):
     for name, f in fields.items():
         key = _key(where, name)
         if name not in table:
+            if f.default is not dataclasses.MISSING:
+                values[name] = f.default
+                continue
             raise LpucError(f"{source}: missing key {key}")
         value = table[name]
         section = _SECTIONS.get(f.type)
@@ -179,6 +189,9 @@ def parse_machine(text: str, source: str = "<machine>") -> Machine:
     if machine.topology.kind not in TOPOLOGIES:
         raise LpucError(f"{source}: topology.kind must be one of {', '.join(TOPOLOGIES)}, "
                         f"got {machine.topology.kind!r}")
+    missing = [k for k in Topology.NEEDS[machine.topology.kind] if not getattr(machine.topology, k)]
+    if missing:
+        raise LpucError(f"{source}: missing key topology.{missing[0]} (a {machine.topology.kind} topology needs it)")
     if machine.vector.lanes != LANES or machine.sram.word_bytes != LANES:
         raise LpucError(f"{source}: vector.lanes and sram.word_bytes must be {LANES} (the SRAM layout lpuc "
                         f"implements), got {machine.vector.lanes} and {machine.sram.word_bytes}")

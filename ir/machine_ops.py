@@ -5,6 +5,7 @@
   mem.*   memory: indexed gathers; constants in the SRAM image; free views
   mxm.*   matrix planes: install a weight tile, stream activations through it
   host.*  host I/O: an input into SRAM, an output out of it
+  c2c.*   chip-to-chip: send words over a fixed route of links, receive them
 
 Most instructions compute exactly their graph op (the same type rule, and the
 interpreter runs the same numpy semantics on the bytes it reads), on operands
@@ -20,8 +21,9 @@ from .registry import OPS, AttrSpec, TypeRuleError, defop
 
 A = AttrSpec
 
-# Set by allocation and scheduling; absent before.
+# Set by partition (chip), allocation (out) and scheduling; absent before.
 SCHEDULE_ATTRS = {
+    "chip": A("int", None),       # the chip it runs on and its results live on (absent: chip 0)
     "cycle": A("int", None),      # issue cycle
     "unit": A("str", None),       # the unit instance, e.g. "vxm3", "mxm0"
     "out": A("extents", None),    # SRAM extents of the results, in result order
@@ -120,15 +122,38 @@ def _host_output(types, attrs):
     return types[0]
 
 
+@defop("c2c.send", 1, {"route": A("ints"), **SCHEDULE_ATTRS},
+       doc="push x's words out of this chip over `route` (the port taken at each hop); "
+           "the result is the transfer in flight")
+def _send(types, attrs):
+    g.need(len(attrs["route"]) >= 1 and all(p >= 0 for p in attrs["route"]), "a route is one or more ports")
+    return types[0]
+
+
+@defop("c2c.recv", 1, {**SCHEDULE_ATTRS}, doc="write an arrived transfer's words into this chip's SRAM")
+def _recv(types, attrs):
+    return types[0]
+
+
+# The c2c instructions run on a chip's link ports: a send on the transmit side
+# of its first hop's port, a receive on the receive side of its last hop's.
+_C2C_UNITS = {"c2c.send": "tx", "c2c.recv": "rx"}
+
+
 def unit_class(op_name: str) -> str | None:
     """The class of unit an instruction runs on; None for views and constants (no instruction)."""
     if op_name in VIEWS or op_name == "mem.constant":
         return None
+    if op_name in _C2C_UNITS:
+        return _C2C_UNITS[op_name]
     prefix = op_name.split(".", 1)[0]
     if prefix not in ("vxm", "sxm", "mem", "mxm", "host"):
         raise TypeRuleError(f"{op_name} is not a machine instruction")
     return prefix
 
 
-MACHINE_OPS = tuple(sorted(n for n in OPS if unit_class.__name__ and n.split(".", 1)[0] in
-                           ("vxm", "sxm", "mem", "mxm", "host")))
+MACHINE_OPS = tuple(sorted(n for n in OPS if n.split(".", 1)[0] in ("vxm", "sxm", "mem", "mxm", "host", "c2c")))
+
+
+def chip_of(op) -> int:
+    return op.attrs.get("chip", 0)

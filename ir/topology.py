@@ -1,0 +1,175 @@
+"""The chip-to-chip network of a machine at a given chip count: which port of
+which chip is cabled to which, and the fixed route between any two chips.
+
+Chips are numbered 0..chips-1 and each has `machine.c2c.links` ports. A link
+direction is named by its sender: `(chip, port)` carries bytes out of `chip`
+through `port`; the cable's other end is `peer(chip, port)`. A route is the
+tuple of ports taken, hop by hop, from the source chip.
+
+  dragonfly  nodes of `chips_per_node` chips, fully connected by local ports
+             0..local_links-1; node n's global port q (chip q // global_links,
+             port local_links + q % global_links) goes to node (n + q + 1) mod
+             nodes, so every two nodes share one global cable (at most
+             chips_per_node * global_links + 1 nodes). Counts: 1..chips_per_node,
+             then whole nodes.
+  ring       port 0 to the next chip, port 1 to the previous one.
+  torus2d    rows of `width` chips with wrap-around: ports 0 east, 1 west,
+             2 south, 3 north. Counts: whole rows.
+
+Routes are shortest paths, found breadth-first with ports tried in ascending
+order: a pure function of the topology, the same on every machine.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .errors import LpucError
+from .machine import Machine
+
+
+@dataclass(frozen=True)
+class Network:
+    kind: str
+    chips: int
+    ports: int                                        # ports per chip
+    cables: dict[tuple[int, int], tuple[int, int]] = field(repr=False, compare=False)
+    _routes: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def peer(self, chip: int, port: int) -> tuple[int, int] | None:
+        """(chip, port) at the other end of `port` of `chip`; None when it is not cabled."""
+        return self.cables.get((chip, port))
+
+    def route(self, src: int, dst: int) -> tuple[int, ...]:
+        """The ports taken hop by hop from `src` to `dst` (empty when src == dst)."""
+        key = (src, dst)
+        if key not in self._routes:
+            self._routes[key] = self._shortest(src, dst)
+        return self._routes[key]
+
+    def _shortest(self, src: int, dst: int) -> tuple[int, ...]:
+        came: dict[int, tuple[int, int]] = {src: (-1, -1)}
+        queue = deque([src])
+        while queue and dst not in came:
+            chip = queue.popleft()
+            for port in range(self.ports):
+                end = self.cables.get((chip, port))
+                if end is not None and end[0] not in came:
+                    came[end[0]] = (chip, port)
+                    queue.append(end[0])
+        if dst not in came:
+            raise LpucError(f"no route from chip {src} to chip {dst} in this {self.kind} of {self.chips} chips")
+        ports, chip = [], dst
+        while chip != src:
+            chip, port = came[chip]
+            ports.append(port)
+        return tuple(reversed(ports))
+
+    def hops(self, src: int, route: tuple[int, ...]) -> list[tuple[int, int]]:
+        """The link directions (chip, port) a route from `src` takes; raises on a port that is not cabled."""
+        out, chip = [], src
+        for port in route:
+            end = self.cables.get((chip, port))
+            if end is None:
+                raise LpucError(f"chip {chip} has no link on port {port}")
+            out.append((chip, port))
+            chip = end[0]
+        return out
+
+    def destination(self, src: int, route: tuple[int, ...]) -> tuple[int, int]:
+        """(chip, arrival port) where a route from `src` ends; raises on a port that is not cabled."""
+        chip, port = src, -1
+        for p in route:
+            end = self.cables.get((chip, p))
+            if end is None:
+                raise LpucError(f"chip {chip} has no link on port {p}")
+            chip, port = end
+        return chip, port
+
+    def links(self) -> list[tuple[int, int]]:
+        """Every link direction, sorted."""
+        return sorted(self.cables)
+
+
+def link_name(chip: int, port: int) -> str:
+    return f"c{chip}.l{port}"
+
+
+def supported_chips(machine: Machine, n: int) -> bool:
+    t = machine.topology
+    if n < 1 or n > t.max_chips:
+        return False
+    if n == 1:
+        return True
+    if t.kind == "dragonfly":
+        if n <= t.chips_per_node:
+            return True
+        return n % t.chips_per_node == 0 and n // t.chips_per_node <= t.chips_per_node * t.global_links + 1
+    if t.kind == "torus2d":
+        return n % t.width == 0
+    return True
+
+
+def round_chips(machine: Machine, n: int) -> int:
+    """The smallest chip count >= n that the topology supports."""
+    m = max(n, 1)
+    while m <= machine.topology.max_chips:
+        if supported_chips(machine, m):
+            return m
+        m += 1
+    raise LpucError(f"{machine.name}: {n} chips are more than its {machine.topology.kind} topology supports "
+                    f"({machine.topology.max_chips} at most)")
+
+
+def network(machine: Machine, chips: int) -> Network:
+    """The network of `chips` chips of `machine`; an LpucError when the topology has no such size."""
+    t, ports = machine.topology, machine.c2c.links
+    if not supported_chips(machine, chips):
+        raise LpucError(f"--chips {chips}: a {machine.name} {t.kind} cannot have {chips} chips ({_sizes(machine)}); "
+                        f"the next size it supports is {round_chips(machine, chips)}")
+    cables: dict[tuple[int, int], tuple[int, int]] = {}
+    if t.kind == "dragonfly":
+        if t.local_links + t.global_links > ports:
+            raise LpucError(f"{machine.name}: local_links + global_links exceed c2c.links ({ports})")
+        size = min(chips, t.chips_per_node)
+        if size - 1 > t.local_links:
+            raise LpucError(f"{machine.name}: a node of {size} chips needs {size - 1} local links per chip")
+        nodes = chips // size
+        for node in range(nodes):
+            for a in range(size):
+                for b in range(size):
+                    if a != b:
+                        cables[node * size + a, b if b < a else b - 1] = (node * size + b, a if a < b else a - 1)
+            for q in range(nodes - 1):
+                other = (node + q + 1) % nodes
+                back = (node - other - 1) % nodes
+                cables[node * size + q // t.global_links, t.local_links + q % t.global_links] = \
+                    (other * size + back // t.global_links, t.local_links + back % t.global_links)
+    elif t.kind == "ring":
+        if chips > 1:
+            if ports < 2:
+                raise LpucError(f"{machine.name}: a ring needs 2 links per chip")
+            for c in range(chips):
+                cables[c, 0] = ((c + 1) % chips, 1)
+                cables[c, 1] = ((c - 1) % chips, 0)
+    else:  # torus2d
+        if ports < 4:
+            raise LpucError(f"{machine.name}: a 2-D torus needs 4 links per chip")
+        width, rows = t.width if chips >= t.width else chips, max(chips // t.width, 1)
+        for c in range(chips):
+            x, y = c % width, c // width
+            for port, (dx, dy) in enumerate(((1, 0), (-1, 0), (0, 1), (0, -1))):
+                peer = (x + dx) % width + ((y + dy) % rows) * width
+                if peer != c:
+                    cables[c, port] = (peer, port ^ 1)
+    return Network(t.kind, chips, ports, cables)
+
+
+def _sizes(machine: Machine) -> str:
+    t = machine.topology
+    if t.kind == "dragonfly":
+        return f"1 to {t.chips_per_node} chips, or whole nodes of {t.chips_per_node}"
+    if t.kind == "torus2d":
+        return f"whole rows of {t.width} chips"
+    return f"1 to {t.max_chips} chips"
