@@ -29,15 +29,15 @@ from ir import LpucError, Module
 from ir.layout import Extent, view_extents, words
 from ir.machine import Machine
 
-HOST, SRAM, PLANE, VIEW = "host", "sram", "plane", "view"
+HOST, SRAM, PLANE, VIEW, LINK = "host", "sram", "plane", "view", "link"
 
 
 def storage(module: Module) -> dict[str, str]:
-    """Where each value lives: host, sram, plane (an installed weight) or view."""
+    """Where each value lives: host, sram, plane (an installed weight), view or link (a transfer in flight)."""
     where = {v.name: HOST for v in module.inputs}
     for op in module.ops:
         kind = (HOST if op.name == "host.output" else PLANE if op.name == "mxm.install"
-                else VIEW if op.name in mo.VIEWS else SRAM)
+                else LINK if op.name == "c2c.send" else VIEW if op.name in mo.VIEWS else SRAM)
         for r in op.results:
             where[r.name] = kind
     return where
@@ -75,12 +75,13 @@ def operand_extents(module: Module, extents: Mapping[str, tuple[Extent, ...]]) -
 
 @dataclass(frozen=True)
 class Allocation:
-    """Extents of every SRAM value, in program order, and the peak footprint."""
+    """Extents of every SRAM value (on its op's chip), in program order, and the peak footprint."""
 
     extents: tuple[tuple[str, tuple[Extent, ...]], ...]
-    peak_words: int
-    image_words: int  # the constants (never freed)
+    peak_words: int   # the largest chip's
+    image_words: int  # the constants (never freed), all chips
     word_bytes: int
+    chip_peak_words: tuple[int, ...] = ()
 
     @property
     def peak_bytes(self) -> int:
@@ -168,51 +169,66 @@ def plan_allocation(module: Module, machine: Machine, stripes: int | None = None
     sram = machine.sram
     where = storage(module)
     first, last = _live_ranges(module)
-    types = {r.name: r.type for op in module.ops for r in op.results}
+    types, chip = {}, {}
+    for op in module.ops:
+        for r in op.results:
+            types[r.name], chip[r.name] = r.type, mo.chip_of(op)
+    chips = module.attrs.get("chips", 1)
     constants = [op.result.name for op in module.ops if op.name == "mem.constant"]
     size = {name: words(types[name]) for name in first}
 
-    # The peak, from liveness alone: placement can always cut values into pieces, so it
-    # fails exactly when this exceeds the chip.
-    image = sum(size[c] for c in constants)
+    # The peak per chip, from liveness alone: placement can always cut values into pieces, so it
+    # fails exactly when this exceeds a chip.
+    live = [0] * chips
+    for c in constants:
+        live[chip[c]] += size[c]
+    image = sum(live)
     ends_at: dict[int, list[str]] = {}
     for name in first:
         if name not in constants:
             ends_at.setdefault(last[name], []).append(name)
-    live = peak = image
+    peak = list(live)
     for i, op in enumerate(module.ops):
-        live += sum(size[r.name] for r in op.results if where[r.name] == SRAM and op.name != "mem.constant")
-        peak = max(peak, live)
-        live -= sum(size[n] for n in ends_at.get(i, ()))
+        if op.name != "mem.constant":
+            for r in op.results:
+                if where[r.name] == SRAM:
+                    live[chip[r.name]] += size[r.name]
+                    peak[chip[r.name]] = max(peak[chip[r.name]], live[chip[r.name]])
+        for n in ends_at.get(i, ()):
+            live[chip[n]] -= size[n]
     capacity = sram.slices * sram.words_per_slice
-    if peak > capacity:
-        needed, available = peak * sram.word_bytes, sram.chip_bytes
-        raise LpucError(f"{module.name} does not fit the SRAM of one {machine.name} chip: it needs "
-                        f"{needed} bytes ({needed / 2**20:.1f} MiB) at its peak, a chip has {available} bytes "
-                        f"({available / 2**20:.1f} MiB); it would fit on {math.ceil(needed / available)} chips")
+    worst = max(range(chips), key=lambda c: (peak[c], -c))
+    if peak[worst] > capacity:
+        needed, available = peak[worst] * sram.word_bytes, sram.chip_bytes
+        if chips == 1:
+            raise LpucError(f"{module.name} does not fit the SRAM of one {machine.name} chip: it needs "
+                            f"{needed} bytes ({needed / 2**20:.1f} MiB) at its peak, a chip has {available} bytes "
+                            f"({available / 2**20:.1f} MiB); it would fit on {math.ceil(needed / available)} chips")
+        raise LpucError(f"{module.name} does not fit on {chips} {machine.name} chips: chip {worst} needs {needed} "
+                        f"bytes ({needed / 2**20:.1f} MiB) at its peak, a chip has {available / 2**20:.1f} MiB; "
+                        "give more chips (--chips) or another partition (--partition)")
 
-    free = _Free(sram.slices, sram.words_per_slice)
-    cursor = 0
+    free = [_Free(sram.slices, sram.words_per_slice) for _ in range(chips)]
+    cursor = [0] * chips
     placed: dict[str, tuple[Extent, ...]] = {}
 
     def place(name: str) -> None:
-        nonlocal cursor
-        n = size[name]
+        c, n = chip[name], size[name]
         pieces = max(1, min(stripes or types[name].dtype.itemsize, n), -(-n // sram.words_per_slice))
         chunk = -(-n // pieces) if n else 0
         out, remaining = [], n
         while remaining:
             want = min(chunk, remaining)
             for step in range(sram.slices):
-                s = (cursor + step) % sram.slices
-                start = free.first_fit(s, want)
+                s = (cursor[c] + step) % sram.slices
+                start = free[c].first_fit(s, want)
                 if start is not None:
-                    cursor = s + 1
+                    cursor[c] = s + 1
                     break
             else:  # no slice has room: cut it over the largest free blocks
-                s, start, avail = free.largest()
+                s, start, avail = free[c].largest()
                 want = min(want, avail)
-            free.take(s, start, want)
+            free[c].take(s, start, want)
             out.append((s, start, want))
             remaining -= want
         placed[name] = tuple(out)
@@ -226,9 +242,10 @@ def plan_allocation(module: Module, machine: Machine, stripes: int | None = None
                     place(r.name)
         for name in ends_at.get(i, ()):
             for s, start, n in placed[name]:
-                free.release(s, start, n)
+                free[chip[name]].release(s, start, n)
     order = [r.name for op in module.ops for r in op.results if r.name in placed]
-    return Allocation(tuple((name, placed[name]) for name in order), peak, image, sram.word_bytes)
+    return Allocation(tuple((name, placed[name]) for name in order), peak[worst], image, sram.word_bytes,
+                      tuple(peak))
 
 
 def apply_allocation(module: Module, allocation: Allocation) -> Module:

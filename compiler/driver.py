@@ -36,15 +36,16 @@ def read_ir(path: str | Path) -> Module:
 
 
 def compile_model(path: str | Path, machine: str | Path = "tsp-v1", options=None,
-                  input_shapes: dict[str, tuple[int, ...]] | None = None):
-    """Model file -> (scheduled module, CompileSummary, machine TOML text)."""
+                  input_shapes: dict[str, tuple[int, ...]] | None = None, progress=None):
+    """Model file -> (scheduled module, CompileSummary, machine TOML text). `progress`, when
+    given, is called with a line per stage."""
     from ir.machine import read_machine
 
     from .pipeline import CompileOptions, compile_module
 
-    graph, _ = load_model(path, input_shapes)
     machine_desc, machine_text = read_machine(machine)
-    scheduled, summary = compile_module(graph, machine_desc, options or CompileOptions())
+    graph, _ = load_model(path, input_shapes)
+    scheduled, summary = compile_module(graph, machine_desc, options or CompileOptions(), progress)
     return scheduled, summary, machine_text
 
 

@@ -1,4 +1,4 @@
-"""Lowering: a graph-level module -> machine instructions of one chip.
+"""Lowering: a graph-level module -> machine instructions on the chips of a partition.
 
 One rule per graph op (`RULES`, keyed by op name). Most graph ops map 1:1 onto
 the machine op computing the same semantics (`vxm.*`, `sxm.*`, `mem.*`);
@@ -16,6 +16,15 @@ Matmul tiling (A [..., M, K] @ B [..., K, N]):
   broadcast batch shape, so install and matmul see equal batches. 1-D operands
   are reshaped to a row / a column first and the result reshaped back.
 
+Chips (compiler.partition): each graph op is lowered on its home chip; an
+operand living elsewhere comes over by a transfer (c2c.send on its chip,
+c2c.recv on this one, over the network's fixed route), once per value and
+chip. Constants and model inputs are emitted lazily, on the chip of each
+reader (a constant is copied into each reader chip's image rather than sent).
+A split op (a matmul or gather whose weight is spread over chips) is lowered
+on every chip of its group, each with its cut of the weight, and the parts
+come back home to be joined (column splits) or added (row splits).
+
 `evaluate_machine` runs a machine-level module with numpy (the untimed
 reference for this level; the interpreter in backends/ is the timed one).
 """
@@ -23,6 +32,7 @@ reference for this level; the interpreter in backends/ is the timed one).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,16 +47,64 @@ from ir.graph_ops import broadcast_shapes
 from ir.layout import LANES, rows_cols
 from ir.machine import Machine
 from ir.registry import OPS, TypeRuleError
+from ir.topology import Network, network
+from ir.types import TensorType
+
+from .partition import Partition
 
 
 class _Emitter:
-    """Appends machine ops, naming results after the graph values they stand for."""
+    """Appends machine ops on the current chip, naming results after the graph values they stand for."""
 
-    def __init__(self):
+    def __init__(self, network: Network | None = None):
         self.b = Builder()
+        self.network = network
+        self.chip = 0
+        self.split: tuple[int, ...] = ()             # the chips the op being lowered is spread over
+        self.chip_of: dict[str, int] = {}           # lowered value -> its chip
+        self.lazy: dict[str, tuple[str, object]] = {}  # placeholder -> ("constant", Tensor) / ("input", Value)
+        self.copies: dict[tuple[str, int], Value] = {}  # (value, chip) -> it, on that chip
+
+    @contextmanager
+    def on(self, chip: int):
+        saved, self.chip = self.chip, chip
+        try:
+            yield
+        finally:
+            self.chip = saved
+
+    def at(self, v: Value, chip: int | None = None) -> Value:
+        """`v` on `chip` (default: the current one): itself, a lazily emitted constant or input, or a transfer."""
+        chip = self.chip if chip is None else chip
+        if v.name not in self.lazy and self.chip_of.get(v.name, chip) == chip:
+            return v
+        key = (v.name, chip)
+        if key not in self.copies:
+            with self.on(chip):
+                if v.name in self.lazy:
+                    kind, what = self.lazy[v.name]
+                    hint = v.name if chip == 0 else f"{v.name}@c{chip}"
+                    if kind == "constant":
+                        self.copies[key] = self.one("mem.constant", [], {"value": what}, hint)
+                    else:
+                        self.copies[key] = self.one("host.input", [what], {"name": what.name},
+                                                    f"{what.name}.sram" if chip == 0 else f"{what.name}.sram@c{chip}")
+                else:
+                    src = self.chip_of[v.name]
+                    route = self.network.route(src, chip)
+                    with self.on(src):
+                        wire = self.one("c2c.send", [v], {"route": route}, f"{v.name}.to_c{chip}")
+                    self.copies[key] = self.one("c2c.recv", [wire], {}, f"{v.name}@c{chip}")
+        return self.copies[key]
+
+    def placeholder(self, kind: str, what, ttype, hint: str) -> Value:
+        v = Value(self.b.fresh(f"{hint}.lazy"), ttype)
+        self.lazy[v.name] = (kind, what)
+        return v
 
     def op(self, name: str, operands, attrs: Mapping | None = None, hints=()) -> tuple[Value, ...]:
-        attrs = AttrDict({k: tuple(v) if isinstance(v, list) else v for k, v in (attrs or {}).items()})
+        attrs = {**(attrs or {}), **({"chip": self.chip} if self.chip else {})}
+        attrs = AttrDict({k: tuple(v) if isinstance(v, list) else v for k, v in attrs.items()})
         try:
             types = OPS[name].result_types([v.type for v in operands], attrs)
         except TypeRuleError as e:
@@ -55,6 +113,8 @@ class _Emitter:
         hints = tuple(hints) + (None,) * (len(types) - len(hints))
         results = tuple(Value(self.b.fresh(h), t) for h, t in zip(hints, types))
         self.b.ops.append(Op(name, tuple(operands), results, attrs))
+        for r in results:
+            self.chip_of[r.name] = self.chip
         return results
 
     def one(self, name: str, operands, attrs: Mapping | None = None, hint: str | None = None) -> Value:
@@ -93,7 +153,7 @@ for _machine_op, _graph_op in mo.GRAPH_EQUIVALENT.items():
 
 
 def _constant(e: _Emitter, op: Op, args):
-    return e.op("mem.constant", [], op.attrs, [_hint(op)])
+    return (e.placeholder("constant", op.attrs["value"], op.result.type, _hint(op)),)
 
 
 def _reshape(e: _Emitter, op: Op, args):
@@ -150,6 +210,8 @@ def _rms_norm(e: _Emitter, op: Op, args):
 def _matmul(e: _Emitter, op: Op, args):
     a, b = args
     h = _hint(op)
+    if e.split:
+        return (_split_matmul(e, op, a, b),)
     out_shape = op.results[0].type.shape
     vector_operand = a.type.rank == 1 or b.type.rank == 1
     if a.type.rank == 1:
@@ -168,6 +230,13 @@ def _matmul(e: _Emitter, op: Op, args):
             a = e.one("sxm.expand", [a], {"shape": batch + (m, k)}, f"{h}.a_batched")
         if b_batch != batch:
             b = e.one("sxm.expand", [b], {"shape": batch + (k, n)}, f"{h}.b_batched")
+    y = _tiles(e, a, b, f"{h}.mm" if vector_operand else h, h)
+    return (e.reshape(y, out_shape, h),)
+
+
+def _tiles(e: _Emitter, a: Value, b: Value, final: str, h: str) -> Value:
+    """a [..., M, K] @ b [..., K, N] (equal batches, or b 2-D) on the current chip, in 320 x 320 MXM tiles."""
+    k, n = b.type.shape[-2:]
     k_tiles = [(k0, min(LANES, k - k0)) for k0 in range(0, k, LANES)]
     n_tiles = [(n0, min(LANES, n - n0)) for n0 in range(0, n, LANES)]
     xs = [a if len(k_tiles) == 1 else
@@ -176,7 +245,6 @@ def _matmul(e: _Emitter, op: Op, args):
     ws = [b if len(k_tiles) == 1 else
           e.one("mem.row_slice", [b], {"start": k0, "size": ks}, f"{h}.wr{i}")
           for i, (k0, ks) in enumerate(k_tiles)]
-    final = f"{h}.mm" if vector_operand else h
     parts = []
     for j, (n0, ns) in enumerate(n_tiles):
         acc = None
@@ -188,8 +256,68 @@ def _matmul(e: _Emitter, op: Op, args):
             acc = e.one("mxm.matmul", [xs[i], tile] + ([acc] if acc is not None else []), {},
                         final if whole else f"{h}.p{i}_{j}")
         parts.append(acc)
-    y = parts[0] if len(parts) == 1 else e.one("mem.join", parts, {}, final)
-    return (e.reshape(y, out_shape, h),)
+    return parts[0] if len(parts) == 1 else e.one("mem.join", parts, {}, final)
+
+
+def _groups(tiles: int, chips: tuple[int, ...]) -> list[tuple[int, range]]:
+    """Contiguous tile ranges, one per chip (at most one chip per tile), as (chip, tile range)."""
+    used = chips[:tiles]
+    return [(c, range(g * tiles // len(used), (g + 1) * tiles // len(used))) for g, c in enumerate(used)]
+
+
+def _cut(e: _Emitter, b: Value, rows: tuple[int, int], cols: tuple[int, int], hint: str) -> Value:
+    """Rows and columns of a lazily emitted constant (viewed as 2-D), as a constant of the current chip."""
+    kind, t = e.lazy[b.name]
+    assert kind == "constant"
+    n = t.type.shape[-1]
+    (r0, r1), (c0, c1) = rows, cols
+    loader = None if t.loader is None else \
+        (lambda t=t: np.ascontiguousarray(t.array.reshape(-1, n)[r0:r1, c0:c1]))
+    part = Tensor(TensorType((r1 - r0, c1 - c0), t.type.dtype), f"{t.key}[{r0}:{r1},{c0}:{c1}]", loader=loader)
+    return e.one("mem.constant", [], {"value": part}, hint)
+
+
+def _split_matmul(e: _Emitter, op: Op, a: Value, b: Value) -> Value:
+    """a @ b, b a constant spread over e.split: by column tiles (parts joined) or, with one column tile, by
+    row tiles (partial sums added), each chip holding only its cut of b."""
+    h, home = _hint(op), e.chip
+    k, n = b.type.shape[-2:]
+    parts = []
+    if n > LANES:
+        for c, tiles in _groups(-(-n // LANES), e.split):
+            cols = (tiles.start * LANES, min(n, tiles.stop * LANES))
+            with e.on(c):
+                w = _cut(e, b, (0, k), cols, f"{h}.w_c{c}")
+                parts.append(e.at(_tiles(e, e.at(a), w, f"{h}.part_c{c}", f"{h}.c{c}"), home))
+        y = e.one("mem.join", parts, {}, h) if len(parts) > 1 else parts[0]
+    else:
+        for c, tiles in _groups(-(-k // LANES), e.split):
+            rows = (tiles.start * LANES, min(k, tiles.stop * LANES))
+            x = a if rows == (0, k) else e.one("mem.column_slice", [a], {"start": rows[0], "size": rows[1] - rows[0]},
+                                               f"{h}.x_c{c}")
+            with e.on(c):
+                w = _cut(e, b, rows, (0, n), f"{h}.w_c{c}")
+                parts.append(e.at(_tiles(e, e.at(x), w, f"{h}.partial_c{c}", f"{h}.c{c}"), home))
+        y = parts[0]
+        for i, p in enumerate(parts[1:], 1):
+            y = e.one("vxm.add", [y, p], {}, h if i == len(parts) - 1 else f"{h}.sum{i}")
+    return e.reshape(y, op.results[0].type.shape, h)
+
+
+def _gather(e: _Emitter, op: Op, args):
+    """A gather; from a constant table spread over e.split, by column ranges joined at home."""
+    if not e.split:
+        return e.op("mem.gather", args, op.attrs, [_hint(op)])
+    table, idx = args
+    h, home = _hint(op), e.chip
+    rows, n = table.type.shape
+    parts = []
+    for c, tiles in _groups(-(-n // LANES), e.split):
+        cols = (tiles.start * LANES, min(n, tiles.stop * LANES))
+        with e.on(c):
+            t = _cut(e, table, (0, rows), cols, f"{h}.table_c{c}")
+            parts.append(e.at(e.one("mem.gather", [t, e.at(idx)], op.attrs, f"{h}.part_c{c}"), home))
+    return (e.one("mem.join", parts, {}, h) if len(parts) > 1 else parts[0],)
 
 
 RULES.update({
@@ -199,6 +327,7 @@ RULES.update({
     "graph.layer_norm": _layer_norm,
     "graph.rms_norm": _rms_norm,
     "graph.matmul": _matmul,
+    "graph.gather": _gather,
 })
 
 
@@ -212,29 +341,43 @@ class Lower:
         return lower(module, self.machine)
 
 
-def lower(module: Module, machine: Machine | str = "tsp-v1") -> Module:
+def lower(module: Module, machine: Machine | str = "tsp-v1", partition: Partition | None = None) -> Module:
+    """Lower on one chip, or on the chips of `partition` (which needs the Machine, for its network)."""
     name = machine if isinstance(machine, str) else machine.name
-    e = _Emitter()
+    chips = partition.chips if partition is not None else 1
+    e = _Emitter(network(machine, chips) if chips > 1 else None)
     env: dict[str, Value] = {}
     for v in module.inputs:
         block_input = Value(v.name, v.type)  # inputs keep their names: they bind the caller's arrays
         e.b.inputs.append(block_input)
         e.b._taken.add(v.name)
-        env[v.name] = e.one("host.input", [block_input], {"name": v.name}, f"{v.name}.sram")
-    for op in module.ops:
+        env[v.name] = e.placeholder("input", block_input, v.type, v.name)
+    for i, op in enumerate(module.ops):
         if op.name.split(".", 1)[0] != "graph":
             raise VerifyError(f"{op.label()}: lowering takes a graph-level module, found {op.name}")
         rule = RULES.get(op.name)
         if rule is None:
             raise LpucError(f"{op.label()}: no lowering rule for {op.name}")
-        results = rule(e, op, [env[v.name] for v in op.operands])
+        home = partition.home[i] if partition is not None else 0
+        with e.on(home):
+            e.split = partition.split_chips(i) if partition is not None else ()
+            # a split op's weight stays lazy: each chip of the group emits its own cut
+            weight = 1 if op.name == "graph.matmul" else 0
+            args = [env[v.name] if e.split and k == weight else e.at(env[v.name])
+                    for k, v in enumerate(op.operands)]
+            results = rule(e, op, args)
+            e.split = ()
         for r, lowered in zip(op.results, results, strict=True):
             if lowered.type != r.type:
                 raise AssertionError(f"{op.label()}: lowered to {lowered.type}, expected {r.type}")
             env[r.name] = lowered
     for out_name, v in module.outputs:
-        e.b.outputs.append((out_name, e.one("host.output", [env[v.name]], {"name": out_name}, f"{out_name}.host")))
-    return e.b.build(module.name, **{**dict(module.attrs), "machine": name})
+        value = env[v.name]
+        with e.on(e.chip_of.get(value.name, 0)):
+            value = e.at(value)  # an output that is a constant or an input: on chip 0
+            e.b.outputs.append((out_name, e.one("host.output", [value], {"name": out_name}, f"{out_name}.host")))
+    attrs = {**dict(module.attrs), "machine": name, **({"chips": chips} if chips > 1 else {})}
+    return e.b.build(module.name, **attrs)
 
 
 # --- the machine-level reference evaluator -----------------------------------
@@ -249,7 +392,7 @@ def _view_or_special(op: Op, a: list[np.ndarray]):
         return a[0][..., op.attrs["start"]:op.attrs["start"] + op.attrs["size"]]
     if n == "mem.row_slice":
         return a[0][..., op.attrs["start"]:op.attrs["start"] + op.attrs["size"], :]
-    if n in ("mxm.install", "host.input", "host.output"):
+    if n in ("mxm.install", "host.input", "host.output", "c2c.send", "c2c.recv"):
         return a[0]
     if n == "mxm.matmul":
         y = np.matmul(a[0], a[1])

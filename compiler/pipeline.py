@@ -1,19 +1,26 @@
 """The compile driver: a verified graph-level module and a machine -> the
 scheduled machine-level module and a frozen summary.
 
-    lower -> verify -> allocate -> verify -> schedule -> verify
+    partition -> lower -> verify -> allocate -> verify -> schedule -> verify
+
+The chip count defaults to the fewest chips whose SRAM holds the weights; the
+partition (compiler/partition.py) is the one asked for, or with `auto` the
+fastest of pipeline and tensor by a quick schedule of each.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ir import Module
+from ir import LpucError, Module
+from ir.layout import words
 from ir.machine import Machine
+from ir.topology import network, round_chips
 from ir.verifier import verify
 
 from .allocate import Allocate, apply_allocation
 from .lower import lower
+from .partition import STRATEGIES, Partition, plan_partition
 from .schedule_list import ListScheduler, apply_schedule
 
 SCHEDULERS = ("list",)
@@ -24,6 +31,8 @@ class CompileOptions:
     scheduler: str = "list"
     stripes: int | None = None   # SRAM slices a value is spread over (None: one per byte-plane)
     rounds: int = 2              # list scheduler: forward-backward improvement rounds
+    chips: int | None = None     # None: the fewest chips whose SRAM holds the model
+    partition: str = "auto"      # auto (the fastest of pipeline and tensor), pipeline or tensor
 
 
 @dataclass(frozen=True)
@@ -36,9 +45,14 @@ class CompileSummary:
     bound_resource: str          # the resource whose work / capacity gives resource_bound
     instructions: int
     ops: int                     # instructions + views + constants
-    sram_peak_bytes: int
-    sram_image_bytes: int        # constants (weights), placed before cycle 0
+    sram_peak_bytes: int         # the largest chip's
+    sram_image_bytes: int        # constants (weights), placed before cycle 0, all chips
     clock_mhz: float
+    chips: int = 1
+    partition: str = "single"    # the strategy used
+    partition_lines: tuple[str, ...] = ()        # per chip: what it runs
+    candidates: tuple[tuple[str, str], ...] = ()  # (strategy, cycles or why not) of those tried
+    transfers: int = 0           # c2c.send instructions
 
     @property
     def gap(self) -> float:
@@ -59,23 +73,75 @@ class CompileSummary:
         return {"lower_bound_cycles": self.lower_bound, "critical_path_cycles": self.critical_path,
                 "resource_bound_cycles": self.resource_bound, "bound": self.bound,
                 "instructions": self.instructions, "sram_allocated_bytes": self.sram_peak_bytes,
-                "sram_image_bytes": self.sram_image_bytes}
+                "sram_image_bytes": self.sram_image_bytes, "chips": self.chips, "partition": self.partition,
+                "partition_lines": list(self.partition_lines), "transfers": self.transfers,
+                "candidates": [list(c) for c in self.candidates]}
 
 
-def compile_module(graph_module: Module, machine: Machine,
-                   options: CompileOptions = CompileOptions()) -> tuple[Module, CompileSummary]:
-    if options.scheduler not in SCHEDULERS:
-        from ir import LpucError
-        raise LpucError(f"unknown scheduler {options.scheduler!r} (choose from {', '.join(SCHEDULERS)})")
-    lowered = verify(lower(graph_module, machine))
+def _schedule(graph: Module, machine: Machine, partition: Partition, options: CompileOptions, rounds: int,
+              progress=None):
+    say = progress or (lambda line: None)
+    where = f" on {partition.chips} chips ({partition.strategy})" if partition.chips > 1 else ""
+    say(f"lowering {len(graph.ops):,} graph ops{where}")
+    lowered = verify(lower(graph, machine, partition))
+    say(f"allocating SRAM for {len(lowered.ops):,} machine ops")
     allocation = Allocate(options.stripes).plan(lowered, machine)
     allocated = verify(apply_allocation(lowered, allocation))
-    result = ListScheduler(options.rounds).schedule(allocated, machine)
-    scheduled = verify(apply_schedule(allocated, result))
+    say(f"scheduling ({options.scheduler}, {rounds} improvement rounds)")
+    result = ListScheduler(rounds).schedule(allocated, machine)
+    return verify(apply_schedule(allocated, result)), result, allocation
+
+
+def default_chips(graph: Module, machine: Machine) -> int:
+    """The fewest chips (a size the topology supports) whose SRAM holds the model's constants with room to
+    spare (a tenth of each chip for activations)."""
+    need = sum(words(op.result.type) for op in graph.ops if op.name == "graph.constant")
+    usable = machine.sram.slices * machine.sram.words_per_slice * 9 // 10
+    return round_chips(machine, -(-need // usable))
+
+
+def compile_module(graph_module: Module, machine: Machine, options: CompileOptions = CompileOptions(),
+                   progress=None) -> tuple[Module, CompileSummary]:
+    """`progress`, when given, is called with one line per stage (for long compiles)."""
+    if options.scheduler not in SCHEDULERS:
+        raise LpucError(f"unknown scheduler {options.scheduler!r} (choose from {', '.join(SCHEDULERS)})")
+    if options.partition not in STRATEGIES:
+        raise LpucError(f"unknown partition {options.partition!r} (choose from {', '.join(STRATEGIES)})")
+    chips = options.chips or default_chips(graph_module, machine)
+    network(machine, chips)  # a size the topology has
+    strategies = ("pipeline", "tensor") if options.partition == "auto" else (options.partition,)
+    if chips == 1:
+        strategies = ("single",)
+    tried, best = [], None
+    for strategy in strategies:
+        partition = plan_partition(graph_module, machine, chips, strategy)
+        try:
+            # Candidates are compared by a quick schedule (no improvement rounds): the cost model is the
+            # scheduler itself.
+            quick = 0 if len(strategies) > 1 else options.rounds
+            scheduled, result, allocation = _schedule(graph_module, machine, partition, options, quick, progress)
+        except LpucError as e:
+            if len(strategies) == 1:
+                raise
+            tried.append((strategy, f"does not fit: {e}"))
+            continue
+        tried.append((strategy, str(result.cycles)))
+        if best is None or result.cycles < best[2].cycles:
+            best = (partition, scheduled, result, allocation)
+    if best is None:
+        raise LpucError(f"no partition of {graph_module.name} fits {chips} chips: "
+                        + "; ".join(f"{s}: {why}" for s, why in tried))
+    partition, scheduled, result, allocation = best
+    if len(strategies) > 1 and options.rounds:
+        scheduled, result, allocation = _schedule(graph_module, machine, partition, options, options.rounds,
+                                                  progress)
     summary = CompileSummary(machine.name, result.cycles, result.lower_bound, result.critical_path,
                              result.resource_bound, result.bound_resource, result.instructions,
-                             len(scheduled.ops), allocation.peak_bytes, allocation.image_bytes, machine.clock_mhz)
+                             len(scheduled.ops), allocation.peak_bytes, allocation.image_bytes, machine.clock_mhz,
+                             chips, partition.strategy, tuple(partition.describe(graph_module)) if chips > 1 else (),
+                             tuple(tried) if len(strategies) > 1 else (),
+                             sum(1 for op in scheduled.ops if op.name == "c2c.send"))
     return scheduled, summary
 
 
-__all__ = ["CompileOptions", "CompileSummary", "ListScheduler", "compile_module"]
+__all__ = ["CompileOptions", "CompileSummary", "ListScheduler", "compile_module", "default_chips"]

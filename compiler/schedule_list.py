@@ -17,8 +17,12 @@ Dependences (docs/machine-ir.md):
   - an `mxm.install` and the one `mxm.matmul` using it are placed together on
     one plane, which they hold from the install's issue to the matmul's end, so
     no other install lands between them.
-Resources: unit instances, per-slice read ports [c, c+n), write ports
-[c+lat-n, c+lat), stream registers [c, c+lat).
+  - a c2c.recv issues once its send's words have all arrived (c_send + lat_send).
+Resources, per chip: unit instances, per-slice read ports [c, c+n), write ports
+[c+lat-n, c+lat), stream registers [c, c+lat); and every link direction a send's
+route takes (ir.costs.link_windows). A send's unit is the transmit side of its
+first port, a receive's the receive side of its arrival port: both fixed by the
+route, not chosen.
 
 Views and constants are not instructions: constants get cycle 0; a view gets
 the cycle its words have all landed (the latest landing of its operands), so
@@ -35,11 +39,12 @@ import numpy as np
 
 import ir.machine_ops as mo
 from ir import Module
-from ir.costs import Cost, cost, units
+from ir.costs import Cost, cost, link_windows, units
 from ir.layout import Extent, sub_extents, words
 from ir.machine import Machine
+from ir.topology import network
 
-from .allocate import PLANE, SRAM, VIEW, operand_extents, storage, view_bases
+from .allocate import LINK, PLANE, SRAM, VIEW, operand_extents, storage, view_bases
 
 
 # --- the instructions, their costs and dependences ------------------------------
@@ -50,6 +55,9 @@ class Instruction:
     unit_class: str
     cost: Cost
     streams: int                     # registers held: one per SRAM operand and result
+    chip: int = 0
+    fixed_unit: int | None = None    # tx / rx: the port the route fixes
+    links: tuple[tuple[int, int, int, int], ...] = ()  # a send's link holds: (chip, port, offset, length)
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,8 @@ def analyze(module: Module, machine: Machine) -> Program:
                 results_out[r.name] = ext
     extents = operand_extents(module, results_out)
 
+    chips = module.attrs.get("chips", 1)
+    net = network(machine, chips) if chips > 1 else None
     instrs, install_of = [], []
     readers: dict[str, list[int]] = {}        # SRAM value -> instructions reading it (directly or via views)
     preds: list[list[tuple[int, int]]] = [[] for _ in ops]
@@ -98,10 +108,20 @@ def analyze(module: Module, machine: Machine) -> Program:
         writes = [results_out[r.name] for r in op.results if where[r.name] == SRAM]
         c = cost(op, machine, reads, writes)
         costs[i] = c
-        instrs.append(Instruction(i, cls, c, len(reads) + len(writes)))
+        chip, fixed, links = mo.chip_of(op), None, ()
+        if op.name == "c2c.send":
+            route = op.attrs["route"]
+            fixed = route[0]
+            links = tuple((ch, port, off, length) for (ch, port), (_, off, length)
+                          in zip(net.hops(chip, route), link_windows(op, machine, c.occupancy)))
+        elif op.name == "c2c.recv":
+            send = ops[producer[op.operands[0].name]]
+            fixed = net.destination(mo.chip_of(send), send.attrs["route"])[1]
+        instrs.append(Instruction(i, cls, c, len(reads) + len(writes), chip, fixed, links))
         for v in op.operands:
-            if where[v.name] == PLANE:
-                install_of.append((i, producer[v.name]))
+            if where[v.name] in (PLANE, LINK):
+                if where[v.name] == PLANE:
+                    install_of.append((i, producer[v.name]))
                 raw[i].append((producer[v.name], costs[producer[v.name]].latency))
             for b in bases.get(v.name, ()):
                 readers.setdefault(b, []).append(i)
@@ -112,18 +132,22 @@ def analyze(module: Module, machine: Machine) -> Program:
         preds[i] = list(raw[i])
 
     # Write after read / write after write, from which earlier value held each word.
-    owner = [np.full(machine.sram.words_per_slice, -1, np.int64) for _ in range(machine.sram.slices)]
+    owners: dict[int, np.ndarray] = {}  # per chip: slice x word -> the value there
     names = []
     for i, op in enumerate(ops):
         for r in op.results:
             if r.name not in results_out:
                 continue
+            chip = mo.chip_of(op)
+            if chip not in owners:
+                owners[chip] = np.full((machine.sram.slices, machine.sram.words_per_slice), -1, np.int32)
+            owner = owners[chip]
             vid = len(names)
             names.append(r.name)
             previous = set()
             for s, w, n in results_out[r.name]:
-                previous.update(int(x) for x in np.unique(owner[s][w:w + n]) if x >= 0)
-                owner[s][w:w + n] = vid
+                previous.update(int(x) for x in np.unique(owner[s, w:w + n]) if x >= 0)
+                owner[s, w:w + n] = vid
             lat = costs[i].latency if i in costs else 0
             for u in sorted(previous):
                 u_name = names[u]
@@ -191,26 +215,41 @@ class _Busy:
             self.ends.insert(i, end)
 
 
-class _Resources:
+class _Chip:
+    """One chip's resources."""
+
     def __init__(self, machine: Machine):
-        self.machine = machine
         self.units = {cls: [_Busy() for _ in range(n)] for cls, n in units(machine).items()}
         self.read = [_Busy() for _ in range(machine.sram.slices)]
         self.write = [_Busy() for _ in range(machine.sram.slices)]
         self.streams = [_Busy() for _ in range(machine.streams.east + machine.streams.west)]
 
-    def windows(self, c: Cost, reverse: bool = False) -> list[tuple[_Busy, int, int]]:
-        """(resource, offset from issue, length) of the port windows of an instruction.
+
+class _Resources:
+    def __init__(self, machine: Machine):
+        self.machine = machine
+        self.chips: dict[int, _Chip] = {}
+        self.links: dict[tuple[int, int], _Busy] = {}
+
+    def chip(self, c: int) -> _Chip:
+        if c not in self.chips:
+            self.chips[c] = _Chip(self.machine)
+        return self.chips[c]
+
+    def windows(self, ins: Instruction, reverse: bool = False) -> list[tuple[_Busy, int, int]]:
+        """(resource, offset from issue, length) of the port and link windows of an instruction.
         Reversed time mirrors every window: [off, off+len) -> [lat-off-len, lat-off)."""
+        c, chip = ins.cost, self.chip(ins.chip)
         rp, wp = self.machine.sram.read_ports, self.machine.sram.write_ports
-        out = [(self.read[s], 0, -(-n // rp)) for s, n in c.reads]
-        out += [(self.write[s], c.latency - -(-n // wp), -(-n // wp)) for s, n in c.writes]
+        out = [(chip.read[s], 0, -(-n // rp)) for s, n in c.reads]
+        out += [(chip.write[s], c.latency - -(-n // wp), -(-n // wp)) for s, n in c.writes]
+        out += [(self.links.setdefault((ch, port), _Busy()), off, length) for ch, port, off, length in ins.links]
         if reverse:
             out = [(busy, c.latency - off - length, length) for busy, off, length in out]
         return out
 
-    def fit(self, t: int, reqs, n_streams: int, hold: int) -> int:
-        """The earliest cycle >= t where every window of `reqs` and `n_streams` registers
+    def fit(self, t: int, reqs, streams: list[_Busy], n_streams: int, hold: int) -> int:
+        """The earliest cycle >= t where every window of `reqs` and `n_streams` of `streams`
         (held [c, c+hold)) are free."""
         while True:
             moved = True
@@ -223,20 +262,21 @@ class _Resources:
             if n_streams == 0:
                 return t
             free = 0
-            for b in self.streams:  # usually enough are free: stop counting at n_streams
+            for b in streams:  # usually enough are free: stop counting at n_streams
                 free += b.free(t, hold)
                 if free == n_streams:
                     return t
-            fits = sorted(b.first_fit(t, hold) for b in self.streams)
+            fits = sorted(b.first_fit(t, hold) for b in streams)
             if fits[n_streams - 1] == t:
                 return t
             t = fits[n_streams - 1]
 
-    def take_streams(self, t: int, n: int, hold: int) -> tuple[int, ...]:
-        ids = tuple(k for k, b in enumerate(self.streams) if b.free(t, hold))[:n]
+    @staticmethod
+    def take_streams(streams: list[_Busy], t: int, n: int, hold: int) -> tuple[int, ...]:
+        ids = tuple(k for k, b in enumerate(streams) if b.free(t, hold))[:n]
         assert len(ids) == n
         for k in ids:
-            self.streams[k].add(t, t + hold)
+            streams[k].add(t, t + hold)
         return ids
 
     def book(self, t: int, reqs) -> None:
@@ -290,17 +330,26 @@ def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str]:
     prio = _priorities(program, len(program.preds))
     critical = max(prio, default=0)
     work: dict[str, int] = {}
-    for ins in program.instructions:
-        work[ins.unit_class] = work.get(ins.unit_class, 0) + ins.cost.occupancy
-        work["streams"] = work.get("streams", 0) + ins.streams * ins.cost.latency
-        for s, n in ins.cost.reads:
-            work[f"slice{s}.read"] = work.get(f"slice{s}.read", 0) + -(-n // machine.sram.read_ports)
-        for s, n in ins.cost.writes:
-            work[f"slice{s}.write"] = work.get(f"slice{s}.write", 0) + -(-n // machine.sram.write_ports)
     capacity = {**units(machine), "streams": machine.streams.east + machine.streams.west}
+    chips = {ins.chip for ins in program.instructions}
+    many = len(chips - {0}) > 0
+
+    def add(chip: int, name: str, amount: int) -> None:
+        key = f"chip{chip} {name}" if many else name  # one chip: the names of a one-chip program
+        work[key] = work.get(key, 0) + amount
+
+    for ins in program.instructions:
+        add(ins.chip, ins.unit_class, ins.cost.occupancy)
+        add(ins.chip, "streams", ins.streams * ins.cost.latency)
+        for s, n in ins.cost.reads:
+            add(ins.chip, f"slice{s}.read", -(-n // machine.sram.read_ports))
+        for s, n in ins.cost.writes:
+            add(ins.chip, f"slice{s}.write", -(-n // machine.sram.write_ports))
+        for ch, port, _, length in ins.links:
+            work[f"link c{ch}.l{port}"] = work.get(f"link c{ch}.l{port}", 0) + length
     best, which = 0, "none"
     for name in sorted(work):
-        b = -(-work[name] // capacity.get(name, 1))
+        b = -(-work[name] // capacity.get(name.rsplit(" ", 1)[-1], 1))
         if b > best:
             best, which = b, name
     return critical, best, which
@@ -372,24 +421,25 @@ def _pass(program: Program, machine: Machine, priority: dict[int, int], reverse:
 
     def place_single(i: int) -> None:
         ins = by_index[i]
-        c, reqs, hold = ins.cost, res.windows(ins.cost, reverse), ins.cost.latency
+        c, reqs, hold = ins.cost, res.windows(ins, reverse), ins.cost.latency
+        chip = res.chip(ins.chip)
         t0, off = earliest(i), unit_window(i)
         # The earliest (cycle, instance): try instances by a cheap lower bound, stop when none can win.
-        t_free = res.fit(t0, reqs, ins.streams, hold)
-        instances = res.units[ins.unit_class]
-        order = sorted((max(t_free, busy.first_fit(t0 + off, c.occupancy) - off), k)
-                       for k, busy in enumerate(instances))
+        t_free = res.fit(t0, reqs, chip.streams, ins.streams, hold)
+        instances = chip.units[ins.unit_class]
+        choices = range(len(instances)) if ins.fixed_unit is None else (ins.fixed_unit,)
+        order = sorted((max(t_free, instances[k].first_fit(t0 + off, c.occupancy) - off), k) for k in choices)
         best = None
         for lb, k in order:
             if best is not None and (lb, k) >= best[:2]:
                 break
-            t = res.fit(lb, reqs + [(instances[k], off, c.occupancy)], ins.streams, hold)
+            t = res.fit(lb, reqs + [(instances[k], off, c.occupancy)], chip.streams, ins.streams, hold)
             if best is None or (t, k) < best[:2]:
                 best = (t, k)
         t, k = best
         res.book(t, reqs + [(instances[k], off, c.occupancy)])
         cycle[i] = t
-        placed[i] = (t, k, res.take_streams(t, ins.streams, hold))
+        placed[i] = (t, k, res.take_streams(chip.streams, t, ins.streams, hold))
 
     def place_pair(inst: int, mm: int) -> None:
         # F runs first in this pass's time, S second (forward: the install, then the matmul);
@@ -398,16 +448,19 @@ def _pass(program: Program, machine: Machine, priority: dict[int, int], reverse:
         F, S = by_index[f], by_index[s_]
         gap = F.cost.latency                      # S >= F + gap: the weight has landed
         a, b = unit_window(f), unit_window(s_) + S.cost.occupancy
-        rf = res.windows(F.cost, reverse)
-        rs = res.windows(S.cost, reverse)
+        rf = res.windows(F, reverse)
+        rs = res.windows(S, reverse)
+        chip = res.chip(F.chip)
         tf0, ts0 = earliest(f), earliest(s_, skip=f)
         best = None
-        for k, plane in enumerate(res.units["mxm"]):
+        for k, plane in enumerate(chip.units["mxm"]):
             ts = max(ts0, tf0 + gap)
             while True:
-                ts = res.fit(ts, rs + [(plane, unit_window(s_), S.cost.occupancy)], S.streams, S.cost.latency)
+                ts = res.fit(ts, rs + [(plane, unit_window(s_), S.cost.occupancy)], chip.streams, S.streams,
+                             S.cost.latency)
                 # F as late as possible: the plane is idle but held from F to the end of S.
-                tf = res.fit(max(tf0, ts - gap), rf + [(plane, a, F.cost.occupancy)], F.streams, F.cost.latency)
+                tf = res.fit(max(tf0, ts - gap), rf + [(plane, a, F.cost.occupancy)], chip.streams, F.streams,
+                             F.cost.latency)
                 if tf + gap > ts:
                     ts = tf + gap
                     continue
@@ -418,13 +471,13 @@ def _pass(program: Program, machine: Machine, priority: dict[int, int], reverse:
             if best is None or (ts, -tf, k) < best[:3]:
                 best = (ts, -tf, k)
         ts, tf, k = best[0], -best[1], best[2]
-        plane = res.units["mxm"][k]
+        plane = chip.units["mxm"][k]
         res.book(tf, rf)
         res.book(ts, rs)
         plane.add(tf + a, ts + b)
         cycle[f], cycle[s_] = tf, ts
-        placed[f] = (tf, k, res.take_streams(tf, F.streams, F.cost.latency))
-        placed[s_] = (ts, k, res.take_streams(ts, S.streams, S.cost.latency))
+        placed[f] = (tf, k, res.take_streams(chip.streams, tf, F.streams, F.cost.latency))
+        placed[s_] = (ts, k, res.take_streams(chip.streams, ts, S.streams, S.cost.latency))
 
     while ready:
         _, key = heapq.heappop(ready)

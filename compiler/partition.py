@@ -1,0 +1,150 @@
+"""Partitioning: which chip each graph op runs on, and which ops spread their
+weights over several chips. A pure analysis (`plan_partition` -> a frozen
+`Partition`); `compiler.lower` applies it, making every value that crosses
+chips an explicit transfer (c2c.send / c2c.recv over a fixed route).
+
+Strategies:
+  single    everything on chip 0.
+  pipeline  contiguous ranges of the program (hence of layers) per chip,
+            balanced by weight bytes: chip k holds the ops whose weights fall in
+            the k-th N-quantile of the model's weights. An op whose weight
+            straddles quantiles (or exceeds a chip) is split over the chips it
+            spans (see below).
+  tensor    activations stay on chip 0; every matmul with a constant weight of
+            two or more 320-wide tiles is split over the chips (up to one tile
+            per chip): by output columns (each chip computes a column range;
+            the parts come back and are joined) or, for a single column tile,
+            by the reduction (each chip a row range of the weight; the partial
+            sums come back and are added).
+
+A split op's weight is cut at compile time, so each chip's SRAM holds only its
+part. Gathers from a constant table (embeddings) split by columns the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ir import LpucError, Module, Op
+from ir.layout import LANES, words
+from ir.machine import Machine
+
+STRATEGIES = ("auto", "pipeline", "tensor")
+
+
+@dataclass(frozen=True)
+class Partition:
+    strategy: str
+    chips: int
+    home: tuple[int, ...]                     # per graph op: the chip it runs on (a split op: where results meet)
+    split: tuple[tuple[int, tuple[int, ...]], ...] = ()   # (graph op index, chips its weight is spread over)
+
+    def split_chips(self, index: int) -> tuple[int, ...]:
+        return dict(self.split).get(index, ())
+
+    def describe(self, module: Module) -> list[str]:
+        """One line per chip: the ops (and layers, when names tell) it runs, and its weight bytes."""
+        weights = _weight_bytes(module)
+        per_chip: dict[int, list[int]] = {}
+        chip_bytes = [0] * self.chips
+        split = dict(self.split)
+        for i, (op, home) in enumerate(zip(module.ops, self.home)):
+            if op.name == "graph.constant":
+                continue
+            per_chip.setdefault(home, []).append(i)
+            group = split.get(i, (home,))
+            for c in group:
+                chip_bytes[c] += weights[i] // len(group)
+        lines = []
+        for c in range(self.chips):
+            ops = per_chip.get(c, [])
+            spans = f"ops {ops[0]}-{ops[-1]} ({len(ops)})" if ops else "no ops of its own"
+            parts = sum(1 for i, g in self.split if c in g and self.home[i] != c)
+            extra = f", parts of {parts} split ops" if parts else ""
+            lines.append(f"chip {c}: {spans}{extra}, weights {chip_bytes[c] / 2**20:.1f} MiB")
+        return lines
+
+
+def _constant_operands(module: Module) -> dict[int, list[int]]:
+    """Per graph op: the indices of the graph.constant ops it reads."""
+    producer = {r.name: i for i, op in enumerate(module.ops) for r in op.results}
+    out = {}
+    for i, op in enumerate(module.ops):
+        out[i] = [producer[v.name] for v in op.operands
+                  if v.name in producer and module.ops[producer[v.name]].name == "graph.constant"]
+    return out
+
+
+def _weight_bytes(module: Module) -> list[int]:
+    """Per graph op: bytes (SRAM words x 320) of the constants it reads; a constant read by several ops counts once,
+    at its first reader."""
+    counted, out = set(), []
+    consts = _constant_operands(module)
+    for i, op in enumerate(module.ops):
+        total = 0
+        for c in consts[i]:
+            if c not in counted:
+                counted.add(c)
+                total += words(module.ops[c].result.type) * LANES
+        out.append(total)
+    return out
+
+
+def splittable(op: Op, module: Module, const_index: dict[str, int]) -> bool:
+    """Can lowering spread this op's weight over chips? A matmul with a constant 2-D-able weight of >= 2 tiles,
+    or a gather (axis 0) from a constant table wider than one vector."""
+    if op.name == "graph.matmul" and len(op.operands) == 2 and op.operands[1].name in const_index:
+        b = op.operands[1].type
+        if b.rank < 2 or math.prod(b.shape[:-2]) != 1 or op.operands[0].type.rank < 2:
+            return False
+        return b.shape[-1] > LANES or b.shape[-2] > LANES
+    if op.name == "graph.gather" and op.operands[0].name in const_index:
+        t = op.operands[0].type
+        return op.attrs.get("axis", 0) % max(t.rank, 1) == 0 and t.rank == 2 and t.shape[-1] > LANES
+    return False
+
+
+def plan_partition(module: Module, machine: Machine, chips: int, strategy: str) -> Partition:
+    """The partition of `module` over `chips` chips by `strategy` (pipeline or tensor; auto is the driver's)."""
+    n = len(module.ops)
+    if chips == 1:
+        return Partition("single", 1, (0,) * n)
+    const_index = {op.result.name: i for i, op in enumerate(module.ops) if op.name == "graph.constant"}
+    if strategy == "tensor":
+        split = tuple((i, tuple(range(chips))) for i, op in enumerate(module.ops)
+                      if splittable(op, module, const_index))
+        return Partition("tensor", chips, _constants_follow(module, (0,) * n), split)
+    if strategy != "pipeline":
+        raise LpucError(f"unknown partition strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
+    weights = _weight_bytes(module)
+    # Ops without weights still cost time and activations: give each a small share so that
+    # weightless stretches spread too.
+    floor = max(1, sum(weights) // max(1, 50 * n))
+    share = [w + floor if op.name != "graph.constant" else 0 for op, w in zip(module.ops, weights)]
+    total = sum(share)
+    home, split, before = [0] * n, [], 0
+    for i, op in enumerate(module.ops):
+        first = min(chips - 1, before * chips // total)
+        last = min(chips - 1, max(first, (before + share[i] - 1) * chips // total))
+        home[i] = first
+        if last > first and splittable(op, module, const_index):
+            split.append((i, tuple(range(first, last + 1))))
+        before += share[i]
+    return Partition("pipeline", chips, _constants_follow(module, tuple(home)), tuple(split))
+
+
+def _constants_follow(module: Module, home: tuple[int, ...]) -> tuple[int, ...]:
+    """A constant lives on the chip of its first reader (lowering copies it to any other reader's chip)."""
+    out = list(home)
+    first_reader: dict[str, int] = {}
+    for i, op in enumerate(module.ops):
+        for v in op.operands:
+            first_reader.setdefault(v.name, i)
+    for i, op in enumerate(module.ops):
+        if op.name == "graph.constant":
+            out[i] = home[first_reader[op.result.name]] if op.result.name in first_reader else 0
+    return tuple(out)
+
+
+__all__ = ["Partition", "STRATEGIES", "plan_partition", "splittable"]
