@@ -59,6 +59,10 @@ def view_bases(module: Module) -> dict[str, tuple[str, ...]]:
     return bases
 
 
+class DoesNotFit(LpucError):
+    """A module needs more SRAM than a chip has."""
+
+
 def is_instruction(op_name: str) -> bool:
     return mo.unit_class(op_name) is not None
 
@@ -201,10 +205,10 @@ def plan_allocation(module: Module, machine: Machine, stripes: int | None = None
     if peak[worst] > capacity:
         needed, available = peak[worst] * sram.word_bytes, sram.chip_bytes
         if chips == 1:
-            raise LpucError(f"{module.name} does not fit the SRAM of one {machine.name} chip: it needs "
+            raise DoesNotFit(f"{module.name} does not fit the SRAM of one {machine.name} chip: it needs "
                             f"{needed} bytes ({needed / 2**20:.1f} MiB) at its peak, a chip has {available} bytes "
                             f"({available / 2**20:.1f} MiB); it would fit on {math.ceil(needed / available)} chips")
-        raise LpucError(f"{module.name} does not fit on {chips} {machine.name} chips: chip {worst} needs {needed} "
+        raise DoesNotFit(f"{module.name} does not fit on {chips} {machine.name} chips: chip {worst} needs {needed} "
                         f"bytes ({needed / 2**20:.1f} MiB) at its peak, a chip has {available / 2**20:.1f} MiB; "
                         "give more chips (--chips) or another partition (--partition)")
 

@@ -60,7 +60,7 @@ class _Emitter:
         self.b = Builder()
         self.network = network
         self.chip = 0
-        self.split: tuple[int, ...] = ()             # the chips the op being lowered is spread over
+        self.split: tuple[tuple[int, int], ...] = ()  # the (chip, share)s the op being lowered is spread over
         self.chip_of: dict[str, int] = {}           # lowered value -> its chip
         self.lazy: dict[str, tuple[str, object]] = {}  # placeholder -> ("constant", Tensor) / ("input", Value)
         self.copies: dict[tuple[str, int], Value] = {}  # (value, chip) -> it, on that chip
@@ -259,10 +259,17 @@ def _tiles(e: _Emitter, a: Value, b: Value, final: str, h: str) -> Value:
     return parts[0] if len(parts) == 1 else e.one("mem.join", parts, {}, final)
 
 
-def _groups(tiles: int, chips: tuple[int, ...]) -> list[tuple[int, range]]:
-    """Contiguous tile ranges, one per chip (at most one chip per tile), as (chip, tile range)."""
-    used = chips[:tiles]
-    return [(c, range(g * tiles // len(used), (g + 1) * tiles // len(used))) for g, c in enumerate(used)]
+def _groups(tiles: int, shares: tuple[tuple[int, int], ...]) -> list[tuple[int, range]]:
+    """Contiguous tile ranges in proportion to each chip's share, as (chip, tile range); chips whose
+    share rounds to no tile are left out."""
+    total, out, start, seen = sum(w for _, w in shares), [], 0, 0
+    for c, w in shares:
+        seen += w
+        stop = tiles * seen // total
+        if stop > start:
+            out.append((c, range(start, stop)))
+            start = stop
+    return out
 
 
 def _cut(e: _Emitter, b: Value, rows: tuple[int, int], cols: tuple[int, int], hint: str) -> Value:

@@ -38,9 +38,11 @@ class Partition:
     strategy: str
     chips: int
     home: tuple[int, ...]                     # per graph op: the chip it runs on (a split op: where results meet)
-    split: tuple[tuple[int, tuple[int, ...]], ...] = ()   # (graph op index, chips its weight is spread over)
+    # (graph op index, ((chip, share), ...)): the chips a split op's weight is spread over, each taking
+    # tiles in proportion to its share
+    split: tuple[tuple[int, tuple[tuple[int, int], ...]], ...] = ()
 
-    def split_chips(self, index: int) -> tuple[int, ...]:
+    def split_chips(self, index: int) -> tuple[tuple[int, int], ...]:
         return dict(self.split).get(index, ())
 
     def describe(self, module: Module) -> list[str]:
@@ -53,14 +55,15 @@ class Partition:
             if op.name == "graph.constant":
                 continue
             per_chip.setdefault(home, []).append(i)
-            group = split.get(i, (home,))
-            for c in group:
-                chip_bytes[c] += weights[i] // len(group)
+            group = split.get(i, ((home, 1),))
+            total = sum(share for _, share in group)
+            for c, share in group:
+                chip_bytes[c] += weights[i] * share // total
         lines = []
         for c in range(self.chips):
             ops = per_chip.get(c, [])
             spans = f"ops {ops[0]}-{ops[-1]} ({len(ops)})" if ops else "no ops of its own"
-            parts = sum(1 for i, g in self.split if c in g and self.home[i] != c)
+            parts = sum(1 for i, g in self.split if c in dict(g) and self.home[i] != c)
             extra = f", parts of {parts} split ops" if parts else ""
             lines.append(f"chip {c}: {spans}{extra}, weights {chip_bytes[c] / 2**20:.1f} MiB")
         return lines
@@ -112,7 +115,7 @@ def plan_partition(module: Module, machine: Machine, chips: int, strategy: str) 
         return Partition("single", 1, (0,) * n)
     const_index = {op.result.name: i for i, op in enumerate(module.ops) if op.name == "graph.constant"}
     if strategy == "tensor":
-        split = tuple((i, tuple(range(chips))) for i, op in enumerate(module.ops)
+        split = tuple((i, tuple((c, 1) for c in range(chips))) for i, op in enumerate(module.ops)
                       if splittable(op, module, const_index))
         return Partition("tensor", chips, _constants_follow(module, (0,) * n), split)
     if strategy != "pipeline":
@@ -129,7 +132,10 @@ def plan_partition(module: Module, machine: Machine, chips: int, strategy: str) 
         last = min(chips - 1, max(first, (before + share[i] - 1) * chips // total))
         home[i] = first
         if last > first and splittable(op, module, const_index):
-            split.append((i, tuple(range(first, last + 1))))
+            # each chip's share: how much of this op's weight range falls in the chip's quantile
+            shares = tuple((c, min(before + share[i], -(-(c + 1) * total // chips)) - max(before, c * total // chips))
+                           for c in range(first, last + 1))
+            split.append((i, tuple((c, w) for c, w in shares if w > 0)))
         before += share[i]
     return Partition("pipeline", chips, _constants_follow(module, tuple(home)), tuple(split))
 

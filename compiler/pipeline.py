@@ -18,7 +18,7 @@ from ir.machine import Machine
 from ir.topology import network, round_chips
 from ir.verifier import verify
 
-from .allocate import Allocate, apply_allocation
+from .allocate import Allocate, DoesNotFit, apply_allocation
 from .lower import lower
 from .partition import STRATEGIES, Partition, plan_partition
 from .schedule_list import ListScheduler, apply_schedule
@@ -107,7 +107,23 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
         raise LpucError(f"unknown scheduler {options.scheduler!r} (choose from {', '.join(SCHEDULERS)})")
     if options.partition not in STRATEGIES:
         raise LpucError(f"unknown partition {options.partition!r} (choose from {', '.join(STRATEGIES)})")
-    chips = options.chips or default_chips(graph_module, machine)
+    if options.chips is not None:
+        return _compile_on(graph_module, machine, options, options.chips, progress)
+    # The default: the fewest chips whose SRAM holds the weights; when the partition leaves one chip too
+    # full, the next size the topology has.
+    chips = default_chips(graph_module, machine)
+    for _ in range(8):
+        try:
+            return _compile_on(graph_module, machine, options, chips, progress)
+        except DoesNotFit as e:
+            if progress:
+                progress(f"{e}; trying more chips")
+            chips = round_chips(machine, chips + 1)
+    return _compile_on(graph_module, machine, options, chips, progress)
+
+
+def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions, chips: int,
+                progress=None) -> tuple[Module, CompileSummary]:
     network(machine, chips)  # a size the topology has
     strategies = ("pipeline", "tensor") if options.partition == "auto" else (options.partition,)
     if chips == 1:
@@ -120,7 +136,7 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
             # scheduler itself.
             quick = 0 if len(strategies) > 1 else options.rounds
             scheduled, result, allocation = _schedule(graph_module, machine, partition, options, quick, progress)
-        except LpucError as e:
+        except DoesNotFit as e:
             if len(strategies) == 1:
                 raise
             tried.append((strategy, f"does not fit: {e}"))
@@ -129,7 +145,7 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
         if best is None or result.cycles < best[2].cycles:
             best = (partition, scheduled, result, allocation)
     if best is None:
-        raise LpucError(f"no partition of {graph_module.name} fits {chips} chips: "
+        raise DoesNotFit(f"no partition of {graph_module.name} fits {chips} chips: "
                         + "; ".join(f"{s}: {why}" for s, why in tried))
     partition, scheduled, result, allocation = best
     if len(strategies) > 1 and options.rounds:
