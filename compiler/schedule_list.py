@@ -509,7 +509,8 @@ def list_schedule(module: Module, machine: Machine, rounds: int = ListScheduler.
     by_index = {ins.index: ins for ins in program.instructions}
     pair_of = dict(program.install_of)
     keys = [i for i in sorted(by_index) if i not in pair_of]  # items: pairs are keyed by their install
-    members = {k: [k] + ([m for m, inst in program.install_of if inst == k]) for k in keys}
+    user_of = {inst: mm for mm, inst in program.install_of}
+    members = {k: [k] + ([user_of[k]] if k in user_of else []) for k in keys}
 
     cp = _priorities(program, len(ops))
     best = _pass(program, machine, {k: cp[k] for k in keys}, reverse=False)
