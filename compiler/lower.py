@@ -21,9 +21,10 @@ operand living elsewhere comes over by a transfer (c2c.send on its chip,
 c2c.recv on this one, over the network's fixed route), once per value and
 chip. Constants and model inputs are emitted lazily, on the chip of each
 reader (a constant is copied into each reader chip's image rather than sent).
-A split op (a matmul or gather whose weight is spread over chips) is lowered
-on every chip of its group, each with its cut of the weight, and the parts
-come back home to be joined (column splits) or added (row splits).
+A split op (a matmul or gather whose weight is spread over chips, or an
+attention matmul spread by heads) is lowered on every chip of its group, each
+with its cut of the weight (or its heads), and the parts come back home to be
+joined (column splits, heads) or added (row splits).
 
 `evaluate_machine` runs a machine-level module with numpy (the untimed
 reference for this level; the interpreter in backends/ is the timed one).
@@ -288,6 +289,8 @@ def _split_matmul(e: _Emitter, op: Op, a: Value, b: Value) -> Value:
     """a @ b, b a constant spread over e.split: by column tiles (parts joined) or, with one column tile, by
     row tiles (partial sums added), each chip holding only its cut of b."""
     h, home = _hint(op), e.chip
+    if b.name not in e.lazy:
+        return _split_batch(e, op, a, e.at(b))
     k, n = b.type.shape[-2:]
     parts = []
     if n > LANES:
@@ -309,6 +312,21 @@ def _split_matmul(e: _Emitter, op: Op, a: Value, b: Value) -> Value:
         for i, p in enumerate(parts[1:], 1):
             y = e.one("vxm.add", [y, p], {}, h if i == len(parts) - 1 else f"{h}.sum{i}")
     return e.reshape(y, op.results[0].type.shape, h)
+
+
+def _split_batch(e: _Emitter, op: Op, a: Value, b: Value) -> Value:
+    """A batched matmul of activations (attention: one batch element per head) spread over e.split by
+    ranges of its first batch axis wider than one: each chip gets its heads' slices of a and b."""
+    h, home = _hint(op), e.chip
+    axis = next(i for i, d in enumerate(a.type.shape[:-2]) if d > 1)
+    parts = []
+    for c, heads in _groups(a.type.shape[axis], e.split):
+        cut = {"starts": (heads.start,), "ends": (heads.stop,), "axes": (axis,), "steps": (1,)}
+        a_c = e.one("sxm.slice", [a], cut, f"{h}.a_c{c}")
+        b_c = e.one("sxm.slice", [b], cut, f"{h}.b_c{c}")
+        with e.on(c):
+            parts.append(e.at(_tiles(e, e.at(a_c), e.at(b_c), f"{h}.part_c{c}", f"{h}.c{c}"), home))
+    return e.one("sxm.concat", parts, {"axis": axis}, h) if len(parts) > 1 else parts[0]
 
 
 def _gather(e: _Emitter, op: Op, args):

@@ -15,7 +15,8 @@ Strategies:
             per chip): by output columns (each chip computes a column range;
             the parts come back and are joined) or, for a single column tile,
             by the reduction (each chip a row range of the weight; the partial
-            sums come back and are added).
+            sums come back and are added). Attention matmuls (a batch of heads
+            on both sides) split by heads: each chip multiplies its heads.
 
 A split op's weight is cut at compile time, so each chip's SRAM holds only its
 part. Gathers from a constant table (embeddings) split by columns the same way.
@@ -95,8 +96,12 @@ def _weight_bytes(module: Module) -> list[int]:
 
 
 def splittable(op: Op, module: Module, const_index: dict[str, int]) -> bool:
-    """Can lowering spread this op's weight over chips? A matmul with a constant 2-D-able weight of >= 2 tiles,
-    or a gather (axis 0) from a constant table wider than one vector."""
+    """Can lowering spread this op over chips? A matmul with a constant 2-D-able weight of >= 2 tiles, a matmul
+    of two activations batched over heads, or a gather (axis 0) from a constant table wider than one vector."""
+    if op.name == "graph.matmul" and op.operands[1].name not in const_index:
+        # attention: a batch of heads, activations on both sides, equal batches
+        a, b = op.operands[0].type, op.operands[1].type
+        return a.rank >= 3 and a.shape[:-2] == b.shape[:-2] and any(d > 1 for d in a.shape[:-2])
     if op.name == "graph.matmul" and len(op.operands) == 2 and op.operands[1].name in const_index:
         b = op.operands[1].type
         if b.rank < 2 or math.prod(b.shape[:-2]) != 1 or op.operands[0].type.rank < 2:
