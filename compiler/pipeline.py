@@ -78,18 +78,21 @@ class CompileSummary:
                 "candidates": [list(c) for c in self.candidates]}
 
 
-def _schedule(graph: Module, machine: Machine, partition: Partition, options: CompileOptions, rounds: int,
-              progress=None):
+def _allocate(graph: Module, machine: Machine, partition: Partition, options: CompileOptions, progress=None):
     say = progress or (lambda line: None)
     where = f" on {partition.chips} chips ({partition.strategy})" if partition.chips > 1 else ""
     say(f"lowering {len(graph.ops):,} graph ops{where}")
     lowered = verify(lower(graph, machine, partition))
     say(f"allocating SRAM for {len(lowered.ops):,} machine ops")
     allocation = Allocate(options.stripes).plan(lowered, machine)
-    allocated = verify(apply_allocation(lowered, allocation))
-    say(f"scheduling ({options.scheduler}, {rounds} improvement rounds)")
+    return verify(apply_allocation(lowered, allocation)), allocation
+
+
+def _schedule(allocated: Module, machine: Machine, options: CompileOptions, rounds: int, progress=None):
+    if progress:
+        progress(f"scheduling {len(allocated.ops):,} ops ({options.scheduler}, {rounds} improvement rounds)")
     result = ListScheduler(rounds).schedule(allocated, machine)
-    return verify(apply_schedule(allocated, result)), result, allocation
+    return verify(apply_schedule(allocated, result)), result
 
 
 def default_chips(graph: Module, machine: Machine) -> int:
@@ -132,25 +135,25 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
     for strategy in strategies:
         partition = plan_partition(graph_module, machine, chips, strategy)
         try:
-            # Candidates are compared by a quick schedule (no improvement rounds): the cost model is the
-            # scheduler itself.
-            quick = 0 if len(strategies) > 1 else options.rounds
-            scheduled, result, allocation = _schedule(graph_module, machine, partition, options, quick, progress)
+            allocated, allocation = _allocate(graph_module, machine, partition, options, progress)
         except DoesNotFit as e:
             if len(strategies) == 1:
                 raise
             tried.append((strategy, f"does not fit: {e}"))
             continue
+        # Candidates are compared by a quick schedule (no improvement rounds): the cost model is the
+        # scheduler itself.
+        quick = 0 if len(strategies) > 1 else options.rounds
+        scheduled, result = _schedule(allocated, machine, options, quick, progress)
         tried.append((strategy, str(result.cycles)))
         if best is None or result.cycles < best[2].cycles:
-            best = (partition, scheduled, result, allocation)
+            best = (partition, allocated, result, allocation, scheduled)
     if best is None:
         raise DoesNotFit(f"no partition of {graph_module.name} fits {chips} chips: "
                         + "; ".join(f"{s}: {why}" for s, why in tried))
-    partition, scheduled, result, allocation = best
+    partition, allocated, result, allocation, scheduled = best
     if len(strategies) > 1 and options.rounds:
-        scheduled, result, allocation = _schedule(graph_module, machine, partition, options, options.rounds,
-                                                  progress)
+        scheduled, result = _schedule(allocated, machine, options, options.rounds, progress)
     summary = CompileSummary(machine.name, result.cycles, result.lower_bound, result.critical_path,
                              result.resource_bound, result.bound_resource, result.instructions,
                              len(scheduled.ops), allocation.peak_bytes, allocation.image_bytes, machine.clock_mhz,
