@@ -33,6 +33,7 @@ from ir.core import Module, Op
 
 UNIT_CLASS_COLORS = {  # fill colours: a qualitative palette, readable with black text
     "mxm": "#f4a582", "vxm": "#92c5de", "sxm": "#b8e186", "mem": "#fddc84", "host": "#d9d9d9", "view": "#f0f0f0",
+    "tx": "#c2a5cf", "rx": "#c2a5cf",  # chip-to-chip transfers
 }
 GRAPH_CLASS = {"graph.matmul": "mxm", "graph.softmax": "vxm", "graph.layer_norm": "vxm", "graph.rms_norm": "vxm",
                "graph.constant": "mem"}

@@ -3,20 +3,28 @@
 It runs a scheduled machine module (docs/machine-ir.md) on byte-level SRAM and
 checks every rule of that contract, independently of the compiler:
 
-- the environment: SRAM as bytes (slices x words x 320 lanes), the MXM planes,
-  and per SRAM word the value it holds, when that landed and until when it is
-  being read;
+- the environment: per chip (created when first used) the SRAM as bytes
+  (slices x words x 320 lanes) and, per SRAM word, the value it holds, when
+  that landed and until when it is being read; the MXM planes per chip; the
+  transfers in flight between chips;
 - the loop: events in cycle order — an instruction issues at `c` (reads its
   operand bytes, decodes them with ir.layout, computes with numpy) and its
-  results land at `c + lat` (bytes written at its `out` extents);
+  results land at `c + lat` (bytes written at its `out` extents). A
+  `c2c.send` reads its operand's words at issue and they arrive at `c + lat`;
+  its `c2c.recv` writes those same words at its own landing;
 - the dispatch table `IMPLS`: op name -> numpy implementation (ir.evaluator's
-  graph semantics for the mirrored ops; MXM planes and host I/O here).
+  graph semantics for the mirrored ops; MXM planes, host I/O and transfers here).
 
 Occupancy and latency come from ir.costs and the machine description only: of
-the program's attributes just `cycle`, `unit`, `out` and `streams` are read.
-Each broken rule is a `HazardError` naming the instruction, the cycle and the
-resource; `run(..., check=True)` raises the earliest, `check=False` collects
-them all in `Result.hazards`.
+the program's attributes just `chip`, `cycle`, `unit`, `out`, `streams` and a
+send's `route` are read; links and routes come from ir.topology. Units, slice
+ports and stream registers are per chip; on more than one chip a resource's
+name says its chip ("chip 2 unit vxm3"), a link is named by its sender
+("c0.l3"). Each broken rule is a `HazardError` naming the instruction, the
+cycle and the resource; `run(..., check=True)` raises the earliest,
+`check=False` collects them all in `Result.hazards`. `timing_only=True` runs
+every check without bytes or numerics (no inputs, no outputs): for programs
+compiled without weights, or too large to hold in memory.
 """
 
 from __future__ import annotations
@@ -32,12 +40,13 @@ import numpy as np
 
 from ir import machine_ops as mo
 from ir.core import Module, Op
-from ir.costs import cost, units
+from ir.costs import cost, link_windows, units
 from ir.errors import EvalError, LpucError
 from ir.evaluator import EVAL, check_inputs, conform
 from ir.layout import LANES, from_words, sub_extents, to_words, view_extents, words
 from ir.machine import Machine
 from ir.registry import OPS, TypeRuleError
+from ir.topology import Network, link_name, network, supported_chips
 
 from .lpu import Program, read_lpu
 
@@ -47,7 +56,7 @@ class HazardError(LpucError):
 
     `kind` is one of KINDS; `cycle` is where it happens (None for a missing
     schedule attribute); `instruction` is the op's label (`%x = vxm.add`);
-    `resource` names the unit, port, stream, plane or SRAM word concerned."""
+    `resource` names the unit, port, stream, plane, link or SRAM word concerned."""
 
     def __init__(self, kind: str, cycle: int | None, instruction: str, resource: str, detail: str):
         self.kind, self.cycle, self.instruction, self.resource = kind, cycle, instruction, resource
@@ -56,7 +65,7 @@ class HazardError(LpucError):
 
 
 KINDS = ("schedule", "unit_class", "unit", "read_port", "write_port", "stream", "streams", "out", "bounds",
-         "operand", "raw", "overwritten", "war", "constant", "plane", "output")
+         "operand", "raw", "overwritten", "war", "constant", "plane", "output", "chip", "route", "link")
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,24 @@ class TraceEvent:
     start: int        # issue cycle
     end: int          # start + occupancy: the unit is free again
     land: int         # start + latency: the results are in SRAM
+    chip: int = 0
+
+
+@dataclass(frozen=True)
+class ChipStats:
+    chip: int
+    instructions: int
+    class_busy: Mapping[str, int]           # vxm, mxm, sxm, mem, host -> busy cycles (all instances)
+    class_utilization: Mapping[str, float]  # ... -> busy / (cycles * instances)
+    sram_peak_bytes: int
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    name: str        # the link direction, by its sender: "c0.l3"
+    bytes: int       # bytes carried (every transfer over it)
+    busy: int        # cycles held
+    transfers: int
 
 
 @dataclass(frozen=True)
@@ -74,11 +101,15 @@ class Stats:
     cycles: int
     latency_us: float
     instructions: int
-    busy: Mapping[str, int]                 # unit instance -> busy cycles
+    busy: Mapping[str, int]                 # unit instance ("vxm3"; on many chips "c2.vxm3") -> busy cycles
     utilization: Mapping[str, float]        # unit instance -> busy / cycles
-    class_busy: Mapping[str, int]           # unit class -> busy cycles (all instances)
-    class_utilization: Mapping[str, float]  # unit class -> busy / (cycles * instances)
-    sram_peak_bytes: int
+    class_busy: Mapping[str, int]           # unit class -> busy cycles (all instances, all chips)
+    class_utilization: Mapping[str, float]  # unit class -> busy / (cycles * instances * chips)
+    sram_peak_bytes: int                    # the largest chip's peak
+    chips: tuple[ChipStats, ...] = ()       # per chip 0 .. chips-1
+    links: tuple[LinkStats, ...] = ()       # per link direction used, by (chip, port)
+    link_wait_cycles: int = 0               # cycles with a transfer in flight and every other unit idle
+    transfer_bytes: int = 0                 # bytes sent (each transfer once, whatever its hops)
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,7 +146,13 @@ IMPLS.update({
     "mxm.matmul": _matmul,                        # args: x, w (from the plane), acc
     "host.input": lambda op, args: (args[0],),   # args: the host's array
     "host.output": lambda op, args: (args[0],),
+    "c2c.send": lambda op, args: (args[0],),     # args: the operand's words, in flight until they arrive
+    "c2c.recv": lambda op, args: (args[0],),     # args: the arrived words, written as they are
 })
+
+# Instructions that move words rather than compute values: their impls take and
+# give raw words (uint8 [words, 320]), so a transfer is exact to the byte.
+_MOVES = frozenset({"c2c.send", "c2c.recv"})
 
 
 # --- the plan: what each instruction reads, writes and holds -----------------
@@ -125,10 +162,12 @@ _UNIT_RE = re.compile(r"([a-z]+)(\d+)")
 
 @dataclass(slots=True)
 class _Val:
-    kind: str                 # "sram", "host" (block inputs, host.output results), "plane" (install results)
+    kind: str                 # "sram", "host" (block inputs, host.output results), "plane" (install
+                              # results), "link" (a c2c.send result: a transfer in flight)
     segs: tuple = ()          # sram: ((slice, word, words, base id), ...) in the value's word order
-    instr: int = -1           # plane: the install's instruction index
+    instr: int = -1           # plane / link: the install's / send's instruction index
     ok: bool = True           # False: its words are unknown (the producer is broken)
+    chip: int = 0             # sram, plane: the chip holding it
 
 
 @dataclass(slots=True)
@@ -139,6 +178,7 @@ class _Base:
     label: str
     land: int
     words: int
+    chip: int = 0
     end: int = 0              # the last read of its words ends (liveness)
     constant: bool = False
 
@@ -151,15 +191,20 @@ class _Instr:
     cls: str
     unit: str | None
     cycle: int | None
+    chip: int = 0
     occ: int = 0
     lat: int = 0
     reads: list = field(default_factory=list)    # per SRAM operand: segs
     writes: list = field(default_factory=list)   # per SRAM result: (base id, extents)
-    args: list = field(default_factory=list)     # per operand: ("sram", i) / ("plane", val) / ("host", name)
+    args: list = field(default_factory=list)     # per operand: ("sram", i) / ("plane", val) / ("link", val)
+                                                 # / ("host", name)
     streams: tuple = ()
     ok: bool = True                              # executable (timed, operands known, out well-formed)
     port_reads: tuple = ()
     port_writes: tuple = ()
+    hops: tuple = ()                             # send: the link directions (chip, port) of its route
+    dest: tuple | None = None                    # send: (chip, arrival port) where its route ends
+    recv: int = -1                               # send: the instruction index of its c2c.recv
 
 
 class _Plan:
@@ -167,10 +212,17 @@ class _Plan:
 
     def __init__(self, module: Module, machine: Machine):
         self.module, self.machine = module, machine
+        self.chips = module.attrs.get("chips", 1)
+        if type(self.chips) is not int or not supported_chips(machine, self.chips):
+            raise LpucError(f"module @{module.name} is for {self.chips!r} chips, which a {machine.name} "
+                            f"{machine.topology.kind} cannot have")
+        self.multi = self.chips > 1
+        self._network: Network | None = None
         self.hazards: list[HazardError] = []
         self.values: dict[str, _Val] = {v.name: _Val("host") for v in module.inputs}
         self.bases: list[_Base] = []
         self.instrs: list[_Instr] = []
+        self.instrs_by_idx: dict[int, _Instr] = {}
         self.constants: list[tuple[Op, int, tuple]] = []  # (op, base id, extents)
         self.units = units(machine)
         self.n_streams = machine.streams.east + machine.streams.west
@@ -181,7 +233,6 @@ class _Plan:
                 self._constant(op)
             else:
                 self._instruction(idx, op)
-        self.instrs_by_idx = {i.idx: i for i in self.instrs}
         self.outputs: dict[str, str] = {}
         for name, v in module.outputs:
             val = self.values.get(v.name)
@@ -191,21 +242,44 @@ class _Plan:
             else:
                 self.outputs[name] = v.name
 
+    @property
+    def network(self) -> Network:
+        if self._network is None:  # built when a send needs it: a large machine's cabling is big
+            self._network = network(self.machine, self.chips)
+        return self._network
+
+    def on(self, chip: int) -> str:
+        """The prefix naming a chip's resources: none on one chip (`slice 4`), else `chip 2 slice 4`."""
+        return f"chip {chip} " if self.multi else ""
+
     def _hazard(self, kind, cycle, label, resource, detail):
         self.hazards.append(HazardError(kind, cycle, label, resource, detail))
+
+    def _chip(self, op: Op, label: str, cycle) -> int:
+        chip = mo.chip_of(op)
+        if not 0 <= chip < self.chips:
+            self._hazard("route", cycle, label, f"chip {chip}",
+                         f"is on chip {chip}, but the module has {self.chips} chip(s) (0..{self.chips - 1})")
+        return chip
 
     # views and constants
 
     def _view(self, op: Op):
-        label = op.label()
+        label, cycle = op.label(), op.attrs.get("cycle")
+        chip = self._chip(op, label, cycle)
         for key in ("out", "unit", "streams"):
             if op.attrs.get(key) is not None:
-                self._hazard("out", op.attrs.get("cycle"), label, key, f"is a view (no data moves) but has `{key}`")
+                self._hazard("out", cycle, label, key, f"is a view (no data moves) but has `{key}`")
         segs, fake, ok = [], [], True
         for v in op.operands:
             val = self.values[v.name]
             if val.kind != "sram":
                 self._hazard("operand", None, label, f"value {v}", f"views {v}, which is not in SRAM ({val.kind})")
+                ok = False
+                continue
+            if val.chip != chip:  # a view names words of its own chip only
+                self._hazard("chip", cycle, label, f"value {v}",
+                             f"views {v}, which lives on chip {val.chip}, from chip {chip}")
                 ok = False
                 continue
             ok &= val.ok
@@ -222,29 +296,30 @@ class _Plan:
             # the layout's own rule, on extents whose "slice" is the index of the segment it came from
             ext = view_extents(op.name, op.attrs, [v.type for v in op.operands], by_operand)
             out = tuple((segs[k][0], w, n, segs[k][3]) for k, w, n in ext)
-        self.values[op.result.name] = _Val("sram", out, ok=ok)
+        self.values[op.result.name] = _Val("sram", out, ok=ok, chip=chip)
 
     def _constant(self, op: Op):
         label, r = op.label(), op.result
         cycle = op.attrs.get("cycle")
+        chip = self._chip(op, label, 0)
         if cycle not in (None, 0):
             self._hazard("schedule", cycle, label, "cycle", "is in the SRAM image: its cycle must be 0")
         for key in ("unit", "streams"):
             if op.attrs.get(key) is not None:
                 self._hazard("unit_class", 0, label, key, f"is in the SRAM image, no instruction: it has no `{key}`")
-        extents = self._out(op, label, 0, [r.type])
+        extents = self._out(op, label, 0, [r.type], chip)
         if extents is None:
-            self.values[r.name] = _Val("sram", ok=False)
+            self.values[r.name] = _Val("sram", ok=False, chip=chip)
             return
-        base = self._new_base(r.name, -1, label, 0, words(r.type), constant=True)
+        base = self._new_base(r.name, -1, label, 0, words(r.type), chip, constant=True)
         self.constants.append((op, base, extents[0]))
-        self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in extents[0]))
+        self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in extents[0]), chip=chip)
 
-    def _new_base(self, name, instr, label, land, nwords, constant=False) -> int:
-        self.bases.append(_Base(name, instr, label, land, nwords, constant=constant))
+    def _new_base(self, name, instr, label, land, nwords, chip, constant=False) -> int:
+        self.bases.append(_Base(name, instr, label, land, nwords, chip, constant=constant))
         return len(self.bases) - 1
 
-    def _out(self, op: Op, label: str, cycle, types) -> list[tuple] | None:
+    def _out(self, op: Op, label: str, cycle, types, chip: int) -> list[tuple] | None:
         """`out` split per result; None (after a hazard) when it is missing, mis-sized or outside SRAM."""
         out = op.attrs.get("out")
         need = [words(t) for t in types]
@@ -255,11 +330,11 @@ class _Plan:
         if have != sum(need):
             self._hazard("out", cycle, label, "out", f"has `out` spanning {have} words, its results take {sum(need)}")
             return None
-        sram, ok = self.machine.sram, True
+        sram, ok, on = self.machine.sram, True, self.on(chip)
         for s, w, n in out:
             if s >= sram.slices or w + n > sram.words_per_slice:
-                self._hazard("bounds", cycle, label, f"slice {s} word {w}",
-                             f"writes slice {s} word {w} ({n} words), outside SRAM "
+                self._hazard("bounds", cycle, label, f"{on}slice {s} word {w}",
+                             f"writes {on}slice {s} word {w} ({n} words), outside SRAM "
                              f"({sram.slices} slices x {sram.words_per_slice} words)")
                 ok = False
         if not ok:
@@ -268,8 +343,8 @@ class _Plan:
         for s, w, n in out:
             for w0, n0 in seen[s]:
                 if w < w0 + n0 and w0 < w + n:
-                    self._hazard("out", cycle, label, f"slice {s} word {max(w, w0)}",
-                                 f"writes slice {s} word {max(w, w0)} twice (its `out` extents overlap)")
+                    self._hazard("out", cycle, label, f"{on}slice {s} word {max(w, w0)}",
+                                 f"writes {on}slice {s} word {max(w, w0)} twice (its `out` extents overlap)")
                     return None
             seen[s].append((w, n))
         result, pos = [], 0
@@ -288,7 +363,9 @@ class _Plan:
             raise LpucError(f"{label}: {op.name} is not a machine instruction (not a scheduled program)") from None
         cycle = op.attrs.get("cycle")
         unit = op.attrs.get("unit")
-        ins = _Instr(idx, op, label, cls, unit, cycle)
+        chip = self._chip(op, label, cycle)
+        on = self.on(chip)
+        ins = _Instr(idx, op, label, cls, unit, cycle, chip)
         if cycle is None:
             self._hazard("schedule", None, label, "cycle", "has no `cycle` (not scheduled)")
             ins.ok = False
@@ -297,9 +374,9 @@ class _Plan:
         else:
             m = _UNIT_RE.fullmatch(unit)
             if not m or m.group(1) != cls:
-                self._hazard("unit_class", cycle, label, f"unit {unit}", f"runs on {unit}, not a {cls} unit")
+                self._hazard("unit_class", cycle, label, f"{on}unit {unit}", f"runs on {unit}, not a {cls} unit")
             elif int(m.group(2)) >= self.units[cls]:
-                self._hazard("unit", cycle, label, f"unit {unit}",
+                self._hazard("unit", cycle, label, f"{on}unit {unit}",
                              f"runs on {unit}, which {self.machine.name} does not have "
                              f"({cls}0..{cls}{self.units[cls] - 1})")
         # operands
@@ -312,24 +389,40 @@ class _Plan:
                 ins.args.append(("host", v.name))
             elif op.name == "mxm.matmul" and i == 1:
                 if val.kind != "plane":
-                    self._hazard("plane", cycle, label, f"plane {unit}",
+                    self._hazard("plane", cycle, label, f"{on}plane {unit}",
                                  f"multiplies by {v}, which no mxm.install put on an MXM plane")
                     ins.ok = False
+                elif val.chip != chip:
+                    self._hazard("chip", cycle, label, f"value {v}",
+                                 f"multiplies by {v}, which is installed on chip {val.chip}, not on chip {chip}")
+                    ins.ok = False
                 ins.args.append(("plane", val))
+            elif op.name == "c2c.recv":
+                ins.ok &= self._receive(ins, v, val)
+                ins.args.append(("link", val))
+            elif val.kind == "link":
+                self._hazard("operand", cycle, label, f"value {v}",
+                             f"reads {v}, a transfer in flight: only its c2c.recv may read it")
+                ins.ok = False
+                ins.args.append(("host", None))
             elif val.kind != "sram":
                 where = "on an MXM plane" if val.kind == "plane" else "on the host"
                 self._hazard("operand", cycle, label, f"value {v}", f"reads {v}, which is {where}, not in SRAM")
                 ins.ok = False
                 ins.args.append(("host", None))
             else:
+                if val.chip != chip:  # rule 7; its words are still read (and tracked) where they are
+                    self._hazard("chip", cycle, label, f"value {v}",
+                                 f"reads {v}, which lives on chip {val.chip}, not on its chip {chip}")
+                    ins.ok = False
                 ins.ok &= val.ok
                 ins.args.append(("sram", len(ins.reads)))
                 ins.reads.append(val.segs)
         # results
-        sram_results = [] if op.name in ("mxm.install", "host.output") else list(op.results)
+        sram_results = [] if op.name in ("mxm.install", "host.output", "c2c.send") else list(op.results)
         out_ext = None
         if sram_results:
-            out_ext = self._out(op, label, cycle, [r.type for r in sram_results])
+            out_ext = self._out(op, label, cycle, [r.type for r in sram_results], chip)
             ins.ok &= out_ext is not None
         elif op.attrs.get("out"):
             self._hazard("out", cycle, label, "out", "has `out` extents, but its result is not in SRAM")
@@ -341,11 +434,11 @@ class _Plan:
                          f"holds {len(streams)} stream registers, needs {want} (one per SRAM operand and result)")
         for s in streams:
             if s >= self.n_streams:
-                self._hazard("streams", cycle, label, f"stream {s}",
+                self._hazard("streams", cycle, label, f"{on}stream {s}",
                              f"holds stream {s}, which {self.machine.name} does not have (0..{self.n_streams - 1})")
         if len(set(streams)) != len(streams):
             dup = next(s for s in streams if streams.count(s) > 1)
-            self._hazard("stream", cycle, label, f"stream {dup}", f"holds stream {dup} twice")
+            self._hazard("stream", cycle, label, f"{on}stream {dup}", f"holds stream {dup} twice")
         ins.streams = tuple(s for s in dict.fromkeys(streams) if s < self.n_streams)
         # timing, from the cost table only
         writes = out_ext or []
@@ -353,51 +446,115 @@ class _Plan:
         ins.occ, ins.lat, ins.port_reads, ins.port_writes = c.occupancy, c.latency, c.reads, c.writes
         land = (cycle or 0) + c.latency
         for r, ext in zip(sram_results, writes):
-            base = self._new_base(r.name, idx, label, land, words(r.type))
+            base = self._new_base(r.name, idx, label, land, words(r.type), chip)
             ins.writes.append((base, ext))
-            self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in ext), ok=ins.ok)
+            self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in ext), ok=ins.ok, chip=chip)
         if not writes:
             for r in sram_results:
-                self.values[r.name] = _Val("sram", ok=False)
+                self.values[r.name] = _Val("sram", ok=False, chip=chip)
         if op.name == "mxm.install":
-            self.values[op.result.name] = _Val("plane", instr=idx, ok=ins.ok)
+            self.values[op.result.name] = _Val("plane", instr=idx, ok=ins.ok, chip=chip)
         elif op.name == "host.output":
             self.values[op.result.name] = _Val("host", instr=idx, ok=ins.ok)
+        elif op.name == "c2c.send":
+            routed = self._route(ins)
+            self.values[op.result.name] = _Val("link", instr=idx, ok=ins.ok and routed, chip=chip)
         self.instrs.append(ins)
+        self.instrs_by_idx[idx] = ins
+
+    # transfers
+
+    def _route(self, send: _Instr) -> bool:
+        """Follow a send's route through the network (rule 8); False when it takes a port with no cable."""
+        route, chip, port, hops = send.op.attrs["route"], send.chip, -1, []
+        for p in route:
+            end = self.network.peer(chip, p) if 0 <= chip < self.chips else None
+            if end is None:
+                self._hazard("route", send.cycle, send.label, link_name(chip, p),
+                             f"sends over port {p} of chip {chip}, which has no cable there "
+                             f"(a {self.network.kind} of {self.chips} chips)")
+                return False
+            hops.append((chip, p))
+            chip, port = end
+        send.hops, send.dest = tuple(hops), (chip, port)
+        first = f"tx{route[0]}"
+        if send.unit is not None and _UNIT_RE.fullmatch(send.unit) and send.unit.startswith("tx") \
+                and send.unit != first:
+            self._hazard("route", send.cycle, send.label, f"{self.on(send.chip)}unit {send.unit}",
+                         f"runs on {send.unit}, but its route leaves through port {route[0]} ({first})")
+        return True
+
+    def _receive(self, ins: _Instr, v, val: _Val) -> bool:
+        """Check a c2c.recv against its send: one receive per transfer, on the route's end, after arrival."""
+        if val.kind != "link":
+            self._hazard("operand", ins.cycle, ins.label, f"value {v}",
+                         f"receives {v}, which is not a transfer (no c2c.send result)")
+            return False
+        send = self.instrs_by_idx[val.instr]
+        if send.recv >= 0:
+            other = self.instrs_by_idx[send.recv]
+            self._hazard("operand", ins.cycle, ins.label, f"value {v}",
+                         f"receives {v}, which {other.label} already receives")
+            return False
+        send.recv = ins.idx
+        if send.dest is None:  # its route is broken (reported at the send)
+            return val.ok
+        chip, port = send.dest
+        last = link_name(*send.hops[-1])
+        if chip != ins.chip:
+            self._hazard("route", send.cycle, send.label, last,
+                         f"routes {v} to chip {chip}, but its receive {ins.label} is on chip {ins.chip}")
+            return False
+        if ins.unit is not None and ins.unit.startswith("rx") and ins.unit != f"rx{port}":
+            self._hazard("route", ins.cycle, ins.label, f"{self.on(ins.chip)}unit {ins.unit}",
+                         f"receives {v} on {ins.unit}, but it arrives on port {port} (rx{port})")
+        if ins.cycle is not None and send.cycle is not None and ins.cycle < send.cycle + send.lat:
+            self._hazard("link", ins.cycle, ins.label, last,
+                         f"receives {v} before it arrives (at cycle {send.cycle + send.lat})")
+        return val.ok
 
     # resources
 
     def check_resources(self):
-        """Units, slice read and write ports, stream registers: never held twice in one cycle."""
+        """Units, slice read and write ports, stream registers, link directions: never held twice in one cycle."""
         held: dict[tuple, list[tuple[int, int, int]]] = defaultdict(list)
         rp, wp = self.machine.sram.read_ports, self.machine.sram.write_ports
         for k, ins in enumerate(self.instrs):
             if ins.cycle is None:
                 continue
-            c = ins.cycle
+            c, chip = ins.cycle, ins.chip
             if ins.unit is not None:
-                held["unit", ins.unit].append((c, c + ins.occ, k))
+                held["unit", chip, ins.unit].append((c, c + ins.occ, k))
             for s, n in ins.port_reads:
-                held["read_port", s].append((c, c + -(-n // rp), k))
+                held["read_port", chip, s].append((c, c + -(-n // rp), k))
             for s, n in ins.port_writes:
-                held["write_port", s].append((c + ins.lat - -(-n // wp), c + ins.lat, k))
+                held["write_port", chip, s].append((c + ins.lat - -(-n // wp), c + ins.lat, k))
             for s in ins.streams:
-                held["stream", s].append((c, c + ins.lat, k))
-        names = {"unit": "unit {}", "read_port": "the read port of slice {}",
-                 "write_port": "the write port of slice {}", "stream": "stream {}"}
-        for key in sorted(held, key=lambda k: (k[0], str(k[1]))):
-            kind, res = key
+                held["stream", chip, s].append((c, c + ins.lat, k))
+            for (_, offset, length), (src, port) in zip(link_windows(ins.op, self.machine, ins.occ), ins.hops):
+                held["link", src, port].append((c + offset, c + offset + length, k))
+        for key in sorted(held, key=lambda k: (k[0], k[1], str(k[2]))):
+            kind, chip, res = key
+            resource, what = self._resource(kind, chip, res)
             intervals = sorted(i for i in held[key] if i[1] > i[0])
             cur = None
             for start, end, k in intervals:
                 if cur is not None and start < cur[1]:
                     other = self.instrs[cur[2]]
-                    resource = names[kind].format(res)
                     self._hazard(kind, start, self.instrs[k].label, resource,
-                                 f"holds {resource} during [{start}, {end}) while {other.label} holds it "
+                                 f"holds {what} during [{start}, {end}) while {other.label} holds it "
                                  f"during [{cur[0]}, {cur[1]})")
                 if cur is None or end > cur[1]:
                     cur = (start, end, k)
+
+    def _resource(self, kind: str, chip: int, res) -> tuple[str, str]:
+        """(the resource's name, how a message says it)."""
+        if kind == "link":
+            return link_name(chip, res), f"link {link_name(chip, res)}"
+        on = self.on(chip)
+        name = {"unit": f"{on}unit {res}", "read_port": f"the read port of {on}slice {res}",
+                "write_port": f"the write port of {on}slice {res}", "stream": f"{on}stream {res}"}[kind]
+        return name, name
 
     @property
     def cycles(self) -> int:
@@ -405,7 +562,7 @@ class _Plan:
 
 
 def schedule_stats(module: Module, machine: Machine) -> Stats:
-    """The statistics a run will report (cycles, busy cycles, SRAM peak), from the schedule alone."""
+    """The statistics a run will report (cycles, busy cycles, SRAM peak, links), from the schedule alone."""
     plan = _Plan(module, machine)
     for ins in plan.instrs:  # what a run learns while reading: when each value's last read ends
         if ins.cycle is not None:
@@ -426,23 +583,38 @@ class _Stop(Exception):
     pass
 
 
+class _Sram:
+    """One chip's SRAM. Zero-filled arrays (the OS maps pages only when touched), hence ids + 1."""
+
+    def __init__(self, machine: Machine, numeric: bool, cycle_type):
+        shape = (machine.sram.slices, machine.sram.words_per_slice)
+        self.bytes = np.zeros(shape + (LANES,), np.uint8) if numeric else None
+        self.owner = np.zeros(shape, np.int32)       # 1 + base id of the value whose word is there (0: none)
+        self.read_end = np.zeros(shape, cycle_type)  # latest end (c + occ) of a read of the word
+        self.reader = np.zeros(shape, np.int32)      # 1 + the instruction reading it until then
+
+
 class _Machine:
-    def __init__(self, plan: _Plan, program: Program, inputs: Mapping[str, np.ndarray], collect: bool,
+    def __init__(self, plan: _Plan, program: Program, inputs: Mapping[str, np.ndarray] | None, collect: bool,
                  horizon: int | None):
         self.plan, self.program, self.inputs = plan, program, inputs
+        self.numeric = inputs is not None
         self.collect, self.horizon = collect, horizon
-        sram = plan.machine.sram
-        shape = (sram.slices, sram.words_per_slice)
-        self.sram = np.zeros(shape + (LANES,), np.uint8)
-        self.owner = np.full(shape, -1, np.int32)       # base id of the value whose word is there
-        self.read_end = np.zeros(shape, np.int64)       # latest end (c + occ) of a read of the word
-        self.reader = np.full(shape, -1, np.int32)      # the instruction reading it until then
-        self.const = np.zeros(shape, bool)              # a word of the image (never freed)
-        self.planes: dict[str, tuple[int, np.ndarray, int]] = {}   # unit -> (install, tile, landed at)
-        self.streaming: dict[str, tuple[int, int, int]] = {}       # unit -> (matmul, streams until, its install)
+        self.cycle_type = np.int32 if plan.cycles < 2 ** 31 else np.int64
+        self.srams: dict[int, _Sram] = {}                          # chip -> its SRAM, once used
+        self.is_const = np.array([False] + [b.constant for b in plan.bases])  # by 1 + base id
+        self.planes: dict[tuple, tuple[int, np.ndarray, int]] = {}  # (chip, unit) -> (install, tile, landed at)
+        self.streaming: dict[tuple, tuple[int, int, int]] = {}      # (chip, unit) -> (matmul, until, its install)
         self.pending: dict[int, tuple[np.ndarray, ...]] = {}
+        self.arrived: dict[int, np.ndarray] = {}                    # send -> its words, arrived, not yet received
         self.host: dict[str, np.ndarray] = {}
         self.hazards: list[HazardError] = []
+
+    def sram(self, chip: int) -> _Sram:
+        st = self.srams.get(chip)
+        if st is None:
+            st = self.srams[chip] = _Sram(self.plan.machine, self.numeric, self.cycle_type)
+        return st
 
     def hazard(self, kind, cycle, label, resource, detail):
         self.hazards.append(HazardError(kind, cycle, label, resource, detail))
@@ -450,23 +622,27 @@ class _Machine:
             raise _Stop
 
     def image(self):
-        """The SRAM image, written before cycle 0."""
+        """The SRAM image, written before cycle 0 (its bytes only in a numeric run)."""
         plan = self.plan
         for op, base, extents in plan.constants:
+            chip = plan.bases[base].chip
+            st, on = self.sram(chip), plan.on(chip)
             for s, w, n in extents:
                 if n:
-                    data = self.program.image.get((s, w))
-                    if data is None or data.shape != (n, LANES):
-                        raise LpucError(f"{op.label()}: the SRAM image has no {n} words at slice {s} word {w}")
-                    taken = self.owner[s, w:w + n]
-                    if (taken >= 0).any():
-                        word = w + int(np.argmax(taken >= 0))
-                        other = plan.bases[int(self.owner[s, word])]
-                        self.hazard("constant", 0, op.label(), f"slice {s} word {word}",
-                                    f"is placed on slice {s} word {word}, a word of the constant %{other.name}")
-                    self.sram[s, w:w + n] = data
-                    self.owner[s, w:w + n] = base
-                    self.const[s, w:w + n] = True
+                    data = None
+                    if self.numeric:
+                        data = self.program.image.get((chip, s, w))
+                        if data is None or data.shape != (n, LANES):
+                            raise LpucError(f"{op.label()}: the SRAM image has no {n} words at {on}slice {s} word {w}")
+                    taken = st.owner[s, w:w + n]
+                    if (taken > 0).any():
+                        word = w + int(np.argmax(taken > 0))
+                        other = plan.bases[int(st.owner[s, word]) - 1]
+                        self.hazard("constant", 0, op.label(), f"{on}slice {s} word {word}",
+                                    f"is placed on {on}slice {s} word {word}, a word of the constant %{other.name}")
+                    if data is not None:
+                        st.bytes[s, w:w + n] = data
+                    st.owner[s, w:w + n] = base + 1
 
     def run(self):
         plan = self.plan
@@ -491,38 +667,47 @@ class _Machine:
         plan, end = self.plan, c + ins.occ
         for segs in ins.reads:
             for s, w, n, b in segs:
-                owner = self.owner[s, w:w + n]
-                wrong = owner != b
+                base = plan.bases[b]
+                st = self.sram(base.chip)
+                owner = st.owner[s, w:w + n]
+                wrong = owner != b + 1
                 if wrong.any():
                     k = int(np.argmax(wrong))
-                    self._read_hazard(ins, c, s, w + k, b, int(owner[k]))
-                re_, rd = self.read_end[s, w:w + n], self.reader[s, w:w + n]
+                    self._read_hazard(ins, c, base.chip, s, w + k, b, int(owner[k]) - 1)
+                re_, rd = st.read_end[s, w:w + n], st.reader[s, w:w + n]
                 if re_.max(initial=0) < end:  # the common case: this read ends last
                     re_[:] = end
-                    rd[:] = ins.idx
+                    rd[:] = ins.idx + 1
                 else:
                     later = re_ < end
                     re_[later] = end
-                    rd[later] = ins.idx
-                base = plan.bases[b]
+                    rd[later] = ins.idx + 1
                 base.end = max(base.end, end)
-        if ins.op.name == "mxm.matmul" and ins.ok:
+        op = ins.op
+        if op.name == "mxm.matmul" and ins.ok:
             self._check_plane(ins, c)
-        if not ins.ok:
+            self.streaming[ins.chip, ins.unit] = (ins.idx, end, ins.args[1][1].instr)
+        if not ins.ok or not self.numeric:
             return
-        op, args = ins.op, []
+        args = []
         for (where, ref), v in zip(ins.args, op.operands):
             if where == "sram":
                 segs = ins.reads[ref]
-                data = np.concatenate([self.sram[s, w:w + n] for s, w, n, _ in segs]) if segs else \
-                    np.zeros((0, LANES), np.uint8)
-                args.append(from_words(data, v.type))
+                data = np.concatenate([self.sram(plan.bases[b].chip).bytes[s, w:w + n] for s, w, n, b in segs]) \
+                    if segs else np.zeros((0, LANES), np.uint8)
+                args.append(data if op.name in _MOVES else from_words(data, v.type))
             elif where == "plane":
-                state = self.planes.get(ins.unit)
+                state = self.planes.get((ins.chip, ins.unit))
                 tile = state[1] if state is not None else None
                 args.append(tile if tile is not None else np.zeros(v.type.shape, v.type.dtype.numpy))
+            elif where == "link":  # words that have not arrived (a hazard already) read as zeros
+                data = self.arrived.pop(ref.instr, None)
+                args.append(data if data is not None else np.zeros((words(v.type), LANES), np.uint8))
             else:
                 args.append(np.asarray(self.inputs[ref]))
+        if op.name in _MOVES:
+            self.pending[ins.idx] = IMPLS[op.name](op, args)
+            return
         try:
             with np.errstate(all="ignore"):
                 outs = IMPLS[op.name](op, args)
@@ -535,14 +720,12 @@ class _Machine:
             if not self.collect:
                 raise EvalError(f"{op.label()}: {type(e).__name__}: {e}") from e
             results = tuple(np.zeros(r.type.shape, r.type.dtype.numpy) for r in op.results)
-        if op.name == "mxm.matmul":
-            self.streaming[ins.unit] = (ins.idx, end, ins.args[1][1].instr)
         self.pending[ins.idx] = results
 
-    def _read_hazard(self, ins, c, s, word, b, other):
+    def _read_hazard(self, ins, c, chip, s, word, b, other):
         plan = self.plan
         base = plan.bases[b]
-        where = f"slice {s} word {word}"
+        where = f"{plan.on(chip)}slice {s} word {word}"
         if base.land > c:
             self.hazard("raw", c, ins.label, where,
                         f"reads {where} before %{base.name} (landing at {base.land}) is written")
@@ -557,12 +740,12 @@ class _Machine:
         w_val = ins.args[1][1]
         install = self.plan.module.ops[w_val.instr]
         unit = ins.unit
-        res = f"plane {unit}"
+        res = f"{self.plan.on(ins.chip)}plane {unit}"
         if install.attrs.get("unit") != unit:
             self.hazard("plane", c, ins.label, res, f"runs on {unit}, but its weights "
                         f"%{install.result.name} are installed on {install.attrs.get('unit')}")
             return
-        state = self.planes.get(unit)
+        state = self.planes.get((ins.chip, unit))
         if state is not None and state[0] == w_val.instr:
             return
         ins_w = self.plan.instrs_by_idx[w_val.instr]
@@ -579,48 +762,54 @@ class _Machine:
 
     def land(self, ins: _Instr, t: int):
         plan = self.plan
+        on = plan.on(ins.chip)
+        st = self.sram(ins.chip) if ins.writes else None
         for b, extents in ins.writes:
             for s, w, n in extents:
-                re_ = self.read_end[s, w:w + n]
+                re_ = st.read_end[s, w:w + n]
                 if re_.max(initial=0) > t:
                     word = w + int(np.argmax(re_ > t))
-                    r = self.plan.instrs_by_idx[int(self.reader[s, word])]
-                    where = f"slice {s} word {word}"
+                    r = plan.instrs_by_idx[int(st.reader[s, word]) - 1]
+                    where = f"{on}slice {s} word {word}"
                     self.hazard("war", t, ins.label, where, f"lands on {where} while {r.label} still reads it "
-                                f"(until {int(self.read_end[s, word])})")
-                consts = self.const[s, w:w + n]
+                                f"(until {int(st.read_end[s, word])})")
+                consts = self.is_const[st.owner[s, w:w + n]]
                 if consts.any():
                     word = w + int(np.argmax(consts))
-                    where = f"slice {s} word {word}"
-                    c_base = plan.bases[int(self.owner[s, word])]
+                    where = f"{on}slice {s} word {word}"
+                    c_base = plan.bases[int(st.owner[s, word]) - 1]
                     self.hazard("constant", t, ins.label, where,
                                 f"lands on {where}, a word of the constant %{c_base.name} (never freed)")
-                    self.const[s, w:w + n] = False
         results = self.pending.pop(ins.idx, None)
         name = ins.op.name
         if name == "mxm.install":
-            busy = self.streaming.get(ins.unit)
+            busy = self.streaming.get((ins.chip, ins.unit))
             if busy is not None and busy[1] > t and busy[2] != ins.idx:  # (its own: reported at issue)
-                mm = self.plan.instrs_by_idx[busy[0]]
-                self.hazard("plane", t, mm.label, f"plane {ins.unit}",
+                mm = plan.instrs_by_idx[busy[0]]
+                self.hazard("plane", t, mm.label, f"{on}plane {ins.unit}",
                             f"streams through {ins.unit} until {busy[1]}, but {ins.label} replaces its "
                             f"weights at {t}")
             tile = results[0] if results is not None else None
             if tile is not None or ins.ok:
-                self.planes[ins.unit] = (ins.idx, tile, t)
+                self.planes[ins.chip, ins.unit] = (ins.idx, tile, t)
             return
         if name == "host.output":
             if results is not None:
                 self.host[ins.op.result.name] = results[0]
             return
-        sram_results = results
+        if name == "c2c.send":  # the words have all arrived: its receive may take them
+            if results is not None:
+                self.arrived[ins.idx] = results[0]
+            return
         for i, (b, extents) in enumerate(ins.writes):
-            data = to_words(sram_results[i], ins.op.results[i].type) if sram_results else None
+            data = None
+            if results:
+                data = results[i] if name in _MOVES else to_words(results[i], ins.op.results[i].type)
             pos = 0
             for s, w, n in extents:
                 if data is not None:
-                    self.sram[s, w:w + n] = data[pos:pos + n]
-                self.owner[s, w:w + n] = b
+                    st.bytes[s, w:w + n] = data[pos:pos + n]
+                st.owner[s, w:w + n] = b + 1
                 pos += n
 
 
@@ -636,14 +825,20 @@ def _load(program: Program | str | Path) -> Program:
     return program if isinstance(program, Program) else read_lpu(program)
 
 
-def run(program: Program | str | Path, inputs: Mapping[str, np.ndarray], *, check: bool = True) -> Result:
+def run(program: Program | str | Path, inputs: Mapping[str, np.ndarray] | None = None, *, check: bool = True,
+        timing_only: bool = False) -> Result:
     """Run a scheduled program on `inputs` (name -> array), cycle by cycle.
 
     check=True raises the earliest HazardError; check=False runs on regardless
-    and returns every hazard in `Result.hazards` (outputs are then unreliable)."""
+    and returns every hazard in `Result.hazards` (outputs are then unreliable).
+    timing_only=True stores and computes no bytes (inputs are not needed, the
+    outputs are empty) but checks every hazard and gives the same stats."""
     program = _load(program)
     module = program.module
-    env = check_inputs(module, inputs)
+    env = None
+    if not timing_only:
+        require_weights(program)
+        env = check_inputs(module, inputs if inputs is not None else {})
     plan = _plan(program)
     static = sorted(plan.hazards, key=_order)
     horizon = None
@@ -655,18 +850,27 @@ def run(program: Program | str | Path, inputs: Mapping[str, np.ndarray], *, chec
     if check and hazards:
         raise hazards[0]
     outputs = {}
-    for name, v in module.outputs:
-        value = m.host.get(plan.outputs.get(name, ""))
-        outputs[name] = value if value is not None else np.zeros(v.type.shape, v.type.dtype.numpy)
+    if not timing_only:
+        for name, v in module.outputs:
+            value = m.host.get(plan.outputs.get(name, ""))
+            outputs[name] = value if value is not None else np.zeros(v.type.shape, v.type.dtype.numpy)
     return Result(MappingProxyType(outputs), _stats(plan), _trace(plan), tuple(hazards))
+
+
+def require_weights(program: Program) -> None:
+    """A numeric run needs the weights: refuse a program compiled without them."""
+    if not program.weights:
+        where = program.source or f"module @{program.module.name}"
+        raise LpucError(f"{where} was compiled without weights (lpuc compile --no-weights): "
+                        "run it with --timing-only")
 
 
 def find_hazards(program: Program | str | Path, inputs: Mapping[str, np.ndarray] | None = None) \
         -> tuple[HazardError, ...]:
-    """Every hazard of a program, in cycle order (inputs default to zeros)."""
-    program = _load(program)
+    """Every hazard of a program, in cycle order (without inputs: a timing-only run; hazards never
+    depend on the data)."""
     if inputs is None:
-        inputs = {v.name: np.zeros(v.type.shape, v.type.dtype.numpy) for v in program.module.inputs}
+        return run(program, check=False, timing_only=True).hazards
     return run(program, inputs, check=False).hazards
 
 
@@ -675,40 +879,116 @@ def _order(h: HazardError):
 
 
 def _trace(plan: _Plan) -> tuple[TraceEvent, ...]:
-    events = [TraceEvent(i.label, i.op.name, i.unit or "", i.cycle, i.cycle + i.occ, i.cycle + i.lat)
+    events = [TraceEvent(i.label, i.op.name, i.unit or "", i.cycle, i.cycle + i.occ, i.cycle + i.lat, i.chip)
               for i in plan.instrs if i.cycle is not None]
-    return tuple(sorted(events, key=lambda e: (e.start, e.unit, e.land, e.instruction)))
+    return tuple(sorted(events, key=lambda e: (e.start, e.chip, e.unit, e.land, e.instruction)))
+
+
+# --- statistics -----------------------------------------------------------------
+
+CHIP_CLASSES = ("vxm", "mxm", "sxm", "mem", "host")  # the compute and I/O units of ChipStats (links: LinkStats)
 
 
 def _stats(plan: _Plan) -> Stats:
-    machine, cycles = plan.machine, plan.cycles
+    machine, cycles, chips = plan.machine, plan.cycles, plan.chips
     counts = plan.units
-    busy = {f"{cls}{i}": 0 for cls in sorted(counts) for i in range(counts[cls])}
+    unit_class = {f"{cls}{i}": cls for cls in sorted(counts) for i in range(counts[cls])}
+    key = (lambda chip, unit: f"c{chip}.{unit}") if plan.multi else (lambda chip, unit: unit)
+    busy = {key(chip, u): 0 for chip in range(chips) for u in unit_class}
+    class_busy = {cls: 0 for cls in sorted(counts)}
+    chip_busy = [dict.fromkeys(CHIP_CLASSES, 0) for _ in range(chips)]
+    chip_instructions = [0] * chips
     timed = [i for i in plan.instrs if i.cycle is not None]
     for i in timed:
-        if i.unit in busy:
-            busy[i.unit] += i.occ
-    class_busy = {cls: sum(busy[f"{cls}{i}"] for i in range(n)) for cls, n in sorted(counts.items())}
-    # SRAM: each value owning words holds them from landing until its last read ends (constants: always)
-    deltas = []
-    for b in plan.bases:
-        if b.constant:
-            deltas += [(0, b.words), (max(cycles, 1), -b.words)]
-        else:
-            deltas += [(b.land, b.words), (max(b.end, b.land + 1), -b.words)]
-    deltas.sort(key=lambda d: (d[0], d[1]))
-    live = peak = 0
-    for _, d in deltas:
-        live += d
-        peak = max(peak, live)
+        if not 0 <= i.chip < chips:
+            continue
+        chip_instructions[i.chip] += 1
+        cls = unit_class.get(i.unit)
+        if cls is not None:
+            busy[key(i.chip, i.unit)] += i.occ
+            class_busy[cls] += i.occ
+            if cls in chip_busy[i.chip]:
+                chip_busy[i.chip][cls] += i.occ
+    peaks = _sram_peaks(plan)
+    word_bytes = machine.sram.word_bytes
+
+    def share(b, n):
+        return b / (cycles * n) if cycles else 0.0
+
+    per_chip = tuple(ChipStats(
+        chip=c, instructions=chip_instructions[c], class_busy=MappingProxyType(chip_busy[c]),
+        class_utilization=MappingProxyType({cls: share(b, counts[cls]) for cls, b in chip_busy[c].items()}),
+        sram_peak_bytes=peaks.get(c, 0) * word_bytes) for c in range(chips))
+    links, transfer_bytes = _link_stats(plan, timed)
     return Stats(
         cycles=cycles,
         latency_us=machine.cycles_to_us(cycles),
         instructions=len(timed),
         busy=MappingProxyType(busy),
-        utilization=MappingProxyType({u: (b / cycles if cycles else 0.0) for u, b in busy.items()}),
+        utilization=MappingProxyType({u: share(b, 1) for u, b in busy.items()}),
         class_busy=MappingProxyType(class_busy),
-        class_utilization=MappingProxyType({c: (b / (cycles * counts[c]) if cycles else 0.0)
-                                            for c, b in class_busy.items()}),
-        sram_peak_bytes=peak * machine.sram.word_bytes,
+        class_utilization=MappingProxyType({c: share(b, counts[c] * chips) for c, b in class_busy.items()}),
+        sram_peak_bytes=max(peaks.values(), default=0) * word_bytes,
+        chips=per_chip,
+        links=links,
+        link_wait_cycles=_link_wait(plan, timed),
+        transfer_bytes=transfer_bytes,
     )
+
+
+def _sram_peaks(plan: _Plan) -> dict[int, int]:
+    """chip -> the most words live at once: each value owning words holds them from landing until its
+    last read ends (constants: always)."""
+    cycles = plan.cycles
+    deltas: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for b in plan.bases:
+        if b.constant:
+            deltas[b.chip] += [(0, b.words), (max(cycles, 1), -b.words)]
+        else:
+            deltas[b.chip] += [(b.land, b.words), (max(b.end, b.land + 1), -b.words)]
+    peaks = {}
+    for chip, ds in sorted(deltas.items()):
+        ds.sort()
+        live = peak = 0
+        for _, d in ds:
+            live += d
+            peak = max(peak, live)
+        peaks[chip] = peak
+    return peaks
+
+
+def _link_stats(plan: _Plan, timed: list[_Instr]) -> tuple[tuple[LinkStats, ...], int]:
+    per: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0, 0])  # (chip, port) -> bytes, busy, n
+    total = 0
+    for i in timed:
+        if not i.hops:
+            continue
+        nbytes = words(i.op.operands[0].type) * plan.machine.vector.lanes
+        total += nbytes
+        for (_, _, length), hop in zip(link_windows(i.op, plan.machine, i.occ), i.hops):
+            row = per[hop]
+            row[0] += nbytes
+            row[1] += length
+            row[2] += 1
+    return tuple(LinkStats(link_name(*hop), *per[hop]) for hop in sorted(per)), total
+
+
+def _link_wait(plan: _Plan, timed: list[_Instr]) -> int:
+    """Cycles during which a transfer is in flight (its send's issue to its receive's landing) while no
+    unit but the links' is busy on any chip."""
+    points = []  # (cycle, 0 transfers / 1 other units, +1 / -1)
+    for i in timed:
+        if i.op.name == "c2c.send":
+            r = plan.instrs_by_idx.get(i.recv)
+            end = r.cycle + r.lat if r is not None and r.cycle is not None else i.cycle + i.lat
+            points += [(i.cycle, 0, 1), (max(end, i.cycle), 0, -1)]
+        elif i.cls not in ("tx", "rx"):
+            points += [(i.cycle, 1, 1), (i.cycle + i.occ, 1, -1)]
+    points.sort()
+    wait, active, prev = 0, [0, 0], 0
+    for t, what, d in points:
+        if active[0] > 0 and active[1] == 0:
+            wait += t - prev
+        active[what] += d
+        prev = t
+    return wait

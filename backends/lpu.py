@@ -5,12 +5,17 @@ few lines of code below, so its bytes depend on its content only: members in
 sorted order, a fixed timestamp, no extra fields, no pickle anywhere. Members:
 
   manifest.json  format and version, machine name, options, input/output
-                 bindings (name -> type), cycles, sha256 of every other part
+                 bindings (name -> type), cycles, whether the image holds the
+                 weights, sha256 of every other part
   program.ir     the scheduled module as IR text (large constants by reference)
   machine.toml   the machine description's text (a run needs no local files)
-  image.json     the initial SRAM image's index: [[slice, first word, words], ...]
+  image.json     the initial SRAM image's index: [[chip, slice, first word, words], ...]
                  sorted; one entry per extent of every `mem.constant`
   image.bin      the image's bytes: those extents' words (320 B each), in index order
+
+A file written with weights=False (`lpuc compile --no-weights`) has an empty
+image: its constants keep their `out` extents but carry no data, so it can
+only be run timing-only (every hazard checked, no numerics).
 
 Loading checks the container byte for byte against what the writer would
 produce from the same parts, then the format version, the part hashes, the
@@ -39,16 +44,17 @@ from ir.errors import LpucError
 from ir.files import atomic_write
 from ir.layout import LANES, from_words, to_words, words
 from ir.machine import Machine, parse_machine
+from ir.machine_ops import chip_of
 from ir.parser import parse
 from ir.printer import print_module
 from ir.verifier import verify
 
 FORMAT = "lpu"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PARTS = ("image.bin", "image.json", "machine.toml", "manifest.json", "program.ir")
 HASHED = tuple(p for p in PARTS if p != "manifest.json")
 
-Image = Mapping[tuple[int, int], np.ndarray]  # (slice, first word) -> uint8 [words, 320]
+Image = Mapping[tuple[int, int, int], np.ndarray]  # (chip, slice, first word) -> uint8 [words, 320]
 
 
 class LpuFormatError(LpucError):
@@ -64,10 +70,16 @@ class Program:
     machine_text: str
     image: Image
     manifest: Mapping[str, Any]
+    source: str = ""  # the file it was loaded from ("" when built in memory)
 
     @property
     def options(self) -> Mapping[str, Any]:
         return self.manifest["options"]
+
+    @property
+    def weights(self) -> bool:
+        """False: compiled without weights (an empty SRAM image); it runs timing-only."""
+        return self.manifest.get("weights", True)
 
     @property
     def cycles(self) -> int:
@@ -93,10 +105,11 @@ def _canonical_json(value: Any, what: str) -> str:
             from None
 
 
-def _build_image(module: Module) -> dict[tuple[int, int], np.ndarray]:
-    """The SRAM image: each mem.constant's words at its `out` extents."""
-    image: dict[tuple[int, int], np.ndarray] = {}
-    owner: dict[tuple[int, int], str] = {}
+def _build_image(module: Module, weights: bool) -> dict[tuple[int, int, int], np.ndarray]:
+    """The SRAM image: each mem.constant's words at its `out` extents (none without weights,
+    but the extents are checked all the same)."""
+    image: dict[tuple[int, int, int], np.ndarray] = {}
+    owner: dict[tuple[int, int, int], str] = {}
     for op in module.ops:
         if op.name != "mem.constant":
             continue
@@ -107,17 +120,19 @@ def _build_image(module: Module) -> dict[tuple[int, int], np.ndarray]:
         n = sum(e[2] for e in out)
         if n != words(t):
             raise LpucError(f"cannot build the SRAM image: {op.label()}: `out` spans {n} words, {t} takes {words(t)}")
+        if not weights:
+            continue
         if not value.has_data:
             raise LpucError(f"cannot build the SRAM image: {op.label()}: constant {value.key} has no data")
-        data = to_words(value.array, t)
+        data, chip = to_words(value.array, t), chip_of(op)
         pos = 0
         for s, w, k in out:
             if k:
-                if (s, w) in image:
-                    raise LpucError(f"cannot build the SRAM image: {op.label()} and {owner[s, w]} both start "
-                                    f"at slice {s} word {w}")
-                image[s, w] = _frozen(data[pos:pos + k])
-                owner[s, w] = op.label()
+                if (chip, s, w) in image:
+                    raise LpucError(f"cannot build the SRAM image: {op.label()} and {owner[chip, s, w]} both start "
+                                    f"at chip {chip} slice {s} word {w}")
+                image[chip, s, w] = _frozen(data[pos:pos + k])
+                owner[chip, s, w] = op.label()
             pos += k
     return dict(sorted(image.items()))
 
@@ -129,9 +144,10 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 
 
 def build_program(module: Module, machine_text: str, options: Mapping[str, Any] | None = None,
-                  summary: Mapping[str, Any] | None = None) -> Program:
+                  summary: Mapping[str, Any] | None = None, *, weights: bool = True) -> Program:
     """The Program `write_lpu` would write, built in memory (no file). `summary`
-    holds the compiler's deterministic findings (lower bound, ...) for viewers."""
+    holds the compiler's deterministic findings (lower bound, ...) for viewers.
+    weights=False leaves the SRAM image empty (a timing-only program)."""
     from .interpreter import schedule_length  # the one place timing is derived from ir.costs
 
     machine = parse_machine(machine_text, "machine.toml")
@@ -141,7 +157,7 @@ def build_program(module: Module, machine_text: str, options: Mapping[str, Any] 
         raise LpucError(f"module @{module.name} targets machine {target!r}, the description given is {machine.name!r}")
     options = json.loads(_canonical_json(dict(options or {}), "options"))
     summary = json.loads(_canonical_json(dict(summary or {}), "summary"))
-    image = _build_image(module)
+    image = _build_image(module, weights)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -153,14 +169,15 @@ def build_program(module: Module, machine_text: str, options: Mapping[str, Any] 
         "outputs": {name: str(v.type) for name, v in module.outputs},
         "cycles": schedule_length(module, machine),
         "summary": summary,
+        "weights": bool(weights),
     }
     return Program(module, machine, machine_text, MappingProxyType(image), MappingProxyType(manifest))
 
 
 def _parts(program: Program) -> dict[str, bytes]:
-    index = [[s, w, int(a.shape[0])] for (s, w), a in sorted(program.image.items())]
+    index = [[c, s, w, int(a.shape[0])] for (c, s, w), a in sorted(program.image.items())]
     parts = {
-        "image.bin": b"".join(program.image[s, w].tobytes() for s, w, _ in index),
+        "image.bin": b"".join(program.image[c, s, w].tobytes() for c, s, w, _ in index),
         "image.json": _canonical_json(index, "image index").encode(),
         "machine.toml": program.machine_text.encode(),
         "program.ir": print_module(program.module).encode(),
@@ -172,15 +189,16 @@ def _parts(program: Program) -> dict[str, bytes]:
 
 
 def lpu_bytes(module: Module, machine_text: str, options: Mapping[str, Any] | None = None,
-              summary: Mapping[str, Any] | None = None) -> bytes:
+              summary: Mapping[str, Any] | None = None, *, weights: bool = True) -> bytes:
     """The bytes of the .lpu file of `module` (what write_lpu writes)."""
-    return _pack(_parts(build_program(module, machine_text, options, summary)))
+    return _pack(_parts(build_program(module, machine_text, options, summary, weights=weights)))
 
 
 def write_lpu(path: str | Path, module: Module, machine_text: str, options: Mapping[str, Any] | None = None,
-              summary: Mapping[str, Any] | None = None) -> str:
-    """Write the executable schedule of `module` to `path` atomically; return the file's sha256 (hex)."""
-    data = lpu_bytes(module, machine_text, options, summary)
+              summary: Mapping[str, Any] | None = None, *, weights: bool = True) -> str:
+    """Write the executable schedule of `module` to `path` atomically; return the file's sha256 (hex).
+    weights=False writes no SRAM image: the file runs timing-only."""
+    data = lpu_bytes(module, machine_text, options, summary, weights=weights)
     atomic_write(path, data)
     return sha256(data)
 
@@ -290,19 +308,21 @@ def load_lpu(data: bytes, where: str = "<lpu>") -> Program:
         raise LpuFormatError(f"{where}: the manifest names machine {manifest['machine']!r}, "
                              f"machine.toml describes {machine.name!r}")
     image = _image(parts["image.json"], parts["image.bin"], where)
-    module = _bind_constants(module, image, where)
+    if not manifest["weights"] and image:
+        raise LpuFormatError(f"{where}: the manifest says it has no weights, but its SRAM image is not empty")
+    module = _bind_constants(module, image, where, manifest["weights"])
     bindings = {"inputs": {v.name: str(v.type) for v in module.inputs},
                 "outputs": {name: str(v.type) for name, v in module.outputs}}
     for key, expected in bindings.items():
         if manifest[key] != expected:
             raise LpuFormatError(f"{where}: the manifest's {key} do not match program.ir")
     del manifest["parts"]
-    return Program(module, machine, machine_text, MappingProxyType(image), MappingProxyType(manifest))
+    return Program(module, machine, machine_text, MappingProxyType(image), MappingProxyType(manifest), where)
 
 
 _MANIFEST_KEYS = {"format": str, "format_version": int, "lpuc_version": str, "machine": str, "module": str,
                   "options": dict, "inputs": dict, "outputs": dict, "cycles": int, "summary": dict,
-                  "parts": dict}
+                  "parts": dict, "weights": bool}
 
 
 def _manifest(raw: bytes, where: str) -> dict[str, Any]:
@@ -317,58 +337,66 @@ def _manifest(raw: bytes, where: str) -> dict[str, Any]:
         raise LpuFormatError(f"{where}: .lpu format version {version!r}; this lpuc reads version {FORMAT_VERSION} "
                              "(recompile the model)")
     for key, kind in _MANIFEST_KEYS.items():
-        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+        value = manifest.get(key)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
             raise LpuFormatError(f"{where}: manifest.json: {key} is missing or not a {kind.__name__}")
     return manifest
 
 
-def _image(index_raw: bytes, blob: bytes, where: str) -> dict[tuple[int, int], np.ndarray]:
+def _image(index_raw: bytes, blob: bytes, where: str) -> dict[tuple[int, int, int], np.ndarray]:
     try:
         index = json.loads(index_raw.decode())
         ok = isinstance(index, list) and all(
-            isinstance(e, list) and len(e) == 3 and all(type(x) is int and x >= 0 for x in e) for e in index)
+            isinstance(e, list) and len(e) == 4 and all(type(x) is int and x >= 0 for x in e) for e in index)
     except (UnicodeDecodeError, ValueError):
         ok = False
     if not ok:
-        raise LpuFormatError(f"{where}: image.json is not a list of [slice, word, words]")
-    keys = [(s, w) for s, w, _ in index]
+        raise LpuFormatError(f"{where}: image.json is not a list of [chip, slice, word, words]")
+    keys = [(c, s, w) for c, s, w, _ in index]
     if keys != sorted(set(keys)):
-        raise LpuFormatError(f"{where}: image.json is not sorted by (slice, word) without repeats")
-    total = sum(n for _, _, n in index) * LANES
+        raise LpuFormatError(f"{where}: image.json is not sorted by (chip, slice, word) without repeats")
+    total = sum(n for *_, n in index) * LANES
     if total != len(blob):
         raise LpuFormatError(f"{where}: image.bin holds {len(blob)} bytes, image.json describes {total}")
     flat = np.frombuffer(blob, np.uint8)  # read-only: a view of immutable bytes
     image, pos = {}, 0
-    for s, w, n in index:
-        image[s, w] = flat[pos:pos + n * LANES].reshape(n, LANES)
+    for c, s, w, n in index:
+        image[c, s, w] = flat[pos:pos + n * LANES].reshape(n, LANES)
         pos += n * LANES
     return image
 
 
-def _bind_constants(module: Module, image: dict[tuple[int, int], np.ndarray], where: str) -> Module:
-    """Check the image holds exactly the constants' extents; give each constant its data from the image."""
+def _bind_constants(module: Module, image: dict[tuple[int, int, int], np.ndarray], where: str,
+                    weights: bool) -> Module:
+    """Check the image holds exactly the constants' extents; give each constant its data from the image.
+    Without weights the image is empty and the constants stay without data."""
+    if not weights:
+        return module
     used, ops = set(), []
     for op in module.ops:
         if op.name != "mem.constant":
             ops.append(op)
             continue
-        out = tuple(e for e in op.attrs.get("out") or () if e[2])
-        missing = [e for e in out if (e[0], e[1]) not in image or image[e[0], e[1]].shape[0] != e[2]]
+        chip = chip_of(op)
+        out = tuple((chip, s, w, n) for s, w, n in op.attrs.get("out") or () if n)
+        missing = [e for e in out if e[:3] not in image or image[e[:3]].shape[0] != e[3]]
         if missing:
-            s, w, n = missing[0]
-            raise LpuFormatError(f"{where}: the SRAM image lacks {op.label()}'s {n} words at slice {s} word {w}")
-        used.update((s, w) for s, w, _ in out)
+            c, s, w, n = missing[0]
+            at = f"chip {c} slice {s}" if c else f"slice {s}"
+            raise LpuFormatError(f"{where}: the SRAM image lacks {op.label()}'s {n} words at {at} word {w}")
+        used.update(e[:3] for e in out)
         value = op.attrs["value"]
         if not value.has_data:
             t = op.result.type
-            chunks = [image[s, w] for s, w, _ in out]
+            chunks = [image[e[:3]] for e in out]
             value = Tensor(value.type, value.key, loader=_loader(chunks, t))
             op = Op(op.name, op.operands, op.results, AttrDict({**op.attrs, "value": value}))
         ops.append(op)
     extra = sorted(set(image) - used)
     if extra:
-        raise LpuFormatError(f"{where}: the SRAM image holds words at slice {extra[0][0]} word {extra[0][1]} "
-                             "that no constant names")
+        c, s, w = extra[0]
+        at = f"chip {c} slice {s}" if c else f"slice {s}"
+        raise LpuFormatError(f"{where}: the SRAM image holds words at {at} word {w} that no constant names")
     return module.replace(ops=tuple(ops))
 
 

@@ -63,7 +63,8 @@ class _Base:
 
 @dataclass
 class _Value:
-    kind: str                  # "sram", "plane" (an mxm.install result), "host" (inputs, host.output results)
+    kind: str                  # "sram", "plane" (an mxm.install result), "link" (a c2c.send result),
+                               # "host" (inputs, host.output results)
     segs: tuple = ()           # sram: ((slice, word, words, base id), ...)
     instr: int = -1            # plane / host.output: the instruction that made it
     sources: tuple = ()        # sram: names of the values owning its words (itself unless a view)
@@ -146,21 +147,21 @@ def analyze(program: Program) -> Analysis:
             val = values.get(v.name, _Value("host"))
             if op.name == "host.input" or val.kind == "host":
                 ins.producers.append([])
-            elif val.kind == "plane":
+            elif val.kind in ("plane", "link"):
                 ins.producers.append([val.instr])
             else:
                 read_segs.append(val.segs)
                 ins.reads.append(tuple(seg[:3] for seg in val.segs))
                 ins.producers.append(sorted({bases[seg[3]].instr for seg in val.segs
                                              if bases[seg[3]].instr >= 0}))
-        sram_results = () if op.name in ("mxm.install", "host.output") else op.results
+        sram_results = () if op.name in ("mxm.install", "host.output", "c2c.send") else op.results
         out = tuple(op.attrs.get("out") or ()) if sram_results else ()
         pos = 0
         for r in sram_results:
             n = words(r.type)
             ins.writes.append(sub_extents(out, pos, n))
             pos += n
-        c = cost(op, machine, ins.reads, [out] if out else [])
+        c = cost(op, machine, [r for r in ins.reads if r], [out] if out else [])
         ins.occ, ins.lat = c.occupancy, c.latency
         for segs in read_segs:  # liveness: a value's words stay until its last read ends
             for *_, b in segs:
@@ -171,6 +172,8 @@ def analyze(program: Program) -> Analysis:
             values[r.name] = _Value("sram", tuple((s, w, n, b) for s, w, n in ext), sources=(r.name,))
         if op.name == "mxm.install":
             values[op.result.name] = _Value("plane", instr=ins.i, sources=(op.result.name,))
+        elif op.name == "c2c.send":
+            values[op.result.name] = _Value("link", instr=ins.i, sources=(op.result.name,))
         elif op.name == "host.output":
             values[op.result.name] = _Value("host", instr=ins.i)
         instrs.append(ins)
@@ -434,10 +437,10 @@ def _why(a: Analysis, st: CriticalStep) -> list | None:
 
 
 def _links(a: Analysis, machine) -> dict[str, Any]:
-    """Chip-to-chip traffic: per link unit, the transfers, bytes and busy cycles."""
+    """Chip-to-chip traffic: per sending link (a send's tx unit), the transfers, bytes and busy cycles."""
     per: dict[tuple[int, str], list[int]] = {}
     for ins in a.instrs:
-        if ins.cls != "c2c":
+        if ins.op.name != "c2c.send":
             continue
         n_bytes = sum(words(v.type) for v in ins.op.operands) * LANES
         row = per.setdefault((ins.chip, ins.unit), [0, 0, 0])

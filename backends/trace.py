@@ -46,6 +46,7 @@ from ir.costs import cost, units
 from ir.errors import LpucError
 from ir.layout import sub_extents, view_extents, words
 from ir.machine import Machine
+from ir.topology import network
 
 from .interpreter import TraceEvent
 from .lpu import Program
@@ -93,7 +94,7 @@ class Analysis:
     bases: tuple[Base, ...]
 
 
-def analyze(module: Module, machine: Machine, chip: int = 0) -> Analysis:
+def analyze(module: Module, machine: Machine) -> Analysis:
     """Every instruction's extents, port words and costs (ir.costs), views resolved to their words."""
     values: dict[str, tuple | None] = {v.name: None for v in module.inputs}  # None: not in SRAM
     bases: list[Base] = []
@@ -104,6 +105,7 @@ def analyze(module: Module, machine: Machine, chip: int = 0) -> Analysis:
         return len(bases) - 1
 
     for op in module.ops:
+        chip = mo.chip_of(op)
         if op.name in mo.VIEWS:
             segs = [seg for v in op.operands for seg in (values.get(v.name) or ())]
             per_operand, i = [], 0
@@ -127,7 +129,7 @@ def analyze(module: Module, machine: Machine, chip: int = 0) -> Analysis:
             segs = None if op.name == "host.input" or (op.name == "mxm.matmul" and i == 1) else values.get(v.name)
             reads.append(tuple((s, w, n) for s, w, n, _ in segs or ()))
             read_bases += [b for *_, b in segs or ()]
-        sram_results = () if op.name in ("mxm.install", "host.output") else op.results
+        sram_results = () if op.name in ("mxm.install", "host.output", "c2c.send") else op.results
         writes, write_bases, pos = [], [], 0
         for r in op.results:
             if r in sram_results:
@@ -154,9 +156,32 @@ def static_trace(program: Program) -> tuple[TraceEvent, ...]:
 
 
 def _events(analysis: Analysis) -> tuple[TraceEvent, ...]:
-    events = [TraceEvent(d.label, d.op, d.unit, d.cycle, d.cycle + d.occupancy, d.cycle + d.latency)
+    events = [TraceEvent(d.label, d.op, d.unit, d.cycle, d.cycle + d.occupancy, d.cycle + d.latency, d.chip)
               for d in analysis.details.values() if d.cycle is not None]
-    return tuple(sorted(events, key=lambda e: (e.start, e.unit, e.land, e.instruction)))
+    return tuple(sorted(events, key=lambda e: (e.start, e.chip, e.unit, e.land, e.instruction)))
+
+
+def transfers_of(program: Program) -> tuple[Transfer, ...]:
+    """The chip-to-chip transfers of a scheduled program: one per timed c2c.send, on its first link, landing
+    when its words have all arrived (ir.costs)."""
+    module, machine = program.module, program.machine
+    chips = module.attrs.get("chips", 1)
+    if chips == 1:
+        return ()
+    net = network(machine, chips)
+    out = []
+    for op in module.ops:
+        if op.name != "c2c.send" or op.attrs.get("cycle") is None:
+            continue
+        src, route, c = mo.chip_of(op), op.attrs["route"], op.attrs["cycle"]
+        try:
+            dst, port = net.destination(src, route)
+        except LpucError:  # a broken route: the interpreter reports it; nothing to draw
+            continue
+        k = cost(op, machine)
+        out.append(Transfer(op.result.name, src, dst, route[0], c, c + k.occupancy, c + k.latency,
+                            words(op.operands[0].type) * machine.sram.word_bytes, port))
+    return tuple(out)
 
 
 # --- chip-to-chip transfers and flows ----------------------------------------------
@@ -189,13 +214,14 @@ def flow_pair(flow_id: int, name: str, cat: str, src: tuple[int, int, float], ds
 # --- the trace-event document --------------------------------------------------------
 
 def chrome_trace(program: Program, events: Sequence[TraceEvent] | None = None, *, source: str = "schedule",
-                 transfers: Iterable[Transfer] = (), per_slice: bool = True) -> dict:
-    """The trace-event JSON object of `events` (default: the static schedule) of `program`."""
+                 transfers: Iterable[Transfer] | None = None, per_slice: bool = True) -> dict:
+    """The trace-event JSON object of `events` (default: the static schedule) of `program`, with its
+    chip-to-chip `transfers` (default: the program's own)."""
     machine = program.machine
     analysis = analyze(program.module, machine)
     if events is None:
         events = _events(analysis)
-    transfers = tuple(transfers)
+    transfers = transfers_of(program) if transfers is None else tuple(transfers)
     clock = Fraction(machine.clock_mhz).limit_denominator(10**6)
 
     def us(cycle: int) -> float:  # cycles -> microseconds, on a whole-nanosecond grid

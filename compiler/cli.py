@@ -31,6 +31,7 @@ from ir.machine import DEFAULT_MACHINE, load_machine
 
 from .driver import compile_model, load_model, lpu_options, max_relative_error, read_ir
 from .inputs import random_inputs
+from .partition import STRATEGIES
 from .pipeline import CompileOptions
 
 EXIT_USAGE = 2
@@ -175,7 +176,15 @@ def _compile_args(p):
     p.add_argument("-o", "--output", metavar="FILE.lpu", required=True, help="the executable schedule to write")
     p.add_argument("--machine", default=DEFAULT_MACHINE, metavar="tsp-v1|FILE.toml",
                    help=f"machine description: a shipped name or a TOML file (default {DEFAULT_MACHINE})")
-    p.add_argument("--chips", type=int, default=1, metavar="N", help="chips to compile for (default 1)")
+    p.add_argument("--chips", type=int, metavar="N",
+                   help="chips to compile for (default: the fewest whose SRAM holds the weights, rounded to a "
+                        "size the machine's topology has)")
+    p.add_argument("--partition", choices=STRATEGIES, default="auto",
+                   help="how to spread the model over chips: pipeline (contiguous layer ranges), tensor "
+                        "(matmuls split by columns or rows), or auto: the faster of the two (default)")
+    p.add_argument("--no-weights", action="store_true",
+                   help="compile from shapes alone: weights (e.g. ONNX external data) are never read and the "
+                        ".lpu holds none; run it with `lpuc run --timing-only`")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
 
 
@@ -184,42 +193,69 @@ def _compile_args(p):
          "and write FILE.lpu. Prints cycles, the lower bound and gap, instructions, SRAM peak and compile time.",
          _compile_args)
 def cmd_compile(args) -> int:
-    if args.chips < 1:
+    if args.chips is not None and args.chips < 1:
         raise LpucError(f"--chips {args.chips}: the chip count must be at least 1")
-    if args.chips != 1:
-        raise LpucError(f"--chips {args.chips}: lpuc compiles for one chip so far (multi-chip partitioning "
-                        "is not implemented yet)")
     start = time.perf_counter()
-    options = CompileOptions()
-    module, summary, machine_text = compile_model(args.model, args.machine, options, dict(args.shape))
-    sha = write_lpu(args.output, module, machine_text, lpu_options(options, args.chips), summary.facts())
+    options = CompileOptions(chips=args.chips, partition=args.partition)
+    progress = None if args.json else _after_seconds(2.0)
+    module, summary, machine_text = compile_model(args.model, args.machine, options, dict(args.shape),
+                                                  progress=progress)
+    sha = write_lpu(args.output, module, machine_text, lpu_options(options, summary.chips), summary.facts(),
+                    weights=not args.no_weights)
     seconds = time.perf_counter() - start
     # The SRAM peak over time, as `lpuc run` will measure it; the allocator's peak (its
     # footprint in program order) is reported beside it.
     stats = interpreter.schedule_stats(module, load_machine(args.machine))
     report = {
-        "output": str(args.output), "machine": summary.machine, "chips": args.chips, "scheduler": options.scheduler,
+        "output": str(args.output), "machine": summary.machine, "chips": summary.chips,
+        "partition": summary.partition, "scheduler": options.scheduler,
         "cycles": summary.cycles, "lower_bound_cycles": summary.lower_bound, "gap": round(summary.gap, 6),
         "bound": summary.bound,
         "latency_us": round(summary.microseconds, 3), "instructions": summary.instructions,
+        "transfers": summary.transfers,
         "sram_peak_bytes": stats.sram_peak_bytes, "sram_allocated_bytes": summary.sram_peak_bytes,
-        "sram_image_bytes": summary.sram_image_bytes,
+        "sram_image_bytes": summary.sram_image_bytes, "weights": not args.no_weights,
+        "partition_chips": list(summary.partition_lines),
+        "partition_candidates": {s: c for s, c in summary.candidates},
         "compile_seconds": round(seconds, 3), "schedule_sha256": sha,
     }
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{args.model} -> {args.output} ({summary.machine}, {args.chips} chip, {options.scheduler} scheduler)")
-    _table([
+    chips = f"{summary.chips} chip" + ("s" if summary.chips > 1 else "")
+    print(f"{args.model} -> {args.output} ({summary.machine}, {chips}, {options.scheduler} scheduler)")
+    rows = [
         ("cycles", f"{summary.cycles:,}  ({summary.microseconds:.2f} us at {summary.clock_mhz:g} MHz)"),
         ("lower bound", f"{summary.lower_bound:,}  (gap {summary.gap:.1%}; bound: {summary.bound})"),
-        ("instructions", f"{summary.instructions:,}"),
+        ("instructions", f"{summary.instructions:,}" + (f"  ({summary.transfers:,} chip-to-chip transfers)"
+                                                        if summary.chips > 1 else "")),
         ("SRAM peak", f"{_mib(stats.sram_peak_bytes)}  (allocated {_mib(summary.sram_peak_bytes)}, "
-                      f"of which weights and constants {_mib(summary.sram_image_bytes)})"),
-        ("compile", f"{seconds:.2f} s"),
-        ("schedule sha256", sha),
-    ])
+                      f"of which weights and constants {_mib(summary.sram_image_bytes)})"
+                      + (" on the fullest chip" if summary.chips > 1 else "")),
+    ]
+    if summary.chips > 1:
+        tried = ", ".join(f"{s} {c if c.isdigit() else 'does not fit'}" for s, c in summary.candidates)
+        rows.append(("partition", summary.partition + (f"  (cycles of each: {tried})" if tried else "")))
+        shown = summary.partition_lines if len(summary.partition_lines) <= 8 else \
+            summary.partition_lines[:4] + (f"... {len(summary.partition_lines) - 8} more chips",) \
+            + summary.partition_lines[-4:]
+        rows += [("", line) for line in shown]
+    if args.no_weights:
+        rows.append(("weights", "none (compiled from shapes): run with `lpuc run --timing-only`"))
+    rows += [("compile", f"{seconds:.2f} s"), ("schedule sha256", sha)]
+    _table(rows)
     return 0
+
+
+def _after_seconds(delay: float):
+    """A progress printer that stays quiet for the first `delay` seconds: short compiles print nothing."""
+    start = time.perf_counter()
+
+    def progress(line: str) -> None:
+        elapsed = time.perf_counter() - start
+        if elapsed >= delay:
+            say(f"[{elapsed:6.1f} s] {line}")
+    return progress
 
 
 def _run_args(p):
@@ -231,25 +267,33 @@ def _run_args(p):
     p.add_argument("--trace", metavar="TRACE.json",
                    help="write the executed instructions as Chrome trace-event JSON "
                         "(ui.perfetto.dev, chrome://tracing)")
+    p.add_argument("--timing-only", action="store_true",
+                   help="execute the schedule without numerics: cycles, latency and every hazard check, no "
+                        "outputs; for programs compiled with --no-weights or too large to run")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
 
 
 @command("run", "run an executable schedule on the cycle-accurate interpreter",
          "Execute FILE.lpu cycle by cycle on a byte-level SRAM model, checking every hazard (units, SRAM ports, "
-         "stream registers, read-before-write, overwrites, bounds), and print cycles, latency, utilization and "
-         "SRAM peak.", _run_args)
+         "stream registers, read-before-write, overwrites, bounds, chip-to-chip links), and print cycles, "
+         "latency, utilization and SRAM peak (on many chips: per chip and per link).", _run_args)
 def cmd_run(args) -> int:
     if args.trace:
         _check_output(args.trace, "--trace", (".json",))
+    if args.timing_only and (args.inputs or args.output):
+        raise LpucError(f"--timing-only computes no numbers: it takes no {'--inputs' if args.inputs else '-o'}")
     program = read_lpu(args.program)
     sha = schedule_sha256(args.program)
-    if args.inputs:
-        inputs = read_npz(args.inputs, "inputs")
-    else:
-        inputs = random_inputs(program.module, args.seed)
-        if not args.json:
-            say(f"using random inputs (seed {args.seed})")
-    result = interpreter.run(program, inputs)
+    inputs = None
+    if not args.timing_only:
+        interpreter.require_weights(program)
+        if args.inputs:
+            inputs = read_npz(args.inputs, "inputs")
+        else:
+            inputs = random_inputs(program.module, args.seed)
+            if not args.json:
+                say(f"using random inputs (seed {args.seed})")
+    result = interpreter.run(program, inputs, timing_only=args.timing_only)
     stats = result.stats
     if args.output:
         write_npz(args.output, result.outputs)
@@ -264,26 +308,59 @@ def cmd_run(args) -> int:
         "utilization": {k: round(v, 6) for k, v in sorted(stats.class_utilization.items())},
         "busy_cycles": dict(sorted(stats.class_busy.items())),
         "outputs": {k: list(v.shape) for k, v in result.outputs.items()},
+        "timing_only": args.timing_only, "chips": len(stats.chips),
+        "per_chip": [{"chip": c.chip, "instructions": c.instructions, "sram_peak_bytes": c.sram_peak_bytes,
+                      "utilization": {k: round(v, 6) for k, v in c.class_utilization.items()},
+                      "busy_cycles": dict(c.class_busy)} for c in stats.chips],
+        "links": [{"link": x.name, "bytes": x.bytes, "busy_cycles": x.busy, "transfers": x.transfers}
+                  for x in stats.links],
+        "transfer_bytes": stats.transfer_bytes, "link_wait_cycles": stats.link_wait_cycles,
     }
     if args.trace:
         report["trace"] = str(args.trace)
     if args.json:
         print(json.dumps(report))
         return 0
-    _print_run(stats, program.machine)
+    if args.timing_only:
+        say("timing only: every hazard checked, no numerics, no outputs")
+    _print_run(stats, program.machine, _chip_rows(stats) if len(stats.chips) > 1 else ())
     for path in (args.output, args.trace):
         if path:
             say(f"wrote {path}")
     return 0
 
 
-def _print_run(stats, machine) -> None:
+def _print_run(stats, machine, extra=()) -> None:
     _table([
         ("cycles", f"{stats.cycles:,}  ({stats.latency_us:.2f} us at {machine.clock_mhz:g} MHz)"),
         ("instructions", f"{stats.instructions:,}"),
         ("SRAM peak", _mib(stats.sram_peak_bytes)),
     ] + [(f"{cls} busy", f"{stats.class_busy[cls]:,} cycles  ({stats.class_utilization[cls]:.1%} utilization)")
-         for cls in sorted(stats.class_busy)])
+         for cls in sorted(stats.class_busy)] + list(extra))
+
+
+def _chip_rows(stats) -> list[tuple[str, str]]:
+    """A many-chip run in a handful of rows: each chip (or the busiest and the fullest of many), the
+    links' totals and busiest three, the cycles spent only waiting on links."""
+    def util(c):
+        return "  ".join(f"{cls} {u:.1%}" for cls, u in c.class_utilization.items())
+
+    if len(stats.chips) <= 4:
+        rows = [(f"chip {c.chip}", f"{util(c)}  SRAM peak {_mib(c.sram_peak_bytes)}  ({c.instructions:,} instr.)")
+                for c in stats.chips]
+    else:
+        busiest = max(stats.chips, key=lambda c: (sum(c.class_busy.values()), -c.chip))
+        fullest = max(stats.chips, key=lambda c: (c.sram_peak_bytes, -c.chip))
+        rows = [("chips", f"{len(stats.chips)}; busiest chip {busiest.chip}: {util(busiest)}; "
+                          f"SRAM peak {_mib(fullest.sram_peak_bytes)} on chip {fullest.chip}")]
+    top = sorted(stats.links, key=lambda x: (-x.busy, x.name))[:3]
+    share = (lambda b: b / stats.cycles) if stats.cycles else (lambda b: 0.0)
+    rows.append(("links", f"{len(stats.links)} used, {stats.transfer_bytes:,} B sent"
+                 + ("; busiest " + ", ".join(f"{x.name} {x.bytes:,} B {x.busy:,} cycles ({share(x.busy):.1%})"
+                                             for x in top) if top else "")))
+    rows.append(("link wait", f"{stats.link_wait_cycles:,} cycles ({share(stats.link_wait_cycles):.1%}): "
+                              "transfers in flight, every other unit idle"))
+    return rows
 
 
 def _demo_args(p):
@@ -311,6 +388,7 @@ def cmd_demo(args) -> int:
     lpu = out_dir / f"{DEMO_SAMPLE}.lpu"
     say(f"compiling {model.name} for {args.machine} ...")
     cmd_compile(argparse.Namespace(model=str(model), shape=[], output=str(lpu), machine=args.machine, chips=1,
+                                   partition="auto", no_weights=False,
                                    json=False))
     inputs = read_npz(samples / f"{DEMO_SAMPLE}.inputs.npz", "inputs")
     say(f"running {lpu} on the interpreter ...")

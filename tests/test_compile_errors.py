@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends.lpu import _pack, write_lpu
+from backends.lpu import FORMAT_VERSION, _pack, read_lpu, write_lpu
 from compiler.cli import main
 from compiler.driver import compile_model
 from ir.attributes import AttrDict
@@ -82,8 +82,9 @@ DAMAGED = {
     "truncated": (lambda d: d[: len(d) // 3], ["not a valid .lpu file"]),
     "truncated-tail": (lambda d: d[:-7], []),
     "empty": (lambda d: b"", ["not a valid .lpu file"]),
-    "format-version-2": (lambda d: _with_manifest(d, format_version=2),
-                         [".lpu format version 2", "reads version 1", "recompile"]),
+    "format-version-next": (lambda d: _with_manifest(d, format_version=FORMAT_VERSION + 1),
+                            [f".lpu format version {FORMAT_VERSION + 1}", f"reads version {FORMAT_VERSION}",
+                             "recompile"]),
     "other-format": (lambda d: _with_manifest(d, format="onnx"), ["not a .lpu file"]),
     "program-edited": (lambda d: _with_part(d, "program.ir", _parts(d)["program.ir"] + b"\n"),
                        ["program.ir", "sha256"]),
@@ -176,9 +177,9 @@ def test_unknown_machine(tmp_path, capsys, name):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("chips, words_", [("2", ["one chip", "not implemented yet"]), ("0", ["at least 1"]),
-                                           ("-3", ["at least 1"])])
-def test_chips_other_than_one(tmp_path, capsys, chips, words_):
+@pytest.mark.parametrize("chips, words_", [("9", ["dragonfly cannot have 9 chips", "next size", "16"]),
+                                           ("0", ["at least 1"]), ("-3", ["at least 1"])])
+def test_bad_chip_counts(tmp_path, capsys, chips, words_):
     out = tmp_path / "m.lpu"
     code, stdout, err = lpuc(capsys, "compile", SAMPLE, "-o", out, "--chips", chips)
     one_error_line(code, stdout, err, f"--chips {chips}", *words_)
@@ -191,7 +192,7 @@ def test_model_does_not_fit(tmp_path, capsys):
                                                                                     'name = "tiny"')
     machine = _machine_file(tmp_path, text)
     out = tmp_path / "m.lpu"
-    code, stdout, err = lpuc(capsys, "compile", SAMPLE, "-o", out, "--machine", machine)
+    code, stdout, err = lpuc(capsys, "compile", SAMPLE, "-o", out, "--machine", machine, "--chips", "1")
     line = one_error_line(code, stdout, err, "does not fit", "tiny")
     assert not out.exists()
     available = load_machine(machine).sram.chip_bytes
@@ -201,6 +202,19 @@ def test_model_does_not_fit(tmp_path, capsys):
     needed, have, chips = map(int, m.groups())
     assert have == available and needed > available
     assert chips == -(-needed // available) >= 2
+
+
+def test_without_chips_a_model_too_big_for_one_chip_spreads(tmp_path, capsys):
+    """The default chip count: the fewest chips (of a size the topology has) that hold the model."""
+    text = TSP_V1.replace("words_per_slice = 8192", "words_per_slice = 64").replace('name = "tsp-v1"',
+                                                                                    'name = "tiny"')
+    machine = _machine_file(tmp_path, text)
+    out = tmp_path / "m.lpu"
+    code, stdout, err = lpuc(capsys, "compile", SAMPLE, "-o", out, "--machine", machine, "--json")
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["chips"] >= 2 and len(report["partition_chips"]) == report["chips"]
+    assert read_lpu(out).module.attrs["chips"] == report["chips"]
 
 
 # --- a program with a hazard -----------------------------------------------------------------

@@ -85,7 +85,7 @@ class Sched:
         results = tuple(Value(n, t) for n, t in zip(names, types, strict=True))
         sram_operands = [v for i, v in enumerate(operands)
                          if v.name in self.ext and not (name == "mxm.matmul" and i == 1)]
-        sram_results = () if name in ("mxm.install", "host.output") else results
+        sram_results = () if name in ("mxm.install", "host.output", "c2c.send") else results
         if out is None and sram_results:
             out = tuple(e for r in sram_results for e in self.alloc(words(r.type)))
         self.reserve(out or ())

@@ -61,7 +61,8 @@ def test_round_trip(tmp_path: Path):
     assert m["inputs"] == {"x": "f32[2,700]"} and m["outputs"] == {"a": "f32[2,700]", "b": "f32[2,4]"}
     built = build_program(module, MACHINE_TEXT, OPTIONS)
     assert program.cycles == built.cycles > 0
-    assert sorted(program.image) == sorted(built.image) == [(0, 0), (1, 0), (3, 0), (4, 16), (5, 32)]
+    assert sorted(program.image) == sorted(built.image) == [(0, 0, 0), (0, 1, 0), (0, 3, 0), (0, 4, 16), (0, 5, 32)]
+    assert m["weights"] is True and program.weights
     for key, words in built.image.items():
         np.testing.assert_array_equal(program.image[key], words)
         assert not program.image[key].flags.writeable
