@@ -293,3 +293,36 @@ def test_screenshot_is_not_blank(report_file, tmp_path):
     for rgb in ((0x4c, 0x78, 0xa8), (0xf2, 0x8e, 0x2b)):
         close = (np.abs(px.astype(int) - rgb).sum(axis=2) < 30).sum()
         assert close > 200, f"colour {rgb} hardly on screen ({close} px)"
+
+
+@pytest.fixture(scope="module")
+def many_chips():
+    from compiler.pipeline import compile_module
+    from ir.machine import read_machine
+
+    machine, text = read_machine("tsp-v1")
+    module, summary = compile_module(load_model(SAMPLES / "llama_decode.onnx")[0], machine,
+                                     CompileOptions(chips=4, partition="pipeline"))
+    return build_program(module, text, lpu_options(CompileOptions(chips=4), 4), summary.facts())
+
+
+def test_many_chips_links_and_chips(many_chips):
+    data = embedded(render_html(many_chips))
+    sends = [op for op in many_chips.module.ops if op.name == "c2c.send"]
+    assert data["links"]["used"] and sum(r["transfers"] for r in data["links"]["rows"]) == len(sends)
+    assert {r["chip"] for r in data["links"]["rows"]} <= {0, 1, 2, 3}
+    assert data["summary"]["chips"] == 4
+
+
+@needs_chromium
+def test_many_chips_page_renders_in_chromium(many_chips, tmp_path):
+    path = tmp_path / "many.html"
+    path.write_text(render_html(many_chips))
+    done = chromium(["--virtual-time-budget=5000", "--dump-dom", path.as_uri()], tmp_path / "profile")
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    assert 'data-rendered="1"' in dom
+    errors = re.search(r'<div id="lpuc-errors"[^>]*>(.*?)</div>', dom, re.S)
+    assert errors and errors.group(1).strip() == ""
+    links = re.search(r'<div id="links">(.*?)</section>', dom, re.S)
+    assert links and "<table" in links.group(1) and "No chip-to-chip links" not in links.group(1)
