@@ -126,3 +126,38 @@ def test_auto_picks_the_faster_partition(graphs):
     tried = dict(summary.candidates)
     assert set(tried) == {"pipeline", "tensor"}
     assert summary.partition == min(tried, key=lambda s: (int(tried[s]), s))
+
+
+def test_many_chip_schedules_are_deterministic_across_processes(tmp_path):
+    """`lpuc compile --chips 4` (auto partition) under two hash seeds: the same bytes as in this process."""
+    import os
+    import subprocess
+    import sys
+
+    from backends.lpu import lpu_bytes
+    from compiler.driver import lpu_options
+
+    from helpers import ROOT
+
+    model = SAMPLES / "llama_decode.onnx"
+    options = CompileOptions(chips=4)
+    module, summary = compile_module(load_model(model)[0], MACHINE, options)
+    here = lpu_bytes(module, MACHINE_TEXT, lpu_options(options, 4), summary.facts())
+    for seed in ("0", "12345"):
+        out = tmp_path / f"{seed}.lpu"
+        subprocess.run([sys.executable, "-m", "compiler", "compile", str(model), "-o", str(out), "--chips", "4",
+                        "--json"], cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed}, check=True,
+                       capture_output=True)
+        assert out.read_bytes() == here, f"PYTHONHASHSEED={seed} gives other bytes"
+
+
+def test_perfetto_trace_draws_every_transfer(graphs):
+    from backends.trace import chrome_trace
+
+    module, _ = compile_module(_graph(graphs, "gpt2_prefill"), MACHINE, CompileOptions(chips=2, partition="pipeline"))
+    trace = chrome_trace(build_program(module, MACHINE_TEXT))
+    sends = [op for op in module.ops if op.name == "c2c.send"]
+    links = [e for e in trace["traceEvents"] if e.get("cat") == "link"]
+    flows = [e for e in trace["traceEvents"] if e.get("cat") == "transfer"]
+    assert len(links) == 2 * len(sends) and len(flows) == 2 * len(sends)
+    assert {e["pid"] for e in links} == {1, 2}
