@@ -230,8 +230,10 @@ def cmd_compile(args) -> int:
         ("instructions", f"{summary.instructions:,}" + (f"  ({summary.transfers:,} chip-to-chip transfers)"
                                                         if summary.chips > 1 else "")),
         ("SRAM peak", f"{_mib(stats.sram_peak_bytes)}  (allocated {_mib(summary.sram_peak_bytes)}, "
-                      f"of which weights and constants {_mib(summary.sram_image_bytes)})"
-                      + (" on the fullest chip" if summary.chips > 1 else "")),
+                      f"of which weights and constants {_mib(summary.sram_image_bytes)})" if summary.chips == 1 else
+                      f"{_mib(stats.sram_peak_bytes)} on the fullest chip  (allocated "
+                      f"{_mib(summary.sram_peak_bytes)}; weights and constants {_mib(summary.sram_image_bytes)} "
+                      "on all chips)"),
     ]
     if summary.chips > 1:
         tried = ", ".join(f"{s} {c if c.isdigit() else 'does not fit'}" for s, c in summary.candidates)
