@@ -113,6 +113,18 @@ def splittable(op: Op, module: Module, const_index: dict[str, int]) -> bool:
     return False
 
 
+def _tiles(op: Op) -> int:
+    """How many pieces a split op cuts into (lowering cuts the same way): column tiles of a wide weight or
+    table, else row tiles; heads of an attention matmul."""
+    if op.name == "graph.gather":
+        return -(-op.operands[0].type.shape[-1] // LANES)
+    a, b = op.operands[0].type, op.operands[1].type
+    if a.shape[:-2] == b.shape[:-2] and b.rank >= 3 and math.prod(b.shape[:-2]) > 1:
+        return next(d for d in a.shape[:-2] if d > 1)
+    k, n = b.shape[-2:]
+    return -(-n // LANES) if n > LANES else -(-k // LANES)
+
+
 def plan_partition(module: Module, machine: Machine, chips: int, strategy: str) -> Partition:
     """The partition of `module` over `chips` chips by `strategy` (pipeline or tensor; auto is the driver's)."""
     n = len(module.ops)
@@ -120,9 +132,16 @@ def plan_partition(module: Module, machine: Machine, chips: int, strategy: str) 
         return Partition("single", 1, (0,) * n)
     const_index = {op.result.name: i for i, op in enumerate(module.ops) if op.name == "graph.constant"}
     if strategy == "tensor":
-        split = tuple((i, tuple((c, 1) for c in range(chips))) for i, op in enumerate(module.ops)
-                      if splittable(op, module, const_index))
-        return Partition("tensor", chips, _constants_follow(module, (0,) * n), split)
+        # Each split op goes to as many chips as it has tiles, the least loaded first, so that weights
+        # spread evenly rather than piling onto the same chips op after op.
+        weights, load, split = _weight_bytes(module), [0] * chips, []
+        for i, op in enumerate(module.ops):
+            if splittable(op, module, const_index):
+                group = sorted(sorted(range(chips), key=lambda c: (load[c], c))[:_tiles(op)])
+                for c in group:
+                    load[c] += weights[i] // len(group) + 1
+                split.append((i, tuple((c, 1) for c in group)))
+        return Partition("tensor", chips, _constants_follow(module, (0,) * n), tuple(split))
     if strategy != "pipeline":
         raise LpucError(f"unknown partition strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
     weights = _weight_bytes(module)

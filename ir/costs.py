@@ -5,6 +5,9 @@ interpreter recomputes it rather than trusting the program.
 - occupancy: cycles the instruction holds its unit and streams; its SRAM read
   ports are held while its operand words stream out (one word per port per cycle),
   so occupancy is at least the words read from, or written to, its busiest slice.
+  A gather reads only the rows its indices select: it costs the rows gathered, and
+  holds each slice of its table for at most that many words (which slices is known
+  only at run time, so every slice the table spans is held).
 - latency: cycles from issue until its results are in SRAM: occupancy plus
   the unit's pipeline depth (machine.latency).
 - a `c2c.send` streams its words at the link rate (c2c.bytes_per_cycle) through
@@ -52,6 +55,8 @@ def compute_cycles(op: Op, machine: Machine) -> int:
         if suffix in TRANSCENDENTAL:
             per_vector *= machine.vxm.transcendental_cycles
         return max(vectors(t) for t in types) * per_vector
+    if cls == "mem" and suffix.startswith("gather"):  # indexed reads: the rows gathered, not the table
+        return max(words(t) for t in types[1:])
     if cls in ("sxm", "mem"):
         return max(words(t) for t in types)
     if cls == "mxm":
@@ -88,9 +93,15 @@ def cost(op: Op, machine: Machine, reads: Sequence[Sequence[Extent]] = (),
     if cls is None:
         return Cost(0, 0)
     per_read, per_write = Counter(), Counter()
-    for extents in reads:
+    for k, extents in enumerate(reads):
         for s, _, n in extents:
             per_read[s] += n
+        if k == 0 and op.name.startswith("mem.gather"):
+            # Which rows are read depends on the indices: at worst all from one slice, so each slice of the
+            # table is held for as many words as the result has (or all it holds, if fewer).
+            gathered = words(op.results[0].type)
+            for s, _, _ in extents:
+                per_read[s] = min(per_read[s], gathered)
     for extents in writes:
         for s, _, n in extents:
             per_write[s] += n
