@@ -161,7 +161,42 @@ def plan_partition(module: Module, machine: Machine, chips: int, strategy: str) 
                            for c in range(first, last + 1))
             split.append((i, tuple((c, w) for c, w in shares if w > 0)))
         before += share[i]
+    _move_cuts(module, home, {i for i, _ in split}, chips)
     return Partition("pipeline", chips, _constants_follow(module, tuple(home)), tuple(split))
+
+
+def _move_cuts(module: Module, home: list[int], split: set[int], chips: int) -> None:
+    """Move each cut between two pipeline stages to the nearby op boundary (within half a stage)
+    that the fewest activation bytes cross, so stages hand over small values: a cut inside a mixture of
+    experts would otherwise send gathered expert weights over a link."""
+    order = [i for i, op in enumerate(module.ops) if op.name != "graph.constant"]
+    crossing = [0] * (len(order) + 1)  # crossing[p]: bytes of values made before order[p] and read from it on
+    last_use: dict[str, int] = {}
+    for p, i in enumerate(order):
+        for v in module.ops[i].operands:
+            last_use[v.name] = p
+    for p, i in enumerate(order):
+        for r in module.ops[i].results:
+            if last_use.get(r.name, p) > p:
+                crossing[p + 1] += words(r.type)
+                crossing[last_use[r.name] + 1] -= words(r.type)
+    for p in range(1, len(crossing)):
+        crossing[p] += crossing[p - 1]
+    cuts = [p for p in range(1, len(order)) if home[order[p]] == home[order[p - 1]] + 1]
+    window = max(1, len(order) // (2 * chips))
+    for k, p in enumerate(cuts):
+        lo = max(cuts[k - 1] + 1 if k else 1, p - window)
+        hi = min(cuts[k + 1] - 1 if k + 1 < len(cuts) else len(order) - 1, p + window)
+        # a cut may not move across a split op (its parts are placed by the weight quantiles)
+        while lo < p and any(order[q] in split for q in range(lo, p)):
+            lo += 1
+        while hi > p and any(order[q] in split for q in range(p, hi)):
+            hi -= 1
+        best = min(range(lo, hi + 1), key=lambda q: (crossing[q], abs(q - p), q))
+        stage = home[order[p]]
+        for q in range(min(best, p), max(best, p)):
+            home[order[q]] = stage if best < p else stage - 1
+        cuts[k] = best
 
 
 def _constants_follow(module: Module, home: tuple[int, ...]) -> tuple[int, ...]:
