@@ -161,14 +161,26 @@ def plan_partition(module: Module, machine: Machine, chips: int, strategy: str) 
                            for c in range(first, last + 1))
             split.append((i, tuple((c, w) for c, w in shares if w > 0)))
         before += share[i]
-    _move_cuts(module, home, {i for i, _ in split}, chips)
+    load = [0] * chips  # weight bytes per stage
+    for i, op in enumerate(module.ops):
+        if i not in dict(split):
+            load[home[i]] += weights[i]
+    for i, group in split:
+        total_share = sum(w for _, w in group)
+        for c, w in group:
+            load[c] += weights[i] * w // total_share
+    room = machine.sram.chip_bytes * 85 // 100
+    _move_cuts(module, home, weights, {i for i, _ in split}, load, room)
     return Partition("pipeline", chips, _constants_follow(module, tuple(home)), tuple(split))
 
 
-def _move_cuts(module: Module, home: list[int], split: set[int], chips: int) -> None:
+def _move_cuts(module: Module, home: list[int], weights: list[int], split: set[int], load: list[int],
+               room: int) -> None:
     """Move each cut between two pipeline stages to the nearby op boundary (within half a stage)
     that the fewest activation bytes cross, so stages hand over small values: a cut inside a mixture of
-    experts would otherwise send gathered expert weights over a link."""
+    experts would otherwise send gathered expert weights over a link. A cut never moves across a split
+    op, nor so far that a stage's weights exceed `room` bytes."""
+    chips = len(load)
     order = [i for i, op in enumerate(module.ops) if op.name != "graph.constant"]
     crossing = [0] * (len(order) + 1)  # crossing[p]: bytes of values made before order[p] and read from it on
     last_use: dict[str, int] = {}
@@ -187,13 +199,17 @@ def _move_cuts(module: Module, home: list[int], split: set[int], chips: int) -> 
     for k, p in enumerate(cuts):
         lo = max(cuts[k - 1] + 1 if k else 1, p - window)
         hi = min(cuts[k + 1] - 1 if k + 1 < len(cuts) else len(order) - 1, p + window)
-        # a cut may not move across a split op (its parts are placed by the weight quantiles)
-        while lo < p and any(order[q] in split for q in range(lo, p)):
+        stage = home[order[p]]
+        while lo < p and (any(order[q] in split for q in range(lo, p))
+                          or load[stage] + sum(weights[order[q]] for q in range(lo, p)) > room):
             lo += 1
-        while hi > p and any(order[q] in split for q in range(p, hi)):
+        while hi > p and (any(order[q] in split for q in range(p, hi))
+                          or load[stage - 1] + sum(weights[order[q]] for q in range(p, hi)) > room):
             hi -= 1
         best = min(range(lo, hi + 1), key=lambda q: (crossing[q], abs(q - p), q))
-        stage = home[order[p]]
+        moved = sum(weights[order[q]] for q in range(min(best, p), max(best, p)))
+        load[stage if best < p else stage - 1] += moved
+        load[stage - 1 if best < p else stage] -= moved
         for q in range(min(best, p), max(best, p)):
             home[order[q]] = stage if best < p else stage - 1
         cuts[k] = best
