@@ -184,8 +184,8 @@ def _lines(*lines: str) -> str:
 
 def graph_dot(module: Module, *, chips: int | None = None, collapse: bool | None = None,
               title: str | None = None):
-    """A graphviz.Digraph of `module`. `chips`: draw the ops inside one cluster per chip (a scheduled
-    program; every op is on chip0 today). `collapse`: draw repeated layers once (None: when there are
+    """A graphviz.Digraph of `module`. `chips`: draw the ops inside one cluster per chip (a lowered or
+    scheduled program: each op on its `chip`). `collapse`: draw repeated layers once (None: when there are
     at least AUTO_COLLAPSE of them)."""
     import graphviz
 
@@ -233,13 +233,14 @@ def graph_dot(module: Module, *, chips: int | None = None, collapse: bool | None
 
     drawn = [i for i, op in enumerate(ops) if not _is_constant(op) and i not in hidden and where.get(i, (0,))[0] == 0]
 
-    def body(target):
-        for i in drawn:
+    def body(target, chip=None):
+        mine = [i for i in drawn if chip is None or mo.chip_of(ops[i]) == chip]
+        for i in mine:
             if i not in where:
                 add_op(target, i)
-        in_layer = [i for i in drawn if i in where]
+        in_layer = [i for i in mine if i in where]
         if in_layer:
-            with target.subgraph(name="cluster_layers") as c:
+            with target.subgraph(name=f"cluster_layers{'' if chip is None else chip}") as c:
                 c.attr(label=_esc(f"layer × {layers.count}  ({layers.size} ops each)"), style="rounded,dashed",
                        color="#888888", fontsize="11")
                 for i in in_layer:
@@ -249,8 +250,7 @@ def graph_dot(module: Module, *, chips: int | None = None, collapse: bool | None
         for chip in range(chips):
             with g.subgraph(name=f"cluster_chip{chip}") as c:
                 c.attr(label=f"chip{chip}", style="rounded", color="#333333", fontsize="12")
-                if chip == 0:  # one chip so far: everything is on chip0
-                    body(c)
+                body(c, chip)
     else:
         body(g)
     for v in module.inputs:

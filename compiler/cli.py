@@ -485,11 +485,12 @@ def cmd_viz(args) -> int:
         say(f"compiling {path} for {args.machine} ...")
         options = CompileOptions()
         scheduled, summary, machine_text = compile_model(path, args.machine, options, dict(args.shape))
-        program = build_program(scheduled, machine_text, lpu_options(options), summary.facts())
+        program = build_program(scheduled, machine_text, lpu_options(options, summary.chips), summary.facts())
         module = module or scheduled
     outputs = []  # (path, bytes): all made before any is written
     if args.dot:
-        outputs += _graph_outputs(module, Path(args.dot), chips=1 if path.suffix == ".lpu" else None,
+        outputs += _graph_outputs(module, Path(args.dot),
+                                  chips=module.attrs.get("chips", 1) if path.suffix == ".lpu" else None,
                                   collapse=args.collapse)
     if args.perfetto:
         from backends.trace import trace_json

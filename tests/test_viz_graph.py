@@ -92,6 +92,19 @@ def test_a_program_is_drawn_per_chip_and_collapses_too(six_layers):
     assert len(NODE.findall(source)) < len(drawn_ops(module)) / 3
 
 
+def test_a_many_chip_program_is_drawn_in_its_chips():
+    from compiler.pipeline import CompileOptions
+    from ir import machine_ops as mo
+
+    module, _, _ = compile_model(SAMPLES / "llama_decode.onnx", options=CompileOptions(chips=4, partition="pipeline"))
+    source = graph_dot(module, chips=4, collapse=False).source
+    check_dot(source)
+    clusters = re.split(r"subgraph cluster_chip(\d+)", source)[1:]
+    drawn = {int(chip): len(NODE.findall(body)) for chip, body in zip(clusters[::2], clusters[1::2])}
+    per_chip = {c: sum(1 for op in drawn_ops(module) if mo.chip_of(op) == c) for c in range(4)}
+    assert drawn == per_chip and all(per_chip.values())
+
+
 def test_viz_dot_on_each_input_kind(six_layers, tmp_path, capsys):
     lpu = tmp_path / "six.lpu"
     assert run(capsys, "compile", six_layers, "-o", lpu)[0] == 0
