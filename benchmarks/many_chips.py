@@ -4,8 +4,9 @@
 
 For each model (default: samples/*prefill*.onnx) and chip count, the compiler's
 chosen partition (`auto`: the faster of pipeline and tensor by a quick schedule)
-and the cycles of both strategies; `speed-up` is 1-chip cycles / N-chip cycles of
-the chosen one. With --run, each chosen program also runs on the interpreter
+and its cycles (after the list scheduler's improvement rounds); `pipeline` and
+`tensor` are each candidate's quick schedule (no rounds), as `auto` compares
+them; `speed-up` is 1-chip cycles / N-chip cycles of the chosen one. With --run, each chosen program also runs on the interpreter
 against the sample's stored onnxruntime outputs (`err`: max relative error).
 Cycles are deterministic: one compile each, no medians needed.
 """
