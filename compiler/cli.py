@@ -32,7 +32,7 @@ from ir.machine import DEFAULT_MACHINE, load_machine
 from .driver import compile_model, load_model, lpu_options, max_relative_error, read_ir
 from .inputs import random_inputs
 from .partition import STRATEGIES
-from .pipeline import CompileOptions
+from .pipeline import SCHEDULERS, CompileOptions
 
 EXIT_USAGE = 2
 
@@ -182,6 +182,15 @@ def _compile_args(p):
     p.add_argument("--partition", choices=STRATEGIES, default="auto",
                    help="how to spread the model over chips: pipeline (contiguous layer ranges), tensor "
                         "(matmuls split by columns or rows), or auto: the faster of the two (default)")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="list",
+                   help="list: the deterministic list scheduler (default); cpsat: OR-Tools CP-SAT warm-started "
+                        "from it, never worse, with a proven lower bound")
+    p.add_argument("--effort", type=float, default=CompileOptions.effort, metavar="SECONDS",
+                   help=f"cpsat: CP-SAT's deterministic time budget (not wall-clock; default "
+                        f"{CompileOptions.effort:g})")
+    p.add_argument("--workers", type=int, default=CompileOptions.workers, metavar="N",
+                   help=f"cpsat: solver threads (default {CompileOptions.workers}, whatever the machine; the "
+                        "schedule does not depend on it)")
     p.add_argument("--no-weights", action="store_true",
                    help="compile from shapes alone: weights (e.g. ONNX external data) are never read and the "
                         ".lpu holds none; run it with `lpuc run --timing-only`")
@@ -196,7 +205,8 @@ def cmd_compile(args) -> int:
     if args.chips is not None and args.chips < 1:
         raise LpucError(f"--chips {args.chips}: the chip count must be at least 1")
     start = time.perf_counter()
-    options = CompileOptions(chips=args.chips, partition=args.partition)
+    options = CompileOptions(chips=args.chips, partition=args.partition, scheduler=args.scheduler,
+                             effort=args.effort, workers=args.workers)
     progress = None if args.json else _after_seconds(2.0)
     module, summary, machine_text = compile_model(args.model, args.machine, options, dict(args.shape),
                                                   progress=progress)
@@ -215,6 +225,8 @@ def cmd_compile(args) -> int:
         "transfers": summary.transfers,
         "sram_peak_bytes": stats.sram_peak_bytes, "sram_allocated_bytes": summary.sram_peak_bytes,
         "sram_image_bytes": summary.sram_image_bytes, "weights": not args.no_weights,
+        "solver_status": summary.solver_status, "solve_seconds": round(summary.solve_seconds, 3),
+        "list_cycles": summary.list_cycles,
         "partition_chips": list(summary.partition_lines),
         "partition_candidates": {s: c for s, c in summary.candidates},
         "compile_seconds": round(seconds, 3), "schedule_sha256": sha,
@@ -227,6 +239,8 @@ def cmd_compile(args) -> int:
     rows = [
         ("cycles", f"{summary.cycles:,}  ({summary.microseconds:.2f} us at {summary.clock_mhz:g} MHz)"),
         ("lower bound", f"{summary.lower_bound:,}  (gap {summary.gap:.1%}; bound: {summary.bound})"),
+        *([("CP-SAT", f"{summary.solver_status}, {summary.solve_seconds:.1f} s; the list schedule had "
+                      f"{summary.list_cycles:,} cycles")] if options.scheduler == "cpsat" else []),
         ("instructions", f"{summary.instructions:,}" + (f"  ({summary.transfers:,} chip-to-chip transfers)"
                                                         if summary.chips > 1 else "")),
         ("SRAM peak", f"{_mib(stats.sram_peak_bytes)}  (allocated {_mib(summary.sram_peak_bytes)}, "
@@ -390,7 +404,8 @@ def cmd_demo(args) -> int:
     lpu = out_dir / f"{DEMO_SAMPLE}.lpu"
     say(f"compiling {model.name} for {args.machine} ...")
     cmd_compile(argparse.Namespace(model=str(model), shape=[], output=str(lpu), machine=args.machine, chips=1,
-                                   partition="auto", no_weights=False,
+                                   partition="auto", no_weights=False, scheduler="list",
+                                   effort=CompileOptions.effort, workers=CompileOptions.workers,
                                    json=False))
     inputs = read_npz(samples / f"{DEMO_SAMPLE}.inputs.npz", "inputs")
     say(f"running {lpu} on the interpreter ...")

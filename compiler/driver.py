@@ -67,7 +67,9 @@ def max_relative_error(ours, ref) -> float:
 
 
 def lpu_options(options, chips: int = 1) -> dict:
-    """The compile options an .lpu manifest records."""
+    """The compile options an .lpu manifest records: those that shape the schedule. Not the solver's
+    thread count, which does not (so worker counts give byte-identical files)."""
     import dataclasses
 
-    return {**dataclasses.asdict(options), "chips": chips}
+    recorded = {k: v for k, v in dataclasses.asdict(options).items() if k != "workers"}
+    return {**recorded, "chips": chips}

@@ -21,14 +21,17 @@ from ir.verifier import verify
 from .allocate import Allocate, DoesNotFit, apply_allocation
 from .lower import lower
 from .partition import STRATEGIES, Partition, plan_partition
+from .schedule_cpsat import CpSatScheduler
 from .schedule_list import ListScheduler, apply_schedule
 
-SCHEDULERS = ("list",)
+SCHEDULERS = ("list", "cpsat")
 
 
 @dataclass(frozen=True)
 class CompileOptions:
-    scheduler: str = "list"
+    scheduler: str = "list"      # list, or cpsat: CP-SAT warm-started from the list schedule
+    effort: float = 0.1          # cpsat: CP-SAT's deterministic time budget (never wall-clock)
+    workers: int = 8             # cpsat: solver threads (fixed by default, never the core count)
     stripes: int | None = None   # SRAM slices a value is spread over (None: one per byte-plane)
     rounds: int = 2              # list scheduler: forward-backward improvement rounds
     chips: int | None = None     # None: the fewest chips whose SRAM holds the model
@@ -53,6 +56,10 @@ class CompileSummary:
     partition_lines: tuple[str, ...] = ()        # per chip: what it runs
     candidates: tuple[tuple[str, str], ...] = ()  # (strategy, cycles or why not) of those tried
     transfers: int = 0           # c2c.send instructions
+    solver_status: str = ""      # cpsat: optimal / feasible / skipped ...
+    solve_seconds: float = 0.0   # cpsat: wall-clock (reported only; never decides anything)
+    list_cycles: int = 0         # cpsat: the warm start's length
+    proven_bound: int = 0        # cpsat: the solver's proven lower bound (0: none)
 
     @property
     def gap(self) -> float:
@@ -65,7 +72,9 @@ class CompileSummary:
 
     @property
     def bound(self) -> str:
-        """What the lower bound comes from: a resource, or the critical path."""
+        """What the lower bound comes from: a resource, the critical path, or CP-SAT's proof."""
+        if self.proven_bound > max(self.resource_bound, self.critical_path):
+            return "CP-SAT proof"
         return self.bound_resource if self.resource_bound >= self.critical_path else "critical path"
 
     def facts(self) -> dict:
@@ -75,7 +84,8 @@ class CompileSummary:
                 "instructions": self.instructions, "sram_allocated_bytes": self.sram_peak_bytes,
                 "sram_image_bytes": self.sram_image_bytes, "chips": self.chips, "partition": self.partition,
                 "partition_lines": list(self.partition_lines), "transfers": self.transfers,
-                "candidates": [list(c) for c in self.candidates]}
+                "candidates": [list(c) for c in self.candidates], "solver_status": self.solver_status,
+                "list_cycles": self.list_cycles}
 
 
 def _allocate(graph: Module, machine: Machine, partition: Partition, options: CompileOptions, progress=None):
@@ -88,11 +98,17 @@ def _allocate(graph: Module, machine: Machine, partition: Partition, options: Co
     return verify(apply_allocation(lowered, allocation)), allocation
 
 
-def _schedule(allocated: Module, machine: Machine, options: CompileOptions, rounds: int, progress=None):
+def _schedule(allocated: Module, machine: Machine, options: CompileOptions, rounds: int, progress=None,
+              scheduler: str = "list"):
     if progress:
-        progress(f"scheduling {len(allocated.ops):,} ops ({options.scheduler}, {rounds} improvement rounds)")
-    result = ListScheduler(rounds).schedule(allocated, machine)
-    return verify(apply_schedule(allocated, result)), result
+        progress(f"scheduling {len(allocated.ops):,} ops ({scheduler}, {rounds} list improvement rounds"
+                 + (f", effort {options.effort:g})" if scheduler == "cpsat" else ")"))
+    info = None
+    if scheduler == "cpsat":
+        result, info = CpSatScheduler(options.effort, options.workers, rounds).schedule(allocated, machine)
+    else:
+        result = ListScheduler(rounds).schedule(allocated, machine)
+    return verify(apply_schedule(allocated, result)), result, info
 
 
 def default_chips(graph: Module, machine: Machine) -> int:
@@ -108,6 +124,9 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
     """`progress`, when given, is called with one line per stage (for long compiles)."""
     if options.scheduler not in SCHEDULERS:
         raise LpucError(f"unknown scheduler {options.scheduler!r} (choose from {', '.join(SCHEDULERS)})")
+    if options.effort <= 0 or options.workers < 1:
+        raise LpucError(f"--effort must be positive and --workers at least 1 (got {options.effort:g}, "
+                        f"{options.workers})")
     if options.partition not in STRATEGIES:
         raise LpucError(f"unknown partition {options.partition!r} (choose from {', '.join(STRATEGIES)})")
     if options.chips is not None:
@@ -144,22 +163,25 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
         # Candidates are compared by a quick schedule (no improvement rounds): the cost model is the
         # scheduler itself.
         quick = 0 if len(strategies) > 1 else options.rounds
-        scheduled, result = _schedule(allocated, machine, options, quick, progress)
+        scheduled, result, info = _schedule(allocated, machine, options, quick, progress,
+                                            "list" if len(strategies) > 1 else options.scheduler)
         tried.append((strategy, str(result.cycles)))
         if best is None or result.cycles < best[2].cycles:
-            best = (partition, allocated, result, allocation, scheduled)
+            best = (partition, allocated, result, allocation, scheduled, info)
     if best is None:
         raise DoesNotFit(f"no partition of {graph_module.name} fits {chips} chips: "
                         + "; ".join(f"{s}: {why}" for s, why in tried))
-    partition, allocated, result, allocation, scheduled = best
-    if len(strategies) > 1 and options.rounds:
-        scheduled, result = _schedule(allocated, machine, options, options.rounds, progress)
+    partition, allocated, result, allocation, scheduled, info = best
+    if len(strategies) > 1 and (options.rounds or options.scheduler != "list"):
+        scheduled, result, info = _schedule(allocated, machine, options, options.rounds, progress, options.scheduler)
     summary = CompileSummary(machine.name, result.cycles, result.lower_bound, result.critical_path,
                              result.resource_bound, result.bound_resource, result.instructions,
                              len(scheduled.ops), allocation.peak_bytes, allocation.image_bytes, machine.clock_mhz,
                              chips, partition.strategy, tuple(partition.describe(graph_module)) if chips > 1 else (),
                              tuple(tried) if len(strategies) > 1 else (),
-                             sum(1 for op in scheduled.ops if op.name == "c2c.send"))
+                             sum(1 for op in scheduled.ops if op.name == "c2c.send"),
+                             info.status if info else "", info.seconds if info else 0.0,
+                             info.list_cycles if info else 0, result.proven_bound)
     return scheduled, summary
 
 

@@ -301,10 +301,11 @@ class ScheduleResult:
     resource_bound: int                 # max over resources of work / capacity
     bound_resource: str                 # which resource gives resource_bound
     instructions: int
+    proven_bound: int = 0               # a solver's proven bound on the optimum (0: none)
 
     @property
     def lower_bound(self) -> int:
-        return max(self.critical_path, self.resource_bound)
+        return max(self.critical_path, self.resource_bound, self.proven_bound)
 
     @property
     def gap(self) -> float:
@@ -527,6 +528,15 @@ def list_schedule(module: Module, machine: Machine, rounds: int = ListScheduler.
         if not improved:
             break
 
+    return schedule_result(module, program, machine, best)
+
+
+def schedule_result(module: Module, program: Program, machine: Machine,
+                    placed: dict[int, tuple[int, int, tuple[int, ...]]], proven_bound: int = 0) -> ScheduleResult:
+    """The ScheduleResult of instruction placements (op index -> (cycle, unit instance, streams)):
+    constants at 0, views when their words have all landed, and the lower bounds."""
+    ops, best = module.ops, placed
+    by_index = {ins.index: ins for ins in program.instructions}
     placements = []
     available: dict[str, int] = {}
     for i, op in enumerate(ops):
@@ -542,7 +552,8 @@ def list_schedule(module: Module, machine: Machine, rounds: int = ListScheduler.
                 available[r.name] = t
         placements.append(p)
     critical, resource, which = lower_bounds(program, machine)
-    return ScheduleResult(tuple(placements), _length(program, best), critical, resource, which, len(by_index))
+    return ScheduleResult(tuple(placements), _length(program, best), critical, resource, which, len(by_index),
+                          proven_bound)
 
 
 def apply_schedule(module: Module, result: ScheduleResult) -> Module:
@@ -558,4 +569,4 @@ def apply_schedule(module: Module, result: ScheduleResult) -> Module:
 
 
 __all__ = ["ListScheduler", "Placement", "Program", "ScheduleResult", "analyze", "apply_schedule",
-           "list_schedule", "lower_bounds"]
+           "list_schedule", "lower_bounds", "schedule_result"]
