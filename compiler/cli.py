@@ -567,8 +567,15 @@ def _render_html(program, run_result=None) -> str:
 
 # --- main --------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors on one line like every other lpuc error."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lpuc",
         description="lpuc: a static-scheduling compiler for LPU-style inference chips.",
         epilog="Run `lpuc COMMAND --help` for a command's options.")

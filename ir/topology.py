@@ -98,33 +98,47 @@ def link_name(chip: int, port: int) -> str:
 
 def supported_chips(machine: Machine, n: int) -> bool:
     t = machine.topology
-    if n < 1 or n > t.max_chips:
+    if n < 1 or n > most_chips(machine):
         return False
     if n == 1:
         return True
     if t.kind == "dragonfly":
-        if n <= t.chips_per_node:
-            return True
-        return n % t.chips_per_node == 0 and n // t.chips_per_node <= t.chips_per_node * t.global_links + 1
+        return n <= t.chips_per_node or n % t.chips_per_node == 0
     if t.kind == "torus2d":
         return n % t.width == 0
     return True
 
 
+def most_chips(machine: Machine) -> int:
+    """The largest chip count lpuc builds a network for: the machine's max_chips, and for a dragonfly the
+    nodes that one global cable between every two of them can join."""
+    t = machine.topology
+    if t.kind == "dragonfly":
+        return min(t.max_chips, t.chips_per_node * (t.chips_per_node * t.global_links + 1))
+    return t.max_chips
+
+
 def round_chips(machine: Machine, n: int) -> int:
     """The smallest chip count >= n that the topology supports."""
-    m = max(n, 1)
-    while m <= machine.topology.max_chips:
+    for m in range(max(n, 1), most_chips(machine) + 1):
         if supported_chips(machine, m):
             return m
-        m += 1
-    raise LpucError(f"{machine.name}: {n} chips are more than its {machine.topology.kind} topology supports "
-                    f"({machine.topology.max_chips} at most)")
+    raise LpucError(f"{n} chips: {_limit(machine)}")
+
+
+def _limit(machine: Machine) -> str:
+    t = machine.topology
+    if most_chips(machine) < t.max_chips:
+        return (f"lpuc joins at most {most_chips(machine) // t.chips_per_node} {machine.name} dragonfly nodes "
+                f"({most_chips(machine)} chips, a global cable between every two nodes)")
+    return f"a {machine.name} {t.kind} has at most {t.max_chips}"
 
 
 def network(machine: Machine, chips: int) -> Network:
     """The network of `chips` chips of `machine`; an LpucError when the topology has no such size."""
     t, ports = machine.topology, machine.c2c.links
+    if chips > most_chips(machine):
+        raise LpucError(f"--chips {chips}: {_limit(machine)}")
     if not supported_chips(machine, chips):
         raise LpucError(f"--chips {chips}: a {machine.name} {t.kind} cannot have {chips} chips ({_sizes(machine)}); "
                         f"the next size it supports is {round_chips(machine, chips)}")

@@ -246,3 +246,15 @@ def test_command_help(capsys, command, args):
     assert out.startswith(f"usage: lpuc {command}")
     for a in args:
         assert a in out, f"{a} not in `lpuc {command} --help`"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["compile", "m.onnx", "-o", "m.lpu", "--partition", "bogus"], ["--partition", "invalid choice", "--help"]),
+    (["compile", "m.onnx"], ["-o/--output", "required"]),
+    (["run", "x.lpu", "--seed", "one"], ["--seed", "invalid int"]),
+    (["frobnicate"], ["invalid choice"]),
+])
+def test_usage_errors_are_one_line(capsys, argv, words):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and not out and len(err.splitlines()) == 1, err
+    assert err.startswith("lpuc") and "error:" in err and all(w in err for w in words), err

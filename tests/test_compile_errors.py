@@ -178,6 +178,7 @@ def test_unknown_machine(tmp_path, capsys, name):
 
 
 @pytest.mark.parametrize("chips, words_", [("9", ["dragonfly cannot have 9 chips", "next size", "16"]),
+                                           ("300", ["at most 33", "264 chips"]),
                                            ("0", ["at least 1"]), ("-3", ["at least 1"])])
 def test_bad_chip_counts(tmp_path, capsys, chips, words_):
     out = tmp_path / "m.lpu"
