@@ -105,7 +105,7 @@ def _schedule(allocated: Module, machine: Machine, options: CompileOptions, roun
                  + (f", effort {options.effort:g})" if scheduler == "cpsat" else ")"))
     info = None
     if scheduler == "cpsat":
-        result, info = CpSatScheduler(options.effort, options.workers, rounds).schedule(allocated, machine)
+        result, info = CpSatScheduler(options.effort, options.workers, rounds).schedule(allocated, machine, progress)
     else:
         result = ListScheduler(rounds).schedule(allocated, machine)
     return verify(apply_schedule(allocated, result)), result, info

@@ -57,11 +57,24 @@ class CpSatScheduler:
     rounds: int = 2         # the warm start's list-scheduler rounds
     max_instructions: int = 20000  # larger programs keep the list schedule (status "skipped")
 
-    def schedule(self, module: Module, machine: Machine) -> tuple[ScheduleResult, SolveInfo]:
-        return cpsat_schedule(module, machine, self)
+    def schedule(self, module: Module, machine: Machine, progress=None) -> tuple[ScheduleResult, SolveInfo]:
+        return cpsat_schedule(module, machine, self, progress)
 
 
-def cpsat_schedule(module: Module, machine: Machine, options: CpSatScheduler) -> tuple[ScheduleResult, SolveInfo]:
+class _Progress(cp_model.CpSolverSolutionCallback):
+    """Reports each better schedule and the bound (it only watches: the search is the same without it)."""
+
+    def __init__(self, makespan, progress):
+        super().__init__()
+        self.makespan, self.progress = makespan, progress
+
+    def on_solution_callback(self):
+        self.progress(f"CP-SAT: {int(self.value(self.makespan)):,} cycles, bound {int(self.best_objective_bound):,}")
+
+
+def cpsat_schedule(module: Module, machine: Machine, options: CpSatScheduler,
+                   progress=None) -> tuple[ScheduleResult, SolveInfo]:
+    """`progress`, when given, hears of every better schedule the solver finds."""
     base = list_schedule(module, machine, options.rounds)
     program = analyze(module, machine)
     instrs = {ins.index: ins for ins in program.instructions}
@@ -137,7 +150,7 @@ def cpsat_schedule(module: Module, machine: Machine, options: CpSatScheduler) ->
     prm.interleave_search = True
     prm.interleave_batch_size = 8
     t0 = time.perf_counter()
-    status = solver.solve(m)
+    status = solver.solve(m, _Progress(makespan, progress) if progress else None)
     seconds = time.perf_counter() - t0
     name = STATUS.get(status, "unknown")
     bound = int(solver.best_objective_bound) if status in (cp_model.OPTIMAL, cp_model.FEASIBLE) else 0
