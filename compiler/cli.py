@@ -198,8 +198,9 @@ def _compile_args(p):
 
 
 @command("compile", "compile a model to an executable schedule (.lpu)",
-         "Lower MODEL to machine instructions, allocate SRAM, schedule every instruction at an exact cycle, "
-         "and write FILE.lpu. Prints cycles, the lower bound and gap, instructions, SRAM peak and compile time.",
+         "Partition MODEL over chips, lower it to machine instructions and chip-to-chip transfers, allocate "
+         "SRAM, schedule every instruction and transfer at an exact cycle, and write FILE.lpu. Prints cycles, "
+         "the lower bound and gap, instructions, SRAM peak, the partition and compile time.",
          _compile_args)
 def cmd_compile(args) -> int:
     if args.chips is not None and args.chips < 1:
