@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
+from itertools import islice
 from dataclasses import dataclass
 
 import numpy as np
@@ -273,7 +274,7 @@ class _Resources:
 
     @staticmethod
     def take_streams(streams: list[_Busy], t: int, n: int, hold: int) -> tuple[int, ...]:
-        ids = tuple(k for k, b in enumerate(streams) if b.free(t, hold))[:n]
+        ids = tuple(islice((k for k, b in enumerate(streams) if b.free(t, hold)), n))
         assert len(ids) == n
         for k in ids:
             streams[k].add(t, t + hold)
