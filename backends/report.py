@@ -363,7 +363,7 @@ def report_data(program: Program, run_result: Result | None = None) -> dict[str,
         sram.append({"chip": chip, "slices": per, "total": total, "peak_words": peak, "peak_cycle": peak_at,
                      "max_slice_words": max((lv for st in per for lv in st[1::2]), default=0)})
 
-    links = _links(a, machine)
+    links = _links(stats, a.cycles, machine)
     batch = decode_batch(program)
     latency_us = machine.cycles_to_us(a.cycles)
     crit_wait = sum(st.wait for st in a.critical[1:])
@@ -436,19 +436,12 @@ def _why(a: Analysis, st: CriticalStep) -> list | None:
     return ["other", None, None, None]
 
 
-def _links(a: Analysis, machine) -> dict[str, Any]:
-    """Chip-to-chip traffic: per sending link (a send's tx unit), the transfers, bytes and busy cycles."""
-    per: dict[tuple[int, str], list[int]] = {}
-    for ins in a.instrs:
-        if ins.op.name != "c2c.send":
-            continue
-        n_bytes = sum(words(v.type) for v in ins.op.operands) * LANES
-        row = per.setdefault((ins.chip, ins.unit), [0, 0, 0])
-        row[0] += 1
-        row[1] += n_bytes
-        row[2] += ins.occ
-    rows = [{"chip": c, "link": u, "transfers": t, "bytes": b, "busy": busy,
-             "util": busy / a.cycles if a.cycles else 0.0} for (c, u), (t, b, busy) in sorted(per.items())]
+def _links(stats: Stats, cycles: int, machine) -> dict[str, Any]:
+    """Chip-to-chip traffic, as the interpreter counts it: per link direction (named by its sender,
+    "c0.l3"), the transfers, bytes and busy cycles of every hop over it."""
+    rows = [{"chip": int(link.name[1:].split(".")[0]), "link": link.name, "transfers": link.transfers,
+             "bytes": link.bytes, "busy": link.busy, "util": link.busy / cycles if cycles else 0.0}
+            for link in stats.links]
     return {"used": bool(rows), "rows": rows, "links_per_chip": machine.c2c.links}
 
 
