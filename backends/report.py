@@ -37,7 +37,7 @@ from typing import Any
 from ir import machine_ops as mo
 from ir.core import Op
 from ir.costs import cost, units
-from ir.layout import LANES, sub_extents, view_extents, words
+from ir.layout import sub_extents, view_extents, words
 from ir.printer import format_attr
 
 from .interpreter import Result, Stats, schedule_stats
