@@ -48,18 +48,11 @@ class Partition:
 
     def describe(self, module: Module) -> list[str]:
         """One line per chip: the ops (and layers, when names tell) it runs, and its weight bytes."""
-        weights = _weight_bytes(module)
+        chip_bytes = _chip_loads(self.home, self.split, _weight_bytes(module), self.chips)
         per_chip: dict[int, list[int]] = {}
-        chip_bytes = [0] * self.chips
-        split = dict(self.split)
         for i, (op, home) in enumerate(zip(module.ops, self.home)):
-            if op.name == "graph.constant":
-                continue
-            per_chip.setdefault(home, []).append(i)
-            group = split.get(i, ((home, 1),))
-            total = sum(share for _, share in group)
-            for c, share in group:
-                chip_bytes[c] += weights[i] * share // total
+            if op.name != "graph.constant":
+                per_chip.setdefault(home, []).append(i)
         lines = []
         for c in range(self.chips):
             ops = per_chip.get(c, [])
@@ -68,6 +61,18 @@ class Partition:
             extra = f", parts of {parts} split ops" if parts else ""
             lines.append(f"chip {c}: {spans}{extra}, weights {chip_bytes[c] / 2**20:.1f} MiB")
         return lines
+
+
+def _chip_loads(home, split, weights: list[int], chips: int) -> list[int]:
+    """Weight bytes per chip: each op's on its home chip, a split op's shared out by the chips' shares."""
+    groups = dict(split)
+    load = [0] * chips
+    for i, w in enumerate(weights):
+        group = groups.get(i, ((home[i], 1),))
+        total = sum(share for _, share in group)
+        for c, share in group:
+            load[c] += w * share // total
+    return load
 
 
 def _constant_operands(module: Module) -> dict[int, list[int]]:
@@ -161,16 +166,8 @@ def plan_partition(module: Module, machine: Machine, chips: int, strategy: str) 
                            for c in range(first, last + 1))
             split.append((i, tuple((c, w) for c, w in shares if w > 0)))
         before += share[i]
-    load = [0] * chips  # weight bytes per stage
-    for i, op in enumerate(module.ops):
-        if i not in dict(split):
-            load[home[i]] += weights[i]
-    for i, group in split:
-        total_share = sum(w for _, w in group)
-        for c, w in group:
-            load[c] += weights[i] * w // total_share
     room = machine.sram.chip_bytes * 85 // 100
-    _move_cuts(module, home, weights, {i for i, _ in split}, load, room)
+    _move_cuts(module, home, weights, {i for i, _ in split}, _chip_loads(home, split, weights, chips), room)
     return Partition("pipeline", chips, _constants_follow(module, tuple(home)), tuple(split))
 
 
