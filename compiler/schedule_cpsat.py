@@ -36,7 +36,8 @@ from ir import Module
 from ir.costs import units
 from ir.machine import Machine
 
-from .schedule_list import ListScheduler, ScheduleResult, analyze, list_schedule, schedule_result
+from .schedule_list import (ListScheduler, ScheduleResult, analyze, list_schedule, port_and_link_windows,
+                            schedule_result)
 
 STATUS = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible", cp_model.INFEASIBLE: "infeasible",
           cp_model.MODEL_INVALID: "invalid", cp_model.UNKNOWN: "unknown"}
@@ -91,16 +92,15 @@ def cpsat_schedule(module: Module, machine: Machine, options: CpSatScheduler,
             if i in start:
                 m.add(start[j] >= start[i] + d)
 
-    rp, wp = machine.sram.read_ports, machine.sram.write_ports
     counts = units(machine)
     cumulative: dict[tuple, list] = {}   # (chip, resource) -> [(interval, demand)]
-    disjoint: dict[tuple, list] = {}     # (chip, resource) -> [interval]
+    disjoint: dict[tuple, list] = {}     # (kind, chip, slice / port / unit) -> [interval]
     pair_of = dict(program.install_of)   # matmul -> install
     paired = set(pair_of.values())
     for i, ins in instrs.items():
         c, chip, s = ins.cost, ins.chip, start[i]
         if ins.fixed_unit is not None:
-            disjoint.setdefault((chip, f"{ins.unit_class}{ins.fixed_unit}"), []).append(
+            disjoint.setdefault((ins.unit_class, chip, ins.fixed_unit), []).append(
                 m.new_fixed_size_interval_var(s, c.occupancy, f"u{i}"))
         elif ins.unit_class == "mxm":
             if i in pair_of:  # the plane is held from the install's issue to the end of its matmul
@@ -119,15 +119,8 @@ def cpsat_schedule(module: Module, machine: Machine, options: CpSatScheduler,
         if ins.streams:
             cumulative.setdefault((chip, "streams"), []).append(
                 (m.new_fixed_size_interval_var(s, c.latency, f"st{i}"), ins.streams))
-        for sl, n in c.reads:
-            disjoint.setdefault((chip, f"r{sl}"), []).append(m.new_fixed_size_interval_var(s, -(-n // rp), f"r{i}"))
-        for sl, n in c.writes:
-            k = -(-n // wp)
-            disjoint.setdefault((chip, f"w{sl}"), []).append(
-                m.new_fixed_size_interval_var(s + c.latency - k, k, f"w{i}"))
-        for ch, port, off, length in ins.links:
-            disjoint.setdefault((ch, f"link{port}"), []).append(
-                m.new_fixed_size_interval_var(s + off, length, f"l{i}"))
+        for key, off, length in port_and_link_windows(ins, machine):
+            disjoint.setdefault(key, []).append(m.new_fixed_size_interval_var(s + off, length, f"p{i}"))
     streams = machine.streams.east + machine.streams.west
     for (chip, name), items in sorted(cumulative.items()):
         capacity = streams if name == "streams" else counts[name]

@@ -216,6 +216,18 @@ class _Busy:
             self.ends.insert(i, end)
 
 
+def port_and_link_windows(ins: Instruction, machine: Machine) -> list[tuple[tuple[str, int, int], int, int]]:
+    """The exclusive windows an instruction holds, as ((kind, chip, slice or port), offset from issue, length):
+    each slice's read port while its words stream out, each slice's write port while its results land,
+    and each link direction a send's route takes."""
+    c = ins.cost
+    rp, wp = machine.sram.read_ports, machine.sram.write_ports
+    out = [(("read", ins.chip, s), 0, -(-n // rp)) for s, n in c.reads]
+    out += [(("write", ins.chip, s), c.latency - -(-n // wp), -(-n // wp)) for s, n in c.writes]
+    out += [(("link", ch, port), off, length) for ch, port, off, length in ins.links]
+    return out
+
+
 class _Chip:
     """One chip's resources."""
 
@@ -241,10 +253,11 @@ class _Resources:
         """(resource, offset from issue, length) of the port and link windows of an instruction.
         Reversed time mirrors every window: [off, off+len) -> [lat-off-len, lat-off)."""
         c, chip = ins.cost, self.chip(ins.chip)
-        rp, wp = self.machine.sram.read_ports, self.machine.sram.write_ports
-        out = [(chip.read[s], 0, -(-n // rp)) for s, n in c.reads]
-        out += [(chip.write[s], c.latency - -(-n // wp), -(-n // wp)) for s, n in c.writes]
-        out += [(self.links.setdefault((ch, port), _Busy()), off, length) for ch, port, off, length in ins.links]
+        out = []
+        for (kind, ch, k), off, length in port_and_link_windows(ins, self.machine):
+            busy = (chip.read[k] if kind == "read" else chip.write[k] if kind == "write"
+                    else self.links.setdefault((ch, k), _Busy()))
+            out.append((busy, off, length))
         if reverse:
             out = [(busy, c.latency - off - length, length) for busy, off, length in out]
         return out
@@ -570,4 +583,4 @@ def apply_schedule(module: Module, result: ScheduleResult) -> Module:
 
 
 __all__ = ["ListScheduler", "Placement", "Program", "ScheduleResult", "analyze", "apply_schedule",
-           "list_schedule", "lower_bounds", "schedule_result"]
+           "list_schedule", "lower_bounds", "port_and_link_windows", "schedule_result"]
