@@ -182,15 +182,22 @@ def _compile_args(p):
     p.add_argument("--partition", choices=STRATEGIES, default="auto",
                    help="how to spread the model over chips: pipeline (contiguous layer ranges), tensor "
                         "(matmuls split by columns or rows), or auto: the faster of the two (default)")
-    p.add_argument("--scheduler", choices=SCHEDULERS, default="list",
-                   help="list: the deterministic list scheduler (default); cpsat: OR-Tools CP-SAT warm-started "
-                        "from it, never worse, with a proven lower bound")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=CompileOptions.scheduler,
+                   help="cpsat: OR-Tools CP-SAT warm-started from the list schedule, never worse than it, with "
+                        "a proven lower bound (default); list: the list scheduler alone (fast)")
     p.add_argument("--effort", type=float, default=CompileOptions.effort, metavar="SECONDS",
                    help=f"cpsat: CP-SAT's deterministic time budget (not wall-clock; default "
                         f"{CompileOptions.effort:g})")
     p.add_argument("--workers", type=int, default=CompileOptions.workers, metavar="N",
                    help=f"cpsat: solver threads (default {CompileOptions.workers}, whatever the machine; the "
                         "schedule does not depend on it)")
+    p.add_argument("--window", type=int, default=CompileOptions.window, metavar="N",
+                   help=f"cpsat: instructions per CP-SAT model; a larger program is solved window by window, "
+                        f"reusing the solution of any window equal to one solved before (default "
+                        f"{CompileOptions.window})")
+    p.add_argument("--max-windows", type=int, default=CompileOptions.max_windows, metavar="N",
+                   help=f"cpsat: CP-SAT models solved at most; later windows keep the list schedule, which bounds "
+                        f"the solver's time on large programs (default {CompileOptions.max_windows})")
     p.add_argument("--no-weights", action="store_true",
                    help="compile from shapes alone: weights (e.g. ONNX external data) are never read and the "
                         ".lpu holds none; run it with `lpuc run --timing-only`")
@@ -207,7 +214,8 @@ def cmd_compile(args) -> int:
         raise LpucError(f"--chips {args.chips}: the chip count must be at least 1")
     start = time.perf_counter()
     options = CompileOptions(chips=args.chips, partition=args.partition, scheduler=args.scheduler,
-                             effort=args.effort, workers=args.workers)
+                             effort=args.effort, workers=args.workers, window=args.window,
+                             max_windows=args.max_windows)
     progress = None if args.json else _after_seconds(2.0)
     module, summary, machine_text = compile_model(args.model, args.machine, options, dict(args.shape),
                                                   progress=progress)
@@ -405,8 +413,9 @@ def cmd_demo(args) -> int:
     lpu = out_dir / f"{DEMO_SAMPLE}.lpu"
     say(f"compiling {model.name} for {args.machine} ...")
     cmd_compile(argparse.Namespace(model=str(model), shape=[], output=str(lpu), machine=args.machine, chips=1,
-                                   partition="auto", no_weights=False, scheduler="list",
+                                   partition="auto", no_weights=False, scheduler=CompileOptions.scheduler,
                                    effort=CompileOptions.effort, workers=CompileOptions.workers,
+                                   window=CompileOptions.window, max_windows=CompileOptions.max_windows,
                                    json=False))
     inputs = read_npz(samples / f"{DEMO_SAMPLE}.inputs.npz", "inputs")
     say(f"running {lpu} on the interpreter ...")

@@ -29,9 +29,11 @@ SCHEDULERS = ("list", "cpsat")
 
 @dataclass(frozen=True)
 class CompileOptions:
-    scheduler: str = "list"      # list, or cpsat: CP-SAT warm-started from the list schedule
+    scheduler: str = "cpsat"     # cpsat: CP-SAT warm-started from the list schedule, or list
     effort: float = 0.1          # cpsat: CP-SAT's deterministic time budget (never wall-clock)
     workers: int = 8             # cpsat: solver threads (fixed by default, never the core count)
+    window: int = 300            # cpsat: instructions per model (larger programs: window by window)
+    max_windows: int = 40        # cpsat: models solved at most (later windows keep the list schedule)
     stripes: int | None = None   # SRAM slices a value is spread over (None: one per byte-plane)
     rounds: int = 2              # list scheduler: forward-backward improvement rounds
     chips: int | None = None     # None: the fewest chips whose SRAM holds the model
@@ -105,7 +107,8 @@ def _schedule(allocated: Module, machine: Machine, options: CompileOptions, roun
                  + (f", effort {options.effort:g})" if scheduler == "cpsat" else ")"))
     info = None
     if scheduler == "cpsat":
-        result, info = CpSatScheduler(options.effort, options.workers, rounds).schedule(allocated, machine, progress)
+        result, info = CpSatScheduler(options.effort, options.workers, rounds, options.window,
+                                      options.max_windows).schedule(allocated, machine, progress)
     else:
         result = ListScheduler(rounds).schedule(allocated, machine)
     return verify(apply_schedule(allocated, result)), result, info
@@ -124,9 +127,9 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
     """`progress`, when given, is called with one line per stage (for long compiles)."""
     if options.scheduler not in SCHEDULERS:
         raise LpucError(f"unknown scheduler {options.scheduler!r} (choose from {', '.join(SCHEDULERS)})")
-    if options.effort <= 0 or options.workers < 1:
-        raise LpucError(f"--effort must be positive and --workers at least 1 (got {options.effort:g}, "
-                        f"{options.workers})")
+    if options.effort <= 0 or min(options.workers, options.window, options.max_windows) < 1:
+        raise LpucError(f"--effort must be positive, --workers, --window and --max-windows at least 1 (got "
+                        f"{options.effort:g}, {options.workers}, {options.window}, {options.max_windows})")
     if options.partition not in STRATEGIES:
         raise LpucError(f"unknown partition {options.partition!r} (choose from {', '.join(STRATEGIES)})")
     if options.chips is not None:
@@ -160,20 +163,22 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
                 raise
             tried.append((strategy, f"does not fit: {e}"))
             continue
-        # Candidates are compared by a quick schedule (no improvement rounds): the cost model is the
-        # scheduler itself.
-        quick = 0 if len(strategies) > 1 else options.rounds
-        scheduled, result, info = _schedule(allocated, machine, options, quick, progress,
-                                            "list" if len(strategies) > 1 else options.scheduler)
-        tried.append((strategy, str(result.cycles)))
-        if best is None or result.cycles < best[2].cycles:
-            best = (partition, allocated, result, allocation, scheduled, info)
+        if len(strategies) == 1:
+            best = (partition, allocated, allocation)
+            break
+        # Candidates are compared by a quick list schedule (no improvement rounds): the cost model is the
+        # scheduler itself. Only the winner is scheduled in earnest.
+        if progress:
+            progress(f"quick list schedule of the {strategy} candidate")
+        cycles = ListScheduler(0).schedule(allocated, machine).cycles
+        tried.append((strategy, str(cycles)))
+        if best is None or cycles < best[3]:
+            best = (partition, allocated, allocation, cycles)
     if best is None:
         raise DoesNotFit(f"no partition of {graph_module.name} fits {chips} chips: "
                         + "; ".join(f"{s}: {why}" for s, why in tried))
-    partition, allocated, result, allocation, scheduled, info = best
-    if len(strategies) > 1 and (options.rounds or options.scheduler != "list"):
-        scheduled, result, info = _schedule(allocated, machine, options, options.rounds, progress, options.scheduler)
+    partition, allocated, allocation = best[:3]
+    scheduled, result, info = _schedule(allocated, machine, options, options.rounds, progress, options.scheduler)
     summary = CompileSummary(machine.name, result.cycles, result.lower_bound, result.critical_path,
                              result.resource_bound, result.bound_resource, result.instructions,
                              len(scheduled.ops), allocation.peak_bytes, allocation.image_bytes, machine.clock_mhz,

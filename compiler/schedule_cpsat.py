@@ -4,7 +4,7 @@ proven lower bound.
 
 The model (../shared/DESIGN.md, "Scheduling"), over the dependences and costs
 the list scheduler derives (`schedule_list.analyze`):
-  - one start variable per instruction, c + lat <= makespan (minimized);
+  - one start variable per instruction;
   - precedence: c_j >= c_i + d for every read-after-write, write-after-read and
     transfer-arrival edge;
   - per chip and unit class, a cumulative of capacity = instances (VXM ALUs,
@@ -18,25 +18,41 @@ Unit instances, planes and stream registers are then assigned from the solved
 cycles greedily in start order, which always succeeds when the cumulatives hold
 (interval colouring).
 
+Scale: a program of up to `window` instructions is one model whose objective is
+the makespan (and whose proven bound is reported). A larger one is solved window
+by window, in the order the list schedule starts its instructions: every other
+instruction is held where it is (its resource holds and dependences become
+constants), and the window minimizes when it ends, then how early its
+instructions start. Each window is feasible at its current cycles, so every step
+keeps a valid schedule, and pulling one window earlier lets the next ones move
+up. Windows are cut where the instructions' content says (content-defined
+chunking), so repeated layers give windows of equal structure; a window equal to
+one solved before first tries that schedule, shifted, and keeps it without a
+solve when it fits and is no worse. At most `max_windows` models are solved; the
+windows past them keep the list schedule, so compile time stays linear in the
+program (the list scheduler's) plus a bounded solver time.
+
 Determinism: a fixed seed, a deterministic time limit (`effort`, CP-SAT's
-deterministic seconds — never wall-clock), and `interleave_search` with a fixed
-batch size, so the schedule does not depend on the machine; `workers` is part of
-the options recorded in the .lpu manifest.
+deterministic seconds per model -- never wall-clock), and `interleave_search`
+with a fixed batch size, so the schedule depends neither on the machine nor on
+the number of threads.
 """
 
 from __future__ import annotations
 
 import re
 import time
+import zlib
 from dataclasses import dataclass
 
+import numpy as np
 from ortools.sat.python import cp_model
 
 from ir import Module
 from ir.costs import units
 from ir.machine import Machine
 
-from .schedule_list import (ListScheduler, ScheduleResult, analyze, list_schedule, port_and_link_windows,
+from .schedule_list import (ListScheduler, Program, ScheduleResult, analyze, list_schedule, port_and_link_windows,
                             schedule_result)
 
 STATUS = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible", cp_model.INFEASIBLE: "infeasible",
@@ -45,7 +61,7 @@ STATUS = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible", cp_model.I
 
 @dataclass(frozen=True)
 class SolveInfo:
-    status: str            # optimal / feasible (improved or not) / unknown / skipped
+    status: str            # optimal / feasible / unknown (one model), or "windowed: ..." (many)
     seconds: float         # wall-clock solve time (reported, never used to decide anything)
     list_cycles: int       # the warm start's length
     proven_bound: int
@@ -53,13 +69,172 @@ class SolveInfo:
 
 @dataclass(frozen=True)
 class CpSatScheduler:
-    effort: float = 0.1     # CP-SAT deterministic seconds
+    effort: float = 0.1     # CP-SAT deterministic seconds per model (the program, or each window)
     workers: int = 8        # solver threads (fixed; never the core count; at least 2 are run)
     rounds: int = 2         # the warm start's list-scheduler rounds
-    max_instructions: int = 20000  # larger programs keep the list schedule (status "skipped")
+    window: int = 300       # instructions per model; larger programs are solved window by window
+    max_windows: int = 40   # models solved per program: past them, windows keep the list schedule
 
     def schedule(self, module: Module, machine: Machine, progress=None) -> tuple[ScheduleResult, SolveInfo]:
         return cpsat_schedule(module, machine, self, progress)
+
+
+# --- resource uses ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Use:
+    """An instruction's (or an install + matmul pair's) hold on a resource group:
+    [c_first + first_off, c_last + last_off) with `demand` of the group's capacity."""
+    group: tuple
+    first: int
+    first_off: int
+    last: int
+    last_off: int
+    demand: int = 1
+
+
+def _uses(program: Program, machine: Machine) -> tuple[list[_Use], dict[tuple, int]]:
+    """Every resource use, and each group's capacity (a no-overlap group has capacity 1)."""
+    counts = units(machine)
+    n_streams = machine.streams.east + machine.streams.west
+    pair_of = dict(program.install_of)   # matmul -> install
+    paired = set(pair_of.values())
+    uses, capacity = [], {}
+    for ins in program.instructions:
+        i, c, chip = ins.index, ins.cost, ins.chip
+        if ins.fixed_unit is not None:
+            group = (ins.unit_class, chip, ins.fixed_unit)
+            uses.append(_Use(group, i, 0, i, c.occupancy))
+            capacity[group] = 1
+        elif i in pair_of:  # the plane is held from the install's issue to the end of its matmul
+            uses.append(_Use((chip, "mxm"), pair_of[i], 0, i, c.occupancy))
+            capacity[(chip, "mxm")] = counts["mxm"]
+        elif i not in paired:
+            uses.append(_Use((chip, ins.unit_class), i, 0, i, c.occupancy))
+            capacity[(chip, ins.unit_class)] = counts[ins.unit_class]
+        if ins.streams:
+            uses.append(_Use((chip, "streams"), i, 0, i, c.latency, ins.streams))
+            capacity[(chip, "streams")] = n_streams
+        for key, off, length in port_and_link_windows(ins, machine):
+            uses.append(_Use(key, i, off, i, off + length))
+            capacity[key] = 1
+    return uses, capacity
+
+
+# --- one model: its canonical description, and the solve ----------------------------------------------
+
+@dataclass(frozen=True)
+class _Spec:
+    """Everything a window's model is built from, relative to the window's first cycle, with resources
+    numbered in order of appearance: equal specs give equal models and so equal solutions."""
+    latency: tuple[int, ...]
+    lo: tuple[int, ...]
+    hi: tuple[int, ...]
+    hint: tuple[int, ...]
+    edges: tuple[tuple[int, int, int], ...]          # (a, b, d): c_b >= c_a + d
+    # per group: (capacity, free uses (first, first_off, last, last_off, demand) with -1 for a fixed end
+    # whose offset is then the cycle, fixed holds (start, end, demand))
+    groups: tuple[tuple[int, tuple, tuple], ...]
+    makespan_only: bool                             # the whole program: minimize its length, nothing else
+    floor: int = 0                                  # a known lower bound on the end (the structural one)
+
+    def structure(self) -> tuple:
+        """What a window is, apart from where it sits: its instructions, dependences and resource uses."""
+        return (self.latency, self.edges,
+                tuple((cap, tuple((a, a_off if a >= 0 else None, b, b_off if b >= 0 else None, d)
+                                  for a, a_off, b, b_off, d in free)) for cap, free, _ in self.groups))
+
+    def cost(self, cycles) -> int:
+        """The window's objective at these (relative) cycles."""
+        end = max(c + lat for c, lat in zip(cycles, self.latency))
+        return end if self.makespan_only else (len(cycles) + 1) * end + sum(cycles)
+
+    def admits(self, cycles) -> bool:
+        """Whether these relative cycles meet this window's bounds, dependences and resources."""
+        if any(not lo <= c <= hi for c, lo, hi in zip(cycles, self.lo, self.hi)):
+            return False
+        if any(cycles[b] < cycles[a] + d for a, b, d in self.edges):
+            return False
+        for cap, free, fixed in self.groups:
+            events = []
+            for a, a_off, b, b_off, d in free:
+                s = cycles[a] + a_off if a >= 0 else a_off
+                e = cycles[b] + b_off if b >= 0 else b_off
+                if e > s:
+                    events += [(s, d), (e, -d)]
+            for s, e, d in fixed:
+                events += [(s, d), (e, -d)]
+            load = 0
+            for _, d in sorted(events, key=lambda x: (x[0], x[1])):  # ends before starts at the same cycle
+                load += d
+                if load > cap:
+                    return False
+        return True
+
+
+def _solve(spec: _Spec, options: CpSatScheduler, progress=None):
+    """-> (status, cycles relative to the window or None when nothing better was found, proven bound)."""
+    m = cp_model.CpModel()
+    n = len(spec.latency)
+    start = [m.new_int_var(lo, hi, f"c{k}") for k, (lo, hi) in enumerate(zip(spec.lo, spec.hi))]
+    end_lo = max([spec.floor] + [lo + lat for lo, lat in zip(spec.lo, spec.latency)])
+    end_hint = max(h + lat for h, lat in zip(spec.hint, spec.latency))
+    finish = m.new_int_var(end_lo, end_hint, "end")
+    for k in range(n):
+        m.add(start[k] + spec.latency[k] <= finish)
+        m.add_hint(start[k], spec.hint[k])
+    m.add_hint(finish, end_hint)
+    for a, b, d in spec.edges:
+        m.add(start[b] >= start[a] + d)
+
+    def at(k, off):
+        return start[k] + off if k >= 0 else off
+
+    def hinted(k, off):
+        return spec.hint[k] + off if k >= 0 else off
+
+    for g, (cap, free, fixed) in enumerate(spec.groups):
+        intervals, demands = [], []
+        for u, (a, a_off, b, b_off, demand) in enumerate(free):
+            if a == b:
+                intervals.append(m.new_fixed_size_interval_var(at(a, a_off), b_off - a_off, f"g{g}u{u}"))
+            else:  # a plane hold: from the install to the end of its matmul
+                size = m.new_int_var(0, spec.hi[b] + b_off if b >= 0 else b_off, f"g{g}s{u}")
+                m.add_hint(size, hinted(b, b_off) - hinted(a, a_off))
+                intervals.append(m.new_interval_var(at(a, a_off), size, at(b, b_off), f"g{g}u{u}"))
+            demands.append(demand)
+        for u, (s, e, demand) in enumerate(fixed):
+            intervals.append(m.new_fixed_size_interval_var(s, e - s, f"g{g}f{u}"))
+            demands.append(demand)
+        if cap == 1:
+            m.add_no_overlap(intervals)
+        else:
+            m.add_cumulative(intervals, demands, cap)
+    if spec.makespan_only:
+        m.minimize(finish)
+    else:  # end the window early, then start each instruction early (it frees the next windows)
+        m.minimize((n + 1) * finish + sum(start))
+
+    solver = cp_model.CpSolver()
+    prm = solver.parameters
+    prm.random_seed = 1
+    # CP-SAT's one-thread search is a different algorithm (it gave other schedules than 2 to 8 threads,
+    # which agree with each other): run at least two.
+    prm.num_workers = max(2, options.workers)
+    prm.max_deterministic_time = options.effort
+    prm.interleave_search = True
+    prm.interleave_batch_size = 8
+    import os
+    prm.log_search_progress = bool(os.environ.get("CPLOG"))
+    if os.environ.get("CPIGN"): prm.ignore_subsolvers.extend(os.environ["CPIGN"].split(","))
+    if os.environ.get("CPSUB"): prm.subsolvers.extend(os.environ["CPSUB"].split(","))
+    if os.environ.get("CPFULL"): prm.num_full_subsolvers = int(os.environ["CPFULL"])
+    if os.environ.get("CPBATCH"): prm.interleave_batch_size = int(os.environ["CPBATCH"])
+    status = solver.solve(m, _Progress(finish, progress) if progress and spec.makespan_only else None)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return STATUS.get(status, "unknown"), None, 0
+    bound = int(solver.best_objective_bound) if spec.makespan_only else 0
+    return STATUS[status], tuple(solver.value(s) for s in start), bound
 
 
 class _Progress(cp_model.CpSolverSolutionCallback):
@@ -73,86 +248,159 @@ class _Progress(cp_model.CpSolverSolutionCallback):
         self.progress(f"CP-SAT: {int(self.value(self.makespan)):,} cycles, bound {int(self.best_objective_bound):,}")
 
 
+# --- windows ------------------------------------------------------------------------------------------
+
+class _Windows:
+    """The current cycle of every instruction, and the specs of windows over it."""
+
+    def __init__(self, program: Program, machine: Machine, cycles: np.ndarray):
+        self.program, self.cycles = program, cycles
+        self.latency = np.zeros(len(cycles), dtype=np.int64)
+        for ins in program.instructions:
+            self.latency[ins.index] = ins.cost.latency
+        self.succs: dict[int, list[tuple[int, int]]] = {}
+        for ins in program.instructions:
+            for p, d in program.preds[ins.index]:
+                self.succs.setdefault(p, []).append((ins.index, d))
+        uses, self.capacity = _uses(program, machine)
+        self.uses_of: dict[int, list[_Use]] = {}
+        by_group: dict[tuple, list[_Use]] = {}
+        for u in uses:
+            for i in {u.first, u.last}:
+                self.uses_of.setdefault(i, []).append(u)
+            by_group.setdefault(u.group, []).append(u)
+        # per group, as arrays: to find the holds near a window fast
+        self.arrays = {g: tuple(np.array(col, dtype=np.int64) for col in
+                                zip(*[(u.first, u.first_off, u.last, u.last_off, u.demand) for u in us]))
+                       for g, us in by_group.items()}
+
+    def spec(self, free: list[int], whole: bool, floor: int = 0) -> tuple[_Spec, int]:
+        """The spec of the window of instructions `free` (sorted) and its first cycle."""
+        cyc, lat = self.cycles, self.latency
+        local = {i: k for k, i in enumerate(free)}
+        lo = {i: 0 for i in free}
+        hi = {i: int(cyc[i]) for i in free}   # replaced below
+        outside_pred = set()
+        edges = []
+        for i in free:
+            for p, d in self.program.preds[i]:
+                if p in local:
+                    edges.append((local[p], local[i], d))
+                else:
+                    lo[i] = max(lo[i], int(cyc[p]) + d)
+                    outside_pred.add(i)
+        t0 = 0 if whole else min(lo[i] if i in outside_pred else int(cyc[i]) for i in free)
+        t1 = max(int(cyc[i] + lat[i]) for i in free)
+        for i in free:
+            lo[i] = max(lo[i], t0)
+            hi[i] = t1 - int(lat[i])
+            for s, d in self.succs.get(i, ()):
+                if s not in local:
+                    hi[i] = min(hi[i], int(cyc[s]) - d)
+        free_uses: dict[tuple, list] = {}
+        span_lo, span_hi = t0, t1
+        seen = set()
+        for i in free:
+            for u in self.uses_of.get(i, ()):
+                if id(u) in seen:
+                    continue
+                seen.add(id(u))
+                a = local.get(u.first, -1)
+                b = local.get(u.last, -1)
+                first = (a, u.first_off) if a >= 0 else (-1, int(cyc[u.first]) + u.first_off - t0)
+                last = (b, u.last_off) if b >= 0 else (-1, int(cyc[u.last]) + u.last_off - t0)
+                free_uses.setdefault(u.group, []).append((*first, *last, u.demand))
+                # where the hold can lie: a free start is >= t0, a free instruction ends by t1
+                span_lo = min(span_lo, t0 + (first[1] if a < 0 else u.first_off))
+                span_hi = max(span_hi, t0 + last[1] if b < 0 else t1 - int(lat[u.last]) + u.last_off)
+        mask = np.zeros(len(cyc), dtype=bool)
+        mask[free] = True
+        groups = []
+        names: dict[tuple, int] = {}
+        for g, items in free_uses.items():   # in order of appearance: the renaming
+            names[g] = len(names)
+            first, first_off, last, last_off, demand = self.arrays[g]
+            s, e = cyc[first] + first_off, cyc[last] + last_off
+            near = (s < span_hi) & (e > span_lo) & ~mask[first] & ~mask[last]
+            fixed = sorted(zip((s[near] - t0).tolist(), (e[near] - t0).tolist(), demand[near].tolist()))
+            cap = self.capacity[g]
+            if len(items) + len(fixed) > 1 and (cap == 1 or sum(x[-1] for x in items) + sum(f[2] for f in fixed) > cap):
+                groups.append((cap, tuple(items), tuple(fixed)))
+        spec = _Spec(tuple(int(lat[i]) for i in free), tuple(lo[i] - t0 for i in free),
+                     tuple(hi[i] - t0 for i in free), tuple(int(cyc[i]) - t0 for i in free), tuple(sorted(edges)),
+                     tuple(groups), whole, floor)
+        return spec, t0
+
+
 def cpsat_schedule(module: Module, machine: Machine, options: CpSatScheduler,
                    progress=None) -> tuple[ScheduleResult, SolveInfo]:
-    """`progress`, when given, hears of every better schedule the solver finds."""
-    base = list_schedule(module, machine, options.rounds)
+    """`progress`, when given, hears of every better schedule the solver finds (or of the windows done)."""
     program = analyze(module, machine)
-    instrs = {ins.index: ins for ins in program.instructions}
-    if not instrs or len(instrs) > options.max_instructions:
+    base = list_schedule(module, machine, options.rounds, program)
+    order = sorted((ins.index for ins in program.instructions), key=lambda i: (base.placements[i].cycle, i))
+    if not order:
         return base, SolveInfo("skipped", 0.0, base.cycles, 0)
-    horizon = base.cycles
-    m = cp_model.CpModel()
-    start = {i: m.new_int_var(0, horizon - ins.cost.latency, f"c{i}") for i, ins in instrs.items()}
-    makespan = m.new_int_var(base.lower_bound, horizon, "makespan")
-    for i, ins in instrs.items():
-        m.add(start[i] + ins.cost.latency <= makespan)
-    for j in instrs:
-        for i, d in program.preds[j]:
-            if i in start:
-                m.add(start[j] >= start[i] + d)
+    cycles = np.array([p.cycle for p in base.placements], dtype=np.int64)
+    windows = _Windows(program, machine, cycles)
+    t_start = time.perf_counter()
+    if len(order) <= options.window:
+        spec, t0 = windows.spec(sorted(order), whole=True, floor=base.lower_bound)
+        status, solved, bound = _solve(spec, options, progress)
+        seconds = time.perf_counter() - t_start
+        if solved is None or max(c + lat for c, lat in zip(solved, spec.latency)) >= base.cycles:
+            return schedule_result(module, program, machine, _as_placed(base), bound), \
+                SolveInfo(status, seconds, base.cycles, bound)
+        cycles[sorted(order)] = solved
+        return schedule_result(module, program, machine, _assign(program, machine, cycles), bound), \
+            SolveInfo(status, seconds, base.cycles, bound)
 
-    counts = units(machine)
-    cumulative: dict[tuple, list] = {}   # (chip, resource) -> [(interval, demand)]
-    disjoint: dict[tuple, list] = {}     # (kind, chip, slice / port / unit) -> [interval]
-    pair_of = dict(program.install_of)   # matmul -> install
-    paired = set(pair_of.values())
-    for i, ins in instrs.items():
-        c, chip, s = ins.cost, ins.chip, start[i]
-        if ins.fixed_unit is not None:
-            disjoint.setdefault((ins.unit_class, chip, ins.fixed_unit), []).append(
-                m.new_fixed_size_interval_var(s, c.occupancy, f"u{i}"))
-        elif ins.unit_class == "mxm":
-            if i in pair_of:  # the plane is held from the install's issue to the end of its matmul
-                inst = pair_of[i]
-                hold = m.new_int_var(0, horizon, f"hold{i}")
-                end = m.new_int_var(0, horizon, f"end{i}")
-                m.add(end == s + c.occupancy)
-                cumulative.setdefault((chip, "mxm"), []).append(
-                    (m.new_interval_var(start[inst], hold, end, f"plane{i}"), 1))
-            elif i not in paired:
-                cumulative.setdefault((chip, "mxm"), []).append((m.new_fixed_size_interval_var(s, c.occupancy,
-                                                                                               f"u{i}"), 1))
+    chunks = _chunks(order, program, options.window)
+    solved: dict[tuple, tuple[int, ...]] = {}   # a window's structure -> the relative cycles solved for it
+    reused = solves = 0
+    for n, free in enumerate(chunks, 1):
+        spec, t0 = windows.spec(free, whole=False)
+        shape = spec.structure()
+        earlier = solved.get(shape)
+        if earlier is not None and spec.admits(earlier) and spec.cost(earlier) <= spec.cost(spec.hint):
+            reused += 1   # a repeat of a window solved before: its schedule, shifted, fits here
+            found = earlier
+        elif solves < options.max_windows:
+            solves += 1
+            found = _solve(spec, options)[1]
+            if found is not None:
+                solved.setdefault(shape, found)
         else:
-            cumulative.setdefault((chip, ins.unit_class), []).append(
-                (m.new_fixed_size_interval_var(s, c.occupancy, f"u{i}"), 1))
-        if ins.streams:
-            cumulative.setdefault((chip, "streams"), []).append(
-                (m.new_fixed_size_interval_var(s, c.latency, f"st{i}"), ins.streams))
-        for key, off, length in port_and_link_windows(ins, machine):
-            disjoint.setdefault(key, []).append(m.new_fixed_size_interval_var(s + off, length, f"p{i}"))
-    streams = machine.streams.east + machine.streams.west
-    for (chip, name), items in sorted(cumulative.items()):
-        capacity = streams if name == "streams" else counts[name]
-        m.add_cumulative([iv for iv, _ in items], [d for _, d in items], capacity)
-    for key, items in sorted(disjoint.items()):
-        if len(items) > 1:
-            m.add_no_overlap(items)
-    m.minimize(makespan)
-    for i, p in enumerate(base.placements):
-        if i in start:
-            m.add_hint(start[i], p.cycle)
+            found = None  # over the budget: the list schedule stays
+        if found is not None and spec.cost(found) < spec.cost(spec.hint):
+            cycles[free] = np.array(found, dtype=np.int64) + t0
+        if progress and (n % max(1, len(chunks) // 20) == 0 or n == len(chunks)):
+            length = int(max(cycles[i] + windows.latency[i] for i in order))
+            progress(f"CP-SAT: window {n:,} of {len(chunks):,}: {length:,} cycles "
+                     f"(list schedule {base.cycles:,}; {reused:,} windows took the schedule of an equal one)")
+    seconds = time.perf_counter() - t_start
+    status = (f"windowed: {solves} of {len(chunks)} windows solved, {reused} took an equal one's schedule"
+              + (f" (at most {options.max_windows} are solved)" if solves == options.max_windows else ""))
+    return schedule_result(module, program, machine, _assign(program, machine, cycles)), \
+        SolveInfo(status, seconds, base.cycles, 0)
 
-    solver = cp_model.CpSolver()
-    prm = solver.parameters
-    prm.random_seed = 1
-    # CP-SAT's one-thread search is a different algorithm (it gave other schedules than 2 to 8 threads,
-    # which agree with each other): run at least two.
-    prm.num_workers = max(2, options.workers)
-    prm.max_deterministic_time = options.effort
-    prm.interleave_search = True
-    prm.interleave_batch_size = 8
-    t0 = time.perf_counter()
-    status = solver.solve(m, _Progress(makespan, progress) if progress else None)
-    seconds = time.perf_counter() - t0
-    name = STATUS.get(status, "unknown")
-    bound = int(solver.best_objective_bound) if status in (cp_model.OPTIMAL, cp_model.FEASIBLE) else 0
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE) or solver.value(makespan) >= base.cycles:
-        info = SolveInfo(name, seconds, base.cycles, bound)
-        return schedule_result(module, program, machine, _as_placed(base), bound), info
-    cycles = {i: solver.value(start[i]) for i in instrs}
-    placed = _assign(program, machine, cycles)
-    return schedule_result(module, program, machine, placed, bound), SolveInfo(name, seconds, base.cycles, bound)
+
+def _chunks(order: list[int], program: Program, window: int) -> list[list[int]]:
+    """`order` cut into windows of about `window` instructions where the content says so (content-defined
+    chunking): a window ends after an instruction whose signature, with the few before it, hashes to 0
+    mod `window`, so repeated layers are cut at the same places and give equal windows."""
+    kind = {ins.index: f"{ins.unit_class}/{ins.cost.latency}/{ins.cost.occupancy}/{ins.streams}"
+            for ins in program.instructions}
+    chunks, current = [], []
+    for k, i in enumerate(order):
+        current.append(i)
+        recent = "|".join(kind[j] for j in order[max(0, k - 3):k + 1])
+        boundary = zlib.crc32(recent.encode()) % window == 0 and len(current) >= window // 4
+        if boundary or len(current) >= 2 * window:
+            chunks.append(sorted(current))
+            current = []
+    if current:
+        chunks.append(sorted(current))
+    return chunks
 
 
 def _as_placed(result: ScheduleResult) -> dict[int, tuple[int, int, tuple[int, ...]]]:
@@ -163,12 +411,13 @@ def _as_placed(result: ScheduleResult) -> dict[int, tuple[int, int, tuple[int, .
     return out
 
 
-def _assign(program, machine: Machine, cycles: dict[int, int]) -> dict[int, tuple[int, int, tuple[int, ...]]]:
+def _assign(program, machine: Machine, cycles) -> dict[int, tuple[int, int, tuple[int, ...]]]:
     """Unit instances, planes and stream registers for solved cycles: greedily in start order (the
     cumulatives guarantee enough are free)."""
     counts = units(machine)
     n_streams = machine.streams.east + machine.streams.west
     instrs = {ins.index: ins for ins in program.instructions}
+    cycles = {i: int(cycles[i]) for i in instrs}
     pair_of = dict(program.install_of)
     paired = set(pair_of.values())
     free_at: dict[tuple, list[int]] = {}    # (chip, class) -> per instance: busy until

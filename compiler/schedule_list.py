@@ -518,9 +518,11 @@ def _length(program: Program, placed) -> int:
     return max([0] + [placed[ins.index][0] + ins.cost.latency for ins in program.instructions])
 
 
-def list_schedule(module: Module, machine: Machine, rounds: int = ListScheduler.rounds) -> ScheduleResult:
+def list_schedule(module: Module, machine: Machine, rounds: int = ListScheduler.rounds,
+                  program: Program | None = None) -> ScheduleResult:
+    """`program`: the module's analysis, when the caller has it already."""
     ops = module.ops
-    program = analyze(module, machine)
+    program = program or analyze(module, machine)
     by_index = {ins.index: ins for ins in program.instructions}
     pair_of = dict(program.install_of)
     keys = [i for i in sorted(by_index) if i not in pair_of]  # items: pairs are keyed by their install

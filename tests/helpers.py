@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.driver import max_relative_error
+from compiler.driver import compile_model, max_relative_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 LANES = 320  # one tsp-v1 vector
+
+
+@lru_cache(maxsize=None)
+def compiled_sample(name: str):
+    """(module, summary, machine text) of a bundled sample compiled with the default options for one
+    tsp-v1 chip: compiled once per test session (the results are immutable) and shared by the tests
+    that check it from different sides."""
+    return compile_model(SAMPLES / f"{name}.onnx")
 
 
 def max_rel_error(ours, ref) -> float:

@@ -31,7 +31,6 @@ import pytest
 
 from backends.interpreter import find_hazards
 from backends.lpu import build_program
-from compiler.driver import compile_model
 from ir import machine_ops as mo
 from ir.attributes import AttrDict
 from ir.core import Module, Op
@@ -39,7 +38,7 @@ from ir.costs import cost
 from ir.layout import sub_extents, view_extents, words
 from ir.machine import parse_machine
 
-from helpers import SAMPLES
+from helpers import compiled_sample
 
 SAMPLE_NAMES = ("gpt2_prefill", "llama_decode", "gemma_prefill", "bert_prefill", "mixtral_decode")
 CASES_PER_SAMPLE = {"raw": 6, "unit": 4, "read_port": 3, "write_port": 3, "clobber": 4, "war": 2, "constant": 2}
@@ -151,7 +150,7 @@ def with_attrs(module: Module, idx: int, **changes) -> Module:
 
 @lru_cache(maxsize=None)
 def compiled(sample: str):
-    module, _, machine_text = compile_model(SAMPLES / f"{sample}.onnx")
+    module, _, machine_text = compiled_sample(sample)
     machine = parse_machine(machine_text)
     return module, machine_text, Timing(module, machine)
 

@@ -33,7 +33,7 @@ PROGRAMS = [("llama_prefill", 4, "pipeline"), ("gpt2_decode", 2, "tensor"), ("mi
 @lru_cache(maxsize=None)
 def _compiled(name: str, chips: int, strategy: str):
     graph, _ = load_model(SAMPLES / f"{name}.onnx")
-    module, _ = compile_module(graph, MACHINE, CompileOptions(chips=chips, partition=strategy))
+    module, _ = compile_module(graph, MACHINE, CompileOptions(scheduler="list", chips=chips, partition=strategy))
     assert not find_hazards(build_program(module, MACHINE_TEXT))
     return module
 

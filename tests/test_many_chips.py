@@ -45,7 +45,8 @@ def _graph(graphs, name):
 @pytest.mark.parametrize("chips", [2, 4, 8])
 @pytest.mark.parametrize("name", MODELS)
 def test_sample_on_many_chips_matches_onnxruntime(graphs, name, chips, strategy):
-    module, summary = compile_module(_graph(graphs, name), MACHINE, CompileOptions(chips=chips, partition=strategy))
+    module, summary = compile_module(_graph(graphs, name), MACHINE,
+                                     CompileOptions(scheduler="list", chips=chips, partition=strategy))
     assert summary.chips == chips and summary.partition == strategy and module.attrs["chips"] == chips
     used = {mo.chip_of(op) for op in module.ops if mo.unit_class(op.name)}
     sends = [op for op in module.ops if op.name == "c2c.send"]
@@ -68,7 +69,7 @@ def test_pipeline_is_contiguous_and_balanced(graphs):
 def test_split_weights_live_only_on_their_chips(graphs):
     """A tensor split puts each chip's cut of the weight in that chip's image, not the whole weight on one."""
     graph = _graph(graphs, "gpt2_prefill")
-    module, _ = compile_module(graph, MACHINE, CompileOptions(chips=2, partition="tensor"))
+    module, _ = compile_module(graph, MACHINE, CompileOptions(scheduler="list", chips=2, partition="tensor"))
     per_chip = {}
     for op in module.ops:
         if op.name == "mem.constant":
@@ -109,7 +110,8 @@ def test_a_ring_machine_file_compiles_and_runs(tmp_path, graphs):
     path.write_text(text.replace('name = "tsp-v1"', 'name = "ring-v1"'))
     machine, machine_text = read_machine(path)
     graph = _graph(graphs, "llama_decode")
-    module, summary = compile_module(graph, machine, CompileOptions(chips=4, partition="pipeline"))
+    module, summary = compile_module(graph, machine,
+                                     CompileOptions(scheduler="list", chips=4, partition="pipeline"))
     routes = [op.attrs["route"] for op in module.ops if op.name == "c2c.send"]
     assert routes and all(len(r) >= 1 for r in routes)
     result = interpreter.run(build_program(module, machine_text), _npz("llama_decode", "inputs"))
@@ -122,7 +124,8 @@ def test_default_chip_count_is_one_for_the_samples(graphs):
 
 
 def test_auto_picks_the_faster_partition(graphs):
-    _, summary = compile_module(_graph(graphs, "llama_decode"), MACHINE, CompileOptions(chips=2))
+    _, summary = compile_module(_graph(graphs, "llama_decode"), MACHINE,
+                                CompileOptions(scheduler="list", chips=2))
     tried = dict(summary.candidates)
     assert set(tried) == {"pipeline", "tensor"}
     assert summary.partition == min(tried, key=lambda s: (int(tried[s]), s))
@@ -140,7 +143,7 @@ def test_many_chip_schedules_are_deterministic_across_processes(tmp_path):
     from helpers import ROOT
 
     model = SAMPLES / "llama_decode.onnx"
-    options = CompileOptions(chips=4)
+    options = CompileOptions(chips=4)  # the default scheduler: CP-SAT
     module, summary = compile_module(load_model(model)[0], MACHINE, options)
     here = lpu_bytes(module, MACHINE_TEXT, lpu_options(options, 4), summary.facts())
     for seed in ("0", "12345"):
@@ -154,7 +157,8 @@ def test_many_chip_schedules_are_deterministic_across_processes(tmp_path):
 def test_perfetto_trace_draws_every_transfer(graphs):
     from backends.trace import chrome_trace
 
-    module, _ = compile_module(_graph(graphs, "gpt2_prefill"), MACHINE, CompileOptions(chips=2, partition="pipeline"))
+    module, _ = compile_module(_graph(graphs, "gpt2_prefill"), MACHINE,
+                               CompileOptions(scheduler="list", chips=2, partition="pipeline"))
     trace = chrome_trace(build_program(module, MACHINE_TEXT))
     sends = [op for op in module.ops if op.name == "c2c.send"]
     links = [e for e in trace["traceEvents"] if e.get("cat") == "link"]

@@ -302,8 +302,8 @@ def many_chips():
 
     machine, text = read_machine("tsp-v1")
     module, summary = compile_module(load_model(SAMPLES / "llama_decode.onnx")[0], machine,
-                                     CompileOptions(chips=4, partition="pipeline"))
-    return build_program(module, text, lpu_options(CompileOptions(chips=4), 4), summary.facts())
+                                     CompileOptions(scheduler="list", chips=4, partition="pipeline"))
+    return build_program(module, text, lpu_options(CompileOptions(scheduler="list", chips=4), 4), summary.facts())
 
 
 def test_many_chips_links_and_chips(many_chips):

@@ -35,7 +35,7 @@ def _compile(name: str, **options):
 
 @pytest.mark.parametrize("name,chips", [("llama_prefill", 1), ("gpt2_decode", 1), ("llama_decode", 2)])
 def test_never_worse_than_the_list_schedule_and_valid(name, chips):
-    _, listed, _ = _compile(name, chips=chips, partition="pipeline")
+    _, listed, _ = _compile(name, chips=chips, partition="pipeline", scheduler="list")
     module, summary, _ = _compile(name, chips=chips, partition="pipeline", scheduler="cpsat")
     assert summary.list_cycles == listed.cycles and summary.cycles <= listed.cycles
     assert summary.solver_status in ("optimal", "feasible")

@@ -96,7 +96,8 @@ def test_a_many_chip_program_is_drawn_in_its_chips():
     from compiler.pipeline import CompileOptions
     from ir import machine_ops as mo
 
-    module, _, _ = compile_model(SAMPLES / "llama_decode.onnx", options=CompileOptions(chips=4, partition="pipeline"))
+    module, _, _ = compile_model(SAMPLES / "llama_decode.onnx",
+                                 options=CompileOptions(scheduler="list", chips=4, partition="pipeline"))
     source = graph_dot(module, chips=4, collapse=False).source
     check_dot(source)
     clusters = re.split(r"subgraph cluster_chip(\d+)", source)[1:]
