@@ -73,7 +73,7 @@ class CpSatScheduler:
     workers: int = 8        # solver threads (fixed; never the core count; at least 2 are run)
     rounds: int = 2         # the warm start's list-scheduler rounds
     window: int = 300       # instructions per model; larger programs are solved window by window
-    max_windows: int = 40   # models solved per program: past them, windows keep the list schedule
+    max_windows: int = 12   # models solved per program: past them, windows keep the list schedule
 
     def schedule(self, module: Module, machine: Machine, progress=None) -> tuple[ScheduleResult, SolveInfo]:
         return cpsat_schedule(module, machine, self, progress)
@@ -297,31 +297,31 @@ class _Windows:
             for s, d in self.succs.get(i, ()):
                 if s not in local:
                     hi[i] = min(hi[i], int(cyc[s]) - d)
+        # per resource group (in order of appearance: that is the renaming), the window's holds and the
+        # cycles they can reach: a free start is >= its lower bound, a free end <= its upper bound + offset
         free_uses: dict[tuple, list] = {}
-        span_lo, span_hi = t0, t1
+        span: dict[tuple, list[int]] = {}
         seen = set()
         for i in free:
             for u in self.uses_of.get(i, ()):
                 if id(u) in seen:
                     continue
                 seen.add(id(u))
-                a = local.get(u.first, -1)
-                b = local.get(u.last, -1)
+                a, b = local.get(u.first, -1), local.get(u.last, -1)
                 first = (a, u.first_off) if a >= 0 else (-1, int(cyc[u.first]) + u.first_off - t0)
                 last = (b, u.last_off) if b >= 0 else (-1, int(cyc[u.last]) + u.last_off - t0)
                 free_uses.setdefault(u.group, []).append((*first, *last, u.demand))
-                # where the hold can lie: a free start is >= t0, a free instruction ends by t1
-                span_lo = min(span_lo, t0 + (first[1] if a < 0 else u.first_off))
-                span_hi = max(span_hi, t0 + last[1] if b < 0 else t1 - int(lat[u.last]) + u.last_off)
+                lo_s = lo[u.first] + u.first_off if a >= 0 else t0 + first[1]
+                hi_e = hi[u.last] + u.last_off if b >= 0 else t0 + last[1]
+                reach = span.setdefault(u.group, [lo_s, hi_e])
+                reach[0], reach[1] = min(reach[0], lo_s), max(reach[1], hi_e)
         mask = np.zeros(len(cyc), dtype=bool)
         mask[free] = True
         groups = []
-        names: dict[tuple, int] = {}
-        for g, items in free_uses.items():   # in order of appearance: the renaming
-            names[g] = len(names)
+        for g, items in free_uses.items():
             first, first_off, last, last_off, demand = self.arrays[g]
             s, e = cyc[first] + first_off, cyc[last] + last_off
-            near = (s < span_hi) & (e > span_lo) & ~mask[first] & ~mask[last]
+            near = (s < span[g][1]) & (e > span[g][0]) & ~mask[first] & ~mask[last]
             fixed = sorted(zip((s[near] - t0).tolist(), (e[near] - t0).tolist(), demand[near].tolist()))
             cap = self.capacity[g]
             if len(items) + len(fixed) > 1 and (cap == 1 or sum(x[-1] for x in items) + sum(f[2] for f in fixed) > cap):
@@ -364,16 +364,18 @@ def cpsat_schedule(module: Module, machine: Machine, options: CpSatScheduler,
         if earlier is not None and spec.admits(earlier) and spec.cost(earlier) <= spec.cost(spec.hint):
             reused += 1   # a repeat of a window solved before: its schedule, shifted, fits here
             found = earlier
+            solving = False
         elif solves < options.max_windows:
             solves += 1
             found = _solve(spec, options)[1]
             if found is not None:
                 solved.setdefault(shape, found)
+            solving = True
         else:
-            found = None  # over the budget: the list schedule stays
+            found, solving = None, False  # over the budget: the list schedule stays
         if found is not None and spec.cost(found) < spec.cost(spec.hint):
             cycles[free] = np.array(found, dtype=np.int64) + t0
-        if progress and (n % max(1, len(chunks) // 20) == 0 or n == len(chunks)):
+        if progress and (solving or n % max(1, len(chunks) // 10) == 0 or n == len(chunks)):
             length = int(max(cycles[i] + windows.latency[i] for i in order))
             progress(f"CP-SAT: window {n:,} of {len(chunks):,}: {length:,} cycles "
                      f"(list schedule {base.cycles:,}; {reused:,} windows took the schedule of an equal one)")
@@ -385,17 +387,17 @@ def cpsat_schedule(module: Module, machine: Machine, options: CpSatScheduler,
 
 
 def _chunks(order: list[int], program: Program, window: int) -> list[list[int]]:
-    """`order` cut into windows of about `window` instructions where the content says so (content-defined
-    chunking): a window ends after an instruction whose signature, with the few before it, hashes to 0
-    mod `window`, so repeated layers are cut at the same places and give equal windows."""
+    """`order` cut into windows of `window` // 2 to `window` instructions where the content says so
+    (content-defined chunking): a window ends after an instruction whose signature, with the few before it,
+    hashes to 0 mod `window` // 2, so repeated layers are cut at the same places and give equal windows."""
     kind = {ins.index: f"{ins.unit_class}/{ins.cost.latency}/{ins.cost.occupancy}/{ins.streams}"
             for ins in program.instructions}
     chunks, current = [], []
     for k, i in enumerate(order):
         current.append(i)
         recent = "|".join(kind[j] for j in order[max(0, k - 3):k + 1])
-        boundary = zlib.crc32(recent.encode()) % window == 0 and len(current) >= window // 4
-        if boundary or len(current) >= 2 * window:
+        boundary = zlib.crc32(recent.encode()) % max(1, window // 2) == 0 and len(current) >= window // 2
+        if boundary or len(current) >= window:
             chunks.append(sorted(current))
             current = []
     if current:

@@ -79,7 +79,7 @@ def test_sample_cycles_agree(path, compiled):
     assert c.result.hazards == ()
     assert stats.cycles == s.cycles == c.program.cycles          # interpreter == compiler == manifest
     assert 0 < s.lower_bound <= s.cycles
-    assert s.lower_bound == max(s.critical_path, s.resource_bound)
+    assert s.lower_bound == max(s.critical_path, s.resource_bound, s.proven_bound)
     assert stats.instructions == s.instructions
     assert stats.latency_us == pytest.approx(s.microseconds)
     # the in-memory program is the one written to the file

@@ -47,7 +47,7 @@ def test_never_worse_than_the_list_schedule_and_valid(name, chips):
 
 
 def test_it_improves_on_the_list_schedule_somewhere():
-    _, summary, _ = _compile("llama_prefill", scheduler="cpsat")
+    _, summary, _ = _compile("bert_prefill", scheduler="cpsat")
     assert summary.cycles < summary.list_cycles
 
 
@@ -75,8 +75,46 @@ def test_options_are_recorded_and_checked(tmp_path, capsys):
     assert code == 0, err
     options = read_lpu(out).options
     assert (options["scheduler"], options["effort"]) == ("cpsat", 0.05) and "workers" not in options
-    for bad in (["--effort", "0"], ["--workers", "0"]):
+    for bad in (["--effort", "0"], ["--workers", "0"], ["--window", "0"], ["--max-windows", "0"]):
         code, stdout, err = run_cli(capsys, "compile", SAMPLES / "gpt2_decode.onnx", "-o", tmp_path / "x.lpu",
                                     "--scheduler", "cpsat", *bad)
         assert_one_line_error(code, err, bad[0]) and not stdout
         assert not (tmp_path / "x.lpu").exists()
+
+
+def test_the_default_is_cpsat():
+    _, summary, _ = _compile("gpt2_prefill")
+    assert summary.solver_status in ("optimal", "feasible") and summary.list_cycles
+
+
+def _windowed(name: str, chips: int, **options):
+    _, listed, _ = _compile(name, chips=chips, partition="pipeline", scheduler="list")
+    module, summary, data = _compile(name, chips=chips, partition="pipeline", **options)
+    assert summary.solver_status.startswith("windowed: ")
+    assert summary.list_cycles == listed.cycles and summary.cycles <= listed.cycles
+    result = interpreter.run(build_program(module, MACHINE_TEXT), _npz(name, "inputs"))  # every hazard checked
+    ref = _npz(name, "outputs")
+    assert max(max_relative_error(result.outputs[k], ref[k]) for k in ref) <= 1e-4
+    assert result.stats.cycles == summary.cycles
+    return summary, data
+
+
+@pytest.mark.parametrize("name,chips", [("llama_prefill", 1), ("mixtral_decode_op23", 4)])
+def test_window_by_window_is_valid_and_never_worse(name, chips):
+    summary, _ = _windowed(name, chips, window=40)
+    assert "windows solved" in summary.solver_status
+
+
+def test_windows_improve_somewhere():
+    summary, _ = _windowed("llama_prefill", 1, window=40)
+    assert summary.cycles < summary.list_cycles
+
+
+def test_at_most_max_windows_are_solved():
+    summary, _ = _windowed("llama_prefill", 2, window=30, max_windows=2)
+    assert summary.solver_status.startswith("windowed: 2 of ") and "(at most 2 are solved)" in summary.solver_status
+
+
+def test_windows_give_the_same_bytes_whatever_the_worker_count():
+    outs = {w: _compile("llama_decode", window=50, workers=w)[2] for w in (1, 2, 8)}
+    assert outs[1] == outs[2] == outs[8]
