@@ -476,6 +476,55 @@ def _viz_args(p):
                    help="fix the shape of an ONNX input with symbolic dims (repeatable)")
 
 
+# --- verify ---------------------------------------------------------------------
+
+def _workers_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(w) for w in text.split(","))  # counts below 1: refused by verify_determinism
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected thread counts like 1,2,8, got {text!r}") from None
+
+
+def _verify_args(p):
+    p.add_argument("model", metavar="MODEL.onnx|MODEL.ir", help="the model to compile and run")
+    p.add_argument("--chips", type=int, metavar="N", help="chips to compile for (default: as `lpuc compile`)")
+    p.add_argument("--machine", default=DEFAULT_MACHINE, metavar="tsp-v1|FILE.toml",
+                   help=f"machine description (default {DEFAULT_MACHINE})")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=CompileOptions.scheduler,
+                   help=f"the scheduler to verify (default {CompileOptions.scheduler})")
+    p.add_argument("--partition", choices=STRATEGIES, default="auto", help="as `lpuc compile` (default auto)")
+    p.add_argument("--repeat", type=int, default=3, metavar="K",
+                   help="compiles, each in a fresh process, and runs of each program (default 3)")
+    p.add_argument("--workers", type=_workers_list, default=(1, 2, 8), metavar="1,2,8",
+                   help="solver thread counts the compiles cycle through (default 1,2,8)")
+    p.add_argument("--inputs", metavar="IN.npz",
+                   help="inputs of the runs (default: MODEL.inputs.npz beside the model, else seeded random ones)")
+    p.add_argument("--keep", metavar="DIR", help="keep the compiled programs in DIR")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+
+
+@command("verify", "check that compiles and runs are deterministic",
+         "Compile MODEL K times, each in a fresh process under another PYTHONHASHSEED and --workers count, "
+         "run each program K times on the interpreter, and check that every .lpu is byte-identical, every "
+         "run takes the same cycles and gives bitwise-identical outputs. Exit 0 when deterministic, 1 when "
+         "not (naming the first divergence, e.g. the first differing instruction), 2 on bad input.",
+         _verify_args)
+def cmd_verify(args) -> int:
+    from .verify import verify_determinism
+
+    if args.chips is not None and args.chips < 1:
+        raise LpucError(f"--chips {args.chips}: the chip count must be at least 1")
+    options = {"chips": args.chips, "machine": args.machine, "scheduler": args.scheduler,
+               "partition": args.partition}
+    verdict = verify_determinism(args.model, repeat=args.repeat, workers=args.workers, inputs=args.inputs,
+                                 keep=args.keep, progress=None if args.json else say, **options)
+    if args.json:
+        print(json.dumps(verdict.facts()))
+    else:
+        print("\n".join(verdict.lines()))
+    return 0 if verdict.deterministic else 1
+
+
 @command("viz", "draw a model's graph or a schedule's timeline",
          "Write the dataflow graph (--dot: ops coloured by unit class, edges labelled with shapes, repeated "
          "layers collapsible), the timeline as Chrome trace-event JSON (--perfetto: a track per unit, SRAM "
@@ -573,6 +622,44 @@ def _render_html(program, run_result=None) -> str:
     except ImportError as e:
         raise LpucError(f"the HTML report is not available in this lpuc (backends.report: {e})") from None
     return render_html(program, run_result)
+
+
+# --- diff --------------------------------------------------------------------
+
+def _diff_args(p):
+    p.add_argument("a", metavar="A.lpu", help="an executable schedule")
+    p.add_argument("b", metavar="B.lpu", help="the executable schedule to compare it with")
+    p.add_argument("--inputs", metavar="IN.npz",
+                   help="also run both on these inputs (keyed by input name) and compare their outputs")
+    p.add_argument("--limit", type=int, default=10, metavar="N",
+                   help="differing instructions listed at most (default 10; all are counted)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+
+
+@command("diff", "explain how two executable schedules differ",
+         "Compare A.lpu with B.lpu: manifest, option and machine changes; the makespan and the busy cycles "
+         "of each unit class per chip; the instructions whose cycle, unit or SRAM extents moved (matched by "
+         "result name, counted and grouped by op, the first N listed); with --inputs, each output's max "
+         "absolute difference and whether it is bitwise identical. Exit 0 when identical, 1 when not.",
+         _diff_args)
+def cmd_diff(args) -> int:
+    from backends.diff import diff_outputs, diff_programs, output_lines
+
+    if args.limit < 0:
+        raise LpucError(f"--limit {args.limit}: give the number of instructions to list, 0 or more")
+    a, b = read_lpu(args.a), read_lpu(args.b)
+    inputs = read_npz(args.inputs, "inputs") if args.inputs else None
+    diff = diff_programs(a, b)
+    outputs = diff_outputs(a, b, inputs) if inputs is not None else ()
+    identical = diff.identical and all(o.bitwise_identical for o in outputs)
+    if args.json:
+        report = diff.facts(args.limit)
+        if inputs is not None:
+            report["outputs"] = [o.facts() for o in outputs]
+        print(json.dumps({**report, "identical": identical}))
+    else:
+        print("\n".join(diff.lines(args.limit) + (output_lines(outputs, args.inputs) if inputs is not None else [])))
+    return 0 if identical else 1
 
 
 # --- main --------------------------------------------------------------------
