@@ -279,7 +279,6 @@ class _Windows:
         cyc, lat = self.cycles, self.latency
         local = {i: k for k, i in enumerate(free)}
         lo = {i: 0 for i in free}
-        hi = {i: int(cyc[i]) for i in free}   # replaced below
         outside_pred = set()
         edges = []
         for i in free:
@@ -291,6 +290,7 @@ class _Windows:
                     outside_pred.add(i)
         t0 = 0 if whole else min(lo[i] if i in outside_pred else int(cyc[i]) for i in free)
         t1 = max(int(cyc[i] + lat[i]) for i in free)
+        hi = {}
         for i in free:
             lo[i] = max(lo[i], t0)
             hi[i] = t1 - int(lat[i])
