@@ -4,7 +4,7 @@
 
 For each model (default: samples/*prefill*.onnx) and chip count, the compiler's
 chosen partition (`auto`: the faster of pipeline and tensor by a quick schedule)
-and its cycles (after the list scheduler's improvement rounds); `pipeline` and
+and its cycles (with the default scheduler, CP-SAT); `pipeline` and
 `tensor` are each candidate's quick schedule (no rounds), as `auto` compares
 them; `speed-up` is 1-chip cycles / N-chip cycles of the chosen one. With --run, each chosen program also runs on the interpreter
 against the sample's stored onnxruntime outputs (`err`: max relative error).
