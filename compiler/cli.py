@@ -210,8 +210,7 @@ def _compile_args(p):
          "the lower bound and gap, instructions, SRAM peak, the partition and compile time.",
          _compile_args)
 def cmd_compile(args) -> int:
-    if args.chips is not None and args.chips < 1:
-        raise LpucError(f"--chips {args.chips}: the chip count must be at least 1")
+    _check_chips(args.chips)
     start = time.perf_counter()
     options = CompileOptions(chips=args.chips, partition=args.partition, scheduler=args.scheduler,
                              effort=args.effort, workers=args.workers, window=args.window,
@@ -270,6 +269,11 @@ def cmd_compile(args) -> int:
     rows += [("compile", f"{seconds:.2f} s"), ("schedule sha256", sha)]
     _table(rows)
     return 0
+
+
+def _check_chips(chips: int | None) -> None:
+    if chips is not None and chips < 1:
+        raise LpucError(f"--chips {chips}: the chip count must be at least 1")
 
 
 def _after_seconds(delay: float):
@@ -512,8 +516,7 @@ def _verify_args(p):
 def cmd_verify(args) -> int:
     from .verify import verify_determinism
 
-    if args.chips is not None and args.chips < 1:
-        raise LpucError(f"--chips {args.chips}: the chip count must be at least 1")
+    _check_chips(args.chips)
     options = {"chips": args.chips, "machine": args.machine, "scheduler": args.scheduler,
                "partition": args.partition}
     verdict = verify_determinism(args.model, repeat=args.repeat, workers=args.workers, inputs=args.inputs,
