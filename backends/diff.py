@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from ir.core import Op
-from ir.machine_ops import chip_of
-from ir.printer import format_attr
+from ..ir.core import Op
+from ..ir.machine_ops import chip_of
+from ..ir.printer import format_attr
 
 from .lpu import Program
 

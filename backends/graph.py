@@ -28,8 +28,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ir import machine_ops as mo
-from ir.core import Module, Op
+from ..ir import machine_ops as mo
+from ..ir.core import Module, Op
 
 UNIT_CLASS_COLORS = {  # fill colours: a qualitative palette, readable with black text
     "mxm": "#f4a582", "vxm": "#92c5de", "sxm": "#b8e186", "mem": "#fddc84", "host": "#d9d9d9", "view": "#f0f0f0",

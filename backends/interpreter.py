@@ -38,15 +38,15 @@ from types import MappingProxyType
 
 import numpy as np
 
-from ir import machine_ops as mo
-from ir.core import Module, Op
-from ir.costs import cost, link_windows, units
-from ir.errors import EvalError, LpucError
-from ir.evaluator import EVAL, check_inputs, conform
-from ir.layout import LANES, from_words, sub_extents, to_words, view_extents, words
-from ir.machine import Machine
-from ir.registry import OPS, TypeRuleError
-from ir.topology import Network, link_name, network, supported_chips
+from ..ir import machine_ops as mo
+from ..ir.core import Module, Op
+from ..ir.costs import cost, link_windows, units
+from ..ir.errors import EvalError, LpucError
+from ..ir.evaluator import EVAL, check_inputs, conform
+from ..ir.layout import LANES, from_words, sub_extents, to_words, view_extents, words
+from ..ir.machine import Machine
+from ..ir.registry import OPS, TypeRuleError
+from ..ir.topology import Network, link_name, network, supported_chips
 
 from .lpu import Program, read_lpu
 

@@ -38,16 +38,16 @@ from typing import Any
 
 import numpy as np
 
-from ir.attributes import AttrDict, Tensor
-from ir.core import Module, Op
-from ir.errors import LpucError
-from ir.files import atomic_write
-from ir.layout import LANES, from_words, to_words, words
-from ir.machine import Machine, parse_machine
-from ir.machine_ops import chip_of
-from ir.parser import parse
-from ir.printer import print_module
-from ir.verifier import verify
+from ..ir.attributes import AttrDict, Tensor
+from ..ir.core import Module, Op
+from ..ir.errors import LpucError
+from ..ir.files import atomic_write
+from ..ir.layout import LANES, from_words, to_words, words
+from ..ir.machine import Machine, parse_machine
+from ..ir.machine_ops import chip_of
+from ..ir.parser import parse
+from ..ir.printer import print_module
+from ..ir.verifier import verify
 
 FORMAT = "lpu"
 FORMAT_VERSION = 2

@@ -34,11 +34,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from ir import machine_ops as mo
-from ir.core import Op
-from ir.costs import cost, units
-from ir.layout import sub_extents, view_extents, words
-from ir.printer import format_attr
+from ..ir import machine_ops as mo
+from ..ir.core import Op
+from ..ir.costs import cost, units
+from ..ir.layout import sub_extents, view_extents, words
+from ..ir.printer import format_attr
 
 from .interpreter import Result, Stats, schedule_stats
 from .lpu import Program

@@ -40,13 +40,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from ir import machine_ops as mo
-from ir.core import Module
-from ir.costs import cost, units
-from ir.errors import LpucError
-from ir.layout import sub_extents, view_extents, words
-from ir.machine import Machine
-from ir.topology import network
+from ..ir import machine_ops as mo
+from ..ir.core import Module
+from ..ir.costs import cost, units
+from ..ir.errors import LpucError
+from ..ir.layout import sub_extents, view_extents, words
+from ..ir.machine import Machine
+from ..ir.topology import network
 
 from .interpreter import TraceEvent
 from .lpu import Program

@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from compiler.cli import _shape_arg  # noqa: E402
-from compiler.frontend import import_onnx, load_onnx  # noqa: E402
-from ir import LpucError  # noqa: E402
+from lpuc.compiler.cli import _shape_arg  # noqa: E402
+from lpuc.compiler.frontend import import_onnx, load_onnx  # noqa: E402
+from lpuc.ir import LpucError  # noqa: E402
 
 TARGET_S = 2.0
 

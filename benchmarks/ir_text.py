@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from ir import DType, Tensor, TensorType, parse, print_module  # noqa: E402
-from ir.builder import Builder  # noqa: E402
+from lpuc.ir import DType, Tensor, TensorType, parse, print_module  # noqa: E402
+from lpuc.ir.builder import Builder  # noqa: E402
 
 S, D, H, F, V = 7, 96, 4, 384, 1000  # sequence, model width, heads, MLP width, vocabulary
 

@@ -37,7 +37,7 @@ def _compile(model: Path, out: Path, seed: str, workers: int, scheduler: str) ->
     """(the --json report, wall seconds, peak RSS in MB) of one compile in a fresh process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "compiler", "compile", str(model), "-o", str(out), "--no-weights",
+    p = subprocess.run([sys.executable, "-m", "lpuc.compiler", "compile", str(model), "-o", str(out), "--no-weights",
                         "--json", "--workers", str(workers), "--scheduler", scheduler],
                        cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True)
     seconds = time.perf_counter() - t0

@@ -23,11 +23,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backends import interpreter  # noqa: E402
-from backends.lpu import build_program  # noqa: E402
-from compiler.driver import load_model, max_relative_error  # noqa: E402
-from compiler.pipeline import CompileOptions, compile_module  # noqa: E402
-from ir.machine import read_machine  # noqa: E402
+from lpuc.backends import interpreter  # noqa: E402
+from lpuc.backends.lpu import build_program  # noqa: E402
+from lpuc.compiler.driver import load_model, max_relative_error  # noqa: E402
+from lpuc.compiler.pipeline import CompileOptions, compile_module  # noqa: E402
+from lpuc.ir.machine import read_machine  # noqa: E402
 
 
 def _stored(path: Path, kind: str) -> dict:

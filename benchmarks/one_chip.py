@@ -26,11 +26,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backends import interpreter  # noqa: E402
-from backends.lpu import build_program, lpu_bytes  # noqa: E402
-from compiler.driver import compile_model, max_relative_error  # noqa: E402
-from compiler.inputs import random_inputs  # noqa: E402
-from ir import LpucError  # noqa: E402
+from lpuc.backends import interpreter  # noqa: E402
+from lpuc.backends.lpu import build_program, lpu_bytes  # noqa: E402
+from lpuc.compiler.driver import compile_model, max_relative_error  # noqa: E402
+from lpuc.compiler.inputs import random_inputs  # noqa: E402
+from lpuc.ir import LpucError  # noqa: E402
 
 
 def _median_seconds(fn, runs: int):

@@ -25,13 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backends.lpu import build_program  # noqa: E402
-from backends.report import render_html  # noqa: E402
-from compiler.driver import compile_model, load_model, lpu_options  # noqa: E402
-from compiler.lower import lower  # noqa: E402
-from compiler.pipeline import CompileOptions  # noqa: E402
-from ir import machine_ops as mo  # noqa: E402
-from ir.machine import load_machine  # noqa: E402
+from lpuc.backends.lpu import build_program  # noqa: E402
+from lpuc.backends.report import render_html  # noqa: E402
+from lpuc.compiler.driver import compile_model, load_model, lpu_options  # noqa: E402
+from lpuc.compiler.lower import lower  # noqa: E402
+from lpuc.compiler.pipeline import CompileOptions  # noqa: E402
+from lpuc.ir import machine_ops as mo  # noqa: E402
+from lpuc.ir.machine import load_machine  # noqa: E402
 
 MAX_MB, MAX_S = 5.0, 2.0
 

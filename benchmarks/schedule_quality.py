@@ -28,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from compiler.driver import load_model  # noqa: E402
-from compiler.pipeline import CompileOptions, compile_module  # noqa: E402
-from ir.machine import read_machine  # noqa: E402
+from lpuc.compiler.driver import load_model  # noqa: E402
+from lpuc.compiler.pipeline import CompileOptions, compile_module  # noqa: E402
+from lpuc.ir.machine import read_machine  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -24,10 +24,10 @@ from bisect import insort
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import ir.machine_ops as mo
-from ir import LpucError, Module
-from ir.layout import Extent, view_extents, words
-from ir.machine import Machine
+from ..ir import machine_ops as mo
+from ..ir import LpucError, Module
+from ..ir.layout import Extent, view_extents, words
+from ..ir.machine import Machine
 
 HOST, SRAM, PLANE, VIEW, LINK = "host", "sram", "plane", "view", "link"
 

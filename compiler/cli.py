@@ -20,16 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from ir import LpucError
-from ir.evaluator import evaluate
-from ir.files import atomic_write, read_npz, write_module, write_npz
-from ir.printer import print_module
+from ..ir import LpucError
+from ..ir.evaluator import evaluate
+from ..ir.files import atomic_write, read_npz, write_module, write_npz
+from ..ir.printer import print_module
 
-from backends import interpreter
-from backends.lpu import read_lpu, schedule_sha256, write_lpu
-from ir.machine import DEFAULT_MACHINE, load_machine
+from ..backends import interpreter
+from ..backends.lpu import read_lpu, schedule_sha256, write_lpu
+from ..ir.machine import DEFAULT_MACHINE, load_machine
 
-from .driver import compile_model, load_model, lpu_options, max_relative_error, read_ir
+from .driver import compile_model, compile_program, load_model, lpu_options, max_relative_error, read_ir
 from .inputs import random_inputs
 from .partition import STRATEGIES
 from .pipeline import SCHEDULERS, CompileOptions
@@ -327,7 +327,7 @@ def cmd_run(args) -> int:
     if args.output:
         write_npz(args.output, result.outputs)
     if args.trace:
-        from backends.trace import trace_json
+        from ..backends.trace import trace_json
 
         atomic_write(args.trace, trace_json(program, result.trace, source="interpreter"))
     report = {
@@ -557,20 +557,16 @@ def cmd_viz(args) -> int:
     elif args.dot:
         module, _ = load_model(path, dict(args.shape))
     if (args.perfetto or args.html) and program is None:
-        from backends.lpu import build_program
-
         say(f"compiling {path} for {args.machine} ...")
-        options = CompileOptions()
-        scheduled, summary, machine_text = compile_model(path, args.machine, options, dict(args.shape))
-        program = build_program(scheduled, machine_text, lpu_options(options, summary.chips), summary.facts())
-        module = module or scheduled
+        program = compile_program(path, args.machine, input_shapes=dict(args.shape))
+        module = module or program.module
     outputs = []  # (path, bytes): all made before any is written
     if args.dot:
         outputs += _graph_outputs(module, Path(args.dot),
                                   chips=module.attrs.get("chips", 1) if path.suffix == ".lpu" else None,
                                   collapse=args.collapse)
     if args.perfetto:
-        from backends.trace import trace_json
+        from ..backends.trace import trace_json
 
         outputs.append((Path(args.perfetto), trace_json(program)))
     if args.html:
@@ -585,7 +581,7 @@ def _graph_outputs(module, out: Path, chips, collapse) -> list[tuple[Path, bytes
     """The graph rendered in OUT's format; without `dot`, its DOT source beside OUT (and how to get `dot`)."""
     import graphviz
 
-    from backends.graph import graph_dot
+    from ..backends.graph import graph_dot
 
     graph = graph_dot(module, chips=chips, collapse=collapse)
     if out.suffix == ".dot":
@@ -621,7 +617,7 @@ def _check_output(path: str, option: str, suffixes: tuple[str, ...]) -> None:
 def _render_html(program, run_result=None) -> str:
     """backends.report's HTML report of `program` (and of a run of it)."""
     try:
-        from backends.report import render_html
+        from ..backends.report import render_html
     except ImportError as e:
         raise LpucError(f"the HTML report is not available in this lpuc (backends.report: {e})") from None
     return render_html(program, run_result)
@@ -646,7 +642,7 @@ def _diff_args(p):
          "absolute difference and whether it is bitwise identical. Exit 0 when identical, 1 when not.",
          _diff_args)
 def cmd_diff(args) -> int:
-    from backends.diff import diff_outputs, diff_programs, output_lines
+    from ..backends.diff import diff_outputs, diff_programs, output_lines
 
     if args.limit < 0:
         raise LpucError(f"--limit {args.limit}: give the number of instructions to list, 0 or more")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ir import LpucError, Module, VerifyError
-from ir.files import read_module
-from ir.verifier import verify
+from ..ir import LpucError, Module, VerifyError
+from ..ir.files import read_module
+from ..ir.verifier import verify
 
 from .frontend import SupportReport, import_onnx
 
@@ -39,7 +39,7 @@ def compile_model(path: str | Path, machine: str | Path = "tsp-v1", options=None
                   input_shapes: dict[str, tuple[int, ...]] | None = None, progress=None):
     """Model file -> (scheduled module, CompileSummary, machine TOML text). `progress`, when
     given, is called with a line per stage."""
-    from ir.machine import read_machine
+    from ..ir.machine import read_machine
 
     from .pipeline import CompileOptions, compile_module
 
@@ -49,12 +49,27 @@ def compile_model(path: str | Path, machine: str | Path = "tsp-v1", options=None
     return scheduled, summary, machine_text
 
 
+def compile_program(path: str | Path, machine: str | Path = "tsp-v1", *, weights: bool = True,
+                    input_shapes: dict[str, tuple[int, ...]] | None = None, progress=None, **options):
+    """Model file -> the executable Program `lpuc compile` writes (`lpuc.compile`). `options` are
+    CompileOptions fields (chips=, partition=, scheduler=, effort=, ...); weights=False gives a
+    timing-only program."""
+    from ..backends.lpu import build_program
+
+    from .pipeline import CompileOptions
+
+    compile_options = CompileOptions(**options)
+    scheduled, summary, machine_text = compile_model(path, machine, compile_options, input_shapes, progress)
+    return build_program(scheduled, machine_text, lpu_options(compile_options, summary.chips), summary.facts(),
+                         weights=weights)
+
+
 def max_relative_error(ours, ref) -> float:
     """max |ours - ref| / max |ref| (in float64): how lpuc compares outputs with
     ONNX Runtime. Integer and bool outputs must be equal (else inf)."""
     import numpy as np
 
-    from ir.evaluator import is_floating
+    from ..ir.evaluator import is_floating
 
     ours, ref = np.asarray(ours), np.asarray(ref)
     if ours.shape != ref.shape:

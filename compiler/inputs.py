@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ir import Module
+from ..ir import Module
 
 # Ops through which an integer tensor keeps its values on the way to a gather,
 # by name without the dialect, so graph and machine modules read alike.

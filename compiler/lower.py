@@ -38,18 +38,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import ir.machine_ops as mo
-from ir import LpucError, Module, Op, Tensor, Value
-from ir.attributes import AttrDict
-from ir.builder import Builder
-from ir.errors import EvalError, VerifyError
-from ir.evaluator import EVAL, check_inputs, conform
-from ir.graph_ops import broadcast_shapes
-from ir.layout import LANES, rows_cols
-from ir.machine import Machine
-from ir.registry import OPS, TypeRuleError
-from ir.topology import Network, network
-from ir.types import TensorType
+from ..ir import machine_ops as mo
+from ..ir import LpucError, Module, Op, Tensor, Value
+from ..ir.attributes import AttrDict
+from ..ir.builder import Builder
+from ..ir.errors import EvalError, VerifyError
+from ..ir.evaluator import EVAL, check_inputs, conform
+from ..ir.graph_ops import broadcast_shapes
+from ..ir.layout import LANES, rows_cols
+from ..ir.machine import Machine
+from ..ir.registry import OPS, TypeRuleError
+from ..ir.topology import Network, network
+from ..ir.types import TensorType
 
 from .partition import Partition
 

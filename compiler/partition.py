@@ -27,9 +27,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ir import LpucError, Module, Op
-from ir.layout import LANES, words
-from ir.machine import Machine
+from ..ir import LpucError, Module, Op
+from ..ir.layout import LANES, words
+from ..ir.machine import Machine
 
 STRATEGIES = ("auto", "pipeline", "tensor")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ir import Module
+from ..ir import Module
 
 
 def dead_code_elimination(module: Module) -> Module:

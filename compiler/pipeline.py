@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ir import LpucError, Module
-from ir.layout import words
-from ir.machine import Machine
-from ir.topology import network, round_chips
-from ir.verifier import verify
+from ..ir import LpucError, Module
+from ..ir.layout import words
+from ..ir.machine import Machine
+from ..ir.topology import network, round_chips
+from ..ir.verifier import verify
 
 from .allocate import Allocate, DoesNotFit, apply_allocation
 from .lower import lower

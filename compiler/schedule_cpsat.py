@@ -48,9 +48,9 @@ from dataclasses import dataclass
 import numpy as np
 from ortools.sat.python import cp_model
 
-from ir import Module
-from ir.costs import units
-from ir.machine import Machine
+from ..ir import Module
+from ..ir.costs import units
+from ..ir.machine import Machine
 
 from .schedule_list import (ListScheduler, Program, ScheduleResult, analyze, list_schedule, port_and_link_windows,
                             schedule_result)

@@ -38,12 +38,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import ir.machine_ops as mo
-from ir import Module
-from ir.costs import Cost, cost, link_windows, units
-from ir.layout import Extent, sub_extents, words
-from ir.machine import Machine
-from ir.topology import network
+from ..ir import machine_ops as mo
+from ..ir import Module
+from ..ir.costs import Cost, cost, link_windows, units
+from ..ir.layout import Extent, sub_extents, words
+from ..ir.machine import Machine
+from ..ir.topology import network
 
 from .allocate import LINK, PLANE, SRAM, VIEW, operand_extents, storage, view_bases
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ir import LpucError
-from ir.files import read_npz
+from ..ir import LpucError
+from ..ir.files import read_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,7 @@ def _compile_args(options: Mapping) -> list[str]:
 
 def _compile(model: Path, out: Path, seed: str, workers: int, options: Mapping) -> Compiled:
     env = {**os.environ, "PYTHONHASHSEED": seed}
-    p = subprocess.run([sys.executable, "-m", "compiler", "compile", str(model), "-o", str(out), "--json",
+    p = subprocess.run([sys.executable, "-m", "lpuc.compiler", "compile", str(model), "-o", str(out), "--json",
                         "--workers", str(workers), *_compile_args(options)],
                        env=env, capture_output=True, text=True)
     if p.returncode:
@@ -114,9 +114,9 @@ def verify_determinism(model: str | Path, *, repeat: int = 3, workers: Sequence[
     through `workers`) and run each program `repeat` times. `options` are `lpuc compile` options
     (chips=4, scheduler="list", machine="FILE.toml", ...). `inputs`: arrays or an .npz (default: the
     model's `.inputs.npz` beside it, else seeded random inputs). `keep`: a directory for the programs."""
-    from backends import interpreter
-    from backends.diff import diff_programs
-    from backends.lpu import read_lpu
+    from ..backends import interpreter
+    from ..backends.diff import diff_programs
+    from ..backends.lpu import read_lpu
 
     from .inputs import random_inputs
 

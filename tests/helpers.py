@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.driver import compile_model, max_relative_error
+from lpuc.compiler.driver import compile_model, max_relative_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -194,7 +194,7 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
     """`lpuc ARGV` in-process: (exit code, stdout, stderr); argparse's exits count too."""
-    from compiler.cli import main
+    from lpuc.compiler.cli import main
 
     capsys.readouterr()
     try:

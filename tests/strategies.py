@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from ir import DType, Tensor, TensorType, Value
-from ir.builder import Builder
+from lpuc.ir import DType, Tensor, TensorType, Value
+from lpuc.ir.builder import Builder
 
 FLOATS = (DType.f64, DType.f32, DType.f16, DType.bf16,
           DType.f8e4m3fn, DType.f8e4m3fnuz, DType.f8e5m2, DType.f8e5m2fnuz, DType.f8e8m0, DType.f4e2m1)

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import ir.machine_ops as mo
-from compiler.allocate import Allocate, apply_allocation, plan_allocation
-from compiler.driver import load_model
-from compiler.lower import evaluate_machine, lower
-from ir import DType, LpucError, TensorType
-from ir.builder import Builder
-from ir.layout import words
-from ir.machine import SHIPPED, load_machine, parse_machine
-from ir.verifier import verify
+import lpuc.ir.machine_ops as mo
+from lpuc.compiler.allocate import Allocate, apply_allocation, plan_allocation
+from lpuc.compiler.driver import load_model
+from lpuc.compiler.lower import evaluate_machine, lower
+from lpuc.ir import DType, LpucError, TensorType
+from lpuc.ir.builder import Builder
+from lpuc.ir.layout import words
+from lpuc.ir.machine import SHIPPED, load_machine, parse_machine
+from lpuc.ir.verifier import verify
 from test_lower import every_op, wide_matmuls
 
 ROOT = Path(__file__).resolve().parents[1]

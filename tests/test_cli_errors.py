@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from compiler.cli import COMMANDS, main
+from lpuc.compiler.cli import COMMANDS, main
 
 from helpers import assert_one_line_error, run_cli, ROOT, SAMPLES, legacy_transformer, save, tiny_model
 
@@ -216,7 +216,7 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
 
 def test_real_process_exit_code_and_streams(tmp_path):
     ir = tmp_path / "out.ir"
-    r = subprocess.run([sys.executable, "-m", "compiler", "import", str(tmp_path / "nowhere.onnx"), "-o", str(ir)],
+    r = subprocess.run([sys.executable, "-m", "lpuc.compiler", "import", str(tmp_path / "nowhere.onnx"), "-o", str(ir)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stdout == ""

@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends.lpu import FORMAT_VERSION, _pack, read_lpu, write_lpu
-from compiler.cli import main
-from compiler.driver import compile_model
-from ir.attributes import AttrDict
-from ir.core import Op
-from ir.costs import cost
-from ir.layout import sub_extents, view_extents, words
-from ir.machine import SHIPPED, load_machine
-from ir import machine_ops as mo
+from lpuc.backends.lpu import FORMAT_VERSION, _pack, read_lpu, write_lpu
+from lpuc.compiler.cli import main
+from lpuc.compiler.driver import compile_model
+from lpuc.ir.attributes import AttrDict
+from lpuc.ir.core import Op
+from lpuc.ir.costs import cost
+from lpuc.ir.layout import sub_extents, view_extents, words
+from lpuc.ir.machine import SHIPPED, load_machine
+from lpuc.ir import machine_ops as mo
 
 from helpers import assert_one_line_error, run_cli, ROOT, SAMPLES
 
@@ -283,7 +283,7 @@ def test_real_process(tmp_path, good_lpu, hazard_lpu):
     bad.write_bytes(good_lpu.read_bytes()[:1000])
     for lpu, word in ((bad, "not a valid .lpu file"), (hazard_lpu[0], hazard_lpu[1])):
         out = tmp_path / "out.npz"
-        r = subprocess.run([sys.executable, "-m", "compiler", "run", str(lpu), "--inputs", str(INPUTS),
+        r = subprocess.run([sys.executable, "-m", "lpuc.compiler", "run", str(lpu), "--inputs", str(INPUTS),
                             "-o", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2
         assert r.stdout == ""

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends import interpreter
-from backends.lpu import build_program, lpu_bytes, sha256
-from compiler.cli import main
-from compiler.driver import compile_model, lpu_options
-from compiler.pipeline import CompileOptions
+from lpuc.backends import interpreter
+from lpuc.backends.lpu import build_program, lpu_bytes, sha256
+from lpuc.compiler.cli import main
+from lpuc.compiler.driver import compile_model, lpu_options
+from lpuc.compiler.pipeline import CompileOptions
 
 from helpers import ROOT, SAMPLES, compiled_sample
 
@@ -54,7 +54,7 @@ def test_separate_processes_and_hash_seeds(tmp_path):
             out = tmp_path / f"{name}.{seed}.lpu"
             env = {**os.environ, "PYTHONHASHSEED": seed}
             procs[name, seed] = (out, subprocess.Popen(
-                [sys.executable, "-m", "compiler", "compile", str(SAMPLES / f"{name}.onnx"), "-o", str(out), "--json"],
+                [sys.executable, "-m", "lpuc.compiler", "compile", str(SAMPLES / f"{name}.onnx"), "-o", str(out), "--json"],
                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = {}
     for key, (out, p) in procs.items():

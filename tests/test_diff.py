@@ -9,13 +9,13 @@ import shutil
 import numpy as np
 import pytest
 
-from backends.diff import _compare, diff_programs
-from backends.lpu import build_program, read_lpu, write_lpu
-from compiler.driver import compile_model, lpu_options
-from compiler.pipeline import CompileOptions
-from ir.attributes import AttrDict
-from ir.core import Op, Value
-from ir.machine import read_machine
+from lpuc.backends.diff import _compare, diff_programs
+from lpuc.backends.lpu import build_program, read_lpu, write_lpu
+from lpuc.compiler.driver import compile_model, lpu_options
+from lpuc.compiler.pipeline import CompileOptions
+from lpuc.ir.attributes import AttrDict
+from lpuc.ir.core import Op, Value
+from lpuc.ir.machine import read_machine
 
 from helpers import SAMPLES, assert_one_line_error, run_cli
 

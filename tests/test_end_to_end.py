@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends import interpreter
-from backends.lpu import build_program, read_lpu, write_lpu
-from compiler.cli import main
-from compiler.driver import compile_model
+from lpuc.backends import interpreter
+from lpuc.backends.lpu import build_program, read_lpu, write_lpu
+from lpuc.compiler.cli import main
+from lpuc.compiler.driver import compile_model
 
 from helpers import SAMPLES, compiled_sample, legacy_transformer, max_rel_error, run_ort, save, token_ids
 

@@ -29,14 +29,14 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from backends.interpreter import find_hazards
-from backends.lpu import build_program
-from ir import machine_ops as mo
-from ir.attributes import AttrDict
-from ir.core import Module, Op
-from ir.costs import cost
-from ir.layout import sub_extents, view_extents, words
-from ir.machine import parse_machine
+from lpuc.backends.interpreter import find_hazards
+from lpuc.backends.lpu import build_program
+from lpuc.ir import machine_ops as mo
+from lpuc.ir.attributes import AttrDict
+from lpuc.ir.core import Module, Op
+from lpuc.ir.costs import cost
+from lpuc.ir.layout import sub_extents, view_extents, words
+from lpuc.ir.machine import parse_machine
 
 from helpers import compiled_sample
 

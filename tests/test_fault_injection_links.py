@@ -14,15 +14,15 @@ from functools import lru_cache
 
 import pytest
 
-from backends.interpreter import find_hazards
-from backends.lpu import build_program
-from compiler.driver import load_model
-from compiler.pipeline import CompileOptions, compile_module
-from ir import machine_ops as mo
-from ir.attributes import AttrDict
-from ir.core import Op
-from ir.costs import cost
-from ir.machine import read_machine
+from lpuc.backends.interpreter import find_hazards
+from lpuc.backends.lpu import build_program
+from lpuc.compiler.driver import load_model
+from lpuc.compiler.pipeline import CompileOptions, compile_module
+from lpuc.ir import machine_ops as mo
+from lpuc.ir.attributes import AttrDict
+from lpuc.ir.core import Op
+from lpuc.ir.costs import cost
+from lpuc.ir.machine import read_machine
 
 from helpers import SAMPLES
 

@@ -13,12 +13,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from compiler.cli import main
-from compiler.frontend import import_onnx, support_report
-from ir import LpucError, parse, print_module
-from ir.evaluator import evaluate
-from ir.files import blob_path
-from ir.verifier import verify
+from lpuc.compiler.cli import main
+from lpuc.compiler.frontend import import_onnx, support_report
+from lpuc.ir import LpucError, parse, print_module
+from lpuc.ir.evaluator import evaluate
+from lpuc.ir.files import blob_path
+from lpuc.ir.verifier import verify
 
 from helpers import (LANES, ROOT, SAMPLES, assert_close, legacy_transformer, run_ort, save, tiny_model,
                      token_ids)
@@ -284,7 +284,7 @@ def test_import_is_deterministic_across_hash_seeds(tmp_path):
     for seed in ("1", "4242"):
         out = tmp_path / f"seed{seed}.ir"
         env["PYTHONHASHSEED"] = seed
-        r = subprocess.run([sys.executable, "-m", "compiler", "import", str(model), "-o", str(out)],
+        r = subprocess.run([sys.executable, "-m", "lpuc.compiler", "import", str(model), "-o", str(out)],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         assert out.read_bytes() == (tmp_path / "here.ir").read_bytes()

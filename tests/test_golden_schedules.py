@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from backends.lpu import lpu_bytes, sha256
-from compiler.driver import compile_model, lpu_options
-from compiler.pipeline import CompileOptions
+from lpuc.backends.lpu import lpu_bytes, sha256
+from lpuc.compiler.driver import compile_model, lpu_options
+from lpuc.compiler.pipeline import CompileOptions
 
 from helpers import SAMPLES, compiled_sample
 

@@ -9,17 +9,17 @@ import time
 import numpy as np
 import pytest
 
-from backends.interpreter import IMPLS, KINDS, HazardError, find_hazards, run
-from backends.lpu import build_program
-from ir import machine_ops as mo
-from ir.attributes import AttrDict, Tensor
-from ir.core import Block, Module, Op, Value
-from ir.costs import cost
-from ir.errors import LpucError
-from ir.layout import view_extents, words
-from ir.machine import SHIPPED, parse_machine
-from ir.registry import OPS
-from ir.types import DType, TensorType
+from lpuc.backends.interpreter import IMPLS, KINDS, HazardError, find_hazards, run
+from lpuc.backends.lpu import build_program
+from lpuc.ir import machine_ops as mo
+from lpuc.ir.attributes import AttrDict, Tensor
+from lpuc.ir.core import Block, Module, Op, Value
+from lpuc.ir.costs import cost
+from lpuc.ir.errors import LpucError
+from lpuc.ir.layout import view_extents, words
+from lpuc.ir.machine import SHIPPED, parse_machine
+from lpuc.ir.registry import OPS
+from lpuc.ir.types import DType, TensorType
 
 MACHINE_TEXT = (SHIPPED / "tsp-v1.toml").read_text()
 M = parse_machine(MACHINE_TEXT)

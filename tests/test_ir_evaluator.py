@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from ir import OPS, DType, EvalError, Module, Tensor, TensorType
-from ir.builder import Builder
-from ir.evaluator import EVAL, evaluate
-from ir.verifier import verify
+from lpuc.ir import OPS, DType, EvalError, Module, Tensor, TensorType
+from lpuc.ir.builder import Builder
+from lpuc.ir.evaluator import EVAL, evaluate
+from lpuc.ir.verifier import verify
 
 RNG = np.random.default_rng(20240601)
 WIDE = 333  # > 320 lanes, not a multiple of 320

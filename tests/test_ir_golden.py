@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from ir import LpucError, Module, parse, print_module
-from ir.verifier import verify
+from lpuc.ir import LpucError, Module, parse, print_module
+from lpuc.ir.verifier import verify
 
 GOLDEN = Path(__file__).parent / "golden" / "ir"
 RUN = "# RUN:"

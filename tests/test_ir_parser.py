@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.cli import main
-from ir import LpucError, ParseError, parse, parse_file, print_module
+from lpuc.compiler.cli import main
+from lpuc.ir import LpucError, ParseError, parse, parse_file, print_module
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = "module @m {\n  input %x : f32[2,3]\n"
@@ -196,10 +196,10 @@ def test_check_in_a_real_process(tmp_path):
     good, bad = tmp_path / "good.ir", tmp_path / "bad.ir"
     good.write_text(CANONICAL)
     bad.write_text(ERRORS["missing type"][0])
-    r = subprocess.run([sys.executable, "-m", "compiler", "check", str(good)], cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "lpuc.compiler", "check", str(good)], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert (r.returncode, r.stdout, r.stderr) == (0, CANONICAL, "")
-    r = subprocess.run([sys.executable, "-m", "compiler", "check", str(bad)], cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "lpuc.compiler", "check", str(bad)], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
     assert (r.returncode, r.stdout) == (2, "")
     assert r.stderr.splitlines() == [f"lpuc: error: {tmp_path}/{ERRORS['missing type'][1]}"]

@@ -8,10 +8,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-import ir.machine_ops  # noqa: F401  (registers the machine dialects: every registered op is checked)
-from ir import OPS, AttrDict, Block, DType, Module, Op, Tensor, TensorType, Value
-from ir.evaluator import EVAL
-from ir.registry import ATTR_KINDS, REQUIRED, AttrSpec, defop
+import lpuc.ir.machine_ops  # noqa: F401  (registers the machine dialects: every registered op is checked)
+from lpuc.ir import OPS, AttrDict, Block, DType, Module, Op, Tensor, TensorType, Value
+from lpuc.ir.evaluator import EVAL
+from lpuc.ir.registry import ATTR_KINDS, REQUIRED, AttrSpec, defop
 from strategies import GENERATORS
 
 GRAPH_OPS = sorted(n for n in OPS if n.startswith("graph."))

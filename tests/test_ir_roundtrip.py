@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ir import DType, TensorType, parse, print_module
-from ir.builder import Builder
-from ir.verifier import verify
+from lpuc.ir import DType, TensorType, parse, print_module
+from lpuc.ir.builder import Builder
+from lpuc.ir.verifier import verify
 from strategies import GENERATORS, OP_NAMES, modules
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, database=None,

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from ir import AttrDict, Block, DType, LpucError, Module, Op, TensorType, Value, VerifyError, parse
-from ir.verifier import check_op, verify
+from lpuc.ir import AttrDict, Block, DType, LpucError, Module, Op, TensorType, Value, VerifyError, parse
+from lpuc.ir.verifier import check_op, verify
 
 F23 = TensorType((2, 3), DType.f32)
 X = Value("x", F23)

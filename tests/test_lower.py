@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import ir.machine_ops as mo
-from compiler.driver import load_model
-from compiler.lower import RULES, evaluate_machine, lower
-from ir import OPS, DType, Module, TensorType
-from ir.builder import Builder
-from ir.evaluator import evaluate
-from ir.layout import LANES
-from ir.verifier import verify
+import lpuc.ir.machine_ops as mo
+from lpuc.compiler.driver import load_model
+from lpuc.compiler.lower import RULES, evaluate_machine, lower
+from lpuc.ir import OPS, DType, Module, TensorType
+from lpuc.ir.builder import Builder
+from lpuc.ir.evaluator import evaluate
+from lpuc.ir.layout import LANES
+from lpuc.ir.verifier import verify
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "samples").glob("*.onnx"))
@@ -211,7 +211,7 @@ def test_reshape_views_and_copies():
 
 
 def test_row_slice_extents():
-    from ir.layout import view_extents, words
+    from lpuc.ir.layout import view_extents, words
     t = TensorType((2, 5, 333), F32)  # 2 batches x 5 rows, 2 vector columns, 4 planes
     base = ((0, 0, words(t)),)
     ext = view_extents("mem.row_slice", {"start": 1, "size": 3}, [t], [base])
@@ -230,8 +230,8 @@ def test_row_slice_extents():
 ])
 def test_view_extents_name_the_right_words(op, attrs, shape, fn):
     """A view's extents, read from the operand's words, are the view's value."""
-    from ir.layout import from_words, to_words, view_extents, words
-    from ir.registry import OPS as REG
+    from lpuc.ir.layout import from_words, to_words, view_extents, words
+    from lpuc.ir.registry import OPS as REG
     t = TensorType(shape, F32)
     a = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     data = to_words(a, t)
@@ -243,7 +243,7 @@ def test_view_extents_name_the_right_words(op, attrs, shape, fn):
 
 
 def test_join_extents_name_the_right_words():
-    from ir.layout import from_words, to_words, view_extents, words
+    from lpuc.ir.layout import from_words, to_words, view_extents, words
     parts = [np.random.default_rng(i).standard_normal((3, 5, n)).astype(np.float32) for i, n in
              enumerate((320, 640, 61))]
     types = [TensorType(p.shape, F32) for p in parts]

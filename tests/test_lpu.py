@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends.interpreter import run
-from backends.lpu import (FORMAT_VERSION, PARTS, LpuFormatError, _pack, _unpack, build_program, load_lpu, read_lpu,
+from lpuc.backends.interpreter import run
+from lpuc.backends.lpu import (FORMAT_VERSION, PARTS, LpuFormatError, _pack, _unpack, build_program, load_lpu, read_lpu,
                           schedule_sha256, sha256, write_lpu)
-from ir.errors import LpucError
-from ir.printer import print_module
+from lpuc.ir.errors import LpucError
+from lpuc.ir.printer import print_module
 from test_interpreter import MACHINE_TEXT, Sched, rng_array
 
 OPTIONS = {"budget": 1000, "scheduler": "list", "seed": 0}
@@ -116,7 +116,7 @@ def one_line_refusal(data: bytes, match: str = "") -> str:
 
 @pytest.fixture(scope="module")
 def good() -> bytes:
-    from backends.lpu import lpu_bytes
+    from lpuc.backends.lpu import lpu_bytes
 
     return lpu_bytes(sample_module(), MACHINE_TEXT, OPTIONS)
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from ir import LpucError
-from ir.machine import SHIPPED, load_machine, parse_machine
+from lpuc.ir import LpucError
+from lpuc.ir.machine import SHIPPED, load_machine, parse_machine
 
 TSP = (SHIPPED / "tsp-v1.toml").read_text()
 

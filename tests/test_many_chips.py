@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends import interpreter
-from backends.lpu import build_program
-from compiler.driver import load_model, max_relative_error
-from compiler.partition import plan_partition
-from compiler.pipeline import CompileOptions, compile_module, default_chips
-from ir import LpucError
-from ir import machine_ops as mo
-from ir.machine import read_machine
-from ir.topology import network, round_chips, supported_chips
+from lpuc.backends import interpreter
+from lpuc.backends.lpu import build_program
+from lpuc.compiler.driver import load_model, max_relative_error
+from lpuc.compiler.partition import plan_partition
+from lpuc.compiler.pipeline import CompileOptions, compile_module, default_chips
+from lpuc.ir import LpucError
+from lpuc.ir import machine_ops as mo
+from lpuc.ir.machine import read_machine
+from lpuc.ir.topology import network, round_chips, supported_chips
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 MODELS = sorted(p.stem for p in SAMPLES.glob("*.onnx"))
@@ -137,8 +137,8 @@ def test_many_chip_schedules_are_deterministic_across_processes(tmp_path):
     import subprocess
     import sys
 
-    from backends.lpu import lpu_bytes
-    from compiler.driver import lpu_options
+    from lpuc.backends.lpu import lpu_bytes
+    from lpuc.compiler.driver import lpu_options
 
     from helpers import ROOT
 
@@ -148,14 +148,14 @@ def test_many_chip_schedules_are_deterministic_across_processes(tmp_path):
     here = lpu_bytes(module, MACHINE_TEXT, lpu_options(options, 4), summary.facts())
     for seed in ("0", "12345"):
         out = tmp_path / f"{seed}.lpu"
-        subprocess.run([sys.executable, "-m", "compiler", "compile", str(model), "-o", str(out), "--chips", "4",
+        subprocess.run([sys.executable, "-m", "lpuc.compiler", "compile", str(model), "-o", str(out), "--chips", "4",
                         "--json"], cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed}, check=True,
                        capture_output=True)
         assert out.read_bytes() == here, f"PYTHONHASHSEED={seed} gives other bytes"
 
 
 def test_perfetto_trace_draws_every_transfer(graphs):
-    from backends.trace import chrome_trace
+    from lpuc.backends.trace import chrome_trace
 
     module, _ = compile_module(_graph(graphs, "gpt2_prefill"), MACHINE,
                                CompileOptions(scheduler="list", chips=2, partition="pipeline"))

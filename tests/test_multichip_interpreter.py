@@ -14,13 +14,13 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from backends.interpreter import KINDS, HazardError, find_hazards, run, schedule_stats
-from backends.lpu import _pack, _unpack, build_program, load_lpu, lpu_bytes, read_lpu, write_lpu
-from ir.attributes import AttrDict, Tensor
-from ir.core import Op, Value
-from ir.errors import LpucError
-from ir.machine import parse_machine
-from ir.topology import link_name, network
+from lpuc.backends.interpreter import KINDS, HazardError, find_hazards, run, schedule_stats
+from lpuc.backends.lpu import _pack, _unpack, build_program, load_lpu, lpu_bytes, read_lpu, write_lpu
+from lpuc.ir.attributes import AttrDict, Tensor
+from lpuc.ir.core import Op, Value
+from lpuc.ir.errors import LpucError
+from lpuc.ir.machine import parse_machine
+from lpuc.ir.topology import link_name, network
 
 from helpers import assert_one_line_error, run_cli
 from test_interpreter import MACHINE_TEXT, Sched, rng_array, s_val, with_attrs

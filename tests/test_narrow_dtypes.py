@@ -12,13 +12,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.frontend import import_onnx
-from ir import DType, TensorType, parse, print_module
-from ir.builder import Builder
-from ir.evaluator import cast, evaluate
-from ir.files import read_module, write_module
-from ir.layout import from_words, to_words, words
-from ir.verifier import verify
+from lpuc.compiler.frontend import import_onnx
+from lpuc.ir import DType, TensorType, parse, print_module
+from lpuc.ir.builder import Builder
+from lpuc.ir.evaluator import cast, evaluate
+from lpuc.ir.files import read_module, write_module
+from lpuc.ir.layout import from_words, to_words, words
+from lpuc.ir.verifier import verify
 
 NARROW = [d for d in DType if d.is_narrow]
 F8 = {DType.f8e4m3fn: 448.0, DType.f8e4m3fnuz: 240.0, DType.f8e5m2: 57344.0, DType.f8e5m2fnuz: 57344.0}

@@ -28,9 +28,9 @@ import onnx.backend.test
 import pytest
 
 import onnx.version_converter
-from compiler.frontend import import_onnx, onnx_import
-from ir import DType
-from ir.evaluator import evaluate
+from lpuc.compiler.frontend import import_onnx, onnx_import
+from lpuc.ir import DType
+from lpuc.ir.evaluator import evaluate
 
 # op -> regex on a case's name (the device suffix `_cpu` stripped). Each case
 # belongs to at most one op; NEIGHBOURS below removes the cases of other ops

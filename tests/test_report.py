@@ -20,14 +20,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from backends.interpreter import run, schedule_stats
-from backends.lpu import build_program, read_lpu, write_lpu
-from backends.report import analyze, decode_batch, render_html, report_data
-from compiler.driver import compile_model, load_model, lpu_options
-from compiler.lower import lower
-from compiler.pipeline import CompileOptions
-from ir import machine_ops as mo
-from ir.machine import load_machine
+from lpuc.backends.interpreter import run, schedule_stats
+from lpuc.backends.lpu import build_program, read_lpu, write_lpu
+from lpuc.backends.report import analyze, decode_batch, render_html, report_data
+from lpuc.compiler.driver import compile_model, load_model, lpu_options
+from lpuc.compiler.lower import lower
+from lpuc.compiler.pipeline import CompileOptions
+from lpuc.ir import machine_ops as mo
+from lpuc.ir.machine import load_machine
 
 from helpers import SAMPLES
 
@@ -184,7 +184,7 @@ def test_self_contained(page):
 
 
 def test_json_block_cannot_be_closed_early():
-    from backends.report import _json_for_script
+    from lpuc.backends.report import _json_for_script
 
     tricky = {"name": "</script><!--<script>&"}
     text = _json_for_script(tricky)
@@ -297,8 +297,8 @@ def test_screenshot_is_not_blank(report_file, tmp_path):
 
 @pytest.fixture(scope="module")
 def many_chips():
-    from compiler.pipeline import compile_module
-    from ir.machine import read_machine
+    from lpuc.compiler.pipeline import compile_module
+    from lpuc.ir.machine import read_machine
 
     machine, text = read_machine("tsp-v1")
     module, summary = compile_module(load_model(SAMPLES / "llama_decode.onnx")[0], machine,

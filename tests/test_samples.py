@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.cli import main
-from compiler.driver import load_model
-from compiler.inputs import index_bounds
-from ir import parse, print_module
-from ir.evaluator import evaluate
-from ir.verifier import verify
+from lpuc.compiler.cli import main
+from lpuc.compiler.driver import load_model
+from lpuc.compiler.inputs import index_bounds
+from lpuc.ir import parse, print_module
+from lpuc.ir.evaluator import evaluate
+from lpuc.ir.verifier import verify
 
 from helpers import SAMPLES, assert_close, max_rel_error, run_ort
 

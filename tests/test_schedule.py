@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-import ir.machine_ops as mo
-from compiler.driver import load_model
-from compiler.lower import evaluate_machine
-from compiler.pipeline import CompileOptions, compile_module
-from ir import Module
-from ir.costs import cost, units
-from ir.layout import sub_extents, view_extents, words
-from ir.machine import load_machine
-from ir.printer import print_module
+import lpuc.ir.machine_ops as mo
+from lpuc.compiler.driver import load_model
+from lpuc.compiler.lower import evaluate_machine
+from lpuc.compiler.pipeline import CompileOptions, compile_module
+from lpuc.ir import Module
+from lpuc.ir.costs import cost, units
+from lpuc.ir.layout import sub_extents, view_extents, words
+from lpuc.ir.machine import load_machine
+from lpuc.ir.printer import print_module
 
 from helpers import compiled_sample
 
@@ -203,7 +203,7 @@ def test_hand_built_schedule_legally(name):
     assert check_schedule(scheduled) == summary.cycles
     assert summary.lower_bound <= summary.cycles
     # scheduling keeps the semantics (the untimed machine evaluator runs the scheduled program)
-    from ir.evaluator import evaluate
+    from lpuc.ir.evaluator import evaluate
     from test_lower import rel_error
     assert rel_error(evaluate_machine(scheduled, inputs), evaluate(graph, inputs)) <= 1e-5
 

@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from backends import interpreter
-from backends.lpu import build_program, lpu_bytes, read_lpu
-from compiler.driver import load_model, lpu_options, max_relative_error
-from compiler.pipeline import CompileOptions, compile_module
-from ir.machine import read_machine
+from lpuc.backends import interpreter
+from lpuc.backends.lpu import build_program, lpu_bytes, read_lpu
+from lpuc.compiler.driver import load_model, lpu_options, max_relative_error
+from lpuc.compiler.pipeline import CompileOptions, compile_module
+from lpuc.ir.machine import read_machine
 
 from helpers import ROOT, SAMPLES, assert_one_line_error, run_cli
 
@@ -62,7 +62,7 @@ def test_same_bytes_across_processes_and_hash_seeds(tmp_path):
     here = _compile("gpt2_prefill", scheduler="cpsat")[2]
     for seed in ("0", "12345"):
         out = tmp_path / f"{seed}.lpu"
-        subprocess.run([sys.executable, "-m", "compiler", "compile", str(model), "-o", str(out), "--scheduler", "cpsat",
+        subprocess.run([sys.executable, "-m", "lpuc.compiler", "compile", str(model), "-o", str(out), "--scheduler", "cpsat",
                         "--json"], cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed}, check=True,
                        capture_output=True)
         assert out.read_bytes() == here

@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 import pytest
 
-from compiler.driver import load_model
-from ir import DType
-from ir.evaluator import evaluate
+from lpuc.compiler.driver import load_model
+from lpuc.ir import DType
+from lpuc.ir.evaluator import evaluate
 
 from helpers import SAMPLES, max_rel_error, run_ort
 

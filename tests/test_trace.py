@@ -10,13 +10,13 @@ from fractions import Fraction
 
 import pytest
 
-from backends import interpreter
-from backends.lpu import build_program, read_lpu, write_lpu
-from backends.trace import Transfer, chrome_trace, flow_pair, static_trace, trace_json, validate
-from compiler.cli import main
-from compiler.driver import compile_model, lpu_options
-from compiler.inputs import random_inputs
-from compiler.pipeline import CompileOptions
+from lpuc.backends import interpreter
+from lpuc.backends.lpu import build_program, read_lpu, write_lpu
+from lpuc.backends.trace import Transfer, chrome_trace, flow_pair, static_trace, trace_json, validate
+from lpuc.compiler.cli import main
+from lpuc.compiler.driver import compile_model, lpu_options
+from lpuc.compiler.inputs import random_inputs
+from lpuc.compiler.pipeline import CompileOptions
 
 from helpers import SAMPLES
 

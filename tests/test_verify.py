@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from compiler.verify import assert_deterministic, verify_determinism
+from lpuc.compiler.verify import assert_deterministic, verify_determinism
 
 from helpers import SAMPLES, assert_one_line_error, run_cli
 
@@ -18,7 +18,7 @@ SAMPLE = SAMPLES / "gpt2_prefill.onnx"
 # by the iteration order of a set of strings, which follows PYTHONHASHSEED. Loaded into every fresh
 # compile process through sitecustomize.
 PLANTED = textwrap.dedent('''
-    import compiler.schedule_list as schedule_list
+    import lpuc.compiler.schedule_list as schedule_list
 
     _priorities = schedule_list._priorities
 

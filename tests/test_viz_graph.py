@@ -10,10 +10,10 @@ import subprocess
 
 import pytest
 
-from backends.graph import UNIT_CLASS_COLORS, find_layers, graph_dot, unit_class
-from compiler.cli import main
-from compiler.driver import compile_model, load_model
-from ir.registry import OPS
+from lpuc.backends.graph import UNIT_CLASS_COLORS, find_layers, graph_dot, unit_class
+from lpuc.compiler.cli import main
+from lpuc.compiler.driver import compile_model, load_model
+from lpuc.ir.registry import OPS
 
 from helpers import SAMPLES, legacy_transformer, save
 
@@ -93,8 +93,8 @@ def test_a_program_is_drawn_per_chip_and_collapses_too(six_layers):
 
 
 def test_a_many_chip_program_is_drawn_in_its_chips():
-    from compiler.pipeline import CompileOptions
-    from ir import machine_ops as mo
+    from lpuc.compiler.pipeline import CompileOptions
+    from lpuc.ir import machine_ops as mo
 
     module, _, _ = compile_model(SAMPLES / "llama_decode.onnx",
                                  options=CompileOptions(scheduler="list", chips=4, partition="pipeline"))

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ir import DType, LpucError, Value
+from ...ir import DType, LpucError, Value
 
 Converter = Callable[["Node"], "Value | list[Value | None]"]
 CONVERTERS: dict[str, Converter] = {}
@@ -388,8 +388,8 @@ def _transpose(n: Node):
 
 @converts("Expand")
 def _expand(n: Node):
-    from ir.graph_ops import broadcast_shapes
-    from ir.registry import TypeRuleError
+    from ...ir.graph_ops import broadcast_shapes
+    from ...ir.registry import TypeRuleError
 
     x = n.x(0)
     try:

@@ -18,11 +18,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ir import DType, LpucError, Module, Tensor, TensorType, Value
-from ir.builder import Builder
-from ir.evaluator import evaluate
+from ...ir import DType, LpucError, Module, Tensor, TensorType, Value
+from ...ir.builder import Builder
+from ...ir.evaluator import evaluate
 
-from compiler.passes import dead_code_elimination
+from ..passes import dead_code_elimination
 
 from .converters import CONVERTERS, DATA_DEPENDENT, Node
 

@@ -1,0 +1,21 @@
+"""lpuc: a static-scheduling compiler for LPU-style (Groq TSP) inference chips.
+
+The public Python API. Everything else lives in `lpuc.ir` (the IR), `lpuc.compiler`
+(frontend, passes, schedulers, CLI) and `lpuc.backends` (the executable schedule, the
+interpreter, the viewers)::
+
+    import lpuc
+    program = lpuc.compile("model.onnx", chips=4)        # a Program (what `lpuc compile` writes)
+    result = lpuc.run(program, {"input_ids": ids})       # outputs and statistics
+    lpuc.verify("model.onnx", repeat=3)                  # determinism verdict
+"""
+
+from .backends.interpreter import run
+from .backends.lpu import Program, read_lpu
+from .compiler.driver import compile_program as compile
+from .compiler.pipeline import CompileOptions
+from .compiler.verify import assert_deterministic, verify_determinism as verify
+from .ir.errors import LpucError
+
+__all__ = ["CompileOptions", "LpucError", "Program", "assert_deterministic", "compile", "read_lpu", "run",
+           "verify"]
