@@ -178,10 +178,11 @@ def _compile_args(p):
                    help=f"machine description: a shipped name or a TOML file (default {DEFAULT_MACHINE})")
     p.add_argument("--chips", type=int, metavar="N",
                    help="chips to compile for (default: the fewest whose SRAM holds the weights, rounded to a "
-                        "size the machine's topology has)")
+                        "size the machine's topology has; an IR file with its partition written: as written)")
     p.add_argument("--partition", choices=STRATEGIES, default="auto",
                    help="how to spread the model over chips: pipeline (contiguous layer ranges), tensor "
-                        "(matmuls split by columns or rows), or auto: the faster of the two (default)")
+                        "(matmuls split by columns or rows), or auto: the faster of the two (default; an IR "
+                        "file with its partition written, docs/partition.md: as written)")
     p.add_argument("--scheduler", choices=SCHEDULERS, default=CompileOptions.scheduler,
                    help="cpsat: OR-Tools CP-SAT warm-started from the list schedule, never worse than it, with "
                         "a proven lower bound (default); list: the list scheduler alone (fast)")

@@ -16,15 +16,16 @@ Matmul tiling (A [..., M, K] @ B [..., K, N]):
   broadcast batch shape, so install and matmul see equal batches. 1-D operands
   are reshaped to a row / a column first and the result reshaped back.
 
-Chips (compiler.partition): each graph op is lowered on its home chip; an
-operand living elsewhere comes over by a transfer (c2c.send on its chip,
-c2c.recv on this one, over the network's fixed route), once per value and
-chip. Constants and model inputs are emitted lazily, on the chip of each
-reader (a constant is copied into each reader chip's image rather than sent).
-A split op (a matmul or gather whose weight is spread over chips, or an
-attention matmul spread by heads) is lowered on every chip of its group, each
-with its cut of the weight (or its heads), and the parts come back home to be
-joined (column splits, heads) or added (row splits).
+Chips: the partition is written on the graph ops (docs/partition.md): each op
+is lowered on its `chip`; an operand living elsewhere comes over by a transfer
+(c2c.send on its chip, c2c.recv on this one, over the network's fixed route),
+once per value and chip. Constants and model inputs are emitted lazily, on the
+chip of each reader (a constant is copied into each reader chip's image rather
+than sent). A split op is lowered on the chips of its `parts`, each with its
+tiles: a splittable rule declares its tilings in `TILINGS` (the one place that
+says how an op can be cut, and into how many tiles), and its rule cuts them
+and brings the parts back to the op's chip to be joined (columns, heads) or
+added (rows).
 
 `evaluate_machine` runs a machine-level module with numpy (the untimed
 reference for this level; the interpreter in backends/ is the timed one).
@@ -32,7 +33,8 @@ reference for this level; the interpreter in backends/ is the timed one).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Container, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -44,14 +46,21 @@ from ..ir.attributes import AttrDict
 from ..ir.builder import Builder
 from ..ir.errors import EvalError, VerifyError
 from ..ir.evaluator import EVAL, check_inputs, conform
-from ..ir.graph_ops import broadcast_shapes
+from ..ir.graph_ops import PLACEMENT_ATTRS, broadcast_shapes
 from ..ir.layout import LANES, rows_cols
 from ..ir.machine import Machine
 from ..ir.registry import OPS, TypeRuleError
 from ..ir.topology import Network, network
 from ..ir.types import TensorType
 
-from .partition import Partition
+
+@dataclass(frozen=True)
+class Split:
+    """How the op being lowered is spread over chips: the tiling its rule cuts by (one of its TILINGS) and,
+    per part in tile order, the chip and the tiles it takes."""
+
+    kind: str
+    parts: tuple[tuple[int, range], ...]
 
 
 class _Emitter:
@@ -61,7 +70,7 @@ class _Emitter:
         self.b = Builder()
         self.network = network
         self.chip = 0
-        self.split: tuple[tuple[int, int], ...] = ()  # the (chip, share)s the op being lowered is spread over
+        self.split: Split | None = None                # how the op being lowered is spread over chips
         self.chip_of: dict[str, int] = {}           # lowered value -> its chip
         self.lazy: dict[str, tuple[str, object]] = {}  # placeholder -> ("constant", Tensor) / ("input", Value)
         self.copies: dict[tuple[str, int], Value] = {}  # (value, chip) -> it, on that chip
@@ -286,22 +295,22 @@ def _cut(e: _Emitter, b: Value, rows: tuple[int, int], cols: tuple[int, int], hi
 
 
 def _split_matmul(e: _Emitter, op: Op, a: Value, b: Value) -> Value:
-    """a @ b, b a constant spread over e.split: by column tiles (parts joined) or, with one column tile, by
-    row tiles (partial sums added), each chip holding only its cut of b."""
-    h, home = _hint(op), e.chip
-    if b.name not in e.lazy:
-        return _split_batch(e, op, a, e.at(b))
+    """a @ b spread over e.split: by heads, or b a constant cut into column tiles (the parts joined) or row
+    tiles (the partial sums added), each chip holding only its cut of b."""
+    if e.split.kind == "heads":
+        return _split_batch(e, op, e.at(a), e.at(b))
+    h, home, a = _hint(op), e.chip, e.at(a)
     k, n = b.type.shape[-2:]
     parts = []
-    if n > LANES:
-        for c, tiles in _groups(-(-n // LANES), e.split):
+    if e.split.kind == "columns":
+        for c, tiles in e.split.parts:
             cols = (tiles.start * LANES, min(n, tiles.stop * LANES))
             with e.on(c):
                 w = _cut(e, b, (0, k), cols, f"{h}.w_c{c}")
                 parts.append(e.at(_tiles(e, e.at(a), w, f"{h}.part_c{c}", f"{h}.c{c}"), home))
         y = e.one("mem.join", parts, {}, h) if len(parts) > 1 else parts[0]
     else:
-        for c, tiles in _groups(-(-k // LANES), e.split):
+        for c, tiles in e.split.parts:
             rows = (tiles.start * LANES, min(k, tiles.stop * LANES))
             x = a if rows == (0, k) else e.one("mem.column_slice", [a], {"start": rows[0], "size": rows[1] - rows[0]},
                                                f"{h}.x_c{c}")
@@ -320,7 +329,7 @@ def _split_batch(e: _Emitter, op: Op, a: Value, b: Value) -> Value:
     h, home = _hint(op), e.chip
     axis = next(i for i, d in enumerate(a.type.shape[:-2]) if d > 1)
     parts = []
-    for c, heads in _groups(a.type.shape[axis], e.split):
+    for c, heads in e.split.parts:
         cut = {"starts": (heads.start,), "ends": (heads.stop,), "axes": (axis,), "steps": (1,)}
         a_c = e.one("sxm.slice", [a], cut, f"{h}.a_c{c}")
         b_c = e.one("sxm.slice", [b], cut, f"{h}.b_c{c}")
@@ -330,14 +339,14 @@ def _split_batch(e: _Emitter, op: Op, a: Value, b: Value) -> Value:
 
 
 def _gather(e: _Emitter, op: Op, args):
-    """A gather; from a constant table spread over e.split, by column ranges joined at home."""
+    """A gather; from a constant table spread over e.split, by column tiles joined at home."""
     if not e.split:
         return e.op("mem.gather", args, op.attrs, [_hint(op)])
     table, idx = args
-    h, home = _hint(op), e.chip
+    h, home, idx = _hint(op), e.chip, e.at(idx)
     rows, n = table.type.shape
     parts = []
-    for c, tiles in _groups(-(-n // LANES), e.split):
+    for c, tiles in e.split.parts:
         cols = (tiles.start * LANES, min(n, tiles.stop * LANES))
         with e.on(c):
             t = _cut(e, table, (0, rows), cols, f"{h}.table_c{c}")
@@ -356,6 +365,72 @@ RULES.update({
 })
 
 
+# --- how a splittable rule cuts its op -----------------------------------------
+# Each declares its tilings: the ways its rule can cut the op over chips, preferred first, each with how
+# many tiles it makes. Partition asks (and writes its choice onto the op as `split`, `parts`, `shares`);
+# lowering cuts by the same declaration, so the two cannot disagree.
+
+Tilings = Callable[[Op, Container[str]], dict[str, int]]  # (graph op, names of constants) -> {split: tiles}
+
+
+def _matmul_tilings(op: Op, constants: Container[str]) -> dict[str, int]:
+    a, b = (v.type for v in op.operands)
+    if op.operands[1].name in constants:
+        # one constant weight for all of a's rows, viewed as 2-D: its 320-wide column tiles (the parts
+        # joined) or its 320-tall row tiles (the partial sums added)
+        if a.rank < 2 or b.rank < 2 or math.prod(b.shape[:-2]) != 1:
+            return {}
+        k, n = b.shape[-2:]
+        return {kind: tiles for kind, tiles in (("columns", -(-n // LANES)), ("rows", -(-k // LANES))) if tiles > 1}
+    # attention: activations on both sides, equal batches of heads, cut along the first batch axis wider
+    # than one (the parts concatenated)
+    heads = [d for d in a.shape[:-2] if d > 1]
+    return {"heads": heads[0]} if a.rank >= 3 and a.shape[:-2] == b.shape[:-2] and heads else {}
+
+
+def _gather_tilings(op: Op, constants: Container[str]) -> dict[str, int]:
+    # rows of a constant 2-D table (axis 0), by its 320-wide column tiles (the parts joined)
+    t = op.operands[0].type
+    if op.operands[0].name in constants and t.rank == 2 and op.attrs.get("axis", 0) % 2 == 0 and t.shape[-1] > LANES:
+        return {"columns": -(-t.shape[-1] // LANES)}
+    return {}
+
+
+TILINGS: dict[str, Tilings] = {"graph.matmul": _matmul_tilings, "graph.gather": _gather_tilings}
+
+
+def tilings(op: Op, constants: Container[str]) -> dict[str, int]:
+    """The ways `op`'s lowering rule can split it over chips, preferred first, each with its tile count
+    (none: it runs whole on one chip). `constants`: the names of the module's constants."""
+    offer = TILINGS.get(op.name)
+    return offer(op, constants) if offer else {}
+
+
+def _split_of(op: Op, constants: Container[str]) -> Split | None:
+    """The split written on `op` (`split`, `parts`, `shares`), checked against its rule's tilings."""
+    kind, parts, shares = (op.attrs.get(k) for k in ("split", "parts", "shares"))
+    if kind is None:
+        if parts is not None or shares is not None:
+            raise VerifyError(f"{op.label()}: `parts` and `shares` describe a split; the op has no `split`")
+        return None
+    offered = tilings(op, constants)
+    if kind not in offered:
+        can = f"by {' or '.join(repr(k) for k in offered)} only" if offered else "not at all"
+        raise VerifyError(f"{op.label()}: split = {kind!r}, but lowering splits this {op.name} {can}")
+    shares = (1,) * len(parts or ()) if shares is None else shares
+    if not parts or len(shares) != len(parts) or min(shares) < 1:
+        raise VerifyError(f"{op.label()}: a split needs `parts` (the chip of each part) and, when given, one "
+                          f"positive share per part (parts = {list(parts or ())}, shares = {list(shares)})")
+    return Split(kind, tuple(_groups(offered[kind], tuple(zip(parts, shares)))))
+
+
+def _without_placement(op: Op) -> Op:
+    """`op` without its placement attributes (lowering has read them; the rules pass the rest on)."""
+    if not any(k in op.attrs for k in PLACEMENT_ATTRS):
+        return op
+    return Op(op.name, op.operands, op.results, AttrDict({k: v for k, v in op.attrs.items() if k not in PLACEMENT_ATTRS}))
+
+
 @dataclass(frozen=True)
 class Lower:
     """Graph module -> machine module for `machine` (module attribute `machine`)."""
@@ -366,32 +441,34 @@ class Lower:
         return lower(module, self.machine)
 
 
-def lower(module: Module, machine: Machine | str = "tsp-v1", partition: Partition | None = None) -> Module:
-    """Lower on one chip, or on the chips of `partition` (which needs the Machine, for its network)."""
+def lower(module: Module, machine: Machine | str = "tsp-v1") -> Module:
+    """Lower on the chips of the partition written on `module` (module attribute `chips`, op attributes
+    `chip`, `split`, `parts`, `shares`; without them, on one chip). More than one chip needs the Machine,
+    for its network."""
     name = machine if isinstance(machine, str) else machine.name
-    chips = partition.chips if partition is not None else 1
+    chips = module.attrs.get("chips", 1)
     e = _Emitter(network(machine, chips) if chips > 1 else None)
+    constants = {op.result.name for op in module.ops if op.name == "graph.constant"}
     env: dict[str, Value] = {}
     for v in module.inputs:
         block_input = Value(v.name, v.type)  # inputs keep their names: they bind the caller's arrays
         e.b.inputs.append(block_input)
         e.b._taken.add(v.name)
         env[v.name] = e.placeholder("input", block_input, v.type, v.name)
-    for i, op in enumerate(module.ops):
+    for op in module.ops:
         if op.name.split(".", 1)[0] != "graph":
             raise VerifyError(f"{op.label()}: lowering takes a graph-level module, found {op.name}")
         rule = RULES.get(op.name)
         if rule is None:
             raise LpucError(f"{op.label()}: no lowering rule for {op.name}")
-        home = partition.home[i] if partition is not None else 0
-        with e.on(home):
-            e.split = partition.split_chips(i) if partition is not None else ()
-            # a split op's weight stays lazy: each chip of the group emits its own cut
-            weight = 1 if op.name == "graph.matmul" else 0
-            args = [env[v.name] if e.split and k == weight else e.at(env[v.name])
-                    for k, v in enumerate(op.operands)]
-            results = rule(e, op, args)
-            e.split = ()
+        split = _split_of(op, constants)
+        with e.on(op.attrs.get("chip", 0)):
+            e.split = split
+            # a split op's rule brings its operands over itself: a cut weight stays lazy, each chip of the
+            # split emitting its own cut
+            args = [env[v.name] if split else e.at(env[v.name]) for v in op.operands]
+            results = rule(e, _without_placement(op), args)
+            e.split = None
         for r, lowered in zip(op.results, results, strict=True):
             if lowered.type != r.type:
                 raise AssertionError(f"{op.label()}: lowered to {lowered.type}, expected {r.type}")
@@ -448,4 +525,4 @@ def evaluate_machine(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[s
     return {name: env[v.name] for name, v in module.outputs}
 
 
-__all__ = ["Lower", "RULES", "evaluate_machine", "lower"]
+__all__ = ["Lower", "RULES", "TILINGS", "Split", "evaluate_machine", "lower", "tilings"]

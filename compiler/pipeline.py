@@ -5,7 +5,9 @@ scheduled machine-level module and a frozen summary.
 
 The chip count defaults to the fewest chips whose SRAM holds the weights; the
 partition (compiler/partition.py) is the one asked for, or with `auto` the
-fastest of pipeline and tensor by a quick schedule of each.
+fastest of pipeline and tensor by a quick schedule of each. A module that is
+partitioned already (it has the `chips` attribute, e.g. an IR file with its
+partition written by hand) keeps its partition ("given").
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..ir.verifier import verify
 
 from .allocate import Allocate, DoesNotFit, apply_allocation
 from .lower import lower
-from .partition import STRATEGIES, Partition, plan_partition
+from .partition import STRATEGIES, describe, partition
 from .schedule_cpsat import CpSatScheduler
 from .schedule_list import ListScheduler, apply_schedule
 
@@ -54,7 +56,7 @@ class CompileSummary:
     sram_image_bytes: int        # constants (weights), placed before cycle 0, all chips
     clock_mhz: float
     chips: int = 1
-    partition: str = "single"    # the strategy used
+    partition: str = "single"    # the strategy used ("given": the module's own)
     partition_lines: tuple[str, ...] = ()        # per chip: what it runs
     candidates: tuple[tuple[str, str], ...] = ()  # (strategy, cycles or why not) of those tried
     transfers: int = 0           # c2c.send instructions
@@ -90,11 +92,12 @@ class CompileSummary:
                 "list_cycles": self.list_cycles}
 
 
-def _allocate(graph: Module, machine: Machine, partition: Partition, options: CompileOptions, progress=None):
+def _allocate(partitioned: Module, machine: Machine, strategy: str, options: CompileOptions, progress=None):
     say = progress or (lambda line: None)
-    where = f" on {partition.chips} chips ({partition.strategy})" if partition.chips > 1 else ""
-    say(f"lowering {len(graph.ops):,} graph ops{where}")
-    lowered = verify(lower(graph, machine, partition))
+    chips = partitioned.attrs.get("chips", 1)
+    where = f" on {chips} chips ({strategy})" if chips > 1 else ""
+    say(f"lowering {len(partitioned.ops):,} graph ops{where}")
+    lowered = verify(lower(partitioned, machine))
     say(f"allocating SRAM for {len(lowered.ops):,} machine ops")
     allocation = Allocate(options.stripes).plan(lowered, machine)
     return verify(apply_allocation(lowered, allocation)), allocation
@@ -132,6 +135,12 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
                         f"{options.effort:g}, {options.workers}, {options.window}, {options.max_windows})")
     if options.partition not in STRATEGIES:
         raise LpucError(f"unknown partition {options.partition!r} (choose from {', '.join(STRATEGIES)})")
+    if "chips" in graph_module.attrs:  # partitioned already
+        chips = graph_module.attrs["chips"]
+        if options.chips not in (None, chips) or options.partition != "auto":
+            raise LpucError(f"{graph_module.name} is partitioned already, over {chips} chips (its `chips` attribute): "
+                            "leave out --chips and --partition, or remove the partition from the IR")
+        return _compile_on(graph_module, machine, options, chips, progress)
     if options.chips is not None:
         return _compile_on(graph_module, machine, options, options.chips, progress)
     # The default: the fewest chips whose SRAM holds the weights; when the partition leaves one chip too
@@ -151,20 +160,22 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
                 progress=None) -> tuple[Module, CompileSummary]:
     network(machine, chips)  # a size the topology has
     strategies = ("pipeline", "tensor") if options.partition == "auto" else (options.partition,)
-    if chips == 1:
+    if "chips" in graph_module.attrs:
+        strategies = ("given",)
+    elif chips == 1:
         strategies = ("single",)
     tried, best = [], None
     for strategy in strategies:
-        partition = plan_partition(graph_module, machine, chips, strategy)
+        partitioned = graph_module if strategy == "given" else partition(graph_module, machine, chips, strategy)
         try:
-            allocated, allocation = _allocate(graph_module, machine, partition, options, progress)
+            allocated, allocation = _allocate(partitioned, machine, strategy, options, progress)
         except DoesNotFit as e:
             if len(strategies) == 1:
                 raise
             tried.append((strategy, f"does not fit: {e}"))
             continue
         if len(strategies) == 1:
-            best = (partition, allocated, allocation)
+            best = (strategy, partitioned, allocated, allocation)
             break
         # Candidates are compared by a quick list schedule (no improvement rounds): the cost model is the
         # scheduler itself. Only the winner is scheduled in earnest.
@@ -172,17 +183,17 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
             progress(f"quick list schedule of the {strategy} candidate")
         cycles = ListScheduler(0).schedule(allocated, machine).cycles
         tried.append((strategy, str(cycles)))
-        if best is None or cycles < best[3]:
-            best = (partition, allocated, allocation, cycles)
+        if best is None or cycles < best[4]:
+            best = (strategy, partitioned, allocated, allocation, cycles)
     if best is None:
         raise DoesNotFit(f"no partition of {graph_module.name} fits {chips} chips: "
                         + "; ".join(f"{s}: {why}" for s, why in tried))
-    partition, allocated, allocation = best[:3]
+    strategy, partitioned, allocated, allocation = best[:4]
     scheduled, result, info = _schedule(allocated, machine, options, options.rounds, progress, options.scheduler)
     summary = CompileSummary(machine.name, result.cycles, result.lower_bound, result.critical_path,
                              result.resource_bound, result.bound_resource, result.instructions,
                              len(scheduled.ops), allocation.peak_bytes, allocation.image_bytes, machine.clock_mhz,
-                             chips, partition.strategy, tuple(partition.describe(graph_module)) if chips > 1 else (),
+                             chips, strategy, tuple(describe(partitioned)) if chips > 1 else (),
                              tuple(tried) if len(strategies) > 1 else (),
                              sum(1 for op in scheduled.ops if op.name == "c2c.send"),
                              info.status if info else "", info.seconds if info else 0.0,

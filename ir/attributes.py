@@ -95,6 +95,13 @@ class AttrDict(Mapping):
     def __getitem__(self, key):
         return self._dict[key]
 
+    # Mapping's get and `in` go through __getitem__ and an exception; ops are asked these a lot
+    def get(self, key, default=None):
+        return self._dict.get(key, default)
+
+    def __contains__(self, key) -> bool:
+        return key in self._dict
+
     def __iter__(self) -> Iterator[str]:
         return (k for k, _ in self._items)
 

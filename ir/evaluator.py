@@ -16,6 +16,7 @@ import numpy as np
 
 from .core import Module, Op
 from .errors import EvalError
+from .graph_ops import PLACEMENT_ATTRS
 from .registry import OPS
 from .types import DType, TensorType
 
@@ -300,7 +301,7 @@ def evaluate(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[str, np.n
         impl = EVAL.get(op.name)
         if impl is None:
             raise EvalError(f"{op.label()}: the reference evaluator has no rule for {op.name}")
-        attrs = OPS[op.name].attrs_with_defaults(op.attrs)
+        attrs = {k: v for k, v in OPS[op.name].attrs_with_defaults(op.attrs).items() if k not in PLACEMENT_ATTRS}
         try:
             with np.errstate(all="ignore"):
                 out = impl([env[v.name] for v in op.operands], attrs)

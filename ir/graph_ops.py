@@ -7,10 +7,27 @@ reference evaluator (evaluator.py) is the executable definition.
 
 from __future__ import annotations
 
-from .registry import AttrSpec, TypeRuleError, defop
+from .registry import AttrSpec, TypeRuleError
+from .registry import defop as _defop
 from .types import DType, TensorType
 
 A = AttrSpec
+
+# Where an op runs, written by the partition pass (compiler/partition.py, docs/partition.md); absent
+# before it and on one chip. Every graph op but graph.constant takes them: a constant is copied onto the
+# chip of each op that reads it.
+PLACEMENT_ATTRS = {
+    "chip": A("chip", None),     # the chip it runs on; a split op: where its parts meet (absent: chip 0)
+    "split": A("str", None),     # a split op: what its lowering rule cuts (compiler/lower.py, TILINGS)
+    "parts": A("chips", None),   # ... the chip of each part, in tile order
+    "shares": A("ints", None),   # ... each part's share of the tiles (absent: equal shares)
+}
+
+
+def defop(name: str, operands, attrs=None, **kwargs):
+    """registry.defop for a graph op: its own attributes plus the placement ones."""
+    return _defop(name, operands, {**(attrs or {}), **PLACEMENT_ATTRS}, **kwargs)
+
 
 
 # --- shared type rules -------------------------------------------------------
@@ -127,7 +144,7 @@ def _cast(types, attrs):
     return types[0].with_dtype(attrs["to"])
 
 
-@defop("graph.constant", 0, {"value": A("tensor")}, doc="a constant tensor")
+@_defop("graph.constant", 0, {"value": A("tensor")}, doc="a constant tensor")
 def _constant(types, attrs):
     return attrs["value"].type
 

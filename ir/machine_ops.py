@@ -43,8 +43,9 @@ GRAPH_EQUIVALENT: dict[str, str] = {}
 
 def _mirror(unit: str, name: str) -> None:
     src = OPS[f"graph.{name}"]
+    attrs = {k: spec for k, spec in src.attrs.items() if k not in g.PLACEMENT_ATTRS}
     OPS[f"{unit}.{name}"] = src.__class__(f"{unit}.{name}", src.min_operands, src.max_operands,
-                                          {**src.attrs, **SCHEDULE_ATTRS}, src.infer,
+                                          {**attrs, **SCHEDULE_ATTRS}, src.infer,
                                           f"{unit.upper()}: {src.doc}", src.operand_names)
     GRAPH_EQUIVALENT[f"{unit}.{name}"] = f"graph.{name}"
 

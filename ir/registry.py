@@ -43,6 +43,9 @@ ATTR_KINDS: dict[str, Callable[[Any], bool]] = {
     "ints": lambda v: isinstance(v, tuple) and all(_is_int(x) for x in v),
     "floats": lambda v: isinstance(v, tuple) and all(isinstance(x, float) for x in v),
     "dtype": lambda v: isinstance(v, DType),
+    # a chip number, and a list of them (the verifier checks them against the module's chip count)
+    "chip": lambda v: _is_int(v) and v >= 0,
+    "chips": lambda v: isinstance(v, tuple) and all(_is_int(x) and x >= 0 for x in v),
     "tensor": lambda v: isinstance(v, Tensor),
     # SRAM extents: (slice, first word, words) triples
     "extents": lambda v: isinstance(v, tuple) and all(
@@ -66,7 +69,8 @@ class OpDef:
     operand_names: tuple[str, ...] = field(default=())
 
     def attrs_with_defaults(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
-        full = {k: s.default for k, s in self.attrs.items() if not s.required}
+        """`attrs` plus the defaults of those not given (a None default: absent unless given)."""
+        full = {k: s.default for k, s in self.attrs.items() if not s.required and s.default is not None}
         full.update(attrs)
         return full
 

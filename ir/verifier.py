@@ -20,6 +20,9 @@ def verify(module: Module) -> Module:
             raise VerifyError(f"{where}: value {value} is defined twice")
         defined[value.name] = value.type
 
+    chips = module.attrs.get("chips", 1)
+    if not ATTR_KINDS["int"](chips) or chips < 1:
+        raise VerifyError(f"module attribute chips = {chips!r}: must be a positive int")
     for v in module.inputs:
         define(v, f"input {v}")
     for op in module.ops:
@@ -32,6 +35,7 @@ def verify(module: Module) -> Module:
             if defined[v.name] != v.type:
                 raise VerifyError(f"{where}: operand {v} has type {v.type} but is defined as {defined[v.name]}")
         check_op(op)
+        check_chips(op, chips)
         for r in op.results:
             define(r, where)
     names = set()
@@ -74,3 +78,13 @@ def check_op(op: Op) -> None:
     for r, t in zip(op.results, expected):
         if r.type != t:
             raise VerifyError(f"{where}: result {r} has type {r.type}, expected {t}")
+
+
+def check_chips(op: Op, chips: int) -> None:
+    """Every chip an op names (its `chip`, a split's `parts`) is one of the module's `chips`."""
+    specs = OPS[op.name].attrs
+    for key, value in op.attrs.items():
+        kind = specs[key].kind
+        if kind in ("chip", "chips") and any(c >= chips for c in (value if kind == "chips" else (value,))):
+            raise VerifyError(f"{op.label()}: {key} = {list(value) if kind == 'chips' else value} names a chip "
+                              f"outside the module's {chips} (module attribute chips)")

@@ -26,8 +26,9 @@ ALL = NUMERIC + (DType.bool,)
 INDEX = (DType.i32, DType.i64)
 
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:/-"
-# attribute names, including words that are keywords or dtypes elsewhere in the grammar
-ATTR_NAMES = ("machine", "chips", "seed", "note", "scale", "shape", "flags", "dtype", "weights", "nested",
+# attribute names, including words that are keywords or dtypes elsewhere in the grammar (not `chips`,
+# which the verifier checks: a module's chip count)
+ATTR_NAMES = ("machine", "seed", "note", "scale", "shape", "flags", "dtype", "weights", "nested",
               "input", "output", "true", "false", "tensor", "module", "attributes", "f32", "bool", "_x", "a1")
 
 # element values worth having in constants, beside random ones
@@ -347,4 +348,6 @@ def modules(draw, max_ops: int = 10):
     for name, v in zip(names, outputs):
         b.output(name, v)
     attrs = draw(st.dictionaries(st.sampled_from(ATTR_NAMES), attr_values, max_size=4))
+    if draw(st.booleans()):
+        attrs["chips"] = draw(st.integers(1, 64))
     return b.build(draw(st.text(NAME_CHARS, min_size=1, max_size=10)), **attrs)

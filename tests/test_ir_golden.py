@@ -3,7 +3,7 @@
 A golden file's first line names the passes to run, in order, as a pipeline:
 
     # RUN: verify
-    # RUN: lower machine=tsp-v1 | verify          (a pass with options)
+    # RUN: partition chips=4 strategy=pipeline | verify      (a pass with options)
 
 The rest of the file is the expected output. When the input is not already the
 expected output (comments, odd spacing ...), the file holds the input first and
@@ -29,17 +29,21 @@ from pathlib import Path
 
 import pytest
 
+from lpuc.compiler.partition import partition
 from lpuc.ir import LpucError, Module, parse, print_module
+from lpuc.ir.machine import read_machine
 from lpuc.ir.verifier import verify
 
 GOLDEN = Path(__file__).parent / "golden" / "ir"
 RUN = "# RUN:"
 SEPARATOR = "# ---- output ----"
 
-# Pass name -> function(module, **options) -> module. A later pass (lower,
-# partition, ...) is added here by name; options are `key=value` words.
+# Pass name -> function(module, **options) -> module. A later pass (lower, ...)
+# is added here by name; options are `key=value` words.
 PASSES: dict[str, Callable[..., Module]] = {
     "verify": lambda module: verify(module),
+    "partition": lambda module, chips, strategy, machine="tsp-v1":
+        partition(module, read_machine(machine)[0], chips, strategy),
 }
 
 
@@ -86,7 +90,7 @@ def golden_files() -> list[Path]:
 def test_golden_files_exist():
     names = {p.stem for p in golden_files()}
     assert {"attention", "layernorm_mlp", "data_movement", "topk", "constants", "module_attrs",
-            "comments_and_spacing"} <= names
+            "comments_and_spacing", "partition_pipeline", "partition_tensor", "partition_bad_chip"} <= names
 
 
 @pytest.mark.parametrize("path", golden_files(), ids=lambda p: p.stem)
@@ -111,6 +115,8 @@ def test_golden(path: Path, update_golden: bool):
 def test_pipeline_syntax():
     assert parse_pipeline("# RUN: verify") == [("verify", {})]
     assert parse_pipeline("# RUN: verify | verify") == [("verify", {}), ("verify", {})]
+    assert parse_pipeline("# RUN: partition chips=4 strategy=pipeline") == [
+        ("partition", {"chips": 4, "strategy": "pipeline"})]
     with pytest.raises(AssertionError, match="unknown pass 'lower'"):
         parse_pipeline("# RUN: lower machine=tsp-v1")
     with pytest.raises(AssertionError, match="first line"):

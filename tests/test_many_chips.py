@@ -13,7 +13,7 @@ import pytest
 from lpuc.backends import interpreter
 from lpuc.backends.lpu import build_program
 from lpuc.compiler.driver import load_model, max_relative_error
-from lpuc.compiler.partition import plan_partition
+from lpuc.compiler.partition import describe, partition
 from lpuc.compiler.pipeline import CompileOptions, compile_module, default_chips
 from lpuc.ir import LpucError
 from lpuc.ir import machine_ops as mo
@@ -59,10 +59,10 @@ def test_sample_on_many_chips_matches_onnxruntime(graphs, name, chips, strategy)
 
 def test_pipeline_is_contiguous_and_balanced(graphs):
     graph = _graph(graphs, "llama_prefill")
-    part = plan_partition(graph, MACHINE, 4, "pipeline")
-    homes = [h for op, h in zip(graph.ops, part.home) if op.name != "graph.constant"]
+    part = partition(graph, MACHINE, 4, "pipeline")
+    homes = [op.attrs.get("chip", 0) for op in part.ops if op.name != "graph.constant"]
     assert homes == sorted(homes) and set(homes) == {0, 1, 2, 3}
-    lines = part.describe(graph)
+    lines = describe(part)
     assert len(lines) == 4 and all(line.startswith(f"chip {c}:") for c, line in enumerate(lines))
 
 
@@ -165,3 +165,111 @@ def test_perfetto_trace_draws_every_transfer(graphs):
     flows = [e for e in trace["traceEvents"] if e.get("cat") == "transfer"]
     assert len(links) == 2 * len(sends) and len(flows) == 2 * len(sends)
     assert {e["pid"] for e in links} == {1, 2}
+
+
+BY_HAND = """\
+# A partition written by hand: the up projection by columns (3 tiles: chip 1 takes the first, chip 0 the
+# other two), the down projection on chip 1 by rows (chip 0 two tiles, chip 1 one), attention by heads.
+module @by_hand attributes {{chips = 2}} {{
+  input %x : f32[3,640]
+  input %q : f32[4,5,8]
+  input %k : f32[4,8,5]
+  %w_up = graph.constant {{value = tensor<f32[640,700], "{w_up}">}} : f32[640,700]
+  %up = graph.matmul %x, %w_up {{split = "columns", parts = [1, 0]}} : f32[3,700]
+  %act = graph.relu %up {{chip = 1}} : f32[3,700]
+  %w_down = graph.constant {{value = tensor<f32[700,96], "{w_down}">}} : f32[700,96]
+  %down = graph.matmul %act, %w_down {{chip = 1, split = "rows", parts = [0, 1], shares = [2, 1]}} : f32[3,96]
+  %scores = graph.matmul %q, %k {{chip = 1, split = "heads", parts = [0, 1]}} : f32[4,5,5]
+  %probs = graph.softmax %scores : f32[4,5,5]
+  output "down" = %down
+  output "probs" = %probs
+}}
+"""
+
+
+def test_a_partition_written_by_hand_compiles_and_runs(tmp_path):
+    """An IR file whose partition is written by hand compiles as written on 2 chips (each weight cut as its
+    split says) and runs as the reference evaluator does."""
+    from lpuc.compiler.driver import compile_model
+    from lpuc.ir.attributes import Tensor
+    from lpuc.ir.evaluator import evaluate
+    from lpuc.ir.files import blob_path, write_npz
+
+    rng = np.random.default_rng(0)
+    weights = {"w_up": rng.standard_normal((640, 700)).astype(np.float32) / 25,
+               "w_down": rng.standard_normal((700, 96)).astype(np.float32) / 25}
+    keys = {name: Tensor.from_array(w).key for name, w in weights.items()}
+    path = tmp_path / "by_hand.ir"
+    path.write_text(BY_HAND.format(**keys))
+    write_npz(blob_path(path), {keys[name]: w for name, w in weights.items()})
+    module, summary, machine_text = compile_model(path, options=CompileOptions(scheduler="list"))
+    assert (summary.chips, summary.partition, module.attrs["chips"]) == (2, "given", 2)
+    cuts = {(mo.chip_of(op), op.result.type.shape) for op in module.ops
+            if op.name == "mem.constant" and op.result.type.rank == 2}
+    assert {(1, (640, 320)), (0, (640, 380)), (0, (640, 96)), (1, (60, 96))} <= cuts
+    inputs = {name: rng.standard_normal(shape).astype(np.float32)
+              for name, shape in (("x", (3, 640)), ("q", (4, 5, 8)), ("k", (4, 8, 5)))}
+    result = interpreter.run(build_program(module, machine_text), inputs)
+    ref = evaluate(load_model(path)[0], inputs)
+    assert max(max_relative_error(result.outputs[k], ref[k]) for k in ref) <= 1e-4
+    with pytest.raises(LpucError, match="partitioned already, over 2 chips"):
+        compile_model(path, options=CompileOptions(scheduler="list", chips=4))
+    with pytest.raises(LpucError, match="by_hand is partitioned already"):
+        partition(load_model(path)[0], MACHINE, 2, "pipeline")
+
+
+def _by_hand(result: str, attrs: str) -> str:
+    """BY_HAND (weights by made-up keys: lowering needs no data) with the attributes of the op defining
+    `result` written as `attrs`."""
+    lines = BY_HAND.format(w_up="sha256:0", w_down="sha256:1").splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith(f"  %{result} = "):
+            lines[i] = line[:line.index("{")] + "{" + attrs + "}" + line[line.rindex("}") + 1:]
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("result, attrs, message", [
+    ("up", 'split = "heads", parts = [0, 1]', "%up = graph.matmul: split = 'heads', but lowering splits this "
+                                              "graph.matmul by 'columns' or 'rows' only"),
+    ("up", 'split = "columns"', "%up = graph.matmul: a split needs `parts`"),
+    ("up", 'split = "rows", parts = [0, 1], shares = [1]', "%up = graph.matmul: .* one positive share per part"),
+    ("up", 'split = "rows", parts = [0, 1], shares = [1, 0]', "%up = graph.matmul: .* one positive share per part"),
+    ("up", "parts = [0, 1]", "%up = graph.matmul: `parts` and `shares` describe a split; the op has no `split`"),
+    ("act", 'split = "columns", parts = [0, 1]', "%act = graph.relu: split = 'columns', but lowering splits this "
+                                                 "graph.relu not at all"),
+])
+def test_a_split_its_rule_does_not_declare_is_refused(result, attrs, message):
+    from lpuc.compiler.lower import lower
+    from lpuc.ir import VerifyError, parse
+    from lpuc.ir.verifier import verify
+
+    with pytest.raises(VerifyError, match=message):
+        lower(verify(parse(_by_hand(result, attrs))), MACHINE)
+
+
+def test_a_split_part_on_a_chip_the_module_lacks_is_refused():
+    from lpuc.ir import VerifyError, parse
+    from lpuc.ir.verifier import verify
+
+    with pytest.raises(VerifyError, match=r"%up = graph.matmul: parts = \[1, 2\] names a chip outside the module's 2"):
+        verify(parse(_by_hand("up", 'split = "columns", parts = [1, 2]')))
+
+
+def test_partition_writes_the_rules_preferred_tiling(graphs):
+    """Every split the partition writes is its lowering rule's preferred tiling, over as many chips as the rule
+    has tiles (tensor, 8 chips), on every sample; ops the rules cannot split are not."""
+    from lpuc.compiler.lower import tilings
+
+    seen = set()
+    for name in MODELS:
+        graph = _graph(graphs, name)
+        constants = {op.result.name for op in graph.ops if op.name == "graph.constant"}
+        for op, placed in zip(graph.ops, partition(graph, MACHINE, 8, "tensor").ops):
+            offered = tilings(op, constants)
+            if offered:
+                kind, tiles = next(iter(offered.items()))
+                assert placed.attrs["split"] == kind and len(placed.attrs["parts"]) == min(8, tiles)
+                seen.add(kind)
+            else:
+                assert "split" not in placed.attrs
+    assert seen == {"columns", "rows", "heads"}
