@@ -1,10 +1,9 @@
 """The dataflow graph of a module as Graphviz DOT (the `graphviz` package).
 
-- One node per op, filled by the class of unit it runs on (`UNIT_CLASS` colours):
-  a machine op by its prefix (vxm/sxm/mem/mxm/host); a graph op by the class its
-  lowering uses (the machine op mirroring it, ir.machine_ops.GRAPH_EQUIVALENT;
-  matmul -> mxm; softmax and the norms -> vxm, the VXM sequences they become).
-  Views (mem.reshape_view, ...) move no data: small grey nodes.
+- One node per op, filled by the class of unit it runs on, as its definition in
+  the registry declares it (a graph op: the class its lowering computes it on),
+  in that class's colour (ir.machine_ops.UNIT_CLASSES, lightened). Views
+  (mem.reshape_view, ...) move no data: small grey nodes.
 - Constants and weights are no nodes: each is folded into its consumers' labels
   (`w f32[96,96]`), so a model's hundreds of weights do not swamp the graph.
 - Edges are labelled with the value's type, e.g. `f32[1,7,96]`.
@@ -30,32 +29,24 @@ from dataclasses import dataclass
 
 from ..ir import machine_ops as mo
 from ..ir.core import Module, Op
+from ..ir.registry import OPS
 
-UNIT_CLASS_COLORS = {  # fill colours: a qualitative palette, readable with black text
-    "mxm": "#f4a582", "vxm": "#92c5de", "sxm": "#b8e186", "mem": "#fddc84", "host": "#d9d9d9", "view": "#f0f0f0",
-    "tx": "#c2a5cf", "rx": "#c2a5cf",  # chip-to-chip transfers
-}
-GRAPH_CLASS = {"graph.matmul": "mxm", "graph.softmax": "vxm", "graph.layer_norm": "vxm", "graph.rms_norm": "vxm",
-               "graph.constant": "mem"}
-for _machine_op, _graph_op in sorted(mo.GRAPH_EQUIVALENT.items()):
-    GRAPH_CLASS.setdefault(_graph_op, _machine_op.split(".", 1)[0])
+# fill colours: each unit class's, at 40% over white so black text stays readable
+UNIT_CLASS_COLORS = {**{c.name: c.colour + "66" for c in mo.UNIT_CLASSES}, "view": "#f0f0f0"}
 
 AUTO_COLLAPSE = 3   # collapse by default from this many repeated layers on
 MIN_LAYER_OPS = 3   # a repeated block has at least this many ops
 
 
 def unit_class(op_name: str) -> str:
-    """The unit class an op runs on (graph ops: the class their lowering uses); "view" for views."""
-    if op_name in mo.VIEWS:
-        return "view"
-    if op_name.startswith("graph."):
-        return GRAPH_CLASS.get(op_name, "vxm")
-    cls = mo.unit_class(op_name)
-    return cls or "mem"
+    """The unit class an op runs on, as the registry declares it (graph ops: the class their lowering
+    computes them on); "view" for views; "mem" for constants (no instruction: they sit in the SRAM image)."""
+    opdef = OPS[op_name]
+    return "view" if opdef.view else opdef.unit or "mem"
 
 
 def _is_constant(op: Op) -> bool:
-    return op.name in ("graph.constant", "mem.constant")
+    return not op.operands  # graph.constant, mem.constant
 
 
 # --- repeated layers ----------------------------------------------------------------

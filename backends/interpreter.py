@@ -12,8 +12,8 @@ checks every rule of that contract, independently of the compiler:
   results land at `c + lat` (bytes written at its `out` extents). A
   `c2c.send` reads its operand's words at issue and they arrive at `c + lat`;
   its `c2c.recv` writes those same words at its own landing;
-- the dispatch table `IMPLS`: op name -> numpy implementation (ir.evaluator's
-  graph semantics for the mirrored ops; MXM planes, host I/O and transfers here).
+- the semantics: each op's numpy implementation (ir.evaluator.EVAL, through
+  ir.machine_ops.compute); a transfer moves raw words.
 
 Occupancy and latency come from ir.costs and the machine description only: of
 the program's attributes just `chip`, `cycle`, `unit`, `out`, `streams` and a
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -42,10 +42,10 @@ from ..ir import machine_ops as mo
 from ..ir.core import Module, Op
 from ..ir.costs import cost, link_windows, units
 from ..ir.errors import EvalError, LpucError
-from ..ir.evaluator import EVAL, check_inputs, conform
+from ..ir.evaluator import check_inputs, conform
 from ..ir.layout import LANES, from_words, sub_extents, to_words, view_extents, words
 from ..ir.machine import Machine
-from ..ir.registry import OPS, TypeRuleError
+from ..ir.registry import HOST, LINK, OPS, PLANE, SRAM, TypeRuleError
 from ..ir.topology import Network, link_name, network, supported_chips
 
 from .lpu import Program, read_lpu
@@ -122,37 +122,11 @@ class Result:
 
 # --- the dispatch table -----------------------------------------------------
 
-Impl = Callable[[Op, list[np.ndarray]], tuple[np.ndarray, ...]]
-
-
-def _graph_impl(graph_name: str) -> Impl:
-    impl, opdef = EVAL[graph_name], OPS[graph_name]
-
-    def run(op: Op, args: list[np.ndarray]):
-        attrs = opdef.attrs_with_defaults({k: v for k, v in op.attrs.items() if k not in mo.SCHEDULE_ATTRS})
-        out = impl(args, attrs)
-        return out if isinstance(out, tuple) else (out,)
-    return run
-
-
-def _matmul(op: Op, args):
-    y = EVAL["graph.matmul"](args[:2], {})
-    return (y if len(args) == 2 else y + args[2],)
-
-
-IMPLS: dict[str, Impl] = {name: _graph_impl(g) for name, g in sorted(mo.GRAPH_EQUIVALENT.items())}
-IMPLS.update({
-    "mxm.install": lambda op, args: (args[0],),  # the tile goes onto the plane when it lands
-    "mxm.matmul": _matmul,                        # args: x, w (from the plane), acc
-    "host.input": lambda op, args: (args[0],),   # args: the host's array
-    "host.output": lambda op, args: (args[0],),
-    "c2c.send": lambda op, args: (args[0],),     # args: the operand's words, in flight until they arrive
-    "c2c.recv": lambda op, args: (args[0],),     # args: the arrived words, written as they are
-})
-
-# Instructions that move words rather than compute values: their impls take and
-# give raw words (uint8 [words, 320]), so a transfer is exact to the byte.
-_MOVES = frozenset({"c2c.send", "c2c.recv"})
+def _moves_words(op: Op) -> bool:
+    """A transfer's send or receive: it takes and gives raw words (uint8 [words, 320]), not values, so a
+    transfer is exact to the byte."""
+    opdef = OPS[op.name]
+    return opdef.result_place == LINK or LINK in opdef.places
 
 
 # --- the plan: what each instruction reads, writes and holds -----------------
@@ -227,9 +201,9 @@ class _Plan:
         self.units = units(machine)
         self.n_streams = machine.streams.east + machine.streams.west
         for idx, op in enumerate(module.ops):
-            if op.name in mo.VIEWS:
+            if mo.is_view(op.name):
                 self._view(op)
-            elif op.name == "mem.constant":
+            elif mo.is_constant(op.name):
                 self._constant(op)
             else:
                 self._instruction(idx, op)
@@ -379,15 +353,16 @@ class _Plan:
                 self._hazard("unit", cycle, label, f"{on}unit {unit}",
                              f"runs on {unit}, which {self.machine.name} does not have "
                              f"({cls}0..{cls}{self.units[cls] - 1})")
-        # operands
+        # operands, by where the op's definition says each one lives
+        opdef = OPS[op.name]
         for i, v in enumerate(op.operands):
-            val = self.values[v.name]
-            if op.name == "host.input":
+            val, place = self.values[v.name], opdef.operand_place(i)
+            if place == HOST:
                 if val.kind != "host":
                     self._hazard("operand", cycle, label, f"value {v}", f"copies in {v}, which is not a model input")
                     ins.ok = False
                 ins.args.append(("host", v.name))
-            elif op.name == "mxm.matmul" and i == 1:
+            elif place == PLANE:
                 if val.kind != "plane":
                     self._hazard("plane", cycle, label, f"{on}plane {unit}",
                                  f"multiplies by {v}, which no mxm.install put on an MXM plane")
@@ -397,7 +372,7 @@ class _Plan:
                                  f"multiplies by {v}, which is installed on chip {val.chip}, not on chip {chip}")
                     ins.ok = False
                 ins.args.append(("plane", val))
-            elif op.name == "c2c.recv":
+            elif place == LINK:
                 ins.ok &= self._receive(ins, v, val)
                 ins.args.append(("link", val))
             elif val.kind == "link":
@@ -419,7 +394,7 @@ class _Plan:
                 ins.args.append(("sram", len(ins.reads)))
                 ins.reads.append(val.segs)
         # results
-        sram_results = [] if op.name in ("mxm.install", "host.output", "c2c.send") else list(op.results)
+        sram_results = list(op.results) if opdef.result_place == SRAM else []
         out_ext = None
         if sram_results:
             out_ext = self._out(op, label, cycle, [r.type for r in sram_results], chip)
@@ -452,11 +427,11 @@ class _Plan:
         if not writes:
             for r in sram_results:
                 self.values[r.name] = _Val("sram", ok=False, chip=chip)
-        if op.name == "mxm.install":
+        if opdef.result_place == PLANE:
             self.values[op.result.name] = _Val("plane", instr=idx, ok=ins.ok, chip=chip)
-        elif op.name == "host.output":
+        elif opdef.result_place == HOST:
             self.values[op.result.name] = _Val("host", instr=idx, ok=ins.ok)
-        elif op.name == "c2c.send":
+        elif opdef.result_place == LINK:
             routed = self._route(ins)
             self.values[op.result.name] = _Val("link", instr=idx, ok=ins.ok and routed, chip=chip)
         self.instrs.append(ins)
@@ -477,8 +452,8 @@ class _Plan:
             hops.append((chip, p))
             chip, port = end
         send.hops, send.dest = tuple(hops), (chip, port)
-        first = f"tx{route[0]}"
-        if send.unit is not None and _UNIT_RE.fullmatch(send.unit) and send.unit.startswith("tx") \
+        first = f"{send.cls}{route[0]}"
+        if send.unit is not None and _UNIT_RE.fullmatch(send.unit) and send.unit.startswith(send.cls) \
                 and send.unit != first:
             self._hazard("route", send.cycle, send.label, f"{self.on(send.chip)}unit {send.unit}",
                          f"runs on {send.unit}, but its route leaves through port {route[0]} ({first})")
@@ -505,9 +480,9 @@ class _Plan:
             self._hazard("route", send.cycle, send.label, last,
                          f"routes {v} to chip {chip}, but its receive {ins.label} is on chip {ins.chip}")
             return False
-        if ins.unit is not None and ins.unit.startswith("rx") and ins.unit != f"rx{port}":
+        if ins.unit is not None and ins.unit.startswith(ins.cls) and ins.unit != f"{ins.cls}{port}":
             self._hazard("route", ins.cycle, ins.label, f"{self.on(ins.chip)}unit {ins.unit}",
-                         f"receives {v} on {ins.unit}, but it arrives on port {port} (rx{port})")
+                         f"receives {v} on {ins.unit}, but it arrives on port {port} ({ins.cls}{port})")
         if ins.cycle is not None and send.cycle is not None and ins.cycle < send.cycle + send.lat:
             self._hazard("link", ins.cycle, ins.label, last,
                          f"receives {v} before it arrives (at cycle {send.cycle + send.lat})")
@@ -684,18 +659,20 @@ class _Machine:
                     rd[later] = ins.idx + 1
                 base.end = max(base.end, end)
         op = ins.op
-        if op.name == "mxm.matmul" and ins.ok:
-            self._check_plane(ins, c)
-            self.streaming[ins.chip, ins.unit] = (ins.idx, end, ins.args[1][1].instr)
+        weights = next((val for where, val in ins.args if where == "plane"), None)
+        if weights is not None and ins.ok:
+            self._check_plane(ins, c, weights)
+            self.streaming[ins.chip, ins.unit] = (ins.idx, end, weights.instr)
         if not ins.ok or not self.numeric:
             return
+        moves = _moves_words(op)
         args = []
         for (where, ref), v in zip(ins.args, op.operands):
             if where == "sram":
                 segs = ins.reads[ref]
                 data = np.concatenate([self.sram(plan.bases[b].chip).bytes[s, w:w + n] for s, w, n, b in segs]) \
                     if segs else np.zeros((0, LANES), np.uint8)
-                args.append(data if op.name in _MOVES else from_words(data, v.type))
+                args.append(data if moves else from_words(data, v.type))
             elif where == "plane":
                 state = self.planes.get((ins.chip, ins.unit))
                 tile = state[1] if state is not None else None
@@ -705,12 +682,12 @@ class _Machine:
                 args.append(data if data is not None else np.zeros((words(v.type), LANES), np.uint8))
             else:
                 args.append(np.asarray(self.inputs[ref]))
-        if op.name in _MOVES:
-            self.pending[ins.idx] = IMPLS[op.name](op, args)
+        if moves:
+            self.pending[ins.idx] = mo.compute(op, args)
             return
         try:
             with np.errstate(all="ignore"):
-                outs = IMPLS[op.name](op, args)
+                outs = mo.compute(op, args)
             results = tuple(conform(op, a, r.type) for a, r in zip(outs, op.results, strict=True))
         except EvalError:
             if not self.collect:
@@ -736,8 +713,7 @@ class _Machine:
             self.hazard("overwritten", c, ins.label, where,
                         f"reads {where}, which no longer holds %{base.name}: {o.label} landed there at {o.land}")
 
-    def _check_plane(self, ins: _Instr, c: int):
-        w_val = ins.args[1][1]
+    def _check_plane(self, ins: _Instr, c: int, w_val: _Val):
         install = self.plan.module.ops[w_val.instr]
         unit = ins.unit
         res = f"{self.plan.on(ins.chip)}plane {unit}"
@@ -781,8 +757,8 @@ class _Machine:
                     self.hazard("constant", t, ins.label, where,
                                 f"lands on {where}, a word of the constant %{c_base.name} (never freed)")
         results = self.pending.pop(ins.idx, None)
-        name = ins.op.name
-        if name == "mxm.install":
+        place = OPS[ins.op.name].result_place
+        if place == PLANE:
             busy = self.streaming.get((ins.chip, ins.unit))
             if busy is not None and busy[1] > t and busy[2] != ins.idx:  # (its own: reported at issue)
                 mm = plan.instrs_by_idx[busy[0]]
@@ -793,18 +769,18 @@ class _Machine:
             if tile is not None or ins.ok:
                 self.planes[ins.chip, ins.unit] = (ins.idx, tile, t)
             return
-        if name == "host.output":
+        if place == HOST:
             if results is not None:
                 self.host[ins.op.result.name] = results[0]
             return
-        if name == "c2c.send":  # the words have all arrived: its receive may take them
+        if place == LINK:  # the words have all arrived: its receive may take them
             if results is not None:
                 self.arrived[ins.idx] = results[0]
             return
         for i, (b, extents) in enumerate(ins.writes):
             data = None
             if results:
-                data = results[i] if name in _MOVES else to_words(results[i], ins.op.results[i].type)
+                data = results[i] if _moves_words(ins.op) else to_words(results[i], ins.op.results[i].type)
             pos = 0
             for s, w, n in extents:
                 if data is not None:
@@ -886,7 +862,8 @@ def _trace(plan: _Plan) -> tuple[TraceEvent, ...]:
 
 # --- statistics -----------------------------------------------------------------
 
-CHIP_CLASSES = ("vxm", "mxm", "sxm", "mem", "host")  # the compute and I/O units of ChipStats (links: LinkStats)
+# the compute and I/O units of ChipStats (links: LinkStats)
+CHIP_CLASSES = tuple(c.name for c in mo.UNIT_CLASSES if not c.link)
 
 
 def _stats(plan: _Plan) -> Stats:
@@ -978,11 +955,11 @@ def _link_wait(plan: _Plan, timed: list[_Instr]) -> int:
     unit but the links' is busy on any chip."""
     points = []  # (cycle, 0 transfers / 1 other units, +1 / -1)
     for i in timed:
-        if i.op.name == "c2c.send":
+        if OPS[i.op.name].result_place == LINK:
             r = plan.instrs_by_idx.get(i.recv)
             end = r.cycle + r.lat if r is not None and r.cycle is not None else i.cycle + i.lat
             points += [(i.cycle, 0, 1), (max(end, i.cycle), 0, -1)]
-        elif i.cls not in ("tx", "rx"):
+        elif not mo.UNIT_CLASS[i.cls].link:
             points += [(i.cycle, 1, 1), (i.cycle + i.occ, 1, -1)]
     points.sort()
     wait, active, prev = 0, [0, 0], 0

@@ -39,11 +39,12 @@ from ..ir.core import Op
 from ..ir.costs import cost, units
 from ..ir.layout import sub_extents, view_extents, words
 from ..ir.printer import format_attr
+from ..ir.registry import HOST, LINK, OPS, PLANE, SRAM
 
 from .interpreter import Result, Stats, schedule_stats
 from .lpu import Program
 
-CLASS_ORDER = ("mxm", "vxm", "sxm", "mem", "host", "c2c")
+CLASS_ORDER = tuple(c.name for c in mo.UNIT_CLASSES)
 SCHEDULE_KEYS = frozenset(mo.SCHEDULE_ATTRS)
 
 
@@ -127,17 +128,17 @@ def analyze(program: Program) -> Analysis:
     bases: list[_Base] = []
     instrs: list[Instr] = []
     for k, op in enumerate(module.ops):
-        if op.name in mo.VIEWS:
+        if mo.is_view(op.name):
             values[op.result.name] = _view(op, values)
             continue
-        if op.name == "mem.constant":
+        if mo.is_constant(op.name):
             out = tuple(op.attrs.get("out") or ())
             b = len(bases)
             bases.append(_Base(op.result.name, -1, 0, _chip(op), _per_slice(out), constant=True))
             values[op.result.name] = _Value("sram", tuple((s, w, n, b) for s, w, n in out),
                                             sources=(op.result.name,))
             continue
-        cls = mo.unit_class(op.name)
+        cls, opdef = mo.unit_class(op.name), OPS[op.name]
         cycle = op.attrs.get("cycle")
         if cycle is None:  # not scheduled: nothing to draw
             continue
@@ -145,7 +146,7 @@ def analyze(program: Program) -> Analysis:
         read_segs = []
         for pos, v in enumerate(op.operands):
             val = values.get(v.name, _Value("host"))
-            if op.name == "host.input" or val.kind == "host":
+            if opdef.operand_place(pos) == HOST or val.kind == "host":
                 ins.producers.append([])
             elif val.kind in ("plane", "link"):
                 ins.producers.append([val.instr])
@@ -154,7 +155,7 @@ def analyze(program: Program) -> Analysis:
                 ins.reads.append(tuple(seg[:3] for seg in val.segs))
                 ins.producers.append(sorted({bases[seg[3]].instr for seg in val.segs
                                              if bases[seg[3]].instr >= 0}))
-        sram_results = () if op.name in ("mxm.install", "host.output", "c2c.send") else op.results
+        sram_results = op.results if opdef.result_place == SRAM else ()
         out = tuple(op.attrs.get("out") or ()) if sram_results else ()
         pos = 0
         for r in sram_results:
@@ -170,11 +171,9 @@ def analyze(program: Program) -> Analysis:
             b = len(bases)
             bases.append(_Base(r.name, ins.i, ins.land, ins.chip, _per_slice(ext)))
             values[r.name] = _Value("sram", tuple((s, w, n, b) for s, w, n in ext), sources=(r.name,))
-        if op.name == "mxm.install":
-            values[op.result.name] = _Value("plane", instr=ins.i, sources=(op.result.name,))
-        elif op.name == "c2c.send":
-            values[op.result.name] = _Value("link", instr=ins.i, sources=(op.result.name,))
-        elif op.name == "host.output":
+        if opdef.result_place in (PLANE, LINK):
+            values[op.result.name] = _Value(opdef.result_place, instr=ins.i, sources=(op.result.name,))
+        elif opdef.result_place == HOST:
             values[op.result.name] = _Value("host", instr=ins.i)
         instrs.append(ins)
     cycles = max((i.land for i in instrs), default=0)
@@ -396,6 +395,7 @@ def report_data(program: Program, run_result: Result | None = None) -> dict[str,
         "version": 1,
         "summary": summary,
         "classes": classes,
+        "styled": list(CLASS_ORDER),  # the classes with a colour of their own (_class_css); others: "other"
         "class_rows": class_rows,
         "rows": rows,
         "ops": ops,
@@ -471,12 +471,18 @@ def _json_for_script(data: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def _class_css() -> str:
+    """Each unit class's colour (ir.machine_ops.UNIT_CLASSES), for timeline bars and legend swatches."""
+    return "".join(f".c-{c.name} {{ fill: {c.colour}; }} i.c-{c.name} {{ background: {c.colour}; }}\n"
+                   for c in mo.UNIT_CLASSES)
+
+
 def render_html(program: Program, run_result: Result | None = None) -> str:
     """The report page of `program` (and of a run of it, when given): one offline HTML file."""
     data = report_data(program, run_result)
     title = f"lpuc report: {program.module.name} on {program.machine.name}"
     return (_PAGE.replace("@@TITLE@@", html.escape(title))
-            .replace("@@CSS@@", _CSS)
+            .replace("@@CSS@@", _CSS + _class_css())
             .replace("@@DATA@@", _json_for_script(data))
             .replace("@@JS@@", _JS))
 
@@ -589,10 +595,7 @@ path.lat { opacity: .3; }
 .showcrit rect.instr:not(.crit) { opacity: .55; }
 path.critlink { fill: none; stroke: var(--crit); stroke-width: 1.2; stroke-dasharray: 3 2; display: none; }
 .showcrit path.critlink { display: inline; }
-.c-mxm { fill: #4c78a8; } .c-vxm { fill: #59a14f; } .c-sxm { fill: #f28e2b; }
-.c-mem { fill: #b07aa1; } .c-host { fill: #79706e; } .c-c2c { fill: #e15759; } .c-other { fill: #9c755f; }
-i.c-mxm { background: #4c78a8; } i.c-vxm { background: #59a14f; } i.c-sxm { background: #f28e2b; }
-i.c-mem { background: #b07aa1; } i.c-host { background: #79706e; } i.c-c2c { background: #e15759; } i.c-other { background: #9c755f; }
+.c-other { fill: #9c755f; } i.c-other { background: #9c755f; }
 i.crit { background: #fff; border: 2px solid var(--crit); }
 .details { margin-top: 6px; border: 1px solid var(--line); border-radius: 4px; padding: 6px 10px; min-height: 34px; background: #fbfcfd; font-size: 12px; }
 .details table, .tooltip table { border-collapse: collapse; }
@@ -631,7 +634,7 @@ function bytes(b) {
 }
 function us(c) { return c / S.clock_mhz; }
 var CLASSES = D.classes;
-function clsName(j) { var c = CLASSES[j]; return ['mxm', 'vxm', 'sxm', 'mem', 'host', 'c2c'].indexOf(c) >= 0 ? c : 'other'; }
+function clsName(j) { var c = CLASSES[j]; return D.styled.indexOf(c) >= 0 ? c : 'other'; }
 
 // ---- summary
 $('title').textContent = S.model;

@@ -11,7 +11,7 @@ One code path for both timelines `lpuc` writes:
 Format" (`{"traceEvents": [...], "displayTimeUnit": "ns", "otherData": {...}}`):
 
 - a process per chip (`pid` = chip + 1, named by a `process_name` event);
-- a thread (track) per unit instance (vxm0..15, mxm0..3, sxm0..1, mem0..1,
+- a thread (track) per unit instance (mxm0..3, vxm0..15, sxm0..1, mem0..1,
   host0), then one per SRAM slice port the program uses ("slice 12 read",
   "slice 12 write"), then one per chip-to-chip link ("link 3"; none on one chip);
 - one complete event (`"ph": "X"`, `"cat": "instruction"`) per instruction on its
@@ -46,12 +46,13 @@ from ..ir.costs import cost, units
 from ..ir.errors import LpucError
 from ..ir.layout import sub_extents, view_extents, words
 from ..ir.machine import Machine
+from ..ir.registry import LINK, OPS, SRAM
 from ..ir.topology import network
 
 from .interpreter import TraceEvent
 from .lpu import Program
 
-UNIT_ORDER = ("vxm", "mxm", "sxm", "mem", "host")  # track order within a chip
+UNIT_ORDER = tuple(c.name for c in mo.UNIT_CLASSES if not c.link)  # unit tracks within a chip (links: their own)
 PORT_TID = 1000    # slice s: read port PORT_TID + 2s, write port PORT_TID + 2s + 1
 LINK_TID = 10000   # link l: LINK_TID + l
 
@@ -106,7 +107,7 @@ def analyze(module: Module, machine: Machine) -> Analysis:
 
     for op in module.ops:
         chip = mo.chip_of(op)
-        if op.name in mo.VIEWS:
+        if mo.is_view(op.name):
             segs = [seg for v in op.operands for seg in (values.get(v.name) or ())]
             per_operand, i = [], 0
             for v in op.operands:  # each segment's index stands in for its slice, to find its owner again
@@ -117,7 +118,7 @@ def analyze(module: Module, machine: Machine) -> Analysis:
             values[op.result.name] = tuple((segs[k][0], w, n, segs[k][3]) for k, w, n in ext)
             continue
         out = tuple(tuple(e) for e in op.attrs.get("out") or ())
-        if op.name == "mem.constant":
+        if mo.is_constant(op.name):
             b = new_base(op.result.name, out, True, None)
             values[op.result.name] = tuple((s, w, n, b) for s, w, n in out)
             continue
@@ -126,10 +127,10 @@ def analyze(module: Module, machine: Machine) -> Analysis:
             raise LpucError(f"{label}: two instructions with the same label")
         reads, read_bases = [], []
         for i, v in enumerate(op.operands):
-            segs = None if op.name == "host.input" or (op.name == "mxm.matmul" and i == 1) else values.get(v.name)
+            segs = values.get(v.name) if OPS[op.name].operand_place(i) == SRAM else None
             reads.append(tuple((s, w, n) for s, w, n, _ in segs or ()))
             read_bases += [b for *_, b in segs or ()]
-        sram_results = () if op.name in ("mxm.install", "host.output", "c2c.send") else op.results
+        sram_results = op.results if OPS[op.name].result_place == SRAM else ()
         writes, write_bases, pos = [], [], 0
         for r in op.results:
             if r in sram_results:
@@ -171,7 +172,7 @@ def transfers_of(program: Program) -> tuple[Transfer, ...]:
     net = network(machine, chips)
     out = []
     for op in module.ops:
-        if op.name != "c2c.send" or op.attrs.get("cycle") is None:
+        if OPS[op.name].result_place != LINK or op.attrs.get("cycle") is None:
             continue
         src, route, c = mo.chip_of(op), op.attrs["route"], op.attrs["cycle"]
         try:

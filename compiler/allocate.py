@@ -28,16 +28,18 @@ from ..ir import machine_ops as mo
 from ..ir import LpucError, Module
 from ..ir.layout import Extent, view_extents, words
 from ..ir.machine import Machine
+from ..ir.registry import HOST, LINK, OPS, PLANE, SRAM
 
-HOST, SRAM, PLANE, VIEW, LINK = "host", "sram", "plane", "view", "link"
+VIEW = "view"
 
 
 def storage(module: Module) -> dict[str, str]:
-    """Where each value lives: host, sram, plane (an installed weight), view or link (a transfer in flight)."""
+    """Where each value lives, as its op's definition declares: host, sram, plane (an installed weight),
+    link (a transfer in flight), or view (names words of SRAM values)."""
     where = {v.name: HOST for v in module.inputs}
     for op in module.ops:
-        kind = (HOST if op.name == "host.output" else PLANE if op.name == "mxm.install"
-                else LINK if op.name == "c2c.send" else VIEW if op.name in mo.VIEWS else SRAM)
+        opdef = OPS[op.name]
+        kind = VIEW if opdef.view else opdef.result_place
         for r in op.results:
             where[r.name] = kind
     return where
@@ -71,7 +73,7 @@ def operand_extents(module: Module, extents: Mapping[str, tuple[Extent, ...]]) -
     """Extents of every SRAM and view value, from those of the SRAM values."""
     out = dict(extents)
     for op in module.ops:
-        if op.name in mo.VIEWS:
+        if mo.is_view(op.name):
             out[op.result.name] = view_extents(op.name, op.attrs, [v.type for v in op.operands],
                                                [out[v.name] for v in op.operands])
     return out
@@ -178,7 +180,7 @@ def plan_allocation(module: Module, machine: Machine, stripes: int | None = None
         for r in op.results:
             types[r.name], chip[r.name] = r.type, mo.chip_of(op)
     chips = module.attrs.get("chips", 1)
-    constants = [op.result.name for op in module.ops if op.name == "mem.constant"]
+    constants = [op.result.name for op in module.ops if mo.is_constant(op.name)]
     size = {name: words(types[name]) for name in first}
 
     # The peak per chip, from liveness alone: placement can always cut values into pieces, so it
@@ -193,7 +195,7 @@ def plan_allocation(module: Module, machine: Machine, stripes: int | None = None
             ends_at.setdefault(last[name], []).append(name)
     peak = list(live)
     for i, op in enumerate(module.ops):
-        if op.name != "mem.constant":
+        if not mo.is_constant(op.name):
             for r in op.results:
                 if where[r.name] == SRAM:
                     live[chip[r.name]] += size[r.name]
@@ -240,7 +242,7 @@ def plan_allocation(module: Module, machine: Machine, stripes: int | None = None
     for c in constants:
         place(c)
     for i, op in enumerate(module.ops):
-        if op.name != "mem.constant":
+        if not mo.is_constant(op.name):
             for r in op.results:
                 if where[r.name] == SRAM:
                     place(r.name)

@@ -45,7 +45,7 @@ from ..ir import LpucError, Module, Op, Tensor, Value
 from ..ir.attributes import AttrDict
 from ..ir.builder import Builder
 from ..ir.errors import EvalError, VerifyError
-from ..ir.evaluator import EVAL, check_inputs, conform
+from ..ir.evaluator import check_inputs, conform
 from ..ir.graph_ops import PLACEMENT_ATTRS, broadcast_shapes
 from ..ir.layout import LANES, rows_cols
 from ..ir.machine import Machine
@@ -484,42 +484,18 @@ def lower(module: Module, machine: Machine | str = "tsp-v1") -> Module:
 
 # --- the machine-level reference evaluator -----------------------------------
 
-def _view_or_special(op: Op, a: list[np.ndarray]):
-    n = op.name
-    if n == "mem.reshape_view":
-        return a[0].reshape(op.attrs["shape"])
-    if n == "mem.join":
-        return np.concatenate(a, axis=-1)
-    if n == "mem.column_slice":
-        return a[0][..., op.attrs["start"]:op.attrs["start"] + op.attrs["size"]]
-    if n == "mem.row_slice":
-        return a[0][..., op.attrs["start"]:op.attrs["start"] + op.attrs["size"], :]
-    if n in ("mxm.install", "host.input", "host.output", "c2c.send", "c2c.recv"):
-        return a[0]
-    if n == "mxm.matmul":
-        y = np.matmul(a[0], a[1])
-        return y + a[2] if len(a) == 3 else y
-    if n == "mem.constant":
-        return op.attrs["value"].array
-    raise EvalError(f"{op.label()}: no machine-level rule for {op.name}")
-
-
 def evaluate_machine(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run a machine-level module, untimed: every instruction's numpy semantics."""
     env = check_inputs(module, inputs)
     for op in module.ops:
-        graph = mo.GRAPH_EQUIVALENT.get(op.name)
-        attrs = {k: v for k, v in OPS[op.name].attrs_with_defaults(op.attrs).items()
-                 if k not in mo.SCHEDULE_ATTRS}
         args = [env[v.name] for v in op.operands]
         try:
             with np.errstate(all="ignore"):
-                out = EVAL[graph](args, attrs) if graph else _view_or_special(op, args)
+                outs = mo.compute(op, args)
         except EvalError:
             raise
         except Exception as ex:
             raise EvalError(f"{op.label()}: {type(ex).__name__}: {ex}") from ex
-        outs = out if isinstance(out, tuple) else (out,)
         for r, value in zip(op.results, outs, strict=True):
             env[r.name] = conform(op, value, r.type)
     return {name: env[v.name] for name, v in module.outputs}

@@ -43,6 +43,7 @@ from ..ir import Module
 from ..ir.costs import Cost, cost, link_windows, units
 from ..ir.layout import Extent, sub_extents, words
 from ..ir.machine import Machine
+from ..ir.registry import OPS
 from ..ir.topology import network
 
 from .allocate import LINK, PLANE, SRAM, VIEW, operand_extents, storage, view_bases
@@ -88,7 +89,7 @@ def analyze(module: Module, machine: Machine) -> Program:
     producer = {r.name: i for i, op in enumerate(ops) for r in op.results}
     results_out = {}
     for op in ops:
-        if op.name == "mem.constant" or mo.unit_class(op.name) is not None:
+        if not mo.is_view(op.name):
             for r, ext in zip([r for r in op.results if where[r.name] == SRAM], _split_out(op, where)):
                 results_out[r.name] = ext
     extents = operand_extents(module, results_out)
@@ -110,12 +111,12 @@ def analyze(module: Module, machine: Machine) -> Program:
         c = cost(op, machine, reads, writes)
         costs[i] = c
         chip, fixed, links = mo.chip_of(op), None, ()
-        if op.name == "c2c.send":
+        if OPS[op.name].result_place == LINK:  # a send: its route fixes its port and its links
             route = op.attrs["route"]
             fixed = route[0]
             links = tuple((ch, port, off, length) for (ch, port), (_, off, length)
                           in zip(net.hops(chip, route), link_windows(op, machine, c.occupancy)))
-        elif op.name == "c2c.recv":
+        elif LINK in OPS[op.name].places:  # a receive: its port is where the route ends
             send = ops[producer[op.operands[0].name]]
             fixed = net.destination(mo.chip_of(send), send.attrs["route"])[1]
         instrs.append(Instruction(i, cls, c, len(reads) + len(writes), chip, fixed, links))
@@ -127,7 +128,7 @@ def analyze(module: Module, machine: Machine) -> Program:
             for b in bases.get(v.name, ()):
                 readers.setdefault(b, []).append(i)
                 p = producer[b]
-                if ops[p].name != "mem.constant":
+                if not mo.is_constant(ops[p].name):
                     raw[i].append((p, costs[p].latency))
     for i in range(len(ops)):
         preds[i] = list(raw[i])
@@ -153,7 +154,7 @@ def analyze(module: Module, machine: Machine) -> Program:
             for u in sorted(previous):
                 u_name = names[u]
                 p = producer[u_name]
-                if ops[p].name == "mem.constant" or i not in costs:
+                if mo.is_constant(ops[p].name) or i not in costs:
                     raise AssertionError(f"{op.label()}: overwrites the SRAM image ({u_name})")
                 preds[i].append((p, costs[p].latency - lat + 1))
                 for rd in readers.get(u_name, ()):
@@ -562,7 +563,7 @@ def schedule_result(module: Module, program: Program, machine: Machine,
             for r in op.results:
                 available[r.name] = t + by_index[i].cost.latency
         else:  # constants at 0; views when their words have all landed
-            t = max([0] + [available.get(v.name, 0) for v in op.operands]) if op.name in mo.VIEWS else 0
+            t = max([0] + [available.get(v.name, 0) for v in op.operands]) if mo.is_view(op.name) else 0
             p = Placement(t)
             for r in op.results:
                 available[r.name] = t

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from .core import Op
 from .layout import vectors, words
 from .machine import Machine
-from .machine_ops import TRANSCENDENTAL, unit_class
+from .machine_ops import UNIT_CLASSES, unit_class
+from .registry import LINK, OPS, PLANE
 
 Extent = tuple[int, int, int]  # (slice, first word, words)
 
@@ -40,29 +41,30 @@ class Cost:
 
 
 def units(machine: Machine) -> dict[str, int]:
-    """Unit class -> instances per chip (named class + index, e.g. vxm0..vxm15)."""
-    return {"mxm": machine.mxm.planes, "vxm": machine.vxm.alus_per_lane, "sxm": machine.sxm.units,
-            "mem": machine.mem.units, "host": 1, "tx": machine.c2c.links, "rx": machine.c2c.links}
+    """Unit class -> instances per chip (named class + index, e.g. vxm0..vxm15), in UNIT_CLASSES order."""
+    counts = {"mxm": machine.mxm.planes, "vxm": machine.vxm.alus_per_lane, "sxm": machine.sxm.units,
+              "mem": machine.mem.units, "host": 1, "tx": machine.c2c.links, "rx": machine.c2c.links}
+    return {c.name: counts[c.name] for c in UNIT_CLASSES}
 
 
 def compute_cycles(op: Op, machine: Machine) -> int:
     """Cycles of the unit's own work, from the types alone."""
-    cls = unit_class(op.name)
-    suffix = op.name.split(".", 1)[1]
+    cls, opdef = unit_class(op.name), OPS[op.name]
     types = [v.type for v in op.operands] + [r.type for r in op.results]
     if cls == "vxm":
         per_vector = -(-max(t.dtype.itemsize for t in types) // 4)  # 64-bit types take two passes
-        if suffix in TRANSCENDENTAL:
+        if opdef.transcendental:
             per_vector *= machine.vxm.transcendental_cycles
         return max(vectors(t) for t in types) * per_vector
-    if cls == "mem" and suffix.startswith("gather"):  # indexed reads: the rows gathered, not the table
+    if opdef.indexed:  # indexed reads: the rows gathered, not the table
         return max(words(t) for t in types[1:])
     if cls in ("sxm", "mem"):
         return max(words(t) for t in types)
     if cls == "mxm":
-        w = op.operands[1].type if suffix == "matmul" else op.operands[0].type
+        installs = opdef.result_place == PLANE  # loads the tile w onto a plane, else streams x through it
+        w = op.operands[0].type if installs else op.operands[1].type
         batch = w.numel // (w.shape[-2] * w.shape[-1]) if w.numel else 0
-        if suffix == "install":  # one weight row per cycle per byte-plane
+        if installs:  # one weight row per cycle per byte-plane
             return max(batch * w.shape[-2] * w.dtype.itemsize, 1)
         x = op.operands[0].type
         rows = x.numel // x.shape[-1] if x.numel else 0
@@ -79,7 +81,7 @@ def compute_cycles(op: Op, machine: Machine) -> int:
 
 def link_windows(op: Op, machine: Machine, occupancy: int) -> list[tuple[int, int, int]]:
     """(hop, offset from issue, length) of each link a `c2c.send` holds; [] for anything else."""
-    if op.name != "c2c.send":
+    if OPS[op.name].result_place != LINK:
         return []
     h = machine.c2c.hop_latency_cycles
     return [(k, k * h, occupancy) for k in range(len(op.attrs["route"]))]
@@ -96,7 +98,7 @@ def cost(op: Op, machine: Machine, reads: Sequence[Sequence[Extent]] = (),
     for k, extents in enumerate(reads):
         for s, _, n in extents:
             per_read[s] += n
-        if k == 0 and op.name.startswith("mem.gather"):
+        if k == 0 and OPS[op.name].indexed:
             # Which rows are read depends on the indices: at worst all from one slice, so each slice of the
             # table is held for as many words as the result has (or all it holds, if fewer).
             gathered = words(op.results[0].type)

@@ -2,7 +2,9 @@
 
 An environment (value name -> array), a loop over the block, and a dispatch
 table keyed by op name. Errors name the failing op. This is the executable
-definition of each graph op's semantics; later levels are checked against it.
+definition of each op's semantics: the graph ops', which later levels are
+checked against, and the machine ops' (ir.machine_ops: a mirror of a graph op
+shares its entry; the others are listed here).
 """
 
 from __future__ import annotations
@@ -263,6 +265,27 @@ EVAL: dict[str, Impl] = {
     "graph.gather_elements": lambda a, attrs: gather_elements(*a, attrs["axis"]),
     "graph.gather_nd": lambda a, attrs: gather_nd(*a, attrs["batch_dims"]),
 }
+
+
+def _same(a, attrs):
+    return a[0]
+
+
+# The machine ops mirroring no graph op. Moves keep the value: an install puts it on a plane, host I/O and
+# transfers copy it (the interpreter passes a transfer's raw words through unchanged).
+EVAL.update({
+    "mem.constant": EVAL["graph.constant"],
+    "mem.reshape_view": EVAL["graph.reshape"],
+    "mem.join": lambda a, attrs: np.concatenate(a, axis=-1),
+    "mem.column_slice": lambda a, attrs: a[0][..., attrs["start"]:attrs["start"] + attrs["size"]],
+    "mem.row_slice": lambda a, attrs: a[0][..., attrs["start"]:attrs["start"] + attrs["size"], :],
+    "mxm.install": _same,
+    "mxm.matmul": lambda a, attrs: np.matmul(a[0], a[1]) + a[2] if len(a) == 3 else np.matmul(a[0], a[1]),
+    "host.input": _same,
+    "host.output": _same,
+    "c2c.send": _same,
+    "c2c.recv": _same,
+})
 
 
 def check_inputs(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -102,35 +102,38 @@ def _numeric_unary(types, attrs):
 
 
 for _name in ARITHMETIC:
-    defop(f"graph.{_name}", 2, doc=f"elementwise {_name} with numpy broadcasting")(_arith)
+    defop(f"graph.{_name}", 2, doc=f"elementwise {_name} with numpy broadcasting", unit="vxm", mirror=True,
+          transcendental=_name in ("div", "pow"))(_arith)  # they take the transcendental pipeline
 for _name in COMPARISON:
-    defop(f"graph.{_name}", 2, doc=f"elementwise {_name}, bool result")(_compare)
+    defop(f"graph.{_name}", 2, doc=f"elementwise {_name}, bool result", unit="vxm", mirror=True)(_compare)
 for _name in LOGICAL:
-    defop(f"graph.{_name}", 2, doc=f"elementwise logical {_name}")(_logical)
+    defop(f"graph.{_name}", 2, doc=f"elementwise logical {_name}", unit="vxm", mirror=True)(_logical)
 for _name in FLOAT_UNARY:
-    defop(f"graph.{_name}", 1, doc=f"elementwise {_name}")(_float_unary)
+    defop(f"graph.{_name}", 1, doc=f"elementwise {_name}", unit="vxm", mirror=True, transcendental=True)(_float_unary)
 for _name in NUMERIC_UNARY:
-    defop(f"graph.{_name}", 1, doc=f"elementwise {_name}")(_numeric_unary)
+    defop(f"graph.{_name}", 1, doc=f"elementwise {_name}", unit="vxm", mirror=True)(_numeric_unary)
 
 
-@defop("graph.not", 1, doc="elementwise logical not")
+@defop("graph.not", 1, doc="elementwise logical not", unit="vxm", mirror=True)
 def _not(types, attrs):
     return _logical(types, attrs)
 
 
-@defop("graph.isnan", 1, doc="elementwise test for NaN")
+@defop("graph.isnan", 1, doc="elementwise test for NaN", unit="vxm", mirror=True)
 def _isnan(types, attrs):
     need_float(types[0])
     return types[0].with_dtype(DType.bool)
 
 
-@defop("graph.gelu", 1, {"approximate": A("str", "none")}, doc="GELU, exact (erf) or tanh approximation")
+@defop("graph.gelu", 1, {"approximate": A("str", "none")}, doc="GELU, exact (erf) or tanh approximation",
+       unit="vxm", mirror=True, transcendental=True)
 def _gelu(types, attrs):
     need(attrs["approximate"] in ("none", "tanh"), "approximate must be 'none' or 'tanh'")
     return _float_unary(types, attrs)
 
 
-@defop("graph.where", 3, doc="select a where cond else b, broadcasting", operand_names=("cond", "a", "b"))
+@defop("graph.where", 3, doc="select a where cond else b, broadcasting", operand_names=("cond", "a", "b"),
+       unit="vxm", mirror=True)
 def _where(types, attrs):
     cond, a, b = types
     need(cond.dtype is DType.bool, f"condition must be bool, got {cond}")
@@ -138,7 +141,8 @@ def _where(types, attrs):
 
 
 @defop("graph.cast", 1, {"to": A("dtype"), "saturate": A("bool", True), "round_mode": A("str", "up")},
-       doc="convert the element type (ONNX Cast: `saturate` for float8 targets, `round_mode` for f8e8m0)")
+       doc="convert the element type (ONNX Cast: `saturate` for float8 targets, `round_mode` for f8e8m0)",
+       unit="vxm", mirror=True)
 def _cast(types, attrs):
     need(attrs["round_mode"] in ("up", "down", "nearest"), "round_mode must be 'up', 'down' or 'nearest'")
     return types[0].with_dtype(attrs["to"])
@@ -151,7 +155,7 @@ def _constant(types, attrs):
 
 # --- linear algebra, reductions, normalizations ------------------------------
 
-@defop("graph.matmul", 2, doc="numpy matmul: batch dims broadcast")
+@defop("graph.matmul", 2, doc="numpy matmul: batch dims broadcast", unit="mxm")
 def _matmul(types, attrs):
     a, b = types
     dtype = same_dtype(types)
@@ -181,10 +185,10 @@ def _reduce(types, attrs):
 
 for _name in REDUCTIONS:
     defop(f"graph.{_name}", 1, {"axes": A("ints"), "keepdims": A("bool", True)},
-          doc=f"{_name[7:]} over `axes`")(_reduce)
+          doc=f"{_name[7:]} over `axes`", unit="vxm", mirror=True)(_reduce)
 
 
-@defop("graph.softmax", 1, {"axis": A("int", -1)}, doc="softmax along `axis`")
+@defop("graph.softmax", 1, {"axis": A("int", -1)}, doc="softmax along `axis`", unit="vxm")
 def _softmax(types, attrs):
     need_float(types[0])
     norm_axis(attrs["axis"], types[0].rank)
@@ -203,20 +207,21 @@ def _norm(types, attrs):
 
 
 defop("graph.layer_norm", (2, 3), {"axis": A("int", -1), "epsilon": A("float", 1e-5)},
-      doc="(x - mean) / sqrt(var + eps) * scale + bias over dims axis..", operand_names=("x", "scale", "bias"))(_norm)
+      doc="(x - mean) / sqrt(var + eps) * scale + bias over dims axis..", operand_names=("x", "scale", "bias"),
+      unit="vxm")(_norm)
 defop("graph.rms_norm", 2, {"axis": A("int", -1), "epsilon": A("float", 1e-5)},
-      doc="x / sqrt(mean(x^2) + eps) * scale over dims axis..", operand_names=("x", "scale"))(_norm)
+      doc="x / sqrt(mean(x^2) + eps) * scale over dims axis..", operand_names=("x", "scale"), unit="vxm")(_norm)
 
 
 @defop("graph.cumsum", 1, {"axis": A("int"), "exclusive": A("bool", False), "reverse": A("bool", False)},
-       doc="cumulative sum along `axis`")
+       doc="cumulative sum along `axis`", unit="vxm", mirror=True)
 def _cumsum(types, attrs):
     norm_axis(attrs["axis"], types[0].rank)
     return types[0]
 
 
 @defop("graph.topk", 1, {"k": A("int"), "axis": A("int", -1), "largest": A("bool", True), "sorted": A("bool", True)},
-       doc="the k largest (smallest) values along `axis` and their i64 indices")
+       doc="the k largest (smallest) values along `axis` and their i64 indices", unit="vxm", mirror=True)
 def _topk(types, attrs):
     (t,) = types
     axis = norm_axis(attrs["axis"], t.rank)
@@ -227,7 +232,7 @@ def _topk(types, attrs):
 
 
 @defop("graph.trilu", 1, {"upper": A("bool", True), "k": A("int", 0)},
-       doc="keep the upper (lower) triangle of the last two dims, from diagonal k")
+       doc="keep the upper (lower) triangle of the last two dims, from diagonal k", unit="vxm", mirror=True)
 def _trilu(types, attrs):
     need(types[0].rank >= 2, "trilu needs rank >= 2")
     return types[0]
@@ -235,7 +240,7 @@ def _trilu(types, attrs):
 
 # --- shapes and data movement ------------------------------------------------
 
-@defop("graph.reshape", 1, {"shape": A("ints")}, doc="same elements, new static shape")
+@defop("graph.reshape", 1, {"shape": A("ints")}, doc="same elements, new static shape", unit="sxm", mirror=True)
 def _reshape(types, attrs):
     t, shape = types[0], attrs["shape"]
     need(all(d >= 0 for d in shape), f"reshape target {list(shape)} must be static and non-negative")
@@ -244,28 +249,28 @@ def _reshape(types, attrs):
     return out
 
 
-@defop("graph.transpose", 1, {"perm": A("ints")}, doc="permute dims")
+@defop("graph.transpose", 1, {"perm": A("ints")}, doc="permute dims", unit="sxm", mirror=True)
 def _transpose(types, attrs):
     t, perm = types[0], attrs["perm"]
     need(sorted(perm) == list(range(t.rank)), f"perm {list(perm)} is not a permutation of rank {t.rank}")
     return t.with_shape(t.shape[p] for p in perm)
 
 
-@defop("graph.expand", 1, {"shape": A("ints")}, doc="broadcast to `shape`")
+@defop("graph.expand", 1, {"shape": A("ints")}, doc="broadcast to `shape`", unit="sxm", mirror=True)
 def _expand(types, attrs):
     t, shape = types[0], tuple(attrs["shape"])
     need(broadcast_shapes(t.shape, shape) == shape, f"{t} does not broadcast to {list(shape)}")
     return t.with_shape(shape)
 
 
-@defop("graph.tile", 1, {"repeats": A("ints")}, doc="repeat along each dim")
+@defop("graph.tile", 1, {"repeats": A("ints")}, doc="repeat along each dim", unit="sxm", mirror=True)
 def _tile(types, attrs):
     t, reps = types[0], attrs["repeats"]
     need(len(reps) == t.rank and all(r >= 0 for r in reps), f"repeats {list(reps)} do not fit {t}")
     return t.with_shape(d * r for d, r in zip(t.shape, reps))
 
 
-@defop("graph.concat", (1, None), {"axis": A("int")}, doc="join along `axis`")
+@defop("graph.concat", (1, None), {"axis": A("int")}, doc="join along `axis`", unit="sxm", mirror=True)
 def _concat(types, attrs):
     dtype = same_dtype(types)
     rank = types[0].rank
@@ -279,7 +284,7 @@ def _concat(types, attrs):
     return TensorType(tuple(shape), dtype)
 
 
-@defop("graph.split", 1, {"axis": A("int"), "sizes": A("ints")}, doc="cut along `axis` into pieces of `sizes`")
+@defop("graph.split", 1, {"axis": A("int"), "sizes": A("ints")}, doc="cut along `axis` into pieces of `sizes`", unit="sxm", mirror=True)
 def _split(types, attrs):
     t = types[0]
     axis = norm_axis(attrs["axis"], t.rank)
@@ -289,7 +294,7 @@ def _split(types, attrs):
 
 
 @defop("graph.slice", 1, {"starts": A("ints"), "ends": A("ints"), "axes": A("ints"), "steps": A("ints")},
-       doc="numpy basic slicing x[start:end:step] on each of `axes`")
+       doc="numpy basic slicing x[start:end:step] on each of `axes`", unit="sxm", mirror=True)
 def _slice(types, attrs):
     t = types[0]
     n = len(attrs["axes"])
@@ -307,7 +312,7 @@ def _slice(types, attrs):
 
 
 @defop("graph.gather", 2, {"axis": A("int", 0)}, doc="take slices of data along `axis` at indices",
-       operand_names=("data", "indices"))
+       operand_names=("data", "indices"), unit="mem", mirror=True, indexed=True)
 def _gather(types, attrs):
     data, idx = types
     need_int(idx)
@@ -316,7 +321,7 @@ def _gather(types, attrs):
 
 
 @defop("graph.gather_elements", 2, {"axis": A("int", 0)}, doc="data[..., indices[i,j,k], ...] elementwise",
-       operand_names=("data", "indices"))
+       operand_names=("data", "indices"), unit="mem", mirror=True, indexed=True)
 def _gather_elements(types, attrs):
     data, idx = types
     need_int(idx)
@@ -327,7 +332,8 @@ def _gather_elements(types, attrs):
     return data.with_shape(idx.shape)
 
 
-@defop("graph.gather_nd", 2, {"batch_dims": A("int", 0)}, doc="ONNX GatherND", operand_names=("data", "indices"))
+@defop("graph.gather_nd", 2, {"batch_dims": A("int", 0)}, doc="ONNX GatherND", operand_names=("data", "indices"),
+       unit="mem", mirror=True, indexed=True)
 def _gather_nd(types, attrs):
     data, idx = types
     need_int(idx)

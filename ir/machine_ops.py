@@ -7,19 +7,51 @@
   host.*  host I/O: an input into SRAM, an output out of it
   c2c.*   chip-to-chip: send words over a fixed route of links, receive them
 
-Most instructions compute exactly their graph op (the same type rule, and the
-interpreter runs the same numpy semantics on the bytes it reads), on operands
-and results that live in SRAM. Once scheduled, every instruction carries the
-schedule attributes below; the interpreter recomputes everything else.
+Each op's definition declares its unit class (`UNIT_CLASSES`, the one list of
+them), where its operands and results live, and whether it is a view; every
+later concern asks the registry. Most instructions mirror a graph op (declared
+`mirror=True` there): the same type rule, on the unit the graph op declares,
+with operands and results in SRAM; the interpreter runs the same numpy
+semantics (ir.evaluator) on the bytes it reads. Once scheduled, every
+instruction carries the schedule attributes below; the interpreter recomputes
+everything else.
+
+A new machine op is one `defop` here (its properties) plus its numpy
+implementation in ir.evaluator.EVAL.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 from . import graph_ops as g
+from .evaluator import EVAL
 from .layout import LANES, rows_cols
-from .registry import OPS, AttrSpec, TypeRuleError, defop
+from .registry import HOST, LINK, OPS, PLANE, SRAM, AttrSpec, OpDef, TypeRuleError, defop, register_op
 
 A = AttrSpec
+
+
+@dataclass(frozen=True)
+class UnitClass:
+    name: str
+    doc: str
+    colour: str         # how timelines, reports and graphs draw it
+    link: bool = False  # a side of the chip-to-chip link ports (one instance per link), not a compute unit
+
+
+# The unit classes, in the order timelines, reports and tables show them; the machine description
+# gives each one's instances per chip (ir.costs.units) and pipeline latency.
+UNIT_CLASSES = (
+    UnitClass("mxm", "matrix planes", "#4c78a8"),
+    UnitClass("vxm", "vector ALUs", "#59a14f"),
+    UnitClass("sxm", "switch units", "#f28e2b"),
+    UnitClass("mem", "memory units", "#b07aa1"),
+    UnitClass("host", "host I/O", "#79706e"),
+    UnitClass("tx", "link ports, transmit side", "#e15759", link=True),
+    UnitClass("rx", "link ports, receive side", "#e15759", link=True),
+)
+UNIT_CLASS = {c.name: c for c in UNIT_CLASSES}
 
 # Set by partition (chip), allocation (out) and scheduling; absent before.
 SCHEDULE_ATTRS = {
@@ -30,32 +62,27 @@ SCHEDULE_ATTRS = {
     "streams": A("ints", None),   # stream registers held, one per SRAM operand and result
 }
 
-VXM = (g.ARITHMETIC + g.COMPARISON + g.LOGICAL + g.FLOAT_UNARY + g.NUMERIC_UNARY + g.REDUCTIONS
-       + ("not", "isnan", "gelu", "where", "cast", "cumsum", "topk", "trilu"))
-SXM = ("transpose", "reshape", "expand", "tile", "concat", "split", "slice")
-MEM = ("gather", "gather_elements", "gather_nd")
-TRANSCENDENTAL = frozenset({"exp", "log", "sqrt", "reciprocal", "tanh", "sigmoid", "erf", "cos", "sin", "gelu",
-                            "div", "pow"})
-
 # machine op -> the graph op whose semantics it computes
 GRAPH_EQUIVALENT: dict[str, str] = {}
 
 
-def _mirror(unit: str, name: str) -> None:
-    src = OPS[f"graph.{name}"]
-    attrs = {k: spec for k, spec in src.attrs.items() if k not in g.PLACEMENT_ATTRS}
-    OPS[f"{unit}.{name}"] = src.__class__(f"{unit}.{name}", src.min_operands, src.max_operands,
-                                          {**attrs, **SCHEDULE_ATTRS}, src.infer,
-                                          f"{unit.upper()}: {src.doc}", src.operand_names)
-    GRAPH_EQUIVALENT[f"{unit}.{name}"] = f"graph.{name}"
+def _mirror(graph: OpDef) -> None:
+    name = f"{graph.unit}.{graph.name.split('.', 1)[1]}"
+    attrs = {k: spec for k, spec in graph.attrs.items() if k not in g.PLACEMENT_ATTRS}
+    register_op(replace(graph, name=name, attrs={**attrs, **SCHEDULE_ATTRS}, doc=f"{graph.unit.upper()}: {graph.doc}",
+                        places=(SRAM,), result_place=SRAM, mirror=False))
+    GRAPH_EQUIVALENT[name] = graph.name
+    EVAL[name] = EVAL[graph.name]
 
 
-for _unit, _names in (("vxm", VXM), ("sxm", SXM), ("mem", MEM)):
-    for _name in _names:
-        _mirror(_unit, _name)
+for _graph in [d for d in OPS.values() if d.mirror]:
+    _mirror(_graph)
+
+VIEW = {"places": (SRAM,), "result_place": SRAM, "view": True}
 
 
-@defop("mem.constant", 0, {"value": A("tensor"), **SCHEDULE_ATTRS}, doc="a constant, placed in the SRAM image")
+@defop("mem.constant", 0, {"value": A("tensor"), **SCHEDULE_ATTRS}, doc="a constant, placed in the SRAM image",
+       result_place=SRAM)
 def _constant(types, attrs):
     return attrs["value"].type
 
@@ -63,14 +90,15 @@ def _constant(types, attrs):
 # Views: no instruction runs; the result names (part of) the operands' words.
 
 @defop("mem.reshape_view", 1, {"shape": A("ints"), **SCHEDULE_ATTRS},
-       doc="a reshape that keeps rows and cols, hence the words")
+       doc="a reshape that keeps rows and cols, hence the words", **VIEW)
 def _reshape_view(types, attrs):
     out = g._reshape(types, attrs)
     g.need(rows_cols(out) == rows_cols(types[0]), f"reshape {types[0]} -> {out} moves data: use sxm.reshape")
     return out
 
 
-@defop("mem.join", (1, None), {**SCHEDULE_ATTRS}, doc="concat along the last axis of 320-column-aligned parts")
+@defop("mem.join", (1, None), {**SCHEDULE_ATTRS}, doc="concat along the last axis of 320-column-aligned parts",
+       **VIEW)
 def _join(types, attrs):
     for t in types[:-1]:
         g.need(t.rank >= 1 and t.shape[-1] % LANES == 0, f"all but the last part must be {LANES}-column aligned: {t}")
@@ -78,7 +106,8 @@ def _join(types, attrs):
 
 
 @defop("mem.column_slice", 1, {"start": A("int"), "size": A("int"), **SCHEDULE_ATTRS},
-       doc="columns [start, start+size) of the last axis; start is 320-aligned, size reaches a boundary or the end")
+       doc="columns [start, start+size) of the last axis; start is 320-aligned, size reaches a boundary or the end",
+       **VIEW)
 def _column_slice(types, attrs):
     t, start, size = types[0], attrs["start"], attrs["size"]
     g.need(t.rank >= 1 and start % LANES == 0 and size > 0 and start + size <= t.shape[-1], f"bad columns of {t}")
@@ -87,17 +116,15 @@ def _column_slice(types, attrs):
 
 
 @defop("mem.row_slice", 1, {"start": A("int"), "size": A("int"), **SCHEDULE_ATTRS},
-       doc="rows [start, start+size) of the second-to-last axis (any start: each row is whole words)")
+       doc="rows [start, start+size) of the second-to-last axis (any start: each row is whole words)", **VIEW)
 def _row_slice(types, attrs):
     t, start, size = types[0], attrs["start"], attrs["size"]
     g.need(t.rank >= 2 and start >= 0 and size > 0 and start + size <= t.shape[-2], f"bad rows of {t}")
     return t.with_shape(t.shape[:-2] + (size, t.shape[-1]))
 
 
-VIEWS = frozenset({"mem.reshape_view", "mem.join", "mem.column_slice", "mem.row_slice"})
-
-
-@defop("mxm.install", 1, {**SCHEDULE_ATTRS}, doc="install a weight tile [..., K<=320, N<=320] on an MXM plane")
+@defop("mxm.install", 1, {**SCHEDULE_ATTRS}, doc="install a weight tile [..., K<=320, N<=320] on an MXM plane",
+       unit="mxm", places=(SRAM,), result_place=PLANE)
 def _install(types, attrs):
     (w,) = types
     g.need(w.rank >= 2 and w.shape[-2] <= LANES and w.shape[-1] <= LANES, f"a weight tile is at most 320x320: {w}")
@@ -105,7 +132,8 @@ def _install(types, attrs):
 
 
 @defop("mxm.matmul", (2, 3), {**SCHEDULE_ATTRS}, operand_names=("x", "w", "acc"),
-       doc="stream x [..., M, K] through the installed tile w [..., K, N]; plus acc [..., M, N] when given")
+       doc="stream x [..., M, K] through the installed tile w [..., K, N]; plus acc [..., M, N] when given",
+       unit="mxm", places=(SRAM, PLANE, SRAM), result_place=SRAM)
 def _matmul(types, attrs):
     out = g._matmul(types[:2], attrs)
     if len(types) == 3:
@@ -113,47 +141,66 @@ def _matmul(types, attrs):
     return out
 
 
-@defop("host.input", 1, {"name": A("str"), **SCHEDULE_ATTRS}, doc="copy the model input `name` into SRAM")
+@defop("host.input", 1, {"name": A("str"), **SCHEDULE_ATTRS}, doc="copy the model input `name` into SRAM",
+       unit="host", places=(HOST,), result_place=SRAM)
 def _host_input(types, attrs):
     return types[0]
 
 
-@defop("host.output", 1, {"name": A("str"), **SCHEDULE_ATTRS}, doc="copy a value out to the host as output `name`")
+@defop("host.output", 1, {"name": A("str"), **SCHEDULE_ATTRS}, doc="copy a value out to the host as output `name`",
+       unit="host", places=(SRAM,), result_place=HOST)
 def _host_output(types, attrs):
-    return types[0]
-
-
-@defop("c2c.send", 1, {"route": A("ints"), **SCHEDULE_ATTRS},
-       doc="push x's words out of this chip over `route` (the port taken at each hop); "
-           "the result is the transfer in flight")
-def _send(types, attrs):
-    g.need(len(attrs["route"]) >= 1 and all(p >= 0 for p in attrs["route"]), "a route is one or more ports")
-    return types[0]
-
-
-@defop("c2c.recv", 1, {**SCHEDULE_ATTRS}, doc="write an arrived transfer's words into this chip's SRAM")
-def _recv(types, attrs):
     return types[0]
 
 
 # The c2c instructions run on a chip's link ports: a send on the transmit side
 # of its first hop's port, a receive on the receive side of its last hop's.
-_C2C_UNITS = {"c2c.send": "tx", "c2c.recv": "rx"}
+@defop("c2c.send", 1, {"route": A("ints"), **SCHEDULE_ATTRS},
+       doc="push x's words out of this chip over `route` (the port taken at each hop); "
+           "the result is the transfer in flight", unit="tx", places=(SRAM,), result_place=LINK)
+def _send(types, attrs):
+    g.need(len(attrs["route"]) >= 1 and all(p >= 0 for p in attrs["route"]), "a route is one or more ports")
+    return types[0]
+
+
+@defop("c2c.recv", 1, {**SCHEDULE_ATTRS}, doc="write an arrived transfer's words into this chip's SRAM",
+       unit="rx", places=(LINK,), result_place=SRAM)
+def _recv(types, attrs):
+    return types[0]
+
+
+def is_machine_op(op_name: str) -> bool:
+    d = OPS.get(op_name)
+    return d is not None and d.result_place is not None
+
+
+def machine_ops() -> tuple[str, ...]:
+    """The machine ops registered now, sorted."""
+    return tuple(sorted(n for n in OPS if is_machine_op(n)))
 
 
 def unit_class(op_name: str) -> str | None:
     """The class of unit an instruction runs on; None for views and constants (no instruction)."""
-    if op_name in VIEWS or op_name == "mem.constant":
-        return None
-    if op_name in _C2C_UNITS:
-        return _C2C_UNITS[op_name]
-    prefix = op_name.split(".", 1)[0]
-    if prefix not in ("vxm", "sxm", "mem", "mxm", "host"):
+    if not is_machine_op(op_name):
         raise TypeRuleError(f"{op_name} is not a machine instruction")
-    return prefix
+    return OPS[op_name].unit
 
 
-MACHINE_OPS = tuple(sorted(n for n in OPS if n.split(".", 1)[0] in ("vxm", "sxm", "mem", "mxm", "host", "c2c")))
+def is_view(op_name: str) -> bool:
+    """A machine op naming (part of) its operands' words: no instruction runs."""
+    return is_machine_op(op_name) and OPS[op_name].view
+
+
+def is_constant(op_name: str) -> bool:
+    """A machine op placed in the SRAM image before cycle 0: no instruction runs, and it is no view."""
+    return is_machine_op(op_name) and OPS[op_name].unit is None and not OPS[op_name].view
+
+
+def compute(op, args: list) -> tuple:
+    """`op`'s numpy semantics (ir.evaluator.EVAL) on its operand arrays: its results."""
+    attrs = {k: v for k, v in OPS[op.name].attrs_with_defaults(op.attrs).items() if k not in SCHEDULE_ATTRS}
+    out = EVAL[op.name](args, attrs)
+    return out if isinstance(out, tuple) else (out,)
 
 
 def chip_of(op) -> int:

@@ -1,8 +1,12 @@
-"""The op registry: op name -> signature (operands, attributes) and type rule.
+"""The op registry: op name -> signature (operands, attributes), type rule and
+properties.
 
-Every later concern keeps its own table keyed by op name (evaluator, lowering,
-cost, interpreter); a test checks that the tables cover the registry.
-Dialects are name prefixes: `graph.add`, later `vxm.add`.
+An op's definition declares what every later concern asks of it: the class of
+unit it runs on, where its operands and results live, whether it is a view (no
+instruction runs) and how it is costed. Consumers ask the registry, never
+compare op names. Semantics (the evaluator's numpy implementations) and
+lowering rules are tables keyed by op name; a test checks that they cover the
+registry. Dialects are name prefixes: `graph.add`, `vxm.add`.
 """
 
 from __future__ import annotations
@@ -55,10 +59,15 @@ ATTR_KINDS: dict[str, Callable[[Any], bool]] = {
 InferFn = Callable[[tuple[TensorType, ...], Mapping[str, Any]], "TensorType | tuple[TensorType, ...]"]
 
 
+# Where a machine op's operands and results live. Graph ops live nowhere in particular (None).
+SRAM, HOST, PLANE, LINK = "sram", "host", "plane", "link"
+PLACES = (SRAM, HOST, PLANE, LINK)
+
+
 @dataclass(frozen=True)
 class OpDef:
-    """An op's signature. `infer` maps operand types and attributes (defaults
-    filled in) to result types, raising TypeRuleError when they do not fit."""
+    """An op's signature and properties. `infer` maps operand types and attributes
+    (defaults filled in) to result types, raising TypeRuleError when they do not fit."""
 
     name: str
     min_operands: int
@@ -67,6 +76,19 @@ class OpDef:
     infer: InferFn
     doc: str = ""
     operand_names: tuple[str, ...] = field(default=())
+    # The unit class it runs on (ir.machine_ops.UNIT_CLASSES); None: no instruction runs (views,
+    # constants). A graph op: the class its lowering computes it on.
+    unit: str | None = None
+    places: tuple[str, ...] = ()      # machine ops: each operand's place, by position (the last repeats)
+    result_place: str | None = None   # machine ops: where its results live (PLACES); graph ops: None
+    view: bool = False                # its result names (part of) its operands' words: no data moves
+    transcendental: bool = False      # a VXM pass costs machine.vxm.transcendental_cycles per vector
+    indexed: bool = False             # reads only the rows its indices (operand 1) select
+    mirror: bool = False              # graph op: a machine op of its unit computes exactly it
+
+    def operand_place(self, k: int) -> str | None:
+        """Where operand `k` lives (None for graph ops)."""
+        return self.places[min(k, len(self.places) - 1)] if self.places else None
 
     def attrs_with_defaults(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
         """`attrs` plus the defaults of those not given (a None default: absent unless given)."""
@@ -83,17 +105,25 @@ OPS: dict[str, OpDef] = {}
 
 
 def defop(name: str, operands: int | tuple[int, int | None], attrs: Mapping[str, AttrSpec] | None = None,
-          doc: str = "", operand_names: tuple[str, ...] = ()):
-    """Decorator registering `infer` as the type rule of a new op."""
+          doc: str = "", operand_names: tuple[str, ...] = (), **properties):
+    """Decorator registering `infer` as the type rule of a new op with `properties` (OpDef's fields)."""
     lo, hi = (operands, operands) if isinstance(operands, int) else operands
 
     def register(infer: InferFn) -> InferFn:
-        if name in OPS:
-            raise ValueError(f"op {name} registered twice")
-        OPS[name] = OpDef(name, lo, hi, dict(attrs or {}), infer, doc, operand_names)
+        register_op(OpDef(name, lo, hi, dict(attrs or {}), infer, doc, operand_names, **properties))
         return infer
 
     return register
+
+
+def register_op(opdef: OpDef) -> OpDef:
+    if opdef.name in OPS:
+        raise ValueError(f"op {opdef.name} registered twice")
+    for place in opdef.places + ((opdef.result_place,) if opdef.result_place else ()):
+        if place not in PLACES:
+            raise ValueError(f"op {opdef.name}: unknown place {place!r} (one of {', '.join(PLACES)})")
+    OPS[opdef.name] = opdef
+    return opdef
 
 
 def lookup(name: str) -> OpDef | None:

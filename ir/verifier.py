@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from .core import Module, Op
 from .errors import VerifyError
-from .registry import ATTR_KINDS, OPS, TypeRuleError
+from .registry import ATTR_KINDS, HOST, LINK, OPS, PLANE, SRAM, TypeRuleError
+
+PLACE_NAMES = {SRAM: "in SRAM", HOST: "on the host (a model input)",
+               PLANE: "on an MXM plane (an mxm.install result)", LINK: "a transfer in flight (a c2c.send result)"}
 
 
 def verify(module: Module) -> Module:
     """Check `module`; return it unchanged, or raise VerifyError on the first broken rule."""
     defined: dict[str, object] = {}
+    place: dict[str, str | None] = {}  # where each value lives, by its definition (graph ops: None)
     later = {r.name for op in module.ops for r in op.results}
 
     def define(value, where):
@@ -25,6 +29,7 @@ def verify(module: Module) -> Module:
         raise VerifyError(f"module attribute chips = {chips!r}: must be a positive int")
     for v in module.inputs:
         define(v, f"input {v}")
+        place[v.name] = HOST
     for op in module.ops:
         where = op.label()
         for v in op.operands:
@@ -36,8 +41,10 @@ def verify(module: Module) -> Module:
                 raise VerifyError(f"{where}: operand {v} has type {v.type} but is defined as {defined[v.name]}")
         check_op(op)
         check_chips(op, chips)
+        check_places(op, [place[v.name] for v in op.operands])
         for r in op.results:
             define(r, where)
+            place[r.name] = OPS[op.name].result_place
     names = set()
     for name, v in module.outputs:
         if name in names:
@@ -48,6 +55,16 @@ def verify(module: Module) -> Module:
         if defined[v.name] != v.type:
             raise VerifyError(f"output {name!r}: value {v} has type {v.type} but is defined as {defined[v.name]}")
     return module
+
+
+def check_places(op: Op, operand_places) -> None:
+    """Each operand of a machine op lives where the op's definition says (e.g. a matmul's weight on an MXM
+    plane, so it comes from an install; a receive's operand in flight, so it comes from a send)."""
+    opdef = OPS[op.name]
+    for k, (v, got) in enumerate(zip(op.operands, operand_places)):
+        want = opdef.operand_place(k)
+        if want is not None and got is not None and want != got:
+            raise VerifyError(f"{op.label()}: operand {v} must be {PLACE_NAMES[want]}, but it is {PLACE_NAMES[got]}")
 
 
 def check_op(op: Op) -> None:

@@ -41,7 +41,7 @@ def liveness(module):
                 for base in covers.get(v.name, ()):
                     last[base] = i
         for r in op.results:
-            if op.name in mo.VIEWS:
+            if mo.is_view(op.name):
                 covers[r.name] = set().union(*(covers[v.name] for v in op.operands))
             elif op.name not in ("mxm.install", "host.output"):
                 covers[r.name] = {r.name}
@@ -126,7 +126,7 @@ def test_apply_writes_out_in_result_order():
     allocated = verify(apply_allocation(lowered, allocation))
     extents = allocation.as_dict()
     for op in allocated.ops:
-        if op.name in mo.VIEWS or op.name in ("mxm.install", "host.output"):
+        if mo.is_view(op.name) or op.name in ("mxm.install", "host.output"):
             assert "out" not in op.attrs
         else:
             assert op.attrs["out"] == tuple(e for r in op.results for e in extents[r.name])

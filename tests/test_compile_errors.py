@@ -225,7 +225,7 @@ def _raw_perturbed(module, machine):
     (proved from ir.costs here): (module, the moved instruction's label)."""
     seg, land, producer = {}, {}, {}
     for op in module.ops:
-        if op.name in mo.VIEWS:
+        if mo.is_view(op.name):
             ext = view_extents(op.name, op.attrs, [v.type for v in op.operands], [seg[v.name] for v in op.operands])
             seg[op.result.name] = ext
             land[op.result.name] = max(land[v.name] for v in op.operands)

@@ -85,7 +85,7 @@ class Timing:
         self.bases: dict[str, Base] = {}
         segs: dict[str, tuple] = {}          # SRAM value -> ((slice, word, words, base), ...)
         for idx, op in enumerate(module.ops):
-            if op.name in mo.VIEWS:
+            if mo.is_view(op.name):
                 # the layout's rule on extents whose "slice" is the index of the segment it came from
                 flat, fake = [], []
                 for v in op.operands:

@@ -41,7 +41,7 @@ def check_schedule(module: Module, machine=MACHINE) -> int:
         for r in op.results:
             types[r.name] = r.type
             kind[r.name] = ("host" if op.name == "host.output" else "plane" if op.name == "mxm.install"
-                            else "view" if op.name in mo.VIEWS else "sram")
+                            else "view" if mo.is_view(op.name) else "sram")
     assert module.attrs.get("machine") == machine.name
 
     extents, bases, land = {}, {}, {}
@@ -57,7 +57,7 @@ def check_schedule(module: Module, machine=MACHINE) -> int:
         if c is None or c < 0:
             fail(f"{where}: no valid cycle")
             continue
-        if op.name in mo.VIEWS:
+        if mo.is_view(op.name):
             if "unit" in op.attrs or "out" in op.attrs:
                 fail(f"{where}: a view has a unit or out")
             r = op.result
