@@ -47,6 +47,7 @@ from ..ir.machine import Machine, parse_machine
 from ..ir.machine_ops import chip_of
 from ..ir.parser import parse
 from ..ir.printer import print_module
+from ..ir.schedule_facts import describe
 from ..ir.verifier import verify
 
 FORMAT = "lpu"
@@ -148,8 +149,6 @@ def build_program(module: Module, machine_text: str, options: Mapping[str, Any] 
     """The Program `write_lpu` would write, built in memory (no file). `summary`
     holds the compiler's deterministic findings (lower bound, ...) for viewers.
     weights=False leaves the SRAM image empty (a timing-only program)."""
-    from .interpreter import schedule_length  # the one place timing is derived from ir.costs
-
     machine = parse_machine(machine_text, "machine.toml")
     verify(module)
     target = module.attrs.get("machine")
@@ -167,7 +166,7 @@ def build_program(module: Module, machine_text: str, options: Mapping[str, Any] 
         "options": options,
         "inputs": {v.name: str(v.type) for v in module.inputs},
         "outputs": {name: str(v.type) for name, v in module.outputs},
-        "cycles": schedule_length(module, machine),
+        "cycles": describe(module, machine).length,
         "summary": summary,
         "weights": bool(weights),
     }
@@ -191,7 +190,12 @@ def _parts(program: Program) -> dict[str, bytes]:
 def lpu_bytes(module: Module, machine_text: str, options: Mapping[str, Any] | None = None,
               summary: Mapping[str, Any] | None = None, *, weights: bool = True) -> bytes:
     """The bytes of the .lpu file of `module` (what write_lpu writes)."""
-    return _pack(_parts(build_program(module, machine_text, options, summary, weights=weights)))
+    return program_bytes(build_program(module, machine_text, options, summary, weights=weights))
+
+
+def program_bytes(program: Program) -> bytes:
+    """The bytes of the .lpu file of a built program."""
+    return _pack(_parts(program))
 
 
 def write_lpu(path: str | Path, module: Module, machine_text: str, options: Mapping[str, Any] | None = None,

@@ -21,25 +21,25 @@ offline in any browser (inline CSS, JS and SVG; no fetch of any kind):
 
 All data is embedded as one JSON document (`<script type="application/json"
 id="lpuc-data">`, keys sorted, no timestamps) and the page's script draws
-from it, so the same program always gives the same bytes. Timing comes from
-ir.costs and the machine description, as in the interpreter; the statistics
-are `schedule_stats` (or the run's, when a run result is given).
+from it, so the same program always gives the same bytes. Timing, SRAM words
+and the SRAM live curve come from the program's description (ir.schedule_facts);
+the statistics are `schedule_stats` (or the run's, when a run result is given).
 """
 
 from __future__ import annotations
 
 import html
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..ir import machine_ops as mo
 from ..ir.core import Op
-from ..ir.costs import cost, units
-from ..ir.layout import sub_extents, view_extents, words
+from ..ir.costs import units
 from ..ir.printer import format_attr
-from ..ir.registry import HOST, LINK, OPS, PLANE, SRAM
+from ..ir.registry import HOST, LINK, PLANE, SRAM
+from ..ir.schedule_facts import VIEW, Facts, describe
 
 from .interpreter import Result, Stats, schedule_stats
 from .lpu import Program
@@ -51,23 +51,10 @@ SCHEDULE_KEYS = frozenset(mo.SCHEDULE_ATTRS)
 # --- the analysis ---------------------------------------------------------------
 
 @dataclass
-class _Base:
-    """A value owning SRAM words: an instruction's result or a constant."""
-    name: str
-    instr: int                 # producing instruction (index into Analysis.instrs), -1 for constants
-    land: int
-    chip: int
-    per_slice: Counter         # slice -> words
-    end: int = 0               # the last read of its words ends (c + occ)
-    constant: bool = False
-
-
-@dataclass
 class _Value:
-    kind: str                  # "sram", "plane" (an mxm.install result), "link" (a c2c.send result),
-                               # "host" (inputs, host.output results)
-    segs: tuple = ()           # sram: ((slice, word, words, base id), ...)
-    instr: int = -1            # plane / host.output: the instruction that made it
+    kind: str                  # "sram" (or a view of it), "plane" (an mxm.install result), "link" (a c2c.send
+                               # result), "host" (inputs, host.output results)
+    instr: int = -1            # plane / link / host.output: the instruction that made it
     sources: tuple = ()        # sram: names of the values owning its words (itself unless a view)
     views: tuple = ()          # the views between it and those owners, outermost first
 
@@ -108,102 +95,54 @@ class CriticalStep:
 @dataclass
 class Analysis:
     program: Program
-    instrs: list[Instr]
-    bases: list[_Base]
+    facts: Facts                   # the program's description (ir.schedule_facts)
+    instrs: list[Instr]            # its scheduled instructions
     values: dict[str, _Value]
     chips: list[int]
     cycles: int
     critical: list[CriticalStep]   # first instruction first
 
 
-def _chip(op: Op) -> int:
-    c = op.attrs.get("chip")
-    return c if isinstance(c, int) and not isinstance(c, bool) else 0
-
-
 def analyze(program: Program) -> Analysis:
-    """Timing, SRAM words, producers and the critical path of a scheduled program."""
-    module, machine = program.module, program.machine
-    values: dict[str, _Value] = {v.name: _Value("host") for v in module.inputs}
-    bases: list[_Base] = []
-    instrs: list[Instr] = []
+    """Timing, SRAM words, producers and the critical path of a scheduled program (from its description,
+    ir.schedule_facts)."""
+    module = program.module
+    facts = describe(module, program.machine)
+    at = {ins.index: i for i, ins in enumerate(facts.scheduled)}  # op index -> timeline index
+    producer = {r.name: k for k, op in enumerate(module.ops) for r in op.results}
+    values: dict[str, _Value] = {v.name: _Value(HOST) for v in module.inputs}
     for k, op in enumerate(module.ops):
-        if mo.is_view(op.name):
-            values[op.result.name] = _view(op, values)
-            continue
-        if mo.is_constant(op.name):
-            out = tuple(op.attrs.get("out") or ())
-            b = len(bases)
-            bases.append(_Base(op.result.name, -1, 0, _chip(op), _per_slice(out), constant=True))
-            values[op.result.name] = _Value("sram", tuple((s, w, n, b) for s, w, n in out),
-                                            sources=(op.result.name,))
-            continue
-        cls, opdef = mo.unit_class(op.name), OPS[op.name]
-        cycle = op.attrs.get("cycle")
-        if cycle is None:  # not scheduled: nothing to draw
-            continue
-        ins = Instr(len(instrs), k, op, cls, op.attrs.get("unit") or f"{cls}?", _chip(op), cycle, 0, 0)
-        read_segs = []
-        for pos, v in enumerate(op.operands):
-            val = values.get(v.name, _Value("host"))
-            if opdef.operand_place(pos) == HOST or val.kind == "host":
-                ins.producers.append([])
-            elif val.kind in ("plane", "link"):
-                ins.producers.append([val.instr])
+        place = facts.places[op.results[0].name] if op.results else SRAM
+        if place == VIEW:  # the values owning its words, and the views in between
+            sources, views = [], [op.result.name]
+            for v in op.operands:
+                sources += values[v.name].sources
+                views += values[v.name].views
+            values[op.result.name] = _Value(SRAM, sources=tuple(dict.fromkeys(sources)),
+                                            views=tuple(dict.fromkeys(views)))
+        else:
+            for r in op.results:
+                values[r.name] = _Value(place, -1 if place == SRAM else at.get(k, -1),
+                                        sources=(r.name,) if place != HOST else ())
+    instrs = []
+    for i, fact in enumerate(facts.scheduled):
+        op = fact.op
+        ins = Instr(i, fact.index, op, fact.unit_class, op.attrs.get("unit") or f"{fact.unit_class}?", fact.chip,
+                    fact.cycle, fact.cost.occupancy, fact.cost.latency,
+                    [tuple(seg[:3] for seg in segs) for segs in fact.reads], list(fact.writes))
+        for v in op.operands:
+            where = facts.places[v.name]
+            if where in (PLANE, LINK):
+                ins.producers.append([at[producer[v.name]]] if producer[v.name] in at else [])
+            elif where in (SRAM, VIEW):
+                owners = {facts.bases[b].producer for *_, b in facts.words.get(v.name, ())}
+                ins.producers.append(sorted(at[p] for p in owners if p in at))
             else:
-                read_segs.append(val.segs)
-                ins.reads.append(tuple(seg[:3] for seg in val.segs))
-                ins.producers.append(sorted({bases[seg[3]].instr for seg in val.segs
-                                             if bases[seg[3]].instr >= 0}))
-        sram_results = op.results if opdef.result_place == SRAM else ()
-        out = tuple(op.attrs.get("out") or ()) if sram_results else ()
-        pos = 0
-        for r in sram_results:
-            n = words(r.type)
-            ins.writes.append(sub_extents(out, pos, n))
-            pos += n
-        c = cost(op, machine, [r for r in ins.reads if r], [out] if out else [])
-        ins.occ, ins.lat = c.occupancy, c.latency
-        for segs in read_segs:  # liveness: a value's words stay until its last read ends
-            for *_, b in segs:
-                bases[b].end = max(bases[b].end, ins.end)
-        for r, ext in zip(sram_results, ins.writes):
-            b = len(bases)
-            bases.append(_Base(r.name, ins.i, ins.land, ins.chip, _per_slice(ext)))
-            values[r.name] = _Value("sram", tuple((s, w, n, b) for s, w, n in ext), sources=(r.name,))
-        if opdef.result_place in (PLANE, LINK):
-            values[op.result.name] = _Value(opdef.result_place, instr=ins.i, sources=(op.result.name,))
-        elif opdef.result_place == HOST:
-            values[op.result.name] = _Value("host", instr=ins.i)
+                ins.producers.append([])
         instrs.append(ins)
-    cycles = max((i.land for i in instrs), default=0)
-    chips = sorted({i.chip for i in instrs} | {b.chip for b in bases}
+    chips = sorted({i.chip for i in instrs} | {b.chip for b in facts.bases}
                    | set(range(int(program.options.get("chips") or 1))))
-    return Analysis(program, instrs, bases, values, chips, cycles, critical_path(instrs))
-
-
-def _per_slice(extents) -> Counter:
-    c = Counter()
-    for s, _, n in extents:
-        if n:
-            c[s] += n
-    return c
-
-
-def _view(op: Op, values: dict[str, _Value]) -> _Value:
-    """The words a view names (the layout's own rule, ir.layout.view_extents)."""
-    segs, by_operand, sources, views = [], [], [], [op.result.name]
-    for v in op.operands:
-        val = values.get(v.name, _Value("host"))
-        if val.kind != "sram":
-            return _Value("host")
-        by_operand.append(tuple((len(segs) + j, seg[1], seg[2]) for j, seg in enumerate(val.segs)))
-        segs += val.segs
-        sources += val.sources
-        views += val.views
-    ext = view_extents(op.name, op.attrs, [v.type for v in op.operands], by_operand)
-    return _Value("sram", tuple((segs[j][0], w, n, segs[j][3]) for j, w, n in ext),
-                  sources=tuple(dict.fromkeys(sources)), views=tuple(dict.fromkeys(views)))
+    return Analysis(program, facts, instrs, values, chips, facts.length, critical_path(instrs))
 
 
 def critical_path(instrs: list[Instr]) -> list[CriticalStep]:
@@ -247,37 +186,21 @@ def critical_path(instrs: list[Instr]) -> list[CriticalStep]:
 
 # --- the SRAM over time -----------------------------------------------------------
 
-def _steps(deltas: dict[int, int]) -> list[int]:
-    """A step function from {cycle: change}: flat [t0, level0, t1, level1, ...] (levels hold until the next t)."""
+def _steps(curve: list[tuple[int, int]]) -> list[int]:
+    """A step function, flat [t0, level0, t1, level1, ...] (levels hold until the next t), of a live curve
+    (ir.schedule_facts.Facts.sram_live), keeping only the cycles where the level changes."""
     out, level = [], 0
-    for t in sorted(deltas):
-        if deltas[t] == 0:
-            continue
-        level += deltas[t]
-        out += [t, level]
+    for t, now in curve:
+        if now != level:
+            out += [t, now]
+            level = now
     return out
 
 
-def sram_occupancy(a: Analysis) -> dict[tuple[int, int], list[int]]:
-    """(chip, slice) -> step function of the words live there: each value owning words
-    holds them from landing until its last read ends (constants: the whole run)."""
-    per: dict[tuple[int, int], dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    for b in a.bases:
-        lo, hi = (0, max(a.cycles, 1)) if b.constant else (b.land, max(b.end, b.land + 1))
-        for s, n in b.per_slice.items():
-            per[b.chip, s][lo] += n
-            per[b.chip, s][hi] -= n
-    return {key: _steps(d) for key, d in per.items()}
-
-
-def _total(steps: list[list[int]]) -> list[int]:
-    deltas: dict[int, int] = defaultdict(int)
-    for st in steps:
-        prev = 0
-        for j in range(0, len(st), 2):
-            deltas[st[j]] += st[j + 1] - prev
-            prev = st[j + 1]
-    return _steps(deltas)
+def sram_occupancy(a: Analysis) -> dict[tuple[int, int | None], list[int]]:
+    """(chip, slice, or None for all slices) -> step function of the words live there: each value owning
+    words holds them from landing until its last read ends (constants: the whole run)."""
+    return {key: _steps(curve) for key, curve in a.facts.sram_live().items()}
 
 
 # --- the model -----------------------------------------------------------------------
@@ -333,7 +256,7 @@ def report_data(program: Program, run_result: Result | None = None) -> dict[str,
                        classes.index(ins.cls) if ins.cls in classes else -1])
         operands = []
         for v, prods in zip(ins.op.operands, ins.producers):
-            val = a.values.get(v.name, _Value("host"))
+            val = a.values.get(v.name, _Value(HOST))
             o = {"name": v.name, "type": str(v.type)}  # defaults left out: kind "sram", no producers, no views
             if val.kind != "sram":
                 o["kind"] = val.kind
@@ -356,7 +279,7 @@ def report_data(program: Program, run_result: Result | None = None) -> dict[str,
     sram = []
     for chip in a.chips:
         per = [steps.get((chip, s), []) for s in range(machine.sram.slices)]
-        total = _total(per)
+        total = steps.get((chip, None), [])
         peak = max(total[1::2], default=0)
         peak_at = total[total[1::2].index(peak) * 2] if total else 0
         sram.append({"chip": chip, "slices": per, "total": total, "peak_words": peak, "peak_cycle": peak_at,

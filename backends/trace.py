@@ -2,9 +2,9 @@
 
 One code path for both timelines `lpuc` writes:
 
-- `static_trace(program)`: what the schedule says, derived from the program with
-  ir.costs (the interpreter's own rules, docs/machine-ir.md "Timing"); it equals
-  the interpreter's `Result.trace` for any program the interpreter runs;
+- `static_trace(program)`: what the schedule says, from the program's description
+  (ir.schedule_facts: docs/machine-ir.md "Timing"); it equals the interpreter's
+  `Result.trace` for any program the interpreter runs;
 - `Result.trace` of `backends.interpreter.run`: what the interpreter executed.
 
 `chrome_trace(program, events)` turns either into the trace-event "JSON Object
@@ -22,7 +22,8 @@ Format" (`{"traceEvents": [...], "displayTimeUnit": "ns", "otherData": {...}}`):
   events on the port tracks;
 - counter tracks (`"ph": "C"`): "SRAM live" (bytes held per chip: a value from
   its landing until its last read ends, constants throughout, as `lpuc run`
-  measures the SRAM peak) and "SRAM slice N" per slice used;
+  measures the SRAM peak) and "SRAM slice N" per slice used, from the
+  schedule (ir.schedule_facts) whichever events are drawn;
 - chip-to-chip transfers (`Transfer`): an "X" on the sender's and the receiver's
   link track joined by a flow arrow (`flow_pair`: an "s" / "f" pair, one id).
 
@@ -41,12 +42,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from ..ir import machine_ops as mo
-from ..ir.core import Module
-from ..ir.costs import cost, units
+from ..ir.costs import units
 from ..ir.errors import LpucError
-from ..ir.layout import sub_extents, view_extents, words
-from ..ir.machine import Machine
-from ..ir.registry import LINK, OPS, SRAM
+from ..ir.layout import words
+from ..ir.schedule_facts import Facts, describe
 from ..ir.topology import network
 
 from .interpreter import TraceEvent
@@ -57,130 +56,33 @@ PORT_TID = 1000    # slice s: read port PORT_TID + 2s, write port PORT_TID + 2s 
 LINK_TID = 10000   # link l: LINK_TID + l
 
 
-# --- what each instruction touches (static) ------------------------------------
-
-@dataclass(frozen=True)
-class Detail:
-    """An instruction's static facts: names, SRAM extents, port words, costs."""
-    label: str
-    op: str
-    chip: int
-    operands: tuple[str, ...]
-    results: tuple[str, ...]
-    reads: tuple[tuple[tuple[int, int, int], ...], ...]   # per operand: SRAM extents (() if not in SRAM)
-    writes: tuple[tuple[tuple[int, int, int], ...], ...]  # per result: SRAM extents (() if not in SRAM)
-    read_bases: tuple[int, ...]     # ids of the SRAM values (owners of words, not views) it reads
-    write_bases: tuple[int, ...]    # ids of the SRAM values it creates
-    port_reads: tuple[tuple[int, int], ...]   # (slice, words read)
-    port_writes: tuple[tuple[int, int], ...]  # (slice, words written)
-    cycle: int | None
-    unit: str
-    occupancy: int
-    latency: int
-
-
-@dataclass(frozen=True)
-class Base:
-    """A value owning SRAM words: an instruction's result or a constant."""
-    name: str
-    chip: int
-    extents: tuple[tuple[int, int, int], ...]
-    constant: bool
-    producer: str | None  # the producing instruction's label (None for constants)
-
-
-@dataclass(frozen=True)
-class Analysis:
-    details: Mapping[str, Detail]  # label -> Detail, in program order
-    bases: tuple[Base, ...]
-
-
-def analyze(module: Module, machine: Machine) -> Analysis:
-    """Every instruction's extents, port words and costs (ir.costs), views resolved to their words."""
-    values: dict[str, tuple | None] = {v.name: None for v in module.inputs}  # None: not in SRAM
-    bases: list[Base] = []
-    details: dict[str, Detail] = {}
-
-    def new_base(name, extents, constant, producer):
-        bases.append(Base(name, chip, tuple(extents), constant, producer))
-        return len(bases) - 1
-
-    for op in module.ops:
-        chip = mo.chip_of(op)
-        if mo.is_view(op.name):
-            segs = [seg for v in op.operands for seg in (values.get(v.name) or ())]
-            per_operand, i = [], 0
-            for v in op.operands:  # each segment's index stands in for its slice, to find its owner again
-                n = len(values.get(v.name) or ())
-                per_operand.append(tuple((i + k, segs[i + k][1], segs[i + k][2]) for k in range(n)))
-                i += n
-            ext = view_extents(op.name, op.attrs, [v.type for v in op.operands], per_operand)
-            values[op.result.name] = tuple((segs[k][0], w, n, segs[k][3]) for k, w, n in ext)
-            continue
-        out = tuple(tuple(e) for e in op.attrs.get("out") or ())
-        if mo.is_constant(op.name):
-            b = new_base(op.result.name, out, True, None)
-            values[op.result.name] = tuple((s, w, n, b) for s, w, n in out)
-            continue
-        label = op.label()
-        if label in details:
-            raise LpucError(f"{label}: two instructions with the same label")
-        reads, read_bases = [], []
-        for i, v in enumerate(op.operands):
-            segs = values.get(v.name) if OPS[op.name].operand_place(i) == SRAM else None
-            reads.append(tuple((s, w, n) for s, w, n, _ in segs or ()))
-            read_bases += [b for *_, b in segs or ()]
-        sram_results = op.results if OPS[op.name].result_place == SRAM else ()
-        writes, write_bases, pos = [], [], 0
-        for r in op.results:
-            if r in sram_results:
-                ext = sub_extents(out, pos, words(r.type))
-                pos += words(r.type)
-                b = new_base(r.name, ext, False, label)
-                values[r.name] = tuple((s, w, n, b) for s, w, n in ext)
-                writes.append(ext)
-                write_bases.append(b)
-            else:
-                values[r.name] = None
-                writes.append(())
-        c = cost(op, machine, [e for e in reads if e], [e for e in writes if e])
-        details[label] = Detail(
-            label, op.name, chip, tuple(v.name for v in op.operands), tuple(r.name for r in op.results),
-            tuple(reads), tuple(writes), tuple(dict.fromkeys(read_bases)), tuple(write_bases),
-            c.reads, c.writes, op.attrs.get("cycle"), op.attrs.get("unit") or "", c.occupancy, c.latency)
-    return Analysis(details, tuple(bases))
-
-
 def static_trace(program: Program) -> tuple[TraceEvent, ...]:
     """The scheduled timeline: one TraceEvent per timed instruction, ordered as the interpreter's trace."""
-    return _events(analyze(program.module, program.machine))
+    return _events(describe(program.module, program.machine))
 
 
-def _events(analysis: Analysis) -> tuple[TraceEvent, ...]:
-    events = [TraceEvent(d.label, d.op, d.unit, d.cycle, d.cycle + d.occupancy, d.cycle + d.latency, d.chip)
-              for d in analysis.details.values() if d.cycle is not None]
+def _events(facts: Facts) -> tuple[TraceEvent, ...]:
+    events = [TraceEvent(ins.op.label(), ins.op.name, ins.op.attrs.get("unit") or "", ins.cycle,
+                         ins.cycle + ins.cost.occupancy, ins.land, ins.chip) for ins in facts.scheduled]
     return tuple(sorted(events, key=lambda e: (e.start, e.chip, e.unit, e.land, e.instruction)))
 
 
-def transfers_of(program: Program) -> tuple[Transfer, ...]:
+def transfers_of(program: Program, facts: Facts | None = None) -> tuple[Transfer, ...]:
     """The chip-to-chip transfers of a scheduled program: one per timed c2c.send, on its first link, landing
-    when its words have all arrived (ir.costs)."""
+    when its words have all arrived (its cost, ir.schedule_facts)."""
     module, machine = program.module, program.machine
     chips = module.attrs.get("chips", 1)
     if chips == 1:
         return ()
+    facts = facts or describe(module, machine)
     net = network(machine, chips)
     out = []
-    for op in module.ops:
-        if OPS[op.name].result_place != LINK or op.attrs.get("cycle") is None:
+    for ins in facts.scheduled:
+        if not ins.links:  # not a send, or one whose route is broken (the interpreter reports it)
             continue
-        src, route, c = mo.chip_of(op), op.attrs["route"], op.attrs["cycle"]
-        try:
-            dst, port = net.destination(src, route)
-        except LpucError:  # a broken route: the interpreter reports it; nothing to draw
-            continue
-        k = cost(op, machine)
-        out.append(Transfer(op.result.name, src, dst, route[0], c, c + k.occupancy, c + k.latency,
+        op, c, route = ins.op, ins.cycle, ins.op.attrs["route"]
+        dst, port = net.destination(ins.chip, route)
+        out.append(Transfer(op.result.name, ins.chip, dst, route[0], c, c + ins.cost.occupancy, ins.land,
                             words(op.operands[0].type) * machine.sram.word_bytes, port))
     return tuple(out)
 
@@ -219,16 +121,17 @@ def chrome_trace(program: Program, events: Sequence[TraceEvent] | None = None, *
     """The trace-event JSON object of `events` (default: the static schedule) of `program`, with its
     chip-to-chip `transfers` (default: the program's own)."""
     machine = program.machine
-    analysis = analyze(program.module, machine)
+    facts = describe(program.module, machine)
+    details = {ins.op.label(): ins for ins in facts.instructions}
     if events is None:
-        events = _events(analysis)
-    transfers = transfers_of(program) if transfers is None else tuple(transfers)
+        events = _events(facts)
+    transfers = transfers_of(program, facts) if transfers is None else tuple(transfers)
     clock = Fraction(machine.clock_mhz).limit_denominator(10**6)
 
     def us(cycle: int) -> float:  # cycles -> microseconds, on a whole-nanosecond grid
         return round(cycle * 1000 / clock) / 1000
 
-    chips = sorted({0} | {analysis.details[e.instruction].chip for e in events if e.instruction in analysis.details}
+    chips = sorted({0} | {details[e.instruction].chip for e in events if e.instruction in details}
                    | {t.src_chip for t in transfers} | {t.dst_chip for t in transfers})
     unit_tids = {}
     counts = units(machine)
@@ -248,7 +151,7 @@ def chrome_trace(program: Program, events: Sequence[TraceEvent] | None = None, *
             track(chip, tid, unit)
     rp, wp = machine.sram.read_ports, machine.sram.write_ports
     for e in events:
-        d = analysis.details.get(e.instruction)
+        d = details.get(e.instruction)
         if d is None:
             raise LpucError(f"trace: {e.instruction} is not an instruction of @{program.module.name}")
         tid = unit_tids.get(e.unit)
@@ -263,17 +166,17 @@ def chrome_trace(program: Program, events: Sequence[TraceEvent] | None = None, *
             "args": {
                 "instruction": e.instruction, "unit": e.unit, "cycle": e.start,
                 "occupancy": e.end - e.start, "latency": e.land - e.start, "lands": e.land,
-                "operands": [f"%{n}" for n in d.operands], "results": [f"%{n}" for n in d.results],
-                "operand_extents": [[list(x) for x in r] for r in d.reads],
-                "result_extents": [[list(x) for x in w] for w in d.writes],
+                "operands": [f"%{v.name}" for v in d.op.operands], "results": [f"%{r.name}" for r in d.op.results],
+                "operand_extents": [[list(x) for x in r] for r in d.operand_extents()],
+                "result_extents": [[list(x) for x in w] for w in d.writes or [()] * len(d.op.results)],
             }})
-        for s, n in d.port_reads:
+        for s, n in d.cost.reads:
             held = -(-n // rp)
             pid, tid = track(d.chip, PORT_TID + 2 * s, f"slice {s} read")
             body.append({"ph": "X", "cat": "sram.read", "name": e.op, "pid": pid, "tid": tid, "ts": ts,
                          "dur": round(us(e.start + held) - ts, 3),
                          "args": {"instruction": e.instruction, "slice": s, "words": n, "cycle": e.start}})
-        for s, n in d.port_writes:
+        for s, n in d.cost.writes:
             held = -(-n // wp)
             pid, tid = track(d.chip, PORT_TID + 2 * s + 1, f"slice {s} write")
             t0 = us(e.land - held)
@@ -292,7 +195,7 @@ def chrome_trace(program: Program, events: Sequence[TraceEvent] | None = None, *
         body.append({"ph": "X", "cat": "link", "name": t.name, "pid": dst[0], "tid": dst[1], "ts": us(recv),
                      "dur": round(us(t.land) - us(recv), 3), "args": args})
         body += flow_pair(k + 1, t.name, "transfer", (*src, us(t.start)), (*dst, us(recv)))
-    body += _sram_counters(analysis, events, machine.sram.word_bytes, us, per_slice)
+    body += _sram_counters(facts, us, per_slice)
 
     for chip in chips:
         pid = chip + 1
@@ -317,48 +220,17 @@ def chrome_trace(program: Program, events: Sequence[TraceEvent] | None = None, *
     }
 
 
-def _sram_counters(analysis: Analysis, events: Sequence[TraceEvent], word_bytes: int, us, per_slice: bool):
-    """Bytes live per chip (and per slice) over time: a value from landing until its last read ends."""
-    by_label = {e.instruction: e for e in events}
-    cycles = max([e.land for e in events], default=0)
-    land: dict[int, int] = {}
-    end: dict[int, int] = defaultdict(int)
-    for label, d in analysis.details.items():
-        e = by_label.get(label)
-        if e is None:
-            continue
-        for b in d.write_bases:
-            land[b] = e.land
-        for b in d.read_bases:
-            end[b] = max(end[b], e.end)
-    deltas: dict[tuple, list[tuple[int, int]]] = defaultdict(list)  # (chip, slice | None) -> [(t, words)]
-    for b, base in enumerate(analysis.bases):
-        if base.constant:
-            t0, t1 = 0, max(cycles, 1)
-        elif b in land:
-            t0 = land[b]
-            t1 = max(end[b], t0 + 1)
-        else:
-            continue
-        n = sum(k for _, _, k in base.extents)
-        deltas[base.chip, None] += [(t0, n), (t1, -n)]
-        if per_slice:
-            per: dict[int, int] = defaultdict(int)
-            for s, _, k in base.extents:
-                per[s] += k
-            for s, k in per.items():
-                deltas[base.chip, s] += [(t0, k), (t1, -k)]
+def _sram_counters(facts: Facts, us, per_slice: bool):
+    """Bytes live per chip (and per slice) over time: the SRAM live curve (ir.schedule_facts)."""
     counters = []
-    for (chip, s), ds in sorted(deltas.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
+    curves = facts.sram_live()
+    for (chip, s), curve in sorted(curves.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
+        if s is not None and not per_slice:
+            continue
         name = "SRAM live" if s is None else f"SRAM slice {s}"
-        totals: dict[int, int] = defaultdict(int)
-        for t, d in ds:
-            totals[t] += d
-        live = 0
-        for t in sorted(totals):
-            live += totals[t]
+        for t, live in curve:
             counters.append({"ph": "C", "name": name, "pid": chip + 1, "tid": 0, "ts": us(t),
-                             "args": {"bytes": live * word_bytes}})
+                             "args": {"bytes": live * facts.machine.sram.word_bytes}})
     return counters
 
 

@@ -21,62 +21,17 @@ from __future__ import annotations
 
 import math
 from bisect import insort
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..ir import machine_ops as mo
 from ..ir import LpucError, Module
-from ..ir.layout import Extent, view_extents, words
+from ..ir.layout import Extent, words
 from ..ir.machine import Machine
-from ..ir.registry import HOST, LINK, OPS, PLANE, SRAM
-
-VIEW = "view"
-
-
-def storage(module: Module) -> dict[str, str]:
-    """Where each value lives, as its op's definition declares: host, sram, plane (an installed weight),
-    link (a transfer in flight), or view (names words of SRAM values)."""
-    where = {v.name: HOST for v in module.inputs}
-    for op in module.ops:
-        opdef = OPS[op.name]
-        kind = VIEW if opdef.view else opdef.result_place
-        for r in op.results:
-            where[r.name] = kind
-    return where
-
-
-def view_bases(module: Module) -> dict[str, tuple[str, ...]]:
-    """For every SRAM or view value: the SRAM values whose words it names (in program order)."""
-    where = storage(module)
-    order: dict[str, int] = {}
-    bases: dict[str, tuple[str, ...]] = {}
-    for i, op in enumerate(module.ops):
-        for r in op.results:
-            order[r.name] = i
-            if where[r.name] == SRAM:
-                bases[r.name] = (r.name,)
-            elif where[r.name] == VIEW:
-                found = {b for v in op.operands for b in bases[v.name]}
-                bases[r.name] = tuple(sorted(found, key=lambda b: (order[b], b)))
-    return bases
-
+from ..ir.registry import SRAM
+from ..ir.schedule_facts import places, view_bases
 
 class DoesNotFit(LpucError):
     """A module needs more SRAM than a chip has."""
-
-
-def is_instruction(op_name: str) -> bool:
-    return mo.unit_class(op_name) is not None
-
-
-def operand_extents(module: Module, extents: Mapping[str, tuple[Extent, ...]]) -> dict[str, tuple[Extent, ...]]:
-    """Extents of every SRAM and view value, from those of the SRAM values."""
-    out = dict(extents)
-    for op in module.ops:
-        if mo.is_view(op.name):
-            out[op.result.name] = view_extents(op.name, op.attrs, [v.type for v in op.operands],
-                                               [out[v.name] for v in op.operands])
-    return out
 
 
 @dataclass(frozen=True)
@@ -157,10 +112,10 @@ class Allocate:
 
 def _live_ranges(module: Module) -> tuple[dict[str, int], dict[str, int]]:
     """Definition index and last-reader index of every SRAM value (program order)."""
-    where, bases = storage(module), view_bases(module)
+    where, bases = places(module), view_bases(module)
     first, last = {}, {}
     for i, op in enumerate(module.ops):
-        if is_instruction(op.name):
+        if mo.unit_class(op.name) is not None:  # an instruction reads
             for v in op.operands:
                 for b in bases.get(v.name, ()):
                     last[b] = i
@@ -173,7 +128,7 @@ def _live_ranges(module: Module) -> tuple[dict[str, int], dict[str, int]]:
 
 def plan_allocation(module: Module, machine: Machine, stripes: int | None = None) -> Allocation:
     sram = machine.sram
-    where = storage(module)
+    where = places(module)
     first, last = _live_ranges(module)
     types, chip = {}, {}
     for op in module.ops:
@@ -266,5 +221,4 @@ def apply_allocation(module: Module, allocation: Allocation) -> Module:
     return module.replace(ops=tuple(ops))
 
 
-__all__ = ["Allocate", "Allocation", "apply_allocation", "is_instruction", "operand_extents", "plan_allocation",
-           "storage", "view_bases"]
+__all__ = ["Allocate", "Allocation", "apply_allocation", "plan_allocation"]

@@ -24,10 +24,11 @@ from ..ir import LpucError
 from ..ir.evaluator import evaluate
 from ..ir.files import atomic_write, read_npz, write_module, write_npz
 from ..ir.printer import print_module
+from ..ir.schedule_facts import describe
 
 from ..backends import interpreter
-from ..backends.lpu import read_lpu, schedule_sha256, write_lpu
-from ..ir.machine import DEFAULT_MACHINE, load_machine
+from ..backends.lpu import build_program, program_bytes, read_lpu, schedule_sha256, sha256
+from ..ir.machine import DEFAULT_MACHINE
 
 from .driver import compile_model, compile_program, load_model, lpu_options, max_relative_error, read_ir
 from .inputs import random_inputs
@@ -219,12 +220,16 @@ def cmd_compile(args) -> int:
     progress = None if args.json else _after_seconds(2.0)
     module, summary, machine_text = compile_model(args.model, args.machine, options, dict(args.shape),
                                                   progress=progress)
-    sha = write_lpu(args.output, module, machine_text, lpu_options(options, summary.chips), summary.facts(),
-                    weights=not args.no_weights)
+    program = build_program(module, machine_text, lpu_options(options, summary.chips), summary.facts(),
+                            weights=not args.no_weights)
+    data = program_bytes(program)
+    atomic_write(args.output, data)
+    sha = sha256(data)
     seconds = time.perf_counter() - start
-    # The SRAM peak over time, as `lpuc run` will measure it; the allocator's peak (its
-    # footprint in program order) is reported beside it.
-    stats = interpreter.schedule_stats(module, load_machine(args.machine))
+    # The SRAM peak over time (the schedule's live curve), as `lpuc run` will measure it; the
+    # allocator's peak (its footprint in program order) is reported beside it.
+    sram_peak_bytes = max(describe(module, program.machine).sram_peak_words().values(), default=0) \
+        * program.machine.sram.word_bytes
     report = {
         "output": str(args.output), "machine": summary.machine, "chips": summary.chips,
         "partition": summary.partition, "scheduler": options.scheduler,
@@ -232,7 +237,7 @@ def cmd_compile(args) -> int:
         "bound": summary.bound,
         "latency_us": round(summary.microseconds, 3), "instructions": summary.instructions,
         "transfers": summary.transfers,
-        "sram_peak_bytes": stats.sram_peak_bytes, "sram_allocated_bytes": summary.sram_peak_bytes,
+        "sram_peak_bytes": sram_peak_bytes, "sram_allocated_bytes": summary.sram_peak_bytes,
         "sram_image_bytes": summary.sram_image_bytes, "weights": not args.no_weights,
         "solver_status": summary.solver_status, "solve_seconds": round(summary.solve_seconds, 3),
         "list_cycles": summary.list_cycles,
@@ -252,9 +257,9 @@ def cmd_compile(args) -> int:
                       f"{summary.list_cycles:,} cycles")] if options.scheduler == "cpsat" else []),
         ("instructions", f"{summary.instructions:,}" + (f"  ({summary.transfers:,} chip-to-chip transfers)"
                                                         if summary.chips > 1 else "")),
-        ("SRAM peak", f"{_mib(stats.sram_peak_bytes)}  (allocated {_mib(summary.sram_peak_bytes)}, "
+        ("SRAM peak", f"{_mib(sram_peak_bytes)}  (allocated {_mib(summary.sram_peak_bytes)}, "
                       f"of which weights and constants {_mib(summary.sram_image_bytes)})" if summary.chips == 1 else
-                      f"{_mib(stats.sram_peak_bytes)} on the fullest chip  (allocated "
+                      f"{_mib(sram_peak_bytes)} on the fullest chip  (allocated "
                       f"{_mib(summary.sram_peak_bytes)}; weights and constants {_mib(summary.sram_image_bytes)} "
                       "on all chips)"),
     ]

@@ -2,8 +2,9 @@
 warm-started from the list schedule, never worse than it, with the solver's
 proven lower bound.
 
-The model (../shared/DESIGN.md, "Scheduling"), over the dependences and costs
-the list scheduler derives (`schedule_list.analyze`):
+The model (../shared/DESIGN.md, "Scheduling"), over the instructions, costs and
+holds of ir.schedule_facts and the dependences the list scheduler derives from
+them (`schedule_list.analyze`):
   - one start variable per instruction;
   - precedence: c_j >= c_i + d for every read-after-write, write-after-read and
     transfer-arrival edge;
@@ -52,8 +53,7 @@ from ..ir import Module
 from ..ir.costs import units
 from ..ir.machine import Machine
 
-from .schedule_list import (ListScheduler, Program, ScheduleResult, analyze, list_schedule, port_and_link_windows,
-                            schedule_result)
+from .schedule_list import ListScheduler, Program, ScheduleResult, analyze, list_schedule, schedule_result
 
 STATUS = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible", cp_model.INFEASIBLE: "infeasible",
           cp_model.MODEL_INVALID: "invalid", cp_model.UNKNOWN: "unknown"}
@@ -115,7 +115,7 @@ def _uses(program: Program, machine: Machine) -> tuple[list[_Use], dict[tuple, i
         if ins.streams:
             uses.append(_Use((chip, "streams"), i, 0, i, c.latency, ins.streams))
             capacity[(chip, "streams")] = n_streams
-        for key, off, length in port_and_link_windows(ins, machine):
+        for key, off, length in ins.holds(machine):
             uses.append(_Use(key, i, off, i, off + length))
             capacity[key] = 1
     return uses, capacity

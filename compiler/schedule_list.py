@@ -40,31 +40,18 @@ import numpy as np
 
 from ..ir import machine_ops as mo
 from ..ir import Module
-from ..ir.costs import Cost, cost, link_windows, units
-from ..ir.layout import Extent, sub_extents, words
+from ..ir.costs import units
 from ..ir.machine import Machine
-from ..ir.registry import OPS
-from ..ir.topology import network
-
-from .allocate import LINK, PLANE, SRAM, VIEW, operand_extents, storage, view_bases
+from ..ir.registry import LINK, PLANE
+from ..ir.schedule_facts import Facts, Instruction, describe, view_bases
 
 
-# --- the instructions, their costs and dependences ------------------------------
-
-@dataclass(frozen=True)
-class Instruction:
-    index: int                       # program order
-    unit_class: str
-    cost: Cost
-    streams: int                     # registers held: one per SRAM operand and result
-    chip: int = 0
-    fixed_unit: int | None = None    # tx / rx: the port the route fixes
-    links: tuple[tuple[int, int, int, int], ...] = ()  # a send's link holds: (chip, port, offset, length)
-
+# --- the instructions and their dependences ---------------------------------------
 
 @dataclass(frozen=True)
 class Program:
-    """What the scheduler needs of an allocated module."""
+    """What the scheduler needs of an allocated module: its instructions (ir.schedule_facts) and the
+    dependences between them."""
 
     instructions: tuple[Instruction, ...]
     preds: tuple[tuple[tuple[int, int], ...], ...]  # per op index: (pred op index, delay): c >= c_pred + delay
@@ -72,55 +59,21 @@ class Program:
     install_of: tuple[tuple[int, int], ...]         # (matmul index, install index)
 
 
-def _split_out(op, where) -> list[tuple[Extent, ...]]:
-    """The `out` extents of each SRAM result, in result order."""
-    out, pos, parts = op.attrs.get("out", ()), 0, []
-    for r in op.results:
-        if where[r.name] == SRAM:
-            n = words(r.type)
-            parts.append(sub_extents(out, pos, n))
-            pos += n
-    return parts
-
-
-def analyze(module: Module, machine: Machine) -> Program:
-    where, bases = storage(module), view_bases(module)
+def analyze(module: Module, machine: Machine, facts: Facts | None = None) -> Program:
+    """`facts`: the module's description, when the caller has it already."""
+    facts = facts or describe(module, machine)
+    where, bases = facts.places, view_bases(module)
     ops = module.ops
     producer = {r.name: i for i, op in enumerate(ops) for r in op.results}
-    results_out = {}
-    for op in ops:
-        if not mo.is_view(op.name):
-            for r, ext in zip([r for r in op.results if where[r.name] == SRAM], _split_out(op, where)):
-                results_out[r.name] = ext
-    extents = operand_extents(module, results_out)
-
-    chips = module.attrs.get("chips", 1)
-    net = network(machine, chips) if chips > 1 else None
-    instrs, install_of = [], []
+    results_out = {b.name: b.extents for b in facts.bases}
+    costs = {ins.index: ins.cost for ins in facts.instructions}
+    install_of = []
     readers: dict[str, list[int]] = {}        # SRAM value -> instructions reading it (directly or via views)
     preds: list[list[tuple[int, int]]] = [[] for _ in ops]
     raw: list[list[tuple[int, int]]] = [[] for _ in ops]
-    costs: dict[int, Cost] = {}
-    for i, op in enumerate(ops):
-        cls = mo.unit_class(op.name)
-        if cls is None:
-            continue
-        sram_operands = [v for v in op.operands if where[v.name] in (SRAM, VIEW)]
-        reads = [extents[v.name] for v in sram_operands]
-        writes = [results_out[r.name] for r in op.results if where[r.name] == SRAM]
-        c = cost(op, machine, reads, writes)
-        costs[i] = c
-        chip, fixed, links = mo.chip_of(op), None, ()
-        if OPS[op.name].result_place == LINK:  # a send: its route fixes its port and its links
-            route = op.attrs["route"]
-            fixed = route[0]
-            links = tuple((ch, port, off, length) for (ch, port), (_, off, length)
-                          in zip(net.hops(chip, route), link_windows(op, machine, c.occupancy)))
-        elif LINK in OPS[op.name].places:  # a receive: its port is where the route ends
-            send = ops[producer[op.operands[0].name]]
-            fixed = net.destination(mo.chip_of(send), send.attrs["route"])[1]
-        instrs.append(Instruction(i, cls, c, len(reads) + len(writes), chip, fixed, links))
-        for v in op.operands:
+    for ins in facts.instructions:
+        i = ins.index
+        for v in ins.op.operands:
             if where[v.name] in (PLANE, LINK):
                 if where[v.name] == PLANE:
                     install_of.append((i, producer[v.name]))
@@ -168,7 +121,8 @@ def analyze(module: Module, machine: Machine) -> Program:
             best[p] = max(best.get(p, d), d)
         return tuple(sorted(best.items()))
 
-    return Program(tuple(instrs), tuple(tidy(e) for e in preds), tuple(tidy(e) for e in raw), tuple(install_of))
+    return Program(facts.instructions, tuple(tidy(e) for e in preds), tuple(tidy(e) for e in raw),
+                   tuple(install_of))
 
 
 # --- resource tables ----------------------------------------------------------
@@ -217,18 +171,6 @@ class _Busy:
             self.ends.insert(i, end)
 
 
-def port_and_link_windows(ins: Instruction, machine: Machine) -> list[tuple[tuple[str, int, int], int, int]]:
-    """The exclusive windows an instruction holds, as ((kind, chip, slice or port), offset from issue, length):
-    each slice's read port while its words stream out, each slice's write port while its results land,
-    and each link direction a send's route takes."""
-    c = ins.cost
-    rp, wp = machine.sram.read_ports, machine.sram.write_ports
-    out = [(("read", ins.chip, s), 0, -(-n // rp)) for s, n in c.reads]
-    out += [(("write", ins.chip, s), c.latency - -(-n // wp), -(-n // wp)) for s, n in c.writes]
-    out += [(("link", ch, port), off, length) for ch, port, off, length in ins.links]
-    return out
-
-
 class _Chip:
     """One chip's resources."""
 
@@ -255,7 +197,7 @@ class _Resources:
         Reversed time mirrors every window: [off, off+len) -> [lat-off-len, lat-off)."""
         c, chip = ins.cost, self.chip(ins.chip)
         out = []
-        for (kind, ch, k), off, length in port_and_link_windows(ins, self.machine):
+        for (kind, ch, k), off, length in ins.holds(self.machine):
             busy = (chip.read[k] if kind == "read" else chip.write[k] if kind == "write"
                     else self.links.setdefault((ch, k), _Busy()))
             out.append((busy, off, length))
@@ -586,4 +528,4 @@ def apply_schedule(module: Module, result: ScheduleResult) -> Module:
 
 
 __all__ = ["ListScheduler", "Placement", "Program", "ScheduleResult", "analyze", "apply_schedule",
-           "list_schedule", "lower_bounds", "port_and_link_windows", "schedule_result"]
+           "list_schedule", "lower_bounds", "schedule_result"]

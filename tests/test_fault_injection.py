@@ -1,5 +1,5 @@
 """Fault injection: perturb valid compiled programs by ONE change each, prove in
-the test (from ir.costs and the operand / result extents, not from the
+the test (from the program's description, ir.schedule_facts, not from the
 interpreter) which rule of docs/machine-ir.md the change breaks, and check that
 the interpreter reports that hazard, naming the right instruction and resource.
 
@@ -31,12 +31,12 @@ import pytest
 
 from lpuc.backends.interpreter import find_hazards
 from lpuc.backends.lpu import build_program
-from lpuc.ir import machine_ops as mo
 from lpuc.ir.attributes import AttrDict
 from lpuc.ir.core import Module, Op
 from lpuc.ir.costs import cost
-from lpuc.ir.layout import sub_extents, view_extents, words
+from lpuc.ir.layout import sub_extents, words
 from lpuc.ir.machine import parse_machine
+from lpuc.ir.schedule_facts import describe
 
 from helpers import compiled_sample
 
@@ -44,7 +44,7 @@ SAMPLE_NAMES = ("gpt2_prefill", "llama_decode", "gemma_prefill", "bert_prefill",
 CASES_PER_SAMPLE = {"raw": 6, "unit": 4, "read_port": 3, "write_port": 3, "clobber": 4, "war": 2, "constant": 2}
 
 
-# --- an independent timing model of a scheduled program ------------------------------
+# --- the timing of a scheduled program, as the cases need it ------------------------------
 
 @dataclass
 class Ins:
@@ -79,40 +79,23 @@ class Base:
 
 
 class Timing:
+    """What the cases need of a scheduled program: its description (ir.schedule_facts), by op index and
+    by the name of each value owning SRAM words."""
+
     def __init__(self, module: Module, machine):
         self.module, self.machine = module, machine
+        facts = describe(module, machine)
         self.ins: dict[int, Ins] = {}
         self.bases: dict[str, Base] = {}
-        segs: dict[str, tuple] = {}          # SRAM value -> ((slice, word, words, base), ...)
-        for idx, op in enumerate(module.ops):
-            if mo.is_view(op.name):
-                # the layout's rule on extents whose "slice" is the index of the segment it came from
-                flat, fake = [], []
-                for v in op.operands:
-                    fake.append(tuple((len(flat) + i, w, n) for i, (_, w, n, _) in enumerate(segs[v.name])))
-                    flat += segs[v.name]
-                ext = view_extents(op.name, op.attrs, [v.type for v in op.operands], fake)
-                segs[op.result.name] = tuple((flat[k][0], w, n, flat[k][3]) for k, w, n in ext)
-                continue
-            out = op.attrs.get("out") or ()
-            sram_results = [] if op.name in ("mxm.install", "host.output") else list(op.results)
-            writes, pos = [], 0
-            for r in sram_results:
-                writes.append(sub_extents(out, pos, words(r.type)))
-                pos += words(r.type)
-            if op.name == "mem.constant":
-                self.bases[op.result.name] = Base(op.result.name, None, 0, writes[0])
-                segs[op.result.name] = tuple((s, w, n, op.result.name) for s, w, n in writes[0])
-                continue
-            reads = [segs[v.name] for i, v in enumerate(op.operands)
-                     if v.name in segs and op.name != "host.input" and not (op.name == "mxm.matmul" and i == 1)]
-            c = cost(op, machine, [[x[:3] for x in r] for r in reads], writes)
-            ins = Ins(idx, op, op.attrs["cycle"], op.attrs["unit"], c.occupancy, c.latency, reads, writes,
-                      c.reads, c.writes)
-            self.ins[idx] = ins
-            for r, ext in zip(sram_results, writes):
-                self.bases[r.name] = Base(r.name, idx, ins.land, ext)
-                segs[r.name] = tuple((s, w, n, r.name) for s, w, n in ext)
+        name = [b.name for b in facts.bases]
+        for f in facts.instructions:
+            reads = [[(s, w, n, name[b]) for s, w, n, b in segs] for segs in f.reads]
+            self.ins[f.index] = Ins(f.index, f.op, f.cycle, f.op.attrs["unit"], f.cost.occupancy, f.cost.latency,
+                                    reads, list(f.writes), f.cost.reads, f.cost.writes)
+        for b in facts.bases:
+            producer = None if b.constant else b.producer
+            land = 0 if producer is None else self.ins[producer].land
+            self.bases[b.name] = Base(b.name, producer, land, b.extents)
         for ins in self.ins.values():
             for rs in ins.reads:
                 for s, w, n, b in rs:

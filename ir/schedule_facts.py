@@ -1,0 +1,274 @@
+"""One description of a machine-level program: what each instruction reads,
+writes, costs and holds, and, once it is scheduled, when.
+
+`describe(module, machine)` derives it once; every consumer reads it: both
+schedulers and their bounds (compiler.schedule_list, compiler.schedule_cpsat),
+the allocator (`places`, `view_bases`), the trace, the report, the `.lpu`
+manifest's cycles and `lpuc compile`'s statistics. The interpreter derives
+the same facts on its own, as the independent checker it is
+(tests/test_schedule_facts.py checks that the two agree on every sample).
+
+- places: where each value lives, as its op's definition declares (ir.registry);
+- words: per SRAM or view value, the words it names as segments
+  (slice, first word, words, base id), views resolved (ir.layout.view_extents)
+  to the words of the values owning them (`Base`: an instruction's result or a
+  constant of the SRAM image);
+- per instruction (`Instruction`): its reads (per SRAM operand), writes (per
+  SRAM result, its `out` extents), its cost (ir.costs.cost of exactly those
+  words), the stream registers it needs, and what it holds (`holds`: each
+  slice's read port while its words stream out, each slice's write port while
+  its results land, each link direction of a send's route; besides its unit
+  instance for its occupancy and its stream registers for its latency);
+- scheduled: each instruction's cycle (its `cycle` attribute), the program's
+  length (the largest cycle + latency) and the SRAM live curve (a value holds
+  its words from landing until its last read ends; constants throughout).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+
+from . import machine_ops as mo
+from .core import Module, Op
+from .costs import Cost, cost, link_windows
+from .errors import LpucError
+from .layout import Extent, sub_extents, view_extents, words
+from .machine import Machine
+from .registry import HOST, LINK, OPS, SRAM
+from .topology import Network, network
+
+VIEW = "view"  # the place of a view's result: it names words of SRAM values
+Segment = tuple[int, int, int, int]  # (slice, first word, words, base id)
+Hold = tuple[tuple[str, int, int], int, int]  # ((read / write / link, chip, slice or port), offset, length)
+
+
+def places(module: Module) -> dict[str, str]:
+    """Where each value lives: host (model inputs, host.output results), sram, plane (an installed
+    weight), link (a transfer in flight) or view."""
+    where = {v.name: HOST for v in module.inputs}
+    for op in module.ops:
+        opdef = OPS[op.name]
+        kind = VIEW if opdef.view else opdef.result_place
+        for r in op.results:
+            where[r.name] = kind
+    return where
+
+
+def view_bases(module: Module) -> dict[str, tuple[str, ...]]:
+    """For every SRAM or view value: the SRAM values whose words it may name (a view: all those of its
+    operands), in program order. Liveness and dependences go by these."""
+    where = places(module)
+    order: dict[str, int] = {}
+    bases: dict[str, tuple[str, ...]] = {}
+    for i, op in enumerate(module.ops):
+        for r in op.results:
+            order[r.name] = i
+            if where[r.name] == SRAM:
+                bases[r.name] = (r.name,)
+            elif where[r.name] == VIEW:
+                found = {b for v in op.operands for b in bases[v.name]}
+                bases[r.name] = tuple(sorted(found, key=lambda b: (order[b], b)))
+    return bases
+
+
+@dataclass(frozen=True)
+class Base:
+    """A value owning SRAM words: an instruction's result, or a constant (in the SRAM image)."""
+    name: str
+    chip: int
+    extents: tuple[Extent, ...]
+    producer: int  # the producing instruction's op index; -1 for a constant
+
+    @property
+    def constant(self) -> bool:
+        return self.producer < 0
+
+    @property
+    def words(self) -> int:
+        return sum(n for _, _, n in self.extents)
+
+
+@dataclass(frozen=True)
+class Instruction:
+    index: int                                   # op index (program order)
+    op: Op
+    unit_class: str
+    chip: int
+    reads: tuple[tuple[Segment, ...], ...]       # per SRAM operand, in operand order: the words it reads
+    writes: tuple[tuple[Extent, ...], ...]       # per SRAM result, in result order: its `out` extents
+    write_bases: tuple[int, ...]                 # the Base of each SRAM result
+    cost: Cost                                   # ir.costs.cost of exactly these reads and writes
+    fixed_unit: int | None = None                # tx / rx: the port its route fixes
+    links: tuple[tuple[int, int, int, int], ...] = ()  # a send: (chip, port, offset, length) per hop
+
+    @property
+    def streams(self) -> int:
+        """Stream registers it needs: one per SRAM operand and result."""
+        return len(self.reads) + len(self.writes)
+
+    @property
+    def cycle(self) -> int | None:
+        return self.op.attrs.get("cycle")
+
+    @property
+    def land(self) -> int:
+        return self.op.attrs["cycle"] + self.cost.latency
+
+    @property
+    def read_bases(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(b for segs in self.reads for *_, b in segs))
+
+    def operand_extents(self) -> tuple[tuple[Extent, ...], ...]:
+        """Per operand (SRAM or not, in order): the extents it reads (() when not in SRAM)."""
+        reads, opdef = iter(self.reads), OPS[self.op.name]
+        return tuple(tuple(s[:3] for s in next(reads)) if opdef.operand_place(k) == SRAM else ()
+                     for k in range(len(self.op.operands)))
+
+    def holds(self, machine: Machine) -> list[Hold]:
+        """The exclusive windows it holds, as ((kind, chip, slice or port), offset from issue, length):
+        each slice's read port while its words stream out, each slice's write port while its results land
+        (ending at its latency), and each link direction its route takes."""
+        c = self.cost
+        rp, wp = machine.sram.read_ports, machine.sram.write_ports
+        out = [(("read", self.chip, s), 0, -(-n // rp)) for s, n in c.reads]
+        out += [(("write", self.chip, s), c.latency - -(-n // wp), -(-n // wp)) for s, n in c.writes]
+        out += [(("link", ch, port), off, length) for ch, port, off, length in self.links]
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class Facts:
+    module: Module
+    machine: Machine
+    places: Mapping[str, str]
+    words: Mapping[str, tuple[Segment, ...]]   # every SRAM and view value
+    bases: tuple[Base, ...]
+    instructions: tuple[Instruction, ...]      # in program order
+
+    @cached_property
+    def by_index(self) -> dict[int, Instruction]:
+        return {ins.index: ins for ins in self.instructions}
+
+    @cached_property
+    def scheduled(self) -> tuple[Instruction, ...]:
+        """The instructions with a cycle."""
+        return tuple(ins for ins in self.instructions if ins.cycle is not None)
+
+    @cached_property
+    def length(self) -> int:
+        """The program's length in cycles: the largest cycle + latency."""
+        return max((ins.land for ins in self.scheduled), default=0)
+
+    def live(self) -> list[tuple[Base, int, int]]:
+        """Each value owning words with the cycles [start, end) it holds them: a constant for the whole
+        program, a result from landing until its last read ends (at least one cycle)."""
+        end: dict[int, int] = defaultdict(int)
+        for ins in self.scheduled:
+            for b in ins.read_bases:
+                end[b] = max(end[b], ins.cycle + ins.cost.occupancy)
+        out = []
+        for b, base in enumerate(self.bases):
+            if base.constant:
+                out.append((base, 0, max(self.length, 1)))
+            elif self.by_index[base.producer].cycle is not None:
+                land = self.by_index[base.producer].land
+                out.append((base, land, max(end[b], land + 1)))
+        return out
+
+    def sram_live(self) -> dict[tuple[int, int | None], list[tuple[int, int]]]:
+        """The SRAM live curve: (chip, slice, or None for the whole chip) -> [(cycle, words live from that
+        cycle on)], at every cycle where a value lands or is freed (the level may stay the same)."""
+        deltas: dict[tuple[int, int | None], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+        for base, start, end in self.live():
+            for s, _, n in base.extents:
+                for key in ((base.chip, None), (base.chip, s)):
+                    deltas[key][start] += n
+                    deltas[key][end] -= n
+        curves = {}
+        for key, d in deltas.items():
+            level, curve = 0, []
+            for t in sorted(d):
+                level += d[t]
+                curve.append((t, level))
+            curves[key] = curve
+        return curves
+
+    def sram_peak_words(self) -> dict[int, int]:
+        """chip -> the most words live at once."""
+        peaks = {chip: max((level for _, level in curve), default=0)
+                 for (chip, s), curve in self.sram_live().items() if s is None}
+        return dict(sorted(peaks.items()))
+
+
+def describe(module: Module, machine: Machine, net: Network | None = None) -> Facts:
+    """The facts of an allocated (and possibly scheduled) machine-level module. `net`: the module's
+    chip-to-chip network, when the caller has it (else built when a transfer needs it)."""
+    where = places(module)
+    segments: dict[str, tuple[Segment, ...]] = {}
+    producer: dict[str, int] = {}
+    bases: list[Base] = []
+    instructions: list[Instruction] = []
+
+    def the_network() -> Network:
+        nonlocal net
+        if net is None:
+            net = network(machine, module.attrs.get("chips", 1))
+        return net
+
+    for i, op in enumerate(module.ops):
+        if not mo.is_machine_op(op.name):
+            raise LpucError(f"{op.label()}: {op.name} is not a machine instruction (not a scheduled program)")
+        opdef, chip = OPS[op.name], mo.chip_of(op)
+        for r in op.results:
+            producer[r.name] = i
+        if opdef.view:
+            segments[op.result.name] = _view_words(op, segments)
+            continue
+        writes, write_bases = [], []
+        if opdef.result_place == SRAM:
+            out, pos = tuple(op.attrs.get("out") or ()), 0
+            for r in op.results:
+                ext = sub_extents(out, pos, words(r.type))
+                pos += words(r.type)
+                write_bases.append(len(bases))
+                bases.append(Base(r.name, chip, ext, i if opdef.unit else -1))
+                segments[r.name] = tuple((s, w, n, write_bases[-1]) for s, w, n in ext)
+                writes.append(ext)
+        if opdef.unit is None:  # a constant: in the SRAM image, no instruction
+            continue
+        reads = tuple(segments.get(v.name, ()) for k, v in enumerate(op.operands) if opdef.operand_place(k) == SRAM)
+        c = cost(op, machine, [[seg[:3] for seg in segs] for segs in reads], writes)
+        fixed, links = None, ()
+        if opdef.result_place == LINK:  # a send: its route fixes its port and the links it holds
+            route = op.attrs["route"]
+            fixed = route[0]
+            try:
+                hops = the_network().hops(chip, route)
+            except LpucError:  # a port with no cable (the interpreter reports it): no link is held
+                hops = []
+            links = tuple((ch, port, off, length) for (ch, port), (_, off, length)
+                          in zip(hops, link_windows(op, machine, c.occupancy)))
+        elif LINK in opdef.places:  # a receive: on the port where its send's route arrives
+            send = module.ops[producer[op.operands[opdef.places.index(LINK)].name]]
+            try:
+                fixed = the_network().destination(mo.chip_of(send), send.attrs["route"])[1]
+            except LpucError:
+                fixed = None
+        instructions.append(Instruction(i, op, opdef.unit, chip, reads, tuple(writes), tuple(write_bases), c,
+                                        fixed, links))
+    return Facts(module, machine, where, segments, tuple(bases), tuple(instructions))
+
+
+def _view_words(op: Op, segments: Mapping[str, tuple[Segment, ...]]) -> tuple[Segment, ...]:
+    """The words a view names: the layout's rule, on extents whose "slice" is the index of the segment it
+    came from (so each word finds its owner again)."""
+    flat, per_operand = [], []
+    for v in op.operands:
+        segs = segments.get(v.name, ())
+        per_operand.append(tuple((len(flat) + k, w, n) for k, (_, w, n, _) in enumerate(segs)))
+        flat += segs
+    ext = view_extents(op.name, op.attrs, [v.type for v in op.operands], per_operand)
+    return tuple((flat[k][0], w, n, flat[k][3]) for k, w, n in ext)

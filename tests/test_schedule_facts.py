@@ -1,0 +1,88 @@
+"""The one description of a scheduled program (ir.schedule_facts) against the
+interpreter's own derivation of the same facts, on every sample at 1 and 4
+chips: per instruction its unit class, reads, writes, cost, port and link
+holds, stream registers; the program's length; the SRAM peak of every chip.
+And a machine whose link is faster than a slice port: a transfer's window is
+the one the interpreter times (its words are read out of SRAM no faster than
+the ports allow)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pytest
+
+from lpuc.backends.interpreter import _Plan, run, schedule_stats
+from lpuc.backends.lpu import build_program
+from lpuc.backends.trace import transfers_of
+from lpuc.compiler.driver import compile_model
+from lpuc.compiler.pipeline import CompileOptions
+from lpuc.ir.costs import cost, link_windows
+from lpuc.ir.machine import SHIPPED
+from lpuc.ir.schedule_facts import describe
+
+from helpers import SAMPLES, compiled_sample
+
+NAMES = sorted(p.stem for p in SAMPLES.glob("*.onnx"))
+TSP = (SHIPPED / "tsp-v1.toml").read_text()
+
+
+@lru_cache(maxsize=None)
+def program(name: str, chips: int):
+    if chips == 1:
+        module, summary, text = compiled_sample(name)
+    else:  # the list scheduler: the facts do not depend on who placed the instructions
+        module, summary, text = compile_model(SAMPLES / f"{name}.onnx",
+                                              options=CompileOptions(chips=chips, scheduler="list"))
+    return build_program(module, text)
+
+
+@pytest.mark.parametrize("chips", [1, 4])
+@pytest.mark.parametrize("name", NAMES)
+def test_the_interpreter_derives_the_same_facts(name, chips):
+    p = program(name, chips)
+    machine = p.machine
+    facts = describe(p.module, machine)
+    plan = _Plan(p.module, machine)
+    assert [i.idx for i in plan.instrs] == [f.index for f in facts.instructions]
+    for ins, f in zip(plan.instrs, facts.instructions):
+        where = ins.label
+        assert (ins.cls, ins.chip, ins.cycle) == (f.unit_class, f.chip, f.cycle), where
+        assert (ins.occ, ins.lat) == (f.cost.occupancy, f.cost.latency), where
+        assert (ins.port_reads, ins.port_writes) == (f.cost.reads, f.cost.writes), where
+        assert [[(s, w, n, plan.bases[b].name) for s, w, n, b in segs] for segs in ins.reads] \
+            == [[(s, w, n, facts.bases[b].name) for s, w, n, b in segs] for segs in f.reads], where
+        assert [ext for _, ext in ins.writes] == list(f.writes), where
+        assert len(ins.streams) == f.streams, where
+        holds = [(src, port, off, length) for (_, off, length), (src, port)
+                 in zip(link_windows(ins.op, machine, ins.occ), ins.hops)]
+        assert holds == list(f.links), where
+        if f.fixed_unit is not None:  # a link port, fixed by the route
+            assert ins.unit == f"{f.unit_class}{f.fixed_unit}", where
+    assert plan.cycles == facts.length == p.cycles
+    stats = schedule_stats(p.module, machine)
+    peaks = facts.sram_peak_words()
+    assert [c.sram_peak_bytes for c in stats.chips] == \
+        [peaks.get(c.chip, 0) * machine.sram.word_bytes for c in stats.chips]
+
+
+def test_a_link_faster_than_a_slice_port(tmp_path):
+    """A transfer streams its words out of SRAM at the ports' rate: with a link of ten words a cycle, its
+    window is the ports', not the link's, in the trace as in the interpreter."""
+    path = tmp_path / "fast-link.toml"
+    path.write_text(TSP.replace('name = "tsp-v1"', 'name = "fast-link"')
+                    .replace("bytes_per_cycle = 15.5", "bytes_per_cycle = 3200.0"))
+    module, summary, text = compile_model(SAMPLES / "gpt2_decode.onnx", path,
+                                          CompileOptions(chips=4, scheduler="list"))
+    p = build_program(module, text)
+    result = run(p, timing_only=True)  # no hazard: the schedule and the interpreter agree
+    timed = {e.instruction: e for e in result.trace}
+    transfers = transfers_of(p)
+    assert transfers
+    slower = 0
+    for t in transfers:
+        send = next(op for op in p.module.ops if op.results[0].name == t.name)
+        e = timed[send.label()]
+        assert (t.start, t.end, t.land) == (e.start, e.end, e.land)
+        slower += cost(send, p.machine).occupancy < e.end - e.start  # the link alone would be quicker
+    assert slower
