@@ -44,7 +44,7 @@ from ..ir.errors import LpucError
 from ..ir.files import atomic_write
 from ..ir.layout import LANES, from_words, to_words, words
 from ..ir.machine import Machine, parse_machine
-from ..ir.machine_ops import chip_of
+from ..ir.machine_ops import chip_of, is_constant
 from ..ir.parser import parse
 from ..ir.printer import print_module
 from ..ir.schedule_facts import describe
@@ -112,7 +112,7 @@ def _build_image(module: Module, weights: bool) -> dict[tuple[int, int, int], np
     image: dict[tuple[int, int, int], np.ndarray] = {}
     owner: dict[tuple[int, int, int], str] = {}
     for op in module.ops:
-        if op.name != "mem.constant":
+        if not is_constant(op.name):
             continue
         value, t = op.attrs["value"], op.result.type
         out = op.attrs.get("out")
@@ -378,7 +378,7 @@ def _bind_constants(module: Module, image: dict[tuple[int, int, int], np.ndarray
         return module
     used, ops = set(), []
     for op in module.ops:
-        if op.name != "mem.constant":
+        if not is_constant(op.name):
             ops.append(op)
             continue
         chip = chip_of(op)

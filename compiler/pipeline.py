@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ..ir import LpucError, Module
 from ..ir.layout import words
 from ..ir.machine import Machine
+from ..ir.registry import LINK, OPS
 from ..ir.topology import network, round_chips
 from ..ir.verifier import verify
 
@@ -195,7 +196,7 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
                              len(scheduled.ops), allocation.peak_bytes, allocation.image_bytes, machine.clock_mhz,
                              chips, strategy, tuple(describe(partitioned)) if chips > 1 else (),
                              tuple(tried) if len(strategies) > 1 else (),
-                             sum(1 for op in scheduled.ops if op.name == "c2c.send"),
+                             sum(1 for op in scheduled.ops if OPS[op.name].result_place == LINK),  # sends
                              info.status if info else "", info.seconds if info else 0.0,
                              info.list_cycles if info else 0, result.proven_bound)
     return scheduled, summary
