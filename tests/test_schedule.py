@@ -19,6 +19,7 @@ from lpuc.ir.costs import cost, units
 from lpuc.ir.layout import sub_extents, view_extents, words
 from lpuc.ir.machine import load_machine
 from lpuc.ir.printer import print_module
+from lpuc.ir.schedule_facts import places
 
 from helpers import compiled_sample
 
@@ -35,13 +36,11 @@ def check_schedule(module: Module, machine=MACHINE) -> int:
         if len(errors[rule]) < 5:
             errors[rule].append(msg)
 
-    kind = {v.name: "host" for v in module.inputs}
+    kind = places(module)  # where each value lives, as the registry declares
     types = {v.name: v.type for v in module.inputs}
     for op in module.ops:
         for r in op.results:
             types[r.name] = r.type
-            kind[r.name] = ("host" if op.name == "host.output" else "plane" if op.name == "mxm.install"
-                            else "view" if mo.is_view(op.name) else "sram")
     assert module.attrs.get("machine") == machine.name
 
     extents, bases, land = {}, {}, {}
@@ -80,7 +79,7 @@ def check_schedule(module: Module, machine=MACHINE) -> int:
             result_ext.append(sub_extents(out, pos, words(r.type)))
             extents[r.name], bases[r.name] = result_ext[-1], frozenset([r.name])
             pos += words(r.type)
-        if op.name == "mem.constant":
+        if mo.is_constant(op.name):
             if c != 0 or "unit" in op.attrs:
                 fail(f"{where}: a constant must have cycle 0 and no unit")
             for r, ext in zip(sram_results, result_ext):
