@@ -229,6 +229,26 @@ def test_import_keeps_the_weights_of_a_model_passed_in():
     assert print_module(module) == print_module(import_onnx(path)[0])
 
 
+def _relu_graph_named(name: str) -> onnx.ModelProto:
+    model = tiny_model([helper.make_node("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model.graph.name = name
+    return model
+
+
+@pytest.mark.parametrize("graph_name, module_name", [("main_graph", "main_graph"), ("my model/v2", "my_model_v2"),
+                                                     ("ÜberNet", "_berNet")])
+def test_module_is_named_after_the_graph(tmp_path, graph_name, module_name):
+    module, _ = import_onnx(save(_relu_graph_named(graph_name), tmp_path / "file_name.onnx"))
+    assert module.name == module_name
+    assert print_module(module).startswith(f"module @{module_name} ")
+
+
+def test_graph_without_a_name_is_invalid(tmp_path):
+    with pytest.raises(LpucError, match="not a valid ONNX model: Field 'name' of 'graph' is required to be non-empty"):
+        import_onnx(save(_relu_graph_named(""), tmp_path / "m.onnx"))
+
+
 # --- external data stays inside the model's directory ----------------------------
 
 def _matmul_with_external_weight(model_dir, location: str):

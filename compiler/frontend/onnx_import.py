@@ -371,6 +371,7 @@ def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | Non
     if input_shapes:
         _fix_input_shapes(model, input_shapes)
     _check_and_infer(model, path)
-    name = path.stem if path.name else "model"
-    module = _Importer(model, path.parent).run(name)
+    # Named after the graph, not the file: the same model under any file name, or through a
+    # symlink, gives the same module and the same .lpu bytes.
+    module = _Importer(model, path.parent).run(model.graph.name)
     return module, report
