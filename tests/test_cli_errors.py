@@ -107,7 +107,7 @@ MODELS = {
                           ["Required attribute 'to'", "node__to_copy"]),
     "attribute-of-wrong-type": (_corrupted(_attribute_of_wrong_type), ["attribute to", "node__to_copy"]),
     "too-few-inputs": (_corrupted(lambda g: _node(g, "node_add").input.pop()), ["node_add", "input size 1"]),
-    "input-type-undefined": (_corrupted(lambda g: g.input[0].type.tensor_type.__setattr__("elem_type", 0)),
+    "input-type-undefined": (_corrupted(lambda g: setattr(g.input[0].type.tensor_type, "elem_type", 0)),
                              ["node_view", "Element type of input 0 unknown"]),
     "initializer-too-short": (_corrupted(lambda g: g.initializer[1].dims.append(3)),  # small: the checker sees it
                               ["model.transformer.h.0.ln_1.weight", "too small"]),

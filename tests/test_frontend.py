@@ -251,10 +251,12 @@ def test_graph_without_a_name_is_invalid(tmp_path):
 
 # --- external data stays inside the model's directory ----------------------------
 
-def _matmul_with_external_weight(model_dir, location: str):
-    """y = x @ w with w [4, 3] as external data at `location` (the file is not written here)."""
+def _matmul_with_external_weight(model_dir, location: str, **external):
+    """y = x @ w with w [4, 3] as external data at `location` (the file is not written here), and
+    the other `external` keys (offset, length) given."""
     w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 3], data_location=TensorProto.EXTERNAL)
-    w.external_data.add(key="location", value=location)
+    for key, value in {"location": location, **external}.items():
+        w.external_data.add(key=key, value=value)
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "ext",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [w])
@@ -325,6 +327,22 @@ def test_external_data_inside_the_model_directory(tmp_path, capsys):
     model = _matmul_with_external_weight(model_dir, "nowhere.bin")
     assert main(["compile", str(model), "-o", str(tmp_path / "m.lpu"), "--scheduler", "list", "--no-weights"]) == 0
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("location, external, words", [
+    ("", {}, "initializer w: external data has no location"),
+    ("w.bin", {"offset": "-8"}, "initializer w: external data offset '-8' is not a byte offset"),
+    ("w.bin", {"offset": str(10**30)}, "is not a byte offset"),
+    ("w.bin", {"length": "47"}, "initializer w: external data length '47' is not the tensor's 48 bytes"),
+    ("w.bin", {"offset": str(2**62)}, "weights of w: "),  # found when read: a file that short
+])
+def test_malformed_external_data(tmp_path, capsys, location, external, words):
+    (tmp_path / "w.bin").write_bytes(WEIGHT.tobytes())
+    model = _matmul_with_external_weight(tmp_path, location, **external)
+    np.savez(tmp_path / "in.npz", x=np.ones((2, 4), np.float32))
+    code = main(["eval", str(model), "--inputs", str(tmp_path / "in.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and words in err, err
 
 
 # --- IR files -------------------------------------------------------------------

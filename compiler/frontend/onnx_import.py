@@ -156,16 +156,17 @@ def _weight(init: onnx.TensorProto, base_dir: Path) -> Tensor:
     dtype = onnx_dtype(init.data_type, f"initializer {init.name}")
     ttype = TensorType(tuple(init.dims), dtype)
     if init.data_location == onnx.TensorProto.EXTERNAL:
-        location, path, offset, length = _external_data(init, base_dir)
         nbytes = onnx_nbytes(ttype)
-        key = f"ext:{location}:{offset}:{length or nbytes}"
+        location, path, offset = _external_data(init, base_dir, nbytes)
+        key = f"ext:{location}:{offset}:{nbytes}"
 
         def load(init=init, dtype=dtype, ttype=ttype, path=path):
-            try:
-                raw = np.fromfile(path, dtype=np.uint8, count=length or nbytes, offset=offset)
+            try:  # the file's size first: numpy would allocate `nbytes` before reading
+                fits = path.stat().st_size >= offset + nbytes
+                raw = np.fromfile(path, dtype=np.uint8, count=nbytes, offset=offset) if fits else None
             except OSError as e:
                 raise LpucError(f"weights of {init.name}: cannot read {path}: {e.strerror}") from None
-            if raw.size != nbytes:
+            if raw is None or raw.size != nbytes:
                 raise LpucError(f"weights of {init.name}: {path} is too short")
             return _decode(raw.tobytes(), init.data_type, dtype, ttype.shape)
 
@@ -176,10 +177,10 @@ def _weight(init: onnx.TensorProto, base_dir: Path) -> Tensor:
         raise LpucError(f"initializer {init.name}: its data does not match its shape {list(init.dims)} ({e})") from None
 
 
-def _external_data(init: onnx.TensorProto, base_dir: Path) -> tuple[str, Path, int, int | None]:
-    """(location, file, offset, length) of an initializer's external data. The file must be inside
-    the model's directory, as ONNX specifies: a location that is absolute, has a `..` or resolves
-    (through symlinks) outside the directory is refused before anything is opened."""
+def _external_data(init: onnx.TensorProto, base_dir: Path, nbytes: int) -> tuple[str, Path, int]:
+    """(location, file, offset) of an initializer's external data of `nbytes`. The file must be
+    inside the model's directory, as ONNX specifies: a location that is absolute, has a `..` or
+    resolves (through symlinks) outside the directory is refused before anything is opened."""
     info = {e.key: e.value for e in init.external_data}
     location = info.get("location", "")
     where = f"initializer {init.name}: external data"
@@ -193,13 +194,12 @@ def _external_data(init: onnx.TensorProto, base_dir: Path) -> tuple[str, Path, i
     path = (directory / location).resolve()
     if not path.is_relative_to(directory):
         raise LpucError(f"{where} location {location!r} leads outside the model's directory (to {path})")
-    numbers = {}
-    for key in ("offset", "length"):
-        text = info.get(key)
-        if text is not None and not (text.isascii() and text.isdigit()):
-            raise LpucError(f"{where} {key} {text!r} is not a byte count")
-        numbers[key] = None if text is None else int(text)
-    return location, path, numbers["offset"] or 0, numbers["length"]
+    offset, length = info.get("offset", "0"), info.get("length", str(nbytes))
+    if not (offset.isascii() and offset.isdigit() and int(offset) < 1 << 63):  # a file offset has 63 bits
+        raise LpucError(f"{where} offset {offset!r} is not a byte offset")
+    if not (length.isascii() and length.isdigit() and int(length) == nbytes):
+        raise LpucError(f"{where} length {length!r} is not the tensor's {nbytes} bytes")
+    return location, path, int(offset)
 
 
 def onnx_nbytes(ttype: TensorType) -> int:
