@@ -111,6 +111,8 @@ MODELS = {
                              ["node_view", "Element type of input 0 unknown"]),
     "initializer-too-short": (_corrupted(lambda g: g.initializer[1].dims.append(3)),  # small: the checker sees it
                               ["model.transformer.h.0.ln_1.weight", "too small"]),
+    "name-not-utf8": (lambda t: _write(t / "bad.onnx", SAMPLE.read_bytes().replace(b"node_add", b"\xffode_add", 1)),
+                      ["bad.onnx", "not a valid ONNX model", "b'\\xffode_add' is not UTF-8"]),
     "large-initializer-too-short": (_corrupted(lambda g: g.initializer[0].dims.__setitem__(0, 65)),
                                     ["model.transformer.wpe.weight", "does not match its shape [65, 96]"]),
 }

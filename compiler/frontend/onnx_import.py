@@ -66,9 +66,27 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise LpucError(f"{path}: no such file") from None
     except Exception as e:  # protobuf's DecodeError and friends
         raise LpucError(f"{path}: not a valid ONNX model ({type(e).__name__})") from None
+    _check_strings(model, path)
     if not model.graph.output:
         raise LpucError(f"{path}: not a valid ONNX model (its graph has no outputs)")
     return model
+
+
+def _check_strings(message, path: Path) -> None:
+    """ONNX's protobuf is proto2, whose parser does not check that strings are UTF-8: a corrupt
+    one reads back as bytes, which no name lookup or message expects. Tensor data (bytes fields)
+    is not read."""
+    for f in message.DESCRIPTOR.fields:
+        if f.type == f.TYPE_STRING:
+            value = getattr(message, f.name)
+            for text in value if f.is_repeated else (value,):
+                if not isinstance(text, str):
+                    raise LpucError(f"{path}: not a valid ONNX model ({message.DESCRIPTOR.name}.{f.name} "
+                                    f"{bytes(text[:40])!r} is not UTF-8)")
+        elif f.type == f.TYPE_MESSAGE and (f.is_repeated or message.HasField(f.name)):
+            value = getattr(message, f.name)
+            for m in value if f.is_repeated else (value,):
+                _check_strings(m, path)
 
 
 @dataclass(frozen=True)
