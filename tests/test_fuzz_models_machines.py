@@ -63,6 +63,12 @@ def _index(draw, seq) -> int | None:
     return draw(st.integers(0, len(seq) - 1)) if len(seq) else None
 
 
+def _pick(draw, seq):
+    """An item of `seq`, or None when earlier edits emptied it."""
+    i = _index(draw, seq)
+    return None if i is None else seq[i]
+
+
 def _respelled(draw, name: str) -> str:
     """A name with one character changed, dropped or added: what a flipped byte does to it."""
     i = draw(st.integers(0, len(name)))
@@ -101,6 +107,8 @@ def _drop(field: str):
 def _swap_nodes(draw, model):
     nodes = model.graph.node
     i, j = _index(draw, nodes), _index(draw, nodes)
+    if i is None:
+        return
     a, b = onnx.NodeProto(), onnx.NodeProto()
     a.CopyFrom(nodes[i])
     b.CopyFrom(nodes[j])
@@ -112,15 +120,16 @@ def _rewire(draw, model):
     """A node input replaced by another tensor of the graph (of any type or shape)."""
     g = model.graph
     names = [t.name for t in g.initializer] + [i.name for i in g.input] + [o for n in g.node for o in n.output]
-    node = g.node[_index(draw, g.node)]
-    j = _index(draw, node.input)
+    node = _pick(draw, g.node)
+    j = _index(draw, node.input) if node is not None else None
     if j is not None:
         node.input[j] = draw(st.sampled_from(names))
 
 
 def _attribute(draw, model):
-    nodes = [n for n in model.graph.node if n.attribute]
-    node = draw(st.sampled_from(nodes))
+    node = _pick(draw, [n for n in model.graph.node if n.attribute])
+    if node is None:
+        return
     attr = node.attribute[_index(draw, node.attribute)]
     how = draw(st.sampled_from(["drop", "type", "int", "ints", "name"]))
     if how == "drop":
@@ -138,9 +147,10 @@ def _attribute(draw, model):
 def _element_type(draw, model):
     g = model.graph
     kind = draw(st.sampled_from(["input", "output", "initializer"]))
-    items = getattr(g, kind)
-    item = items[_index(draw, items)]
+    item = _pick(draw, getattr(g, kind))
     value = draw(st.integers(0, 30))
+    if item is None:
+        return
     if kind == "initializer":
         item.data_type = value
     else:
@@ -150,7 +160,9 @@ def _element_type(draw, model):
 def _dims(draw, model):
     g = model.graph
     kind = draw(st.sampled_from(["input", "initializer"]))
-    item = getattr(g, kind)[_index(draw, getattr(g, kind))]
+    item = _pick(draw, getattr(g, kind))
+    if item is None:
+        return
     dims = item.dims if kind == "initializer" else item.type.tensor_type.shape.dim
     k = _index(draw, dims)
     value = draw(st.sampled_from([0, 1, 2, 3, 1000, 2**31, 2**62, -1]))
@@ -166,8 +178,10 @@ def _dims(draw, model):
 
 
 def _op(draw, model):
-    node = model.graph.node[_index(draw, model.graph.node)]
+    node = _pick(draw, model.graph.node)
     how = draw(st.sampled_from(["op_type", "domain", "opset"]))
+    if node is None:
+        return
     if how == "op_type":
         node.op_type = _respelled(draw, node.op_type)
     elif how == "domain":
@@ -222,7 +236,8 @@ SECTION_LINES = [i for i, line in enumerate(LINES) if line.startswith("[")]
 
 toml_values = st.one_of(
     st.integers(-2**70, 2**70).map(str),
-    st.sampled_from([0, 1, 2, 7, 8, 320, 10**7, 2**31, 2**63 - 1, -1]).map(str),
+    st.sampled_from([0, 1, 2, 7, 8, 16, 64, 256, 320, 1024, 4096, 65536, 100_000, 1 << 20,  # range bounds, tsp-v1
+                     10**7, 2**31, 2**63 - 1, -1]).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(lambda x: repr(x).replace("e+", "e")),
     st.sampled_from(["true", "false", '""', '"x"', '"dragonfly"', '"ring"', '"torus2d"', "[1, 2]", "{a = 1}",
                      "1979-05-27", "0x10", "1_000"]),

@@ -1,12 +1,12 @@
 """ONNX -> graph IR.
 
 The driver: load the model (weights stay on disk), check opsets and op support
-(all problems at once), run onnx's strict shape inference with data
-propagation, then convert node by node through the converter table in
-converters.py. Nodes whose inputs are all small compile-time constants
-(Shape / Gather / Concat / Range chains, mask arithmetic) are folded by running
-their conversion through the reference evaluator, so graphs with symbolic dims
-become static once the inputs are.
+(all problems at once), validate the graph with onnx's checker, run onnx's
+strict shape inference with data propagation, then convert node by node
+through the converter table in converters.py. Nodes whose inputs are all small
+compile-time constants (Shape / Gather / Concat / Range chains, mask
+arithmetic) are folded by running their conversion through the reference
+evaluator, so graphs with symbolic dims become static once the inputs are.
 """
 
 from __future__ import annotations
