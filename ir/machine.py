@@ -3,7 +3,8 @@
 published figures (the assumed ones are marked in the file).
 
 `load_machine("tsp-v1")` loads a shipped machine by name; anything else is
-read as a path. Every problem is a one-line LpucError naming the file and key.
+read as a path. Every problem is a one-line LpucError naming the file and key;
+every number must lie in its range (RANGES).
 """
 
 from __future__ import annotations
@@ -135,6 +136,44 @@ class Machine:
         return cycles / self.clock_mhz
 
 
+# The range of every number in a machine file: (least, most, why). What a chip or a system of them
+# could physically have, generously, and what lpuc can represent (a compile makes a list per unit
+# instance, slice and stream register; the interpreter keeps every byte of a chip's SRAM). Each
+# rejection names the key and its range. tsp-v1's figure is given for scale.
+RANGES: dict[str, tuple[int | float, int | float, str]] = {
+    "clock_mhz": (1, 10_000, "1 MHz to 10 GHz; tsp-v1: 900"),
+    "vector.lanes": (LANES, LANES, "the SRAM layout lpuc implements"),
+    "sram.slices": (1, 1024, "tsp-v1: 88"),
+    "sram.words_per_slice": (1, 1 << 20, "tsp-v1: 8,192"),
+    "sram.word_bytes": (LANES, LANES, "one vector: the SRAM layout lpuc implements"),
+    "sram.read_ports": (1, 16, "words per slice per cycle; tsp-v1: 1"),
+    "sram.write_ports": (1, 16, "words per slice per cycle; tsp-v1: 1"),
+    "streams.east": (1, 256, "stream registers; tsp-v1: 32"),
+    "streams.west": (1, 256, "stream registers; tsp-v1: 32"),
+    "mxm.planes": (1, 64, "tsp-v1: 4"),
+    "mxm.rows": (1, 4096, "tsp-v1: 320"),
+    "mxm.cols": (1, 4096, "tsp-v1: 320"),
+    "mxm.fp16_rate": (1 / 64, 1, "a share of the int8 rate; tsp-v1: 0.25"),
+    "vxm.alus_per_lane": (1, 64, "tsp-v1: 16"),
+    "vxm.transcendental_cycles": (1, 1024, "cycles per vector; tsp-v1: 4"),
+    "sxm.units": (1, 64, "tsp-v1: 2"),
+    "mem.units": (1, 64, "tsp-v1: 2"),
+    "host.bytes_per_cycle": (1 / 64, 4096, "tsp-v1: 17.8"),
+    "c2c.links": (1, 64, "ports per chip; tsp-v1: 16"),
+    "c2c.bytes_per_cycle": (1 / 64, 4096, "per link; tsp-v1: 15.5"),
+    "c2c.hop_latency_cycles": (1, 100_000, "at most ~0.1 ms per hop at 1 GHz; tsp-v1: 540"),
+    "topology.max_chips": (1, 100_000, "tsp-v1: 10,440"),
+    "topology.chips_per_node": (1, 256, "tsp-v1: 8"),
+    "topology.local_links": (1, 64, "tsp-v1: 7"),
+    "topology.global_links": (1, 64, "tsp-v1: 4"),
+    "topology.nodes_per_rack": (1, 1024, "tsp-v1: 9"),
+    "topology.width": (1, 1024, "chips per row"),
+    **{f"latency.{unit}": (1, 100_000, "pipeline depth in cycles")
+       for unit in ("vxm", "mxm", "sxm", "c2c", "mem", "host")},
+}
+CHIP_SRAM_BYTES = 1 << 32  # at most 4 GiB per chip (slices x words_per_slice x word_bytes); tsp-v1: 220 MiB
+
+
 def _build(cls, table: Any, where: str, source: str):
     """Build dataclass `cls` from a TOML table, checking keys and types."""
     if not isinstance(table, dict):
@@ -166,15 +205,17 @@ def _check_scalar(type_name: str, value: Any, key: str, source: str):
         if not isinstance(value, str) or not value:
             raise LpucError(f"{source}: {key} must be a non-empty string, got {value!r}")
         return value
-    if type_name == "int":
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise LpucError(f"{source}: {key} must be a positive integer, got {value!r}")
-        return value
-    if type_name == "float":
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-            raise LpucError(f"{source}: {key} must be a positive number, got {value!r}")
-        return float(value)
-    raise AssertionError(type_name)
+    lo, hi, why = RANGES[key]
+    kinds = int if type_name == "int" else (int, float)
+    if not isinstance(value, kinds) or isinstance(value, bool) or not lo <= value <= hi:  # NaN is in no range
+        what = "an integer" if type_name == "int" else "a number"
+        span = _number(lo) if lo == hi else f"{what} from {_number(lo)} to {_number(hi)}"
+        raise LpucError(f"{source}: {key} must be {span} ({why}), got {value!r}")
+    return value if type_name == "int" else float(value)
+
+
+def _number(x: int | float) -> str:
+    return f"{x:,}" if isinstance(x, int) else f"{x:g}"
 
 
 _SECTIONS = {cls.__name__: cls for cls in (Vector, Sram, Streams, Mxm, Vxm, Sxm, Mem, Host, C2c, Topology, Latency)}
@@ -192,9 +233,14 @@ def parse_machine(text: str, source: str = "<machine>") -> Machine:
     missing = [k for k in Topology.NEEDS[machine.topology.kind] if not getattr(machine.topology, k)]
     if missing:
         raise LpucError(f"{source}: missing key topology.{missing[0]} (a {machine.topology.kind} topology needs it)")
-    if machine.vector.lanes != LANES or machine.sram.word_bytes != LANES:
-        raise LpucError(f"{source}: vector.lanes and sram.word_bytes must be {LANES} (the SRAM layout lpuc "
-                        f"implements), got {machine.vector.lanes} and {machine.sram.word_bytes}")
+    if machine.sram.chip_bytes > CHIP_SRAM_BYTES:
+        raise LpucError(f"{source}: sram.slices x sram.words_per_slice x sram.word_bytes must be at most "
+                        f"{CHIP_SRAM_BYTES:,} bytes (4 GiB of SRAM per chip, each byte of which the interpreter "
+                        f"keeps), got {machine.sram.chip_bytes:,}")
+    t = machine.topology
+    if t.kind == "dragonfly" and t.chips_per_node > t.max_chips:
+        raise LpucError(f"{source}: topology.max_chips must be at least topology.chips_per_node "
+                        f"({t.chips_per_node}): a dragonfly is built of whole nodes, got {t.max_chips}")
     return machine
 
 

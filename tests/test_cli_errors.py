@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import onnx
 from onnx import TensorProto, helper
 
 from lpuc.compiler.cli import COMMANDS, main
@@ -43,6 +44,30 @@ def _write(path, data: bytes):
     return path
 
 
+def _corrupted(edit):
+    """The sample, edited at the protobuf level (a corruption a byte-level sweep found)."""
+    def make(tmp):
+        model = onnx.load(str(SAMPLE))
+        edit(model.graph)
+        return save(model, tmp / "bad.onnx")
+    return make
+
+
+def _node(graph, name):
+    return next(n for n in graph.node if n.name == name)
+
+
+def _set_nodes(graph, nodes):
+    nodes = list(nodes)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _attribute_of_wrong_type(graph):
+    (to,) = _node(graph, "node__to_copy").attribute
+    to.type = onnx.AttributeProto.STRING
+
+
 MODELS = {
     "truncated": (_truncated, ["trunc.onnx", "not a valid ONNX model"]),
     "text": (lambda t: _write(t / "notes.onnx", b"this is not a model\n" * 20), ["notes.onnx", "not a valid ONNX"]),
@@ -61,6 +86,35 @@ MODELS = {
     "opset-12": (lambda t: save(_xy_model([helper.make_node("Relu", ["x"], ["y"])], opset=12), t / "old.onnx"),
                  ["opset 12", "17-25"]),
     "symbolic-dims": (lambda t: save(legacy_transformer(), t / "sym.onnx"), ["'sequence'", "--shape"]),
+    # a name with one flipped letter: the node's input is defined nowhere
+    "renamed-initializer": (_corrupted(lambda g: setattr(g.initializer[0], "name", "model.transformer.wpf.weight")),
+                            ["bad.onnx", "not a valid ONNX model", "'model.transformer.wpe.weight'",
+                             "node_embedding_1"]),
+    "dropped-initializer": (_corrupted(lambda g: g.initializer.remove(g.initializer[0])),
+                            ["'model.transformer.wpe.weight'", "node_embedding_1", "is not output of any"]),
+    "renamed-graph-input": (_corrupted(lambda g: setattr(g.input[0], "name", "input_idz")),
+                            ["'input_ids'", "node_view", "is not output of any"]),
+    "dropped-node": (_corrupted(lambda g: g.node.remove(_node(g, "node_add"))), ["'add'", "is not output of any"]),
+    "unsorted-nodes": (_corrupted(lambda g: _set_nodes(g, reversed(g.node))), ["topologically sorted"]),
+    "cycle": (_corrupted(lambda g: _node(g, "node_view").input.__setitem__(0, "logits")),
+              ["topologically sorted", "'logits'", "node_view"]),
+    "output-computed-twice": (_corrupted(lambda g: _node(g, "node_add").output.__setitem__(0, "embedding")),
+                              ["single static assignment", "'embedding'"]),
+    "no-outputs": (_corrupted(lambda g: g.output.remove(g.output[0])), ["bad.onnx", "no outputs"]),
+    "unknown-output": (_corrupted(lambda g: setattr(g.output[0], "name", "logitz")),
+                       ["Graph output 'logitz'"]),
+    "missing-attribute": (_corrupted(lambda g: _node(g, "node__to_copy").ClearField("attribute")),
+                          ["Required attribute 'to'", "node__to_copy"]),
+    "attribute-of-wrong-type": (_corrupted(_attribute_of_wrong_type), ["attribute to", "node__to_copy"]),
+    "too-few-inputs": (_corrupted(lambda g: _node(g, "node_add").input.pop()), ["node_add", "input size 1"]),
+    "input-type-undefined": (_corrupted(lambda g: setattr(g.input[0].type.tensor_type, "elem_type", 0)),
+                             ["node_view", "Element type of input 0 unknown"]),
+    "initializer-too-short": (_corrupted(lambda g: g.initializer[1].dims.append(3)),  # small: the checker sees it
+                              ["model.transformer.h.0.ln_1.weight", "too small"]),
+    "name-not-utf8": (lambda t: _write(t / "bad.onnx", SAMPLE.read_bytes().replace(b"node_add", b"\xffode_add", 1)),
+                      ["bad.onnx", "not a valid ONNX model", "b'\\xffode_add' is not UTF-8"]),
+    "large-initializer-too-short": (_corrupted(lambda g: g.initializer[0].dims.__setitem__(0, 65)),
+                                    ["model.transformer.wpe.weight", "does not match its shape [65, 96]"]),
 }
 
 

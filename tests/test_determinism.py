@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from lpuc.backends import interpreter
-from lpuc.backends.lpu import build_program, lpu_bytes, sha256
+from lpuc.backends.lpu import build_program, lpu_bytes, read_lpu, sha256
 from lpuc.compiler.cli import main
 from lpuc.compiler.driver import compile_model, lpu_options
 from lpuc.compiler.pipeline import CompileOptions
@@ -44,6 +44,24 @@ def _lpu(path: Path, fresh: bool = False) -> bytes:
 @pytest.mark.parametrize("path", SAMPLE_PATHS, ids=lambda p: p.stem)
 def test_compile_twice_in_one_process(path):
     assert _lpu(path, fresh=True) == _lpu(path)
+
+
+def test_bytes_do_not_depend_on_the_file_name(tmp_path, capsys):
+    """The same model copied under another name and directory, or reached through a symlink, gives the
+    same .lpu bytes: the module is named after the ONNX graph, not after the file."""
+    original = SAMPLES / "gpt2_prefill.onnx"
+    (tmp_path / "elsewhere").mkdir()
+    copy = tmp_path / "elsewhere" / "renamed model.onnx"
+    copy.write_bytes(original.read_bytes())
+    link = tmp_path / "link.onnx"
+    link.symlink_to(original)
+    lpus = []
+    for i, model in enumerate((original, copy, link)):
+        out = tmp_path / f"{i}.lpu"
+        assert main(["compile", str(model), "-o", str(out), "--scheduler", "list"]) == 0, capsys.readouterr().err
+        lpus.append(out.read_bytes())
+    assert lpus[0] == lpus[1] == lpus[2]
+    assert read_lpu(tmp_path / "1.lpu").module.name == "main_graph"  # the exporter's graph name
 
 
 def test_separate_processes_and_hash_seeds(tmp_path):

@@ -4,6 +4,7 @@ weights, IR files, determinism."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -218,7 +219,7 @@ def test_exported_sample_with_external_data(tmp_path):
 
 
 def test_import_keeps_the_weights_of_a_model_passed_in():
-    """Shape inference sees large initializers without their bytes; they are put back afterwards."""
+    """The checker and shape inference see large initializers without their bytes; the model is untouched."""
     path = SAMPLES / "gemma_prefill.onnx"
     model = onnx.load(str(path))
     before = [t.SerializeToString() for t in model.graph.initializer]
@@ -226,6 +227,122 @@ def test_import_keeps_the_weights_of_a_model_passed_in():
     module, _ = import_onnx(path, model=model)
     assert [t.SerializeToString() for t in model.graph.initializer] == before
     assert print_module(module) == print_module(import_onnx(path)[0])
+
+
+def _relu_graph_named(name: str) -> onnx.ModelProto:
+    model = tiny_model([helper.make_node("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model.graph.name = name
+    return model
+
+
+@pytest.mark.parametrize("graph_name, module_name", [("main_graph", "main_graph"), ("my model/v2", "my_model_v2"),
+                                                     ("ÜberNet", "_berNet")])
+def test_module_is_named_after_the_graph(tmp_path, graph_name, module_name):
+    module, _ = import_onnx(save(_relu_graph_named(graph_name), tmp_path / "file_name.onnx"))
+    assert module.name == module_name
+    assert print_module(module).startswith(f"module @{module_name} ")
+
+
+def test_graph_without_a_name_is_invalid(tmp_path):
+    with pytest.raises(LpucError, match="not a valid ONNX model: Field 'name' of 'graph' is required to be non-empty"):
+        import_onnx(save(_relu_graph_named(""), tmp_path / "m.onnx"))
+
+
+# --- external data stays inside the model's directory ----------------------------
+
+def _matmul_with_external_weight(model_dir, location: str, **external):
+    """y = x @ w with w [4, 3] as external data at `location` (the file is not written here), and
+    the other `external` keys (offset, length) given."""
+    w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 3], data_location=TensorProto.EXTERNAL)
+    for key, value in {"location": location, **external}.items():
+        w.external_data.add(key=key, value=value)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "ext",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [w])
+    model_dir.mkdir(parents=True, exist_ok=True)
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), model_dir / "m.onnx")
+
+
+WEIGHT = np.arange(12, dtype=np.float32).reshape(4, 3)
+
+
+@contextlib.contextmanager
+def files_opened():
+    """The paths opened (by open, os.open, io.open, numpy, ...) inside the block: Python's audit
+    hook `open` sees them all, whatever the code that opens them."""
+    opened = []
+    _RECORDERS.append(opened)
+    try:
+        yield opened
+    finally:
+        _RECORDERS.remove(opened)
+
+
+_RECORDERS: list[list[str]] = []
+sys.addaudithook(lambda event, args: [r.append(os.fsdecode(args[0])) for r in _RECORDERS]
+                 if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)) else None)
+
+
+def _escaping_location(kind: str, tmp_path) -> tuple[str, str]:
+    """(location, path of the file it leads to), a file outside the model's directory."""
+    outside = tmp_path / "outside" / "secret.bin"
+    outside.parent.mkdir()
+    outside.write_bytes(WEIGHT.tobytes())
+    if kind == "absolute":
+        return str(outside), outside
+    if kind == "dotdot":
+        return "../outside/secret.bin", outside
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "w.bin").symlink_to(outside)  # a name inside, the file outside
+    return "w.bin", outside
+
+
+@pytest.mark.parametrize("command", [["import"], ["eval"], ["compile", "--scheduler", "list"],
+                                     ["compile", "--scheduler", "list", "--no-weights"]])
+@pytest.mark.parametrize("kind", ["absolute", "dotdot", "symlink"])
+def test_external_data_outside_the_model_directory_is_refused_unopened(tmp_path, capsys, kind, command):
+    location, outside = _escaping_location(kind, tmp_path)
+    model = _matmul_with_external_weight(tmp_path / "model", location)
+    out = tmp_path / "out.lpu"
+    with files_opened() as opened:
+        code = main([command[0], str(model), "-o", str(out), *command[1:]])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "initializer w: external data location" in err and repr(location) in err, err
+    assert ("outside the model's directory" if kind == "symlink" else "inside the model's directory") in err
+    assert str(model) in opened and str(outside) not in opened and not out.exists()
+
+
+def test_external_data_inside_the_model_directory(tmp_path, capsys):
+    """In a subdirectory, or through a symlink that stays inside: read. --no-weights never reads it."""
+    model_dir = tmp_path / "model"
+    (model_dir / "weights").mkdir(parents=True)
+    (model_dir / "weights" / "w.bin").write_bytes(WEIGHT.tobytes())
+    (model_dir / "link.bin").symlink_to("weights/w.bin")
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    for location in ("weights/w.bin", "./weights/w.bin", "link.bin"):
+        module, _ = import_onnx(_matmul_with_external_weight(model_dir, location))
+        np.testing.assert_allclose(evaluate(module, {"x": x})["y"], x @ WEIGHT, rtol=1e-6)
+    model = _matmul_with_external_weight(model_dir, "nowhere.bin")
+    assert main(["compile", str(model), "-o", str(tmp_path / "m.lpu"), "--scheduler", "list", "--no-weights"]) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("location, external, words", [
+    ("", {}, "initializer w: external data has no location"),
+    ("w.bin", {"offset": "-8"}, "initializer w: external data offset '-8' is not a byte offset"),
+    ("w.bin", {"offset": str(10**30)}, "is not a byte offset"),
+    ("w.bin", {"length": "47"}, "initializer w: external data length '47' is not the tensor's 48 bytes"),
+    ("w.bin", {"offset": str(2**62)}, "weights of w: "),  # found when read: a file that short
+])
+def test_malformed_external_data(tmp_path, capsys, location, external, words):
+    (tmp_path / "w.bin").write_bytes(WEIGHT.tobytes())
+    model = _matmul_with_external_weight(tmp_path, location, **external)
+    np.savez(tmp_path / "in.npz", x=np.ones((2, 4), np.float32))
+    code = main(["eval", str(model), "--inputs", str(tmp_path / "in.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and words in err, err
 
 
 # --- IR files -------------------------------------------------------------------

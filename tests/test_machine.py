@@ -1,12 +1,14 @@
 """Machine descriptions: the shipped tsp-v1 carries the published figures, and
 malformed files get one-line errors naming the key."""
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
 from lpuc.ir import LpucError
-from lpuc.ir.machine import SHIPPED, load_machine, parse_machine
+from lpuc.ir.machine import _SECTIONS, RANGES, SHIPPED, Machine, load_machine, parse_machine
 
 TSP = (SHIPPED / "tsp-v1.toml").read_text()
 
@@ -40,8 +42,8 @@ def test_machine_file_by_path(tmp_path: Path):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (("slices = 88", "slices = -1"), "sram.slices must be a positive integer"),
-    (("slices = 88", 'slices = "many"'), "sram.slices must be a positive integer"),
+    (("slices = 88", "slices = -1"), r"sram.slices must be an integer from 1 to 1,024 \(tsp-v1: 88\), got -1"),
+    (("slices = 88", 'slices = "many"'), "sram.slices must be an integer from 1 to 1,024"),
     (("[sxm]", "[sxm]\nfoo = 1"), "unknown key sxm.foo"),
     (("clock_mhz = 900", ""), "missing key clock_mhz"),
     (('kind = "dragonfly"', 'kind = "mesh"'), "topology.kind must be one of"),
@@ -52,6 +54,70 @@ def test_malformed_machine(edit, message):
     with pytest.raises(LpucError, match=message) as e:
         parse_machine(TSP.replace(*edit), "bad.toml")
     assert str(e.value).startswith("bad.toml: ") and "\n" not in str(e.value)
+
+
+def _with(text: str, key: str, value) -> str:
+    """`text` with `key` (section.name) set to `value` (TOML source), added if absent."""
+    section, _, name = key.rpartition(".")
+    head = f"[{section}]\n" if section else ""
+    start = text.index(head) + len(head) if section else 0
+    end = text.find("\n[", start) % (len(text) + 1)
+    body, n = re.subn(rf"(?m)^{name} = .*$", f"{name} = {value}", text[start:end])
+    return text[:start] + (body if n else f"{name} = {value}\n" + body) + text[end:]
+
+
+NUMERIC = [f"{section.name}.{f.name}" if section else f.name
+           for section in [None] + [f for f in dataclasses.fields(Machine) if f.type in _SECTIONS]
+           for f in dataclasses.fields(_SECTIONS[section.type] if section else Machine) if f.type in ("int", "float")]
+# Keys bound to another one: set that one too, so only the key under test is at its bound.
+PARTNERS = {"sram.words_per_slice": ("sram.slices", 1), "topology.max_chips": ("topology.chips_per_node", 1)}
+
+
+def test_every_number_has_a_range_and_tsp_v1_is_inside():
+    assert sorted(NUMERIC) == sorted(RANGES)
+    load_machine("tsp-v1")
+
+
+@pytest.mark.parametrize("key", sorted(RANGES))
+def test_ranges_accept_their_bounds_and_refuse_beyond(key):
+    lo, hi, why = RANGES[key]
+    base = _with(TSP, *PARTNERS[key]) if key in PARTNERS else TSP
+    for bound in (lo, hi):
+        machine = parse_machine(_with(base, key, bound), "m.toml")
+        section, _, name = key.rpartition(".")
+        assert getattr(getattr(machine, section) if section else machine, name) == bound
+    is_int = isinstance(lo, int) and isinstance(hi, int)
+    for bad in (lo - 1 if is_int else lo / 2, hi + 1 if is_int else hi * 2, "inf", "nan", "-inf", "true", '"1"',
+                "[1]", 10**7, 10**30, 1e308):
+        if lo == hi == bad:
+            continue
+        with pytest.raises(LpucError) as e:
+            parse_machine(_with(base, key, bad), "bad.toml")
+        message = str(e.value)
+        assert message.startswith(f"bad.toml: {key} must be ") and f"({why}), got " in message, message
+        assert "\n" not in message
+
+
+@pytest.mark.parametrize("edit, message", [
+    # accepted before, with results that mean nothing: a latency of "0.00 us", hops of 11 ms
+    (("clock_mhz", "inf"), "clock_mhz must be a number from 1 to 10,000 (1 MHz to 10 GHz; tsp-v1: 900), got inf"),
+    (("c2c.hop_latency_cycles", 10**7), "c2c.hop_latency_cycles must be an integer from 1 to 100,000"),
+    (("topology.max_chips", 1), "topology.max_chips must be at least topology.chips_per_node (8): a dragonfly is "
+                                "built of whole nodes, got 1"),
+    # a MemoryError before: lists and arrays per slice, word, stream register and unit instance
+    (("sram.slices", 10**7), "sram.slices must be an integer from 1 to 1,024"),
+    (("sram.words_per_slice", 10**7), "sram.words_per_slice must be an integer from 1 to 1,048,576"),
+    (("streams.east", 10**7), "streams.east must be an integer from 1 to 256"),
+    (("mxm.planes", 10**7), "mxm.planes must be an integer from 1 to 64"),
+    (("vxm.alus_per_lane", 10**7), "vxm.alus_per_lane must be an integer from 1 to 64"),
+    # each in range, together more SRAM than the interpreter keeps
+    (("sram.words_per_slice", 1 << 20), "sram.slices x sram.words_per_slice x sram.word_bytes must be at most "
+                                        "4,294,967,296 bytes"),
+])
+def test_out_of_range_machines(edit, message):
+    with pytest.raises(LpucError) as e:
+        parse_machine(_with(TSP, *edit), "bad.toml")
+    assert str(e.value).startswith(f"bad.toml: {message}"), str(e.value)
 
 
 def test_unknown_machine_name():

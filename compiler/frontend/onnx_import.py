@@ -1,18 +1,18 @@
 """ONNX -> graph IR.
 
 The driver: load the model (weights stay on disk), check opsets and op support
-(all problems at once), run onnx's strict shape inference with data
-propagation, then convert node by node through the converter table in
-converters.py. Nodes whose inputs are all small compile-time constants
-(Shape / Gather / Concat / Range chains, mask arithmetic) are folded by running
-their conversion through the reference evaluator, so graphs with symbolic dims
-become static once the inputs are.
+(all problems at once), validate the graph with onnx's checker, run onnx's
+strict shape inference with data propagation, then convert node by node
+through the converter table in converters.py. Nodes whose inputs are all small
+compile-time constants (Shape / Gather / Concat / Range chains, mask
+arithmetic) are folded by running their conversion through the reference
+evaluator, so graphs with symbolic dims become static once the inputs are.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import onnx
@@ -66,9 +66,27 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise LpucError(f"{path}: no such file") from None
     except Exception as e:  # protobuf's DecodeError and friends
         raise LpucError(f"{path}: not a valid ONNX model ({type(e).__name__})") from None
-    if not model.graph.node and not model.graph.output:
-        raise LpucError(f"{path}: not a valid ONNX model (no graph)")
+    _check_strings(model, path)
+    if not model.graph.output:
+        raise LpucError(f"{path}: not a valid ONNX model (its graph has no outputs)")
     return model
+
+
+def _check_strings(message, path: Path) -> None:
+    """ONNX's protobuf is proto2, whose parser does not check that strings are UTF-8: a corrupt
+    one reads back as bytes, which no name lookup or message expects. Tensor data (bytes fields)
+    is not read."""
+    for f in message.DESCRIPTOR.fields:
+        if f.type == f.TYPE_STRING:
+            value = getattr(message, f.name)
+            for text in value if f.is_repeated else (value,):
+                if not isinstance(text, str):
+                    raise LpucError(f"{path}: not a valid ONNX model ({message.DESCRIPTOR.name}.{f.name} "
+                                    f"{bytes(text[:40])!r} is not UTF-8)")
+        elif f.type == f.TYPE_MESSAGE and (f.is_repeated or message.HasField(f.name)):
+            value = getattr(message, f.name)
+            for m in value if f.is_repeated else (value,):
+                _check_strings(m, path)
 
 
 @dataclass(frozen=True)
@@ -156,22 +174,50 @@ def _weight(init: onnx.TensorProto, base_dir: Path) -> Tensor:
     dtype = onnx_dtype(init.data_type, f"initializer {init.name}")
     ttype = TensorType(tuple(init.dims), dtype)
     if init.data_location == onnx.TensorProto.EXTERNAL:
-        info = {e.key: e.value for e in init.external_data}
-        location, offset, length = info["location"], int(info.get("offset", 0)), info.get("length")
         nbytes = onnx_nbytes(ttype)
-        key = f"ext:{location}:{offset}:{length or nbytes}"
+        location, path, offset = _external_data(init, base_dir, nbytes)
+        key = f"ext:{location}:{offset}:{nbytes}"
 
-        def load(init=init, dtype=dtype, ttype=ttype, path=base_dir / location):
-            try:
-                raw = np.fromfile(path, dtype=np.uint8, count=int(length or nbytes), offset=offset)
+        def load(init=init, dtype=dtype, ttype=ttype, path=path):
+            try:  # the file's size first: numpy would allocate `nbytes` before reading
+                fits = path.stat().st_size >= offset + nbytes
+                raw = np.fromfile(path, dtype=np.uint8, count=nbytes, offset=offset) if fits else None
             except OSError as e:
                 raise LpucError(f"weights of {init.name}: cannot read {path}: {e.strerror}") from None
-            if raw.size != nbytes:
+            if raw is None or raw.size != nbytes:
                 raise LpucError(f"weights of {init.name}: {path} is too short")
             return _decode(raw.tobytes(), init.data_type, dtype, ttype.shape)
 
         return Tensor(ttype, key, loader=load)
-    return Tensor.from_array(_to_numpy(init, dtype), dtype)
+    try:
+        return Tensor.from_array(_to_numpy(init, dtype), dtype)
+    except ValueError as e:  # the checker sees small initializers only (_check_and_infer)
+        raise LpucError(f"initializer {init.name}: its data does not match its shape {list(init.dims)} ({e})") from None
+
+
+def _external_data(init: onnx.TensorProto, base_dir: Path, nbytes: int) -> tuple[str, Path, int]:
+    """(location, file, offset) of an initializer's external data of `nbytes`. The file must be
+    inside the model's directory, as ONNX specifies: a location that is absolute, has a `..` or
+    resolves (through symlinks) outside the directory is refused before anything is opened."""
+    info = {e.key: e.value for e in init.external_data}
+    location = info.get("location", "")
+    where = f"initializer {init.name}: external data"
+    if not location:
+        raise LpucError(f"{where} has no location")
+    relative = PurePosixPath(location)  # ONNX: a POSIX path relative to the model's directory
+    if relative.is_absolute() or ".." in relative.parts:
+        raise LpucError(f"{where} location {location!r} must be a path inside the model's directory "
+                        "(relative, without '..')")
+    directory = base_dir.resolve()
+    path = (directory / location).resolve()
+    if not path.is_relative_to(directory):
+        raise LpucError(f"{where} location {location!r} leads outside the model's directory (to {path})")
+    offset, length = info.get("offset", "0"), info.get("length", str(nbytes))
+    if not (offset.isascii() and offset.isdigit() and int(offset) < 1 << 63):  # a file offset has 63 bits
+        raise LpucError(f"{where} offset {offset!r} is not a byte offset")
+    if not (length.isascii() and length.isdigit() and int(length) == nbytes):
+        raise LpucError(f"{where} length {length!r} is not the tensor's {nbytes} bytes")
+    return location, path, int(offset)
 
 
 def onnx_nbytes(ttype: TensorType) -> int:
@@ -290,33 +336,46 @@ class _Importer:
             raise LpucError(f"{label}: lpuc computed {v.type} for {name}, ONNX shape inference says {dims}")
 
 
-def _infer_shapes(model: onnx.ModelProto, path: Path) -> None:
-    """onnx's strict shape inference with data propagation, its results put into `model`.
+def _check_and_infer(model: onnx.ModelProto, path: Path) -> None:
+    """Validate the graph once, with onnx's checker (every name defined before use, nodes in
+    topological order, single assignment, attributes and input counts as the op's schema says),
+    then onnx's strict shape inference with data propagation, its results put into `model`.
 
-    It round-trips the whole model through bytes (2.5 s of a 4 s import for 230 MB of inline
-    weights), so the bytes of large initializers are detached meanwhile: it needs their types
-    only (data propagation reads small integer tensors), then they are put back."""
-    detached = []
-    for init in model.graph.initializer:
+    Both run on a skeleton of the model whose large and external initializers are graph inputs of
+    the same type: they need only the types of those (data propagation reads small integer
+    tensors), the checker would look for external files relative to the working directory
+    (`_weight` checks where external data lives), and the bytes of inline weights would be copied
+    (2.5 s of a 4 s import for 230 MB)."""
+    graph = model.graph
+    skeleton = onnx.ModelProto(**_fields(model, but="graph"), graph=_fields(graph, but="initializer"))
+    inputs = {i.name for i in graph.input}
+    for init in graph.initializer:
         limit = 1 << 16 if init.data_type in (onnx.TensorProto.INT32, onnx.TensorProto.INT64) else 1 << 12
-        if init.data_location != onnx.TensorProto.EXTERNAL and len(init.raw_data) > limit:
-            detached.append((init, init.raw_data))
-            init.ClearField("raw_data")
-            init.data_location = onnx.TensorProto.EXTERNAL
-            init.external_data.add(key="location", value="lpuc-detached")
+        if init.data_location != onnx.TensorProto.EXTERNAL and len(init.raw_data) <= limit:
+            skeleton.graph.initializer.append(init)
+        elif init.name not in inputs:
+            skeleton.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        onnx.checker.check_model(skeleton)
+    except onnx.checker.ValidationError as e:
+        raise LpucError(f"{path}: not a valid ONNX model: {_one_line(e)}") from None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=True, data_prop=True)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LpucError(f"{path}: ONNX shape inference failed: {msg}") from None
-    finally:
-        for init, raw in detached:
-            init.ClearField("external_data")
-            init.ClearField("data_location")
-            init.raw_data = raw
+        raise LpucError(f"{path}: ONNX shape inference failed: {_one_line(e)}") from None
     for field_name in ("value_info", "output"):
-        del getattr(model.graph, field_name)[:]
-        getattr(model.graph, field_name).extend(getattr(inferred.graph, field_name))
+        del getattr(graph, field_name)[:]
+        getattr(graph, field_name).extend(getattr(inferred.graph, field_name))
+
+
+def _fields(message, but: str) -> dict:
+    """The fields set in a protobuf message, but one: to copy it without that one."""
+    return {f.name: v for f, v in message.ListFields() if f.name != but}
+
+
+def _one_line(e: Exception) -> str:
+    """onnx's C++ messages span lines (a node printed in the middle): one line of them."""
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None,
@@ -329,7 +388,8 @@ def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | Non
     _check_model(model, report)
     if input_shapes:
         _fix_input_shapes(model, input_shapes)
-    _infer_shapes(model, path)
-    name = path.stem if path.name else "model"
-    module = _Importer(model, path.parent).run(name)
+    _check_and_infer(model, path)
+    # Named after the graph, not the file: the same model under any file name, or through a
+    # symlink, gives the same module and the same .lpu bytes.
+    module = _Importer(model, path.parent).run(model.graph.name)
     return module, report
