@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..ir import LpucError
 from ..ir.evaluator import evaluate
-from ..ir.files import atomic_write, read_npz, write_module, write_npz
+from ..ir.files import atomic_write, check_regular, read_npz, write_module, write_npz
 from ..ir.printer import print_module
 from ..ir.schedule_facts import describe
 
@@ -166,6 +166,7 @@ def _known_inputs(model: str, shapes: dict) -> dict:
         return shapes
     from .frontend import load_onnx
 
+    check_regular(model)  # (onnx.load opens it by name)
     names = {i.name for i in load_onnx(model).graph.input}
     return {k: v for k, v in shapes.items() if k in names}
 
@@ -699,6 +700,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"lpuc: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError as e:  # inputs are bounded before allocation; this is the last line of defence
+        if args.debug:
+            traceback.print_exc()
+        print(f"lpuc: error: out of memory ({' '.join(str(e).split()) or 'MemoryError'})", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("lpuc: interrupted", file=sys.stderr)

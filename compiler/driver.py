@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..ir import LpucError, Module, VerifyError
-from ..ir.files import read_module
+from ..ir.files import check_regular, read_module
 from ..ir.verifier import verify
 
 from .frontend import SupportReport, import_onnx
@@ -16,8 +16,7 @@ def load_model(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None
                ) -> tuple[Module, SupportReport | None]:
     """An ONNX model (imported) or an IR file (parsed), verified."""
     path = Path(path)
-    if not path.exists():
-        raise LpucError(f"{path}: no such file")
+    check_regular(path)
     if path.suffix == ".ir":
         if input_shapes:
             raise LpucError("--shape applies to ONNX models; an IR file has static shapes already")

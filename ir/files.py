@@ -5,24 +5,66 @@ beside it in `model.blobs.npz`, keyed by the constant's key (sha256:...).
 Files are written to a temporary name and renamed, so a failure never leaves a
 half-written file; zip members carry a fixed timestamp, so the bytes depend on
 the content only.
+
+Every file lpuc reads is opened by `open_regular`, which refuses at once
+anything but a regular file (reading /dev/zero never ends, a FIFO waits
+forever for a writer). An .npz file's array headers are all checked before
+any array is allocated.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
+import stat
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from .core import Module
 from .errors import LpucError
-from .parser import parse_file
 from .printer import print_module
 
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def open_regular(path: str | Path, error: type[LpucError] = LpucError) -> BinaryIO:
+    """`path` opened for binary reading, if it is a regular file (after symlinks); anything else is
+    refused before a byte is read, as one `error` line."""
+    try:  # O_NONBLOCK: a FIFO opens at once instead of waiting for a writer (then fstat refuses it)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
+            raise error(f"{path}: not a regular file ({kind}); lpuc reads regular files only")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_regular(path: str | Path) -> None:
+    """Refuse `path` unless it is a regular file, for readers that open it by name themselves (onnx.load)."""
+    open_regular(path).close()
+
+
+def read_bytes(path: str | Path, error: type[LpucError] = LpucError) -> bytes:
+    """The bytes of the regular file `path` (see open_regular)."""
+    with open_regular(path, error) as f:
+        try:
+            return f.read()
+        except OSError as e:
+            raise error(f"{path}: cannot read: {e.strerror or e}") from None
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
@@ -58,15 +100,70 @@ def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 def read_npz(path: str | Path, what: str = "arrays") -> dict[str, np.ndarray]:
     """Load every array of an .npz file (never unpickling), with one-line errors."""
-    if Path(path).is_file() and not zipfile.is_zipfile(path):  # np.load would also take a lone .npy
-        raise LpucError(f"{path}: not an .npz file of {what} (expected arrays keyed by name, as numpy.savez writes)")
+    return {name: load() for name, load in npz_loaders(path, what).items()}
+
+
+def npz_loaders(path: str | Path, what: str = "arrays") -> dict[str, Callable[[], np.ndarray]]:
+    """A loader per array of an .npz file, by name. Every member's .npy header is read and checked
+    first (no pickled objects; the declared shape and dtype take exactly the member's bytes), so a
+    forged header is refused in one line naming the array before anything is allocated."""
+    bad = f"{path}: not a valid .npz file of {what}"
+    with open_regular(path) as f:
+        try:
+            zf = zipfile.ZipFile(f)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError):
+            raise LpucError(f"{path}: not an .npz file of {what} (expected arrays keyed by name, as numpy.savez "
+                            "writes)") from None
+        members = {}
+        with zf:
+            try:
+                for info in zf.infolist():
+                    name = info.filename.removesuffix(".npy")
+                    if name == info.filename or name in members:
+                        raise LpucError(f"{bad} (member {info.filename!r} is not an .npy array of its own)")
+                    with zf.open(info) as member:
+                        _check_npy_header(member, info.file_size, f"{bad} (array {name!r}")
+                    members[name] = info
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, RuntimeError,
+                    ValueError) as e:
+                raise LpucError(f"{bad} ({_one_line(e)})") from None
+
+    def loader(info: zipfile.ZipInfo) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            with open_regular(path) as f, zipfile.ZipFile(f) as zf, zf.open(info) as member:
+                try:
+                    return np.lib.format.read_array(member, allow_pickle=False)
+                except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError) as e:
+                    raise LpucError(f"{bad} (array {info.filename.removesuffix('.npy')!r}: {_one_line(e)})") \
+                        from None
+        return load
+
+    return {name: loader(info) for name, info in members.items()}
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _check_npy_header(member, size: int, where: str) -> None:
+    """Read an .npy header from `member` (`size` bytes long) and check it describes exactly its data."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except FileNotFoundError:
-        raise LpucError(f"{path}: no such file") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise LpucError(f"{path}: not a valid .npz file of {what} ({e})") from None
+        version = np.lib.format.read_magic(member)
+        read_header = _NPY_HEADERS.get(version)
+        if read_header is None:
+            raise ValueError(f"unsupported .npy format version {version}")
+        shape, _, dtype = read_header(member)
+    except (ValueError, EOFError, SyntaxError, RecursionError) as e:  # (numpy evaluates the header as a literal)
+        raise LpucError(f"{where}: bad .npy header: {_one_line(e)})") from None
+    if dtype.hasobject:
+        raise LpucError(f"{where} holds Python objects, which lpuc never unpickles)")
+    declared = math.prod(shape) * dtype.itemsize
+    if member.tell() + declared != size:
+        raise LpucError(f"{where}: its header declares {dtype}{list(shape)}, {declared:,} bytes, but the "
+                        f"member holds {size - member.tell():,})")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def blob_path(ir_path: str | Path) -> Path:
@@ -90,12 +187,8 @@ def write_module(module: Module, path: str | Path) -> None:
 
 def read_module(path: str | Path) -> Module:
     """Parse an IR file; constants by reference load lazily from its .blobs.npz."""
+    from .parser import parse_file  # (the parser reads its files with open_regular)
+
     bp = blob_path(path)
-    loaders = {}
-    if bp.exists():
-        try:
-            npz = np.load(bp, allow_pickle=False)
-        except (OSError, ValueError, zipfile.BadZipFile) as e:
-            raise LpucError(f"{bp}: not a valid blob file ({e})") from None
-        loaders = {k: (lambda k=k: npz[k]) for k in npz.files}
+    loaders = npz_loaders(bp, "constants") if bp.exists() else {}
     return parse_file(path, loaders)

@@ -314,6 +314,12 @@ class _Scanner:
 _token = getattr(Token, "_future_new", Token)  # Token(...) without its check for a deprecated keyword
 
 
+# How deep attribute lists may nest. The parser is iterative, but the attribute checks, the
+# printer and equality recurse into lists; the parser's stack grows by one state per level.
+MAX_NESTING = 100
+_MAX_STACK = MAX_NESTING + 12  # + the states outside the outermost list (at most 12: in an op's attributes)
+
+
 class _FastLexer(Lexer):
     """lark's contextual lexer (each parser state lexes only the terminals it accepts),
     giving the same tokens at a third of the cost: one regex match per token, no
@@ -341,6 +347,8 @@ class _FastLexer(Lexer):
         text, pos, end = lexer_state.text.text, lexer_state.text.start, lexer_state.text.end
         stack, states, by_state = parser_state.state_stack, parser_state.parse_conf.states, self.by_state
         while True:
+            if len(stack) > _MAX_STACK:  # nested lists: bounded, so nothing built from them recurses too deep
+                raise _Error(pos, f"lists nested too deep (more than {MAX_NESTING} levels)")
             state = stack[-1]
             scanner = by_state.get(state)
             if scanner is None:
@@ -409,9 +417,10 @@ def _describe(e: UnexpectedInput, text: str, filename: str) -> str:
 
 
 def parse_file(path: str | Path, blobs=None) -> Module:
-    path = Path(path)
+    from .files import read_bytes
+
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ParseError(f"{path}: cannot read: {e}") from None
+        text = read_bytes(path, ParseError).decode()
+    except UnicodeDecodeError as e:
+        raise ParseError(f"{path}: not UTF-8 text ({e})") from None
     return parse(text, str(path), blobs)
