@@ -41,6 +41,7 @@ compiled without weights, or too large to hold in memory.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import defaultdict
 from collections.abc import Mapping
@@ -60,7 +61,7 @@ from ..ir.machine import Machine
 from ..ir.registry import HOST, LINK, OPS, PLANE, SRAM, TypeRuleError
 from ..ir.topology import Network, link_name, network, supported_chips
 
-from .lpu import Program, read_lpu
+from .lpu import LpuFormatError, Program, read_lpu
 
 
 class HazardError(LpucError):
@@ -130,6 +131,11 @@ class Result:
     stats: Stats
     trace: tuple[TraceEvent, ...]
     hazards: tuple[HazardError, ...] = ()
+
+
+# Issue cycles lie in 0..MAX_CYCLE: far beyond any real program (58 days at 900 MHz), yet
+# every sum of cycles and latencies stays exact in int64 arrays and in the trace's float timestamps.
+MAX_CYCLE = 2 ** 52
 
 
 # --- the dispatch table -----------------------------------------------------
@@ -354,6 +360,10 @@ class _Plan:
         ins = _Instr(idx, op, label, cls, unit, cycle, chip)
         if cycle is None:
             self._hazard("schedule", None, label, "cycle", "has no `cycle` (not scheduled)")
+            ins.ok = False
+        elif not 0 <= cycle <= MAX_CYCLE:  # then it is not scheduled: it never issues
+            self._hazard("schedule", None, label, "cycle", f"has cycle {cycle}, outside 0..{MAX_CYCLE}")
+            cycle = ins.cycle = None
             ins.ok = False
         if unit is None:
             self._hazard("unit_class", cycle, label, "unit", f"has no `unit` (it needs a {cls} unit)")
@@ -604,18 +614,17 @@ class _Machine:
             raise _Stop
 
     def image(self):
-        """The SRAM image, written before cycle 0 (its bytes only in a numeric run)."""
+        """The SRAM image, written before cycle 0 (its bytes only in a numeric run); with weights, each
+        constant's words in it are checked against the constant's `sha256` first."""
         plan = self.plan
         for op, base, extents in plan.constants:
             chip = plan.bases[base].chip
             st, on = self.sram(chip), plan.on(chip)
+            if self.program.weights:
+                self._check_image(op, chip, extents)
             for s, w, n in extents:
                 if n:
-                    data = None
-                    if self.numeric:
-                        data = self.program.image.get((chip, s, w))
-                        if data is None or data.shape != (n, LANES):
-                            raise LpucError(f"{op.label()}: the SRAM image has no {n} words at {on}slice {s} word {w}")
+                    data = self.program.image.get((chip, s, w)) if self.numeric else None
                     taken = st.owner[s, w:w + n]
                     if (taken > 0).any():
                         word = w + int(np.argmax(taken > 0))
@@ -625,6 +634,25 @@ class _Machine:
                     if data is not None:
                         st.bytes[s, w:w + n] = data
                     st.owner[s, w:w + n] = base + 1
+
+    def _check_image(self, op: Op, chip: int, extents):
+        """The image holds the constant's words at its extents, and they hash to its `sha256`."""
+        on, digest = self.plan.on(chip), hashlib.sha256()
+        extents = [e for e in extents if e[2]]
+        for s, w, n in extents:
+            data = self.program.image.get((chip, s, w))
+            if data is None or data.shape != (n, LANES):
+                self.hazard("constant", 0, op.label(), f"{on}slice {s} word {w}",
+                            f"has {n} words at {on}slice {s} word {w}, which the SRAM image does not hold")
+                return
+            digest.update(data)
+        recorded, found = op.attrs.get("sha256"), digest.hexdigest()
+        if recorded != found:
+            s, w, _ = extents[0] if extents else (0, 0, 0)
+            self.hazard("constant", 0, op.label(), f"{on}slice {s} word {w}",
+                        f"does not match the SRAM image: its {sum(e[2] for e in extents)} words from {on}slice {s} "
+                        f"word {w} hash to sha256 {found[:16]}..., it records "
+                        + (f"{recorded[:16]}..." if recorded else "none"))
 
     def run(self):
         plan = self.plan
@@ -824,6 +852,8 @@ def run(program: Program | str | Path, inputs: Mapping[str, np.ndarray] | None =
         env = check_inputs(module, inputs if inputs is not None else {})
     plan = _plan(program)
     static = sorted(plan.hazards, key=_order)
+    if not static:  # (a broken schedule's own hazards say more than the facts they change)
+        _check_manifest(program, plan)
     horizon = None
     if check and static:
         horizon = static[0].cycle if static[0].cycle is not None else -1
@@ -838,6 +868,24 @@ def run(program: Program | str | Path, inputs: Mapping[str, np.ndarray] | None =
             value = m.host.get(plan.outputs.get(name, ""))
             outputs[name] = value if value is not None else np.zeros(v.type.shape, v.type.dtype.numpy)
     return Result(MappingProxyType(outputs), _stats(plan), _trace(plan), tuple(hazards))
+
+
+def _check_manifest(program: Program, plan: _Plan) -> None:
+    """The facts the manifest records (and viewers show) are what the program takes: else it was forged."""
+    timed = [i for i in plan.instrs if i.cycle is not None]
+    facts = {"cycles": (program.manifest.get("cycles"), plan.cycles)}
+    summary = program.manifest.get("summary", {})
+    recomputed = {
+        "instructions": len(timed), "chips": plan.chips,
+        "transfers": sum(1 for i in timed if i.op.name == "c2c.send"),
+        "sram_image_bytes": sum(b.words for b in plan.bases if b.constant) * plan.machine.sram.word_bytes,
+    }
+    facts.update({f"summary.{k}": (summary[k], v) for k, v in recomputed.items() if k in summary})
+    for field_, (recorded, actual) in facts.items():
+        if recorded != actual:
+            where = program.source or f"module @{program.module.name}"
+            raise LpuFormatError(f"{where}: the manifest records {field_} {recorded!r}, but the program "
+                                 f"takes {actual!r} (a forged or damaged file)")
 
 
 def require_weights(program: Program) -> None:

@@ -7,7 +7,9 @@ sorted order, a fixed timestamp, no extra fields, no pickle anywhere. Members:
   manifest.json  format and version, machine name, options, input/output
                  bindings (name -> type), cycles, whether the image holds the
                  weights, sha256 of every other part
-  program.ir     the scheduled module as IR text (large constants by reference)
+  program.ir     the scheduled module as IR text (large constants by reference;
+                 with weights, each mem.constant's `sha256` is that of its words
+                 in the image, so a run can check the image against the program)
   machine.toml   the machine description's text (a run needs no local files)
   image.json     the initial SRAM image's index: [[chip, slice, first word, words], ...]
                  sorted; one entry per extent of every `mem.constant`
@@ -18,8 +20,12 @@ image: its constants keep their `out` extents but carry no data, so it can
 only be run timing-only (every hazard checked, no numerics).
 
 Loading checks the container byte for byte against what the writer would
-produce from the same parts, then the format version, the part hashes, the
-machine, the program and the image; any problem is one `LpuFormatError` line.
+produce from the same parts (no part is inflated: a compressed part is refused
+from the archive's directory, before it is read), then the format version, the
+part hashes, the machine, the program and the image; any problem is one
+`LpuFormatError` line. The interpreter checks the rest before cycle 0: each
+constant's words in the image against its `sha256`, and the manifest's facts
+(cycles, instructions, ...) against what the program takes.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import numpy as np
 from ..ir.attributes import AttrDict, Tensor
 from ..ir.core import Module, Op
 from ..ir.errors import LpucError
-from ..ir.files import atomic_write
+from ..ir.files import atomic_write, read_bytes
 from ..ir.layout import LANES, from_words, to_words, words
 from ..ir.machine import Machine, parse_machine
 from ..ir.machine_ops import chip_of, is_constant
@@ -51,7 +57,7 @@ from ..ir.schedule_facts import describe
 from ..ir.verifier import verify
 
 FORMAT = "lpu"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 PARTS = ("image.bin", "image.json", "machine.toml", "manifest.json", "program.ir")
 HASHED = tuple(p for p in PARTS if p != "manifest.json")
 
@@ -106,13 +112,16 @@ def _canonical_json(value: Any, what: str) -> str:
             from None
 
 
-def _build_image(module: Module, weights: bool) -> dict[tuple[int, int, int], np.ndarray]:
+def _build_image(module: Module, weights: bool) -> tuple[Module, dict[tuple[int, int, int], np.ndarray]]:
     """The SRAM image: each mem.constant's words at its `out` extents (none without weights,
-    but the extents are checked all the same)."""
+    but the extents are checked all the same); and the module with each constant's `sha256`
+    (of its words, in `out` order) when it has weights."""
     image: dict[tuple[int, int, int], np.ndarray] = {}
     owner: dict[tuple[int, int, int], str] = {}
+    ops = []
     for op in module.ops:
         if not is_constant(op.name):
+            ops.append(op)
             continue
         value, t = op.attrs["value"], op.result.type
         out = op.attrs.get("out")
@@ -122,10 +131,15 @@ def _build_image(module: Module, weights: bool) -> dict[tuple[int, int, int], np
         if n != words(t):
             raise LpucError(f"cannot build the SRAM image: {op.label()}: `out` spans {n} words, {t} takes {words(t)}")
         if not weights:
+            ops.append(op)
             continue
         if not value.has_data:
             raise LpucError(f"cannot build the SRAM image: {op.label()}: constant {value.key} has no data")
         data, chip = to_words(value.array, t), chip_of(op)
+        digest = sha256(data.tobytes())
+        if op.attrs.get("sha256", digest) != digest:
+            raise LpucError(f"cannot build the SRAM image: {op.label()}: its data does not match its sha256")
+        ops.append(Op(op.name, op.operands, op.results, AttrDict({**op.attrs, "sha256": digest})))
         pos = 0
         for s, w, k in out:
             if k:
@@ -135,7 +149,7 @@ def _build_image(module: Module, weights: bool) -> dict[tuple[int, int, int], np
                 image[chip, s, w] = _frozen(data[pos:pos + k])
                 owner[chip, s, w] = op.label()
             pos += k
-    return dict(sorted(image.items()))
+    return module.replace(ops=tuple(ops)), dict(sorted(image.items()))
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -156,7 +170,7 @@ def build_program(module: Module, machine_text: str, options: Mapping[str, Any] 
         raise LpucError(f"module @{module.name} targets machine {target!r}, the description given is {machine.name!r}")
     options = json.loads(_canonical_json(dict(options or {}), "options"))
     summary = json.loads(_canonical_json(dict(summary or {}), "summary"))
-    image = _build_image(module, weights)
+    module, image = _build_image(module, weights)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -213,10 +227,7 @@ def sha256(data: bytes) -> str:
 
 def schedule_sha256(path: str | Path) -> str:
     """The sha256 (hex) of a .lpu file's bytes: the identity of a compiled schedule."""
-    try:
-        return sha256(Path(path).read_bytes())
-    except OSError as e:
-        raise LpuFormatError(f"{path}: cannot read: {e.strerror or e}") from None
+    return sha256(read_bytes(path, LpuFormatError))
 
 
 # --- the container: a minimal, deterministic ZIP (stored members) ------------
@@ -256,6 +267,11 @@ def _unpack(data: bytes, where: str) -> dict[str, bytes]:
             names = zf.namelist()
             if len(set(names)) != len(names):
                 raise LpuFormatError(f"{where}: not a valid .lpu file (a part appears twice)")
+            for info in zf.infolist():  # so no part is larger than the archive holding it (no zip bomb)
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size \
+                        or info.file_size > len(data):
+                    raise LpuFormatError(f"{where}: not a valid .lpu file (part {info.filename} is compressed "
+                                         "or larger than the file; .lpu parts are stored as they are)")
             parts = {name: zf.read(name) for name in names}
     except LpuFormatError:
         raise
@@ -281,14 +297,7 @@ def _one_line(e: BaseException) -> str:
 
 def read_lpu(path: str | Path) -> Program:
     """Load and check a .lpu file; every problem is one LpuFormatError line naming the file."""
-    where = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise LpuFormatError(f"{where}: no such file") from None
-    except OSError as e:
-        raise LpuFormatError(f"{where}: cannot read: {e.strerror or e}") from None
-    return load_lpu(data, where)
+    return load_lpu(read_bytes(path, LpuFormatError), str(path))
 
 
 def load_lpu(data: bytes, where: str = "<lpu>") -> Program:
@@ -308,9 +317,12 @@ def load_lpu(data: bytes, where: str = "<lpu>") -> Program:
         module = verify(parse(program_text, f"{where}:program.ir"))
     except LpucError as e:
         raise LpuFormatError(_one_line(e)) from None
+    except RecursionError:  # tomllib recurses into nested arrays and tables (program.ir's lists are bounded)
+        raise LpuFormatError(f"{where}: machine.toml is nested too deep") from None
     if machine.name != manifest["machine"]:
         raise LpuFormatError(f"{where}: the manifest names machine {manifest['machine']!r}, "
                              f"machine.toml describes {machine.name!r}")
+    _check_sizes(module, machine, where)
     image = _image(parts["image.json"], parts["image.bin"], where)
     if not manifest["weights"] and image:
         raise LpuFormatError(f"{where}: the manifest says it has no weights, but its SRAM image is not empty")
@@ -324,6 +336,17 @@ def load_lpu(data: bytes, where: str = "<lpu>") -> Program:
     return Program(module, machine, machine_text, MappingProxyType(image), MappingProxyType(manifest), where)
 
 
+def _check_sizes(module: Module, machine: Machine, where: str) -> None:
+    """Every value of a program lives in one chip's SRAM (or came from it, or goes to it): one larger
+    is a forged type, refused before a run allocates anything for it (e.g. random inputs)."""
+    cap = machine.sram.slices * machine.sram.words_per_slice
+    values = [*module.inputs, *(r for op in module.ops for r in op.results)]
+    for v in values:
+        if words(v.type) > cap:
+            raise LpuFormatError(f"{where}: %{v.name} is {v.type}, {words(v.type):,} SRAM words: more than a "
+                                 f"{machine.name} chip holds ({cap:,})")
+
+
 _MANIFEST_KEYS = {"format": str, "format_version": int, "lpuc_version": str, "machine": str, "module": str,
                   "options": dict, "inputs": dict, "outputs": dict, "cycles": int, "summary": dict,
                   "parts": dict, "weights": bool}
@@ -332,7 +355,7 @@ _MANIFEST_KEYS = {"format": str, "format_version": int, "lpuc_version": str, "ma
 def _manifest(raw: bytes, where: str) -> dict[str, Any]:
     try:
         manifest = json.loads(raw.decode())
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # (json recurses into nested lists)
         raise LpuFormatError(f"{where}: manifest.json is not valid JSON ({_one_line(e)})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise LpuFormatError(f"{where}: not a .lpu file (its manifest does not say format \"{FORMAT}\")")
@@ -352,7 +375,7 @@ def _image(index_raw: bytes, blob: bytes, where: str) -> dict[tuple[int, int, in
         index = json.loads(index_raw.decode())
         ok = isinstance(index, list) and all(
             isinstance(e, list) and len(e) == 4 and all(type(x) is int and x >= 0 for x in e) for e in index)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # (json recurses into nested lists)
         ok = False
     if not ok:
         raise LpuFormatError(f"{where}: image.json is not a list of [chip, slice, word, words]")

@@ -81,8 +81,10 @@ for _graph in [d for d in OPS.values() if d.mirror]:
 VIEW = {"places": (SRAM,), "result_place": SRAM, "view": True}
 
 
-@defop("mem.constant", 0, {"value": A("tensor"), **SCHEDULE_ATTRS}, doc="a constant, placed in the SRAM image",
-       result_place=SRAM)
+# sha256: of the constant's words in the SRAM image, in `out` order (recorded with the image; the
+# interpreter checks the image against it before cycle 0)
+@defop("mem.constant", 0, {"value": A("tensor"), "sha256": A("str", None), **SCHEDULE_ATTRS},
+       doc="a constant, placed in the SRAM image", result_place=SRAM)
 def _constant(types, attrs):
     return attrs["value"].type
 

@@ -17,6 +17,8 @@ import pytest
 from lpuc.backends.interpreter import run
 from lpuc.backends.lpu import (FORMAT_VERSION, PARTS, LpuFormatError, _pack, _unpack, build_program, load_lpu, read_lpu,
                           schedule_sha256, sha256, write_lpu)
+from lpuc.ir.attributes import AttrDict
+from lpuc.ir.core import Op
 from lpuc.ir.errors import LpucError
 from lpuc.ir.printer import print_module
 from test_interpreter import MACHINE_TEXT, Sched, rng_array
@@ -53,7 +55,16 @@ def test_round_trip(tmp_path: Path):
     digest = write_lpu(path, module, MACHINE_TEXT, OPTIONS)
     assert digest == schedule_sha256(path) == sha256(path.read_bytes())
     program = read_lpu(path)
-    assert print_module(program.module) == print_module(module)
+    # the program is the module with each constant's sha256: of its words in the image, in `out` order
+    assert print_module(program.module) == print_module(build_program(module, MACHINE_TEXT, OPTIONS).module)
+    ops = []
+    for op in program.module.ops:
+        if op.name == "mem.constant":
+            words = b"".join(program.image[0, s, w].tobytes() for s, w, n in op.attrs["out"] if n)
+            assert op.attrs["sha256"] == sha256(words)
+            op = Op(op.name, op.operands, op.results, AttrDict({k: v for k, v in op.attrs.items() if k != "sha256"}))
+        ops.append(op)
+    assert print_module(program.module.replace(ops=tuple(ops))) == print_module(module)
     assert program.machine.name == "tsp-v1" and program.machine_text == MACHINE_TEXT
     m = program.manifest
     assert (m["format"], m["format_version"], m["machine"], m["module"]) == ("lpu", FORMAT_VERSION, "tsp-v1", "sample")
