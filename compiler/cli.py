@@ -31,7 +31,7 @@ from ..backends.lpu import build_program, program_bytes, read_lpu, schedule_sha2
 from ..ir.machine import DEFAULT_MACHINE
 
 from .driver import compile_model, compile_program, load_model, lpu_options, max_relative_error, read_ir
-from .inputs import random_inputs
+from .inputs import nonfinite, random_inputs
 from .partition import STRATEGIES
 from .pipeline import SCHEDULERS, CompileOptions
 
@@ -306,6 +306,8 @@ def _run_args(p):
     p.add_argument("--timing-only", action="store_true",
                    help="execute the schedule without numerics: cycles, latency and every hazard check, no "
                         "outputs; for programs compiled with --no-weights or too large to run")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse inputs holding NaN or Inf (exit 2); without it they run with a warning on stderr")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
 
 
@@ -325,6 +327,7 @@ def cmd_run(args) -> int:
         interpreter.require_weights(program)
         if args.inputs:
             inputs = read_npz(args.inputs, "inputs")
+            _check_finite(inputs, args.inputs, args.strict)
         else:
             inputs = random_inputs(program.module, args.seed)
             if not args.json:
@@ -364,6 +367,15 @@ def cmd_run(args) -> int:
         if path:
             say(f"wrote {path}")
     return 0
+
+
+def _check_finite(inputs: dict, path: str, strict: bool) -> None:
+    """NaN or Inf in an input makes NaN outputs, silently: say so (refuse it under --strict)."""
+    for name, (bad, size) in nonfinite(inputs).items():
+        line = f"{path}: input {name} holds {bad:,} NaN or Inf values (of {size:,})"
+        if strict:
+            raise LpucError(f"{line} (--strict)")
+        say(f"lpuc: warning: {line}; its outputs may be NaN (--strict refuses such inputs)")
 
 
 def _print_run(stats, machine, extra=()) -> None:

@@ -7,6 +7,8 @@ length; float inputs are standard normal. Same module and seed, same inputs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from ..ir import Module
@@ -68,3 +70,17 @@ def random_inputs(module: Module, seed: int = 0) -> dict[str, np.ndarray]:
             a = np.zeros(t.shape, t.dtype.numpy)
         out[v.name] = a
     return out
+
+
+def nonfinite(inputs: Mapping[str, np.ndarray]) -> dict[str, tuple[int, int]]:
+    """The float inputs holding NaN or Inf: name -> (how many, of how many), in input order."""
+    from ..ir.evaluator import is_floating
+
+    found = {}
+    for name, a in inputs.items():
+        a = np.asarray(a)
+        if is_floating(a):
+            bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+            if bad:
+                found[name] = (bad, a.size)
+    return found
