@@ -711,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     except LpucError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"lpuc: error: {e}", file=sys.stderr)
+        print(f"lpuc: error: {' '.join(str(e).splitlines())}", file=sys.stderr)  # one line, whatever it quotes
         return EXIT_USAGE
     except MemoryError as e:  # inputs are bounded before allocation; this is the last line of defence
         if args.debug:

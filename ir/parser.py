@@ -112,7 +112,8 @@ def _string(text: str, pos: int) -> str:
     try:
         return json.loads(text)
     except ValueError as e:
-        raise _Error(pos, f"bad string {text}: {e}") from None
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)  # one line: a raw newline as \n
+        raise _Error(pos, f"bad string {shown}: {e}") from None
 
 
 _object_new, _setattr = object.__new__, object.__setattr__

@@ -264,7 +264,8 @@ def _npy(a: np.ndarray) -> bytes:
 
 
 @pytest.mark.parametrize("header, words", [
-    (b"{'descr': '<i8', 'fortran_order': False, 'shape': (500000000000000, 1), }", ["declares", "4,000,000,000,000,000 bytes"]),
+    (b"{'descr': '<i8', 'fortran_order': False, 'shape': (500000000000000, 1), }",
+     ["declares", "4,000,000,000,000,000 bytes"]),
     (b"{'descr': '<i8', 'fortran_order': False, 'shape': (1, 1), garbage }", ["bad .npy header"]),
     (b"{'descr': '|O', 'fortran_order': False, 'shape': (1, 1), }", ["Python objects"]),
 ], ids=["huge-shape", "garbage", "objects"])

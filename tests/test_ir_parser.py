@@ -63,6 +63,9 @@ ERRORS = {
                               "bad.ir:3:36: attribute axis is given twice"),
     "bad string escape": (HEAD + '  output "y\\q" = %x\n}\n',
                           'bad.ir:3:10: bad string "y\\q": Invalid \\escape: line 1 column 3 (char 2)'),
+    "raw newline in a string": (HEAD + '  output "y\nz" = %x\n}\n',  # shown escaped: the message is one line
+                                'bad.ir:3:10: bad string "y\\nz": Invalid control character at: line 1 column 3 '
+                                '(char 2)'),
     "error on a later line of a statement": (HEAD + "  %y = graph.add %x,\n      %x,\n      %w : f32[2,3]\n}\n",
                                              "bad.ir:5:7: use of undefined value %w"),
 }
