@@ -625,6 +625,8 @@ class _Machine:
             for s, w, n in extents:
                 if n:
                     data = self.program.image.get((chip, s, w)) if self.numeric else None
+                    if data is not None and data.shape != (n, LANES):  # (a hazard of _check_image)
+                        data = None
                     taken = st.owner[s, w:w + n]
                     if (taken > 0).any():
                         word = w + int(np.argmax(taken > 0))

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..ir import Module
+from ..ir.evaluator import is_floating
 
 # Ops through which an integer tensor keeps its values on the way to a gather,
 # by name without the dialect, so graph and machine modules read alike.
@@ -74,8 +75,6 @@ def random_inputs(module: Module, seed: int = 0) -> dict[str, np.ndarray]:
 
 def nonfinite(inputs: Mapping[str, np.ndarray]) -> dict[str, tuple[int, int]]:
     """The float inputs holding NaN or Inf: name -> (how many, of how many), in input order."""
-    from ..ir.evaluator import is_floating
-
     found = {}
     for name, a in inputs.items():
         a = np.asarray(a)
