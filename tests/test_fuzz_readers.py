@@ -111,11 +111,6 @@ def sample_lpu(tmp_path_factory) -> bytes:
     return path.read_bytes()
 
 
-# The parts a mutation replaces. Not machine.toml: a machine description's own bounds (unit counts,
-# SRAM sizes, ...) are ir/machine.py's to check, for every machine file alike.
-REPLACED = tuple(p for p in PARTS if p != "machine.toml")
-
-
 def repacked(parts: dict[str, bytes]) -> bytes:
     """The .lpu of `parts` with the manifest's part hashes made to match (when it is still JSON)."""
     try:
@@ -138,7 +133,7 @@ def damaged_lpu(draw, good: bytes) -> bytes:
     if kind == "truncate":
         return good[:draw(st.integers(0, len(good) - 1))]
     parts = _unpack(good, "sample")
-    name = draw(st.sampled_from(REPLACED))
+    name = draw(st.sampled_from(PARTS))
     if name == "image.bin":
         data = bytearray(parts[name])
         data[draw(st.integers(0, len(data) - 1))] ^= 0xFF
