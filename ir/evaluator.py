@@ -71,17 +71,39 @@ def _standard(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def f32_round_to_odd(x: np.ndarray) -> np.ndarray:
-    """f64 (or wide integer) values to f32, truncated and the last bit set when inexact.
+def f64_round_to_odd(x: np.ndarray) -> np.ndarray:
+    """Values to f64: floats and bools exactly, 64-bit integers beyond 2^53 truncated and the
+    last bit set (rounded to odd). Each integer is hi * 2^32 + lo, both parts exact in f64;
+    Fast2Sum gives the error of their rounded sum exactly."""
+    if x.dtype.kind not in "iu":
+        return np.asarray(x, np.float64)
+    x = x.astype(np.int64 if x.dtype.kind == "i" else np.uint64)
+    hi = (x >> 32).astype(np.float64) * 2.0**32  # an arithmetic shift floors: lo >= 0, and |hi| > lo or hi = 0
+    lo = (x & 0xFFFFFFFF).astype(np.float64)
+    y = hi + lo
+    return _truncate_to_odd(y, lo - (y - hi))
 
-    Rounding that to a type of at most 22 significant bits (bf16, float8, float4)
+
+def f32_round_to_odd(x: np.ndarray) -> np.ndarray:
+    """Values to f32, truncated and the last bit set when inexact (rounded to odd).
+
+    Rounding that to a type of at most 22 significant bits (f16, bf16, float8, float4)
     rounds as if from the original value: one rounding, not two."""
-    x = np.asarray(x, np.float64)
-    with np.errstate(over="ignore"):  # beyond f32: inf, then back to its largest finite value
+    x = f64_round_to_odd(x)  # odd roundings compose: to 53 bits, then to 24, is to 24
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond f32: inf, then back to its largest finite value
         y = x.astype(np.float32)
-    inexact = (y.astype(np.float64) != x) & ~np.isnan(x)
-    y = np.where(inexact & (np.abs(y.astype(np.float64)) > np.abs(x)), np.nextafter(y, np.float32(0)), y)
-    return (np.asarray(y, np.float32).view(np.uint32) | inexact).astype(np.uint32).view(np.float32)
+        error = np.where(np.isinf(y) & np.isfinite(x), -np.sign(y), x - y.astype(np.float64))  # exact in f64
+    return _truncate_to_odd(y, error)
+
+
+def _truncate_to_odd(y: np.ndarray, error: np.ndarray) -> np.ndarray:
+    """`y`, a value rounded to nearest whose exact value is y + error, rounded to odd instead:
+    toward zero, the last significand bit set when inexact (error NaN: x was inf or NaN, exact)."""
+    inexact = (error != 0) & ~np.isnan(error)
+    away = inexact & (y != 0) & (np.signbit(error) != np.signbit(y))  # |y| > |exact|
+    y = np.where(away, np.nextafter(y, y.dtype.type(0)), y)
+    bits = np.dtype(f"u{y.dtype.itemsize}")
+    return (np.asarray(y).view(bits) | inexact.astype(bits)).view(y.dtype)
 
 
 def to_f8e8m0(x: np.ndarray, saturate: bool, round_mode: str) -> np.ndarray:
@@ -89,7 +111,7 @@ def to_f8e8m0(x: np.ndarray, saturate: bool, round_mode: str) -> np.ndarray:
     `round_mode` up / down / nearest (ties up) picks a neighbouring power of two; when that is out
     of range (zero and infinity are) it saturates to the smallest / largest one, else is NaN.
     The sign is ignored (the spec leaves negative inputs undefined)."""
-    a = np.abs(np.asarray(x, np.float64))
+    a = np.abs(f64_round_to_odd(np.asarray(x)))  # comparisons with powers of two (times 1.5) stay exact
     m, e = np.frexp(a)  # a = m * 2**e with 0.5 <= m < 1 (finite, nonzero a)
     k = e.astype(np.int64) - 1  # 2**k <= a < 2**(k+1)
     if round_mode == "up":
@@ -106,21 +128,56 @@ def to_f8e8m0(x: np.ndarray, saturate: bool, round_mode: str) -> np.ndarray:
 
 
 def cast(x: np.ndarray, to: DType, saturate: bool = True, round_mode: str = "up") -> np.ndarray:
-    """ONNX Cast. To the float8 types with `saturate`, out-of-range values and
-    infinities become the largest finite value (+-), else what the type does:
-    NaN (e4m3fn, the fnuz types) or infinity (e5m2). Narrow floats round to
-    nearest even, once (wide sources go through f32 rounded to odd). float4 has no
-    NaN or infinity: it always saturates. To integers: floats truncate, integers
-    wrap (keep the low bits), as numpy and ml_dtypes do."""
+    """ONNX Cast, every case decided here rather than by numpy or ml_dtypes (whose out-of-range
+    conversions are undefined, or differ between versions).
+
+    - To bool: zero is False, anything else (NaN too) True.
+    - To an integer type: the value modulo 2^bits, two's complement for signed types: integers
+      wrap (ONNX: "discard higher bits"). Floats first become integers, toward zero (as C, numpy
+      and ONNX Runtime do) or, for the 4- and 2-bit types, to nearest even (ONNX's int4 / int2
+      notes), then wrap likewise (ONNX leaves floats out of range undefined; ONNX Runtime wraps
+      too). NaN and infinities become 0.
+    - To a float type: round to nearest even, once (wide sources go through f32 rounded to
+      odd). To the float8 types with `saturate`, out-of-range values and infinities become the
+      largest finite value (+-), else what the type does: NaN (e4m3fn, the fnuz types) or
+      infinity (e5m2). float4 has no NaN or infinity: beyond +-6 is +-6, NaN is 6 (ONNX's
+      float4 note). f8e8m0: `round_mode` and `saturate` as in to_f8e8m0."""
     x = _standard(np.asarray(x))
+    if to is DType.bool:
+        return x != 0
+    if to.is_int:
+        return _wrap(_float_to_u64(x, nearest=to.is_narrow) if x.dtype.kind == "f" else x.astype(np.uint64), to)
     if to is DType.f8e8m0:
         return to_f8e8m0(x, saturate, round_mode)
-    if to.is_narrow and to.is_float or to is DType.bf16:
+    if to.is_narrow or to in (DType.bf16, DType.f16):
         x = x.astype(np.float32) if x.dtype in _EXACT_IN_F32 else f32_round_to_odd(x)
-        if saturate and to in SATURATING:
+        if to is DType.f4e2m1:
+            x = np.where(np.isnan(x), np.float32(6), np.clip(x, np.float32(-6), np.float32(6)))
+        elif saturate and to in SATURATING:
             big = np.float32(ml_dtypes.finfo(to.numpy).max)
             x = np.clip(x, -big, big)
-    return x.astype(to.numpy)
+    with np.errstate(over="ignore"):  # beyond the type's range: infinity (ONNX: "+/- infinity if OOR")
+        return x.astype(to.numpy)
+
+
+def _float_to_u64(x: np.ndarray, nearest: bool) -> np.ndarray:
+    """Float values to integers (to nearest even, or toward zero), modulo 2^64 as uint64; NaN
+    and infinities 0. Exact: fmod is, and so is the split into 32-bit halves of a value below 2^64."""
+    t = np.asarray(x, np.float64)
+    t = np.rint(t) if nearest else np.trunc(t)
+    t = np.fmod(np.where(np.isfinite(t), t, 0.0), 2.0**64)  # |t| < 2^64, an integer
+    hi = np.floor(t / 2.0**32)  # -2^32 <= hi < 2^32
+    lo = t - hi * 2.0**32  # 0 <= lo < 2^32
+    return (hi.astype(np.int64).astype(np.uint64) << np.uint64(32)) | lo.astype(np.uint64)
+
+
+def _wrap(u: np.ndarray, to: DType) -> np.ndarray:
+    """uint64 values (integers modulo 2^64) to the integer type `to`: its low bits, two's complement."""
+    info = to.iinfo
+    if not to.is_narrow:  # numpy narrows unsigned integers by their low bits; view reinterprets them
+        return np.asarray(u).astype(np.dtype(f"u{to.itemsize}")).view(to.numpy)
+    low = (u & np.uint64(2**info.bits - 1)).astype(np.int16)
+    return np.where(low > info.max, low - 2**info.bits, low).astype(to.numpy)
 
 
 def round_bf16(x: np.ndarray) -> np.ndarray:

@@ -16,11 +16,13 @@ printed to the terminal.
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnx.backend.base
@@ -30,7 +32,7 @@ import pytest
 import onnx.version_converter
 from lpuc.compiler.frontend import import_onnx, onnx_import
 from lpuc.ir import DType
-from lpuc.ir.evaluator import evaluate
+from lpuc.ir.evaluator import cast, evaluate
 
 # op -> regex on a case's name (the device suffix `_cpu` stripped). Each case
 # belongs to at most one op; NEIGHBOURS below removes the cases of other ops
@@ -122,6 +124,28 @@ XFAIL = {
     **XFAIL_TYPES,
     r"^test_range_.*_expanded$": "the expanded body is a Loop (control flow), which static scheduling rejects",
 }
+
+
+def ml_dtypes_differs(values, dtype: DType) -> bool:
+    """Whether the installed ml_dtypes casts f32 `values` to `dtype` otherwise than lpuc does."""
+    x = np.asarray(values, np.float32)
+    with np.errstate(invalid="ignore"):
+        theirs = x.astype(dtype.numpy)
+    return theirs.tobytes() != np.asarray(cast(x, dtype)).tobytes()
+
+
+# The case generators compute these casts' expected outputs with the installed ml_dtypes, which
+# is not ONNX's rule there (ir.evaluator.cast follows the rule) and changes between versions:
+# such a case is expected to fail while ml_dtypes differs from lpuc on the generator's inputs.
+for _name, _dtype, _values, _rule in (
+        ("INT4", DType.i4, range(-9, 16), "floats out of range wrap"),
+        ("UINT4", DType.u4, range(-9, 16), "floats out of range wrap"),
+        ("INT2", DType.i2, range(-3, 4), "floats out of range wrap"),
+        ("UINT2", DType.u2, range(-3, 4), "floats out of range wrap"),
+        ("FLOAT4E2M1", DType.f4e2m1, [math.nan], "NaN becomes 6")):
+    if ml_dtypes_differs(_values, _dtype):
+        XFAIL[rf"^test_cast(like)?_FLOAT(16)?_to_{_name}(_expanded)?$"] = (
+            f"the expected output is ml_dtypes {ml_dtypes.__version__}'s conversion, not ONNX's rule ({_rule})")
 
 # Cases expected to fail while the frontend does not accept their opset (see
 # lift_opset): pattern -> (opset, reason). They run normally once it does.
