@@ -119,7 +119,8 @@ def test_viz_dot_on_each_input_kind(six_layers, tmp_path, capsys):
         assert ("cluster_chip0" in out.read_text()) == (src.suffix == ".lpu")
 
 
-@pytest.mark.skipif(not HAVE_DOT, reason="Graphviz's dot is not installed")
+@pytest.mark.skipif(not HAVE_DOT,
+                    reason="Graphviz's dot is not installed (Debian package graphviz; CI installs it: .ci/run)")
 def test_viz_renders_svg(tmp_path, capsys):
     out = tmp_path / "g.svg"
     code, _, _ = run(capsys, "viz", SAMPLES / "gpt2_prefill.onnx", "--dot", out)
