@@ -243,7 +243,7 @@ def exact_int_cast(v: int | float, to: DType) -> int:
     if isinstance(v, float):
         if not math.isfinite(v):
             return 0
-        v = round(v) if to.itemsize == 1 and to.is_narrow else math.trunc(v)
+        v = round(v) if to.is_narrow else math.trunc(v)  # round(): to nearest even
     info = to.iinfo
     v %= 2**info.bits
     return v - 2**info.bits if v > info.max else v
