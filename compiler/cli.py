@@ -430,7 +430,7 @@ def cmd_demo(args) -> int:
     samples = Path(__file__).resolve().parents[1] / "samples"
     model = samples / f"{DEMO_SAMPLE}.onnx"
     if not model.is_file():
-        raise LpucError(f"bundled sample {model} not found: run the demo from a checkout (pip install -e .)")
+        raise LpucError(f"bundled sample {model} not found: reinstall lpuc")
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lpu = out_dir / f"{DEMO_SAMPLE}.lpu"
