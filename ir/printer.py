@@ -26,8 +26,13 @@ def _format_element(x, dtype: DType) -> str:
         return str(int(x))
     if dtype is DType.f64:
         return repr(float(x))
-    # the shortest spelling that round-trips (bf16 and the float8 / float4 values are f32-exact)
-    return str(np.float16(x) if dtype is DType.f16 else np.float32(x))
+    # the shortest digits that round-trip (bf16 and the float8 / float4 values are f32-exact), in
+    # scientific notation from 10^precision (1e3 in f16, 1e6 in f32) and below 1e-4: what str() does
+    # since numpy 2.3, spelled out so that the text is the same whatever numpy (2.2 wrote 65500.0)
+    v = np.float16(x) if dtype is DType.f16 else np.float32(x)
+    if v != 0 and np.isfinite(v) and not 1e-4 <= abs(float(v)) < 10.0 ** np.finfo(v.dtype).precision:
+        return np.format_float_scientific(v, unique=True, trim="-")
+    return np.format_float_positional(v, unique=True, trim="0")
 
 
 def format_tensor(t: Tensor) -> str:
