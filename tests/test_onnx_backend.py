@@ -135,17 +135,18 @@ def ml_dtypes_differs(values, dtype: DType) -> bool:
 
 
 # The case generators compute these casts' expected outputs with the installed ml_dtypes, which
-# is not ONNX's rule there (ir.evaluator.cast follows the rule) and changes between versions:
-# such a case is expected to fail while ml_dtypes differs from lpuc on the generator's inputs.
+# changes between versions where ONNX leaves the result undefined (floats out of an integer type's
+# range: lpuc wraps, ir.evaluator.cast) and departs from ONNX's float4 note (NaN is 6): such a case
+# is expected to fail while ml_dtypes differs from lpuc on the generator's inputs.
 for _name, _dtype, _values, _rule in (
-        ("INT4", DType.i4, range(-9, 16), "floats out of range wrap"),
-        ("UINT4", DType.u4, range(-9, 16), "floats out of range wrap"),
-        ("INT2", DType.i2, range(-3, 4), "floats out of range wrap"),
-        ("UINT2", DType.u2, range(-3, 4), "floats out of range wrap"),
-        ("FLOAT4E2M1", DType.f4e2m1, [math.nan], "NaN becomes 6")):
+        ("INT4", DType.i4, range(-9, 16), "out-of-range floats wrap"),
+        ("UINT4", DType.u4, range(-9, 16), "out-of-range floats wrap"),
+        ("INT2", DType.i2, range(-3, 4), "out-of-range floats wrap"),
+        ("UINT2", DType.u2, range(-3, 4), "out-of-range floats wrap"),
+        ("FLOAT4E2M1", DType.f4e2m1, [math.nan], "NaN becomes 6, as ONNX's float4 note says")):
     if ml_dtypes_differs(_values, _dtype):
         XFAIL[rf"^test_cast(like)?_FLOAT(16)?_to_{_name}(_expanded)?$"] = (
-            f"the expected output is ml_dtypes {ml_dtypes.__version__}'s conversion, not ONNX's rule ({_rule})")
+            f"the expected output is ml_dtypes {ml_dtypes.__version__}'s conversion, not lpuc's ({_rule})")
 
 # Cases expected to fail while the frontend does not accept their opset (see
 # lift_opset): pattern -> (opset, reason). They run normally once it does.
