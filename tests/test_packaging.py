@@ -41,7 +41,7 @@ def test_wheel_installs_and_runs_the_demo(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index",
                     wheel], check=True, capture_output=True)
 
-    cwd = tmp_path / "elsewhere"  # not the checkout, whose root is an `lpuc` package too
+    cwd = tmp_path / "elsewhere"  # nothing of the checkout on sys.path
     cwd.mkdir()
     where = subprocess.run([python, "-c", "import lpuc; print(lpuc.__file__)"], cwd=cwd, check=True,
                            capture_output=True, text=True).stdout.strip()
