@@ -36,7 +36,8 @@ program (the list scheduler's) plus a bounded solver time.
 Determinism: a fixed seed, a deterministic time limit (`effort`, CP-SAT's
 deterministic seconds per model -- never wall-clock), and `interleave_search`
 with a fixed batch size, so the schedule depends neither on the machine nor on
-the number of threads.
+the number of threads. Every solver parameter is set here from the recorded
+options; none is read from the environment.
 """
 
 from __future__ import annotations
@@ -224,12 +225,6 @@ def _solve(spec: _Spec, options: CpSatScheduler, progress=None):
     prm.max_deterministic_time = options.effort
     prm.interleave_search = True
     prm.interleave_batch_size = 8
-    import os
-    prm.log_search_progress = bool(os.environ.get("CPLOG"))
-    if os.environ.get("CPIGN"): prm.ignore_subsolvers.extend(os.environ["CPIGN"].split(","))
-    if os.environ.get("CPSUB"): prm.subsolvers.extend(os.environ["CPSUB"].split(","))
-    if os.environ.get("CPFULL"): prm.num_full_subsolvers = int(os.environ["CPFULL"])
-    if os.environ.get("CPBATCH"): prm.interleave_batch_size = int(os.environ["CPBATCH"])
     status = solver.solve(m, _Progress(finish, progress) if progress and spec.makespan_only else None)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return STATUS.get(status, "unknown"), None, 0

@@ -118,3 +118,18 @@ def test_at_most_max_windows_are_solved():
 def test_windows_give_the_same_bytes_whatever_the_worker_count():
     outs = {w: _compile("llama_decode", window=50, workers=w)[2] for w in (1, 2, 8)}
     assert outs[1] == outs[2] == outs[8]
+
+
+def test_old_solver_environment_variables_change_nothing(tmp_path):
+    """CPLOG, CPIGN, CPSUB, CPFULL and CPBATCH once reached the solver from the environment (unrecorded, able to
+    move the schedule): compiling with any of them set gives the bytes of a compile without."""
+    model = SAMPLES / "gpt2_prefill.onnx"
+    here = _compile("gpt2_prefill")[2]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CP")}
+    for name, value in (("CPLOG", "1"), ("CPIGN", "core,no_lp"), ("CPSUB", "quick_restart"), ("CPFULL", "1"),
+                        ("CPBATCH", "1")):
+        out = tmp_path / f"{name}.lpu"
+        done = subprocess.run([sys.executable, "-m", "lpuc.compiler", "compile", str(model), "-o", str(out), "--chips",
+                               "1", "--json"], cwd=ROOT, env={**clean, name: value}, capture_output=True, text=True)
+        assert done.returncode == 0, f"{name}={value}: {done.stderr}"
+        assert out.read_bytes() == here, f"{name}={value} changed the .lpu bytes"
