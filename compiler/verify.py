@@ -25,9 +25,6 @@ import numpy as np
 from ..ir import LpucError
 from ..ir.files import read_npz
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 @dataclass(frozen=True)
 class Compiled:
     """One compile in a fresh process."""

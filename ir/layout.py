@@ -74,10 +74,6 @@ def from_words(data: np.ndarray, t: TensorType) -> np.ndarray:
 Extent = tuple[int, int, int]  # (slice, first word, words)
 
 
-def extent_words(extents) -> int:
-    return sum(n for _, _, n in extents)
-
-
 def sub_extents(extents, offset: int, count: int) -> tuple[Extent, ...]:
     """Words [offset, offset+count) of the word sequence that `extents` spell."""
     out, pos = [], 0

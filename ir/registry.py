@@ -124,7 +124,3 @@ def register_op(opdef: OpDef) -> OpDef:
             raise ValueError(f"op {opdef.name}: unknown place {place!r} (one of {', '.join(PLACES)})")
     OPS[opdef.name] = opdef
     return opdef
-
-
-def lookup(name: str) -> OpDef | None:
-    return OPS.get(name)
