@@ -216,7 +216,12 @@ def write_lpu(path: str | Path, module: Module, machine_text: str, options: Mapp
               summary: Mapping[str, Any] | None = None, *, weights: bool = True) -> str:
     """Write the executable schedule of `module` to `path` atomically; return the file's sha256 (hex).
     weights=False writes no SRAM image: the file runs timing-only."""
-    data = lpu_bytes(module, machine_text, options, summary, weights=weights)
+    return write_program(path, build_program(module, machine_text, options, summary, weights=weights))
+
+
+def write_program(path: str | Path, program: Program) -> str:
+    """Write `program` (e.g. from `lpuc.compile`) to `path` atomically; return the file's sha256 (hex)."""
+    data = program_bytes(program)
     atomic_write(path, data)
     return sha256(data)
 

@@ -30,6 +30,9 @@ from ..ir.machine import Machine
 from ..ir.registry import SRAM
 from ..ir.schedule_facts import places, view_bases
 
+from .passes import Pass
+
+
 class DoesNotFit(LpucError):
     """A module needs more SRAM than a chip has."""
 
@@ -42,7 +45,6 @@ class Allocation:
     peak_words: int   # the largest chip's
     image_words: int  # the constants (never freed), all chips
     word_bytes: int
-    chip_peak_words: tuple[int, ...] = ()
 
     @property
     def peak_bytes(self) -> int:
@@ -98,16 +100,17 @@ class _Free:
 
 
 @dataclass(frozen=True)
-class Allocate:
-    """Options of the allocation; `stripes` = slices a value is spread over (None: its itemsize)."""
+class Allocate(Pass):
+    """The allocation as a pass; `stripes` = slices a value is spread over (None: its itemsize)."""
 
+    name = "allocate"
     stripes: int | None = None
 
-    def plan(self, module: Module, machine: Machine) -> Allocation:
-        return plan_allocation(module, machine, self.stripes)
+    def plan(self, module: Module, target: Machine, progress=None) -> Allocation:
+        return plan_allocation(module, target, self.stripes)
 
-    def __call__(self, module: Module, machine: Machine) -> Module:
-        return apply_allocation(module, self.plan(module, machine))
+    def apply(self, module: Module, target: Machine, plan: Allocation) -> Module:
+        return apply_allocation(module, plan)
 
 
 def _live_ranges(module: Module) -> tuple[dict[str, int], dict[str, int]]:
@@ -205,8 +208,7 @@ def plan_allocation(module: Module, machine: Machine, stripes: int | None = None
             for s, start, n in placed[name]:
                 free[chip[name]].release(s, start, n)
     order = [r.name for op in module.ops for r in op.results if r.name in placed]
-    return Allocation(tuple((name, placed[name]) for name in order), peak[worst], image, sram.word_bytes,
-                      tuple(peak))
+    return Allocation(tuple((name, placed[name]) for name in order), peak[worst], image, sram.word_bytes)
 
 
 def apply_allocation(module: Module, allocation: Allocation) -> Module:

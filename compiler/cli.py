@@ -27,7 +27,7 @@ from ..ir.printer import print_module
 from ..ir.schedule_facts import describe
 
 from ..backends import interpreter
-from ..backends.lpu import build_program, program_bytes, read_lpu, schedule_sha256, sha256
+from ..backends.lpu import build_program, read_lpu, schedule_sha256, write_program
 from ..ir.machine import DEFAULT_MACHINE
 
 from .driver import compile_model, compile_program, load_model, lpu_options, max_relative_error, read_ir
@@ -223,9 +223,7 @@ def cmd_compile(args) -> int:
                                                   progress=progress)
     program = build_program(module, machine_text, lpu_options(options, summary.chips), summary.facts(),
                             weights=not args.no_weights)
-    data = program_bytes(program)
-    atomic_write(args.output, data)
-    sha = sha256(data)
+    sha = write_program(args.output, program)
     seconds = time.perf_counter() - start
     # The SRAM peak over time (the schedule's live curve), as `lpuc run` will measure it; the
     # allocator's peak (its footprint in program order) is reported beside it.
@@ -435,14 +433,13 @@ def cmd_demo(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     lpu = out_dir / f"{DEMO_SAMPLE}.lpu"
     say(f"compiling {model.name} for {args.machine} ...")
-    cmd_compile(argparse.Namespace(model=str(model), shape=[], output=str(lpu), machine=args.machine, chips=1,
-                                   partition="auto", no_weights=False, scheduler=CompileOptions.scheduler,
-                                   effort=CompileOptions.effort, workers=CompileOptions.workers,
-                                   window=CompileOptions.window, max_windows=CompileOptions.max_windows,
-                                   json=False))
+    program = compile_program(model, args.machine, chips=1, progress=_after_seconds(2.0))
+    write_program(lpu, program)
+    facts = program.manifest["summary"]
+    print(f"{model.name} -> {lpu}: {program.cycles:,} cycles (lower bound {facts['lower_bound_cycles']:,}), "
+          f"{facts['instructions']:,} instructions")
     inputs = read_npz(samples / f"{DEMO_SAMPLE}.inputs.npz", "inputs")
     say(f"running {lpu} on the interpreter ...")
-    program = read_lpu(lpu)
     result = interpreter.run(program, inputs)
     _print_run(result.stats, program.machine)
     reference, source = _reference_outputs(model, inputs, samples / f"{DEMO_SAMPLE}.outputs.npz")

@@ -53,6 +53,8 @@ from ..ir.registry import OPS, TypeRuleError
 from ..ir.topology import Network, network
 from ..ir.types import TensorType
 
+from .passes import Pass
+
 
 @dataclass(frozen=True)
 class Split:
@@ -432,13 +434,13 @@ def _without_placement(op: Op) -> Op:
 
 
 @dataclass(frozen=True)
-class Lower:
-    """Graph module -> machine module for `machine` (module attribute `machine`)."""
+class Lower(Pass):
+    """Graph module -> machine module, on the chips of the partition written on it (without one, on one chip)."""
 
-    machine: str = "tsp-v1"
+    name = "lower"
 
-    def __call__(self, module: Module) -> Module:
-        return lower(module, self.machine)
+    def apply(self, module: Module, target: Machine, plan) -> Module:
+        return lower(module, target)
 
 
 def lower(module: Module, machine: Machine | str = "tsp-v1") -> Module:

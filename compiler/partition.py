@@ -29,16 +29,35 @@ so each chip's SRAM holds only its part.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..ir import AttrDict, LpucError, Module, Op
 from ..ir.layout import LANES, words
 from ..ir.machine import Machine
 
 from .lower import tilings
+from .passes import Pass
 
 STRATEGIES = ("auto", "pipeline", "tensor")
 
 # graph op index -> ((chip, share), ...): the chips a split op's tiles are shared out over, in tile order
 Groups = dict[int, tuple[tuple[int, int], ...]]
+
+
+@dataclass(frozen=True)
+class Partition(Pass):
+    """The partition as a pass: over `chips` chips by `strategy` (pipeline or tensor). What it decides is
+    written on the graph IR, so its plan is the partitioned module (the compile summary describes it)."""
+
+    name = "partition"
+    chips: int = 1
+    strategy: str = "pipeline"
+
+    def plan(self, module: Module, target: Machine, progress=None) -> Module:
+        return partition(module, target, self.chips, self.strategy)
+
+    def apply(self, module: Module, target: Machine, plan: Module) -> Module:
+        return plan
 
 
 def partition(module: Module, machine: Machine, chips: int, strategy: str) -> Module:
@@ -217,4 +236,4 @@ def _move_cuts(module: Module, home: list[int], weights: list[int], split: set[i
         cuts[k] = best
 
 
-__all__ = ["STRATEGIES", "describe", "partition"]
+__all__ = ["STRATEGIES", "Partition", "describe", "partition"]

@@ -1,12 +1,69 @@
-"""Module-to-module passes that do not belong to one stage."""
+"""The pass interface, and the passes that do not belong to one stage.
+
+A pass is a frozen dataclass: its fields are its options, its class attribute
+`name` is what pipelines and golden IR files call it, and `str(pass)` spells it
+the way they do (`allocate stripes=1`; options at their defaults are left out).
+It takes a module and the target (today the Machine) and gives a module:
+
+    run(module, target) = apply(module, target, plan(module, target))
+
+`plan` is the pure analysis, returning what the pass decided as a frozen value
+(a Partition, an Allocation, a ScheduleResult; None for a pass that decides
+nothing worth reporting), and `apply` writes it into the module. The pipeline
+(compiler/pipeline.py) keeps the plans, so the compile summary reports them
+without deriving anything again.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
 from ..ir import Module
+from ..ir.verifier import verify
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: ClassVar[str]
+
+    def plan(self, module: Module, target, progress=None) -> Any:
+        """What the pass decides for `module` (no module is built). `progress`, when given, may be called with
+        a line now and then (long passes)."""
+        return None
+
+    def apply(self, module: Module, target, plan) -> Module:
+        raise NotImplementedError
+
+    def run(self, module: Module, target) -> Module:
+        return self.apply(module, target, self.plan(module, target))
+
+    def __str__(self) -> str:
+        options = [f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name) != f.default]
+        return " ".join([self.name, *options])
+
+
+@dataclass(frozen=True)
+class Verify(Pass):
+    """The verifier as a pass (it raises on the first broken rule; the module is unchanged)."""
+
+    name = "verify"
+
+    def apply(self, module: Module, target, plan) -> Module:
+        return verify(module)
+
+
+@dataclass(frozen=True)
+class DeadCodeElimination(Pass):
+    """Drop ops none of whose results reach an output (the IR has no side effects)."""
+
+    name = "dce"
+
+    def apply(self, module: Module, target, plan) -> Module:
+        return dead_code_elimination(module)
 
 
 def dead_code_elimination(module: Module) -> Module:
-    """Drop ops none of whose results reach an output (the IR has no side effects)."""
     live = {v.name for _, v in module.outputs}
     kept = []
     for op in reversed(module.ops):
@@ -14,3 +71,6 @@ def dead_code_elimination(module: Module) -> Module:
             kept.append(op)
             live.update(v.name for v in op.operands)
     return module.replace(ops=tuple(reversed(kept)))
+
+
+__all__ = ["DeadCodeElimination", "Pass", "Verify", "dead_code_elimination"]

@@ -1,18 +1,25 @@
 """The compile driver: a verified graph-level module and a machine -> the
 scheduled machine-level module and a frozen summary.
 
-    partition -> lower -> verify -> allocate -> verify -> schedule -> verify
+The pipeline is a list of passes (compiler/passes.py), each followed by the
+verifier:
+
+    partition -> lower -> allocate -> schedule-cpsat | schedule-list
 
 The chip count defaults to the fewest chips whose SRAM holds the weights; the
 partition (compiler/partition.py) is the one asked for, or with `auto` the
-fastest of pipeline and tensor by a quick schedule of each. A module that is
-partitioned already (it has the `chips` attribute, e.g. an IR file with its
-partition written by hand) keeps its partition ("given").
+fastest of pipeline and tensor: each runs the passes before the schedule, and a
+quick list schedule of each decides. A module that is partitioned already (it
+has the `chips` attribute, e.g. an IR file with its partition written by hand)
+keeps its partition ("given": the pipeline starts at lower). `PASSES` names
+every pass, so a pipeline can be written as text (`parse_passes("partition
+chips=2 | lower | allocate")`, as the golden IR files do).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, fields
 
 from ..ir import LpucError, Module
 from ..ir.layout import words
@@ -21,13 +28,16 @@ from ..ir.registry import LINK, OPS
 from ..ir.topology import network, round_chips
 from ..ir.verifier import verify
 
-from .allocate import Allocate, DoesNotFit, apply_allocation
-from .lower import lower
-from .partition import STRATEGIES, describe, partition
+from .allocate import Allocate, DoesNotFit
+from .lower import Lower
+from .partition import STRATEGIES, Partition, describe
+from .passes import DeadCodeElimination, Pass, Verify
 from .schedule_cpsat import CpSatScheduler
-from .schedule_list import ListScheduler, apply_schedule
+from .schedule_list import ListScheduler, Scheduler
 
-SCHEDULERS = ("list", "cpsat")
+PASSES: dict[str, type[Pass]] = {p.name: p for p in (Verify, DeadCodeElimination, Partition, Lower, Allocate,
+                                                      ListScheduler, CpSatScheduler)}
+SCHEDULERS: dict[str, type[Scheduler]] = {"list": ListScheduler, "cpsat": CpSatScheduler}  # --scheduler NAME
 
 
 @dataclass(frozen=True)
@@ -93,29 +103,64 @@ class CompileSummary:
                 "list_cycles": self.list_cycles}
 
 
-def _allocate(partitioned: Module, machine: Machine, strategy: str, options: CompileOptions, progress=None):
-    say = progress or (lambda line: None)
-    chips = partitioned.attrs.get("chips", 1)
-    where = f" on {chips} chips ({strategy})" if chips > 1 else ""
-    say(f"lowering {len(partitioned.ops):,} graph ops{where}")
-    lowered = verify(lower(partitioned, machine))
-    say(f"allocating SRAM for {len(lowered.ops):,} machine ops")
-    allocation = Allocate(options.stripes).plan(lowered, machine)
-    return verify(apply_allocation(lowered, allocation)), allocation
+def passes(options: CompileOptions, chips: int, strategy: str) -> tuple[Pass, ...]:
+    """The pipeline for `chips` chips and a partition strategy (pipeline or tensor; "given": the module is
+    partitioned already); the scheduler's options are CompileOptions fields of the same names."""
+    scheduler = SCHEDULERS[options.scheduler]
+    return ((Partition(chips, strategy),) if strategy != "given" else ()) + (
+        Lower(), Allocate(options.stripes), scheduler(**{f.name: getattr(options, f.name) for f in fields(scheduler)}))
 
 
-def _schedule(allocated: Module, machine: Machine, options: CompileOptions, rounds: int, progress=None,
-              scheduler: str = "list"):
-    if progress:
-        progress(f"scheduling {len(allocated.ops):,} ops ({scheduler}, {rounds} list improvement rounds"
-                 + (f", effort {options.effort:g})" if scheduler == "cpsat" else ")"))
-    info = None
-    if scheduler == "cpsat":
-        result, info = CpSatScheduler(options.effort, options.workers, rounds, options.window,
-                                      options.max_windows).schedule(allocated, machine, progress)
-    else:
-        result = ListScheduler(rounds).schedule(allocated, machine)
-    return verify(apply_schedule(allocated, result)), result, info
+def _at_scheduler(pipeline: tuple[Pass, ...]) -> tuple[tuple[Pass, ...], tuple[Pass, ...]]:
+    """(the passes that place the program on chips and in SRAM, those from the scheduler on): a partition
+    candidate runs the first part; only the chosen one runs the rest."""
+    k = next(k for k, p in enumerate(pipeline) if isinstance(p, Scheduler))
+    return pipeline[:k], pipeline[k:]
+
+
+def run_passes(module: Module, target: Machine, pipeline: tuple[Pass, ...], progress=None
+               ) -> tuple[Module, dict[str, object]]:
+    """Run each pass, then the verifier, on `module`; -> (the last module, each pass's plan by pass name)."""
+    plans = {}
+    for p in pipeline:
+        if progress:
+            progress(f"{p}: {len(module.ops):,} ops")
+        plans[p.name] = plan = p.plan(module, target, progress)
+        module = verify(p.apply(module, target, plan))
+    return module, plans
+
+
+def parse_passes(text: str) -> tuple[Pass, ...]:
+    """`a | b key=value ...` -> the passes (PASSES names them; an option's text is read as its field's type)."""
+    return tuple(_parse_pass(stage.split()) for stage in text.split("|"))
+
+
+def _parse_pass(words: list[str]) -> Pass:
+    if not words or words[0] not in PASSES:
+        raise LpucError(f"unknown pass {' '.join(words)!r} (known: {', '.join(sorted(PASSES))})")
+    cls = PASSES[words[0]]
+    hints = typing.get_type_hints(cls)
+    options = {}
+    for word in words[1:]:
+        key, _, text = word.partition("=")
+        if key not in {f.name for f in fields(cls)}:
+            raise LpucError(f"pass {cls.name} has no option {key!r} (options: "
+                            f"{', '.join(f.name for f in fields(cls)) or 'none'})")
+        options[key] = _option_value(text, hints[key], f"{cls.name} {key}")
+    return cls(**options)
+
+
+def _option_value(text: str, hint, what: str):
+    kinds = typing.get_args(hint) or (hint,)
+    if text == "None" and type(None) in kinds:
+        return None
+    for kind in kinds:
+        if kind is not type(None):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+    raise LpucError(f"{what}={text!r}: expected {hint}")
 
 
 def default_chips(graph: Module, machine: Machine) -> int:
@@ -167,39 +212,46 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
         strategies = ("single",)
     tried, best = [], None
     for strategy in strategies:
-        partitioned = graph_module if strategy == "given" else partition(graph_module, machine, chips, strategy)
+        placing, scheduling = _at_scheduler(passes(options, chips, strategy))
         try:
-            allocated, allocation = _allocate(partitioned, machine, strategy, options, progress)
+            allocated, plans = run_passes(graph_module, machine, placing, progress)
         except DoesNotFit as e:
             if len(strategies) == 1:
                 raise
             tried.append((strategy, f"does not fit: {e}"))
             continue
         if len(strategies) == 1:
-            best = (strategy, partitioned, allocated, allocation)
+            best = (strategy, scheduling, allocated, plans)
             break
         # Candidates are compared by a quick list schedule (no improvement rounds): the cost model is the
         # scheduler itself. Only the winner is scheduled in earnest.
         if progress:
             progress(f"quick list schedule of the {strategy} candidate")
-        cycles = ListScheduler(0).schedule(allocated, machine).cycles
+        cycles = ListScheduler(rounds=0).plan(allocated, machine).cycles
         tried.append((strategy, str(cycles)))
         if best is None or cycles < best[4]:
-            best = (strategy, partitioned, allocated, allocation, cycles)
+            best = (strategy, scheduling, allocated, plans, cycles)
     if best is None:
         raise DoesNotFit(f"no partition of {graph_module.name} fits {chips} chips: "
                         + "; ".join(f"{s}: {why}" for s, why in tried))
-    strategy, partitioned, allocated, allocation = best[:4]
-    scheduled, result, info = _schedule(allocated, machine, options, options.rounds, progress, options.scheduler)
-    summary = CompileSummary(machine.name, result.cycles, result.lower_bound, result.critical_path,
-                             result.resource_bound, result.bound_resource, result.instructions,
-                             len(scheduled.ops), allocation.peak_bytes, allocation.image_bytes, machine.clock_mhz,
-                             chips, strategy, tuple(describe(partitioned)) if chips > 1 else (),
-                             tuple(tried) if len(strategies) > 1 else (),
-                             sum(1 for op in scheduled.ops if OPS[op.name].result_place == LINK),  # sends
-                             info.status if info else "", info.seconds if info else 0.0,
-                             info.list_cycles if info else 0, result.proven_bound)
+    strategy, scheduling, allocated, plans = best[:4]
+    scheduled, more = run_passes(allocated, machine, scheduling, progress)
+    plans.update(more)
+    partitioned, allocation, result = plans.get(Partition.name, graph_module), plans[Allocate.name], \
+        plans[scheduling[0].name]
+    summary = CompileSummary(
+        machine=machine.name, cycles=result.cycles, lower_bound=result.lower_bound,
+        critical_path=result.critical_path, resource_bound=result.resource_bound,
+        bound_resource=result.bound_resource, instructions=result.instructions, ops=len(scheduled.ops),
+        sram_peak_bytes=allocation.peak_bytes, sram_image_bytes=allocation.image_bytes,
+        clock_mhz=machine.clock_mhz, chips=chips, partition=strategy,
+        partition_lines=tuple(describe(partitioned)) if chips > 1 else (),
+        candidates=tuple(tried) if len(strategies) > 1 else (),
+        transfers=sum(1 for op in scheduled.ops if OPS[op.name].result_place == LINK),  # sends
+        solver_status=result.solver_status, solve_seconds=result.solve_seconds, list_cycles=result.list_cycles,
+        proven_bound=result.proven_bound)
     return scheduled, summary
 
 
-__all__ = ["CompileOptions", "CompileSummary", "ListScheduler", "compile_module", "default_chips"]
+__all__ = ["PASSES", "SCHEDULERS", "CompileOptions", "CompileSummary", "compile_module", "default_chips",
+           "parse_passes", "passes", "run_passes"]

@@ -2,7 +2,7 @@
 warm-started from the list schedule, never worse than it, with the solver's
 proven lower bound.
 
-The model (../shared/DESIGN.md, "Scheduling"), over the instructions, costs and
+The model (docs/design.md, "Scheduling"), over the instructions, costs and
 holds of ir.schedule_facts and the dependences the list scheduler derives from
 them (`schedule_list.analyze`):
   - one start variable per instruction;
@@ -45,7 +45,7 @@ from __future__ import annotations
 import re
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from ortools.sat.python import cp_model
@@ -54,30 +54,26 @@ from ..ir import Module
 from ..ir.costs import units
 from ..ir.machine import Machine
 
-from .schedule_list import ListScheduler, Program, ScheduleResult, analyze, list_schedule, schedule_result
+from .schedule_list import Program, ScheduleResult, Scheduler, analyze, list_schedule, schedule_result
 
 STATUS = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible", cp_model.INFEASIBLE: "infeasible",
           cp_model.MODEL_INVALID: "invalid", cp_model.UNKNOWN: "unknown"}
 
 
 @dataclass(frozen=True)
-class SolveInfo:
-    status: str            # optimal / feasible / unknown (one model), or "windowed: ..." (many)
-    seconds: float         # wall-clock solve time (reported, never used to decide anything)
-    list_cycles: int       # the warm start's length
-    proven_bound: int
+class CpSatScheduler(Scheduler):
+    """The CP-SAT scheduler as a pass; its ScheduleResult says how the solve went (status: optimal / feasible /
+    unknown for one model, "windowed: ..." for many; the warm start's cycles; the proven bound)."""
 
-
-@dataclass(frozen=True)
-class CpSatScheduler:
+    name = "schedule-cpsat"
     effort: float = 0.1     # CP-SAT deterministic seconds per model (the program, or each window)
     workers: int = 8        # solver threads (fixed; never the core count; at least 2 are run)
     rounds: int = 2         # the warm start's list-scheduler rounds
     window: int = 300       # instructions per model; larger programs are solved window by window
     max_windows: int = 12   # models solved per program: past them, windows keep the list schedule
 
-    def schedule(self, module: Module, machine: Machine, progress=None) -> tuple[ScheduleResult, SolveInfo]:
-        return cpsat_schedule(module, machine, self, progress)
+    def plan(self, module: Module, target: Machine, progress=None) -> ScheduleResult:
+        return cpsat_schedule(module, target, self, progress)
 
 
 # --- resource uses ------------------------------------------------------------------------------------
@@ -327,27 +323,29 @@ class _Windows:
         return spec, t0
 
 
-def cpsat_schedule(module: Module, machine: Machine, options: CpSatScheduler,
-                   progress=None) -> tuple[ScheduleResult, SolveInfo]:
+def cpsat_schedule(module: Module, machine: Machine, options: CpSatScheduler, progress=None) -> ScheduleResult:
     """`progress`, when given, hears of every better schedule the solver finds (or of the windows done)."""
     program = analyze(module, machine)
     base = list_schedule(module, machine, options.rounds, program)
     order = sorted((ins.index for ins in program.instructions), key=lambda i: (base.placements[i].cycle, i))
     if not order:
-        return base, SolveInfo("skipped", 0.0, base.cycles, 0)
+        return replace(base, solver_status="skipped", list_cycles=base.cycles)
     cycles = np.array([p.cycle for p in base.placements], dtype=np.int64)
     windows = _Windows(program, machine, cycles)
     t_start = time.perf_counter()
+
+    def result(placed, status: str, proven_bound: int = 0) -> ScheduleResult:
+        seconds = time.perf_counter() - t_start
+        return replace(schedule_result(module, program, machine, placed, proven_bound), solver_status=status,
+                       list_cycles=base.cycles, solve_seconds=seconds)
+
     if len(order) <= options.window:
         spec, t0 = windows.spec(sorted(order), whole=True, floor=base.lower_bound)
         status, solved, bound = _solve(spec, options, progress)
-        seconds = time.perf_counter() - t_start
         if solved is None or max(c + lat for c, lat in zip(solved, spec.latency)) >= base.cycles:
-            return schedule_result(module, program, machine, _as_placed(base), bound), \
-                SolveInfo(status, seconds, base.cycles, bound)
+            return result(_as_placed(base), status, bound)
         cycles[sorted(order)] = solved
-        return schedule_result(module, program, machine, _assign(program, machine, cycles), bound), \
-            SolveInfo(status, seconds, base.cycles, bound)
+        return result(_assign(program, machine, cycles), status, bound)
 
     chunks = _chunks(order, program, options.window)
     solved: dict[tuple, tuple[int, ...]] = {}   # a window's structure -> the relative cycles solved for it
@@ -374,11 +372,9 @@ def cpsat_schedule(module: Module, machine: Machine, options: CpSatScheduler,
             length = int(max(cycles[i] + windows.latency[i] for i in order))
             progress(f"CP-SAT: window {n:,} of {len(chunks):,}: {length:,} cycles "
                      f"(list schedule {base.cycles:,}; {reused:,} windows took the schedule of an equal one)")
-    seconds = time.perf_counter() - t_start
     status = (f"windowed: {solves} of {len(chunks)} windows solved, {reused} took an equal one's schedule"
               + (f" (at most {options.max_windows} are solved)" if solves == options.max_windows else ""))
-    return schedule_result(module, program, machine, _assign(program, machine, cycles)), \
-        SolveInfo(status, seconds, base.cycles, 0)
+    return result(_assign(program, machine, cycles), status)
 
 
 def _chunks(order: list[int], program: Program, window: int) -> list[list[int]]:
@@ -452,4 +448,4 @@ def _assign(program, machine: Machine, cycles) -> dict[int, tuple[int, int, tupl
     return {i: (cycles[i], unit[i], streams[i]) for i in instrs}
 
 
-__all__ = ["CpSatScheduler", "ListScheduler", "SolveInfo", "cpsat_schedule"]
+__all__ = ["CpSatScheduler", "cpsat_schedule"]

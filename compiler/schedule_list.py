@@ -34,7 +34,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from itertools import islice
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,6 +44,8 @@ from ..ir.costs import units
 from ..ir.machine import Machine
 from ..ir.registry import LINK, PLANE
 from ..ir.schedule_facts import Facts, Instruction, describe, view_bases
+
+from .passes import Pass
 
 
 # --- the instructions and their dependences ---------------------------------------
@@ -252,6 +254,8 @@ class Placement:
 
 @dataclass(frozen=True)
 class ScheduleResult:
+    """What a scheduler decides (every scheduler gives one), with the bounds and, from a solver, how it went."""
+
     placements: tuple[Placement, ...]   # one per op, in program order
     cycles: int                         # the program's length: max c + lat
     critical_path: int                  # longest latency-weighted read-after-write path
@@ -259,6 +263,10 @@ class ScheduleResult:
     bound_resource: str                 # which resource gives resource_bound
     instructions: int
     proven_bound: int = 0               # a solver's proven bound on the optimum (0: none)
+    solver_status: str = ""             # a solver's: optimal / feasible / skipped / windowed: ... ("": no solver)
+    list_cycles: int = 0                # a solver's warm start: the list schedule's length (0: no solver)
+    # wall-clock, reported only: it never decides anything, and two equal schedules are equal whatever it says
+    solve_seconds: float = field(default=0.0, compare=False)
 
     @property
     def lower_bound(self) -> int:
@@ -314,19 +322,29 @@ def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str]:
 
 
 @dataclass(frozen=True)
-class ListScheduler:
-    """Options of the list scheduler. `rounds`: forward-backward improvement rounds
+class Scheduler(Pass):
+    """A scheduling pass: its plan is the ScheduleResult (one type for every scheduler), applied by
+    `apply_schedule`."""
+
+    def plan(self, module: Module, target: Machine, progress=None) -> ScheduleResult:
+        raise NotImplementedError
+
+    def apply(self, module: Module, target: Machine, plan: ScheduleResult) -> Module:
+        return apply_schedule(module, plan)
+
+
+@dataclass(frozen=True)
+class ListScheduler(Scheduler):
+    """The list scheduler as a pass. `rounds`: forward-backward improvement rounds
     after the critical-path pass (each: a backward pass in order of the best
     schedule's finish times, then a forward pass in order of that one's start
     times; the shortest schedule wins)."""
 
+    name = "schedule-list"
     rounds: int = 2
 
-    def schedule(self, module: Module, machine: Machine) -> "ScheduleResult":
-        return list_schedule(module, machine, self.rounds)
-
-    def __call__(self, module: Module, machine: Machine) -> Module:
-        return apply_schedule(module, self.schedule(module, machine))
+    def plan(self, module: Module, target: Machine, progress=None) -> ScheduleResult:
+        return list_schedule(module, target, self.rounds)
 
 
 def _pass(program: Program, machine: Machine, priority: dict[int, int], reverse: bool
@@ -527,5 +545,5 @@ def apply_schedule(module: Module, result: ScheduleResult) -> Module:
     return module.replace(ops=tuple(op for _, _, op in ops))
 
 
-__all__ = ["ListScheduler", "Placement", "Program", "ScheduleResult", "analyze", "apply_schedule",
+__all__ = ["ListScheduler", "Placement", "Program", "ScheduleResult", "Scheduler", "analyze", "apply_schedule",
            "list_schedule", "lower_bounds", "schedule_result"]

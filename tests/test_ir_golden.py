@@ -1,13 +1,16 @@
 """Golden IR tests: tests/golden/ir/*.ir.
 
-A golden file's first line names the passes to run, in order, as a pipeline:
+A golden file's first line names the passes to run, in order, as a pipeline
+(`lpuc.compiler.pipeline.PASSES` names every pass; options are `key=value`
+words, as `str(pass)` spells them), on a tsp-v1 target:
 
     # RUN: verify
-    # RUN: partition chips=4 strategy=pipeline | verify      (a pass with options)
+    # RUN: partition chips=2 strategy=tensor | lower | allocate | schedule-list rounds=0
 
-The rest of the file is the expected output. When the input is not already the
-expected output (comments, odd spacing ...), the file holds the input first and
-the expected output after a separator line:
+The verifier runs after every pass, as in the compiler. The rest of the file is
+the expected output. When the input is not already the expected output
+(comments, odd spacing, a pass that changes the module ...), the file holds the
+input first and the expected output after a separator line:
 
     # RUN: verify
     module @m { ... input as written ... }
@@ -24,43 +27,30 @@ produce now (review the diff).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from lpuc.compiler.partition import partition
-from lpuc.ir import LpucError, Module, parse, print_module
-from lpuc.ir.machine import read_machine
-from lpuc.ir.verifier import verify
+from lpuc.compiler.allocate import Allocate
+from lpuc.compiler.lower import Lower
+from lpuc.compiler.partition import Partition
+from lpuc.compiler.passes import Verify
+from lpuc.compiler.pipeline import PASSES, parse_passes, run_passes
+from lpuc.compiler.schedule_cpsat import CpSatScheduler
+from lpuc.compiler.schedule_list import ListScheduler
+from lpuc.ir import LpucError, parse, print_module
+from lpuc.ir.machine import load_machine
 
 GOLDEN = Path(__file__).parent / "golden" / "ir"
 RUN = "# RUN:"
 SEPARATOR = "# ---- output ----"
-
-# Pass name -> function(module, **options) -> module. A later pass (lower, ...)
-# is added here by name; options are `key=value` words.
-PASSES: dict[str, Callable[..., Module]] = {
-    "verify": lambda module: verify(module),
-    "partition": lambda module, chips, strategy, machine="tsp-v1":
-        partition(module, read_machine(machine)[0], chips, strategy),
-}
+TARGET = load_machine("tsp-v1")
 
 
-def parse_pipeline(line: str) -> list[tuple[str, dict]]:
-    """`# RUN: a | b k=v` -> [("a", {}), ("b", {"k": "v"})]."""
+def parse_pipeline(line: str):
+    """`# RUN: a | b k=v` -> the passes."""
     assert line.startswith(RUN), f"the first line must be `{RUN} pass | pass ...`, got {line!r}"
-    stages = []
-    for stage in line[len(RUN):].split("|"):
-        name, *words = stage.split()
-        if name not in PASSES:
-            raise AssertionError(f"unknown pass {name!r} (known: {', '.join(sorted(PASSES))})")
-        options = {}
-        for w in words:
-            key, _, value = w.partition("=")
-            options[key] = int(value) if value.lstrip("-").isdigit() else value
-        stages.append((name, options))
-    return stages
+    return parse_passes(line[len(RUN):])
 
 
 def split_golden(text: str) -> tuple[str, str, str | None]:
@@ -74,10 +64,9 @@ def split_golden(text: str) -> tuple[str, str, str | None]:
 
 
 def run_pipeline(run_line: str, text: str, filename: str) -> str:
+    pipeline = parse_pipeline(run_line)
     try:
-        module = parse(text, filename)
-        for name, options in parse_pipeline(run_line):
-            module = PASSES[name](module, **options)
+        module, _ = run_passes(parse(text, filename), TARGET, pipeline)
     except LpucError as e:
         return f"error: {e}\n"
     return print_module(module)
@@ -113,14 +102,29 @@ def test_golden(path: Path, update_golden: bool):
 
 
 def test_pipeline_syntax():
-    assert parse_pipeline("# RUN: verify") == [("verify", {})]
-    assert parse_pipeline("# RUN: verify | verify") == [("verify", {}), ("verify", {})]
-    assert parse_pipeline("# RUN: partition chips=4 strategy=pipeline") == [
-        ("partition", {"chips": 4, "strategy": "pipeline"})]
-    with pytest.raises(AssertionError, match="unknown pass 'lower'"):
-        parse_pipeline("# RUN: lower machine=tsp-v1")
+    assert parse_pipeline("# RUN: verify") == (Verify(),)
+    assert parse_pipeline("# RUN: partition chips=4 strategy=tensor | lower | allocate stripes=None | schedule-cpsat "
+                          "effort=0.5") == (Partition(chips=4, strategy="tensor"), Lower(), Allocate(),
+                                            CpSatScheduler(effort=0.5))
+    for bad, words in (("# RUN: optimize", "unknown pass 'optimize'"), ("# RUN: partition chip=2", "no option 'chip'"),
+                       ("# RUN: allocate stripes=many", "allocate stripes='many'"), ("# RUN: verify |", "unknown pass ''")):
+        with pytest.raises(LpucError, match=words):
+            parse_pipeline(bad)
     with pytest.raises(AssertionError, match="first line"):
         parse_pipeline("module @m {")
+
+
+@pytest.mark.parametrize("name", sorted(PASSES))
+def test_every_pass_is_spelled_as_it_parses(name):
+    """str(pass) is its pipeline text, options included, for every pass the compiler has."""
+    cls = PASSES[name]
+    assert cls.name == name and parse_passes(str(cls())) == (cls(),) and str(cls()) == name
+    changed = {Partition: Partition(chips=4, strategy="tensor"), Allocate: Allocate(stripes=2),
+               ListScheduler: ListScheduler(rounds=0),
+               CpSatScheduler: CpSatScheduler(effort=0.25, workers=2, rounds=1, window=40, max_windows=3)}
+    if cls in changed:
+        assert parse_passes(str(changed[cls])) == (changed[cls],)
+        assert str(changed[cls]).startswith(f"{name} ") and "=" in str(changed[cls])
 
 
 def test_a_failing_pass_is_golden_output_too():

@@ -18,7 +18,7 @@ from lpuc.backends.lpu import build_program, load_lpu, lpu_bytes
 from lpuc.compiler.allocate import Allocate
 from lpuc.compiler.lower import evaluate_machine, lower
 from lpuc.compiler.schedule_cpsat import CpSatScheduler
-from lpuc.compiler.schedule_list import ListScheduler, apply_schedule
+from lpuc.compiler.schedule_list import ListScheduler
 from lpuc.ir import machine_ops as mo
 from lpuc.ir.builder import Builder
 from lpuc.ir.evaluator import EVAL
@@ -58,9 +58,8 @@ def test_a_new_machine_op_is_one_declaration_and_its_implementation():
     with doubling_op():
         module = verify(doubling_module())
         np.testing.assert_array_equal(evaluate_machine(module, {"x": x})["y"], x * 2)
-        allocated = verify(Allocate()(module, MACHINE))
-        for scheduled in (ListScheduler()(allocated, MACHINE),
-                          apply_schedule(allocated, CpSatScheduler().schedule(allocated, MACHINE)[0])):
+        allocated = verify(Allocate().run(module, MACHINE))
+        for scheduled in (ListScheduler().run(allocated, MACHINE), CpSatScheduler().run(allocated, MACHINE)):
             program = load_lpu(lpu_bytes(verify(scheduled), MACHINE_TEXT))  # printed, parsed, verified
             op = next(op for op in program.module.ops if op.name == "vxm.test_double")
             assert op.attrs["unit"].startswith("vxm")

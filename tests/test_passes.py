@@ -1,0 +1,83 @@
+"""The pass interface: run = apply(plan); the pipeline verifies after every pass and keeps the plans; both
+schedulers are passes with one result type; the pipeline is built from the compile options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import pytest
+
+from lpuc.compiler.allocate import Allocate, Allocation
+from lpuc.compiler.lower import Lower
+from lpuc.compiler.partition import Partition
+from lpuc.compiler.passes import Pass
+from lpuc.compiler.pipeline import PASSES, SCHEDULERS, CompileOptions, passes, run_passes
+from lpuc.compiler.schedule_cpsat import CpSatScheduler
+from lpuc.compiler.schedule_list import ListScheduler, ScheduleResult, apply_schedule
+from lpuc.ir import VerifyError, parse
+from lpuc.ir.machine import load_machine
+
+MACHINE = load_machine("tsp-v1")
+GRAPH = parse("""module @tiny {
+  input %x : f32[2,4]
+  %w = graph.constant {value = tensor<f32[4,3], [0.5, -1.0, 0.25, 1.5, 0.0, -0.5, 2.0, 1.0, -0.25, 0.75, 0.5, 1.0]>} : f32[4,3]
+  %h = graph.matmul %x, %w : f32[2,3]
+  %e = graph.exp %h : f32[2,3]
+  %y = graph.add %e, %h : f32[2,3]
+  output "y" = %y
+}
+""")
+
+
+def test_run_is_apply_of_plan_and_the_pipeline_keeps_each_plan():
+    pipeline = (Partition(chips=2), Lower(), Allocate(), ListScheduler())
+    scheduled, plans = run_passes(GRAPH, MACHINE, pipeline)
+    assert set(plans) == {"partition", "lower", "allocate", "schedule-list"}
+    assert plans["partition"].attrs["chips"] == 2 and plans["lower"] is None  # a partition is written on the IR
+    assert isinstance(plans["allocate"], Allocation) and isinstance(plans["schedule-list"], ScheduleResult)
+    assert scheduled.attrs["chips"] == 2
+    module = GRAPH
+    for p in pipeline:
+        module = p.run(module, MACHINE)
+    assert module == scheduled
+    assert scheduled == apply_schedule(_allocated(), plans["schedule-list"])
+
+
+def _allocated():
+    return run_passes(GRAPH, MACHINE, (Partition(chips=2), Lower(), Allocate()))[0]
+
+
+def test_the_verifier_runs_after_every_pass():
+    @dataclass(frozen=True)
+    class Breaks(Pass):
+        name = "breaks"
+
+        def apply(self, module, target, plan):  # an op reading a value defined after it
+            return module.replace(ops=tuple(reversed(module.ops)))
+
+    with pytest.raises(VerifyError, match="used before its definition"):
+        run_passes(GRAPH, MACHINE, (Breaks(),))
+
+
+def test_both_schedulers_give_one_result_type():
+    allocated = _allocated()
+    listed = ListScheduler().plan(allocated, MACHINE)
+    solved = CpSatScheduler().plan(allocated, MACHINE)
+    assert type(listed) is type(solved) is ScheduleResult
+    assert (listed.solver_status, listed.list_cycles, listed.solve_seconds) == ("", 0, 0.0)
+    assert solved.solver_status in ("optimal", "feasible") and solved.list_cycles == listed.cycles
+    assert solved.cycles <= listed.cycles and solved.lower_bound <= solved.cycles
+    # wall-clock is reported, never part of what a schedule is
+    again = CpSatScheduler().plan(allocated, MACHINE)
+    assert again == solved
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
+def test_the_pipeline_is_built_from_the_options(scheduler):
+    options = CompileOptions(scheduler=scheduler, effort=0.3, workers=3, window=50, max_windows=4, rounds=1,
+                             stripes=2)
+    partition, lower, allocate, schedule = passes(options, 4, "tensor")
+    assert (partition, lower, allocate) == (Partition(chips=4, strategy="tensor"), Lower(), Allocate(stripes=2))
+    assert passes(options, 4, "given")[:2] == (Lower(), Allocate(stripes=2))  # partitioned already: no partition
+    assert type(schedule) is SCHEDULERS[scheduler] and PASSES[schedule.name] is SCHEDULERS[scheduler]
+    assert all(getattr(schedule, f.name) == getattr(options, f.name) for f in fields(schedule))
