@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import struct
 import zipfile
 import zlib
@@ -47,7 +48,7 @@ import numpy as np
 from ..ir.attributes import AttrDict, Tensor
 from ..ir.core import Module, Op
 from ..ir.errors import LpucError
-from ..ir.files import atomic_write, read_bytes
+from ..ir.files import atomic_write, open_regular, read_bytes
 from ..ir.layout import LANES, from_words, to_words, words
 from ..ir.machine import Machine, parse_machine
 from ..ir.machine_ops import chip_of, is_constant
@@ -302,7 +303,30 @@ def _one_line(e: BaseException) -> str:
 
 def read_lpu(path: str | Path) -> Program:
     """Load and check a .lpu file; every problem is one LpuFormatError line naming the file."""
-    return load_lpu(read_bytes(path, LpuFormatError), str(path))
+    return load_lpu(_read_container(path), str(path))
+
+
+_END = struct.Struct("<IHHHHIIH")  # the ZIP end-of-directory record, the last bytes _pack writes
+
+
+def _read_container(path: str | Path) -> bytes:
+    """A .lpu file's bytes, read only once its last bytes are the end record of a directory of the .lpu
+    parts that ends just there: noise, or a huge sparse file, is refused before it is read into memory."""
+    with open_regular(path, LpuFormatError) as f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - _END.size))
+            end = f.read(_END.size)
+            if len(end) == _END.size:
+                signature, _, _, _, count, directory_size, directory_start, _ = _END.unpack(end)
+                if signature == 0x06054B50 and count == len(PARTS) \
+                        and directory_start + directory_size + _END.size == size:
+                    f.seek(0)
+                    return f.read()
+        except OSError as e:
+            raise LpuFormatError(f"{path}: cannot read: {e.strerror or e}") from None
+    raise LpuFormatError(f"{path}: not a valid .lpu file (it does not end with the directory of its "
+                         f"{len(PARTS)} parts, as .lpu files do)")
 
 
 def load_lpu(data: bytes, where: str = "<lpu>") -> Program:
@@ -322,8 +346,6 @@ def load_lpu(data: bytes, where: str = "<lpu>") -> Program:
         module = verify(parse(program_text, f"{where}:program.ir"))
     except LpucError as e:
         raise LpuFormatError(_one_line(e)) from None
-    except RecursionError:  # tomllib recurses into nested arrays and tables (program.ir's lists are bounded)
-        raise LpuFormatError(f"{where}: machine.toml is nested too deep") from None
     if machine.name != manifest["machine"]:
         raise LpuFormatError(f"{where}: the manifest names machine {manifest['machine']!r}, "
                              f"machine.toml describes {machine.name!r}")

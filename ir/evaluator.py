@@ -17,7 +17,7 @@ import ml_dtypes
 import numpy as np
 
 from .core import Module, Op
-from .errors import EvalError
+from .errors import EvalError, LpucError
 from .graph_ops import PLACEMENT_ATTRS
 from .registry import OPS
 from .types import DType, TensorType
@@ -385,7 +385,7 @@ def evaluate(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[str, np.n
         try:
             with np.errstate(all="ignore"):
                 out = impl([env[v.name] for v in op.operands], attrs)
-        except EvalError as e:  # e.g. a constant whose data is missing
+        except LpucError as e:  # e.g. a constant whose data is missing, or whose weights file is unreadable
             raise EvalError(f"{op.label()}: {e}") from None
         except Exception as e:  # numpy's own complaint, e.g. an index out of range
             raise EvalError(f"{op.label()}: {type(e).__name__}: {e}") from e

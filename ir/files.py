@@ -58,11 +58,16 @@ def check_regular(path: str | Path) -> None:
     open_regular(path).close()
 
 
-def read_bytes(path: str | Path, error: type[LpucError] = LpucError) -> bytes:
-    """The bytes of the regular file `path` (see open_regular)."""
+def read_bytes(path: str | Path, error: type[LpucError] = LpucError, offset: int = 0,
+               size: int | None = None) -> bytes:
+    """The bytes of the regular file `path` (see open_regular), or its `size` bytes from `offset`:
+    a file too short for them is refused by its length, before anything is allocated."""
     with open_regular(path, error) as f:
         try:
-            return f.read()
+            if size is not None and os.fstat(f.fileno()).st_size < offset + size:
+                raise error(f"{path}: too short (it has no {size:,} bytes at offset {offset:,})")
+            f.seek(offset)
+            return f.read(size)
         except OSError as e:
             raise error(f"{path}: cannot read: {e.strerror or e}") from None
 

@@ -10,12 +10,14 @@ every number must lie in its range (RANGES).
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import LpucError
+from .files import read_bytes
 from .layout import LANES
 
 SHIPPED = Path(__file__).with_name("machines")
@@ -221,11 +223,23 @@ def _number(x: int | float) -> str:
 _SECTIONS = {cls.__name__: cls for cls in (Vector, Sram, Streams, Mxm, Vxm, Sxm, Mem, Host, C2c, Topology, Latency)}
 
 
+# A dotted name (`a.b.c`) of more parts than a machine file needs (its keys are `section.key`): tomllib's
+# time and memory grow with the square of a dotted key's length, so such a text is refused before parsing.
+_PART = r"""(?:[\w-]+|"[^"\n]*"|'[^'\n]*')"""
+_LONG_DOTTED_NAME = re.compile(_PART + r"(?:[ \t]*\.[ \t]*" + _PART + "){7}")
+
+
 def parse_machine(text: str, source: str = "<machine>") -> Machine:
+    long_name = _LONG_DOTTED_NAME.search(text)
+    if long_name:
+        raise LpucError(f"{source}: {long_name[0][:40]!r}... is a dotted name of more than 8 parts "
+                        "(a machine file's keys are section.key)")
     try:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise LpucError(f"{source}: not valid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise LpucError(f"{source}: nested too deep (a machine file's values are numbers and strings)") from None
     machine = _build(Machine, table, "", source)
     if machine.topology.kind not in TOPOLOGIES:
         raise LpucError(f"{source}: topology.kind must be one of {', '.join(TOPOLOGIES)}, "
@@ -251,13 +265,13 @@ def read_machine(name_or_path: str | Path = DEFAULT_MACHINE) -> tuple[Machine, s
     shipped = SHIPPED / f"{name_or_path}.toml"
     if not str(name_or_path).endswith(".toml") and shipped.is_file():
         text_path = shipped
-    elif not text_path.is_file():
+    elif not text_path.exists():
         names = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.toml")))
         raise LpucError(f"no machine {str(name_or_path)!r}: give a shipped name ({names}) or a .toml file")
     try:
-        text = text_path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise LpucError(f"{text_path}: cannot read: {e}") from None
+        text = read_bytes(text_path).decode()
+    except UnicodeDecodeError as e:
+        raise LpucError(f"{text_path}: not a machine file (not UTF-8: {e})") from None
     return parse_machine(text, str(name_or_path) if text_path == shipped else str(text_path)), text
 
 

@@ -196,7 +196,7 @@ def test_external_weights_are_never_read_at_import(external_model):
     data.unlink()
     module, _ = import_onnx(path, {"input_ids": (1, 7)})
     assert print_module(module) == text
-    with pytest.raises(LpucError, match="cannot read .*ext.onnx.data"):
+    with pytest.raises(LpucError, match="weights of .*ext.onnx.data: no such file"):
         evaluate(module, token_ids(7))
 
 
@@ -343,6 +343,32 @@ def test_malformed_external_data(tmp_path, capsys, location, external, words):
     code = main(["eval", str(model), "--inputs", str(tmp_path / "in.npz")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.splitlines()) == 1 and words in err, err
+
+
+@pytest.mark.parametrize("special", ["fifo", "directory"])
+def test_external_data_that_is_not_a_regular_file_is_refused(tmp_path, capsys, special):
+    """A FIFO named as external data would block the read forever: refused unread, the error one
+    line of its own (not wrapped in the evaluator's report of a failed op)."""
+    (os.mkfifo if special == "fifo" else os.mkdir)(tmp_path / "w.bin")
+    model = _matmul_with_external_weight(tmp_path, "w.bin")
+    np.savez(tmp_path / "in.npz", x=np.ones((2, 4), np.float32))
+    code = main(["eval", str(model), "--inputs", str(tmp_path / "in.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1 and "LpucError" not in err, err
+    assert "weights of w: " in err and "not a regular file" in err, err
+
+
+def test_a_negative_initializer_dimension_is_one_line(tmp_path, capsys):
+    """onnx.checker and shape inference let an external initializer's dims pass."""
+    w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[-4, 3], data_location=TensorProto.EXTERNAL)
+    w.external_data.add(key="location", value="w.bin")
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "neg", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-4, 3])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    code = main(["import", str(save(model, tmp_path / "neg.onnx"))])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "initializer w: negative dimension in its shape [-4, 3]" in err, err
 
 
 # --- IR files -------------------------------------------------------------------

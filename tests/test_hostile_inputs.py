@@ -1,7 +1,8 @@
 """Files and inputs made to break lpuc: each is refused at once in one line (exit 2), or, for a
 program whose parts agree with the manifest's hashes but not with each other, caught before
 cycle 0. A test per class of attack: a tampered SRAM image, forged manifest facts, cycles out of
-range, IR nested too deep, a zip bomb, devices and FIFOs, forged .npy headers, NaN inputs."""
+range, IR nested too deep, a zip bomb, a huge sparse file, machine files nested too deep, devices
+and FIFOs, forged .npy headers, NaN inputs."""
 
 from __future__ import annotations
 
@@ -42,12 +43,14 @@ def good(compiled, tmp_path_factory) -> Path:
     return path
 
 
-def forged(good: Path, tmp_path: Path, ir=None, image=None, manifest=None) -> Path:
-    """`good` with program.ir, image.bin and/or the manifest changed, and the manifest's part hashes
-    made to match: a file every container check passes."""
+def forged(good: Path, tmp_path: Path, ir=None, image=None, manifest=None, machine=None) -> Path:
+    """`good` with program.ir, image.bin, machine.toml and/or the manifest changed, and the manifest's
+    part hashes made to match: a file every container check passes."""
     parts = _unpack(good.read_bytes(), str(good))
     if ir is not None:
         parts["program.ir"] = ir(parts["program.ir"].decode()).encode()
+    if machine is not None:
+        parts["machine.toml"] = machine(parts["machine.toml"].decode()).encode()
     if image is not None:
         parts["image.bin"] = image(bytearray(parts["image.bin"]))
     m = json.loads(parts["manifest.json"])
@@ -197,6 +200,47 @@ def test_a_zip_bomb_is_refused_without_inflating_it(good, tmp_path):
     assert peak < 16 << 20, f"{peak:,} bytes allocated to refuse it"
 
 
+def test_a_huge_file_that_does_not_end_as_a_lpu_is_refused_unread(tmp_path):
+    """A sparse 64 GiB file (no disk used) is refused from its last bytes, before it is read."""
+    path = tmp_path / "huge.lpu"
+    with path.open("wb") as f:
+        f.truncate(64 << 30)
+    tracemalloc.start()
+    try:
+        with pytest.raises(LpuFormatError, match="does not end with the directory of its 5 parts"):
+            read_lpu(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak:,} bytes allocated to refuse it"
+
+
+# --- machine files nested too deep ---------------------------------------------------------
+
+@pytest.mark.parametrize("nesting", ["array", "inline table", "dotted key", "dotted table"])
+@pytest.mark.parametrize("where", ["--machine", "in a .lpu"])
+def test_machine_files_nested_too_deep_are_refused_at_once(good, tmp_path, capsys, nesting, where):
+    """tomllib recurses into nested values (RecursionError), and its time and memory grow with the
+    square of a dotted name's parts (30,000 parts: gigabytes)."""
+    n = 30000
+    deep = {"array": "x = " + "[" * n + "]" * n, "inline table": "x = " + "{a = " * n + "1" + "}" * n,
+            "dotted key": ".".join(["a"] * n) + " = 1", "dotted table": "[" + ".".join(["a"] * n) + "]"}[nesting]
+    words = "nested too deep" if "dotted" not in nesting else "a dotted name of more than 8 parts"
+    if where == "--machine":
+        machine = tmp_path / "deep.toml"
+        machine.write_text(good_machine_text(good) + "\n" + deep + "\n")
+        argv = ["compile", SAMPLES / f"{SAMPLE}.onnx", "--machine", machine, "-o", tmp_path / "out.lpu"]
+    else:
+        path = forged(good, tmp_path, machine=lambda text: text + "\n" + deep + "\n")
+        argv = ["run", path]
+    assert_one_line_error(*run_cli(capsys, *argv)[::2], "deep" if where == "--machine" else "machine.toml", words)
+    assert not (tmp_path / "out.lpu").exists()
+
+
+def good_machine_text(good: Path) -> str:
+    return _unpack(good.read_bytes(), str(good))["machine.toml"].decode()
+
+
 # --- devices, FIFOs and directories ------------------------------------------------------
 
 @pytest.fixture
@@ -224,16 +268,18 @@ def _special(tmp_path: Path, kind: str, suffix: str) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["/dev/zero", "/dev/urandom", "fifo", "directory"])
-@pytest.mark.parametrize("command", ["run", "run --inputs", "check", "compile", "eval --inputs", "diff"])
+@pytest.mark.parametrize("command", ["run", "run --inputs", "check", "compile", "compile --machine", "eval --inputs",
+                                     "diff"])
 def test_only_regular_files_are_read(good, tmp_path, capsys, alarm, kind, command):
     if kind.startswith("/dev/") and not Path(kind).exists():
         pytest.skip(f"no {kind} here")
     suffix = ".npz" if "--inputs" in command else {"run": ".lpu", "check": ".ir", "compile": ".onnx",
-                                                   "diff": ".lpu"}[command]
+                                                   "compile --machine": ".toml", "diff": ".lpu"}[command]
     special = _special(tmp_path, kind, suffix)
     argv = {
         "run": ["run", special], "run --inputs": ["run", good, "--inputs", special], "check": ["check", special],
         "compile": ["compile", special, "-o", tmp_path / "out.lpu"],
+        "compile --machine": ["compile", SAMPLES / f"{SAMPLE}.onnx", "--machine", special, "-o", tmp_path / "out.lpu"],
         "eval --inputs": ["eval", SAMPLES / f"{SAMPLE}.onnx", "--inputs", special],
         "diff": ["diff", good, special],
     }[command]

@@ -21,6 +21,7 @@ from onnx import numpy_helper
 from ...ir import DType, LpucError, Module, Tensor, TensorType, Value
 from ...ir.builder import Builder
 from ...ir.evaluator import evaluate
+from ...ir.files import read_bytes
 
 from ..passes import dead_code_elimination
 
@@ -172,6 +173,8 @@ def _static_type(vi: onnx.ValueInfoProto, what: str) -> TensorType:
 def _weight(init: onnx.TensorProto, base_dir: Path) -> Tensor:
     """A lazy constant for an initializer; external data is never read here."""
     dtype = onnx_dtype(init.data_type, f"initializer {init.name}")
+    if any(d < 0 for d in init.dims):  # (onnx.checker lets a large or external initializer's dims pass)
+        raise LpucError(f"initializer {init.name}: negative dimension in its shape {list(init.dims)}")
     ttype = TensorType(tuple(init.dims), dtype)
     if init.data_location == onnx.TensorProto.EXTERNAL:
         nbytes = onnx_nbytes(ttype)
@@ -179,14 +182,11 @@ def _weight(init: onnx.TensorProto, base_dir: Path) -> Tensor:
         key = f"ext:{location}:{offset}:{nbytes}"
 
         def load(init=init, dtype=dtype, ttype=ttype, path=path):
-            try:  # the file's size first: numpy would allocate `nbytes` before reading
-                fits = path.stat().st_size >= offset + nbytes
-                raw = np.fromfile(path, dtype=np.uint8, count=nbytes, offset=offset) if fits else None
-            except OSError as e:
-                raise LpucError(f"weights of {init.name}: cannot read {path}: {e.strerror}") from None
-            if raw is None or raw.size != nbytes:
-                raise LpucError(f"weights of {init.name}: {path} is too short")
-            return _decode(raw.tobytes(), init.data_type, dtype, ttype.shape)
+            try:
+                raw = read_bytes(path, offset=offset, size=nbytes)
+            except LpucError as e:
+                raise LpucError(f"weights of {init.name}: {e}") from None
+            return _decode(raw, init.data_type, dtype, ttype.shape)
 
         return Tensor(ttype, key, loader=load)
     try:
