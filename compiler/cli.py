@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..ir import LpucError
 from ..ir.evaluator import evaluate
-from ..ir.files import atomic_write, check_regular, read_npz, write_module, write_npz
+from ..ir.files import atomic_write, check_regular, npz_arrays, read_npz, write_module, write_npz
 from ..ir.printer import print_module
 from ..ir.schedule_facts import describe
 
@@ -137,11 +137,11 @@ def _eval_args(p):
          "Evaluate MODEL (ONNX or IR) with lpuc's numpy reference evaluator and print a summary of each output.",
          _eval_args)
 def cmd_eval(args) -> int:
-    inputs = read_npz(args.inputs, "inputs") if args.inputs else None
     shapes = dict(args.shape)
-    if inputs is not None and Path(args.model).suffix != ".ir":
-        shapes = {**{k: tuple(v.shape) for k, v in inputs.items()}, **shapes}
+    if args.inputs and Path(args.model).suffix != ".ir":  # (from the arrays' headers: nothing is loaded yet)
+        shapes = {**{k: a.shape for k, a in npz_arrays(args.inputs, "inputs").items()}, **shapes}
     module, _ = load_model(args.model, _known_inputs(args.model, shapes))
+    inputs = read_npz(args.inputs, "inputs", module) if args.inputs else None
     if inputs is None:
         inputs = random_inputs(module, args.seed)
         say(f"using random inputs (seed {args.seed})")
@@ -324,7 +324,7 @@ def cmd_run(args) -> int:
     if not args.timing_only:
         interpreter.require_weights(program)
         if args.inputs:
-            inputs = read_npz(args.inputs, "inputs")
+            inputs = read_npz(args.inputs, "inputs", program.module)
             _check_finite(inputs, args.inputs, args.strict)
         else:
             inputs = random_inputs(program.module, args.seed)
@@ -663,7 +663,7 @@ def cmd_diff(args) -> int:
     if args.limit < 0:
         raise LpucError(f"--limit {args.limit}: give the number of instructions to list, 0 or more")
     a, b = read_lpu(args.a), read_lpu(args.b)
-    inputs = read_npz(args.inputs, "inputs") if args.inputs else None
+    inputs = read_npz(args.inputs, "inputs", a.module) if args.inputs else None
     diff = diff_programs(a, b)
     outputs = diff_outputs(a, b, inputs) if inputs is not None else ()
     identical = diff.identical and all(o.bitwise_identical for o in outputs)

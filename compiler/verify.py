@@ -136,9 +136,10 @@ def verify_determinism(model: str | Path, *, repeat: int = 3, workers: Sequence[
         programs = [read_lpu(c.path) for c in compiles]
         if inputs is None:
             stored = model.with_name(model.name.removesuffix(model.suffix) + ".inputs.npz")
-            inputs = read_npz(stored, "inputs") if stored.is_file() else random_inputs(programs[0].module)
+            inputs = read_npz(stored, "inputs", programs[0].module) if stored.is_file() \
+                else random_inputs(programs[0].module)
         elif not isinstance(inputs, Mapping):
-            inputs = read_npz(inputs, "inputs")
+            inputs = read_npz(inputs, "inputs", programs[0].module)
         runs, divergence = [], ""
         for k, c in enumerate(compiles[1:], 2):
             if c.sha256 != compiles[0].sha256 and not divergence:

@@ -20,6 +20,7 @@ import os
 import stat
 import zipfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -103,15 +104,36 @@ def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
     atomic_write(path, npz_bytes(arrays))
 
 
-def read_npz(path: str | Path, what: str = "arrays") -> dict[str, np.ndarray]:
-    """Load every array of an .npz file (never unpickling), with one-line errors."""
-    return {name: load() for name, load in npz_loaders(path, what).items()}
+def read_npz(path: str | Path, what: str = "arrays", inputs_of: Module | None = None) -> dict[str, np.ndarray]:
+    """Load every array of an .npz file (never unpickling), with one-line errors. An array named after
+    an input of `inputs_of` must have its shape and item size, checked on the headers: a small
+    deflated file cannot make lpuc allocate gigabytes for an input that could never fit."""
+    arrays = npz_arrays(path, what)
+    expected = {v.name: v.type for v in inputs_of.inputs} if inputs_of is not None else {}
+    for name, a in arrays.items():
+        t = expected.get(name)
+        if t is not None and (a.shape != t.shape or a.dtype.itemsize != t.dtype.numpy.itemsize):
+            raise LpucError(f"{path}: array {name!r} holds {a.dtype}{list(a.shape)}, but input {name} is {t}")
+    return {name: a.load() for name, a in arrays.items()}
+
+
+@dataclass(frozen=True)
+class NpzArray:
+    """An array of an .npz file: its header, read and checked, and a loader of its data."""
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    load: Callable[[], np.ndarray]
 
 
 def npz_loaders(path: str | Path, what: str = "arrays") -> dict[str, Callable[[], np.ndarray]]:
-    """A loader per array of an .npz file, by name. Every member's .npy header is read and checked
-    first (no pickled objects; the declared shape and dtype take exactly the member's bytes), so a
-    forged header is refused in one line naming the array before anything is allocated."""
+    """A loader per array of an .npz file, by name (see npz_arrays)."""
+    return {name: a.load for name, a in npz_arrays(path, what).items()}
+
+
+def npz_arrays(path: str | Path, what: str = "arrays") -> dict[str, NpzArray]:
+    """The arrays of an .npz file, by name. Every member's .npy header is read and checked first (no
+    pickled objects; the declared shape and dtype take exactly the member's bytes), so a forged
+    header is refused in one line naming the array before anything is allocated."""
     bad = f"{path}: not a valid .npz file of {what}"
     with open_regular(path) as f:
         try:
@@ -127,8 +149,7 @@ def npz_loaders(path: str | Path, what: str = "arrays") -> dict[str, Callable[[]
                     if name == info.filename or name in members:
                         raise LpucError(f"{bad} (member {info.filename!r} is not an .npy array of its own)")
                     with zf.open(info) as member:
-                        _check_npy_header(member, info.file_size, f"{bad} (array {name!r}")
-                    members[name] = info
+                        members[name] = info, _check_npy_header(member, info.file_size, f"{bad} (array {name!r}")
             except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, RuntimeError,
                     ValueError) as e:
                 raise LpucError(f"{bad} ({_one_line(e)})") from None
@@ -143,14 +164,15 @@ def npz_loaders(path: str | Path, what: str = "arrays") -> dict[str, Callable[[]
                         from None
         return load
 
-    return {name: loader(info) for name, info in members.items()}
+    return {name: NpzArray(shape, dtype, loader(info)) for name, (info, (shape, dtype)) in members.items()}
 
 
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
-def _check_npy_header(member, size: int, where: str) -> None:
-    """Read an .npy header from `member` (`size` bytes long) and check it describes exactly its data."""
+def _check_npy_header(member, size: int, where: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Read an .npy header from `member` (`size` bytes long), check it describes exactly its data:
+    the shape and dtype it declares."""
     try:
         version = np.lib.format.read_magic(member)
         read_header = _NPY_HEADERS.get(version)
@@ -165,6 +187,7 @@ def _check_npy_header(member, size: int, where: str) -> None:
     if member.tell() + declared != size:
         raise LpucError(f"{where}: its header declares {dtype}{list(shape)}, {declared:,} bytes, but the "
                         f"member holds {size - member.tell():,})")
+    return tuple(shape), dtype
 
 
 def _one_line(e: BaseException) -> str:

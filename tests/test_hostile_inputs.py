@@ -2,7 +2,7 @@
 program whose parts agree with the manifest's hashes but not with each other, caught before
 cycle 0. A test per class of attack: a tampered SRAM image, forged manifest facts, cycles out of
 range, IR nested too deep, a zip bomb, a huge sparse file, machine files nested too deep, devices
-and FIFOs, forged .npy headers, NaN inputs."""
+and FIFOs, forged .npy headers, an inputs zip bomb, NaN inputs."""
 
 from __future__ import annotations
 
@@ -320,6 +320,30 @@ def test_forged_npy_headers_are_refused_before_allocating(good, tmp_path, capsys
     for argv in (["run", good, "--inputs", path], ["eval", SAMPLES / f"{SAMPLE}.onnx", "--inputs", path]):
         code, _, err = run_cli(capsys, *argv)
         assert_one_line_error(code, err, "in.npz", "'input_ids'", *words)
+
+
+def test_an_inputs_zip_bomb_is_refused_from_its_header(good, tmp_path, capsys):
+    """An input deflated from 128 MiB (its header consistent with its data, ~130 kB in the file) is
+    refused by its declared shape, before its data is inflated."""
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for key, a in np.load(INPUTS).items():
+            if key != "input_ids":
+                zf.writestr(f"{key}.npy", _npy(a))
+        with zf.open("input_ids.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<i8", "fortran_order": False, "shape": (1, 1 << 24)})
+            for _ in range(128):
+                f.write(bytes(1 << 20))
+    for argv, words in ((["run", good], "input input_ids is i64[1,1]"),
+                        (["eval", SAMPLES / f"{SAMPLE}.onnx"], "input input_ids: shape [1, 16777216] given")):
+        tracemalloc.start()
+        try:
+            code, _, err = run_cli(capsys, *argv, "--inputs", path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert_one_line_error(code, err, words)
+        assert peak < 64 << 20, f"{peak:,} bytes allocated to refuse it"
 
 
 # --- NaN and Inf inputs -------------------------------------------------------------------
