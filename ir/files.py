@@ -106,14 +106,16 @@ def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 def read_npz(path: str | Path, what: str = "arrays", inputs_of: Module | None = None) -> dict[str, np.ndarray]:
     """Load every array of an .npz file (never unpickling), with one-line errors. An array named after
-    an input of `inputs_of` must have its shape and item size, checked on the headers: a small
-    deflated file cannot make lpuc allocate gigabytes for an input that could never fit."""
+    an input of `inputs_of` larger than that input is refused on its header: a small deflated file
+    cannot make lpuc allocate gigabytes for an input that could never fit. (Smaller mismatches are
+    the evaluator's check_inputs' to name.)"""
     arrays = npz_arrays(path, what)
     expected = {v.name: v.type for v in inputs_of.inputs} if inputs_of is not None else {}
     for name, a in arrays.items():
-        t = expected.get(name)
-        if t is not None and (a.shape != t.shape or a.dtype.itemsize != t.dtype.numpy.itemsize):
-            raise LpucError(f"{path}: array {name!r} holds {a.dtype}{list(a.shape)}, but input {name} is {t}")
+        t, size = expected.get(name), math.prod(a.shape) * a.dtype.itemsize
+        if t is not None and size > t.numel * t.dtype.numpy.itemsize:  # (as numpy holds it: bf16 in float32)
+            raise LpucError(f"{path}: array {name!r} holds {a.dtype}{list(a.shape)}, {size:,} bytes, more than "
+                            f"input {name} ({t}, as {t.dtype.numpy} {t.numel * t.dtype.numpy.itemsize:,} bytes)")
     return {name: a.load() for name, a in arrays.items()}
 
 

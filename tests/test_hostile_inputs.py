@@ -334,7 +334,7 @@ def test_an_inputs_zip_bomb_is_refused_from_its_header(good, tmp_path, capsys):
             np.lib.format.write_array_header_1_0(f, {"descr": "<i8", "fortran_order": False, "shape": (1, 1 << 24)})
             for _ in range(128):
                 f.write(bytes(1 << 20))
-    for argv, words in ((["run", good], "input input_ids is i64[1,1]"),
+    for argv, words in ((["run", good], "more than input input_ids (i64[1,1], as int64 8 bytes)"),
                         (["eval", SAMPLES / f"{SAMPLE}.onnx"], "input input_ids: shape [1, 16777216] given")):
         tracemalloc.start()
         try:
