@@ -395,7 +395,7 @@ def _busy_deltas(a: Program, b: Program) -> tuple[BusyDelta, ...]:
     from .interpreter import schedule_stats
 
     def busy(p):
-        return {(c.chip, unit): n for c in schedule_stats(p.module, p.machine).chips
+        return {(c.chip, unit): n for c in schedule_stats(p.module, p.target).chips
                 for unit, n in c.class_busy.items()}
     before, after = busy(a), busy(b)
     return tuple(BusyDelta(chip, unit, before.get((chip, unit), 0), after.get((chip, unit), 0))

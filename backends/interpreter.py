@@ -4,7 +4,7 @@ It runs a scheduled machine module (docs/machine-ir.md) on byte-level SRAM and
 checks every rule of that contract, independently of the compiler:
 
 - the environment: per chip (created when first used) the SRAM as bytes
-  (slices x words x 320 lanes) and, per SRAM word, the value it holds, when
+  (slices x words x lanes) and, per SRAM word, the value it holds, when
   that landed and until when it is being read; the MXM planes per chip; the
   transfers in flight between chips;
 - the loop: events in cycle order — an instruction issues at `c` (reads its
@@ -56,10 +56,11 @@ from ..ir.core import Module, Op
 from ..ir.costs import cost, link_windows, units
 from ..ir.errors import EvalError, LpucError
 from ..ir.evaluator import check_inputs, conform
-from ..ir.layout import LANES, from_words, sub_extents, to_words, view_extents, words
+from ..ir.layout import from_words, sub_extents, to_words, view_extents, words
 from ..ir.machine import Machine
 from ..ir.registry import HOST, LINK, OPS, PLANE, SRAM, TypeRuleError
-from ..ir.topology import Network, link_name, network, supported_chips
+from ..ir.target import Target
+from ..ir.topology import Network, link_name
 
 from .lpu import LpuFormatError, Program, read_lpu
 
@@ -141,7 +142,7 @@ MAX_CYCLE = 2 ** 52
 # --- the dispatch table -----------------------------------------------------
 
 def _moves_words(op: Op) -> bool:
-    """A transfer's send or receive: it takes and gives raw words (uint8 [words, 320]), not values, so a
+    """A transfer's send or receive: it takes and gives raw words (uint8 [words, lanes]), not values, so a
     transfer is exact to the byte."""
     opdef = OPS[op.name]
     return opdef.result_place == LINK or LINK in opdef.places
@@ -202,22 +203,18 @@ class _Instr:
 class _Plan:
     """Static analysis of a scheduled module: values' words, costs, static hazards."""
 
-    def __init__(self, module: Module, machine: Machine):
-        self.module, self.machine = module, machine
-        self.chips = module.attrs.get("chips", 1)
-        if type(self.chips) is not int or not supported_chips(machine, self.chips):
-            raise LpucError(f"module @{module.name} is for {self.chips!r} chips, which a {machine.name} "
-                            f"{machine.topology.kind} cannot have")
+    def __init__(self, module: Module, target: Target):
+        self.module, self.target, self.machine = module, target, target.machine
+        self.chips, self.lanes = target.chips, target.lanes
         self.multi = self.chips > 1
-        self._network: Network | None = None
         self.hazards: list[HazardError] = []
         self.values: dict[str, _Val] = {v.name: _Val("host") for v in module.inputs}
         self.bases: list[_Base] = []
         self.instrs: list[_Instr] = []
         self.instrs_by_idx: dict[int, _Instr] = {}
         self.constants: list[tuple[Op, int, tuple]] = []  # (op, base id, extents)
-        self.units = units(machine)
-        self.n_streams = machine.streams.east + machine.streams.west
+        self.units = units(self.machine)
+        self.n_streams = self.machine.streams.east + self.machine.streams.west
         for idx, op in enumerate(module.ops):
             if mo.is_view(op.name):
                 self._view(op)
@@ -236,9 +233,7 @@ class _Plan:
 
     @property
     def network(self) -> Network:
-        if self._network is None:  # built when a send needs it: a large machine's cabling is big
-            self._network = network(self.machine, self.chips)
-        return self._network
+        return self.target.network
 
     def on(self, chip: int) -> str:
         """The prefix naming a chip's resources: none on one chip (`slice 4`), else `chip 2 slice 4`."""
@@ -286,7 +281,7 @@ class _Plan:
                 by_operand.append(tuple(fake[i:i + n]))
                 i += n
             # the layout's own rule, on extents whose "slice" is the index of the segment it came from
-            ext = view_extents(op.name, op.attrs, [v.type for v in op.operands], by_operand)
+            ext = view_extents(op.name, op.attrs, [v.type for v in op.operands], by_operand, self.lanes)
             out = tuple((segs[k][0], w, n, segs[k][3]) for k, w, n in ext)
         self.values[op.result.name] = _Val("sram", out, ok=ok, chip=chip)
 
@@ -303,7 +298,7 @@ class _Plan:
         if extents is None:
             self.values[r.name] = _Val("sram", ok=False, chip=chip)
             return
-        base = self._new_base(r.name, -1, label, 0, words(r.type), chip, constant=True)
+        base = self._new_base(r.name, -1, label, 0, words(r.type, self.lanes), chip, constant=True)
         self.constants.append((op, base, extents[0]))
         self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in extents[0]), chip=chip)
 
@@ -314,7 +309,7 @@ class _Plan:
     def _out(self, op: Op, label: str, cycle, types, chip: int) -> list[tuple] | None:
         """`out` split per result; None (after a hazard) when it is missing, mis-sized or outside SRAM."""
         out = op.attrs.get("out")
-        need = [words(t) for t in types]
+        need = [words(t, self.lanes) for t in types]
         if out is None:
             self._hazard("out", cycle, label, "out", f"has no `out` extents for its {sum(need)} result words")
             return None
@@ -443,7 +438,7 @@ class _Plan:
         ins.occ, ins.lat, ins.port_reads, ins.port_writes = c.occupancy, c.latency, c.reads, c.writes
         land = (cycle or 0) + c.latency
         for r, ext in zip(sram_results, writes):
-            base = self._new_base(r.name, idx, label, land, words(r.type), chip)
+            base = self._new_base(r.name, idx, label, land, words(r.type, self.lanes), chip)
             ins.writes.append((base, ext))
             self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in ext), ok=ins.ok, chip=chip)
         if not writes:
@@ -558,9 +553,9 @@ class _Plan:
         return max([i.cycle + i.lat for i in self.instrs if i.cycle is not None], default=0)
 
 
-def schedule_stats(module: Module, machine: Machine) -> Stats:
+def schedule_stats(module: Module, target: Target) -> Stats:
     """The statistics a run will report (cycles, busy cycles, SRAM peak, links), from the schedule alone."""
-    plan = _Plan(module, machine)
+    plan = _Plan(module, target)
     for ins in plan.instrs:  # what a run learns while reading: when each value's last read ends
         if ins.cycle is not None:
             for segs in ins.reads:
@@ -580,7 +575,7 @@ class _Sram:
 
     def __init__(self, machine: Machine, numeric: bool, cycle_type):
         shape = (machine.sram.slices, machine.sram.words_per_slice)
-        self.bytes = np.zeros(shape + (LANES,), np.uint8) if numeric else None
+        self.bytes = np.zeros(shape + (machine.lanes,), np.uint8) if numeric else None
         self.owner = np.zeros(shape, np.int32)       # 1 + base id of the value whose word is there (0: none)
         self.read_end = np.zeros(shape, cycle_type)  # latest end (c + occ) of a read of the word
         self.reader = np.zeros(shape, np.int32)      # 1 + the instruction reading it until then
@@ -625,7 +620,7 @@ class _Machine:
             for s, w, n in extents:
                 if n:
                     data = self.program.image.get((chip, s, w)) if self.numeric else None
-                    if data is not None and data.shape != (n, LANES):  # (a hazard of _check_image)
+                    if data is not None and data.shape != (n, plan.lanes):  # (a hazard of _check_image)
                         data = None
                     taken = st.owner[s, w:w + n]
                     if (taken > 0).any():
@@ -643,7 +638,7 @@ class _Machine:
         extents = [e for e in extents if e[2]]
         for s, w, n in extents:
             data = self.program.image.get((chip, s, w))
-            if data is None or data.shape != (n, LANES):
+            if data is None or data.shape != (n, self.plan.lanes):
                 self.hazard("constant", 0, op.label(), f"{on}slice {s} word {w}",
                             f"has {n} words at {on}slice {s} word {w}, which the SRAM image does not hold")
                 return
@@ -702,21 +697,21 @@ class _Machine:
             self.streaming[ins.chip, ins.unit] = (ins.idx, end, weights.instr)
         if not ins.ok or not self.numeric:
             return
-        moves = _moves_words(op)
+        moves, lanes = _moves_words(op), plan.lanes
         args = []
         for (where, ref), v in zip(ins.args, op.operands):
             if where == "sram":
                 segs = ins.reads[ref]
                 data = np.concatenate([self.sram(plan.bases[b].chip).bytes[s, w:w + n] for s, w, n, b in segs]) \
-                    if segs else np.zeros((0, LANES), np.uint8)
-                args.append(data if moves else from_words(data, v.type))
+                    if segs else np.zeros((0, lanes), np.uint8)
+                args.append(data if moves else from_words(data, v.type, lanes))
             elif where == "plane":
                 state = self.planes.get((ins.chip, ins.unit))
                 tile = state[1] if state is not None else None
                 args.append(tile if tile is not None else np.zeros(v.type.shape, v.type.dtype.numpy))
             elif where == "link":  # words that have not arrived (a hazard already) read as zeros
                 data = self.arrived.pop(ref.instr, None)
-                args.append(data if data is not None else np.zeros((words(v.type), LANES), np.uint8))
+                args.append(data if data is not None else np.zeros((words(v.type, lanes), lanes), np.uint8))
             else:
                 args.append(np.asarray(self.inputs[ref]))
         if moves:
@@ -817,7 +812,8 @@ class _Machine:
         for i, (b, extents) in enumerate(ins.writes):
             data = None
             if results:
-                data = results[i] if _moves_words(ins.op) else to_words(results[i], ins.op.results[i].type)
+                r = ins.op.results[i]
+                data = results[i] if _moves_words(ins.op) else to_words(results[i], r.type, self.plan.lanes)
             pos = 0
             for s, w, n in extents:
                 if data is not None:
@@ -829,7 +825,7 @@ class _Machine:
 # --- running ------------------------------------------------------------------
 
 def _plan(program: Program) -> _Plan:
-    plan = _Plan(program.module, program.machine)
+    plan = _Plan(program.module, program.target)
     plan.check_resources()
     return plan
 
@@ -997,7 +993,7 @@ def _link_stats(plan: _Plan, timed: list[_Instr]) -> tuple[tuple[LinkStats, ...]
     for i in timed:
         if not i.hops:
             continue
-        nbytes = words(i.op.operands[0].type) * plan.machine.vector.lanes
+        nbytes = words(i.op.operands[0].type, plan.lanes) * plan.machine.sram.word_bytes
         total += nbytes
         for (_, _, length), hop in zip(link_windows(i.op, plan.machine, i.occ), i.hops):
             row = per[hop]

@@ -13,7 +13,7 @@ sorted order, a fixed timestamp, no extra fields, no pickle anywhere. Members:
   machine.toml   the machine description's text (a run needs no local files)
   image.json     the initial SRAM image's index: [[chip, slice, first word, words], ...]
                  sorted; one entry per extent of every `mem.constant`
-  image.bin      the image's bytes: those extents' words (320 B each), in index order
+  image.bin      the image's bytes: those extents' words (vector.lanes bytes each), in index order
 
 A file written with weights=False (`lpuc compile --no-weights`) has an empty
 image: its constants keep their `out` extents but carry no data, so it can
@@ -49,12 +49,13 @@ from ..ir.attributes import AttrDict, Tensor
 from ..ir.core import Module, Op
 from ..ir.errors import LpucError
 from ..ir.files import atomic_write, open_regular, read_bytes
-from ..ir.layout import LANES, from_words, to_words, words
+from ..ir.layout import from_words, to_words, words
 from ..ir.machine import Machine, parse_machine
 from ..ir.machine_ops import chip_of, is_constant
 from ..ir.parser import parse
 from ..ir.printer import print_module
 from ..ir.schedule_facts import describe
+from ..ir.target import Target
 from ..ir.verifier import verify
 
 FORMAT = "lpu"
@@ -62,7 +63,7 @@ FORMAT_VERSION = 3
 PARTS = ("image.bin", "image.json", "machine.toml", "manifest.json", "program.ir")
 HASHED = tuple(p for p in PARTS if p != "manifest.json")
 
-Image = Mapping[tuple[int, int, int], np.ndarray]  # (chip, slice, first word) -> uint8 [words, 320]
+Image = Mapping[tuple[int, int, int], np.ndarray]  # (chip, slice, first word) -> uint8 [words, lanes]
 
 
 class LpuFormatError(LpucError):
@@ -74,11 +75,15 @@ class Program:
     """A loaded (or freshly built) executable schedule. Arrays are read-only."""
 
     module: Module
-    machine: Machine
+    target: Target     # the machine and the module's chips (`Target.of`)
     machine_text: str
     image: Image
     manifest: Mapping[str, Any]
     source: str = ""  # the file it was loaded from ("" when built in memory)
+
+    @property
+    def machine(self) -> Machine:
+        return self.target.machine
 
     @property
     def options(self) -> Mapping[str, Any]:
@@ -113,7 +118,7 @@ def _canonical_json(value: Any, what: str) -> str:
             from None
 
 
-def _build_image(module: Module, weights: bool) -> tuple[Module, dict[tuple[int, int, int], np.ndarray]]:
+def _build_image(module: Module, lanes: int, weights: bool) -> tuple[Module, dict[tuple[int, int, int], np.ndarray]]:
     """The SRAM image: each mem.constant's words at its `out` extents (none without weights,
     but the extents are checked all the same); and the module with each constant's `sha256`
     (of its words, in `out` order) when it has weights."""
@@ -129,14 +134,15 @@ def _build_image(module: Module, weights: bool) -> tuple[Module, dict[tuple[int,
         if out is None:
             raise LpucError(f"cannot build the SRAM image: {op.label()} has no `out` extents")
         n = sum(e[2] for e in out)
-        if n != words(t):
-            raise LpucError(f"cannot build the SRAM image: {op.label()}: `out` spans {n} words, {t} takes {words(t)}")
+        if n != words(t, lanes):
+            raise LpucError(f"cannot build the SRAM image: {op.label()}: `out` spans {n} words, {t} takes "
+                            f"{words(t, lanes)}")
         if not weights:
             ops.append(op)
             continue
         if not value.has_data:
             raise LpucError(f"cannot build the SRAM image: {op.label()}: constant {value.key} has no data")
-        data, chip = to_words(value.array, t), chip_of(op)
+        data, chip = to_words(value.array, t, lanes), chip_of(op)
         digest = sha256(data.tobytes())
         if op.attrs.get("sha256", digest) != digest:
             raise LpucError(f"cannot build the SRAM image: {op.label()}: its data does not match its sha256")
@@ -163,15 +169,14 @@ def build_program(module: Module, machine_text: str, options: Mapping[str, Any] 
                   summary: Mapping[str, Any] | None = None, *, weights: bool = True) -> Program:
     """The Program `write_lpu` would write, built in memory (no file). `summary`
     holds the compiler's deterministic findings (lower bound, ...) for viewers.
-    weights=False leaves the SRAM image empty (a timing-only program)."""
+    weights=False leaves the SRAM image empty (a timing-only program). The
+    manifest's `options.chips` and `summary.chips` are written from the module."""
     machine = parse_machine(machine_text, "machine.toml")
-    verify(module)
-    target = module.attrs.get("machine")
-    if target is not None and target != machine.name:
-        raise LpucError(f"module @{module.name} targets machine {target!r}, the description given is {machine.name!r}")
-    options = json.loads(_canonical_json(dict(options or {}), "options"))
-    summary = json.loads(_canonical_json(dict(summary or {}), "summary"))
-    module, image = _build_image(module, weights)
+    target = Target.of(module, machine)
+    verify(module, machine)
+    options = json.loads(_canonical_json(_with_chips(options, target.chips, "options"), "options"))
+    summary = json.loads(_canonical_json(_with_chips(summary, target.chips, "summary"), "summary"))
+    module, image = _build_image(module, machine.lanes, weights)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -181,11 +186,19 @@ def build_program(module: Module, machine_text: str, options: Mapping[str, Any] 
         "options": options,
         "inputs": {v.name: str(v.type) for v in module.inputs},
         "outputs": {name: str(v.type) for name, v in module.outputs},
-        "cycles": describe(module, machine).length,
+        "cycles": describe(module, target).length,
         "summary": summary,
         "weights": bool(weights),
     }
-    return Program(module, machine, machine_text, MappingProxyType(image), MappingProxyType(manifest))
+    return Program(module, target, machine_text, MappingProxyType(image), MappingProxyType(manifest))
+
+
+def _with_chips(table: Mapping[str, Any] | None, chips: int, what: str) -> dict[str, Any]:
+    """`table` with the module's chip count; an LpucError when it names another."""
+    table = dict(table or {})
+    if table.get("chips", chips) != chips:
+        raise LpucError(f"the {what} say {table['chips']!r} chips, the module is for {chips}")
+    return {**table, "chips": chips}
 
 
 def _parts(program: Program) -> dict[str, bytes]:
@@ -343,24 +356,30 @@ def load_lpu(data: bytes, where: str = "<lpu>") -> Program:
         raise LpuFormatError(f"{where}: a text part is not UTF-8 ({e})") from None
     try:
         machine = parse_machine(machine_text, f"{where}:machine.toml")
-        module = verify(parse(program_text, f"{where}:program.ir"))
+        module = verify(parse(program_text, f"{where}:program.ir"), machine)
     except LpucError as e:
         raise LpuFormatError(_one_line(e)) from None
     if machine.name != manifest["machine"]:
         raise LpuFormatError(f"{where}: the manifest names machine {manifest['machine']!r}, "
                              f"machine.toml describes {machine.name!r}")
+    try:
+        target = Target.of(module, machine)
+        for key in ("options", "summary"):
+            _with_chips(manifest[key], target.chips, f"manifest's {key}")
+    except LpucError as e:
+        raise LpuFormatError(f"{where}: {_one_line(e)}") from None
     _check_sizes(module, machine, where)
-    image = _image(parts["image.json"], parts["image.bin"], where)
+    image = _image(parts["image.json"], parts["image.bin"], machine.lanes, where)
     if not manifest["weights"] and image:
         raise LpuFormatError(f"{where}: the manifest says it has no weights, but its SRAM image is not empty")
-    module = _bind_constants(module, image, where, manifest["weights"])
+    module = _bind_constants(module, image, machine.lanes, where, manifest["weights"])
     bindings = {"inputs": {v.name: str(v.type) for v in module.inputs},
                 "outputs": {name: str(v.type) for name, v in module.outputs}}
     for key, expected in bindings.items():
         if manifest[key] != expected:
             raise LpuFormatError(f"{where}: the manifest's {key} do not match program.ir")
     del manifest["parts"]
-    return Program(module, machine, machine_text, MappingProxyType(image), MappingProxyType(manifest), where)
+    return Program(module, target, machine_text, MappingProxyType(image), MappingProxyType(manifest), where)
 
 
 def _check_sizes(module: Module, machine: Machine, where: str) -> None:
@@ -369,8 +388,9 @@ def _check_sizes(module: Module, machine: Machine, where: str) -> None:
     cap = machine.sram.slices * machine.sram.words_per_slice
     values = [*module.inputs, *(r for op in module.ops for r in op.results)]
     for v in values:
-        if words(v.type) > cap:
-            raise LpuFormatError(f"{where}: %{v.name} is {v.type}, {words(v.type):,} SRAM words: more than a "
+        n = words(v.type, machine.lanes)
+        if n > cap:
+            raise LpuFormatError(f"{where}: %{v.name} is {v.type}, {n:,} SRAM words: more than a "
                                  f"{machine.name} chip holds ({cap:,})")
 
 
@@ -397,7 +417,7 @@ def _manifest(raw: bytes, where: str) -> dict[str, Any]:
     return manifest
 
 
-def _image(index_raw: bytes, blob: bytes, where: str) -> dict[tuple[int, int, int], np.ndarray]:
+def _image(index_raw: bytes, blob: bytes, lanes: int, where: str) -> dict[tuple[int, int, int], np.ndarray]:
     try:
         index = json.loads(index_raw.decode())
         ok = isinstance(index, list) and all(
@@ -409,18 +429,18 @@ def _image(index_raw: bytes, blob: bytes, where: str) -> dict[tuple[int, int, in
     keys = [(c, s, w) for c, s, w, _ in index]
     if keys != sorted(set(keys)):
         raise LpuFormatError(f"{where}: image.json is not sorted by (chip, slice, word) without repeats")
-    total = sum(n for *_, n in index) * LANES
+    total = sum(n for *_, n in index) * lanes
     if total != len(blob):
         raise LpuFormatError(f"{where}: image.bin holds {len(blob)} bytes, image.json describes {total}")
     flat = np.frombuffer(blob, np.uint8)  # read-only: a view of immutable bytes
     image, pos = {}, 0
     for c, s, w, n in index:
-        image[c, s, w] = flat[pos:pos + n * LANES].reshape(n, LANES)
-        pos += n * LANES
+        image[c, s, w] = flat[pos:pos + n * lanes].reshape(n, lanes)
+        pos += n * lanes
     return image
 
 
-def _bind_constants(module: Module, image: dict[tuple[int, int, int], np.ndarray], where: str,
+def _bind_constants(module: Module, image: dict[tuple[int, int, int], np.ndarray], lanes: int, where: str,
                     weights: bool) -> Module:
     """Check the image holds exactly the constants' extents; give each constant its data from the image.
     Without weights the image is empty and the constants stay without data."""
@@ -443,7 +463,7 @@ def _bind_constants(module: Module, image: dict[tuple[int, int, int], np.ndarray
         if not value.has_data:
             t = op.result.type
             chunks = [image[e[:3]] for e in out]
-            value = Tensor(value.type, value.key, loader=_loader(chunks, t))
+            value = Tensor(value.type, value.key, loader=_loader(chunks, t, lanes))
             op = Op(op.name, op.operands, op.results, AttrDict({**op.attrs, "value": value}))
         ops.append(op)
     extra = sorted(set(image) - used)
@@ -454,9 +474,9 @@ def _bind_constants(module: Module, image: dict[tuple[int, int, int], np.ndarray
     return module.replace(ops=tuple(ops))
 
 
-def _loader(chunks, t):
+def _loader(chunks, t, lanes: int):
     def load():
-        a = from_words(np.concatenate(chunks) if chunks else np.zeros((0, LANES), np.uint8), t)
+        a = from_words(np.concatenate(chunks) if chunks else np.zeros((0, lanes), np.uint8), t, lanes)
         a.flags.writeable = False
         return a
     return load

@@ -107,7 +107,7 @@ def analyze(program: Program) -> Analysis:
     """Timing, SRAM words, producers and the critical path of a scheduled program (from its description,
     ir.schedule_facts)."""
     module = program.module
-    facts = describe(module, program.machine)
+    facts = describe(module, program.target)
     at = {ins.index: i for i, ins in enumerate(facts.scheduled)}  # op index -> timeline index
     producer = {r.name: k for k, op in enumerate(module.ops) for r in op.results}
     values: dict[str, _Value] = {v.name: _Value(HOST) for v in module.inputs}
@@ -141,7 +141,7 @@ def analyze(program: Program) -> Analysis:
                 ins.producers.append([])
         instrs.append(ins)
     chips = sorted({i.chip for i in instrs} | {b.chip for b in facts.bases}
-                   | set(range(int(program.options.get("chips") or 1))))
+                   | set(range(program.target.chips)))
     return Analysis(program, facts, instrs, values, chips, facts.length, critical_path(instrs))
 
 
@@ -226,7 +226,7 @@ def report_data(program: Program, run_result: Result | None = None) -> dict[str,
     """Everything the page draws, as JSON data (deterministic for a program)."""
     a = analyze(program)
     machine, manifest = program.machine, program.manifest
-    stats: Stats = run_result.stats if run_result is not None else schedule_stats(program.module, machine)
+    stats: Stats = run_result.stats if run_result is not None else schedule_stats(program.module, program.target)
     summary_in = dict(manifest.get("summary") or {})
     counts = units(machine)
     classes = [c for c in CLASS_ORDER if c in counts] + sorted(set(counts) - set(CLASS_ORDER))

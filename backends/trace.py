@@ -46,7 +46,6 @@ from ..ir.costs import units
 from ..ir.errors import LpucError
 from ..ir.layout import words
 from ..ir.schedule_facts import Facts, describe
-from ..ir.topology import network
 
 from .interpreter import TraceEvent
 from .lpu import Program
@@ -58,7 +57,7 @@ LINK_TID = 10000   # link l: LINK_TID + l
 
 def static_trace(program: Program) -> tuple[TraceEvent, ...]:
     """The scheduled timeline: one TraceEvent per timed instruction, ordered as the interpreter's trace."""
-    return _events(describe(program.module, program.machine))
+    return _events(describe(program.module, program.target))
 
 
 def _events(facts: Facts) -> tuple[TraceEvent, ...]:
@@ -70,20 +69,18 @@ def _events(facts: Facts) -> tuple[TraceEvent, ...]:
 def transfers_of(program: Program, facts: Facts | None = None) -> tuple[Transfer, ...]:
     """The chip-to-chip transfers of a scheduled program: one per timed c2c.send, on its first link, landing
     when its words have all arrived (its cost, ir.schedule_facts)."""
-    module, machine = program.module, program.machine
-    chips = module.attrs.get("chips", 1)
-    if chips == 1:
+    module, machine, target = program.module, program.machine, program.target
+    if target.chips == 1:
         return ()
-    facts = facts or describe(module, machine)
-    net = network(machine, chips)
+    facts = facts or describe(module, target)
     out = []
     for ins in facts.scheduled:
         if not ins.links:  # not a send, or one whose route is broken (the interpreter reports it)
             continue
         op, c, route = ins.op, ins.cycle, ins.op.attrs["route"]
-        dst, port = net.destination(ins.chip, route)
+        dst, port = target.network.destination(ins.chip, route)
         out.append(Transfer(op.result.name, ins.chip, dst, route[0], c, c + ins.cost.occupancy, ins.land,
-                            words(op.operands[0].type) * machine.sram.word_bytes, port))
+                            words(op.operands[0].type, machine.lanes) * machine.sram.word_bytes, port))
     return tuple(out)
 
 
@@ -121,7 +118,7 @@ def chrome_trace(program: Program, events: Sequence[TraceEvent] | None = None, *
     """The trace-event JSON object of `events` (default: the static schedule) of `program`, with its
     chip-to-chip `transfers` (default: the program's own)."""
     machine = program.machine
-    facts = describe(program.module, machine)
+    facts = describe(program.module, program.target)
     details = {ins.op.label(): ins for ins in facts.instructions}
     if events is None:
         events = _events(facts)

@@ -32,15 +32,16 @@ from lpuc.compiler.lower import lower  # noqa: E402
 from lpuc.compiler.pipeline import CompileOptions  # noqa: E402
 from lpuc.ir import machine_ops as mo  # noqa: E402
 from lpuc.ir.machine import load_machine  # noqa: E402
+from lpuc.ir.target import Target  # noqa: E402
 
 MAX_MB, MAX_S = 5.0, 2.0
 
 
 def largest_sample() -> Path:
-    machine = load_machine()
+    target = Target(load_machine())
 
     def count(path):
-        return sum(1 for op in lower(load_model(path)[0], machine).ops if mo.unit_class(op.name))
+        return sum(1 for op in lower(load_model(path)[0], target).ops if mo.unit_class(op.name))
     return max(sorted((ROOT / "samples").glob("*.onnx")), key=count)
 
 
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
         for path in models:
             options = CompileOptions()
             module, summary, machine_text = compile_model(path, options=options)
-            program = build_program(module, machine_text, lpu_options(options, 1), summary.facts())
+            program = build_program(module, machine_text, lpu_options(options), summary.facts())
             t0 = time.perf_counter()
             html = render_html(program)
             py_s = time.perf_counter() - t0

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from ..ir import machine_ops as mo
 from ..ir import LpucError, Module
 from ..ir.layout import Extent, words
-from ..ir.machine import Machine
+from ..ir.target import Target
 from ..ir.registry import SRAM
 from ..ir.schedule_facts import places, view_bases
 
@@ -106,10 +106,10 @@ class Allocate(Pass):
     name = "allocate"
     stripes: int | None = None
 
-    def plan(self, module: Module, target: Machine, progress=None) -> Allocation:
+    def plan(self, module: Module, target: Target, progress=None) -> Allocation:
         return plan_allocation(module, target, self.stripes)
 
-    def apply(self, module: Module, target: Machine, plan: Allocation) -> Module:
+    def apply(self, module: Module, target: Target, plan: Allocation) -> Module:
         return apply_allocation(module, plan)
 
 
@@ -129,7 +129,8 @@ def _live_ranges(module: Module) -> tuple[dict[str, int], dict[str, int]]:
     return first, last
 
 
-def plan_allocation(module: Module, machine: Machine, stripes: int | None = None) -> Allocation:
+def plan_allocation(module: Module, target: Target, stripes: int | None = None) -> Allocation:
+    machine, chips = target.machine, target.chips
     sram = machine.sram
     where = places(module)
     first, last = _live_ranges(module)
@@ -137,9 +138,8 @@ def plan_allocation(module: Module, machine: Machine, stripes: int | None = None
     for op in module.ops:
         for r in op.results:
             types[r.name], chip[r.name] = r.type, mo.chip_of(op)
-    chips = module.attrs.get("chips", 1)
     constants = [op.result.name for op in module.ops if mo.is_constant(op.name)]
-    size = {name: words(types[name]) for name in first}
+    size = {name: words(types[name], machine.lanes) for name in first}
 
     # The peak per chip, from liveness alone: placement can always cut values into pieces, so it
     # fails exactly when this exceeds a chip.

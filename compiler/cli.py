@@ -221,13 +221,12 @@ def cmd_compile(args) -> int:
     progress = None if args.json else _after_seconds(2.0)
     module, summary, machine_text = compile_model(args.model, args.machine, options, dict(args.shape),
                                                   progress=progress)
-    program = build_program(module, machine_text, lpu_options(options, summary.chips), summary.facts(),
-                            weights=not args.no_weights)
+    program = build_program(module, machine_text, lpu_options(options), summary.facts(), weights=not args.no_weights)
     sha = write_program(args.output, program)
     seconds = time.perf_counter() - start
     # The SRAM peak over time (the schedule's live curve), as `lpuc run` will measure it; the
     # allocator's peak (its footprint in program order) is reported beside it.
-    sram_peak_bytes = max(describe(module, program.machine).sram_peak_words().values(), default=0) \
+    sram_peak_bytes = max(describe(module, program.target).sram_peak_words().values(), default=0) \
         * program.machine.sram.word_bytes
     report = {
         "output": str(args.output), "machine": summary.machine, "chips": summary.chips,
@@ -579,7 +578,7 @@ def cmd_viz(args) -> int:
     outputs = []  # (path, bytes): all made before any is written
     if args.dot:
         outputs += _graph_outputs(module, Path(args.dot),
-                                  chips=module.attrs.get("chips", 1) if path.suffix == ".lpu" else None,
+                                  chips=program.target.chips if path.suffix == ".lpu" else None,
                                   collapse=args.collapse)
     if args.perfetto:
         from ..backends.trace import trace_json

@@ -59,8 +59,7 @@ def compile_program(path: str | Path, machine: str | Path = "tsp-v1", *, weights
 
     compile_options = CompileOptions(**options)
     scheduled, summary, machine_text = compile_model(path, machine, compile_options, input_shapes, progress)
-    return build_program(scheduled, machine_text, lpu_options(compile_options, summary.chips), summary.facts(),
-                         weights=weights)
+    return build_program(scheduled, machine_text, lpu_options(compile_options), summary.facts(), weights=weights)
 
 
 def max_relative_error(ours, ref) -> float:
@@ -80,10 +79,10 @@ def max_relative_error(ours, ref) -> float:
     return float(diff / scale) if scale else float(diff)
 
 
-def lpu_options(options, chips: int = 1) -> dict:
+def lpu_options(options) -> dict:
     """The compile options an .lpu manifest records: those that shape the schedule. Not the solver's
-    thread count, which does not (so worker counts give byte-identical files)."""
+    thread count, which does not (so worker counts give byte-identical files), nor the chips asked
+    for: the manifest records those the program has (backends.lpu.build_program)."""
     import dataclasses
 
-    recorded = {k: v for k, v in dataclasses.asdict(options).items() if k != "workers"}
-    return {**recorded, "chips": chips}
+    return {k: v for k, v in dataclasses.asdict(options).items() if k not in ("workers", "chips")}

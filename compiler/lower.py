@@ -6,8 +6,9 @@ softmax and the norms become VXM sequences; matmul becomes MXM tiles. Module
 inputs enter through `host.input` and outputs leave through `host.output`.
 
 Matmul tiling (A [..., M, K] @ B [..., K, N]):
-  - A is cut into 320-column k-tiles with `mem.column_slice` (free views);
-  - B into weight tiles of <= 320 rows x <= 320 cols with `mem.row_slice` and
+  - A is cut into k-tiles of one vector column (the machine's lanes) with
+    `mem.column_slice` (free views);
+  - B into weight tiles of <= lanes rows x <= lanes cols with `mem.row_slice` and
     `mem.column_slice` (free views);
   - per n-tile, per k-tile: `mxm.install w_kn` then `mxm.matmul x_k, w_kn[, acc]`,
     the partial sum of the previous k-tile as acc; n-tiles joined by `mem.join`.
@@ -47,10 +48,9 @@ from ..ir.builder import Builder
 from ..ir.errors import EvalError, VerifyError
 from ..ir.evaluator import check_inputs, conform
 from ..ir.graph_ops import PLACEMENT_ATTRS, broadcast_shapes
-from ..ir.layout import LANES, rows_cols
-from ..ir.machine import Machine
+from ..ir.layout import rows_cols
 from ..ir.registry import OPS, TypeRuleError
-from ..ir.topology import Network, network
+from ..ir.target import Target
 from ..ir.types import TensorType
 
 from .passes import Pass
@@ -68,9 +68,9 @@ class Split:
 class _Emitter:
     """Appends machine ops on the current chip, naming results after the graph values they stand for."""
 
-    def __init__(self, network: Network | None = None):
+    def __init__(self, target: Target):
         self.b = Builder()
-        self.network = network
+        self.target, self.lanes = target, target.lanes
         self.chip = 0
         self.split: Split | None = None                # how the op being lowered is spread over chips
         self.chip_of: dict[str, int] = {}           # lowered value -> its chip
@@ -103,7 +103,7 @@ class _Emitter:
                                                     f"{what.name}.sram" if chip == 0 else f"{what.name}.sram@c{chip}")
                 else:
                     src = self.chip_of[v.name]
-                    route = self.network.route(src, chip)
+                    route = self.target.network.route(src, chip)
                     with self.on(src):
                         wire = self.one("c2c.send", [v], {"route": route}, f"{v.name}.to_c{chip}")
                     self.copies[key] = self.one("c2c.recv", [wire], {}, f"{v.name}@c{chip}")
@@ -247,10 +247,10 @@ def _matmul(e: _Emitter, op: Op, args):
 
 
 def _tiles(e: _Emitter, a: Value, b: Value, final: str, h: str) -> Value:
-    """a [..., M, K] @ b [..., K, N] (equal batches, or b 2-D) on the current chip, in 320 x 320 MXM tiles."""
-    k, n = b.type.shape[-2:]
-    k_tiles = [(k0, min(LANES, k - k0)) for k0 in range(0, k, LANES)]
-    n_tiles = [(n0, min(LANES, n - n0)) for n0 in range(0, n, LANES)]
+    """a [..., M, K] @ b [..., K, N] (equal batches, or b 2-D) on the current chip, in lanes x lanes MXM tiles."""
+    (k, n), lanes = b.type.shape[-2:], e.lanes
+    k_tiles = [(k0, min(lanes, k - k0)) for k0 in range(0, k, lanes)]
+    n_tiles = [(n0, min(lanes, n - n0)) for n0 in range(0, n, lanes)]
     xs = [a if len(k_tiles) == 1 else
           e.one("mem.column_slice", [a], {"start": k0, "size": ks}, f"{h}.x{i}")
           for i, (k0, ks) in enumerate(k_tiles)]
@@ -302,18 +302,18 @@ def _split_matmul(e: _Emitter, op: Op, a: Value, b: Value) -> Value:
     if e.split.kind == "heads":
         return _split_batch(e, op, e.at(a), e.at(b))
     h, home, a = _hint(op), e.chip, e.at(a)
-    k, n = b.type.shape[-2:]
+    (k, n), lanes = b.type.shape[-2:], e.lanes
     parts = []
     if e.split.kind == "columns":
         for c, tiles in e.split.parts:
-            cols = (tiles.start * LANES, min(n, tiles.stop * LANES))
+            cols = (tiles.start * lanes, min(n, tiles.stop * lanes))
             with e.on(c):
                 w = _cut(e, b, (0, k), cols, f"{h}.w_c{c}")
                 parts.append(e.at(_tiles(e, e.at(a), w, f"{h}.part_c{c}", f"{h}.c{c}"), home))
         y = e.one("mem.join", parts, {}, h) if len(parts) > 1 else parts[0]
     else:
         for c, tiles in e.split.parts:
-            rows = (tiles.start * LANES, min(k, tiles.stop * LANES))
+            rows = (tiles.start * lanes, min(k, tiles.stop * lanes))
             x = a if rows == (0, k) else e.one("mem.column_slice", [a], {"start": rows[0], "size": rows[1] - rows[0]},
                                                f"{h}.x_c{c}")
             with e.on(c):
@@ -346,10 +346,10 @@ def _gather(e: _Emitter, op: Op, args):
         return e.op("mem.gather", args, op.attrs, [_hint(op)])
     table, idx = args
     h, home, idx = _hint(op), e.chip, e.at(idx)
-    rows, n = table.type.shape
+    (rows, n), lanes = table.type.shape, e.lanes
     parts = []
     for c, tiles in e.split.parts:
-        cols = (tiles.start * LANES, min(n, tiles.stop * LANES))
+        cols = (tiles.start * lanes, min(n, tiles.stop * lanes))
         with e.on(c):
             t = _cut(e, table, (0, rows), cols, f"{h}.table_c{c}")
             parts.append(e.at(e.one("mem.gather", [t, e.at(idx)], op.attrs, f"{h}.part_c{c}"), home))
@@ -372,50 +372,52 @@ RULES.update({
 # many tiles it makes. Partition asks (and writes its choice onto the op as `split`, `parts`, `shares`);
 # lowering cuts by the same declaration, so the two cannot disagree.
 
-Tilings = Callable[[Op, Container[str]], dict[str, int]]  # (graph op, names of constants) -> {split: tiles}
+# (graph op, names of constants, the machine's lanes) -> {split: tiles}
+Tilings = Callable[[Op, Container[str], int], dict[str, int]]
 
 
-def _matmul_tilings(op: Op, constants: Container[str]) -> dict[str, int]:
+def _matmul_tilings(op: Op, constants: Container[str], lanes: int) -> dict[str, int]:
     a, b = (v.type for v in op.operands)
     if op.operands[1].name in constants:
-        # one constant weight for all of a's rows, viewed as 2-D: its 320-wide column tiles (the parts
-        # joined) or its 320-tall row tiles (the partial sums added)
+        # one constant weight for all of a's rows, viewed as 2-D: its vector-wide column tiles (the parts
+        # joined) or its vector-tall row tiles (the partial sums added)
         if a.rank < 2 or b.rank < 2 or math.prod(b.shape[:-2]) != 1:
             return {}
         k, n = b.shape[-2:]
-        return {kind: tiles for kind, tiles in (("columns", -(-n // LANES)), ("rows", -(-k // LANES))) if tiles > 1}
+        return {kind: tiles for kind, tiles in (("columns", -(-n // lanes)), ("rows", -(-k // lanes))) if tiles > 1}
     # attention: activations on both sides, equal batches of heads, cut along the first batch axis wider
     # than one (the parts concatenated)
     heads = [d for d in a.shape[:-2] if d > 1]
     return {"heads": heads[0]} if a.rank >= 3 and a.shape[:-2] == b.shape[:-2] and heads else {}
 
 
-def _gather_tilings(op: Op, constants: Container[str]) -> dict[str, int]:
-    # rows of a constant 2-D table (axis 0), by its 320-wide column tiles (the parts joined)
+def _gather_tilings(op: Op, constants: Container[str], lanes: int) -> dict[str, int]:
+    # rows of a constant 2-D table (axis 0), by its vector-wide column tiles (the parts joined)
     t = op.operands[0].type
-    if op.operands[0].name in constants and t.rank == 2 and op.attrs.get("axis", 0) % 2 == 0 and t.shape[-1] > LANES:
-        return {"columns": -(-t.shape[-1] // LANES)}
+    if op.operands[0].name in constants and t.rank == 2 and op.attrs.get("axis", 0) % 2 == 0 and t.shape[-1] > lanes:
+        return {"columns": -(-t.shape[-1] // lanes)}
     return {}
 
 
 TILINGS: dict[str, Tilings] = {"graph.matmul": _matmul_tilings, "graph.gather": _gather_tilings}
 
 
-def tilings(op: Op, constants: Container[str]) -> dict[str, int]:
+def tilings(op: Op, constants: Container[str], lanes: int) -> dict[str, int]:
     """The ways `op`'s lowering rule can split it over chips, preferred first, each with its tile count
-    (none: it runs whole on one chip). `constants`: the names of the module's constants."""
+    (none: it runs whole on one chip). `constants`: the names of the module's constants; `lanes`: the
+    machine's vector width (a tile is one vector column)."""
     offer = TILINGS.get(op.name)
-    return offer(op, constants) if offer else {}
+    return offer(op, constants, lanes) if offer else {}
 
 
-def _split_of(op: Op, constants: Container[str]) -> Split | None:
+def _split_of(op: Op, constants: Container[str], lanes: int) -> Split | None:
     """The split written on `op` (`split`, `parts`, `shares`), checked against its rule's tilings."""
     kind, parts, shares = (op.attrs.get(k) for k in ("split", "parts", "shares"))
     if kind is None:
         if parts is not None or shares is not None:
             raise VerifyError(f"{op.label()}: `parts` and `shares` describe a split; the op has no `split`")
         return None
-    offered = tilings(op, constants)
+    offered = tilings(op, constants, lanes)
     if kind not in offered:
         can = f"by {' or '.join(repr(k) for k in offered)} only" if offered else "not at all"
         raise VerifyError(f"{op.label()}: split = {kind!r}, but lowering splits this {op.name} {can}")
@@ -439,17 +441,18 @@ class Lower(Pass):
 
     name = "lower"
 
-    def apply(self, module: Module, target: Machine, plan) -> Module:
+    def apply(self, module: Module, target: Target, plan) -> Module:
         return lower(module, target)
 
 
-def lower(module: Module, machine: Machine | str = "tsp-v1") -> Module:
-    """Lower on the chips of the partition written on `module` (module attribute `chips`, op attributes
-    `chip`, `split`, `parts`, `shares`; without them, on one chip). More than one chip needs the Machine,
-    for its network."""
-    name = machine if isinstance(machine, str) else machine.name
+def lower(module: Module, target: Target) -> Module:
+    """Lower for `target` on the chips of the partition written on `module` (module attribute `chips`, op
+    attributes `chip`, `split`, `parts`, `shares`; without them, on one chip)."""
     chips = module.attrs.get("chips", 1)
-    e = _Emitter(network(machine, chips) if chips > 1 else None)
+    if chips != target.chips:
+        raise LpucError(f"{module.name} is partitioned over {chips} chips (module attribute chips), the target "
+                        f"has {target.chips}")
+    e = _Emitter(target)
     constants = {op.result.name for op in module.ops if op.name == "graph.constant"}
     env: dict[str, Value] = {}
     for v in module.inputs:
@@ -463,7 +466,7 @@ def lower(module: Module, machine: Machine | str = "tsp-v1") -> Module:
         rule = RULES.get(op.name)
         if rule is None:
             raise LpucError(f"{op.label()}: no lowering rule for {op.name}")
-        split = _split_of(op, constants)
+        split = _split_of(op, constants, target.lanes)
         with e.on(op.attrs.get("chip", 0)):
             e.split = split
             # a split op's rule brings its operands over itself: a cut weight stays lazy, each chip of the
@@ -480,7 +483,7 @@ def lower(module: Module, machine: Machine | str = "tsp-v1") -> Module:
         with e.on(e.chip_of.get(value.name, 0)):
             value = e.at(value)  # an output that is a constant or an input: on chip 0
             e.b.outputs.append((out_name, e.one("host.output", [value], {"name": out_name}, f"{out_name}.host")))
-    attrs = {**dict(module.attrs), "machine": name, **({"chips": chips} if chips > 1 else {})}
+    attrs = {**dict(module.attrs), "machine": target.machine.name, **({"chips": chips} if chips > 1 else {})}
     return e.b.build(module.name, **attrs)
 
 

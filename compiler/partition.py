@@ -16,7 +16,7 @@ Strategies:
             spans, each taking tiles in proportion to its part of the weight.
   tensor    activations stay on chip 0; every op that can split is spread over
             the chips (up to one tile per chip), the least loaded first: a
-            matmul with a constant weight of two or more 320-wide tiles by
+            matmul with a constant weight of two or more vector-wide tiles by
             output columns (the parts come back and are joined) or, with a
             single column tile, by rows of the weight (the partial sums are
             added); an attention matmul (a batch of heads on both sides) by
@@ -32,8 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import AttrDict, LpucError, Module, Op
-from ..ir.layout import LANES, words
-from ..ir.machine import Machine
+from ..ir.layout import words
+from ..ir.target import Target
 
 from .lower import tilings
 from .passes import Pass
@@ -53,25 +53,26 @@ class Partition(Pass):
     chips: int = 1
     strategy: str = "pipeline"
 
-    def plan(self, module: Module, target: Machine, progress=None) -> Module:
-        return partition(module, target, self.chips, self.strategy)
+    def plan(self, module: Module, target: Target, progress=None) -> Module:
+        return partition(module, Target(target.machine, self.chips), self.strategy)
 
-    def apply(self, module: Module, target: Machine, plan: Module) -> Module:
+    def apply(self, module: Module, target: Target, plan: Module) -> Module:
         return plan
 
 
-def partition(module: Module, machine: Machine, chips: int, strategy: str) -> Module:
-    """`module` with its partition over `chips` chips by `strategy` (pipeline or tensor; auto is the
+def partition(module: Module, target: Target, strategy: str) -> Module:
+    """`module` with its partition over the target's chips by `strategy` (pipeline or tensor; auto is the
     driver's) written on it; on one chip, `module` itself."""
+    chips, lanes = target.chips, target.lanes
     if "chips" in module.attrs:
         raise LpucError(f"{module.name} is partitioned already (module attribute chips = {module.attrs['chips']})")
     if chips == 1:
         return module
     constants = {op.result.name for op in module.ops if op.name == "graph.constant"}
     if strategy == "tensor":
-        home, kinds, groups = _tensor(module, constants, chips)
+        home, kinds, groups = _tensor(module, constants, chips, lanes)
     elif strategy == "pipeline":
-        home, kinds, groups = _pipeline(module, machine, constants, chips)
+        home, kinds, groups = _pipeline(module, target, constants)
     else:
         raise LpucError(f"unknown partition strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
     ops = []
@@ -85,12 +86,12 @@ def partition(module: Module, machine: Machine, chips: int, strategy: str) -> Mo
     return module.replace(ops=tuple(ops), attrs=AttrDict({**module.attrs, "chips": chips}))
 
 
-def describe(module: Module) -> list[str]:
+def describe(module: Module, lanes: int) -> list[str]:
     """One line per chip of the partition written on `module`: the graph ops it runs (by index), how many
-    split ops it holds parts of, and its weight bytes."""
+    split ops it holds parts of, and its weight bytes (in words of `lanes` bytes)."""
     home, groups = _placement(module)
     chips = module.attrs.get("chips", 1)
-    chip_bytes = _chip_loads(home, groups, _weight_bytes(module), chips)
+    chip_bytes = _chip_loads(home, groups, _weight_bytes(module, lanes), chips)
     per_chip: dict[int, list[int]] = {}
     for i, op in enumerate(module.ops):
         if op.name != "graph.constant":
@@ -137,8 +138,8 @@ def _constant_operands(module: Module) -> dict[int, list[int]]:
     return out
 
 
-def _weight_bytes(module: Module) -> list[int]:
-    """Per graph op: bytes (SRAM words x 320) of the constants it reads; a constant read by several ops counts once,
+def _weight_bytes(module: Module, lanes: int) -> list[int]:
+    """Per graph op: bytes (SRAM words x lanes) of the constants it reads; a constant read by several ops counts once,
     at its first reader."""
     counted, out = set(), []
     consts = _constant_operands(module)
@@ -147,17 +148,18 @@ def _weight_bytes(module: Module) -> list[int]:
         for c in consts[i]:
             if c not in counted:
                 counted.add(c)
-                total += words(module.ops[c].result.type) * LANES
+                total += words(module.ops[c].result.type, lanes) * lanes
         out.append(total)
     return out
 
 
-def _tensor(module: Module, constants: set[str], chips: int) -> tuple[list[int], dict[int, str], Groups]:
+def _tensor(module: Module, constants: set[str], chips: int, lanes: int
+            ) -> tuple[list[int], dict[int, str], Groups]:
     """Everything on chip 0 but the split ops: each goes to as many chips as it has tiles, the least loaded
     first, so that weights spread evenly rather than piling onto the same chips op after op."""
-    weights, load, kinds, groups = _weight_bytes(module), [0] * chips, {}, {}
+    weights, load, kinds, groups = _weight_bytes(module, lanes), [0] * chips, {}, {}
     for i, op in enumerate(module.ops):
-        offered = tilings(op, constants)
+        offered = tilings(op, constants, lanes)
         if offered:
             kinds[i], tiles = next(iter(offered.items()))  # the rule's preferred tiling
             group = sorted(sorted(range(chips), key=lambda c: (load[c], c))[:tiles])
@@ -167,11 +169,10 @@ def _tensor(module: Module, constants: set[str], chips: int) -> tuple[list[int],
     return [0] * len(module.ops), kinds, groups
 
 
-def _pipeline(module: Module, machine: Machine, constants: set[str], chips: int
-              ) -> tuple[list[int], dict[int, str], Groups]:
+def _pipeline(module: Module, target: Target, constants: set[str]) -> tuple[list[int], dict[int, str], Groups]:
     """Contiguous ranges of the program per chip, balanced by weight bytes (see the module docstring)."""
-    n = len(module.ops)
-    weights = _weight_bytes(module)
+    n, chips, lanes = len(module.ops), target.chips, target.lanes
+    weights = _weight_bytes(module, lanes)
     # Ops without weights still cost time and activations: give each a small share so that
     # weightless stretches spread too.
     floor = max(1, sum(weights) // max(1, 50 * n))
@@ -182,7 +183,7 @@ def _pipeline(module: Module, machine: Machine, constants: set[str], chips: int
         first = min(chips - 1, before * chips // total)
         last = min(chips - 1, max(first, (before + share[i] - 1) * chips // total))
         home[i] = first
-        offered = tilings(op, constants) if last > first else {}
+        offered = tilings(op, constants, lanes) if last > first else {}
         if offered:
             # each chip's share: how much of this op's weight range falls in the chip's quantile
             shares = tuple((c, min(before + share[i], -(-(c + 1) * total // chips)) - max(before, c * total // chips))
@@ -190,13 +191,13 @@ def _pipeline(module: Module, machine: Machine, constants: set[str], chips: int
             kinds[i] = next(iter(offered))  # the rule's preferred tiling
             groups[i] = tuple((c, w) for c, w in shares if w > 0)
         before += share[i]
-    room = machine.sram.chip_bytes * 85 // 100
-    _move_cuts(module, home, weights, set(groups), _chip_loads(home, groups, weights, chips), room)
+    room = target.machine.sram.chip_bytes * 85 // 100
+    _move_cuts(module, home, weights, set(groups), _chip_loads(home, groups, weights, chips), room, lanes)
     return home, kinds, groups
 
 
 def _move_cuts(module: Module, home: list[int], weights: list[int], split: set[int], load: list[int],
-               room: int) -> None:
+               room: int, lanes: int) -> None:
     """Move each cut between two pipeline stages to the nearby op boundary (within half a stage)
     that the fewest activation bytes cross, so stages hand over small values: a cut inside a mixture of
     experts would otherwise send gathered expert weights over a link. A cut never moves across a split
@@ -211,8 +212,8 @@ def _move_cuts(module: Module, home: list[int], weights: list[int], split: set[i
     for p, i in enumerate(order):
         for r in module.ops[i].results:
             if last_use.get(r.name, p) > p:
-                crossing[p + 1] += words(r.type)
-                crossing[last_use[r.name] + 1] -= words(r.type)
+                crossing[p + 1] += words(r.type, lanes)
+                crossing[last_use[r.name] + 1] -= words(r.type, lanes)
     for p in range(1, len(crossing)):
         crossing[p] += crossing[p - 1]
     cuts = [p for p in range(1, len(order)) if home[order[p]] == home[order[p - 1]] + 1]

@@ -25,7 +25,8 @@ from ..ir import LpucError, Module
 from ..ir.layout import words
 from ..ir.machine import Machine
 from ..ir.registry import LINK, OPS
-from ..ir.topology import network, round_chips
+from ..ir.target import Target
+from ..ir.topology import round_chips
 from ..ir.verifier import verify
 
 from .allocate import Allocate, DoesNotFit
@@ -118,15 +119,19 @@ def _at_scheduler(pipeline: tuple[Pass, ...]) -> tuple[tuple[Pass, ...], tuple[P
     return pipeline[:k], pipeline[k:]
 
 
-def run_passes(module: Module, target: Machine, pipeline: tuple[Pass, ...], progress=None
+def run_passes(module: Module, target: Target, pipeline: tuple[Pass, ...], progress=None
                ) -> tuple[Module, dict[str, object]]:
-    """Run each pass, then the verifier, on `module`; -> (the last module, each pass's plan by pass name)."""
+    """Run each pass, then the verifier, on `module`; -> (the last module, each pass's plan by pass name).
+    The module's chip count is the truth: after a pass that partitions it, the target is the machine on
+    those chips (a compile's target has them from the start)."""
     plans = {}
     for p in pipeline:
         if progress:
             progress(f"{p}: {len(module.ops):,} ops")
         plans[p.name] = plan = p.plan(module, target, progress)
-        module = verify(p.apply(module, target, plan))
+        module = verify(p.apply(module, target, plan), target.machine)
+        if module.attrs.get("chips", 1) != target.chips:
+            target = Target(target.machine, module.attrs["chips"])
     return module, plans
 
 
@@ -166,7 +171,7 @@ def _option_value(text: str, hint, what: str):
 def default_chips(graph: Module, machine: Machine) -> int:
     """The fewest chips (a size the topology supports) whose SRAM holds the model's constants with room to
     spare (a tenth of each chip for activations)."""
-    need = sum(words(op.result.type) for op in graph.ops if op.name == "graph.constant")
+    need = sum(words(op.result.type, machine.lanes) for op in graph.ops if op.name == "graph.constant")
     usable = machine.sram.slices * machine.sram.words_per_slice * 9 // 10
     return round_chips(machine, -(-need // usable))
 
@@ -204,7 +209,7 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
 
 def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions, chips: int,
                 progress=None) -> tuple[Module, CompileSummary]:
-    network(machine, chips)  # a size the topology has
+    target = Target(machine, chips)  # an LpucError when the topology has no such size
     strategies = ("pipeline", "tensor") if options.partition == "auto" else (options.partition,)
     if "chips" in graph_module.attrs:
         strategies = ("given",)
@@ -214,7 +219,7 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
     for strategy in strategies:
         placing, scheduling = _at_scheduler(passes(options, chips, strategy))
         try:
-            allocated, plans = run_passes(graph_module, machine, placing, progress)
+            allocated, plans = run_passes(graph_module, target, placing, progress)
         except DoesNotFit as e:
             if len(strategies) == 1:
                 raise
@@ -227,7 +232,7 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
         # scheduler itself. Only the winner is scheduled in earnest.
         if progress:
             progress(f"quick list schedule of the {strategy} candidate")
-        cycles = ListScheduler(rounds=0).plan(allocated, machine).cycles
+        cycles = ListScheduler(rounds=0).plan(allocated, target).cycles
         tried.append((strategy, str(cycles)))
         if best is None or cycles < best[4]:
             best = (strategy, scheduling, allocated, plans, cycles)
@@ -235,7 +240,7 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
         raise DoesNotFit(f"no partition of {graph_module.name} fits {chips} chips: "
                         + "; ".join(f"{s}: {why}" for s, why in tried))
     strategy, scheduling, allocated, plans = best[:4]
-    scheduled, more = run_passes(allocated, machine, scheduling, progress)
+    scheduled, more = run_passes(allocated, target, scheduling, progress)
     plans.update(more)
     partitioned, allocation, result = plans.get(Partition.name, graph_module), plans[Allocate.name], \
         plans[scheduling[0].name]
@@ -245,7 +250,7 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
         bound_resource=result.bound_resource, instructions=result.instructions, ops=len(scheduled.ops),
         sram_peak_bytes=allocation.peak_bytes, sram_image_bytes=allocation.image_bytes,
         clock_mhz=machine.clock_mhz, chips=chips, partition=strategy,
-        partition_lines=tuple(describe(partitioned)) if chips > 1 else (),
+        partition_lines=tuple(describe(partitioned, target.lanes)) if chips > 1 else (),
         candidates=tuple(tried) if len(strategies) > 1 else (),
         transfers=sum(1 for op in scheduled.ops if OPS[op.name].result_place == LINK),  # sends
         solver_status=result.solver_status, solve_seconds=result.solve_seconds, list_cycles=result.list_cycles,

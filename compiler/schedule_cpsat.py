@@ -53,6 +53,7 @@ from ortools.sat.python import cp_model
 from ..ir import Module
 from ..ir.costs import units
 from ..ir.machine import Machine
+from ..ir.target import Target
 
 from .schedule_list import Program, ScheduleResult, Scheduler, analyze, list_schedule, schedule_result
 
@@ -72,7 +73,7 @@ class CpSatScheduler(Scheduler):
     window: int = 300       # instructions per model; larger programs are solved window by window
     max_windows: int = 12   # models solved per program: past them, windows keep the list schedule
 
-    def plan(self, module: Module, target: Machine, progress=None) -> ScheduleResult:
+    def plan(self, module: Module, target: Target, progress=None) -> ScheduleResult:
         return cpsat_schedule(module, target, self, progress)
 
 
@@ -323,10 +324,11 @@ class _Windows:
         return spec, t0
 
 
-def cpsat_schedule(module: Module, machine: Machine, options: CpSatScheduler, progress=None) -> ScheduleResult:
+def cpsat_schedule(module: Module, target: Target, options: CpSatScheduler, progress=None) -> ScheduleResult:
     """`progress`, when given, hears of every better schedule the solver finds (or of the windows done)."""
-    program = analyze(module, machine)
-    base = list_schedule(module, machine, options.rounds, program)
+    machine = target.machine
+    program = analyze(module, target)
+    base = list_schedule(module, target, options.rounds, program)
     order = sorted((ins.index for ins in program.instructions), key=lambda i: (base.placements[i].cycle, i))
     if not order:
         return replace(base, solver_status="skipped", list_cycles=base.cycles)

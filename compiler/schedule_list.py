@@ -42,6 +42,7 @@ from ..ir import machine_ops as mo
 from ..ir import Module
 from ..ir.costs import units
 from ..ir.machine import Machine
+from ..ir.target import Target
 from ..ir.registry import LINK, PLANE
 from ..ir.schedule_facts import Facts, Instruction, describe, view_bases
 
@@ -61,9 +62,10 @@ class Program:
     install_of: tuple[tuple[int, int], ...]         # (matmul index, install index)
 
 
-def analyze(module: Module, machine: Machine, facts: Facts | None = None) -> Program:
+def analyze(module: Module, target: Target, facts: Facts | None = None) -> Program:
     """`facts`: the module's description, when the caller has it already."""
-    facts = facts or describe(module, machine)
+    machine = target.machine
+    facts = facts or describe(module, target)
     where, bases = facts.places, view_bases(module)
     ops = module.ops
     producer = {r.name: i for i, op in enumerate(ops) for r in op.results}
@@ -326,10 +328,10 @@ class Scheduler(Pass):
     """A scheduling pass: its plan is the ScheduleResult (one type for every scheduler), applied by
     `apply_schedule`."""
 
-    def plan(self, module: Module, target: Machine, progress=None) -> ScheduleResult:
+    def plan(self, module: Module, target: Target, progress=None) -> ScheduleResult:
         raise NotImplementedError
 
-    def apply(self, module: Module, target: Machine, plan: ScheduleResult) -> Module:
+    def apply(self, module: Module, target: Target, plan: ScheduleResult) -> Module:
         return apply_schedule(module, plan)
 
 
@@ -343,7 +345,7 @@ class ListScheduler(Scheduler):
     name = "schedule-list"
     rounds: int = 2
 
-    def plan(self, module: Module, target: Machine, progress=None) -> ScheduleResult:
+    def plan(self, module: Module, target: Target, progress=None) -> ScheduleResult:
         return list_schedule(module, target, self.rounds)
 
 
@@ -479,11 +481,11 @@ def _length(program: Program, placed) -> int:
     return max([0] + [placed[ins.index][0] + ins.cost.latency for ins in program.instructions])
 
 
-def list_schedule(module: Module, machine: Machine, rounds: int = ListScheduler.rounds,
+def list_schedule(module: Module, target: Target, rounds: int = ListScheduler.rounds,
                   program: Program | None = None) -> ScheduleResult:
     """`program`: the module's analysis, when the caller has it already."""
-    ops = module.ops
-    program = program or analyze(module, machine)
+    ops, machine = module.ops, target.machine
+    program = program or analyze(module, target)
     by_index = {ins.index: ins for ins in program.instructions}
     pair_of = dict(program.install_of)
     keys = [i for i in sorted(by_index) if i not in pair_of]  # items: pairs are keyed by their install

@@ -9,7 +9,7 @@ interpreter recomputes it rather than trusting the program.
   holds each slice of its table for at most that many words (which slices is known
   only at run time, so every slice the table spans is held).
 - latency: cycles from issue until its results are in SRAM: occupancy plus
-  the unit's pipeline depth (machine.latency).
+  the unit's pipeline depth (`machine.units[class].latency`).
 - a `c2c.send` streams its words at the link rate (c2c.bytes_per_cycle) through
   every hop of its route, cut-through: hop k carries them during
   [c + k * hop_latency, c + k * hop_latency + occupancy) (`link_windows`); they
@@ -42,24 +42,23 @@ class Cost:
 
 def units(machine: Machine) -> dict[str, int]:
     """Unit class -> instances per chip (named class + index, e.g. vxm0..vxm15), in UNIT_CLASSES order."""
-    counts = {"mxm": machine.mxm.planes, "vxm": machine.vxm.alus_per_lane, "sxm": machine.sxm.units,
-              "mem": machine.mem.units, "host": 1, "tx": machine.c2c.links, "rx": machine.c2c.links}
-    return {c.name: counts[c.name] for c in UNIT_CLASSES}
+    return {c.name: machine.units[c.name].count for c in UNIT_CLASSES}
 
 
 def compute_cycles(op: Op, machine: Machine) -> int:
     """Cycles of the unit's own work, from the types alone."""
     cls, opdef = unit_class(op.name), OPS[op.name]
     types = [v.type for v in op.operands] + [r.type for r in op.results]
+    lanes, word_bytes = machine.lanes, machine.sram.word_bytes
     if cls == "vxm":
         per_vector = -(-max(t.dtype.itemsize for t in types) // 4)  # 64-bit types take two passes
         if opdef.transcendental:
             per_vector *= machine.vxm.transcendental_cycles
-        return max(vectors(t) for t in types) * per_vector
+        return max(vectors(t, lanes) for t in types) * per_vector
     if opdef.indexed:  # indexed reads: the rows gathered, not the table
-        return max(words(t) for t in types[1:])
+        return max(words(t, lanes) for t in types[1:])
     if cls in ("sxm", "mem"):
-        return max(words(t) for t in types)
+        return max(words(t, lanes) for t in types)
     if cls == "mxm":
         installs = opdef.result_place == PLANE  # loads the tile w onto a plane, else streams x through it
         w = op.operands[0].type if installs else op.operands[1].type
@@ -71,11 +70,11 @@ def compute_cycles(op: Op, machine: Machine) -> int:
         rate = 1.0 if x.dtype.itemsize == 1 else machine.mxm.fp16_rate
         return max(int(-(-rows // rate)), 1)
     if cls == "host":
-        return max(int(-(-words(op.operands[0].type) * machine.vector.lanes // machine.host.bytes_per_cycle)), 1)
+        return max(int(-(-words(op.operands[0].type, lanes) * word_bytes // machine.host.bytes_per_cycle)), 1)
     if cls == "tx":
-        return max(int(-(-words(op.operands[0].type) * machine.vector.lanes // machine.c2c.bytes_per_cycle)), 1)
+        return max(int(-(-words(op.operands[0].type, lanes) * word_bytes // machine.c2c.bytes_per_cycle)), 1)
     if cls == "rx":
-        return max(words(op.operands[0].type), 1)
+        return max(words(op.operands[0].type, lanes), 1)
     raise AssertionError(op.name)
 
 
@@ -101,7 +100,7 @@ def cost(op: Op, machine: Machine, reads: Sequence[Sequence[Extent]] = (),
         if k == 0 and OPS[op.name].indexed:
             # Which rows are read depends on the indices: at worst all from one slice, so each slice of the
             # table is held for as many words as the result has (or all it holds, if fewer).
-            gathered = words(op.results[0].type)
+            gathered = words(op.results[0].type, machine.lanes)
             for s, _, _ in extents:
                 per_read[s] = min(per_read[s], gathered)
     for extents in writes:
@@ -111,7 +110,7 @@ def cost(op: Op, machine: Machine, reads: Sequence[Sequence[Extent]] = (),
     occupancy = max([compute_cycles(op, machine)]
                     + [-(-n // ports.read_ports) for n in per_read.values()]
                     + [-(-n // ports.write_ports) for n in per_write.values()])
-    latency = occupancy + getattr(machine.latency, "c2c" if cls in ("tx", "rx") else cls)
+    latency = occupancy + machine.units[cls].latency
     if cls == "tx":
         latency += len(op.attrs["route"]) * machine.c2c.hop_latency_cycles
     return Cost(occupancy, latency, tuple(sorted(per_read.items())), tuple(sorted(per_write.items())))

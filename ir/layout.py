@@ -1,11 +1,13 @@
-"""How a tensor lies in SRAM: words of 320 byte-lanes, vector-column major.
+"""How a tensor lies in SRAM: words of `lanes` bytes, vector-column major.
 
-A tensor is viewed as 2-D, rows x cols, cols being its last dim (a scalar is
-1 x 1). Each row is cut into 320-lane vectors ("vector columns", the last one
+The vector width `lanes` is the machine's (`Machine.lanes`; 320 on tsp-v1): a
+vector has that many lanes and an SRAM word holds one byte of each. A tensor is
+viewed as 2-D, rows x cols, cols being its last dim (a scalar is 1 x 1). Each
+row is cut into vectors of `lanes` elements ("vector columns", the last one
 zero-padded). A vector of a dtype with itemsize b spans b words, one byte-plane
 each (fp32: 4 words). Words are ordered vector column, then row, then byte
-plane, so column tile j — what one 320x320 MXM tile reads or writes — is a
-contiguous run of rows * itemsize words.
+plane, so column tile j — what one lanes x lanes MXM tile reads or writes — is
+a contiguous run of rows * itemsize words.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 from .types import DType, TensorType
-
-LANES = 320  # the layout is defined for 320-lane words; machines must match (checked in ir.machine)
 
 
 def rows_cols(t: TensorType) -> tuple[int, int]:
@@ -24,46 +24,46 @@ def rows_cols(t: TensorType) -> tuple[int, int]:
     return (t.numel // cols if cols else 0), cols
 
 
-def vector_cols(t: TensorType) -> int:
-    return -(-rows_cols(t)[1] // LANES)
+def vector_cols(t: TensorType, lanes: int) -> int:
+    return -(-rows_cols(t)[1] // lanes)
 
 
-def vectors(t: TensorType) -> int:
-    """How many 320-lane vectors the tensor spans (all byte-planes count once)."""
-    return rows_cols(t)[0] * vector_cols(t)
+def vectors(t: TensorType, lanes: int) -> int:
+    """How many vectors the tensor spans (all byte-planes count once)."""
+    return rows_cols(t)[0] * vector_cols(t, lanes)
 
 
-def words(t: TensorType) -> int:
+def words(t: TensorType, lanes: int) -> int:
     """SRAM words the tensor occupies."""
-    return vectors(t) * t.dtype.itemsize
+    return vectors(t, lanes) * t.dtype.itemsize
 
 
 def _storage_dtype(dtype: DType) -> np.dtype:
     return np.dtype(np.uint16) if dtype is DType.bf16 else dtype.numpy.newbyteorder("<")
 
 
-def to_words(array: np.ndarray, t: TensorType) -> np.ndarray:
-    """The tensor's bytes as a (words(t), 320) uint8 array."""
+def to_words(array: np.ndarray, t: TensorType, lanes: int) -> np.ndarray:
+    """The tensor's bytes as a (words(t, lanes), lanes) uint8 array."""
     rows, cols = rows_cols(t)
     a = np.asarray(array, dtype=t.dtype.numpy).reshape(rows, cols)
     if t.dtype is DType.bf16:  # the upper half of an f32 (values are bf16-exact)
         a = (np.ascontiguousarray(a, np.float32).view(np.uint32) >> 16).astype(np.uint16)
     a = a.astype(_storage_dtype(t.dtype))
-    vc = vector_cols(t)
-    padded = np.zeros((rows, vc * LANES), a.dtype)
+    vc = vector_cols(t, lanes)
+    padded = np.zeros((rows, vc * lanes), a.dtype)
     padded[:, :cols] = a
-    b = padded.reshape(rows, vc, LANES).transpose(1, 0, 2)  # vector column, row, lane
-    planes = np.ascontiguousarray(b).view(np.uint8).reshape(vc, rows, LANES, t.dtype.itemsize)
-    return np.ascontiguousarray(planes.transpose(0, 1, 3, 2)).reshape(-1, LANES)
+    b = padded.reshape(rows, vc, lanes).transpose(1, 0, 2)  # vector column, row, lane
+    planes = np.ascontiguousarray(b).view(np.uint8).reshape(vc, rows, lanes, t.dtype.itemsize)
+    return np.ascontiguousarray(planes.transpose(0, 1, 3, 2)).reshape(-1, lanes)
 
 
-def from_words(data: np.ndarray, t: TensorType) -> np.ndarray:
-    """Inverse of to_words: a (words(t), 320) uint8 array back to the tensor."""
+def from_words(data: np.ndarray, t: TensorType, lanes: int) -> np.ndarray:
+    """Inverse of to_words: a (words(t, lanes), lanes) uint8 array back to the tensor."""
     rows, cols = rows_cols(t)
-    vc, size = vector_cols(t), t.dtype.itemsize
-    planes = np.ascontiguousarray(data, np.uint8).reshape(vc, rows, size, LANES).transpose(0, 1, 3, 2)
-    b = np.ascontiguousarray(planes).view(_storage_dtype(t.dtype)).reshape(vc, rows, LANES)
-    a = b.transpose(1, 0, 2).reshape(rows, vc * LANES)[:, :cols]
+    vc, size = vector_cols(t, lanes), t.dtype.itemsize
+    planes = np.ascontiguousarray(data, np.uint8).reshape(vc, rows, size, lanes).transpose(0, 1, 3, 2)
+    b = np.ascontiguousarray(planes).view(_storage_dtype(t.dtype)).reshape(vc, rows, lanes)
+    a = b.transpose(1, 0, 2).reshape(rows, vc * lanes)[:, :cols]
     if t.dtype is DType.bf16:
         a = (a.astype(np.uint32) << 16).view(np.float32)
     return a.astype(t.dtype.numpy).reshape(t.shape)
@@ -85,7 +85,7 @@ def sub_extents(extents, offset: int, count: int) -> tuple[Extent, ...]:
     return tuple(out)
 
 
-def view_extents(op_name: str, attrs, operand_types, operand_extents) -> tuple[Extent, ...]:
+def view_extents(op_name: str, attrs, operand_types, operand_extents, lanes: int) -> tuple[Extent, ...]:
     """The words a view op's result names, from its operands' extents."""
     if op_name == "mem.reshape_view":
         return tuple(operand_extents[0])
@@ -94,15 +94,15 @@ def view_extents(op_name: str, attrs, operand_types, operand_extents) -> tuple[E
     if op_name == "mem.column_slice":
         t = operand_types[0]
         per_column = rows_cols(t)[0] * t.dtype.itemsize
-        first = attrs["start"] // LANES
-        ncols = -(-attrs["size"] // LANES)
+        first = attrs["start"] // lanes
+        ncols = -(-attrs["size"] // lanes)
         return sub_extents(operand_extents[0], first * per_column, ncols * per_column)
     if op_name == "mem.row_slice":  # per vector column, per batch (leading dims): a run of whole rows
         t = operand_types[0]
         rows_per_batch, size = t.shape[-2], t.dtype.itemsize
         batches = rows_cols(t)[0] // rows_per_batch if rows_per_batch else 0
         out = []
-        for run in range(vector_cols(t) * batches):
+        for run in range(vector_cols(t, lanes) * batches):
             out += sub_extents(operand_extents[0], (run * rows_per_batch + attrs["start"]) * size,
                                attrs["size"] * size)
         return tuple(out)

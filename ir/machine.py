@@ -12,13 +12,15 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .errors import LpucError
 from .files import read_bytes
-from .layout import LANES
 
 SHIPPED = Path(__file__).with_name("machines")
 DEFAULT_MACHINE = "tsp-v1"
@@ -26,7 +28,7 @@ DEFAULT_MACHINE = "tsp-v1"
 
 @dataclass(frozen=True)
 class Vector:
-    lanes: int
+    lanes: int  # bytes of one byte-plane of a vector: one SRAM word (ir/layout.py)
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,15 @@ class Latency:
 
 
 @dataclass(frozen=True)
+class Unit:
+    """A class of functional units: instances per chip, and the pipeline depth in cycles from the
+    unit's last input until its result is in SRAM (an instruction's latency is its occupancy plus this)."""
+
+    count: int
+    latency: int
+
+
+@dataclass(frozen=True)
 class Machine:
     name: str
     clock_mhz: float
@@ -137,6 +148,21 @@ class Machine:
     def cycles_to_us(self, cycles: int) -> float:
         return cycles / self.clock_mhz
 
+    @property
+    def lanes(self) -> int:
+        """The vector width: lanes of a vector, bytes of an SRAM word (the layout's unit, ir/layout.py)."""
+        return self.vector.lanes
+
+    @cached_property
+    def units(self) -> Mapping[str, Unit]:
+        """Unit class -> its instances per chip (named class + index, e.g. vxm0..vxm15) and latency.
+        A chip-to-chip link port has a transmit (tx) and a receive (rx) side."""
+        lat = self.latency
+        return MappingProxyType({
+            "mxm": Unit(self.mxm.planes, lat.mxm), "vxm": Unit(self.vxm.alus_per_lane, lat.vxm),
+            "sxm": Unit(self.sxm.units, lat.sxm), "mem": Unit(self.mem.units, lat.mem), "host": Unit(1, lat.host),
+            "tx": Unit(self.c2c.links, lat.c2c), "rx": Unit(self.c2c.links, lat.c2c)})
+
 
 # The range of every number in a machine file: (least, most, why). What a chip or a system of them
 # could physically have, generously, and what lpuc can represent (a compile makes a list per unit
@@ -144,10 +170,10 @@ class Machine:
 # rejection names the key and its range. tsp-v1's figure is given for scale.
 RANGES: dict[str, tuple[int | float, int | float, str]] = {
     "clock_mhz": (1, 10_000, "1 MHz to 10 GHz; tsp-v1: 900"),
-    "vector.lanes": (LANES, LANES, "the SRAM layout lpuc implements"),
+    "vector.lanes": (1, 4096, "lanes of a vector, bytes of an SRAM word; tsp-v1: 320"),
     "sram.slices": (1, 1024, "tsp-v1: 88"),
     "sram.words_per_slice": (1, 1 << 20, "tsp-v1: 8,192"),
-    "sram.word_bytes": (LANES, LANES, "one vector: the SRAM layout lpuc implements"),
+    "sram.word_bytes": (1, 4096, "one byte of each lane: vector.lanes; tsp-v1: 320"),
     "sram.read_ports": (1, 16, "words per slice per cycle; tsp-v1: 1"),
     "sram.write_ports": (1, 16, "words per slice per cycle; tsp-v1: 1"),
     "streams.east": (1, 256, "stream registers; tsp-v1: 32"),
@@ -255,6 +281,13 @@ def parse_machine(text: str, source: str = "<machine>") -> Machine:
     if t.kind == "dragonfly" and t.chips_per_node > t.max_chips:
         raise LpucError(f"{source}: topology.max_chips must be at least topology.chips_per_node "
                         f"({t.chips_per_node}): a dragonfly is built of whole nodes, got {t.max_chips}")
+    lanes = machine.vector.lanes
+    if machine.sram.word_bytes != lanes:  # ir/layout.py: a word is one byte-plane of a vector
+        raise LpucError(f"{source}: sram.word_bytes must equal vector.lanes ({lanes}): a word holds one byte "
+                        f"of each lane; got {machine.sram.word_bytes}")
+    if (machine.mxm.rows, machine.mxm.cols) != (lanes, lanes):  # lowering tiles matmuls by vector columns
+        raise LpucError(f"{source}: mxm.rows and mxm.cols must equal vector.lanes ({lanes}): a weight tile is "
+                        f"one vector column square; got {machine.mxm.rows} x {machine.mxm.cols}")
     return machine
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from . import graph_ops as g
 from .evaluator import EVAL
-from .layout import LANES, rows_cols
+from .layout import rows_cols
 from .registry import HOST, LINK, OPS, PLANE, SRAM, AttrSpec, OpDef, TypeRuleError, defop, register_op
 
 A = AttrSpec
@@ -99,21 +99,37 @@ def _reshape_view(types, attrs):
     return out
 
 
-@defop("mem.join", (1, None), {**SCHEDULE_ATTRS}, doc="concat along the last axis of 320-column-aligned parts",
-       **VIEW)
+# The vector width is the machine's: rules about vector columns are machine rules, which the verifier
+# checks when it has the machine (`verify(module, machine)`).
+
+def _joinable(types, attrs, machine):
+    lanes = machine.lanes
+    for t in types[:-1]:
+        g.need(t.shape[-1] % lanes == 0, f"all but the last part must be whole vector columns ({lanes} lanes): {t}")
+
+
+@defop("mem.join", (1, None), {**SCHEDULE_ATTRS}, machine_rule=_joinable,
+       doc="concat along the last axis of parts that are whole vector columns (but the last)", **VIEW)
 def _join(types, attrs):
     for t in types[:-1]:
-        g.need(t.rank >= 1 and t.shape[-1] % LANES == 0, f"all but the last part must be {LANES}-column aligned: {t}")
+        g.need(t.rank >= 1, f"a part must have a last axis: {t}")
     return g._concat(types, {"axis": -1})
 
 
-@defop("mem.column_slice", 1, {"start": A("int"), "size": A("int"), **SCHEDULE_ATTRS},
-       doc="columns [start, start+size) of the last axis; start is 320-aligned, size reaches a boundary or the end",
+def _whole_columns(types, attrs, machine):
+    lanes = machine.lanes
+    t, start, size = types[0], attrs["start"], attrs["size"]
+    g.need(start % lanes == 0, f"a column slice must start on a vector column ({lanes} lanes): {start}")
+    g.need(size % lanes == 0 or start + size == t.shape[-1],
+           f"a column slice must end on a vector column ({lanes} lanes) or the end")
+
+
+@defop("mem.column_slice", 1, {"start": A("int"), "size": A("int"), **SCHEDULE_ATTRS}, machine_rule=_whole_columns,
+       doc="columns [start, start+size) of the last axis: whole vector columns, the last one may be partial",
        **VIEW)
 def _column_slice(types, attrs):
     t, start, size = types[0], attrs["start"], attrs["size"]
-    g.need(t.rank >= 1 and start % LANES == 0 and size > 0 and start + size <= t.shape[-1], f"bad columns of {t}")
-    g.need(size % LANES == 0 or start + size == t.shape[-1], "a column slice must end on a 320 boundary or the end")
+    g.need(t.rank >= 1 and start >= 0 and size > 0 and start + size <= t.shape[-1], f"bad columns of {t}")
     return t.with_shape(t.shape[:-1] + (size,))
 
 
@@ -125,11 +141,17 @@ def _row_slice(types, attrs):
     return t.with_shape(t.shape[:-2] + (size, t.shape[-1]))
 
 
-@defop("mxm.install", 1, {**SCHEDULE_ATTRS}, doc="install a weight tile [..., K<=320, N<=320] on an MXM plane",
+def _one_tile(types, attrs, machine):
+    (w,), rows, cols = types, machine.mxm.rows, machine.mxm.cols
+    g.need(w.shape[-2] <= rows and w.shape[-1] <= cols, f"a weight tile is at most {rows} x {cols}: {w}")
+
+
+@defop("mxm.install", 1, {**SCHEDULE_ATTRS}, machine_rule=_one_tile,
+       doc="install a weight tile [..., K<=mxm.rows, N<=mxm.cols] on an MXM plane",
        unit="mxm", places=(SRAM,), result_place=PLANE)
 def _install(types, attrs):
     (w,) = types
-    g.need(w.rank >= 2 and w.shape[-2] <= LANES and w.shape[-1] <= LANES, f"a weight tile is at most 320x320: {w}")
+    g.need(w.rank >= 2, f"a weight tile has rows and columns: {w}")
     return w
 
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .attributes import Tensor
 from .types import DType, TensorType
+
+if TYPE_CHECKING:
+    from .machine import Machine
 
 REQUIRED = object()  # marks an attribute without a default
 
@@ -57,6 +60,7 @@ ATTR_KINDS: dict[str, Callable[[Any], bool]] = {
 }
 
 InferFn = Callable[[tuple[TensorType, ...], Mapping[str, Any]], "TensorType | tuple[TensorType, ...]"]
+MachineRule = Callable[[tuple[TensorType, ...], Mapping[str, Any], "Machine"], None]
 
 
 # Where a machine op's operands and results live. Graph ops live nowhere in particular (None).
@@ -85,6 +89,9 @@ class OpDef:
     transcendental: bool = False      # a VXM pass costs machine.vxm.transcendental_cycles per vector
     indexed: bool = False             # reads only the rows its indices (operand 1) select
     mirror: bool = False              # graph op: a machine op of its unit computes exactly it
+    # What depends on the machine description (e.g. its vector width): checks operand types and attributes
+    # against the Machine, raising TypeRuleError; the verifier runs it when given the machine.
+    machine_rule: MachineRule | None = None
 
     def operand_place(self, k: int) -> str | None:
         """Where operand `k` lives (None for graph ops)."""

@@ -1,7 +1,7 @@
 """One description of a machine-level program: what each instruction reads,
 writes, costs and holds, and, once it is scheduled, when.
 
-`describe(module, machine)` derives it once; every consumer reads it: both
+`describe(module, target)` derives it once; every consumer reads it: both
 schedulers and their bounds (compiler.schedule_list, compiler.schedule_cpsat),
 the allocator (`places`, `view_bases`), the trace, the report, the `.lpu`
 manifest's cycles and `lpuc compile`'s statistics. The interpreter derives
@@ -38,7 +38,7 @@ from .errors import LpucError
 from .layout import Extent, sub_extents, view_extents, words
 from .machine import Machine
 from .registry import HOST, LINK, OPS, SRAM
-from .topology import Network, network
+from .target import Target
 
 VIEW = "view"  # the place of a view's result: it names words of SRAM values
 Segment = tuple[int, int, int, int]  # (slice, first word, words, base id)
@@ -142,11 +142,15 @@ class Instruction:
 @dataclass(frozen=True, eq=False)
 class Facts:
     module: Module
-    machine: Machine
+    target: Target
     places: Mapping[str, str]
     words: Mapping[str, tuple[Segment, ...]]   # every SRAM and view value
     bases: tuple[Base, ...]
     instructions: tuple[Instruction, ...]      # in program order
+
+    @property
+    def machine(self) -> Machine:
+        return self.target.machine
 
     @cached_property
     def by_index(self) -> dict[int, Instruction]:
@@ -203,20 +207,14 @@ class Facts:
         return dict(sorted(peaks.items()))
 
 
-def describe(module: Module, machine: Machine, net: Network | None = None) -> Facts:
-    """The facts of an allocated (and possibly scheduled) machine-level module. `net`: the module's
-    chip-to-chip network, when the caller has it (else built when a transfer needs it)."""
+def describe(module: Module, target: Target) -> Facts:
+    """The facts of an allocated (and possibly scheduled) machine-level module compiled for `target`."""
+    machine, lanes = target.machine, target.lanes
     where = places(module)
     segments: dict[str, tuple[Segment, ...]] = {}
     producer: dict[str, int] = {}
     bases: list[Base] = []
     instructions: list[Instruction] = []
-
-    def the_network() -> Network:
-        nonlocal net
-        if net is None:
-            net = network(machine, module.attrs.get("chips", 1))
-        return net
 
     for i, op in enumerate(module.ops):
         if not mo.is_machine_op(op.name):
@@ -225,14 +223,14 @@ def describe(module: Module, machine: Machine, net: Network | None = None) -> Fa
         for r in op.results:
             producer[r.name] = i
         if opdef.view:
-            segments[op.result.name] = _view_words(op, segments)
+            segments[op.result.name] = _view_words(op, segments, lanes)
             continue
         writes, write_bases = [], []
         if opdef.result_place == SRAM:
             out, pos = tuple(op.attrs.get("out") or ()), 0
             for r in op.results:
-                ext = sub_extents(out, pos, words(r.type))
-                pos += words(r.type)
+                ext = sub_extents(out, pos, words(r.type, lanes))
+                pos += words(r.type, lanes)
                 write_bases.append(len(bases))
                 bases.append(Base(r.name, chip, ext, i if opdef.unit else -1))
                 segments[r.name] = tuple((s, w, n, write_bases[-1]) for s, w, n in ext)
@@ -246,7 +244,7 @@ def describe(module: Module, machine: Machine, net: Network | None = None) -> Fa
             route = op.attrs["route"]
             fixed = route[0]
             try:
-                hops = the_network().hops(chip, route)
+                hops = target.network.hops(chip, route)
             except LpucError:  # a port with no cable (the interpreter reports it): no link is held
                 hops = []
             links = tuple((ch, port, off, length) for (ch, port), (_, off, length)
@@ -254,15 +252,15 @@ def describe(module: Module, machine: Machine, net: Network | None = None) -> Fa
         elif LINK in opdef.places:  # a receive: on the port where its send's route arrives
             send = module.ops[producer[op.operands[opdef.places.index(LINK)].name]]
             try:
-                fixed = the_network().destination(mo.chip_of(send), send.attrs["route"])[1]
+                fixed = target.network.destination(mo.chip_of(send), send.attrs["route"])[1]
             except LpucError:
                 fixed = None
         instructions.append(Instruction(i, op, opdef.unit, chip, reads, tuple(writes), tuple(write_bases), c,
                                         fixed, links))
-    return Facts(module, machine, where, segments, tuple(bases), tuple(instructions))
+    return Facts(module, target, where, segments, tuple(bases), tuple(instructions))
 
 
-def _view_words(op: Op, segments: Mapping[str, tuple[Segment, ...]]) -> tuple[Segment, ...]:
+def _view_words(op: Op, segments: Mapping[str, tuple[Segment, ...]], lanes: int) -> tuple[Segment, ...]:
     """The words a view names: the layout's rule, on extents whose "slice" is the index of the segment it
     came from (so each word finds its owner again)."""
     flat, per_operand = [], []
@@ -270,5 +268,5 @@ def _view_words(op: Op, segments: Mapping[str, tuple[Segment, ...]]) -> tuple[Se
         segs = segments.get(v.name, ())
         per_operand.append(tuple((len(flat) + k, w, n) for k, (_, w, n, _) in enumerate(segs)))
         flat += segs
-    ext = view_extents(op.name, op.attrs, [v.type for v in op.operands], per_operand)
+    ext = view_extents(op.name, op.attrs, [v.type for v in op.operands], per_operand, lanes)
     return tuple((flat[k][0], w, n, flat[k][3]) for k, w, n in ext)

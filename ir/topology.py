@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from .errors import LpucError
 from .machine import Machine
@@ -134,14 +135,21 @@ def _limit(machine: Machine) -> str:
     return f"a {machine.name} {t.kind} has at most {t.max_chips}"
 
 
-def network(machine: Machine, chips: int) -> Network:
-    """The network of `chips` chips of `machine`; an LpucError when the topology has no such size."""
-    t, ports = machine.topology, machine.c2c.links
+def check_chips(machine: Machine, chips: int) -> None:
+    """An LpucError when the topology of `machine` has no network of `chips` chips."""
     if chips > most_chips(machine):
         raise LpucError(f"--chips {chips}: {_limit(machine)}")
     if not supported_chips(machine, chips):
-        raise LpucError(f"--chips {chips}: a {machine.name} {t.kind} cannot have {chips} chips ({_sizes(machine)}); "
-                        f"the next size it supports is {round_chips(machine, chips)}")
+        raise LpucError(f"--chips {chips}: a {machine.name} {machine.topology.kind} cannot have {chips} chips "
+                        f"({_sizes(machine)}); the next size it supports is {round_chips(machine, chips)}")
+
+
+@lru_cache(maxsize=8)
+def network(machine: Machine, chips: int) -> Network:
+    """The network of `chips` chips of `machine`; an LpucError when the topology has no such size.
+    A pure function of its arguments, built once per machine and size (every Target of them shares it)."""
+    t, ports = machine.topology, machine.c2c.links
+    check_chips(machine, chips)
     cables: dict[tuple[int, int], tuple[int, int]] = {}
     if t.kind == "dragonfly":
         if t.local_links + t.global_links > ports:

@@ -5,6 +5,8 @@ Each rule raises a VerifyError whose message names the op and the value.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .core import Module, Op
 from .errors import VerifyError
 from .registry import ATTR_KINDS, HOST, LINK, OPS, PLANE, SRAM, TypeRuleError
@@ -12,9 +14,13 @@ from .registry import ATTR_KINDS, HOST, LINK, OPS, PLANE, SRAM, TypeRuleError
 PLACE_NAMES = {SRAM: "in SRAM", HOST: "on the host (a model input)",
                PLANE: "on an MXM plane (an mxm.install result)", LINK: "a transfer in flight (a c2c.send result)"}
 
+if TYPE_CHECKING:
+    from .machine import Machine
 
-def verify(module: Module) -> Module:
-    """Check `module`; return it unchanged, or raise VerifyError on the first broken rule."""
+
+def verify(module: Module, machine: Machine | None = None) -> Module:
+    """Check `module`; return it unchanged, or raise VerifyError on the first broken rule. Given the
+    `machine` it targets, also the rules that depend on it (e.g. a view's vector-column alignment)."""
     defined: dict[str, object] = {}
     place: dict[str, str | None] = {}  # where each value lives, by its definition (graph ops: None)
     later = {r.name for op in module.ops for r in op.results}
@@ -39,7 +45,7 @@ def verify(module: Module) -> Module:
                 raise VerifyError(f"{where}: operand {v} is not defined")
             if defined[v.name] != v.type:
                 raise VerifyError(f"{where}: operand {v} has type {v.type} but is defined as {defined[v.name]}")
-        check_op(op)
+        check_op(op, machine)
         check_chips(op, chips)
         check_places(op, [place[v.name] for v in op.operands])
         for r in op.results:
@@ -67,8 +73,9 @@ def check_places(op: Op, operand_places) -> None:
             raise VerifyError(f"{op.label()}: operand {v} must be {PLACE_NAMES[want]}, but it is {PLACE_NAMES[got]}")
 
 
-def check_op(op: Op) -> None:
-    """The op-local rules: known op, operand count, attributes, result types."""
+def check_op(op: Op, machine: Machine | None = None) -> None:
+    """The op-local rules: known op, operand count, attributes, result types; with `machine`, the
+    op's rules that depend on the machine description."""
     where = op.label()
     opdef = OPS.get(op.name)
     if opdef is None:
@@ -88,6 +95,8 @@ def check_op(op: Op) -> None:
             raise VerifyError(f"{where}: missing attribute {key!r}")
     try:
         expected = opdef.result_types([v.type for v in op.operands], op.attrs)
+        if machine is not None and opdef.machine_rule is not None:
+            opdef.machine_rule(tuple(v.type for v in op.operands), opdef.attrs_with_defaults(op.attrs), machine)
     except TypeRuleError as e:
         raise VerifyError(f"{where}: {e} (operands {', '.join(f'{v}: {v.type}' for v in op.operands)})") from None
     if len(expected) != len(op.results):

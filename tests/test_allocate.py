@@ -17,11 +17,13 @@ from lpuc.ir import DType, LpucError, TensorType
 from lpuc.ir.builder import Builder
 from lpuc.ir.layout import words
 from lpuc.ir.machine import SHIPPED, load_machine, parse_machine
+from lpuc.ir.target import Target
 from lpuc.ir.verifier import verify
+from helpers import LANES
 from test_lower import every_op, wide_matmuls
 
 ROOT = Path(__file__).resolve().parents[1]
-MACHINE = load_machine("tsp-v1")
+TSP_V1 = Target(load_machine("tsp-v1"))
 TSP = (SHIPPED / "tsp-v1.toml").read_text()
 
 
@@ -54,13 +56,14 @@ def liveness(module):
     return first, last
 
 
-def check_allocation(module, allocation, machine):
+def check_allocation(module, allocation, target):
+    machine = target.machine
     extents = allocation.as_dict()
     first, last = liveness(module)
     types = {r.name: r.type for op in module.ops for r in op.results}
     assert sorted(extents) == sorted(first), "every SRAM value and nothing else is allocated"
     for name, ext in extents.items():
-        assert sum(n for _, _, n in ext) == words(types[name])
+        assert sum(n for _, _, n in ext) == words(types[name], LANES)
         for s, w, n in ext:
             assert 0 <= s < machine.sram.slices and 0 <= w and w + n <= machine.sram.words_per_slice and n > 0
     # brute force: word -> owners; owners of one word must have disjoint live ranges
@@ -73,37 +76,37 @@ def check_allocation(module, allocation, machine):
         spans = sorted((first[n], last[n], n) for n in names)
         for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:]):
             assert a1 < b0, f"{an} [{a0}, {a1}] and {bn} [{b0}, {b1}] share word {word}"
-    peak = max(sum(words(types[n]) for n in first if first[n] <= i <= last[n]) for i in range(len(module.ops)))
+    peak = max(sum(words(types[n], LANES) for n in first if first[n] <= i <= last[n]) for i in range(len(module.ops)))
     assert allocation.peak_words == peak
     return owners
 
 
 @pytest.mark.parametrize("build", [wide_matmuls, every_op], ids=["wide_matmuls", "every_op"])
 def test_hand_built_no_overlap(build):
-    module = lower(build()[0])
-    allocation = plan_allocation(module, MACHINE)
-    check_allocation(module, allocation, MACHINE)
+    module = lower(build()[0], TSP_V1)
+    allocation = plan_allocation(module, TSP_V1)
+    check_allocation(module, allocation, TSP_V1)
 
 
 @pytest.mark.parametrize("name", ["gpt2_decode", "llama_prefill"])
 def test_samples_no_overlap(name):
-    module = lower(load_model(ROOT / "samples" / f"{name}.onnx")[0])
-    allocation = plan_allocation(module, MACHINE)
-    owners = check_allocation(module, allocation, MACHINE)
+    module = lower(load_model(ROOT / "samples" / f"{name}.onnx")[0], TSP_V1)
+    allocation = plan_allocation(module, TSP_V1)
+    owners = check_allocation(module, allocation, TSP_V1)
     constants = {op.result.name for op in module.ops if op.name == "mem.constant"}
     for names in owners.values():
         if constants & set(names):
             assert len(names) == 1, "a constant's words are never given to another value"
-    assert allocation.image_words == sum(words(op.result.type) for op in module.ops if op.name == "mem.constant")
+    assert allocation.image_words == sum(words(op.result.type, LANES) for op in module.ops if op.name == "mem.constant")
 
 
 def test_reuse_under_pressure():
     """A machine with little SRAM forces reuse and cutting values over slices; still no overlap."""
     module, inputs = every_op()
-    lowered = lower(module)
-    big = plan_allocation(lowered, MACHINE)
+    lowered = lower(module, TSP_V1)
+    big = plan_allocation(lowered, TSP_V1)
     slices = 6
-    tiny = small_machine(slices, -(-big.peak_words // slices) + 2)
+    tiny = Target(small_machine(slices, -(-big.peak_words // slices) + 2))
     allocation = plan_allocation(lowered, tiny)
     owners = check_allocation(lowered, allocation, tiny)
     assert max(len(v) for v in owners.values()) > 1, "expected words to be reused"
@@ -111,18 +114,18 @@ def test_reuse_under_pressure():
 
 
 def test_f32_values_spread_over_slices():
-    module = lower(wide_matmuls()[0])
-    allocation = plan_allocation(module, MACHINE)
+    module = lower(wide_matmuls()[0], TSP_V1)
+    allocation = plan_allocation(module, TSP_V1)
     types = {r.name: r.type for op in module.ops for r in op.results}
     for name, ext in allocation.extents:
-        if types[name].dtype is DType.f32 and words(types[name]) >= 4:
+        if types[name].dtype is DType.f32 and words(types[name], LANES) >= 4:
             assert len({s for s, _, _ in ext}) == 4, name
 
 
 def test_apply_writes_out_in_result_order():
     module, inputs = every_op()
-    lowered = lower(module)
-    allocation = plan_allocation(lowered, MACHINE)
+    lowered = lower(module, TSP_V1)
+    allocation = plan_allocation(lowered, TSP_V1)
     allocated = verify(apply_allocation(lowered, allocation))
     extents = allocation.as_dict()
     for op in allocated.ops:
@@ -134,9 +137,9 @@ def test_apply_writes_out_in_result_order():
 
 
 def test_deterministic():
-    module = lower(every_op()[0])
-    assert plan_allocation(module, MACHINE) == plan_allocation(module, MACHINE)
-    assert Allocate(stripes=1).plan(module, MACHINE) != plan_allocation(module, MACHINE)
+    module = lower(every_op()[0], TSP_V1)
+    assert plan_allocation(module, TSP_V1) == plan_allocation(module, TSP_V1)
+    assert Allocate(stripes=1).plan(module, TSP_V1) != plan_allocation(module, TSP_V1)
 
 
 def test_out_of_memory_names_needed_available_and_chips():
@@ -144,11 +147,11 @@ def test_out_of_memory_names_needed_available_and_chips():
     x = b.input("x", TensorType((40, 320), DType.f32))          # 160 words
     w = b.constant(np.ones((320, 320), np.float32), name="w")   # 1280 words
     b.output("y", b.op("graph.matmul", x, w))
-    module = lower(b.build("too_big"))
-    tiny = small_machine(2, 256)                                 # 512 words = 163,840 bytes
+    module = lower(b.build("too_big"), TSP_V1)
+    tiny = Target(small_machine(2, 256))                         # 512 words = 163,840 bytes
     with pytest.raises(LpucError) as e:
         plan_allocation(module, tiny)
     msg = str(e.value)
-    peak = plan_allocation(module, MACHINE).peak_bytes
+    peak = plan_allocation(module, TSP_V1).peak_bytes
     assert f"needs {peak} bytes" in msg and "a chip has 163840 bytes" in msg
     assert f"fit on {-(-peak // 163840)} chips" in msg and "\n" not in msg

@@ -27,7 +27,7 @@ from lpuc.ir.layout import sub_extents, view_extents, words
 from lpuc.ir.machine import SHIPPED, load_machine
 from lpuc.ir import machine_ops as mo
 
-from helpers import assert_one_line_error, run_cli, ROOT, SAMPLES
+from helpers import assert_one_line_error, run_cli, LANES, ROOT, SAMPLES
 
 SAMPLE = SAMPLES / "gpt2_prefill.onnx"
 INPUTS = SAMPLES / "gpt2_prefill.inputs.npz"
@@ -226,15 +226,16 @@ def _raw_perturbed(module, machine):
     seg, land, producer = {}, {}, {}
     for op in module.ops:
         if mo.is_view(op.name):
-            ext = view_extents(op.name, op.attrs, [v.type for v in op.operands], [seg[v.name] for v in op.operands])
+            ext = view_extents(op.name, op.attrs, [v.type for v in op.operands], [seg[v.name] for v in op.operands],
+                               LANES)
             seg[op.result.name] = ext
             land[op.result.name] = max(land[v.name] for v in op.operands)
             continue
         results = [] if op.name in ("mxm.install", "host.output") else list(op.results)
         writes, pos = [], 0
         for r in results:
-            writes.append(sub_extents(op.attrs.get("out") or (), pos, words(r.type)))
-            pos += words(r.type)
+            writes.append(sub_extents(op.attrs.get("out") or (), pos, words(r.type, LANES)))
+            pos += words(r.type, LANES)
         if op.name == "mem.constant":
             seg[op.result.name], land[op.result.name] = writes[0], 0
             continue

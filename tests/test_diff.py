@@ -27,7 +27,7 @@ def _compile(path, **options):
     """Compile the sample with the list scheduler and write it; (module, machine text, options, summary facts)."""
     opts = CompileOptions(scheduler="list", **options)
     module, summary, machine_text = compile_model(SAMPLE, "tsp-v1", opts)
-    parts = (module, machine_text, lpu_options(opts, summary.chips), summary.facts())
+    parts = (module, machine_text, lpu_options(opts), summary.facts())
     write_lpu(path, *parts)
     return parts
 

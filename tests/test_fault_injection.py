@@ -37,6 +37,7 @@ from lpuc.ir.costs import cost
 from lpuc.ir.layout import sub_extents, words
 from lpuc.ir.machine import parse_machine
 from lpuc.ir.schedule_facts import describe
+from lpuc.ir.target import Target
 
 from helpers import compiled_sample
 
@@ -84,7 +85,7 @@ class Timing:
 
     def __init__(self, module: Module, machine):
         self.module, self.machine = module, machine
-        facts = describe(module, machine)
+        facts = describe(module, Target.of(module, machine))
         self.ins: dict[int, Ins] = {}
         self.bases: dict[str, Base] = {}
         name = [b.name for b in facts.bases]
@@ -244,8 +245,8 @@ def make_clobber(t: Timing, module, family, cand, rng):
     # the new timing: moving words between slices may change the write-port count
     writes, pos = [], 0
     for r in x.op.results:
-        writes.append(sub_extents(new_out, pos, words(r.type)))
-        pos += words(r.type)
+        writes.append(sub_extents(new_out, pos, words(r.type, t.machine.lanes)))
+        pos += words(r.type, t.machine.lanes)
     c = cost(x.op, t.machine, [[seg[:3] for seg in rs] for rs in x.reads], writes)
     land = x.cycle + c.latency
     if not v.land < land:

@@ -24,6 +24,7 @@ from lpuc.ir.types import DType, TensorType
 
 MACHINE_TEXT = (SHIPPED / "tsp-v1.toml").read_text()
 M = parse_machine(MACHINE_TEXT)
+LANES = M.lanes
 F32 = DType.f32
 
 
@@ -64,7 +65,7 @@ class Sched:
     def constant(self, array, res, out=None, dtype=None):
         t = Tensor.from_array(np.asarray(array), dtype)
         v = Value(res, t.type)
-        out = out or self.alloc(words(t.type))
+        out = out or self.alloc(words(t.type, LANES))
         self.reserve(out)
         self.ops.append(Op("mem.constant", (), (v,), AttrDict(dict(value=t, cycle=0, out=out))))
         self.ext[res], self.land[res] = out, 0
@@ -75,7 +76,8 @@ class Sched:
         (t,) = OPS[name].result_types([v.type for v in operands], attrs)
         v = Value(res, t)
         self.ops.append(Op(name, operands, (v,), AttrDict(attrs)))
-        self.ext[res] = view_extents(name, attrs, [o.type for o in operands], [self.ext[o.name] for o in operands])
+        self.ext[res] = view_extents(name, attrs, [o.type for o in operands], [self.ext[o.name] for o in operands],
+                                     LANES)
         self.land[res] = max(self.land[o.name] for o in operands)
         return v
 
@@ -88,7 +90,7 @@ class Sched:
                          if v.name in self.ext and not (name == "mxm.matmul" and i == 1)]
         sram_results = () if name in ("mxm.install", "host.output", "c2c.send") else results
         if out is None and sram_results:
-            out = tuple(e for r in sram_results for e in self.alloc(words(r.type)))
+            out = tuple(e for r in sram_results for e in self.alloc(words(r.type, LANES)))
         self.reserve(out or ())
         if cycle is None:
             cycle = max([self.free] + [self.land[v.name] for v in operands])
@@ -101,8 +103,8 @@ class Sched:
         op = Op(name, operands, results, AttrDict(full))
         writes, pos = [], 0
         for r in sram_results:
-            writes.append(_sub(out, pos, words(r.type)))
-            pos += words(r.type)
+            writes.append(_sub(out, pos, words(r.type, LANES)))
+            pos += words(r.type, LANES)
         c = cost(op, M, [self.ext[v.name] for v in sram_operands], writes)
         land = cycle + c.latency
         self.free = max(self.free, land)
@@ -183,7 +185,7 @@ def test_elementwise_numbers(width):
     assert st.class_busy["vxm"] == sum(s.info[r]["occ"] for r in "abe")
     assert st.class_utilization["vxm"] == pytest.approx(st.class_busy["vxm"] / (16 * st.cycles))
     # c lives all along; hx is read by b, so hx, a and c are live when b issues (b not yet landed)
-    assert st.sram_peak_bytes == 3 * words(TensorType((2, width), F32)) * 320
+    assert st.sram_peak_bytes == 3 * words(TensorType((2, width), F32), LANES) * 320
     assert [e.instruction for e in result.trace] == ["%hx = host.input", "%a = vxm.add", "%b = vxm.mul",
                                                      "%e = vxm.exp", "%o = host.output"]
     ev = result.trace[1]

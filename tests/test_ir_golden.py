@@ -40,11 +40,12 @@ from lpuc.compiler.schedule_cpsat import CpSatScheduler
 from lpuc.compiler.schedule_list import ListScheduler
 from lpuc.ir import LpucError, parse, print_module
 from lpuc.ir.machine import load_machine
+from lpuc.ir.target import Target
 
 GOLDEN = Path(__file__).parent / "golden" / "ir"
 RUN = "# RUN:"
 SEPARATOR = "# ---- output ----"
-TARGET = load_machine("tsp-v1")
+TARGET = Target(load_machine("tsp-v1"))
 
 
 def parse_pipeline(line: str):

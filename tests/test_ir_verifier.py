@@ -183,3 +183,43 @@ def test_attrs_are_checked_with_their_spec_kinds():
             AttrDict({"starts": (0,), "ends": (1,), "axes": (0,), "steps": (1.0,)}))
     with pytest.raises(VerifyError, match=r"attribute 'steps' must be ints, got \(1\.0,\)"):
         check_op(op)
+
+
+# --- rules of the machine ------------------------------------------------------------
+
+MACHINE_RULES = {  # (IR lines, error on tsp-v1, error on the 160-lane narrow-160 or None: valid there)
+    "a join of parts that are not whole vector columns": (
+        ["%a = vxm.neg %x : f32[2,160]", "%y = mem.join %a, %a : f32[2,320]"],
+        "%y = mem.join: all but the last part must be whole vector columns (320 lanes): f32[2,160]", None),
+    "a column slice starting inside a vector column": (
+        ["%a = vxm.neg %x : f32[2,480]", "%y = mem.column_slice %a {size = 320, start = 160} : f32[2,320]"],
+        "%y = mem.column_slice: a column slice must start on a vector column (320 lanes): 160", None),
+    "a column slice ending inside a vector column": (
+        ["%a = vxm.neg %x : f32[2,480]", "%y = mem.column_slice %a {size = 100, start = 0} : f32[2,100]"],
+        "%y = mem.column_slice: a column slice must end on a vector column (320 lanes) or the end",
+        "%y = mem.column_slice: a column slice must end on a vector column (160 lanes) or the end"),
+    "a weight tile larger than the MXM": (
+        ["%a = vxm.neg %x : f32[200,300]", "%y = mxm.install %a : f32[200,300]"],
+        None, "%y = mxm.install: a weight tile is at most 160 x 160: f32[200,300]"),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(MACHINE_RULES))
+def test_machine_rule(rule):
+    """Rules that depend on the vector width hold for the machine the verifier is given, and only then."""
+    from pathlib import Path
+
+    from lpuc.ir.machine import load_machine
+
+    lines, on_tsp, on_narrow = MACHINE_RULES[rule]
+    operand = lines[0].rsplit(": ", 1)[1]
+    m = text_module(*lines, inputs=f"input %x : {operand}")
+    verify(m)  # no machine, no machine rules
+    for machine, error in ((load_machine("tsp-v1"), on_tsp),
+                           (load_machine(Path(__file__).parent / "machines" / "narrow-160.toml"), on_narrow)):
+        if error is None:
+            verify(m, machine)
+        else:
+            with pytest.raises(VerifyError) as e:
+                verify(m, machine)
+            assert str(e.value).startswith(error), str(e.value)

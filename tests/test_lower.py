@@ -1,6 +1,6 @@
 """Lowering: graph IR -> machine IR keeps the semantics exactly (machine-level
 reference evaluator == graph evaluator), on every sample and on hand-built
-modules wider than one 320-lane vector."""
+modules wider than one vector (320 lanes on tsp-v1, 160 on tests/machines/narrow-160.toml)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,15 @@ from lpuc.compiler.lower import RULES, evaluate_machine, lower
 from lpuc.ir import OPS, DType, Module, TensorType
 from lpuc.ir.builder import Builder
 from lpuc.ir.evaluator import evaluate
-from lpuc.ir.layout import LANES
+from lpuc.ir.machine import load_machine
+from lpuc.ir.target import Target
 from lpuc.ir.verifier import verify
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "samples").glob("*.onnx"))
+TSP_V1 = Target(load_machine("tsp-v1"))
+NARROW = Target(load_machine(ROOT / "tests" / "machines" / "narrow-160.toml"))
+LANES = TSP_V1.lanes
 F32 = DType.f32
 
 
@@ -157,22 +161,23 @@ def test_every_graph_op_has_a_rule():
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
 def test_samples_lower_exactly(path):
     module, inputs = sample(path)
-    lowered = verify(lower(module))
+    lowered = verify(lower(module, TSP_V1), TSP_V1.machine)
     assert rel_error(evaluate_machine(lowered, inputs), evaluate(module, inputs)) <= 1e-5
 
 
+@pytest.mark.parametrize("target", [TSP_V1, NARROW], ids=lambda t: t.machine.name)
 @pytest.mark.parametrize("name", sorted(HAND))
-def test_hand_built_modules_lower_exactly(name):
+def test_hand_built_modules_lower_exactly(name, target):
     module, inputs = HAND[name]()
     verify(module)
-    lowered = verify(lower(module))
+    lowered = verify(lower(module, target), target.machine)
     assert [n for n, _ in lowered.outputs] == [n for n, _ in module.outputs]
     assert rel_error(evaluate_machine(lowered, inputs), evaluate(module, inputs)) <= 1e-5
 
 
 def test_lowered_form():
     module, _ = wide_matmuls()
-    lowered = lower(module)
+    lowered = lower(module, TSP_V1)
     ops = lowered.ops
     assert lowered.attrs["machine"] == "tsp-v1"
     assert all(op.name.split(".")[0] in ("vxm", "sxm", "mem", "mxm", "host") for op in ops)
@@ -196,7 +201,7 @@ def test_lowered_form():
 
 def test_softmax_and_norms_are_vxm_sequences():
     module, _ = every_op()
-    names = {op.name for op in lower(module).ops}
+    names = {op.name for op in lower(module, TSP_V1).ops}
     assert not any(n.endswith(("softmax", "layer_norm", "rms_norm", ".matmul")) and not n.startswith("mxm")
                    for n in names)
     assert {"vxm.reduce_max", "vxm.exp", "vxm.reduce_sum", "vxm.div", "vxm.sqrt", "vxm.reduce_mean"} <= names
@@ -204,7 +209,7 @@ def test_softmax_and_norms_are_vxm_sequences():
 
 def test_reshape_views_and_copies():
     module, _ = every_op()
-    lowered = lower(module)
+    lowered = lower(module, TSP_V1)
     kinds = {op.result.type.shape: op.name for op in lowered.ops
              if op.name in ("mem.reshape_view", "sxm.reshape")}
     assert kinds[(5, 9, 37)] == "sxm.reshape" and kinds[(5, 1, 333)] == "mem.reshape_view"
@@ -213,11 +218,11 @@ def test_reshape_views_and_copies():
 def test_row_slice_extents():
     from lpuc.ir.layout import view_extents, words
     t = TensorType((2, 5, 333), F32)  # 2 batches x 5 rows, 2 vector columns, 4 planes
-    base = ((0, 0, words(t)),)
-    ext = view_extents("mem.row_slice", {"start": 1, "size": 3}, [t], [base])
+    base = ((0, 0, words(t, LANES)),)
+    ext = view_extents("mem.row_slice", {"start": 1, "size": 3}, [t], [base], LANES)
     # per (vector column, batch): rows 1..3 of 5, 4 words each
     assert ext == tuple((0, ((j * 2 + bt) * 5 + 1) * 4, 12) for j in range(2) for bt in range(2))
-    assert sum(n for _, _, n in ext) == words(TensorType((2, 3, 333), F32))
+    assert sum(n for _, _, n in ext) == words(TensorType((2, 3, 333), F32), LANES)
     assert mo.is_view("mem.row_slice")
 
 
@@ -234,12 +239,12 @@ def test_view_extents_name_the_right_words(op, attrs, shape, fn):
     from lpuc.ir.registry import OPS as REG
     t = TensorType(shape, F32)
     a = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    data = to_words(a, t)
+    data = to_words(a, t, LANES)
     (rt,) = REG[op].result_types([t], attrs)
-    ext = view_extents(op, attrs, [t], [((0, 0, words(t)),)])
+    ext = view_extents(op, attrs, [t], [((0, 0, words(t, LANES)),)], LANES)
     picked = np.concatenate([data[w:w + n] for _, w, n in ext]) if ext else data[:0]
-    assert len(picked) == words(rt)
-    np.testing.assert_array_equal(from_words(picked, rt), fn(a))
+    assert len(picked) == words(rt, LANES)
+    np.testing.assert_array_equal(from_words(picked, rt, LANES), fn(a))
 
 
 def test_join_extents_name_the_right_words():
@@ -247,12 +252,12 @@ def test_join_extents_name_the_right_words():
     parts = [np.random.default_rng(i).standard_normal((3, 5, n)).astype(np.float32) for i, n in
              enumerate((320, 640, 61))]
     types = [TensorType(p.shape, F32) for p in parts]
-    data = np.concatenate([to_words(p, t) for p, t in zip(parts, types)])
+    data = np.concatenate([to_words(p, t, LANES) for p, t in zip(parts, types)])
     exts, pos = [], 0
     for t in types:
-        exts.append(((0, pos, words(t)),))
-        pos += words(t)
-    ext = view_extents("mem.join", {}, types, exts)
+        exts.append(((0, pos, words(t, LANES)),))
+        pos += words(t, LANES)
+    ext = view_extents("mem.join", {}, types, exts, LANES)
     joined = TensorType((3, 5, 1021), F32)
     picked = np.concatenate([data[w:w + n] for _, w, n in ext])
-    np.testing.assert_array_equal(from_words(picked, joined), np.concatenate(parts, axis=-1))
+    np.testing.assert_array_equal(from_words(picked, joined, LANES), np.concatenate(parts, axis=-1))

@@ -68,7 +68,9 @@ def test_round_trip(tmp_path: Path):
     assert program.machine.name == "tsp-v1" and program.machine_text == MACHINE_TEXT
     m = program.manifest
     assert (m["format"], m["format_version"], m["machine"], m["module"]) == ("lpu", FORMAT_VERSION, "tsp-v1", "sample")
-    assert dict(program.options) == OPTIONS
+    # the chip count is the module's (attribute `chips`, absent: one); the manifest repeats it
+    assert dict(program.options) == {**OPTIONS, "chips": 1} and program.manifest["summary"] == {"chips": 1}
+    assert program.target.chips == 1
     assert m["inputs"] == {"x": "f32[2,700]"} and m["outputs"] == {"a": "f32[2,700]", "b": "f32[2,4]"}
     built = build_program(module, MACHINE_TEXT, OPTIONS)
     assert program.cycles == built.cycles > 0
@@ -162,6 +164,15 @@ def test_missing_hash_mismatch_and_version(good: bytes):
     one_line_refusal(_pack({**parts, "manifest.json": json.dumps(manifest).encode()}),
                      f"format version {FORMAT_VERSION + 1}; this lpuc reads version {FORMAT_VERSION}")
     one_line_refusal(_pack({**parts, "manifest.json": b"{"}), "manifest.json is not valid JSON")
+    manifest = json.loads(parts["manifest.json"])
+    manifest["options"]["chips"] = 4
+    one_line_refusal(_pack({**parts, "manifest.json": json.dumps(manifest).encode()}),
+                     "the manifest's options say 4 chips, the module is for 1")
+
+
+def test_the_chip_count_is_the_modules():
+    with pytest.raises(LpucError, match="the summary say 2 chips, the module is for 1"):
+        build_program(sample_module(), MACHINE_TEXT, OPTIONS, {"chips": 2})
 
 
 def test_no_such_file(tmp_path: Path):

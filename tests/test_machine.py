@@ -27,6 +27,21 @@ def test_tsp_v1_published_figures():
     assert m.cycles_to_us(900) == 1.0
 
 
+def test_units_come_from_the_description():
+    """Each unit class's count and latency is one lookup on the machine, from its own section."""
+    m = load_machine("tsp-v1")
+    assert {cls: (u.count, u.latency) for cls, u in m.units.items()} == {
+        "mxm": (4, 24), "vxm": (16, 8), "sxm": (2, 12), "mem": (2, 4), "host": (1, 100), "tx": (16, 4), "rx": (16, 4)}
+    other = parse_machine(TSP.replace("planes = 4", "planes = 2").replace("mxm = 24", "mxm = 30"))
+    assert (other.units["mxm"].count, other.units["mxm"].latency) == (2, 30)
+
+
+def test_vector_width_from_the_description():
+    m = load_machine(Path(__file__).parent / "machines" / "narrow-160.toml")
+    assert m.lanes == m.sram.word_bytes == m.mxm.rows == m.mxm.cols == 160
+    assert load_machine("tsp-v1").lanes == 320
+
+
 def test_assumed_figures_are_marked():
     for key in ("units = 2", "hop_latency_cycles", "transcendental_cycles", "bytes_per_cycle = 17.8"):
         line = next(line for line in TSP.splitlines() if line.startswith(key))
@@ -47,7 +62,9 @@ def test_machine_file_by_path(tmp_path: Path):
     (("[sxm]", "[sxm]\nfoo = 1"), "unknown key sxm.foo"),
     (("clock_mhz = 900", ""), "missing key clock_mhz"),
     (('kind = "dragonfly"', 'kind = "mesh"'), "topology.kind must be one of"),
-    (("word_bytes = 320", "word_bytes = 256"), "must be 320"),
+    (("word_bytes = 320", "word_bytes = 256"), r"sram.word_bytes must equal vector.lanes \(320\).*got 256"),
+    (("lanes = 320 ", "lanes = 160 "), r"sram.word_bytes must equal vector.lanes \(160\).*got 320"),
+    (("rows = 320", "rows = 160"), r"mxm.rows and mxm.cols must equal vector.lanes \(320\).*got 160 x 320"),
     (("lanes = 320", "lanes = [320"), "not valid TOML"),
 ])
 def test_malformed_machine(edit, message):

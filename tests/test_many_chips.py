@@ -18,6 +18,7 @@ from lpuc.compiler.pipeline import CompileOptions, compile_module, default_chips
 from lpuc.ir import LpucError
 from lpuc.ir import machine_ops as mo
 from lpuc.ir.machine import read_machine
+from lpuc.ir.target import Target
 from lpuc.ir.topology import network, round_chips, supported_chips
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -59,10 +60,10 @@ def test_sample_on_many_chips_matches_onnxruntime(graphs, name, chips, strategy)
 
 def test_pipeline_is_contiguous_and_balanced(graphs):
     graph = _graph(graphs, "llama_prefill")
-    part = partition(graph, MACHINE, 4, "pipeline")
+    part = partition(graph, Target(MACHINE, 4), "pipeline")
     homes = [op.attrs.get("chip", 0) for op in part.ops if op.name != "graph.constant"]
     assert homes == sorted(homes) and set(homes) == {0, 1, 2, 3}
-    lines = describe(part)
+    lines = describe(part, MACHINE.lanes)
     assert len(lines) == 4 and all(line.startswith(f"chip {c}:") for c, line in enumerate(lines))
 
 
@@ -76,6 +77,16 @@ def test_split_weights_live_only_on_their_chips(graphs):
             per_chip[mo.chip_of(op)] = per_chip.get(mo.chip_of(op), 0) + op.result.type.numel
     whole = sum(op.result.type.numel for op in graph.ops if op.name == "graph.constant")
     assert per_chip.get(1, 0) > 0 and sum(per_chip.values()) < 1.2 * whole
+
+
+def test_one_network_per_compile(graphs):
+    """The network of a chip count is built once: the compile's Target shares it with every stage, and the
+    .lpu and its statistics rebuild the same Target from the module's chip count."""
+    network.cache_clear()
+    module, _ = compile_module(_graph(graphs, "gpt2_decode"), MACHINE, CompileOptions(scheduler="list", chips=4))
+    program = build_program(module, MACHINE_TEXT)
+    interpreter.schedule_stats(program.module, program.target)
+    assert program.target == Target(MACHINE, 4) and network.cache_info().misses == 1
 
 
 def test_transfers_take_the_topology_route():
@@ -145,7 +156,7 @@ def test_many_chip_schedules_are_deterministic_across_processes(tmp_path):
     model = SAMPLES / "llama_decode.onnx"
     options = CompileOptions(chips=4)  # the default scheduler: CP-SAT
     module, summary = compile_module(load_model(model)[0], MACHINE, options)
-    here = lpu_bytes(module, MACHINE_TEXT, lpu_options(options, 4), summary.facts())
+    here = lpu_bytes(module, MACHINE_TEXT, lpu_options(options), summary.facts())
     for seed in ("0", "12345"):
         out = tmp_path / f"{seed}.lpu"
         subprocess.run([sys.executable, "-m", "lpuc.compiler", "compile", str(model), "-o", str(out), "--chips", "4",
@@ -215,7 +226,7 @@ def test_a_partition_written_by_hand_compiles_and_runs(tmp_path):
     with pytest.raises(LpucError, match="partitioned already, over 2 chips"):
         compile_model(path, options=CompileOptions(scheduler="list", chips=4))
     with pytest.raises(LpucError, match="by_hand is partitioned already"):
-        partition(load_model(path)[0], MACHINE, 2, "pipeline")
+        partition(load_model(path)[0], Target(MACHINE, 2), "pipeline")
 
 
 def _by_hand(result: str, attrs: str) -> str:
@@ -244,7 +255,7 @@ def test_a_split_its_rule_does_not_declare_is_refused(result, attrs, message):
     from lpuc.ir.verifier import verify
 
     with pytest.raises(VerifyError, match=message):
-        lower(verify(parse(_by_hand(result, attrs))), MACHINE)
+        lower(verify(parse(_by_hand(result, attrs))), Target(MACHINE, 2))
 
 
 def test_a_split_part_on_a_chip_the_module_lacks_is_refused():
@@ -264,8 +275,8 @@ def test_partition_writes_the_rules_preferred_tiling(graphs):
     for name in MODELS:
         graph = _graph(graphs, name)
         constants = {op.result.name for op in graph.ops if op.name == "graph.constant"}
-        for op, placed in zip(graph.ops, partition(graph, MACHINE, 8, "tensor").ops):
-            offered = tilings(op, constants)
+        for op, placed in zip(graph.ops, partition(graph, Target(MACHINE, 8), "tensor").ops):
+            offered = tilings(op, constants, MACHINE.lanes)
             if offered:
                 kind, tiles = next(iter(offered.items()))
                 assert placed.attrs["split"] == kind and len(placed.attrs["parts"]) == min(8, tiles)

@@ -21,6 +21,7 @@ from lpuc.ir.attributes import AttrDict, Tensor
 from lpuc.ir.core import Op, Value
 from lpuc.ir.errors import LpucError, VerifyError
 from lpuc.ir.machine import parse_machine
+from lpuc.ir.target import Target
 from lpuc.ir.topology import link_name, network
 
 from helpers import assert_one_line_error, run_cli
@@ -120,7 +121,7 @@ def test_two_chips_round_trip_numbers_and_stats():
     assert st.link_wait_cycles == sum(s.land[r] - i[f"{r}_t"]["cycle"] for r in ("r", "back")) > 0
     # SRAM: chip 0 holds c0, hx, a, back and z at most; the peak is the fuller chip's
     assert st.sram_peak_bytes == max(c.sram_peak_bytes for c in st.chips) > 0
-    assert schedule_stats(s.module(), s.machine) == st
+    assert schedule_stats(s.module(), Target(s.machine, s.chips)) == st
     assert s.program().cycles == st.cycles
 
 

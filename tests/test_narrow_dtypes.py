@@ -29,6 +29,7 @@ from lpuc.ir.files import read_module, write_module
 from lpuc.ir.layout import from_words, to_words, words
 from lpuc.ir.machine import read_machine
 from lpuc.ir.verifier import verify
+from helpers import LANES
 
 from helpers import run_ort
 
@@ -320,9 +321,9 @@ def test_text_blobs_and_layout_round_trip(dtype, tmp_path):
     assert got.dtype == dtype.numpy and np.array_equal(got.view(np.uint8),
                                                        evaluate(m, {"x": small})["y"].view(np.uint8))
     t = TensorType(large.shape, dtype)
-    w = to_words(large, t)
-    assert w.shape == (words(t), 320) == (3 * 2, 320)
-    assert np.array_equal(from_words(w, t).view(np.uint8), large.view(np.uint8))
+    w = to_words(large, t, LANES)
+    assert w.shape == (words(t, LANES), 320) == (3 * 2, 320)
+    assert np.array_equal(from_words(w, t, LANES).view(np.uint8), large.view(np.uint8))
 
 
 def _cast_model(elem_in, elem_out, values: bytes, shape, *, external=None) -> onnx.ModelProto:

@@ -24,6 +24,7 @@ from lpuc.ir.builder import Builder
 from lpuc.ir.evaluator import EVAL
 from lpuc.ir.machine import SHIPPED, parse_machine
 from lpuc.ir.registry import OPS, SRAM, defop
+from lpuc.ir.target import Target
 from lpuc.ir.types import DType, TensorType
 from lpuc.ir.verifier import verify
 
@@ -31,6 +32,7 @@ from test_lower import HAND
 
 MACHINE_TEXT = (SHIPPED / "tsp-v1.toml").read_text()
 MACHINE = parse_machine(MACHINE_TEXT)
+TSP_V1 = Target(MACHINE)
 
 
 @contextmanager
@@ -58,8 +60,8 @@ def test_a_new_machine_op_is_one_declaration_and_its_implementation():
     with doubling_op():
         module = verify(doubling_module())
         np.testing.assert_array_equal(evaluate_machine(module, {"x": x})["y"], x * 2)
-        allocated = verify(Allocate().run(module, MACHINE))
-        for scheduled in (ListScheduler().run(allocated, MACHINE), CpSatScheduler().run(allocated, MACHINE)):
+        allocated = verify(Allocate().run(module, TSP_V1))
+        for scheduled in (ListScheduler().run(allocated, TSP_V1), CpSatScheduler().run(allocated, TSP_V1)):
             program = load_lpu(lpu_bytes(verify(scheduled), MACHINE_TEXT))  # printed, parsed, verified
             op = next(op for op in program.module.ops if op.name == "vxm.test_double")
             assert op.attrs["unit"].startswith("vxm")
@@ -81,7 +83,7 @@ def test_graph_ops_are_drawn_in_the_class_their_lowering_computes_them_on():
 
 
 def _check_classes(graph) -> set[str]:
-    lowered = lower(graph)
+    lowered = lower(graph, TSP_V1)
     producer = {r.name: op for op in lowered.ops for r in op.results}
 
     def computed_by(name, reshaping=False):

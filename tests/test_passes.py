@@ -16,8 +16,10 @@ from lpuc.compiler.schedule_cpsat import CpSatScheduler
 from lpuc.compiler.schedule_list import ListScheduler, ScheduleResult, apply_schedule
 from lpuc.ir import VerifyError, parse
 from lpuc.ir.machine import load_machine
+from lpuc.ir.target import Target
 
 MACHINE = load_machine("tsp-v1")
+ONE, TWO = Target(MACHINE), Target(MACHINE, 2)  # run_passes follows the partition to two chips
 GRAPH = parse("""module @tiny {
   input %x : f32[2,4]
   %w = graph.constant {value = tensor<f32[4,3], [0.5, -1.0, 0.25, 1.5, 0.0, -0.5, 2.0, 1.0, -0.25, 0.75, 0.5, 1.0]>} : f32[4,3]
@@ -31,20 +33,20 @@ GRAPH = parse("""module @tiny {
 
 def test_run_is_apply_of_plan_and_the_pipeline_keeps_each_plan():
     pipeline = (Partition(chips=2), Lower(), Allocate(), ListScheduler())
-    scheduled, plans = run_passes(GRAPH, MACHINE, pipeline)
+    scheduled, plans = run_passes(GRAPH, ONE, pipeline)
     assert set(plans) == {"partition", "lower", "allocate", "schedule-list"}
     assert plans["partition"].attrs["chips"] == 2 and plans["lower"] is None  # a partition is written on the IR
     assert isinstance(plans["allocate"], Allocation) and isinstance(plans["schedule-list"], ScheduleResult)
     assert scheduled.attrs["chips"] == 2
     module = GRAPH
     for p in pipeline:
-        module = p.run(module, MACHINE)
+        module = p.run(module, TWO)
     assert module == scheduled
     assert scheduled == apply_schedule(_allocated(), plans["schedule-list"])
 
 
 def _allocated():
-    return run_passes(GRAPH, MACHINE, (Partition(chips=2), Lower(), Allocate()))[0]
+    return run_passes(GRAPH, ONE, (Partition(chips=2), Lower(), Allocate()))[0]
 
 
 def test_the_verifier_runs_after_every_pass():
@@ -56,19 +58,19 @@ def test_the_verifier_runs_after_every_pass():
             return module.replace(ops=tuple(reversed(module.ops)))
 
     with pytest.raises(VerifyError, match="used before its definition"):
-        run_passes(GRAPH, MACHINE, (Breaks(),))
+        run_passes(GRAPH, ONE, (Breaks(),))
 
 
 def test_both_schedulers_give_one_result_type():
     allocated = _allocated()
-    listed = ListScheduler().plan(allocated, MACHINE)
-    solved = CpSatScheduler().plan(allocated, MACHINE)
+    listed = ListScheduler().plan(allocated, TWO)
+    solved = CpSatScheduler().plan(allocated, TWO)
     assert type(listed) is type(solved) is ScheduleResult
     assert (listed.solver_status, listed.list_cycles, listed.solve_seconds) == ("", 0, 0.0)
     assert solved.solver_status in ("optimal", "feasible") and solved.list_cycles == listed.cycles
     assert solved.cycles <= listed.cycles and solved.lower_bound <= solved.cycles
     # wall-clock is reported, never part of what a schedule is
-    again = CpSatScheduler().plan(allocated, MACHINE)
+    again = CpSatScheduler().plan(allocated, TWO)
     assert again == solved
 
 

@@ -28,6 +28,7 @@ from lpuc.compiler.lower import lower
 from lpuc.compiler.pipeline import CompileOptions
 from lpuc.ir import machine_ops as mo
 from lpuc.ir.machine import load_machine
+from lpuc.ir.target import Target
 
 from helpers import SAMPLES
 
@@ -38,17 +39,17 @@ INSTR_RE = re.compile(r'<rect class="(instr\b[^"]*)"[^>]*\bdata-i="(\d+)"')  # t
 
 def largest_sample() -> Path:
     """The sample with the most machine instructions (lowering alone tells; cheap)."""
-    machine = load_machine()
+    target = Target(load_machine())
 
     def count(path):
-        return sum(1 for op in lower(load_model(path)[0], machine).ops if mo.unit_class(op.name))
+        return sum(1 for op in lower(load_model(path)[0], target).ops if mo.unit_class(op.name))
     return max(sorted(SAMPLES.glob("*.onnx")), key=count)
 
 
 def compile_program(path: Path):
     options = CompileOptions()
     module, summary, machine_text = compile_model(path, options=options)
-    return build_program(module, machine_text, lpu_options(options, 1), summary.facts())
+    return build_program(module, machine_text, lpu_options(options), summary.facts())
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_embedded_json_is_the_report_data(largest, page):
     data = embedded(page)
     assert data == json.loads(json.dumps(report_data(largest)))
     n = timed_instructions(largest)
-    assert len(data["instrs"]) == len(data["details"]) == n == schedule_stats(largest.module, largest.machine).instructions
+    assert len(data["instrs"]) == len(data["details"]) == n == schedule_stats(largest.module, largest.target).instructions
     rows = data["rows"]
     assert all(0 <= r < len(rows) for r, *_ in data["instrs"])
     # every instruction sits on its own unit's row
@@ -89,7 +90,7 @@ def test_embedded_json_is_the_report_data(largest, page):
 
 def test_summary_matches_the_schedule(largest, page):
     s = embedded(page)["summary"]
-    stats = schedule_stats(largest.module, largest.machine)
+    stats = schedule_stats(largest.module, largest.target)
     facts = largest.manifest["summary"]
     assert s["cycles"] == largest.cycles == stats.cycles
     assert s["latency_us"] == pytest.approx(stats.latency_us)
@@ -113,7 +114,7 @@ def test_decode_is_a_kv_cache_input_and_one_token():
 
 def test_utilization_and_links(largest, page):
     data = embedded(page)
-    stats = schedule_stats(largest.module, largest.machine)
+    stats = schedule_stats(largest.module, largest.target)
     assert {r["unit"]: r["busy"] for r in data["rows"]} == dict(stats.busy)
     for c in data["class_rows"]:
         assert c["busy"] == stats.class_busy[c["cls"]]
@@ -131,7 +132,7 @@ def test_sram_occupancy_peaks_where_the_interpreter_says(largest, page):
         assert times == sorted(set(times)) and min(levels, default=0) >= 0
         assert not levels or levels[-1] == 0  # everything is freed by the end
     assert chip["peak_words"] * largest.machine.sram.word_bytes == \
-        schedule_stats(largest.module, largest.machine).sram_peak_bytes
+        schedule_stats(largest.module, largest.target).sram_peak_bytes
     assert chip["max_slice_words"] <= largest.machine.sram.words_per_slice
 
 
@@ -303,7 +304,7 @@ def many_chips():
     machine, text = read_machine("tsp-v1")
     module, summary = compile_module(load_model(SAMPLES / "llama_decode.onnx")[0], machine,
                                      CompileOptions(scheduler="list", chips=4, partition="pipeline"))
-    return build_program(module, text, lpu_options(CompileOptions(scheduler="list", chips=4), 4), summary.facts())
+    return build_program(module, text, lpu_options(CompileOptions(scheduler="list", chips=4)), summary.facts())
 
 
 def test_many_chips_links_and_chips(many_chips):

@@ -61,24 +61,24 @@ def check_schedule(module: Module, machine=MACHINE) -> int:
                 fail(f"{where}: a view has a unit or out")
             r = op.result
             extents[r.name] = view_extents(op.name, op.attrs, [v.type for v in op.operands],
-                                           [extents[v.name] for v in op.operands])
+                                           [extents[v.name] for v in op.operands], machine.lanes)
             bases[r.name] = frozenset().union(*(bases[v.name] for v in op.operands))
             land[r.name] = max(land[v.name] for v in op.operands)
             continue
         sram_results = [r for r in op.results if kind[r.name] == "sram"]
         out = op.attrs.get("out", ())
-        if sum(n for _, _, n in out) != sum(words(r.type) for r in sram_results):
+        if sum(n for _, _, n in out) != sum(words(r.type, machine.lanes) for r in sram_results):
             fail(f"{where}: out covers {sum(n for _, _, n in out)} words, results need "
-                 f"{sum(words(r.type) for r in sram_results)}")
+                 f"{sum(words(r.type, machine.lanes) for r in sram_results)}")
             continue
         for s, w, n in out:
             if not (0 <= s < sram.slices and w >= 0 and w + n <= sram.words_per_slice):
                 fail(f"{where}: extent {(s, w, n)} outside SRAM")
         pos, result_ext = 0, []
         for r in sram_results:
-            result_ext.append(sub_extents(out, pos, words(r.type)))
+            result_ext.append(sub_extents(out, pos, words(r.type, machine.lanes)))
             extents[r.name], bases[r.name] = result_ext[-1], frozenset([r.name])
-            pos += words(r.type)
+            pos += words(r.type, machine.lanes)
         if mo.is_constant(op.name):
             if c != 0 or "unit" in op.attrs:
                 fail(f"{where}: a constant must have cycle 0 and no unit")

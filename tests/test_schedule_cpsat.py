@@ -30,7 +30,7 @@ def _npz(name: str, kind: str) -> dict:
 def _compile(name: str, **options):
     opts = CompileOptions(**options)
     module, summary = compile_module(load_model(SAMPLES / f"{name}.onnx")[0], MACHINE, opts)
-    return module, summary, lpu_bytes(module, MACHINE_TEXT, lpu_options(opts, summary.chips), summary.facts())
+    return module, summary, lpu_bytes(module, MACHINE_TEXT, lpu_options(opts), summary.facts())
 
 
 @pytest.mark.parametrize("name,chips", [("llama_prefill", 1), ("gpt2_decode", 1), ("llama_decode", 2)])

@@ -42,8 +42,8 @@ def program(name: str, chips: int):
 def test_the_interpreter_derives_the_same_facts(name, chips):
     p = program(name, chips)
     machine = p.machine
-    facts = describe(p.module, machine)
-    plan = _Plan(p.module, machine)
+    facts = describe(p.module, p.target)
+    plan = _Plan(p.module, p.target)
     assert [i.idx for i in plan.instrs] == [f.index for f in facts.instructions]
     for ins, f in zip(plan.instrs, facts.instructions):
         where = ins.label
@@ -60,7 +60,7 @@ def test_the_interpreter_derives_the_same_facts(name, chips):
         if f.fixed_unit is not None:  # a link port, fixed by the route
             assert ins.unit == f"{f.unit_class}{f.fixed_unit}", where
     assert plan.cycles == facts.length == p.cycles
-    stats = schedule_stats(p.module, machine)
+    stats = schedule_stats(p.module, p.target)
     peaks = facts.sram_peak_words()
     assert [c.sram_peak_bytes for c in stats.chips] == \
         [peaks.get(c.chip, 0) * machine.sram.word_bytes for c in stats.chips]
