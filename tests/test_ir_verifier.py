@@ -189,17 +189,19 @@ def test_attrs_are_checked_with_their_spec_kinds():
 
 MACHINE_RULES = {  # (IR lines, error on tsp-v1, error on the 160-lane narrow-160 or None: valid there)
     "a join of parts that are not whole vector columns": (
-        ["%a = vxm.neg %x : f32[2,160]", "%y = mem.join %a, %a : f32[2,320]"],
+        ['%a = host.input %x {name = "x"} : f32[2,160]', "%y = mem.join %a, %a : f32[2,320]"],
         "%y = mem.join: all but the last part must be whole vector columns (320 lanes): f32[2,160]", None),
     "a column slice starting inside a vector column": (
-        ["%a = vxm.neg %x : f32[2,480]", "%y = mem.column_slice %a {size = 320, start = 160} : f32[2,320]"],
+        ['%a = host.input %x {name = "x"} : f32[2,480]',
+         "%y = mem.column_slice %a {size = 320, start = 160} : f32[2,320]"],
         "%y = mem.column_slice: a column slice must start on a vector column (320 lanes): 160", None),
     "a column slice ending inside a vector column": (
-        ["%a = vxm.neg %x : f32[2,480]", "%y = mem.column_slice %a {size = 100, start = 0} : f32[2,100]"],
+        ['%a = host.input %x {name = "x"} : f32[2,480]',
+         "%y = mem.column_slice %a {size = 100, start = 0} : f32[2,100]"],
         "%y = mem.column_slice: a column slice must end on a vector column (320 lanes) or the end",
         "%y = mem.column_slice: a column slice must end on a vector column (160 lanes) or the end"),
     "a weight tile larger than the MXM": (
-        ["%a = vxm.neg %x : f32[200,300]", "%y = mxm.install %a : f32[200,300]"],
+        ['%a = host.input %x {name = "x"} : f32[200,300]', "%y = mxm.install %a : f32[200,300]"],
         None, "%y = mxm.install: a weight tile is at most 160 x 160: f32[200,300]"),
 }
 

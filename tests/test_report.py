@@ -78,7 +78,8 @@ def test_embedded_json_is_the_report_data(largest, page):
     data = embedded(page)
     assert data == json.loads(json.dumps(report_data(largest)))
     n = timed_instructions(largest)
-    assert len(data["instrs"]) == len(data["details"]) == n == schedule_stats(largest.module, largest.target).instructions
+    assert len(data["instrs"]) == len(data["details"]) == n == \
+        schedule_stats(largest.module, largest.target).instructions
     rows = data["rows"]
     assert all(0 <= r < len(rows) for r, *_ in data["instrs"])
     # every instruction sits on its own unit's row
