@@ -9,6 +9,7 @@ import pytest
 
 from lpuc.ir import LpucError
 from lpuc.ir.machine import _SECTIONS, RANGES, SHIPPED, Machine, load_machine, parse_machine
+from lpuc.ir.machine_ops import UNIT_CLASSES
 
 TSP = (SHIPPED / "tsp-v1.toml").read_text()
 
@@ -34,6 +35,7 @@ def test_units_come_from_the_description():
         "mxm": (4, 24), "vxm": (16, 8), "sxm": (2, 12), "mem": (2, 4), "host": (1, 100), "tx": (16, 4), "rx": (16, 4)}
     other = parse_machine(TSP.replace("planes = 4", "planes = 2").replace("mxm = 24", "mxm = 30"))
     assert (other.units["mxm"].count, other.units["mxm"].latency) == (2, 30)
+    assert list(m.units) == [c.name for c in UNIT_CLASSES]  # every class the registry declares, in its order
 
 
 def test_vector_width_from_the_description():
