@@ -13,13 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .attributes import Tensor
+from .machine import Machine
 from .types import DType, TensorType
-
-if TYPE_CHECKING:
-    from .machine import Machine
 
 REQUIRED = object()  # marks an attribute without a default
 
@@ -60,7 +58,7 @@ ATTR_KINDS: dict[str, Callable[[Any], bool]] = {
 }
 
 InferFn = Callable[[tuple[TensorType, ...], Mapping[str, Any]], "TensorType | tuple[TensorType, ...]"]
-MachineRule = Callable[[tuple[TensorType, ...], Mapping[str, Any], "Machine"], None]
+MachineRule = Callable[[tuple[TensorType, ...], Mapping[str, Any], Machine], None]
 
 
 # Where a machine op's operands and results live. Graph ops live nowhere in particular (None).
