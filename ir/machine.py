@@ -28,7 +28,7 @@ DEFAULT_MACHINE = "tsp-v1"
 
 @dataclass(frozen=True)
 class Vector:
-    lanes: int  # bytes of one byte-plane of a vector: one SRAM word (ir/layout.py)
+    lanes: int  # elements of a vector; an SRAM word holds one byte of each (ir/layout.py)
 
 
 @dataclass(frozen=True)
