@@ -3,7 +3,8 @@
 A pass is a frozen dataclass: its fields are its options, its class attribute
 `name` is what pipelines and golden IR files call it, and `str(pass)` spells it
 the way they do (`allocate stripes=1`; options at their defaults are left out).
-It takes a module and the target (today the Machine) and gives a module:
+It takes a module and the target (ir.target.Target: the machine, the chips and their
+network) and gives a module:
 
     run(module, target) = apply(module, target, plan(module, target))
 
