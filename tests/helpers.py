@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 from functools import lru_cache
 from pathlib import Path
 
@@ -215,3 +216,17 @@ def assert_one_line_error(code, err, *words) -> str:
     for w in words:
         assert w in lines[0], f"{w!r} not in {lines[0]!r}"
     return lines[0]
+
+
+
+class PeakAllocated:
+    """`with PeakAllocated() as peak: ...` then `peak.bytes`: the most Python allocated in the block."""
+    bytes = 0
+
+    def __enter__(self):
+        tracemalloc.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.bytes = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()

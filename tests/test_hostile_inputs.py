@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from lpuc.compiler.driver import compile_model
 from lpuc.compiler.pipeline import CompileOptions
 from lpuc.ir import parse, print_module
 
-from helpers import SAMPLES, assert_one_line_error, run_cli
+from helpers import SAMPLES, PeakAllocated, assert_one_line_error, run_cli
 
 SAMPLE = "gpt2_decode"
 INPUTS = SAMPLES / f"{SAMPLE}.inputs.npz"
@@ -190,14 +189,9 @@ def test_a_zip_bomb_is_refused_without_inflating_it(good, tmp_path):
             else:
                 zf.writestr(name, parts[name])
     assert bomb.stat().st_size < 2 << 20
-    tracemalloc.start()
-    try:
-        with pytest.raises(LpuFormatError, match="part image.bin is compressed"):
-            read_lpu(bomb)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 16 << 20, f"{peak:,} bytes allocated to refuse it"
+    with PeakAllocated() as peak, pytest.raises(LpuFormatError, match="part image.bin is compressed"):
+        read_lpu(bomb)
+    assert peak.bytes < 16 << 20, f"{peak.bytes:,} bytes allocated to refuse it"
 
 
 def test_a_huge_file_that_does_not_end_as_a_lpu_is_refused_unread(tmp_path):
@@ -205,14 +199,9 @@ def test_a_huge_file_that_does_not_end_as_a_lpu_is_refused_unread(tmp_path):
     path = tmp_path / "huge.lpu"
     with path.open("wb") as f:
         f.truncate(64 << 30)
-    tracemalloc.start()
-    try:
-        with pytest.raises(LpuFormatError, match="does not end with the directory of its 5 parts"):
-            read_lpu(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 1 << 20, f"{peak:,} bytes allocated to refuse it"
+    with PeakAllocated() as peak, pytest.raises(LpuFormatError, match="does not end with the directory of its 5 parts"):
+        read_lpu(path)
+    assert peak.bytes < 1 << 20, f"{peak.bytes:,} bytes allocated to refuse it"
 
 
 # --- machine files nested too deep ---------------------------------------------------------
@@ -336,14 +325,10 @@ def test_an_inputs_zip_bomb_is_refused_from_its_header(good, tmp_path, capsys):
                 f.write(bytes(1 << 20))
     for argv, words in ((["run", good], "more than input input_ids (i64[1,1], as int64 8 bytes)"),
                         (["eval", SAMPLES / f"{SAMPLE}.onnx"], "input input_ids: shape [1, 16777216] given")):
-        tracemalloc.start()
-        try:
+        with PeakAllocated() as peak:
             code, _, err = run_cli(capsys, *argv, "--inputs", path)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
         assert_one_line_error(code, err, words)
-        assert peak < 64 << 20, f"{peak:,} bytes allocated to refuse it"
+        assert peak.bytes < 64 << 20, f"{peak.bytes:,} bytes allocated to refuse it"
 
 
 # --- NaN and Inf inputs -------------------------------------------------------------------

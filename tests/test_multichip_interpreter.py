@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from lpuc.ir.machine import parse_machine
 from lpuc.ir.target import Target
 from lpuc.ir.topology import link_name, network
 
-from helpers import assert_one_line_error, run_cli
+from helpers import PeakAllocated, assert_one_line_error, run_cli
 from test_interpreter import MACHINE_TEXT, Sched, rng_array, s_val, with_attrs
 
 RING_TEXT = MACHINE_TEXT.replace('name = "tsp-v1"', 'name = "ring-test"').split("[topology]")[0] + \
@@ -413,16 +412,12 @@ def test_sixty_four_chips_timing_only_stays_small():
         v = s.transfer(v, k, k + 1, f"v{k}")
     s.output("y", s.op("host.output", v, res="o", name="y", chip=63))
     program = s.program(weights=False)
-    tracemalloc.start()
-    try:
+    with PeakAllocated() as peak:
         result = run(program, check=False, timing_only=True)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
     hops = {h for k in range(63) for h in s.net.hops(k, s.net.route(k, k + 1))}
     assert result.hazards == () and len(result.stats.chips) == 64 and len(result.stats.links) == len(hops) > 63
-    print(f"peak {peak / 2**20:.0f} MiB")
-    assert peak < 1 << 30, peak  # a numeric run's SRAM alone would be 64 x 220 MiB
+    print(f"peak {peak.bytes / 2**20:.0f} MiB")
+    assert peak.bytes < 1 << 30, peak.bytes  # a numeric run's SRAM alone would be 64 x 220 MiB
 
 
 # --- the .lpu file ----------------------------------------------------------------
