@@ -110,7 +110,7 @@ MODELS = {
     "input-type-undefined": (_corrupted(lambda g: setattr(g.input[0].type.tensor_type, "elem_type", 0)),
                              ["node_view", "Element type of input 0 unknown"]),
     "initializer-too-short": (_corrupted(lambda g: g.initializer[1].dims.append(3)),  # small: the checker sees it
-                              ["model.transformer.h.0.ln_1.weight", "too small"]),
+                              ["model.transformer.h.0.ln_1.weight", "does not match its shape"]),
     "name-not-utf8": (lambda t: _write(t / "bad.onnx", SAMPLE.read_bytes().replace(b"node_add", b"\xffode_add", 1)),
                       ["bad.onnx", "not a valid ONNX model", "b'\\xffode_add' is not UTF-8"]),
     "large-initializer-too-short": (_corrupted(lambda g: g.initializer[0].dims.__setitem__(0, 65)),

@@ -352,6 +352,7 @@ def _check_and_infer(model: onnx.ModelProto, path: Path) -> None:
     for init in graph.initializer:
         limit = 1 << 16 if init.data_type in (onnx.TensorProto.INT32, onnx.TensorProto.INT64) else 1 << 12
         if init.data_location != onnx.TensorProto.EXTERNAL and len(init.raw_data) <= limit:
+            _weight(init, path.parent)  # its data fits its shape (onnx's checker says so from onnx 1.23 on only)
             skeleton.graph.initializer.append(init)
         elif init.name not in inputs:
             skeleton.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
