@@ -101,8 +101,8 @@ class OpDef:
         full.update(attrs)
         return full
 
-    def result_types(self, operand_types, attrs) -> tuple[TensorType, ...]:
-        types = self.infer(tuple(operand_types), self.attrs_with_defaults(attrs))
+    def result_types(self, operand_types, attrs, *, defaults_filled: bool = False) -> tuple[TensorType, ...]:
+        types = self.infer(tuple(operand_types), attrs if defaults_filled else self.attrs_with_defaults(attrs))
         return (types,) if isinstance(types, TensorType) else tuple(types)
 
 

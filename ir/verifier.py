@@ -45,8 +45,7 @@ def verify(module: Module, machine: Machine | None = None) -> Module:
                 raise VerifyError(f"{where}: operand {v} is not defined")
             if defined[v.name] != v.type:
                 raise VerifyError(f"{where}: operand {v} has type {v.type} but is defined as {defined[v.name]}")
-        check_op(op, machine)
-        check_chips(op, chips)
+        check_op(op, machine, chips)
         check_places(op, [place[v.name] for v in op.operands])
         for r in op.results:
             define(r, where)
@@ -73,9 +72,10 @@ def check_places(op: Op, operand_places) -> None:
             raise VerifyError(f"{op.label()}: operand {v} must be {PLACE_NAMES[want]}, but it is {PLACE_NAMES[got]}")
 
 
-def check_op(op: Op, machine: Machine | None = None) -> None:
+def check_op(op: Op, machine: Machine | None = None, chips: int | None = None) -> None:
     """The op-local rules: known op, operand count, attributes, result types; with `machine`, the
-    op's rules that depend on the machine description."""
+    op's rules that depend on the machine description; with `chips`, that every chip the op names
+    (its `chip`, a split's `parts`) is one of the module's."""
     where = op.label()
     opdef = OPS.get(op.name)
     if opdef is None:
@@ -90,13 +90,19 @@ def check_op(op: Op, machine: Machine | None = None) -> None:
             raise VerifyError(f"{where}: unknown attribute {key!r}")
         if not ATTR_KINDS[spec.kind](value):
             raise VerifyError(f"{where}: attribute {key!r} must be {spec.kind}, got {value!r}")
+        if chips is not None and spec.kind in ("chip", "chips") \
+                and any(c >= chips for c in (value if spec.kind == "chips" else (value,))):
+            raise VerifyError(f"{where}: {key} = {list(value) if spec.kind == 'chips' else value} names a chip "
+                              f"outside the module's {chips} (module attribute chips)")
     for key, spec in opdef.attrs.items():
         if spec.required and key not in op.attrs:
             raise VerifyError(f"{where}: missing attribute {key!r}")
     try:
-        expected = opdef.result_types([v.type for v in op.operands], op.attrs)
+        operand_types = tuple(v.type for v in op.operands)
+        attrs = opdef.attrs_with_defaults(op.attrs)  # once, for the type rule and the machine rule
+        expected = opdef.result_types(operand_types, attrs, defaults_filled=True)
         if machine is not None and opdef.machine_rule is not None:
-            opdef.machine_rule(tuple(v.type for v in op.operands), opdef.attrs_with_defaults(op.attrs), machine)
+            opdef.machine_rule(operand_types, attrs, machine)
     except TypeRuleError as e:
         raise VerifyError(f"{where}: {e} (operands {', '.join(f'{v}: {v.type}' for v in op.operands)})") from None
     if len(expected) != len(op.results):
@@ -105,12 +111,3 @@ def check_op(op: Op, machine: Machine | None = None) -> None:
         if r.type != t:
             raise VerifyError(f"{where}: result {r} has type {r.type}, expected {t}")
 
-
-def check_chips(op: Op, chips: int) -> None:
-    """Every chip an op names (its `chip`, a split's `parts`) is one of the module's `chips`."""
-    specs = OPS[op.name].attrs
-    for key, value in op.attrs.items():
-        kind = specs[key].kind
-        if kind in ("chip", "chips") and any(c >= chips for c in (value if kind == "chips" else (value,))):
-            raise VerifyError(f"{op.label()}: {key} = {list(value) if kind == 'chips' else value} names a chip "
-                              f"outside the module's {chips} (module attribute chips)")
