@@ -39,6 +39,7 @@ import zipfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -54,7 +55,7 @@ from ..ir.machine import Machine, parse_machine
 from ..ir.machine_ops import chip_of, is_constant
 from ..ir.parser import parse
 from ..ir.printer import print_module
-from ..ir.schedule_facts import describe
+from ..ir.schedule_facts import Facts, describe
 from ..ir.target import Target
 from ..ir.verifier import verify
 
@@ -97,6 +98,11 @@ class Program:
     @property
     def cycles(self) -> int:
         return self.manifest["cycles"]
+
+    @cached_property
+    def facts(self) -> Facts:
+        """The one description of the scheduled program (ir.schedule_facts), derived once per Program."""
+        return describe(self.module, self.target)
 
 
 # --- building ---------------------------------------------------------------
@@ -166,17 +172,22 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 
 
 def build_program(module: Module, machine_text: str, options: Mapping[str, Any] | None = None,
-                  summary: Mapping[str, Any] | None = None, *, weights: bool = True) -> Program:
+                  summary: Mapping[str, Any] | None = None, *, weights: bool = True,
+                  verified: bool = False) -> Program:
     """The Program `write_lpu` would write, built in memory (no file). `summary`
     holds the compiler's deterministic findings (lower bound, ...) for viewers.
     weights=False leaves the SRAM image empty (a timing-only program). The
-    manifest's `options.chips` and `summary.chips` are written from the module."""
+    manifest's `options.chips` and `summary.chips` are written from the module.
+    verified=True: the module comes straight from the compile pipeline, whose
+    last pass the verifier checked (it is not checked again)."""
     machine = parse_machine(machine_text, "machine.toml")
     target = Target.of(module, machine)
-    verify(module, machine)
+    if not verified:
+        verify(module, machine)
     options = json.loads(_canonical_json(_with_chips(options, target.chips, "options"), "options"))
     summary = json.loads(_canonical_json(_with_chips(summary, target.chips, "summary"), "summary"))
     module, image = _build_image(module, machine.lanes, weights)
+    facts = describe(module, target)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -186,11 +197,13 @@ def build_program(module: Module, machine_text: str, options: Mapping[str, Any] 
         "options": options,
         "inputs": {v.name: str(v.type) for v in module.inputs},
         "outputs": {name: str(v.type) for name, v in module.outputs},
-        "cycles": describe(module, target).length,
+        "cycles": facts.length,
         "summary": summary,
         "weights": bool(weights),
     }
-    return Program(module, target, machine_text, MappingProxyType(image), MappingProxyType(manifest))
+    program = Program(module, target, machine_text, MappingProxyType(image), MappingProxyType(manifest))
+    program.__dict__["facts"] = facts  # what the cached property would compute: derived once
+    return program
 
 
 def _with_chips(table: Mapping[str, Any] | None, chips: int, what: str) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from ..ir.core import Op
 from ..ir.costs import units
 from ..ir.printer import format_attr
 from ..ir.registry import HOST, LINK, PLANE, SRAM
-from ..ir.schedule_facts import VIEW, Facts, describe
+from ..ir.schedule_facts import VIEW, Facts
 
 from .interpreter import Result, Stats, schedule_stats
 from .lpu import Program
@@ -107,7 +107,7 @@ def analyze(program: Program) -> Analysis:
     """Timing, SRAM words, producers and the critical path of a scheduled program (from its description,
     ir.schedule_facts)."""
     module = program.module
-    facts = describe(module, program.target)
+    facts = program.facts
     at = {ins.index: i for i, ins in enumerate(facts.scheduled)}  # op index -> timeline index
     producer = {r.name: k for k, op in enumerate(module.ops) for r in op.results}
     values: dict[str, _Value] = {v.name: _Value(HOST) for v in module.inputs}

@@ -45,7 +45,7 @@ from ..ir import machine_ops as mo
 from ..ir.costs import units
 from ..ir.errors import LpucError
 from ..ir.layout import words
-from ..ir.schedule_facts import Facts, describe
+from ..ir.schedule_facts import Facts
 
 from .interpreter import TraceEvent
 from .lpu import Program
@@ -57,7 +57,7 @@ LINK_TID = 10000   # link l: LINK_TID + l
 
 def static_trace(program: Program) -> tuple[TraceEvent, ...]:
     """The scheduled timeline: one TraceEvent per timed instruction, ordered as the interpreter's trace."""
-    return _events(describe(program.module, program.target))
+    return _events(program.facts)
 
 
 def _events(facts: Facts) -> tuple[TraceEvent, ...]:
@@ -66,15 +66,14 @@ def _events(facts: Facts) -> tuple[TraceEvent, ...]:
     return tuple(sorted(events, key=lambda e: (e.start, e.chip, e.unit, e.land, e.instruction)))
 
 
-def transfers_of(program: Program, facts: Facts | None = None) -> tuple[Transfer, ...]:
+def transfers_of(program: Program) -> tuple[Transfer, ...]:
     """The chip-to-chip transfers of a scheduled program: one per timed c2c.send, on its first link, landing
     when its words have all arrived (its cost, ir.schedule_facts)."""
-    module, machine, target = program.module, program.machine, program.target
+    machine, target = program.machine, program.target
     if target.chips == 1:
         return ()
-    facts = facts or describe(module, target)
     out = []
-    for ins in facts.scheduled:
+    for ins in program.facts.scheduled:
         if not ins.links:  # not a send, or one whose route is broken (the interpreter reports it)
             continue
         op, c, route = ins.op, ins.cycle, ins.op.attrs["route"]
@@ -118,11 +117,11 @@ def chrome_trace(program: Program, events: Sequence[TraceEvent] | None = None, *
     """The trace-event JSON object of `events` (default: the static schedule) of `program`, with its
     chip-to-chip `transfers` (default: the program's own)."""
     machine = program.machine
-    facts = describe(program.module, program.target)
+    facts = program.facts
     details = {ins.op.label(): ins for ins in facts.instructions}
     if events is None:
         events = _events(facts)
-    transfers = transfers_of(program, facts) if transfers is None else tuple(transfers)
+    transfers = transfers_of(program) if transfers is None else tuple(transfers)
     clock = Fraction(machine.clock_mhz).limit_denominator(10**6)
 
     def us(cycle: int) -> float:  # cycles -> microseconds, on a whole-nanosecond grid

@@ -24,7 +24,6 @@ from ..ir import LpucError
 from ..ir.evaluator import evaluate
 from ..ir.files import atomic_write, check_regular, npz_arrays, read_npz, write_module, write_npz
 from ..ir.printer import print_module
-from ..ir.schedule_facts import describe
 
 from ..backends import interpreter
 from ..backends.lpu import build_program, read_lpu, schedule_sha256, write_program
@@ -221,12 +220,13 @@ def cmd_compile(args) -> int:
     progress = None if args.json else _after_seconds(2.0)
     module, summary, machine_text = compile_model(args.model, args.machine, options, dict(args.shape),
                                                   progress=progress)
-    program = build_program(module, machine_text, lpu_options(options), summary.facts(), weights=not args.no_weights)
+    program = build_program(module, machine_text, lpu_options(options), summary.facts(), weights=not args.no_weights,
+                            verified=True)
     sha = write_program(args.output, program)
     seconds = time.perf_counter() - start
     # The SRAM peak over time (the schedule's live curve), as `lpuc run` will measure it; the
     # allocator's peak (its footprint in program order) is reported beside it.
-    sram_peak_bytes = max(describe(module, program.target).sram_peak_words().values(), default=0) \
+    sram_peak_bytes = max(program.facts.sram_peak_words().values(), default=0) \
         * program.machine.sram.word_bytes
     report = {
         "output": str(args.output), "machine": summary.machine, "chips": summary.chips,

@@ -59,7 +59,8 @@ def compile_program(path: str | Path, machine: str | Path = "tsp-v1", *, weights
 
     compile_options = CompileOptions(**options)
     scheduled, summary, machine_text = compile_model(path, machine, compile_options, input_shapes, progress)
-    return build_program(scheduled, machine_text, lpu_options(compile_options), summary.facts(), weights=weights)
+    return build_program(scheduled, machine_text, lpu_options(compile_options), summary.facts(), weights=weights,
+                         verified=True)
 
 
 def max_relative_error(ours, ref) -> float:
