@@ -209,6 +209,20 @@ class Facts:
 
 def describe(module: Module, target: Target) -> Facts:
     """The facts of an allocated (and possibly scheduled) machine-level module compiled for `target`."""
+    # Modules are immutable, so the facts of the last few asked for are kept: a compile's auto partition
+    # describes its two candidates (a quick list schedule of each), then schedules the chosen one.
+    for facts in _recent:
+        if facts.module is module and facts.target is target:
+            return facts
+    _recent[:] = [_describe(module, target), *_recent[:_RECENT - 1]]
+    return _recent[0]
+
+
+_RECENT = 2
+_recent: list[Facts] = []
+
+
+def _describe(module: Module, target: Target) -> Facts:
     machine, lanes = target.machine, target.lanes
     where = places(module)
     segments: dict[str, tuple[Segment, ...]] = {}
