@@ -8,6 +8,9 @@ onnxruntime, numpy).  Nothing is downloaded: every model is built from a config 
 For each sample writes ``<name>.onnx`` (weights embedded), ``<name>.inputs.npz`` (keyed by graph input names)
 and ``<name>.outputs.npz`` (keyed by graph output names, computed by onnxruntime on CPU).  Each export is
 checked against PyTorch, with ``onnx.checker`` and strict shape inference, and must have fully static shapes.
+Each decode sample also gets ``<name>.generate.npz``: a prompt and Hugging Face's greedy tokens, which
+onnxruntime must reproduce from the decode graph token by token and after its prefill partner (exported
+before it, or already on disk).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
+import dataclasses
 import os
 from pathlib import Path
 
@@ -27,8 +31,14 @@ import torch
 import transformers as tf
 from transformers import DynamicCache
 
+from ort_generate import ort_generate  # beside this script
+
 HERE = Path(__file__).resolve().parent
-SEQ, PAST, VOCAB = 7, 5, 400  # prompt length (odd on purpose), decode KV-cache length, vocab (>320, not k*320)
+SEQ, CONTEXT, VOCAB = 7, 24, 400  # prefill length (odd on purpose), decode context C, vocab (>320, not k*320)
+PROMPT, NEW_TOKENS = 8, 16  # generate.npz: prompt length and greedy tokens; they fill exactly the C = 24 positions
+PROMPT_SEEDS = range(32)  # generate.npz: the prompt is the one of these seeds whose greedy tokens are most robust
+MIN_DISTINCT = 8  # generate.npz: distinct ids among the greedy tokens (tiny random models easily repeat one token)
+DECODE_POSITION = 11  # the decode sample's step: slots 0..10 cached, 11..C-2 unused (mask 0, random K/V), new at C-1
 ATOL, RTOL = 1e-5, 1e-4  # onnxruntime vs PyTorch tolerance
 
 # Shared by every config: 2 layers, vocab 400, and weights at unit-preserving scale (std 0.1 for width ~96) so that
@@ -80,7 +90,8 @@ class Encoder(torch.nn.Module):
 class Decoder(torch.nn.Module):
     """Causal LM with a flat signature: (input_ids, attention_mask, position_ids, *past k/v) -> (logits, *present k/v).
 
-    With no past tensors it is a prefill returning logits only.
+    With no past tensors it is a prefill (the present K/V are the prompt's); with past tensors a decode step whose
+    present K/V are the past followed by the new token's.
     """
 
     def __init__(self, model):
@@ -88,13 +99,10 @@ class Decoder(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
-        cache = None
-        if past:
-            cache = DynamicCache(ddp_cache_data=list(zip(past[0::2], past[1::2])), config=self.model.config)
+        cache = DynamicCache(ddp_cache_data=list(zip(past[0::2], past[1::2])) if past else None,
+                             config=self.model.config)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         cache=cache, use_cache=bool(past))
-        if not past:
-            return out.logits
+                         cache=cache, use_cache=True)
         return (out.logits, *(t for layer in out.cache.layers for t in (layer.keys, layer.values)))
 
 
@@ -111,6 +119,8 @@ def build(arch: str, opset: int):
         for p in model.parameters():
             if p.ndim == 1:
                 p.add_(0.1 * torch.randn_like(p))
+        if arch == "gemma":  # x sqrt(96) at the input makes the (tied) embedding dominate the residual stream,
+            model.get_input_embeddings().weight.mul_(0.3)  # and greedy decoding only ever repeats the input token
     if opset >= 23:
         for module in model.modules():
             if isinstance(module, (tf.models.llama.modeling_llama.LlamaRMSNorm,
@@ -119,31 +129,81 @@ def build(arch: str, opset: int):
     return model
 
 
-def make_inputs(arch: str, mode: str, config) -> dict[str, np.ndarray]:
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """Hugging Face greedy generation (fp32) from a seeded prompt, and how robust its tokens are."""
+    seed: int
+    prompt: np.ndarray  # int64 [1, PROMPT]
+    tokens: np.ndarray  # int64 [1, NEW_TOKENS]
+    margin: float  # the smallest top-1 minus top-2 logit over the NEW_TOKENS steps
+    fp16_same: bool  # the same model in float16 (model.half()) generates the same tokens
+
+
+def greedy(model, prompt: np.ndarray) -> tuple[np.ndarray, float]:
+    """model.generate(do_sample=False): the new tokens and the smallest top-1 vs top-2 logit margin.
+    eos_token_id=None: always NEW_TOKENS tokens (the configured eos id 1 must not end the generation early)."""
+    ids = torch.from_numpy(prompt)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS,
+                         eos_token_id=None, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    top2 = torch.stack(out.logits).float().topk(2).values
+    return out.sequences[:, PROMPT:].numpy(), float((top2[..., 0] - top2[..., 1]).min())
+
+
+def generation(model) -> Generation:
+    """The prompt of PROMPT_SEEDS whose greedy tokens have the largest smallest margin among those with at least
+    MIN_DISTINCT distinct ids (a generation that repeats one token would not notice a broken cache; the largest
+    margins are found there) and that the float16 model reproduces (the compiler may compute in float16, where a
+    near-tie is a coin toss)."""
+    half = copy.deepcopy(model).half()
+    best = None
+    for seed in PROMPT_SEEDS:
+        prompt = np.random.default_rng(seed).integers(0, VOCAB, (1, PROMPT), dtype=np.int64)
+        tokens, margin = greedy(model, prompt)
+        fp16_same = bool(np.array_equal(greedy(half, prompt)[0], tokens))
+        candidate = Generation(seed, prompt, tokens, margin, fp16_same)
+        if best is None or rank(candidate) > rank(best):
+            best = candidate
+    return best
+
+
+def rank(gen: Generation) -> tuple:
+    return len(set(gen.tokens[0].tolist())) >= MIN_DISTINCT, gen.fp16_same, gen.margin
+
+
+def make_inputs(arch: str, mode: str, model, gen: Generation | None) -> dict[str, np.ndarray]:
+    """Prefill: SEQ random tokens. Decode: one step of `gen` at DECODE_POSITION over a partly filled cache, whose
+    unused slots hold random K/V that only the attention mask keeps out."""
     rng = np.random.default_rng(0)
-    seq, past = (SEQ, 0) if mode == "prefill" else (1, PAST)
-    inputs = {
-        "input_ids": rng.integers(0, config.vocab_size, (1, seq), dtype=np.int64),
-        "attention_mask": np.ones((1, past + seq), dtype=np.int64),
-    }
-    if arch == "bert":
-        inputs["token_type_ids"] = (np.arange(seq) >= seq // 2).astype(np.int64)[None]
+    if mode == "prefill":
+        inputs = {"input_ids": rng.integers(0, VOCAB, (1, SEQ), dtype=np.int64),
+                  "attention_mask": np.ones((1, SEQ), dtype=np.int64)}
+        if arch == "bert":
+            inputs["token_type_ids"] = (np.arange(SEQ) >= SEQ // 2).astype(np.int64)[None]
+        else:
+            inputs["position_ids"] = np.arange(SEQ, dtype=np.int64)[None]
         return inputs
-    inputs["position_ids"] = np.arange(past, past + seq, dtype=np.int64)[None]
-    if past:
-        n_kv = getattr(config, "num_key_value_heads", config.num_attention_heads)
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        for i in range(config.num_hidden_layers):
-            for kind in ("key", "value"):
-                inputs[f"past_key_values.{i}.{kind}"] = rng.standard_normal((1, n_kv, past, head_dim), np.float32)
+    n = DECODE_POSITION
+    tokens = np.concatenate([gen.prompt, gen.tokens], axis=1)
+    with torch.no_grad():  # the cache of the first n tokens, as the model computes it
+        _, *cached = Decoder(model)(torch.from_numpy(tokens[:, :n]), torch.ones((1, n), dtype=torch.int64),
+                                    torch.arange(n)[None])
+    mask = np.zeros((1, CONTEXT), dtype=np.int64)
+    mask[:, :n] = mask[:, -1] = 1
+    inputs = {"input_ids": tokens[:, n:n + 1], "attention_mask": mask,
+              "position_ids": np.array([[n]], dtype=np.int64)}
+    for i in range(model.config.num_hidden_layers):
+        for j, kind in enumerate(("key", "value")):
+            part = cached[2 * i + j].numpy()
+            past = rng.standard_normal((1, part.shape[1], CONTEXT - 1, part.shape[3]), np.float32)
+            past[:, :, :n] = part
+            inputs[f"past_key_values.{i}.{kind}"] = past
     return inputs
 
 
-def output_names(mode: str, config) -> list[str]:
-    names = ["logits"]
-    if mode == "decode":
-        names += [f"present.{i}.{kind}" for i in range(config.num_hidden_layers) for kind in ("key", "value")]
-    return names
+def output_names(arch: str, config) -> list[str]:
+    if arch == "bert":
+        return ["logits"]
+    return ["logits", *(f"present.{i}.{kind}" for i in range(config.num_hidden_layers) for kind in ("key", "value"))]
 
 
 def all_nodes(model: onnx.ModelProto):
@@ -177,8 +237,9 @@ def export(name: str) -> collections.Counter:
     os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1" if opset >= 23 else "0"
     model = build(arch, opset)
     wrapper = (Encoder(model) if arch == "bert" else Decoder(model)).eval()
-    inputs = make_inputs(arch, mode, model.config)
-    outs = output_names(mode, model.config)
+    gen = generation(model) if mode == "decode" else None
+    inputs = make_inputs(arch, mode, model, gen)
+    outs = output_names(arch, model.config)
     args = tuple(torch.from_numpy(v) for v in inputs.values())
     with torch.no_grad():
         expected = wrapper(*args)
@@ -222,6 +283,16 @@ def export(name: str) -> collections.Counter:
 
     print(f"{name:21s} opset {opset}  {size / 1024:6.0f} KiB  {sum(ops.values()):3d} nodes  "
           f"ort-vs-torch abs {abs_err:.1e} rel {rel_err:.1e}  ops {dict(sorted(ops.items()))}", flush=True)
+    if gen is not None:
+        prefill = HERE / f"{name.replace('_decode', '_prefill')}.onnx"
+        for through_prefill in (False, True):
+            got = ort_generate(path, gen.prompt, NEW_TOKENS, prefill if through_prefill else None)
+            check(np.array_equal(got, gen.tokens), f"{name}: onnxruntime generates {got} "
+                  f"{'after the prefill' if through_prefill else 'token by token'}, torch {gen.tokens}")
+        np.savez(HERE / f"{name}.generate.npz", prompt=gen.prompt, tokens=gen.tokens)
+        print(f"{name:21s} generate: prompt seed {gen.seed}, smallest top-1 vs top-2 logit margin {gen.margin:.4f}, "
+              f"float16 {'same tokens' if gen.fp16_same else 'DIFFERENT tokens'}; onnxruntime reproduces the "
+              f"{NEW_TOKENS} tokens token by token and after the prefill", flush=True)
     return ops
 
 

@@ -3,8 +3,15 @@
 The graph is built directly with ``onnx.helper`` (no torch, no transformers) and follows Hugging Face's
 ``LlamaForCausalLM`` forward in the decomposed opset-20 form: Gather embedding; per layer RMSNorm
 (Pow/ReduceMean/Add/Sqrt/Reciprocal/Mul), q/k/v MatMul, head split, rotate_half RoPE (cos/sin tables gathered
-by ``position_ids``), GQA ``repeat_kv`` (Unsqueeze/Expand/Reshape), scaled scores, constant causal mask,
-Softmax, o MatMul, residual; SwiGLU MLP (x * Sigmoid(x)); final RMSNorm and lm_head -> ``logits``.
+by ``position_ids``), GQA ``repeat_kv`` (Unsqueeze/Expand/Reshape), scaled scores, additive mask, Softmax,
+o MatMul, residual; SwiGLU MLP (x * Sigmoid(x)); final RMSNorm and lm_head -> ``logits``.
+
+Inputs and outputs are Hugging Face's (batch 1): prefill takes ``input_ids``, ``attention_mask``, ``position_ids``
+[1, SEQ] and returns ``logits`` and per layer ``present.{i}.key/value`` [1, kv_heads, SEQ, head_dim] (K after RoPE);
+decode takes ``input_ids`` and ``position_ids`` [1, 1], ``attention_mask`` [1, C] and per layer
+``past_key_values.{i}.key/value`` [1, kv_heads, C-1, head_dim], and returns ``logits`` and ``present.{i}.*``
+[1, kv_heads, C, head_dim] (the past followed by the new token), C = PAST + 1 the context. The attention mask
+(1 = attend) becomes an additive mask (the dtype's minimum where 0), combined with the causal mask in prefill.
 
 Every large initializer is ONNX external data in ONE file ``OUT.weights`` beside ``OUT.onnx``:
 
@@ -17,8 +24,8 @@ Every large initializer is ONNX external data in ONE file ``OUT.weights`` beside
     python samples/shape_only.py tiny --weights random --dtype float32 --seq 7 -o /tmp/tiny.onnx
 
 Differences from an HF fp16 export: no float32 up-casts around RMSNorm/softmax/RoPE (every activation is in
-``--dtype``), weights are stored [in, out] (``x @ W``, no Transpose), and the mask is a constant of
-shape [S, S_total] (batch 1, no attention_mask input).
+``--dtype``), weights are stored [in, out] (``x @ W``, no Transpose), and the causal part of the prefill mask
+is a constant of shape [S, S] (the additive mask comes from ``attention_mask`` by Cast/Sub/Mul and joins it by Min).
 """
 
 from __future__ import annotations
@@ -147,7 +154,7 @@ class _Graph:
         return self.const(np.asarray(value, self.np_dtype), "scalar")
 
 
-def _fill(path: Path, g: _Graph, mode: str, masks: dict[str, tuple[int, int]]) -> None:
+def _fill(path: Path, g: _Graph, mode: str, masks: dict[str, int]) -> None:
     """Create the weights file at its full length; in random mode write every tensor, chunk by chunk."""
     with open(path, "wb") as f:
         if mode == "sparse":
@@ -167,10 +174,10 @@ def _fill(path: Path, g: _Graph, mode: str, masks: dict[str, tuple[int, int]]) -
                     emb = np.concatenate([freqs, freqs], axis=-1)
                     f.write((np.cos(emb) if w.kind == "cos" else np.sin(emb)).astype(dt).tobytes())
             elif w.kind == "mask":
-                seq, past = masks[w.proto.name]
+                seq = masks[w.proto.name]
                 step = max(1, CHUNK_ELEMENTS // w.shape[1])
                 for r in range(0, seq, step):
-                    f.write(_causal_mask(seq, past, dt, range(r, min(seq, r + step))).tobytes())
+                    f.write(_causal_mask(seq, dt, range(r, min(seq, r + step))).tobytes())
             else:
                 for start in range(0, numel, CHUNK_ELEMENTS):
                     n = min(CHUNK_ELEMENTS, numel - start)
@@ -216,17 +223,25 @@ def _repeat_kv(g: _Graph, x: str, total: int) -> str:
     return g.node("Reshape", [e, g.ints(1, p.heads, total, p.head_dim)], "kv_repeat")
 
 
-def _causal_mask(seq: int, past: int, dtype, rows: range | None = None) -> np.ndarray:
-    """[S, past+S] (or those rows): 0 where query i (at position past+i) may see key j, the dtype's minimum
-    elsewhere."""
-    i = np.arange(seq)[rows if rows is not None else slice(None), None] + past
-    j = np.arange(past + seq)[None, :]
+def _attention_mask(g: _Graph, causal: str | None, total: int) -> str:
+    """The additive mask: the dtype's minimum where attention_mask [1, total] is 0, else 0; [1, 1, 1, total], or
+    joined with the [S, total] causal constant by Min (not Add: two minima would overflow to -inf)."""
+    off = g.node("Sub", [g.scalar(1.0), g.node("Cast", ["attention_mask"], "mask_float", to=g.elem)], "mask_off")
+    padding = g.node("Mul", [off, g.scalar(float(np.finfo(g.np_dtype).min))], "mask_padding")
+    padding = g.node("Reshape", [padding, g.ints(1, 1, 1, total)], "mask_rows")
+    return padding if causal is None else g.node("Min", [causal, padding], "mask")
+
+
+def _causal_mask(seq: int, dtype, rows: range | None = None) -> np.ndarray:
+    """[S, S] (or those rows): 0 where query i may see key j (j <= i), the dtype's minimum elsewhere."""
+    i = np.arange(seq)[rows if rows is not None else slice(None), None]
+    j = np.arange(seq)[None, :]
     return np.where(j <= i, 0.0, np.finfo(dtype).min).astype(dtype)
 
 
 def build(preset: str | Preset, mode: str = "prefill", seq: int = 32, past: int = 127, layers: int | None = None,
           dtype: str = "float16", location: str = "model.weights"
-          ) -> tuple[onnx.ModelProto, _Graph, dict[str, tuple[int, int]]]:
+          ) -> tuple[onnx.ModelProto, _Graph, dict[str, int]]:
     """The model proto (weights referenced in `location`, not written), its layout, and the external masks."""
     p = _preset(preset, layers)
     if p.hidden % p.heads or p.heads % p.kv_heads or p.head_dim % 2:
@@ -243,24 +258,28 @@ def build(preset: str | Preset, mode: str = "prefill", seq: int = 32, past: int 
     kv_dim = p.kv_heads * p.head_dim
 
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, seq]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [1, total]),
               helper.make_tensor_value_info("position_ids", TensorProto.INT64, [1, seq])]
     outputs = [helper.make_tensor_value_info("logits", g.elem, [1, seq, p.vocab])]
 
     embed = g.weight("model.embed_tokens.weight", (p.vocab, p.hidden))
     cos_table = g.weight("model.rotary_emb.cos_table", (max_pos, p.head_dim), "cos")
     sin_table = g.weight("model.rotary_emb.sin_table", (max_pos, p.head_dim), "sin")
-    masks = {}  # external masks: name -> (seq, past), made only when written (random mode)
-    if seq * total * np.dtype(g.np_dtype).itemsize >= INLINE_BYTES:
-        mask = g.weight("model.causal_mask", (seq, total), "mask")
-        masks[mask] = (seq, past)
+    masks = {}  # external causal masks: name -> seq, made only when written (random mode)
+    if mode == "decode":  # the one new token comes last: causality masks nothing
+        causal = None
+    elif seq * seq * np.dtype(g.np_dtype).itemsize >= INLINE_BYTES:
+        causal = g.weight("model.causal_mask", (seq, seq), "mask")
+        masks[causal] = seq
     else:
-        mask = g.const(_causal_mask(seq, past, g.np_dtype), "causal_mask")
+        causal = g.const(_causal_mask(seq, g.np_dtype), "causal_mask")
 
     h = g.node("Gather", [embed, "input_ids"], "embed", axis=0)
     # [1, S, hd] -> [1, 1, S, hd], shared by every layer
     cos = g.node("Unsqueeze", [g.node("Gather", [cos_table, "position_ids"], "cos_gather", axis=0), g.ints(1)], "cos")
     sin = g.node("Unsqueeze", [g.node("Gather", [sin_table, "position_ids"], "sin_gather", axis=0), g.ints(1)], "sin")
     scale = g.scalar(1.0 / math.sqrt(p.head_dim))
+    mask = _attention_mask(g, causal, total)
 
     for i in range(p.layers):
         pre = f"model.layers.{i}"
@@ -271,15 +290,16 @@ def build(preset: str | Preset, mode: str = "prefill", seq: int = 32, past: int 
         q = _rotate(g, _heads(g, q, p.heads, seq), cos, sin)
         k = _rotate(g, _heads(g, k, p.kv_heads, seq), cos, sin)
         v = _heads(g, v, p.kv_heads, seq)
-        if mode == "decode":
-            cache = [1, p.kv_heads, past, p.head_dim]
-            present = [1, p.kv_heads, total, p.head_dim]
-            for name, new in (("key", k), ("value", v)):
-                inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{name}", g.elem, cache))
-                outputs.append(helper.make_tensor_value_info(f"present.{i}.{name}", g.elem, present))
-                g.nodes.append(helper.make_node("Concat", [f"past_key_values.{i}.{name}", new], [f"present.{i}.{name}"],
-                                                name=f"Concat_present_{i}_{name}", axis=2))
-            k, v = f"present.{i}.key", f"present.{i}.value"
+        for name, new in (("key", k), ("value", v)):  # present = [past,] new K/V
+            present = f"present.{i}.{name}"
+            outputs.append(helper.make_tensor_value_info(present, g.elem, [1, p.kv_heads, total, p.head_dim]))
+            if mode == "decode":
+                cache = f"past_key_values.{i}.{name}"
+                inputs.append(helper.make_tensor_value_info(cache, g.elem, [1, p.kv_heads, past, p.head_dim]))
+                g.nodes.append(helper.make_node("Concat", [cache, new], [present], name=f"Concat_{present}", axis=2))
+            else:
+                g.nodes.append(helper.make_node("Identity", [new], [present], name=f"Identity_{present}"))
+        k, v = f"present.{i}.key", f"present.{i}.value"
         k, v = _repeat_kv(g, k, total), _repeat_kv(g, v, total)
         kt = g.node("Transpose", [k], "k_t", perm=[0, 1, 3, 2])
         scores = g.node("Mul", [g.node("MatMul", [q, kt], "qk"), scale], "scores")
@@ -348,10 +368,13 @@ def main(argv: list[str] | None = None) -> int:
           "  python samples/shape_only.py tiny --weights random --dtype float32 --seq 7 -o /tmp/tiny.onnx")
     ap.add_argument("preset", choices=sorted(PRESETS), help="model size")
     ap.add_argument("--mode", choices=["prefill", "decode"], default="prefill",
-                    help="prefill: inputs input_ids/position_ids [1,SEQ], output logits; decode: one new token "
-                         "with a KV cache of PAST tokens (past_key_values.{i}.key/value in, present.{i}.* out)")
+                    help="prefill: inputs input_ids/attention_mask/position_ids [1,SEQ], outputs logits and "
+                         "present.{i}.key/value [1,KV,SEQ,D]; decode: one new token at context C = PAST+1 "
+                         "(input_ids/position_ids [1,1], attention_mask [1,C], past_key_values.{i}.key/value "
+                         "[1,KV,PAST,D] in; logits, present.{i}.* [1,KV,C,D] out)")
     ap.add_argument("--seq", type=int, default=32, help="prefill: prompt tokens (default 32)")
-    ap.add_argument("--past", type=int, default=127, help="decode: cached tokens (default 127)")
+    ap.add_argument("--past", type=int, default=127,
+                    help="decode: cache slots before the new token, context - 1 (default 127; 2047 for context 2048)")
     ap.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="float16",
                     help="weights and activations (default float16); token ids are int64")

@@ -100,7 +100,7 @@ MODELS = {
               ["topologically sorted", "'logits'", "node_view"]),
     "output-computed-twice": (_corrupted(lambda g: _node(g, "node_add").output.__setitem__(0, "embedding")),
                               ["single static assignment", "'embedding'"]),
-    "no-outputs": (_corrupted(lambda g: g.output.remove(g.output[0])), ["bad.onnx", "no outputs"]),
+    "no-outputs": (_corrupted(lambda g: g.ClearField("output")), ["bad.onnx", "no outputs"]),
     "unknown-output": (_corrupted(lambda g: setattr(g.output[0], "name", "logitz")),
                        ["Graph output 'logitz'"]),
     "missing-attribute": (_corrupted(lambda g: _node(g, "node__to_copy").ClearField("attribute")),

@@ -3,6 +3,8 @@ like ONNX Runtime (run live here) and like its stored outputs."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -15,15 +17,60 @@ from lpuc.ir.verifier import verify
 
 from helpers import SAMPLES, assert_close, max_rel_error, run_ort
 
+spec = importlib.util.spec_from_file_location("samples_ort_generate", SAMPLES / "ort_generate.py")
+ort_generate = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ort_generate)
+
 TOL = 1e-5
 SAMPLE_PATHS = sorted(SAMPLES.glob("*.onnx"))
 ALL = [pytest.param(p, id=p.stem) for p in SAMPLE_PATHS]
+DECODERS = [pytest.param(p, id=p.stem) for p in SAMPLE_PATHS if "_decode" in p.stem]
 
 
 def test_samples_are_bundled():
     assert len(SAMPLE_PATHS) >= 10
     for p in SAMPLE_PATHS:
         assert p.with_suffix(".inputs.npz").exists() and p.with_suffix(".outputs.npz").exists(), p.name
+
+
+def test_decoders_have_prefill_partners_and_the_hf_layout():
+    """Decode: one token at context 24 over a 23-slot past; prefill: 7 tokens; both return present K/V."""
+    assert len(DECODERS) == 6
+    for param in DECODERS:
+        decode, = param.values
+        prefill = SAMPLES / f"{decode.stem.replace('_decode', '_prefill')}.onnx"
+        step, first = (load_model(p)[0] for p in (decode, prefill))
+        inputs = {v.name: v.type.shape for v in step.inputs}
+        assert {k: inputs.pop(k) for k in ("input_ids", "attention_mask", "position_ids")} == {
+            "input_ids": (1, 1), "attention_mask": (1, 24), "position_ids": (1, 1)}, decode.name
+        outputs = dict(step.outputs)
+        assert outputs.pop("logits").type.shape == (1, 1, 400)
+        assert sorted(outputs) == sorted(n.replace("past_key_values", "present") for n in inputs) and inputs
+        for name, past in inputs.items():
+            b, h, slots, d = past
+            assert slots == 23 and outputs[name.replace("past_key_values", "present")].type.shape == (b, h, 24, d)
+            assert dict(first.outputs)[name.replace("past_key_values", "present")].type.shape == (b, h, 7, d)
+        assert {v.name: v.type.shape for v in first.inputs} == {
+            "input_ids": (1, 7), "attention_mask": (1, 7), "position_ids": (1, 7)}, prefill.name
+        # the stored step is over a partly filled cache: mask 0 on the unused slots
+        mask = _npz(decode.with_suffix(".inputs.npz"))["attention_mask"]
+        assert 0 < mask[0, :-1].sum() < 23 and mask[0, -1] == 1
+
+
+@pytest.mark.parametrize("decode", DECODERS)
+def test_generate_npz_is_what_onnxruntime_generates(decode):
+    """<decode>.generate.npz holds an 8-token prompt and the 16 greedy tokens (Hugging Face's, checked by
+    export_samples.py); onnxruntime stepping the decode graph over a resident-style cache reproduces them, with
+    the prompt fed token by token and with its first 7 tokens through the prefill graph."""
+    stored = _npz(SAMPLES / f"{decode.stem}.generate.npz")
+    prompt, tokens = stored["prompt"], stored["tokens"]
+    assert set(stored) == {"prompt", "tokens"}
+    assert prompt.dtype == tokens.dtype == np.int64 and prompt.shape == (1, 8) and tokens.shape == (1, 16)
+    assert 0 <= min(prompt.min(), tokens.min()) and max(prompt.max(), tokens.max()) < 400
+    assert len(set(tokens[0].tolist())) > 3, "degenerate generation (one token repeated)"
+    prefill = SAMPLES / f"{decode.stem.replace('_decode', '_prefill')}.onnx"
+    for through in (None, prefill):
+        assert np.array_equal(ort_generate.ort_generate(decode, prompt, 16, through), tokens), through
 
 
 @pytest.fixture(scope="module")

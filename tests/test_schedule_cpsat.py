@@ -106,7 +106,7 @@ def test_window_by_window_is_valid_and_never_worse(name, chips):
 
 
 def test_windows_improve_somewhere():
-    summary, _ = _windowed("llama_prefill", 1, window=40)
+    summary, _ = _windowed("llama_prefill", 1, window=60)  # since llama_prefill returns present.*, 40 finds nothing
     assert summary.cycles < summary.list_cycles
 
 

@@ -25,7 +25,7 @@ sys.modules[spec.name] = shape_only  # dataclasses look their module up there
 spec.loader.exec_module(shape_only)
 
 TINY = shape_only.PRESETS["tiny"]
-SEQ, PAST = 7, 5
+SEQ, PAST, FILLED = 7, 5, 3
 
 
 def _write(tmp_path, name, *args):
@@ -35,10 +35,16 @@ def _write(tmp_path, name, *args):
 
 
 def _inputs(mode: str, dtype=np.float32) -> dict[str, np.ndarray]:
+    """Prefill: SEQ tokens. Decode: a token at position FILLED over a cache whose slots FILLED.. are unused (mask 0,
+    random K/V that only the mask keeps out)."""
     rng = np.random.default_rng(1)
     if mode == "prefill":
-        return {"input_ids": rng.integers(0, TINY.vocab, (1, SEQ)), "position_ids": np.arange(SEQ)[None]}
-    inputs = {"input_ids": rng.integers(0, TINY.vocab, (1, 1)), "position_ids": np.array([[PAST]])}
+        return {"input_ids": rng.integers(0, TINY.vocab, (1, SEQ)), "attention_mask": np.ones((1, SEQ), np.int64),
+                "position_ids": np.arange(SEQ)[None]}
+    mask = np.zeros((1, PAST + 1), np.int64)
+    mask[:, :FILLED] = mask[:, -1] = 1
+    inputs = {"input_ids": rng.integers(0, TINY.vocab, (1, 1)), "attention_mask": mask,
+              "position_ids": np.array([[FILLED]])}
     for i in range(TINY.layers):
         for kind in ("key", "value"):
             inputs[f"past_key_values.{i}.{kind}"] = rng.standard_normal(
@@ -59,11 +65,10 @@ def test_tiny_float32_matches_onnxruntime(tmp_path, mode):
     inputs = _inputs(mode)
     ref = run_ort(path, inputs)
     expected = {"logits": (1, 1 if mode == "decode" else SEQ, TINY.vocab)}
-    if mode == "decode":
-        for i in range(TINY.layers):
-            for kind in ("key", "value"):
-                expected[f"present.{i}.{kind}"] = (1, TINY.kv_heads, PAST + 1, TINY.head_dim)
-                # the cache is the past followed by the new token's K/V
+    for i in range(TINY.layers):
+        for kind in ("key", "value"):
+            expected[f"present.{i}.{kind}"] = (1, TINY.kv_heads, PAST + 1 if mode == "decode" else SEQ, TINY.head_dim)
+            if mode == "decode":  # the cache is the past followed by the new token's K/V
                 assert np.array_equal(ref[f"present.{i}.{kind}"][:, :, :PAST], inputs[f"past_key_values.{i}.{kind}"])
     assert {k: v.shape for k, v in ref.items()} == expected
     ours = evaluate(module, inputs)
@@ -113,33 +118,42 @@ def _numpy_llama(w: dict, ids: np.ndarray, past: list | None = None):
 
 
 def test_tiny_is_hugging_face_llama(tmp_path):
-    """The graph computes HF Llama (checked against a numpy forward): prefill of 6 tokens, and decode of the
-    6th token on the numpy cache of the first 5 gives the prefill's last logits and the full cache."""
+    """The graph computes HF Llama (checked against a numpy forward): prefill of 6 tokens gives the logits and the
+    cache; decode of the 6th token at context 9 on the numpy cache of the first 5 (slots 0-4; slots 5-7 random
+    with mask 0) gives the prefill's last logits and, in slots 0-4 and 8, the full cache."""
     args = ["tiny", "--dtype", "float32", "--weights", "random"]
     prefill = _write(tmp_path, "prefill", *args, "--seq", "6")
-    decode = _write(tmp_path, "decode", *args, "--mode", "decode", "--past", "5")
+    decode = _write(tmp_path, "decode", *args, "--mode", "decode", "--past", "8")
     w = {t.name: onnx.numpy_helper.to_array(t).astype(np.float64) for t in onnx.load(str(prefill)).graph.initializer}
     ids = np.random.default_rng(3).integers(0, TINY.vocab, (1, 6))
     logits, cache = _numpy_llama(w, ids)
-    assert max_rel_error(run_ort(prefill, {"input_ids": ids, "position_ids": np.arange(6)[None]})["logits"],
-                         logits) <= 1e-5
-    _, past = _numpy_llama(w, ids[:, :5])
-    feed = {"input_ids": ids[:, 5:], "position_ids": np.array([[5]])}
-    for i, (k, v) in enumerate(past):
-        feed[f"past_key_values.{i}.key"] = k.astype(np.float32)
-        feed[f"past_key_values.{i}.value"] = v.astype(np.float32)
-    out = run_ort(decode, feed)
-    assert max_rel_error(out["logits"], logits[:, 5:]) <= 1e-5
+    out = run_ort(prefill, {"input_ids": ids, "attention_mask": np.ones((1, 6), np.int64),
+                            "position_ids": np.arange(6)[None]})
+    assert max_rel_error(out["logits"], logits) <= 1e-5
     for i, (k, v) in enumerate(cache):
         assert max_rel_error(out[f"present.{i}.key"], k) <= 1e-5
         assert max_rel_error(out[f"present.{i}.value"], v) <= 1e-5
+    _, past = _numpy_llama(w, ids[:, :5])
+    rng = np.random.default_rng(4)
+    feed = {"input_ids": ids[:, 5:], "attention_mask": np.array([[1, 1, 1, 1, 1, 0, 0, 0, 1]]),
+            "position_ids": np.array([[5]])}
+    for i, layer in enumerate(past):
+        for kind, cached in zip(("key", "value"), layer):
+            feed[f"past_key_values.{i}.{kind}"] = rng.standard_normal((1, TINY.kv_heads, 8, TINY.head_dim), np.float32)
+            feed[f"past_key_values.{i}.{kind}"][:, :, :5] = cached
+    out = run_ort(decode, feed)
+    assert max_rel_error(out["logits"], logits[:, 5:]) <= 1e-5
+    slots = [0, 1, 2, 3, 4, 8]
+    for i, (k, v) in enumerate(cache):
+        assert max_rel_error(out[f"present.{i}.key"][:, :, slots], k) <= 1e-5
+        assert max_rel_error(out[f"present.{i}.value"][:, :, slots], v) <= 1e-5
 
 
 def test_tiny_float16_imports_and_evaluates(tmp_path):
     path = _write(tmp_path, "tiny16", "tiny", "--seq", str(SEQ), "--weights", "random")
     module, report = load_model(path)
     assert report.supported == report.total
-    assert [(n, v.type.dtype) for n, v in module.outputs] == [("logits", DType.f16)]
+    assert {v.type.dtype for _, v in module.outputs} == {DType.f16}
     inputs = _inputs("prefill")
     ref = run_ort(path, inputs)["logits"]
     assert ref.dtype == np.float16
@@ -180,9 +194,11 @@ def test_llama2_7b_sparse_imports_without_reading_weights(tmp_path, capsys):
     weights.rename(tmp_path / "elsewhere")  # the frontend must not need the weights at all
     module, report = load_model(path)
     assert report.supported == report.total
-    ((name, logits),) = module.outputs
+    (name, logits), *present = module.outputs
     assert name == "logits"
     assert logits.type.shape == (1, 32, 32000) and logits.type.dtype is DType.f16
+    assert {n: v.type.shape for n, v in present} == {
+        f"present.{i}.{kind}": (1, 32, 32, 128) for i in range(2) for kind in ("key", "value")}
 
 
 def test_llama2_70b_decode_imports(tmp_path):
@@ -192,6 +208,19 @@ def test_llama2_70b_decode_imports(tmp_path):
     assert report.supported == report.total
     shapes = {n: v.type.shape for n, v in module.outputs}
     assert shapes == {"logits": (1, 1, 32000), "present.0.key": (1, 8, 128, 128), "present.0.value": (1, 8, 128, 128)}
+    assert {v.name: v.type.shape for v in module.inputs} == {
+        "input_ids": (1, 1), "attention_mask": (1, 128), "position_ids": (1, 1),
+        "past_key_values.0.key": (1, 8, 127, 128), "past_key_values.0.value": (1, 8, 127, 128)}
+
+
+def test_llama2_7b_decode_at_context_2048_imports(tmp_path):
+    """The HF decode-with-past layout at Llama-2-7B's published context: 2047 past slots plus the new token."""
+    path = _write(tmp_path, "llama7b_decode", "llama2-7b", "--mode", "decode", "--past", "2047", "--layers", "1")
+    module, report = load_model(path)
+    assert report.supported == report.total
+    inputs = {v.name: v.type.shape for v in module.inputs}
+    assert inputs["attention_mask"] == (1, 2048) and inputs["past_key_values.0.key"] == (1, 32, 2047, 128)
+    assert dict(module.outputs)["present.0.value"].type.shape == (1, 32, 2048, 128)
 
 
 def test_param_counts_match_hugging_face():
