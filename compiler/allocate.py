@@ -15,6 +15,10 @@ shapes how fast the schedule can be:
     order (which the scheduler may run in parallel) use different slice ports;
   - when no slice has room for a stripe it is cut over the largest free blocks,
     so placement fails only if the live words exceed the chip.
+
+State (`mem.state`) is pinned: placed before everything else (at the `out` it
+carries when a partner program fixed it, else from word 0 of the next slices),
+never freed nor reused; its write's result names the state's own words.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from ..ir import machine_ops as mo
 from ..ir import LpucError, Module
 from ..ir.layout import Extent, words
 from ..ir.target import Target
-from ..ir.registry import SRAM
+from ..ir.registry import OPS, SRAM
 from ..ir.schedule_facts import places, view_bases
 
 from .passes import Pass
@@ -69,6 +73,10 @@ class _Free:
             if end - start >= n:
                 return start
         return None
+
+    def first_fit_at(self, s: int, start: int, n: int) -> bool:
+        """Words [start, start + n) of slice s are free."""
+        return any(a <= start and start + n <= b for a, b in self.blocks[s])
 
     def take(self, s: int, start: int, n: int) -> None:
         blocks = self.blocks[s]
@@ -139,6 +147,10 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None) 
         for r in op.results:
             types[r.name], chip[r.name] = r.type, mo.chip_of(op)
     constants = [op.result.name for op in module.ops if mo.is_constant(op.name)]
+    states = [op for op in module.ops if mo.is_state(op.name)]
+    # an in-place write's result names its state's words: nothing of its own to place or free
+    alias = {op.result.name: op.operands[0].name for op in module.ops if OPS[op.name].in_place}
+    pinned = constants + [op.result.name for op in states]
     size = {name: words(types[name], machine.lanes) for name in first}
 
     # The peak per chip, from liveness alone: placement can always cut values into pieces, so it
@@ -147,15 +159,17 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None) 
     for c in constants:
         live[chip[c]] += size[c]
     image = sum(live)
+    for op in states:
+        live[chip[op.result.name]] += size[op.result.name]
     ends_at: dict[int, list[str]] = {}
     for name in first:
-        if name not in constants:
+        if name not in pinned and name not in alias:
             ends_at.setdefault(last[name], []).append(name)
     peak = list(live)
     for i, op in enumerate(module.ops):
-        if not mo.is_constant(op.name):
+        if not mo.is_pinned(op.name):
             for r in op.results:
-                if where[r.name] == SRAM:
+                if where[r.name] == SRAM and r.name not in alias:
                     live[chip[r.name]] += size[r.name]
                     peak[chip[r.name]] = max(peak[chip[r.name]], live[chip[r.name]])
         for n in ends_at.get(i, ()):
@@ -197,18 +211,39 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None) 
             remaining -= want
         placed[name] = tuple(out)
 
+    for op in states:  # fixed ones first, so the others go around them
+        if "out" in op.attrs:
+            _pin(free[chip[op.result.name]], op, size[op.result.name], sram)
+            placed[op.result.name] = tuple(op.attrs["out"])
+    for op in states:
+        if "out" not in op.attrs:
+            place(op.result.name)
     for c in constants:
         place(c)
     for i, op in enumerate(module.ops):
-        if not mo.is_constant(op.name):
+        if not mo.is_pinned(op.name):
             for r in op.results:
-                if where[r.name] == SRAM:
+                if r.name in alias:
+                    placed[r.name] = placed[alias[r.name]]
+                elif where[r.name] == SRAM:
                     place(r.name)
         for name in ends_at.get(i, ()):
             for s, start, n in placed[name]:
                 free[chip[name]].release(s, start, n)
     order = [r.name for op in module.ops for r in op.results if r.name in placed]
     return Allocation(tuple((name, placed[name]) for name in order), peak[worst], image, sram.word_bytes)
+
+
+def _pin(free: _Free, op, n: int, sram) -> None:
+    """Take the words a state's fixed `out` names (a partner program's layout)."""
+    out = op.attrs["out"]
+    if sum(e[2] for e in out) != n:
+        raise LpucError(f"{op.label()}: its fixed out spans {sum(e[2] for e in out)} words, the state takes {n}")
+    for s, w, k in out:
+        if s >= sram.slices or w + k > sram.words_per_slice or not free.first_fit_at(s, w, k):
+            raise LpucError(f"{op.label()}: its fixed out (slice {s} word {w}, {k} words) is outside SRAM or "
+                            "taken by another state")
+        free.take(s, w, k)
 
 
 def apply_allocation(module: Module, allocation: Allocation) -> Module:

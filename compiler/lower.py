@@ -75,6 +75,7 @@ class _Emitter:
         self.split: Split | None = None                # how the op being lowered is spread over chips
         self.chip_of: dict[str, int] = {}           # lowered value -> its chip
         self.lazy: dict[str, tuple[str, object]] = {}  # placeholder -> ("constant", Tensor) / ("input", Value)
+                                                       # / ("state", its graph.state op)
         self.copies: dict[tuple[str, int], Value] = {}  # (value, chip) -> it, on that chip
 
     @contextmanager
@@ -98,6 +99,9 @@ class _Emitter:
                     hint = v.name if chip == 0 else f"{v.name}@c{chip}"
                     if kind == "constant":
                         self.copies[key] = self.one("mem.constant", [], {"value": what}, hint)
+                    elif kind == "state":  # (its one reader, its write, runs where it lives)
+                        self.copies[key] = self.one("mem.state", [], {k: what.attrs[k] for k in _STATE_KEYS
+                                                                      if k in what.attrs}, what.result.name)
                     else:
                         self.copies[key] = self.one("host.input", [what], {"name": what.name},
                                                     f"{what.name}.sram" if chip == 0 else f"{what.name}.sram@c{chip}")
@@ -166,6 +170,18 @@ for _machine_op, _graph_op in mo.GRAPH_EQUIVALENT.items():
 
 def _constant(e: _Emitter, op: Op, args):
     return (e.placeholder("constant", op.attrs["value"], op.result.type, _hint(op)),)
+
+
+_STATE_KEYS = ("name", "shape", "dtype", "out")  # what mem.state keeps of graph.state (its chip: where it is emitted)
+
+
+def _state(e: _Emitter, op: Op, args):
+    return (e.placeholder("state", op, op.result.type, _hint(op)),)
+
+
+def state_chip(op: Op) -> int | None:
+    """The chip a graph.state is fixed on (a partner program's layout), or None (its writer's)."""
+    return op.attrs.get("chip", 0) if "out" in op.attrs else None
 
 
 def _reshape(e: _Emitter, op: Op, args):
@@ -364,6 +380,8 @@ RULES.update({
     "graph.rms_norm": _rms_norm,
     "graph.matmul": _matmul,
     "graph.gather": _gather,
+    "graph.state": _state,
+    "graph.state_write": lambda e, op, args: e.op("mem.state_write", args, {}, [_hint(op)]),
 })
 
 
@@ -460,6 +478,7 @@ def lower(module: Module, target: Target) -> Module:
         e.b.inputs.append(block_input)
         e.b._taken.add(v.name)
         env[v.name] = e.placeholder("input", block_input, v.type, v.name)
+    fixed = {op.result.name: state_chip(op) for op in module.ops if OPS[op.name].persistent}
     for op in module.ops:
         if op.name.split(".", 1)[0] != "graph":
             raise VerifyError(f"{op.label()}: lowering takes a graph-level module, found {op.name}")
@@ -467,7 +486,10 @@ def lower(module: Module, target: Target) -> Module:
         if rule is None:
             raise LpucError(f"{op.label()}: no lowering rule for {op.name}")
         split = _split_of(op, constants, target.lanes)
-        with e.on(op.attrs.get("chip", 0)):
+        chip = op.attrs.get("chip", 0)
+        if OPS[op.name].in_place and fixed.get(op.operands[0].name) is not None:
+            chip = fixed[op.operands[0].name]  # a state write runs where its state is kept
+        with e.on(chip):
             e.split = split
             # a split op's rule brings its operands over itself: a cut weight stays lazy, each chip of the
             # split emitting its own cut

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from ..ir import AttrDict, LpucError, Module, Op
 from ..ir.layout import words
+from ..ir.registry import OPS
 from ..ir.target import Target
 
 from .lower import tilings
@@ -77,7 +78,9 @@ def partition(module: Module, target: Target, strategy: str) -> Module:
         raise LpucError(f"unknown partition strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
     ops = []
     for i, op in enumerate(module.ops):
-        placement = {"chip": home[i]} if home[i] and op.name != "graph.constant" else {}
+        # (constants are copied to each reader's chip; a state lives on its writer's)
+        placement = {"chip": home[i]} if home[i] and op.name != "graph.constant" and not OPS[op.name].persistent \
+            else {}
         if i in groups:
             shares = tuple(share for _, share in groups[i])
             placement.update(split=kinds[i], parts=tuple(c for c, _ in groups[i]),

@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from ..ir import Module
+from ..ir.registry import OPS
 from ..ir.verifier import verify
 
 
@@ -56,7 +57,7 @@ class Verify(Pass):
 
 @dataclass(frozen=True)
 class DeadCodeElimination(Pass):
-    """Drop ops none of whose results reach an output (the IR has no side effects)."""
+    """Drop ops none of whose results reach an output and that write no state (the one side effect)."""
 
     name = "dce"
 
@@ -68,7 +69,7 @@ def dead_code_elimination(module: Module) -> Module:
     live = {v.name for _, v in module.outputs}
     kept = []
     for op in reversed(module.ops):
-        if any(r.name in live for r in op.results):
+        if any(r.name in live for r in op.results) or OPS[op.name].in_place:
             kept.append(op)
             live.update(v.name for v in op.operands)
     return module.replace(ops=tuple(reversed(kept)))

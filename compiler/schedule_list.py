@@ -43,7 +43,7 @@ from ..ir import Module
 from ..ir.costs import units
 from ..ir.machine import Machine
 from ..ir.target import Target
-from ..ir.registry import LINK, PLANE
+from ..ir.registry import LINK, OPS, PLANE
 from ..ir.schedule_facts import Facts, Instruction, describe, view_bases
 
 from .passes import Pass
@@ -85,7 +85,7 @@ def analyze(module: Module, target: Target, facts: Facts | None = None) -> Progr
             for b in bases.get(v.name, ()):
                 readers.setdefault(b, []).append(i)
                 p = producer[b]
-                if not mo.is_constant(ops[p].name):
+                if not mo.is_pinned(ops[p].name):
                     raw[i].append((p, costs[p].latency))
     for i in range(len(ops)):
         preds[i] = list(raw[i])
@@ -95,7 +95,7 @@ def analyze(module: Module, target: Target, facts: Facts | None = None) -> Progr
     names = []
     for i, op in enumerate(ops):
         for r in op.results:
-            if r.name not in results_out:
+            if r.name not in results_out or OPS[op.name].in_place:  # (a state write: its state's own words)
                 continue
             chip = mo.chip_of(op)
             if chip not in owners:

@@ -10,6 +10,9 @@ interpreter recomputes it rather than trusting the program.
   only at run time, so every slice the table spans is held).
 - latency: cycles from issue until its results are in SRAM: occupancy plus
   the unit's pipeline depth (`machine.units[class].latency`).
+- a state write (`in_place`) writes only its new rows into its state, at a
+  position known at run time: it costs the rows, and holds each slice of the
+  state for at most that many words (it reads none of the state).
 - a `c2c.send` streams its words at the link rate (c2c.bytes_per_cycle) through
   every hop of its route, cut-through: hop k carries them during
   [c + k * hop_latency, c + k * hop_latency + occupancy) (`link_windows`); they
@@ -57,6 +60,8 @@ def compute_cycles(op: Op, machine: Machine) -> int:
         return max(vectors(t, lanes) for t in types) * per_vector
     if opdef.indexed:  # indexed reads: the rows gathered, not the table
         return max(words(t, lanes) for t in types[1:])
+    if opdef.in_place:  # an indexed write: the new rows, not the state
+        return max(words(t, lanes) for t in types[1:-1])
     if cls in ("sxm", "mem"):
         return max(words(t, lanes) for t in types)
     if cls == "mxm":
@@ -106,6 +111,12 @@ def cost(op: Op, machine: Machine, reads: Sequence[Sequence[Extent]] = (),
     for extents in writes:
         for s, _, n in extents:
             per_write[s] += n
+    if OPS[op.name].in_place:
+        # It writes only the new rows, where its position says (known at run time): at worst all into one
+        # slice, so each slice of the state is held for as many words as the rows have (or all it holds).
+        written = words(op.operands[1].type, machine.lanes)
+        for s in per_write:
+            per_write[s] = min(per_write[s], written)
     ports = machine.sram
     occupancy = max([compute_cycles(op, machine)]
                     + [-(-n // ports.read_ports) for n in per_read.values()]

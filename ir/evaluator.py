@@ -321,7 +321,20 @@ EVAL: dict[str, Impl] = {
     "graph.gather": lambda a, attrs: np.take(a[0], a[1], axis=attrs["axis"]),
     "graph.gather_elements": lambda a, attrs: gather_elements(*a, attrs["axis"]),
     "graph.gather_nd": lambda a, attrs: gather_nd(*a, attrs["batch_dims"]),
+    # a state as a fresh generation finds it (a run keeps it across steps: backends.state)
+    "graph.state": lambda a, attrs: np.zeros(attrs["shape"], attrs["dtype"].numpy),
+    "graph.state_write": lambda a, attrs: state_write(*a),
 }
+
+
+def state_write(state: np.ndarray, new: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """`state` with rows [p, p + n) of its second-to-last axis replaced by `new` (p = position.flat[0])."""
+    p, n, slots = int(np.asarray(position).flat[0]), new.shape[-2], state.shape[-2]
+    if not 0 <= p <= slots - n:
+        raise EvalError(f"position {p} puts {n} row(s) outside the state's {slots} slots")
+    out = np.array(state, copy=True)
+    out[..., p:p + n, :] = new
+    return out
 
 
 def _same(a, attrs):
@@ -332,6 +345,8 @@ def _same(a, attrs):
 # transfers copy it (the interpreter passes a transfer's raw words through unchanged).
 EVAL.update({
     "mem.constant": EVAL["graph.constant"],
+    "mem.state": EVAL["graph.state"],
+    "mem.state_write": EVAL["graph.state_write"],
     "mem.reshape_view": EVAL["graph.reshape"],
     "mem.join": lambda a, attrs: np.concatenate(a, axis=-1),
     "mem.column_slice": lambda a, attrs: a[0][..., attrs["start"]:attrs["start"] + attrs["size"]],

@@ -343,3 +343,35 @@ def _gather_nd(types, attrs):
     last = idx.shape[-1]
     need(b + last <= data.rank, f"index depth {last} exceeds rank of {data}")
     return data.with_shape(idx.shape[:-1] + data.shape[b + last:])
+
+
+# --- persistent state (a KV cache resident across decode steps) ----------------
+
+STATE_ATTRS = {"name": A("str"), "shape": A("ints"), "dtype": A("dtype")}
+
+
+# `chip` and `out`, when given, fix where it lives (a partner program's layout: prefill and decode share
+# their cache); without them lowering puts it on its writer's chip and allocation places it.
+@_defop("graph.state", 0, {**STATE_ATTRS, "chip": A("chip", None), "out": A("extents", None)}, persistent=True,
+        doc="declares the persistent buffer `name` of type dtype[shape]: it lives across runs of the program "
+            "(a resident KV cache), its rows written by graph.state_write")
+def state_type(types, attrs):
+    need(all(d >= 1 for d in attrs["shape"]), f"a state has a static, non-empty shape: {list(attrs['shape'])}")
+    return TensorType(tuple(attrs["shape"]), attrs["dtype"])
+
+
+def state_write_type(types, attrs):
+    """The rule of a state write: rows [p, p + n) of the second-to-last axis of `state` take `new`."""
+    state, new, pos = types
+    need(state.rank >= 2, f"a state has rows (rank >= 2): {state}")
+    need(new.dtype == state.dtype and new.rank == state.rank and new.shape[:-2] == state.shape[:-2]
+         and new.shape[-1] == state.shape[-1] and 1 <= new.shape[-2] <= state.shape[-2],
+         f"{new} is not rows of the state {state}")
+    need_int(pos, "a position")
+    need(pos.numel >= 1, f"a position needs an element: {pos}")
+    return state
+
+
+defop("graph.state_write", 3, operand_names=("state", "new", "position"), unit="mem", in_place=True,
+      doc="write `new`'s rows into the state at rows position.flat[0] .. + rows (second-to-last axis); "
+          "the result is the state after the write")(state_write_type)

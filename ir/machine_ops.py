@@ -89,6 +89,22 @@ def _constant(types, attrs):
     return attrs["value"].type
 
 
+# State: a persistent buffer placed before cycle 0 and never freed (like a constant, but its words live on
+# from run to run and are not in the SRAM image); its one writer updates rows of it in place.
+@defop("mem.state", 0, {**g.STATE_ATTRS, **SCHEDULE_ATTRS}, persistent=True, result_place=SRAM,
+       doc="the persistent buffer `name`: pinned in SRAM for the whole program, kept across runs")
+def _state(types, attrs):
+    return g.state_type(types, attrs)
+
+
+@defop("mem.state_write", 3, {**SCHEDULE_ATTRS}, operand_names=("state", "new", "position"), unit="mem",
+       in_place=True, places=(SRAM,), result_place=SRAM,
+       doc="write new's rows into the state at rows position.flat[0] .. + rows (its address stream, known at "
+           "run time); the result names the state's words after the write (its `out` is the state's)")
+def _state_write(types, attrs):
+    return g.state_write_type(types, attrs)
+
+
 # Views: no instruction runs; the result names (part of) the operands' words.
 
 @defop("mem.reshape_view", 1, {"shape": A("ints"), **SCHEDULE_ATTRS},
@@ -217,7 +233,19 @@ def is_view(op_name: str) -> bool:
 
 def is_constant(op_name: str) -> bool:
     """A machine op placed in the SRAM image before cycle 0: no instruction runs, and it is no view."""
-    return is_machine_op(op_name) and OPS[op_name].unit is None and not OPS[op_name].view
+    d = OPS.get(op_name)
+    return is_machine_op(op_name) and d.unit is None and not d.view and not d.persistent
+
+
+def is_state(op_name: str) -> bool:
+    """A persistent buffer (mem.state): placed before cycle 0, never freed, kept from run to run."""
+    return is_machine_op(op_name) and OPS[op_name].persistent
+
+
+def is_pinned(op_name: str) -> bool:
+    """Placed before cycle 0 and never freed, no instruction: a constant or a state."""
+    d = OPS.get(op_name)
+    return is_machine_op(op_name) and d.unit is None and not d.view
 
 
 def compute(op, args: list) -> tuple:

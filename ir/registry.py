@@ -87,6 +87,11 @@ class OpDef:
     transcendental: bool = False      # a VXM pass costs machine.vxm.transcendental_cycles per vector
     indexed: bool = False             # reads only the rows its indices (operand 1) select
     mirror: bool = False              # graph op: a machine op of its unit computes exactly it
+    # State (docs/design.md, "Serving LLMs"): `persistent` declares a buffer living across runs of a program
+    # (its result, named by the `name` attribute); `in_place` writes the rows of operand 1 into operand 0 (such
+    # a buffer) at the run-time position operand 2 holds: its result names operand 0's words after the write.
+    persistent: bool = False
+    in_place: bool = False
     # What depends on the machine description (e.g. its vector width): checks operand types and attributes
     # against the Machine, raising TypeRuleError; the verifier runs it when given the machine.
     machine_rule: MachineRule | None = None

@@ -80,10 +80,13 @@ class Base:
     name: str
     chip: int
     extents: tuple[Extent, ...]
-    producer: int  # the producing instruction's op index; -1 for a constant
+    producer: int  # the producing instruction's op index; -1 for a constant or a state
+    state: bool = False  # a state (mem.state): pinned like a constant, kept from run to run
+    alias: bool = False  # an in-place write's result: the words of its state (counted there)
 
     @property
     def constant(self) -> bool:
+        """Placed before cycle 0 and never freed: a constant or a state."""
         return self.producer < 0
 
     @property
@@ -175,6 +178,8 @@ class Facts:
                 end[b] = max(end[b], ins.cycle + ins.cost.occupancy)
         out = []
         for b, base in enumerate(self.bases):
+            if base.alias:
+                continue
             if base.constant:
                 out.append((base, 0, max(self.length, 1)))
             elif self.by_index[base.producer].cycle is not None:
@@ -246,12 +251,15 @@ def _describe(module: Module, target: Target) -> Facts:
                 ext = sub_extents(out, pos, words(r.type, lanes))
                 pos += words(r.type, lanes)
                 write_bases.append(len(bases))
-                bases.append(Base(r.name, chip, ext, i if opdef.unit else -1))
+                bases.append(Base(r.name, chip, ext, i if opdef.unit else -1, state=opdef.persistent,
+                                  alias=opdef.in_place))
                 segments[r.name] = tuple((s, w, n, write_bases[-1]) for s, w, n in ext)
                 writes.append(ext)
-        if opdef.unit is None:  # a constant: in the SRAM image, no instruction
+        if opdef.unit is None:  # a constant (in the SRAM image) or a state: no instruction
             continue
         reads = tuple(segments.get(v.name, ()) for k, v in enumerate(op.operands) if opdef.operand_place(k) == SRAM)
+        if opdef.in_place:  # writes into its state, which it does not read (ir.costs.cost)
+            reads = ((),) + reads[1:]
         c = cost(op, machine, [[seg[:3] for seg in segs] for segs in reads], writes)
         fixed, links = None, ()
         if opdef.result_place == LINK:  # a send: its route fixes its port and the links it holds

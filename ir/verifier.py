@@ -63,7 +63,43 @@ def verify(module: Module, machine: Machine | None = None) -> Module:
             raise VerifyError(f"output {name!r}: value {v} is not defined")
         if defined[v.name] != v.type:
             raise VerifyError(f"output {name!r}: value {v} has type {v.type} but is defined as {defined[v.name]}")
+    check_state(module)
     return module
+
+
+def check_state(module: Module) -> None:
+    """The rules of persistent state (docs/machine-ir.md, "State"): each state is declared once by name and
+    read only by its one in-place write (so every reader sees it after this step's write), and a module with
+    state names the integer input holding the step's position (module attribute `position`)."""
+    names: dict[str, str] = {}
+    states: dict[str, str] = {}     # state value -> the op writing it
+    for op in module.ops:
+        opdef = OPS[op.name]
+        if opdef.persistent:
+            name = op.attrs["name"]
+            if name in names:
+                raise VerifyError(f"{op.label()}: state {name!r} is declared twice (also by {names[name]})")
+            names[name] = op.label()
+            states[op.result.name] = ""
+        for k, v in enumerate(op.operands):
+            if v.name not in states:
+                if opdef.in_place and k == 0:
+                    raise VerifyError(f"{op.label()}: writes {v}, which is no state (declare it with a state op)")
+                continue
+            if not (opdef.in_place and k == 0):
+                raise VerifyError(f"{op.label()}: reads the state {v} itself; read its write's result")
+            if states[v.name]:
+                raise VerifyError(f"{op.label()}: writes the state {v} a second time (already by "
+                                  f"{states[v.name]}): one write per state per step")
+            states[v.name] = op.label()
+    position = module.attrs.get("position")
+    if names and position is None:
+        raise VerifyError(f"module @{module.name} has state but no attribute position (the input holding "
+                          "the step's position)")
+    if position is not None:
+        kinds = {v.name: v.type for v in module.inputs}
+        if not isinstance(position, str) or position not in kinds or not kinds[position].dtype.is_int:
+            raise VerifyError(f"module attribute position = {position!r}: must name an integer input")
 
 
 def check_places(op: Op, operand_places) -> None:
