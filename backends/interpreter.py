@@ -63,6 +63,7 @@ from ..ir.target import Target
 from ..ir.topology import Network, link_name
 
 from .lpu import LpuFormatError, Program, read_lpu
+from .state import Buffer, State
 
 
 class HazardError(LpucError):
@@ -79,7 +80,7 @@ class HazardError(LpucError):
 
 
 KINDS = ("schedule", "unit_class", "unit", "read_port", "write_port", "stream", "streams", "out", "bounds",
-         "operand", "raw", "overwritten", "war", "constant", "plane", "output", "chip", "route", "link")
+         "operand", "raw", "overwritten", "war", "constant", "plane", "output", "chip", "route", "link", "state")
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ class Stats:
     links: tuple[LinkStats, ...] = ()       # per link direction used, by (chip, port)
     link_wait_cycles: int = 0               # cycles with a transfer in flight and every other unit idle
     transfer_bytes: int = 0                 # bytes sent (each transfer once, whatever its hops)
+    host_bytes: int = 0                     # bytes crossing the host (host.input and host.output words)
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,6 +164,9 @@ class _Val:
     ok: bool = True           # False: its words are unknown (the producer is broken)
     chip: int = 0             # sram, plane: the chip holding it
 
+    def segs_extents(self) -> tuple:
+        return tuple(seg[:3] for seg in self.segs)
+
 
 @dataclass(slots=True)
 class _Base:
@@ -174,6 +179,8 @@ class _Base:
     chip: int = 0
     end: int = 0              # the last read of its words ends (liveness)
     constant: bool = False
+    state: str = ""           # a state's name: its words are the state's (mem.state, or its write's result)
+    alias: bool = False       # a state write's result: the state's words again (counted there)
 
 
 @dataclass(slots=True)
@@ -198,6 +205,7 @@ class _Instr:
     hops: tuple = ()                             # send: the link directions (chip, port) of its route
     dest: tuple | None = None                    # send: (chip, arrival port) where its route ends
     recv: int = -1                               # send: the instruction index of its c2c.recv
+    state: int = -1                              # a state write: the base id of the state it writes
 
 
 class _Plan:
@@ -213,12 +221,13 @@ class _Plan:
         self.instrs: list[_Instr] = []
         self.instrs_by_idx: dict[int, _Instr] = {}
         self.constants: list[tuple[Op, int, tuple]] = []  # (op, base id, extents)
+        self.states: list[tuple[Op, int, tuple]] = []     # (mem.state op, base id, extents)
         self.units = units(self.machine)
         self.n_streams = self.machine.streams.east + self.machine.streams.west
         for idx, op in enumerate(module.ops):
             if mo.is_view(op.name):
                 self._view(op)
-            elif mo.is_constant(op.name):
+            elif mo.is_pinned(op.name):
                 self._constant(op)
             else:
                 self._instruction(idx, op)
@@ -286,6 +295,7 @@ class _Plan:
         self.values[op.result.name] = _Val("sram", out, ok=ok, chip=chip)
 
     def _constant(self, op: Op):
+        """A constant (in the SRAM image) or a state (kept from run to run): placed before cycle 0."""
         label, r = op.label(), op.result
         cycle = op.attrs.get("cycle")
         chip = self._chip(op, label, 0)
@@ -298,8 +308,13 @@ class _Plan:
         if extents is None:
             self.values[r.name] = _Val("sram", ok=False, chip=chip)
             return
-        base = self._new_base(r.name, -1, label, 0, words(r.type, self.lanes), chip, constant=True)
-        self.constants.append((op, base, extents[0]))
+        if mo.is_state(op.name):
+            base = self._new_base(r.name, -1, label, 0, words(r.type, self.lanes), chip)
+            self.bases[base].state = op.attrs["name"]
+            self.states.append((op, base, extents[0]))
+        else:
+            base = self._new_base(r.name, -1, label, 0, words(r.type, self.lanes), chip, constant=True)
+            self.constants.append((op, base, extents[0]))
         self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in extents[0]), chip=chip)
 
     def _new_base(self, name, instr, label, land, nwords, chip, constant=False) -> int:
@@ -402,6 +417,15 @@ class _Plan:
                 self._hazard("operand", cycle, label, f"value {v}", f"reads {v}, which is {where}, not in SRAM")
                 ins.ok = False
                 ins.args.append(("host", None))
+            elif opdef.in_place and i == 0:  # the state it writes in place: not read
+                state = next((b for *_, b in val.segs if self.bases[b].state and not self.bases[b].alias), None)
+                if state is None or val.chip != chip:
+                    self._hazard("state", cycle, label, f"value {v}", f"writes {v} in place, which is no state "
+                                 f"of its chip {chip}")
+                    ins.ok = False
+                ins.state = -1 if state is None else state
+                ins.args.append(("sram", len(ins.reads)))
+                ins.reads.append(())
             else:
                 if val.chip != chip:  # rule 7; its words are still read (and tracked) where they are
                     self._hazard("chip", cycle, label, f"value {v}",
@@ -437,11 +461,22 @@ class _Plan:
         c = cost(op, self.machine, [[seg[:3] for seg in segs] for segs in ins.reads], writes)
         ins.occ, ins.lat, ins.port_reads, ins.port_writes = c.occupancy, c.latency, c.reads, c.writes
         land = (cycle or 0) + c.latency
+        if opdef.in_place:  # its result is its state's words after its write (which land() does itself)
+            state = self.bases[ins.state] if ins.state >= 0 else None
+            if writes and state is not None and writes[0] != self.values[op.operands[0].name].segs_extents():
+                self._hazard("state", cycle, label, "out", f"has `out` {list(writes[0])[:2]}..., not the words of "
+                             f"its state %{state.name}")
+                ins.ok = False
+            base = self._new_base(sram_results[0].name, idx, label, land, 0, chip)
+            self.bases[base].state, self.bases[base].alias = (state.state if state else ""), True
+            self.values[sram_results[0].name] = _Val("sram", tuple((s, w, n, base) for s, w, n in writes[0])
+                                                     if writes else (), ok=ins.ok, chip=chip)
+            writes = []
         for r, ext in zip(sram_results, writes):
             base = self._new_base(r.name, idx, label, land, words(r.type, self.lanes), chip)
             ins.writes.append((base, ext))
             self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in ext), ok=ins.ok, chip=chip)
-        if not writes:
+        if not writes and not opdef.in_place:
             for r in sram_results:
                 self.values[r.name] = _Val("sram", ok=False, chip=chip)
         if opdef.result_place == PLANE:
@@ -583,13 +618,23 @@ class _Sram:
 
 class _Machine:
     def __init__(self, plan: _Plan, program: Program, inputs: Mapping[str, np.ndarray] | None, collect: bool,
-                 horizon: int | None):
+                 horizon: int | None, state: State):
         self.plan, self.program, self.inputs = plan, program, inputs
         self.numeric = inputs is not None
         self.collect, self.horizon = collect, horizon
         self.cycle_type = np.int32 if plan.cycles < 2 ** 31 else np.int64
         self.srams: dict[int, _Sram] = {}                          # chip -> its SRAM, once used
         self.is_const = np.array([False] + [b.constant for b in plan.bases])  # by 1 + base id
+        self.is_state = np.array([False] + [bool(b.state) for b in plan.bases])
+        # The step: its position (the module's `position` input; known in a numeric run) and how many rows
+        # it writes; a read of the state needs slots 0 .. position + rows - 1 written.
+        self.state = state
+        self.buffers: dict[str, Buffer] = {}       # state name -> its buffer in the generation
+        self.written: dict[str, np.ndarray] = {}   # state name -> slots written so far (this run's included)
+        self.state_extents: dict[str, tuple] = {}
+        name = plan.module.attrs.get("position")
+        pos = np.asarray(inputs[name]) if self.numeric and name is not None else None
+        self.position = (int(pos.flat[0]), int(pos.size)) if pos is not None and pos.size else None
         self.planes: dict[tuple, tuple[int, np.ndarray, int]] = {}  # (chip, unit) -> (install, tile, landed at)
         self.streaming: dict[tuple, tuple[int, int, int]] = {}      # (chip, unit) -> (matmul, until, its install)
         self.pending: dict[int, tuple[np.ndarray, ...]] = {}
@@ -607,6 +652,31 @@ class _Machine:
         self.hazards.append(HazardError(kind, cycle, label, resource, detail))
         if not self.collect:
             raise _Stop
+
+    def load_state(self):
+        """The states as the generation left them (zero and unwritten when new), at their words."""
+        plan = self.plan
+        for op, base, extents in plan.states:
+            chip, name = plan.bases[base].chip, op.attrs["name"]
+            b = self.buffers[name] = self.state.buffer(name, chip, extents, op.result.type,
+                                                       op.result.type.shape[-2], plan.lanes, self.numeric,
+                                                       plan.module.name)
+            self.written[name], self.state_extents[name] = b.written.copy(), extents
+            st, pos = self.sram(chip), 0
+            for s, w, n in extents:
+                st.owner[s, w:w + n] = base + 1
+                if self.numeric:
+                    st.bytes[s, w:w + n] = b.words[pos:pos + n]
+                pos += n
+
+    def save_state(self):
+        """Keep the states' words and written slots for the next run of the generation."""
+        for op, base, extents in self.plan.states:
+            name = op.attrs["name"]
+            b, st = self.buffers[name], self.sram(self.plan.bases[base].chip)
+            if self.numeric:
+                b.words = np.concatenate([st.bytes[s, w:w + n] for s, w, n in extents])
+            b.written = self.written[name]
 
     def image(self):
         """The SRAM image, written before cycle 0 (its bytes only in a numeric run); with weights, each
@@ -661,6 +731,7 @@ class _Machine:
         events.sort()
         try:
             self.image()
+            self.load_state()
             for t, kind, k in events:
                 if self.horizon is not None and t > self.horizon:
                     break
@@ -675,6 +746,9 @@ class _Machine:
         for segs in ins.reads:
             for s, w, n, b in segs:
                 base = plan.bases[b]
+                if base.state:
+                    self._read_state(ins, c, base)
+                    continue
                 st = self.sram(base.chip)
                 owner = st.owner[s, w:w + n]
                 wrong = owner != b + 1
@@ -699,8 +773,10 @@ class _Machine:
             return
         moves, lanes = _moves_words(op), plan.lanes
         args = []
-        for (where, ref), v in zip(ins.args, op.operands):
-            if where == "sram":
+        for k, ((where, ref), v) in enumerate(zip(ins.args, op.operands)):
+            if ins.state >= 0 and k == 0:  # the state a write updates in place: land() writes its rows
+                args.append(None)
+            elif where == "sram":
                 segs = ins.reads[ref]
                 data = np.concatenate([self.sram(plan.bases[b].chip).bytes[s, w:w + n] for s, w, n, b in segs]) \
                     if segs else np.zeros((0, lanes), np.uint8)
@@ -717,6 +793,9 @@ class _Machine:
         if moves:
             self.pending[ins.idx] = mo.compute(op, args)
             return
+        if ins.state >= 0:
+            self.pending[ins.idx] = tuple(args[1:])  # (new rows, position)
+            return
         try:
             with np.errstate(all="ignore"):
                 outs = mo.compute(op, args)
@@ -730,6 +809,46 @@ class _Machine:
                 raise EvalError(f"{op.label()}: {type(e).__name__}: {e}") from e
             results = tuple(np.zeros(r.type.shape, r.type.dtype.numpy) for r in op.results)
         self.pending[ins.idx] = results
+
+    def _read_state(self, ins: _Instr, c: int, base: _Base):
+        """A read of a state's words: the step's slots 0 .. position + rows - 1 must be written by now (this
+        generation's earlier steps, or this step's write landed). Unknown in a timing-only run."""
+        written = self.written.get(base.state)
+        if self.position is None or written is None:
+            return
+        hi = sum(self.position)
+        missing = np.flatnonzero(~written[:hi])
+        if len(missing):
+            slot = int(missing[0])
+            self.hazard("state", c, ins.label, f"state {base.state} slot {slot}",
+                        f"reads slot {slot} of state {base.state!r}, never written (the step at position "
+                        f"{self.position[0]} reads slots 0..{hi - 1})")
+
+    def _write_state(self, ins: _Instr, t: int):
+        """A state write lands: the new rows at its position (its address stream), which must be the step's."""
+        plan, results = self.plan, self.pending.pop(ins.idx, None)
+        if results is None:
+            return
+        new, pos = results
+        state = plan.bases[ins.state]
+        ttype = ins.op.operands[0].type
+        p, n, slots = int(np.asarray(pos).flat[0]), new.shape[-2], ttype.shape[-2]
+        if not 0 <= p <= slots - n:
+            self.hazard("state", t, ins.label, f"state {state.state}",
+                        f"writes rows {p}..{p + n - 1} of state {state.state!r}, outside its {slots} slots")
+            return
+        if self.position is not None and p != self.position[0]:
+            self.hazard("state", t, ins.label, f"state {state.state} slot {p}",
+                        f"writes slot {p} of state {state.state!r}, but the step is at position {self.position[0]}")
+        st = self.sram(ins.chip)
+        # the rows' words: per vector column and leading index, a run of whole rows (the layout's row rule)
+        extents = view_extents("mem.row_slice", {"start": p, "size": n}, [ttype], [self.state_extents[state.state]],
+                               plan.lanes)
+        data, k = to_words(new, ins.op.operands[1].type, plan.lanes), 0
+        for s, w, m in extents:
+            st.bytes[s, w:w + m] = data[k:k + m]
+            k += m
+        self.written[state.state][p:p + n] = True
 
     def _read_hazard(self, ins, c, chip, s, word, b, other):
         plan = self.plan
@@ -771,6 +890,9 @@ class _Machine:
     def land(self, ins: _Instr, t: int):
         plan = self.plan
         on = plan.on(ins.chip)
+        if ins.state >= 0:
+            self._write_state(ins, t)
+            return
         st = self.sram(ins.chip) if ins.writes else None
         for b, extents in ins.writes:
             for s, w, n in extents:
@@ -781,6 +903,13 @@ class _Machine:
                     where = f"{on}slice {s} word {word}"
                     self.hazard("war", t, ins.label, where, f"lands on {where} while {r.label} still reads it "
                                 f"(until {int(st.read_end[s, word])})")
+                states = self.is_state[st.owner[s, w:w + n]]
+                if states.any():
+                    word = w + int(np.argmax(states))
+                    where = f"{on}slice {s} word {word}"
+                    name = plan.bases[int(st.owner[s, word]) - 1].state
+                    self.hazard("state", t, ins.label, where,
+                                f"lands on {where}, a word of the state {name!r}: only its state write may")
                 consts = self.is_const[st.owner[s, w:w + n]]
                 if consts.any():
                     word = w + int(np.argmax(consts))
@@ -835,13 +964,15 @@ def _load(program: Program | str | Path) -> Program:
 
 
 def run(program: Program | str | Path, inputs: Mapping[str, np.ndarray] | None = None, *, check: bool = True,
-        timing_only: bool = False) -> Result:
+        timing_only: bool = False, state: State | None = None) -> Result:
     """Run a scheduled program on `inputs` (name -> array), cycle by cycle.
 
     check=True raises the earliest HazardError; check=False runs on regardless
     and returns every hazard in `Result.hazards` (outputs are then unreliable).
     timing_only=True stores and computes no bytes (inputs are not needed, the
-    outputs are empty) but checks every hazard and gives the same stats."""
+    outputs are empty) but checks every hazard and gives the same stats.
+    A stateful program's states persist in `state` (default: the program's own,
+    `program.state`) from run to run; a run with a hazard leaves them as they were."""
     program = _load(program)
     module = program.module
     env = None
@@ -855,11 +986,14 @@ def run(program: Program | str | Path, inputs: Mapping[str, np.ndarray] | None =
     horizon = None
     if check and static:
         horizon = static[0].cycle if static[0].cycle is not None else -1
-    m = _Machine(plan, program, env, collect=not check, horizon=horizon)
+    m = _Machine(plan, program, env, collect=not check, horizon=horizon,
+                 state=program.state if state is None else state)
     m.run()
     hazards = sorted(static + m.hazards, key=_order)
     if check and hazards:
         raise hazards[0]
+    if not hazards:
+        m.save_state()
     outputs = {}
     if not timing_only:
         for name, v in module.outputs:
@@ -963,6 +1097,7 @@ def _stats(plan: _Plan) -> Stats:
         links=links,
         link_wait_cycles=_link_wait(plan, timed),
         transfer_bytes=transfer_bytes,
+        host_bytes=sum(words(i.op.operands[0].type, plan.lanes) for i in timed if i.cls == "host") * word_bytes,
     )
 
 

@@ -38,7 +38,7 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
@@ -58,6 +58,8 @@ from ..ir.printer import print_module
 from ..ir.schedule_facts import Facts, describe
 from ..ir.target import Target
 from ..ir.verifier import verify
+
+from .state import State
 
 FORMAT = "lpu"
 FORMAT_VERSION = 3
@@ -81,6 +83,8 @@ class Program:
     image: Image
     manifest: Mapping[str, Any]
     source: str = ""  # the file it was loaded from ("" when built in memory)
+    # a stateful program's persistent buffers, kept from run to run (backends.state; reset() starts anew)
+    state: State = field(default_factory=State, compare=False, repr=False)
 
     @property
     def machine(self) -> Machine:
