@@ -10,6 +10,7 @@ reports to stderr.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -25,11 +26,16 @@ from ..ir.evaluator import evaluate
 from ..ir.files import atomic_write, check_regular, npz_arrays, read_npz, write_module, write_npz
 from ..ir.printer import print_module
 
+import numpy as np
+
 from ..backends import interpreter
 from ..backends.lpu import build_program, read_lpu, schedule_sha256, write_program
 from ..ir.machine import DEFAULT_MACHINE
 
+from ..ir.machine_ops import is_state
+
 from .driver import compile_model, compile_program, load_model, lpu_options, max_relative_error, read_ir
+from .generate import step_tokens_per_s
 from .inputs import nonfinite, random_inputs
 from .partition import STRATEGIES
 from .pipeline import SCHEDULERS, CompileOptions
@@ -203,6 +209,12 @@ def _compile_args(p):
     p.add_argument("--no-weights", action="store_true",
                    help="compile from shapes alone: weights (e.g. ONNX external data) are never read and the "
                         ".lpu holds none; run it with `lpuc run --timing-only`")
+    p.add_argument("--state", default=CompileOptions.state, metavar="auto|PAST=PRESENT,...",
+                   help="keep the KV cache resident in SRAM: auto pairs Hugging Face's past_key_values.N.key/value "
+                        "with present.N.key/value; each pair becomes a persistent state written at the step's "
+                        "position_ids (default none: the cache is an input and an output)")
+    p.add_argument("--context", type=int, metavar="C",
+                   help="a prefill graph's cache slots (its decode partner's context) with --state")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
 
 
@@ -216,7 +228,7 @@ def cmd_compile(args) -> int:
     start = time.perf_counter()
     options = CompileOptions(chips=args.chips, partition=args.partition, scheduler=args.scheduler,
                              effort=args.effort, workers=args.workers, window=args.window,
-                             max_windows=args.max_windows)
+                             max_windows=args.max_windows, state=args.state, context=args.context)
     progress = None if args.json else _after_seconds(2.0)
     module, summary, machine_text = compile_model(args.model, args.machine, options, dict(args.shape),
                                                   progress=progress)
@@ -242,6 +254,7 @@ def cmd_compile(args) -> int:
         "partition_chips": list(summary.partition_lines),
         "partition_candidates": {s: c for s, c in summary.candidates},
         "compile_seconds": round(seconds, 3), "schedule_sha256": sha,
+        **_per_token(program),
     }
     if args.json:
         print(json.dumps(report))
@@ -270,9 +283,28 @@ def cmd_compile(args) -> int:
         rows += [("", line) for line in shown]
     if args.no_weights:
         rows.append(("weights", "none (compiled from shapes): run with `lpuc run --timing-only`"))
+    rows += _per_token_rows(program)
     rows += [("compile", f"{seconds:.2f} s"), ("schedule sha256", sha)]
     _table(rows)
     return 0
+
+
+def _per_token(program) -> dict:
+    """A decode step's per-token latency and tokens/s (for --json); nothing for other programs."""
+    rate = step_tokens_per_s(program)
+    return {} if rate is None else {"per_token_us": round(program.machine.cycles_to_us(program.cycles), 3),
+                                    "tokens_per_s": round(rate, 3)}
+
+
+def _per_token_rows(program) -> list[tuple[str, str]]:
+    state = sum(1 for op in program.module.ops if is_state(op.name))
+    rows = [("state", f"{state} resident buffers (KV cache), position from {program.module.attrs['position']}")] \
+        if state else []
+    rate = step_tokens_per_s(program)
+    if rate is not None:
+        rows.append(("per token", f"{program.machine.cycles_to_us(program.cycles):.2f} us  ({rate:,.1f} tokens/s, "
+                                  "one decode step)"))
+    return rows
 
 
 def _check_chips(chips: int | None) -> None:
@@ -351,6 +383,7 @@ def cmd_run(args) -> int:
         "links": [{"link": x.name, "bytes": x.bytes, "busy_cycles": x.busy, "transfers": x.transfers}
                   for x in stats.links],
         "transfer_bytes": stats.transfer_bytes, "link_wait_cycles": stats.link_wait_cycles,
+        "host_bytes": stats.host_bytes, **_per_token(program),
     }
     if args.trace:
         report["trace"] = str(args.trace)
@@ -359,7 +392,7 @@ def cmd_run(args) -> int:
         return 0
     if args.timing_only:
         say("timing only: every hazard checked, no numerics, no outputs")
-    _print_run(stats, program.machine, _chip_rows(stats) if len(stats.chips) > 1 else ())
+    _print_run(stats, program.machine, (_chip_rows(stats) if len(stats.chips) > 1 else []) + _per_token_rows(program))
     for path in (args.output, args.trace):
         if path:
             say(f"wrote {path}")
@@ -406,6 +439,85 @@ def _chip_rows(stats) -> list[tuple[str, str]]:
     rows.append(("link wait", f"{stats.link_wait_cycles:,} cycles ({share(stats.link_wait_cycles):.1%}): "
                               "transfers in flight, every other unit idle"))
     return rows
+
+
+# --- generate -------------------------------------------------------------------
+
+def _generate_args(p):
+    p.add_argument("decode", metavar="DECODE.onnx|DECODE.lpu",
+                   help="the decoder-with-past (Hugging Face layout), or a .lpu compiled with --state")
+    p.add_argument("--prompt", required=True, metavar="PROMPT.npy", help="the prompt's token ids, int [1, L]")
+    p.add_argument("--tokens", type=int, required=True, metavar="N", help="new tokens to generate")
+    p.add_argument("--prefill", metavar="PREFILL.onnx|PREFILL.lpu",
+                   help="the prefill graph (its present.* outputs fill the cache); without it the prompt goes "
+                        "through the decode step token by token")
+    p.add_argument("-o", "--output", metavar="TOKENS.npy", help="write the new token ids, int64 [1, N]")
+    p.add_argument("--machine", default=DEFAULT_MACHINE, metavar="tsp-v1|FILE.toml",
+                   help=f"machine description (default {DEFAULT_MACHINE})")
+    p.add_argument("--chips", type=int, metavar="N", help="chips to compile for (default: as `lpuc compile`)")
+    p.add_argument("--partition", choices=STRATEGIES, default="auto", help="as for `lpuc compile`")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=CompileOptions.scheduler, help="as for `lpuc compile`")
+    p.add_argument("--effort", type=float, default=CompileOptions.effort, metavar="SECONDS",
+                   help="as for `lpuc compile`")
+    p.add_argument("--timing-only", action="store_true",
+                   help="time the generation from the schedules without numerics (models compiled from shapes, "
+                        "weights never read): each program runs once, every hazard checked; no tokens")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+
+
+@command("generate", "generate tokens greedily with the KV cache resident in SRAM",
+         "Compile DECODE (and PREFILL) with the KV cache as resident state, feed the prompt, generate N tokens "
+         "greedily (argmax on the host) on the cycle-accurate interpreter, and print the tokens, time to first "
+         "token, per-token latency, tokens/s and the bytes a step moves across the host.", _generate_args)
+def cmd_generate(args) -> int:
+    from .generate import compile_generation, generate
+
+    _check_chips(args.chips)
+    if args.output:
+        _check_output(args.output, "-o", (".npy",))
+    if args.timing_only and args.output:
+        raise LpucError("--timing-only computes no tokens: it takes no -o")
+    prompt = _read_prompt(args.prompt)
+    step, prefill = compile_generation(args.decode, args.prefill, args.machine, weights=not args.timing_only,
+                                       chips=args.chips, partition=args.partition, scheduler=args.scheduler,
+                                       effort=args.effort)
+    if not args.timing_only:
+        interpreter.require_weights(step)
+    result = generate(step, prompt, args.tokens, prefill, timing_only=args.timing_only)
+    if args.output:
+        buf = io.BytesIO()
+        np.save(buf, result.tokens)
+        atomic_write(args.output, buf.getvalue())
+    report = result.report()
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    if not args.timing_only:
+        print(" ".join(str(t) for t in result.tokens[0]))
+    _table([
+        ("prompt", f"{result.prompt_tokens} tokens" + (" (prefill)" if prefill is not None else " (decode steps)")),
+        ("time to first token", f"{result.ttft_us:,.2f} us"),
+        ("per token", f"{result.per_token_us:,.2f} us  ({result.decode_cycles:,} cycles, one decode step)"),
+        ("tokens/s", f"{result.tokens_per_s:,.1f}"),
+        ("host bytes / token", f"{result.host_bytes_per_token:,} B  (the KV cache stays in SRAM)"),
+        ("cache", f"{result.context} slots on {result.chips} chip" + ("s" if result.chips > 1 else "")),
+    ])
+    if args.output:
+        say(f"wrote {args.output}")
+    return 0
+
+
+def _read_prompt(path: str):
+    """The prompt's token ids from an .npy file: int [1, L] or [L]."""
+    check_regular(path)
+    try:
+        with open(path, "rb") as f:
+            prompt = np.load(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise LpucError(f"{path}: not a readable .npy array ({e})") from None
+    if prompt.ndim not in (1, 2) or prompt.dtype.kind not in "iu" or prompt.size > 1 << 20:
+        raise LpucError(f"{path}: a prompt is int token ids [1, L], got {prompt.dtype}{list(prompt.shape)}")
+    return prompt
 
 
 def _demo_args(p):

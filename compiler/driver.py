@@ -35,30 +35,40 @@ def read_ir(path: str | Path) -> Module:
 
 
 def compile_model(path: str | Path, machine: str | Path = "tsp-v1", options=None,
-                  input_shapes: dict[str, tuple[int, ...]] | None = None, progress=None):
+                  input_shapes: dict[str, tuple[int, ...]] | None = None, progress=None, state_layout=None):
     """Model file -> (scheduled module, CompileSummary, machine TOML text). `progress`, when
-    given, is called with a line per stage."""
+    given, is called with a line per stage. With `options.state`, the model's cache becomes resident
+    state (compiler/frontend/state.py), kept where `state_layout` says when given (a partner program's)."""
     from ..ir.machine import read_machine
 
+    from .frontend.state import make_stateful, parse_pairs
     from .pipeline import CompileOptions, compile_module
 
+    options = options or CompileOptions()
     machine_desc, machine_text = read_machine(machine)
     graph, _ = load_model(path, input_shapes)
-    scheduled, summary = compile_module(graph, machine_desc, options or CompileOptions(), progress)
+    if options.state != "none":
+        graph = make_stateful(graph, parse_pairs(options.state), options.context, state_layout)
+    elif options.context is not None:
+        raise LpucError("--context sizes a resident cache: give --state too")
+    scheduled, summary = compile_module(graph, machine_desc, options, progress)
     return scheduled, summary, machine_text
 
 
 def compile_program(path: str | Path, machine: str | Path = "tsp-v1", *, weights: bool = True,
-                    input_shapes: dict[str, tuple[int, ...]] | None = None, progress=None, **options):
+                    input_shapes: dict[str, tuple[int, ...]] | None = None, progress=None, state_layout=None,
+                    **options):
     """Model file -> the executable Program `lpuc compile` writes (`lpuc.compile`). `options` are
-    CompileOptions fields (chips=, partition=, scheduler=, effort=, ...); weights=False gives a
-    timing-only program."""
+    CompileOptions fields (chips=, partition=, scheduler=, effort=, state=, context=, ...); weights=False
+    gives a timing-only program; `state_layout` keeps each state where a partner program keeps it
+    (`state_layout(program)`)."""
     from ..backends.lpu import build_program
 
     from .pipeline import CompileOptions
 
     compile_options = CompileOptions(**options)
-    scheduled, summary, machine_text = compile_model(path, machine, compile_options, input_shapes, progress)
+    scheduled, summary, machine_text = compile_model(path, machine, compile_options, input_shapes, progress,
+                                                     state_layout)
     return build_program(scheduled, machine_text, lpu_options(compile_options), summary.facts(), weights=weights,
                          verified=True)
 
@@ -86,4 +96,8 @@ def lpu_options(options) -> dict:
     for: the manifest records those the program has (backends.lpu.build_program)."""
     import dataclasses
 
-    return {k: v for k, v in dataclasses.asdict(options).items() if k not in ("workers", "chips")}
+    recorded = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("workers", "chips")}
+    for key in ("state", "context"):  # recorded for stateful programs only (stateless files stay as they were)
+        if recorded[key] == getattr(type(options), key):
+            del recorded[key]
+    return recorded

@@ -52,6 +52,8 @@ class CompileOptions:
     rounds: int = 2              # list scheduler: forward-backward improvement rounds
     chips: int | None = None     # None: the fewest chips whose SRAM holds the model
     partition: str = "auto"      # auto (the fastest of pipeline and tensor), pipeline or tensor
+    state: str = "none"          # none, auto (Hugging Face past/present pairs) or PAST=PRESENT,...: a resident cache
+    context: int | None = None   # the cache's slots (a prefill graph's; a decode graph's is its present's rows)
 
 
 @dataclass(frozen=True)
