@@ -624,6 +624,9 @@ def _verify_args(p):
     p.add_argument("--scheduler", choices=SCHEDULERS, default=CompileOptions.scheduler,
                    help=f"the scheduler to verify (default {CompileOptions.scheduler})")
     p.add_argument("--partition", choices=STRATEGIES, default="auto", help="as `lpuc compile` (default auto)")
+    p.add_argument("--state", metavar="auto|PAST=PRESENT,...",
+                   help="as `lpuc compile`: the KV cache resident; each run is then the first steps of a new "
+                        "generation, each step's outputs compared")
     p.add_argument("--repeat", type=int, default=3, metavar="K",
                    help="compiles, each in a fresh process, and runs of each program (default 3)")
     p.add_argument("--workers", type=_workers_list, default=(1, 2, 8), metavar="1,2,8",
@@ -645,7 +648,7 @@ def cmd_verify(args) -> int:
 
     _check_chips(args.chips)
     options = {"chips": args.chips, "machine": args.machine, "scheduler": args.scheduler,
-               "partition": args.partition}
+               "partition": args.partition, **({"state": args.state} if args.state else {})}
     verdict = verify_determinism(args.model, repeat=args.repeat, workers=args.workers, inputs=args.inputs,
                                  keep=args.keep, progress=None if args.json else say, **options)
     if args.json:

@@ -2,7 +2,9 @@
 
 Integer inputs that index a table (token ids reaching a gather) stay inside it;
 attention masks are all ones; position ids count up to the end of the masked
-length; float inputs are standard normal. Same module and seed, same inputs.
+length; float inputs are standard normal. A stateful module's inputs are the
+first step of a new generation (`step_inputs` at position 0). Same module and
+seed, same inputs.
 """
 
 from __future__ import annotations
@@ -70,6 +72,22 @@ def random_inputs(module: Module, seed: int = 0) -> dict[str, np.ndarray]:
         else:
             a = np.zeros(t.shape, t.dtype.numpy)
         out[v.name] = a
+    return step_inputs(module, out, 0) if "position" in module.attrs else out
+
+
+def step_inputs(module: Module, inputs: Mapping[str, np.ndarray], position: int) -> dict[str, np.ndarray]:
+    """A stateful module's `inputs` moved to the step at `position`: its position input (module attribute
+    `position`) counting from there, its masks admitting the slots written so far (0 .. position + n - 1)."""
+    name = module.attrs["position"]
+    types = {v.name: v.type for v in module.inputs}
+    n = types[name].shape[-1]
+    out = dict(inputs)
+    out[name] = np.broadcast_to(np.arange(position, position + n), types[name].shape).astype(types[name].dtype.numpy)
+    for v in module.inputs:
+        if "mask" in v.name.lower() and v.type.rank:
+            mask = np.zeros(v.type.shape, v.type.dtype.numpy)
+            mask[..., :position + n] = 1
+            out[v.name] = mask
     return out
 
 

@@ -136,8 +136,9 @@ def verify_determinism(model: str | Path, *, repeat: int = 3, workers: Sequence[
         programs = [read_lpu(c.path) for c in compiles]
         if inputs is None:
             stored = model.with_name(model.name.removesuffix(model.suffix) + ".inputs.npz")
-            inputs = read_npz(stored, "inputs", programs[0].module) if stored.is_file() \
-                else random_inputs(programs[0].module)
+            # (a stateful program's inputs are a step's, not the stored ones of the model with its cache)
+            inputs = read_npz(stored, "inputs", programs[0].module) \
+                if stored.is_file() and "position" not in programs[0].module.attrs else random_inputs(programs[0].module)
         elif not isinstance(inputs, Mapping):
             inputs = read_npz(inputs, "inputs", programs[0].module)
         runs, divergence = [], ""
@@ -149,8 +150,8 @@ def verify_determinism(model: str | Path, *, repeat: int = 3, workers: Sequence[
         for k, program in enumerate(programs):
             for r in range(repeat):
                 say(f"run {r + 1} of {repeat} of program {k + 1}")
-                result = interpreter.run(program, inputs)
-                runs.append(Ran(k + 1, result.stats.cycles, outputs_sha256(result.outputs)))
+                cycles, digest = _run(program, inputs)
+                runs.append(Ran(k + 1, cycles, digest))
         reference = runs[0]
         for r in runs[1:]:
             if divergence:
@@ -160,6 +161,29 @@ def verify_determinism(model: str | Path, *, repeat: int = 3, workers: Sequence[
             elif r.outputs_sha256 != reference.outputs_sha256:
                 divergence = f"a run of program {r.compile} gave other output bits than the first run"
     return Verdict(str(model), tuple(compiles), tuple(runs), divergence, dict(options))
+
+
+STATE_STEPS = 4  # a stateful program runs as a generation of this many steps (at most its context)
+
+
+def _run(program, inputs) -> tuple[int, str]:
+    """(cycles, outputs sha256) of one run; a stateful program's run is the first steps of a new generation
+    (a fresh state; each step's inputs at its position), its digest over every step's outputs."""
+    from ..backends import interpreter
+    from ..backends.state import State
+
+    from .inputs import step_inputs
+
+    if "position" not in program.module.attrs:
+        result = interpreter.run(program, inputs)
+        return result.stats.cycles, outputs_sha256(result.outputs)
+    state, digests = State(), []
+    context = min(op.result.type.shape[-2] for op in program.module.ops if op.name == "mem.state")
+    rows = next(v.type.shape[-1] for v in program.module.inputs if v.name == program.module.attrs["position"])
+    for position in range(0, min(STATE_STEPS * rows, context - rows + 1), rows):
+        result = interpreter.run(program, step_inputs(program.module, inputs, position), state=state)
+        digests.append(outputs_sha256(result.outputs))
+    return result.stats.cycles, hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
 def assert_deterministic(model: str | Path, **kwargs) -> Verdict:
