@@ -13,6 +13,9 @@ Families:
              words (rule 1), or
   war        ... onto words a reader is still reading when it lands (rule 2), or
   constant   ... onto a constant's words (rule 6)
+  state      a stateful decode step: a write outside the step's position, a read of
+             the cache before its write lands, a foreign write into state, a read of
+             slots never written (the end of this file)
 
 A move can break several rules at once (an earlier issue may also collide on a
 unit); the expected hazard must be AMONG those reported. Cases are picked from
@@ -29,8 +32,10 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from lpuc.backends.interpreter import find_hazards
+from lpuc.backends.interpreter import find_hazards, run
 from lpuc.backends.lpu import build_program
+from lpuc.backends.state import State
+from lpuc.compiler.generate import compile_generation
 from lpuc.ir.attributes import AttrDict
 from lpuc.ir.core import Module, Op
 from lpuc.ir.costs import cost
@@ -39,7 +44,7 @@ from lpuc.ir.machine import parse_machine
 from lpuc.ir.schedule_facts import describe
 from lpuc.ir.target import Target
 
-from helpers import compiled_sample
+from helpers import SAMPLES, compiled_sample
 
 SAMPLE_NAMES = ("gpt2_prefill", "llama_decode", "gemma_prefill", "bert_prefill", "mixtral_decode")
 CASES_PER_SAMPLE = {"raw": 6, "unit": 4, "read_port": 3, "write_port": 3, "clobber": 4, "war": 2, "constant": 2}
@@ -343,3 +348,90 @@ def test_fault_is_reported(sample, family, i):
         assert any(k == e.kind and ins in e.instructions and res in e.resources for k, ins, res in reported), (
             f"{why}\nexpected {e.kind} naming one of {sorted(e.instructions)} on one of "
             f"{sorted(e.resources)[:4]}{' ...' if len(e.resources) > 4 else ''}\nreported: {reported[:8]}")
+
+
+# --- state: the resident KV cache (docs/machine-ir.md, "State") ----------------------------
+# Each state write, each state: an out-of-position write (its position operand rewired to another value
+# of that type, the token id), an early read (a reader of the written cache moved before the write lands),
+# a foreign write (another instruction's first `out` extent moved onto the state's words), and a read of
+# slots never written (a step run at a later position on a new generation). The runs are numeric: the
+# position is a run-time value.
+
+STATE_SAMPLE = "llama_decode"
+
+
+@lru_cache(maxsize=None)
+def stateful():
+    step, _ = compile_generation(SAMPLES / f"{STATE_SAMPLE}.onnx", scheduler="list")
+    return step
+
+
+def step_inputs(position: int, token: int = 7):
+    module = stateful().module
+    mask = np.zeros(next(v.type.shape for v in module.inputs if v.name == "attention_mask"), np.int64)
+    mask[..., :position + 1] = 1
+    return {"input_ids": np.asarray([[token]]), "attention_mask": mask, "position_ids": np.asarray([[position]])}
+
+
+def state_hazards(module):
+    step = stateful()
+    program = build_program(module, step.machine_text)
+    return [(h.kind, h.instruction, h.resource) for h in
+            run(program, step_inputs(0), check=False, state=State()).hazards]
+
+
+def _writes():
+    return [i for i, op in enumerate(stateful().module.ops) if op.name == "mem.state_write"]
+
+
+def test_the_stateful_program_is_clean():
+    assert state_hazards(stateful().module) == []
+
+
+@pytest.mark.parametrize("k", range(4))
+def test_a_write_outside_the_steps_position_is_reported(k):
+    module = stateful().module
+    idx = _writes()[k]
+    write = module.ops[idx]
+    ids = next(op.result for op in module.ops if op.name == "host.input" and op.attrs["name"] == "input_ids")
+    new = Op(write.name, write.operands[:2] + (ids,), write.results, write.attrs)
+    bad = module.replace(ops=module.ops[:idx] + (new,) + module.ops[idx + 1:])
+    reported = state_hazards(bad)
+    assert any(kind == "state" and ins == write.label() for kind, ins, _ in reported), reported
+
+
+@pytest.mark.parametrize("k", range(4))
+def test_a_read_of_the_cache_before_its_write_lands_is_reported(k):
+    module = stateful().module
+    idx = _writes()[k]
+    write = module.ops[idx]
+    facts = describe(module, Target.of(module, parse_machine(stateful().machine_text)))
+    # the first instruction reading the written cache (through views, too): moved to the write's own cycle
+    bases = {b for b, base in enumerate(facts.bases) if base.name == write.result.name}
+    reader = min((ins for ins in facts.instructions if bases & set(ins.read_bases)), key=lambda i: i.cycle)
+    bad = with_attrs(module, reader.index, cycle=write.attrs["cycle"])
+    reported = state_hazards(bad)
+    assert any(kind == "state" and ins == reader.op.label() and "slot 0" in res for kind, ins, res in reported), \
+        reported
+
+
+@pytest.mark.parametrize("k", range(4))
+def test_a_foreign_write_into_state_is_reported(k):
+    module = stateful().module
+    states = [op for op in module.ops if op.name == "mem.state"]
+    s, w, n = states[k].attrs["out"][0]
+    # the last instruction before the state's write whose first extent fits in the state's first one
+    victim = next(i for i in reversed(range(len(module.ops))) if module.ops[i].name not in
+                  ("mem.state", "mem.state_write", "mem.constant") and module.ops[i].attrs.get("out")
+                  and module.ops[i].attrs["out"][0][2] <= n)
+    op = module.ops[victim]
+    out = ((s, w, op.attrs["out"][0][2]),) + tuple(op.attrs["out"][1:])
+    reported = state_hazards(with_attrs(module, victim, out=out))
+    assert any(kind == "state" and ins == op.label() for kind, ins, _ in reported), reported
+
+
+def test_a_read_of_slots_never_written_is_reported():
+    step = stateful()
+    hazards = run(step, step_inputs(2), check=False, state=State()).hazards
+    assert hazards and all(h.kind == "state" and "never written" in str(h) for h in hazards)
+    assert {h.resource.split(" slot ")[1] for h in hazards} == {"0"}
