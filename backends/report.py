@@ -43,6 +43,7 @@ from ..ir.schedule_facts import VIEW, Facts
 
 from .interpreter import Result, Stats, schedule_stats
 from .lpu import Program
+from .state import step_positions
 
 CLASS_ORDER = tuple(c.name for c in mo.UNIT_CLASSES)
 SCHEDULE_KEYS = frozenset(mo.SCHEDULE_ATTRS)
@@ -206,9 +207,12 @@ def sram_occupancy(a: Analysis) -> dict[tuple[int, int | None], list[int]]:
 # --- the model -----------------------------------------------------------------------
 
 def decode_batch(program: Program) -> int | None:
-    """A decode step's batch: the module has a KV-cache input (name containing "past")
-    and a sequence-length-1 token input ([batch, 1]); None for anything else."""
+    """A decode step's batch: the module keeps its KV cache resident and takes one position per run (batch
+    1), or it has a KV-cache input (name containing "past") and a sequence-length-1 token input
+    ([batch, 1]); None for anything else."""
     inputs = program.module.inputs
+    if step_positions(program.module) is not None:
+        return 1 if step_positions(program.module) == 1 else None
     if not any("past" in v.name.lower() for v in inputs):
         return None
     tokens = [v for v in inputs if v.type.rank == 2 and v.type.shape[1] == 1 and v.type.dtype.is_int]

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..ir.core import Module
 from ..ir.errors import LpucError
+
+
+def step_positions(module: Module) -> int | None:
+    """The positions one run of a stateful module takes (1: a decode step; a prefill's prompt length), from
+    its position input (module attribute `position`); None for a module without state."""
+    name = module.attrs.get("position")
+    return None if name is None else next(v.type.numel for v in module.inputs if v.name == name)
 
 
 @dataclass

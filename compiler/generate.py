@@ -23,7 +23,7 @@ import numpy as np
 
 from ..backends import interpreter
 from ..backends.lpu import Program, read_lpu
-from ..backends.state import State
+from ..backends.state import State, step_positions
 from ..ir import LpucError
 from ..ir.machine_ops import is_state
 
@@ -73,24 +73,17 @@ def state_layout(program: Program) -> dict[str, tuple[int, tuple]]:
 
 def step_tokens_per_s(program: Program) -> float | None:
     """A decode step's tokens per second (one token per run), or None for a program that is not one (no
-    state, or a step writing more than one row)."""
-    rows = step_rows(program)
-    return program.machine.clock_mhz * 1e6 / program.cycles if rows == 1 and program.cycles else None
-
-
-def step_rows(program: Program) -> int | None:
-    """The positions a stateful program's step takes (1: a decode step), or None without state."""
-    name = program.module.attrs.get("position")
-    if name is None:
+    state, or a step taking more than one position)."""
+    if step_positions(program.module) != 1 or not program.cycles:
         return None
-    return next(v.type.numel for v in program.module.inputs if v.name == name)
+    return program.machine.clock_mhz * 1e6 / program.cycles
 
 
 def load_step(path: str | Path, machine, weights: bool, layout=None, **options) -> Program:
     """A stateful program: a .lpu as compiled, or a model compiled with its cache resident."""
     if Path(path).suffix == ".lpu":
         program = read_lpu(path)
-        if step_rows(program) is None:
+        if step_positions(program.module) is None:
             raise LpucError(f"{path} has no resident state: compile it with --state auto (or give the model)")
         return program
     return compile_program(path, machine, weights=weights, state_layout=layout, state="auto", **options)
@@ -121,7 +114,7 @@ def generate(step: Program, prompt: np.ndarray, tokens: int, prefill: Program | 
              timing_only: bool = False, state: State | None = None) -> Generation:
     """Feed `prompt` (int [1, L]) and generate `tokens` new ids greedily, on a new generation in `state`
     (default: a fresh one)."""
-    if step_rows(step) != 1:
+    if step_positions(step.module) != 1:
         raise LpucError("the decode program takes more than one position per step: give the decode step first "
                         "and the prefill with --prefill")
     prompt = np.asarray(prompt)
@@ -138,7 +131,7 @@ def generate(step: Program, prompt: np.ndarray, tokens: int, prefill: Program | 
     vocab = step.module.outputs[0][1].type.shape[-1]
     if prompt.min() < 0 or prompt.max() >= vocab:
         raise LpucError(f"the prompt holds token ids outside the vocabulary 0..{vocab - 1}")
-    p_rows = step_rows(prefill) if prefill is not None else 0
+    p_rows = step_positions(prefill.module) if prefill is not None else 0
     through_prefill = min(length, p_rows)
     prefill_cycles = prefill.cycles if prefill is not None else 0
     ttft = prefill_cycles + (length - through_prefill) * step.cycles

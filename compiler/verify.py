@@ -170,16 +170,17 @@ def _run(program, inputs) -> tuple[int, str]:
     """(cycles, outputs sha256) of one run; a stateful program's run is the first steps of a new generation
     (a fresh state; each step's inputs at its position), its digest over every step's outputs."""
     from ..backends import interpreter
-    from ..backends.state import State
+    from ..backends.state import State, step_positions
+    from ..ir.machine_ops import is_state
 
     from .inputs import step_inputs
 
-    if "position" not in program.module.attrs:
+    rows = step_positions(program.module)
+    if rows is None:
         result = interpreter.run(program, inputs)
         return result.stats.cycles, outputs_sha256(result.outputs)
     state, digests = State(), []
-    context = min(op.result.type.shape[-2] for op in program.module.ops if op.name == "mem.state")
-    rows = next(v.type.shape[-1] for v in program.module.inputs if v.name == program.module.attrs["position"])
+    context = min(op.result.type.shape[-2] for op in program.module.ops if is_state(op.name))
     for position in range(0, min(STATE_STEPS * rows, context - rows + 1), rows):
         result = interpreter.run(program, step_inputs(program.module, inputs, position), state=state)
         digests.append(outputs_sha256(result.outputs))

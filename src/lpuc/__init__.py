@@ -8,14 +8,17 @@ interpreter, the viewers)::
     program = lpuc.compile("model.onnx", chips=4)        # a Program (what `lpuc compile` writes)
     result = lpuc.run(program, {"input_ids": ids})       # outputs and statistics
     lpuc.verify("model.onnx", repeat=3)                  # determinism verdict
+    step, prefill = lpuc.compile_generation("decode.onnx", "prefill.onnx", chips=4)  # the KV cache resident
+    lpuc.generate(step, prompt, 16, prefill).tokens      # greedy tokens, ttft_us, tokens_per_s, ...
 """
 
 from .backends.interpreter import run
 from .backends.lpu import Program, read_lpu
 from .compiler.driver import compile_program as compile
+from .compiler.generate import compile_generation, generate
 from .compiler.pipeline import CompileOptions
 from .compiler.verify import assert_deterministic, verify_determinism as verify
 from .ir.errors import LpucError
 
-__all__ = ["CompileOptions", "LpucError", "Program", "assert_deterministic", "compile", "read_lpu", "run",
-           "verify"]
+__all__ = ["CompileOptions", "LpucError", "Program", "assert_deterministic", "compile", "compile_generation",
+           "generate", "read_lpu", "run", "verify"]
