@@ -228,3 +228,28 @@ def test_generate_cli_writes_tokens_and_json(tmp_path, capsys):
     assert {"tokens", "ttft_us", "per_token_us", "tokens_per_s", "host_bytes_per_token"} <= set(report)
     assert np.load(tmp_path / "t.npy").tolist() == report["tokens"]
     assert tuple(report["tokens"][0]) == reference("gemma_decode", tuple(PROMPT[0]), 3)
+
+
+def prefill_with_present(tmp_path) -> str:
+    """The bundled opset-23 Llama prefill with its caches as outputs, as Hugging Face exports a prefill:
+    each Attention node's keys and values (after the rotary embedding) as present.N.key / value."""
+    model = onnx.load(str(SAMPLES / "llama_prefill_op23.onnx"))
+    attention = [n for n in model.graph.node if n.op_type == "Attention"]
+    for i, node in enumerate(attention):
+        for kind, tensor in (("key", node.input[1]), ("value", node.input[2])):
+            model.graph.output.append(helper.make_tensor_value_info(f"present.{i}.{kind}", TensorProto.FLOAT,
+                                                                    [1, 2, 7, 16]))
+            model.graph.node.append(helper.make_node("Identity", [tensor], [f"present.{i}.{kind}"]))
+    return str(save(model, tmp_path / "prefill.onnx"))
+
+
+@pytest.mark.parametrize("length", (3, 5))
+@pytest.mark.parametrize("chips", (1, 4))
+def test_generate_with_prefill_gives_the_reference_greedy_tokens(tmp_path, chips, length):
+    step, prefill = compile_generation(SAMPLES / "llama_decode_op23.onnx", prefill_with_present(tmp_path),
+                                       chips=chips, scheduler="list")
+    prompt = np.asarray([[3, 17, 42, 9, 250]][:1], np.int64)[:, :length]
+    tokens = context("llama_decode_op23") - length
+    result = generate(step, prompt, tokens, prefill)
+    assert tuple(result.tokens[0]) == reference("llama_decode_op23", tuple(prompt[0]), tokens)
+    assert result.ttft_cycles == prefill.cycles
