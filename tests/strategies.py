@@ -295,6 +295,24 @@ def _graph(*names):
     return tuple(f"graph.{n}" for n in names)
 
 
+def gen_state(draw, b, pool, name):
+    """A state and its one write (a state is read by nothing else), at the module's one position input."""
+    dtype = draw(st.sampled_from(NUMERIC))
+    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=2, max_size=3)))
+    state = b.op("graph.state", names=(draw(value_names),), name=f"state{len(b.ops)}", shape=shape, dtype=dtype)
+    new = of_type(draw, b, pool, TensorType(shape[:-2] + (draw(st.integers(1, shape[-2])), shape[-1]), dtype))
+    writes = [op for op in b.ops if op.name == "graph.state_write"]
+    position = writes[0].operands[2] if writes else \
+        b.input(draw(value_names) or "position", TensorType((1, draw(st.integers(1, 3))), draw(st.sampled_from(INDEX))))
+    emit(draw, b, pool, "graph.state_write", state, new, position)
+
+
+def state_attrs(b: Builder) -> dict:
+    """The module attributes a module built by `b` needs for its state: the input holding the position."""
+    writes = [op for op in b.ops if op.name == "graph.state_write"]
+    return {"position": writes[0].operands[2].name} if writes else {}
+
+
 # op name -> the generator that builds it
 GENERATORS = {
     **dict.fromkeys(_graph("add", "sub", "mul", "div", "pow", "max", "min", "mod", "equal", "less", "less_equal",
@@ -309,6 +327,7 @@ GENERATORS = {
     **dict.fromkeys(_graph("reshape", "transpose", "expand", "tile"), gen_reshape_transpose),
     **dict.fromkeys(_graph("concat", "split", "slice"), gen_concat_split_slice),
     **dict.fromkeys(_graph("gather", "gather_elements", "gather_nd"), gen_gather),
+    **dict.fromkeys(_graph("state", "state_write"), gen_state),
 }
 OP_NAMES = tuple(GENERATORS)
 
@@ -348,6 +367,7 @@ def modules(draw, max_ops: int = 10):
     for name, v in zip(names, outputs):
         b.output(name, v)
     attrs = draw(st.dictionaries(st.sampled_from(ATTR_NAMES), attr_values, max_size=4))
+    attrs.update(state_attrs(b))
     if draw(st.booleans()):
         attrs["chips"] = draw(st.integers(1, 64))
     return b.build(draw(st.text(NAME_CHARS, min_size=1, max_size=10)), **attrs)

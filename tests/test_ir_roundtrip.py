@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from lpuc.ir import DType, TensorType, parse, print_module
 from lpuc.ir.builder import Builder
 from lpuc.ir.verifier import verify
-from strategies import GENERATORS, OP_NAMES, modules
+from strategies import GENERATORS, OP_NAMES, modules, state_attrs
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -51,6 +51,6 @@ def test_each_op(name, data):
     pool = [b.input("x", TensorType((2, 3), DType.f32))]
     GENERATORS[name](data.draw, b, pool, name)
     b.output("y", pool[-1])
-    module = verify(b.build("one_op"))
+    module = verify(b.build("one_op", **state_attrs(b)))
     assert name in {op.name for op in module.ops}
     assert parse(print_module(module)) == module
