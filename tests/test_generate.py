@@ -253,3 +253,22 @@ def test_generate_with_prefill_gives_the_reference_greedy_tokens(tmp_path, chips
     result = generate(step, prompt, tokens, prefill)
     assert tuple(result.tokens[0]) == reference("llama_decode_op23", tuple(prompt[0]), tokens)
     assert result.ttft_cycles == prefill.cycles
+
+
+def test_generate_runs_a_compiled_lpu_and_programs_must_share_the_cache(tmp_path, capsys):
+    np.save(tmp_path / "p.npy", PROMPT)
+    code, _, err = run_cli(capsys, "compile", SAMPLES / "llama_decode.onnx", "--state", "auto", "--scheduler",
+                           "list", "-o", tmp_path / "d.lpu")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "generate", tmp_path / "d.lpu", "--prompt", tmp_path / "p.npy", "--tokens", 3)
+    assert code == 0, err
+    assert tuple(int(t) for t in out.split()[:3]) == reference("llama_decode", tuple(PROMPT[0]), 3)
+    # a program keeping the cache elsewhere cannot continue the generation
+    step, _ = programs("llama_decode")
+    other = lpuc.compile(SAMPLES / "llama_decode.onnx", scheduler="list", state="auto", stripes=1)
+    state = State()
+    inputs = {"input_ids": np.asarray([[3]]), "attention_mask": np.asarray([[1, 0, 0, 0, 0, 0]]),
+              "position_ids": np.asarray([[0]])}
+    interpreter.run(step, inputs, state=state)
+    with pytest.raises(lpuc.LpucError, match="compile prefill and decode together"):
+        interpreter.run(other, inputs, state=state)
