@@ -143,7 +143,21 @@ def every_op() -> tuple[Module, dict]:
     return b.build("every_op"), inputs
 
 
-HAND = {"wide_matmuls": wide_matmuls, "every_op": every_op}
+def stateful() -> tuple[Module, dict]:
+    """A state of 8 rows wider than a vector (a fresh one: zeros), 5 rows written at the run-time position p
+    and read after the write."""
+    b = Builder()
+    x = b.input("x", TensorType((1, 5, 333), F32))
+    p = b.input("p", TensorType((1, 1), DType.i64))
+    cache = b.op("graph.state", name="cache", shape=(1, 8, 333), dtype=F32)
+    written = b.op("graph.state_write", cache, x, p)
+    b.output("sum", b.op("graph.reduce_sum", written, axes=(1,), keepdims=False))
+    inputs = {"x": np.random.default_rng(3).standard_normal((1, 5, 333)).astype(np.float32),
+              "p": np.asarray([[2]])}
+    return b.build("stateful", position="p"), inputs
+
+
+HAND = {"wide_matmuls": wide_matmuls, "every_op": every_op, "stateful": stateful}
 
 
 def sample(path: Path):
