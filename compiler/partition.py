@@ -142,12 +142,12 @@ def _constant_operands(module: Module) -> dict[int, list[int]]:
 
 
 def _weight_bytes(module: Module, lanes: int) -> list[int]:
-    """Per graph op: bytes (SRAM words x lanes) of the constants it reads; a constant read by several ops counts once,
-    at its first reader."""
+    """Per graph op: bytes (SRAM words x lanes) of the constants it reads (a constant read by several ops counts
+    once, at its first reader) and of the state it writes (pinned on its chip, as weights are)."""
     counted, out = set(), []
     consts = _constant_operands(module)
     for i, op in enumerate(module.ops):
-        total = 0
+        total = words(op.operands[0].type, lanes) * lanes if OPS[op.name].in_place else 0
         for c in consts[i]:
             if c not in counted:
                 counted.add(c)

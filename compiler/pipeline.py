@@ -171,9 +171,10 @@ def _option_value(text: str, hint, what: str):
 
 
 def default_chips(graph: Module, machine: Machine) -> int:
-    """The fewest chips (a size the topology supports) whose SRAM holds the model's constants with room to
-    spare (a tenth of each chip for activations)."""
-    need = sum(words(op.result.type, machine.lanes) for op in graph.ops if op.name == "graph.constant")
+    """The fewest chips (a size the topology supports) whose SRAM holds the model's constants and states with
+    room to spare (a tenth of each chip for activations)."""
+    need = sum(words(op.result.type, machine.lanes) for op in graph.ops
+               if op.name == "graph.constant" or OPS[op.name].persistent)
     usable = machine.sram.slices * machine.sram.words_per_slice * 9 // 10
     return round_chips(machine, -(-need // usable))
 
