@@ -13,7 +13,11 @@ checks every rule of that contract, independently of the compiler:
   `c2c.send` reads its operand's words at issue and they arrive at `c + lat`;
   its `c2c.recv` writes those same words at its own landing;
 - the semantics: each op's numpy implementation (ir.evaluator.EVAL, through
-  ir.machine_ops.compute); a transfer moves raw words.
+  ir.machine_ops.compute); a transfer moves raw words;
+- the state (a resident KV cache, docs/machine-ir.md "State"): each `mem.state`'s
+  words and written slots come from a `backends.state.State` before cycle 0 and go
+  back to it after a run without hazards, so they persist from step to step; a
+  state write lands only its new rows, at the position it reads at run time.
 
 Occupancy and latency come from ir.costs and the machine description only: of
 the program's attributes just `chip`, `cycle`, `unit`, `out`, `streams` and a
