@@ -46,6 +46,7 @@ compiled without weights, or too large to hold in memory.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import re
 from collections import defaultdict
 from collections.abc import Mapping
@@ -609,12 +610,20 @@ class _Stop(Exception):
     pass
 
 
+def _zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Zeros the OS maps a small page at a time, only when touched (an anonymous mapping: numpy's own large
+    allocations ask for huge pages, each zeroed whole on first touch, which made every run's SRAM cost
+    a third of a second)."""
+    count = int(np.prod(shape))
+    return np.frombuffer(mmap.mmap(-1, max(count * np.dtype(dtype).itemsize, 1)), dtype, count).reshape(shape)
+
+
 class _Sram:
     """One chip's SRAM. Zero-filled arrays (the OS maps pages only when touched), hence ids + 1."""
 
     def __init__(self, machine: Machine, numeric: bool, cycle_type):
         shape = (machine.sram.slices, machine.sram.words_per_slice)
-        self.bytes = np.zeros(shape + (machine.lanes,), np.uint8) if numeric else None
+        self.bytes = _zeros(shape + (machine.lanes,), np.uint8) if numeric else None
         self.owner = np.zeros(shape, np.int32)       # 1 + base id of the value whose word is there (0: none)
         self.read_end = np.zeros(shape, cycle_type)  # latest end (c + occ) of a read of the word
         self.reader = np.zeros(shape, np.int32)      # 1 + the instruction reading it until then
