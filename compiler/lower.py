@@ -179,9 +179,14 @@ def _state(e: _Emitter, op: Op, args):
     return (e.placeholder("state", op, op.result.type, _hint(op)),)
 
 
-def state_chip(op: Op) -> int | None:
+def state_chip(op: Op, chips: int) -> int | None:
     """The chip a graph.state is fixed on (a partner program's layout), or None (its writer's)."""
-    return op.attrs.get("chip", 0) if "out" in op.attrs else None
+    if "out" not in op.attrs:
+        return None
+    home = op.attrs.get("home", 0)
+    if not 0 <= home < chips:
+        raise LpucError(f"{op.label()}: kept on chip {home} (home), but the target has {chips} chips")
+    return home
 
 
 def _reshape(e: _Emitter, op: Op, args):
@@ -478,7 +483,7 @@ def lower(module: Module, target: Target) -> Module:
         e.b.inputs.append(block_input)
         e.b._taken.add(v.name)
         env[v.name] = e.placeholder("input", block_input, v.type, v.name)
-    fixed = {op.result.name: state_chip(op) for op in module.ops if OPS[op.name].persistent}
+    fixed = {op.result.name: state_chip(op, target.chips) for op in module.ops if OPS[op.name].persistent}
     for op in module.ops:
         if op.name.split(".", 1)[0] != "graph":
             raise VerifyError(f"{op.label()}: lowering takes a graph-level module, found {op.name}")

@@ -350,9 +350,10 @@ def _gather_nd(types, attrs):
 STATE_ATTRS = {"name": A("str"), "shape": A("ints"), "dtype": A("dtype")}
 
 
-# `chip` and `out`, when given, fix where it lives (a partner program's layout: prefill and decode share
-# their cache); without them lowering puts it on its writer's chip and allocation places it.
-@_defop("graph.state", 0, {**STATE_ATTRS, "chip": A("chip", None), "out": A("extents", None)}, persistent=True,
+# `out` (and `home`, its chip; absent: 0), when given, fix where it lives: a partner program's layout (prefill and
+# decode share their cache), on the chips the module will be partitioned over; without them lowering puts it on
+# its writer's chip and allocation places it.
+@_defop("graph.state", 0, {**STATE_ATTRS, "home": A("int", None), "out": A("extents", None)}, persistent=True,
         doc="declares the persistent buffer `name` of type dtype[shape]: it lives across runs of the program "
             "(a resident KV cache), its rows written by graph.state_write")
 def state_type(types, attrs):

@@ -42,8 +42,13 @@ def programs(sample: str, chips: int = 1):
     return compile_generation(SAMPLES / f"{sample}.onnx", chips=chips, scheduler="list")
 
 
+def model_path(sample: str) -> str:
+    """A bundled sample by name, or a model file by path."""
+    return sample if sample.endswith(".onnx") else str(SAMPLES / f"{sample}.onnx")
+
+
 def context(sample: str) -> int:
-    model = onnx.load(str(SAMPLES / f"{sample}.onnx"), load_external_data=False)
+    model = onnx.load(model_path(sample), load_external_data=False)
     mask = next(i for i in model.graph.input if i.name == "attention_mask")
     return mask.type.tensor_type.shape.dim[1].dim_value
 
@@ -55,7 +60,7 @@ def reference(sample: str, prompt: tuple, tokens: int) -> tuple[int, ...]:
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(SAMPLES / f"{sample}.onnx"), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model_path(sample), opts, providers=["CPUExecutionProvider"])
     feeds = {i.name: i for i in sess.get_inputs()}
     slots = feeds["attention_mask"].shape[1]
     past = {n: np.zeros(i.shape, np.float32) for n, i in feeds.items() if n.startswith("past_key_values")}
@@ -243,32 +248,39 @@ def prefill_with_present(tmp_path) -> str:
     return str(save(model, tmp_path / "prefill.onnx"))
 
 
-@pytest.mark.parametrize("length", (3, 5))
+def longer_decode(tmp_path, slots: int = 12) -> str:
+    """The bundled opset-23 Llama decode step at a context of `slots` (its mask, a gather of the 6-slot mask
+    and an all-true constant, becomes a reshape of the mask): room for the 7-token prefill."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(SAMPLES / "llama_decode_op23.onnx"))
+    g = model.graph
+    for v in list(g.input) + list(g.output):
+        dims = v.type.tensor_type.shape.dim
+        if v.name == "attention_mask":
+            dims[1].dim_value = slots
+        elif v.name.startswith(("past_key_values", "present")):
+            dims[2].dim_value = slots - v.name.startswith("past")
+    nodes = [n for n in g.node if n.output[0] not in ("val_28", "bitwise_and_1")]
+    at = next(k for k, n in enumerate(nodes) if n.output[0] == "_to_copy")
+    nodes.insert(at + 1, helper.make_node("Reshape", ["_to_copy", "mask_shape"], ["bitwise_and_1"]))
+    g.initializer.append(numpy_helper.from_array(np.asarray([1, 1, 1, slots], np.int64), "mask_shape"))
+    g.initializer.remove(next(i for i in g.initializer if i.name == "val_27"))
+    g.initializer.remove(next(i for i in g.initializer if i.name == "bitwise_and"))
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]
+    return str(save(model, tmp_path / "decode.onnx"))
+
+
+@pytest.mark.parametrize("length", (3, 7, 9))
 @pytest.mark.parametrize("chips", (1, 4))
 def test_generate_with_prefill_gives_the_reference_greedy_tokens(tmp_path, chips, length):
-    step, prefill = compile_generation(SAMPLES / "llama_decode_op23.onnx", prefill_with_present(tmp_path),
-                                       chips=chips, scheduler="list")
-    prompt = np.asarray([[3, 17, 42, 9, 250]][:1], np.int64)[:, :length]
-    tokens = context("llama_decode_op23") - length
+    """Prompts shorter than the prefill (padded), as long, and longer (the rest through decode steps)."""
+    decode = longer_decode(tmp_path)
+    step, prefill = compile_generation(decode, prefill_with_present(tmp_path), chips=chips, scheduler="list")
+    prompt = np.asarray([[3, 17, 42, 9, 250, 7, 11, 300, 5]], np.int64)[:, :length]
+    tokens = context(decode) - length
     result = generate(step, prompt, tokens, prefill)
-    assert tuple(result.tokens[0]) == reference("llama_decode_op23", tuple(prompt[0]), tokens)
-    assert result.ttft_cycles == prefill.cycles
-
-
-def test_generate_runs_a_compiled_lpu_and_programs_must_share_the_cache(tmp_path, capsys):
-    np.save(tmp_path / "p.npy", PROMPT)
-    code, _, err = run_cli(capsys, "compile", SAMPLES / "llama_decode.onnx", "--state", "auto", "--scheduler",
-                           "list", "-o", tmp_path / "d.lpu")
-    assert code == 0, err
-    code, out, err = run_cli(capsys, "generate", tmp_path / "d.lpu", "--prompt", tmp_path / "p.npy", "--tokens", 3)
-    assert code == 0, err
-    assert tuple(int(t) for t in out.split()[:3]) == reference("llama_decode", tuple(PROMPT[0]), 3)
-    # a program keeping the cache elsewhere cannot continue the generation
-    step, _ = programs("llama_decode")
-    other = lpuc.compile(SAMPLES / "llama_decode.onnx", scheduler="list", state="auto", stripes=1)
-    state = State()
-    inputs = {"input_ids": np.asarray([[3]]), "attention_mask": np.asarray([[1, 0, 0, 0, 0, 0]]),
-              "position_ids": np.asarray([[0]])}
-    interpreter.run(step, inputs, state=state)
-    with pytest.raises(lpuc.LpucError, match="compile prefill and decode together"):
-        interpreter.run(other, inputs, state=state)
+    assert tuple(result.tokens[0]) == reference(decode, tuple(prompt[0]), tokens)
+    assert result.ttft_cycles == prefill.cycles + max(0, length - 7) * step.cycles

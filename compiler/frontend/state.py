@@ -108,7 +108,8 @@ def make_stateful(module: Module, pairs: Sequence[tuple[str, str]] = (), context
             target = replace
         else:  # prefill: present is the new rows
             if context is None:
-                raise StateError(f"{where}: a prefill graph needs the cache's context (its decode partner's)")
+                raise StateError(f"{where}: a prefill graph needs the cache's context: give --context C (its decode "
+                                 "partner's)")
             if v.type.shape[-2] > context:
                 raise StateError(f"{where}: {present} has {v.type.shape[-2]} rows, more than the context {context}")
             slots, new = context, v
@@ -120,7 +121,7 @@ def make_stateful(module: Module, pairs: Sequence[tuple[str, str]] = (), context
             if past not in layout:
                 raise StateError(f"{where}: the partner program has no state {past!r}")
             chip, out = layout[past]
-            fixed = {"chip": chip, "out": tuple(out)} if chip else {"out": tuple(out)}
+            fixed = {"home": chip, "out": tuple(out)} if chip else {"out": tuple(out)}
         shape = v.type.shape[:-2] + (slots, v.type.shape[-1])
         state = Op("graph.state", (), (Value(_fresh(past, taken), v.type.with_shape(shape)),),
                    AttrDict({"name": past, "shape": shape, "dtype": v.type.dtype, **fixed}))
