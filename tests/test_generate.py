@@ -284,3 +284,16 @@ def test_generate_with_prefill_gives_the_reference_greedy_tokens(tmp_path, chips
     result = generate(step, prompt, tokens, prefill)
     assert tuple(result.tokens[0]) == reference(decode, tuple(prompt[0]), tokens)
     assert result.ttft_cycles == prefill.cycles + max(0, length - 7) * step.cycles
+
+
+def test_explicit_pairs_are_the_hugging_face_ones_by_name():
+    from lpuc.compiler.frontend.state import hf_pairs, parse_pairs
+
+    graph = load_model(SAMPLES / "mixtral_decode.onnx")[0]
+    text = ",".join(f"{past}={present}" for past, present in hf_pairs(graph))
+    assert make_stateful(graph, parse_pairs(text)) == make_stateful(graph)
+    partial = make_stateful(graph, parse_pairs("past_key_values.1.value=present.1.value"))
+    assert [op.attrs["name"] for op in partial.ops if op.name == "graph.state"] == ["past_key_values.1.value"]
+    assert "present.1.value" not in dict(partial.outputs) and "present.0.key" in dict(partial.outputs)
+    with pytest.raises(StateError, match="no output 'present.9.key'"):
+        make_stateful(graph, parse_pairs("past_key_values.9.key=present.9.key"))
