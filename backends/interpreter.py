@@ -474,14 +474,16 @@ class _Plan:
                 ins.ok = False
             base = self._new_base(sram_results[0].name, idx, label, land, 0, chip)
             self.bases[base].state, self.bases[base].alias = (state.state if state else ""), True
-            self.values[sram_results[0].name] = _Val("sram", tuple((s, w, n, base) for s, w, n in writes[0])
-                                                     if writes else (), ok=ins.ok, chip=chip)
-            writes = []
-        for r, ext in zip(sram_results, writes):
-            base = self._new_base(r.name, idx, label, land, words(r.type, self.lanes), chip)
-            ins.writes.append((base, ext))
-            self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in ext), ok=ins.ok, chip=chip)
-        if not writes and not opdef.in_place:
+            if writes:
+                ins.writes.append((base, writes[0]))
+                self.values[sram_results[0].name] = _Val("sram", tuple((s, w, n, base) for s, w, n in writes[0]),
+                                                         ok=ins.ok, chip=chip)
+        else:
+            for r, ext in zip(sram_results, writes):
+                base = self._new_base(r.name, idx, label, land, words(r.type, self.lanes), chip)
+                ins.writes.append((base, ext))
+                self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in ext), ok=ins.ok, chip=chip)
+        if not writes:
             for r in sram_results:
                 self.values[r.name] = _Val("sram", ok=False, chip=chip)
         if opdef.result_place == PLANE:
@@ -756,11 +758,12 @@ class _Machine:
 
     def issue(self, ins: _Instr, c: int):
         plan, end = self.plan, c + ins.occ
+        states = []  # the states it reads (their slots are checked, not their words' owners)
         for segs in ins.reads:
             for s, w, n, b in segs:
                 base = plan.bases[b]
                 if base.state:
-                    self._read_state(ins, c, base)
+                    states.append(base.state)
                     continue
                 st = self.sram(base.chip)
                 owner = st.owner[s, w:w + n]
@@ -777,6 +780,8 @@ class _Machine:
                     re_[later] = end
                     rd[later] = ins.idx + 1
                 base.end = max(base.end, end)
+        for name in dict.fromkeys(states):
+            self._read_state(ins, c, name)
         op = ins.op
         weights = next((val for where, val in ins.args if where == "plane"), None)
         if weights is not None and ins.ok:
@@ -823,18 +828,18 @@ class _Machine:
             results = tuple(np.zeros(r.type.shape, r.type.dtype.numpy) for r in op.results)
         self.pending[ins.idx] = results
 
-    def _read_state(self, ins: _Instr, c: int, base: _Base):
+    def _read_state(self, ins: _Instr, c: int, name: str):
         """A read of a state's words: the step's slots 0 .. position + rows - 1 must be written by now (this
         generation's earlier steps, or this step's write landed). Unknown in a timing-only run."""
-        written = self.written.get(base.state)
+        written = self.written.get(name)
         if self.position is None or written is None:
             return
         hi = sum(self.position)
         missing = np.flatnonzero(~written[:hi])
         if len(missing):
             slot = int(missing[0])
-            self.hazard("state", c, ins.label, f"state {base.state} slot {slot}",
-                        f"reads slot {slot} of state {base.state!r}, never written (the step at position "
+            self.hazard("state", c, ins.label, f"state {name} slot {slot}",
+                        f"reads slot {slot} of state {name!r}, never written (the step at position "
                         f"{self.position[0]} reads slots 0..{hi - 1})")
 
     def _write_state(self, ins: _Instr, t: int):
@@ -1120,7 +1125,7 @@ def _sram_peaks(plan: _Plan) -> dict[int, int]:
     cycles = plan.cycles
     deltas: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for b in plan.bases:
-        if b.constant:
+        if b.constant or (b.state and not b.alias):  # (a state write's result: its state's words, counted there)
             deltas[b.chip] += [(0, b.words), (max(cycles, 1), -b.words)]
         else:
             deltas[b.chip] += [(b.land, b.words), (max(b.end, b.land + 1), -b.words)]

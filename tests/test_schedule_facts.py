@@ -27,9 +27,15 @@ NAMES = sorted(p.stem for p in SAMPLES.glob("*.onnx"))
 TSP = (SHIPPED / "tsp-v1.toml").read_text()
 
 
+STATEFUL = "llama_decode+state"  # the decode step with its KV cache resident
+
+
 @lru_cache(maxsize=None)
 def program(name: str, chips: int):
-    if chips == 1:
+    if name == STATEFUL:
+        module, summary, text = compile_model(SAMPLES / "llama_decode.onnx", options=CompileOptions(
+            chips=chips, scheduler="list", state="auto"))
+    elif chips == 1:
         module, summary, text = compiled_sample(name)
     else:  # the list scheduler: the facts do not depend on who placed the instructions
         module, summary, text = compile_model(SAMPLES / f"{name}.onnx",
@@ -38,7 +44,7 @@ def program(name: str, chips: int):
 
 
 @pytest.mark.parametrize("chips", [1, 4])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + [STATEFUL])
 def test_the_interpreter_derives_the_same_facts(name, chips):
     p = program(name, chips)
     machine = p.machine
