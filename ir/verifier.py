@@ -69,7 +69,7 @@ def verify(module: Module, machine: Machine | None = None) -> Module:
 
 def check_state(module: Module) -> None:
     """The rules of persistent state (docs/machine-ir.md, "State"): each state is declared once by name and
-    read only by its one in-place write (so every reader sees it after this step's write), and a module with
+    read only by its one in-place write (so every reader sees it after this step's write), and a module writing
     state names the integer input holding the step's position (module attribute `position`)."""
     names: dict[str, str] = {}
     states: dict[str, str] = {}     # state value -> the op writing it
@@ -93,8 +93,8 @@ def check_state(module: Module) -> None:
                                   f"{states[v.name]}): one write per state per step")
             states[v.name] = op.label()
     position = module.attrs.get("position")
-    if names and position is None:
-        raise VerifyError(f"module @{module.name} has state but no attribute position (the input holding "
+    if any(states.values()) and position is None:
+        raise VerifyError(f"module @{module.name} writes state but has no attribute position (the input holding "
                           "the step's position)")
     if position is not None:
         kinds = {v.name: v.type for v in module.inputs}

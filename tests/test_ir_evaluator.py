@@ -207,6 +207,13 @@ def matmul_ref(a, b):
     return out
 
 
+def state_write_ref(state, new, position):
+    out = state.copy()
+    p = int(position.flat[0])
+    out[..., p:p + new.shape[-2], :] = new
+    return out
+
+
 def to_f16(x):
     with np.errstate(over="ignore"):
         return np.asarray(x).astype(np.float16)
@@ -355,6 +362,11 @@ CASES: dict[str, list[Case]] = {
                         c([f32(2, 3, 4), np.array([[1], [-1]], np.int64)], lambda d, i: gather_nd_ref(d, i, 1),
                           batch_dims=1),
                         c([ints(2, 3), np.array([[[1, 2]], [[0, -1]]], np.int32)], gather_nd_ref)],
+    # a state as a new generation finds it (zeros); a write into one (run_op makes operand 0 a state)
+    "graph.state": [c([], lambda: np.zeros((2, 3, 4), np.float32), name="s", shape=(2, 3, 4), dtype=DType.f32)],
+    "graph.state_write": [c([np.zeros((2, 6, 5), np.float32), f32(2, 2, 5), np.array([[3]])], state_write_ref),
+                          c([np.zeros((1, 4, WIDE), np.float16), f32(1, 1, WIDE).astype(np.float16),
+                             np.array([[0, 1]], np.int32)], state_write_ref, label="the first of two positions")],
 }
 
 
@@ -367,14 +379,16 @@ def run_op(name: str, case: Case) -> tuple[Module, list[np.ndarray]]:
     b = Builder()
     dtypes = case.dtypes + (None,) * (len(case.operands) - len(case.dtypes))
     arrays = [np.asarray(a) for a in case.operands]
-    operands = [b.input(f"in{i}", TensorType(a.shape, d or DType.from_numpy(a.dtype)))
-                for i, (a, d) in enumerate(zip(arrays, dtypes))]
+    state = OPS[name].in_place  # operand 0 is a state (zeros: a new generation's), operand 2 the position
+    types = [TensorType(a.shape, d or DType.from_numpy(a.dtype)) for a, d in zip(arrays, dtypes)]
+    operands = [b.op("graph.state", name="s", shape=t.shape, dtype=t.dtype) if state and i == 0 else
+                b.input(f"in{i}", t) for i, t in enumerate(types)]
     out = b.op(name, *operands, **case.attrs)
     results = out if isinstance(out, tuple) else (out,)
     for i, r in enumerate(results):
         b.output(f"out{i}", r)
-    module = verify(b.build("case"))
-    got = evaluate(module, {f"in{i}": a for i, a in enumerate(arrays)})
+    module = verify(b.build("case", **({"position": "in2"} if state else {})))
+    got = evaluate(module, {f"in{i}": a for i, a in enumerate(arrays) if not (state and i == 0)})
     return module, [got[f"out{i}"] for i in range(len(results))]
 
 
