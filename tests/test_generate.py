@@ -297,3 +297,10 @@ def test_explicit_pairs_are_the_hugging_face_ones_by_name():
     assert "present.1.value" not in dict(partial.outputs) and "present.0.key" in dict(partial.outputs)
     with pytest.raises(StateError, match="no output 'present.9.key'"):
         make_stateful(graph, parse_pairs("past_key_values.9.key=present.9.key"))
+
+
+def test_verify_covers_stateful_programs():
+    """Two compiles in fresh processes, each program run twice as the first steps of a new generation."""
+    verdict = lpuc.verify(SAMPLES / "gemma_decode.onnx", repeat=2, workers=(1, 2), scheduler="list", state="auto")
+    assert verdict.deterministic, verdict.lines()
+    assert len({c.sha256 for c in verdict.compiles}) == 1 and len({r.outputs_sha256 for r in verdict.runs}) == 1
