@@ -143,7 +143,7 @@ def generate(step: Program, prompt: np.ndarray, tokens: int, prefill: Program | 
     else:
         state = State() if state is None else state
         state.reset()
-        logits = None
+        logits = stats = None
         if prefill is not None:
             logits = _run(prefill, state, prompt[:, :through_prefill], 0, p_rows)[:, through_prefill - 1]
         for pos in range(through_prefill, length):
@@ -153,7 +153,7 @@ def generate(step: Program, prompt: np.ndarray, tokens: int, prefill: Program | 
             new.append(int(np.argmax(logits.reshape(-1, vocab)[-1])))
             if k < tokens - 1:
                 logits, stats = _step(step, state, new[-1], length + k)
-        if length == through_prefill and tokens == 1:  # no decode step ran: its statistics from a timed run
+        if stats is None:  # no decode step ran: its statistics from a timed run
             stats = interpreter.run(step, timing_only=True, state=State()).stats
         out = np.asarray([new], np.int64)
     return Generation(out, length, context, step.target.chips, prefill_cycles, step.cycles, ttft, stats.host_bytes,
