@@ -64,7 +64,7 @@ def make_stateful(module: Module, pairs: Sequence[tuple[str, str]] = (), context
     rows (default: the present's rows of a decode graph; a prefill graph needs it); `pairs` empty: by
     Hugging Face's names. `layout` fixes where each state lives (a partner program's)."""
     pairs = tuple(pairs) or hf_pairs(module)
-    where = f"{module.name}"
+    where = module.name
     if not pairs:
         raise StateError(f"{where}: no past/present pairs (Hugging Face names past_key_values.N.key -> "
                          "present.N.key); name them with --state PAST=PRESENT,...")
@@ -84,7 +84,7 @@ def make_stateful(module: Module, pairs: Sequence[tuple[str, str]] = (), context
     taken = {r.name for op in module.ops for r in op.results} | set(inputs) - {past for past, _ in pairs}
     states: list[Op] = []
     replace: dict[int, Op] = {}     # id(concat op) -> its state write
-    after: dict[int, Op] = {}       # id(op) -> a state write of its result (prefill)
+    after: dict[int, list[Op]] = {}  # id(op) -> the state writes of its results (prefill)
     gone_inputs, gone_outputs = set(), set()
     for past, present in pairs:
         if present not in outputs:
@@ -94,7 +94,6 @@ def make_stateful(module: Module, pairs: Sequence[tuple[str, str]] = (), context
             raise StateError(f"{where}: {present} is {v.type}: a cache has rows (rank >= 2)")
         op = producer.get(v.name)
         if past in inputs:  # decode: present = concat(past, new) along the rows
-            p = inputs[past]
             axis = op.attrs.get("axis") % v.type.rank if op is not None and op.name == "graph.concat" else None
             if axis != v.type.rank - 2 or len(op.operands) != 2 or op.operands[0].name != past:
                 raise StateError(f"{where}: {present} is not concat({past}, new rows) along the sequence axis "
@@ -127,13 +126,16 @@ def make_stateful(module: Module, pairs: Sequence[tuple[str, str]] = (), context
                    AttrDict({"name": past, "shape": shape, "dtype": v.type.dtype, **fixed}))
         states.append(state)
         result = Value(v.name if target is replace else _fresh(f"{present}.written", taken), state.result.type)
-        target[id(op)] = Op("graph.state_write", (state.result, new, position), (result,))
+        write = Op("graph.state_write", (state.result, new, position), (result,))
+        if target is replace:
+            replace[id(op)] = write
+        else:
+            after.setdefault(id(op), []).append(write)
         gone_outputs.add(present)
     ops = list(states)
     for op in module.ops:
         ops.append(replace.get(id(op), op))
-        if id(op) in after:
-            ops.append(after[id(op)])
+        ops += after.get(id(op), [])
     return verify(Module(module.name, Block(
         tuple(v for v in module.inputs if v.name not in gone_inputs), tuple(ops),
         tuple((n, v) for n, v in module.outputs if n not in gone_outputs)),
