@@ -304,3 +304,23 @@ def test_verify_covers_stateful_programs():
     verdict = lpuc.verify(SAMPLES / "gemma_decode.onnx", repeat=2, workers=(1, 2), scheduler="list", state="auto")
     assert verdict.deterministic, verdict.lines()
     assert len({c.sha256 for c in verdict.compiles}) == 1 and len({r.outputs_sha256 for r in verdict.runs}) == 1
+
+
+def test_compile_run_and_the_report_give_a_decode_steps_tokens_per_second(tmp_path, capsys):
+    import json
+
+    from lpuc.backends.report import report_data
+
+    lpu = tmp_path / "step.lpu"
+    code, out, err = run_cli(capsys, "compile", SAMPLES / "gpt2_decode.onnx", "--state", "auto", "--scheduler", "list",
+                             "-o", lpu, "--json")
+    assert code == 0, err
+    compiled = json.loads(out)
+    assert compiled["tokens_per_s"] == pytest.approx(1e6 / compiled["per_token_us"], rel=1e-3)
+    code, out, err = run_cli(capsys, "run", lpu, "--json")
+    ran = json.loads(out)
+    assert (ran["per_token_us"], ran["tokens_per_s"]) == (compiled["per_token_us"], compiled["tokens_per_s"])
+    code, out, err = run_cli(capsys, "run", lpu)
+    assert "tokens/s" in out + err and "resident" in out + err
+    summary = report_data(lpuc.read_lpu(lpu))["summary"]
+    assert summary["decode"] and summary["tokens_per_s"] == pytest.approx(compiled["tokens_per_s"], rel=1e-3)
