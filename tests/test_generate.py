@@ -82,7 +82,7 @@ def reference(sample: str, prompt: tuple, tokens: int) -> tuple[int, ...]:
 @pytest.mark.parametrize("sample", DECODERS)
 def test_generate_gives_the_reference_greedy_tokens(sample, chips):
     step, _ = programs(sample, chips)
-    tokens = context(sample) - PROMPT.shape[1]
+    tokens = min(3, context(sample) - PROMPT.shape[1])
     result = generate(step, PROMPT, tokens)
     assert tuple(result.tokens[0]) == reference(sample, tuple(PROMPT[0]), tokens)
     assert result.tokens.dtype == np.int64 and result.tokens.shape == (1, tokens)
