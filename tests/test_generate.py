@@ -203,7 +203,7 @@ def test_a_position_that_is_no_input_is_one_clear_error(tmp_path, capsys):
 # --- generate's errors -------------------------------------------------------------
 
 @pytest.mark.parametrize("case,words", [
-    ("overflow", ("need 7 slots", "holds 6")),
+    ("overflow", ("need {} slots".format(context("gpt2_decode") + 1), "holds {}".format(context("gpt2_decode")))),
     ("bad prompt", ("token ids", "[1, L]")),
     ("vocabulary", ("outside the vocabulary",)),
     ("no pairs", ("no past/present pairs",)),
@@ -213,7 +213,8 @@ def test_generate_errors_are_one_line(case, words, tmp_path, capsys):
     prompt = {"bad prompt": np.zeros((2, 2, 2), np.int64), "vocabulary": np.asarray([[400]])}.get(case, PROMPT)
     np.save(tmp_path / "p.npy", prompt)
     model = SAMPLES / ("gpt2_prefill.onnx" if case == "no pairs" else "gpt2_decode.onnx")
-    argv = ["generate", model, "--prompt", tmp_path / "p.npy", "--tokens", 4 if case == "overflow" else 1,
+    argv = ["generate", model, "--prompt", tmp_path / "p.npy",
+            "--tokens", context("gpt2_decode") - 2 if case == "overflow" else 1,
             "--scheduler", "list", "-o", tmp_path / "t.npy"]
     if case == "bad state":
         argv = ["compile", model, "--state", "past", "-o", tmp_path / "t.lpu"]
