@@ -325,3 +325,23 @@ def test_compile_run_and_the_report_give_a_decode_steps_tokens_per_second(tmp_pa
     assert "tokens/s" in out + err and "resident" in out + err
     summary = report_data(lpuc.read_lpu(lpu))["summary"]
     assert summary["decode"] and summary["tokens_per_s"] == pytest.approx(compiled["tokens_per_s"], rel=1e-3)
+
+
+def test_generate_runs_a_compiled_lpu_and_programs_must_share_the_cache(tmp_path, capsys):
+    np.save(tmp_path / "p.npy", PROMPT)
+    code, _, err = run_cli(capsys, "compile", SAMPLES / "llama_decode.onnx", "--state", "auto", "--scheduler",
+                           "list", "-o", tmp_path / "d.lpu")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "generate", tmp_path / "d.lpu", "--prompt", tmp_path / "p.npy", "--tokens", 3)
+    assert code == 0, err
+    assert tuple(int(t) for t in out.split()[:3]) == reference("llama_decode", tuple(PROMPT[0]), 3)
+    # a program keeping the cache elsewhere cannot continue the generation
+    step, _ = programs("llama_decode")
+    other = lpuc.compile(SAMPLES / "llama_decode.onnx", scheduler="list", state="auto", stripes=1)
+    state = State()
+    mask = np.zeros((1, context("llama_decode")), np.int64)
+    mask[0, 0] = 1
+    inputs = {"input_ids": np.asarray([[3]]), "attention_mask": mask, "position_ids": np.asarray([[0]])}
+    interpreter.run(step, inputs, state=state)
+    with pytest.raises(lpuc.LpucError, match="compile prefill and decode together"):
+        interpreter.run(other, inputs, state=state)
