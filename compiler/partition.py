@@ -204,10 +204,15 @@ def _move_cuts(module: Module, home: list[int], weights: list[int], split: set[i
     """Move each cut between two pipeline stages to the nearby op boundary (within half a stage)
     that the fewest activation bytes cross, so stages hand over small values: a cut inside a mixture of
     experts would otherwise send gathered expert weights over a link. A cut never moves across a split
-    op, nor so far that a stage's weights exceed `room` bytes."""
+    op, nor so far that a stage's weights exceed `room` bytes. Nor does it stay where a value the size of a
+    state crosses (a resident cache, or a copy of it, read on the next chip: the cache would cross a link
+    every step): it goes to the nearest boundary without one, however far, between its neighbours."""
     chips = len(load)
-    order = [i for i, op in enumerate(module.ops) if op.name != "graph.constant"]
+    states = [op.result for op in module.ops if OPS[op.name].persistent]
+    order = [i for i, op in enumerate(module.ops) if op.name != "graph.constant" and not OPS[op.name].persistent]
+    big = min((words(v.type, lanes) for v in states), default=None)
     crossing = [0] * (len(order) + 1)  # crossing[p]: bytes of values made before order[p] and read from it on
+    heavy = [0] * (len(order) + 1)     # heavy[p]: how many of them are the size of a state
     last_use: dict[str, int] = {}
     for p, i in enumerate(order):
         for v in module.ops[i].operands:
@@ -217,13 +222,19 @@ def _move_cuts(module: Module, home: list[int], weights: list[int], split: set[i
             if last_use.get(r.name, p) > p:
                 crossing[p + 1] += words(r.type, lanes)
                 crossing[last_use[r.name] + 1] -= words(r.type, lanes)
+                if big is not None and words(r.type, lanes) >= big:
+                    heavy[p + 1] += 1
+                    heavy[last_use[r.name] + 1] -= 1
     for p in range(1, len(crossing)):
         crossing[p] += crossing[p - 1]
+        heavy[p] += heavy[p - 1]
     cuts = [p for p in range(1, len(order)) if home[order[p]] == home[order[p - 1]] + 1]
     window = max(1, len(order) // (2 * chips))
     for k, p in enumerate(cuts):
-        lo = max(cuts[k - 1] + 1 if k else 1, p - window)
-        hi = min(cuts[k + 1] - 1 if k + 1 < len(cuts) else len(order) - 1, p + window)
+        left, right = cuts[k - 1] + 1 if k else 1, cuts[k + 1] - 1 if k + 1 < len(cuts) else len(order) - 1
+        lo, hi = max(left, p - window), min(right, p + window)
+        if all(heavy[q] for q in range(lo, hi + 1)):  # a state-sized value crosses everywhere nearby
+            lo, hi = left, right
         stage = home[order[p]]
         while lo < p and (any(order[q] in split for q in range(lo, p))
                           or load[stage] + sum(weights[order[q]] for q in range(lo, p)) > room):
@@ -231,7 +242,7 @@ def _move_cuts(module: Module, home: list[int], weights: list[int], split: set[i
         while hi > p and (any(order[q] in split for q in range(p, hi))
                           or load[stage - 1] + sum(weights[order[q]] for q in range(p, hi)) > room):
             hi -= 1
-        best = min(range(lo, hi + 1), key=lambda q: (crossing[q], abs(q - p), q))
+        best = min(range(lo, hi + 1), key=lambda q: (heavy[q] > 0, crossing[q], abs(q - p), q))
         moved = sum(weights[order[q]] for q in range(min(best, p), max(best, p)))
         load[stage if best < p else stage - 1] += moved
         load[stage - 1 if best < p else stage] -= moved
