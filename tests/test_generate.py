@@ -1,9 +1,9 @@
 """Generation with the KV cache resident in SRAM (issue 15): `lpuc generate`, the state in the IR, the
 interpreter keeping it from step to step, the host traffic of a step, determinism, and the errors.
 
-The reference is ONNX Runtime run step by step on the Hugging Face decode graph with the whole past fed
-back (the cache left-padded with masked zeros to the graph's fixed past length): greedy tokens equal to
-it are the tokens of the model."""
+The references: each decode sample's `.generate.npz` (a prompt and Hugging Face's greedy tokens), and for
+other prompts ONNX Runtime run step by step on the decode graph with the whole past fed back (the cache
+left-padded with masked zeros to the graph's fixed past length): greedy tokens equal to it are the model's."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import lpuc
 from lpuc.backends import interpreter
 from lpuc.backends.interpreter import HazardError
 from lpuc.backends.lpu import program_bytes
-from lpuc.backends.state import State
+from lpuc.backends.state import State, step_positions
 from lpuc.compiler.driver import load_model
 from lpuc.compiler.frontend.state import StateError, make_stateful
 from lpuc.compiler.generate import compile_generation, generate
@@ -36,19 +36,21 @@ PROMPT = np.asarray([[3, 17, 42]], np.int64)
 
 
 @lru_cache(maxsize=None)
-def programs(sample: str, chips: int = 1):
-    """The sample's decode step with its cache resident (the list scheduler: the schedule does not change
-    the tokens, and it is quick)."""
-    return compile_generation(SAMPLES / f"{sample}.onnx", chips=chips, scheduler="list")
+def programs(sample: str, chips: int = 1, prefill: bool = False):
+    """The sample's decode step with its cache resident, and its prefill partner when asked (the list
+    scheduler: the schedule does not change the tokens, and it is quick)."""
+    partner = SAMPLES / f"{sample.replace('_decode', '_prefill')}.onnx" if prefill else None
+    return compile_generation(SAMPLES / f"{sample}.onnx", partner, chips=chips, scheduler="list")
 
 
-def model_path(sample: str) -> str:
-    """A bundled sample by name, or a model file by path."""
-    return sample if sample.endswith(".onnx") else str(SAMPLES / f"{sample}.onnx")
+def hugging_face(sample: str) -> tuple[np.ndarray, np.ndarray]:
+    """The sample's prompt and Hugging Face's greedy tokens after it."""
+    with np.load(SAMPLES / f"{sample}.generate.npz") as f:
+        return f["prompt"], f["tokens"]
 
 
 def context(sample: str) -> int:
-    model = onnx.load(model_path(sample), load_external_data=False)
+    model = onnx.load(str(SAMPLES / f"{sample}.onnx"), load_external_data=False)
     mask = next(i for i in model.graph.input if i.name == "attention_mask")
     return mask.type.tensor_type.shape.dim[1].dim_value
 
@@ -60,7 +62,7 @@ def reference(sample: str, prompt: tuple, tokens: int) -> tuple[int, ...]:
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(model_path(sample), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(SAMPLES / f"{sample}.onnx"), opts, providers=["CPUExecutionProvider"])
     feeds = {i.name: i for i in sess.get_inputs()}
     slots = feeds["attention_mask"].shape[1]
     past = {n: np.zeros(i.shape, np.float32) for n, i in feeds.items() if n.startswith("past_key_values")}
@@ -78,14 +80,29 @@ def reference(sample: str, prompt: tuple, tokens: int) -> tuple[int, ...]:
     return tuple(new)
 
 
-@pytest.mark.parametrize("chips", (1, 4))
-@pytest.mark.parametrize("sample", DECODERS)
-def test_generate_gives_the_reference_greedy_tokens(sample, chips):
-    step, _ = programs(sample, chips)
-    tokens = min(3, context(sample) - PROMPT.shape[1])
-    result = generate(step, PROMPT, tokens)
-    assert tuple(result.tokens[0]) == reference(sample, tuple(PROMPT[0]), tokens)
-    assert result.tokens.dtype == np.int64 and result.tokens.shape == (1, tokens)
+# every decoder at 1 chip with and without its prefill; at 4 chips with it (without it, two of them)
+ACCEPTANCE = [(s, 1, p) for s in DECODERS for p in (False, True)] + [(s, 4, True) for s in DECODERS] \
+    + [("gpt2_decode", 4, False), ("mixtral_decode_op23", 4, False)]
+
+
+@pytest.mark.parametrize("sample,chips,prefill", ACCEPTANCE)
+def test_generate_gives_hugging_face_greedy_tokens(sample, chips, prefill):
+    step, first = programs(sample, chips, prefill)
+    prompt, tokens = hugging_face(sample)
+    result = generate(step, prompt, tokens.shape[1], first)
+    assert result.tokens.dtype == np.int64 and result.tokens.tolist() == tokens.tolist()
+    rows = step_positions(first.module) if prefill else 0
+    assert result.ttft_cycles == (first.cycles if prefill else 0) + (prompt.shape[1] - rows) * step.cycles
+
+
+@pytest.mark.parametrize("length", (3, 7))
+def test_a_prompt_shorter_than_the_prefill_is_padded(length):
+    """Through the prefill padded at its end with mask 0 (3 tokens), or filling it exactly (7)."""
+    step, first = programs("llama_decode_op23", 1, True)
+    prompt = hugging_face("llama_decode_op23")[0][:, :length]
+    result = generate(step, prompt, 4, first)
+    assert tuple(result.tokens[0]) == reference("llama_decode_op23", tuple(prompt[0]), 4)
+    assert result.ttft_cycles == first.cycles
 
 
 def test_a_step_moves_only_ids_position_mask_and_logits_across_the_host():
@@ -212,7 +229,7 @@ def test_a_position_that_is_no_input_is_one_clear_error(tmp_path, capsys):
 def test_generate_errors_are_one_line(case, words, tmp_path, capsys):
     prompt = {"bad prompt": np.zeros((2, 2, 2), np.int64), "vocabulary": np.asarray([[400]])}.get(case, PROMPT)
     np.save(tmp_path / "p.npy", prompt)
-    model = SAMPLES / ("gpt2_prefill.onnx" if case == "no pairs" else "gpt2_decode.onnx")
+    model = SAMPLES / ("bert_prefill.onnx" if case == "no pairs" else "gpt2_decode.onnx")
     argv = ["generate", model, "--prompt", tmp_path / "p.npy",
             "--tokens", context("gpt2_decode") - 2 if case == "overflow" else 1,
             "--scheduler", "list", "-o", tmp_path / "t.npy"]
@@ -234,57 +251,6 @@ def test_generate_cli_writes_tokens_and_json(tmp_path, capsys):
     assert {"tokens", "ttft_us", "per_token_us", "tokens_per_s", "host_bytes_per_token"} <= set(report)
     assert np.load(tmp_path / "t.npy").tolist() == report["tokens"]
     assert tuple(report["tokens"][0]) == reference("gemma_decode", tuple(PROMPT[0]), 3)
-
-
-def prefill_with_present(tmp_path) -> str:
-    """The bundled opset-23 Llama prefill with its caches as outputs, as Hugging Face exports a prefill:
-    each Attention node's keys and values (after the rotary embedding) as present.N.key / value."""
-    model = onnx.load(str(SAMPLES / "llama_prefill_op23.onnx"))
-    attention = [n for n in model.graph.node if n.op_type == "Attention"]
-    for i, node in enumerate(attention):
-        for kind, tensor in (("key", node.input[1]), ("value", node.input[2])):
-            model.graph.output.append(helper.make_tensor_value_info(f"present.{i}.{kind}", TensorProto.FLOAT,
-                                                                    [1, 2, 7, 16]))
-            model.graph.node.append(helper.make_node("Identity", [tensor], [f"present.{i}.{kind}"]))
-    return str(save(model, tmp_path / "prefill.onnx"))
-
-
-def longer_decode(tmp_path, slots: int = 12) -> str:
-    """The bundled opset-23 Llama decode step at a context of `slots` (its mask, a gather of the 6-slot mask
-    and an all-true constant, becomes a reshape of the mask): room for the 7-token prefill."""
-    from onnx import numpy_helper
-
-    model = onnx.load(str(SAMPLES / "llama_decode_op23.onnx"))
-    g = model.graph
-    for v in list(g.input) + list(g.output):
-        dims = v.type.tensor_type.shape.dim
-        if v.name == "attention_mask":
-            dims[1].dim_value = slots
-        elif v.name.startswith(("past_key_values", "present")):
-            dims[2].dim_value = slots - v.name.startswith("past")
-    nodes = [n for n in g.node if n.output[0] not in ("val_28", "bitwise_and_1")]
-    at = next(k for k, n in enumerate(nodes) if n.output[0] == "_to_copy")
-    nodes.insert(at + 1, helper.make_node("Reshape", ["_to_copy", "mask_shape"], ["bitwise_and_1"]))
-    g.initializer.append(numpy_helper.from_array(np.asarray([1, 1, 1, slots], np.int64), "mask_shape"))
-    g.initializer.remove(next(i for i in g.initializer if i.name == "val_27"))
-    g.initializer.remove(next(i for i in g.initializer if i.name == "bitwise_and"))
-    del g.node[:]
-    g.node.extend(nodes)
-    del g.value_info[:]
-    return str(save(model, tmp_path / "decode.onnx"))
-
-
-@pytest.mark.parametrize("length", (3, 7, 9))
-@pytest.mark.parametrize("chips", (1, 4))
-def test_generate_with_prefill_gives_the_reference_greedy_tokens(tmp_path, chips, length):
-    """Prompts shorter than the prefill (padded), as long, and longer (the rest through decode steps)."""
-    decode = longer_decode(tmp_path)
-    step, prefill = compile_generation(decode, prefill_with_present(tmp_path), chips=chips, scheduler="list")
-    prompt = np.asarray([[3, 17, 42, 9, 250, 7, 11, 300, 5]], np.int64)[:, :length]
-    tokens = context(decode) - length
-    result = generate(step, prompt, tokens, prefill)
-    assert tuple(result.tokens[0]) == reference(decode, tuple(prompt[0]), tokens)
-    assert result.ttft_cycles == prefill.cycles + max(0, length - 7) * step.cycles
 
 
 def test_explicit_pairs_are_the_hugging_face_ones_by_name():
