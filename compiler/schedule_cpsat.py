@@ -329,25 +329,32 @@ def cpsat_schedule(module: Module, target: Target, options: CpSatScheduler, prog
     machine = target.machine
     program = analyze(module, target)
     base = list_schedule(module, target, options.rounds, program)
-    order = sorted((ins.index for ins in program.instructions), key=lambda i: (base.placements[i].cycle, i))
-    if not order:
-        return replace(base, solver_status="skipped", list_cycles=base.cycles)
-    cycles = np.array([p.cycle for p in base.placements], dtype=np.int64)
-    windows = _Windows(program, machine, cycles)
     t_start = time.perf_counter()
+    cycles = np.array([p.cycle for p in base.placements], dtype=np.int64)
+    solved, status, bound = solve_cycles(program, machine, cycles, base.lower_bound, options, progress)
+    placed = _as_placed(base) if solved is None else _assign(program, machine, solved)
+    return replace(schedule_result(module, program, machine, placed, bound), solver_status=status,
+                   list_cycles=base.cycles, solve_seconds=time.perf_counter() - t_start)
 
-    def result(placed, status: str, proven_bound: int = 0) -> ScheduleResult:
-        seconds = time.perf_counter() - t_start
-        return replace(schedule_result(module, program, machine, placed, proven_bound), solver_status=status,
-                       list_cycles=base.cycles, solve_seconds=seconds)
 
+def solve_cycles(program: Program, machine: Machine, cycles: np.ndarray, floor: int, options: CpSatScheduler,
+                 progress=None) -> tuple[np.ndarray | None, str, int]:
+    """Improve a valid schedule's `cycles` (per op index; those of `program`'s instructions count) with
+    CP-SAT: -> (the better cycles, or None when none was found; the status; the proven bound, 0: none).
+    `floor`: a known lower bound on the length."""
+    order = sorted((ins.index for ins in program.instructions), key=lambda i: (cycles[i], i))
+    if not order:
+        return None, "skipped", 0
+    cycles = cycles.copy()
+    windows = _Windows(program, machine, cycles)
+    length = int(max(cycles[i] + windows.latency[i] for i in order))
     if len(order) <= options.window:
-        spec, t0 = windows.spec(sorted(order), whole=True, floor=base.lower_bound)
+        spec, t0 = windows.spec(sorted(order), whole=True, floor=floor)
         status, solved, bound = _solve(spec, options, progress)
-        if solved is None or max(c + lat for c, lat in zip(solved, spec.latency)) >= base.cycles:
-            return result(_as_placed(base), status, bound)
+        if solved is None or max(c + lat for c, lat in zip(solved, spec.latency)) >= length:
+            return None, status, bound
         cycles[sorted(order)] = solved
-        return result(_assign(program, machine, cycles), status, bound)
+        return cycles, status, bound
 
     chunks = _chunks(order, program, options.window)
     solved: dict[tuple, tuple[int, ...]] = {}   # a window's structure -> the relative cycles solved for it
@@ -371,12 +378,12 @@ def cpsat_schedule(module: Module, target: Target, options: CpSatScheduler, prog
         if found is not None and spec.cost(found) < spec.cost(spec.hint):
             cycles[free] = np.array(found, dtype=np.int64) + t0
         if progress and (solving or n % max(1, len(chunks) // 10) == 0 or n == len(chunks)):
-            length = int(max(cycles[i] + windows.latency[i] for i in order))
-            progress(f"CP-SAT: window {n:,} of {len(chunks):,}: {length:,} cycles "
-                     f"(list schedule {base.cycles:,}; {reused:,} windows took the schedule of an equal one)")
+            now = int(max(cycles[i] + windows.latency[i] for i in order))
+            progress(f"CP-SAT: window {n:,} of {len(chunks):,}: {now:,} cycles "
+                     f"(list schedule {length:,}; {reused:,} windows took the schedule of an equal one)")
     status = (f"windowed: {solves} of {len(chunks)} windows solved, {reused} took an equal one's schedule"
               + (f" (at most {options.max_windows} are solved)" if solves == options.max_windows else ""))
-    return result(_assign(program, machine, cycles), status)
+    return cycles, status, 0
 
 
 def _chunks(order: list[int], program: Program, window: int) -> list[list[int]]:
@@ -450,4 +457,4 @@ def _assign(program, machine: Machine, cycles) -> dict[int, tuple[int, int, tupl
     return {i: (cycles[i], unit[i], streams[i]) for i in instrs}
 
 
-__all__ = ["CpSatScheduler", "cpsat_schedule"]
+__all__ = ["CpSatScheduler", "cpsat_schedule", "solve_cycles"]

@@ -484,15 +484,21 @@ def _length(program: Program, placed) -> int:
 def list_schedule(module: Module, target: Target, rounds: int = ListScheduler.rounds,
                   program: Program | None = None) -> ScheduleResult:
     """`program`: the module's analysis, when the caller has it already."""
-    ops, machine = module.ops, target.machine
     program = program or analyze(module, target)
+    return schedule_result(module, program, target.machine, list_placements(program, target.machine, rounds))
+
+
+def list_placements(program: Program, machine: Machine, rounds: int = ListScheduler.rounds
+                    ) -> dict[int, tuple[int, int, tuple[int, ...]]]:
+    """The list schedule of `program` (its instructions only: preds must stay among them):
+    instruction -> (cycle, unit instance, streams)."""
     by_index = {ins.index: ins for ins in program.instructions}
     pair_of = dict(program.install_of)
     keys = [i for i in sorted(by_index) if i not in pair_of]  # items: pairs are keyed by their install
     user_of = {inst: mm for mm, inst in program.install_of}
     members = {k: [k] + ([user_of[k]] if k in user_of else []) for k in keys}
 
-    cp = _priorities(program, len(ops))
+    cp = _priorities(program, len(program.preds))
     best = _pass(program, machine, {k: cp[k] for k in keys}, reverse=False)
     for _ in range(rounds):
         # Backward: latest-finishing first; then forward: earliest-starting first.
@@ -506,8 +512,7 @@ def list_schedule(module: Module, target: Target, rounds: int = ListScheduler.ro
                 best, improved = candidate, True
         if not improved:
             break
-
-    return schedule_result(module, program, machine, best)
+    return best
 
 
 def schedule_result(module: Module, program: Program, machine: Machine,
@@ -548,4 +553,4 @@ def apply_schedule(module: Module, result: ScheduleResult) -> Module:
 
 
 __all__ = ["ListScheduler", "Placement", "Program", "ScheduleResult", "Scheduler", "analyze", "apply_schedule",
-           "list_schedule", "lower_bounds", "schedule_result"]
+           "list_placements", "list_schedule", "lower_bounds", "schedule_result"]
