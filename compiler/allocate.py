@@ -14,7 +14,12 @@ shapes how fast the schedule can be:
   - stripes go to slices in round-robin order, so instructions close in program
     order (which the scheduler may run in parallel) use different slice ports;
   - when no slice has room for a stripe it is cut over the largest free blocks,
-    so placement fails only if the live words exceed the chip.
+    so placement fails only if the live words exceed the chip;
+  - `layers`: the op indices where repeated layers start (compiler.templates). The
+    round-robin restarts at each, for the weights (the SRAM image) and for the
+    activations, so every layer's values take the same slices (weights of layer k
+    at layer k's addresses, activations in the words the last layer freed): equal
+    layers hold equal slice ports, and one schedule (a template) fits them all.
 
 State (`mem.state`) is pinned: placed before everything else (at the `out` it
 carries when a partner program fixed it, else from word 0 of the next slices),
@@ -24,7 +29,7 @@ never freed nor reused; its write's result names the state's own words.
 from __future__ import annotations
 
 import math
-from bisect import insort
+from bisect import bisect_right, insort
 from dataclasses import dataclass
 
 from ..ir import machine_ops as mo
@@ -113,9 +118,10 @@ class Allocate(Pass):
 
     name = "allocate"
     stripes: int | None = None
+    layers: tuple[int, ...] = ()
 
     def plan(self, module: Module, target: Target, progress=None) -> Allocation:
-        return plan_allocation(module, target, self.stripes)
+        return plan_allocation(module, target, self.stripes, self.layers)
 
     def apply(self, module: Module, target: Target, plan: Allocation) -> Module:
         return apply_allocation(module, plan)
@@ -137,7 +143,8 @@ def _live_ranges(module: Module) -> tuple[dict[str, int], dict[str, int]]:
     return first, last
 
 
-def plan_allocation(module: Module, target: Target, stripes: int | None = None) -> Allocation:
+def plan_allocation(module: Module, target: Target, stripes: int | None = None, layers: tuple[int, ...] = ()
+                    ) -> Allocation:
     machine, chips = target.machine, target.chips
     sram = machine.sram
     where = places(module)
@@ -218,9 +225,15 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None) 
     for op in states:
         if "out" not in op.attrs:
             place(op.result.name)
-    for c in constants:
+    layer_of = {op.result.name: bisect_right(layers, i) for i, op in enumerate(module.ops) if mo.is_constant(op.name)}
+    for k, c in enumerate(constants):
+        if k and layer_of[c] != layer_of[constants[k - 1]]:
+            cursor[:] = [0] * chips
         place(c)
+    starts = set(layers)
     for i, op in enumerate(module.ops):
+        if i in starts:
+            cursor[:] = [0] * chips
         if not mo.is_pinned(op.name):
             for r in op.results:
                 if r.name in alias:

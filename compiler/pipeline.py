@@ -19,7 +19,7 @@ chips=2 | lower | allocate")`, as the golden IR files do).
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from ..ir import LpucError, Module
 from ..ir.layout import words
@@ -34,7 +34,8 @@ from .lower import Lower
 from .partition import STRATEGIES, Partition, describe
 from .passes import DeadCodeElimination, Pass, Verify
 from .schedule_cpsat import CpSatScheduler
-from .schedule_list import ListScheduler, Scheduler
+from .schedule_list import ListScheduler, ScheduleResult, Scheduler, apply_schedule
+from .templates import machine_blocks, template_schedule
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (Verify, DeadCodeElimination, Partition, Lower, Allocate,
                                                       ListScheduler, CpSatScheduler)}
@@ -179,6 +180,29 @@ def default_chips(graph: Module, machine: Machine) -> int:
     return round_chips(machine, -(-need // usable))
 
 
+def _place(graph_module: Module, target: Target, placing: tuple[Pass, ...], progress=None):
+    """Run the passes that place the program (the last is the allocator) -> (the allocated module, the plans,
+    the machine ops of each repeated layer: compiler.templates). The layers are found on the model as the
+    user wrote it (a partition's split attributes would tell equal layers apart) and mapped onto machine
+    ops through the lowering; the allocator gives equal layers equal slices."""
+    *before, allocate = placing
+    lowered, plans = run_passes(graph_module, target, tuple(before), progress)
+    blocks = machine_blocks(graph_module, plans[Lower.name].origins)
+    allocated, more = run_passes(lowered, target, (replace(allocate, layers=tuple(b[0] for b in blocks)),),
+                                 progress)
+    return allocated, {**plans, **more}, blocks
+
+
+def _templated(allocated: Module, target: Target, blocks, cpsat, rounds: int, progress=None
+               ) -> ScheduleResult | None:
+    """The layer-templated schedule of `allocated` (compiler.templates), or None when the model does not
+    repeat layers enough."""
+    if not blocks:
+        return None
+    found = template_schedule(allocated, target, blocks, cpsat, rounds, progress)
+    return found[0] if found else None
+
+
 def compile_module(graph_module: Module, machine: Machine, options: CompileOptions = CompileOptions(),
                    progress=None) -> tuple[Module, CompileSummary]:
     """`progress`, when given, is called with one line per stage (for long compiles)."""
@@ -222,31 +246,37 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
     for strategy in strategies:
         placing, scheduling = _at_scheduler(passes(options, chips, strategy))
         try:
-            allocated, plans = run_passes(graph_module, target, placing, progress)
+            allocated, plans, blocks = _place(graph_module, target, placing, progress)
         except DoesNotFit as e:
             if len(strategies) == 1:
                 raise
             tried.append((strategy, f"does not fit: {e}"))
             continue
         if len(strategies) == 1:
-            best = (strategy, scheduling, allocated, plans)
+            best = (strategy, scheduling, allocated, plans, blocks)
             break
-        # Candidates are compared by a quick list schedule (no improvement rounds): the cost model is the
-        # scheduler itself. Only the winner is scheduled in earnest.
+        # Candidates are compared by a quick list schedule (no improvement rounds; templated when the model
+        # repeats layers): the cost model is the scheduler itself. Only the winner is scheduled in earnest.
         if progress:
             progress(f"quick list schedule of the {strategy} candidate")
-        cycles = ListScheduler(rounds=0).plan(allocated, target).cycles
+        quick = _templated(allocated, target, blocks, None, 0, progress)
+        cycles = (quick or ListScheduler(rounds=0).plan(allocated, target)).cycles
         tried.append((strategy, str(cycles)))
-        if best is None or cycles < best[4]:
-            best = (strategy, scheduling, allocated, plans, cycles)
+        if best is None or cycles < best[5]:
+            best = (strategy, scheduling, allocated, plans, blocks, cycles)
     if best is None:
         raise DoesNotFit(f"no partition of {graph_module.name} fits {chips} chips: "
                         + "; ".join(f"{s}: {why}" for s, why in tried))
-    strategy, scheduling, allocated, plans = best[:4]
-    scheduled, more = run_passes(allocated, target, scheduling, progress)
-    plans.update(more)
-    partitioned, allocation, result = plans.get(Partition.name, graph_module), plans[Allocate.name], \
-        plans[scheduling[0].name]
+    strategy, scheduling, allocated, plans, blocks = best[:5]
+    cpsat = scheduling[0] if isinstance(scheduling[0], CpSatScheduler) else None
+    result = _templated(allocated, target, blocks, cpsat, options.rounds, progress)
+    if result is not None:
+        scheduled = verify(apply_schedule(allocated, result), machine)
+    else:
+        scheduled, more = run_passes(allocated, target, scheduling, progress)
+        plans.update(more)
+        result = plans[scheduling[0].name]
+    partitioned, allocation = plans.get(Partition.name, graph_module), plans[Allocate.name]
     summary = CompileSummary(
         machine=machine.name, cycles=result.cycles, lower_bound=result.lower_bound,
         critical_path=result.critical_path, resource_bound=result.resource_bound,
