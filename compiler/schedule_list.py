@@ -293,33 +293,73 @@ def _priorities(program: Program, n_ops: int) -> list[int]:
     return prio
 
 
+def _heads(program: Program) -> list[int]:
+    """The earliest cycle each instruction can issue by its dependences alone (preds precede in program
+    order)."""
+    head = [0] * len(program.preds)
+    for ins in program.instructions:
+        head[ins.index] = max([0] + [head[p] + d for p, d in program.preds[ins.index]])
+    return head
+
+
 def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str]:
-    """(critical path, resource bound, the resource that gives it)."""
+    """(critical path, resource bound, what gives it).
+
+    The resource bound is the chain of stages: for a resource and any set S of its holds, the program
+    is at least min over S of the earliest cycle a hold can start (its instruction's dependences from
+    cycle 0), plus the work of S over the resource's capacity, plus min over S of what must follow a hold
+    once it ends (the latency-weighted path from its instruction to the end, less the hold). Taking S =
+    the holds that cannot start before h (for every h; and symmetrically those followed by at least q)
+    gives, for a pipeline over one token stream, each stage's resource bound after the chain of stages
+    before it; with h = q = 0 it is the plain bound work / capacity. Named "chain: R from cycle h, then q"
+    when the chain adds to R's work."""
     prio = _priorities(program, len(program.preds))
+    head = _heads(program)
     critical = max(prio, default=0)
-    work: dict[str, int] = {}
     capacity = {**units(machine), "streams": machine.streams.east + machine.streams.west}
     chips = {ins.chip for ins in program.instructions}
     many = len(chips - {0}) > 0
+    holds: dict[str, list[tuple[int, int, int]]] = {}   # resource -> (earliest start, work, least after)
 
-    def add(chip: int, name: str, amount: int) -> None:
-        key = f"chip{chip} {name}" if many else name  # one chip: the names of a one-chip program
-        work[key] = work.get(key, 0) + amount
+    def add(chip: int | None, name: str, i: int, off: int, length: int, work: int) -> None:
+        key = name if chip is None else f"chip{chip} {name}" if many else name
+        holds.setdefault(key, []).append((head[i] + off, work, prio[i] - off - length))
 
     for ins in program.instructions:
-        add(ins.chip, ins.unit_class, ins.cost.occupancy)
-        add(ins.chip, "streams", ins.streams * ins.cost.latency)
-        for s, n in ins.cost.reads:
-            add(ins.chip, f"slice{s}.read", -(-n // machine.sram.read_ports))
-        for s, n in ins.cost.writes:
-            add(ins.chip, f"slice{s}.write", -(-n // machine.sram.write_ports))
-        for ch, port, _, length in ins.links:
-            work[f"link c{ch}.l{port}"] = work.get(f"link c{ch}.l{port}", 0) + length
+        i, c, ch = ins.index, ins.cost, ins.chip
+        add(ch, ins.unit_class, i, 0, c.occupancy, c.occupancy)
+        if ins.streams:
+            add(ch, "streams", i, 0, c.latency, ins.streams * c.latency)
+        for s, n in c.reads:
+            k = -(-n // machine.sram.read_ports)
+            add(ch, f"slice{s}.read", i, 0, k, k)
+        for s, n in c.writes:
+            k = -(-n // machine.sram.write_ports)
+            add(ch, f"slice{s}.write", i, c.latency - k, k, k)
+        for link_chip, port, off, length in ins.links:
+            add(None, f"link c{link_chip}.l{port}", i, off, length, length)
     best, which = 0, "none"
-    for name in sorted(work):
-        b = -(-work[name] // capacity.get(name.rsplit(" ", 1)[-1], 1))
-        if b > best:
-            best, which = b, name
+    for name in sorted(holds):
+        cap = capacity.get(name.rsplit(" ", 1)[-1], 1)
+        items = holds[name]
+        plain = -(-sum(w for _, w, _ in items) // cap)
+        bound, where = plain, name
+        for by_head in (True, False):
+            # S = the holds with the largest heads (or tails) first, growing one threshold at a time
+            work, least_head, least_tail = 0, None, None
+            ordered = sorted(items, key=lambda x: -x[0] if by_head else -x[2])
+            for k, (h, w, q) in enumerate(ordered):
+                work += w
+                least_head = h if least_head is None else min(least_head, h)
+                least_tail = q if least_tail is None else min(least_tail, q)
+                nxt = ordered[k + 1] if k + 1 < len(ordered) else None
+                if nxt is not None and (nxt[0] == h if by_head else nxt[2] == q):
+                    continue  # a threshold takes every hold at it
+                b = least_head + -(-work // cap) + least_tail
+                if b > bound:
+                    bound, where = b, f"chain: {name} from cycle {least_head:,}, then {least_tail:,}"
+        if bound > best:
+            best, which = bound, where
     return critical, best, which
 
 

@@ -188,23 +188,24 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
             segment_of[i] = len(segments)
             segments.append(_Segment([i]))
 
-    # Templates: a block's shape (costs, inner dependences, resource sharing pattern) -> its template.
-    shapes: dict[tuple, int] = {}
-    firsts: list[int] = []
-    for n, seg in enumerate(segments):
-        if n < n_blocks:
-            key = _shape(seg.members, program, by_index, uses_of, capacity)
-            if key not in shapes:
-                shapes[key] = len(firsts)
-                firsts.append(n)
-            seg.template = shapes[key]
-
-    # Each template's relative cycles: its first block alone, list-scheduled, then CP-SAT.
+    # Templates: a block takes the first template of its shape (costs, resource sharing pattern) whose
+    # cycles meet its own inner dependences (its write-after-read edges follow its addresses); else its
+    # own, scheduled alone: list-scheduled, then CP-SAT.
+    shapes: dict[tuple, list[int]] = defaultdict(list)
     rel_of: list[list[int]] = []
-    for t, n in enumerate(firsts):
-        members = segments[n].members
+    t_templates = time.perf_counter()
+    for n in range(n_blocks):
+        seg = segments[n]
+        members = seg.members
+        key = _shape(members, program, by_index, uses_of, capacity)
+        seg.template = next((t for t in shapes[key] if _meets(rel_of[t], members, program)), -1)
+        if seg.template >= 0:
+            continue
         if progress:
-            progress(f"templates: scheduling template {t + 1} of {len(firsts)} ({len(members):,} instructions)")
+            left = f", about {(time.perf_counter() - t_templates) / n * (n_blocks - n):.0f} s left at most" if n \
+                else ""
+            progress(f"templates: block {n + 1} of {n_blocks}: scheduling template {len(rel_of) + 1} "
+                     f"({len(members):,} instructions){left}")
         sub = _sub_program(program, members)
         placed = list_placements(sub, machine, rounds)
         cycles = np.zeros(len(module.ops), dtype=np.int64)
@@ -215,6 +216,8 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
             if better is not None:
                 cycles = better
         base = int(min(cycles[i] for i in members))
+        seg.template = len(rel_of)
+        shapes[key].append(seg.template)
         rel_of.append([int(cycles[i]) - base for i in members])
 
     # Stamp the segments in dependence order (ties: program order).
@@ -271,7 +274,7 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     if any(w for w in waiting.values()):
         return None
     result = schedule_result(module, program, machine, _assign(program, machine, cycles))
-    stats = TemplateStats(stamped_blocks, len(firsts), boundary)
+    stats = TemplateStats(stamped_blocks, len(rel_of), boundary)
     status = (f"templates: {stats.templates} for {stats.blocks} blocks, {boundary:,} cycles lost at boundaries"
               + ("; CP-SAT on each" if options is not None else ""))
     return replace(result, solver_status=status, solve_seconds=time.perf_counter() - t_start), stats
@@ -285,9 +288,15 @@ def _asap(members: list[int], program: Program, by_index) -> list[int]:
     return [at[i] for i in members]
 
 
+def _meets(rel: list[int], members: list[int], program: Program) -> bool:
+    """Whether relative cycles `rel` meet the dependences among `members` (in the same order)."""
+    pos = {i: k for k, i in enumerate(members)}
+    return all(rel[pos[i]] >= rel[pos[p]] + d for i in members for p, d in program.preds[i] if p in pos)
+
+
 def _shape(members: list[int], program: Program, by_index, uses_of, capacity) -> tuple:
     """What a block is apart from where it sits: per instruction its costs and holds (groups renamed in
-    order of appearance, with their capacities), and its dependences among the block's instructions."""
+    order of appearance, with their capacities) and its read-after-write dependences within the block."""
     pos = {i: k for k, i in enumerate(members)}
     rename: dict[tuple, int] = {}
     rows = []
@@ -295,7 +304,7 @@ def _shape(members: list[int], program: Program, by_index, uses_of, capacity) ->
         ins = by_index[i]
         holds = tuple((rename.setdefault(u.group, len(rename)), capacity[u.group], pos.get(u.last, -1),
                        u.first_off, u.last_off, u.demand) for u in uses_of.get(i, ()))
-        edges = tuple((pos[p], d) for p, d in program.preds[i] if p in pos)
+        edges = tuple((pos[p], d) for p, d in program.raw[i] if p in pos)
         rows.append((ins.unit_class, ins.cost.latency, ins.cost.occupancy, ins.streams, holds, edges))
     return tuple(rows)
 

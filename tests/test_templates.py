@@ -1,0 +1,98 @@
+"""Layer templates (compiler/templates.py) and the chained lower bound (schedule_list.lower_bounds).
+
+A model with repeated layers is scheduled from one template per distinct block, stamped at exact offsets:
+the program must still run hazard-free on the interpreter and give the reference evaluator's numbers, on
+one chip and over several. The lower bound must never exceed an optimal schedule (CP-SAT proves it
+optimal on small programs)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+import lpuc
+from lpuc.compiler.driver import load_model, read_ir
+from lpuc.compiler.pipeline import CompileOptions, compile_module
+from lpuc.compiler.templates import MIN_REPEATS
+from lpuc.ir.evaluator import evaluate
+from lpuc.ir.machine import read_machine
+
+from helpers import ROOT, max_rel_error
+
+LAYERS = 5
+
+
+@lru_cache(maxsize=None)
+def _tiny(tmp: str, mode: str) -> str:
+    path = f"{tmp}/tiny_{mode}_{LAYERS}.onnx"
+    subprocess.run([sys.executable, str(ROOT / "samples" / "shape_only.py"), "tiny", "--mode", mode, "--seq", "5",
+                    "--past", "6", "--layers", str(LAYERS), "--dtype", "float32", "--weights", "random", "-o", path],
+                   check=True, capture_output=True)
+    return path
+
+
+def _inputs(module) -> dict:
+    rng = np.random.default_rng(0)
+    out = {}
+    for v in module.inputs:
+        dtype = v.type.dtype.numpy
+        if np.dtype(dtype).kind == "i":  # token ids and positions: small and valid
+            out[v.name] = (np.arange(int(np.prod(v.type.shape))).reshape(v.type.shape) % 7 + 6).astype(dtype)
+        else:
+            out[v.name] = rng.standard_normal(v.type.shape).astype(dtype)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.mark.parametrize("mode, chips, partition, scheduler", [
+    ("decode", 1, "auto", "list"), ("decode", 2, "tensor", "cpsat"), ("prefill", 4, "pipeline", "list")])
+def test_templated_program_runs_and_matches_the_evaluator(tiny_dir, mode, chips, partition, scheduler):
+    path = _tiny(tiny_dir, mode)
+    module, _ = load_model(path)
+    inputs = _inputs(module)
+    program = lpuc.compile(path, chips=chips, partition=partition, scheduler=scheduler)
+    status = program.manifest["summary"]["solver_status"]
+    assert status.startswith("templates: "), status
+    templates, blocks = (int(w) for w in status.split()[1:4:2])
+    assert blocks == LAYERS
+    if partition != "pipeline":  # every layer on the same chips: the middle ones share one template
+        assert templates < blocks, status
+    result = lpuc.run(program, inputs)  # the interpreter checks every hazard
+    assert not result.hazards
+    ref = evaluate(module, inputs)
+    for name, want in ref.items():
+        assert max_rel_error(result.outputs[name], want) <= 1e-4, name
+
+
+def test_fewer_layers_keep_the_plain_schedule():
+    """The samples have two layers: below MIN_REPEATS, so their schedules (the golden records) stay."""
+    assert MIN_REPEATS > 2
+    machine, _ = read_machine("tsp-v1")
+    module, _ = load_model(ROOT / "samples" / "llama_decode.onnx")
+    _, summary = compile_module(module, machine, CompileOptions(scheduler="list"))
+    assert not summary.solver_status.startswith("templates")
+
+
+# --- the lower bound is honest --------------------------------------------------------------------
+
+SMALL = [("layernorm_mlp", 1), ("layernorm_mlp", 2), ("attention", 1), ("attention", 2), ("data_movement", 1)]
+
+
+@pytest.mark.parametrize("name, chips", SMALL)
+def test_bound_never_exceeds_an_optimal_schedule(name, chips):
+    machine, _ = read_machine("tsp-v1")
+    module = read_ir(ROOT / "tests" / "golden" / "ir" / f"{name}.ir")
+    _, summary = compile_module(module, machine, CompileOptions(chips=chips, effort=5.0, window=2000,
+                                                                partition="pipeline" if chips > 1 else "auto"))
+    assert summary.solver_status == "optimal", summary.solver_status   # cycles is the optimum
+    assert summary.critical_path <= summary.cycles
+    assert summary.resource_bound <= summary.cycles, (summary.bound_resource, summary.resource_bound,
+                                                      summary.cycles)
