@@ -331,20 +331,20 @@ def cpsat_schedule(module: Module, target: Target, options: CpSatScheduler, prog
     base = list_schedule(module, target, options.rounds, program)
     t_start = time.perf_counter()
     cycles = np.array([p.cycle for p in base.placements], dtype=np.int64)
-    solved, status, bound = solve_cycles(program, machine, cycles, base.lower_bound, options, progress)
+    solved, status, bound, _ = solve_cycles(program, machine, cycles, base.lower_bound, options, progress)
     placed = _as_placed(base) if solved is None else _assign(program, machine, solved)
     return replace(schedule_result(module, program, machine, placed, bound), solver_status=status,
                    list_cycles=base.cycles, solve_seconds=time.perf_counter() - t_start)
 
 
 def solve_cycles(program: Program, machine: Machine, cycles: np.ndarray, floor: int, options: CpSatScheduler,
-                 progress=None) -> tuple[np.ndarray | None, str, int]:
+                 progress=None) -> tuple[np.ndarray | None, str, int, int]:
     """Improve a valid schedule's `cycles` (per op index; those of `program`'s instructions count) with
-    CP-SAT: -> (the better cycles, or None when none was found; the status; the proven bound, 0: none).
-    `floor`: a known lower bound on the length."""
+    CP-SAT: -> (the better cycles, or None when none was found; the status; the proven bound, 0: none;
+    the models solved). `floor`: a known lower bound on the length."""
     order = sorted((ins.index for ins in program.instructions), key=lambda i: (cycles[i], i))
     if not order:
-        return None, "skipped", 0
+        return None, "skipped", 0, 0
     cycles = cycles.copy()
     windows = _Windows(program, machine, cycles)
     length = int(max(cycles[i] + windows.latency[i] for i in order))
@@ -352,9 +352,9 @@ def solve_cycles(program: Program, machine: Machine, cycles: np.ndarray, floor: 
         spec, t0 = windows.spec(sorted(order), whole=True, floor=floor)
         status, solved, bound = _solve(spec, options, progress)
         if solved is None or max(c + lat for c, lat in zip(solved, spec.latency)) >= length:
-            return None, status, bound
+            return None, status, bound, 1
         cycles[sorted(order)] = solved
-        return cycles, status, bound
+        return cycles, status, bound, 1
 
     chunks = _chunks(order, program, options.window)
     solved: dict[tuple, tuple[int, ...]] = {}   # a window's structure -> the relative cycles solved for it
@@ -383,7 +383,7 @@ def solve_cycles(program: Program, machine: Machine, cycles: np.ndarray, floor: 
                      f"(list schedule {length:,}; {reused:,} windows took the schedule of an equal one)")
     status = (f"windowed: {solves} of {len(chunks)} windows solved, {reused} took an equal one's schedule"
               + (f" (at most {options.max_windows} are solved)" if solves == options.max_windows else ""))
-    return cycles, status, 0
+    return cycles, status, 0, solves
 
 
 def _chunks(order: list[int], program: Program, window: int) -> list[list[int]]:

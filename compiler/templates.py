@@ -193,6 +193,7 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     # own, scheduled alone: list-scheduled, then CP-SAT.
     shapes: dict[tuple, list[int]] = defaultdict(list)
     rel_of: list[list[int]] = []
+    solves = 0
     t_templates = time.perf_counter()
     for n in range(n_blocks):
         seg = segments[n]
@@ -211,8 +212,10 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
         cycles = np.zeros(len(module.ops), dtype=np.int64)
         for i in members:
             cycles[i] = placed[i][0]
-        if options is not None:
-            better, _, _ = solve_cycles(sub, machine, cycles, 0, options)
+        if options is not None and solves < options.max_windows:  # the solver's budget: the whole program's
+            better, _, _, n_solved = solve_cycles(sub, machine, cycles, 0,
+                                                  replace(options, max_windows=options.max_windows - solves))
+            solves += n_solved
             if better is not None:
                 cycles = better
         base = int(min(cycles[i] for i in members))
@@ -276,7 +279,7 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     result = schedule_result(module, program, machine, _assign(program, machine, cycles))
     stats = TemplateStats(stamped_blocks, len(rel_of), boundary)
     status = (f"templates: {stats.templates} for {stats.blocks} blocks, {boundary:,} cycles lost at boundaries"
-              + ("; CP-SAT on each" if options is not None else ""))
+              + (f"; CP-SAT: {solves} models solved (at most {options.max_windows})" if options is not None else ""))
     return replace(result, solver_status=status, solve_seconds=time.perf_counter() - t_start), stats
 
 
