@@ -7,12 +7,15 @@ schedule reused:
 - Blocks: the graph's repeated layers (backends.graph.find_layers, the detector the viewer draws
   "layer x N" with), mapped onto the machine instructions their lowering emitted (Lowering.origins).
   At least MIN_REPEATS of them, or the program is scheduled as before.
-- Templates: blocks whose instructions have the same costs, the same dependences among themselves and the
-  same pattern of resource sharing (the resources a block holds, renamed in order of appearance: which
-  chips, slices and links it uses does not matter, only which of its holds share one) have one template,
-  scheduled once on the block alone (what it reads from outside ready at cycle 0): the list scheduler,
-  then CP-SAT on the whole block (compiler.schedule_cpsat.solve_cycles). A block's placement (its chips,
-  SRAM layout, the routes of its transfers) is in its own instructions; a template is its relative cycles.
+- Templates: blocks whose instructions have the same costs, the same read-after-write dependences among
+  themselves and the same pattern of resource sharing (the resources a block holds, renamed in order of
+  appearance: which chips, slices and links it uses does not matter, only which of its holds share one)
+  share a template when its cycles also meet the block's own write-after-read edges (they follow its
+  addresses). A template is scheduled once, on its block alone (what it reads from outside ready at
+  cycle 0): the list scheduler, then CP-SAT (compiler.schedule_cpsat.solve_cycles) within the program's
+  `max_windows` budget. A block's placement (its chips, SRAM layout, the routes of its transfers) is in
+  its own instructions; a template is relative cycles. The allocator gives equal layers equal slices
+  (compiler.allocate, `layers`), so equal layers on the same chips share one.
 - Stamping: in dependence order, each block is placed as a rigid whole at the earliest cycle offset where
   its dependences on everything placed so far are met and every resource it holds (unit classes, MXM
   planes, stream registers, slice ports, link directions: the CP-SAT model's resource groups) has room.
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
@@ -40,7 +43,6 @@ import numpy as np
 
 from ..backends.graph import find_layers
 from ..ir import Module
-from ..ir.machine import Machine
 from ..ir.target import Target
 
 from .schedule_cpsat import CpSatScheduler, _assign, _uses, solve_cycles
