@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right, insort
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..ir import machine_ops as mo
 from ..ir import LpucError, Module
@@ -118,7 +118,7 @@ class Allocate(Pass):
 
     name = "allocate"
     stripes: int | None = None
-    layers: tuple[int, ...] = ()
+    layers: tuple[int, ...] = field(default=(), repr=False)  # the driver's (compiler.templates), per model
 
     def plan(self, module: Module, target: Target, progress=None) -> Allocation:
         return plan_allocation(module, target, self.stripes, self.layers)
