@@ -2,7 +2,8 @@
 
     python benchmarks/large_model.py [--preset llama2-7b|llama2-70b] [--mode decode|prefill]
                                      [--context 2048] [--seq 32] [--layers 8,16,32] [--scheduler cpsat|list]
-                                     [--machine tsp-v1] [--determinism] [--keep DIR]
+                                     [--machine tsp-v1] [--partition auto|pipeline|tensor] [--determinism]
+                                     [--keep DIR]
 
 For each layer count, writes the shape-only model (samples/shape_only.py: the
 real shapes, weights never read; decode: one token after context - 1 cached
@@ -40,13 +41,14 @@ sys.path.insert(0, str(ROOT))
 from samples import shape_only  # noqa: E402
 
 
-def _compile(model: Path, out: Path, seed: str, workers: int, scheduler: str, machine: str
+def _compile(model: Path, out: Path, seed: str, workers: int, scheduler: str, machine: str, partition: str
              ) -> tuple[dict, float, float, float]:
     """(the --json report, wall seconds, CPU seconds, peak RSS in MB) of one compile in a fresh process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "lpuc.compiler", "compile", str(model), "-o", str(out), "--no-weights",
-                        "--json", "--workers", str(workers), "--scheduler", scheduler, "--machine", machine],
+                        "--json", "--workers", str(workers), "--scheduler", scheduler, "--machine", machine,
+                        "--partition", partition],
                        cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if p.returncode:
@@ -67,6 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--layers", default="8,16,32")
     p.add_argument("--scheduler", default="cpsat", choices=("cpsat", "list"))
     p.add_argument("--machine", default="tsp-v1")
+    p.add_argument("--partition", default="auto", choices=("auto", "pipeline", "tensor"))
     p.add_argument("--determinism", action="store_true")
     p.add_argument("--keep", type=Path, help="write the models and programs here (default: a temporary directory)")
     args = p.parse_args(argv)
@@ -76,7 +79,7 @@ def main(argv=None) -> int:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         print(f"{args.preset} {args.mode} ({f'context {args.context}' if args.mode == 'decode' else f'{args.seq} tokens'}),"
-              f" {args.machine}, --scheduler {args.scheduler}; load average {os.getloadavg()[0]:.1f}")
+              f" {args.machine}, --partition {args.partition} --scheduler {args.scheduler}; load average {os.getloadavg()[0]:.1f}")
         head = (f"{'layers':>6} {'chips':>5} {'instructions':>12} {'cycles':>12} {'bound':>12} {'gap':>6} "
                 f"{'wall s':>7} {'CPU s':>7} {'CPU s/layer':>11} {'RSS MB':>7}  bound from; scheduler")
         print(head)
@@ -85,7 +88,7 @@ def main(argv=None) -> int:
             model = work / f"{args.preset}_{args.mode}_{layers}.onnx"
             shape_only.write(args.preset, model, layers=layers, **shape)
             report, seconds, cpu, rss = _compile(model, model.with_suffix(".lpu"), "0", 8, args.scheduler,
-                                                 args.machine)
+                                                 args.machine, args.partition)
             print(f"{layers:>6} {report['chips']:>5} {report['instructions']:>12,} {report['cycles']:>12,} "
                   f"{report['lower_bound_cycles']:>12,} {report['gap']:>6.1%} {seconds:>7.1f} {cpu:>7.1f} "
                   f"{cpu / layers:>11.2f} {rss:>7.0f}  {report['bound']}; {report.get('solver_status', '')}",
@@ -97,8 +100,8 @@ def main(argv=None) -> int:
             shas = {}
             for seed, workers in (("0", 8), ("1", 1), ("12345", 2)):
                 out = work / f"det_{workers}.lpu"
-                shas[seed, workers] = _compile(model, out, seed, workers, args.scheduler,
-                                               args.machine)[0]["schedule_sha256"]
+                shas[seed, workers] = _compile(model, out, seed, workers, args.scheduler, args.machine,
+                                               args.partition)[0]["schedule_sha256"]
             print(f"\ndeterminism, {layer_counts[0]} layers:")
             for (seed, workers), sha in shas.items():
                 print(f"  PYTHONHASHSEED={seed:<6} --workers {workers}: {sha}")
