@@ -187,7 +187,8 @@ def _place(graph_module: Module, target: Target, placing: tuple[Pass, ...], prog
     ops through the lowering; the allocator gives equal layers equal slices."""
     *before, allocate = placing
     lowered, plans = run_passes(graph_module, target, tuple(before), progress)
-    blocks = machine_blocks(graph_module, plans[Lower.name].origins)
+    # the lowering is not kept: it is the lowered module again, and would hold the program twice
+    blocks = machine_blocks(graph_module, plans.pop(Lower.name).origins)
     allocated, more = run_passes(lowered, target, (replace(allocate, layers=tuple(b[0] for b in blocks)),),
                                  progress)
     return allocated, {**plans, **more}, blocks
