@@ -15,11 +15,13 @@ shapes how fast the schedule can be:
     order (which the scheduler may run in parallel) use different slice ports;
   - when no slice has room for a stripe it is cut over the largest free blocks,
     so placement fails only if the live words exceed the chip;
-  - `layers`: the op indices where repeated layers start (compiler.templates). The
-    round-robin restarts at each, for the weights (the SRAM image) and for the
-    activations, so every layer's values take the same slices (weights of layer k
-    at layer k's addresses, activations in the words the last layer freed): equal
-    layers hold equal slice ports, and one schedule (a template) fits them all.
+  - `layers`: the op indices of each repeated layer, position by position
+    (compiler.templates). A value of a later layer takes the place of its
+    counterpart two layers before: the same words when they are free (activations
+    alternate between two sets of words), else the same slices (weights of layer k
+    at layer k's addresses); the round-robin restarts at each layer for the rest. So
+    equal layers hold equal slice ports, and one or two schedules (templates) fit
+    them all.
 
 State (`mem.state`) is pinned: placed before everything else (at the `out` it
 carries when a partner program fixed it, else from word 0 of the next slices),
@@ -29,7 +31,7 @@ never freed nor reused; its write's result names the state's own words.
 from __future__ import annotations
 
 import math
-from bisect import bisect_right, insort
+from bisect import insort
 from dataclasses import dataclass, field
 
 from ..ir import machine_ops as mo
@@ -118,7 +120,7 @@ class Allocate(Pass):
 
     name = "allocate"
     stripes: int | None = None
-    layers: tuple[int, ...] = field(default=(), repr=False)  # the driver's (compiler.templates), per model
+    layers: tuple[tuple[int, ...], ...] = field(default=(), repr=False)  # the driver's (compiler.templates)
 
     def plan(self, module: Module, target: Target, progress=None) -> Allocation:
         return plan_allocation(module, target, self.stripes, self.layers)
@@ -143,8 +145,8 @@ def _live_ranges(module: Module) -> tuple[dict[str, int], dict[str, int]]:
     return first, last
 
 
-def plan_allocation(module: Module, target: Target, stripes: int | None = None, layers: tuple[int, ...] = ()
-                    ) -> Allocation:
+def plan_allocation(module: Module, target: Target, stripes: int | None = None,
+                    layers: tuple[tuple[int, ...], ...] = ()) -> Allocation:
     machine, chips = target.machine, target.chips
     sram = machine.sram
     where = places(module)
@@ -197,8 +199,13 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None, 
     cursor = [0] * chips
     placed: dict[str, tuple[Extent, ...]] = {}
 
+    twin = _twins(module, layers)
+
     def place(name: str) -> None:
         c, n = chip[name], size[name]
+        if name in twin and _take_like(free[c], placed[twin[name]], n, name, placed):
+            cursor[c] = placed[name][-1][0] + 1
+            return
         pieces = max(1, min(stripes or types[name].dtype.itemsize, n), -(-n // sram.words_per_slice))
         chunk = -(-n // pieces) if n else 0
         out, remaining = [], n
@@ -225,12 +232,13 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None, 
     for op in states:
         if "out" not in op.attrs:
             place(op.result.name)
-    layer_of = {op.result.name: bisect_right(layers, i) for i, op in enumerate(module.ops) if mo.is_constant(op.name)}
+    block_of = {i: r for r, block in enumerate(layers) for i in block}
+    layer_of = {op.result.name: block_of.get(i) for i, op in enumerate(module.ops) if mo.is_constant(op.name)}
     for k, c in enumerate(constants):
         if k and layer_of[c] != layer_of[constants[k - 1]]:
             cursor[:] = [0] * chips
         place(c)
-    starts = set(layers)
+    starts = {block[0] for block in layers if block}
     for i, op in enumerate(module.ops):
         if i in starts:
             cursor[:] = [0] * chips
@@ -257,6 +265,40 @@ def _pin(free: _Free, op, n: int, sram) -> None:
             raise LpucError(f"{op.label()}: its fixed out (slice {s} word {w}, {k} words) is outside SRAM or "
                             "taken by another state")
         free.take(s, w, k)
+
+
+def _twins(module: Module, layers: tuple[tuple[int, ...], ...]) -> dict[str, str]:
+    """Each result of a later layer's op -> the same result of its counterpart two layers before (whose
+    words are free by then: layers alternate between two sets of words, like double buffers), or one
+    layer before when that is the one of equal length (op by op of the same name)."""
+    twin = {}
+    for r, block in enumerate(layers):
+        like = next((layers[q] for q in (r - 2, r - 1) if q >= 0 and len(layers[q]) == len(block)), None)
+        for i, j in zip(block, like or ()):
+            a, b = module.ops[i], module.ops[j]
+            if a.name == b.name and len(a.results) == len(b.results):
+                twin.update((x.name, y.name) for x, y in zip(a.results, b.results) if x.type == y.type)
+    return twin
+
+
+def _take_like(free: _Free, like: tuple[Extent, ...] | None, n: int, name: str, placed: dict) -> bool:
+    """Place `name` (n words) like `like`: at the same words when they are free, else at the same slices
+    (pieces in distinct slices only); False when neither fits."""
+    if like is None or sum(k for _, _, k in like) != n:
+        return False
+    if all(free.first_fit_at(s, start, k) for s, start, k in like):
+        out = like
+    elif len({s for s, _, _ in like}) == len(like):
+        starts = [free.first_fit(s, k) for s, _, k in like]
+        if None in starts:
+            return False
+        out = tuple((s, start, k) for (s, _, k), start in zip(like, starts))
+    else:
+        return False
+    for s, start, k in out:
+        free.take(s, start, k)
+    placed[name] = tuple(out)
+    return True
 
 
 def apply_allocation(module: Module, allocation: Allocation) -> Module:

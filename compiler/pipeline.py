@@ -189,7 +189,7 @@ def _place(graph_module: Module, target: Target, placing: tuple[Pass, ...], prog
     lowered, plans = run_passes(graph_module, target, tuple(before), progress)
     # the lowering is not kept: it is the lowered module again, and would hold the program twice
     blocks = machine_blocks(graph_module, plans.pop(Lower.name).origins)
-    allocated, more = run_passes(lowered, target, (replace(allocate, layers=tuple(b[0] for b in blocks)),),
+    allocated, more = run_passes(lowered, target, (replace(allocate, layers=blocks),),
                                  progress)
     return allocated, {**plans, **more}, blocks
 
