@@ -36,10 +36,7 @@ from ..ir.layout import words
 from ..ir.registry import OPS
 from ..ir.target import Target
 
-from ..backends.graph import find_layers
-
 from .lower import tilings
-from .templates import MIN_REPEATS
 from .passes import Pass
 
 STRATEGIES = ("auto", "pipeline", "tensor")
@@ -162,22 +159,13 @@ def _weight_bytes(module: Module, lanes: int) -> list[int]:
 def _tensor(module: Module, constants: set[str], chips: int, lanes: int
             ) -> tuple[list[int], dict[int, str], Groups]:
     """Everything on chip 0 but the split ops: each goes to as many chips as it has tiles, the least loaded
-    first, so that weights spread evenly rather than piling onto the same chips op after op. In a model
-    of repeated layers (find_layers, as compiler.templates uses them), an op of a later layer takes the
-    chips of its counterpart in the first one: every layer is spread alike, so one schedule fits them all."""
+    first, so that weights spread evenly rather than piling onto the same chips op after op."""
     weights, load, kinds, groups = _weight_bytes(module, lanes), [0] * chips, {}, {}
-    layers = find_layers(module)
-    first_of = {} if layers is None or layers.count < MIN_REPEATS else \
-        {i: layers.blocks[0][j] for i, (r, j) in layers.where().items() if r}
     for i, op in enumerate(module.ops):
         offered = tilings(op, constants, lanes)
         if offered:
             kinds[i], tiles = next(iter(offered.items()))  # the rule's preferred tiling
-            twin = first_of.get(i)
-            if twin in groups and kinds.get(twin) == kinds[i] and len(groups[twin]) == min(tiles, chips):
-                group = [c for c, _ in groups[twin]]
-            else:
-                group = sorted(sorted(range(chips), key=lambda c: (load[c], c))[:tiles])
+            group = sorted(sorted(range(chips), key=lambda c: (load[c], c))[:tiles])
             for c in group:
                 load[c] += weights[i] // len(group) + 1
             groups[i] = tuple((c, 1) for c in group)
