@@ -36,15 +36,16 @@ def _tiny(tmp: str, mode: str) -> str:
 
 
 def _inputs(module) -> dict:
+    """Hugging Face's: token ids, a mask of ones over the context, the new tokens' positions, a random past."""
     rng = np.random.default_rng(0)
-    out = {}
+    shapes = {v.name: v.type.shape for v in module.inputs}
+    context, tokens = shapes["attention_mask"][1], shapes["input_ids"][1]
+    out = {"input_ids": rng.integers(0, 400, (1, tokens)), "attention_mask": np.ones((1, context), np.int64),
+           "position_ids": np.arange(context - tokens, context)[None]}
     for v in module.inputs:
-        dtype = v.type.dtype.numpy
-        if np.dtype(dtype).kind == "i":  # token ids and positions: small and valid
-            out[v.name] = (np.arange(int(np.prod(v.type.shape))).reshape(v.type.shape) % 7 + 6).astype(dtype)
-        else:
-            out[v.name] = rng.standard_normal(v.type.shape).astype(dtype)
-    return out
+        if v.name not in out:
+            out[v.name] = rng.standard_normal(v.type.shape).astype(v.type.dtype.numpy)
+    return {v.name: out[v.name].astype(v.type.dtype.numpy) for v in module.inputs}
 
 
 @pytest.fixture(scope="module")
