@@ -55,7 +55,8 @@ from ..ir.costs import units
 from ..ir.machine import Machine
 from ..ir.target import Target
 
-from .schedule_list import Program, ScheduleResult, Scheduler, analyze, list_schedule, schedule_result
+from .schedule_list import (Program, ScheduleResult, Scheduler, analyze, list_schedule, lower_bounds,
+                            schedule_result)
 
 STATUS = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible", cp_model.INFEASIBLE: "infeasible",
           cp_model.MODEL_INVALID: "invalid", cp_model.UNKNOWN: "unknown"}
@@ -331,7 +332,11 @@ def cpsat_schedule(module: Module, target: Target, options: CpSatScheduler, prog
     base = list_schedule(module, target, options.rounds, program)
     t_start = time.perf_counter()
     cycles = np.array([p.cycle for p in base.placements], dtype=np.int64)
-    solved, status, bound, _ = solve_cycles(program, machine, cycles, base.lower_bound, options, progress)
+    # The model's floor on the length is the plain bound (critical path, work / capacity), not the chained
+    # one: a floor is part of the model, and the chained one changed CP-SAT's search (it gave two samples
+    # 1 and 115 cycles longer schedules).
+    critical, _, _, plain = lower_bounds(program, machine)
+    solved, status, bound, _ = solve_cycles(program, machine, cycles, max(critical, plain), options, progress)
     placed = _as_placed(base) if solved is None else _assign(program, machine, solved)
     return replace(schedule_result(module, program, machine, placed, bound), solver_status=status,
                    list_cycles=base.cycles, solve_seconds=time.perf_counter() - t_start)

@@ -302,8 +302,8 @@ def _heads(program: Program) -> list[int]:
     return head
 
 
-def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str]:
-    """(critical path, resource bound, what gives it).
+def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str, int]:
+    """(critical path, resource bound, what gives it, the plain resource bound: work / capacity alone).
 
     The resource bound is the chain of stages: for a resource and any set S of its holds, the program
     is at least min over S of the earliest cycle a hold can start (its instruction's dependences from
@@ -338,11 +338,12 @@ def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str]:
             add(ch, f"slice{s}.write", i, c.latency - k, k, k)
         for link_chip, port, off, length in ins.links:
             add(None, f"link c{link_chip}.l{port}", i, off, length, length)
-    best, which = 0, "none"
+    best, which, plain_best = 0, "none", 0
     for name in sorted(holds):
         cap = capacity.get(name.rsplit(" ", 1)[-1], 1)
         items = holds[name]
         plain = -(-sum(w for _, w, _ in items) // cap)
+        plain_best = max(plain_best, plain)
         bound, where = plain, name
         for by_head in (True, False):
             # S = the holds with the largest heads (or tails) first, growing one threshold at a time
@@ -360,7 +361,7 @@ def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str]:
                     bound, where = b, f"chain: {name} from cycle {least_head:,}, then {least_tail:,}"
         if bound > best:
             best, which = bound, where
-    return critical, best, which
+    return critical, best, which, plain_best
 
 
 @dataclass(frozen=True)
@@ -575,7 +576,7 @@ def schedule_result(module: Module, program: Program, machine: Machine,
             for r in op.results:
                 available[r.name] = t
         placements.append(p)
-    critical, resource, which = lower_bounds(program, machine)
+    critical, resource, which, _ = lower_bounds(program, machine)
     return ScheduleResult(tuple(placements), _length(program, best), critical, resource, which, len(by_index),
                           proven_bound)
 
