@@ -23,7 +23,8 @@ schedule reused:
   offset: block k+1 starts when its inputs are ready and its resources free, not at a padded period. The
   cycles a stamp waits for resources beyond what its dependences ask are reported ("lost at boundaries").
   Every other instruction (embedding, final norm, head; with its weight install, a pair) is placed the
-  same way, one at a time, in program order.
+  same way, one at a time, in program order; so is a block's load from the host that waits for nothing
+  in the block (the layer's past K/V): it streams ahead of the layers instead of waiting for its block.
 - Unit instances, planes and stream registers are assigned from the cycles at the end, as after CP-SAT.
 
 The result is an ordinary schedule: the verifier and the interpreter check it like any other. Templates
@@ -174,7 +175,11 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     segment_of: dict[int, int] = {}
     segments: list[_Segment] = []
     for block in blocks:
-        members = sorted({i for i in block if i in by_index} | {pair_of[i] for i in block if i in pair_of})
+        # a load from the host that waits for nothing in the block (the layer's past K/V) is not stamped
+        # with its block: on its own it goes as early as it can, streaming ahead of the layers
+        inside = set(block)
+        members = sorted({i for i in block if i in by_index and not _streams_ahead(by_index[i], program, inside)}
+                         | {pair_of[i] for i in block if i in pair_of})
         if members:
             for i in members:
                 segment_of[i] = len(segments)
@@ -283,6 +288,10 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     status = (f"templates: {stats.templates} for {stats.blocks} blocks, {boundary:,} cycles lost at boundaries"
               + (f"; CP-SAT: {solves} models solved (at most {options.max_windows})" if options is not None else ""))
     return replace(result, solver_status=status, solve_seconds=time.perf_counter() - t_start), stats
+
+
+def _streams_ahead(ins, program: Program, block: set[int]) -> bool:
+    return ins.unit_class == "host" and not any(p in block for p, _ in program.preds[ins.index])
 
 
 def _asap(members: list[int], program: Program, by_index) -> list[int]:
