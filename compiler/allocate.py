@@ -270,13 +270,14 @@ def _pin(free: _Free, op, n: int, sram) -> None:
 def _twins(module: Module, layers: tuple[tuple[int, ...], ...]) -> dict[str, str]:
     """Each result of a later layer's op -> the same result of its counterpart two layers before (whose
     words are free by then: layers alternate between two sets of words, like double buffers), or one
-    layer before when that is the one of equal length (op by op of the same name)."""
+    layer before when that is the one of equal length (op by op of the same name). Not state: its place
+    is its own (placed first, and shared with partner programs)."""
     twin = {}
     for r, block in enumerate(layers):
         like = next((layers[q] for q in (r - 2, r - 1) if q >= 0 and len(layers[q]) == len(block)), None)
         for i, j in zip(block, like or ()):
             a, b = module.ops[i], module.ops[j]
-            if a.name == b.name and len(a.results) == len(b.results):
+            if a.name == b.name and len(a.results) == len(b.results) and not mo.is_pinned(a.name):
                 twin.update((x.name, y.name) for x, y in zip(a.results, b.results) if x.type == y.type)
     return twin
 
