@@ -277,7 +277,7 @@ def _twins(module: Module, layers: tuple[tuple[int, ...], ...]) -> dict[str, str
         like = next((layers[q] for q in (r - 2, r - 1) if q >= 0 and len(layers[q]) == len(block)), None)
         for i, j in zip(block, like or ()):
             a, b = module.ops[i], module.ops[j]
-            if a.name == b.name and len(a.results) == len(b.results) and not mo.is_pinned(a.name):
+            if a.name == b.name and len(a.results) == len(b.results) and not mo.is_state(a.name):
                 twin.update((x.name, y.name) for x, y in zip(a.results, b.results) if x.type == y.type)
     return twin
 
