@@ -4,7 +4,7 @@ scheduled machine-level module and a frozen summary.
 The pipeline is a list of passes (compiler/passes.py), each followed by the
 verifier:
 
-    partition -> lower -> allocate -> schedule-cpsat | schedule-list
+    precision -> partition -> lower -> allocate -> schedule-cpsat | schedule-list
 
 The chip count defaults to the fewest chips whose SRAM holds the weights; the
 partition (compiler/partition.py) is the one asked for, or with `auto` the
@@ -33,11 +33,12 @@ from .allocate import Allocate, DoesNotFit
 from .lower import Lower
 from .partition import STRATEGIES, Partition, describe
 from .passes import DeadCodeElimination, Pass, Verify
+from .precision import DEFAULT_PRECISION, Precision, check_precision
 from .schedule_cpsat import CpSatScheduler
 from .schedule_list import ListScheduler, Scheduler
 
-PASSES: dict[str, type[Pass]] = {p.name: p for p in (Verify, DeadCodeElimination, Partition, Lower, Allocate,
-                                                      ListScheduler, CpSatScheduler)}
+PASSES: dict[str, type[Pass]] = {p.name: p for p in (Verify, DeadCodeElimination, Precision, Partition, Lower,
+                                                      Allocate, ListScheduler, CpSatScheduler)}
 SCHEDULERS: dict[str, type[Scheduler]] = {"list": ListScheduler, "cpsat": CpSatScheduler}  # --scheduler NAME
 
 
@@ -54,6 +55,7 @@ class CompileOptions:
     partition: str = "auto"      # auto (the fastest of pipeline and tensor), pipeline or tensor
     state: str = "none"          # none, auto (Hugging Face past/present pairs) or PAST=PRESENT,...: a resident cache
     context: int | None = None   # the cache's slots (a prefill graph's; a decode graph's is its present's rows)
+    precision: str = DEFAULT_PRECISION  # fp32 (the exact reference), fp16, int8 or fp8 (compiler/precision.py)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class CompileSummary:
     sram_image_bytes: int        # constants (weights), placed before cycle 0, all chips
     clock_mhz: float
     chips: int = 1
+    precision: str = DEFAULT_PRECISION
     partition: str = "single"    # the strategy used ("given": the module's own)
     partition_lines: tuple[str, ...] = ()        # per chip: what it runs
     candidates: tuple[tuple[str, str], ...] = ()  # (strategy, cycles or why not) of those tried
@@ -100,7 +103,8 @@ class CompileSummary:
         return {"lower_bound_cycles": self.lower_bound, "critical_path_cycles": self.critical_path,
                 "resource_bound_cycles": self.resource_bound, "bound": self.bound,
                 "instructions": self.instructions, "sram_allocated_bytes": self.sram_peak_bytes,
-                "sram_image_bytes": self.sram_image_bytes, "chips": self.chips, "partition": self.partition,
+                "sram_image_bytes": self.sram_image_bytes, "chips": self.chips, "precision": self.precision,
+                "partition": self.partition,
                 "partition_lines": list(self.partition_lines), "transfers": self.transfers,
                 "candidates": [list(c) for c in self.candidates], "solver_status": self.solver_status,
                 "list_cycles": self.list_cycles}
@@ -189,6 +193,10 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
                         f"{options.effort:g}, {options.workers}, {options.window}, {options.max_windows})")
     if options.partition not in STRATEGIES:
         raise LpucError(f"unknown partition {options.partition!r} (choose from {', '.join(STRATEGIES)})")
+    check_precision(options.precision, machine)
+    # Precision first: the weights' storage type decides the SRAM they take, hence the default chip count.
+    graph_module, _ = run_passes(graph_module, Target(machine, graph_module.attrs.get("chips", 1)),
+                                 (Precision(options.precision),), progress)
     if "chips" in graph_module.attrs:  # partitioned already
         chips = graph_module.attrs["chips"]
         if options.chips not in (None, chips) or options.partition != "auto":
@@ -252,7 +260,7 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
         critical_path=result.critical_path, resource_bound=result.resource_bound,
         bound_resource=result.bound_resource, instructions=result.instructions, ops=len(scheduled.ops),
         sram_peak_bytes=allocation.peak_bytes, sram_image_bytes=allocation.image_bytes,
-        clock_mhz=machine.clock_mhz, chips=chips, partition=strategy,
+        clock_mhz=machine.clock_mhz, chips=chips, precision=options.precision, partition=strategy,
         partition_lines=tuple(describe(partitioned, target.lanes)) if chips > 1 else (),
         candidates=tuple(tried) if len(strategies) > 1 else (),
         transfers=sum(1 for op in scheduled.ops if OPS[op.name].result_place == LINK),  # sends

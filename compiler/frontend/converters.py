@@ -90,7 +90,7 @@ for _onnx, _ours in {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Eq
 
 for _onnx, _ours in {"Sqrt": "sqrt", "Reciprocal": "reciprocal", "Neg": "neg", "Exp": "exp", "Log": "log",
                      "Tanh": "tanh", "Sigmoid": "sigmoid", "Erf": "erf", "Cos": "cos", "Sin": "sin", "Abs": "abs",
-                     "Relu": "relu", "Not": "not", "IsNaN": "isnan"}.items():
+                     "Relu": "relu", "Not": "not", "IsNaN": "isnan", "Round": "round"}.items():
     converts(_onnx)(lambda n, ours=_ours: n.op(f"graph.{ours}", n.x(0)))
 
 
