@@ -33,7 +33,7 @@ from .allocate import Allocate, DoesNotFit
 from .lower import Lower
 from .partition import STRATEGIES, Partition, describe
 from .passes import DeadCodeElimination, Pass, Verify
-from .precision import DEFAULT_PRECISION, Precision, check_precision
+from .precision import DEFAULT_PRECISION, Precision, Stored, check_precision
 from .schedule_cpsat import CpSatScheduler
 from .schedule_list import ListScheduler, Scheduler
 
@@ -73,6 +73,8 @@ class CompileSummary:
     clock_mhz: float
     chips: int = 1
     precision: str = DEFAULT_PRECISION
+    weight_bytes: int = 0        # the weights (matmul weights, gathered tables) as stored, scales included
+    weight_bytes_fp32: int = 0   # ... as fp32 (one copy of each, in SRAM words)
     partition: str = "single"    # the strategy used ("given": the module's own)
     partition_lines: tuple[str, ...] = ()        # per chip: what it runs
     candidates: tuple[tuple[str, str], ...] = ()  # (strategy, cycles or why not) of those tried
@@ -104,6 +106,7 @@ class CompileSummary:
                 "resource_bound_cycles": self.resource_bound, "bound": self.bound,
                 "instructions": self.instructions, "sram_allocated_bytes": self.sram_peak_bytes,
                 "sram_image_bytes": self.sram_image_bytes, "chips": self.chips, "precision": self.precision,
+                "weight_bytes": self.weight_bytes, "weight_bytes_fp32": self.weight_bytes_fp32,
                 "partition": self.partition,
                 "partition_lines": list(self.partition_lines), "transfers": self.transfers,
                 "candidates": [list(c) for c in self.candidates], "solver_status": self.solver_status,
@@ -195,30 +198,31 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
         raise LpucError(f"unknown partition {options.partition!r} (choose from {', '.join(STRATEGIES)})")
     check_precision(options.precision, machine)
     # Precision first: the weights' storage type decides the SRAM they take, hence the default chip count.
-    graph_module, _ = run_passes(graph_module, Target(machine, graph_module.attrs.get("chips", 1)),
-                                 (Precision(options.precision),), progress)
+    graph_module, plans = run_passes(graph_module, Target(machine, graph_module.attrs.get("chips", 1)),
+                                     (Precision(options.precision),), progress)
+    stored = plans[Precision.name][1]
     if "chips" in graph_module.attrs:  # partitioned already
         chips = graph_module.attrs["chips"]
         if options.chips not in (None, chips) or options.partition != "auto":
             raise LpucError(f"{graph_module.name} is partitioned already, over {chips} chips (its `chips` attribute): "
                             "leave out --chips and --partition, or remove the partition from the IR")
-        return _compile_on(graph_module, machine, options, chips, progress)
+        return _compile_on(graph_module, machine, options, chips, stored, progress)
     if options.chips is not None:
-        return _compile_on(graph_module, machine, options, options.chips, progress)
+        return _compile_on(graph_module, machine, options, options.chips, stored, progress)
     # The default: the fewest chips whose SRAM holds the weights; when the partition leaves one chip too
     # full, the next size the topology has.
     chips = default_chips(graph_module, machine)
     for _ in range(8):
         try:
-            return _compile_on(graph_module, machine, options, chips, progress)
+            return _compile_on(graph_module, machine, options, chips, stored, progress)
         except DoesNotFit as e:
             if progress:
                 progress(f"{e}; trying more chips")
             chips = round_chips(machine, chips + 1)
-    return _compile_on(graph_module, machine, options, chips, progress)
+    return _compile_on(graph_module, machine, options, chips, stored, progress)
 
 
-def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions, chips: int,
+def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions, chips: int, stored: Stored,
                 progress=None) -> tuple[Module, CompileSummary]:
     target = Target(machine, chips)  # an LpucError when the topology has no such size
     strategies = ("pipeline", "tensor") if options.partition == "auto" else (options.partition,)
@@ -260,7 +264,8 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
         critical_path=result.critical_path, resource_bound=result.resource_bound,
         bound_resource=result.bound_resource, instructions=result.instructions, ops=len(scheduled.ops),
         sram_peak_bytes=allocation.peak_bytes, sram_image_bytes=allocation.image_bytes,
-        clock_mhz=machine.clock_mhz, chips=chips, precision=options.precision, partition=strategy,
+        clock_mhz=machine.clock_mhz, chips=chips, precision=options.precision, weight_bytes=stored.bytes,
+        weight_bytes_fp32=stored.fp32_bytes, partition=strategy,
         partition_lines=tuple(describe(partitioned, target.lanes)) if chips > 1 else (),
         candidates=tuple(tried) if len(strategies) > 1 else (),
         transfers=sum(1 for op in scheduled.ops if OPS[op.name].result_place == LINK),  # sends

@@ -6,11 +6,12 @@ the precision asked for, so that what lowering, allocation, the costs and the in
 stores and computes:
 
 - `fp32`: nothing changes. The exact reference path (numpy's float32 matmul), timed at the fp16 rate.
-- `fp16` (the default): weights — f32 constants of rank >= 2 that a matmul multiplies by or a gather reads —
-  are stored as f16; every float matmul takes f16 operands (activations cast on the VXM) and accumulates in
+- `fp16` (the default): weights — f32 constants of rank >= 2 that a matmul multiplies by or a gather reads,
+  directly or through gathers and transposes (the experts a MoE router selects) — are stored as f16; every float matmul takes f16 operands (activations cast on the VXM) and accumulates in
   f32 (`graph.matmul accumulate=f32`).
 - `int8`: weights are quantized symmetrically per output channel (ir.evaluator.quantize_symmetric: int8
-  values, f32 scales [..., 1, N] kept beside them). A matmul by such a weight quantizes its activation per
+  values, f32 scales kept beside them: one per output channel, over the axis that reaches the matmul as its
+  contraction axis K). A matmul by such a weight quantizes its activation per
   token on the VXM (each row: scale = max|x| / 127, x_q = round(x / scale), computed at run time, the
   chip's static alternative to calibration), multiplies int8 x int8 with int32 accumulation, and
   dequantizes on the VXM (f32(sum) x row scale x column scale). Matmuls of two activations (attention's
@@ -22,7 +23,8 @@ stores and computes:
 
 Quantized constants stay lazy (their data is computed from the original's on first use), so a model compiled
 without weights is never read. Matmuls that accumulate already (an imported MatMulInteger) and integer
-matmuls are left as they are. On a partitioned module, the ops inserted for an op take its chip.
+matmuls are left as they are. On a partitioned module, the ops inserted for an op take its chip. The plan
+counts the weights' SRAM bytes before and after (`Stored`), which the compile summary reports.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ..ir.builder import Builder
 from ..ir.core import Op
 from ..ir.evaluator import cast, quantize_symmetric
 from ..ir.graph_ops import PLACEMENT_ATTRS
+from ..ir.layout import words
 from ..ir.types import TensorType
 
 from .passes import Pass
@@ -56,39 +59,67 @@ def check_precision(precision: str, machine) -> None:
 
 
 @dataclass(frozen=True)
+class Stored:
+    """What the precision pass did to the weights: their SRAM bytes as the model had them (fp32) and as
+    stored (values and scales), on one copy of each (a chip holding all of them)."""
+
+    weights: int = 0
+    fp32_bytes: int = 0
+    bytes: int = 0
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes / self.fp32_bytes if self.fp32_bytes else 1.0
+
+
+@dataclass(frozen=True)
 class Precision(Pass):
     """Rewrite a graph module to compute at `precision` (fp32, fp16, int8, fp8)."""
 
     name = "precision"
     precision: str = DEFAULT_PRECISION
 
-    def apply(self, module: Module, target, plan) -> Module:
+    def plan(self, module: Module, target, progress=None) -> tuple[Module, Stored]:
         check_precision(self.precision, target.machine)
-        return at_precision(module, self.precision)
+        rewriter = _Rewriter(module, self.precision)
+        fp32 = sum(words(rewriter.types[n], target.lanes) for n in rewriter.axis)
+        if self.precision == "fp32":
+            rewritten, stored = module, fp32
+        else:
+            rewritten = rewriter.run()
+            stored = sum(words(op.result.type, target.lanes) for op in rewritten.ops
+                         if op.name == "graph.constant" and op.result.name in rewriter.stored)
+        word = target.machine.sram.word_bytes
+        return rewritten, Stored(len(rewriter.axis), fp32 * word, stored * word)
+
+    def apply(self, module: Module, target, plan) -> Module:
+        return plan[0]
 
 
 @dataclass(frozen=True)
 class _Weight:
-    """A weight as stored: its values `q` and, for int8 / fp8, the f32 scales `scale` [..., 1, N]."""
+    """A weight as stored (or gathered, transposed ... from one): its values `q` and, for int8 / fp8, the f32
+    scales `scale` (q's rank, 1 along the contraction axis `axis`)."""
 
     q: Value
     scale: Value | None
+    axis: int | None  # None: the axis was gathered away (the scales broadcast)
 
 
-def _lazy(t: Tensor, dtype: DType, part: int) -> Tensor:
+def _lazy(t: Tensor, dtype: DType, axis: int, part: int) -> Tensor:
     """Part `part` of quantize_symmetric(t) (0: the values, 1: the scales; f16: the values cast), lazily."""
     if dtype is DType.f16:
         shape, load = t.type.shape, (lambda: cast(t.array, DType.f16))
     else:
-        shape = t.type.shape if part == 0 else t.type.shape[:-2] + (1, t.type.shape[-1])
-        load = (lambda: _quantized(t, dtype)[part])
-    return Tensor(TensorType(shape, dtype if part == 0 else DType.f32),
-                  f"{t.key}:{dtype.value}{'-scale' if part else ''}", loader=None if t.loader is None else load)
+        shape = t.type.shape if part == 0 else tuple(1 if i == axis else d for i, d in enumerate(t.type.shape))
+        load = (lambda: _quantized(t, dtype, axis)[part])
+    key = f"{t.key}:{dtype.value}" + (f"-axis{axis}" if dtype is not DType.f16 else "") + ("-scale" if part else "")
+    return Tensor(TensorType(shape, dtype if part == 0 else DType.f32), key, loader=None if t.loader is None else load)
 
 
 @lru_cache(maxsize=4)  # a weight's values and scales are asked for one after the other
-def _quantized(t: Tensor, dtype: DType) -> tuple[np.ndarray, np.ndarray]:
-    return quantize_symmetric(t.array, dtype)
+def _quantized(t: Tensor, dtype: DType, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    return quantize_symmetric(t.array, dtype, axis)
 
 
 def at_precision(module: Module, precision: str) -> Module:
@@ -97,22 +128,65 @@ def at_precision(module: Module, precision: str) -> Module:
     return _Rewriter(module, precision).run()
 
 
+# Ops a weight passes through on its way to a matmul, and how each moves its axes: (op, the operand's rank)
+# -> for each result axis, the operand axis it is (None: a new axis, from the indices). None: not followed.
+def _gather_axes(op: Op, rank: int):
+    a, idx = op.attrs.get("axis", 0) % rank, op.operands[1].type.rank
+    return list(range(a)) + [None] * idx + list(range(a + 1, rank))
+
+
+def _gather_nd_axes(op: Op, rank: int):
+    idx = op.operands[1].type
+    if op.attrs.get("batch_dims", 0):
+        return None
+    return [None] * (idx.rank - 1) + list(range(idx.shape[-1], rank))
+
+
+LAYOUT = {
+    "graph.gather": _gather_axes,
+    "graph.gather_nd": _gather_nd_axes,
+    "graph.transpose": lambda op, rank: list(op.attrs["perm"]),
+}
+
+
 class _Rewriter:
     def __init__(self, module: Module, precision: str):
         self.module, self.precision = module, precision
         self.b = Builder()
-        self.env: dict[str, Value] = {}       # old value -> new (materialized, f32 as before)
+        self.env: dict[str, Value] = {}        # old value -> new (materialized, f32 as before)
         self.weights: dict[str, _Weight] = {}  # old value -> its stored form, not yet materialized
+        self.consts: dict[tuple, Value] = {}   # (value, dtype) -> a constant the inserted ops share
         self.chip: dict = {}                   # placement of the op being rewritten (inserted ops take it)
-        uses = {}
+        self.stored: set[str] = set()          # new constants holding weights (values and scales)
+        self.types = {op.result.name: op.result.type for op in module.ops if op.name == "graph.constant"}
+        self.uses: dict[str, list[tuple[Op, int]]] = {}
         for op in module.ops:
             for k, v in enumerate(op.operands):
-                uses.setdefault(v.name, set()).add((op.name, k))
-        # weights: f32 constants of rank >= 2 that a matmul multiplies by or a gather reads
-        self.weight_names = {
-            op.result.name for op in module.ops
-            if op.name == "graph.constant" and op.result.type.dtype is DType.f32 and op.result.type.rank >= 2
-            and uses.get(op.result.name, set()) & {("graph.matmul", 1), ("graph.gather", 0)}}
+                self.uses.setdefault(v.name, []).append((op, k))
+        # weights (constant name -> the axis to take scales over)
+        self.axis = {}
+        for op in module.ops:
+            t = op.result.type if op.name == "graph.constant" else None
+            if t is not None and t.dtype is DType.f32 and t.rank >= 2:
+                axis = self._contraction_axis(op.result.name, list(range(t.rank)))
+                if axis is not None:
+                    self.axis[op.result.name] = axis
+
+    def _contraction_axis(self, name: str, axes: list) -> int | None:
+        """The constant's axis that a matmul reading it (through LAYOUT ops) contracts; a table only gathered:
+        its second-to-last axis (the columns are the channels). None: not a weight."""
+        found = None
+        for op, k in self.uses.get(name, ()):
+            if op.name == "graph.matmul" and k == 1 and len(axes) >= 2 and axes[-2] is not None:
+                return axes[-2]
+            move = LAYOUT.get(op.name)
+            if move and k == 0 and (moved := move(op, len(axes))) is not None:
+                deeper = self._contraction_axis(op.result.name, [None if a is None else axes[a] for a in moved])
+                if deeper is not None:
+                    return deeper
+                if op.name != "graph.transpose":
+                    found = axes[-2] if len(axes) >= 2 and axes[-2] is not None else found
+        return found
 
     def run(self) -> Module:
         for v in self.module.inputs:
@@ -121,10 +195,10 @@ class _Rewriter:
             self.env[v.name] = v
         for op in self.module.ops:
             self.chip = {"chip": op.attrs["chip"]} if "chip" in op.attrs else {}
-            if op.name == "graph.constant" and op.result.name in self.weight_names:
+            if op.name == "graph.constant" and op.result.name in self.axis:
                 self.weights[op.result.name] = self._store(op)
-            elif op.name == "graph.gather" and op.operands[0].name in self.weights:
-                self.weights[op.result.name] = self._gather(op)
+            elif op.name in LAYOUT and op.operands[0].name in self.weights and self._layout(op):
+                pass
             elif op.name == "graph.matmul" and self._float_matmul(op):
                 self.env[op.result.name] = self._matmul(op)
             else:
@@ -139,7 +213,10 @@ class _Rewriter:
         return self.b.op(name, *operands, names=(hint,), **self.chip, **attrs)
 
     def const(self, value: float, dtype: DType, hint: str) -> Value:
-        return self.b.constant(np.asarray(value, dtype.numpy), dtype, name=hint)
+        key = (float(value), dtype)
+        if key not in self.consts:
+            self.consts[key] = self.b.constant(np.asarray(value, dtype.numpy), dtype, name=hint)
+        return self.consts[key]
 
     def _copy(self, op: Op) -> None:
         operands = tuple(self.value(v) for v in op.operands)
@@ -159,39 +236,48 @@ class _Rewriter:
     # --- weights ------------------------------------------------------------------------------------------
 
     def _store(self, op: Op) -> _Weight:
-        t, h = op.attrs["value"], op.result.name
+        t, h, axis = op.attrs["value"], op.result.name, self.axis[op.result.name]
         dtype = WEIGHT_TYPE[self.precision]
-        q = self.b.op("graph.constant", names=(f"{h}.{dtype.value}",), value=_lazy(t, dtype, 0))
+        q = self.b.op("graph.constant", names=(f"{h}.{dtype.value}",), value=_lazy(t, dtype, axis, 0))
+        self.stored.add(q.name)
         if dtype is DType.f16:
-            return _Weight(q, None)
-        return _Weight(q, self.b.op("graph.constant", names=(f"{h}.scale",), value=_lazy(t, dtype, 1)))
+            return _Weight(q, None, axis)
+        scale = self.b.op("graph.constant", names=(f"{h}.scale",), value=_lazy(t, dtype, axis, 1))
+        self.stored.add(scale.name)
+        return _Weight(q, scale, axis)
 
-    def _gather(self, op: Op) -> _Weight:
-        """Rows (or any slices) of a stored weight: the stored values gathered, and the scales that go with them."""
-        w, idx, h = self.weights[op.operands[0].name], self.value(op.operands[1]), op.result.name
-        rank, axis = op.operands[0].type.rank, op.attrs.get("axis", 0) % op.operands[0].type.rank
+    def _layout(self, op: Op) -> bool:
+        """A gather, gather_nd or transpose of a stored weight: the same op on its values, and on its scales
+        (or, where the op picks along the scales' axis of 1, the scales reshaped). False: not followed."""
+        w, h = self.weights[op.operands[0].name], op.result.name
+        moved = LAYOUT[op.name](op, w.q.type.rank)
+        if moved is None or (op.name == "graph.gather_nd" and w.axis is not None and w.axis not in moved):
+            return False
         attrs = {k: v for k, v in op.attrs.items() if k not in PLACEMENT_ATTRS}
-        q = self.b.op("graph.gather", w.q, idx, names=(f"{h}.{w.q.type.dtype.value}",), **{**attrs, **self.chip})
+        rest = [self.value(v) for v in op.operands[1:]]
+        q = self.b.op(op.name, w.q, *rest, names=(f"{h}.{w.q.type.dtype.value}",), **{**attrs, **self.chip})
+        axis = moved.index(w.axis) if w.axis in moved else None
         if w.scale is None:
-            return _Weight(q, None)
-        if axis == rank - 2:  # along the contraction axis: every row has the same column scales
-            s = w.scale.type.shape
-            scale = self.op("graph.reshape", w.scale, hint=f"{h}.scale",
-                            shape=s[:-2] + (1,) * idx.type.rank + s[-1:])
+            scale = None
+        elif op.name == "graph.gather" and moved.count(None) and w.axis not in moved:  # gathered along the axis
+            shape = tuple(1 if a is None or a == w.axis else w.scale.type.shape[a] for a in moved)
+            scale = self.op("graph.reshape", w.scale, hint=f"{h}.scale", shape=shape)
         else:
-            scale = self.op("graph.gather", w.scale, idx, hint=f"{h}.scale", **attrs)
-        return _Weight(q, scale)
+            scale = self.op(op.name, w.scale, *rest, hint=f"{h}.scale", **attrs)
+        self.weights[op.result.name] = _Weight(q, scale, axis)
+        return True
 
     # --- matmuls ------------------------------------------------------------------------------------------
 
     def _float_matmul(self, op: Op) -> bool:
-        return op.attrs.get("accumulate") is None and all(
-            v.type.dtype is DType.f32 for v in op.operands)
+        return op.attrs.get("accumulate") is None and all(v.type.dtype is DType.f32 for v in op.operands)
 
     def _matmul(self, op: Op) -> Value:
         a, h = self.value(op.operands[0]), op.result.name
         attrs = {k: v for k, v in op.attrs.items() if k != "accumulate"}  # the placement (chip, split) stays
         w = self.weights.get(op.operands[1].name)
+        if w is not None and w.scale is not None and w.axis != w.q.type.rank - 2:
+            w = None  # scales not per output column (cannot move past the sum): the weight dequantized
         if w is not None and self.precision == "int8":
             xq, sx = self._quantize_rows(a, h)
             y = self.b.op("graph.matmul", xq, w.q, names=(f"{h}.i32",), accumulate=DType.i32, **attrs)
@@ -217,11 +303,11 @@ class _Rewriter:
         """Per-token dynamic symmetric int8 on the VXM: (round(x / s) as int8, s = max|x| / 127 per row)."""
         amax = self.op("graph.reduce_max", self.op("graph.abs", x, hint=f"{h}.x_abs"), hint=f"{h}.x_max",
                        axes=(-1,), keepdims=True)
-        s = self.op("graph.div", amax, self.const(127.0, DType.f32, f"{h}.q127"), hint=f"{h}.x_scale0")
+        s = self.op("graph.div", amax, self.const(127.0, DType.f32, "int8_max"), hint=f"{h}.x_scale0")
         # a row of zeros: any positive scale gives zeros
-        s = self.op("graph.max", s, self.const(np.finfo(np.float32).tiny, DType.f32, f"{h}.tiny"), hint=f"{h}.x_scale")
+        s = self.op("graph.max", s, self.const(np.finfo(np.float32).tiny, DType.f32, "f32_tiny"), hint=f"{h}.x_scale")
         r = self.op("graph.round", self.op("graph.div", x, s, hint=f"{h}.x_scaled_in"), hint=f"{h}.x_rounded")
         return self.op("graph.cast", r, hint=f"{h}.x_i8", to=DType.i8), s
 
 
-__all__ = ["DEFAULT_PRECISION", "PRECISIONS", "Precision", "at_precision", "check_precision"]
+__all__ = ["DEFAULT_PRECISION", "PRECISIONS", "Precision", "Stored", "at_precision", "check_precision"]

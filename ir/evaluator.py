@@ -219,14 +219,14 @@ def matmul(a: np.ndarray, b: np.ndarray, accumulate: DType | None = None, acc: n
     return y[..., 0] if b.ndim == 1 else y
 
 
-def quantize_symmetric(w: np.ndarray, to: DType) -> tuple[np.ndarray, np.ndarray]:
-    """Weights [..., K, N] -> (q [..., K, N] of type `to`, scale f32 [..., 1, N]): symmetric, per output
-    channel (each column over the contraction axis K), w ~ q * scale. int8: q = round(w / scale) (ties to
-    even) in -127..127, scale = max|w| / 127; a float8 type: q = w / scale rounded to it, scale = max|w| /
-    its largest finite value. A column of zeros has scale 1."""
+def quantize_symmetric(w: np.ndarray, to: DType, axis: int = -2) -> tuple[np.ndarray, np.ndarray]:
+    """Weights -> (q of type `to`, f32 scales of w's shape but 1 along `axis`): symmetric, per output channel
+    (the scale of each channel is taken over the contraction axis `axis`: K of a [..., K, N] weight), w ~ q *
+    scale. int8: q = round(w / scale) (ties to even) in -127..127, scale = max|w| / 127; a float8 type:
+    q = w / scale rounded to it, scale = max|w| / its largest finite value. A channel of zeros has scale 1."""
     w = np.asarray(w, np.float32)
     top = 127.0 if to is DType.i8 else float(ml_dtypes.finfo(to.numpy).max)
-    amax = np.max(np.abs(w), axis=-2, keepdims=True) if w.size else np.zeros(w.shape[:-2] + (1, w.shape[-1]))
+    amax = np.max(np.abs(w), axis=axis, keepdims=True, initial=0.0)
     scale = np.where(amax > 0, amax / np.float32(top), np.float32(1)).astype(np.float32)
     with np.errstate(all="ignore"):
         scaled = w / scale
