@@ -4,8 +4,10 @@
 
 `onnxruntime.quantization.quantize_static` in QDQ format: every MatMul / Gemm weight int8, symmetric per
 output channel; activations int8, symmetric per tensor (QuantizeLinear / DequantizeLinear pairs), calibrated
-(MinMax) on the sample's own inputs. Writes `bert_prefill_qdq.onnx`, `.inputs.npz` (bert_prefill's inputs)
-and `.outputs.npz` (onnxruntime's outputs on them, CPUExecutionProvider). lpuc imports each matmul between
+(MinMax) on the sample's own inputs. Writes `quantized/bert_prefill_qdq.onnx`, `.inputs.npz` (bert_prefill's
+inputs)
+and `.outputs.npz` (onnxruntime's outputs on them, CPUExecutionProvider). It lives apart from the float
+samples (`samples/*.onnx`), which every sample test and golden record covers. lpuc imports each matmul between
 QDQ pairs as an int8 matmul with int32 sums (compiler/frontend/converters.py, "quantized models").
 """
 
@@ -20,7 +22,7 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 HERE = Path(__file__).resolve().parent
-SOURCE, NAME = "bert_prefill", "bert_prefill_qdq"
+SOURCE, NAME, OUT = "bert_prefill", "bert_prefill_qdq", HERE / "quantized"
 
 
 class _Inputs(CalibrationDataReader):
@@ -33,7 +35,7 @@ class _Inputs(CalibrationDataReader):
 
 def main() -> None:
     inputs = dict(np.load(HERE / f"{SOURCE}.inputs.npz"))
-    out = HERE / f"{NAME}.onnx"
+    out = OUT / f"{NAME}.onnx"
     with tempfile.TemporaryDirectory() as tmp:  # the quantizer writes its calibration model beside its output
         staged = Path(tmp) / out.name
         quantize_static(str(HERE / f"{SOURCE}.onnx"), str(staged), _Inputs(inputs), quant_format=QuantFormat.QDQ,
@@ -45,8 +47,8 @@ def main() -> None:
     onnx.save(model, out)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
-    np.savez(HERE / f"{NAME}.inputs.npz", **inputs)
-    np.savez(HERE / f"{NAME}.outputs.npz", **outputs)
+    np.savez(OUT / f"{NAME}.inputs.npz", **inputs)
+    np.savez(OUT / f"{NAME}.outputs.npz", **outputs)
     ops = sorted({n.op_type for n in model.graph.node if n.op_type.endswith("QuantizeLinear")})
     print(f"wrote {out.name} ({out.stat().st_size:,} bytes; {', '.join(ops)}) and its inputs and outputs")
 

@@ -80,3 +80,123 @@ def test_weights_take_a_half_at_fp16_and_a_quarter_at_int8(path, programs):
     assert fp32 == summary["int8"]["weight_bytes_fp32"] > 0
     assert summary["fp16"]["weight_bytes"] <= 0.51 * fp32
     assert summary["int8"]["weight_bytes"] <= 0.27 * fp32
+
+
+def test_fp8_where_the_machine_has_it(graphs):
+    path = SAMPLES / "llama_prefill.onnx"
+    machine = Path(__file__).parent / "machines" / "fp8.toml"
+    inputs, ref = _npz(path.with_suffix(".inputs.npz")), _npz(path.with_suffix(".outputs.npz"))
+    program = lpuc.compile(path, machine, chips=1, precision="fp8", scheduler="list")
+    weights = {op.result.type.dtype for op in program.module.ops if op.name == "mem.constant"}
+    assert DType.f8e4m3fn in weights and DType.f16 not in weights
+    outputs = lpuc.run(program, inputs).outputs
+    expected = evaluate(at_precision(graphs(path), "fp8"), inputs)
+    assert all(np.array_equal(outputs[k], expected[k]) for k in expected)
+    assert max(max_rel_error(outputs[k], ref[k]) for k in ref) <= 0.1  # e4m3: 3 significant bits
+    with pytest.raises(LpucError, match="tsp-v1's MXM has no fp8 path"):
+        lpuc.compile(path, chips=1, precision="fp8", scheduler="list")
+
+
+def test_costs_follow_the_precision(programs):
+    """One layer's weights at fp32, fp16 and int8: installs take a byte per row and plane, matmuls stream at
+    the machine's rate for their types (int8 4x fp16; fp32 has no faster path than fp16)."""
+    path = SAMPLES / "gpt2_prefill.onnx"
+    matmuls = {}
+    for precision in ("fp32", "fp16", "int8"):
+        ops = programs(path, precision, 1).module.ops
+        installs = [op for op in ops if op.name == "mxm.install"]
+        matmuls[precision] = {op.operands[1].type.dtype for op in ops if op.name == "mxm.matmul"}
+        assert {op.operands[0].type.dtype.itemsize for op in installs} <= {"fp32": {4}, "fp16": {2}, "int8": {1, 2}}[precision]
+    assert matmuls["int8"] == {DType.i8, DType.f16}  # attention's activation x activation matmuls at fp16
+    assert TSP.mxm.rate(DType.i8, DType.i8) == 1.0 and TSP.mxm.rate(DType.f16, DType.f16) == 0.25
+    assert TSP.mxm.rate(DType.f32, DType.f32) == 0.25 and TSP.mxm.rate(DType.f16, DType.f8e4m3fn) == 0.25
+
+
+def test_default_chip_count_follows_the_smaller_weights():
+    """A machine with 1/256 of tsp-v1's SRAM: llama_prefill's fp32 weights need more chips than its fp16
+    ones, which need more than its int8 ones."""
+    text = read_machine("tsp-v1")[1].replace("words_per_slice = 8192", "words_per_slice = 32")
+    machine = parse_machine(text)
+    graph = load_model(SAMPLES / "llama_prefill.onnx")[0]
+    from lpuc.compiler.pipeline import run_passes
+    from lpuc.compiler.precision import Precision
+    from lpuc.ir.target import Target
+
+    chips = {p: default_chips(run_passes(graph, Target(machine), (Precision(p),))[0], machine)
+             for p in ("fp32", "fp16", "int8")}
+    assert chips["fp32"] > chips["fp16"] > chips["int8"] >= 1, chips
+
+
+def test_the_precision_pass_prints_in_the_ir_and_the_manifest(graphs, programs):
+    text = print_module(verify(at_precision(graphs(SAMPLES / "gpt2_prefill.onnx"), "int8")))
+    assert "accumulate = i32" in text and "graph.round" in text and "i8[" in text
+    program = programs(SAMPLES / "gpt2_prefill.onnx", "int8", 1)
+    assert program.options["precision"] == "int8" and program.manifest["summary"]["precision"] == "int8"
+    assert "accumulate = i32" in print_module(program.module)
+
+
+def test_compile_reports_the_error_against_fp32(tmp_path, capsys):
+    model = SAMPLES / "gpt2_prefill.onnx"
+    assert main(["compile", str(model), "-o", str(tmp_path / "a.lpu"), "--precision", "int8", "--scheduler", "list",
+                 "--json", "--inputs", str(model.with_suffix(".inputs.npz"))]) == 0
+    report = json.loads(capsys.readouterr().out)
+    graph = load_model(model)[0]
+    inputs = _npz(model.with_suffix(".inputs.npz"))
+    expected = precision_error(graph, evaluate(at_precision(graph, "int8"), inputs), inputs)
+    assert report["precision"] == "int8"
+    assert report["precision_error"]["max_relative_error"] == expected["max_relative_error"] > 0
+    assert report["precision_error"]["top1_agreement"] == expected["top1_agreement"] >= 0.5
+    # run: the same error, from the interpreter's outputs, given the model
+    assert main(["run", str(tmp_path / "a.lpu"), "--json", "--inputs", str(model.with_suffix(".inputs.npz")),
+                 "--reference", str(model)]) == 0
+    run = json.loads(capsys.readouterr().out)
+    assert run["precision_error"]["max_relative_error"] == expected["max_relative_error"]
+
+
+def test_help_states_the_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["compile", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default fp16" in text and "tsp-v1 has no fp32 matrix unit" in text
+
+
+def test_fp8_on_tsp_v1_is_one_line(tmp_path, capsys):
+    assert main(["compile", str(SAMPLES / "gpt2_prefill.onnx"), "-o", str(tmp_path / "a.lpu"),
+                 "--precision", "fp8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tsp-v1's MXM has no fp8 path" in err[0]
+    assert not (tmp_path / "a.lpu").exists()
+
+
+# --- quantized ONNX models ---------------------------------------------------------------------------------
+
+QDQ = SAMPLES / "quantized" / "bert_prefill_qdq.onnx"
+
+
+def test_the_qdq_sample_compiles_as_int8_matmuls_and_matches_onnxruntime():
+    """onnxruntime's quantize_static (QDQ) model: every matmul imports as int8 with int32 sums, and the
+    program at fp32 (nothing changed: the model's own precision) gives onnxruntime's outputs within 1e-4."""
+    graph = load_model(QDQ)[0]
+    matmuls = [op for op in graph.ops if op.name == "graph.matmul"]
+    assert matmuls and all(op.attrs.get("accumulate") is DType.i32 for op in matmuls)
+    program = lpuc.compile(QDQ, chips=1, scheduler="list", precision="fp32")
+    assert all(op.attrs.get("accumulate") is DType.i32 for op in program.module.ops if op.name == "mxm.matmul")
+    inputs = _npz(QDQ.with_name("bert_prefill_qdq.inputs.npz"))
+    outputs = lpuc.run(program, inputs).outputs
+    live = run_ort(QDQ, inputs)
+    for name, ref in _npz(QDQ.with_name("bert_prefill_qdq.outputs.npz")).items():
+        assert max_rel_error(outputs[name], ref) <= 1e-4 and max_rel_error(outputs[name], live[name]) <= 1e-4
+
+
+def test_a_dynamically_quantized_model_imports_as_int8_matmuls(tmp_path):
+    """quantize_dynamic: DynamicQuantizeLinear (uint8 activations) and MatMulInteger (int8 weights)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = tmp_path / "dynamic.onnx"
+    quantize_dynamic(str(SAMPLES / "gpt2_prefill.onnx"), str(model), weight_type=QuantType.QInt8, per_channel=True)
+    graph = load_model(model)[0]
+    assert any(op.attrs.get("accumulate") is DType.i32 for op in graph.ops if op.name == "graph.matmul")
+    inputs = _npz(SAMPLES / "gpt2_prefill.inputs.npz")
+    ours, ref = lpuc.run(lpuc.compile(model, chips=1, precision="fp32", scheduler="list"), inputs).outputs, \
+        run_ort(model, inputs)
+    assert max(max_rel_error(ours[k], ref[k]) for k in ref) <= 1e-4
