@@ -74,7 +74,7 @@ class CompileSummary:
     chips: int = 1
     precision: str = DEFAULT_PRECISION
     weight_bytes: int = 0        # the weights (matmul weights, gathered tables) as stored, scales included
-    weight_bytes_fp32: int = 0   # ... as fp32 (one copy of each, in SRAM words)
+    model_weight_bytes: int = 0  # ... as the model had them (fp32 for the samples); one copy of each, in SRAM
     partition: str = "single"    # the strategy used ("given": the module's own)
     partition_lines: tuple[str, ...] = ()        # per chip: what it runs
     candidates: tuple[tuple[str, str], ...] = ()  # (strategy, cycles or why not) of those tried
@@ -106,7 +106,7 @@ class CompileSummary:
                 "resource_bound_cycles": self.resource_bound, "bound": self.bound,
                 "instructions": self.instructions, "sram_allocated_bytes": self.sram_peak_bytes,
                 "sram_image_bytes": self.sram_image_bytes, "chips": self.chips, "precision": self.precision,
-                "weight_bytes": self.weight_bytes, "weight_bytes_fp32": self.weight_bytes_fp32,
+                "weight_bytes": self.weight_bytes, "model_weight_bytes": self.model_weight_bytes,
                 "partition": self.partition,
                 "partition_lines": list(self.partition_lines), "transfers": self.transfers,
                 "candidates": [list(c) for c in self.candidates], "solver_status": self.solver_status,
@@ -265,7 +265,7 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
         bound_resource=result.bound_resource, instructions=result.instructions, ops=len(scheduled.ops),
         sram_peak_bytes=allocation.peak_bytes, sram_image_bytes=allocation.image_bytes,
         clock_mhz=machine.clock_mhz, chips=chips, precision=options.precision, weight_bytes=stored.bytes,
-        weight_bytes_fp32=stored.fp32_bytes, partition=strategy,
+        model_weight_bytes=stored.model_bytes, partition=strategy,
         partition_lines=tuple(describe(partitioned, target.lanes)) if chips > 1 else (),
         candidates=tuple(tried) if len(strategies) > 1 else (),
         transfers=sum(1 for op in scheduled.ops if OPS[op.name].result_place == LINK),  # sends

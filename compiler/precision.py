@@ -48,6 +48,7 @@ from .passes import Pass
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 DEFAULT_PRECISION = "fp16"  # the chip's float path
 WEIGHT_TYPE = {"fp16": DType.f16, "int8": DType.i8, "fp8": DType.f8e4m3fn}
+MODEL_FLOATS = (DType.f32, DType.f16, DType.bf16)  # the float types of models the pass rewrites
 
 
 def check_precision(precision: str, machine) -> None:
@@ -60,16 +61,12 @@ def check_precision(precision: str, machine) -> None:
 
 @dataclass(frozen=True)
 class Stored:
-    """What the precision pass did to the weights: their SRAM bytes as the model had them (fp32) and as
-    stored (values and scales), on one copy of each (a chip holding all of them)."""
+    """What the precision pass did to the weights: their SRAM bytes as the model had them (fp32 for the
+    samples) and as stored (values and scales), one copy of each (a chip holding all of them)."""
 
     weights: int = 0
-    fp32_bytes: int = 0
+    model_bytes: int = 0
     bytes: int = 0
-
-    @property
-    def ratio(self) -> float:
-        return self.bytes / self.fp32_bytes if self.fp32_bytes else 1.0
 
 
 @dataclass(frozen=True)
@@ -82,15 +79,15 @@ class Precision(Pass):
     def plan(self, module: Module, target, progress=None) -> tuple[Module, Stored]:
         check_precision(self.precision, target.machine)
         rewriter = _Rewriter(module, self.precision)
-        fp32 = sum(words(rewriter.types[n], target.lanes) for n in rewriter.axis)
+        model = sum(words(rewriter.types[n], target.lanes) for n in rewriter.axis)
         if self.precision == "fp32":
-            rewritten, stored = module, fp32
+            rewritten, stored = module, model
         else:
             rewritten = rewriter.run()
             stored = sum(words(op.result.type, target.lanes) for op in rewritten.ops
                          if op.name == "graph.constant" and op.result.name in rewriter.stored)
         word = target.machine.sram.word_bytes
-        return rewritten, Stored(len(rewriter.axis), fp32 * word, stored * word)
+        return rewritten, Stored(len(rewriter.axis), model * word, stored * word)
 
     def apply(self, module: Module, target, plan) -> Module:
         return plan[0]
@@ -167,7 +164,7 @@ class _Rewriter:
         self.axis = {}
         for op in module.ops:
             t = op.result.type if op.name == "graph.constant" else None
-            if t is not None and t.dtype is DType.f32 and t.rank >= 2:
+            if t is not None and t.dtype in MODEL_FLOATS and t.rank >= 2:
                 axis = self._contraction_axis(op.result.name, list(range(t.rank)))
                 if axis is not None:
                     self.axis[op.result.name] = axis
@@ -229,15 +226,23 @@ class _Rewriter:
         """`v` as the model had it (a weight dequantized where something other than a matmul reads it)."""
         if v.name not in self.env:
             w, h = self.weights[v.name], v.name
-            x = self.op("graph.cast", w.q, hint=f"{h}.f32", to=DType.f32)
-            self.env[v.name] = x if w.scale is None else self.op("graph.mul", x, w.scale, hint=f"{h}.dequantized")
+            x = w.q if w.scale is None else self.op(
+                "graph.mul", self.op("graph.cast", w.q, hint=f"{h}.f32", to=DType.f32), w.scale, hint=f"{h}.dequantized")
+            self.env[v.name] = self.as_type(x, v.type.dtype, h)
         return self.env[v.name]
+
+    def as_type(self, x: Value, dtype: DType, h: str) -> Value:
+        return x if x.type.dtype is dtype else self.op("graph.cast", x, hint=f"{h}.{dtype.value}", to=dtype)
 
     # --- weights ------------------------------------------------------------------------------------------
 
     def _store(self, op: Op) -> _Weight:
         t, h, axis = op.attrs["value"], op.result.name, self.axis[op.result.name]
         dtype = WEIGHT_TYPE[self.precision]
+        if t.type.dtype is dtype:  # stored so already (an fp16 model at fp16)
+            self._copy(op)
+            self.stored.add(self.env[h].name)
+            return _Weight(self.env.pop(h), None, axis)
         q = self.b.op("graph.constant", names=(f"{h}.{dtype.value}",), value=_lazy(t, dtype, axis, 0))
         self.stored.add(q.name)
         if dtype is DType.f16:
@@ -270,7 +275,7 @@ class _Rewriter:
     # --- matmuls ------------------------------------------------------------------------------------------
 
     def _float_matmul(self, op: Op) -> bool:
-        return op.attrs.get("accumulate") is None and all(v.type.dtype is DType.f32 for v in op.operands)
+        return op.attrs.get("accumulate") is None and all(v.type.dtype in MODEL_FLOATS for v in op.operands)
 
     def _matmul(self, op: Op) -> Value:
         a, h = self.value(op.operands[0]), op.result.name
@@ -286,9 +291,8 @@ class _Rewriter:
                 sx = self.op("graph.reshape", sx, hint=f"{h}.x_scale1", shape=())
             y = self.op("graph.mul", y, sx, hint=f"{h}.x_scaled")
         else:  # fp16, fp8, and int8's activation x activation matmuls
-            b = w.q if w is not None else self.op("graph.cast", self.value(op.operands[1]), hint=f"{h}.b16",
-                                                  to=DType.f16)
-            a16 = self.op("graph.cast", a, hint=f"{h}.a16", to=DType.f16)
+            b = w.q if w is not None else self.as_type(self.value(op.operands[1]), DType.f16, f"{h}.b")
+            a16 = self.as_type(a, DType.f16, f"{h}.a")
             y = self.b.op("graph.matmul", a16, b, names=(h if w is None or w.scale is None else f"{h}.acc",),
                           accumulate=DType.f32, **attrs)
         if w is not None and w.scale is not None:
@@ -297,10 +301,11 @@ class _Rewriter:
                 s = scale.type.shape
                 scale = self.op("graph.reshape", scale, hint=f"{h}.w_scale", shape=s[:-2] + s[-1:])
             y = self.op("graph.mul", y, scale, hint=h)
-        return y
+        return self.as_type(y, op.result.type.dtype, h)
 
     def _quantize_rows(self, x: Value, h: str) -> tuple[Value, Value]:
         """Per-token dynamic symmetric int8 on the VXM: (round(x / s) as int8, s = max|x| / 127 per row)."""
+        x = self.as_type(x, DType.f32, f"{h}.x")  # the scales in f32
         amax = self.op("graph.reduce_max", self.op("graph.abs", x, hint=f"{h}.x_abs"), hint=f"{h}.x_max",
                        axes=(-1,), keepdims=True)
         s = self.op("graph.div", amax, self.const(127.0, DType.f32, "int8_max"), hint=f"{h}.x_scale0")

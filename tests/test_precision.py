@@ -76,8 +76,8 @@ def test_every_sample_within_its_bound_and_bitwise_the_evaluator(path, precision
 def test_weights_take_a_half_at_fp16_and_a_quarter_at_int8(path, programs):
     """The weights' SRAM bytes, scales included, against fp32 (the compile summary's weight_bytes)."""
     summary = {p: programs(path, p, 1).manifest["summary"] for p in ("fp16", "int8")}
-    fp32 = summary["fp16"]["weight_bytes_fp32"]
-    assert fp32 == summary["int8"]["weight_bytes_fp32"] > 0
+    fp32 = summary["fp16"]["model_weight_bytes"]
+    assert fp32 == summary["int8"]["model_weight_bytes"] > 0
     assert summary["fp16"]["weight_bytes"] <= 0.51 * fp32
     assert summary["int8"]["weight_bytes"] <= 0.27 * fp32
 
