@@ -276,6 +276,7 @@ def cmd_compile(args) -> int:
         "compile_seconds": round(seconds, 3), "schedule_sha256": sha,
         **_per_token(program),
         "precision": summary.precision, **({"precision_error": cost} if cost else {}),
+        "weight_bytes": summary.weight_bytes, "model_weight_bytes": summary.model_weight_bytes,
     }
     if args.json:
         print(json.dumps(report))
@@ -303,6 +304,10 @@ def cmd_compile(args) -> int:
             + summary.partition_lines[-4:]
         rows += [("", line) for line in shown]
     rows += _precision_rows(summary.precision, program.machine.name, cost)
+    if summary.model_weight_bytes:
+        rows.append(("weights", f"{_mib(summary.weight_bytes)} in SRAM, scales included ("
+                                f"{summary.weight_bytes / summary.model_weight_bytes:.3f} of the model's "
+                                f"{_mib(summary.model_weight_bytes)})"))
     if args.no_weights:
         rows.append(("weights", "none (compiled from shapes): run with `lpuc run --timing-only`"))
     rows += _per_token_rows(program)

@@ -200,3 +200,27 @@ def test_a_dynamically_quantized_model_imports_as_int8_matmuls(tmp_path):
     ours, ref = lpuc.run(lpuc.compile(model, chips=1, precision="fp32", scheduler="list"), inputs).outputs, \
         run_ort(model, inputs)
     assert max(max_rel_error(ours[k], ref[k]) for k in ref) <= 1e-4
+
+
+def test_bert_base_at_int8_fits_one_chip(tmp_path):
+    """Shape-only BERT-base, seq 128 (samples/shape_only_bert.py): its fp32 weights need 3 tsp-v1 chips, fp16
+    2, int8 1 — and at int8 the whole program (weights and activations) is allocated on that one chip."""
+    import importlib.util
+    import sys
+
+    from lpuc.compiler.allocate import Allocate
+    from lpuc.compiler.lower import Lower
+    from lpuc.compiler.pipeline import run_passes
+    from lpuc.compiler.precision import Precision
+    from lpuc.ir.target import Target
+
+    spec = importlib.util.spec_from_file_location("samples_shape_only_bert", SAMPLES / "shape_only_bert.py")
+    bert = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bert
+    spec.loader.exec_module(bert)
+    bert.write(tmp_path / "bert_base.onnx", seq=128)
+    graph = load_model(tmp_path / "bert_base.onnx")[0]
+    chips = {p: default_chips(run_passes(graph, Target(TSP), (Precision(p),))[0], TSP) for p in ("fp32", "fp16", "int8")}
+    assert chips == {"fp32": 3, "fp16": 2, "int8": 1}
+    _, plans = run_passes(graph, Target(TSP), (Precision("int8"), Lower(), Allocate()))
+    assert plans["allocate"].peak_bytes <= TSP.sram.chip_bytes
