@@ -211,7 +211,10 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
         return _compile_on(graph_module, machine, options, options.chips, stored, progress)
     # The default: the fewest chips whose SRAM holds the weights; when the partition leaves one chip too
     # full, the next size the topology has.
-    chips = default_chips(graph_module, machine)
+    try:
+        chips = default_chips(graph_module, machine)
+    except LpucError as e:  # more than the topology can join (e.g. Llama-2-70B on tsp-v1)
+        raise LpucError(f"{graph_module.name}'s weights at {options.precision} need {e}") from None
     for _ in range(8):
         try:
             return _compile_on(graph_module, machine, options, chips, stored, progress)
