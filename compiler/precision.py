@@ -266,7 +266,8 @@ class _Rewriter:
             scale = None
         elif op.name == "graph.gather" and moved.count(None) and w.axis not in moved:  # gathered along the axis
             shape = tuple(1 if a is None or a == w.axis else w.scale.type.shape[a] for a in moved)
-            scale = self.op("graph.reshape", w.scale, hint=f"{h}.scale", shape=shape)
+            scale = w.scale if shape == w.scale.type.shape else \
+                self.op("graph.reshape", w.scale, hint=f"{h}.scale", shape=shape)
         else:
             scale = self.op(op.name, w.scale, *rest, hint=f"{h}.scale", **attrs)
         self.weights[op.result.name] = _Weight(q, scale, axis)
