@@ -12,8 +12,8 @@ stores and computes:
 - `int8`: weights are quantized symmetrically per output channel (ir.evaluator.quantize_symmetric: int8
   values, f32 scales kept beside them: one per output channel, over the axis that reaches the matmul as its
   contraction axis K). A matmul by such a weight quantizes its activation per
-  token on the VXM (each row: scale = max|x| / 127, x_q = round(x / scale), computed at run time, the
-  chip's static alternative to calibration), multiplies int8 x int8 with int32 accumulation, and
+  token on the VXM (each row: scale = max|x| / 127, x_q = round(x * 127 / max|x|), computed at run time,
+  the chip's static alternative to calibration), multiplies int8 x int8 with int32 accumulation, and
   dequantizes on the VXM (f32(sum) x row scale x column scale). Matmuls of two activations (attention's
   scores and context) run at fp16, as deployed int8 models keep them. A gathered row (an embedding) is its
   int8 row times the column scales.
@@ -305,15 +305,19 @@ class _Rewriter:
         return self.as_type(y, op.result.type.dtype, h)
 
     def _quantize_rows(self, x: Value, h: str) -> tuple[Value, Value]:
-        """Per-token dynamic symmetric int8 on the VXM: (round(x / s) as int8, s = max|x| / 127 per row)."""
+        """Per-token dynamic symmetric int8 on the VXM: (round(x * 127 / m) as int8, the scale m / 127), m the
+        row's max |x| (at least 127 x the least normal f32: a row of zeros stays zeros, and 127 / m is finite).
+        One division per row, a multiply per element."""
         x = self.as_type(x, DType.f32, f"{h}.x")  # the scales in f32
-        amax = self.op("graph.reduce_max", self.op("graph.abs", x, hint=f"{h}.x_abs"), hint=f"{h}.x_max",
+        q127 = self.const(127.0, DType.f32, "int8_max")
+        amax = self.op("graph.reduce_max", self.op("graph.abs", x, hint=f"{h}.x_abs"), hint=f"{h}.x_max0",
                        axes=(-1,), keepdims=True)
-        s = self.op("graph.div", amax, self.const(127.0, DType.f32, "int8_max"), hint=f"{h}.x_scale0")
-        # a row of zeros: any positive scale gives zeros
-        s = self.op("graph.max", s, self.const(np.finfo(np.float32).tiny, DType.f32, "f32_tiny"), hint=f"{h}.x_scale")
-        r = self.op("graph.round", self.op("graph.div", x, s, hint=f"{h}.x_scaled_in"), hint=f"{h}.x_rounded")
-        return self.op("graph.cast", r, hint=f"{h}.x_i8", to=DType.i8), s
+        amax = self.op("graph.max", amax, self.const(127 * np.finfo(np.float32).tiny, DType.f32, "int8_least_max"),
+                       hint=f"{h}.x_max")
+        inverse = self.op("graph.div", q127, amax, hint=f"{h}.x_inverse_scale")
+        r = self.op("graph.round", self.op("graph.mul", x, inverse, hint=f"{h}.x_scaled_in"), hint=f"{h}.x_rounded")
+        return self.op("graph.cast", r, hint=f"{h}.x_i8", to=DType.i8), \
+            self.op("graph.div", amax, q127, hint=f"{h}.x_scale")
 
 
 __all__ = ["DEFAULT_PRECISION", "PRECISIONS", "Precision", "Stored", "at_precision", "check_precision"]
