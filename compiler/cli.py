@@ -40,7 +40,7 @@ from .generate import step_tokens_per_s
 from .inputs import nonfinite, random_inputs
 from .partition import STRATEGIES
 from .pipeline import SCHEDULERS, CompileOptions
-from .precision import PRECISIONS, at_precision
+from .precision import PRECISIONS, TOLERANCE, at_precision
 
 EXIT_USAGE = 2
 
@@ -630,8 +630,10 @@ def cmd_demo(args) -> int:
     _print_run(result.stats, program.machine)
     reference, source = _reference_outputs(model, inputs, samples / f"{DEMO_SAMPLE}.outputs.npz")
     worst = max(max_relative_error(result.outputs[k], reference[k]) for k in reference)
-    ok = worst <= 1e-4
-    print(f"max relative error vs {source}: {worst:.2e} ({'OK' if ok else 'MISMATCH'}, tolerance 1e-4)")
+    precision = program.options["precision"]
+    ok = worst <= TOLERANCE[precision]
+    print(f"max relative error vs {source}: {worst:.2e} ({'OK' if ok else 'MISMATCH'}, tolerance "
+          f"{TOLERANCE[precision]:g} at {precision}, the default precision)")
     report = out_dir / "report.html"
     atomic_write(report, _render_html(program, result).encode())
     print(f"report: {report}")

@@ -14,7 +14,7 @@ import lpuc
 from lpuc.compiler.cli import main
 from lpuc.compiler.driver import load_model, precision_error
 from lpuc.compiler.pipeline import CompileOptions, default_chips
-from lpuc.compiler.precision import at_precision
+from lpuc.compiler.precision import TOLERANCE, at_precision
 from lpuc.ir import DType, LpucError
 from lpuc.ir.evaluator import evaluate
 from lpuc.ir.machine import parse_machine, read_machine
@@ -23,7 +23,7 @@ from lpuc.ir.verifier import verify
 
 from helpers import SAMPLES, max_rel_error, run_ort
 
-BOUND = {"fp16": 1e-2, "int8": 5e-2}
+BOUND = TOLERANCE
 SAMPLE_PATHS = sorted(p for p in SAMPLES.glob("*.onnx") if not p.stem.endswith("_qdq"))
 TSP = read_machine("tsp-v1")[0]
 
