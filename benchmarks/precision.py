@@ -66,7 +66,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chips", type=int, default=1)
     ap.add_argument("--scheduler", default="list", choices=("list", "cpsat"))
     args = ap.parse_args(argv)
-    models = args.models or sorted((ROOT / "samples").glob("*.onnx")) + sorted((ROOT / "samples/quantized").glob("*.onnx"))
+    samples = ROOT / "samples"
+    models = args.models or sorted(samples.glob("*.onnx")) + sorted((samples / "quantized").glob("*.onnx"))
     print(f"{'model':22} {'prec':5} {'cycles':>8} {'weights B':>11} {'share':>6} {'image B':>11} {'share':>6} "
           f"{'chips':>5} {'max rel':>9} {'top-1':>6}")
     for path in models:

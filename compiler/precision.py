@@ -6,14 +6,15 @@ the precision asked for, so that what lowering, allocation, the costs and the in
 stores and computes:
 
 - `fp32`: nothing changes. The exact reference path (numpy's float32 matmul), timed at the fp16 rate.
-- `fp16` (the default): weights — f32 constants of rank >= 2 that a matmul multiplies by or a gather reads,
-  directly or through gathers and transposes (the experts a MoE router selects) — are stored as f16; every float matmul takes f16 operands (activations cast on the VXM) and accumulates in
-  f32 (`graph.matmul accumulate=f32`).
+- `fp16` (the default): weights — float constants of rank >= 2 that a matmul multiplies by or a gather
+  reads, directly or through gathers and transposes (the experts a MoE router selects) — are stored as f16;
+  every float matmul takes f16 operands (activations cast on the VXM) and accumulates in f32
+  (`graph.matmul accumulate=f32`), its result cast back to the model's type.
 - `int8`: weights are quantized symmetrically per output channel (ir.evaluator.quantize_symmetric: int8
   values, f32 scales kept beside them: one per output channel, over the axis that reaches the matmul as its
-  contraction axis K). A matmul by such a weight quantizes its activation per
-  token on the VXM (each row: scale = max|x| / 127, x_q = round(x * 127 / max|x|), computed at run time,
-  the chip's static alternative to calibration), multiplies int8 x int8 with int32 accumulation, and
+  contraction axis K). A matmul by such a weight quantizes its activation per token on the VXM (each row:
+  scale = max|x| / 127, x_q = round(x * 127 / max|x|), computed at run time: the chip's static alternative
+  to calibration; docs/design.md, "Precision", says why), multiplies int8 x int8 with int32 accumulation, and
   dequantizes on the VXM (f32(sum) x row scale x column scale). Matmuls of two activations (attention's
   scores and context) run at fp16, as deployed int8 models keep them. A gathered row (an embedding) is its
   int8 row times the column scales.
@@ -35,7 +36,6 @@ from functools import lru_cache
 import numpy as np
 
 from ..ir import DType, LpucError, Module, Tensor, Value
-from ..ir.attributes import AttrDict
 from ..ir.builder import Builder
 from ..ir.core import Op
 from ..ir.evaluator import cast, quantize_symmetric
@@ -229,8 +229,10 @@ class _Rewriter:
         """`v` as the model had it (a weight dequantized where something other than a matmul reads it)."""
         if v.name not in self.env:
             w, h = self.weights[v.name], v.name
-            x = w.q if w.scale is None else self.op(
-                "graph.mul", self.op("graph.cast", w.q, hint=f"{h}.f32", to=DType.f32), w.scale, hint=f"{h}.dequantized")
+            x = w.q
+            if w.scale is not None:
+                x = self.op("graph.mul", self.op("graph.cast", x, hint=f"{h}.f32", to=DType.f32), w.scale,
+                            hint=f"{h}.dequantized")
             self.env[v.name] = self.as_type(x, v.type.dtype, h)
         return self.env[v.name]
 

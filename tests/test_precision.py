@@ -16,6 +16,7 @@ from lpuc.compiler.driver import load_model, precision_error
 from lpuc.compiler.pipeline import CompileOptions, default_chips
 from lpuc.compiler.precision import TOLERANCE, at_precision
 from lpuc.ir import DType, LpucError
+from lpuc.ir.costs import compute_cycles
 from lpuc.ir.evaluator import evaluate
 from lpuc.ir.machine import parse_machine, read_machine
 from lpuc.ir.printer import print_module
@@ -106,7 +107,16 @@ def test_costs_follow_the_precision(programs):
         ops = programs(path, precision, 1).module.ops
         installs = [op for op in ops if op.name == "mxm.install"]
         matmuls[precision] = {op.operands[1].type.dtype for op in ops if op.name == "mxm.matmul"}
-        assert {op.operands[0].type.dtype.itemsize for op in installs} <= {"fp32": {4}, "fp16": {2}, "int8": {1, 2}}[precision]
+        sizes = {"fp32": {4}, "fp16": {2}, "int8": {1, 2}}[precision]
+        assert {op.operands[0].type.dtype.itemsize for op in installs} <= sizes
+        for op in ops:  # the unit's own cycles: a weight row per byte-plane; x's rows at the type's rate
+            if op.name in ("mxm.install", "mxm.matmul"):
+                x, w = (op.operands[0].type, op.operands[0].type) if op.name == "mxm.install" else \
+                    (op.operands[0].type, op.operands[1].type)
+                rows = x.numel // x.shape[-1]
+                expected = x.shape[-2] * x.dtype.itemsize * (rows // x.shape[-2]) if op.name == "mxm.install" \
+                    else rows * {1: 1, 2: 4, 4: 4}[w.dtype.itemsize]
+                assert compute_cycles(op, TSP) == expected, op.label()
     assert matmuls["int8"] == {DType.i8, DType.f16}  # attention's activation x activation matmuls at fp16
     assert TSP.mxm.rate(DType.i8, DType.i8) == 1.0 and TSP.mxm.rate(DType.f16, DType.f16) == 0.25
     assert TSP.mxm.rate(DType.f32, DType.f32) == 0.25 and TSP.mxm.rate(DType.f16, DType.f8e4m3fn) == 0.25
@@ -220,7 +230,42 @@ def test_bert_base_at_int8_fits_one_chip(tmp_path):
     spec.loader.exec_module(bert)
     bert.write(tmp_path / "bert_base.onnx", seq=128)
     graph = load_model(tmp_path / "bert_base.onnx")[0]
-    chips = {p: default_chips(run_passes(graph, Target(TSP), (Precision(p),))[0], TSP) for p in ("fp32", "fp16", "int8")}
+    chips = {p: default_chips(run_passes(graph, Target(TSP), (Precision(p),))[0], TSP)
+             for p in ("fp32", "fp16", "int8")}
     assert chips == {"fp32": 3, "fp16": 2, "int8": 1}
     _, plans = run_passes(graph, Target(TSP), (Precision("int8"), Lower(), Allocate()))
     assert plans["allocate"].peak_bytes <= TSP.sram.chip_bytes
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+@pytest.mark.parametrize("kw", [dict(width=333, heads=9, layers=3, seq=7), dict(width=96, heads=3, layers=2, seq=33,
+                                                                                  mlp=500)], ids=["w333", "w96-s33"])
+def test_models_not_in_the_repository_within_the_bounds(kw, precision, tmp_path):
+    """Hand-built GPT-style models (the legacy exporter's form, other widths and lengths): the same bounds
+    against onnxruntime, on 4 chips."""
+    from helpers import legacy_transformer, save, token_ids
+
+    path = save(legacy_transformer(**kw), tmp_path / "model.onnx")
+    inputs = token_ids(kw["seq"])
+    outputs = lpuc.run(lpuc.compile(path, chips=4, precision=precision, scheduler="list"), inputs).outputs
+    assert max_rel_error(outputs["logits"], run_ort(path, inputs)["logits"]) <= BOUND[precision]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_wide_matmuls_bitwise_the_evaluator(precision):
+    """test_lower's matmuls of every shape (three k-tiles chained through acc, vector operands, batches, a
+    batch-1 weight) on 2 chips: the interpreter gives the evaluator's bits at the precision."""
+    from lpuc.backends.interpreter import run
+    from lpuc.backends.lpu import build_program
+    from lpuc.compiler.pipeline import compile_module
+    from test_lower import wide_matmuls
+
+    graph, inputs = wide_matmuls()
+    machine, text = read_machine("tsp-v1")
+    scheduled, _ = compile_module(graph, machine, CompileOptions(precision=precision, scheduler="list", chips=2))
+    outputs = run(build_program(scheduled, text), inputs).outputs
+    expected = evaluate(at_precision(graph, precision), inputs)
+    reference = evaluate(graph, inputs)
+    for name, e in expected.items():
+        assert np.array_equal(outputs[name], e), name
+        assert max_rel_error(e, reference[name]) <= BOUND[precision], name

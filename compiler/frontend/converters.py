@@ -784,7 +784,7 @@ def _quantize_linear(n: Node):
     if n.attr("block_size", 0):
         raise LpucError("blocked quantization (block_size) is not supported")
     zp, zero = _zero_point(n, 2)
-    to = zp.type.dtype if zp is not None else (_dtype_of(n.attr("output_dtype")) if n.attr("output_dtype") else DType.u8)
+    to = zp.type.dtype if zp is not None else _dtype_of(n.attr("output_dtype")) if n.attr("output_dtype") else DType.u8
     if to not in (DType.i8, DType.u8):
         raise LpucError(f"QuantizeLinear to {to.value}: lpuc quantizes to int8 and uint8")
     scale = _per_axis(n, n.x(1), x, axis)
