@@ -249,13 +249,11 @@ def cmd_compile(args) -> int:
     progress = None if args.json else _after_seconds(2.0)
     module, summary, machine_text = compile_model(args.model, args.machine, options, dict(args.shape),
                                                   progress=progress)
-    cost = None
-    if args.precision != "fp32" and not args.no_weights:
-        cost = _precision_cost(args, args.precision)
     program = build_program(module, machine_text, lpu_options(options), summary.facts(), weights=not args.no_weights,
                             verified=True)
     sha = write_program(args.output, program)
     seconds = time.perf_counter() - start
+    cost = _precision_cost(args, args.precision) if args.precision != "fp32" and not args.no_weights else None
     # The SRAM peak over time (the schedule's live curve), as `lpuc run` will measure it; the
     # allocator's peak (its footprint in program order) is reported beside it.
     sram_peak_bytes = max(program.facts.sram_peak_words().values(), default=0) \
@@ -305,7 +303,7 @@ def cmd_compile(args) -> int:
         rows += [("", line) for line in shown]
     rows += _precision_rows(summary.precision, program.machine.name, cost)
     if summary.model_weight_bytes:
-        rows.append(("weights", f"{_mib(summary.weight_bytes)} in SRAM, scales included ("
+        rows.append(("weight bytes", f"{_mib(summary.weight_bytes)} in SRAM, scales included ("
                                 f"{summary.weight_bytes / summary.model_weight_bytes:.3f} of the model's "
                                 f"{_mib(summary.model_weight_bytes)})"))
     if args.no_weights:
