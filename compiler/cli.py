@@ -427,7 +427,9 @@ def cmd_run(args) -> int:
     precision = program.options.get("precision", "fp32")
     cost = None
     if args.reference and precision != "fp32":
-        reference, _ = load_model(args.reference, {v.name: v.type.shape for v in program.module.inputs})
+        shapes = {} if Path(args.reference).suffix == ".ir" else \
+            _known_inputs(args.reference, {v.name: v.type.shape for v in program.module.inputs})
+        reference, _ = load_model(args.reference, shapes)
         cost = precision_error(reference, result.outputs, inputs)
     if args.output:
         write_npz(args.output, result.outputs)
