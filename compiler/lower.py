@@ -448,6 +448,9 @@ def _split_of(op: Op, constants: Container[str], lanes: int) -> Split | None:
     offered = tilings(op, constants, lanes)
     if kind not in offered:
         can = f"by {' or '.join(repr(k) for k in offered)} only" if offered else "not at all"
+        if kind == "rows" and op.attrs.get("accumulate") is DType.f32:
+            can += (" (its sums are f32: partial sums added apart would round otherwise than the one sum in k "
+                    "order; compile it at --precision int8 or fp32)")
         raise VerifyError(f"{op.label()}: split = {kind!r}, but lowering splits this {op.name} {can}")
     shares = (1,) * len(parts or ()) if shares is None else shares
     if not parts or len(shares) != len(parts) or min(shares) < 1:

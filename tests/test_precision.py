@@ -269,3 +269,33 @@ def test_wide_matmuls_bitwise_the_evaluator(precision):
     for name, e in expected.items():
         assert np.array_equal(outputs[name], e), name
         assert max_rel_error(e, reference[name]) <= BOUND[precision], name
+
+
+def test_a_partition_written_by_hand_at_int8_and_fp16(tmp_path):
+    """test_many_chips' hand-partitioned IR (a weight split by rows): at int8 (exact int32 sums) it runs as
+    written, bitwise the evaluator; at fp16 a row split is refused, saying why."""
+    from lpuc.backends.interpreter import run
+    from lpuc.backends.lpu import build_program
+    from lpuc.compiler.driver import compile_model
+    from lpuc.ir.attributes import Tensor
+    from lpuc.ir.files import blob_path, write_npz
+    from test_many_chips import BY_HAND
+
+    rng = np.random.default_rng(0)
+    weights = {"w_up": rng.standard_normal((640, 700)).astype(np.float32) / 25,
+               "w_down": rng.standard_normal((700, 96)).astype(np.float32) / 25}
+    keys = {name: Tensor.from_array(w).key for name, w in weights.items()}
+    path = tmp_path / "by_hand.ir"
+    path.write_text(BY_HAND.format(**keys))
+    write_npz(blob_path(path), {keys[name]: w for name, w in weights.items()})
+    inputs = {name: rng.standard_normal(shape).astype(np.float32)
+              for name, shape in (("x", (3, 640)), ("q", (4, 5, 8)), ("k", (4, 8, 5)))}
+    module, summary, text = compile_model(path, options=CompileOptions(scheduler="list", precision="int8"))
+    assert (summary.chips, summary.partition) == (2, "given")
+    outputs = run(build_program(module, text), inputs).outputs
+    graph = load_model(path)[0]
+    expected, reference = evaluate(at_precision(graph, "int8"), inputs), evaluate(graph, inputs)
+    for name, e in expected.items():
+        assert np.array_equal(outputs[name], e) and max_rel_error(e, reference[name]) <= BOUND["int8"], name
+    with pytest.raises(LpucError, match="split = 'rows'.*its sums are f32"):
+        compile_model(path, options=CompileOptions(scheduler="list", precision="fp16"))
