@@ -47,13 +47,15 @@ def graphs():
 
 @pytest.fixture(scope="module")
 def programs():
-    """(sample, precision, chips) -> the compiled program (list scheduler: these tests are about numbers)."""
+    """(sample, precision, chips) -> the compiled program (list scheduler: these tests are about numbers; on many
+    chips one partition, not auto's two: tensor splits at fp16, a pipeline at int8)."""
     cache = {}
 
     def get(path: Path, precision: str, chips: int):
         key = (path, precision, chips)
         if key not in cache:
-            cache[key] = lpuc.compile(path, chips=chips, precision=precision, scheduler="list")
+            partition = "auto" if chips == 1 else "tensor" if precision == "fp16" else "pipeline"
+            cache[key] = lpuc.compile(path, chips=chips, precision=precision, scheduler="list", partition=partition)
         return cache[key]
     return get
 
