@@ -21,27 +21,18 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import lpuc  # noqa: E402
 from lpuc.compiler.driver import load_model, precision_error  # noqa: E402
-from lpuc.compiler.inputs import random_inputs  # noqa: E402
 from lpuc.compiler.pipeline import default_chips, run_passes  # noqa: E402
 from lpuc.compiler.precision import PRECISIONS, Precision  # noqa: E402
 from lpuc.ir import LpucError  # noqa: E402
 from lpuc.ir.machine import read_machine  # noqa: E402
 from lpuc.ir.target import Target  # noqa: E402
-
-
-def _inputs(path: Path, module) -> dict:
-    stored = path.with_name(path.name.removesuffix(".onnx") + ".inputs.npz")
-    if stored.exists():
-        with np.load(stored) as f:
-            return {k: f[k] for k in f.files}
-    return random_inputs(module, 0)
+from one_chip import _inputs  # noqa: E402  (the stored inputs beside a model, else seeded random ones)
 
 
 def bench(path: Path, precision: str, machine: str, chips: int, scheduler: str) -> dict:

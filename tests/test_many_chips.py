@@ -200,12 +200,9 @@ module @by_hand attributes {{chips = 2}} {{
 """
 
 
-def test_a_partition_written_by_hand_compiles_and_runs(tmp_path):
-    """An IR file whose partition is written by hand compiles as written on 2 chips (each weight cut as its
-    split says) and runs as the reference evaluator does."""
-    from lpuc.compiler.driver import compile_model
+def write_by_hand(tmp_path) -> tuple[Path, np.random.Generator]:
+    """BY_HAND with its weights (in its blobs file) in tmp_path: (the IR file, the generator, for inputs)."""
     from lpuc.ir.attributes import Tensor
-    from lpuc.ir.evaluator import evaluate
     from lpuc.ir.files import blob_path, write_npz
 
     rng = np.random.default_rng(0)
@@ -215,6 +212,16 @@ def test_a_partition_written_by_hand_compiles_and_runs(tmp_path):
     path = tmp_path / "by_hand.ir"
     path.write_text(BY_HAND.format(**keys))
     write_npz(blob_path(path), {keys[name]: w for name, w in weights.items()})
+    return path, rng
+
+
+def test_a_partition_written_by_hand_compiles_and_runs(tmp_path):
+    """An IR file whose partition is written by hand compiles as written on 2 chips (each weight cut as its
+    split says) and runs as the reference evaluator does."""
+    from lpuc.compiler.driver import compile_model
+    from lpuc.ir.evaluator import evaluate
+
+    path, rng = write_by_hand(tmp_path)
     module, summary, machine_text = compile_model(path, options=CompileOptions(scheduler="list", precision="fp32"))
     assert (summary.chips, summary.partition, module.attrs["chips"]) == (2, "given", 2)
     cuts = {(mo.chip_of(op), op.result.type.shape) for op in module.ops

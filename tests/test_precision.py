@@ -279,17 +279,9 @@ def test_a_partition_written_by_hand_at_int8_and_fp16(tmp_path):
     from lpuc.backends.interpreter import run
     from lpuc.backends.lpu import build_program
     from lpuc.compiler.driver import compile_model
-    from lpuc.ir.attributes import Tensor
-    from lpuc.ir.files import blob_path, write_npz
-    from test_many_chips import BY_HAND
+    from test_many_chips import write_by_hand
 
-    rng = np.random.default_rng(0)
-    weights = {"w_up": rng.standard_normal((640, 700)).astype(np.float32) / 25,
-               "w_down": rng.standard_normal((700, 96)).astype(np.float32) / 25}
-    keys = {name: Tensor.from_array(w).key for name, w in weights.items()}
-    path = tmp_path / "by_hand.ir"
-    path.write_text(BY_HAND.format(**keys))
-    write_npz(blob_path(path), {keys[name]: w for name, w in weights.items()})
+    path, rng = write_by_hand(tmp_path)
     inputs = {name: rng.standard_normal(shape).astype(np.float32)
               for name, shape in (("x", (3, 640)), ("q", (4, 5, 8)), ("k", (4, 8, 5)))}
     module, summary, text = compile_model(path, options=CompileOptions(scheduler="list", precision="int8"))
