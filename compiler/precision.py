@@ -16,8 +16,9 @@ stores and computes:
   scale = max|x| / 127, x_q = round(x * 127 / max|x|), computed at run time: the chip's static alternative
   to calibration; docs/design.md, "Precision", says why), multiplies int8 x int8 with int32 accumulation, and
   dequantizes on the VXM (f32(sum) x row scale x column scale). Matmuls of two activations (attention's
-  scores and context) run at fp16, as deployed int8 models keep them. A gathered row (an embedding) is its
-  int8 row times the column scales.
+  scores and context) run at fp16, as deployed int8 models keep them. A table only gathered (an embedding)
+  has a scale per row instead (each token's own range; stored as a vector): a gathered row is its int8
+  values times its scale.
 - `fp8`: weights in f8e4m3fn with per-output-channel scales (max|w| / 448), activations fp16, fp32
   accumulation, the scales applied on the VXM; only on a machine whose MXM has an fp8 path
   (`mxm.fp8_rate` > 0; tsp-v1 has none).
@@ -107,12 +108,16 @@ class _Weight:
 
 
 def _lazy(t: Tensor, dtype: DType, axis: int, part: int) -> Tensor:
-    """Part `part` of quantize_symmetric(t) (0: the values, 1: the scales; f16: the values cast), lazily."""
+    """Part `part` of quantize_symmetric(t) (0: the values, 1: the scales; f16: the values cast), lazily. Row
+    scales (axis: the last) are stored without their last axis of 1: a vector, compact in SRAM."""
+    rows = axis == t.type.rank - 1
     if dtype is DType.f16:
         shape, load = t.type.shape, (lambda: cast(t.array, DType.f16))
+    elif part == 0:
+        shape, load = t.type.shape, (lambda: _quantized(t, dtype, axis)[0])
     else:
-        shape = t.type.shape if part == 0 else tuple(1 if i == axis else d for i, d in enumerate(t.type.shape))
-        load = (lambda: _quantized(t, dtype, axis)[part])
+        shape = t.type.shape[:-1] if rows else tuple(1 if i == axis else d for i, d in enumerate(t.type.shape))
+        load = (lambda: _quantized(t, dtype, axis)[1][..., 0]) if rows else (lambda: _quantized(t, dtype, axis)[1])
     key = f"{t.key}:{dtype.value}" + (f"-axis{axis}" if dtype is not DType.f16 else "") + ("-scale" if part else "")
     return Tensor(TensorType(shape, dtype if part == 0 else DType.f32), key, loader=None if t.loader is None else load)
 
@@ -173,8 +178,8 @@ class _Rewriter:
                     self.axis[op.result.name] = axis
 
     def _contraction_axis(self, name: str, axes: list) -> int | None:
-        """The constant's axis that a matmul reading it (through LAYOUT ops) contracts; a table only gathered:
-        its second-to-last axis (the columns are the channels). None: not a weight."""
+        """The constant's axis that a matmul reading it (through LAYOUT ops) contracts; a table only gathered
+        (an embedding): its last axis, a scale per row (each token's own range). None: not a weight."""
         found = None
         for op, k in self.uses.get(name, ()):
             if op.name == "graph.matmul" and k == 1 and len(axes) >= 2 and axes[-2] is not None:
@@ -185,7 +190,7 @@ class _Rewriter:
                 if deeper is not None:
                     return deeper
                 if op.name != "graph.transpose":
-                    found = axes[-2] if len(axes) >= 2 and axes[-2] is not None else found
+                    found = axes[-1] if axes[-1] is not None else found
         return found
 
     def run(self) -> Module:
@@ -231,10 +236,16 @@ class _Rewriter:
             w, h = self.weights[v.name], v.name
             x = w.q
             if w.scale is not None:
-                x = self.op("graph.mul", self.op("graph.cast", x, hint=f"{h}.f32", to=DType.f32), w.scale,
-                            hint=f"{h}.dequantized")
+                x = self.op("graph.mul", self.op("graph.cast", x, hint=f"{h}.f32", to=DType.f32),
+                            self._broadcast_scale(w, h), hint=f"{h}.dequantized")
             self.env[v.name] = self.as_type(x, v.type.dtype, h)
         return self.env[v.name]
+
+    def _broadcast_scale(self, w: _Weight, h: str) -> Value:
+        """The scales shaped to multiply the values: row scales (stored without their last axis) get it back."""
+        if w.scale.type.rank == w.q.type.rank:
+            return w.scale
+        return self.op("graph.reshape", w.scale, hint=f"{h}.row_scale", shape=w.scale.type.shape + (1,))
 
     def as_type(self, x: Value, dtype: DType, h: str) -> Value:
         return x if x.type.dtype is dtype else self.op("graph.cast", x, hint=f"{h}.{dtype.value}", to=dtype)
@@ -261,7 +272,9 @@ class _Rewriter:
         (or, where the op picks along the scales' axis of 1, the scales reshaped). False: not followed."""
         w, h = self.weights[op.operands[0].name], op.result.name
         moved = LAYOUT[op.name](op, w.q.type.rank)
-        if moved is None or (op.name == "graph.gather_nd" and w.axis is not None and w.axis not in moved):
+        rows = w.scale is not None and w.scale.type.rank < w.q.type.rank  # row scales: kept only by gathers
+        if moved is None or (op.name == "graph.gather_nd" and w.axis is not None and w.axis not in moved) \
+                or (rows and (op.name != "graph.gather" or moved[-1] != w.axis)):
             return False
         attrs = {k: v for k, v in op.attrs.items() if k not in PLACEMENT_ATTRS}
         rest = [self.value(v) for v in op.operands[1:]]
