@@ -534,6 +534,7 @@ def _generate_args(p):
     p.add_argument("--scheduler", choices=SCHEDULERS, default=CompileOptions.scheduler, help="as for `lpuc compile`")
     p.add_argument("--effort", type=float, default=CompileOptions.effort, metavar="SECONDS",
                    help="as for `lpuc compile`")
+    _precision_arg(p)
     p.add_argument("--timing-only", action="store_true",
                    help="time the generation from the schedules without numerics (models compiled from shapes, "
                         "weights never read): each program runs once, every hazard checked; no tokens")
@@ -555,7 +556,7 @@ def cmd_generate(args) -> int:
     prompt = _read_prompt(args.prompt)
     step, prefill = compile_generation(args.decode, args.prefill, args.machine, weights=not args.timing_only,
                                        chips=args.chips, partition=args.partition, scheduler=args.scheduler,
-                                       effort=args.effort)
+                                       effort=args.effort, precision=args.precision)
     if not args.timing_only:
         interpreter.require_weights(step)
     result = generate(step, prompt, args.tokens, prefill, timing_only=args.timing_only)
