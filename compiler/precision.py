@@ -105,12 +105,12 @@ class _Weight:
     q: Value
     scale: Value | None
     axis: int | None  # None: the axis was gathered away (the scales broadcast)
+    rows: bool = False  # a table's row scales, stored without their last axis (only gathers keep them)
 
 
-def _lazy(t: Tensor, dtype: DType, axis: int, part: int) -> Tensor:
-    """Part `part` of quantize_symmetric(t) (0: the values, 1: the scales; f16: the values cast), lazily. Row
-    scales (axis: the last) are stored without their last axis of 1: a vector, compact in SRAM."""
-    rows = axis == t.type.rank - 1
+def _lazy(t: Tensor, dtype: DType, axis: int, part: int, rows: bool = False) -> Tensor:
+    """Part `part` of quantize_symmetric(t) (0: the values, 1: the scales; f16: the values cast), lazily. A
+    table's row scales (`rows`; axis: the last) are stored without their last axis of 1: compact in SRAM."""
     if dtype is DType.f16:
         shape, load = t.type.shape, (lambda: cast(t.array, DType.f16))
     elif part == 0:
@@ -168,29 +168,34 @@ class _Rewriter:
         for op in module.ops:
             for k, v in enumerate(op.operands):
                 self.uses.setdefault(v.name, []).append((op, k))
-        # weights (constant name -> the axis to take scales over)
-        self.axis = {}
+        # weights (constant name -> the axis to take scales over), and the tables among them (row scales)
+        self.axis, self.rows = {}, set()
         for op in module.ops:
             t = op.result.type if op.name == "graph.constant" else None
             if t is not None and t.dtype in MODEL_FLOATS and t.rank >= 2:
-                axis = self._contraction_axis(op.result.name, list(range(t.rank)))
-                if axis is not None:
-                    self.axis[op.result.name] = axis
+                found = self._contraction_axis(op.result.name, list(range(t.rank)))
+                if found is not None:
+                    self.axis[op.result.name] = found[0]
+                    if found[1]:
+                        self.rows.add(op.result.name)
 
-    def _contraction_axis(self, name: str, axes: list) -> int | None:
-        """The constant's axis that a matmul reading it (through LAYOUT ops) contracts; a table only gathered
-        (an embedding): its last axis, a scale per row (each token's own range). None: not a weight."""
+    def _contraction_axis(self, name: str, axes: list) -> tuple[int, bool] | None:
+        """(the constant's axis that a matmul reading it (through LAYOUT ops) contracts, False); a table only
+        gathered (an embedding): (its last axis, True), a scale per row (each token's own range); only picked
+        from by gather_nd: (its second-to-last axis, False). None: not a weight."""
         found = None
         for op, k in self.uses.get(name, ()):
             if op.name == "graph.matmul" and k == 1 and len(axes) >= 2 and axes[-2] is not None:
-                return axes[-2]
+                return axes[-2], False
             move = LAYOUT.get(op.name)
             if move and k == 0 and (moved := move(op, len(axes))) is not None:
                 deeper = self._contraction_axis(op.result.name, [None if a is None else axes[a] for a in moved])
                 if deeper is not None:
                     return deeper
-                if op.name != "graph.transpose":
-                    found = axes[-1] if axes[-1] is not None else found
+                if op.name == "graph.gather" and axes[-1] is not None:  # an embedding: its rows
+                    found = found or (axes[-1], True)
+                elif op.name == "graph.gather_nd" and len(axes) >= 2 and axes[-2] is not None:
+                    found = found or (axes[-2], False)
         return found
 
     def run(self) -> Module:
@@ -243,7 +248,7 @@ class _Rewriter:
 
     def _broadcast_scale(self, w: _Weight, h: str) -> Value:
         """The scales shaped to multiply the values: row scales (stored without their last axis) get it back."""
-        if w.scale.type.rank == w.q.type.rank:
+        if not w.rows:
             return w.scale
         return self.op("graph.reshape", w.scale, hint=f"{h}.row_scale", shape=w.scale.type.shape + (1,))
 
@@ -263,18 +268,18 @@ class _Rewriter:
         self.stored.add(q.name)
         if dtype is DType.f16:
             return _Weight(q, None, axis)
-        scale = self.b.op("graph.constant", names=(f"{h}.scale",), value=_lazy(t, dtype, axis, 1))
+        rows = h in self.rows
+        scale = self.b.op("graph.constant", names=(f"{h}.scale",), value=_lazy(t, dtype, axis, 1, rows))
         self.stored.add(scale.name)
-        return _Weight(q, scale, axis)
+        return _Weight(q, scale, axis, rows)
 
     def _layout(self, op: Op) -> bool:
         """A gather, gather_nd or transpose of a stored weight: the same op on its values, and on its scales
         (or, where the op picks along the scales' axis of 1, the scales reshaped). False: not followed."""
         w, h = self.weights[op.operands[0].name], op.result.name
         moved = LAYOUT[op.name](op, w.q.type.rank)
-        rows = w.scale is not None and w.scale.type.rank < w.q.type.rank  # row scales: kept only by gathers
         if moved is None or (op.name == "graph.gather_nd" and w.axis is not None and w.axis not in moved) \
-                or (rows and (op.name != "graph.gather" or moved[-1] != w.axis)):
+                or (w.rows and (op.name != "graph.gather" or moved[-1] != w.axis)):
             return False
         attrs = {k: v for k, v in op.attrs.items() if k not in PLACEMENT_ATTRS}
         rest = [self.value(v) for v in op.operands[1:]]
@@ -288,7 +293,7 @@ class _Rewriter:
                 self.op("graph.reshape", w.scale, hint=f"{h}.scale", shape=shape)
         else:
             scale = self.op(op.name, w.scale, *rest, hint=f"{h}.scale", **attrs)
-        self.weights[op.result.name] = _Weight(q, scale, axis)
+        self.weights[op.result.name] = _Weight(q, scale, axis, w.rows)
         return True
 
     # --- matmuls ------------------------------------------------------------------------------------------
