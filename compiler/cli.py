@@ -34,11 +34,13 @@ from ..ir.machine import DEFAULT_MACHINE
 
 from ..ir.machine_ops import is_state
 
-from .driver import compile_model, compile_program, load_model, lpu_options, max_relative_error, read_ir
+from .driver import (compile_model, compile_program, load_model, lpu_options, max_relative_error, precision_error,
+                     read_ir)
 from .generate import step_tokens_per_s
 from .inputs import nonfinite, random_inputs
 from .partition import STRATEGIES
 from .pipeline import SCHEDULERS, CompileOptions
+from .precision import PRECISIONS, TOLERANCE, at_precision
 
 EXIT_USAGE = 2
 
@@ -215,20 +217,35 @@ def _compile_args(p):
                         "position_ids (default none: the cache is an input and an output)")
     p.add_argument("--context", type=int, metavar="C",
                    help="a prefill graph's cache slots (its decode partner's context) with --state")
+    _precision_arg(p)
+    p.add_argument("--inputs", metavar="IN.npz", help="inputs on which a non-fp32 precision's error against the "
+                   "fp32 reference is reported (default: seeded random inputs, --seed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of those random inputs (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+
+
+def _precision_arg(p):
+    p.add_argument("--precision", choices=PRECISIONS, default=CompileOptions.precision,
+                   help=f"the weights' storage type and the MXM's arithmetic (default {CompileOptions.precision}, "
+                        "the chip's float path: fp16 operands, fp32 accumulation). int8: weights per output "
+                        "channel, activations per token, int32 accumulation; fp8: e4m3 weights, only where "
+                        "the machine's MXM has an fp8 path (tsp-v1 has none); fp32: the exact reference "
+                        "path (tsp-v1 has no fp32 matrix unit: timed at its fp16 rate)")
 
 
 @command("compile", "compile a model to an executable schedule (.lpu)",
          "Partition MODEL over chips, lower it to machine instructions and chip-to-chip transfers, allocate "
          "SRAM, schedule every instruction and transfer at an exact cycle, and write FILE.lpu. Prints cycles, "
-         "the lower bound and gap, instructions, SRAM peak, the partition and compile time.",
+         "the lower bound and gap, instructions, SRAM peak, the partition, the precision (default "
+         f"{CompileOptions.precision}) with its error against the fp32 reference, and compile time.",
          _compile_args)
 def cmd_compile(args) -> int:
     _check_chips(args.chips)
     start = time.perf_counter()
     options = CompileOptions(chips=args.chips, partition=args.partition, scheduler=args.scheduler,
                              effort=args.effort, workers=args.workers, window=args.window,
-                             max_windows=args.max_windows, state=args.state, context=args.context)
+                             max_windows=args.max_windows, state=args.state, context=args.context,
+                             precision=args.precision)
     progress = _after_seconds(2.0)  # stderr, so a --json compile says what it does too
     module, summary, machine_text = compile_model(args.model, args.machine, options, dict(args.shape),
                                                   progress=progress)
@@ -236,6 +253,7 @@ def cmd_compile(args) -> int:
                             verified=True)
     sha = write_program(args.output, program)
     seconds = time.perf_counter() - start
+    cost = _precision_cost(args, args.precision) if args.precision != "fp32" and not args.no_weights else None
     # The SRAM peak over time (the schedule's live curve), as `lpuc run` will measure it; the
     # allocator's peak (its footprint in program order) is reported beside it.
     sram_peak_bytes = max(program.facts.sram_peak_words().values(), default=0) \
@@ -255,6 +273,8 @@ def cmd_compile(args) -> int:
         "partition_candidates": {s: c for s, c in summary.candidates},
         "compile_seconds": round(seconds, 3), "schedule_sha256": sha,
         **_per_token(program),
+        "precision": summary.precision, **({"precision_error": cost} if cost else {}),
+        "weight_bytes": summary.weight_bytes, "model_weight_bytes": summary.model_weight_bytes,
     }
     if args.json:
         print(json.dumps(report))
@@ -281,6 +301,11 @@ def cmd_compile(args) -> int:
             summary.partition_lines[:4] + (f"... {len(summary.partition_lines) - 8} more chips",) \
             + summary.partition_lines[-4:]
         rows += [("", line) for line in shown]
+    rows += _precision_rows(summary.precision, program.machine.name, cost)
+    if summary.model_weight_bytes:
+        rows.append(("weight bytes", f"{_mib(summary.weight_bytes)} in SRAM, scales included ("
+                                f"{summary.weight_bytes / summary.model_weight_bytes:.3f} of the model's "
+                                f"{_mib(summary.model_weight_bytes)})"))
     if args.no_weights:
         rows.append(("weights", "none (compiled from shapes): run with `lpuc run --timing-only`"))
     rows += _per_token_rows(program)
@@ -307,6 +332,37 @@ def _per_token_rows(program) -> list[tuple[str, str]]:
     return rows
 
 
+def _precision_cost(args, precision: str) -> dict:
+    """The error of `precision` against the fp32 reference, on --inputs or seeded random inputs: from the
+    evaluator at that precision, which the interpreter equals bit for bit."""
+    graph, _ = load_model(args.model, dict(args.shape))
+    inputs = read_npz(args.inputs, "inputs", graph) if args.inputs else random_inputs(graph, args.seed)
+    cost = precision_error(graph, evaluate(at_precision(graph, precision), inputs), inputs)
+    cost["inputs"] = args.inputs or f"random (seed {args.seed})"
+    return cost
+
+
+def _precision_rows(precision: str, machine: str, cost: dict | None) -> list[tuple[str, str]]:
+    default = " (the default)" if precision == CompileOptions.precision else ""
+    if precision == "fp32":
+        return [("precision", f"fp32: the exact reference path; {machine} has no fp32 matrix unit "
+                              "(matmuls timed at its fp16 rate)")]
+    rows = [("precision", f"{precision}{default}: {_PRECISION_TEXT[precision]}")]
+    if cost:
+        line = f"max relative error {cost['max_relative_error']:.2e} on {cost['inputs']} inputs"
+        if "top1_agreement" in cost:
+            line += f"; top-1 of logits agrees at {cost['top1_agreement']:.1%} of positions"
+        rows.append(("vs fp32", line))
+    return rows
+
+
+_PRECISION_TEXT = {
+    "fp16": "f16 weights and matmul operands, fp32 accumulation",
+    "int8": "int8 weights (per output channel) and activations (per token), int32 accumulation",
+    "fp8": "e4m3 weights (per output channel), fp16 activations, fp32 accumulation",
+}
+
+
 def _check_chips(chips: int | None) -> None:
     if chips is not None and chips < 1:
         raise LpucError(f"--chips {chips}: the chip count must be at least 1")
@@ -329,6 +385,9 @@ def _run_args(p):
                    "(default: seeded random inputs valid for each input)")
     p.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs, keyed by the model's output names")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--reference", metavar="MODEL.onnx|MODEL.ir",
+                   help="the model the program was compiled from: a program of a precision other than fp32 "
+                        "reports its outputs' error against this model's fp32 reference evaluator")
     p.add_argument("--trace", metavar="TRACE.json",
                    help="write the executed instructions as Chrome trace-event JSON "
                         "(ui.perfetto.dev, chrome://tracing)")
@@ -361,8 +420,17 @@ def cmd_run(args) -> int:
             inputs = random_inputs(program.module, args.seed)
             if not args.json:
                 say(f"using random inputs (seed {args.seed})")
+    if args.reference and args.timing_only:
+        raise LpucError("--timing-only computes no numbers: it takes no --reference")
     result = interpreter.run(program, inputs, timing_only=args.timing_only)
     stats = result.stats
+    precision = program.options.get("precision", "fp32")
+    cost = None
+    if args.reference and precision != "fp32":
+        shapes = {} if Path(args.reference).suffix == ".ir" else \
+            _known_inputs(args.reference, {v.name: v.type.shape for v in program.module.inputs})
+        reference, _ = load_model(args.reference, shapes)
+        cost = precision_error(reference, result.outputs, inputs)
     if args.output:
         write_npz(args.output, result.outputs)
     if args.trace:
@@ -384,6 +452,7 @@ def cmd_run(args) -> int:
                   for x in stats.links],
         "transfer_bytes": stats.transfer_bytes, "link_wait_cycles": stats.link_wait_cycles,
         "host_bytes": stats.host_bytes, **_per_token(program),
+        "precision": precision, **({"precision_error": cost} if cost else {}),
     }
     if args.trace:
         report["trace"] = str(args.trace)
@@ -392,7 +461,13 @@ def cmd_run(args) -> int:
         return 0
     if args.timing_only:
         say("timing only: every hazard checked, no numerics, no outputs")
-    _print_run(stats, program.machine, (_chip_rows(stats) if len(stats.chips) > 1 else []) + _per_token_rows(program))
+    extra = (_chip_rows(stats) if len(stats.chips) > 1 else []) + _per_token_rows(program)
+    if precision != "fp32" and not args.timing_only:
+        if cost:
+            cost["inputs"] = args.inputs or f"random (seed {args.seed})"
+        extra += _precision_rows(precision, program.machine.name, cost) if cost else \
+            [("precision", f"{precision}: pass --reference MODEL to see its error against the fp32 reference")]
+    _print_run(stats, program.machine, extra)
     for path in (args.output, args.trace):
         if path:
             say(f"wrote {path}")
@@ -459,6 +534,7 @@ def _generate_args(p):
     p.add_argument("--scheduler", choices=SCHEDULERS, default=CompileOptions.scheduler, help="as for `lpuc compile`")
     p.add_argument("--effort", type=float, default=CompileOptions.effort, metavar="SECONDS",
                    help="as for `lpuc compile`")
+    _precision_arg(p)
     p.add_argument("--timing-only", action="store_true",
                    help="time the generation from the schedules without numerics (models compiled from shapes, "
                         "weights never read): each program runs once, every hazard checked; no tokens")
@@ -480,7 +556,7 @@ def cmd_generate(args) -> int:
     prompt = _read_prompt(args.prompt)
     step, prefill = compile_generation(args.decode, args.prefill, args.machine, weights=not args.timing_only,
                                        chips=args.chips, partition=args.partition, scheduler=args.scheduler,
-                                       effort=args.effort)
+                                       effort=args.effort, precision=args.precision)
     if not args.timing_only:
         interpreter.require_weights(step)
     result = generate(step, prompt, args.tokens, prefill, timing_only=args.timing_only)
@@ -555,8 +631,10 @@ def cmd_demo(args) -> int:
     _print_run(result.stats, program.machine)
     reference, source = _reference_outputs(model, inputs, samples / f"{DEMO_SAMPLE}.outputs.npz")
     worst = max(max_relative_error(result.outputs[k], reference[k]) for k in reference)
-    ok = worst <= 1e-4
-    print(f"max relative error vs {source}: {worst:.2e} ({'OK' if ok else 'MISMATCH'}, tolerance 1e-4)")
+    precision = program.options["precision"]
+    ok = worst <= TOLERANCE[precision]
+    print(f"max relative error vs {source}: {worst:.2e} ({'OK' if ok else 'MISMATCH'}, tolerance "
+          f"{TOLERANCE[precision]:g} at {precision}, the default precision)")
     report = out_dir / "report.html"
     atomic_write(report, _render_html(program, result).encode())
     print(f"report: {report}")
@@ -627,6 +705,7 @@ def _verify_args(p):
     p.add_argument("--state", metavar="auto|PAST=PRESENT,...",
                    help="as `lpuc compile`: the KV cache resident; each run is then the first steps of a new "
                         "generation, each step's outputs compared")
+    _precision_arg(p)
     p.add_argument("--repeat", type=int, default=3, metavar="K",
                    help="compiles, each in a fresh process, and runs of each program (default 3)")
     p.add_argument("--workers", type=_workers_list, default=(1, 2, 8), metavar="1,2,8",
@@ -648,7 +727,8 @@ def cmd_verify(args) -> int:
 
     _check_chips(args.chips)
     options = {"chips": args.chips, "machine": args.machine, "scheduler": args.scheduler,
-               "partition": args.partition, **({"state": args.state} if args.state else {})}
+               "partition": args.partition, "precision": args.precision,
+               **({"state": args.state} if args.state else {})}
     verdict = verify_determinism(args.model, repeat=args.repeat, workers=args.workers, inputs=args.inputs,
                                  keep=args.keep, progress=None if args.json else say, **options)
     if args.json:

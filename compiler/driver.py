@@ -90,6 +90,24 @@ def max_relative_error(ours, ref) -> float:
     return float(diff / scale) if scale else float(diff)
 
 
+def precision_error(reference: Module, outputs, inputs) -> dict:
+    """What a precision costs: `outputs` (a program's, or the evaluator's at that precision) against the fp32
+    reference evaluator on `reference`, the model as imported, on the same inputs. -> {"max_relative_error":
+    the largest over float outputs, "errors": per output, "top1_agreement": for an output named `logits`,
+    the share of positions whose largest logit (argmax over the last axis) is the reference's}."""
+    import numpy as np
+
+    from ..ir.evaluator import evaluate, is_floating
+
+    ref = evaluate(reference, inputs)
+    errors = {k: max_relative_error(outputs[k], r) for k, r in ref.items() if is_floating(r)}
+    out = {"max_relative_error": max(errors.values(), default=0.0), "errors": errors}
+    if "logits" in ref and ref["logits"].ndim:
+        agree = np.argmax(outputs["logits"], axis=-1) == np.argmax(ref["logits"], axis=-1)
+        out["top1_agreement"] = float(np.mean(agree))
+    return out
+
+
 def lpu_options(options) -> dict:
     """The compile options an .lpu manifest records: those that shape the schedule. Not the solver's
     thread count, which does not (so worker counts give byte-identical files), nor the chips asked

@@ -51,7 +51,7 @@ from ..ir.graph_ops import PLACEMENT_ATTRS, broadcast_shapes
 from ..ir.layout import rows_cols
 from ..ir.registry import OPS, TypeRuleError
 from ..ir.target import Target
-from ..ir.types import TensorType
+from ..ir.types import DType, TensorType
 
 from .passes import Pass
 
@@ -263,12 +263,13 @@ def _matmul(e: _Emitter, op: Op, args):
             a = e.one("sxm.expand", [a], {"shape": batch + (m, k)}, f"{h}.a_batched")
         if b_batch != batch:
             b = e.one("sxm.expand", [b], {"shape": batch + (k, n)}, f"{h}.b_batched")
-    y = _tiles(e, a, b, f"{h}.mm" if vector_operand else h, h)
+    y = _tiles(e, a, b, f"{h}.mm" if vector_operand else h, h, op.attrs.get("accumulate"))
     return (e.reshape(y, out_shape, h),)
 
 
-def _tiles(e: _Emitter, a: Value, b: Value, final: str, h: str) -> Value:
-    """a [..., M, K] @ b [..., K, N] (equal batches, or b 2-D) on the current chip, in lanes x lanes MXM tiles."""
+def _tiles(e: _Emitter, a: Value, b: Value, final: str, h: str, accumulate=None) -> Value:
+    """a [..., M, K] @ b [..., K, N] (equal batches, or b 2-D) on the current chip, in lanes x lanes MXM tiles,
+    accumulating as graph.matmul's `accumulate` says."""
     (k, n), lanes = b.type.shape[-2:], e.lanes
     k_tiles = [(k0, min(lanes, k - k0)) for k0 in range(0, k, lanes)]
     n_tiles = [(n0, min(lanes, n - n0)) for n0 in range(0, n, lanes)]
@@ -286,7 +287,8 @@ def _tiles(e: _Emitter, a: Value, b: Value, final: str, h: str) -> Value:
                 e.one("mem.column_slice", [ws[i]], {"start": n0, "size": ns}, f"{h}.w{i}_{j}")
             tile = e.one("mxm.install", [w], {}, f"{h}.tile{i}_{j}")
             whole = i == len(k_tiles) - 1 and len(n_tiles) == 1
-            acc = e.one("mxm.matmul", [xs[i], tile] + ([acc] if acc is not None else []), {},
+            acc = e.one("mxm.matmul", [xs[i], tile] + ([acc] if acc is not None else []),
+                        {"accumulate": accumulate} if accumulate else {},
                         final if whole else f"{h}.p{i}_{j}")
         parts.append(acc)
     return parts[0] if len(parts) == 1 else e.one("mem.join", parts, {}, final)
@@ -323,14 +325,14 @@ def _split_matmul(e: _Emitter, op: Op, a: Value, b: Value) -> Value:
     if e.split.kind == "heads":
         return _split_batch(e, op, e.at(a), e.at(b))
     h, home, a = _hint(op), e.chip, e.at(a)
-    (k, n), lanes = b.type.shape[-2:], e.lanes
+    (k, n), lanes, accumulate = b.type.shape[-2:], e.lanes, op.attrs.get("accumulate")
     parts = []
     if e.split.kind == "columns":
         for c, tiles in e.split.parts:
             cols = (tiles.start * lanes, min(n, tiles.stop * lanes))
             with e.on(c):
                 w = _cut(e, b, (0, k), cols, f"{h}.w_c{c}")
-                parts.append(e.at(_tiles(e, e.at(a), w, f"{h}.part_c{c}", f"{h}.c{c}"), home))
+                parts.append(e.at(_tiles(e, e.at(a), w, f"{h}.part_c{c}", f"{h}.c{c}", accumulate), home))
         y = e.one("mem.join", parts, {}, h) if len(parts) > 1 else parts[0]
     else:
         for c, tiles in e.split.parts:
@@ -339,7 +341,7 @@ def _split_matmul(e: _Emitter, op: Op, a: Value, b: Value) -> Value:
                                                f"{h}.x_c{c}")
             with e.on(c):
                 w = _cut(e, b, rows, (0, n), f"{h}.w_c{c}")
-                parts.append(e.at(_tiles(e, e.at(x), w, f"{h}.partial_c{c}", f"{h}.c{c}"), home))
+                parts.append(e.at(_tiles(e, e.at(x), w, f"{h}.partial_c{c}", f"{h}.c{c}", accumulate), home))
         y = parts[0]
         for i, p in enumerate(parts[1:], 1):
             y = e.one("vxm.add", [y, p], {}, h if i == len(parts) - 1 else f"{h}.sum{i}")
@@ -357,7 +359,8 @@ def _split_batch(e: _Emitter, op: Op, a: Value, b: Value) -> Value:
         a_c = e.one("sxm.slice", [a], cut, f"{h}.a_c{c}")
         b_c = e.one("sxm.slice", [b], cut, f"{h}.b_c{c}")
         with e.on(c):
-            parts.append(e.at(_tiles(e, e.at(a_c), e.at(b_c), f"{h}.part_c{c}", f"{h}.c{c}"), home))
+            parts.append(e.at(_tiles(e, e.at(a_c), e.at(b_c), f"{h}.part_c{c}", f"{h}.c{c}",
+                                  op.attrs.get("accumulate")), home))
     return e.one("sxm.concat", parts, {"axis": axis}, h) if len(parts) > 1 else parts[0]
 
 
@@ -406,8 +409,10 @@ def _matmul_tilings(op: Op, constants: Container[str], lanes: int) -> dict[str, 
         # joined) or its vector-tall row tiles (the partial sums added)
         if a.rank < 2 or b.rank < 2 or math.prod(b.shape[:-2]) != 1:
             return {}
+        # (not rows for float accumulation: partial sums added apart are not the chip's one sum in k order)
         k, n = b.shape[-2:]
-        return {kind: tiles for kind, tiles in (("columns", -(-n // lanes)), ("rows", -(-k // lanes))) if tiles > 1}
+        rows = 0 if op.attrs.get("accumulate") is DType.f32 else -(-k // lanes)
+        return {kind: tiles for kind, tiles in (("columns", -(-n // lanes)), ("rows", rows)) if tiles > 1}
     # attention: activations on both sides, equal batches of heads, cut along the first batch axis wider
     # than one (the parts concatenated)
     heads = [d for d in a.shape[:-2] if d > 1]
@@ -443,6 +448,9 @@ def _split_of(op: Op, constants: Container[str], lanes: int) -> Split | None:
     offered = tilings(op, constants, lanes)
     if kind not in offered:
         can = f"by {' or '.join(repr(k) for k in offered)} only" if offered else "not at all"
+        if kind == "rows" and op.attrs.get("accumulate") is DType.f32:
+            can += (" (its sums are f32: partial sums added apart would round otherwise than the one sum in k "
+                    "order; compile it at --precision int8 or fp32)")
         raise VerifyError(f"{op.label()}: split = {kind!r}, but lowering splits this {op.name} {can}")
     shares = (1,) * len(parts or ()) if shares is None else shares
     if not parts or len(shares) != len(parts) or min(shares) < 1:

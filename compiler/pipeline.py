@@ -4,7 +4,7 @@ scheduled machine-level module and a frozen summary.
 The pipeline is a list of passes (compiler/passes.py), each followed by the
 verifier:
 
-    partition -> lower -> allocate -> schedule-cpsat | schedule-list
+    precision -> partition -> lower -> allocate -> schedule-cpsat | schedule-list
 
 The chip count defaults to the fewest chips whose SRAM holds the weights; the
 partition (compiler/partition.py) is the one asked for, or with `auto` the
@@ -33,12 +33,13 @@ from .allocate import Allocate, DoesNotFit
 from .lower import Lower
 from .partition import STRATEGIES, Partition, describe
 from .passes import DeadCodeElimination, Pass, Verify
+from .precision import DEFAULT_PRECISION, Precision, Stored, check_precision
 from .schedule_cpsat import CpSatScheduler
 from .schedule_list import ListScheduler, ScheduleResult, Scheduler, apply_schedule
 from .templates import machine_blocks, template_schedule
 
-PASSES: dict[str, type[Pass]] = {p.name: p for p in (Verify, DeadCodeElimination, Partition, Lower, Allocate,
-                                                      ListScheduler, CpSatScheduler)}
+PASSES: dict[str, type[Pass]] = {p.name: p for p in (Verify, DeadCodeElimination, Precision, Partition, Lower,
+                                                      Allocate, ListScheduler, CpSatScheduler)}
 SCHEDULERS: dict[str, type[Scheduler]] = {"list": ListScheduler, "cpsat": CpSatScheduler}  # --scheduler NAME
 
 
@@ -55,6 +56,7 @@ class CompileOptions:
     partition: str = "auto"      # auto (the fastest of pipeline and tensor), pipeline or tensor
     state: str = "none"          # none, auto (Hugging Face past/present pairs) or PAST=PRESENT,...: a resident cache
     context: int | None = None   # the cache's slots (a prefill graph's; a decode graph's is its present's rows)
+    precision: str = DEFAULT_PRECISION  # fp32 (the exact reference), fp16, int8 or fp8 (compiler/precision.py)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,9 @@ class CompileSummary:
     sram_image_bytes: int        # constants (weights), placed before cycle 0, all chips
     clock_mhz: float
     chips: int = 1
+    precision: str = DEFAULT_PRECISION
+    weight_bytes: int = 0        # the weights (matmul weights, gathered tables) as stored, scales included
+    model_weight_bytes: int = 0  # ... as the model had them (fp32 for the samples); one copy of each, in SRAM
     partition: str = "single"    # the strategy used ("given": the module's own)
     partition_lines: tuple[str, ...] = ()        # per chip: what it runs
     candidates: tuple[tuple[str, str], ...] = ()  # (strategy, cycles or why not) of those tried
@@ -101,7 +106,9 @@ class CompileSummary:
         return {"lower_bound_cycles": self.lower_bound, "critical_path_cycles": self.critical_path,
                 "resource_bound_cycles": self.resource_bound, "bound": self.bound,
                 "instructions": self.instructions, "sram_allocated_bytes": self.sram_peak_bytes,
-                "sram_image_bytes": self.sram_image_bytes, "chips": self.chips, "partition": self.partition,
+                "sram_image_bytes": self.sram_image_bytes, "chips": self.chips, "precision": self.precision,
+                "weight_bytes": self.weight_bytes, "model_weight_bytes": self.model_weight_bytes,
+                "partition": self.partition,
                 "partition_lines": list(self.partition_lines), "transfers": self.transfers,
                 "candidates": [list(c) for c in self.candidates], "solver_status": self.solver_status,
                 "list_cycles": self.list_cycles}
@@ -214,28 +221,36 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
                         f"{options.effort:g}, {options.workers}, {options.window}, {options.max_windows})")
     if options.partition not in STRATEGIES:
         raise LpucError(f"unknown partition {options.partition!r} (choose from {', '.join(STRATEGIES)})")
+    check_precision(options.precision, machine)
+    # Precision first: the weights' storage type decides the SRAM they take, hence the default chip count.
+    graph_module, plans = run_passes(graph_module, Target(machine, graph_module.attrs.get("chips", 1)),
+                                     (Precision(options.precision),), progress)
+    stored = plans[Precision.name][1]
     if "chips" in graph_module.attrs:  # partitioned already
         chips = graph_module.attrs["chips"]
         if options.chips not in (None, chips) or options.partition != "auto":
             raise LpucError(f"{graph_module.name} is partitioned already, over {chips} chips (its `chips` attribute): "
                             "leave out --chips and --partition, or remove the partition from the IR")
-        return _compile_on(graph_module, machine, options, chips, progress)
+        return _compile_on(graph_module, machine, options, chips, stored, progress)
     if options.chips is not None:
-        return _compile_on(graph_module, machine, options, options.chips, progress)
+        return _compile_on(graph_module, machine, options, options.chips, stored, progress)
     # The default: the fewest chips whose SRAM holds the weights; when the partition leaves one chip too
     # full, the next size the topology has.
-    chips = default_chips(graph_module, machine)
+    try:
+        chips = default_chips(graph_module, machine)
+    except LpucError as e:  # more than the topology can join (e.g. Llama-2-70B on tsp-v1)
+        raise LpucError(f"{graph_module.name}'s weights at {options.precision} need {e}") from None
     for _ in range(8):
         try:
-            return _compile_on(graph_module, machine, options, chips, progress)
+            return _compile_on(graph_module, machine, options, chips, stored, progress)
         except DoesNotFit as e:
             if progress:
                 progress(f"{e}; trying more chips")
             chips = round_chips(machine, chips + 1)
-    return _compile_on(graph_module, machine, options, chips, progress)
+    return _compile_on(graph_module, machine, options, chips, stored, progress)
 
 
-def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions, chips: int,
+def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions, chips: int, stored: Stored,
                 progress=None) -> tuple[Module, CompileSummary]:
     target = Target(machine, chips)  # an LpucError when the topology has no such size
     strategies = ("pipeline", "tensor") if options.partition == "auto" else (options.partition,)
@@ -283,7 +298,8 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
         critical_path=result.critical_path, resource_bound=result.resource_bound,
         bound_resource=result.bound_resource, instructions=result.instructions, ops=len(scheduled.ops),
         sram_peak_bytes=allocation.peak_bytes, sram_image_bytes=allocation.image_bytes,
-        clock_mhz=machine.clock_mhz, chips=chips, partition=strategy,
+        clock_mhz=machine.clock_mhz, chips=chips, precision=options.precision, weight_bytes=stored.bytes,
+        model_weight_bytes=stored.model_bytes, partition=strategy,
         partition_lines=tuple(describe(partitioned, target.lanes)) if chips > 1 else (),
         candidates=tuple(tried) if len(strategies) > 1 else (),
         transfers=sum(1 for op in scheduled.ops if OPS[op.name].result_place == LINK),  # sends

@@ -72,7 +72,7 @@ def compute_cycles(op: Op, machine: Machine) -> int:
             return max(batch * w.shape[-2] * w.dtype.itemsize, 1)
         x = op.operands[0].type
         rows = x.numel // x.shape[-1] if x.numel else 0
-        rate = 1.0 if x.dtype.itemsize == 1 else machine.mxm.fp16_rate
+        rate = machine.mxm.rate(x.dtype, w.dtype)
         return max(int(-(-rows // rate)), 1)
     if cls == "host":
         return max(int(-(-words(op.operands[0].type, lanes) * word_bytes // machine.host.bytes_per_cycle)), 1)

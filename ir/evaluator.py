@@ -188,6 +188,53 @@ def round_bf16(x: np.ndarray) -> np.ndarray:
     return rounded.view(np.float32).reshape(x.shape)
 
 
+def matmul(a: np.ndarray, b: np.ndarray, accumulate: DType | None = None, acc: np.ndarray | None = None
+           ) -> np.ndarray:
+    """graph.matmul and mxm.matmul (a [..., M, K] @ b [..., K, N], plus the partial sum `acc` when given).
+
+    - accumulate None: numpy's matmul in the operands' type (the fp32 reference path).
+    - accumulate i32 (the MXM's integer path; 8-bit operands): exact products and sums, modulo 2^32 as
+      int32 sums wrap. Exact, so a sum cut into k-tiles, or over chips, is the same sum.
+    - accumulate f32 (the MXM's float path; fp16 / fp8 operands): each product is exact in f32 (at most
+      2 x 11 significant bits), and the products are added in k order to an f32 sum, each addition
+      rounded to nearest even: the sum starts at `acc` (or zero), so a sum cut into k-tiles chained
+      through `acc` is the same sum, bit for bit."""
+    if accumulate is None:
+        y = np.matmul(a, b)
+        return y if acc is None else y + acc
+    a2, b2 = (a[None, :] if a.ndim == 1 else a), (b[:, None] if b.ndim == 1 else b)
+    if accumulate is DType.i32:
+        y = np.matmul(a2.astype(np.int64), b2.astype(np.int64))  # exact: |sum| < 2^16 * K
+        y = cast(y if acc is None else y + acc.astype(np.int64), DType.i32)
+    elif accumulate is DType.f32:
+        x, w = a2.astype(np.float32), b2.astype(np.float32)
+        shape = np.broadcast_shapes(x.shape[:-2], w.shape[:-2]) + (x.shape[-2], w.shape[-1])
+        y = np.zeros(shape, np.float32) if acc is None else np.array(np.broadcast_to(acc, shape), np.float32)
+        for k in range(x.shape[-1]):
+            y += x[..., :, k:k + 1] * w[..., k:k + 1, :]
+    else:
+        raise EvalError(f"matmul accumulates in i32 or f32, not {accumulate}")
+    if a.ndim == 1:
+        y = y[..., 0, :]
+    return y[..., 0] if b.ndim == 1 else y
+
+
+def quantize_symmetric(w: np.ndarray, to: DType, axis: int = -2) -> tuple[np.ndarray, np.ndarray]:
+    """Weights -> (q of type `to`, f32 scales of w's shape but 1 along `axis`): symmetric, per output channel
+    (the scale of each channel is taken over the contraction axis `axis`: K of a [..., K, N] weight), w ~ q *
+    scale. int8: q = round(w / scale) (ties to even) in -127..127, scale = max|w| / 127; a float8 type:
+    q = w / scale rounded to it, scale = max|w| / its largest finite value. A channel of zeros has scale 1."""
+    w = np.asarray(w, np.float32)
+    top = 127.0 if to is DType.i8 else float(ml_dtypes.finfo(to.numpy).max)
+    amax = np.max(np.abs(w), axis=axis, keepdims=True, initial=0.0)
+    scale = np.where(amax > 0, amax / np.float32(top), np.float32(1)).astype(np.float32)
+    with np.errstate(all="ignore"):
+        scaled = w / scale
+    if to is DType.i8:
+        return np.clip(np.rint(scaled), -127, 127).astype(np.int8), scale
+    return cast(scaled, to), scale
+
+
 def softmax(x, axis):
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
@@ -296,11 +343,12 @@ EVAL: dict[str, Impl] = {
     "graph.abs": _unary(np.abs),
     "graph.relu": _unary(lambda x: np.maximum(x, np.zeros((), x.dtype))),
     "graph.isnan": _unary(np.isnan),
+    "graph.round": _unary(np.rint),
     "graph.gelu": lambda a, attrs: gelu(a[0], attrs["approximate"]),
     "graph.where": lambda a, attrs: np.where(*a),
     "graph.cast": lambda a, attrs: cast(a[0], attrs["to"], attrs["saturate"], attrs["round_mode"]),
     "graph.constant": lambda a, attrs: attrs["value"].array,
-    "graph.matmul": _binary(np.matmul),
+    "graph.matmul": lambda a, attrs: matmul(*a, attrs.get("accumulate")),
     "graph.reduce_sum": lambda a, attrs: np.sum(a[0], axis=attrs["axes"], keepdims=attrs["keepdims"]),
     "graph.reduce_mean": lambda a, attrs: np.mean(a[0], axis=attrs["axes"], keepdims=attrs["keepdims"]),
     "graph.reduce_max": lambda a, attrs: np.max(a[0], axis=attrs["axes"], keepdims=attrs["keepdims"]),
@@ -352,7 +400,7 @@ EVAL.update({
     "mem.column_slice": lambda a, attrs: a[0][..., attrs["start"]:attrs["start"] + attrs["size"]],
     "mem.row_slice": lambda a, attrs: a[0][..., attrs["start"]:attrs["start"] + attrs["size"], :],
     "mxm.install": _same,
-    "mxm.matmul": lambda a, attrs: np.matmul(a[0], a[1]) + a[2] if len(a) == 3 else np.matmul(a[0], a[1]),
+    "mxm.matmul": lambda a, attrs: matmul(a[0], a[1], attrs.get("accumulate"), a[2] if len(a) == 3 else None),
     "host.input": _same,
     "host.output": _same,
     "c2c.send": _same,

@@ -125,6 +125,11 @@ def _isnan(types, attrs):
     return types[0].with_dtype(DType.bool)
 
 
+@defop("graph.round", 1, doc="round to the nearest integer, ties to even (ONNX Round)", unit="vxm", mirror=True)
+def _round(types, attrs):
+    return _float_unary(types, attrs)
+
+
 @defop("graph.gelu", 1, {"approximate": A("str", "none")}, doc="GELU, exact (erf) or tanh approximation",
        unit="vxm", mirror=True, transcendental=True)
 def _gelu(types, attrs):
@@ -155,10 +160,27 @@ def _constant(types, attrs):
 
 # --- linear algebra, reductions, normalizations ------------------------------
 
-@defop("graph.matmul", 2, doc="numpy matmul: batch dims broadcast", unit="mxm")
+# Matmul accumulation types (`accumulate`; absent: numpy's matmul in the operands' own type, the fp32
+# reference path): the MXM's integer path (8-bit integer operands, int32 sums) and float path (operands of at
+# most 16 bits, whose products f32 holds exactly; f32 sums). ir.evaluator.matmul defines both.
+INT_OPERANDS = frozenset({DType.i8, DType.u8})
+FLOAT_OPERANDS = frozenset(d for d in DType if d.is_float and d.itemsize <= 2 and d is not DType.f8e8m0)
+ACCUMULATE = {DType.i32: INT_OPERANDS, DType.f32: FLOAT_OPERANDS}
+
+
+@defop("graph.matmul", 2, {"accumulate": A("dtype", None)},
+       doc="numpy matmul: batch dims broadcast; with `accumulate` (i32, f32), the MXM's accumulation", unit="mxm")
 def _matmul(types, attrs):
     a, b = types
-    dtype = same_dtype(types)
+    acc = attrs.get("accumulate")
+    if acc is None:
+        dtype = same_dtype(types)
+    else:
+        need(acc in ACCUMULATE, f"accumulate must be one of {', '.join(d.value for d in ACCUMULATE)}, got {acc.value}")
+        need(a.dtype in ACCUMULATE[acc] and b.dtype in ACCUMULATE[acc],
+             f"accumulate = {acc.value} takes operands of {', '.join(sorted(d.value for d in ACCUMULATE[acc]))}, "
+             f"got {a.dtype.value} and {b.dtype.value}")
+        dtype = acc
     need(a.rank >= 1 and b.rank >= 1, "matmul operands must have rank >= 1")
     sa = a.shape if a.rank > 1 else (1,) + a.shape
     sb = b.shape if b.rank > 1 else b.shape + (1,)

@@ -60,6 +60,17 @@ class Mxm:
     rows: int
     cols: int
     fp16_rate: float
+    fp8_rate: float = 0.0  # 0: no fp8 path
+
+    def rate(self, *dtypes) -> float:
+        """Rows streamed per cycle, as a share of the int8 rate, for a matmul of these operand types: 8-bit
+        integers at the int8 rate, an 8-bit float at fp8_rate, anything else at fp16_rate (the machine has
+        no wider matrix path: fp32 runs at the fp16 rate)."""
+        if all(d.is_int and d.itemsize == 1 for d in dtypes):
+            return 1.0
+        if any(d.is_float and d.itemsize == 1 for d in dtypes) and self.fp8_rate:
+            return self.fp8_rate
+        return self.fp16_rate
 
 
 @dataclass(frozen=True)
@@ -182,6 +193,7 @@ RANGES: dict[str, tuple[int | float, int | float, str]] = {
     "mxm.rows": (1, 4096, "tsp-v1: 320"),
     "mxm.cols": (1, 4096, "tsp-v1: 320"),
     "mxm.fp16_rate": (1 / 64, 1, "a share of the int8 rate; tsp-v1: 0.25"),
+    "mxm.fp8_rate": (0, 1, "a share of the int8 rate, 0 for no fp8 path; tsp-v1: 0"),
     "vxm.alus_per_lane": (1, 64, "tsp-v1: 16"),
     "vxm.transcendental_cycles": (1, 1024, "cycles per vector; tsp-v1: 4"),
     "sxm.units": (1, 64, "tsp-v1: 2"),

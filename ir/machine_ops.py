@@ -171,8 +171,9 @@ def _install(types, attrs):
     return w
 
 
-@defop("mxm.matmul", (2, 3), {**SCHEDULE_ATTRS}, operand_names=("x", "w", "acc"),
-       doc="stream x [..., M, K] through the installed tile w [..., K, N]; plus acc [..., M, N] when given",
+@defop("mxm.matmul", (2, 3), {"accumulate": A("dtype", None), **SCHEDULE_ATTRS}, operand_names=("x", "w", "acc"),
+       doc="stream x [..., M, K] through the installed tile w [..., K, N]; plus acc [..., M, N] when given; "
+           "`accumulate` as graph.matmul's",
        unit="mxm", places=(SRAM, PLANE, SRAM), result_place=SRAM)
 def _matmul(types, attrs):
     out = g._matmul(types[:2], attrs)

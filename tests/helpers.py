@@ -19,11 +19,14 @@ LANES = 320  # one tsp-v1 vector
 
 
 @lru_cache(maxsize=None)
-def compiled_sample(name: str):
+def compiled_sample(name: str, precision: str | None = None):
     """(module, summary, machine text) of a bundled sample compiled with the default options for one
-    tsp-v1 chip: compiled once per test session (the results are immutable) and shared by the tests
-    that check it from different sides."""
-    return compile_model(SAMPLES / f"{name}.onnx")
+    tsp-v1 chip (at `precision`, when given: fp32 for exact agreement with ONNX Runtime): compiled once
+    per test session (the results are immutable) and shared by the tests that check it from different sides."""
+    from lpuc.compiler.pipeline import CompileOptions
+
+    return compile_model(SAMPLES / f"{name}.onnx",
+                         options=CompileOptions(precision=precision) if precision else None)
 
 
 def max_rel_error(ours, ref) -> float:

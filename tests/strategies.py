@@ -318,7 +318,7 @@ GENERATORS = {
     **dict.fromkeys(_graph("add", "sub", "mul", "div", "pow", "max", "min", "mod", "equal", "less", "less_equal",
                            "greater", "greater_equal", "and", "or", "xor"), gen_binary),
     **dict.fromkeys(_graph("exp", "log", "sqrt", "reciprocal", "tanh", "sigmoid", "erf", "cos", "sin", "neg", "abs",
-                           "relu", "not", "isnan", "gelu"), gen_unary),
+                           "relu", "not", "isnan", "gelu", "round"), gen_unary),
     "graph.where": gen_where, "graph.cast": gen_cast, "graph.constant": gen_constant, "graph.matmul": gen_matmul,
     **dict.fromkeys(_graph("reduce_sum", "reduce_mean", "reduce_max", "reduce_min"), gen_reduce),
     **dict.fromkeys(_graph("softmax", "cumsum"), gen_softmax_cumsum),

@@ -193,7 +193,8 @@ def test_model_does_not_fit(tmp_path, capsys):
                                                                                     'name = "tiny"')
     machine = _machine_file(tmp_path, text)
     out = tmp_path / "m.lpu"
-    code, stdout, err = lpuc(capsys, "compile", SAMPLE, "-o", out, "--machine", machine, "--chips", "1")
+    code, stdout, err = lpuc(capsys, "compile", SAMPLE, "-o", out, "--machine", machine, "--chips", "1",
+                             "--precision", "fp32")  # (fp32 weights: at fp16 the sample fits)
     line = one_error_line(code, stdout, err, "does not fit", "tiny")
     assert not out.exists()
     available = load_machine(machine).sram.chip_bytes
@@ -211,7 +212,8 @@ def test_without_chips_a_model_too_big_for_one_chip_spreads(tmp_path, capsys):
                                                                                     'name = "tiny"')
     machine = _machine_file(tmp_path, text)
     out = tmp_path / "m.lpu"
-    code, stdout, err = lpuc(capsys, "compile", SAMPLE, "-o", out, "--machine", machine, "--json")
+    code, stdout, err = lpuc(capsys, "compile", SAMPLE, "-o", out, "--machine", machine, "--json",
+                             "--precision", "fp32")
     assert code == 0, err
     report = json.loads(stdout)
     assert report["chips"] >= 2 and len(report["partition_chips"]) == report["chips"]

@@ -17,6 +17,7 @@ from lpuc.backends import interpreter
 from lpuc.backends.lpu import build_program, read_lpu, write_lpu
 from lpuc.compiler.cli import main
 from lpuc.compiler.driver import compile_model
+from lpuc.compiler.pipeline import CompileOptions
 
 from helpers import SAMPLES, compiled_sample, legacy_transformer, max_rel_error, run_ort, save, token_ids
 
@@ -35,7 +36,8 @@ class Compiled:
     def __init__(self, model: Path, inputs: dict, lpu: Path):
         self.model, self.inputs = model, inputs
         self.module, self.summary, self.machine_text = (
-            compiled_sample(model.stem) if model.parent == SAMPLES else compile_model(model))
+            compiled_sample(model.stem, "fp32") if model.parent == SAMPLES
+            else compile_model(model, options=CompileOptions(precision="fp32")))
         self.sha = write_lpu(lpu, self.module, self.machine_text, {"chips": 1})
         self.program = read_lpu(lpu)
         self.result = interpreter.run(self.program, inputs)

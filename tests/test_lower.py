@@ -92,7 +92,7 @@ def every_op() -> tuple[Module, dict]:
         o(b.op(f"graph.{name}", x, pos))
     o(b.op("graph.div", x, pos))
     o(b.op("graph.pow", pos, b.constant(np.float32(1.5))))
-    for name in ("exp", "tanh", "sigmoid", "erf", "cos", "sin", "neg", "abs", "relu"):
+    for name in ("exp", "tanh", "sigmoid", "erf", "cos", "sin", "neg", "abs", "relu", "round"):
         o(b.op(f"graph.{name}", x))
     for name in ("log", "sqrt", "reciprocal"):
         o(b.op(f"graph.{name}", pos))

@@ -30,7 +30,7 @@ def _npz(name: str, kind: str) -> dict:
 @pytest.mark.parametrize("chips", [1, 4])
 @pytest.mark.parametrize("name", MODELS)
 def test_sample_on_160_lanes(name, chips):
-    options = CompileOptions(scheduler="list", chips=chips)
+    options = CompileOptions(scheduler="list", chips=chips, precision="fp32")
     module, summary, machine_text = compile_model(SAMPLES / f"{name}.onnx", NARROW, options)
     program = build_program(module, machine_text, lpu_options(options), summary.facts())
     assert program.target.lanes == 160 and program.target.chips == chips == summary.chips
@@ -49,7 +49,7 @@ def test_sample_on_160_lanes(name, chips):
 def test_tsp_v1_and_narrow_lay_out_differently():
     """The same model on both machines: different tiles, the same numbers."""
     name = "gpt2_decode"
-    wide = compile_model(SAMPLES / f"{name}.onnx", options=CompileOptions(scheduler="list"))[0]
-    narrow = compile_model(SAMPLES / f"{name}.onnx", NARROW, CompileOptions(scheduler="list"))[0]
+    wide = compile_model(SAMPLES / f"{name}.onnx", options=CompileOptions(scheduler="list", precision="fp32"))[0]
+    narrow = compile_model(SAMPLES / f"{name}.onnx", NARROW, CompileOptions(scheduler="list", precision="fp32"))[0]
     count = {m.attrs["machine"]: sum(op.name == "mxm.install" for op in m.ops) for m in (wide, narrow)}
     assert count["narrow-160"] > count["tsp-v1"]

@@ -47,7 +47,8 @@ def _graph(graphs, name):
 @pytest.mark.parametrize("name", MODELS)
 def test_sample_on_many_chips_matches_onnxruntime(graphs, name, chips, strategy):
     module, summary = compile_module(_graph(graphs, name), MACHINE,
-                                     CompileOptions(scheduler="list", chips=chips, partition=strategy))
+                                     CompileOptions(scheduler="list", chips=chips, partition=strategy,
+                                                    precision="fp32"))
     assert summary.chips == chips and summary.partition == strategy and module.attrs["chips"] == chips
     used = {mo.chip_of(op) for op in module.ops if mo.unit_class(op.name)}
     sends = [op for op in module.ops if op.name == "c2c.send"]
@@ -122,7 +123,8 @@ def test_a_ring_machine_file_compiles_and_runs(tmp_path, graphs):
     machine, machine_text = read_machine(path)
     graph = _graph(graphs, "llama_decode")
     module, summary = compile_module(graph, machine,
-                                     CompileOptions(scheduler="list", chips=4, partition="pipeline"))
+                                     CompileOptions(scheduler="list", chips=4, partition="pipeline",
+                                                    precision="fp32"))
     routes = [op.attrs["route"] for op in module.ops if op.name == "c2c.send"]
     assert routes and all(len(r) >= 1 for r in routes)
     result = interpreter.run(build_program(module, machine_text), _npz("llama_decode", "inputs"))
@@ -198,12 +200,9 @@ module @by_hand attributes {{chips = 2}} {{
 """
 
 
-def test_a_partition_written_by_hand_compiles_and_runs(tmp_path):
-    """An IR file whose partition is written by hand compiles as written on 2 chips (each weight cut as its
-    split says) and runs as the reference evaluator does."""
-    from lpuc.compiler.driver import compile_model
+def write_by_hand(tmp_path) -> tuple[Path, np.random.Generator]:
+    """BY_HAND with its weights (in its blobs file) in tmp_path: (the IR file, the generator, for inputs)."""
     from lpuc.ir.attributes import Tensor
-    from lpuc.ir.evaluator import evaluate
     from lpuc.ir.files import blob_path, write_npz
 
     rng = np.random.default_rng(0)
@@ -213,7 +212,17 @@ def test_a_partition_written_by_hand_compiles_and_runs(tmp_path):
     path = tmp_path / "by_hand.ir"
     path.write_text(BY_HAND.format(**keys))
     write_npz(blob_path(path), {keys[name]: w for name, w in weights.items()})
-    module, summary, machine_text = compile_model(path, options=CompileOptions(scheduler="list"))
+    return path, rng
+
+
+def test_a_partition_written_by_hand_compiles_and_runs(tmp_path):
+    """An IR file whose partition is written by hand compiles as written on 2 chips (each weight cut as its
+    split says) and runs as the reference evaluator does."""
+    from lpuc.compiler.driver import compile_model
+    from lpuc.ir.evaluator import evaluate
+
+    path, rng = write_by_hand(tmp_path)
+    module, summary, machine_text = compile_model(path, options=CompileOptions(scheduler="list", precision="fp32"))
     assert (summary.chips, summary.partition, module.attrs["chips"]) == (2, "given", 2)
     cuts = {(mo.chip_of(op), op.result.type.shape) for op in module.ops
             if op.name == "mem.constant" and op.result.type.rank == 2}

@@ -28,7 +28,7 @@ def _npz(name: str, kind: str) -> dict:
 
 
 def _compile(name: str, **options):
-    opts = CompileOptions(**options)
+    opts = CompileOptions(**{"precision": "fp32", **options})  # exact against ONNX Runtime's outputs
     module, summary = compile_module(load_model(SAMPLES / f"{name}.onnx")[0], MACHINE, opts)
     return module, summary, lpu_bytes(module, MACHINE_TEXT, lpu_options(opts), summary.facts())
 
@@ -63,8 +63,8 @@ def test_same_bytes_across_processes_and_hash_seeds(tmp_path):
     for seed in ("0", "12345"):
         out = tmp_path / f"{seed}.lpu"
         subprocess.run([sys.executable, "-m", "lpuc.compiler", "compile", str(model), "-o", str(out), "--scheduler", "cpsat",
-                        "--json"], cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed}, check=True,
-                       capture_output=True)
+                        "--precision", "fp32", "--json"], cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed},
+                       check=True, capture_output=True)
         assert out.read_bytes() == here
 
 
@@ -130,6 +130,6 @@ def test_old_solver_environment_variables_change_nothing(tmp_path):
                         ("CPBATCH", "1")):
         out = tmp_path / f"{name}.lpu"
         done = subprocess.run([sys.executable, "-m", "lpuc.compiler", "compile", str(model), "-o", str(out), "--chips",
-                               "1", "--json"], cwd=ROOT, env={**clean, name: value}, capture_output=True, text=True)
+                               "1", "--precision", "fp32", "--json"], cwd=ROOT, env={**clean, name: value}, capture_output=True, text=True)
         assert done.returncode == 0, f"{name}={value}: {done.stderr}"
         assert out.read_bytes() == here, f"{name}={value} changed the .lpu bytes"

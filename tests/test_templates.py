@@ -59,7 +59,7 @@ def test_templated_program_runs_and_matches_the_evaluator(tiny_dir, mode, chips,
     path = _tiny(tiny_dir, mode)
     module, _ = load_model(path)
     inputs = _inputs(module)
-    program = lpuc.compile(path, chips=chips, partition=partition, scheduler=scheduler)
+    program = lpuc.compile(path, chips=chips, partition=partition, scheduler=scheduler, precision="fp32")
     status = program.manifest["summary"]["solver_status"]
     assert status.startswith("templates: "), status
     templates, blocks = (int(w) for w in status.split()[1:4:2])

@@ -10,6 +10,7 @@ shapes. Add an op with `@converts("OpType")`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -90,7 +91,7 @@ for _onnx, _ours in {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Eq
 
 for _onnx, _ours in {"Sqrt": "sqrt", "Reciprocal": "reciprocal", "Neg": "neg", "Exp": "exp", "Log": "log",
                      "Tanh": "tanh", "Sigmoid": "sigmoid", "Erf": "erf", "Cos": "cos", "Sin": "sin", "Abs": "abs",
-                     "Relu": "relu", "Not": "not", "IsNaN": "isnan"}.items():
+                     "Relu": "relu", "Not": "not", "IsNaN": "isnan", "Round": "round"}.items():
     converts(_onnx)(lambda n, ours=_ours: n.op(f"graph.{ours}", n.x(0)))
 
 
@@ -217,17 +218,20 @@ def _range(n: Node):
 
 @converts("MatMul")
 def _matmul(n: Node):
-    return n.op("graph.matmul", n.x(0), n.x(1))
+    dq = n.importer.dequantized
+    return _dequantized_matmul(n, n.x(0), n.x(1), dq.get(n.proto.input[0]), dq.get(n.proto.input[1]))
 
 
 @converts("Gemm")
 def _gemm(n: Node):
     a, b = n.x(0), n.x(1)
+    da, db = (n.importer.dequantized.get(n.proto.input[i]) for i in (0, 1))
     if n.attr("transA", 0):
-        a = n.op("graph.transpose", a, perm=(1, 0))
+        a, da = n.op("graph.transpose", a, perm=(1, 0)), None
     if n.attr("transB", 0):
         b = n.op("graph.transpose", b, perm=(1, 0))
-    y = n.op("graph.matmul", a, b)
+        db = db and db.transposed(n)
+    y = _dequantized_matmul(n, a, b, da, db)
     alpha, beta = n.attr("alpha", 1.0), n.attr("beta", 1.0)
     if alpha != 1.0:
         y = n.op("graph.mul", y, n.b.constant(np.asarray(alpha, y.type.dtype.numpy), y.type.dtype))
@@ -713,3 +717,132 @@ def _rotary_embedding(n: Node):
         keep = b_.op("graph.slice", xs, starts=(rd,), ends=(d,), axes=(last,), steps=(1,))
         out = b_.op("graph.concat", out, keep, axis=last)
     return n.op("graph.reshape", out, shape=shape_in) if x.type.rank == 3 else out
+
+
+# --- quantized models (onnxruntime.quantization: QDQ pairs, dynamic MatMulInteger) -----------------------------
+
+@dataclass(frozen=True)
+class Dequantized:
+    """A DequantizeLinear's output, kept apart: (q - zero) * scale, `scale` shaped to broadcast against q
+    (`q_name`: q's ONNX name). A matmul of two of them with zero zero points, the left one's scale one
+    number and the right one's one per column, is an int8 matmul (int32 sums) scaled afterwards."""
+
+    q: Value
+    q_name: str
+    scale: Value
+    zero: bool  # the zero point is a constant 0
+
+    def transposed(self, n: Node) -> "Dequantized":
+        c = n.importer.const(self.q_name)  # stored weights: transposed once, here
+        q = n.b.op("graph.transpose", self.q, perm=(1, 0)) if c is None else n.b.constant(np.ascontiguousarray(c.T))
+        scale = self.scale if self.scale.type.rank < 2 else n.b.op("graph.transpose", self.scale, perm=(1, 0))
+        return Dequantized(q, "", scale, self.zero)
+
+
+def _per_axis(n: Node, v: Value, x: Value, axis: int) -> Value:
+    """A scale or zero point of QuantizeLinear / DequantizeLinear shaped to broadcast against x: a scalar as
+    it is, a 1-D one along `axis`."""
+    if v.type.rank == 0 or v.type.numel == 1 and x.type.rank == 0:
+        return v
+    axis %= x.type.rank
+    return n.b.op("graph.reshape", v, shape=tuple(d if i == axis else 1 for i, d in enumerate(x.type.shape)))
+
+
+def _zero_point(n: Node, i: int):
+    """(input i as a value or None, whether it is a constant 0)."""
+    if not n.has(i):
+        return None, True
+    c = n.const(i)
+    return n.x(i), c is not None and not np.any(c)
+
+
+@converts("DequantizeLinear")
+def _dequantize_linear(n: Node):
+    x, axis = n.x(0), n.attr("axis", 1)
+    if n.attr("block_size", 0):
+        raise LpucError("blocked quantization (block_size) is not supported")
+    scale = _per_axis(n, n.x(1), x, axis)
+    zp, zero = _zero_point(n, 2)
+    y = n.b.op("graph.cast", x, to=scale.type.dtype)
+    if not zero:
+        y = n.b.op("graph.sub", y, n.b.op("graph.cast", _per_axis(n, zp, x, axis), to=scale.type.dtype))
+    y = n.op("graph.mul", y, scale)
+    n.importer.dequantized[n.proto.output[0]] = Dequantized(x, n.proto.input[0], scale, zero)
+    return y
+
+
+def _saturate_cast(n: Node, v: Value, to: DType) -> Value:
+    info = to.iinfo
+    lo, hi = (n.b.constant(np.asarray(b, v.type.dtype.numpy), v.type.dtype) for b in (info.min, info.max))
+    return n.op("graph.cast", n.b.op("graph.min", n.b.op("graph.max", v, lo), hi), to=to)
+
+
+@converts("QuantizeLinear")
+def _quantize_linear(n: Node):
+    """saturate(round(x / scale) + zero point), ties to even, in the zero point's type (default uint8)."""
+    x, axis = n.x(0), n.attr("axis", 1)
+    if n.attr("block_size", 0):
+        raise LpucError("blocked quantization (block_size) is not supported")
+    zp, zero = _zero_point(n, 2)
+    to = zp.type.dtype if zp is not None else _dtype_of(n.attr("output_dtype")) if n.attr("output_dtype") else DType.u8
+    if to not in (DType.i8, DType.u8):
+        raise LpucError(f"QuantizeLinear to {to.value}: lpuc quantizes to int8 and uint8")
+    scale = _per_axis(n, n.x(1), x, axis)
+    y = n.b.op("graph.round", n.b.op("graph.div", x, n.b.op("graph.cast", scale, to=x.type.dtype)))
+    if not zero:
+        y = n.b.op("graph.add", y, n.b.op("graph.cast", _per_axis(n, zp, x, axis), to=x.type.dtype))
+    return _saturate_cast(n, y, to)
+
+
+@converts("DynamicQuantizeLinear")
+def _dynamic_quantize_linear(n: Node):
+    """ONNX's uint8 dynamic quantization of a whole tensor: scale = (max(0, max x) - min(0, min x)) / 255,
+    zero point = saturate(round(-min / scale)), y = saturate(round(x / scale) + zero point)."""
+    x = n.x(0)
+    f = x.type.dtype
+    zero, q255 = (n.b.constant(np.asarray(v, f.numpy), f) for v in (0, 255))
+    axes = tuple(range(x.type.rank))
+    lo = n.b.op("graph.min", n.b.op("graph.reduce_min", x, axes=axes, keepdims=False), zero)
+    hi = n.b.op("graph.max", n.b.op("graph.reduce_max", x, axes=axes, keepdims=False), zero)
+    scale = n.b.op("graph.div", n.b.op("graph.sub", hi, lo), q255)
+    zp = n.b.op("graph.round", n.b.op("graph.sub", zero, n.b.op("graph.div", lo, scale)))
+    zp = n.b.op("graph.cast", n.b.op("graph.min", n.b.op("graph.max", zp, zero), q255), to=DType.u8)
+    y = n.b.op("graph.add", n.b.op("graph.round", n.b.op("graph.div", x, scale)), n.b.op("graph.cast", zp, to=f))
+    y = n.b.op("graph.cast", n.b.op("graph.min", n.b.op("graph.max", y, zero), q255), to=DType.u8)
+    return [y, scale, zp]
+
+
+@converts("MatMulInteger")
+def _matmul_integer(n: Node):
+    """(A - a_zero) @ (B - b_zero) in int32: the MXM's int8 matmul of A and B, then the zero points' terms on
+    the VXM (A @ B - a_zero * column sums of B - row sums of A * b_zero + K * a_zero * b_zero)."""
+    a, b = n.x(0), n.x(1)
+    y = n.b.op("graph.matmul", a, b, accumulate=DType.i32)
+    (za, a_zero), (zb, b_zero) = _zero_point(n, 2), _zero_point(n, 3)
+    i32 = DType.i32
+    if not a_zero:
+        col = n.b.op("graph.reduce_sum", n.b.op("graph.cast", b, to=i32), axes=(-2,), keepdims=True)
+        za = n.b.op("graph.cast", za if za.type.rank == 0 else n.b.op("graph.reshape", za, shape=za.type.shape + (1,)),
+                    to=i32)
+        y = n.b.op("graph.sub", y, n.b.op("graph.mul", za, col))
+    if not b_zero:
+        zb = n.b.op("graph.cast", zb, to=i32)
+        row = n.b.op("graph.reduce_sum", n.b.op("graph.cast", a, to=i32), axes=(-1,), keepdims=True)
+        y = n.b.op("graph.sub", y, n.b.op("graph.mul", row, zb))
+        if not a_zero:
+            k = n.b.constant(np.asarray(a.type.shape[-1], np.int32), i32)
+            y = n.b.op("graph.add", y, n.b.op("graph.mul", n.b.op("graph.mul", za, zb), k))
+    return y
+
+
+def _dequantized_matmul(n: Node, a: Value, b: Value, da: Dequantized | None, db: Dequantized | None) -> Value:
+    """a @ b; of two DequantizeLinear outputs (zero zero points, a per-tensor scale on the left, per-tensor
+    or per-column on the right), the int8 matmul with int32 sums, scaled after: what the QDQ pairs mean."""
+    if da is None or db is None or not (da.zero and db.zero) or da.scale.type.numel != 1 or db.q.type.rank < 2:
+        return n.op("graph.matmul", a, b)
+    sb = db.scale
+    if sb.type.numel != 1 and not (sb.type.numel == sb.type.shape[-1] == db.q.type.shape[-1]):
+        return n.op("graph.matmul", a, b)  # scales along another axis than the columns
+    y = n.b.op("graph.matmul", da.q, db.q, accumulate=DType.i32)
+    y = n.b.op("graph.mul", n.b.op("graph.cast", y, to=da.scale.type.dtype), da.scale)
+    return n.op("graph.mul", y, sb if sb.type.rank < 2 else n.b.op("graph.reshape", sb, shape=sb.type.shape[-1:]))

@@ -249,6 +249,7 @@ class _Importer:
         self.consts: dict[str, Tensor] = {}  # ONNX name -> compile-time constant
         self.values: dict[str, Value] = {}  # ONNX name -> IR value
         self.inferred: dict[str, onnx.ValueInfoProto] = {}
+        self.dequantized: dict[str, object] = {}  # DequantizeLinear output -> its parts (converters.Dequantized)
         g = model.graph
         for vi in list(g.value_info) + list(g.output):
             self.inferred[vi.name] = vi
@@ -281,7 +282,8 @@ class _Importer:
 
     def foldable(self, node: onnx.NodeProto) -> bool:
         names = [n for n in node.input if n]
-        return bool(names) and all(n in self.consts and self.consts[n].has_data
+        # A DequantizeLinear of quantized weights stays: its integers are what the model stores and multiplies.
+        return bool(names) and node.op_type != "DequantizeLinear" and all(n in self.consts and self.consts[n].has_data
                                    and not self.consts[n].key.startswith("ext:")
                                    and self.consts[n].type.numel <= FOLD_LIMIT for n in names)
 
@@ -315,7 +317,7 @@ class _Importer:
         """Evaluate a node on constant inputs, through its converter and the reference evaluator."""
         scratch = _Importer.__new__(_Importer)
         scratch.model, scratch.opset, scratch.b = self.model, self.opset, Builder()
-        scratch.consts, scratch.values, scratch.inferred = self.consts, {}, self.inferred
+        scratch.consts, scratch.values, scratch.inferred, scratch.dequantized = self.consts, {}, self.inferred, {}
         results = scratch._run_converter(node, label)
         for i, v in enumerate(results):
             if v is not None:
