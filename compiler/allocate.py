@@ -161,6 +161,10 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None,
     alias = {op.result.name: op.operands[0].name for op in module.ops if OPS[op.name].in_place}
     pinned = constants + [op.result.name for op in states]
     size = {name: words(types[name], machine.lanes) for name in first}
+    # a layer's load from the host (its past K/V) is live from the start: compiler.templates streams it ahead
+    # of its layer, so it must not wait for the words of the layer's earlier values
+    block_of = {i: r for r, block in enumerate(layers) for i in block}
+    ahead = [op.result.name for i, op in enumerate(module.ops) if i in block_of and op.name == "host.input"]
 
     # The peak per chip, from liveness alone: placement can always cut values into pieces, so it
     # fails exactly when this exceeds a chip.
@@ -168,8 +172,9 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None,
     for c in constants:
         live[chip[c]] += size[c]
     image = sum(live)
-    for op in states:
-        live[chip[op.result.name]] += size[op.result.name]
+    for name in [op.result.name for op in states] + ahead:
+        live[chip[name]] += size[name]
+    ahead_set = set(ahead)
     ends_at: dict[int, list[str]] = {}
     for name in first:
         if name not in pinned and name not in alias:
@@ -178,7 +183,7 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None,
     for i, op in enumerate(module.ops):
         if not mo.is_pinned(op.name):
             for r in op.results:
-                if where[r.name] == SRAM and r.name not in alias:
+                if where[r.name] == SRAM and r.name not in alias and r.name not in ahead_set:
                     live[chip[r.name]] += size[r.name]
                     peak[chip[r.name]] = max(peak[chip[r.name]], live[chip[r.name]])
         for n in ends_at.get(i, ()):
@@ -232,18 +237,21 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None,
     for op in states:
         if "out" not in op.attrs:
             place(op.result.name)
-    block_of = {i: r for r, block in enumerate(layers) for i in block}
     layer_of = {op.result.name: block_of.get(i) for i, op in enumerate(module.ops) if mo.is_constant(op.name)}
     for k, c in enumerate(constants):
         if k and layer_of[c] != layer_of[constants[k - 1]]:
             cursor[:] = [0] * chips
         place(c)
+    for name in ahead:
+        place(name)
     starts = {block[0] for block in layers if block}
     for i, op in enumerate(module.ops):
         if i in starts:
             cursor[:] = [0] * chips
         if not mo.is_pinned(op.name):
             for r in op.results:
+                if r.name in ahead_set:
+                    continue
                 if r.name in alias:
                     placed[r.name] = placed[alias[r.name]]
                 elif where[r.name] == SRAM:

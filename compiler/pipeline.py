@@ -31,7 +31,7 @@ from ..ir.verifier import verify
 
 from .allocate import Allocate, DoesNotFit
 from .lower import Lower
-from .partition import STRATEGIES, Partition, describe
+from .partition import STRATEGIES, Partition, describe, layer_aligned_chips
 from .passes import DeadCodeElimination, Pass, Verify
 from .precision import DEFAULT_PRECISION, Precision, Stored, check_precision
 from .schedule_cpsat import CpSatScheduler
@@ -180,11 +180,13 @@ def _option_value(text: str, hint, what: str):
 
 def default_chips(graph: Module, machine: Machine) -> int:
     """The fewest chips (a size the topology supports) whose SRAM holds the model's constants and states with
-    room to spare (a tenth of each chip for activations)."""
+    room to spare (a tenth of each chip for activations); for a model of repeated layers that needs more than
+    one, those its layer-aligned pipeline needs (compiler.partition)."""
     need = sum(words(op.result.type, machine.lanes) for op in graph.ops
                if op.name == "graph.constant" or OPS[op.name].persistent)
     usable = machine.sram.slices * machine.sram.words_per_slice * 9 // 10
-    return round_chips(machine, -(-need // usable))
+    chips = -(-need // usable)
+    return round_chips(machine, max(chips, layer_aligned_chips(graph, machine) or 1) if chips > 1 else chips)
 
 
 def _place(graph_module: Module, target: Target, placing: tuple[Pass, ...], progress=None):
@@ -207,8 +209,7 @@ def _templated(allocated: Module, target: Target, blocks, cpsat, rounds: int, pr
     repeat layers enough."""
     if not blocks:
         return None
-    found = template_schedule(allocated, target, blocks, cpsat, rounds, progress)
-    return found[0] if found else None
+    return template_schedule(allocated, target, blocks, cpsat, rounds, progress)[0]
 
 
 def compile_module(graph_module: Module, machine: Machine, options: CompileOptions = CompileOptions(),
@@ -254,6 +255,10 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
                 progress=None) -> tuple[Module, CompileSummary]:
     target = Target(machine, chips)  # an LpucError when the topology has no such size
     strategies = ("pipeline", "tensor") if options.partition == "auto" else (options.partition,)
+    layered = layer_aligned_chips(graph_module, machine)
+    if options.partition == "auto" and layered is not None and layered <= chips:
+        # the layer-aligned pipeline: its layers share templates (tensor keeps every activation on chip 0)
+        strategies = ("pipeline",)
     if "chips" in graph_module.attrs:
         strategies = ("given",)
     elif chips == 1:

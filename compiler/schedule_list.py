@@ -282,14 +282,14 @@ class ScheduleResult:
 def _priorities(program: Program, n_ops: int) -> list[int]:
     """Longest latency-weighted path from each instruction to the end."""
     lat = {ins.index: ins.cost.latency for ins in program.instructions}
-    succ: list[list[int]] = [[] for _ in range(n_ops)]
-    for j in range(n_ops):
-        for p, _ in program.raw[j]:
-            succ[p].append(j)
+    succ: dict[int, list[int]] = {}
+    for ins in program.instructions:  # (not every op: a template's program is a few of a module's)
+        for p, _ in program.raw[ins.index]:
+            succ.setdefault(p, []).append(ins.index)
     prio = [0] * n_ops
     for ins in reversed(program.instructions):
         i = ins.index
-        prio[i] = lat[i] + max((prio[j] for j in succ[i]), default=0)
+        prio[i] = lat[i] + max((prio[j] for j in succ.get(i, ())), default=0)
     return prio
 
 

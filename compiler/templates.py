@@ -5,8 +5,13 @@ leaves the solver a window of the program at a time; here a layer is scheduled o
 schedule reused:
 
 - Blocks: the graph's repeated layers (backends.graph.find_layers, the detector the viewer draws
-  "layer x N" with), mapped onto the machine instructions their lowering emitted (Lowering.origins).
-  At least MIN_REPEATS of them, or the program is scheduled as before.
+  "layer x N" with), mapped onto the machine instructions their lowering emitted (Lowering.origins),
+  each cut into its part on each chip (a piece); at least MIN_REPEATS layers, or the program is
+  scheduled as before. Transfers between chips are no part of a piece: their routes (hops, links) differ
+  from layer to layer, so they are glue, placed one by one between the pieces. Pieces that wait for each
+  other both ways (a split op's parts and their join, on the tensor partition) are stamped as one.
+  The layer-aligned pipeline (compiler.partition) gives layer i's pieces the chips of layer i-k's shifted
+  by a group's chips, and the allocator the same slices, so their pieces share templates.
 - Templates: blocks whose instructions have the same costs, the same read-after-write dependences among
   themselves and the same pattern of resource sharing (the resources a block holds, renamed in order of
   appearance: which chips, slices and links it uses does not matter, only which of its holds share one)
@@ -29,7 +34,7 @@ schedule reused:
 
 The result is an ordinary schedule: the verifier and the interpreter check it like any other. Templates
 are in the compiler only; the .lpu holds the stamped program (its size is that of the program either way).
-Deterministic: blocks, templates and stamps in program order; the solver as in schedule_cpsat.
+Deterministic: pieces, templates and stamps in program order; the solver as in schedule_cpsat.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from .schedule_cpsat import CpSatScheduler, _assign, _uses, solve_cycles
 from .schedule_list import Program, ScheduleResult, analyze, list_placements, schedule_result
 
 MIN_REPEATS = 3  # fewer repeated layers: not worth a template (and the samples' two layers keep their schedules)
+GLUE = ("tx", "rx")  # unit classes of the transfers between chips: placed one by one, between the pieces
 
 
 def machine_blocks(graph: Module, origins: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
@@ -126,7 +132,7 @@ class _Timelines:
         return need
 
 
-# --- segments: templated blocks and single items ------------------------------------------------------
+# --- segments: templated pieces and single items ------------------------------------------------------
 
 @dataclass
 class _Segment:
@@ -136,7 +142,7 @@ class _Segment:
 
 @dataclass(frozen=True)
 class TemplateStats:
-    blocks: int
+    pieces: int
     templates: int
     boundary_cycles: int                  # waited for resources beyond the dependences, over all stamps
 
@@ -156,10 +162,9 @@ def _sub_program(program: Program, members: list[int]) -> Program:
 
 def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, ...], ...],
                       options: CpSatScheduler | None, rounds: int, progress=None
-                      ) -> tuple[ScheduleResult, TemplateStats] | None:
+                      ) -> tuple[ScheduleResult, TemplateStats]:
     """The schedule of `module` from templates of its repeated `blocks` (machine op indices); `options`:
-    CP-SAT on each template (None: the list schedule alone). None when the blocks cannot be stamped in
-    dependence order (an op outside them sits between two parts of one)."""
+    CP-SAT on each template (None: the list schedule alone)."""
     t_start = time.perf_counter()
     machine = target.machine
     program = analyze(module, target)
@@ -169,31 +174,13 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     for u in uses:
         uses_of[u.first].append(u)
 
-    # Segments: each block's instructions (an install goes with its matmul); every other instruction
-    # alone, or with its install.
-    pair_of = dict(program.install_of)  # matmul -> install
-    segment_of: dict[int, int] = {}
-    segments: list[_Segment] = []
-    for block in blocks:
-        # a load from the host that waits for nothing in the block (the layer's past K/V) is not stamped
-        # with its block: on its own it goes as early as it can, streaming ahead of the layers
-        inside = set(block)
-        members = sorted({i for i in block if i in by_index and not _streams_ahead(by_index[i], program, inside)}
-                         | {pair_of[i] for i in block if i in pair_of})
-        if members:
-            for i in members:
-                segment_of[i] = len(segments)
-            segments.append(_Segment(members))
-    n_blocks = len(segments)
-    for i in sorted(by_index):
-        if i in segment_of:
-            continue
-        if i in pair_of and pair_of[i] in segment_of:  # a matmul: with its install, placed just before
-            segment_of[i] = segment_of[pair_of[i]]
-            segments[segment_of[i]].members.append(i)
-        else:
-            segment_of[i] = len(segments)
-            segments.append(_Segment([i]))
+    # Segments: each block's part on each chip, a piece (an install goes with its matmul); every other
+    # instruction alone, or with its install. Segments that wait for each other both ways (a split op's
+    # parts and their join; a piece and a transfer landing in words the piece read before) are one.
+    segments, n_pieces = _segments(blocks, program, by_index)
+    segments, n_pieces = _merge_cycles(segments, n_pieces, program)
+    segment_of = {i: n for n, seg in enumerate(segments) for i in seg.members}
+    seg_preds, seg_succs = _segment_graph(segments, segment_of, program)
 
     # Templates: a block takes the first template of its shape (costs, resource sharing pattern) whose
     # cycles meet its own inner dependences (its write-after-read edges follow its addresses); else its
@@ -202,7 +189,7 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     rel_of: list[list[int]] = []
     solves = 0
     t_templates = time.perf_counter()
-    for n in range(n_blocks):
+    for n in range(n_pieces):
         seg = segments[n]
         members = seg.members
         key = _shape(members, program, by_index, uses_of, capacity)
@@ -210,9 +197,9 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
         if seg.template >= 0:
             continue
         if progress:
-            left = f", about {(time.perf_counter() - t_templates) / n * (n_blocks - n):.0f} s left at most" if n \
+            left = f", about {(time.perf_counter() - t_templates) / n * (n_pieces - n):.0f} s left at most" if n \
                 else ""
-            progress(f"templates: block {n + 1} of {n_blocks}: scheduling template {len(rel_of) + 1} "
+            progress(f"templates: piece {n + 1} of {n_pieces}: scheduling template {len(rel_of) + 1} "
                      f"({len(members):,} instructions){left}")
         sub = _sub_program(program, members)
         placed = list_placements(sub, machine, rounds)
@@ -231,15 +218,6 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
         rel_of.append([int(cycles[i]) - base for i in members])
 
     # Stamp the segments in dependence order (ties: program order).
-    seg_preds: dict[int, set[int]] = defaultdict(set)
-    seg_succs: dict[int, set[int]] = defaultdict(set)
-    for i, ins in by_index.items():
-        a = segment_of[i]
-        for p, _ in program.preds[i]:
-            b = segment_of.get(p)
-            if b is not None and b != a:
-                seg_preds[a].add(b)
-                seg_succs[b].add(a)
     waiting = {n: len(seg_preds[n]) for n in range(len(segments))}
     ready = [(seg.members[0], n) for n, seg in enumerate(segments) if waiting[n] == 0]
     heapq.heapify(ready)
@@ -247,7 +225,7 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     t_stamps = time.perf_counter()
     cycles = np.zeros(len(module.ops), dtype=np.int64)
     boundary = done = 0
-    stamped_blocks = sum(1 for seg in segments if seg.template >= 0)
+    stamped = sum(1 for seg in segments if seg.template >= 0)
     while ready:
         _, n = heapq.heappop(ready)
         seg = segments[n]
@@ -273,21 +251,119 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
         if seg.template >= 0:
             boundary += o - wanted
             done += 1
-            if progress and (done == stamped_blocks or done % max(1, stamped_blocks // 8) == 0):
+            if progress and (done == stamped or done % max(1, stamped // 8) == 0):
                 spent = time.perf_counter() - t_stamps
-                progress(f"templates: stamped {done} of {stamped_blocks} blocks, about "
-                         f"{spent / done * (stamped_blocks - done):.0f} s left")
+                progress(f"templates: stamped {done} of {stamped} pieces, about "
+                         f"{spent / done * (stamped - done):.0f} s left")
         for s in sorted(seg_succs[n]):
             waiting[s] -= 1
             if waiting[s] == 0:
                 heapq.heappush(ready, (segments[s].members[0], s))
-    if any(w for w in waiting.values()):
-        return None
     result = schedule_result(module, program, machine, _assign(program, machine, cycles))
-    stats = TemplateStats(stamped_blocks, len(rel_of), boundary)
-    status = (f"templates: {stats.templates} for {stats.blocks} blocks, {boundary:,} cycles lost at boundaries"
+    stats = TemplateStats(stamped, len(rel_of), boundary)
+    status = (f"templates: {stats.templates} for {stats.pieces} pieces, {boundary:,} cycles lost at boundaries"
               + (f"; CP-SAT: {solves} models solved (at most {options.max_windows})" if options is not None else ""))
     return replace(result, solver_status=status, solve_seconds=time.perf_counter() - t_start), stats
+
+
+def _segments(blocks, program: Program, by_index) -> tuple[list[_Segment], int]:
+    """(the segments: first each block's part on each chip, then every other instruction alone or with its
+    install; how many are blocks' pieces)."""
+    pair_of = dict(program.install_of)  # matmul -> install
+    segment_of: dict[int, _Segment] = {}
+    segments: list[_Segment] = []
+    for block in blocks:
+        # a load from the host that waits for nothing in the block (the layer's past K/V) is not stamped
+        # with its block: on its own it goes as early as it can, streaming ahead of the layers; nor is a
+        # transfer between chips (its route's links and hops differ from layer to layer: glue between pieces)
+        inside = set(block)
+        members = sorted({i for i in block if i in by_index and by_index[i].unit_class not in GLUE
+                          and not _streams_ahead(by_index[i], program, inside)}
+                         | {pair_of[i] for i in block if i in pair_of})
+        parts: dict[int, list[int]] = {}
+        for i in members:
+            parts.setdefault(by_index[i].chip, []).append(i)
+        for part in sorted(parts.values()):
+            segments.append(_Segment(part))
+            segment_of.update((i, segments[-1]) for i in part)
+    n_pieces = len(segments)
+    for i in sorted(by_index):
+        if i in segment_of:
+            continue
+        if i in pair_of and pair_of[i] in segment_of:  # a matmul: with its install, placed just before
+            seg = segment_of[pair_of[i]]
+            seg.members.append(i)
+        else:
+            seg = _Segment([i])
+            segments.append(seg)
+        segment_of[i] = seg
+    for seg in segments:
+        seg.members.sort()
+    return segments, n_pieces
+
+
+def _segment_graph(segments, segment_of, program: Program):
+    """Per segment, the segments it waits for and those waiting for it."""
+    seg_preds: dict[int, set[int]] = defaultdict(set)
+    seg_succs: dict[int, set[int]] = defaultdict(set)
+    for a, seg in enumerate(segments):
+        for i in seg.members:
+            for p, _ in program.preds[i]:
+                b = segment_of.get(p)
+                if b is not None and b != a:
+                    seg_preds[a].add(b)
+                    seg_succs[b].add(a)
+    return seg_preds, seg_succs
+
+
+def _merge_cycles(segments: list[_Segment], n_pieces: int, program: Program) -> tuple[list[_Segment], int]:
+    """Each strongly connected set of segments as one (a piece if it holds one), in the order of their first
+    segment: blocks' pieces first."""
+    segment_of = {i: n for n, seg in enumerate(segments) for i in seg.members}
+    _, succs = _segment_graph(segments, segment_of, program)
+    components = _strongly_connected(len(segments), {k: sorted(v) for k, v in succs.items()})
+    if all(len(c) == 1 for c in components):
+        return segments, n_pieces
+    merged = sorted(components, key=min)
+    out = [_Segment(sorted(i for n in c for i in segments[n].members)) for c in merged]
+    return out, sum(1 for c in merged if min(c) < n_pieces)
+
+
+def _strongly_connected(n: int, succs: dict[int, list[int]]) -> list[list[int]]:
+    """Tarjan's strongly connected components of the graph on 0..n-1 (iterative)."""
+    index, low, on_stack, stack, out = {}, {}, set(), [], []
+    for root in range(n):
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            v, k = work.pop()
+            if k == 0:
+                index[v] = low[v] = len(index)
+                stack.append(v)
+                on_stack.add(v)
+            nexts = succs.get(v, [])
+            if k < len(nexts):
+                work.append((v, k + 1))
+                w = nexts[k]
+                if w not in index:
+                    work.append((w, 0))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            for w in nexts:  # (children done: take their lows)
+                if w in on_stack:
+                    low[v] = min(low[v], low[w])
+            if low[v] == index[v]:
+                component = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    component.append(w)
+                    if w == v:
+                        break
+                out.append(component)
+    return out
 
 
 def _streams_ahead(ins, program: Program, block: set[int]) -> bool:

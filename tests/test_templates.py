@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 
 import lpuc
+from lpuc.backends.graph import find_layers
 from lpuc.compiler.driver import load_model, read_ir
+from lpuc.compiler.partition import partition
 from lpuc.compiler.pipeline import CompileOptions, compile_module
 from lpuc.compiler.templates import MIN_REPEATS
 from lpuc.ir.evaluator import evaluate
 from lpuc.ir.machine import read_machine
+from lpuc.ir.target import Target
 
 from helpers import ROOT, max_rel_error
 
@@ -62,15 +65,33 @@ def test_templated_program_runs_and_matches_the_evaluator(tiny_dir, mode, chips,
     program = lpuc.compile(path, chips=chips, partition=partition, scheduler=scheduler, precision="fp32")
     status = program.manifest["summary"]["solver_status"]
     assert status.startswith("templates: "), status
-    templates, blocks = (int(w) for w in status.split()[1:4:2])
-    assert blocks == LAYERS
-    if partition != "pipeline":  # every layer on the same chips: the middle ones share one template
-        assert templates < blocks, status
+    templates, pieces = (int(w) for w in status.split()[1:4:2])
+    assert pieces == LAYERS  # one piece per layer: on one chip (pipeline: its own, layer-aligned)
+    assert templates < pieces, status  # equal layers share a template (pipeline: at a chip offset)
     result = lpuc.run(program, inputs)  # the interpreter checks every hazard
     assert not result.hazards
     ref = evaluate(module, inputs)
     for name, want in ref.items():
         assert max_rel_error(result.outputs[name], want) <= 1e-4, name
+
+
+@pytest.mark.parametrize("chips", [7, 8, 16])
+def test_pipeline_gives_each_layer_the_chips_of_the_one_before_shifted(tiny_dir, chips):
+    """The layer-aligned pipeline: layer r's ops run on layer r-1's chips plus the same offset (the ops before
+    and after the layers on chips of their own), so its pieces are translations of each other."""
+    module, _ = load_model(_tiny(tiny_dir, "decode"))
+    machine, _ = read_machine("tsp-v1")
+    layers = find_layers(module)
+    assert layers.count == LAYERS
+    placed = partition(module, Target(machine, chips), "pipeline")
+    home = [op.attrs.get("chip", 0) for op in placed.ops]
+    offsets = {home[b] - home[a] for a_block, b_block in zip(layers.blocks[1:], layers.blocks[2:])
+               for a, b in zip(a_block, b_block)}
+    assert len(offsets) == 1 and offsets.pop() > 0
+    used = {home[i] for block in layers.blocks for i in block}
+    outside = {home[i] for i, op in enumerate(placed.ops) if op.name != "graph.constant"
+               and not any(i in block for block in layers.blocks) and "chip" in op.attrs}
+    assert not used & outside
 
 
 def test_fewer_layers_keep_the_plain_schedule():
@@ -109,4 +130,4 @@ def test_progress_names_the_stages_and_the_time_left(tiny_dir):
     assert any(line.startswith("lower") for line in lines) and any(line.startswith("allocate") for line in lines)
     templated = [line for line in lines if line.startswith("templates: ")]
     assert any("scheduling template 1" in line for line in templated)
-    assert any(f"stamped {LAYERS} of {LAYERS} blocks, about 0 s left" in line for line in templated), templated
+    assert any(f"stamped {LAYERS} of {LAYERS} pieces, about 0 s left" in line for line in templated), templated
