@@ -138,9 +138,10 @@ def test_compile_and_run_json(tmp_path, capsys):
     assert again["cycles"] == ran["cycles"] and again["schedule_sha256"] == ran["schedule_sha256"]
 
 
-def test_templated_compiles_across_processes_hash_seeds_and_workers(tmp_path):
-    """A model of repeated layers (scheduled from templates, CP-SAT on each): the same bytes under other hash
-    seeds and solver worker counts, in separate processes."""
+@pytest.mark.parametrize("chips, partition", [(2, "tensor"), (7, "pipeline")])
+def test_templated_compiles_across_processes_hash_seeds_and_workers(tmp_path, chips, partition):
+    """A model of repeated layers (scheduled from templates, CP-SAT on each; pipeline: layer-aligned, a piece
+    per layer): the same bytes under other hash seeds and solver worker counts, in separate processes."""
     model = tmp_path / "tiny.onnx"
     subprocess.run([sys.executable, str(ROOT / "samples" / "shape_only.py"), "tiny", "--mode", "decode", "--layers",
                     "5", "-o", str(model)], check=True, capture_output=True)
@@ -149,7 +150,7 @@ def test_templated_compiles_across_processes_hash_seeds_and_workers(tmp_path):
         out = tmp_path / f"{seed}.lpu"
         procs.append((out, subprocess.Popen(
             [sys.executable, "-m", "lpuc.compiler", "compile", str(model), "-o", str(out), "--json", "--no-weights",
-             "--chips", "2", "--partition", "tensor", "--workers", str(workers)],
+             "--chips", str(chips), "--partition", partition, "--workers", str(workers)],
             cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)))
     reports = []
