@@ -57,7 +57,8 @@ def tiny_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("mode, chips, partition, scheduler", [
-    ("decode", 1, "auto", "list"), ("decode", 2, "tensor", "cpsat"), ("prefill", 4, "pipeline", "list")])
+    ("decode", 1, "auto", "list"), ("decode", 2, "tensor", "cpsat"), ("prefill", 4, "pipeline", "list"),
+    ("decode", 7, "auto", "list")])
 def test_templated_program_runs_and_matches_the_evaluator(tiny_dir, mode, chips, partition, scheduler):
     path = _tiny(tiny_dir, mode)
     module, _ = load_model(path)
