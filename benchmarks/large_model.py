@@ -14,8 +14,8 @@ compiler/templates.py). The table gives chips, instructions, the cycles, the
 lower bound, the gap and what binds, the wall-clock and CPU compile time (the
 CPU time is what a loaded machine does not inflate), the CPU time per layer
 (falling when compile time grows less than linearly) and the compiler's peak
-RSS, then how the scheduler went (templates: how many for how many blocks, and
-the cycles lost at their boundaries). Llama-2-70B at its chip count needs a
+RSS, then how the scheduler went (templates: how many for how many pieces, a
+layer's part on each chip, and the cycles lost at their boundaries). Llama-2-70B at its chip count needs a
 machine with that many chips: --machine tests/machines/tsp-v1-torus.toml.
 
 --determinism: compiles the smallest model twice more, with --workers 1 and 2
