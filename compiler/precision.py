@@ -308,39 +308,57 @@ class _Rewriter:
         if w is not None and w.scale is not None and w.axis != w.q.type.rank - 2:
             w = None  # scales not per output column (cannot move past the sum): the weight dequantized
         if w is not None and self.precision == "int8":
-            xq, sx = self._quantize_rows(a, h)
-            y = self.b.op("graph.matmul", xq, w.q, names=(f"{h}.i32",), accumulate=DType.i32, **attrs)
-            y = self.op("graph.cast", y, hint=f"{h}.f32", to=DType.f32)
-            if op.operands[0].type.rank == 1:  # the row scale of a vector is a scalar
-                sx = self.op("graph.reshape", sx, hint=f"{h}.x_scale1", shape=())
-            y = self.op("graph.mul", y, sx, hint=f"{h}.x_scaled")
-        else:  # fp16, fp8, and int8's activation x activation matmuls
-            b = w.q if w is not None else self.as_type(self.value(op.operands[1]), DType.f16, f"{h}.b")
-            a16 = self.as_type(a, DType.f16, f"{h}.a")
-            y = self.b.op("graph.matmul", a16, b, names=(h if w is None or w.scale is None else f"{h}.acc",),
-                          accumulate=DType.f32, **attrs)
+            return self.as_type(self._int8_matmul(a, w, h, attrs), op.result.type.dtype, h)
+        # fp16, fp8, and int8's activation x activation matmuls
+        b = w.q if w is not None else self.as_type(self.value(op.operands[1]), DType.f16, f"{h}.b")
+        y = self.b.op("graph.matmul", self.as_type(a, DType.f16, f"{h}.a"), b,
+                      names=(h if w is None or w.scale is None else f"{h}.acc",), accumulate=DType.f32, **attrs)
         if w is not None and w.scale is not None:
             scale = w.scale
-            if op.operands[0].type.rank == 1:  # a vector times the weight: no row axis
+            if a.type.rank == 1:  # a vector times the weight: no row axis
                 s = scale.type.shape
                 scale = self.op("graph.reshape", scale, hint=f"{h}.w_scale", shape=s[:-2] + s[-1:])
             y = self.op("graph.mul", y, scale, hint=h)
         return self.as_type(y, op.result.type.dtype, h)
 
+    def _int8_matmul(self, a: Value, w: _Weight, h: str, attrs: dict) -> Value:
+        """x @ w on the int8 MXM, x in two int8 parts: x ~ s1 * q1 + s2 * q2, q1 x's per-token quantization
+        and q2 that of its residual x - s1 * q1 (about 15 significant bits of x, where one part gives 7). The
+        parts are stacked as rows, so the installed weight streams both in one pass ([q1; q2] @ w_q, int32
+        sums); each half is dequantized by its row scales and they are added, then times the column scales."""
+        x = self.as_type(a, DType.f32, f"{h}.x")  # the scales and the residual in f32
+        if a.type.rank == 1:
+            x = self.op("graph.reshape", x, hint=f"{h}.x_row", shape=(1,) + a.type.shape)
+        q1, s1 = self._quantize_rows(x, f"{h}.x")
+        first = self.op("graph.mul", self.op("graph.cast", q1, hint=f"{h}.x_part", to=DType.f32), s1,
+                        hint=f"{h}.x_first")
+        q2, s2 = self._quantize_rows(self.op("graph.sub", x, first, hint=f"{h}.x_residual"), f"{h}.r")
+        stacked = self.op("graph.concat", q1, q2, hint=f"{h}.x_parts", axis=x.type.rank - 2)
+        y = self.b.op("graph.matmul", stacked, w.q, names=(f"{h}.i32",), accumulate=DType.i32, **attrs)
+        y = self.op("graph.cast", y, hint=f"{h}.f32", to=DType.f32)
+        m = x.type.shape[-2]
+        y1, y2 = self.b.op("graph.split", y, names=(f"{h}.first", f"{h}.second"), axis=y.type.rank - 2,
+                           sizes=(m, m), **self.chip)
+        y = self.op("graph.add", self.op("graph.mul", y1, s1, hint=f"{h}.first_scaled"),
+                    self.op("graph.mul", y2, s2, hint=f"{h}.second_scaled"), hint=f"{h}.x_scaled")
+        y = self.op("graph.mul", y, w.scale, hint=h)
+        if a.type.rank == 1:
+            y = self.op("graph.reshape", y, hint=f"{h}.vector", shape=y.type.shape[:-2] + y.type.shape[-1:])
+        return y
+
     def _quantize_rows(self, x: Value, h: str) -> tuple[Value, Value]:
         """Per-token dynamic symmetric int8 on the VXM: (round(x * 127 / m) as int8, the scale m / 127), m the
         row's max |x| (at least 127 x the least normal f32: a row of zeros stays zeros, and 127 / m is finite).
         One division per row, a multiply per element."""
-        x = self.as_type(x, DType.f32, f"{h}.x")  # the scales in f32
         q127 = self.const(127.0, DType.f32, "int8_max")
-        amax = self.op("graph.reduce_max", self.op("graph.abs", x, hint=f"{h}.x_abs"), hint=f"{h}.x_max0",
+        amax = self.op("graph.reduce_max", self.op("graph.abs", x, hint=f"{h}_abs"), hint=f"{h}_max0",
                        axes=(-1,), keepdims=True)
         amax = self.op("graph.max", amax, self.const(127 * np.finfo(np.float32).tiny, DType.f32, "int8_least_max"),
-                       hint=f"{h}.x_max")
-        inverse = self.op("graph.div", q127, amax, hint=f"{h}.x_inverse_scale")
-        r = self.op("graph.round", self.op("graph.mul", x, inverse, hint=f"{h}.x_scaled_in"), hint=f"{h}.x_rounded")
-        return self.op("graph.cast", r, hint=f"{h}.x_i8", to=DType.i8), \
-            self.op("graph.div", amax, q127, hint=f"{h}.x_scale")
+                       hint=f"{h}_max")
+        inverse = self.op("graph.div", q127, amax, hint=f"{h}_inverse_scale")
+        r = self.op("graph.round", self.op("graph.mul", x, inverse, hint=f"{h}_scaled_in"), hint=f"{h}_rounded")
+        return self.op("graph.cast", r, hint=f"{h}_i8", to=DType.i8), \
+            self.op("graph.div", amax, q127, hint=f"{h}_scale")
 
 
 __all__ = ["DEFAULT_PRECISION", "PRECISIONS", "TOLERANCE", "Precision", "Stored", "at_precision", "check_precision"]
