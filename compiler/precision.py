@@ -51,6 +51,7 @@ DEFAULT_PRECISION = "fp16"  # the chip's float path
 # The max relative error against the fp32 outputs each precision is held to (tested on every sample); fp8
 # (e4m3: 3 significant bits) has no bound.
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 5e-2}
+ROW_GROUP = 32  # a table only gathered (an embedding) has a scale per group of this many values of each row
 WEIGHT_TYPE = {"fp16": DType.f16, "int8": DType.i8, "fp8": DType.f8e4m3fn}
 MODEL_FLOATS = (DType.f32, DType.f16, DType.bf16)  # the float types of models the pass rewrites
 
@@ -105,26 +106,41 @@ class _Weight:
     q: Value
     scale: Value | None
     axis: int | None  # None: the axis was gathered away (the scales broadcast)
-    rows: bool = False  # a table's row scales, stored without their last axis (only gathers keep them)
+    rows: bool = False  # a table's scales: per group of ROW_GROUP values of a row, [groups, rows...] (only gathers keep them)
+
+
+def row_groups(width: int) -> int:
+    """How many scales a table row of `width` values gets: one per ROW_GROUP values, or one per row where
+    ROW_GROUP does not divide it."""
+    return width // ROW_GROUP if width % ROW_GROUP == 0 else 1
 
 
 def _lazy(t: Tensor, dtype: DType, axis: int, part: int, rows: bool = False) -> Tensor:
-    """Part `part` of quantize_symmetric(t) (0: the values, 1: the scales; f16: the values cast), lazily. A
-    table's row scales (`rows`; axis: the last) are stored without their last axis of 1: compact in SRAM."""
+    """Part `part` of `_quantized(t)` (0: the values, 1: the scales; f16: the values cast), lazily. A
+    table's scales (`rows`; axis: the last) are [row_groups, rows...]: the rows along the lanes, compact in SRAM."""
     if dtype is DType.f16:
         shape, load = t.type.shape, (lambda: cast(t.array, DType.f16))
     elif part == 0:
-        shape, load = t.type.shape, (lambda: _quantized(t, dtype, axis)[0])
+        shape, load = t.type.shape, (lambda: _quantized(t, dtype, axis, rows)[0])
     else:
-        shape = t.type.shape[:-1] if rows else tuple(1 if i == axis else d for i, d in enumerate(t.type.shape))
-        load = (lambda: _quantized(t, dtype, axis)[1][..., 0]) if rows else (lambda: _quantized(t, dtype, axis)[1])
-    key = f"{t.key}:{dtype.value}" + (f"-axis{axis}" if dtype is not DType.f16 else "") + ("-scale" if part else "")
+        shape = (row_groups(t.type.shape[-1]),) + t.type.shape[:-1] if rows else \
+            tuple(1 if i == axis else d for i, d in enumerate(t.type.shape))
+        load = lambda: _quantized(t, dtype, axis, rows)[1]  # noqa: E731
+    scheme = "" if dtype is DType.f16 else f"-rows{ROW_GROUP}" if rows else f"-axis{axis}"
+    key = f"{t.key}:{dtype.value}{scheme}" + ("-scale" if part else "")
     return Tensor(TensorType(shape, dtype if part == 0 else DType.f32), key, loader=None if t.loader is None else load)
 
 
 @lru_cache(maxsize=4)  # a weight's values and scales are asked for one after the other
-def _quantized(t: Tensor, dtype: DType, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    return quantize_symmetric(t.array, dtype, axis)
+def _quantized(t: Tensor, dtype: DType, axis: int, rows: bool) -> tuple[np.ndarray, np.ndarray]:
+    """quantize_symmetric(t) over `axis`; a table's (`rows`) over each group of its rows' values, the scales
+    [row_groups, rows...]."""
+    if not rows:
+        return quantize_symmetric(t.array, dtype, axis)
+    shape = t.type.shape
+    groups = row_groups(shape[-1])
+    q, scale = quantize_symmetric(t.array.reshape(shape[:-1] + (groups, shape[-1] // groups)), dtype, -1)
+    return q.reshape(shape), np.ascontiguousarray(np.moveaxis(scale[..., 0], -1, 0))
 
 
 def at_precision(module: Module, precision: str) -> Module:
@@ -240,17 +256,19 @@ class _Rewriter:
         if v.name not in self.env:
             w, h = self.weights[v.name], v.name
             x = w.q
-            if w.scale is not None:
-                x = self.op("graph.mul", self.op("graph.cast", x, hint=f"{h}.f32", to=DType.f32),
-                            self._broadcast_scale(w, h), hint=f"{h}.dequantized")
+            if w.rows:  # a table's rows: each group of values times its scale
+                shape, groups, rank = x.type.shape, w.scale.type.shape[0], w.scale.type.rank
+                grouped = self.op("graph.reshape", self.op("graph.cast", x, hint=f"{h}.f32", to=DType.f32),
+                                  hint=f"{h}.groups", shape=shape[:-1] + (groups, shape[-1] // groups))
+                scale = self.op("graph.transpose", w.scale, hint=f"{h}.row_scale", perm=tuple(range(1, rank)) + (0,))
+                scale = self.op("graph.reshape", scale, hint=f"{h}.group_scale", shape=shape[:-1] + (groups, 1))
+                x = self.op("graph.reshape", self.op("graph.mul", grouped, scale, hint=f"{h}.groups_dequantized"),
+                            hint=f"{h}.dequantized", shape=shape)
+            elif w.scale is not None:
+                x = self.op("graph.mul", self.op("graph.cast", x, hint=f"{h}.f32", to=DType.f32), w.scale,
+                            hint=f"{h}.dequantized")
             self.env[v.name] = self.as_type(x, v.type.dtype, h)
         return self.env[v.name]
-
-    def _broadcast_scale(self, w: _Weight, h: str) -> Value:
-        """The scales shaped to multiply the values: row scales (stored without their last axis) get it back."""
-        if not w.rows:
-            return w.scale
-        return self.op("graph.reshape", w.scale, hint=f"{h}.row_scale", shape=w.scale.type.shape + (1,))
 
     def as_type(self, x: Value, dtype: DType, h: str) -> Value:
         return x if x.type.dtype is dtype else self.op("graph.cast", x, hint=f"{h}.{dtype.value}", to=dtype)
@@ -264,11 +282,11 @@ class _Rewriter:
             self._copy(op)
             self.stored.add(self.env[h].name)
             return _Weight(self.env.pop(h), None, axis)
-        q = self.b.op("graph.constant", names=(f"{h}.{dtype.value}",), value=_lazy(t, dtype, axis, 0))
+        rows = h in self.rows
+        q = self.b.op("graph.constant", names=(f"{h}.{dtype.value}",), value=_lazy(t, dtype, axis, 0, rows))
         self.stored.add(q.name)
         if dtype is DType.f16:
             return _Weight(q, None, axis)
-        rows = h in self.rows
         scale = self.b.op("graph.constant", names=(f"{h}.scale",), value=_lazy(t, dtype, axis, 1, rows))
         self.stored.add(scale.name)
         return _Weight(q, scale, axis, rows)
@@ -291,6 +309,9 @@ class _Rewriter:
             shape = tuple(1 if a is None or a == w.axis else w.scale.type.shape[a] for a in moved)
             scale = w.scale if shape == w.scale.type.shape else \
                 self.op("graph.reshape", w.scale, hint=f"{h}.scale", shape=shape)
+        elif w.rows:  # a table's scales [groups, rows...]: its rows one axis on
+            scale = self.op(op.name, w.scale, *rest, hint=f"{h}.scale",
+                            **{**attrs, "axis": attrs.get("axis", 0) % w.q.type.rank + 1})
         else:
             scale = self.op(op.name, w.scale, *rest, hint=f"{h}.scale", **attrs)
         self.weights[op.result.name] = _Weight(q, scale, axis, w.rows)
