@@ -12,13 +12,16 @@ stores and computes:
   (`graph.matmul accumulate=f32`), its result cast back to the model's type.
 - `int8`: weights are quantized symmetrically per output channel (ir.evaluator.quantize_symmetric: int8
   values, f32 scales kept beside them: one per output channel, over the axis that reaches the matmul as its
-  contraction axis K). A matmul by such a weight quantizes its activation per token on the VXM (each row:
-  scale = max|x| / 127, x_q = round(x * 127 / max|x|), computed at run time: the chip's static alternative
-  to calibration; docs/design.md, "Precision", says why), multiplies int8 x int8 with int32 accumulation, and
-  dequantizes on the VXM (f32(sum) x row scale x column scale). Matmuls of two activations (attention's
-  scores and context) run at fp16, as deployed int8 models keep them. A table only gathered (an embedding)
-  has a scale per row instead (each token's own range; stored as a vector): a gathered row is its int8
-  values times its scale.
+  contraction axis K). A matmul by such a weight quantizes its activation per token on the VXM, in two int8
+  parts (x ~ s1 * q1 + s2 * q2: q1 = round(x * 127 / max|x|) per row, s1 = max|x| / 127, computed at run
+  time, the chip's static alternative to calibration; q2, s2 the same of the residual x - s1 * q1: about 15
+  significant bits where one part has 7). Both parts stream through the installed weight as one int8 x int8
+  pass of twice the rows, with int32 accumulation; the VXM dequantizes each half (f32(sum) x its row scale),
+  adds them and multiplies by the column scale. docs/design.md, "Precision", says why (measured: one part's
+  rounding cost as much as the weights' own). Matmuls of two activations (attention's scores and context) run
+  at fp16, as deployed int8 models keep them. A table only gathered (an embedding) has a scale per group of
+  ROW_GROUP values of each row instead (stored [groups, rows], the rows along the lanes): a gathered row is
+  its int8 values times its groups' scales.
 - `fp8`: weights in f8e4m3fn with per-output-channel scales (max|w| / 448), activations fp16, fp32
   accumulation, the scales applied on the VXM; only on a machine whose MXM has an fp8 path
   (`mxm.fp8_rate` > 0; tsp-v1 has none).
