@@ -13,15 +13,16 @@ stores and computes:
 - `int8`: weights are quantized symmetrically per output channel (ir.evaluator.quantize_symmetric: int8
   values, f32 scales kept beside them: one per output channel, over the axis that reaches the matmul as its
   contraction axis K). A matmul by such a weight quantizes its activation per token on the VXM, in two int8
-  parts (x ~ s1 * q1 + s2 * q2: q1 = round(x * 127 / max|x|) per row, s1 = max|x| / 127, computed at run
-  time, the chip's static alternative to calibration; q2, s2 the same of the residual x - s1 * q1: about 15
-  significant bits where one part has 7). Both parts stream through the installed weight as one int8 x int8
-  pass of twice the rows, with int32 accumulation; the VXM dequantizes each half (f32(sum) x its row scale),
-  adds them and multiplies by the column scale. docs/design.md, "Precision", says why (measured: one part's
-  rounding cost as much as the weights' own). Matmuls of two activations (attention's scores and context) run
-  at fp16, as deployed int8 models keep them. A table only gathered (an embedding) has a scale per group of
-  ROW_GROUP values of each row instead (stored [groups, rows], the rows along the lanes): a gathered row is
-  its int8 values times its groups' scales.
+  parts (x ~ s1 * q1 + s2 * q2, computed at run time, the chip's static alternative to calibration: with
+  t = x * 127 / max|x| per row, q1 = round(t), s1 = max|x| / 127, and the rounding residual quantized again,
+  q2 = round((t - q1) * 254), s2 = s1 / 254: about 15 significant bits where one part has 7). Both parts
+  stream through the installed weight as one int8 x int8 pass of twice the rows, with int32 accumulation;
+  the VXM dequantizes each half (f32(sum) x its row scale), adds them and multiplies by the column scale.
+  docs/design.md, "Precision", says why (measured: one part's rounding cost as much as the weights' own).
+  Matmuls of two activations (attention's scores and context) run at fp16, as deployed int8 models keep
+  them. A table only gathered (an embedding) has a scale per group of ROW_GROUP values of each row instead
+  (stored [groups, rows], the rows along the lanes): a gathered row is its int8 values times its groups'
+  scales.
 - `fp8`: weights in f8e4m3fn with per-output-channel scales (max|w| / 448), activations fp16, fp32
   accumulation, the scales applied on the VXM; only on a machine whose MXM has an fp8 path
   (`mxm.fp8_rate` > 0; tsp-v1 has none).
@@ -346,17 +347,13 @@ class _Rewriter:
         return self.as_type(y, op.result.type.dtype, h)
 
     def _int8_matmul(self, a: Value, w: _Weight, h: str, attrs: dict) -> Value:
-        """x @ w on the int8 MXM, x in two int8 parts: x ~ s1 * q1 + s2 * q2, q1 x's per-token quantization
-        and q2 that of its residual x - s1 * q1 (about 15 significant bits of x, where one part gives 7). The
-        parts are stacked as rows, so the installed weight streams both in one pass ([q1; q2] @ w_q, int32
-        sums); each half is dequantized by its row scales and they are added, then times the column scales."""
-        x = self.as_type(a, DType.f32, f"{h}.x")  # the scales and the residual in f32
+        """x @ w on the int8 MXM, x in two int8 parts (`_two_parts`) stacked as rows, so the installed weight
+        streams both in one pass ([q1; q2] @ w_q, int32 sums); each half is dequantized by its row scales and
+        they are added, then times the column scales."""
+        x = self.as_type(a, DType.f32, f"{h}.x")  # the scales in f32
         if a.type.rank == 1:
             x = self.op("graph.reshape", x, hint=f"{h}.x_row", shape=(1,) + a.type.shape)
-        q1, s1 = self._quantize_rows(x, f"{h}.x")
-        first = self.op("graph.mul", self.op("graph.cast", q1, hint=f"{h}.x_part", to=DType.f32), s1,
-                        hint=f"{h}.x_first")
-        q2, s2 = self._quantize_rows(self.op("graph.sub", x, first, hint=f"{h}.x_residual"), f"{h}.r")
+        q1, q2, s1, s2 = self._two_parts(x, f"{h}.x")
         stacked = self.op("graph.concat", q1, q2, hint=f"{h}.x_parts", axis=x.type.rank - 2)
         y = self.b.op("graph.matmul", stacked, w.q, names=(f"{h}.i32",), accumulate=DType.i32, **attrs)
         y = self.op("graph.cast", y, hint=f"{h}.f32", to=DType.f32)
@@ -370,19 +367,27 @@ class _Rewriter:
             y = self.op("graph.reshape", y, hint=f"{h}.vector", shape=y.type.shape[:-2] + y.type.shape[-1:])
         return y
 
-    def _quantize_rows(self, x: Value, h: str) -> tuple[Value, Value]:
-        """Per-token dynamic symmetric int8 on the VXM: (round(x * 127 / m) as int8, the scale m / 127), m the
-        row's max |x| (at least 127 x the least normal f32: a row of zeros stays zeros, and 127 / m is finite).
-        One division per row, a multiply per element."""
-        q127 = self.const(127.0, DType.f32, "int8_max")
+    def _two_parts(self, x: Value, h: str) -> tuple[Value, Value, Value, Value]:
+        """Per-token dynamic symmetric int8 on the VXM, in two parts: x ~ s1 * q1 + s2 * q2. With m the row's
+        max |x| (at least 127 x the least normal f32: a row of zeros stays zeros, and 127 / m is finite) and
+        t = x * 127 / m: q1 = round(t), s1 = m / 127, and the residual |t - q1| <= 1/2 quantized again,
+        q2 = round((t - q1) * 254), s2 = s1 / 254 (both parts in -127..127: about 15 significant bits of x where
+        q1 alone has 7). One division per row for the scale, a few multiplies per element, no second reduce."""
+        q127, q254 = self.const(127.0, DType.f32, "int8_max"), self.const(254.0, DType.f32, "int8_residual")
         amax = self.op("graph.reduce_max", self.op("graph.abs", x, hint=f"{h}_abs"), hint=f"{h}_max0",
                        axes=(-1,), keepdims=True)
         amax = self.op("graph.max", amax, self.const(127 * np.finfo(np.float32).tiny, DType.f32, "int8_least_max"),
                        hint=f"{h}_max")
         inverse = self.op("graph.div", q127, amax, hint=f"{h}_inverse_scale")
-        r = self.op("graph.round", self.op("graph.mul", x, inverse, hint=f"{h}_scaled_in"), hint=f"{h}_rounded")
-        return self.op("graph.cast", r, hint=f"{h}_i8", to=DType.i8), \
-            self.op("graph.div", amax, q127, hint=f"{h}_scale")
+        t = self.op("graph.mul", x, inverse, hint=f"{h}_scaled_in")
+        r1 = self.op("graph.round", t, hint=f"{h}_rounded")
+        residual = self.op("graph.mul", self.op("graph.sub", t, r1, hint=f"{h}_residual"), q254,
+                           hint=f"{h}_residual_scaled")
+        r2 = self.op("graph.round", residual, hint=f"{h}_residual_rounded")
+        s1 = self.op("graph.div", amax, q127, hint=f"{h}_scale")
+        return self.op("graph.cast", r1, hint=f"{h}_i8", to=DType.i8), \
+            self.op("graph.cast", r2, hint=f"{h}_residual_i8", to=DType.i8), \
+            s1, self.op("graph.div", s1, q254, hint=f"{h}_residual_scale")
 
 
 __all__ = ["DEFAULT_PRECISION", "PRECISIONS", "TOLERANCE", "Precision", "Stored", "at_precision", "check_precision"]
