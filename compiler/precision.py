@@ -110,7 +110,7 @@ class _Weight:
     q: Value
     scale: Value | None
     axis: int | None  # None: the axis was gathered away (the scales broadcast)
-    rows: bool = False  # a table's scales: per group of ROW_GROUP values of a row, [groups, rows...] (only gathers keep them)
+    rows: bool = False  # a table's scales, per ROW_GROUP values of a row: [groups, rows...] (only gathers keep them)
 
 
 def row_groups(width: int) -> int:
