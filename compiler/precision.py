@@ -13,11 +13,11 @@ stores and computes:
 - `int8`: weights are quantized symmetrically per output channel (ir.evaluator.quantize_symmetric: int8
   values, f32 scales kept beside them: one per output channel, over the axis that reaches the matmul as its
   contraction axis K). A matmul by such a weight quantizes its activation per token on the VXM, in two int8
-  parts (x ~ s1 * q1 + s2 * q2, computed at run time, the chip's static alternative to calibration: with
-  t = x * 127 / max|x| per row, q1 = round(t), s1 = max|x| / 127, and the rounding residual quantized again,
-  q2 = round((t - q1) * 254), s2 = s1 / 254: about 15 significant bits where one part has 7). Both parts
-  stream through the installed weight as one int8 x int8 pass of twice the rows, with int32 accumulation;
-  the VXM dequantizes each half (f32(sum) x its row scale), adds them and multiplies by the column scale.
+  parts (x ~ s1 * (q1 + q2 / 254), computed at run time, the chip's static alternative to calibration:
+  with t = x * 127 / max|x| per row, q1 = round(t), s1 = max|x| / 127, and the rounding residual quantized
+  again, q2 = round((t - q1) * 254): about 15 significant bits where one part has 7). Both parts stream
+  through the installed weight as one int8 x int8 pass of twice the rows, with int32 accumulation; the VXM
+  dequantizes: (f32(sum1) + f32(sum2) / 254) x the row scale s1 x the column scale.
   docs/design.md, "Precision", says why (measured: one part's rounding cost as much as the weights' own).
   Matmuls of two activations (attention's scores and context) run at fp16, as deployed int8 models keep
   them. A table only gathered (an embedding) has a scale per group of ROW_GROUP values of each row instead
@@ -180,7 +180,7 @@ class _Rewriter:
         self.b = Builder()
         self.env: dict[str, Value] = {}        # old value -> new (materialized, f32 as before)
         self.weights: dict[str, _Weight] = {}  # old value -> its stored form, not yet materialized
-        self.consts: dict[tuple, Value] = {}   # (value, dtype) -> a constant the inserted ops share
+        self.consts: dict[tuple, Value] = {}   # (shape, bytes, dtype) -> a constant the inserted ops share
         self.chip: dict = {}                   # placement of the op being rewritten (inserted ops take it)
         self.stored: set[str] = set()          # new constants holding weights (values and scales)
         self.types = {op.result.name: op.result.type for op in module.ops if op.name == "graph.constant"}
@@ -242,10 +242,11 @@ class _Rewriter:
     def op(self, name: str, *operands: Value, hint: str, **attrs) -> Value:
         return self.b.op(name, *operands, names=(hint,), **self.chip, **attrs)
 
-    def const(self, value: float, dtype: DType, hint: str) -> Value:
-        key = (float(value), dtype)
+    def const(self, value, dtype: DType, hint: str) -> Value:
+        array = np.asarray(value, dtype.numpy)
+        key = (array.shape, array.tobytes(), dtype)
         if key not in self.consts:
-            self.consts[key] = self.b.constant(np.asarray(value, dtype.numpy), dtype, name=hint)
+            self.consts[key] = self.b.constant(array, dtype, name=hint)
         return self.consts[key]
 
     def _copy(self, op: Op) -> None:
@@ -348,31 +349,32 @@ class _Rewriter:
 
     def _int8_matmul(self, a: Value, w: _Weight, h: str, attrs: dict) -> Value:
         """x @ w on the int8 MXM, x in two int8 parts (`_two_parts`) stacked as rows, so the installed weight
-        streams both in one pass ([q1; q2] @ w_q, int32 sums); each half is dequantized by its row scales and
-        they are added, then times the column scales."""
+        streams both in one pass ([q1; q2] @ w_q, int32 sums). The sums, viewed as [2, rows, N] (no data moves),
+        are weighed 1 and 1/254 and added (sum1 + sum2 / 254, the parts' step ratio), then times the row
+        scale s1 and the column scales."""
         x = self.as_type(a, DType.f32, f"{h}.x")  # the scales in f32
         if a.type.rank == 1:
             x = self.op("graph.reshape", x, hint=f"{h}.x_row", shape=(1,) + a.type.shape)
-        q1, q2, s1, s2 = self._two_parts(x, f"{h}.x")
+        q1, q2, s1 = self._two_parts(x, f"{h}.x")
         stacked = self.op("graph.concat", q1, q2, hint=f"{h}.x_parts", axis=x.type.rank - 2)
         y = self.b.op("graph.matmul", stacked, w.q, names=(f"{h}.i32",), accumulate=DType.i32, **attrs)
         y = self.op("graph.cast", y, hint=f"{h}.f32", to=DType.f32)
         m = x.type.shape[-2]
-        y1, y2 = self.b.op("graph.split", y, names=(f"{h}.first", f"{h}.second"), axis=y.type.rank - 2,
-                           sizes=(m, m), **self.chip)
-        y = self.op("graph.add", self.op("graph.mul", y1, s1, hint=f"{h}.first_scaled"),
-                    self.op("graph.mul", y2, s2, hint=f"{h}.second_scaled"), hint=f"{h}.x_scaled")
-        y = self.op("graph.mul", y, w.scale, hint=h)
+        y = self.op("graph.reshape", y, hint=f"{h}.parts", shape=y.type.shape[:-2] + (2, m, y.type.shape[-1]))
+        part_steps = self.const(np.array([1, 1 / 254]).reshape(2, 1, 1), DType.f32, "int8_part_steps")
+        y = self.op("graph.mul", y, part_steps, hint=f"{h}.parts_weighed")
+        y = self.op("graph.reduce_sum", y, hint=f"{h}.parts_added", axes=(-3,), keepdims=False)
+        y = self.op("graph.mul", self.op("graph.mul", y, s1, hint=f"{h}.x_scaled"), w.scale, hint=h)
         if a.type.rank == 1:
             y = self.op("graph.reshape", y, hint=f"{h}.vector", shape=y.type.shape[:-2] + y.type.shape[-1:])
         return y
 
-    def _two_parts(self, x: Value, h: str) -> tuple[Value, Value, Value, Value]:
-        """Per-token dynamic symmetric int8 on the VXM, in two parts: x ~ s1 * q1 + s2 * q2. With m the row's
+    def _two_parts(self, x: Value, h: str) -> tuple[Value, Value, Value]:
+        """Per-token dynamic symmetric int8 on the VXM, in two parts: x ~ s1 * (q1 + q2 / 254). With m the row's
         max |x| (at least 127 x the least normal f32: a row of zeros stays zeros, and 127 / m is finite) and
         t = x * 127 / m: q1 = round(t), s1 = m / 127, and the residual |t - q1| <= 1/2 quantized again,
-        q2 = round((t - q1) * 254), s2 = s1 / 254 (both parts in -127..127: about 15 significant bits of x where
-        q1 alone has 7). One division per row for the scale, a few multiplies per element, no second reduce."""
+        q2 = round((t - q1) * 254) (both parts in -127..127: about 15 significant bits of x where q1 alone has
+        7). One division per row for the scale, a few multiplies per element, no second reduce."""
         q127, q254 = self.const(127.0, DType.f32, "int8_max"), self.const(254.0, DType.f32, "int8_residual")
         amax = self.op("graph.reduce_max", self.op("graph.abs", x, hint=f"{h}_abs"), hint=f"{h}_max0",
                        axes=(-1,), keepdims=True)
@@ -384,10 +386,9 @@ class _Rewriter:
         residual = self.op("graph.mul", self.op("graph.sub", t, r1, hint=f"{h}_residual"), q254,
                            hint=f"{h}_residual_scaled")
         r2 = self.op("graph.round", residual, hint=f"{h}_residual_rounded")
-        s1 = self.op("graph.div", amax, q127, hint=f"{h}_scale")
         return self.op("graph.cast", r1, hint=f"{h}_i8", to=DType.i8), \
             self.op("graph.cast", r2, hint=f"{h}_residual_i8", to=DType.i8), \
-            s1, self.op("graph.div", s1, q254, hint=f"{h}_residual_scale")
+            self.op("graph.div", amax, q127, hint=f"{h}_scale")
 
 
 __all__ = ["DEFAULT_PRECISION", "PRECISIONS", "TOLERANCE", "Precision", "Stored", "at_precision", "check_precision"]
