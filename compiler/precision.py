@@ -17,7 +17,7 @@ stores and computes:
   with t = x * 127 / max|x| per row, q1 = round(t), s1 = max|x| / 127, and the rounding residual quantized
   again, q2 = round((t - q1) * 254): about 15 significant bits where one part has 7). Both parts stream
   through the installed weight as one int8 x int8 pass of twice the rows, with int32 accumulation; the VXM
-  dequantizes: (f32(sum1) + f32(sum2) / 254) x the row scale s1 x the column scale.
+  dequantizes: f32(sum1) x s1 x column scale + f32(sum2) x s1 / 254 x column scale.
   docs/design.md, "Precision", says why (measured: one part's rounding cost as much as the weights' own).
   Matmuls of two activations (attention's scores and context) run at fp16, as deployed int8 models keep
   them. A table only gathered (an embedding) has a scale per group of ROW_GROUP values of each row instead
@@ -350,8 +350,8 @@ class _Rewriter:
     def _int8_matmul(self, a: Value, w: _Weight, h: str, attrs: dict) -> Value:
         """x @ w on the int8 MXM, x in two int8 parts (`_two_parts`) stacked as rows, so the installed weight
         streams both in one pass ([q1; q2] @ w_q, int32 sums). The sums, viewed as [2, rows, N] (no data moves),
-        are weighed 1 and 1/254 and added (sum1 + sum2 / 254, the parts' step ratio), then times the row
-        scale s1 and the column scales."""
+        are dequantized by one multiply, by [1, 1/254] (the parts' steps) x row scale x column scale (computed
+        while the MXM works), and added over the parts."""
         x = self.as_type(a, DType.f32, f"{h}.x")  # the scales in f32
         if a.type.rank == 1:
             x = self.op("graph.reshape", x, hint=f"{h}.x_row", shape=(1,) + a.type.shape)
@@ -359,12 +359,15 @@ class _Rewriter:
         stacked = self.op("graph.concat", q1, q2, hint=f"{h}.x_parts", axis=x.type.rank - 2)
         y = self.b.op("graph.matmul", stacked, w.q, names=(f"{h}.i32",), accumulate=DType.i32, **attrs)
         y = self.op("graph.cast", y, hint=f"{h}.f32", to=DType.f32)
-        m = x.type.shape[-2]
+        m, col = x.type.shape[-2], w.scale.type.shape
         y = self.op("graph.reshape", y, hint=f"{h}.parts", shape=y.type.shape[:-2] + (2, m, y.type.shape[-1]))
-        part_steps = self.const(np.array([1, 1 / 254]).reshape(2, 1, 1), DType.f32, "int8_part_steps")
-        y = self.op("graph.mul", y, part_steps, hint=f"{h}.parts_weighed")
-        y = self.op("graph.reduce_sum", y, hint=f"{h}.parts_added", axes=(-3,), keepdims=False)
-        y = self.op("graph.mul", self.op("graph.mul", y, s1, hint=f"{h}.x_scaled"), w.scale, hint=h)
+        steps = self.const(np.array([1, 1 / 254]).reshape(2, 1, 1), DType.f32, "int8_part_steps")
+        rows = self.op("graph.mul", steps, self.op("graph.reshape", s1, hint=f"{h}.x_scale_parts",
+                                                   shape=s1.type.shape[:-2] + (1, m, 1)), hint=f"{h}.row_scales")
+        scales = self.op("graph.mul", rows, self.op("graph.reshape", w.scale, hint=f"{h}.w_scale_parts",
+                                                    shape=col[:-2] + (1,) + col[-2:]), hint=f"{h}.scales")
+        y = self.op("graph.reduce_sum", self.op("graph.mul", y, scales, hint=f"{h}.parts_dequantized"), hint=h,
+                    axes=(-3,), keepdims=False)
         if a.type.rank == 1:
             y = self.op("graph.reshape", y, hint=f"{h}.vector", shape=y.type.shape[:-2] + y.type.shape[-1:])
         return y
