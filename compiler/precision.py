@@ -113,7 +113,7 @@ class _Weight:
     rows: bool = False  # a table's scales, per ROW_GROUP values of a row: [groups, rows...] (only gathers keep them)
 
 
-def row_groups(width: int) -> int:
+def _row_groups(width: int) -> int:
     """How many scales a table row of `width` values gets: one per ROW_GROUP values, or one per row where
     ROW_GROUP does not divide it."""
     return width // ROW_GROUP if width % ROW_GROUP == 0 else 1
@@ -121,13 +121,13 @@ def row_groups(width: int) -> int:
 
 def _lazy(t: Tensor, dtype: DType, axis: int, part: int, rows: bool = False) -> Tensor:
     """Part `part` of `_quantized(t)` (0: the values, 1: the scales; f16: the values cast), lazily. A
-    table's scales (`rows`; axis: the last) are [row_groups, rows...]: the rows along the lanes, compact in SRAM."""
+    table's scales (`rows`; axis: the last) are [groups, rows...]: the rows along the lanes, compact in SRAM."""
     if dtype is DType.f16:
         shape, load = t.type.shape, (lambda: cast(t.array, DType.f16))
     elif part == 0:
         shape, load = t.type.shape, (lambda: _quantized(t, dtype, axis, rows)[0])
     else:
-        shape = (row_groups(t.type.shape[-1]),) + t.type.shape[:-1] if rows else \
+        shape = (_row_groups(t.type.shape[-1]),) + t.type.shape[:-1] if rows else \
             tuple(1 if i == axis else d for i, d in enumerate(t.type.shape))
         load = lambda: _quantized(t, dtype, axis, rows)[1]  # noqa: E731
     scheme = "" if dtype is DType.f16 else f"-rows{ROW_GROUP}" if rows else f"-axis{axis}"
@@ -138,11 +138,11 @@ def _lazy(t: Tensor, dtype: DType, axis: int, part: int, rows: bool = False) -> 
 @lru_cache(maxsize=4)  # a weight's values and scales are asked for one after the other
 def _quantized(t: Tensor, dtype: DType, axis: int, rows: bool) -> tuple[np.ndarray, np.ndarray]:
     """quantize_symmetric(t) over `axis`; a table's (`rows`) over each group of its rows' values, the scales
-    [row_groups, rows...]."""
+    [groups, rows...]."""
     if not rows:
         return quantize_symmetric(t.array, dtype, axis)
     shape = t.type.shape
-    groups = row_groups(shape[-1])
+    groups = _row_groups(shape[-1])
     q, scale = quantize_symmetric(t.array.reshape(shape[:-1] + (groups, shape[-1] // groups)), dtype, -1)
     return q.reshape(shape), np.ascontiguousarray(np.moveaxis(scale[..., 0], -1, 0))
 
