@@ -4,7 +4,7 @@ scheduled machine-level module and a frozen summary.
 The pipeline is a list of passes (compiler/passes.py), each followed by the
 verifier:
 
-    precision -> partition -> lower -> allocate -> schedule-cpsat | schedule-list
+    group-heads -> precision -> partition -> lower -> allocate -> schedule-cpsat | schedule-list
 
 The chip count defaults to the fewest chips whose SRAM holds the weights; the
 partition (compiler/partition.py) is the one asked for, or with `auto` the
@@ -30,6 +30,7 @@ from ..ir.topology import round_chips
 from ..ir.verifier import verify
 
 from .allocate import Allocate, DoesNotFit
+from .grouped_heads import GroupHeads
 from .lower import Lower
 from .partition import STRATEGIES, Partition, describe, layer_aligned_chips
 from .passes import DeadCodeElimination, Pass, Verify
@@ -38,8 +39,8 @@ from .schedule_cpsat import CpSatScheduler
 from .schedule_list import ListScheduler, ScheduleResult, Scheduler, apply_schedule
 from .templates import machine_blocks, template_schedule
 
-PASSES: dict[str, type[Pass]] = {p.name: p for p in (Verify, DeadCodeElimination, Precision, Partition, Lower,
-                                                      Allocate, ListScheduler, CpSatScheduler)}
+PASSES: dict[str, type[Pass]] = {p.name: p for p in (Verify, DeadCodeElimination, GroupHeads, Precision, Partition,
+                                                      Lower, Allocate, ListScheduler, CpSatScheduler)}
 SCHEDULERS: dict[str, type[Scheduler]] = {"list": ListScheduler, "cpsat": CpSatScheduler}  # --scheduler NAME
 
 
@@ -223,9 +224,10 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
     if options.partition not in STRATEGIES:
         raise LpucError(f"unknown partition {options.partition!r} (choose from {', '.join(STRATEGIES)})")
     check_precision(options.precision, machine)
-    # Precision first: the weights' storage type decides the SRAM they take, hence the default chip count.
+    # Precision first (after grouping heads, which drops the copies it would convert): the weights' storage
+    # type decides the SRAM they take, hence the default chip count.
     graph_module, plans = run_passes(graph_module, Target(machine, graph_module.attrs.get("chips", 1)),
-                                     (Precision(options.precision),), progress)
+                                     (GroupHeads(), Precision(options.precision)), progress)
     stored = plans[Precision.name][1]
     if "chips" in graph_module.attrs:  # partitioned already
         chips = graph_module.attrs["chips"]

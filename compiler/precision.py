@@ -12,13 +12,17 @@ stores and computes:
   (`graph.matmul accumulate=f32`), its result cast back to the model's type.
 - `int8`: weights are quantized symmetrically per output channel (ir.evaluator.quantize_symmetric: int8
   values, f32 scales kept beside them: one per output channel, over the axis that reaches the matmul as its
-  contraction axis K). A matmul by such a weight quantizes its activation per token on the VXM (each row:
-  scale = max|x| / 127, x_q = round(x * 127 / max|x|), computed at run time: the chip's static alternative
-  to calibration; docs/design.md, "Precision", says why), multiplies int8 x int8 with int32 accumulation, and
-  dequantizes on the VXM (f32(sum) x row scale x column scale). Matmuls of two activations (attention's
-  scores and context) run at fp16, as deployed int8 models keep them. A table only gathered (an embedding)
-  has a scale per row instead (each token's own range; stored as a vector): a gathered row is its int8
-  values times its scale.
+  contraction axis K). A matmul by such a weight quantizes its activation per token on the VXM, in two int8
+  parts (x ~ s1 * (q1 + q2 / 254), computed at run time, the chip's static alternative to calibration:
+  with t = x * 127 / max|x| per row, q1 = round(t), s1 = max|x| / 127, and the rounding residual quantized
+  again, q2 = round((t - q1) * 254): about 15 significant bits where one part has 7). Both parts stream
+  through the installed weight as one int8 x int8 pass of twice the rows, with int32 accumulation; the VXM
+  dequantizes: f32(sum1) x s1 x column scale + f32(sum2) x s1 / 254 x column scale.
+  docs/design.md, "Precision", says why (measured: one part's rounding cost as much as the weights' own).
+  Matmuls of two activations (attention's scores and context) run at fp16, as deployed int8 models keep
+  them. A table only gathered (an embedding) has a scale per group of ROW_GROUP values of each row instead
+  (stored [groups, rows], the rows along the lanes): a gathered row is its int8 values times its groups'
+  scales.
 - `fp8`: weights in f8e4m3fn with per-output-channel scales (max|w| / 448), activations fp16, fp32
   accumulation, the scales applied on the VXM; only on a machine whose MXM has an fp8 path
   (`mxm.fp8_rate` > 0; tsp-v1 has none).
@@ -51,6 +55,7 @@ DEFAULT_PRECISION = "fp16"  # the chip's float path
 # The max relative error against the fp32 outputs each precision is held to (tested on every sample); fp8
 # (e4m3: 3 significant bits) has no bound.
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 5e-2}
+ROW_GROUP = 32  # a table only gathered (an embedding) has a scale per group of this many values of each row
 WEIGHT_TYPE = {"fp16": DType.f16, "int8": DType.i8, "fp8": DType.f8e4m3fn}
 MODEL_FLOATS = (DType.f32, DType.f16, DType.bf16)  # the float types of models the pass rewrites
 
@@ -105,26 +110,41 @@ class _Weight:
     q: Value
     scale: Value | None
     axis: int | None  # None: the axis was gathered away (the scales broadcast)
-    rows: bool = False  # a table's row scales, stored without their last axis (only gathers keep them)
+    rows: bool = False  # a table's scales, per ROW_GROUP values of a row: [groups, rows...] (only gathers keep them)
+
+
+def _row_groups(width: int) -> int:
+    """How many scales a table row of `width` values gets: one per ROW_GROUP values, or one per row where
+    ROW_GROUP does not divide it."""
+    return width // ROW_GROUP if width % ROW_GROUP == 0 else 1
 
 
 def _lazy(t: Tensor, dtype: DType, axis: int, part: int, rows: bool = False) -> Tensor:
-    """Part `part` of quantize_symmetric(t) (0: the values, 1: the scales; f16: the values cast), lazily. A
-    table's row scales (`rows`; axis: the last) are stored without their last axis of 1: compact in SRAM."""
+    """Part `part` of `_quantized(t)` (0: the values, 1: the scales; f16: the values cast), lazily. A
+    table's scales (`rows`; axis: the last) are [groups, rows...]: the rows along the lanes, compact in SRAM."""
     if dtype is DType.f16:
         shape, load = t.type.shape, (lambda: cast(t.array, DType.f16))
     elif part == 0:
-        shape, load = t.type.shape, (lambda: _quantized(t, dtype, axis)[0])
+        shape, load = t.type.shape, (lambda: _quantized(t, dtype, axis, rows)[0])
     else:
-        shape = t.type.shape[:-1] if rows else tuple(1 if i == axis else d for i, d in enumerate(t.type.shape))
-        load = (lambda: _quantized(t, dtype, axis)[1][..., 0]) if rows else (lambda: _quantized(t, dtype, axis)[1])
-    key = f"{t.key}:{dtype.value}" + (f"-axis{axis}" if dtype is not DType.f16 else "") + ("-scale" if part else "")
+        shape = (_row_groups(t.type.shape[-1]),) + t.type.shape[:-1] if rows else \
+            tuple(1 if i == axis else d for i, d in enumerate(t.type.shape))
+        load = lambda: _quantized(t, dtype, axis, rows)[1]  # noqa: E731
+    scheme = "" if dtype is DType.f16 else f"-rows{ROW_GROUP}" if rows else f"-axis{axis}"
+    key = f"{t.key}:{dtype.value}{scheme}" + ("-scale" if part else "")
     return Tensor(TensorType(shape, dtype if part == 0 else DType.f32), key, loader=None if t.loader is None else load)
 
 
 @lru_cache(maxsize=4)  # a weight's values and scales are asked for one after the other
-def _quantized(t: Tensor, dtype: DType, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    return quantize_symmetric(t.array, dtype, axis)
+def _quantized(t: Tensor, dtype: DType, axis: int, rows: bool) -> tuple[np.ndarray, np.ndarray]:
+    """quantize_symmetric(t) over `axis`; a table's (`rows`) over each group of its rows' values, the scales
+    [groups, rows...]."""
+    if not rows:
+        return quantize_symmetric(t.array, dtype, axis)
+    shape = t.type.shape
+    groups = _row_groups(shape[-1])
+    q, scale = quantize_symmetric(t.array.reshape(shape[:-1] + (groups, shape[-1] // groups)), dtype, -1)
+    return q.reshape(shape), np.ascontiguousarray(np.moveaxis(scale[..., 0], -1, 0))
 
 
 def at_precision(module: Module, precision: str) -> Module:
@@ -160,7 +180,7 @@ class _Rewriter:
         self.b = Builder()
         self.env: dict[str, Value] = {}        # old value -> new (materialized, f32 as before)
         self.weights: dict[str, _Weight] = {}  # old value -> its stored form, not yet materialized
-        self.consts: dict[tuple, Value] = {}   # (value, dtype) -> a constant the inserted ops share
+        self.consts: dict[tuple, Value] = {}   # (shape, bytes, dtype) -> a constant the inserted ops share
         self.chip: dict = {}                   # placement of the op being rewritten (inserted ops take it)
         self.stored: set[str] = set()          # new constants holding weights (values and scales)
         self.types = {op.result.name: op.result.type for op in module.ops if op.name == "graph.constant"}
@@ -222,10 +242,11 @@ class _Rewriter:
     def op(self, name: str, *operands: Value, hint: str, **attrs) -> Value:
         return self.b.op(name, *operands, names=(hint,), **self.chip, **attrs)
 
-    def const(self, value: float, dtype: DType, hint: str) -> Value:
-        key = (float(value), dtype)
+    def const(self, value, dtype: DType, hint: str) -> Value:
+        array = np.asarray(value, dtype.numpy)
+        key = (array.shape, array.tobytes(), dtype)
         if key not in self.consts:
-            self.consts[key] = self.b.constant(np.asarray(value, dtype.numpy), dtype, name=hint)
+            self.consts[key] = self.b.constant(array, dtype, name=hint)
         return self.consts[key]
 
     def _copy(self, op: Op) -> None:
@@ -240,17 +261,19 @@ class _Rewriter:
         if v.name not in self.env:
             w, h = self.weights[v.name], v.name
             x = w.q
-            if w.scale is not None:
-                x = self.op("graph.mul", self.op("graph.cast", x, hint=f"{h}.f32", to=DType.f32),
-                            self._broadcast_scale(w, h), hint=f"{h}.dequantized")
+            if w.rows:  # a table's rows: each group of values times its scale
+                shape, groups, rank = x.type.shape, w.scale.type.shape[0], w.scale.type.rank
+                grouped = self.op("graph.reshape", self.op("graph.cast", x, hint=f"{h}.f32", to=DType.f32),
+                                  hint=f"{h}.groups", shape=shape[:-1] + (groups, shape[-1] // groups))
+                scale = self.op("graph.transpose", w.scale, hint=f"{h}.row_scale", perm=tuple(range(1, rank)) + (0,))
+                scale = self.op("graph.reshape", scale, hint=f"{h}.group_scale", shape=shape[:-1] + (groups, 1))
+                x = self.op("graph.reshape", self.op("graph.mul", grouped, scale, hint=f"{h}.groups_dequantized"),
+                            hint=f"{h}.dequantized", shape=shape)
+            elif w.scale is not None:
+                x = self.op("graph.mul", self.op("graph.cast", x, hint=f"{h}.f32", to=DType.f32), w.scale,
+                            hint=f"{h}.dequantized")
             self.env[v.name] = self.as_type(x, v.type.dtype, h)
         return self.env[v.name]
-
-    def _broadcast_scale(self, w: _Weight, h: str) -> Value:
-        """The scales shaped to multiply the values: row scales (stored without their last axis) get it back."""
-        if not w.rows:
-            return w.scale
-        return self.op("graph.reshape", w.scale, hint=f"{h}.row_scale", shape=w.scale.type.shape + (1,))
 
     def as_type(self, x: Value, dtype: DType, h: str) -> Value:
         return x if x.type.dtype is dtype else self.op("graph.cast", x, hint=f"{h}.{dtype.value}", to=dtype)
@@ -264,11 +287,11 @@ class _Rewriter:
             self._copy(op)
             self.stored.add(self.env[h].name)
             return _Weight(self.env.pop(h), None, axis)
-        q = self.b.op("graph.constant", names=(f"{h}.{dtype.value}",), value=_lazy(t, dtype, axis, 0))
+        rows = h in self.rows
+        q = self.b.op("graph.constant", names=(f"{h}.{dtype.value}",), value=_lazy(t, dtype, axis, 0, rows))
         self.stored.add(q.name)
         if dtype is DType.f16:
             return _Weight(q, None, axis)
-        rows = h in self.rows
         scale = self.b.op("graph.constant", names=(f"{h}.scale",), value=_lazy(t, dtype, axis, 1, rows))
         self.stored.add(scale.name)
         return _Weight(q, scale, axis, rows)
@@ -291,6 +314,9 @@ class _Rewriter:
             shape = tuple(1 if a is None or a == w.axis else w.scale.type.shape[a] for a in moved)
             scale = w.scale if shape == w.scale.type.shape else \
                 self.op("graph.reshape", w.scale, hint=f"{h}.scale", shape=shape)
+        elif w.rows:  # a table's scales [groups, rows...]: its rows one axis on
+            scale = self.op(op.name, w.scale, *rest, hint=f"{h}.scale",
+                            **{**attrs, "axis": attrs.get("axis", 0) % w.q.type.rank + 1})
         else:
             scale = self.op(op.name, w.scale, *rest, hint=f"{h}.scale", **attrs)
         self.weights[op.result.name] = _Weight(q, scale, axis, w.rows)
@@ -308,39 +334,64 @@ class _Rewriter:
         if w is not None and w.scale is not None and w.axis != w.q.type.rank - 2:
             w = None  # scales not per output column (cannot move past the sum): the weight dequantized
         if w is not None and self.precision == "int8":
-            xq, sx = self._quantize_rows(a, h)
-            y = self.b.op("graph.matmul", xq, w.q, names=(f"{h}.i32",), accumulate=DType.i32, **attrs)
-            y = self.op("graph.cast", y, hint=f"{h}.f32", to=DType.f32)
-            if op.operands[0].type.rank == 1:  # the row scale of a vector is a scalar
-                sx = self.op("graph.reshape", sx, hint=f"{h}.x_scale1", shape=())
-            y = self.op("graph.mul", y, sx, hint=f"{h}.x_scaled")
-        else:  # fp16, fp8, and int8's activation x activation matmuls
-            b = w.q if w is not None else self.as_type(self.value(op.operands[1]), DType.f16, f"{h}.b")
-            a16 = self.as_type(a, DType.f16, f"{h}.a")
-            y = self.b.op("graph.matmul", a16, b, names=(h if w is None or w.scale is None else f"{h}.acc",),
-                          accumulate=DType.f32, **attrs)
+            return self.as_type(self._int8_matmul(a, w, h, attrs), op.result.type.dtype, h)
+        # fp16, fp8, and int8's activation x activation matmuls
+        b = w.q if w is not None else self.as_type(self.value(op.operands[1]), DType.f16, f"{h}.b")
+        y = self.b.op("graph.matmul", self.as_type(a, DType.f16, f"{h}.a"), b,
+                      names=(h if w is None or w.scale is None else f"{h}.acc",), accumulate=DType.f32, **attrs)
         if w is not None and w.scale is not None:
             scale = w.scale
-            if op.operands[0].type.rank == 1:  # a vector times the weight: no row axis
+            if a.type.rank == 1:  # a vector times the weight: no row axis
                 s = scale.type.shape
                 scale = self.op("graph.reshape", scale, hint=f"{h}.w_scale", shape=s[:-2] + s[-1:])
             y = self.op("graph.mul", y, scale, hint=h)
         return self.as_type(y, op.result.type.dtype, h)
 
-    def _quantize_rows(self, x: Value, h: str) -> tuple[Value, Value]:
-        """Per-token dynamic symmetric int8 on the VXM: (round(x * 127 / m) as int8, the scale m / 127), m the
-        row's max |x| (at least 127 x the least normal f32: a row of zeros stays zeros, and 127 / m is finite).
-        One division per row, a multiply per element."""
-        x = self.as_type(x, DType.f32, f"{h}.x")  # the scales in f32
-        q127 = self.const(127.0, DType.f32, "int8_max")
-        amax = self.op("graph.reduce_max", self.op("graph.abs", x, hint=f"{h}.x_abs"), hint=f"{h}.x_max0",
+    def _int8_matmul(self, a: Value, w: _Weight, h: str, attrs: dict) -> Value:
+        """x @ w on the int8 MXM, x in two int8 parts (`_two_parts`) stacked as rows, so the installed weight
+        streams both in one pass ([q1; q2] @ w_q, int32 sums). The sums, viewed as [2, rows, N] (no data moves),
+        are dequantized by one multiply, by [1, 1/254] (the parts' steps) x row scale x column scale (computed
+        while the MXM works), and added over the parts."""
+        x = self.as_type(a, DType.f32, f"{h}.x")  # the scales in f32
+        if a.type.rank == 1:
+            x = self.op("graph.reshape", x, hint=f"{h}.x_row", shape=(1,) + a.type.shape)
+        q1, q2, s1 = self._two_parts(x, f"{h}.x")
+        stacked = self.op("graph.concat", q1, q2, hint=f"{h}.x_parts", axis=x.type.rank - 2)
+        y = self.b.op("graph.matmul", stacked, w.q, names=(f"{h}.i32",), accumulate=DType.i32, **attrs)
+        y = self.op("graph.cast", y, hint=f"{h}.f32", to=DType.f32)
+        m, col = x.type.shape[-2], w.scale.type.shape
+        y = self.op("graph.reshape", y, hint=f"{h}.parts", shape=y.type.shape[:-2] + (2, m, y.type.shape[-1]))
+        steps = self.const(np.array([1, 1 / 254]).reshape(2, 1, 1), DType.f32, "int8_part_steps")
+        rows = self.op("graph.mul", steps, self.op("graph.reshape", s1, hint=f"{h}.x_scale_parts",
+                                                   shape=s1.type.shape[:-2] + (1, m, 1)), hint=f"{h}.row_scales")
+        scales = self.op("graph.mul", rows, self.op("graph.reshape", w.scale, hint=f"{h}.w_scale_parts",
+                                                    shape=col[:-2] + (1,) + col[-2:]), hint=f"{h}.scales")
+        y = self.op("graph.reduce_sum", self.op("graph.mul", y, scales, hint=f"{h}.parts_dequantized"), hint=h,
+                    axes=(-3,), keepdims=False)
+        if a.type.rank == 1:
+            y = self.op("graph.reshape", y, hint=f"{h}.vector", shape=y.type.shape[:-2] + y.type.shape[-1:])
+        return y
+
+    def _two_parts(self, x: Value, h: str) -> tuple[Value, Value, Value]:
+        """Per-token dynamic symmetric int8 on the VXM, in two parts: x ~ s1 * (q1 + q2 / 254). With m the row's
+        max |x| (at least 127 x the least normal f32: a row of zeros stays zeros, and 127 / m is finite) and
+        t = x * 127 / m: q1 = round(t), s1 = m / 127, and the residual |t - q1| <= 1/2 quantized again,
+        q2 = round((t - q1) * 254) (both parts in -127..127: about 15 significant bits of x where q1 alone has
+        7). One division per row for the scale, a few multiplies per element, no second reduce."""
+        q127, q254 = self.const(127.0, DType.f32, "int8_max"), self.const(254.0, DType.f32, "int8_residual")
+        amax = self.op("graph.reduce_max", self.op("graph.abs", x, hint=f"{h}_abs"), hint=f"{h}_max0",
                        axes=(-1,), keepdims=True)
         amax = self.op("graph.max", amax, self.const(127 * np.finfo(np.float32).tiny, DType.f32, "int8_least_max"),
-                       hint=f"{h}.x_max")
-        inverse = self.op("graph.div", q127, amax, hint=f"{h}.x_inverse_scale")
-        r = self.op("graph.round", self.op("graph.mul", x, inverse, hint=f"{h}.x_scaled_in"), hint=f"{h}.x_rounded")
-        return self.op("graph.cast", r, hint=f"{h}.x_i8", to=DType.i8), \
-            self.op("graph.div", amax, q127, hint=f"{h}.x_scale")
+                       hint=f"{h}_max")
+        inverse = self.op("graph.div", q127, amax, hint=f"{h}_inverse_scale")
+        t = self.op("graph.mul", x, inverse, hint=f"{h}_scaled_in")
+        r1 = self.op("graph.round", t, hint=f"{h}_rounded")
+        residual = self.op("graph.mul", self.op("graph.sub", t, r1, hint=f"{h}_residual"), q254,
+                           hint=f"{h}_residual_scaled")
+        r2 = self.op("graph.round", residual, hint=f"{h}_residual_rounded")
+        return self.op("graph.cast", r1, hint=f"{h}_i8", to=DType.i8), \
+            self.op("graph.cast", r2, hint=f"{h}_residual_i8", to=DType.i8), \
+            self.op("graph.div", amax, q127, hint=f"{h}_scale")
 
 
 __all__ = ["DEFAULT_PRECISION", "PRECISIONS", "TOLERANCE", "Precision", "Stored", "at_precision", "check_precision"]

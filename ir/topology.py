@@ -7,11 +7,18 @@ through `port`; the cable's other end is `peer(chip, port)`. A route is the
 tuple of ports taken, hop by hop, from the source chip.
 
   dragonfly  nodes of `chips_per_node` chips, fully connected by local ports
-             0..local_links-1; node n's global port q (chip q // global_links,
-             port local_links + q % global_links) goes to node (n + q + 1) mod
-             nodes, so every two nodes share one global cable (at most
-             chips_per_node * global_links + 1 nodes). Counts: 1..chips_per_node,
-             then whole nodes.
+             0..local_links-1. A node's G = chips_per_node * global_links global
+             ports: its q-th is chip q // global_links, port local_links +
+             q % global_links. Up to G + 1 nodes, every two nodes share one
+             global cable (node n's q-th port goes to node (n + q + 1) mod
+             nodes). Beyond, nodes form racks of `nodes_per_rack` as Groq's
+             system does (ISCA 2022): the nodes of a rack are fully connected,
+             P = G // 2 // (nodes_per_rack - 1) cables between every two of
+             them (tsp-v1: 2, on ports 0..15), and the remaining G - P *
+             (nodes_per_rack - 1) ports of every node join the racks, one
+             cable between every two racks (tsp-v1: 16 per node, 144 per rack,
+             so up to 145 racks: 10,440 chips). Counts: 1..chips_per_node,
+             whole nodes up to G + 1 of them, then whole racks.
   ring       port 0 to the next chip, port 1 to the previous one.
   torus2d    rows of `width` chips with wrap-around: ports 0 east, 1 west,
              2 south, 3 north. Counts: whole rows.
@@ -104,7 +111,10 @@ def supported_chips(machine: Machine, n: int) -> bool:
     if n == 1:
         return True
     if t.kind == "dragonfly":
-        return n <= t.chips_per_node or n % t.chips_per_node == 0
+        if n <= t.chips_per_node:
+            return True
+        nodes, whole = divmod(n, t.chips_per_node)
+        return whole == 0 and (nodes <= _node_ports(t) + 1 or nodes % t.nodes_per_rack == 0)
     if t.kind == "torus2d":
         return n % t.width == 0
     return True
@@ -112,11 +122,30 @@ def supported_chips(machine: Machine, n: int) -> bool:
 
 def most_chips(machine: Machine) -> int:
     """The largest chip count lpuc builds a network for: the machine's max_chips, and for a dragonfly the
-    nodes that one global cable between every two of them can join."""
+    racks that one cable between every two of them can join (the nodes that one global cable between every
+    two of them can join, when the machine has no racks)."""
     t = machine.topology
-    if t.kind == "dragonfly":
-        return min(t.max_chips, t.chips_per_node * (t.chips_per_node * t.global_links + 1))
-    return t.max_chips
+    if t.kind != "dragonfly":
+        return t.max_chips
+    racks = _rack_ports(t)
+    if racks is None:
+        return min(t.max_chips, t.chips_per_node * (_node_ports(t) + 1))
+    return min(t.max_chips, t.chips_per_node * t.nodes_per_rack * (t.nodes_per_rack * racks[1] + 1))
+
+
+def _node_ports(t) -> int:
+    """A dragonfly node's global ports."""
+    return t.chips_per_node * t.global_links
+
+
+def _rack_ports(t) -> tuple[int, int] | None:
+    """(cables between two nodes of a rack, ports per node to other racks); None when the machine has no
+    racks (nodes_per_rack < 2, or too few global ports to join a rack's nodes and the racks)."""
+    if t.nodes_per_rack < 2:
+        return None
+    pair = _node_ports(t) // 2 // (t.nodes_per_rack - 1)
+    outside = _node_ports(t) - pair * (t.nodes_per_rack - 1)
+    return (pair, outside) if pair > 0 and outside > 0 else None
 
 
 def round_chips(machine: Machine, n: int) -> int:
@@ -130,9 +159,12 @@ def round_chips(machine: Machine, n: int) -> int:
 def _limit(machine: Machine) -> str:
     t = machine.topology
     if most_chips(machine) < t.max_chips:
-        return (f"lpuc joins at most {most_chips(machine) // t.chips_per_node} {machine.name} dragonfly nodes "
-                f"({most_chips(machine)} chips, a global cable between every two nodes)")
-    return f"a {machine.name} {t.kind} has at most {t.max_chips}"
+        if _rack_ports(t) is None:
+            return (f"lpuc joins at most {most_chips(machine) // t.chips_per_node} {machine.name} dragonfly nodes "
+                    f"({most_chips(machine)} chips, a global cable between every two nodes)")
+        return (f"lpuc joins at most {most_chips(machine) // (t.chips_per_node * t.nodes_per_rack)} "
+                f"{machine.name} racks ({most_chips(machine)} chips, a cable between every two racks)")
+    return f"a {machine.name} {t.kind} has at most {t.max_chips} chips"
 
 
 def check_chips(machine: Machine, chips: int) -> None:
@@ -163,11 +195,21 @@ def network(machine: Machine, chips: int) -> Network:
                 for b in range(size):
                     if a != b:
                         cables[node * size + a, b if b < a else b - 1] = (node * size + b, a if a < b else a - 1)
-            for q in range(nodes - 1):
-                other = (node + q + 1) % nodes
-                back = (node - other - 1) % nodes
-                cables[node * size + q // t.global_links, t.local_links + q % t.global_links] = \
-                    (other * size + back // t.global_links, t.local_links + back % t.global_links)
+
+        def port(node: int, q: int) -> tuple[int, int]:  # a node's q-th global port
+            return node * size + q // t.global_links, t.local_links + q % t.global_links
+
+        if nodes <= _node_ports(t) + 1:
+            _join_all(cables, nodes, port)
+        else:  # racks of nodes_per_rack: nodes joined inside each rack, then the racks
+            rack = t.nodes_per_rack
+            pair, outside = _rack_ports(t)
+            for r in range(nodes // rack):
+                for m in range(pair):
+                    _join_all(cables, rack, lambda i, k, r=r, m=m: port(r * rack + i, k * pair + m))
+            inside = pair * (rack - 1)
+            _join_all(cables, nodes // rack,
+                      lambda r, g: port(r * rack + g // outside, inside + g % outside))
     elif t.kind == "ring":
         if chips > 1:
             if ports < 2:
@@ -191,7 +233,20 @@ def network(machine: Machine, chips: int) -> Network:
 def _sizes(machine: Machine) -> str:
     t = machine.topology
     if t.kind == "dragonfly":
-        return f"1 to {t.chips_per_node} chips, or whole nodes of {t.chips_per_node}"
+        nodes = f"1 to {t.chips_per_node} chips, or whole nodes of {t.chips_per_node}"
+        if _rack_ports(t) is None:
+            return nodes
+        return (f"{nodes} up to {t.chips_per_node * (_node_ports(t) + 1)}, "
+                f"then whole racks of {t.chips_per_node * t.nodes_per_rack}")
     if t.kind == "torus2d":
         return f"whole rows of {t.width} chips"
     return f"1 to {t.max_chips} chips"
+
+
+def _join_all(cables: dict, groups: int, end) -> None:
+    """One cable between every two of `groups` groups: group i's k-th end, `end(i, k)`, goes to group
+    (i + k + 1) mod groups (whose end back is its (i - j - 1) mod groups-th)."""
+    for i in range(groups):
+        for k in range(groups - 1):
+            j = (i + k + 1) % groups
+            cables[end(i, k)] = end(j, (i - j - 1) % groups)

@@ -99,8 +99,24 @@ def test_transfers_take_the_topology_route():
         assert net.peer(*net.peer(c, p)) == (c, p)
 
 
+def test_racks_join_beyond_33_nodes():
+    """576 chips are 8 racks of 9 nodes: 2 cables between every two nodes of a rack, one between every two
+    racks; every port cable answers back, and a route crosses at most 7 links (local, rack, local, between
+    racks, local, rack, local)."""
+    net = network(MACHINE, 576)
+    for c, p in net.links():
+        assert net.peer(*net.peer(c, p)) == (c, p)
+    node = lambda chip: chip // 8
+    between = lambda a, b: sum(1 for (c, p), (d, _) in net.cables.items() if node(c) == a and node(d) == b)
+    assert between(0, 1) == between(0, 8) == 2  # nodes of rack 0
+    racks = {(node(c) // 9, node(d) // 9) for (c, p), (d, _) in net.cables.items() if node(c) // 9 != node(d) // 9}
+    assert len(racks) == 8 * 7  # every ordered pair of racks, by exactly one cable each way
+    assert sum(1 for (c, p), (d, _) in net.cables.items() if node(c) // 9 == 0 and node(d) // 9 == 1) == 1
+    assert max(len(net.route(a, b)) for a in (0, 37) for b in range(576)) == 7
+
+
 @pytest.mark.parametrize("kind,extra,sizes,bad", [
-    ("dragonfly", {}, [1, 2, 5, 8, 16, 64], [9, 12]),
+    ("dragonfly", {}, [1, 2, 5, 8, 16, 64, 264, 288], [9, 12, 272, 300]),
     ("ring", {}, [1, 2, 3, 7], []),
     ("torus2d", {"width": 4}, [1, 4, 8, 12], [2, 6]),
 ])

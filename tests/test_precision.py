@@ -293,3 +293,36 @@ def test_a_partition_written_by_hand_at_int8_and_fp16(tmp_path):
         assert np.array_equal(outputs[name], e) and max_rel_error(e, reference[name]) <= BOUND["int8"], name
     with pytest.raises(LpucError, match="split = 'rows'.*its sums are f32"):
         compile_model(path, options=CompileOptions(scheduler="list", precision="fp16"))
+
+
+def test_int8_activations_in_two_parts_and_table_rows_in_groups():
+    """The int8 scheme's refinements on a small graph. A matmul by a weight that int8 holds exactly (so the
+    activations' rounding is the only error), by a matrix and by a vector: two int8 parts of the activations
+    keep it within 1e-4 of fp32 (one part, 7 significant bits, gives ~1e-2). An embedding table: each row
+    dequantizes per group of ROW_GROUP values (its own scale each), the scales stored [groups, rows]."""
+    from lpuc.compiler.precision import ROW_GROUP
+    from lpuc.ir.builder import Builder
+    from lpuc.ir.types import TensorType
+
+    rng = np.random.default_rng(0)
+    b = Builder()
+    x, v = b.input("x", TensorType((7, 96), DType.f32)), b.input("v", TensorType((96,), DType.f32))
+    ids = b.input("ids", TensorType((1, 5), DType.i64))
+    q = rng.integers(-127, 128, (96, 40))
+    q[0] = 127  # each column's largest |value|: its scale is recovered exactly
+    w = b.constant((q * rng.uniform(0.5, 2.0, (1, 40)) / 127).astype(np.float32), name="w")
+    b.output("matrix", b.op("graph.matmul", x, w))
+    b.output("vector", b.op("graph.matmul", v, w))
+    table = (rng.standard_normal((50, 96)) * rng.uniform(0.1, 10, (50, 96))).astype(np.float32)
+    b.output("rows", b.op("graph.gather", b.constant(table, name="table"), ids, axis=0))
+    graph = b.build("two_parts")
+    inputs = {"x": rng.standard_normal((7, 96)).astype(np.float32) * rng.uniform(0.01, 10, 96).astype(np.float32),
+              "v": rng.standard_normal(96).astype(np.float32), "ids": np.array([[0, 7, 7, 49, 3]])}
+    int8 = at_precision(graph, "int8")
+    ours, ref = evaluate(int8, inputs), evaluate(graph, inputs)
+    assert max_rel_error(ours["matrix"], ref["matrix"]) <= 1e-4 and max_rel_error(ours["vector"], ref["vector"]) <= 1e-4
+    tables = {op.result.type for op in int8.ops if op.name == "graph.constant" and op.result.name.startswith("table")}
+    assert tables == {TensorType((50, 96), DType.i8), TensorType((96 // ROW_GROUP, 50), DType.f32)}
+    groups = table[inputs["ids"]].reshape(1, 5, 96 // ROW_GROUP, ROW_GROUP)
+    scale = np.abs(groups).max(-1, keepdims=True) / np.float32(127)
+    assert np.array_equal(ours["rows"], (np.rint(groups / scale) * scale).reshape(1, 5, 96))
