@@ -21,6 +21,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, fields, replace
 
+from ..backends.graph import find_layers
 from ..ir import LpucError, Module
 from ..ir.layout import words
 from ..ir.machine import Machine
@@ -181,13 +182,17 @@ def _option_value(text: str, hint, what: str):
 
 def default_chips(graph: Module, machine: Machine) -> int:
     """The fewest chips (a size the topology supports) whose SRAM holds the model's constants and states with
-    room to spare (a tenth of each chip for activations); for a model of repeated layers that needs more than
-    one, those its layer-aligned pipeline needs (compiler.partition)."""
+    room to spare (a tenth of each chip for activations); for a model of repeated layers whose weights need a
+    chip per layer or more, those its layer-aligned pipeline needs (compiler.partition: every layer takes chips
+    of its own then, so the layout costs few chips more; with several layers a chip, it would cost many)."""
     need = sum(words(op.result.type, machine.lanes) for op in graph.ops
                if op.name == "graph.constant" or OPS[op.name].persistent)
     usable = machine.sram.slices * machine.sram.words_per_slice * 9 // 10
     chips = -(-need // usable)
-    return round_chips(machine, max(chips, layer_aligned_chips(graph, machine) or 1) if chips > 1 else chips)
+    layers = find_layers(graph)
+    if layers is not None and chips >= layers.count:
+        chips = max(chips, layer_aligned_chips(graph, machine) or 1)
+    return round_chips(machine, chips)
 
 
 def _place(graph_module: Module, target: Target, placing: tuple[Pass, ...], progress=None):
