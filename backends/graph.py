@@ -138,7 +138,7 @@ def _layers_in(order: list[int], sig: dict[int, int]) -> Layers | None:
     return Layers(tuple(tuple(order[j] for j in block) for block in blocks))
 
 
-def _constant_like(module: Module) -> set[int]:
+def constant_like(module: Module) -> set[int]:
     """Ops computing from constants only (constants, views of weights, weight-tile installs, ...)."""
     producer = {r.name: i for i, op in enumerate(module.ops) for r in op.results}
     out: set[int] = set()
@@ -150,7 +150,7 @@ def _constant_like(module: Module) -> set[int]:
 
 def find_layers(module: Module) -> Layers | None:
     """The longest run of repeated blocks of ops (ops computing from constants only excluded), or None."""
-    skip = _constant_like(module)
+    skip = constant_like(module)
     nodes = [i for i in range(len(module.ops)) if i not in skip]
     ids: dict[tuple, int] = {}
     sig = {i: ids.setdefault(_signature(module.ops[i]), len(ids)) for i in nodes}
@@ -188,7 +188,7 @@ def graph_dot(module: Module, *, chips: int | None = None, collapse: bool | None
         collapse = layers is not None and layers.count >= AUTO_COLLAPSE
     where = layers.where() if (collapse and layers) else {}
     rep = {i: layers.blocks[0][j] for i, (_, j) in where.items()}
-    const_like = _constant_like(module)
+    const_like = constant_like(module)
     consumers: dict[int, list[int]] = defaultdict(list)
     for i, op in enumerate(ops):
         for v in op.operands:

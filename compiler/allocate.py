@@ -14,7 +14,14 @@ shapes how fast the schedule can be:
   - stripes go to slices in round-robin order, so instructions close in program
     order (which the scheduler may run in parallel) use different slice ports;
   - when no slice has room for a stripe it is cut over the largest free blocks,
-    so placement fails only if the live words exceed the chip.
+    so placement fails only if the live words exceed the chip;
+  - `layers`: the op indices of each repeated layer, position by position
+    (compiler.templates). A value of a later layer takes the place of its
+    counterpart two layers before: the same words when they are free (activations
+    alternate between two sets of words), else the same slices (weights of layer k
+    at layer k's addresses); the round-robin restarts at each layer for the rest. So
+    equal layers hold equal slice ports, and one or two schedules (templates) fit
+    them all.
 
 State (`mem.state`) is pinned: placed before everything else (at the `out` it
 carries when a partner program fixed it, else from word 0 of the next slices),
@@ -25,7 +32,7 @@ from __future__ import annotations
 
 import math
 from bisect import insort
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..ir import machine_ops as mo
 from ..ir import LpucError, Module
@@ -113,9 +120,10 @@ class Allocate(Pass):
 
     name = "allocate"
     stripes: int | None = None
+    layers: tuple[tuple[int, ...], ...] = field(default=(), repr=False)  # the driver's (compiler.templates)
 
     def plan(self, module: Module, target: Target, progress=None) -> Allocation:
-        return plan_allocation(module, target, self.stripes)
+        return plan_allocation(module, target, self.stripes, self.layers)
 
     def apply(self, module: Module, target: Target, plan: Allocation) -> Module:
         return apply_allocation(module, plan)
@@ -137,7 +145,8 @@ def _live_ranges(module: Module) -> tuple[dict[str, int], dict[str, int]]:
     return first, last
 
 
-def plan_allocation(module: Module, target: Target, stripes: int | None = None) -> Allocation:
+def plan_allocation(module: Module, target: Target, stripes: int | None = None,
+                    layers: tuple[tuple[int, ...], ...] = ()) -> Allocation:
     machine, chips = target.machine, target.chips
     sram = machine.sram
     where = places(module)
@@ -152,6 +161,10 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None) 
     alias = {op.result.name: op.operands[0].name for op in module.ops if OPS[op.name].in_place}
     pinned = constants + [op.result.name for op in states]
     size = {name: words(types[name], machine.lanes) for name in first}
+    # a layer's load from the host (its past K/V) is live from the start: compiler.templates streams it ahead
+    # of its layer, so it must not wait for the words of the layer's earlier values
+    block_of = {i: r for r, block in enumerate(layers) for i in block}
+    ahead = [op.result.name for i, op in enumerate(module.ops) if i in block_of and op.name == "host.input"]
 
     # The peak per chip, from liveness alone: placement can always cut values into pieces, so it
     # fails exactly when this exceeds a chip.
@@ -159,8 +172,9 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None) 
     for c in constants:
         live[chip[c]] += size[c]
     image = sum(live)
-    for op in states:
-        live[chip[op.result.name]] += size[op.result.name]
+    for name in [op.result.name for op in states] + ahead:
+        live[chip[name]] += size[name]
+    ahead_set = set(ahead)
     ends_at: dict[int, list[str]] = {}
     for name in first:
         if name not in pinned and name not in alias:
@@ -169,7 +183,7 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None) 
     for i, op in enumerate(module.ops):
         if not mo.is_pinned(op.name):
             for r in op.results:
-                if where[r.name] == SRAM and r.name not in alias:
+                if where[r.name] == SRAM and r.name not in alias and r.name not in ahead_set:
                     live[chip[r.name]] += size[r.name]
                     peak[chip[r.name]] = max(peak[chip[r.name]], live[chip[r.name]])
         for n in ends_at.get(i, ()):
@@ -190,8 +204,13 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None) 
     cursor = [0] * chips
     placed: dict[str, tuple[Extent, ...]] = {}
 
+    twin = _twins(module, layers)
+
     def place(name: str) -> None:
         c, n = chip[name], size[name]
+        if name in twin and _take_like(free[c], placed[twin[name]], n, name, placed):
+            cursor[c] = placed[name][-1][0] + 1
+            return
         pieces = max(1, min(stripes or types[name].dtype.itemsize, n), -(-n // sram.words_per_slice))
         chunk = -(-n // pieces) if n else 0
         out, remaining = [], n
@@ -218,11 +237,21 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None) 
     for op in states:
         if "out" not in op.attrs:
             place(op.result.name)
-    for c in constants:
+    layer_of = {op.result.name: block_of.get(i) for i, op in enumerate(module.ops) if mo.is_constant(op.name)}
+    for k, c in enumerate(constants):
+        if k and layer_of[c] != layer_of[constants[k - 1]]:
+            cursor[:] = [0] * chips
         place(c)
+    for name in ahead:
+        place(name)
+    starts = {block[0] for block in layers if block}
     for i, op in enumerate(module.ops):
+        if i in starts:
+            cursor[:] = [0] * chips
         if not mo.is_pinned(op.name):
             for r in op.results:
+                if r.name in ahead_set:
+                    continue
                 if r.name in alias:
                     placed[r.name] = placed[alias[r.name]]
                 elif where[r.name] == SRAM:
@@ -244,6 +273,41 @@ def _pin(free: _Free, op, n: int, sram) -> None:
             raise LpucError(f"{op.label()}: its fixed out (slice {s} word {w}, {k} words) is outside SRAM or "
                             "taken by another state")
         free.take(s, w, k)
+
+
+def _twins(module: Module, layers: tuple[tuple[int, ...], ...]) -> dict[str, str]:
+    """Each result of a later layer's op -> the same result of its counterpart two layers before (whose
+    words are free by then: layers alternate between two sets of words, like double buffers), or one
+    layer before when that is the one of equal length (op by op of the same name). Not state: its place
+    is its own (placed first, and shared with partner programs)."""
+    twin = {}
+    for r, block in enumerate(layers):
+        like = next((layers[q] for q in (r - 2, r - 1) if q >= 0 and len(layers[q]) == len(block)), None)
+        for i, j in zip(block, like or ()):
+            a, b = module.ops[i], module.ops[j]
+            if a.name == b.name and len(a.results) == len(b.results) and not mo.is_state(a.name):
+                twin.update((x.name, y.name) for x, y in zip(a.results, b.results) if x.type == y.type)
+    return twin
+
+
+def _take_like(free: _Free, like: tuple[Extent, ...] | None, n: int, name: str, placed: dict) -> bool:
+    """Place `name` (n words) like `like`: at the same words when they are free, else at the same slices
+    (pieces in distinct slices only); False when neither fits."""
+    if like is None or sum(k for _, _, k in like) != n:
+        return False
+    if all(free.first_fit_at(s, start, k) for s, start, k in like):
+        out = like
+    elif len({s for s, _, _ in like}) == len(like):
+        starts = [free.first_fit(s, k) for s, _, k in like]
+        if None in starts:
+            return False
+        out = tuple((s, start, k) for (s, _, k), start in zip(like, starts))
+    else:
+        return False
+    for s, start, k in out:
+        free.take(s, start, k)
+    placed[name] = tuple(out)
+    return True
 
 
 def apply_allocation(module: Module, allocation: Allocation) -> Module:

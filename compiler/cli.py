@@ -246,7 +246,7 @@ def cmd_compile(args) -> int:
                              effort=args.effort, workers=args.workers, window=args.window,
                              max_windows=args.max_windows, state=args.state, context=args.context,
                              precision=args.precision)
-    progress = None if args.json else _after_seconds(2.0)
+    progress = _after_seconds(2.0)  # stderr, so a --json compile says what it does too
     module, summary, machine_text = compile_model(args.model, args.machine, options, dict(args.shape),
                                                   progress=progress)
     program = build_program(module, machine_text, lpu_options(options), summary.facts(), weights=not args.no_weights,

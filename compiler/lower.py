@@ -472,13 +472,27 @@ class Lower(Pass):
 
     name = "lower"
 
-    def apply(self, module: Module, target: Target, plan) -> Module:
-        return lower(module, target)
+    def plan(self, module: Module, target: Target, progress=None) -> "Lowering":
+        origins: list[int] = []
+        return Lowering(lower(module, target, origins), tuple(origins))
+
+    def apply(self, module: Module, target: Target, plan: "Lowering") -> Module:
+        return plan.module
 
 
-def lower(module: Module, target: Target) -> Module:
+@dataclass(frozen=True)
+class Lowering:
+    """The lowered module, and per machine op the index of the graph op whose rule emitted it (-1: the
+    outputs' host.output) -- what maps the graph's repeated layers onto machine ops (compiler.templates)."""
+
+    module: Module
+    origins: tuple[int, ...]
+
+
+def lower(module: Module, target: Target, origins: list[int] | None = None) -> Module:
     """Lower for `target` on the chips of the partition written on `module` (module attribute `chips`, op
-    attributes `chip`, `split`, `parts`, `shares`; without them, on one chip)."""
+    attributes `chip`, `split`, `parts`, `shares`; without them, on one chip). `origins`, when given, is
+    extended with each machine op's graph op index (Lowering.origins)."""
     chips = module.attrs.get("chips", 1)
     if chips != target.chips:
         raise LpucError(f"{module.name} is partitioned over {chips} chips (module attribute chips), the target "
@@ -492,7 +506,7 @@ def lower(module: Module, target: Target) -> Module:
         e.b._taken.add(v.name)
         env[v.name] = e.placeholder("input", block_input, v.type, v.name)
     fixed = {op.result.name: state_chip(op, target.chips) for op in module.ops if OPS[op.name].persistent}
-    for op in module.ops:
+    for k, op in enumerate(module.ops):
         if op.name.split(".", 1)[0] != "graph":
             raise VerifyError(f"{op.label()}: lowering takes a graph-level module, found {op.name}")
         rule = RULES.get(op.name)
@@ -509,6 +523,8 @@ def lower(module: Module, target: Target) -> Module:
             args = [env[v.name] if split else e.at(env[v.name]) for v in op.operands]
             results = rule(e, _without_placement(op), args)
             e.split = None
+        if origins is not None:
+            origins.extend([k] * (len(e.b.ops) - len(origins)))
         for r, lowered in zip(op.results, results, strict=True):
             if lowered.type != r.type:
                 raise AssertionError(f"{op.label()}: lowered to {lowered.type}, expected {r.type}")
@@ -518,6 +534,8 @@ def lower(module: Module, target: Target) -> Module:
         with e.on(e.chip_of.get(value.name, 0)):
             value = e.at(value)  # an output that is a constant or an input: on chip 0
             e.b.outputs.append((out_name, e.one("host.output", [value], {"name": out_name}, f"{out_name}.host")))
+    if origins is not None:
+        origins.extend([-1] * (len(e.b.ops) - len(origins)))
     attrs = {**dict(module.attrs), "machine": target.machine.name, **({"chips": chips} if chips > 1 else {})}
     return e.b.build(module.name, **attrs)
 
@@ -541,4 +559,4 @@ def evaluate_machine(module: Module, inputs: Mapping[str, np.ndarray]) -> dict[s
     return {name: env[v.name] for name, v in module.outputs}
 
 
-__all__ = ["Lower", "RULES", "TILINGS", "Split", "evaluate_machine", "lower", "tilings"]
+__all__ = ["Lower", "Lowering", "RULES", "TILINGS", "Split", "evaluate_machine", "lower", "tilings"]

@@ -9,7 +9,19 @@ chips an explicit transfer (c2c.send / c2c.recv over a fixed route).
 
 Strategies:
   single    everything on chip 0 (one chip: the module is left as it is).
-  pipeline  contiguous ranges of the program (hence of layers) per chip,
+  pipeline  contiguous ranges of the program per chip. A model that repeats
+            a layer (at least templates.MIN_REPEATS times, as
+            backends.graph.find_layers sees it) is cut layer-aligned: the ops
+            before the layers, each group of k consecutive layers and the ops
+            after them get chips of their own, each filled in program order up
+            to ROOM_PERCENT of its SRAM (weights, state and the activations its
+            ops make) and cut at op boundaries; an op larger than that is split
+            over chips of its own. Every group is laid out alike, so layer i's
+            ops sit on layer i-k's chips shifted by the group's chip count, and
+            the layer templates (compiler/templates.py) schedule one group's
+            pieces once and stamp them on every group. k (1 to MAX_GROUP) is the
+            one needing the fewest chips; chips beyond those are used to fill
+            each one less. Otherwise (no repeated layers, or too few chips):
             balanced by weight bytes: chip k holds the ops whose weights fall in
             the k-th N-quantile of the model's weights. An op whose weight
             straddles quantiles (or exceeds a chip) is split over the chips it
@@ -31,15 +43,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..backends.graph import constant_like, find_layers
 from ..ir import AttrDict, LpucError, Module, Op
 from ..ir.layout import words
+from ..ir.machine import Machine
 from ..ir.registry import OPS
 from ..ir.target import Target
 
 from .lower import tilings
 from .passes import Pass
+from .templates import MIN_REPEATS
 
 STRATEGIES = ("auto", "pipeline", "tensor")
+ROOM_PERCENT = 85  # a layer-aligned stage fills at most this much of a chip (the rest: the allocator's slack)
+MAX_GROUP = 4      # layers per group of the layer-aligned pipeline, at most
 
 # graph op index -> ((chip, share), ...): the chips a split op's tiles are shared out over, in tile order
 Groups = dict[int, tuple[tuple[int, int], ...]]
@@ -173,6 +190,17 @@ def _tensor(module: Module, constants: set[str], chips: int, lanes: int
 
 
 def _pipeline(module: Module, target: Target, constants: set[str]) -> tuple[list[int], dict[int, str], Groups]:
+    """Contiguous ranges of the program per chip: layer-aligned when the model repeats layers and the chips
+    suffice, else balanced by weight bytes (see the module docstring)."""
+    stages = _stages(module, target.lanes, constants)
+    if stages is not None:
+        layout = _layer_aligned(stages, target.machine.sram.chip_bytes, target.chips)
+        if layout is not None:
+            return layout.written(module, stages)
+    return _quantiles(module, target, constants)
+
+
+def _quantiles(module: Module, target: Target, constants: set[str]) -> tuple[list[int], dict[int, str], Groups]:
     """Contiguous ranges of the program per chip, balanced by weight bytes (see the module docstring)."""
     n, chips, lanes = len(module.ops), target.chips, target.lanes
     weights = _weight_bytes(module, lanes)
@@ -197,6 +225,185 @@ def _pipeline(module: Module, target: Target, constants: set[str]) -> tuple[list
     room = target.machine.sram.chip_bytes * 85 // 100
     _move_cuts(module, home, weights, set(groups), _chip_loads(home, groups, weights, chips), room, lanes)
     return home, kinds, groups
+
+
+# --- the layer-aligned pipeline ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Stages:
+    """What the layer-aligned pipeline lays out: the ops that take a chip (all but those on constants only,
+    which go with their first consumer), in program order, with the bytes each brings to its chip and the
+    segment it belongs to."""
+
+    order: tuple[int, ...]
+    load: dict[int, int]                  # op -> bytes: constants it reads (directly or through ops on
+                                          # constants only), the state it writes, the activations it makes
+                                          # or loads from the host
+    segment: dict[int, int]               # op -> -1: before the layers, r: layer r, layers: after them
+    layers: int
+    tilings: dict[int, tuple[str, int]]   # splittable op -> its preferred tiling and tile count
+    follows: dict[int, int]               # op on constants only -> the op whose chip it takes
+    crossing: list[int]                   # per position p of order: bytes made before order[p], read from it on
+
+
+@dataclass(frozen=True)
+class _Layout:
+    chips: int
+    chips_of: dict[int, tuple[int, ...]]  # op of _Stages.order -> its chip, or a split op's chips
+    crossed: int                          # activation bytes crossing its cuts
+
+    def written(self, module: Module, stages: _Stages) -> tuple[list[int], dict[int, str], Groups]:
+        home, kinds, groups = [0] * len(module.ops), {}, {}
+        for i, chips in self.chips_of.items():
+            home[i] = chips[0]
+            if len(chips) > 1:
+                kinds[i] = stages.tilings[i][0]
+                groups[i] = tuple((c, 1) for c in chips)
+        for i in sorted(stages.follows, reverse=True):  # (a consumer comes later: its chip is known first)
+            home[i] = home[stages.follows[i]]
+        return home, kinds, groups
+
+
+def layer_aligned_chips(module: Module, machine: Machine) -> int | None:
+    """The chips the layer-aligned pipeline of `module` needs (None: it repeats no layers): those of its
+    layout whose cuts the fewest activation bytes cross, then the fewest chips (a cut through attention would
+    send a layer's K/V over a link: one chip more costs less)."""
+    constants = {op.result.name for op in module.ops if op.name == "graph.constant"}
+    stages = _stages(module, machine.lanes, constants)
+    if stages is None:
+        return None
+    room = machine.sram.chip_bytes * ROOM_PERCENT // 100
+    return min(((lay.crossed, lay.chips) for lay in (_layout(stages, k, room) for k in range(1, MAX_GROUP + 1))))[1]
+
+
+def _layer_aligned(stages: _Stages, chip_bytes: int, chips: int) -> _Layout | None:
+    """Of the layouts within `chips` chips (groups of 1 to MAX_GROUP layers, each chip filled up to
+    ROOM_PERCENT or less, in steps of 5% down to half), the one whose cuts the fewest activation bytes cross,
+    then the least filled (the most room for the allocator), then the fewest layers per group; None when none
+    fits `chips`."""
+    fitting = []
+    for percent in range(ROOM_PERCENT, 49, -5):
+        for k in range(1, MAX_GROUP + 1):
+            layout = _layout(stages, k, chip_bytes * percent // 100)
+            if layout.chips <= chips:
+                fitting.append((layout.crossed, percent, k, layout))
+    return min(fitting, key=lambda f: f[:3])[3] if fitting else None
+
+
+def _stages(module: Module, lanes: int, constants: set[str]) -> _Stages | None:
+    """What the layer-aligned pipeline lays out of `module`; None when it repeats no layer MIN_REPEATS times."""
+    layers = find_layers(module)
+    if layers is None or layers.count < MIN_REPEATS:
+        return None
+    on_constants = constant_like(module)
+    producer = {r.name: i for i, op in enumerate(module.ops) for r in op.results}
+    consumers: dict[int, list[int]] = {}
+    for i, op in enumerate(module.ops):
+        for v in op.operands:
+            if v.name in producer:
+                consumers.setdefault(producer[v.name], []).append(i)
+    order = tuple(i for i in range(len(module.ops)) if i not in on_constants)
+    follows = {i: min(consumers[i]) for i in sorted(on_constants)
+               if module.ops[i].name != "graph.constant" and i in consumers}
+    inputs = {v.name for v in module.inputs}
+    load = {i: 0 for i in order}
+    for i in order:
+        op = module.ops[i]
+        load[i] += sum(words(r.type, lanes) * lanes for r in op.results)
+        load[i] += sum(words(v.type, lanes) * lanes for v in op.operands if v.name in inputs)
+        if OPS[op.name].in_place:
+            load[i] += words(op.operands[0].type, lanes) * lanes
+    # a constant counts on every op reading it (each reader's chip holds a copy), through the ops on constants
+    # only between them
+    for i, op in enumerate(module.ops):
+        if op.name == "graph.constant":
+            for r in consumers.get(i, []):
+                while r in follows:
+                    r = follows[r]
+                if r in load:
+                    load[r] += words(op.result.type, lanes) * lanes
+    first, last = min(layers.blocks[0]), max(layers.blocks[-1])
+    starts = [min(block) for block in layers.blocks]
+    segment = {}
+    block_of = {i: r for r, block in enumerate(layers.blocks) for i in block}
+    for i in order:
+        if i in block_of:
+            segment[i] = block_of[i]
+        elif i < first:
+            segment[i] = -1
+        elif i > last:
+            segment[i] = layers.count
+        else:  # an op between layers' ops goes with the layer begun before it
+            segment[i] = max(r for r, s in enumerate(starts) if s <= i)
+    offered = {}
+    for i in order:
+        kinds = tilings(module.ops[i], constants, lanes)
+        if kinds:
+            offered[i] = next(iter(kinds.items()))
+    crossing = [0] * (len(order) + 1)
+    last_read: dict[str, int] = {}
+    for p, i in enumerate(order):
+        for v in module.ops[i].operands:
+            last_read[v.name] = p
+    for p, i in enumerate(order):
+        for r in module.ops[i].results:
+            if last_read.get(r.name, p) > p:
+                crossing[p + 1] += words(r.type, lanes) * lanes
+                crossing[last_read[r.name] + 1] -= words(r.type, lanes) * lanes
+    for p in range(1, len(crossing)):
+        crossing[p] += crossing[p - 1]
+    return _Stages(order, load, segment, layers.count, offered, follows, crossing[:len(order)])
+
+
+def _layout(stages: _Stages, k: int, room: int) -> _Layout:
+    """Chips of their own for the ops before the layers, each group of `k` consecutive layers and the ops
+    after them (each unit's ops cut by _cuts); an op larger than `room` is split over ceil(load / room) chips
+    of its own (as many as its tiles allow)."""
+    units: dict[int, list[int]] = {}
+    for p, i in enumerate(stages.order):
+        s = stages.segment[i]
+        units.setdefault(-1 if s < 0 else s // k if s < stages.layers else stages.layers, []).append(p)
+    chips_of, chip, crossed = {}, 0, 0
+    for unit in sorted(units):
+        run: list[int] = []
+        for p in units[unit] + [None]:
+            i = stages.order[p] if p is not None else None
+            parts = min(stages.tilings.get(i, ("", 1))[1], -(-stages.load[i] // room)) if i is not None else 0
+            if p is not None and parts <= 1:
+                run.append(p)
+                continue
+            if run:
+                cuts, run_crossed = _cuts(stages, run, room)
+                for p_run, c in zip(run, cuts):
+                    chips_of[stages.order[p_run]] = (chip + c,)
+                chip, crossed = chip + cuts[-1] + 1, crossed + run_crossed
+            run = []
+            if p is not None:  # a split op
+                chips_of[i] = tuple(range(chip, chip + parts))
+                chip += parts
+    return _Layout(chip, chips_of, crossed)
+
+
+def _cuts(stages: _Stages, run: list[int], room: int) -> tuple[list[int], int]:
+    """(per op of `run` (positions in stages.order), its chip counted from the run's first; the bytes crossing
+    its cuts): the fewest chips whose loads stay within `room`, cut where the fewest activation bytes cross
+    (a cut inside attention would send the layer's K/V over a link)."""
+    best = [(0, 0, 0)]  # per prefix of run: (chips, bytes crossing its cuts, where its last chip starts)
+    for j in range(1, len(run) + 1):
+        options, load = [], 0
+        for i in range(j - 1, -1, -1):
+            load += stages.load[stages.order[run[i]]]
+            if load > room and i < j - 1:
+                break
+            chips, crossed, _ = best[i]
+            options.append((chips + 1, crossed + (stages.crossing[run[i]] if i else 0), i))
+        best.append(min(options))
+    out, j = [0] * len(run), len(run)
+    while j:
+        i = best[j][2]
+        out[i:j] = [best[j][0] - 1] * (j - i)
+        j = i
+    return out, best[-1][1]
 
 
 def _move_cuts(module: Module, home: list[int], weights: list[int], split: set[int], load: list[int],
@@ -251,4 +458,4 @@ def _move_cuts(module: Module, home: list[int], weights: list[int], split: set[i
         cuts[k] = best
 
 
-__all__ = ["STRATEGIES", "Partition", "describe", "partition"]
+__all__ = ["STRATEGIES", "Partition", "describe", "layer_aligned_chips", "partition"]

@@ -2,7 +2,8 @@
 
 A pass is a frozen dataclass: its fields are its options, its class attribute
 `name` is what pipelines and golden IR files call it, and `str(pass)` spells it
-the way they do (`allocate stripes=1`; options at their defaults are left out).
+the way they do (`allocate stripes=1`; options at their defaults are left out,
+and so are those the driver derives, declared with `field(repr=False)`).
 It takes a module and the target (ir.target.Target: the machine, the chips and their
 network) and gives a module:
 
@@ -41,7 +42,8 @@ class Pass:
         return self.apply(module, target, self.plan(module, target))
 
     def __str__(self) -> str:
-        options = [f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name) != f.default]
+        options = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
+                   if f.repr and getattr(self, f.name) != f.default]
         return " ".join([self.name, *options])
 
 

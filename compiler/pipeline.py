@@ -19,8 +19,9 @@ chips=2 | lower | allocate")`, as the golden IR files do).
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
+from ..backends.graph import find_layers
 from ..ir import LpucError, Module
 from ..ir.layout import words
 from ..ir.machine import Machine
@@ -32,11 +33,12 @@ from ..ir.verifier import verify
 from .allocate import Allocate, DoesNotFit
 from .grouped_heads import GroupHeads
 from .lower import Lower
-from .partition import STRATEGIES, Partition, describe
+from .partition import STRATEGIES, Partition, describe, layer_aligned_chips
 from .passes import DeadCodeElimination, Pass, Verify
 from .precision import DEFAULT_PRECISION, Precision, Stored, check_precision
 from .schedule_cpsat import CpSatScheduler
-from .schedule_list import ListScheduler, Scheduler
+from .schedule_list import ListScheduler, ScheduleResult, Scheduler, apply_schedule
+from .templates import machine_blocks, template_schedule
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (Verify, DeadCodeElimination, GroupHeads, Precision, Partition,
                                                       Lower, Allocate, ListScheduler, CpSatScheduler)}
@@ -180,11 +182,40 @@ def _option_value(text: str, hint, what: str):
 
 def default_chips(graph: Module, machine: Machine) -> int:
     """The fewest chips (a size the topology supports) whose SRAM holds the model's constants and states with
-    room to spare (a tenth of each chip for activations)."""
+    room to spare (a tenth of each chip for activations); for a model of repeated layers whose weights need a
+    chip per layer or more, those its layer-aligned pipeline needs (compiler.partition: every layer takes chips
+    of its own then, so the layout costs few chips more; with several layers a chip, it would cost many)."""
     need = sum(words(op.result.type, machine.lanes) for op in graph.ops
                if op.name == "graph.constant" or OPS[op.name].persistent)
     usable = machine.sram.slices * machine.sram.words_per_slice * 9 // 10
-    return round_chips(machine, -(-need // usable))
+    chips = -(-need // usable)
+    layers = find_layers(graph)
+    if layers is not None and chips >= layers.count:
+        chips = max(chips, layer_aligned_chips(graph, machine) or 1)
+    return round_chips(machine, chips)
+
+
+def _place(graph_module: Module, target: Target, placing: tuple[Pass, ...], progress=None):
+    """Run the passes that place the program (the last is the allocator) -> (the allocated module, the plans,
+    the machine ops of each repeated layer: compiler.templates). The layers are found on the model as the
+    user wrote it (a partition's split attributes would tell equal layers apart) and mapped onto machine
+    ops through the lowering; the allocator gives equal layers equal slices."""
+    *before, allocate = placing
+    lowered, plans = run_passes(graph_module, target, tuple(before), progress)
+    # the lowering is not kept: it is the lowered module again, and would hold the program twice
+    blocks = machine_blocks(graph_module, plans.pop(Lower.name).origins)
+    allocated, more = run_passes(lowered, target, (replace(allocate, layers=blocks),),
+                                 progress)
+    return allocated, {**plans, **more}, blocks
+
+
+def _templated(allocated: Module, target: Target, blocks, cpsat, rounds: int, progress=None
+               ) -> ScheduleResult | None:
+    """The layer-templated schedule of `allocated` (compiler.templates), or None when the model does not
+    repeat layers enough."""
+    if not blocks:
+        return None
+    return template_schedule(allocated, target, blocks, cpsat, rounds, progress)[0]
 
 
 def compile_module(graph_module: Module, machine: Machine, options: CompileOptions = CompileOptions(),
@@ -231,6 +262,10 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
                 progress=None) -> tuple[Module, CompileSummary]:
     target = Target(machine, chips)  # an LpucError when the topology has no such size
     strategies = ("pipeline", "tensor") if options.partition == "auto" else (options.partition,)
+    layered = layer_aligned_chips(graph_module, machine)
+    if options.partition == "auto" and layered is not None and layered <= chips:
+        # the layer-aligned pipeline: its layers share templates (tensor keeps every activation on chip 0)
+        strategies = ("pipeline",)
     if "chips" in graph_module.attrs:
         strategies = ("given",)
     elif chips == 1:
@@ -239,31 +274,37 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
     for strategy in strategies:
         placing, scheduling = _at_scheduler(passes(options, chips, strategy))
         try:
-            allocated, plans = run_passes(graph_module, target, placing, progress)
+            allocated, plans, blocks = _place(graph_module, target, placing, progress)
         except DoesNotFit as e:
             if len(strategies) == 1:
                 raise
             tried.append((strategy, f"does not fit: {e}"))
             continue
         if len(strategies) == 1:
-            best = (strategy, scheduling, allocated, plans)
+            best = (strategy, scheduling, allocated, plans, blocks)
             break
-        # Candidates are compared by a quick list schedule (no improvement rounds): the cost model is the
-        # scheduler itself. Only the winner is scheduled in earnest.
+        # Candidates are compared by a quick list schedule (no improvement rounds; templated when the model
+        # repeats layers): the cost model is the scheduler itself. Only the winner is scheduled in earnest.
         if progress:
             progress(f"quick list schedule of the {strategy} candidate")
-        cycles = ListScheduler(rounds=0).plan(allocated, target).cycles
+        quick = _templated(allocated, target, blocks, None, 0, progress)
+        cycles = (quick or ListScheduler(rounds=0).plan(allocated, target)).cycles
         tried.append((strategy, str(cycles)))
-        if best is None or cycles < best[4]:
-            best = (strategy, scheduling, allocated, plans, cycles)
+        if best is None or cycles < best[5]:
+            best = (strategy, scheduling, allocated, plans, blocks, cycles)
     if best is None:
         raise DoesNotFit(f"no partition of {graph_module.name} fits {chips} chips: "
                         + "; ".join(f"{s}: {why}" for s, why in tried))
-    strategy, scheduling, allocated, plans = best[:4]
-    scheduled, more = run_passes(allocated, target, scheduling, progress)
-    plans.update(more)
-    partitioned, allocation, result = plans.get(Partition.name, graph_module), plans[Allocate.name], \
-        plans[scheduling[0].name]
+    strategy, scheduling, allocated, plans, blocks = best[:5]
+    cpsat = scheduling[0] if isinstance(scheduling[0], CpSatScheduler) else None
+    result = _templated(allocated, target, blocks, cpsat, options.rounds, progress)
+    if result is not None:
+        scheduled = verify(apply_schedule(allocated, result), machine)
+    else:
+        scheduled, more = run_passes(allocated, target, scheduling, progress)
+        plans.update(more)
+        result = plans[scheduling[0].name]
+    partitioned, allocation = plans.get(Partition.name, graph_module), plans[Allocate.name]
     summary = CompileSummary(
         machine=machine.name, cycles=result.cycles, lower_bound=result.lower_bound,
         critical_path=result.critical_path, resource_bound=result.resource_bound,

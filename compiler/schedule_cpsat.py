@@ -55,7 +55,8 @@ from ..ir.costs import units
 from ..ir.machine import Machine
 from ..ir.target import Target
 
-from .schedule_list import Program, ScheduleResult, Scheduler, analyze, list_schedule, schedule_result
+from .schedule_list import (Program, ScheduleResult, Scheduler, analyze, list_schedule, lower_bounds,
+                            schedule_result)
 
 STATUS = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible", cp_model.INFEASIBLE: "infeasible",
           cp_model.MODEL_INVALID: "invalid", cp_model.UNKNOWN: "unknown"}
@@ -329,25 +330,36 @@ def cpsat_schedule(module: Module, target: Target, options: CpSatScheduler, prog
     machine = target.machine
     program = analyze(module, target)
     base = list_schedule(module, target, options.rounds, program)
-    order = sorted((ins.index for ins in program.instructions), key=lambda i: (base.placements[i].cycle, i))
-    if not order:
-        return replace(base, solver_status="skipped", list_cycles=base.cycles)
-    cycles = np.array([p.cycle for p in base.placements], dtype=np.int64)
-    windows = _Windows(program, machine, cycles)
     t_start = time.perf_counter()
+    cycles = np.array([p.cycle for p in base.placements], dtype=np.int64)
+    # The model's floor on the length is the plain bound (critical path, work / capacity), not the chained
+    # one: a floor is part of the model, and the chained one changed CP-SAT's search (it gave two samples
+    # 1 and 115 cycles longer schedules).
+    critical, _, _, plain = lower_bounds(program, machine)
+    solved, status, bound, _ = solve_cycles(program, machine, cycles, max(critical, plain), options, progress)
+    placed = _as_placed(base) if solved is None else _assign(program, machine, solved)
+    return replace(schedule_result(module, program, machine, placed, bound), solver_status=status,
+                   list_cycles=base.cycles, solve_seconds=time.perf_counter() - t_start)
 
-    def result(placed, status: str, proven_bound: int = 0) -> ScheduleResult:
-        seconds = time.perf_counter() - t_start
-        return replace(schedule_result(module, program, machine, placed, proven_bound), solver_status=status,
-                       list_cycles=base.cycles, solve_seconds=seconds)
 
+def solve_cycles(program: Program, machine: Machine, cycles: np.ndarray, floor: int, options: CpSatScheduler,
+                 progress=None) -> tuple[np.ndarray | None, str, int, int]:
+    """Improve a valid schedule's `cycles` (per op index; those of `program`'s instructions count) with
+    CP-SAT: -> (the better cycles, or None when none was found; the status; the proven bound, 0: none;
+    the models solved). `floor`: a known lower bound on the length."""
+    order = sorted((ins.index for ins in program.instructions), key=lambda i: (cycles[i], i))
+    if not order:
+        return None, "skipped", 0, 0
+    cycles = cycles.copy()
+    windows = _Windows(program, machine, cycles)
+    length = int(max(cycles[i] + windows.latency[i] for i in order))
     if len(order) <= options.window:
-        spec, t0 = windows.spec(sorted(order), whole=True, floor=base.lower_bound)
+        spec, t0 = windows.spec(sorted(order), whole=True, floor=floor)
         status, solved, bound = _solve(spec, options, progress)
-        if solved is None or max(c + lat for c, lat in zip(solved, spec.latency)) >= base.cycles:
-            return result(_as_placed(base), status, bound)
+        if solved is None or max(c + lat for c, lat in zip(solved, spec.latency)) >= length:
+            return None, status, bound, 1
         cycles[sorted(order)] = solved
-        return result(_assign(program, machine, cycles), status, bound)
+        return cycles, status, bound, 1
 
     chunks = _chunks(order, program, options.window)
     solved: dict[tuple, tuple[int, ...]] = {}   # a window's structure -> the relative cycles solved for it
@@ -371,12 +383,12 @@ def cpsat_schedule(module: Module, target: Target, options: CpSatScheduler, prog
         if found is not None and spec.cost(found) < spec.cost(spec.hint):
             cycles[free] = np.array(found, dtype=np.int64) + t0
         if progress and (solving or n % max(1, len(chunks) // 10) == 0 or n == len(chunks)):
-            length = int(max(cycles[i] + windows.latency[i] for i in order))
-            progress(f"CP-SAT: window {n:,} of {len(chunks):,}: {length:,} cycles "
-                     f"(list schedule {base.cycles:,}; {reused:,} windows took the schedule of an equal one)")
+            now = int(max(cycles[i] + windows.latency[i] for i in order))
+            progress(f"CP-SAT: window {n:,} of {len(chunks):,}: {now:,} cycles "
+                     f"(list schedule {length:,}; {reused:,} windows took the schedule of an equal one)")
     status = (f"windowed: {solves} of {len(chunks)} windows solved, {reused} took an equal one's schedule"
               + (f" (at most {options.max_windows} are solved)" if solves == options.max_windows else ""))
-    return result(_assign(program, machine, cycles), status)
+    return cycles, status, 0, solves
 
 
 def _chunks(order: list[int], program: Program, window: int) -> list[list[int]]:
@@ -450,4 +462,4 @@ def _assign(program, machine: Machine, cycles) -> dict[int, tuple[int, int, tupl
     return {i: (cycles[i], unit[i], streams[i]) for i in instrs}
 
 
-__all__ = ["CpSatScheduler", "cpsat_schedule"]
+__all__ = ["CpSatScheduler", "cpsat_schedule", "solve_cycles"]

@@ -282,45 +282,86 @@ class ScheduleResult:
 def _priorities(program: Program, n_ops: int) -> list[int]:
     """Longest latency-weighted path from each instruction to the end."""
     lat = {ins.index: ins.cost.latency for ins in program.instructions}
-    succ: list[list[int]] = [[] for _ in range(n_ops)]
-    for j in range(n_ops):
-        for p, _ in program.raw[j]:
-            succ[p].append(j)
+    succ: dict[int, list[int]] = {}
+    for ins in program.instructions:  # (not every op: a template's program is a few of a module's)
+        for p, _ in program.raw[ins.index]:
+            succ.setdefault(p, []).append(ins.index)
     prio = [0] * n_ops
     for ins in reversed(program.instructions):
         i = ins.index
-        prio[i] = lat[i] + max((prio[j] for j in succ[i]), default=0)
+        prio[i] = lat[i] + max((prio[j] for j in succ.get(i, ())), default=0)
     return prio
 
 
-def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str]:
-    """(critical path, resource bound, the resource that gives it)."""
+def _heads(program: Program) -> list[int]:
+    """The earliest cycle each instruction can issue by its dependences alone (preds precede in program
+    order)."""
+    head = [0] * len(program.preds)
+    for ins in program.instructions:
+        head[ins.index] = max([0] + [head[p] + d for p, d in program.preds[ins.index]])
+    return head
+
+
+def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str, int]:
+    """(critical path, resource bound, what gives it, the plain resource bound: work / capacity alone).
+
+    The resource bound is the chain of stages: for a resource and any set S of its holds, the program
+    is at least min over S of the earliest cycle a hold can start (its instruction's dependences from
+    cycle 0), plus the work of S over the resource's capacity, plus min over S of what must follow a hold
+    once it ends (the latency-weighted path from its instruction to the end, less the hold). Taking S =
+    the holds that cannot start before h (for every h; and symmetrically those followed by at least q)
+    gives, for a pipeline over one token stream, each stage's resource bound after the chain of stages
+    before it; with h = q = 0 it is the plain bound work / capacity. Named "chain: R from cycle h, then q"
+    when the chain adds to R's work."""
     prio = _priorities(program, len(program.preds))
+    head = _heads(program)
     critical = max(prio, default=0)
-    work: dict[str, int] = {}
     capacity = {**units(machine), "streams": machine.streams.east + machine.streams.west}
     chips = {ins.chip for ins in program.instructions}
     many = len(chips - {0}) > 0
+    holds: dict[str, list[tuple[int, int, int]]] = {}   # resource -> (earliest start, work, least after)
 
-    def add(chip: int, name: str, amount: int) -> None:
-        key = f"chip{chip} {name}" if many else name  # one chip: the names of a one-chip program
-        work[key] = work.get(key, 0) + amount
+    def add(chip: int | None, name: str, i: int, off: int, length: int, work: int) -> None:
+        key = name if chip is None else f"chip{chip} {name}" if many else name
+        holds.setdefault(key, []).append((head[i] + off, work, prio[i] - off - length))
 
     for ins in program.instructions:
-        add(ins.chip, ins.unit_class, ins.cost.occupancy)
-        add(ins.chip, "streams", ins.streams * ins.cost.latency)
-        for s, n in ins.cost.reads:
-            add(ins.chip, f"slice{s}.read", -(-n // machine.sram.read_ports))
-        for s, n in ins.cost.writes:
-            add(ins.chip, f"slice{s}.write", -(-n // machine.sram.write_ports))
-        for ch, port, _, length in ins.links:
-            work[f"link c{ch}.l{port}"] = work.get(f"link c{ch}.l{port}", 0) + length
-    best, which = 0, "none"
-    for name in sorted(work):
-        b = -(-work[name] // capacity.get(name.rsplit(" ", 1)[-1], 1))
-        if b > best:
-            best, which = b, name
-    return critical, best, which
+        i, c, ch = ins.index, ins.cost, ins.chip
+        add(ch, ins.unit_class, i, 0, c.occupancy, c.occupancy)
+        if ins.streams:
+            add(ch, "streams", i, 0, c.latency, ins.streams * c.latency)
+        for s, n in c.reads:
+            k = -(-n // machine.sram.read_ports)
+            add(ch, f"slice{s}.read", i, 0, k, k)
+        for s, n in c.writes:
+            k = -(-n // machine.sram.write_ports)
+            add(ch, f"slice{s}.write", i, c.latency - k, k, k)
+        for link_chip, port, off, length in ins.links:
+            add(None, f"link c{link_chip}.l{port}", i, off, length, length)
+    best, which, plain_best = 0, "none", 0
+    for name in sorted(holds):
+        cap = capacity.get(name.rsplit(" ", 1)[-1], 1)
+        items = holds[name]
+        plain = -(-sum(w for _, w, _ in items) // cap)
+        plain_best = max(plain_best, plain)
+        bound, where = plain, name
+        for by_head in (True, False):
+            # S = the holds with the largest heads (or tails) first, growing one threshold at a time
+            work, least_head, least_tail = 0, None, None
+            ordered = sorted(items, key=lambda x: -x[0] if by_head else -x[2])
+            for k, (h, w, q) in enumerate(ordered):
+                work += w
+                least_head = h if least_head is None else min(least_head, h)
+                least_tail = q if least_tail is None else min(least_tail, q)
+                nxt = ordered[k + 1] if k + 1 < len(ordered) else None
+                if nxt is not None and (nxt[0] == h if by_head else nxt[2] == q):
+                    continue  # a threshold takes every hold at it
+                b = least_head + -(-work // cap) + least_tail
+                if b > bound:
+                    bound, where = b, f"chain: {name} from cycle {least_head:,}, then {least_tail:,}"
+        if bound > best:
+            best, which = bound, where
+    return critical, best, which, plain_best
 
 
 @dataclass(frozen=True)
@@ -484,15 +525,21 @@ def _length(program: Program, placed) -> int:
 def list_schedule(module: Module, target: Target, rounds: int = ListScheduler.rounds,
                   program: Program | None = None) -> ScheduleResult:
     """`program`: the module's analysis, when the caller has it already."""
-    ops, machine = module.ops, target.machine
     program = program or analyze(module, target)
+    return schedule_result(module, program, target.machine, list_placements(program, target.machine, rounds))
+
+
+def list_placements(program: Program, machine: Machine, rounds: int = ListScheduler.rounds
+                    ) -> dict[int, tuple[int, int, tuple[int, ...]]]:
+    """The list schedule of `program` (its instructions only: preds must stay among them):
+    instruction -> (cycle, unit instance, streams)."""
     by_index = {ins.index: ins for ins in program.instructions}
     pair_of = dict(program.install_of)
     keys = [i for i in sorted(by_index) if i not in pair_of]  # items: pairs are keyed by their install
     user_of = {inst: mm for mm, inst in program.install_of}
     members = {k: [k] + ([user_of[k]] if k in user_of else []) for k in keys}
 
-    cp = _priorities(program, len(ops))
+    cp = _priorities(program, len(program.preds))
     best = _pass(program, machine, {k: cp[k] for k in keys}, reverse=False)
     for _ in range(rounds):
         # Backward: latest-finishing first; then forward: earliest-starting first.
@@ -506,8 +553,7 @@ def list_schedule(module: Module, target: Target, rounds: int = ListScheduler.ro
                 best, improved = candidate, True
         if not improved:
             break
-
-    return schedule_result(module, program, machine, best)
+    return best
 
 
 def schedule_result(module: Module, program: Program, machine: Machine,
@@ -530,7 +576,7 @@ def schedule_result(module: Module, program: Program, machine: Machine,
             for r in op.results:
                 available[r.name] = t
         placements.append(p)
-    critical, resource, which = lower_bounds(program, machine)
+    critical, resource, which, _ = lower_bounds(program, machine)
     return ScheduleResult(tuple(placements), _length(program, best), critical, resource, which, len(by_index),
                           proven_bound)
 
@@ -548,4 +594,4 @@ def apply_schedule(module: Module, result: ScheduleResult) -> Module:
 
 
 __all__ = ["ListScheduler", "Placement", "Program", "ScheduleResult", "Scheduler", "analyze", "apply_schedule",
-           "list_schedule", "lower_bounds", "schedule_result"]
+           "list_placements", "list_schedule", "lower_bounds", "schedule_result"]

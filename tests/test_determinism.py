@@ -136,3 +136,27 @@ def test_compile_and_run_json(tmp_path, capsys):
     assert main(["run", str(lpu), "--json"]) == 0
     again = _one_json(capsys.readouterr().out)
     assert again["cycles"] == ran["cycles"] and again["schedule_sha256"] == ran["schedule_sha256"]
+
+
+@pytest.mark.parametrize("chips, partition", [(2, "tensor"), (7, "pipeline")])
+def test_templated_compiles_across_processes_hash_seeds_and_workers(tmp_path, chips, partition):
+    """A model of repeated layers (scheduled from templates, CP-SAT on each; pipeline: layer-aligned, a piece
+    per layer): the same bytes under other hash seeds and solver worker counts, in separate processes."""
+    model = tmp_path / "tiny.onnx"
+    subprocess.run([sys.executable, str(ROOT / "samples" / "shape_only.py"), "tiny", "--mode", "decode", "--layers",
+                    "5", "-o", str(model)], check=True, capture_output=True)
+    procs = []
+    for seed, workers in (("0", 8), ("1", 1), ("12345", 2)):
+        out = tmp_path / f"{seed}.lpu"
+        procs.append((out, subprocess.Popen(
+            [sys.executable, "-m", "lpuc.compiler", "compile", str(model), "-o", str(out), "--json", "--no-weights",
+             "--chips", str(chips), "--partition", partition, "--workers", str(workers)],
+            cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)))
+    reports = []
+    for out, p in procs:
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr
+        reports.append(json.loads(stdout))
+    assert reports[0]["solver_status"].startswith("templates: "), reports[0]["solver_status"]
+    assert len({r["schedule_sha256"] for r in reports}) == 1, [r["schedule_sha256"] for r in reports]

@@ -35,7 +35,10 @@ def test_run_is_apply_of_plan_and_the_pipeline_keeps_each_plan():
     pipeline = (Partition(chips=2), Lower(), Allocate(), ListScheduler())
     scheduled, plans = run_passes(GRAPH, ONE, pipeline)
     assert set(plans) == {"partition", "lower", "allocate", "schedule-list"}
-    assert plans["partition"].attrs["chips"] == 2 and plans["lower"] is None  # a partition is written on the IR
+    assert plans["partition"].attrs["chips"] == 2  # a partition is written on the IR
+    # the lowering: the module, and which graph op emitted each machine op (-1: the outputs')
+    assert plans["lower"].module.attrs["chips"] == 2 and len(plans["lower"].origins) == len(plans["lower"].module.ops)
+    assert set(plans["lower"].origins) == {-1, 1, 2, 3}  # the constant (op 0) is emitted by its reader
     assert isinstance(plans["allocate"], Allocation) and isinstance(plans["schedule-list"], ScheduleResult)
     assert scheduled.attrs["chips"] == 2
     module = GRAPH

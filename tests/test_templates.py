@@ -1,0 +1,134 @@
+"""Layer templates (compiler/templates.py) and the chained lower bound (schedule_list.lower_bounds).
+
+A model with repeated layers is scheduled from one template per distinct block, stamped at exact offsets:
+the program must still run hazard-free on the interpreter and give the reference evaluator's numbers, on
+one chip and over several. The lower bound must never exceed an optimal schedule (CP-SAT proves it
+optimal on small programs)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+import lpuc
+from lpuc.backends.graph import find_layers
+from lpuc.compiler.driver import load_model, read_ir
+from lpuc.compiler.partition import partition
+from lpuc.compiler.pipeline import CompileOptions, compile_module
+from lpuc.compiler.templates import MIN_REPEATS
+from lpuc.ir.evaluator import evaluate
+from lpuc.ir.machine import read_machine
+from lpuc.ir.target import Target
+
+from helpers import ROOT, max_rel_error
+
+LAYERS = 5
+
+
+@lru_cache(maxsize=None)
+def _tiny(tmp: str, mode: str) -> str:
+    path = f"{tmp}/tiny_{mode}_{LAYERS}.onnx"
+    subprocess.run([sys.executable, str(ROOT / "samples" / "shape_only.py"), "tiny", "--mode", mode, "--seq", "5",
+                    "--past", "6", "--layers", str(LAYERS), "--dtype", "float32", "--weights", "random", "-o", path],
+                   check=True, capture_output=True)
+    return path
+
+
+def _inputs(module) -> dict:
+    """Hugging Face's: token ids, a mask of ones over the context, the new tokens' positions, a random past."""
+    rng = np.random.default_rng(0)
+    shapes = {v.name: v.type.shape for v in module.inputs}
+    context, tokens = shapes["attention_mask"][1], shapes["input_ids"][1]
+    out = {"input_ids": rng.integers(0, 400, (1, tokens)), "attention_mask": np.ones((1, context), np.int64),
+           "position_ids": np.arange(context - tokens, context)[None]}
+    for v in module.inputs:
+        if v.name not in out:
+            out[v.name] = rng.standard_normal(v.type.shape).astype(v.type.dtype.numpy)
+    return {v.name: out[v.name].astype(v.type.dtype.numpy) for v in module.inputs}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.mark.parametrize("mode, chips, partition, scheduler", [
+    ("decode", 1, "auto", "list"), ("decode", 2, "tensor", "cpsat"), ("prefill", 4, "pipeline", "list"),
+    ("decode", 7, "auto", "list")])
+def test_templated_program_runs_and_matches_the_evaluator(tiny_dir, mode, chips, partition, scheduler):
+    path = _tiny(tiny_dir, mode)
+    module, _ = load_model(path)
+    inputs = _inputs(module)
+    program = lpuc.compile(path, chips=chips, partition=partition, scheduler=scheduler, precision="fp32")
+    status = program.manifest["summary"]["solver_status"]
+    assert status.startswith("templates: "), status
+    templates, pieces = (int(w) for w in status.split()[1:4:2])
+    assert pieces == LAYERS  # one piece per layer: on one chip (pipeline: its own, layer-aligned)
+    assert templates < pieces, status  # equal layers share a template (pipeline: at a chip offset)
+    result = lpuc.run(program, inputs)  # the interpreter checks every hazard
+    assert not result.hazards
+    ref = evaluate(module, inputs)
+    for name, want in ref.items():
+        assert max_rel_error(result.outputs[name], want) <= 1e-4, name
+
+
+@pytest.mark.parametrize("chips", [7, 8, 16])
+def test_pipeline_gives_each_layer_the_chips_of_the_one_before_shifted(tiny_dir, chips):
+    """The layer-aligned pipeline: layer r's ops run on layer r-1's chips plus the same offset (the ops before
+    and after the layers on chips of their own), so its pieces are translations of each other."""
+    module, _ = load_model(_tiny(tiny_dir, "decode"))
+    machine, _ = read_machine("tsp-v1")
+    layers = find_layers(module)
+    assert layers.count == LAYERS
+    placed = partition(module, Target(machine, chips), "pipeline")
+    home = [op.attrs.get("chip", 0) for op in placed.ops]
+    offsets = {home[b] - home[a] for a_block, b_block in zip(layers.blocks[1:], layers.blocks[2:])
+               for a, b in zip(a_block, b_block)}
+    assert len(offsets) == 1 and offsets.pop() > 0
+    used = {home[i] for block in layers.blocks for i in block}
+    outside = {home[i] for i, op in enumerate(placed.ops) if op.name != "graph.constant"
+               and not any(i in block for block in layers.blocks) and "chip" in op.attrs}
+    assert not used & outside
+
+
+def test_fewer_layers_keep_the_plain_schedule():
+    """The samples have two layers: below MIN_REPEATS, so their schedules (the golden records) stay."""
+    assert MIN_REPEATS > 2
+    machine, _ = read_machine("tsp-v1")
+    module, _ = load_model(ROOT / "samples" / "llama_decode.onnx")
+    _, summary = compile_module(module, machine, CompileOptions(scheduler="list"))
+    assert not summary.solver_status.startswith("templates")
+
+
+# --- the lower bound is honest --------------------------------------------------------------------
+
+SMALL = [("layernorm_mlp", 1), ("layernorm_mlp", 2), ("attention", 1), ("attention", 2), ("data_movement", 1)]
+
+
+@pytest.mark.parametrize("name, chips", SMALL)
+def test_bound_never_exceeds_an_optimal_schedule(name, chips):
+    machine, _ = read_machine("tsp-v1")
+    module = read_ir(ROOT / "tests" / "golden" / "ir" / f"{name}.ir")
+    _, summary = compile_module(module, machine, CompileOptions(chips=chips, effort=5.0, window=2000,
+                                                                partition="pipeline" if chips > 1 else "auto"))
+    assert summary.solver_status == "optimal", summary.solver_status   # cycles is the optimum
+    assert summary.critical_path <= summary.cycles
+    assert summary.resource_bound <= summary.cycles, (summary.bound_resource, summary.resource_bound,
+                                                      summary.cycles)
+
+
+def test_progress_names_the_stages_and_the_time_left(tiny_dir):
+    """What `lpuc compile` prints on stderr after two seconds (with --json too): each pass, each template
+    scheduled and the stamps, with an estimate of the time left."""
+    machine, _ = read_machine("tsp-v1")
+    module, _ = load_model(_tiny(tiny_dir, "decode"))
+    lines: list[str] = []
+    compile_module(module, machine, CompileOptions(chips=1, scheduler="list"), lines.append)
+    assert any(line.startswith("lower") for line in lines) and any(line.startswith("allocate") for line in lines)
+    templated = [line for line in lines if line.startswith("templates: ")]
+    assert any("scheduling template 1" in line for line in templated)
+    assert any(f"stamped {LAYERS} of {LAYERS} pieces, about 0 s left" in line for line in templated), templated
