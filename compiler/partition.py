@@ -249,31 +249,34 @@ class _Stages:
 @dataclass(frozen=True)
 class _Layout:
     chips: int
-    chips_of: dict[int, tuple[int, ...]]  # op of _Stages.order -> its chip, or a split op's chips
-    crossed: int                          # activation bytes crossing its cuts
+    chips_of: dict[int, tuple[tuple[int, int], ...]]  # op of _Stages.order -> its (chip, share)s (one: whole)
+    crossed: int                                        # activation bytes crossing its cuts
 
     def written(self, module: Module, stages: _Stages) -> tuple[list[int], dict[int, str], Groups]:
         home, kinds, groups = [0] * len(module.ops), {}, {}
-        for i, chips in self.chips_of.items():
-            home[i] = chips[0]
-            if len(chips) > 1:
+        for i, shares in self.chips_of.items():
+            home[i] = shares[0][0]
+            if len(shares) > 1:
                 kinds[i] = stages.tilings[i][0]
-                groups[i] = tuple((c, 1) for c in chips)
+                groups[i] = shares
         for i in sorted(stages.follows, reverse=True):  # (a consumer comes later: its chip is known first)
             home[i] = home[stages.follows[i]]
         return home, kinds, groups
 
 
 def layer_aligned_chips(module: Module, machine: Machine) -> int | None:
-    """The chips the layer-aligned pipeline of `module` needs (None: it repeats no layers): those of its
-    layout whose cuts the fewest activation bytes cross, then the fewest chips (a cut through attention would
-    send a layer's K/V over a link: one chip more costs less)."""
+    """The chips the layer-aligned pipeline of `module` needs (None: it repeats no layers): those of the
+    layout with the fewest chips among the ones whose cuts cross at most twice the activation bytes of the
+    least crossed (a few activation vectors more per step cost less than chips; a cut through attention,
+    sending a layer's K/V over a link, costs orders of magnitude more), then the least crossed."""
     constants = {op.result.name for op in module.ops if op.name == "graph.constant"}
     stages = _stages(module, machine.lanes, constants)
     if stages is None:
         return None
     room = machine.sram.chip_bytes * ROOM_PERCENT // 100
-    return min(((lay.crossed, lay.chips) for lay in (_layout(stages, k, room) for k in range(1, MAX_GROUP + 1))))[1]
+    layouts = [_layout(stages, k, room) for k in range(1, MAX_GROUP + 1)]
+    least = min(lay.crossed for lay in layouts)
+    return min((lay.chips, lay.crossed) for lay in layouts if lay.crossed <= 2 * least)[0]
 
 
 def _layer_aligned(stages: _Stages, chip_bytes: int, chips: int) -> _Layout | None:
@@ -309,7 +312,8 @@ def _stages(module: Module, lanes: int, constants: set[str]) -> _Stages | None:
     load = {i: 0 for i in order}
     for i in order:
         op = module.ops[i]
-        load[i] += sum(words(r.type, lanes) * lanes for r in op.results)
+        if not (OPS[op.name].in_place or OPS[op.name].view):  # those name words they do not make
+            load[i] += sum(words(r.type, lanes) * lanes for r in op.results)
         load[i] += sum(words(v.type, lanes) * lanes for v in op.operands if v.name in inputs)
         if OPS[op.name].in_place:
             load[i] += words(op.operands[0].type, lanes) * lanes
@@ -357,43 +361,63 @@ def _stages(module: Module, lanes: int, constants: set[str]) -> _Stages | None:
 
 def _layout(stages: _Stages, k: int, room: int) -> _Layout:
     """Chips of their own for the ops before the layers, each group of `k` consecutive layers and the ops
-    after them (each unit's ops cut by _cuts); an op larger than `room` is split over ceil(load / room) chips
-    of its own (as many as its tiles allow)."""
+    after them, filled in program order: runs of ops cut by _cuts; an op larger than `room` split over the
+    room left on the current chip and as many more as it fills, in whole tiles (a chip's share of it in
+    proportion to its bytes there), the ops after it going on with its last chip."""
     units: dict[int, list[int]] = {}
     for p, i in enumerate(stages.order):
         s = stages.segment[i]
         units.setdefault(-1 if s < 0 else s // k if s < stages.layers else stages.layers, []).append(p)
-    chips_of, chip, crossed = {}, 0, 0
+    chips_of, chip, crossed = {}, -1, 0
     for unit in sorted(units):
-        run: list[int] = []
+        chip, fill, run = chip + 1, 0, []  # the unit starts on a chip of its own; `fill`: bytes on `chip`
         for p in units[unit] + [None]:
             i = stages.order[p] if p is not None else None
-            parts = min(stages.tilings.get(i, ("", 1))[1], -(-stages.load[i] // room)) if i is not None else 0
-            if p is not None and parts <= 1:
+            tiles = stages.tilings.get(i, ("", 1))[1] if i is not None else 0
+            if p is not None and (tiles <= 1 or stages.load[i] <= room):
                 run.append(p)
                 continue
             if run:
-                cuts, run_crossed = _cuts(stages, run, room)
+                if fill + stages.load[stages.order[run[0]]] > room:  # not even its first op fits what is left
+                    chip, fill = chip + 1, 0
+                cuts, run_crossed = _cuts(stages, run, room, fill)
                 for p_run, c in zip(run, cuts):
-                    chips_of[stages.order[p_run]] = (chip + c,)
-                chip, crossed = chip + cuts[-1] + 1, crossed + run_crossed
+                    chips_of[stages.order[p_run]] = ((chip + c, 1),)
+                last = [stages.load[stages.order[q]] for q, c in zip(run, cuts) if c == cuts[-1]]
+                chip, fill = chip + cuts[-1], (fill if cuts[-1] == 0 else 0) + sum(last)
+                crossed += run_crossed
             run = []
-            if p is not None:  # a split op
-                chips_of[i] = tuple(range(chip, chip + parts))
-                chip += parts
-    return _Layout(chip, chips_of, crossed)
+            if p is not None:
+                chips_of[i], chip, fill = _spread(stages.load[i], tiles, room, chip, fill)
+    return _Layout(chip + 1, chips_of, crossed)
 
 
-def _cuts(stages: _Stages, run: list[int], room: int) -> tuple[list[int], int]:
+def _spread(load: int, tiles: int, room: int, chip: int, fill: int
+            ) -> tuple[tuple[tuple[int, int], ...], int, int]:
+    """An op of `load` bytes in `tiles` tiles, over the room left on `chip` (`fill` bytes used) and the chips
+    after it, in whole tiles: ((chip, bytes), ...), the last chip and its fill."""
+    tile = -(-load // tiles)
+    shares, left = [], load
+    while left > 0:
+        take = min(left, (room - fill) // tile * tile)
+        if take > 0:
+            shares.append((chip, take))
+            left, fill = left - take, fill + take
+        if left > 0:
+            chip, fill = chip + 1, 0
+    return tuple(shares), chip, fill
+
+
+def _cuts(stages: _Stages, run: list[int], room: int, fill: int = 0) -> tuple[list[int], int]:
     """(per op of `run` (positions in stages.order), its chip counted from the run's first; the bytes crossing
-    its cuts): the fewest chips whose loads stay within `room`, cut where the fewest activation bytes cross
-    (a cut inside attention would send the layer's K/V over a link)."""
+    its cuts): the fewest chips whose loads stay within `room` (the first chip has `fill` bytes already), cut
+    where the fewest activation bytes cross (a cut inside attention would send the layer's K/V over a link)."""
     best = [(0, 0, 0)]  # per prefix of run: (chips, bytes crossing its cuts, where its last chip starts)
     for j in range(1, len(run) + 1):
         options, load = [], 0
         for i in range(j - 1, -1, -1):
             load += stages.load[stages.order[run[i]]]
-            if load > room and i < j - 1:
+            if load + (fill if i == 0 else 0) > room and i < j - 1:
                 break
             chips, crossed, _ = best[i]
             options.append((chips + 1, crossed + (stages.crossing[run[i]] if i else 0), i))
