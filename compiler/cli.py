@@ -260,6 +260,7 @@ def cmd_compile(args) -> int:
         * program.machine.sram.word_bytes
     report = {
         "output": str(args.output), "machine": summary.machine, "chips": summary.chips,
+        "chips_reason": summary.chips_reason,
         "partition": summary.partition, "scheduler": options.scheduler,
         "cycles": summary.cycles, "lower_bound_cycles": summary.lower_bound, "gap": round(summary.gap, 6),
         "bound": summary.bound,
@@ -282,6 +283,7 @@ def cmd_compile(args) -> int:
     chips = f"{summary.chips} chip" + ("s" if summary.chips > 1 else "")
     print(f"{args.model} -> {args.output} ({summary.machine}, {chips}, {options.scheduler} scheduler)")
     rows = [
+        *([("chips", f"{summary.chips}: {summary.chips_reason}")] if summary.chips_reason else []),
         ("cycles", f"{summary.cycles:,}  ({summary.microseconds:.2f} us at {summary.clock_mhz:g} MHz)"),
         ("lower bound", f"{summary.lower_bound:,}  (gap {summary.gap:.1%}; bound: {summary.bound})"),
         *([("CP-SAT", f"{summary.solver_status}, {summary.solve_seconds:.1f} s; the list schedule had "

@@ -86,6 +86,7 @@ class CompileSummary:
     solve_seconds: float = 0.0   # cpsat: wall-clock (reported only; never decides anything)
     list_cycles: int = 0         # cpsat: the warm start's length
     proven_bound: int = 0        # cpsat: the solver's proven lower bound (0: none)
+    chips_reason: str = ""       # why `chips` (the default's ChipNeed, or given)
 
     @property
     def gap(self) -> float:
@@ -180,7 +181,24 @@ def _option_value(text: str, hint, what: str):
     raise LpucError(f"{what}={text!r}: expected {hint}")
 
 
-def default_chips(graph: Module, machine: Machine) -> int:
+@dataclass(frozen=True)
+class ChipNeed:
+    """Why a compile's default chip count is what it is."""
+
+    weights: int        # chips whose SRAM holds the constants and states, a tenth of each spare
+    layout: int | None  # chips the layer-aligned pipeline needs, when it decides (weights need a chip per layer)
+    chips: int          # the larger, rounded up to a size the topology has
+
+    def __str__(self) -> str:
+        text = f"the fewest holding the weights and state: {self.weights}"
+        if self.layout:
+            text += f"; the layer-aligned layout (activations too): {self.layout}"
+        if self.chips != max(self.weights, self.layout or 1):
+            text += f"; the topology's next size: {self.chips}"
+        return text
+
+
+def chip_need(graph: Module, machine: Machine) -> ChipNeed:
     """The fewest chips (a size the topology supports) whose SRAM holds the model's constants and states with
     room to spare (a tenth of each chip for activations); for a model of repeated layers whose weights need a
     chip per layer or more, those its layer-aligned pipeline needs (compiler.partition: every layer takes chips
@@ -188,11 +206,16 @@ def default_chips(graph: Module, machine: Machine) -> int:
     need = sum(words(op.result.type, machine.lanes) for op in graph.ops
                if op.name == "graph.constant" or OPS[op.name].persistent)
     usable = machine.sram.slices * machine.sram.words_per_slice * 9 // 10
-    chips = -(-need // usable)
+    weights, layout = -(-need // usable), None
     layers = find_layers(graph)
-    if layers is not None and chips >= layers.count:
-        chips = max(chips, layer_aligned_chips(graph, machine) or 1)
-    return round_chips(machine, chips)
+    if layers is not None and weights >= layers.count:
+        layout = layer_aligned_chips(graph, machine)
+    return ChipNeed(weights, layout, round_chips(machine, max(weights, layout or 1)))
+
+
+def default_chips(graph: Module, machine: Machine) -> int:
+    """The default chip count of `graph` (chip_need)."""
+    return chip_need(graph, machine).chips
 
 
 def _place(graph_module: Module, target: Target, placing: tuple[Pass, ...], progress=None):
@@ -239,27 +262,31 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
         if options.chips not in (None, chips) or options.partition != "auto":
             raise LpucError(f"{graph_module.name} is partitioned already, over {chips} chips (its `chips` attribute): "
                             "leave out --chips and --partition, or remove the partition from the IR")
-        return _compile_on(graph_module, machine, options, chips, stored, progress)
+        return _compile_on(graph_module, machine, options, chips, stored, progress, "as the IR's partition writes")
     if options.chips is not None:
-        return _compile_on(graph_module, machine, options, options.chips, stored, progress)
+        return _compile_on(graph_module, machine, options, options.chips, stored, progress, "given by --chips")
     # The default: the fewest chips whose SRAM holds the weights; when the partition leaves one chip too
     # full, the next size the topology has.
     try:
-        chips = default_chips(graph_module, machine)
-    except LpucError as e:  # more than the topology can join (e.g. Llama-2-70B on tsp-v1)
+        need = chip_need(graph_module, machine)
+    except LpucError as e:  # more than the topology can join
         raise LpucError(f"{graph_module.name}'s weights at {options.precision} need {e}") from None
-    for _ in range(8):
+    chips, tried = need.chips, []
+    while True:
+        reason = str(need) + (f"; {', '.join(tried)} left a chip too full" if tried else "")
         try:
-            return _compile_on(graph_module, machine, options, chips, stored, progress)
+            return _compile_on(graph_module, machine, options, chips, stored, progress, reason)
         except DoesNotFit as e:
+            if len(tried) == 8:
+                raise
             if progress:
                 progress(f"{e}; trying more chips")
+            tried.append(str(chips))
             chips = round_chips(machine, chips + 1)
-    return _compile_on(graph_module, machine, options, chips, stored, progress)
 
 
 def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions, chips: int, stored: Stored,
-                progress=None) -> tuple[Module, CompileSummary]:
+                progress=None, chips_reason: str = "") -> tuple[Module, CompileSummary]:
     target = Target(machine, chips)  # an LpucError when the topology has no such size
     strategies = ("pipeline", "tensor") if options.partition == "auto" else (options.partition,)
     layered = layer_aligned_chips(graph_module, machine)
@@ -316,9 +343,9 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
         candidates=tuple(tried) if len(strategies) > 1 else (),
         transfers=sum(1 for op in scheduled.ops if OPS[op.name].result_place == LINK),  # sends
         solver_status=result.solver_status, solve_seconds=result.solve_seconds, list_cycles=result.list_cycles,
-        proven_bound=result.proven_bound)
+        proven_bound=result.proven_bound, chips_reason=chips_reason)
     return scheduled, summary
 
 
-__all__ = ["PASSES", "SCHEDULERS", "CompileOptions", "CompileSummary", "compile_module", "default_chips",
-           "parse_passes", "passes", "run_passes"]
+__all__ = ["PASSES", "SCHEDULERS", "ChipNeed", "CompileOptions", "CompileSummary", "chip_need", "compile_module",
+           "default_chips", "parse_passes", "passes", "run_passes"]
