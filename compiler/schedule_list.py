@@ -229,7 +229,9 @@ class _Resources:
             if n_streams == 0:
                 return t
             free = 0
-            for b in streams:  # usually enough are free: stop counting at n_streams
+            # usually enough are free: stop counting at n_streams, from the top (take_streams fills the
+            # lowest free registers, so the highest are the likeliest free)
+            for b in reversed(streams):
                 free += b.free(t, hold)
                 if free == n_streams:
                     return t
