@@ -159,7 +159,7 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None,
     states = [op for op in module.ops if mo.is_state(op.name)]
     # an in-place write's result names its state's words: nothing of its own to place or free
     alias = {op.result.name: op.operands[0].name for op in module.ops if OPS[op.name].in_place}
-    pinned = constants + [op.result.name for op in states]
+    pinned = set(constants) | {op.result.name for op in states}
     size = {name: words(types[name], machine.lanes) for name in first}
     # a layer's load from the host (its past K/V) is live from the start: compiler.templates streams it ahead
     # of its layer, so it must not wait for the words of the layer's earlier values

@@ -142,20 +142,26 @@ class _Busy:
 
     def first_fit(self, t: int, length: int) -> int:
         """The earliest t' >= t with [t', t'+length) free."""
-        if length <= 0:
-            return t
         starts, ends = self.starts, self.ends
+        if length <= 0 or not ends or t >= ends[-1]:  # (the usual case: past everything booked)
+            return t
         i = bisect_right(starts, t) - 1
         if i >= 0 and ends[i] > t:
             t = ends[i]
         i += 1
-        while i < len(starts) and starts[i] < t + length:
-            t = max(t, ends[i])
+        n = len(starts)
+        while i < n and starts[i] < t + length:
+            t = ends[i]  # (> t: the intervals are disjoint and sorted)
             i += 1
         return t
 
     def free(self, t: int, length: int) -> bool:
-        return self.first_fit(t, length) == t
+        """first_fit(t, length) == t: nothing booked overlaps [t, t+length)."""
+        starts = self.starts
+        if length <= 0 or not starts or t >= self.ends[-1]:
+            return True
+        i = bisect_right(starts, t)
+        return (i == 0 or self.ends[i - 1] <= t) and (i == len(starts) or starts[i] >= t + length)
 
     def add(self, start: int, end: int) -> None:
         if end <= start:
@@ -223,7 +229,9 @@ class _Resources:
             if n_streams == 0:
                 return t
             free = 0
-            for b in streams:  # usually enough are free: stop counting at n_streams
+            # usually enough are free: stop counting at n_streams, from the top (take_streams fills the
+            # lowest free registers, so the highest are the likeliest free)
+            for b in reversed(streams):
                 free += b.free(t, hold)
                 if free == n_streams:
                     return t
@@ -471,11 +479,17 @@ def _pass(program: Program, machine: Machine, priority: dict[int, int], reverse:
         rs = res.windows(S, reverse)
         chip = res.chip(F.chip)
         tf0, ts0 = earliest(f), earliest(s_, skip=f)
+        planes, s_off, start = chip.units["mxm"], unit_window(s_), max(ts0, tf0 + gap)
+        # Planes by a cheap lower bound on S's cycle there (its own window free); stop when none can win.
+        order = sorted((max(start, plane.first_fit(start + s_off, S.cost.occupancy) - s_off), k)
+                       for k, plane in enumerate(planes))
         best = None
-        for k, plane in enumerate(chip.units["mxm"]):
-            ts = max(ts0, tf0 + gap)
+        for lb, k in order:
+            if best is not None and lb > best[0]:
+                break
+            plane, ts = planes[k], start
             while True:
-                ts = res.fit(ts, rs + [(plane, unit_window(s_), S.cost.occupancy)], chip.streams, S.streams,
+                ts = res.fit(ts, rs + [(plane, s_off, S.cost.occupancy)], chip.streams, S.streams,
                              S.cost.latency)
                 # F as late as possible: the plane is idle but held from F to the end of S.
                 tf = res.fit(max(tf0, ts - gap), rf + [(plane, a, F.cost.occupancy)], chip.streams, F.streams,

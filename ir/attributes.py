@@ -103,7 +103,17 @@ class AttrDict(Mapping):
         return key in self._dict
 
     def __iter__(self) -> Iterator[str]:
-        return (k for k, _ in self._items)
+        return iter(self._dict)  # (built from the sorted items: sorted too)
+
+    # Mapping's views go key by key through __getitem__; `dict(attrs)` and `{**attrs}` use keys()
+    def keys(self):
+        return self._dict.keys()
+
+    def items(self):
+        return self._dict.items()
+
+    def values(self):
+        return self._dict.values()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -130,6 +140,8 @@ class AttrDict(Mapping):
 def _typed(v):
     """A value that compares as the attribute prints (Python has 1 == 1.0 == True)."""
     if isinstance(v, tuple):
+        if all(type(x) is int for x in v):  # (the common case, e.g. extents: ints compare as they print)
+            return tuple, v
         return tuple, tuple(_typed(x) for x in v)
     if isinstance(v, float):
         return float, repr(v)

@@ -176,15 +176,19 @@ def _matmul(types, attrs):
     if acc is None:
         dtype = same_dtype(types)
     else:
-        need(acc in ACCUMULATE, f"accumulate must be one of {', '.join(d.value for d in ACCUMULATE)}, got {acc.value}")
-        need(a.dtype in ACCUMULATE[acc] and b.dtype in ACCUMULATE[acc],
-             f"accumulate = {acc.value} takes operands of {', '.join(sorted(d.value for d in ACCUMULATE[acc]))}, "
-             f"got {a.dtype.value} and {b.dtype.value}")
+        # (messages only on failure: the MXM tiles of a large model check this rule thousands of times)
+        if acc not in ACCUMULATE:
+            raise TypeRuleError(f"accumulate must be one of {', '.join(d.value for d in ACCUMULATE)}, got {acc.value}")
+        if a.dtype not in ACCUMULATE[acc] or b.dtype not in ACCUMULATE[acc]:
+            raise TypeRuleError(f"accumulate = {acc.value} takes operands of "
+                                f"{', '.join(sorted(d.value for d in ACCUMULATE[acc]))}, "
+                                f"got {a.dtype.value} and {b.dtype.value}")
         dtype = acc
     need(a.rank >= 1 and b.rank >= 1, "matmul operands must have rank >= 1")
     sa = a.shape if a.rank > 1 else (1,) + a.shape
     sb = b.shape if b.rank > 1 else b.shape + (1,)
-    need(sa[-1] == sb[-2], f"contraction dims differ: {a} @ {b}")
+    if sa[-1] != sb[-2]:
+        raise TypeRuleError(f"contraction dims differ: {a} @ {b}")
     shape = broadcast_shapes(sa[:-2], sb[:-2]) + (sa[-2], sb[-1])
     if a.rank == 1:
         shape = shape[:-2] + shape[-1:]

@@ -159,7 +159,8 @@ def _row_slice(types, attrs):
 
 def _one_tile(types, attrs, machine):
     (w,), rows, cols = types, machine.mxm.rows, machine.mxm.cols
-    g.need(w.shape[-2] <= rows and w.shape[-1] <= cols, f"a weight tile is at most {rows} x {cols}: {w}")
+    if w.shape[-2] > rows or w.shape[-1] > cols:  # (the message only on failure: every tile checks this)
+        raise TypeRuleError(f"a weight tile is at most {rows} x {cols}: {w}")
 
 
 @defop("mxm.install", 1, {**SCHEDULE_ATTRS}, machine_rule=_one_tile,
@@ -167,7 +168,8 @@ def _one_tile(types, attrs, machine):
        unit="mxm", places=(SRAM,), result_place=PLANE)
 def _install(types, attrs):
     (w,) = types
-    g.need(w.rank >= 2, f"a weight tile has rows and columns: {w}")
+    if w.rank < 2:
+        raise TypeRuleError(f"a weight tile has rows and columns: {w}")
     return w
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
-from .attributes import Tensor
+from .attributes import AttrDict, Tensor
 from .machine import Machine
 from .types import DType, TensorType
 
@@ -107,8 +108,15 @@ class OpDef:
         return full
 
     def result_types(self, operand_types, attrs, *, defaults_filled: bool = False) -> tuple[TensorType, ...]:
+        if isinstance(attrs, AttrDict):  # hashable: a signature seen before (layers and tiles repeat them)
+            return _result_types(self.name, tuple(operand_types), attrs)
         types = self.infer(tuple(operand_types), attrs if defaults_filled else self.attrs_with_defaults(attrs))
         return (types,) if isinstance(types, TensorType) else tuple(types)
+
+
+@lru_cache(maxsize=4096)
+def _result_types(name: str, operand_types: tuple[TensorType, ...], attrs: AttrDict) -> tuple[TensorType, ...]:
+    return OPS[name].result_types(operand_types, dict(attrs))
 
 
 OPS: dict[str, OpDef] = {}

@@ -5,6 +5,7 @@ Each rule raises a VerifyError whose message names the op and the value.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .core import Module, Op
@@ -23,11 +24,10 @@ def verify(module: Module, machine: Machine | None = None) -> Module:
     `machine` it targets, also the rules that depend on it (e.g. a view's vector-column alignment)."""
     defined: dict[str, object] = {}
     place: dict[str, str | None] = {}  # where each value lives, by its definition (graph ops: None)
-    later = {r.name for op in module.ops for r in op.results}
 
-    def define(value, where):
+    def define(value, where: Callable[[], str]):  # (the label only for the error: ops are many)
         if value.name in defined:
-            raise VerifyError(f"{where}: value {value} is defined twice")
+            raise VerifyError(f"{where()}: value {value} is defined twice")
         defined[value.name] = value.type
 
     checked = set()  # signatures of ops that passed the op-local rules: layers and tiles repeat them
@@ -35,24 +35,24 @@ def verify(module: Module, machine: Machine | None = None) -> Module:
     if not ATTR_KINDS["int"](chips) or chips < 1:
         raise VerifyError(f"module attribute chips = {chips!r}: must be a positive int")
     for v in module.inputs:
-        define(v, f"input {v}")
+        define(v, lambda: f"input {v}")
         place[v.name] = HOST
     for op in module.ops:
-        where = op.label()
         for v in op.operands:
             if v.name not in defined:
-                if v.name in later:
-                    raise VerifyError(f"{where}: operand {v} is used before its definition")
-                raise VerifyError(f"{where}: operand {v} is not defined")
+                if any(r.name == v.name for later in module.ops for r in later.results):
+                    raise VerifyError(f"{op.label()}: operand {v} is used before its definition")
+                raise VerifyError(f"{op.label()}: operand {v} is not defined")
             if defined[v.name] != v.type:
-                raise VerifyError(f"{where}: operand {v} has type {v.type} but is defined as {defined[v.name]}")
+                raise VerifyError(f"{op.label()}: operand {v} has type {v.type} but is defined as "
+                                  f"{defined[v.name]}")
         signature = (op.name, tuple(v.type for v in op.operands), op.attrs, tuple(r.type for r in op.results))
         if signature not in checked:
             check_op(op, machine, chips)
             checked.add(signature)
         check_places(op, [place[v.name] for v in op.operands])
         for r in op.results:
-            define(r, where)
+            define(r, op.label)
             place[r.name] = OPS[op.name].result_place
     names = set()
     for name, v in module.outputs:
