@@ -106,7 +106,8 @@ def test_window_by_window_is_valid_and_never_worse(name, chips):
 
 
 def test_windows_improve_somewhere():
-    summary, _ = _windowed("llama_prefill", 1, window=60)  # since llama_prefill returns present.*, 40 finds nothing
+    # (llama_prefill's list schedule, its KV heads grouped, leaves windows of 40 and 60 nothing to improve)
+    summary, _ = _windowed("gemma_prefill", 1, window=60)
     assert summary.cycles < summary.list_cycles
 
 
