@@ -344,7 +344,14 @@ def _stages(module: Module, lanes: int, constants: set[str]) -> _Stages | None:
         kinds = tilings(module.ops[i], constants, lanes)
         if kinds:
             offered[i] = next(iter(kinds.items()))
-    crossing = [0] * (len(order) + 1)
+    crossing, _ = _crossings(module, order, lanes)
+    return _Stages(order, load, segment, layers.count, offered, follows, [w * lanes for w in crossing[:len(order)]])
+
+
+def _crossings(module: Module, order, lanes: int, big: int | None = None) -> tuple[list[int], list[int]]:
+    """Per position p of `order` (and one past its end): the SRAM words of the values made before order[p] and
+    read from it on (what a cut there sends between chips), and how many of them are at least `big` words."""
+    crossing, heavy = [0] * (len(order) + 1), [0] * (len(order) + 1)
     last_read: dict[str, int] = {}
     for p, i in enumerate(order):
         for v in module.ops[i].operands:
@@ -352,11 +359,16 @@ def _stages(module: Module, lanes: int, constants: set[str]) -> _Stages | None:
     for p, i in enumerate(order):
         for r in module.ops[i].results:
             if last_read.get(r.name, p) > p:
-                crossing[p + 1] += words(r.type, lanes) * lanes
-                crossing[last_read[r.name] + 1] -= words(r.type, lanes) * lanes
+                size, end = words(r.type, lanes), last_read[r.name] + 1
+                crossing[p + 1] += size
+                crossing[end] -= size
+                if big is not None and size >= big:
+                    heavy[p + 1] += 1
+                    heavy[end] -= 1
     for p in range(1, len(crossing)):
         crossing[p] += crossing[p - 1]
-    return _Stages(order, load, segment, layers.count, offered, follows, crossing[:len(order)])
+        heavy[p] += heavy[p - 1]
+    return crossing, heavy
 
 
 def _layout(stages: _Stages, k: int, room: int) -> _Layout:
@@ -442,23 +454,7 @@ def _move_cuts(module: Module, home: list[int], weights: list[int], split: set[i
     states = [op.result for op in module.ops if OPS[op.name].persistent]
     order = [i for i, op in enumerate(module.ops) if op.name != "graph.constant" and not OPS[op.name].persistent]
     big = min((words(v.type, lanes) for v in states), default=None)
-    crossing = [0] * (len(order) + 1)  # crossing[p]: bytes of values made before order[p] and read from it on
-    heavy = [0] * (len(order) + 1)     # heavy[p]: how many of them are the size of a state
-    last_use: dict[str, int] = {}
-    for p, i in enumerate(order):
-        for v in module.ops[i].operands:
-            last_use[v.name] = p
-    for p, i in enumerate(order):
-        for r in module.ops[i].results:
-            if last_use.get(r.name, p) > p:
-                crossing[p + 1] += words(r.type, lanes)
-                crossing[last_use[r.name] + 1] -= words(r.type, lanes)
-                if big is not None and words(r.type, lanes) >= big:
-                    heavy[p + 1] += 1
-                    heavy[last_use[r.name] + 1] -= 1
-    for p in range(1, len(crossing)):
-        crossing[p] += crossing[p - 1]
-        heavy[p] += heavy[p - 1]
+    crossing, heavy = _crossings(module, order, lanes, big)  # heavy[p]: crossing values the size of a state
     cuts = [p for p in range(1, len(order)) if home[order[p]] == home[order[p - 1]] + 1]
     window = max(1, len(order) // (2 * chips))
     for k, p in enumerate(cuts):
