@@ -94,7 +94,9 @@ class _Rewriter:
         if op.name == "graph.transpose":
             axis = list(op.attrs["perm"]).index(rep.axis)
             return _Repeat(self.emit(op.name, (rep.source,), hint, **op.attrs), axis, rep.times)
-        if op.name in ELEMENTWISE and all(self._same_per_head(v, op.result.type, rep.axis) for v in op.operands[1:]):
+        # (an operand adding axes would move the repeated one: left as written)
+        if op.name in ELEMENTWISE and op.result.type.rank == x.type.rank \
+                and all(self._same_per_head(v, op.result.type, rep.axis) for v in op.operands[1:]):
             return _Repeat(self.emit(op.name, (rep.source, *op.operands[1:]), hint, **op.attrs), rep.axis, rep.times)
         return None
 
