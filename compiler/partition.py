@@ -312,8 +312,10 @@ def _stages(module: Module, lanes: int, constants: set[str]) -> _Stages | None:
     load = {i: 0 for i in order}
     for i in order:
         op = module.ops[i]
-        if not (OPS[op.name].in_place or OPS[op.name].view):  # those name words they do not make
-            load[i] += sum(words(r.type, lanes) * lanes for r in op.results)
+        # (a state write's result names its state's words, counted again below: that second count is the room
+        # the allocator needs beside a resident cache. Counted once, Llama-2-7B decode at context 2048, 4 layers,
+        # packed onto 16 chips at 217.5 of 220 MiB and took 15.4M cycles instead of 3.2M on 24.)
+        load[i] += sum(words(r.type, lanes) * lanes for r in op.results)
         load[i] += sum(words(v.type, lanes) * lanes for v in op.operands if v.name in inputs)
         if OPS[op.name].in_place:
             load[i] += words(op.operands[0].type, lanes) * lanes
