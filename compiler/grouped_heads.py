@@ -22,9 +22,9 @@ import math
 from dataclasses import dataclass
 
 from ..ir import Module
+from ..ir.builder import Builder
 from ..ir.core import AttrDict, Op, Value
 from ..ir.graph_ops import ARITHMETIC, FLOAT_UNARY, NUMERIC_UNARY
-from ..ir.registry import OPS
 from ..ir.types import TensorType
 
 from .passes import Pass, dead_code_elimination
@@ -44,38 +44,27 @@ class _Repeat:
 class _Rewriter:
     def __init__(self, module: Module):
         self.module = module
-        self.taken = {v.name for v in module.inputs} | {r.name for op in module.ops for r in op.results}
+        self.b = Builder()  # the rewritten ops; new values named unlike any of the module's
+        self.b._taken.update([v.name for v in module.inputs] + [r.name for op in module.ops for r in op.results])
         self.producer = {r.name: op for op in module.ops for r in op.results}
         self.repeats: dict[str, _Repeat] = {}
-        self.ops: list[Op] = []
         self.grouped = 0
 
-    def fresh(self, hint: str) -> str:
-        name, n = hint, 1
-        while name in self.taken:
-            name, n = f"{hint}_{n}", n + 1
-        self.taken.add(name)
-        return name
-
-    def emit(self, name: str, operands: tuple[Value, ...], hint: str, result: Value | None = None, **attrs) -> Value:
-        attrs = AttrDict(attrs)
-        types = OPS[name].result_types([v.type for v in operands], attrs)
-        out = result or Value(self.fresh(hint), types[0])
-        self.ops.append(Op(name, operands, (out,), attrs))
-        return out
+    def emit(self, name: str, operands: tuple[Value, ...], hint: str, **attrs) -> Value:
+        return self.b.op(name, *operands, names=(hint,), **attrs)
 
     def run(self) -> Module:
         for op in self.module.ops:
             if op.name == "graph.matmul" and op.operands[1].name in self.repeats and self._grouped_matmul(op):
                 continue
-            self.ops.append(op)
+            self.b.ops.append(op)
             if len(op.results) == 1 and op.operands:
                 found = self._repeat_of(op)
                 if found is not None:
                     self.repeats[op.result.name] = found
         if not self.grouped:
             return self.module
-        return dead_code_elimination(self.module.replace(ops=tuple(self.ops)))
+        return dead_code_elimination(self.module.replace(ops=tuple(self.b.ops)))
 
     # --- which values are repeats -------------------------------------------------------------------------
 
@@ -151,7 +140,8 @@ class _Rewriter:
         h = op.result.name
         grouped_a = self.emit("graph.reshape", (a,), f"{h}.rows", shape=lead + (kv, r * m, k))
         product = self.emit("graph.matmul", (grouped_a, rep.source), f"{h}.grouped", **op.attrs)
-        self.emit("graph.reshape", (product,), h, result=op.result, shape=op.result.type.shape)
+        # the model's value, under its own name
+        self.b.ops.append(Op("graph.reshape", (product,), op.results, AttrDict({"shape": op.result.type.shape})))
         self.grouped += 1
         return True
 
