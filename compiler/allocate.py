@@ -11,6 +11,12 @@ shapes how fast the schedule can be:
 
   - a value is striped over `stripes` slices (default: one stripe per byte-plane,
     so an fp32 vector column reads in as many cycles as the VXM computes it);
+  - a weight (a constant an `mxm.install` reads) of more tiles than stripes is cut
+    at its tiles instead (per vector column, runs of `lanes` rows), a tile a slice:
+    an install streams its tile out of a slice port at one word per cycle, as long
+    as it takes the plane to load it, so tiles installed at once on different
+    planes must lie in different slices (striped, all of a weight's tiles would
+    share `stripes` slices, and only that many planes could load at once);
   - stripes go to slices in round-robin order, so instructions close in program
     order (which the scheduler may run in parallel) use different slice ports;
   - when no slice has room for a stripe it is cut over the largest free blocks,
@@ -36,7 +42,7 @@ from dataclasses import dataclass, field
 
 from ..ir import machine_ops as mo
 from ..ir import LpucError, Module
-from ..ir.layout import Extent, words
+from ..ir.layout import Extent, rows_cols, vector_cols, words
 from ..ir.target import Target
 from ..ir.registry import OPS, SRAM
 from ..ir.schedule_facts import places, view_bases
@@ -205,29 +211,25 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None,
     placed: dict[str, tuple[Extent, ...]] = {}
 
     twin = _twins(module, layers)
+    weights = _weights(module)
 
     def place(name: str) -> None:
         c, n = chip[name], size[name]
         if name in twin and _take_like(free[c], placed[twin[name]], n, name, placed):
             cursor[c] = placed[name][-1][0] + 1
             return
-        pieces = max(1, min(stripes or types[name].dtype.itemsize, n), -(-n // sram.words_per_slice))
-        chunk = -(-n // pieces) if n else 0
-        out, remaining = [], n
-        while remaining:
-            want = min(chunk, remaining)
-            for step in range(sram.slices):
-                s = (cursor[c] + step) % sram.slices
-                start = free[c].first_fit(s, want)
-                if start is not None:
-                    cursor[c] = s + 1
-                    break
-            else:  # no slice has room: cut it over the largest free blocks
-                s, start, avail = free[c].largest()
-                want = min(want, avail)
-            free[c].take(s, start, want)
-            out.append((s, start, want))
-            remaining -= want
+        stripe = stripes or types[name].dtype.itemsize
+        tiles = _tile_words(types[name], machine.lanes) if name in weights else []
+        if len(tiles) > stripe:  # a weight of more tiles than stripes: a tile a slice
+            runs = [(k, k) for k in tiles]
+        else:
+            pieces = max(1, min(stripe, n), -(-n // sram.words_per_slice))
+            runs = [(n, -(-n // pieces))] if n else []
+        out = []
+        for remaining, chunk in runs:  # (words, at most this many a slice)
+            while remaining:
+                out.append(_take_next(free[c], cursor, c, min(chunk, remaining), sram.slices))
+                remaining -= out[-1][2]
         placed[name] = tuple(out)
 
     for op in states:  # fixed ones first, so the others go around them
@@ -263,6 +265,38 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None,
     return Allocation(tuple((name, placed[name]) for name in order), peak[worst], image, sram.word_bytes)
 
 
+def _take_next(free: _Free, cursor: list[int], c: int, want: int, slices: int) -> Extent:
+    """Take `want` words in the first slice from chip c's round-robin cursor on that has room (moving the
+    cursor past it); when none has, as much as the largest free block holds."""
+    for step in range(slices):
+        s = (cursor[c] + step) % slices
+        start = free.first_fit(s, want)
+        if start is not None:
+            cursor[c] = s + 1
+            break
+    else:  # no slice has room: cut it over the largest free blocks
+        s, start, avail = free.largest()
+        want = min(want, avail)
+    free.take(s, start, want)
+    return s, start, want
+
+
+def _weights(module: Module) -> set[str]:
+    """The constants an mxm.install reads (through views)."""
+    bases = view_bases(module)
+    constants = {op.result.name for op in module.ops if mo.is_constant(op.name)}
+    return {b for op in module.ops if op.name == "mxm.install" for v in op.operands for b in bases.get(v.name, ())
+            if b in constants}
+
+
+def _tile_words(t, lanes: int) -> list[int]:
+    """The words of each weight tile of `t` in layout order (ir.layout): per vector column, its rows
+    (all leading indices) in runs of `lanes` rows."""
+    rows, size = rows_cols(t)[0], t.dtype.itemsize
+    per_tile = [min(lanes, rows - r) * size for r in range(0, rows, lanes)]
+    return per_tile * vector_cols(t, lanes)
+
+
 def _pin(free: _Free, op, n: int, sram) -> None:
     """Take the words a state's fixed `out` names (a partner program's layout)."""
     out = op.attrs["out"]
@@ -291,21 +325,24 @@ def _twins(module: Module, layers: tuple[tuple[int, ...], ...]) -> dict[str, str
 
 
 def _take_like(free: _Free, like: tuple[Extent, ...] | None, n: int, name: str, placed: dict) -> bool:
-    """Place `name` (n words) like `like`: at the same words when they are free, else at the same slices
-    (pieces in distinct slices only); False when neither fits."""
+    """Place `name` (n words) like `like`: at the same words when they are free, else at the same slices;
+    False when neither fits."""
     if like is None or sum(k for _, _, k in like) != n:
         return False
     if all(free.first_fit_at(s, start, k) for s, start, k in like):
-        out = like
-    elif len({s for s, _, _ in like}) == len(like):
-        starts = [free.first_fit(s, k) for s, _, k in like]
-        if None in starts:
+        for s, start, k in like:
+            free.take(s, start, k)
+        placed[name] = like
+        return True
+    out = []
+    for s, _, k in like:  # piece by piece, taking each before looking for the next (a slice may recur)
+        start = free.first_fit(s, k)
+        if start is None:
+            for taken in out:
+                free.release(*taken)
             return False
-        out = tuple((s, start, k) for (s, _, k), start in zip(like, starts))
-    else:
-        return False
-    for s, start, k in out:
         free.take(s, start, k)
+        out.append((s, start, k))
     placed[name] = tuple(out)
     return True
 

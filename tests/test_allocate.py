@@ -17,6 +17,7 @@ from lpuc.ir import DType, LpucError, TensorType
 from lpuc.ir.builder import Builder
 from lpuc.ir.layout import words
 from lpuc.ir.machine import SHIPPED, load_machine, parse_machine
+from lpuc.ir.schedule_facts import describe
 from lpuc.ir.target import Target
 from lpuc.ir.verifier import verify
 from helpers import LANES
@@ -117,9 +118,27 @@ def test_f32_values_spread_over_slices():
     module = lower(wide_matmuls()[0], TSP_V1)
     allocation = plan_allocation(module, TSP_V1)
     types = {r.name: r.type for op in module.ops for r in op.results}
+    weights = {op.result.name for op in module.ops if mo.is_constant(op.name)}
     for name, ext in allocation.extents:
-        if types[name].dtype is DType.f32 and words(types[name], LANES) >= 4:
+        if types[name].dtype is DType.f32 and words(types[name], LANES) >= 4 and name not in weights:
             assert len({s for s, _, _ in ext}) == 4, name
+
+
+def test_weight_tiles_in_slices_of_their_own():
+    # w1 [333, 700] f32: 3 vector columns of 2 k-tiles (320 and 13 rows), w2 [700, 333]: 2 of 3; more tiles
+    # than 4 stripes: a tile a slice, all in different slices, so installs on every plane can read at once
+    module = lower(wide_matmuls()[0], TSP_V1)
+    allocated = verify(apply_allocation(module, plan_allocation(module, TSP_V1)))
+    extents = {op.result.name.split(".")[0]: op.attrs["out"] for op in allocated.ops if mo.is_constant(op.name)}
+    for name, rows, columns in (("w1", 333, 3), ("w2", 700, 2)):
+        tiles = [min(320, rows - r) * 4 for r in range(0, rows, 320)] * columns
+        assert [n for _, _, n in extents[name]] == tiles, name
+        assert len({s for s, _, _ in extents[name]}) == len(tiles), name
+    facts = describe(allocated, TSP_V1)
+    weights = {b for b, base in enumerate(facts.bases) if base.name.split(".")[0] in ("w1", "w2")}
+    installs = [ins for ins in facts.instructions if ins.op.name == "mxm.install" and set(ins.read_bases) <= weights]
+    assert len(installs) == 6 + 6 + 6  # h (w1), its vec_left (w1) and h2 (w2)
+    assert all(len(ins.cost.reads) == 1 for ins in installs)
 
 
 def test_apply_writes_out_in_result_order():
