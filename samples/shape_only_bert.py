@@ -1,10 +1,11 @@
-"""Write BERT-base (Hugging Face ``BertModel``, the encoder) as ONNX at its real size without its weights.
+"""Write BERT-base or BERT-Large (Hugging Face ``BertModel``, the encoder) as ONNX at its real size without its weights.
 
 Beside ``shape_only.py`` (Llama) and sharing its external-data layout: every weight lives in ONE sparse file
 ``OUT.weights`` (extended to its length, nothing written), so only the shapes mean anything; compile with
 ``lpuc compile OUT.onnx --no-weights``.
 
     python samples/shape_only_bert.py -o /tmp/bert_base.onnx              # seq 128, float32 as HF exports it
+    python samples/shape_only_bert.py --preset large -o /tmp/bert_large.onnx  # 24 layers, hidden 1024
     lpuc compile /tmp/bert_base.onnx --no-weights --precision int8 -o /tmp/bert_base.lpu
 
 The graph (opset 20): word + position + token-type embeddings (Gather) and LayerNormalization; per layer
@@ -34,6 +35,7 @@ if _spec.name not in sys.modules:
 
 @dataclass(frozen=True)
 class BertPreset:
+    name: str = "base"
     layers: int = 12
     hidden: int = 768
     heads: int = 12
@@ -49,6 +51,8 @@ class BertPreset:
 
 
 BERT_BASE = BertPreset()
+BERT_LARGE = BertPreset("large", layers=24, hidden=1024, heads=16, intermediate=4096)
+PRESETS = {p.name: p for p in (BERT_BASE, BERT_LARGE)}
 
 
 def param_count(p: BertPreset = BERT_BASE) -> int:
@@ -103,21 +107,21 @@ def build(seq: int = 128, p: BertPreset = BERT_BASE, dtype: str = "float32", loc
         h = norm(g.node("Add", [linear(up, f"{pre}.output.dense", p.intermediate, p.hidden), h], "resid"),
                  f"{pre}.output.LayerNorm")
     g.nodes.append(helper.make_node("Identity", [h], ["last_hidden_state"], name="Identity_out"))
-    graph = helper.make_graph(g.nodes, "bert_base", inputs, outputs, initializer=g.inits)
+    graph = helper.make_graph(g.nodes, f"bert_{p.name}", inputs, outputs, initializer=g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", shape_only.OPSET)],
                               producer_name="lpuc samples/shape_only_bert.py")
     model.ir_version = 10
     return model, g
 
 
-def write(out: str | Path, seq: int = 128, dtype: str = "float32") -> dict:
+def write(out: str | Path, seq: int = 128, dtype: str = "float32", p: BertPreset = BERT_BASE) -> dict:
     out = Path(out)
     weights = out.with_suffix(".weights")
-    model, g = build(seq, dtype=dtype, location=weights.name)
+    model, g = build(seq, p, dtype=dtype, location=weights.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     shape_only._fill(weights, g, "sparse", {})
     onnx.save(model, str(out))
-    return {"model": str(out), "params": param_count(), "weights_bytes": g.size}
+    return {"model": str(out), "params": param_count(p), "weights_bytes": g.size}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
     ap.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
     ap.add_argument("--dtype", choices=sorted(shape_only.DTYPES), default="float32")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="base", help="BERT-base (default) or BERT-Large")
     args = ap.parse_args(argv)
-    s = write(args.output, args.seq, args.dtype)
-    print(f"BERT-base: {s['params']:,} params -> {s['model']} + {s['weights_bytes'] / 1e6:.0f} MB sparse weights")
+    s = write(args.output, args.seq, args.dtype, PRESETS[args.preset])
+    print(f"BERT-{args.preset}: {s['params']:,} params -> {s['model']} + {s['weights_bytes'] / 1e6:.0f} MB sparse "
+          "weights")
     return 0
 
 
