@@ -301,72 +301,152 @@ def _priorities(program: Program, n_ops: int) -> list[int]:
     return prio
 
 
-def _heads(program: Program) -> list[int]:
-    """The earliest cycle each instruction can issue by its dependences alone (preds precede in program
-    order)."""
+def _heads(program: Program, machine: Machine) -> list[int]:
+    """The earliest cycle each instruction can issue: by its dependences (preds precede in program order)
+    and, where the program leaves a chip (a send, a host output), by the work before it on the chip too --
+    for every resource, the chain bound (`_chain`) of the holds of its ancestors on that chip, followed by the
+    longest path from each to it. So a pipeline over one token stream adds up its stages: each stage's
+    transfer out waits for the stage's own resource bound, and the next stage starts from there."""
     head = [0] * len(program.preds)
+    by_index = {ins.index: ins for ins in program.instructions}
+    install_of = dict(program.install_of)
     for ins in program.instructions:
-        head[ins.index] = max([0] + [head[p] + d for p, d in program.preds[ins.index]])
+        i = ins.index
+        head[i] = max([0] + [head[p] + d for p, d in program.preds[i]])
+        if ins.unit_class == "tx" or (ins.unit_class == "host" and not ins.writes):
+            after = _ancestors_on_chip(program, by_index, i)
+            holds = _holds(machine, [by_index[a] for a in after], head, after, install_of)
+            for key, items in holds.items():
+                head[i] = max(head[i], _chain(items, _capacity(machine, key), machine)[0])
     return head
+
+
+def _ancestors_on_chip(program: Program, by_index, i: int) -> dict[int, int]:
+    """The instructions on i's chip that i waits for, each with the longest path from its issue to i's (its
+    dependences' delays; a path through another chip is the head's business)."""
+    chip = by_index[i].chip
+    reach = {i: 0}
+    stack = [i]
+    seen = {i}
+    while stack:  # the ancestors first, then their longest paths in reverse program order
+        j = stack.pop()
+        for p, _ in program.preds[j]:
+            if p not in seen and p in by_index and by_index[p].chip == chip:
+                seen.add(p)
+                stack.append(p)
+    for j in sorted(seen, reverse=True):
+        for p, d in program.preds[j]:
+            if p in seen and j in reach:
+                reach[p] = max(reach.get(p, d + reach[j]), d + reach[j])
+    del reach[i]
+    return reach
+
+
+Item = tuple[int, int, int, int]  # (earliest start of the hold, its work, least cycles after it, work that may be early)
+
+
+def _holds(machine: Machine, instructions, head, after, install_of) -> dict[str, list[Item]]:
+    """Per resource (named as in the summary: a unit class, "streams", sliceN.read / .write, link ...), the
+    holds of `instructions`: the earliest cycle each can start (by `head`), its work and the least cycles
+    that must follow its end (`after[i]`: from the instruction's issue on). An install and its matmul are one
+    item of the MXM planes too ("mxm planes", see `_chain`)."""
+    chips = {ins.chip for ins in instructions}
+    many = len(chips - {0}) > 0
+    holds: dict[str, list[Item]] = {}
+    installs = set(install_of.values())
+
+    def add(chip, name: str, h: int, work: int, q: int, early: int = 0) -> None:
+        key = name if chip is None else f"chip{chip} {name}" if many else name
+        holds.setdefault(key, []).append((h, work, q, early))
+
+    by_index = {ins.index: ins for ins in instructions}
+    for ins in instructions:
+        i, c, ch = ins.index, ins.cost, ins.chip
+        add(ch, ins.unit_class, head[i], c.occupancy, after[i] - c.occupancy)
+        if ins.unit_class == "mxm" and i not in installs:  # (an install: with its matmul)
+            inst = by_index[install_of[i]].cost.occupancy if install_of.get(i) in by_index else 0
+            add(ch, "mxm planes", head[i], inst + c.occupancy, after[i] - c.occupancy, inst)
+        if ins.streams:
+            add(ch, "streams", head[i], ins.streams * c.latency, after[i] - c.latency)
+        for s, n in c.reads:
+            k = -(-n // machine.sram.read_ports)
+            add(ch, f"slice{s}.read", head[i], k, after[i] - k)
+        for s, n in c.writes:
+            k = -(-n // machine.sram.write_ports)
+            add(ch, f"slice{s}.write", head[i] + c.latency - k, k, after[i] - c.latency)
+        for link_chip, port, off, length in ins.links:
+            add(None, f"link c{link_chip}.l{port}", head[i] + off, length, after[i] - off - length)
+    return holds
+
+
+def _capacity(machine: Machine, key: str) -> int:
+    name = key.rsplit(" ", 1)[-1]
+    return {**units(machine), "planes": units(machine)["mxm"],
+            "streams": machine.streams.east + machine.streams.west}.get(name, 1)
+
+
+def _chain(items: list[Item], cap: int, machine: Machine) -> tuple[int, int, int]:
+    """(the chain bound of a resource's holds `items` on `cap` instances, the first cycle and the cycles after
+    of the set giving it): for any set S of holds, the program takes at least min over S of the earliest
+    start, plus S's work over the capacity, plus min over S of what must follow. S runs over the holds with
+    the largest starts (one threshold at a time), and those followed by the most.
+
+    An MXM plane's item is an install and its matmul, starting when the matmul may: the matmul streams only
+    once its weights landed and until the next install lands on the plane, so on each plane at most two
+    installs of S (the first S lands, and one landing after its matmul) may run before the earliest matmul of
+    S, and every other install issues after it, less the MXM latency. Their work (`early`, the two largest
+    per plane) is not counted, and the set starts that latency earlier."""
+    best, where = (0, 0, 0), None
+    planes = any(early for _, _, _, early in items)
+    slack = machine.latency.mxm if planes else 0
+    for by_head in (True, False):
+        work, least_head, least_tail = 0, None, None
+        earliest: list[int] = []  # a min-heap of the 2 x cap largest early works of S
+        ordered = sorted(items, key=lambda x: -x[0] if by_head else -x[2])
+        for k, (h, w, q, early) in enumerate(ordered):
+            work += w
+            least_head = h if least_head is None else min(least_head, h)
+            least_tail = q if least_tail is None else min(least_tail, q)
+            if early:
+                heapq.heappush(earliest, early)
+                if len(earliest) > 2 * cap:
+                    heapq.heappop(earliest)
+            nxt = ordered[k + 1] if k + 1 < len(ordered) else None
+            if nxt is not None and (nxt[0] == h if by_head else nxt[2] == q):
+                continue  # a threshold takes every hold at it
+            counted = work - sum(earliest)
+            b = least_head - slack + -(-counted // cap) + least_tail if planes else \
+                least_head + -(-work // cap) + least_tail
+            if b > best[0]:
+                best = (b, least_head, least_tail)
+    return best
 
 
 def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str, int]:
     """(critical path, resource bound, what gives it, the plain resource bound: work / capacity alone).
 
     The resource bound is the chain of stages: for a resource and any set S of its holds, the program
-    is at least min over S of the earliest cycle a hold can start (its instruction's dependences from
-    cycle 0), plus the work of S over the resource's capacity, plus min over S of what must follow a hold
-    once it ends (the latency-weighted path from its instruction to the end, less the hold). Taking S =
-    the holds that cannot start before h (for every h; and symmetrically those followed by at least q)
-    gives, for a pipeline over one token stream, each stage's resource bound after the chain of stages
-    before it; with h = q = 0 it is the plain bound work / capacity. Named "chain: R from cycle h, then q"
-    when the chain adds to R's work."""
+    is at least min over S of the earliest cycle a hold can start (its instruction's head: its dependences
+    from cycle 0 and, where it leaves a chip, the chain bound of the stage before it, `_heads`), plus the
+    work of S over the resource's capacity, plus min over S of what must follow a hold once it ends (the
+    latency-weighted path from its instruction to the end, less the hold). Taking S = the holds that cannot
+    start before h (for every h; and symmetrically those followed by at least q) gives, for a pipeline over
+    one token stream, each stage's resource bound after the chain of stages before it; with h = q = 0 it is
+    the plain bound work / capacity. Named "chain: R from cycle h, then q" when the chain adds to R's work."""
     prio = _priorities(program, len(program.preds))
-    head = _heads(program)
+    head = _heads(program, machine)
     critical = max(prio, default=0)
-    capacity = {**units(machine), "streams": machine.streams.east + machine.streams.west}
-    chips = {ins.chip for ins in program.instructions}
-    many = len(chips - {0}) > 0
-    holds: dict[str, list[tuple[int, int, int]]] = {}   # resource -> (earliest start, work, least after)
-
-    def add(chip: int | None, name: str, i: int, off: int, length: int, work: int) -> None:
-        key = name if chip is None else f"chip{chip} {name}" if many else name
-        holds.setdefault(key, []).append((head[i] + off, work, prio[i] - off - length))
-
-    for ins in program.instructions:
-        i, c, ch = ins.index, ins.cost, ins.chip
-        add(ch, ins.unit_class, i, 0, c.occupancy, c.occupancy)
-        if ins.streams:
-            add(ch, "streams", i, 0, c.latency, ins.streams * c.latency)
-        for s, n in c.reads:
-            k = -(-n // machine.sram.read_ports)
-            add(ch, f"slice{s}.read", i, 0, k, k)
-        for s, n in c.writes:
-            k = -(-n // machine.sram.write_ports)
-            add(ch, f"slice{s}.write", i, c.latency - k, k, k)
-        for link_chip, port, off, length in ins.links:
-            add(None, f"link c{link_chip}.l{port}", i, off, length, length)
+    holds = _holds(machine, program.instructions, head, prio, dict(program.install_of))
     best, which, plain_best = 0, "none", 0
     for name in sorted(holds):
-        cap = capacity.get(name.rsplit(" ", 1)[-1], 1)
+        cap = _capacity(machine, name)
         items = holds[name]
-        plain = -(-sum(w for _, w, _ in items) // cap)
+        plain = -(-sum(w for _, w, _, _ in items) // cap)
         plain_best = max(plain_best, plain)
         bound, where = plain, name
-        for by_head in (True, False):
-            # S = the holds with the largest heads (or tails) first, growing one threshold at a time
-            work, least_head, least_tail = 0, None, None
-            ordered = sorted(items, key=lambda x: -x[0] if by_head else -x[2])
-            for k, (h, w, q) in enumerate(ordered):
-                work += w
-                least_head = h if least_head is None else min(least_head, h)
-                least_tail = q if least_tail is None else min(least_tail, q)
-                nxt = ordered[k + 1] if k + 1 < len(ordered) else None
-                if nxt is not None and (nxt[0] == h if by_head else nxt[2] == q):
-                    continue  # a threshold takes every hold at it
-                b = least_head + -(-work // cap) + least_tail
-                if b > bound:
-                    bound, where = b, f"chain: {name} from cycle {least_head:,}, then {least_tail:,}"
+        chained, least_head, least_tail = _chain(items, cap, machine)
+        if chained > bound:
+            bound, where = chained, f"chain: {where} from cycle {least_head:,}, then {least_tail:,}"
         if bound > best:
             best, which = bound, where
     return critical, best, which, plain_best
