@@ -301,7 +301,7 @@ def _priorities(program: Program, n_ops: int) -> list[int]:
     return prio
 
 
-def _heads(program: Program, machine: Machine) -> list[int]:
+def _heads(program: Program, machine: Machine, specs: dict[int, list[Hold]]) -> list[int]:
     """The earliest cycle each instruction can issue: by its dependences (preds precede in program order)
     and, where the program leaves a chip (a send, a host output), by the work before it on the chip too --
     for every resource, the chain bound (`_chain`) of the holds of its ancestors on that chip, followed by the
@@ -309,15 +309,18 @@ def _heads(program: Program, machine: Machine) -> list[int]:
     transfer out waits for the stage's own resource bound, and the next stage starts from there."""
     head = [0] * len(program.preds)
     by_index = {ins.index: ins for ins in program.instructions}
-    install_of = dict(program.install_of)
     for ins in program.instructions:
         i = ins.index
         head[i] = max([0] + [head[p] + d for p, d in program.preds[i]])
         if ins.unit_class == "tx" or (ins.unit_class == "host" and not ins.writes):
             after = _ancestors_on_chip(program, by_index, i)
-            holds = _holds(machine, [by_index[a] for a in after], head, after, install_of)
-            for key, items in holds.items():
-                head[i] = max(head[i], _chain(items, _capacity(machine, key), machine)[0])
+            holds = _holds(specs, head, after, after)
+            # resources by the most their chain could give, so that the first raise the head past the others'
+            hopes = sorted(((_hope(items, _capacity(machine, key)), key) for key, items in holds.items()), reverse=True)
+            for hope, key in hopes:
+                if hope <= head[i]:
+                    break
+                head[i] = max(head[i], _chain(holds[key], _capacity(machine, key), machine)[0])
     return head
 
 
@@ -343,39 +346,53 @@ def _ancestors_on_chip(program: Program, by_index, i: int) -> dict[int, int]:
 
 
 Item = tuple[int, int, int, int]  # (earliest start of the hold, its work, least cycles after it, work that may be early)
+Hold = tuple[str, int, int, int, int]  # (resource, start from issue, work, end from issue, work that may be early)
 
 
-def _holds(machine: Machine, instructions, head, after, install_of) -> dict[str, list[Item]]:
-    """Per resource (named as in the summary: a unit class, "streams", sliceN.read / .write, link ...), the
-    holds of `instructions`: the earliest cycle each can start (by `head`), its work and the least cycles
-    that must follow its end (`after[i]`: from the instruction's issue on). An install and its matmul are one
-    item of the MXM planes too ("mxm planes", see `_chain`)."""
-    chips = {ins.chip for ins in instructions}
+def _hold_specs(program: Program, machine: Machine) -> dict[int, list[Hold]]:
+    """Per instruction, the resources it holds (named as in the summary: a unit class, "streams", sliceN.read
+    / .write, link ...), when from its issue, and the work. An install and its matmul are also one hold of
+    the MXM planes, the matmul's ("mxm planes", see `_chain`)."""
+    chips = {ins.chip for ins in program.instructions}
     many = len(chips - {0}) > 0
-    holds: dict[str, list[Item]] = {}
+    install_of = dict(program.install_of)
     installs = set(install_of.values())
+    by_index = {ins.index: ins for ins in program.instructions}
+    specs: dict[int, list[Hold]] = {}
+    for ins in program.instructions:
+        c, out = ins.cost, []
 
-    def add(chip, name: str, h: int, work: int, q: int, early: int = 0) -> None:
-        key = name if chip is None else f"chip{chip} {name}" if many else name
-        holds.setdefault(key, []).append((h, work, q, early))
+        def add(name: str, start: int, work: int, end: int, early: int = 0, chip=ins.chip) -> None:
+            key = name if chip is None else f"chip{chip} {name}" if many else name
+            out.append((key, start, work, end, early))
 
-    by_index = {ins.index: ins for ins in instructions}
-    for ins in instructions:
-        i, c, ch = ins.index, ins.cost, ins.chip
-        add(ch, ins.unit_class, head[i], c.occupancy, after[i] - c.occupancy)
-        if ins.unit_class == "mxm" and i not in installs:  # (an install: with its matmul)
-            inst = by_index[install_of[i]].cost.occupancy if install_of.get(i) in by_index else 0
-            add(ch, "mxm planes", head[i], inst + c.occupancy, after[i] - c.occupancy, inst)
+        add(ins.unit_class, 0, c.occupancy, c.occupancy)
+        if ins.unit_class == "mxm" and ins.index not in installs:  # (an install: with its matmul)
+            inst = by_index[install_of[ins.index]].cost.occupancy if ins.index in install_of else 0
+            add("mxm planes", 0, inst + c.occupancy, c.occupancy, inst)
         if ins.streams:
-            add(ch, "streams", head[i], ins.streams * c.latency, after[i] - c.latency)
+            add("streams", 0, ins.streams * c.latency, c.latency)
         for s, n in c.reads:
             k = -(-n // machine.sram.read_ports)
-            add(ch, f"slice{s}.read", head[i], k, after[i] - k)
+            add(f"slice{s}.read", 0, k, k)
         for s, n in c.writes:
             k = -(-n // machine.sram.write_ports)
-            add(ch, f"slice{s}.write", head[i] + c.latency - k, k, after[i] - c.latency)
+            add(f"slice{s}.write", c.latency - k, k, c.latency)
         for link_chip, port, off, length in ins.links:
-            add(None, f"link c{link_chip}.l{port}", head[i] + off, length, after[i] - off - length)
+            add(f"link c{link_chip}.l{port}", off, length, off + length, chip=None)
+        specs[ins.index] = out
+    return specs
+
+
+def _holds(specs: dict[int, list[Hold]], head, after: dict[int, int] | list[int], indices) -> dict[str, list[Item]]:
+    """Per resource, the holds of the instructions `indices`: the earliest cycle each can start (by `head`),
+    its work, the least cycles that must follow its end (`after[i]`: from the instruction's issue on) and
+    the work that may run early."""
+    holds: dict[str, list[Item]] = {}
+    for i in indices:
+        h, a = head[i], after[i]
+        for key, start, work, end, early in specs[i]:
+            holds.setdefault(key, []).append((h + start, work, a - end, early))
     return holds
 
 
@@ -383,6 +400,11 @@ def _capacity(machine: Machine, key: str) -> int:
     name = key.rsplit(" ", 1)[-1]
     return {**units(machine), "planes": units(machine)["mxm"],
             "streams": machine.streams.east + machine.streams.west}.get(name, 1)
+
+
+def _hope(items: list[Item], cap: int) -> int:
+    """The most `_chain` can give: all the work between the latest start and the longest tail."""
+    return max(h for h, _, _, _ in items) + -(-sum(w for _, w, _, _ in items) // cap) + max(q for _, _, q, _ in items)
 
 
 def _chain(items: list[Item], cap: int, machine: Machine) -> tuple[int, int, int]:
@@ -396,7 +418,7 @@ def _chain(items: list[Item], cap: int, machine: Machine) -> tuple[int, int, int
     installs of S (the first S lands, and one landing after its matmul) may run before the earliest matmul of
     S, and every other install issues after it, less the MXM latency. Their work (`early`, the two largest
     per plane) is not counted, and the set starts that latency earlier."""
-    best, where = (0, 0, 0), None
+    best = (0, 0, 0)
     planes = any(early for _, _, _, early in items)
     slack = machine.latency.mxm if planes else 0
     for by_head in (True, False):
@@ -434,9 +456,10 @@ def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str, int
     one token stream, each stage's resource bound after the chain of stages before it; with h = q = 0 it is
     the plain bound work / capacity. Named "chain: R from cycle h, then q" when the chain adds to R's work."""
     prio = _priorities(program, len(program.preds))
-    head = _heads(program, machine)
+    specs = _hold_specs(program, machine)
+    head = _heads(program, machine, specs)
     critical = max(prio, default=0)
-    holds = _holds(machine, program.instructions, head, prio, dict(program.install_of))
+    holds = _holds(specs, head, prio, [ins.index for ins in program.instructions])
     best, which, plain_best = 0, "none", 0
     for name in sorted(holds):
         cap = _capacity(machine, name)
