@@ -171,8 +171,9 @@ class _Spec:
         return True
 
 
-def _solve(spec: _Spec, options: CpSatScheduler, progress=None):
-    """-> (status, cycles relative to the window or None when nothing better was found, proven bound)."""
+def _solve(spec: _Spec, options: CpSatScheduler, progress=None, sequential: bool = False):
+    """-> (status, cycles relative to the window or None when nothing better was found, proven bound).
+    `sequential`: one solver thread (`options.workers` does not apply)."""
     m = cp_model.CpModel()
     n = len(spec.latency)
     start = [m.new_int_var(lo, hi, f"c{k}") for k, (lo, hi) in enumerate(zip(spec.lo, spec.hi))]
@@ -217,12 +218,18 @@ def _solve(spec: _Spec, options: CpSatScheduler, progress=None):
     solver = cp_model.CpSolver()
     prm = solver.parameters
     prm.random_seed = 1
-    # CP-SAT's one-thread search is a different algorithm (it gave other schedules than 2 to 8 threads,
-    # which agree with each other): run at least two.
-    prm.num_workers = max(2, options.workers)
     prm.max_deterministic_time = options.effort
-    prm.interleave_search = True
-    prm.interleave_batch_size = 8
+    if sequential:
+        # One thread, CP-SAT's sequential search: deterministic by itself, and the model is loaded once, not
+        # once per subsolver (on a layer's windows of a thousand port holds, eight subsolvers' loading took
+        # 10 of 11 CPU seconds for a 0.1 s deterministic budget; alone it takes 0.3 s)
+        prm.num_workers = 1
+    else:
+        # CP-SAT's one-thread search is a different algorithm (it gave other schedules than 2 to 8 threads,
+        # which agree with each other): run at least two, interleaved in fixed batches.
+        prm.num_workers = max(2, options.workers)
+        prm.interleave_search = True
+        prm.interleave_batch_size = 8
     status = solver.solve(m, _Progress(finish, progress) if progress and spec.makespan_only else None)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return STATUS.get(status, "unknown"), None, 0
@@ -343,10 +350,10 @@ def cpsat_schedule(module: Module, target: Target, options: CpSatScheduler, prog
 
 
 def solve_cycles(program: Program, machine: Machine, cycles: np.ndarray, floor: int, options: CpSatScheduler,
-                 progress=None) -> tuple[np.ndarray | None, str, int, int]:
+                 progress=None, sequential: bool = False) -> tuple[np.ndarray | None, str, int, int]:
     """Improve a valid schedule's `cycles` (per op index; those of `program`'s instructions count) with
     CP-SAT: -> (the better cycles, or None when none was found; the status; the proven bound, 0: none;
-    the models solved). `floor`: a known lower bound on the length."""
+    the models solved). `floor`: a known lower bound on the length; `sequential`: one solver thread."""
     order = sorted((ins.index for ins in program.instructions), key=lambda i: (cycles[i], i))
     if not order:
         return None, "skipped", 0, 0
@@ -355,7 +362,7 @@ def solve_cycles(program: Program, machine: Machine, cycles: np.ndarray, floor: 
     length = int(max(cycles[i] + windows.latency[i] for i in order))
     if len(order) <= options.window:
         spec, t0 = windows.spec(sorted(order), whole=True, floor=floor)
-        status, solved, bound = _solve(spec, options, progress)
+        status, solved, bound = _solve(spec, options, progress, sequential)
         if solved is None or max(c + lat for c, lat in zip(solved, spec.latency)) >= length:
             return None, status, bound, 1
         cycles[sorted(order)] = solved
@@ -374,7 +381,7 @@ def solve_cycles(program: Program, machine: Machine, cycles: np.ndarray, floor: 
             solving = False
         elif solves < options.max_windows:
             solves += 1
-            found = _solve(spec, options)[1]
+            found = _solve(spec, options, sequential=sequential)[1]
             if found is not None:
                 solved.setdefault(shape, found)
             solving = True

@@ -52,7 +52,7 @@ from ..ir import Module
 from ..ir.target import Target
 
 from .schedule_cpsat import CpSatScheduler, _assign, _uses, solve_cycles
-from .schedule_list import Program, ScheduleResult, analyze, list_placements, schedule_result
+from .schedule_list import Program, ScheduleResult, analyze, list_placements, lower_bounds, schedule_result
 
 MIN_REPEATS = 3  # fewer repeated layers: not worth a template (and the samples' two layers keep their schedules)
 GLUE = ("tx", "rx")  # unit classes of the transfers between chips: placed one by one, between the pieces
@@ -187,7 +187,7 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     # own, scheduled alone: list-scheduled, then CP-SAT.
     shapes: dict[tuple, list[int]] = defaultdict(list)
     rel_of: list[list[int]] = []
-    solves = 0
+    solves = at_bound = improved = 0
     t_templates = time.perf_counter()
     for n in range(n_pieces):
         seg = segments[n]
@@ -206,12 +206,17 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
         cycles = np.zeros(len(module.ops), dtype=np.int64)
         for i in members:
             cycles[i] = placed[i][0]
-        if options is not None and solves < options.max_windows:  # the solver's budget: the whole program's
-            better, _, _, n_solved = solve_cycles(sub, machine, cycles, 0,
-                                                  replace(options, max_windows=options.max_windows - solves))
-            solves += n_solved
-            if better is not None:
-                cycles = better
+        if options is not None:
+            critical, resource, _, plain = lower_bounds(sub, machine)
+            if _length(sub, cycles) <= max(critical, resource):
+                at_bound += 1  # optimal already: nothing to solve
+            else:  # the template's budget: `max_windows` models of `effort` each, on one thread
+                better, _, _, n_solved = solve_cycles(sub, machine, cycles, max(critical, plain), options,
+                                                      sequential=True)
+                solves += n_solved
+                if better is not None and _length(sub, better) <= _length(sub, cycles):
+                    improved += _length(sub, better) < _length(sub, cycles)
+                    cycles = better
         base = int(min(cycles[i] for i in members))
         seg.template = len(rel_of)
         shapes[key].append(seg.template)
@@ -262,7 +267,8 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     result = schedule_result(module, program, machine, _assign(program, machine, cycles))
     stats = TemplateStats(stamped, len(rel_of), boundary)
     status = (f"templates: {stats.templates} for {stats.pieces} pieces, {boundary:,} cycles lost at boundaries"
-              + (f"; CP-SAT: {solves} models solved (at most {options.max_windows})" if options is not None else ""))
+              + (f"; CP-SAT: {solves} models solved (at most {options.max_windows} a template), {improved} templates shortened,"
+                 f" {at_bound} at their bound already" if options is not None else ""))
     return replace(result, solver_status=status, solve_seconds=time.perf_counter() - t_start), stats
 
 
@@ -368,6 +374,10 @@ def _strongly_connected(n: int, succs: dict[int, list[int]]) -> list[list[int]]:
 
 def _streams_ahead(ins, program: Program, block: set[int]) -> bool:
     return ins.unit_class == "host" and not any(p in block for p, _ in program.preds[ins.index])
+
+
+def _length(program: Program, cycles: np.ndarray) -> int:
+    return max(int(cycles[ins.index]) + ins.cost.latency for ins in program.instructions)
 
 
 def _asap(members: list[int], program: Program, by_index) -> list[int]:
