@@ -46,6 +46,7 @@ import re
 import time
 import zlib
 from dataclasses import dataclass, replace
+from itertools import islice
 
 import numpy as np
 from ortools.sat.python import cp_model
@@ -462,7 +463,7 @@ def _assign(program, machine: Machine, cycles) -> dict[int, tuple[int, int, tupl
             streams[i] = ()
             continue
         slots = regs.setdefault(ins.chip, [0] * n_streams)
-        ids = tuple(k for k, t in enumerate(slots) if t <= cycles[i])[:ins.streams]
+        ids = tuple(islice((k for k, t in enumerate(slots) if t <= cycles[i]), ins.streams))  # the lowest free
         for k in ids:
             slots[k] = cycles[i] + ins.cost.latency
         streams[i] = ids
