@@ -17,8 +17,11 @@ schedule reused:
   appearance: which chips, slices and links it uses does not matter, only which of its holds share one)
   share a template when its cycles also meet the block's own write-after-read edges (they follow its
   addresses). A template is scheduled once, on its block alone (what it reads from outside ready at
-  cycle 0): the list scheduler, then CP-SAT (compiler.schedule_cpsat.solve_cycles) within the program's
-  `max_windows` budget. A block's placement (its chips, SRAM layout, the routes of its transfers) is in
+  cycle 0): the list scheduler, then, unless that meets the template's own lower bound, CP-SAT
+  (compiler.schedule_cpsat.solve_cycles) with a budget of its own: `max_windows` models of `effort`
+  deterministic seconds, on one solver thread (the sequential search loads a model once; the interleaved
+  one loads it per subsolver, which on a layer's windows cost thirty times the search). The solver's
+  time is paid per distinct template, never per layer. A block's placement (its chips, SRAM layout, the routes of its transfers) is in
   its own instructions; a template is relative cycles. The allocator gives equal layers equal slices
   (compiler.allocate, `layers`), so equal layers on the same chips share one.
 - Stamping: in dependence order, each block is placed as a rigid whole at the earliest cycle offset where

@@ -97,6 +97,34 @@ def test_pipeline_gives_each_layer_the_chips_of_the_one_before_shifted(tiny_dir,
     assert not used & outside
 
 
+def test_cpsat_solves_each_distinct_template_once_unless_it_meets_its_bound(tiny_dir, monkeypatch):
+    """CP-SAT's cost is per distinct template: one solve each (within its own max_windows budget), none for a
+    template whose list schedule meets its own lower bound, none for a layer stamped from a template."""
+    from lpuc.compiler import templates
+    from lpuc.compiler.schedule_list import lower_bounds
+
+    solved = []
+
+    def counting(sub, machine, cycles, floor, options, progress=None, sequential=False):
+        critical, resource, _, _ = lower_bounds(sub, machine)
+        solved.append((templates._length(sub, cycles), max(critical, resource), sequential))
+        return solve_cycles(sub, machine, cycles, floor, options, progress, sequential)
+
+    solve_cycles = templates.solve_cycles
+    monkeypatch.setattr(templates, "solve_cycles", counting)
+    machine, _ = read_machine("tsp-v1")
+    module, _ = load_model(_tiny(tiny_dir, "decode"))
+    _, summary = compile_module(module, machine, CompileOptions(chips=2, partition="tensor", max_windows=2,
+                                                                precision="fp32"))
+    status = summary.solver_status
+    n_templates, pieces = (int(w) for w in status.split()[1:4:2])
+    at_bound = int(status.split(" at their bound")[0].rsplit(" ", 1)[1])
+    models = int(status.split("CP-SAT: ")[1].split()[0])
+    assert len(solved) == n_templates - at_bound < pieces, status
+    assert all(length > bound and sequential for length, bound, sequential in solved)
+    assert len(solved) <= models <= 2 * len(solved), status
+
+
 def test_fewer_layers_keep_the_plain_schedule():
     """The samples have two layers: below MIN_REPEATS, so their schedules (the golden records) stay."""
     assert MIN_REPEATS > 2
