@@ -301,19 +301,28 @@ def _priorities(program: Program, n_ops: int) -> list[int]:
     return prio
 
 
+JOIN_WINDOW = 1000  # ops before a matmul's reader whose holds may count towards its head (any subset is a bound)
+
+
 def _heads(program: Program, machine: Machine, specs: dict[int, list[Hold]]) -> list[int]:
     """The earliest cycle each instruction can issue: by its dependences (preds precede in program order)
-    and, where the program leaves a chip (a send, a host output), by the work before it on the chip too --
-    for every resource, the chain bound (`_chain`) of the holds of its ancestors on that chip, followed by the
-    longest path from each to it. So a pipeline over one token stream adds up its stages: each stage's
-    transfer out waits for the stage's own resource bound, and the next stage starts from there."""
+    and, where the program leaves a chip (a send, a host output) or takes a matmul's result on, by the work
+    before it on the chip too -- for every resource, the chain bound (`_chain`) of the holds of its ancestors
+    on that chip, followed by the longest path from each to it (for a matmul's reader, the ancestors among
+    the JOIN_WINDOW ops before it: a phase of matmuls, not the whole program, at a bounded cost). So a
+    pipeline over one token stream adds up its stages: each stage's transfer out waits for the stage's own
+    resource bound, and the next stage starts from there; within a layer, what reads a phase of matmuls
+    waits for the phase's installs and matmuls on the four planes, not just for its longest chain."""
     head = [0] * len(program.preds)
     by_index = {ins.index: ins for ins in program.instructions}
     for ins in program.instructions:
         i = ins.index
         head[i] = max([0] + [head[p] + d for p, d in program.preds[i]])
-        if ins.unit_class == "tx" or (ins.unit_class == "host" and not ins.writes):
-            after = _ancestors_on_chip(program, by_index, i)
+        leaves = ins.unit_class == "tx" or (ins.unit_class == "host" and not ins.writes)
+        reads_matmul = ins.unit_class != "mxm" and any(by_index[p].unit_class == "mxm" for p, _ in program.raw[i]
+                                                       if p in by_index)
+        if leaves or reads_matmul:
+            after = _ancestors_on_chip(program, by_index, i, None if leaves else JOIN_WINDOW)
             holds = _holds(specs, head, after, after)
             # resources by the most their chain could give, so that the first raise the head past the others'
             hopes = sorted(((_hope(items, _capacity(machine, key)), key) for key, items in holds.items()), reverse=True)
@@ -324,9 +333,10 @@ def _heads(program: Program, machine: Machine, specs: dict[int, list[Hold]]) -> 
     return head
 
 
-def _ancestors_on_chip(program: Program, by_index, i: int) -> dict[int, int]:
-    """The instructions on i's chip that i waits for, each with the longest path from its issue to i's (its
-    dependences' delays; a path through another chip is the head's business)."""
+def _ancestors_on_chip(program: Program, by_index, i: int, window: int | None = None) -> dict[int, int]:
+    """The instructions on i's chip that i waits for (at most `window` ops before it, when given), each with
+    the longest path from its issue to i's (its dependences' delays; a path through another chip is the
+    head's business)."""
     chip = by_index[i].chip
     reach = {i: 0}
     stack = [i]
@@ -334,7 +344,7 @@ def _ancestors_on_chip(program: Program, by_index, i: int) -> dict[int, int]:
     while stack:  # the ancestors first, then their longest paths in reverse program order
         j = stack.pop()
         for p, _ in program.preds[j]:
-            if p not in seen and p in by_index and by_index[p].chip == chip:
+            if p not in seen and p in by_index and by_index[p].chip == chip and (window is None or p >= i - window):
                 seen.add(p)
                 stack.append(p)
     for j in sorted(seen, reverse=True):
