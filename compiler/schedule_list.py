@@ -302,14 +302,15 @@ def _priorities(program: Program, n_ops: int) -> list[int]:
 
 
 JOIN_WINDOW = 1000  # ops before a matmul's reader whose holds may count towards its head (any subset is a bound)
+MXM = ("mxm", "mxm planes")  # the resources a matmul's reader counts: its phase's planes
 
 
 def _heads(program: Program, machine: Machine, specs: dict[int, list[Hold]]) -> list[int]:
     """The earliest cycle each instruction can issue: by its dependences (preds precede in program order)
     and, where the program leaves a chip (a send, a host output) or takes a matmul's result on, by the work
     before it on the chip too -- for every resource, the chain bound (`_chain`) of the holds of its ancestors
-    on that chip, followed by the longest path from each to it (for a matmul's reader, the ancestors among
-    the JOIN_WINDOW ops before it: a phase of matmuls, not the whole program, at a bounded cost). So a
+    on that chip, followed by the longest path from each to it (for a matmul's reader, the MXM planes' holds
+    of the ancestors among the JOIN_WINDOW ops before it: a phase of matmuls, at a bounded cost). So a
     pipeline over one token stream adds up its stages: each stage's transfer out waits for the stage's own
     resource bound, and the next stage starts from there; within a layer, what reads a phase of matmuls
     waits for the phase's installs and matmuls on the four planes, not just for its longest chain."""
@@ -323,7 +324,7 @@ def _heads(program: Program, machine: Machine, specs: dict[int, list[Hold]]) -> 
                                                        if p in by_index)
         if leaves or reads_matmul:
             after = _ancestors_on_chip(program, by_index, i, None if leaves else JOIN_WINDOW)
-            holds = _holds(specs, head, after, after)
+            holds = _holds(specs, head, after, after, None if leaves else MXM)
             # resources by the most their chain could give, so that the first raise the head past the others'
             hopes = sorted(((_hope(items, _capacity(machine, key)), key) for key, items in holds.items()), reverse=True)
             for hope, key in hopes:
@@ -394,15 +395,17 @@ def _hold_specs(program: Program, machine: Machine) -> dict[int, list[Hold]]:
     return specs
 
 
-def _holds(specs: dict[int, list[Hold]], head, after: dict[int, int] | list[int], indices) -> dict[str, list[Item]]:
-    """Per resource, the holds of the instructions `indices`: the earliest cycle each can start (by `head`),
-    its work, the least cycles that must follow its end (`after[i]`: from the instruction's issue on) and
-    the work that may run early."""
+def _holds(specs: dict[int, list[Hold]], head, after: dict[int, int] | list[int], indices,
+           only: tuple[str, ...] | None = None) -> dict[str, list[Item]]:
+    """Per resource (those whose name ends with one of `only`, when given), the holds of the instructions
+    `indices`: the earliest cycle each can start (by `head`), its work, the least cycles that must follow its
+    end (`after[i]`: from the instruction's issue on) and the work that may run early."""
     holds: dict[str, list[Item]] = {}
     for i in indices:
         h, a = head[i], after[i]
         for key, start, work, end, early in specs[i]:
-            holds.setdefault(key, []).append((h + start, work, a - end, early))
+            if only is None or key.endswith(only):
+                holds.setdefault(key, []).append((h + start, work, a - end, early))
     return holds
 
 
