@@ -77,9 +77,13 @@ class AttrDict(Mapping):
 
     Two AttrDicts are equal when they print the same: `1`, `1.0` and `true` differ
     (as attribute values they do), and so do `0.0` and `-0.0`; a NaN equals itself.
+
+    A scheduled program has an AttrDict per instruction (millions for a large model), so it holds
+    just one dict (built in sorted key order) and its hash, once asked: the key that compares as
+    the attributes print is made when a comparison needs it, not kept.
     """
 
-    __slots__ = ("_items", "_dict", "_hash", "_key")
+    __slots__ = ("_dict", "_hash")
 
     def __init__(self, items: Mapping[str, Any] | None = None):
         d = dict(items or {})
@@ -87,10 +91,8 @@ class AttrDict(Mapping):
             if not isinstance(k, str):
                 raise TypeError(f"attribute name {k!r} is not a str")
             check_attr_value(k, v)
-        self._items = tuple(sorted(d.items()))
-        self._dict = dict(self._items)
+        self._dict = {k: d[k] for k in sorted(d)}
         self._hash = None
-        self._key = None
 
     def __getitem__(self, key):
         return self._dict[key]
@@ -103,7 +105,7 @@ class AttrDict(Mapping):
         return key in self._dict
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._dict)  # (built from the sorted items: sorted too)
+        return iter(self._dict)  # (built in sorted key order)
 
     # Mapping's views go key by key through __getitem__; `dict(attrs)` and `{**attrs}` use keys()
     def keys(self):
@@ -116,33 +118,33 @@ class AttrDict(Mapping):
         return self._dict.values()
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._dict)
 
-    def _compare_key(self):
-        if self._key is None:
-            self._key = tuple((k, _typed(v)) for k, v in self._items)
-        return self._key
+    def compare_key(self) -> tuple:
+        """What equality and the hash go by: the items with values that compare as they print."""
+        return tuple((k, compare_value(v)) for k, v in self._dict.items())
 
     def __hash__(self):
         if self._hash is None:
-            self._hash = hash(self._compare_key())
+            self._hash = hash(self.compare_key())
         return self._hash
 
     def __eq__(self, other):
         if isinstance(other, AttrDict):
-            return self is other or self._compare_key() == other._compare_key()
+            return self is other or (len(self._dict) == len(other._dict) and hash(self) == hash(other)
+                                     and self.compare_key() == other.compare_key())
         return NotImplemented
 
     def __repr__(self):
         return f"AttrDict({self._dict!r})"
 
 
-def _typed(v):
+def compare_value(v):
     """A value that compares as the attribute prints (Python has 1 == 1.0 == True)."""
     if isinstance(v, tuple):
         if all(type(x) is int for x in v):  # (the common case, e.g. extents: ints compare as they print)
             return tuple, v
-        return tuple, tuple(_typed(x) for x in v)
+        return tuple, tuple(compare_value(x) for x in v)
     if isinstance(v, float):
         return float, repr(v)
     return type(v), v

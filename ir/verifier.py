@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .attributes import compare_value
 from .core import Module, Op
 from .errors import VerifyError
 from .registry import ATTR_KINDS, HOST, LINK, OPS, PLANE, SRAM, TypeRuleError
@@ -46,10 +47,13 @@ def verify(module: Module, machine: Machine | None = None) -> Module:
             if defined[v.name] != v.type:
                 raise VerifyError(f"{op.label()}: operand {v} has type {v.type} but is defined as "
                                   f"{defined[v.name]}")
-        signature = (op.name, tuple(v.type for v in op.operands), op.attrs, tuple(r.type for r in op.results))
+        signature = (op.name, tuple(v.type for v in op.operands), _shared_attrs(op.attrs),
+                     tuple(r.type for r in op.results))
         if signature not in checked:
             check_op(op, machine, chips)
             checked.add(signature)
+        else:
+            check_own_attrs(op)
         check_places(op, [place[v.name] for v in op.operands])
         for r in op.results:
             define(r, op.label)
@@ -65,6 +69,24 @@ def verify(module: Module, machine: Machine | None = None) -> Module:
             raise VerifyError(f"output {name!r}: value {v} has type {v.type} but is defined as {defined[v.name]}")
     check_state(module)
     return module
+
+
+# The attributes allocation and scheduling give each instruction its own values of: no type or machine rule
+# reads them, so an op whose other attributes, op name and types were checked before needs only these checked.
+OWN_ATTRS = ("cycle", "out", "streams", "unit")
+
+
+def _shared_attrs(attrs) -> tuple:
+    """An op's attributes but its own (OWN_ATTRS), as they compare (ir.attributes.AttrDict)."""
+    return tuple((k, compare_value(v)) for k, v in attrs.items() if k not in OWN_ATTRS)
+
+
+def check_own_attrs(op: Op) -> None:
+    """The op-local rules of an op's OWN_ATTRS: each is an attribute of its op, of its kind."""
+    opdef = OPS[op.name]
+    for key in OWN_ATTRS:
+        if key in op.attrs:
+            _check_attr(op, opdef, key, op.attrs[key], None)
 
 
 def check_state(module: Module) -> None:
@@ -125,15 +147,7 @@ def check_op(op: Op, machine: Machine | None = None, chips: int | None = None) -
         want = f"{lo}" if lo == hi else f"{lo} or more" if hi is None else f"{lo} to {hi}"
         raise VerifyError(f"{where}: takes {want} operands, got {n}")
     for key, value in op.attrs.items():
-        spec = opdef.attrs.get(key)
-        if spec is None:
-            raise VerifyError(f"{where}: unknown attribute {key!r}")
-        if not ATTR_KINDS[spec.kind](value):
-            raise VerifyError(f"{where}: attribute {key!r} must be {spec.kind}, got {value!r}")
-        if chips is not None and spec.kind in ("chip", "chips") \
-                and any(c >= chips for c in (value if spec.kind == "chips" else (value,))):
-            raise VerifyError(f"{where}: {key} = {list(value) if spec.kind == 'chips' else value} names a chip "
-                              f"outside the module's {chips} (module attribute chips)")
+        _check_attr(op, opdef, key, value, chips)
     for key, spec in opdef.attrs.items():
         if spec.required and key not in op.attrs:
             raise VerifyError(f"{where}: missing attribute {key!r}")
@@ -151,3 +165,15 @@ def check_op(op: Op, machine: Machine | None = None, chips: int | None = None) -
         if r.type != t:
             raise VerifyError(f"{where}: result {r} has type {r.type}, expected {t}")
 
+
+
+def _check_attr(op: Op, opdef, key: str, value, chips: int | None) -> None:
+    spec = opdef.attrs.get(key)
+    if spec is None:
+        raise VerifyError(f"{op.label()}: unknown attribute {key!r}")
+    if not ATTR_KINDS[spec.kind](value):
+        raise VerifyError(f"{op.label()}: attribute {key!r} must be {spec.kind}, got {value!r}")
+    if chips is not None and spec.kind in ("chip", "chips") \
+            and any(c >= chips for c in (value if spec.kind == "chips" else (value,))):
+        raise VerifyError(f"{op.label()}: {key} = {list(value) if spec.kind == 'chips' else value} names a chip "
+                          f"outside the module's {chips} (module attribute chips)")
