@@ -28,6 +28,7 @@ from ..ir import LpucError, Module
 from ..ir.layout import words
 from ..ir.machine import Machine
 from ..ir.registry import LINK, OPS
+from ..ir.schedule_facts import forget as forget_facts
 from ..ir.target import Target
 from ..ir.topology import round_chips
 from ..ir.verifier import verify
@@ -348,6 +349,7 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
         scheduled, more = run_passes(allocated, target, scheduling, progress)
         plans.update(more)
         result = plans[scheduling[0].name]
+    forget_facts()  # those of the allocated module: the .lpu describes the scheduled one
     partitioned, allocation = plans.get(Partition.name, graph_module), plans[Allocate.name]
     summary = CompileSummary(
         machine=machine.name, cycles=result.cycles, lower_bound=result.lower_bound,

@@ -82,7 +82,7 @@ class CpSatScheduler(Scheduler):
 
 # --- resource uses ------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Use:
     """An instruction's (or an install + matmul pair's) hold on a resource group:
     [c_first + first_off, c_last + last_off) with `demand` of the group's capacity."""

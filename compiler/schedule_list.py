@@ -255,7 +255,7 @@ class _Resources:
 
 # --- the schedule ---------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Placement:
     cycle: int
     unit: str | None = None

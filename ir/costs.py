@@ -35,7 +35,7 @@ from .registry import LINK, OPS, PLANE
 Extent = tuple[int, int, int]  # (slice, first word, words)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per instruction: millions in a large program
 class Cost:
     occupancy: int
     latency: int

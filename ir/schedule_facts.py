@@ -74,7 +74,7 @@ def view_bases(module: Module) -> dict[str, tuple[str, ...]]:
     return bases
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Base:
     """A value owning SRAM words: an instruction's result, or a constant (in the SRAM image)."""
     name: str
@@ -94,7 +94,7 @@ class Base:
         return sum(n for _, _, n in self.extents)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Instruction:
     index: int                                   # op index (program order)
     op: Op
@@ -225,6 +225,11 @@ def describe(module: Module, target: Target) -> Facts:
 
 _RECENT = 2
 _recent: list[Facts] = []
+
+
+def forget() -> None:
+    """Keep no facts: a compile is done with its modules (the facts would keep them, and theirs, alive)."""
+    _recent.clear()
 
 
 def _describe(module: Module, target: Target) -> Facts:
