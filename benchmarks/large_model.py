@@ -13,8 +13,9 @@ partition, CP-SAT; repeated layers are scheduled from templates,
 compiler/templates.py). The table gives chips, instructions, the cycles, the
 lower bound, the gap and what binds, the wall-clock and CPU compile time (the
 CPU time is what a loaded machine does not inflate), the CPU time per layer
-(falling when compile time grows less than linearly) and the compiler's peak
-RSS, then how the scheduler went (templates: how many for how many pieces, a
+(falling when compile time grows less than linearly), the compiler's peak
+RSS and the CPU time of `lpuc run --timing-only` of the program (loading the
+.lpu, checking every hazard), then how the scheduler went (templates: how many for how many pieces, a
 layer's part on each chip, and the cycles lost at their boundaries). Llama-2-70B at its chip count needs a
 machine with that many chips: --machine tests/machines/tsp-v1-torus.toml.
 
@@ -60,6 +61,18 @@ def _compile(model: Path, out: Path, seed: str, workers: int, scheduler: str, ma
     return json.loads(p.stdout), seconds, cpu, rss
 
 
+def _timing_run(program: Path) -> float:
+    """CPU seconds of `lpuc run --timing-only` of `program` in a fresh process (after its compile: a larger
+    compile follows, so the compiles' peak RSS stays theirs)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    p = subprocess.run([sys.executable, "-m", "lpuc.compiler", "run", str(program), "--timing-only"], cwd=ROOT,
+                       capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(f"run of {program} failed: {p.stderr.strip()}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="llama2-7b", choices=sorted(shape_only.PRESETS))
@@ -81,7 +94,7 @@ def main(argv=None) -> int:
         print(f"{args.preset} {args.mode} ({f'context {args.context}' if args.mode == 'decode' else f'{args.seq} tokens'}),"
               f" {args.machine}, --partition {args.partition} --scheduler {args.scheduler}; load average {os.getloadavg()[0]:.1f}")
         head = (f"{'layers':>6} {'chips':>5} {'instructions':>12} {'cycles':>12} {'bound':>12} {'gap':>6} "
-                f"{'wall s':>7} {'CPU s':>7} {'CPU s/layer':>11} {'RSS MB':>7}  bound from; scheduler")
+                f"{'wall s':>7} {'CPU s':>7} {'CPU s/layer':>11} {'RSS MB':>7} {'run s':>6}  bound from; scheduler")
         print(head)
         print("-" * len(head))
         for layers in layer_counts:
@@ -89,10 +102,11 @@ def main(argv=None) -> int:
             shape_only.write(args.preset, model, layers=layers, **shape)
             report, seconds, cpu, rss = _compile(model, model.with_suffix(".lpu"), "0", 8, args.scheduler,
                                                  args.machine, args.partition)
+            run_cpu = _timing_run(model.with_suffix(".lpu"))
             print(f"{layers:>6} {report['chips']:>5} {report['instructions']:>12,} {report['cycles']:>12,} "
                   f"{report['lower_bound_cycles']:>12,} {report['gap']:>6.1%} {seconds:>7.1f} {cpu:>7.1f} "
-                  f"{cpu / layers:>11.2f} {rss:>7.0f}  {report['bound']}; {report.get('solver_status', '')}",
-                  flush=True)
+                  f"{cpu / layers:>11.2f} {rss:>7.0f} {run_cpu:>6.1f}  {report['bound']}; "
+                  f"{report.get('solver_status', '')}", flush=True)
             model.with_suffix(".weights").unlink()  # sparse, but a 32-layer file claims 13 GB
         if args.determinism:
             model = work / f"{args.preset}_{args.mode}_{layer_counts[0]}.onnx"
