@@ -13,14 +13,19 @@ Strategies:
             a layer (at least templates.MIN_REPEATS times, as
             backends.graph.find_layers sees it) is cut layer-aligned: the ops
             before the layers, each group of k consecutive layers and the ops
-            after them get chips of their own, each filled in program order up
-            to ROOM_PERCENT of its SRAM (weights, state and the activations its
-            ops make) and cut at op boundaries; an op larger than that is split
-            over chips of its own. Every group is laid out alike, so layer i's
+            after them get chips of their own, each filled in program order until
+            its peak (the bytes its ops pin: weights, state, outputs held to the
+            end; plus the largest working set of activations one of its ops has
+            live) reaches ROOM_PERCENT of its SRAM, and cut at op boundaries; an
+            op larger than that is split over chips of its own, and in a packed
+            layout (only when no other fits the chips) every op with a weight
+            that can split fills the room left on its chip and goes on over the
+            next. Every group is laid out alike, so layer i's
             ops sit on layer i-k's chips shifted by the group's chip count, and
             the layer templates (compiler/templates.py) schedule one group's
-            pieces once and stamp them on every group. k (1 to MAX_GROUP) is the
-            one needing the fewest chips; chips beyond those are used to fill
+            pieces once and stamp them on every group. Of k (1 to MAX_GROUP) and
+            the fills that fit the chips, the least filled whose cuts cross few
+            bytes is taken, so chips beyond the fewest fill
             each one less. Otherwise (no repeated layers, or too few chips):
             balanced by weight bytes: chip k holds the ops whose weights fall in
             the k-th N-quantile of the model's weights. An op whose weight
@@ -55,7 +60,8 @@ from .passes import Pass
 from .templates import MIN_REPEATS
 
 STRATEGIES = ("auto", "pipeline", "tensor")
-ROOM_PERCENT = 85  # a layer-aligned stage fills at most this much of a chip (the rest: the allocator's slack)
+ROOM_PERCENT = 95  # a layer-aligned chip's peak (pinned bytes + its largest working set) at most this much of
+                  # its SRAM (the rest: what lowering adds, the allocator's slack)
 MAX_GROUP = 4      # layers per group of the layer-aligned pipeline, at most
 
 # graph op index -> ((chip, share), ...): the chips a split op's tiles are shared out over, in tile order
@@ -236,9 +242,11 @@ class _Stages:
     segment it belongs to."""
 
     order: tuple[int, ...]
-    load: dict[int, int]                  # op -> bytes: constants it reads (directly or through ops on
-                                          # constants only), the state it writes, the activations it makes
-                                          # or loads from the host
+    pinned: dict[int, int]                # op -> bytes it keeps on its chip all step: the constants it reads
+                                          # (directly or through ops on constants only), the state it writes,
+                                          # a result the step outputs (held until the host takes it at the end)
+    working: dict[int, int]               # op -> bytes of activations live while it runs: its other results
+                                          # and the activations and model inputs it reads
     segment: dict[int, int]               # op -> -1: before the layers, r: layer r, layers: after them
     layers: int
     tilings: dict[int, tuple[str, int]]   # splittable op -> its preferred tiling and tile count
@@ -265,32 +273,45 @@ class _Layout:
 
 
 def layer_aligned_chips(module: Module, machine: Machine) -> int | None:
-    """The chips the layer-aligned pipeline of `module` needs (None: it repeats no layers): those of the
-    layout with the fewest chips among the ones whose cuts cross at most twice the activation bytes of the
-    least crossed (a few activation vectors more per step cost less than chips; a cut through attention,
-    sending a layer's K/V over a link, costs orders of magnitude more), then the least crossed."""
+    """The chips the layer-aligned pipeline of `module` needs (None: it repeats no layers): the fewest of
+    any layout's (packed or not) whose cuts cross few bytes (_few_crossed)."""
     constants = {op.result.name for op in module.ops if op.name == "graph.constant"}
     stages = _stages(module, machine.lanes, constants)
     if stages is None:
         return None
     room = machine.sram.chip_bytes * ROOM_PERCENT // 100
-    layouts = [_layout(stages, k, room) for k in range(1, MAX_GROUP + 1)]
-    least = min(lay.crossed for lay in layouts)
-    return min((lay.chips, lay.crossed) for lay in layouts if lay.crossed <= 2 * least)[0]
+    layouts = [_layout(stages, k, room, packed) for packed in (False, True) for k in range(1, MAX_GROUP + 1)]
+    few = _few_crossed(stages, [lay.crossed for lay in layouts])
+    return min(lay.chips for lay in layouts if lay.crossed <= few)
+
+
+def _few_crossed(stages: _Stages, crossed: list[int]) -> int:
+    """The most activation bytes a layout's cuts may cross and still count as few: twice the least of
+    `crossed`, or of a cut between every two layers if more (a few activation vectors more per step cost
+    less than chips or fill; a cut through attention, sending a layer's K/V over a link, costs orders of
+    magnitude more)."""
+    second = next(p for p, i in enumerate(stages.order) if stages.segment[i] == 1)  # the second layer's first op
+    return 2 * max(min(crossed), stages.layers * stages.crossing[second])
 
 
 def _layer_aligned(stages: _Stages, chip_bytes: int, chips: int) -> _Layout | None:
-    """Of the layouts within `chips` chips (groups of 1 to MAX_GROUP layers, each chip filled up to
-    ROOM_PERCENT or less, in steps of 5% down to half), the one whose cuts the fewest activation bytes cross,
-    then the least filled (the most room for the allocator), then the fewest layers per group; None when none
-    fits `chips`."""
-    fitting = []
-    for percent in range(ROOM_PERCENT, 49, -5):
+    """Of the layouts within `chips` chips (groups of 1 to MAX_GROUP layers, each chip's peak at most
+    ROOM_PERCENT of its SRAM or, while the layout still fits, a percent less, and less) whose cuts cross few
+    bytes (_few_crossed), the least filled (the most room for the allocator, the most chips working on split
+    ops at once), then the least crossed, then the fewest layers per group; packed ones (weights split at
+    chips' ends: more transfers) only when no other fits. None when none fits `chips`."""
+    for packed in (False, True):
+        fitting = []
         for k in range(1, MAX_GROUP + 1):
-            layout = _layout(stages, k, chip_bytes * percent // 100)
-            if layout.chips <= chips:
-                fitting.append((layout.crossed, percent, k, layout))
-    return min(fitting, key=lambda f: f[:3])[3] if fitting else None
+            for percent in range(ROOM_PERCENT, 49, -1):
+                layout = _layout(stages, k, chip_bytes * percent // 100, packed)
+                if layout.chips > chips:
+                    break
+                fitting.append((percent, layout.crossed, k, layout))
+        if fitting:
+            few = _few_crossed(stages, [f[1] for f in fitting])
+            return min((f for f in fitting if f[1] <= few), key=lambda f: f[:3])[3]
+    return None
 
 
 def _stages(module: Module, lanes: int, constants: set[str]) -> _Stages | None:
@@ -308,17 +329,17 @@ def _stages(module: Module, lanes: int, constants: set[str]) -> _Stages | None:
     order = tuple(i for i in range(len(module.ops)) if i not in on_constants)
     follows = {i: min(consumers[i]) for i in sorted(on_constants)
                if module.ops[i].name != "graph.constant" and i in consumers}
-    inputs = {v.name for v in module.inputs}
-    load = {i: 0 for i in order}
+    outputs = {v.name for _, v in module.outputs}
+    transient = {v.name for v in module.inputs} | {  # activations: freed once read (a state write's result
+        r.name for i in order for r in module.ops[i].results  # names its state's words: pinned)
+        if r.name not in outputs and not OPS[module.ops[i].name].in_place}
+    pinned, working = {i: 0 for i in order}, {i: 0 for i in order}
     for i in order:
         op = module.ops[i]
-        # (a state write's result names its state's words, counted again below: that second count is the room
-        # the allocator needs beside a resident cache. Counted once, Llama-2-7B decode at context 2048, 4 layers,
-        # packed onto 16 chips at 217.5 of 220 MiB and took 15.4M cycles instead of 3.2M on 24.)
-        load[i] += sum(words(r.type, lanes) * lanes for r in op.results)
-        load[i] += sum(words(v.type, lanes) * lanes for v in op.operands if v.name in inputs)
+        working[i] = sum(_bytes(v, lanes) for v in (*op.operands, *op.results) if v.name in transient)
+        pinned[i] = sum(_bytes(r, lanes) for r in op.results if r.name in outputs)
         if OPS[op.name].in_place:
-            load[i] += words(op.operands[0].type, lanes) * lanes
+            pinned[i] += _bytes(op.operands[0], lanes)
     # a constant counts on every op reading it (each reader's chip holds a copy), through the ops on constants
     # only between them
     for i, op in enumerate(module.ops):
@@ -326,8 +347,8 @@ def _stages(module: Module, lanes: int, constants: set[str]) -> _Stages | None:
             for r in consumers.get(i, []):
                 while r in follows:
                     r = follows[r]
-                if r in load:
-                    load[r] += words(op.result.type, lanes) * lanes
+                if r in pinned:
+                    pinned[r] += _bytes(op.result, lanes)
     first, last = min(layers.blocks[0]), max(layers.blocks[-1])
     starts = [min(block) for block in layers.blocks]
     segment = {}
@@ -347,7 +368,13 @@ def _stages(module: Module, lanes: int, constants: set[str]) -> _Stages | None:
         if kinds:
             offered[i] = next(iter(kinds.items()))
     crossing, _ = _crossings(module, order, lanes)
-    return _Stages(order, load, segment, layers.count, offered, follows, [w * lanes for w in crossing[:len(order)]])
+    return _Stages(order, pinned, working, segment, layers.count, offered, follows,
+                   [w * lanes for w in crossing[:len(order)]])
+
+
+def _bytes(v, lanes: int) -> int:
+    """SRAM bytes of a value."""
+    return words(v.type, lanes) * lanes
 
 
 def _crossings(module: Module, order, lanes: int, big: int | None = None) -> tuple[list[int], list[int]]:
@@ -373,65 +400,91 @@ def _crossings(module: Module, order, lanes: int, big: int | None = None) -> tup
     return crossing, heavy
 
 
-def _layout(stages: _Stages, k: int, room: int) -> _Layout:
+@dataclass(frozen=True)
+class _Fill:
+    """What a chip of the layer-aligned pipeline holds: the bytes its ops pin, and the most activation bytes
+    one of its ops has live (activations are freed once read, so a chip's peak is its pinned bytes plus its
+    largest working set, not the sum of everything its ops make)."""
+
+    pinned: int = 0
+    peak: int = 0
+
+    @property
+    def used(self) -> int:
+        return self.pinned + self.peak
+
+    def plus(self, pinned: int, working: int) -> "_Fill":
+        return _Fill(self.pinned + pinned, max(self.peak, working))
+
+
+def _layout(stages: _Stages, k: int, room: int, packed: bool = False) -> _Layout:
     """Chips of their own for the ops before the layers, each group of `k` consecutive layers and the ops
-    after them, filled in program order: runs of ops cut by _cuts; an op larger than `room` split over the
-    room left on the current chip and as many more as it fills, in whole tiles (a chip's share of it in
-    proportion to its bytes there), the ops after it going on with its last chip."""
+    after them, filled in program order: runs of ops cut by _cuts; an op larger than `room` (`packed`: any op
+    with a weight that can split) split over the room left on the current chip and as many more as it fills, in whole tiles
+    (a chip's share of it in proportion to its bytes there), the ops after it going on with its last chip."""
     units: dict[int, list[int]] = {}
     for p, i in enumerate(stages.order):
         s = stages.segment[i]
         units.setdefault(-1 if s < 0 else s // k if s < stages.layers else stages.layers, []).append(p)
     chips_of, chip, crossed = {}, -1, 0
     for unit in sorted(units):
-        chip, fill, run = chip + 1, 0, []  # the unit starts on a chip of its own; `fill`: bytes on `chip`
+        chip, fill, run = chip + 1, _Fill(), []  # the unit starts on a chip of its own; `fill`: what `chip` holds
         for p in units[unit] + [None]:
             i = stages.order[p] if p is not None else None
             tiles = stages.tilings.get(i, ("", 1))[1] if i is not None else 0
-            if p is not None and (tiles <= 1 or stages.load[i] <= room):
+            spread = tiles > 1 and (stages.pinned[i] + stages.working[i] > room or packed and stages.pinned[i] > 0)
+            if p is not None and not spread:
                 run.append(p)
                 continue
             if run:
-                if fill + stages.load[stages.order[run[0]]] > room:  # not even its first op fits what is left
-                    chip, fill = chip + 1, 0
+                first = stages.order[run[0]]
+                if fill.plus(stages.pinned[first], stages.working[first]).used > room:  # not even its first op fits
+                    chip, fill = chip + 1, _Fill()
                 cuts, run_crossed = _cuts(stages, run, room, fill)
                 for p_run, c in zip(run, cuts):
                     chips_of[stages.order[p_run]] = ((chip + c, 1),)
-                last = [stages.load[stages.order[q]] for q, c in zip(run, cuts) if c == cuts[-1]]
-                chip, fill = chip + cuts[-1], (fill if cuts[-1] == 0 else 0) + sum(last)
+                if cuts[-1]:
+                    fill = _Fill()
+                for q, c in zip(run, cuts):
+                    if c == cuts[-1]:
+                        fill = fill.plus(stages.pinned[stages.order[q]], stages.working[stages.order[q]])
+                chip += cuts[-1]
                 crossed += run_crossed
             run = []
             if p is not None:
-                chips_of[i], chip, fill = _spread(stages.load[i], tiles, room, chip, fill)
+                chips_of[i], chip, fill = _spread(stages.pinned[i], stages.working[i], tiles, room, chip, fill)
     return _Layout(chip + 1, chips_of, crossed)
 
 
-def _spread(load: int, tiles: int, room: int, chip: int, fill: int
-            ) -> tuple[tuple[tuple[int, int], ...], int, int]:
-    """An op of `load` bytes in `tiles` tiles, over the room left on `chip` (`fill` bytes used) and the chips
-    after it, in whole tiles: ((chip, bytes), ...), the last chip and its fill."""
-    tile = -(-load // tiles)
-    shares, left = [], load
+def _spread(pinned: int, working: int, tiles: int, room: int, chip: int, fill: _Fill
+            ) -> tuple[tuple[tuple[int, int], ...], int, _Fill]:
+    """An op pinning `pinned` bytes in `tiles` tiles (and `working` bytes of activations on each of its chips),
+    over the room left on `chip` (holding `fill`) and the chips after it, in whole tiles: ((chip, bytes), ...),
+    the last chip and what it holds."""
+    tile = -(-pinned // tiles)
+    shares, left = [], pinned
     while left > 0:
-        take = min(left, (room - fill) // tile * tile)
+        take = min(left, (room - fill.plus(0, working).used) // tile * tile)
         if take > 0:
             shares.append((chip, take))
-            left, fill = left - take, fill + take
+            left, fill = left - take, fill.plus(take, working)
         if left > 0:
-            chip, fill = chip + 1, 0
+            chip, fill = chip + 1, _Fill()
     return tuple(shares), chip, fill
 
 
-def _cuts(stages: _Stages, run: list[int], room: int, fill: int = 0) -> tuple[list[int], int]:
+def _cuts(stages: _Stages, run: list[int], room: int, fill: _Fill = _Fill()) -> tuple[list[int], int]:
     """(per op of `run` (positions in stages.order), its chip counted from the run's first; the bytes crossing
-    its cuts): the fewest chips whose loads stay within `room` (the first chip has `fill` bytes already), cut
-    where the fewest activation bytes cross (a cut inside attention would send the layer's K/V over a link)."""
+    its cuts): the fewest chips each holding at most `room` (the first chip holds `fill` already), cut where
+    the fewest activation bytes cross (a cut inside attention would send the layer's K/V over a link)."""
     best = [(0, 0, 0)]  # per prefix of run: (chips, bytes crossing its cuts, where its last chip starts)
     for j in range(1, len(run) + 1):
-        options, load = [], 0
+        options, held = [], _Fill()
         for i in range(j - 1, -1, -1):
-            load += stages.load[stages.order[run[i]]]
-            if load + (fill if i == 0 else 0) > room and i < j - 1:
+            op = stages.order[run[i]]
+            held = held.plus(stages.pinned[op], stages.working[op])
+            used = held.used if i else held.plus(fill.pinned, fill.peak).used
+            if used > room and i < j - 1:
                 break
             chips, crossed, _ = best[i]
             options.append((chips + 1, crossed + (stages.crossing[run[i]] if i else 0), i))
