@@ -21,9 +21,9 @@ schedule reused:
   (compiler.schedule_cpsat.solve_cycles) with a budget of its own: `max_windows` models of `effort`
   deterministic seconds, on one solver thread (the sequential search loads a model once; the interleaved
   one loads it per subsolver, which on a layer's windows cost thirty times the search). The solver's
-  time is paid per distinct template, never per layer. A block's placement (its chips, SRAM layout, the routes of its transfers) is in
-  its own instructions; a template is relative cycles. The allocator gives equal layers equal slices
-  (compiler.allocate, `layers`), so equal layers on the same chips share one.
+  time is paid per distinct template, never per layer. A block's placement (its chips, SRAM layout, the
+  routes of its transfers) is in its own instructions; a template is relative cycles. The allocator gives
+  equal layers equal slices (compiler.allocate, `layers`), so equal layers on the same chips share one.
 - Stamping: in dependence order, each block is placed as a rigid whole at the earliest cycle offset where
   its dependences on everything placed so far are met and every resource it holds (unit classes, MXM
   planes, stream registers, slice ports, link directions: the CP-SAT model's resource groups) has room.
@@ -211,14 +211,15 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
             cycles[i] = placed[i][0]
         if options is not None:
             critical, resource, _, plain = lower_bounds(sub, machine)
-            if _length(sub, cycles) <= max(critical, resource):
+            length = _length(sub, cycles)
+            if length <= max(critical, resource):
                 at_bound += 1  # optimal already: nothing to solve
             else:  # the template's budget: `max_windows` models of `effort` each, on one thread
                 better, _, _, n_solved = solve_cycles(sub, machine, cycles, max(critical, plain), options,
                                                       sequential=True)
                 solves += n_solved
-                if better is not None and _length(sub, better) <= _length(sub, cycles):
-                    improved += _length(sub, better) < _length(sub, cycles)
+                if better is not None and (better_length := _length(sub, better)) <= length:
+                    improved += better_length < length
                     cycles = better
         base = int(min(cycles[i] for i in members))
         seg.template = len(rel_of)

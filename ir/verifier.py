@@ -166,7 +166,6 @@ def check_op(op: Op, machine: Machine | None = None, chips: int | None = None) -
             raise VerifyError(f"{where}: result {r} has type {r.type}, expected {t}")
 
 
-
 def _check_attr(op: Op, opdef, key: str, value, chips: int | None) -> None:
     spec = opdef.attrs.get(key)
     if spec is None:
