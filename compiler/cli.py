@@ -250,6 +250,7 @@ def cmd_compile(args) -> int:
     progress = _after_seconds(2.0)  # stderr, so a --json compile says what it does too
     module, summary, machine_text = compile_model(args.model, args.machine, options, dict(args.shape),
                                                   progress=progress)
+    progress(f"writing {args.output} ({summary.instructions:,} instructions)")
     program = build_program(module, machine_text, lpu_options(options), summary.facts(), weights=not args.no_weights,
                             verified=True)
     sha = write_program(args.output, program)

@@ -344,6 +344,8 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
     cpsat = scheduling[0] if isinstance(scheduling[0], CpSatScheduler) else None
     result = _templated(allocated, target, blocks, cpsat, options.rounds, progress)
     if result is not None:
+        if progress:
+            progress(f"verifier: the scheduled program ({result.instructions:,} instructions)")
         scheduled = verify(apply_schedule(allocated, result), machine)
     else:
         scheduled, more = run_passes(allocated, target, scheduling, progress)

@@ -170,6 +170,8 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     CP-SAT on each template (None: the list schedule alone)."""
     t_start = time.perf_counter()
     machine = target.machine
+    if progress:
+        progress(f"templates: dependences and costs of {len(module.ops):,} ops")
     program = analyze(module, target)
     by_index = {ins.index: ins for ins in program.instructions}
     uses, capacity = _uses(program, machine)
@@ -188,22 +190,30 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     # Templates: a block takes the first template of its shape (costs, resource sharing pattern) whose
     # cycles meet its own inner dependences (its write-after-read edges follow its addresses); else its
     # own, scheduled alone: list-scheduled, then CP-SAT.
-    shapes: dict[tuple, list[int]] = defaultdict(list)
+    # A piece's shape is named by the first piece of that shape; the distinct shapes are about as many as the
+    # templates to schedule (a shape whose template misses a piece's own dependences takes another).
+    first_of_shape: dict[tuple, int] = {}
+    shape_of = [first_of_shape.setdefault(_shape(segments[n].members, program, by_index, uses_of, capacity), n)
+                for n in range(n_pieces)]
+    del first_of_shape
+    n_shapes = len(set(shape_of))
+    shapes: dict[int, list[int]] = defaultdict(list)
     rel_of: list[list[int]] = []
     solves = at_bound = improved = 0
     t_templates = time.perf_counter()
     for n in range(n_pieces):
         seg = segments[n]
         members = seg.members
-        key = _shape(members, program, by_index, uses_of, capacity)
+        key = shape_of[n]
         seg.template = next((t for t in shapes[key] if _meets(rel_of[t], members, program)), -1)
         if seg.template >= 0:
             continue
         if progress:
-            left = f", about {(time.perf_counter() - t_templates) / n * (n_pieces - n):.0f} s left at most" if n \
-                else ""
-            progress(f"templates: piece {n + 1} of {n_pieces}: scheduling template {len(rel_of) + 1} "
-                     f"({len(members):,} instructions){left}")
+            done = len(rel_of)
+            left = (f", about {(time.perf_counter() - t_templates) / done * max(1, n_shapes - done):.0f} s left"
+                    if done else "")
+            progress(f"templates: scheduling template {done + 1} of about {n_shapes} ({len(members):,} "
+                     f"instructions; {n_pieces} pieces){left}")
         sub = _sub_program(program, members)
         placed = list_placements(sub, machine, rounds)
         cycles = np.zeros(len(module.ops), dtype=np.int64)
@@ -268,6 +278,8 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
             waiting[s] -= 1
             if waiting[s] == 0:
                 heapq.heappush(ready, (segments[s].members[0], s))
+    if progress:
+        progress("templates: unit instances and the lower bounds")
     result = schedule_result(module, program, machine, _assign(program, machine, cycles))
     stats = TemplateStats(stamped, len(rel_of), boundary)
     status = (f"templates: {stats.templates} for {stats.pieces} pieces, {boundary:,} cycles lost at boundaries"

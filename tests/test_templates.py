@@ -177,12 +177,13 @@ def test_chain_of_stages_never_exceeds_an_optimal_schedule():
 
 def test_progress_names_the_stages_and_the_time_left(tiny_dir):
     """What `lpuc compile` prints on stderr after two seconds (with --json too): each pass, each template
-    scheduled and the stamps, with an estimate of the time left."""
+    scheduled (of about how many) and the stamps, with an estimate of the time left, and the final check."""
     machine, _ = read_machine("tsp-v1")
     module, _ = load_model(_tiny(tiny_dir, "decode"))
     lines: list[str] = []
     compile_module(module, machine, CompileOptions(chips=1, scheduler="list"), lines.append)
     assert any(line.startswith("lower") for line in lines) and any(line.startswith("allocate") for line in lines)
     templated = [line for line in lines if line.startswith("templates: ")]
-    assert any("scheduling template 1" in line for line in templated)
+    assert any("scheduling template 1 of about " in line for line in templated), templated
+    assert any(line.startswith("verifier: the scheduled program") for line in lines), lines
     assert any(f"stamped {LAYERS} of {LAYERS} pieces, about 0 s left" in line for line in templated), templated
