@@ -206,9 +206,9 @@ def _compile_args(p):
                         f"reusing the solution of any window equal to one solved before (default "
                         f"{CompileOptions.window})")
     p.add_argument("--max-windows", type=int, default=CompileOptions.max_windows, metavar="N",
-                   help=f"cpsat: CP-SAT models solved at most (per distinct layer template when the model repeats "
-                        f"layers); later windows keep the list schedule, which bounds the solver's time on large "
-                        f"programs (default {CompileOptions.max_windows})")
+                   help=f"cpsat: CP-SAT models solved at most (when the model repeats layers: over all its layer "
+                        f"templates, the most repeated first); later windows keep the list schedule, which bounds "
+                        f"the solver's time on large programs (default {CompileOptions.max_windows})")
     p.add_argument("--no-weights", action="store_true",
                    help="compile from shapes alone: weights (e.g. ONNX external data) are never read and the "
                         ".lpu holds none; run it with `lpuc run --timing-only`")

@@ -54,8 +54,8 @@ class CompileOptions:
     effort: float = 0.1          # cpsat: CP-SAT's deterministic time budget (never wall-clock)
     workers: int = 8             # cpsat: solver threads (fixed by default, never the core count)
     window: int = 300            # cpsat: instructions per model (larger programs: window by window)
-    max_windows: int = 12        # cpsat: models solved at most, per layer template when templated (later windows
-                                 # keep the list schedule)
+    max_windows: int = 12        # cpsat: models solved at most, over all layer templates when templated (later
+                                 # windows keep the list schedule)
     stripes: int | None = None   # SRAM slices a value is spread over (None: one per byte-plane)
     rounds: int = 2              # list scheduler: forward-backward improvement rounds
     chips: int | None = None     # None: the fewest chips whose SRAM holds the model

@@ -73,8 +73,8 @@ class CpSatScheduler(Scheduler):
     workers: int = 8        # solver threads (fixed; never the core count; at least 2 are run)
     rounds: int = 2         # the warm start's list-scheduler rounds
     window: int = 300       # instructions per model; larger programs are solved window by window
-    max_windows: int = 12   # models solved per program (per template: compiler.templates): past them, windows
-                            # keep the list schedule
+    max_windows: int = 12   # models solved per program (templated: over all templates, compiler.templates):
+                            # past them, windows keep the list schedule
 
     def plan(self, module: Module, target: Target, progress=None) -> ScheduleResult:
         return cpsat_schedule(module, target, self, progress)

@@ -18,10 +18,12 @@ schedule reused:
   share a template when its cycles also meet the block's own write-after-read edges (they follow its
   addresses). A template is scheduled once, on its block alone (what it reads from outside ready at
   cycle 0): the list scheduler, then, unless that meets the template's own lower bound, CP-SAT
-  (compiler.schedule_cpsat.solve_cycles) with a budget of its own: `max_windows` models of `effort`
-  deterministic seconds, on one solver thread (the sequential search loads a model once; the interleaved
-  one loads it per subsolver, which on a layer's windows cost thirty times the search). The solver's
-  time is paid per distinct template, never per layer. A block's placement (its chips, SRAM layout, the
+  (compiler.schedule_cpsat.solve_cycles) on one solver thread (the sequential search loads a model once;
+  the interleaved one loads it per subsolver, which on a layer's windows cost thirty times the search).
+  CP-SAT's budget is the program's, `max_windows` models of `effort` deterministic seconds, spent on the
+  heaviest templates first (instances x instructions): the solver's time grows neither with the layers
+  nor with the distinct templates a layout makes (Llama-2-70B's layer-aligned pipeline makes one per
+  way a layer's chips fall). A block's placement (its chips, SRAM layout, the
   routes of its transfers) is in its own instructions; a template is relative cycles. The allocator gives
   equal layers equal slices (compiler.allocate, `layers`), so equal layers on the same chips share one.
 - Stamping: in dependence order, each block is placed as a rigid whole at the earliest cycle offset where
@@ -45,7 +47,7 @@ from __future__ import annotations
 import heapq
 import time
 from bisect import bisect_left
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -196,45 +198,62 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     shape_of = [first_of_shape.setdefault(_shape(segments[n].members, program, by_index, uses_of, capacity), n)
                 for n in range(n_pieces)]
     del first_of_shape
-    n_shapes = len(set(shape_of))
-    shapes: dict[int, list[int]] = defaultdict(list)
-    rel_of: list[list[int]] = []
-    solves = at_bound = improved = 0
+    instances = Counter(shape_of)
+    # CP-SAT's budget, `max_windows` models for the whole program, goes to the templates that weigh most
+    # first (instances x instructions): the solver's time depends neither on the layers nor on how many
+    # distinct pieces the layout makes (70B's 16 layers made 18).
+    budget = options.max_windows if options is not None else 0
+    solves = at_bound = improved = scheduled = 0
     t_templates = time.perf_counter()
-    for n in range(n_pieces):
-        seg = segments[n]
-        members = seg.members
-        key = shape_of[n]
-        seg.template = next((t for t in shapes[key] if _meets(rel_of[t], members, program)), -1)
-        if seg.template >= 0:
-            continue
+
+    def schedule(members: list[int]) -> list[int]:
+        """A new template: `members`' relative cycles, scheduled alone (list scheduler, then CP-SAT while the
+        budget lasts, unless the list schedule meets the template's own lower bound)."""
+        nonlocal budget, solves, at_bound, improved, scheduled
         if progress:
-            done = len(rel_of)
-            left = (f", about {(time.perf_counter() - t_templates) / done * max(1, n_shapes - done):.0f} s left"
-                    if done else "")
-            progress(f"templates: scheduling template {done + 1} of about {n_shapes} ({len(members):,} "
+            left = (f", about {(time.perf_counter() - t_templates) / scheduled * max(1, len(instances) - scheduled):.0f}"
+                    " s left" if scheduled else "")
+            progress(f"templates: scheduling template {scheduled + 1} of about {len(instances)} ({len(members):,} "
                      f"instructions; {n_pieces} pieces){left}")
+        scheduled += 1
         sub = _sub_program(program, members)
         placed = list_placements(sub, machine, rounds)
         cycles = np.zeros(len(module.ops), dtype=np.int64)
         for i in members:
             cycles[i] = placed[i][0]
-        if options is not None:
+        if budget > 0:
             critical, resource, _, plain = lower_bounds(sub, machine)
             length = _length(sub, cycles)
             if length <= max(critical, resource):
                 at_bound += 1  # optimal already: nothing to solve
-            else:  # the template's budget: `max_windows` models of `effort` each, on one thread
-                better, _, _, n_solved = solve_cycles(sub, machine, cycles, max(critical, plain), options,
-                                                      sequential=True)
+            else:  # what is left of the budget, on one thread
+                better, _, _, n_solved = solve_cycles(sub, machine, cycles, max(critical, plain),
+                                                      replace(options, max_windows=budget), sequential=True)
+                budget -= n_solved
                 solves += n_solved
                 if better is not None and (better_length := _length(sub, better)) <= length:
                     improved += better_length < length
                     cycles = better
         base = int(min(cycles[i] for i in members))
+        return [int(cycles[i]) - base for i in members]
+
+    heaviest_first = sorted(instances, key=lambda n: (-instances[n] * len(segments[n].members), n))
+    first_rel = {n: schedule(segments[n].members) for n in heaviest_first}
+    shapes: dict[int, list[int]] = defaultdict(list)
+    rel_of: list[list[int]] = []
+    for n in range(n_pieces):
+        seg = segments[n]
+        key = shape_of[n]
+        if n == key:
+            rel = first_rel.pop(n)
+        else:  # the first template of its shape whose cycles meet its own dependences, else a new one
+            seg.template = next((t for t in shapes[key] if _meets(rel_of[t], seg.members, program)), -1)
+            if seg.template >= 0:
+                continue
+            rel = schedule(seg.members)
         seg.template = len(rel_of)
         shapes[key].append(seg.template)
-        rel_of.append([int(cycles[i]) - base for i in members])
+        rel_of.append(rel)
 
     # Stamp the segments in dependence order (ties: program order).
     waiting = {n: len(seg_preds[n]) for n in range(len(segments))}
@@ -283,8 +302,9 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     result = schedule_result(module, program, machine, _assign(program, machine, cycles))
     stats = TemplateStats(stamped, len(rel_of), boundary)
     status = (f"templates: {stats.templates} for {stats.pieces} pieces, {boundary:,} cycles lost at boundaries"
-              + (f"; CP-SAT: {solves} models solved (at most {options.max_windows} a template), {improved} templates shortened,"
-                 f" {at_bound} at their bound already" if options is not None else ""))
+              + (f"; CP-SAT: {solves} models solved (at most {options.max_windows} in all, the heaviest templates "
+                 f"first), {improved} templates shortened, {at_bound} at their bound already"
+                 if options is not None else ""))
     return replace(result, solver_status=status, solve_seconds=time.perf_counter() - t_start), stats
 
 
