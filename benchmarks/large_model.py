@@ -2,7 +2,8 @@
 
     python benchmarks/large_model.py [--preset llama2-7b|llama2-70b] [--mode decode|prefill]
                                      [--context 2048] [--seq 32] [--layers 8,16,32] [--scheduler cpsat|list]
-                                     [--machine tsp-v1] [--partition auto|pipeline|tensor] [--determinism]
+                                     [--precision fp16|int8|...] [--machine tsp-v1]
+                                     [--partition auto|pipeline|tensor] [--determinism]
                                      [--keep DIR]
 
 For each layer count, writes the shape-only model (samples/shape_only.py: the
@@ -17,7 +18,8 @@ CPU time is what a loaded machine does not inflate), the CPU time per layer
 RSS and the CPU time of `lpuc run --timing-only` of the program (loading the
 .lpu, checking every hazard), then how the scheduler went (templates: how many for how many pieces, a
 layer's part on each chip, and the cycles lost at their boundaries). Llama-2-70B at its chip count needs a
-machine with that many chips: --machine tests/machines/tsp-v1-torus.toml.
+machine with that many chips: --machine tests/machines/tsp-v1-torus.toml (at int8, --precision int8: 360
+chips at 80 layers).
 
 --determinism: compiles the smallest model twice more, with --workers 1 and 2
 and other PYTHONHASHSEEDs (the table's run used 8 workers), and compares the
@@ -42,14 +44,14 @@ sys.path.insert(0, str(ROOT))
 from samples import shape_only  # noqa: E402
 
 
-def _compile(model: Path, out: Path, seed: str, workers: int, scheduler: str, machine: str, partition: str
-             ) -> tuple[dict, float, float, float]:
+def _compile(model: Path, out: Path, seed: str, workers: int, scheduler: str, machine: str, partition: str,
+             precision: str) -> tuple[dict, float, float, float]:
     """(the --json report, wall seconds, CPU seconds, peak RSS in MB) of one compile in a fresh process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "lpuc.compiler", "compile", str(model), "-o", str(out), "--no-weights",
                         "--json", "--workers", str(workers), "--scheduler", scheduler, "--machine", machine,
-                        "--partition", partition],
+                        "--partition", partition, "--precision", precision],
                        cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if p.returncode:
@@ -81,6 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq", type=int, default=32, help="prefill: prompt tokens")
     p.add_argument("--layers", default="8,16,32")
     p.add_argument("--scheduler", default="cpsat", choices=("cpsat", "list"))
+    p.add_argument("--precision", default="fp16", help="the weights' precision (lpuc compile --precision)")
     p.add_argument("--machine", default="tsp-v1")
     p.add_argument("--partition", default="auto", choices=("auto", "pipeline", "tensor"))
     p.add_argument("--determinism", action="store_true")
@@ -92,7 +95,7 @@ def main(argv=None) -> int:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         print(f"{args.preset} {args.mode} ({f'context {args.context}' if args.mode == 'decode' else f'{args.seq} tokens'}),"
-              f" {args.machine}, --partition {args.partition} --scheduler {args.scheduler}; load average {os.getloadavg()[0]:.1f}")
+              f" {args.machine}, --partition {args.partition} --scheduler {args.scheduler} --precision {args.precision}; load average {os.getloadavg()[0]:.1f}")
         head = (f"{'layers':>6} {'chips':>5} {'instructions':>12} {'cycles':>12} {'bound':>12} {'gap':>6} "
                 f"{'wall s':>7} {'CPU s':>7} {'CPU s/layer':>11} {'RSS MB':>7} {'run s':>6}  bound from; scheduler")
         print(head)
@@ -101,7 +104,7 @@ def main(argv=None) -> int:
             model = work / f"{args.preset}_{args.mode}_{layers}.onnx"
             shape_only.write(args.preset, model, layers=layers, **shape)
             report, seconds, cpu, rss = _compile(model, model.with_suffix(".lpu"), "0", 8, args.scheduler,
-                                                 args.machine, args.partition)
+                                                 args.machine, args.partition, args.precision)
             run_cpu = _timing_run(model.with_suffix(".lpu"))
             print(f"{layers:>6} {report['chips']:>5} {report['instructions']:>12,} {report['cycles']:>12,} "
                   f"{report['lower_bound_cycles']:>12,} {report['gap']:>6.1%} {seconds:>7.1f} {cpu:>7.1f} "
@@ -115,7 +118,7 @@ def main(argv=None) -> int:
             for seed, workers in (("0", 8), ("1", 1), ("12345", 2)):
                 out = work / f"det_{workers}.lpu"
                 shas[seed, workers] = _compile(model, out, seed, workers, args.scheduler, args.machine,
-                                               args.partition)[0]["schedule_sha256"]
+                                               args.partition, args.precision)[0]["schedule_sha256"]
             print(f"\ndeterminism, {layer_counts[0]} layers:")
             for (seed, workers), sha in shas.items():
                 print(f"  PYTHONHASHSEED={seed:<6} --workers {workers}: {sha}")
