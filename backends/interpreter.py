@@ -57,6 +57,7 @@ from types import MappingProxyType
 import numpy as np
 
 from ..ir import machine_ops as mo
+from ..ir.collector import collector_paused
 from ..ir.core import Module, Op
 from ..ir.costs import cost, link_windows, units
 from ..ir.errors import EvalError, LpucError
@@ -981,6 +982,7 @@ def _load(program: Program | str | Path) -> Program:
     return program if isinstance(program, Program) else read_lpu(program)
 
 
+@collector_paused()  # the plan's and the run's records of each instruction: many, long-lived, no garbage cycles
 def run(program: Program | str | Path, inputs: Mapping[str, np.ndarray] | None = None, *, check: bool = True,
         timing_only: bool = False, state: State | None = None) -> Result:
     """Run a scheduled program on `inputs` (name -> array), cycle by cycle.

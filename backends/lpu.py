@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from ..ir.attributes import AttrDict, Tensor
+from ..ir.collector import collector_paused
 from ..ir.core import Module, Op
 from ..ir.errors import LpucError
 from ..ir.files import atomic_write, open_regular, read_bytes
@@ -359,6 +360,7 @@ def _read_container(path: str | Path) -> bytes:
                          f"{len(PARTS)} parts, as .lpu files do)")
 
 
+@collector_paused()  # a program's millions of objects, checked as they are made: no garbage cycles
 def load_lpu(data: bytes, where: str = "<lpu>") -> Program:
     """Load a .lpu file from its bytes (see read_lpu)."""
     parts = _unpack(data, where)

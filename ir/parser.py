@@ -16,7 +16,6 @@ Errors are `ParseError`s reading `file:line:column: message`.
 from __future__ import annotations
 
 import functools
-import gc
 import json
 import re
 import threading
@@ -29,6 +28,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from lark.lexer import Lexer, PatternRE, PatternStr
 
 from .attributes import AttrDict, Tensor
+from .collector import collector_paused
 from .core import Block, Module, Op, Value
 from .errors import ParseError
 from .types import DType, TensorType
@@ -386,10 +386,8 @@ _lock = threading.Lock()
 def parse(text: str, filename: str = "<string>",
           blobs: Mapping[str, Callable[[], np.ndarray]] | None = None) -> Module:
     """Parse IR text. `blobs` maps constant keys to loaders of their data."""
-    with _lock:
+    with _lock, collector_paused():  # the parser makes no garbage cycles: no scans of the growing module
         _builder.reset(blobs or {})
-        gc_was_enabled = gc.isenabled()
-        gc.disable()  # the parser makes no garbage cycles; the collector would scan the growing module over and over
         try:
             return _parser.parse(text)
         except _Error as e:
@@ -400,8 +398,6 @@ def parse(text: str, filename: str = "<string>",
             raise ParseError(f"{filename}: {e}") from None
         finally:
             _builder.reset({})  # drop the values of this text
-            if gc_was_enabled:
-                gc.enable()
 
 
 def _describe(e: UnexpectedInput, text: str, filename: str) -> str:
