@@ -18,13 +18,12 @@ chips=2 | lower | allocate")`, as the golden IR files do).
 
 from __future__ import annotations
 
-import gc
 import typing
-from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 
 from ..backends.graph import find_layers
 from ..ir import LpucError, Module
+from ..ir.collector import collections_rare
 from ..ir.layout import words
 from ..ir.machine import Machine
 from ..ir.registry import LINK, OPS
@@ -245,20 +244,7 @@ def _templated(allocated: Module, target: Target, blocks, cpsat, rounds: int, pr
     return template_schedule(allocated, target, blocks, cpsat, rounds, progress)[0]
 
 
-@contextmanager
-def _rare_collections():
-    """A compile makes millions of small objects, most living until it ends, and few reference cycles: at
-    the default thresholds the cyclic collector walks them over and over (a quarter of a large model's
-    compile). Collect less often while compiling."""
-    before = gc.get_threshold()
-    gc.set_threshold(50_000, 20, 100)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
-
-
-@_rare_collections()
+@collections_rare()
 def compile_module(graph_module: Module, machine: Machine, options: CompileOptions = CompileOptions(),
                    progress=None) -> tuple[Module, CompileSummary]:
     """`progress`, when given, is called with one line per stage (for long compiles)."""
