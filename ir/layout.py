@@ -12,6 +12,9 @@ a contiguous run of rows * itemsize words.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from itertools import accumulate
+
 import numpy as np
 
 from .types import DType, TensorType
@@ -74,14 +77,26 @@ def from_words(data: np.ndarray, t: TensorType, lanes: int) -> np.ndarray:
 Extent = tuple[int, int, int]  # (slice, first word, words)
 
 
-def sub_extents(extents, offset: int, count: int) -> tuple[Extent, ...]:
-    """Words [offset, offset+count) of the word sequence that `extents` spell."""
-    out, pos = [], 0
-    for s, w, n in extents:
-        lo, hi = max(offset, pos), min(offset + count, pos + n)
+def extent_starts(extents) -> list[int]:
+    """The position in the word sequence where each extent begins."""
+    return list(accumulate((n for _, _, n in extents), initial=0))[:-1]
+
+
+def sub_extents(extents, offset: int, count: int, starts: list[int] | None = None) -> tuple[Extent, ...]:
+    """Words [offset, offset+count) of the word sequence that `extents` (a sequence) spell. Given their
+    `starts` (extent_starts), it finds the first by bisection: cutting many runs of one long sequence
+    takes time in the extents returned, not in all of them each time."""
+    if starts is None:
+        starts = extent_starts(extents)
+    out, end = [], offset + count
+    for k in range(max(bisect_right(starts, offset) - 1, 0), len(extents)):
+        pos = starts[k]
+        if pos >= end:
+            break
+        s, w, n = extents[k]
+        lo, hi = max(offset, pos), min(end, pos + n)
         if lo < hi:
             out.append((s, w + lo - pos, hi - lo))
-        pos += n
     return tuple(out)
 
 
@@ -101,9 +116,10 @@ def view_extents(op_name: str, attrs, operand_types, operand_extents, lanes: int
         t = operand_types[0]
         rows_per_batch, size = t.shape[-2], t.dtype.itemsize
         batches = rows_cols(t)[0] // rows_per_batch if rows_per_batch else 0
-        out = []
+        extents, out = operand_extents[0], []
+        starts = extent_starts(extents)
         for run in range(vector_cols(t, lanes) * batches):
-            out += sub_extents(operand_extents[0], (run * rows_per_batch + attrs["start"]) * size,
-                               attrs["size"] * size)
+            out += sub_extents(extents, (run * rows_per_batch + attrs["start"]) * size, attrs["size"] * size,
+                               starts)
         return tuple(out)
     raise ValueError(f"{op_name} is not a view")

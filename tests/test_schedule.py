@@ -9,6 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import lpuc.ir.machine_ops as mo
 from lpuc.compiler.driver import load_model
@@ -16,7 +18,7 @@ from lpuc.compiler.lower import evaluate_machine
 from lpuc.compiler.pipeline import CompileOptions, compile_module
 from lpuc.ir import Module
 from lpuc.ir.costs import cost, units
-from lpuc.ir.layout import sub_extents, view_extents, words
+from lpuc.ir.layout import extent_starts, sub_extents, view_extents, words
 from lpuc.ir.machine import load_machine
 from lpuc.ir.printer import print_module
 from lpuc.ir.schedule_facts import places
@@ -181,6 +183,17 @@ def check_schedule(module: Module, machine=MACHINE) -> int:
 def compiled(path: Path):
     module, summary, _ = compiled_sample(path.stem)
     return load_model(path)[0], module, summary
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 99), st.integers(0, 5)), max_size=12),
+       st.integers(0, 40), st.integers(0, 40))
+def test_sub_extents_by_bisection_are_the_words_in_order(extents, offset, count):
+    """The words [offset, offset + count) of the sequence, word by word, whether sub_extents finds the
+    first extent by bisection on given starts or not (zero-length extents included)."""
+    every = [(s, w + k) for s, w, n in extents for k in range(n)]
+    for got in (sub_extents(extents, offset, count), sub_extents(extents, offset, count, extent_starts(extents))):
+        assert [(s, w + k) for s, w, n in got for k in range(n)] == every[offset:offset + count]
+        assert all(n > 0 for *_, n in got)
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
