@@ -27,6 +27,7 @@ from ..ir.collector import collections_rare
 from ..ir.layout import words
 from ..ir.machine import Machine
 from ..ir.registry import LINK, OPS
+from ..ir.schedule_facts import describe as describe_facts
 from ..ir.schedule_facts import forget as forget_facts
 from ..ir.target import Target
 from ..ir.topology import round_chips
@@ -337,7 +338,10 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
         scheduled, more = run_passes(allocated, target, scheduling, progress)
         plans.update(more)
         result = plans[scheduling[0].name]
-    forget_facts()  # those of the allocated module: the .lpu describes the scheduled one
+    # The scheduled module's facts (what the .lpu's build describes) are the allocated module's, taken over
+    # (ir.schedule_facts); no others are kept (they would keep their modules alive).
+    describe_facts(scheduled, target)
+    forget_facts(keep=scheduled)
     partitioned, allocation = plans.get(Partition.name, graph_module), plans[Allocate.name]
     summary = CompileSummary(
         machine=machine.name, cycles=result.cycles, lower_bound=result.lower_bound,

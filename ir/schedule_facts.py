@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 from . import machine_ops as mo
@@ -38,6 +38,7 @@ from .errors import LpucError
 from .layout import Extent, sub_extents, view_extents, words
 from .machine import Machine
 from .registry import HOST, LINK, OPS, SRAM
+from .rewrite import rewritten_from
 from .target import Target
 
 VIEW = "view"  # the place of a view's result: it names words of SRAM values
@@ -215,10 +216,15 @@ class Facts:
 def describe(module: Module, target: Target) -> Facts:
     """The facts of an allocated (and possibly scheduled) machine-level module compiled for `target`."""
     # Modules are immutable, so the facts of the last few asked for are kept: a compile's auto partition
-    # describes its two candidates (a quick list schedule of each), then schedules the chosen one.
-    for facts in _recent:
+    # describes its two candidates (a quick list schedule of each), then schedules the chosen one. The
+    # scheduled module (and the .lpu's, its constants' data hashed) is such a module rewritten: its facts
+    # are taken over, in its order, and replace those it was made from.
+    for k, facts in enumerate(_recent):
         if facts.module is module and facts.target is target:
             return facts
+        if facts.target == target and (rewritten := _rewritten(facts, module)) is not None:
+            _recent[k] = rewritten
+            return rewritten
     _recent[:] = [_describe(module, target), *_recent[:_RECENT - 1]]
     return _recent[0]
 
@@ -227,9 +233,53 @@ _RECENT = 2
 _recent: list[Facts] = []
 
 
-def forget() -> None:
-    """Keep no facts: a compile is done with its modules (the facts would keep them, and theirs, alive)."""
-    _recent.clear()
+def forget(keep: Module | None = None) -> None:
+    """Keep no facts (but those of `keep`): a compile is done with its modules (the facts would keep
+    them, and theirs, alive)."""
+    _recent[:] = [facts for facts in _recent if facts.module is keep]
+
+
+# What the facts do not depend on: the schedule (an instruction's cycle is read from its op, when asked)
+# and a constant's data hash.
+UNREAD_ATTRS = frozenset({"cycle", "unit", "streams", "sha256"})
+
+
+def _rewritten(facts: Facts, module: Module) -> Facts | None:
+    """The facts of `module` when it rewrites facts.module changing only UNREAD_ATTRS and the op order
+    (ir.rewrite); else None. What _describe gives, at the cost of renumbering."""
+    order = rewritten_from(facts.module, module, UNREAD_ATTRS)
+    if order is None:
+        return None
+    if order == list(range(len(order))):  # (the .lpu's image: only constants changed) nothing to renumber
+        return Facts(module, facts.target, facts.places, facts.words, facts.bases, tuple(
+            ins if ins.op is module.ops[ins.index] else replace(ins, op=module.ops[ins.index])
+            for ins in facts.instructions))
+    # bases in the new order of their ops; segments name them by their new numbers
+    base_of = {base.name: b for b, base in enumerate(facts.bases)}
+    renumber, bases = [0] * len(facts.bases), []
+    for j, op in enumerate(module.ops):
+        for r in op.results:
+            b = base_of.get(r.name)
+            if b is not None:
+                renumber[b] = len(bases)
+                base = facts.bases[b]
+                bases.append(base if base.producer < 0 else replace(base, producer=j))
+    # an instruction's reads are the words of its operands, the same tuples: renumbered once, by identity
+    words, renumbered = {}, {id(()): ()}
+    for op in module.ops:
+        for r in op.results:
+            segs = facts.words.get(r.name)
+            if segs is not None:
+                words[r.name] = renumbered[id(segs)] = tuple((s, w, n, renumber[b]) for s, w, n, b in segs)
+    by_index, instructions = facts.by_index, []
+    for j, (op, i) in enumerate(zip(module.ops, order)):
+        ins = by_index.get(i)
+        if ins is not None:
+            reads = tuple(renumbered[id(segs)] for segs in ins.reads)
+            instructions.append(Instruction(j, op, ins.unit_class, ins.chip, reads, ins.writes,
+                                            tuple(renumber[b] for b in ins.write_bases), ins.cost, ins.fixed_unit,
+                                            ins.links))
+    return Facts(module, facts.target, places(module), words, tuple(bases), tuple(instructions))
 
 
 def _describe(module: Module, target: Target) -> Facts:

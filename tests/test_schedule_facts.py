@@ -15,10 +15,11 @@ import pytest
 from lpuc.backends.interpreter import _Plan, run, schedule_stats
 from lpuc.backends.lpu import build_program
 from lpuc.backends.trace import transfers_of
-from lpuc.compiler.driver import compile_model
+from lpuc.compiler.driver import compile_model, compile_program
 from lpuc.compiler.pipeline import CompileOptions
 from lpuc.ir.costs import cost, link_windows
 from lpuc.ir.machine import SHIPPED
+from lpuc.ir import schedule_facts
 from lpuc.ir.schedule_facts import describe
 
 from helpers import SAMPLES, compiled_sample
@@ -70,6 +71,28 @@ def test_the_interpreter_derives_the_same_facts(name, chips):
     peaks = facts.sram_peak_words()
     assert [c.sram_peak_bytes for c in stats.chips] == \
         [peaks.get(c.chip, 0) * machine.sram.word_bytes for c in stats.chips]
+
+
+def _all_of(facts) -> tuple:
+    return (list(facts.places.items()), list(facts.words.items()), facts.bases,
+            [(i.index, i.op, i.unit_class, i.chip, i.reads, i.writes, i.write_bases, i.cost, i.fixed_unit, i.links)
+             for i in facts.instructions], facts.length, facts.live())
+
+
+@pytest.mark.parametrize("options", [{"chips": 1}, {"chips": 4, "weights": False}])
+def test_a_compile_takes_the_facts_of_its_allocation_over(options, monkeypatch):
+    """The scheduled module rewrites the allocated one (ir.rewrite): its facts are those renumbered, and the
+    .lpu's build takes them over again; derived anew, they are the same. A compile derives facts once per
+    partition candidate (two on 4 chips), not again for the scheduled module or the .lpu."""
+    derived = []
+    derive = schedule_facts._describe
+    monkeypatch.setattr(schedule_facts, "_describe", lambda module, target: derived.append(module) or derive(
+        module, target))
+    schedule_facts.forget()
+    p = compile_program(SAMPLES / "llama_decode.onnx", scheduler="list", **options)
+    assert len(derived) == (1 if options["chips"] == 1 else 2) and all(m is not p.module for m in derived)
+    assert p.facts.module is p.module
+    assert _all_of(p.facts) == _all_of(derive(p.module, p.target))
 
 
 def test_a_link_faster_than_a_slice_port(tmp_path):
