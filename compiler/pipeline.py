@@ -136,17 +136,19 @@ def _at_scheduler(pipeline: tuple[Pass, ...]) -> tuple[tuple[Pass, ...], tuple[P
     return pipeline[:k], pipeline[k:]
 
 
-def run_passes(module: Module, target: Target, pipeline: tuple[Pass, ...], progress=None
+def run_passes(module: Module, target: Target, pipeline: tuple[Pass, ...], progress=None, verified: bool = False
                ) -> tuple[Module, dict[str, object]]:
     """Run each pass, then the verifier, on `module`; -> (the last module, each pass's plan by pass name).
     The module's chip count is the truth: after a pass that partitions it, the target is the machine on
-    those chips (a compile's target has them from the start)."""
+    those chips (a compile's target has them from the start). `verified`: `module` passed the verifier (so
+    what a pass only rewrites -- allocation, scheduling -- is checked in what it changed: ir.verifier)."""
     plans = {}
     for p in pipeline:
         if progress:
             progress(f"{p}: {len(module.ops):,} ops")
         plans[p.name] = plan = p.plan(module, target, progress)
-        module = verify(p.apply(module, target, plan), target.machine)
+        module = verify(p.apply(module, target, plan), target.machine, since=module if verified else None)
+        verified = True
         if module.attrs.get("chips", 1) != target.chips:
             target = Target(target.machine, module.attrs["chips"])
     return module, plans
@@ -231,8 +233,7 @@ def _place(graph_module: Module, target: Target, placing: tuple[Pass, ...], prog
     lowered, plans = run_passes(graph_module, target, tuple(before), progress)
     # the lowering is not kept: it is the lowered module again, and would hold the program twice
     blocks = machine_blocks(graph_module, plans.pop(Lower.name).origins)
-    allocated, more = run_passes(lowered, target, (replace(allocate, layers=blocks),),
-                                 progress)
+    allocated, more = run_passes(lowered, target, (replace(allocate, layers=blocks),), progress, verified=True)
     return allocated, {**plans, **more}, blocks
 
 
@@ -333,9 +334,9 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
     if result is not None:
         if progress:
             progress(f"verifier: the scheduled program ({result.instructions:,} instructions)")
-        scheduled = verify(apply_schedule(allocated, result), machine)
+        scheduled = verify(apply_schedule(allocated, result), machine, since=allocated)
     else:
-        scheduled, more = run_passes(allocated, target, scheduling, progress)
+        scheduled, more = run_passes(allocated, target, scheduling, progress, verified=True)
         plans.update(more)
         result = plans[scheduling[0].name]
     # The scheduled module's facts (what the .lpu's build describes) are the allocated module's, taken over

@@ -2,8 +2,9 @@
 order, some attributes changed. Allocation writes each op's `out`, scheduling its
 `cycle`, `unit` and `streams` and orders the ops by cycle, the .lpu's image gives a
 constant its `sha256`. What was derived of the module before holds for the
-rewritten one but for the attributes changed: the schedule facts, which read
-none of those, are renumbered (ir.schedule_facts).
+rewritten one but for the attributes changed: the verifier checks only those
+(ir.verifier); the schedule facts, which read none of them, are renumbered
+(ir.schedule_facts).
 """
 
 from __future__ import annotations

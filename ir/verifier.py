@@ -12,6 +12,7 @@ from .attributes import compare_value
 from .core import Module, Op
 from .errors import VerifyError
 from .registry import ATTR_KINDS, HOST, LINK, OPS, PLANE, SRAM, TypeRuleError
+from .rewrite import rewritten_from
 
 PLACE_NAMES = {SRAM: "in SRAM", HOST: "on the host (a model input)",
                PLANE: "on an MXM plane (an mxm.install result)", LINK: "a transfer in flight (a c2c.send result)"}
@@ -20,9 +21,12 @@ if TYPE_CHECKING:
     from .machine import Machine
 
 
-def verify(module: Module, machine: Machine | None = None) -> Module:
+def verify(module: Module, machine: Machine | None = None, since: Module | None = None) -> Module:
     """Check `module`; return it unchanged, or raise VerifyError on the first broken rule. Given the
-    `machine` it targets, also the rules that depend on it (e.g. a view's vector-column alignment)."""
+    `machine` it targets, also the rules that depend on it (e.g. a view's vector-column alignment).
+    `since`: a module this verifier passed (with the same machine) that `module` may rewrite, as allocation
+    and scheduling do (ir.rewrite: the same ops, in any order, only their OWN_ATTRS changed): then the
+    order and the attributes changed are checked, the rules that held of the ops in `since` are not."""
     defined: dict[str, object] = {}
     place: dict[str, str | None] = {}  # where each value lives, by its definition (graph ops: None)
 
@@ -32,13 +36,15 @@ def verify(module: Module, machine: Machine | None = None) -> Module:
         defined[value.name] = value.type
 
     checked = set()  # signatures of ops that passed the op-local rules: layers and tiles repeat them
+    rewrites = rewritten_from(since, module, OWN_ATTRS) if since is not None and since.attrs == module.attrs \
+        else None
     chips = module.attrs.get("chips", 1)
     if not ATTR_KINDS["int"](chips) or chips < 1:
         raise VerifyError(f"module attribute chips = {chips!r}: must be a positive int")
     for v in module.inputs:
         define(v, lambda: f"input {v}")
         place[v.name] = HOST
-    for op in module.ops:
+    for j, op in enumerate(module.ops):
         for v in op.operands:
             if v.name not in defined:
                 if any(r.name == v.name for later in module.ops for r in later.results):
@@ -47,14 +53,17 @@ def verify(module: Module, machine: Machine | None = None) -> Module:
             if defined[v.name] != v.type:
                 raise VerifyError(f"{op.label()}: operand {v} has type {v.type} but is defined as "
                                   f"{defined[v.name]}")
-        signature = (op.name, tuple(v.type for v in op.operands), _shared_attrs(op.attrs),
-                     tuple(r.type for r in op.results))
-        if signature not in checked:
-            check_op(op, machine, chips)
-            checked.add(signature)
+        if rewrites is not None:  # the op passed before, its operands defined by the same ops (in their places)
+            check_own_attrs(op, since.ops[rewrites[j]])
         else:
-            check_own_attrs(op)
-        check_places(op, [place[v.name] for v in op.operands])
+            signature = (op.name, tuple(v.type for v in op.operands), _shared_attrs(op.attrs),
+                         tuple(r.type for r in op.results))
+            if signature not in checked:
+                check_op(op, machine, chips)
+                checked.add(signature)
+            else:
+                check_own_attrs(op)
+            check_places(op, [place[v.name] for v in op.operands])
         for r in op.results:
             define(r, op.label)
             place[r.name] = OPS[op.name].result_place
@@ -81,11 +90,12 @@ def _shared_attrs(attrs) -> tuple:
     return tuple((k, compare_value(v)) for k, v in attrs.items() if k not in OWN_ATTRS)
 
 
-def check_own_attrs(op: Op) -> None:
-    """The op-local rules of an op's OWN_ATTRS: each is an attribute of its op, of its kind."""
+def check_own_attrs(op: Op, was: Op | None = None) -> None:
+    """The op-local rules of an op's OWN_ATTRS: each is an attribute of its op, of its kind (those `was`, the
+    op it rewrites, had already: checked there)."""
     opdef = OPS[op.name]
     for key in OWN_ATTRS:
-        if key in op.attrs:
+        if key in op.attrs and (was is None or op.attrs[key] is not was.attrs.get(key)):
             _check_attr(op, opdef, key, op.attrs[key], None)
 
 

@@ -14,9 +14,10 @@ from lpuc.compiler.passes import Pass
 from lpuc.compiler.pipeline import PASSES, SCHEDULERS, CompileOptions, passes, run_passes
 from lpuc.compiler.schedule_cpsat import CpSatScheduler
 from lpuc.compiler.schedule_list import ListScheduler, ScheduleResult, apply_schedule
-from lpuc.ir import VerifyError, parse
+from lpuc.ir import Op, VerifyError, parse
 from lpuc.ir.machine import load_machine
 from lpuc.ir.target import Target
+from lpuc.ir.verifier import verify
 
 MACHINE = load_machine("tsp-v1")
 ONE, TWO = Target(MACHINE), Target(MACHINE, 2)  # run_passes follows the partition to two chips
@@ -62,6 +63,29 @@ def test_the_verifier_runs_after_every_pass():
 
     with pytest.raises(VerifyError, match="used before its definition"):
         run_passes(GRAPH, ONE, (Breaks(),))
+
+
+def _rewrite(module, change):
+    """`module` with each op rebuilt with the attributes `change(op)` gives, order kept."""
+    return module.replace(ops=tuple(Op(op.name, op.operands, op.results, change(op)) for op in module.ops))
+
+
+def test_a_rewrite_is_checked_in_what_it_changes():
+    """After a pass that only rewrites what allocation and scheduling write (ir.rewrite), the verifier checks
+    those attributes and the order, the rest held before; anything else changed is checked in full."""
+    allocated = _allocated()
+    scheduled = apply_schedule(allocated, ListScheduler().plan(allocated, TWO))
+    assert verify(scheduled, MACHINE, since=allocated) is scheduled
+    bad_unit = _rewrite(scheduled, lambda op: {**dict(op.attrs), **({"unit": 3} if "unit" in op.attrs else {})})
+    with pytest.raises(VerifyError, match="attribute 'unit' must be str"):
+        verify(bad_unit, MACHINE, since=allocated)
+    with pytest.raises(VerifyError, match="used before its definition"):
+        verify(scheduled.replace(ops=tuple(reversed(scheduled.ops))), MACHINE, since=allocated)
+    # a changed attribute no rewrite writes: not a rewrite, every rule checked
+    bad_name = _rewrite(allocated, lambda op: {**dict(op.attrs), **({"name": 7} if "name" in op.attrs else {})})
+    for since in (None, allocated):
+        with pytest.raises(VerifyError, match="attribute 'name' must be str"):
+            verify(bad_name, MACHINE, since=since)
 
 
 def test_both_schedulers_give_one_result_type():
