@@ -299,8 +299,10 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
                 heapq.heappush(ready, (segments[s].members[0], s))
     if progress:
         progress("templates: unit instances and the lower bounds")
-    result = schedule_result(module, program, machine, _assign(program, machine, cycles))
-    stats = TemplateStats(stamped, len(rel_of), boundary)
+    placed, stats = _assign(program, machine, cycles), TemplateStats(stamped, len(rel_of), boundary)
+    # the bounds below take as much memory again as the stamping did: let go of its structures first
+    del uses, uses_of, segments, segment_of, seg_preds, seg_succs, shapes, rel_of, lines, by_index
+    result = schedule_result(module, program, machine, placed)
     status = (f"templates: {stats.templates} for {stats.pieces} pieces, {boundary:,} cycles lost at boundaries"
               + (f"; CP-SAT: {solves} models solved (at most {options.max_windows} in all, the heaviest templates "
                  f"first), {improved} templates shortened, {at_bound} at their bound already"
