@@ -32,6 +32,7 @@ the scheduled op list, sorted by (cycle, program order), stays in SSA order.
 from __future__ import annotations
 
 import heapq
+import sys
 from bisect import bisect_right
 from itertools import islice
 from dataclasses import dataclass, field
@@ -375,7 +376,7 @@ def _hold_specs(program: Program, machine: Machine) -> dict[int, list[Hold]]:
 
         def add(name: str, start: int, work: int, end: int, early: int = 0, chip=ins.chip) -> None:
             key = name if chip is None else f"chip{chip} {name}" if many else name
-            out.append((key, start, work, end, early))
+            out.append((sys.intern(key), start, work, end, early))  # (a few names for millions of holds)
 
         add(ins.unit_class, 0, c.occupancy, c.occupancy)
         if ins.unit_class == "mxm" and ins.index not in installs:  # (an install: with its matmul)
