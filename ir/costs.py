@@ -124,4 +124,14 @@ def cost(op: Op, machine: Machine, reads: Sequence[Sequence[Extent]] = (),
     latency = occupancy + machine.units[cls].latency
     if cls == "tx":
         latency += len(op.attrs["route"]) * machine.c2c.hop_latency_cycles
-    return Cost(occupancy, latency, tuple(sorted(per_read.items())), tuple(sorted(per_write.items())))
+    return _shared(Cost(occupancy, latency, tuple(sorted(per_read.items())), tuple(sorted(per_write.items()))))
+
+
+_SHARED: dict[Cost, Cost] = {}  # a program's repeated layers repeat its costs: at 70B, a few thousand for a million
+_SHARED_MAX = 1 << 16           # instructions, so each equal cost is kept once (bounded: a cache, not a record)
+
+
+def _shared(c: Cost) -> Cost:
+    if len(_SHARED) >= _SHARED_MAX:
+        _SHARED.clear()
+    return _SHARED.setdefault(c, c)
