@@ -219,9 +219,10 @@ def describe(module: Module, target: Target) -> Facts:
     # describes its two candidates (a quick list schedule of each), then schedules the chosen one. The
     # scheduled module (and the .lpu's, its constants' data hashed) is such a module rewritten: its facts
     # are taken over, in its order, and replace those it was made from.
-    for k, facts in enumerate(_recent):
+    for facts in _recent:
         if facts.module is module and facts.target is target:
             return facts
+    for k, facts in enumerate(_recent):
         if facts.target == target and (rewritten := _rewritten(facts, module)) is not None:
             _recent[k] = rewritten
             return rewritten
