@@ -921,5 +921,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def run_and_exit() -> None:
+    """The `lpuc` command: `main()`, then exit without tearing down what it built. A large model's compile
+    holds millions of objects; freeing them one by one at exit costs as long as writing the .lpu (the
+    clang driver skips freeing for the same reason). Everything is written (atomically) and flushed first."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # a closed pipe: nothing more to say
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_exit()
