@@ -106,8 +106,15 @@ def analyze(module: Module, target: Target, facts: Facts | None = None) -> Progr
             names.append(r.name)
             previous = set()
             for s, w, n in results_out[r.name]:
-                previous.update(int(x) for x in np.unique(owner[s, w:w + n]) if x >= 0)
-                owner[s, w:w + n] = vid
+                held = owner[s, w:w + n]
+                if not n:
+                    continue
+                if held[0] == held[-1] and (held == held[0]).all():  # (the usual case: one earlier value)
+                    previous.add(int(held[0]))
+                else:
+                    previous.update(int(x) for x in np.unique(held))
+                held[:] = vid
+            previous.discard(-1)  # (words no value held)
             lat = costs[i].latency if i in costs else 0
             for u in sorted(previous):
                 u_name = names[u]
@@ -433,29 +440,35 @@ def _chain(items: list[Item], cap: int, machine: Machine) -> tuple[int, int, int
     S, and every other install issues after it, less the MXM latency. Their work (`early`, the two largest
     per plane) is not counted, and the set starts that latency earlier."""
     best = (0, 0, 0)
-    planes = any(early for _, _, _, early in items)
+    if not items:
+        return best
+    a = np.array(items, dtype=np.int64).reshape(-1, 4)  # (head, work, tail, early) per hold
+    planes = bool(a[:, 3].any())
     slack = machine.latency.mxm if planes else 0
-    for by_head in (True, False):
-        work, least_head, least_tail = 0, None, None
-        earliest: list[int] = []  # a min-heap of the 2 x cap largest early works of S
-        ordered = sorted(items, key=lambda x: -x[0] if by_head else -x[2])
-        for k, (h, w, q, early) in enumerate(ordered):
-            work += w
-            least_head = h if least_head is None else min(least_head, h)
-            least_tail = q if least_tail is None else min(least_tail, q)
-            if early:
-                heapq.heappush(earliest, early)
-                if len(earliest) > 2 * cap:
-                    heapq.heappop(earliest)
-            nxt = ordered[k + 1] if k + 1 < len(ordered) else None
-            if nxt is not None and (nxt[0] == h if by_head else nxt[2] == q):
-                continue  # a threshold takes every hold at it
-            counted = work - sum(earliest)
-            b = least_head - slack + -(-counted // cap) + least_tail if planes else \
-                least_head + -(-work // cap) + least_tail
-            if b > best[0]:
-                best = (b, least_head, least_tail)
+    for key in (0, 2):  # S: the holds by head, latest first; then by tail, most followed first
+        s = a[np.argsort(-a[:, key], kind="stable")]
+        least_head, least_tail = np.minimum.accumulate(s[:, 0]), np.minimum.accumulate(s[:, 2])
+        counted = np.cumsum(s[:, 1]) - (_largest_prefix_sums(s[:, 3], 2 * cap) if planes else 0)
+        ends = np.flatnonzero(np.append(s[1:, key] != s[:-1, key], True))  # a threshold takes every hold at it
+        b = least_head[ends] - slack + -(-counted[ends] // cap) + least_tail[ends]
+        k = int(np.argmax(b))
+        if b[k] > best[0]:
+            best = (int(b[k]), int(least_head[ends[k]]), int(least_tail[ends[k]]))
     return best
+
+
+def _largest_prefix_sums(values: np.ndarray, k: int) -> np.ndarray:
+    """Per prefix of `values`, the sum of its k largest."""
+    largest: list[int] = []  # a min-heap
+    total, out = 0, []
+    for v in values.tolist():
+        if v:
+            heapq.heappush(largest, v)
+            total += v
+            if len(largest) > k:
+                total -= heapq.heappop(largest)
+        out.append(total)
+    return np.array(out, dtype=np.int64)
 
 
 def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str, int]:
