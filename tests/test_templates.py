@@ -178,6 +178,15 @@ def test_chain_of_stages_never_exceeds_an_optimal_schedule():
                                                                                   summary.resource_bound)
 
 
+@pytest.mark.parametrize("k", [1, 2, 8])
+def test_largest_prefix_sums_are_each_prefix_s_k_largest(k):
+    """The chain bound leaves out the 2 x planes largest installs of each set of MXM plane holds."""
+    from lpuc.compiler.schedule_list import _largest_prefix_sums
+    values = np.random.default_rng(k).integers(0, 5, 60) * np.random.default_rng(k + 1).integers(0, 2, 60)
+    expected = [sum(sorted(values[:n + 1].tolist())[-k:]) for n in range(len(values))]
+    assert _largest_prefix_sums(values, k).tolist() == expected
+
+
 def test_progress_names_the_stages_and_the_time_left(tiny_dir):
     """What `lpuc compile` prints on stderr after two seconds (with --json too): each pass, each template
     scheduled (of about how many) and the stamps, with an estimate of the time left, and the final check."""
