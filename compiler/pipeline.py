@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields, replace
 
 from ..backends.graph import find_layers
 from ..ir import LpucError, Module
-from ..ir.collector import collections_rare
+from ..ir.collector import collector_paused
 from ..ir.layout import words
 from ..ir.machine import Machine
 from ..ir.registry import LINK, OPS
@@ -246,7 +246,7 @@ def _templated(allocated: Module, target: Target, blocks, cpsat, rounds: int, pr
     return template_schedule(allocated, target, blocks, cpsat, rounds, progress)[0]
 
 
-@collections_rare()
+@collector_paused()
 def compile_module(graph_module: Module, machine: Machine, options: CompileOptions = CompileOptions(),
                    progress=None) -> tuple[Module, CompileSummary]:
     """`progress`, when given, is called with one line per stage (for long compiles)."""
