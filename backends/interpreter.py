@@ -48,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import re
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -737,7 +738,7 @@ class _Machine:
                         f"word {w} hash to sha256 {found[:16]}..., it records "
                         + (f"{recorded[:16]}..." if recorded else "none"))
 
-    def run(self):
+    def run(self, progress=None):
         plan = self.plan
         events = []
         for k, ins in enumerate(plan.instrs):
@@ -745,12 +746,17 @@ class _Machine:
                 events.append((ins.cycle + ins.lat, 0, k))  # landings before issues of the same cycle
                 events.append((ins.cycle, 1, k))
         events.sort()
+        step = max(len(events) // 8, 1) if progress else len(events) + 1
+        start = time.perf_counter()
         try:
             self.image()
             self.load_state()
-            for t, kind, k in events:
+            for n, (t, kind, k) in enumerate(events):
                 if self.horizon is not None and t > self.horizon:
                     break
+                if n and n % step == 0:
+                    left = (time.perf_counter() - start) / n * (len(events) - n)
+                    progress(f"running: cycle {t:,} of {plan.cycles:,}, about {left:.0f} s left")
                 (self.land if kind == 0 else self.issue)(plan.instrs[k], t)
         except _Stop:
             pass
@@ -978,13 +984,13 @@ def _plan(program: Program) -> _Plan:
     return plan
 
 
-def _load(program: Program | str | Path) -> Program:
-    return program if isinstance(program, Program) else read_lpu(program)
+def _load(program: Program | str | Path, progress=None) -> Program:
+    return program if isinstance(program, Program) else read_lpu(program, progress)
 
 
 @collector_paused()  # the plan's and the run's records of each instruction: many, long-lived, no garbage cycles
 def run(program: Program | str | Path, inputs: Mapping[str, np.ndarray] | None = None, *, check: bool = True,
-        timing_only: bool = False, state: State | None = None) -> Result:
+        timing_only: bool = False, state: State | None = None, progress=None) -> Result:
     """Run a scheduled program on `inputs` (name -> array), cycle by cycle.
 
     check=True raises the earliest HazardError; check=False runs on regardless
@@ -992,13 +998,16 @@ def run(program: Program | str | Path, inputs: Mapping[str, np.ndarray] | None =
     timing_only=True stores and computes no bytes (inputs are not needed, the
     outputs are empty) but checks every hazard and gives the same stats.
     A stateful program's states persist in `state` (default: the program's own,
-    `program.state`) from run to run; a run with a hazard leaves them as they were."""
-    program = _load(program)
+    `program.state`) from run to run; a run with a hazard leaves them as they were. `progress`, when given,
+    is called with a line per stage and, while running, with the cycle reached and the time left."""
+    program = _load(program, progress)
     module = program.module
     env = None
     if not timing_only:
         require_weights(program)
         env = check_inputs(module, inputs if inputs is not None else {})
+    if progress:
+        progress(f"planning {len(module.ops):,} ops (every unit, port, stream and link booking checked)")
     plan = _plan(program)
     static = sorted(plan.hazards, key=_order)
     if not static:  # (a broken schedule's own hazards say more than the facts they change)
@@ -1008,7 +1017,7 @@ def run(program: Program | str | Path, inputs: Mapping[str, np.ndarray] | None =
         horizon = static[0].cycle if static[0].cycle is not None else -1
     m = _Machine(plan, program, env, collect=not check, horizon=horizon,
                  state=program.state if state is None else state)
-    m.run()
+    m.run(progress)
     hazards = sorted(static + m.hazards, key=_order)
     if check and hazards:
         raise hazards[0]

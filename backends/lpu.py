@@ -332,9 +332,10 @@ def _one_line(e: BaseException) -> str:
 
 # --- loading ----------------------------------------------------------------
 
-def read_lpu(path: str | Path) -> Program:
-    """Load and check a .lpu file; every problem is one LpuFormatError line naming the file."""
-    return load_lpu(_read_container(path), str(path))
+def read_lpu(path: str | Path, progress=None) -> Program:
+    """Load and check a .lpu file; every problem is one LpuFormatError line naming the file. `progress`,
+    when given, is called with a line per stage (a large program takes minutes)."""
+    return load_lpu(_read_container(path), str(path), progress)
 
 
 _END = struct.Struct("<IHHHHIIH")  # the ZIP end-of-directory record, the last bytes _pack writes
@@ -361,8 +362,9 @@ def _read_container(path: str | Path) -> bytes:
 
 
 @collector_paused()  # a program's millions of objects, checked as they are made: no garbage cycles
-def load_lpu(data: bytes, where: str = "<lpu>") -> Program:
+def load_lpu(data: bytes, where: str = "<lpu>", progress=None) -> Program:
     """Load a .lpu file from its bytes (see read_lpu)."""
+    say = progress or (lambda line: None)
     parts = _unpack(data, where)
     manifest = _manifest(parts["manifest.json"], where)
     for name in HASHED:
@@ -375,7 +377,11 @@ def load_lpu(data: bytes, where: str = "<lpu>") -> Program:
         raise LpuFormatError(f"{where}: a text part is not UTF-8 ({e})") from None
     try:
         machine = parse_machine(machine_text, f"{where}:machine.toml")
-        module = verify(parse(program_text, f"{where}:program.ir"), machine)
+        say(f"parsing the program ({len(program_text) / 1e6:,.1f} MB of IR text)")
+        module = parse(program_text, f"{where}:program.ir", progress=lambda pos, end: say(
+            f"parsing the program: {pos / end:.0%} of {end / 1e6:,.1f} MB"))
+        say(f"verifying the program ({len(module.ops):,} ops)")
+        module = verify(module, machine)
     except LpucError as e:
         raise LpuFormatError(_one_line(e)) from None
     if machine.name != manifest["machine"]:

@@ -412,7 +412,8 @@ def cmd_run(args) -> int:
         _check_output(args.trace, "--trace", (".json",))
     if args.timing_only and (args.inputs or args.output):
         raise LpucError(f"--timing-only computes no numbers: it takes no {'--inputs' if args.inputs else '-o'}")
-    program = read_lpu(args.program)
+    progress = _after_seconds(2.0)  # stderr: a large program takes minutes to load and run
+    program = read_lpu(args.program, progress)
     sha = schedule_sha256(args.program)
     inputs = None
     if not args.timing_only:
@@ -426,7 +427,7 @@ def cmd_run(args) -> int:
                 say(f"using random inputs (seed {args.seed})")
     if args.reference and args.timing_only:
         raise LpucError("--timing-only computes no numbers: it takes no --reference")
-    result = interpreter.run(program, inputs, timing_only=args.timing_only)
+    result = interpreter.run(program, inputs, timing_only=args.timing_only, progress=progress)
     stats = result.stats
     precision = program.options.get("precision", "fp32")
     cost = None

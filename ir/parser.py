@@ -347,7 +347,13 @@ class _FastLexer(Lexer):
     def lex(self, lexer_state, parser_state):
         text, pos, end = lexer_state.text.text, lexer_state.text.start, lexer_state.text.end
         stack, states, by_state = parser_state.state_stack, parser_state.parse_conf.states, self.by_state
+        report = _progress[0]
+        step = max(end // 8, 1 << 16) if report else end + 1
+        next_report = pos + step
         while True:
+            if pos >= next_report:  # (one comparison a token)
+                report(pos, end)
+                next_report = pos + step
             if len(stack) > _MAX_STACK:  # nested lists: bounded, so nothing built from them recurses too deep
                 raise _Error(pos, f"lists nested too deep (more than {MAX_NESTING} levels)")
             state = stack[-1]
@@ -382,12 +388,16 @@ _builder = _Builder()
 _parser = Lark(_GRAMMAR.read_text(), parser="lalr", lexer=_FastLexer, transformer=_builder,
                maybe_placeholders=False)
 _lock = threading.Lock()
+_progress: list = [None]  # parse()'s `progress`, for the lexer (the parser is one, behind _lock)
 
 def parse(text: str, filename: str = "<string>",
-          blobs: Mapping[str, Callable[[], np.ndarray]] | None = None) -> Module:
-    """Parse IR text. `blobs` maps constant keys to loaders of their data."""
+          blobs: Mapping[str, Callable[[], np.ndarray]] | None = None,
+          progress: Callable[[int, int], None] | None = None) -> Module:
+    """Parse IR text. `blobs` maps constant keys to loaders of their data; `progress`, when given, is called
+    with (characters read, characters) every eighth of a large text."""
     with _lock, collector_paused():  # the parser makes no garbage cycles: no scans of the growing module
         _builder.reset(blobs or {})
+        _progress[0] = progress
         try:
             return _parser.parse(text)
         except _Error as e:
@@ -398,6 +408,7 @@ def parse(text: str, filename: str = "<string>",
             raise ParseError(f"{filename}: {e}") from None
         finally:
             _builder.reset({})  # drop the values of this text
+            _progress[0] = None
 
 
 def _describe(e: UnexpectedInput, text: str, filename: str) -> str:

@@ -123,3 +123,16 @@ def test_demo_exits_0(tmp_path, capsys):
     out, _ = capsys.readouterr()
     assert "OK" in out and "max relative error" in out
     assert (tmp_path / "llama_prefill.lpu").is_file()
+
+
+def test_a_run_reports_its_stages_and_the_time_left(tmp_path):
+    """`lpuc run` of a large program takes minutes: loading, checking, planning and running each say so (on
+    stderr, after two seconds), the run with the cycle reached and an estimate of the time left."""
+    module, _, machine_text = compiled_sample("gpt2_prefill")
+    write_lpu(tmp_path / "p.lpu", module, machine_text, {"chips": 1})
+    lines: list[str] = []
+    interpreter.run(tmp_path / "p.lpu", timing_only=True, progress=lines.append)
+    assert lines[0].startswith("parsing the program (") and lines[1].startswith("verifying the program ("), lines
+    assert lines[2].startswith("planning "), lines
+    running = [line for line in lines if line.startswith("running: cycle ")]
+    assert 7 <= len(running) <= 8 and all(line.endswith(" s left") for line in running), lines

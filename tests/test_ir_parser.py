@@ -206,3 +206,18 @@ def test_check_in_a_real_process(tmp_path):
                        text=True, timeout=120)
     assert (r.returncode, r.stdout) == (2, "")
     assert r.stderr.splitlines() == [f"lpuc: error: {tmp_path}/{ERRORS['missing type'][1]}"]
+
+
+def test_a_large_text_reports_its_parse_in_eighths():
+    """`progress` hears (characters read, characters) every eighth of a text (`lpuc run` of a large program
+    says how far its parse is); a text under 64 KiB is not worth it."""
+    lines = [f"  %y{k} = graph.exp %{'x' if k == 0 else f'y{k - 1}'} : f32[2,3]" for k in range(30_000)]
+    text = HEAD + "\n".join(lines) + '\n  output "y" = %y29999\n}\n'
+    assert len(text) > 2**19
+    heard: list[tuple[int, int]] = []
+    module = parse(text, progress=lambda pos, end: heard.append((pos, end)))
+    assert len(module.ops) == 30_000
+    assert 7 <= len(heard) <= 8 and all(end == len(text) for _, end in heard), heard
+    assert [pos for pos, _ in heard] == sorted(pos for pos, _ in heard) and heard[-1][0] < len(text)
+    parse(HEAD + '  output "x" = %x\n}\n', progress=lambda pos, end: heard.append(None))  # small: silent
+    assert None not in heard
