@@ -18,7 +18,7 @@ CPU time is what a loaded machine does not inflate), the CPU time per layer
 RSS and the CPU time of `lpuc run --timing-only` of the program (loading the
 .lpu, checking every hazard), then how the scheduler went (templates: how many for how many pieces, a
 layer's part on each chip, and the cycles lost at their boundaries). Llama-2-70B at its chip count needs a
-machine with that many chips: --machine tests/machines/tsp-v1-torus.toml (at int8, --precision int8: 360
+machine with that many chips: --machine tests/machines/tsp-v1-torus.toml (at int8, --precision int8: 352
 chips at 80 layers).
 
 --determinism: compiles the smallest model twice more, with --workers 1 and 2
