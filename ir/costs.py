@@ -22,7 +22,6 @@ interpreter recomputes it rather than trusting the program.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -98,10 +97,11 @@ def cost(op: Op, machine: Machine, reads: Sequence[Sequence[Extent]] = (),
     cls = unit_class(op.name)
     if cls is None:
         return Cost(0, 0)
-    per_read, per_write = Counter(), Counter()
+    per_read: dict[int, int] = {}  # (plain dicts: a Counter's missing key is a Python call, per instruction)
+    per_write: dict[int, int] = {}
     for k, extents in enumerate(reads):
         for s, _, n in extents:
-            per_read[s] += n
+            per_read[s] = per_read.get(s, 0) + n
         if k == 0 and OPS[op.name].indexed:
             # Which rows are read depends on the indices: at worst all from one slice, so each slice of the
             # table is held for as many words as the result has (or all it holds, if fewer).
@@ -110,7 +110,7 @@ def cost(op: Op, machine: Machine, reads: Sequence[Sequence[Extent]] = (),
                 per_read[s] = min(per_read[s], gathered)
     for extents in writes:
         for s, _, n in extents:
-            per_write[s] += n
+            per_write[s] = per_write.get(s, 0) + n
     if OPS[op.name].in_place:
         # It writes only the new rows, where its position says (known at run time): at worst all into one
         # slice, so each slice of the state is held for as many words as the rows have (or all it holds).
