@@ -101,24 +101,25 @@ def _uses(program: Program, machine: Machine) -> tuple[list[_Use], dict[tuple, i
     pair_of = dict(program.install_of)   # matmul -> install
     paired = set(pair_of.values())
     uses, capacity = [], {}
+    groups: dict[tuple, tuple] = {}  # each group's key, one object for all its uses (a few groups, millions of uses)
+
+    def use(group: tuple, cap: int, first: int, first_off: int, last: int, last_off: int, demand: int = 1) -> None:
+        group = groups.setdefault(group, group)
+        uses.append(_Use(group, first, first_off, last, last_off, demand))
+        capacity[group] = cap
+
     for ins in program.instructions:
         i, c, chip = ins.index, ins.cost, ins.chip
         if ins.fixed_unit is not None:
-            group = (ins.unit_class, chip, ins.fixed_unit)
-            uses.append(_Use(group, i, 0, i, c.occupancy))
-            capacity[group] = 1
+            use((ins.unit_class, chip, ins.fixed_unit), 1, i, 0, i, c.occupancy)
         elif i in pair_of:  # the plane is held from the install's issue to the end of its matmul
-            uses.append(_Use((chip, "mxm"), pair_of[i], 0, i, c.occupancy))
-            capacity[(chip, "mxm")] = counts["mxm"]
+            use((chip, "mxm"), counts["mxm"], pair_of[i], 0, i, c.occupancy)
         elif i not in paired:
-            uses.append(_Use((chip, ins.unit_class), i, 0, i, c.occupancy))
-            capacity[(chip, ins.unit_class)] = counts[ins.unit_class]
+            use((chip, ins.unit_class), counts[ins.unit_class], i, 0, i, c.occupancy)
         if ins.streams:
-            uses.append(_Use((chip, "streams"), i, 0, i, c.latency, ins.streams))
-            capacity[(chip, "streams")] = n_streams
+            use((chip, "streams"), n_streams, i, 0, i, c.latency, ins.streams)
         for key, off, length in ins.holds(machine):
-            uses.append(_Use(key, i, off, i, off + length))
-            capacity[key] = 1
+            use(key, 1, i, off, i, off + length)
     return uses, capacity
 
 

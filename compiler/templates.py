@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from array import array
 from bisect import bisect_left
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
@@ -80,27 +81,30 @@ def machine_blocks(graph: Module, origins: tuple[int, ...]) -> tuple[tuple[int, 
 # --- resource timelines -----------------------------------------------------------------------------
 
 class _Timelines:
-    """Per resource group, the holds placed so far: (start, end, demand), sorted by start."""
+    """Per resource group, the holds placed so far: (start, end, demand), sorted by start. Every hold of the
+    program stays (a later stamp may fill an earlier hole): kept as machine integers, not Python objects."""
 
     def __init__(self, capacity: dict[tuple, int]):
         self.capacity = capacity
-        self.starts: dict[tuple, list[int]] = defaultdict(list)
-        self.holds: dict[tuple, list[tuple[int, int, int]]] = defaultdict(list)
+        self.holds: dict[tuple, tuple[array, array, array]] = defaultdict(lambda: (array("q"), array("q"),
+                                                                                  array("q")))
         self.longest: dict[tuple, int] = defaultdict(int)
 
     def near(self, g, s: int, e: int) -> list[tuple[int, int, int]]:
         """The holds of group g overlapping [s, e)."""
-        starts, holds = self.starts[g], self.holds[g]
+        starts, ends, demands = self.holds[g]
         lo = bisect_left(starts, s - self.longest[g])
         hi = bisect_left(starts, e)
-        return [h for h in holds[lo:hi] if h[1] > s]
+        return [h for h in zip(starts[lo:hi], ends[lo:hi], demands[lo:hi]) if h[1] > s]
 
     def add(self, g, s: int, e: int, d: int) -> None:
         if e <= s:
             return
-        k = bisect_left(self.starts[g], s)
-        self.starts[g].insert(k, s)
-        self.holds[g].insert(k, (s, e, d))
+        starts, ends, demands = self.holds[g]
+        k = bisect_left(starts, s)
+        starts.insert(k, s)
+        ends.insert(k, e)
+        demands.insert(k, d)
         self.longest[g] = max(self.longest[g], e - s)
 
     def shift(self, by_group: dict[tuple, list[tuple[int, int, int]]], o: int) -> int:
@@ -299,9 +303,11 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
                 heapq.heappush(ready, (segments[s].members[0], s))
     if progress:
         progress("templates: unit instances and the lower bounds")
-    placed, stats = _assign(program, machine, cycles), TemplateStats(stamped, len(rel_of), boundary)
-    # the bounds below take as much memory again as the stamping did: let go of its structures first
+    stats = TemplateStats(stamped, len(rel_of), boundary)
+    # the assignment and the bounds below take as much memory again as the stamping did: let go of its
+    # structures first
     del uses, uses_of, segments, segment_of, seg_preds, seg_succs, shapes, rel_of, lines, by_index
+    placed = _assign(program, machine, cycles)
     result = schedule_result(module, program, machine, placed)
     status = (f"templates: {stats.templates} for {stats.pieces} pieces, {boundary:,} cycles lost at boundaries"
               + (f"; CP-SAT: {solves} models solved (at most {options.max_windows} in all, the heaviest templates "
