@@ -34,6 +34,7 @@ from __future__ import annotations
 import heapq
 import sys
 from bisect import bisect_right
+from collections.abc import Iterable
 from itertools import islice
 from dataclasses import dataclass, field
 
@@ -91,21 +92,22 @@ def analyze(module: Module, target: Target, facts: Facts | None = None) -> Progr
     for i in range(len(ops)):
         preds[i] = list(raw[i])
 
-    # Write after read / write after write, from which earlier value held each word.
-    owners: dict[int, np.ndarray] = {}  # per chip: slice x word -> the value there
-    names = []
+    # Write after read / write after write, from which earlier value held each word: chip by chip (chips share
+    # no words), so one table of owners (slice x word -> the value there) serves every chip in turn.
+    results_on: dict[int, list[tuple[int, str]]] = {}  # chip -> its SRAM results (op index, name), in order
     for i, op in enumerate(ops):
         for r in op.results:
-            if r.name not in results_out or OPS[op.name].in_place:  # (a state write: its state's own words)
-                continue
-            chip = mo.chip_of(op)
-            if chip not in owners:
-                owners[chip] = np.full((machine.sram.slices, machine.sram.words_per_slice), -1, np.int32)
-            owner = owners[chip]
+            if r.name in results_out and not OPS[op.name].in_place:  # (a state write: its state's own words)
+                results_on.setdefault(mo.chip_of(op), []).append((i, r.name))
+    owner = np.empty((machine.sram.slices, machine.sram.words_per_slice), np.int32)
+    for chip in sorted(results_on):
+        owner.fill(-1)
+        names = []
+        for i, name in results_on[chip]:
             vid = len(names)
-            names.append(r.name)
+            names.append(name)
             previous = set()
-            for s, w, n in results_out[r.name]:
+            for s, w, n in results_out[name]:
                 held = owner[s, w:w + n]
                 if not n:
                     continue
@@ -120,11 +122,12 @@ def analyze(module: Module, target: Target, facts: Facts | None = None) -> Progr
                 u_name = names[u]
                 p = producer[u_name]
                 if mo.is_constant(ops[p].name) or i not in costs:
-                    raise AssertionError(f"{op.label()}: overwrites the SRAM image ({u_name})")
+                    raise AssertionError(f"{ops[i].label()}: overwrites the SRAM image ({u_name})")
                 preds[i].append((p, costs[p].latency - lat + 1))
                 for rd in readers.get(u_name, ()):
                     if rd >= i:
-                        raise AssertionError(f"{op.label()}: reuses the words of {u_name}, still read by op {rd}")
+                        raise AssertionError(f"{ops[i].label()}: reuses the words of {u_name}, still read by "
+                                             f"op {rd}")
                     preds[i].append((rd, costs[rd].occupancy - lat))
     # Several paths can give the same predecessor: keep its largest delay, in a fixed order.
     def tidy(edges):
@@ -332,7 +335,7 @@ def _heads(program: Program, machine: Machine, specs: dict[int, list[Hold]]) -> 
                                                        if p in by_index)
         if leaves or reads_matmul:
             after = _ancestors_on_chip(program, by_index, i, None if leaves else JOIN_WINDOW)
-            holds = _holds(specs, head, after, after, None if leaves else MXM)
+            holds = _holds(((j, specs[j]) for j in after), head, after, None if leaves else MXM)
             # resources by the most their chain could give, so that the first raise the head past the others'
             hopes = sorted(((_hope(items, _capacity(machine, key)), key) for key, items in holds.items()), reverse=True)
             for hope, key in hopes:
@@ -403,15 +406,15 @@ def _hold_specs(program: Program, machine: Machine) -> dict[int, list[Hold]]:
     return specs
 
 
-def _holds(specs: dict[int, list[Hold]], head, after: dict[int, int] | list[int], indices,
+def _holds(specs: Iterable[tuple[int, list[Hold]]], head, after: dict[int, int] | list[int],
            only: tuple[str, ...] | None = None) -> dict[str, list[Item]]:
-    """Per resource (those whose name ends with one of `only`, when given), the holds of the instructions
-    `indices`: the earliest cycle each can start (by `head`), its work, the least cycles that must follow its
-    end (`after[i]`: from the instruction's issue on) and the work that may run early."""
+    """Per resource (those whose name ends with one of `only`, when given), the holds `specs` of instructions
+    (index, its holds): the earliest cycle each can start (by `head`), its work, the least cycles that must
+    follow its end (`after[i]`: from the instruction's issue on) and the work that may run early."""
     holds: dict[str, list[Item]] = {}
-    for i in indices:
+    for i, spec in specs:
         h, a = head[i], after[i]
-        for key, start, work, end, early in specs[i]:
+        for key, start, work, end, early in spec:
             if only is None or key.endswith(only):
                 holds.setdefault(key, []).append((h + start, work, a - end, early))
     return holds
@@ -486,7 +489,8 @@ def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str, int
     specs = _hold_specs(program, machine)
     head = _heads(program, machine, specs)
     critical = max(prio, default=0)
-    holds = _holds(specs, head, prio, [ins.index for ins in program.instructions])
+    # each instruction's holds let go as they are counted (both at once would take twice the memory)
+    holds = _holds(((ins.index, specs.pop(ins.index)) for ins in program.instructions), head, prio)
     best, which, plain_best = 0, "none", 0
     for name in sorted(holds):
         cap = _capacity(machine, name)
