@@ -40,9 +40,10 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import islice
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -50,12 +51,12 @@ from ..ir.attributes import AttrDict, Tensor
 from ..ir.collector import collector_paused
 from ..ir.core import Module, Op
 from ..ir.errors import LpucError
-from ..ir.files import atomic_write, open_regular, read_bytes
+from ..ir.files import atomic_write_with, open_regular, read_bytes
 from ..ir.layout import from_words, to_words, words
 from ..ir.machine import Machine, parse_machine
 from ..ir.machine_ops import chip_of, is_constant
 from ..ir.parser import parse
-from ..ir.printer import print_module
+from ..ir.printer import print_lines
 from ..ir.schedule_facts import Facts, describe
 from ..ir.target import Target
 from ..ir.verifier import verify
@@ -219,18 +220,37 @@ def _with_chips(table: Mapping[str, Any] | None, chips: int, what: str) -> dict[
     return {**table, "chips": chips}
 
 
-def _parts(program: Program) -> dict[str, bytes]:
+TEXT_CHUNK = 4096  # lines of program text per chunk
+
+
+def _parts(program: Program) -> dict[str, list[bytes]]:
+    """Each part's bytes, in chunks: a large program's text (400 MB for Llama-2-70B) is never one string."""
     index = [[c, s, w, int(a.shape[0])] for (c, s, w), a in sorted(program.image.items())]
     parts = {
-        "image.bin": b"".join(program.image[c, s, w].tobytes() for c, s, w, _ in index),
-        "image.json": _canonical_json(index, "image index").encode(),
-        "machine.toml": program.machine_text.encode(),
-        "program.ir": print_module(program.module).encode(),
+        "image.bin": [program.image[c, s, w].tobytes() for c, s, w, _ in index],
+        "image.json": [_canonical_json(index, "image index").encode()],
+        "machine.toml": [program.machine_text.encode()],
+        "program.ir": _text_chunks(program.module),
     }
     manifest = dict(program.manifest)
-    manifest["parts"] = {name: sha256(parts[name]) for name in HASHED}
-    parts["manifest.json"] = _canonical_json(manifest, "manifest").encode()
+    manifest["parts"] = {name: _sha256_of(parts[name]) for name in HASHED}
+    parts["manifest.json"] = [_canonical_json(manifest, "manifest").encode()]
     return parts
+
+
+def _text_chunks(module: Module) -> list[bytes]:
+    """The module's IR text, encoded TEXT_CHUNK lines at a time."""
+    lines, chunks = print_lines(module), []
+    while chunk := "".join(islice(lines, TEXT_CHUNK)):
+        chunks.append(chunk.encode())
+    return chunks
+
+
+def _sha256_of(chunks: list[bytes]) -> str:
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()
 
 
 def lpu_bytes(module: Module, machine_text: str, options: Mapping[str, Any] | None = None,
@@ -241,7 +261,9 @@ def lpu_bytes(module: Module, machine_text: str, options: Mapping[str, Any] | No
 
 def program_bytes(program: Program) -> bytes:
     """The bytes of the .lpu file of a built program."""
-    return _pack(_parts(program))
+    out = io.BytesIO()
+    _write_zip(_parts(program), out)
+    return out.getvalue()
 
 
 def write_lpu(path: str | Path, module: Module, machine_text: str, options: Mapping[str, Any] | None = None,
@@ -253,9 +275,7 @@ def write_lpu(path: str | Path, module: Module, machine_text: str, options: Mapp
 
 def write_program(path: str | Path, program: Program) -> str:
     """Write `program` (e.g. from `lpuc.compile`) to `path` atomically; return the file's sha256 (hex)."""
-    data = program_bytes(program)
-    atomic_write(path, data)
-    return sha256(data)
+    return atomic_write_with(path, lambda f: _write_zip(_parts(program), f))
 
 
 def sha256(data: bytes) -> str:
@@ -276,26 +296,42 @@ _VERSION = 20  # 2.0: what stored members need
 
 def _pack(parts: Mapping[str, bytes]) -> bytes:
     """A ZIP archive of `parts`, members in sorted order, bytes a function of the content only."""
-    out, central = io.BytesIO(), []
-    for name in sorted(parts):
-        data, raw = parts[name], name.encode("ascii")
-        if len(data) >= 0xFFFFFFFF or out.tell() >= 0xFFFFFFFF:
-            raise LpucError(f"the .lpu container holds at most 4 GiB; part {name} does not fit")
-        crc, offset = zlib.crc32(data), out.tell()
-        out.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, _VERSION, 0, 0, _DOS_TIME, _DOS_DATE, crc,
-                              len(data), len(data), len(raw), 0))
-        out.write(raw)
-        out.write(data)
-        central.append(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, _VERSION, _VERSION, 0, 0, _DOS_TIME,
-                                   _DOS_DATE, crc, len(data), len(data), len(raw), 0, 0, 0, 0, 0, offset) + raw)
-    start = out.tell()
-    for entry in central:
-        out.write(entry)
-    size = out.tell() - start
-    if out.tell() >= 0xFFFFFFFF:
-        raise LpucError("the .lpu container holds at most 4 GiB")
-    out.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(parts), len(parts), size, start, 0))
+    out = io.BytesIO()
+    _write_zip({name: [data] for name, data in parts.items()}, out)
     return out.getvalue()
+
+
+def _write_zip(parts: Mapping[str, list[bytes]], out: BinaryIO) -> str:
+    """Write the archive _pack makes of `parts` (each part's bytes in chunks) to `out`; -> its sha256 (hex)."""
+    digest, pos, central = hashlib.sha256(), 0, []
+
+    def put(data: bytes) -> None:
+        nonlocal pos
+        out.write(data)
+        digest.update(data)
+        pos += len(data)
+
+    for name in sorted(parts):
+        chunks, raw = parts[name], name.encode("ascii")
+        size, crc, offset = sum(len(c) for c in chunks), 0, pos
+        if size >= 0xFFFFFFFF or pos >= 0xFFFFFFFF:
+            raise LpucError(f"the .lpu container holds at most 4 GiB; part {name} does not fit")
+        for chunk in chunks:
+            crc = zlib.crc32(chunk, crc)
+        put(struct.pack("<IHHHHHIIIHH", 0x04034B50, _VERSION, 0, 0, _DOS_TIME, _DOS_DATE, crc,
+                        size, size, len(raw), 0))
+        put(raw)
+        for chunk in chunks:
+            put(chunk)
+        central.append(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, _VERSION, _VERSION, 0, 0, _DOS_TIME,
+                                   _DOS_DATE, crc, size, size, len(raw), 0, 0, 0, 0, 0, offset) + raw)
+    start = pos
+    for entry in central:
+        put(entry)
+    if pos >= 0xFFFFFFFF:
+        raise LpucError("the .lpu container holds at most 4 GiB")
+    put(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(parts), len(parts), pos - start, start, 0))
+    return digest.hexdigest()
 
 
 def _unpack(data: bytes, where: str) -> dict[str, bytes]:

@@ -712,10 +712,12 @@ def schedule_result(module: Module, program: Program, machine: Machine,
     by_index = {ins.index: ins for ins in program.instructions}
     placements = []
     available: dict[str, int] = {}
+    shared: dict = {}  # each unit name and stream tuple one object (a few hundred of each, millions of instructions)
     for i, op in enumerate(ops):
         if i in by_index:
             t, k, streams = best[i]
-            p = Placement(t, f"{by_index[i].unit_class}{k}", streams)
+            unit = f"{by_index[i].unit_class}{k}"
+            p = Placement(t, shared.setdefault(unit, unit), shared.setdefault(streams, streams))
             for r in op.results:
                 available[r.name] = t + by_index[i].cost.latency
         else:  # constants at 0; views when their words have all landed

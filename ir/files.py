@@ -22,7 +22,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from .errors import LpucError
 from .printer import print_module
 
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+T = TypeVar("T")
 
 
 def open_regular(path: str | Path, error: type[LpucError] = LpucError) -> BinaryIO:
@@ -74,14 +75,24 @@ def read_bytes(path: str | Path, error: type[LpucError] = LpucError, offset: int
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
+    atomic_write_with(path, lambda f: f.write(data))
+
+
+def atomic_write_with(path: str | Path, write: Callable[[BinaryIO], T]) -> T:
+    """Write `path` by `write(file)` atomically (a large file is written piece by piece, never held whole):
+    to a temporary name, renamed when complete; nothing is left when anything fails. -> what `write` returns."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as f:
+            result = write(f)
         os.replace(tmp, path)
-    except OSError as e:
+        return result
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
-        raise LpucError(f"{path}: cannot write: {e.strerror or e}") from None
+        if isinstance(e, OSError):
+            raise LpucError(f"{path}: cannot write: {e.strerror or e}") from None
+        raise
 
 
 def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:

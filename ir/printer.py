@@ -7,6 +7,7 @@ printed text: one spelling per construct, attributes in sorted key order.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -80,12 +81,20 @@ def format_op(op: Op) -> str:
 
 
 def print_module(m: Module) -> str:
+    return "".join(print_lines(m))
+
+
+def print_lines(m: Module) -> Iterator[str]:
+    """The module's text line by line, each with its newline (a large program's text need not be held
+    whole: backends.lpu writes it in chunks)."""
     head = f"module @{m.name}"
     if m.attrs:
         head += " attributes " + format_attrs(m.attrs)
-    lines = [head + " {"]
-    lines += [f"  input %{v.name} : {v.type}" for v in m.inputs]
-    lines += ["  " + format_op(op) for op in m.ops]
-    lines += [f"  output {json.dumps(name)} = %{v.name}" for name, v in m.outputs]
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    yield head + " {\n"
+    for v in m.inputs:
+        yield f"  input %{v.name} : {v.type}\n"
+    for op in m.ops:
+        yield "  " + format_op(op) + "\n"
+    for name, v in m.outputs:
+        yield f"  output {json.dumps(name)} = %{v.name}\n"
+    yield "}\n"
