@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 from ..ir import machine_ops as mo
 from ..ir import LpucError, Module
+from ..ir.attributes import AttrDict, shared
 from ..ir.layout import Extent, rows_cols, vector_cols, words
 from ..ir.target import Target
 from ..ir.registry import OPS, SRAM
@@ -350,11 +351,11 @@ def _take_like(free: _Free, like: tuple[Extent, ...] | None, n: int, name: str, 
 def apply_allocation(module: Module, allocation: Allocation) -> Module:
     """Write each instruction's and constant's `out`: its SRAM results' extents, in result order."""
     extents = allocation.as_dict()
-    ops = []
+    ops, seen = [], {}
     for op in module.ops:
         if any(r.name in extents for r in op.results):
             out = tuple(e for r in op.results for e in extents.get(r.name, ()))
-            op = type(op)(op.name, op.operands, op.results, {**dict(op.attrs), "out": out})
+            op = type(op)(op.name, op.operands, op.results, shared(AttrDict({**op.attrs, "out": out}), seen))
         ops.append(op)
     return module.replace(ops=tuple(ops))
 

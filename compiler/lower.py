@@ -43,7 +43,7 @@ import numpy as np
 
 from ..ir import machine_ops as mo
 from ..ir import LpucError, Module, Op, Tensor, Value
-from ..ir.attributes import AttrDict
+from ..ir.attributes import AttrDict, shared
 from ..ir.builder import Builder
 from ..ir.errors import EvalError, VerifyError
 from ..ir.evaluator import check_inputs, conform
@@ -77,6 +77,7 @@ class _Emitter:
         self.lazy: dict[str, tuple[str, object]] = {}  # placeholder -> ("constant", Tensor) / ("input", Value)
                                                        # / ("state", its graph.state op)
         self.copies: dict[tuple[str, int], Value] = {}  # (value, chip) -> it, on that chip
+        self.attrs: dict[tuple, AttrDict] = {}          # equal attributes, one object (ir.attributes.shared)
 
     @contextmanager
     def on(self, chip: int):
@@ -128,7 +129,7 @@ class _Emitter:
                               f"(operands {', '.join(f'{v}: {v.type}' for v in operands)})") from None
         hints = tuple(hints) + (None,) * (len(types) - len(hints))
         results = tuple(Value(self.b.fresh(h), t) for h, t in zip(hints, types))
-        self.b.ops.append(Op(name, tuple(operands), results, attrs))
+        self.b.ops.append(Op(name, tuple(operands), results, shared(attrs, self.attrs)))
         for r in results:
             self.chip_of[r.name] = self.chip
         return results

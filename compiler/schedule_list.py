@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import heapq
 import sys
+from array import array
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from dataclasses import dataclass, field
 
@@ -412,12 +414,19 @@ def _holds(specs: Iterable[tuple[int, list[Hold]]], head, after: dict[int, int] 
     (index, its holds): the earliest cycle each can start (by `head`), its work, the least cycles that must
     follow its end (`after[i]`: from the instruction's issue on) and the work that may run early."""
     holds: dict[str, list[Item]] = {}
+    for key, item in _hold_items(specs, head, after, only):
+        holds.setdefault(key, []).append(item)
+    return holds
+
+
+def _hold_items(specs: Iterable[tuple[int, list[Hold]]], head, after: dict[int, int] | list[int],
+                only: tuple[str, ...] | None = None) -> Iterator[tuple[str, Item]]:
+    """_holds' items, one at a time, with their resources."""
     for i, spec in specs:
         h, a = head[i], after[i]
         for key, start, work, end, early in spec:
             if only is None or key.endswith(only):
-                holds.setdefault(key, []).append((h + start, work, a - end, early))
-    return holds
+                yield key, (h + start, work, a - end, early)
 
 
 def _capacity(machine: Machine, key: str) -> int:
@@ -489,12 +498,15 @@ def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str, int
     specs = _hold_specs(program, machine)
     head = _heads(program, machine, specs)
     critical = max(prio, default=0)
-    # each instruction's holds let go as they are counted (both at once would take twice the memory)
-    holds = _holds(((ins.index, specs.pop(ins.index)) for ins in program.instructions), head, prio)
+    # Every hold of the program, per resource, packed as machine integers (as tuples they took gigabytes at
+    # Llama-2-70B), each instruction's holds let go as they are counted; unpacked one resource at a time.
+    packed: dict[str, array] = defaultdict(lambda: array("q"))
+    for key, item in _hold_items(((ins.index, specs.pop(ins.index)) for ins in program.instructions), head, prio):
+        packed[key].extend(item)
     best, which, plain_best = 0, "none", 0
-    for name in sorted(holds):
+    for name in sorted(packed):
         cap = _capacity(machine, name)
-        items = holds[name]
+        items = list(zip(*[iter(packed.pop(name))] * 4))
         plain = -(-sum(w for _, w, _, _ in items) // cap)
         plain_best = max(plain_best, plain)
         bound, where = plain, name

@@ -139,6 +139,13 @@ class AttrDict(Mapping):
         return f"AttrDict({self._dict!r})"
 
 
+def shared(attrs: AttrDict, seen: dict[tuple, AttrDict]) -> AttrDict:
+    """`attrs`, or the equal AttrDict in `seen` (a pass's table): a model's repeated layers repeat their
+    attributes (70B --layers 4: 115,716 machine ops, 4,662 distinct), so equal ones are one object. Its
+    values are then the first's objects: a rewrite that carries them over keeps them (ir.rewrite)."""
+    return seen.setdefault(attrs.compare_key(), attrs)
+
+
 def compare_value(v):
     """A value that compares as the attribute prints (Python has 1 == 1.0 == True)."""
     if isinstance(v, tuple):
