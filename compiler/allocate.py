@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 from ..ir import machine_ops as mo
 from ..ir import LpucError, Module
-from ..ir.attributes import AttrDict, shared
+from ..ir.attributes import shared
 from ..ir.layout import Extent, rows_cols, vector_cols, words
 from ..ir.target import Target
 from ..ir.registry import OPS, SRAM
@@ -355,7 +355,7 @@ def apply_allocation(module: Module, allocation: Allocation) -> Module:
     for op in module.ops:
         if any(r.name in extents for r in op.results):
             out = tuple(e for r in op.results for e in extents.get(r.name, ()))
-            op = type(op)(op.name, op.operands, op.results, shared(AttrDict({**op.attrs, "out": out}), seen))
+            op = type(op)(op.name, op.operands, op.results, shared(op.attrs.updated({"out": out}), seen))
         ops.append(op)
     return module.replace(ops=tuple(ops))
 

@@ -720,6 +720,7 @@ def schedule_result(module: Module, program: Program, machine: Machine,
                     placed: dict[int, tuple[int, int, tuple[int, ...]]], proven_bound: int = 0) -> ScheduleResult:
     """The ScheduleResult of instruction placements (op index -> (cycle, unit instance, streams)):
     constants at 0, views when their words have all landed, and the lower bounds."""
+    critical, resource, which, _ = lower_bounds(program, machine)  # (first: the placements wait for it to end)
     ops, best = module.ops, placed
     by_index = {ins.index: ins for ins in program.instructions}
     placements = []
@@ -738,7 +739,6 @@ def schedule_result(module: Module, program: Program, machine: Machine,
             for r in op.results:
                 available[r.name] = t
         placements.append(p)
-    critical, resource, which, _ = lower_bounds(program, machine)
     return ScheduleResult(tuple(placements), _length(program, best), critical, resource, which, len(by_index),
                           proven_bound)
 
@@ -747,10 +747,8 @@ def apply_schedule(module: Module, result: ScheduleResult) -> Module:
     """Write cycle / unit / streams and order the ops by (cycle, program order)."""
     ops = []
     for i, (op, p) in enumerate(zip(module.ops, result.placements, strict=True)):
-        attrs = {**dict(op.attrs), "cycle": p.cycle}
-        if p.unit is not None:
-            attrs.update(unit=p.unit, streams=p.streams)
-        ops.append((p.cycle, i, type(op)(op.name, op.operands, op.results, attrs)))
+        changes = {"cycle": p.cycle} if p.unit is None else {"cycle": p.cycle, "unit": p.unit, "streams": p.streams}
+        ops.append((p.cycle, i, type(op)(op.name, op.operands, op.results, op.attrs.updated(changes))))
     ops.sort(key=lambda x: (x[0], x[1]))
     return module.replace(ops=tuple(op for _, _, op in ops))
 

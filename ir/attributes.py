@@ -86,13 +86,17 @@ class AttrDict(Mapping):
     __slots__ = ("_dict", "_hash")
 
     def __init__(self, items: Mapping[str, Any] | None = None):
-        d = dict(items or {})
-        for k, v in d.items():
-            if not isinstance(k, str):
-                raise TypeError(f"attribute name {k!r} is not a str")
-            check_attr_value(k, v)
+        d = _checked(items or {})
         self._dict = {k: d[k] for k in sorted(d)}
         self._hash = None
+
+    def updated(self, changes: Mapping[str, Any]) -> "AttrDict":
+        """These attributes with `changes` (added or replaced): only the changes are checked, the rest were
+        (a pass rewriting millions of ops changes one or two attributes of each)."""
+        new = AttrDict()
+        d = {**self._dict, **_checked(changes)}
+        new._dict = {k: d[k] for k in sorted(d)}
+        return new
 
     def __getitem__(self, key):
         return self._dict[key]
@@ -137,6 +141,15 @@ class AttrDict(Mapping):
 
     def __repr__(self):
         return f"AttrDict({self._dict!r})"
+
+
+def _checked(items: Mapping[str, Any]) -> dict[str, Any]:
+    d = dict(items)
+    for k, v in d.items():
+        if not isinstance(k, str):
+            raise TypeError(f"attribute name {k!r} is not a str")
+        check_attr_value(k, v)
+    return d
 
 
 def shared(attrs: AttrDict, seen: dict[tuple, AttrDict]) -> AttrDict:
