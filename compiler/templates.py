@@ -86,8 +86,8 @@ class _Timelines:
 
     def __init__(self, capacity: dict[tuple, int]):
         self.capacity = capacity
-        self.holds: dict[tuple, tuple[array, array, array]] = defaultdict(lambda: (array("q"), array("q"),
-                                                                                  array("q")))
+        # group -> (starts, ends, demands)
+        self.holds: dict[tuple, tuple[array, ...]] = defaultdict(lambda: tuple(array("q") for _ in range(3)))
         self.longest: dict[tuple, int] = defaultdict(int)
 
     def near(self, g, s: int, e: int) -> list[tuple[int, int, int]]:
