@@ -440,11 +440,12 @@ def _hope(items: list[Item], cap: int) -> int:
     return max(h for h, _, _, _ in items) + -(-sum(w for _, w, _, _ in items) // cap) + max(q for _, _, q, _ in items)
 
 
-def _chain(items: list[Item], cap: int, machine: Machine) -> tuple[int, int, int]:
-    """(the chain bound of a resource's holds `items` on `cap` instances, the first cycle and the cycles after
-    of the set giving it): for any set S of holds, the program takes at least min over S of the earliest
-    start, plus S's work over the capacity, plus min over S of what must follow. S runs over the holds with
-    the largest starts (one threshold at a time), and those followed by the most.
+def _chain(items: list[Item] | array, cap: int, machine: Machine) -> tuple[int, int, int]:
+    """(the chain bound of a resource's holds `items` (Items, or their numbers one after another) on `cap`
+    instances, the first cycle and the cycles after of the set giving it): for any set S of holds, the
+    program takes at least min over S of the earliest start, plus S's work over the capacity, plus min over
+    S of what must follow. S runs over the holds with the largest starts (one threshold at a time), and those
+    followed by the most.
 
     An MXM plane's item is an install and its matmul, starting when the matmul may: the matmul streams only
     once its weights landed and until the next install lands on the plane, so on each plane at most two
@@ -499,15 +500,15 @@ def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str, int
     head = _heads(program, machine, specs)
     critical = max(prio, default=0)
     # Every hold of the program, per resource, packed as machine integers (as tuples they took gigabytes at
-    # Llama-2-70B), each instruction's holds let go as they are counted; unpacked one resource at a time.
+    # Llama-2-70B), each instruction's holds let go as they are counted.
     packed: dict[str, array] = defaultdict(lambda: array("q"))
     for key, item in _hold_items(((ins.index, specs.pop(ins.index)) for ins in program.instructions), head, prio):
         packed[key].extend(item)
     best, which, plain_best = 0, "none", 0
     for name in sorted(packed):
         cap = _capacity(machine, name)
-        items = list(zip(*[iter(packed.pop(name))] * 4))
-        plain = -(-sum(w for _, w, _, _ in items) // cap)
+        items = packed.pop(name)
+        plain = -(-sum(items[1::4]) // cap)  # (the works)
         plain_best = max(plain_best, plain)
         bound, where = plain, name
         chained, least_head, least_tail = _chain(items, cap, machine)
