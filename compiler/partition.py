@@ -46,6 +46,7 @@ so each chip's SRAM holds only its part.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ..backends.graph import constant_like, find_layers
@@ -477,24 +478,37 @@ def _cuts(stages: _Stages, run: list[int], room: int, fill: _Fill = _Fill()) -> 
     """(per op of `run` (positions in stages.order), its chip counted from the run's first; the bytes crossing
     its cuts): the fewest chips each holding at most `room` (the first chip holds `fill` already), cut where
     the fewest activation bytes cross (a cut inside attention would send the layer's K/V over a link)."""
-    best = [(0, 0, 0)]  # per prefix of run: (chips, bytes crossing its cuts, where its last chip starts)
-    for j in range(1, len(run) + 1):
+    ops = [stages.order[p] for p in run]
+    # Equal layers make equal runs: the search (quadratic in a chip's ops) runs once per distinct run.
+    profile = (tuple(stages.pinned[op] for op in ops), tuple(stages.working[op] for op in ops),
+               tuple(stages.crossing[p] for p in run[1:]))
+    cuts, crossed = _cuts_of(profile, room, fill)
+    return list(cuts), crossed
+
+
+@functools.lru_cache(maxsize=256)
+def _cuts_of(profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]], room: int, fill: _Fill
+             ) -> tuple[tuple[int, ...], int]:
+    """_cuts of a run given by its ops' pinned and working bytes and the bytes crossing a cut before each
+    of its ops but the first."""
+    pinned, working, crossing = profile
+    best = [(0, 0, 0)]  # per prefix of the run: (chips, bytes crossing its cuts, where its last chip starts)
+    for j in range(1, len(pinned) + 1):
         options, held = [], _Fill()
         for i in range(j - 1, -1, -1):
-            op = stages.order[run[i]]
-            held = held.plus(stages.pinned[op], stages.working[op])
+            held = held.plus(pinned[i], working[i])
             used = held.used if i else held.plus(fill.pinned, fill.peak).used
             if used > room and i < j - 1:
                 break
             chips, crossed, _ = best[i]
-            options.append((chips + 1, crossed + (stages.crossing[run[i]] if i else 0), i))
+            options.append((chips + 1, crossed + (crossing[i - 1] if i else 0), i))
         best.append(min(options))
-    out, j = [0] * len(run), len(run)
+    out, j = [0] * len(pinned), len(pinned)
     while j:
         i = best[j][2]
         out[i:j] = [best[j][0] - 1] * (j - i)
         j = i
-    return out, best[-1][1]
+    return tuple(out), best[-1][1]
 
 
 def _move_cuts(module: Module, home: list[int], weights: list[int], split: set[int], load: list[int],
