@@ -63,7 +63,7 @@ from ..ir.core import Module, Op
 from ..ir.costs import cost, link_windows, units
 from ..ir.errors import EvalError, LpucError
 from ..ir.evaluator import check_inputs, conform
-from ..ir.layout import from_words, sub_extents, to_words, view_extents, words
+from ..ir.layout import from_words, row_extents, sub_extents, to_words, view_extents, window_segments, words
 from ..ir.machine import Machine
 from ..ir.registry import HOST, LINK, OPS, PLANE, SRAM, TypeRuleError
 from ..ir.target import Target
@@ -440,7 +440,8 @@ class _Plan:
                     ins.ok = False
                 ins.ok &= val.ok
                 ins.args.append(("sram", len(ins.reads)))
-                ins.reads.append(val.segs)
+                ins.reads.append(window_segments(v.type, val.segs, *mo.window(op.attrs, v.type), self.lanes)
+                                 if mo.reads_window(op) else val.segs)
         # results
         sram_results = list(op.results) if opdef.result_place == SRAM else []
         out_ext = None
@@ -805,7 +806,9 @@ class _Machine:
                 segs = ins.reads[ref]
                 data = np.concatenate([self.sram(plan.bases[b].chip).bytes[s, w:w + n] for s, w, n, b in segs]) \
                     if segs else np.zeros((0, lanes), np.uint8)
-                args.append(data if moves else from_words(data, v.type, lanes))
+                # (an install reads its tile's words only: its result's type)
+                args.append(data if moves else from_words(data, op.result.type if mo.reads_window(op) else v.type,
+                                                          lanes))
             elif where == "plane":
                 state = self.planes.get((ins.chip, ins.unit))
                 tile = state[1] if state is not None else None
@@ -820,6 +823,9 @@ class _Machine:
             return
         if ins.state >= 0:
             self.pending[ins.idx] = tuple(args[1:])  # (new rows, position)
+            return
+        if mo.reads_window(op):  # it read just its window: that is the tile
+            self.pending[ins.idx] = (args[0],)
             return
         try:
             with np.errstate(all="ignore"):
@@ -867,8 +873,7 @@ class _Machine:
                         f"writes slot {p} of state {state.state!r}, but the step is at position {self.position[0]}")
         st = self.sram(ins.chip)
         # the rows' words: per vector column and leading index, a run of whole rows (the layout's row rule)
-        extents = view_extents("mem.row_slice", {"start": p, "size": n}, [ttype], [self.state_extents[state.state]],
-                               plan.lanes)
+        extents = row_extents(ttype, self.state_extents[state.state], p, n, plan.lanes)
         data, k = to_words(new, ins.op.operands[1].type, plan.lanes), 0
         for s, w, m in extents:
             st.bytes[s, w:w + m] = data[k:k + m]

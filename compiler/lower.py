@@ -8,9 +8,9 @@ inputs enter through `host.input` and outputs leave through `host.output`.
 Matmul tiling (A [..., M, K] @ B [..., K, N]):
   - A is cut into k-tiles of one vector column (the machine's lanes) with
     `mem.column_slice` (free views);
-  - B into weight tiles of <= lanes rows x <= lanes cols with `mem.row_slice` and
-    `mem.column_slice` (free views);
-  - per n-tile, per k-tile: `mxm.install w_kn` then `mxm.matmul x_k, w_kn[, acc]`,
+  - B into weight tiles of <= lanes rows x <= lanes cols, each the window of B an
+    `mxm.install` reads (no view per tile);
+  - per n-tile, per k-tile: `mxm.install B {start, size}` then `mxm.matmul x_k, w_kn[, acc]`,
     the partial sum of the previous k-tile as acc; n-tiles joined by `mem.join`.
   Batch dims: a B with a single batch element is viewed as 2-D (A's rows all
   stream through one tile); otherwise A and B are expanded (`sxm.expand`) to the
@@ -277,16 +277,13 @@ def _tiles(e: _Emitter, a: Value, b: Value, final: str, h: str, accumulate=None)
     xs = [a if len(k_tiles) == 1 else
           e.one("mem.column_slice", [a], {"start": k0, "size": ks}, f"{h}.x{i}")
           for i, (k0, ks) in enumerate(k_tiles)]
-    ws = [b if len(k_tiles) == 1 else
-          e.one("mem.row_slice", [b], {"start": k0, "size": ks}, f"{h}.wr{i}")
-          for i, (k0, ks) in enumerate(k_tiles)]
+    windowed = len(k_tiles) > 1 or len(n_tiles) > 1
     parts = []
     for j, (n0, ns) in enumerate(n_tiles):
         acc = None
-        for i in range(len(k_tiles)):
-            w = ws[i] if len(n_tiles) == 1 else \
-                e.one("mem.column_slice", [ws[i]], {"start": n0, "size": ns}, f"{h}.w{i}_{j}")
-            tile = e.one("mxm.install", [w], {}, f"{h}.tile{i}_{j}")
+        for i, (k0, ks) in enumerate(k_tiles):
+            tile = e.one("mxm.install", [b], {"start": (k0, n0), "size": (ks, ns)} if windowed else {},
+                         f"{h}.tile{i}_{j}")
             whole = i == len(k_tiles) - 1 and len(n_tiles) == 1
             acc = e.one("mxm.matmul", [xs[i], tile] + ([acc] if acc is not None else []),
                         {"accumulate": accumulate} if accumulate else {},

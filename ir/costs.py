@@ -65,7 +65,7 @@ def compute_cycles(op: Op, machine: Machine) -> int:
         return max(words(t, lanes) for t in types)
     if cls == "mxm":
         installs = opdef.result_place == PLANE  # loads the tile w onto a plane, else streams x through it
-        w = op.operands[0].type if installs else op.operands[1].type
+        w = op.results[0].type if installs else op.operands[1].type  # (an install's result: its tile)
         batch = w.numel // (w.shape[-2] * w.shape[-1]) if w.numel else 0
         if installs:  # one weight row per cycle per byte-plane
             return max(batch * w.shape[-2] * w.dtype.itemsize, 1)

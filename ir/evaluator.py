@@ -389,7 +389,15 @@ def _same(a, attrs):
     return a[0]
 
 
-# The machine ops mirroring no graph op. Moves keep the value: an install puts it on a plane, host I/O and
+def _window(a, attrs):
+    """An install's tile: rows [k0, k0+ks) x columns [n0, n0+ns) of w's last two axes (all of w without a window)."""
+    if attrs.get("start") is None:
+        return a[0]
+    (k0, n0), (ks, ns) = attrs["start"], attrs["size"]
+    return a[0][..., k0:k0 + ks, n0:n0 + ns]
+
+
+# The machine ops mirroring no graph op. Moves keep the value: an install puts it (its window) on a plane, host I/O and
 # transfers copy it (the interpreter passes a transfer's raw words through unchanged).
 EVAL.update({
     "mem.constant": EVAL["graph.constant"],
@@ -399,7 +407,7 @@ EVAL.update({
     "mem.join": lambda a, attrs: np.concatenate(a, axis=-1),
     "mem.column_slice": lambda a, attrs: a[0][..., attrs["start"]:attrs["start"] + attrs["size"]],
     "mem.row_slice": lambda a, attrs: a[0][..., attrs["start"]:attrs["start"] + attrs["size"], :],
-    "mxm.install": _same,
+    "mxm.install": _window,
     "mxm.matmul": lambda a, attrs: matmul(a[0], a[1], attrs.get("accumulate"), a[2] if len(a) == 3 else None),
     "host.input": _same,
     "host.output": _same,

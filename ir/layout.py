@@ -100,6 +100,41 @@ def sub_extents(extents, offset: int, count: int, starts: list[int] | None = Non
     return tuple(out)
 
 
+def column_extents(t: TensorType, extents, start: int, size: int, lanes: int) -> tuple[Extent, ...]:
+    """The words of columns [start, start+size) of t's last axis (whole vector columns, the last may be
+    partial), from t's extents: one run of its vector columns."""
+    per_column = rows_cols(t)[0] * t.dtype.itemsize
+    first, ncols = start // lanes, -(-size // lanes)
+    return sub_extents(extents, first * per_column, ncols * per_column)
+
+
+def row_extents(t: TensorType, extents, start: int, size: int, lanes: int) -> tuple[Extent, ...]:
+    """The words of rows [start, start+size) of t's second-to-last axis, from t's extents: per vector
+    column, per batch (leading dims), a run of whole rows."""
+    rows_per_batch, itemsize = t.shape[-2], t.dtype.itemsize
+    batches = rows_cols(t)[0] // rows_per_batch if rows_per_batch else 0
+    starts, out = extent_starts(extents), []
+    for run in range(vector_cols(t, lanes) * batches):
+        out += sub_extents(extents, (run * rows_per_batch + start) * itemsize, size * itemsize, starts)
+    return tuple(out)
+
+
+def window_extents(t: TensorType, extents, start: tuple[int, int], size: tuple[int, int],
+                   lanes: int) -> tuple[Extent, ...]:
+    """The words of the window rows [k0, k0+ks) x columns [n0, n0+ns) of t's last two axes (an
+    `mxm.install`'s tile), from t's extents: its vector columns, then their rows."""
+    (k0, n0), (ks, ns) = start, size
+    cols = column_extents(t, extents, n0, ns, lanes)
+    return row_extents(t.with_shape(t.shape[:-1] + (ns,)), cols, k0, ks, lanes)
+
+
+def window_segments(t: TensorType, segments, start: tuple[int, int], size: tuple[int, int], lanes: int) -> tuple:
+    """window_extents on segments (slice, first word, words, owner): computed on extents whose "slice" is
+    the index of the segment each came from, so each word keeps its slice and owner."""
+    ext = window_extents(t, tuple((k, w, n) for k, (_, w, n, _) in enumerate(segments)), start, size, lanes)
+    return tuple((segments[k][0], w, n, segments[k][3]) for k, w, n in ext)
+
+
 def view_extents(op_name: str, attrs, operand_types, operand_extents, lanes: int) -> tuple[Extent, ...]:
     """The words a view op's result names, from its operands' extents."""
     if op_name == "mem.reshape_view":
@@ -107,19 +142,7 @@ def view_extents(op_name: str, attrs, operand_types, operand_extents, lanes: int
     if op_name == "mem.join":
         return tuple(e for extents in operand_extents for e in extents)
     if op_name == "mem.column_slice":
-        t = operand_types[0]
-        per_column = rows_cols(t)[0] * t.dtype.itemsize
-        first = attrs["start"] // lanes
-        ncols = -(-attrs["size"] // lanes)
-        return sub_extents(operand_extents[0], first * per_column, ncols * per_column)
-    if op_name == "mem.row_slice":  # per vector column, per batch (leading dims): a run of whole rows
-        t = operand_types[0]
-        rows_per_batch, size = t.shape[-2], t.dtype.itemsize
-        batches = rows_cols(t)[0] // rows_per_batch if rows_per_batch else 0
-        extents, out = operand_extents[0], []
-        starts = extent_starts(extents)
-        for run in range(vector_cols(t, lanes) * batches):
-            out += sub_extents(extents, (run * rows_per_batch + attrs["start"]) * size, attrs["size"] * size,
-                               starts)
-        return tuple(out)
+        return column_extents(operand_types[0], operand_extents[0], attrs["start"], attrs["size"], lanes)
+    if op_name == "mem.row_slice":
+        return row_extents(operand_types[0], operand_extents[0], attrs["start"], attrs["size"], lanes)
     raise ValueError(f"{op_name} is not a view")

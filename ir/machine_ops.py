@@ -132,12 +132,14 @@ def _join(types, attrs):
     return g._concat(types, {"axis": -1})
 
 
-def _whole_columns(types, attrs, machine):
-    lanes = machine.lanes
-    t, start, size = types[0], attrs["start"], attrs["size"]
-    g.need(start % lanes == 0, f"a column slice must start on a vector column ({lanes} lanes): {start}")
+def _on_vector_columns(what: str, t, start: int, size: int, lanes: int) -> None:
+    g.need(start % lanes == 0, f"{what} must start on a vector column ({lanes} lanes): {start}")
     g.need(size % lanes == 0 or start + size == t.shape[-1],
-           f"a column slice must end on a vector column ({lanes} lanes) or the end")
+           f"{what} must end on a vector column ({lanes} lanes) or the end")
+
+
+def _whole_columns(types, attrs, machine):
+    _on_vector_columns("a column slice", types[0], attrs["start"], attrs["size"], machine.lanes)
 
 
 @defop("mem.column_slice", 1, {"start": A("int"), "size": A("int"), **SCHEDULE_ATTRS}, machine_rule=_whole_columns,
@@ -158,19 +160,47 @@ def _row_slice(types, attrs):
 
 
 def _one_tile(types, attrs, machine):
-    (w,), rows, cols = types, machine.mxm.rows, machine.mxm.cols
-    if w.shape[-2] > rows or w.shape[-1] > cols:  # (the message only on failure: every tile checks this)
-        raise TypeRuleError(f"a weight tile is at most {rows} x {cols}: {w}")
+    w, rows, cols = types[0], machine.mxm.rows, machine.mxm.cols
+    k, n = window(attrs, w)[1]
+    if k > rows or n > cols:  # (the message only on failure: every tile checks this)
+        raise TypeRuleError(f"a weight tile is at most {rows} x {cols}: {w.with_shape(w.shape[:-2] + (k, n))}")
+    if attrs.get("start") is not None:
+        _on_vector_columns("a weight tile's window", w, attrs["start"][1], n, machine.lanes)
 
 
-@defop("mxm.install", 1, {**SCHEDULE_ATTRS}, machine_rule=_one_tile,
-       doc="install a weight tile [..., K<=mxm.rows, N<=mxm.cols] on an MXM plane",
+def window(attrs, w) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(start, size) of the rows and columns of w an `mxm.install` reads: its window, else all of w."""
+    if attrs.get("start") is None:
+        return (0, 0), tuple(w.shape[-2:])
+    return tuple(attrs["start"]), tuple(attrs["size"])
+
+
+def reads_window(op) -> bool:
+    """An `mxm.install` of a window of its weight: it reads only the words of its tile."""
+    return op.name == "mxm.install" and op.attrs.get("start") is not None
+
+
+# The window: the instruction streams just the words of its tile out of the weight (ir.layout.window_extents),
+# so a weight of many tiles needs no view per tile.
+@defop("mxm.install", 1, {"start": A("ints", None), "size": A("ints", None), **SCHEDULE_ATTRS},
+       machine_rule=_one_tile,
+       doc="install the tile w[..., k0:k0+ks, n0:n0+ns] (start = [k0, n0], size = [ks, ns]; without them all of "
+           "w) of at most mxm.rows x mxm.cols on an MXM plane; n0 on a vector column, n0+ns one or the end",
        unit="mxm", places=(SRAM,), result_place=PLANE)
 def _install(types, attrs):
     (w,) = types
     if w.rank < 2:
         raise TypeRuleError(f"a weight tile has rows and columns: {w}")
-    return w
+    start, size = attrs.get("start"), attrs.get("size")
+    if start is None and size is None:
+        return w
+    g.need(start is not None and size is not None, "a window needs both start and size")
+    g.need(len(start) == 2 and len(size) == 2,
+           f"a window's start and size are [rows, columns]: {list(start)}, {list(size)}")
+    g.need(all(x >= 0 for x in start) and all(x > 0 for x in size)
+           and all(x + n <= d for x, n, d in zip(start, size, w.shape[-2:])),
+           f"window start {list(start)} size {list(size)} is outside {w}")
+    return w.with_shape(w.shape[:-2] + tuple(size))
 
 
 @defop("mxm.matmul", (2, 3), {"accumulate": A("dtype", None), **SCHEDULE_ATTRS}, operand_names=("x", "w", "acc"),

@@ -35,7 +35,7 @@ from . import machine_ops as mo
 from .core import Module, Op
 from .costs import Cost, cost, link_windows
 from .errors import LpucError
-from .layout import Extent, sub_extents, view_extents, words
+from .layout import Extent, sub_extents, view_extents, window_segments, words
 from .machine import Machine
 from .registry import HOST, LINK, OPS, SRAM
 from .rewrite import rewritten_from
@@ -266,6 +266,7 @@ def _rewritten(facts: Facts, module: Module) -> Facts | None:
                 base = facts.bases[b]
                 bases.append(base if base.producer < 0 else replace(base, producer=j))
     # an instruction's reads are the words of its operands, the same tuples: renumbered once, by identity
+    # (but an install's window: its own words)
     words, renumbered = {}, {id(()): ()}
     for op in module.ops:
         for r in op.results:
@@ -276,7 +277,8 @@ def _rewritten(facts: Facts, module: Module) -> Facts | None:
     for j, (op, i) in enumerate(zip(module.ops, order)):
         ins = by_index.get(i)
         if ins is not None:
-            reads = tuple(renumbered[id(segs)] for segs in ins.reads)
+            reads = tuple(renumbered.get(id(segs)) or tuple((s, w, n, renumber[b]) for s, w, n, b in segs)
+                          for segs in ins.reads)
             instructions.append(Instruction(j, op, ins.unit_class, ins.chip, reads, ins.writes,
                                             tuple(renumber[b] for b in ins.write_bases), ins.cost, ins.fixed_unit,
                                             ins.links))
@@ -314,6 +316,9 @@ def _describe(module: Module, target: Target) -> Facts:
         if opdef.unit is None:  # a constant (in the SRAM image) or a state: no instruction
             continue
         reads = tuple(segments.get(v.name, ()) for k, v in enumerate(op.operands) if opdef.operand_place(k) == SRAM)
+        if mo.reads_window(op):
+            w = op.operands[0].type
+            reads = (window_segments(w, reads[0], *mo.window(op.attrs, w), lanes),)
         if opdef.in_place:  # writes into its state, which it does not read (ir.costs.cost)
             reads = ((),) + reads[1:]
         c = cost(op, machine, [[seg[:3] for seg in segs] for segs in reads], writes)

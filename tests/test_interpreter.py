@@ -17,7 +17,7 @@ from lpuc.ir.core import Block, Module, Op, Value
 from lpuc.ir.costs import cost
 from lpuc.ir.errors import LpucError
 from lpuc.ir.evaluator import EVAL
-from lpuc.ir.layout import view_extents, words
+from lpuc.ir.layout import view_extents, window_extents, words
 from lpuc.ir.machine import SHIPPED, parse_machine
 from lpuc.ir.registry import OPS
 from lpuc.ir.types import DType, TensorType
@@ -105,7 +105,11 @@ class Sched:
         for r in sram_results:
             writes.append(_sub(out, pos, words(r.type, LANES)))
             pos += words(r.type, LANES)
-        c = cost(op, M, [self.ext[v.name] for v in sram_operands], writes)
+        reads = [self.ext[v.name] for v in sram_operands]
+        if mo.reads_window(op):  # an install reads just its window's words
+            w = operands[0].type
+            reads = [window_extents(w, reads[0], *mo.window(op.attrs, w), LANES)]
+        c = cost(op, M, reads, writes)
         land = cycle + c.latency
         self.free = max(self.free, land)
         for r, ext in zip(sram_results, writes):
@@ -252,6 +256,48 @@ def test_mxm_sxm_mem_and_multi_result_ops():
     np.testing.assert_array_equal(out["ti"], order)
     np.testing.assert_array_equal(out["tv"], np.take_along_axis(gv, order, axis=1))
     np.testing.assert_array_equal(out["cast"], gv[:, 320:].astype(np.int32))
+
+
+def test_install_of_a_window():
+    """x [3, 700] @ w [700, 333] in 3 x 2 tiles, each installed as a window of w (computed, in SRAM): the
+    interpreter, the evaluator and numpy agree."""
+    from lpuc.compiler.lower import evaluate_machine
+    from lpuc.ir.verifier import verify
+    s = Sched()
+    hx = s.op("host.input", s.input("x", (3, 700)), res="hx", name="x")
+    w = s.op("vxm.neg", s.op("host.input", s.input("w", (700, 333)), res="hw", name="w"), res="nw")
+    parts = []
+    for j, (n0, ns) in enumerate(((0, 320), (320, 13))):
+        acc = None
+        for i, (k0, ks) in enumerate(((0, 320), (320, 320), (640, 60))):
+            x = s.view("mem.column_slice", hx, f"x{i}_{j}", start=k0, size=ks)
+            tile = s.op("mxm.install", w, res=f"t{i}_{j}", start=(k0, n0), size=(ks, ns))
+            acc = s.op("mxm.matmul", *(x, tile) + ((acc,) if acc is not None else ()), res=f"p{i}_{j}")
+        parts.append(acc)
+    s.output("y", s.op("host.output", s.view("mem.join", tuple(parts), "y"), res="o", name="y"))
+    module = verify(s.module(), M)
+    inputs = {"x": rng_array((3, 700), 1), "w": rng_array((700, 333), 2)}
+    got = run(s.program(), inputs).outputs["y"]
+    np.testing.assert_allclose(got, inputs["x"] @ -inputs["w"], rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(got, evaluate_machine(module, inputs)["y"])
+
+
+@pytest.mark.parametrize("slice_, hazards", [(61, []), (60, ["war"])])
+def test_an_install_reads_only_its_window(slice_, hazards):
+    """An install of w's first vector column reads only its words (slice 60): a write landing on w's
+    second vector column (slice 61) while it streams is no hazard, one on the first is a write after read."""
+    s = Sched()
+    hx = s.op("host.input", s.input("x", (3, 320)), res="hx", name="x")
+    hz = s.op("host.input", s.input("z", (3, 320)), res="hz", name="z")
+    hw = s.op("host.input", s.input("w", (320, 640)), res="hw", name="w")
+    w = s.op("vxm.neg", hw, res="nw", out=((60, 0, 1280), (61, 0, 1280)))
+    tile = s.op("mxm.install", w, res="t", start=(0, 0), size=(320, 320))
+    assert s.info["t"]["occ"] == 320 * 4  # a row per cycle per byte-plane of the tile, not of w
+    s.op("vxm.neg", hz, res="q", cycle=s.info["t"]["cycle"] + 1, unit="vxm5", streams=(20, 21),
+         out=((slice_, 0, 12),))
+    assert s.land["q"] < s.info["t"]["cycle"] + s.info["t"]["occ"]  # lands while the install reads
+    s.output("y", s.op("host.output", s.op("mxm.matmul", hx, tile, res="y"), res="o", name="y"))
+    assert [h.kind for h in find_hazards(s.program())] == hazards
 
 
 def test_every_machine_op_has_an_implementation():

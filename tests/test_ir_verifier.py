@@ -76,6 +76,26 @@ OP_RULES = {
                         "%y = graph.split: has 1 results, graph.split gives 2"),
     "too many results": (["%y, %z = graph.exp %x : f32[2,3], f32[2,3]"],
                          "%y = graph.exp: has 2 results, graph.exp gives 1"),
+    "an install's window outside its weight": (
+        ['%a = host.input %x {name = "x"} : f32[2,3]',
+         "%y = mxm.install %a {size = [2, 3], start = [1, 0]} : f32[2,3]"],
+        "%y = mxm.install: window start [1, 0] size [2, 3] is outside f32[2,3] (operands %a: f32[2,3])"),
+    "an install's empty window": (
+        ['%a = host.input %x {name = "x"} : f32[2,3]',
+         "%y = mxm.install %a {size = [2, 0], start = [0, 0]} : f32[2,0]"],
+        "%y = mxm.install: window start [0, 0] size [2, 0] is outside f32[2,3] (operands %a: f32[2,3])"),
+    "an install's window without a size": (
+        ['%a = host.input %x {name = "x"} : f32[2,3]', "%y = mxm.install %a {start = [0, 0]} : f32[2,3]"],
+        "%y = mxm.install: a window needs both start and size (operands %a: f32[2,3])"),
+    "an install's window of three axes": (
+        ['%a = host.input %x {name = "x"} : f32[2,3]',
+         "%y = mxm.install %a {size = [1, 1, 1], start = [0, 0, 0]} : f32[2,3]"],
+        "%y = mxm.install: a window's start and size are [rows, columns]: [0, 0, 0], [1, 1, 1] "
+        "(operands %a: f32[2,3])"),
+    "an install's window of the wrong type": (
+        ['%a = host.input %x {name = "x"} : f32[2,3]',
+         "%y = mxm.install %a {size = [1, 2], start = [0, 1]} : f32[2,3]"],
+        "%y = mxm.install: result %y has type f32[2,3], expected f32[1,2]"),
 }
 
 
@@ -203,6 +223,20 @@ MACHINE_RULES = {  # (IR lines, error on tsp-v1, error on the 160-lane narrow-16
     "a weight tile larger than the MXM": (
         ['%a = host.input %x {name = "x"} : f32[200,300]', "%y = mxm.install %a : f32[200,300]"],
         None, "%y = mxm.install: a weight tile is at most 160 x 160: f32[200,300]"),
+    "a window larger than the MXM": (
+        ['%a = host.input %x {name = "x"} : f32[400,400]',
+         "%y = mxm.install %a {size = [330, 320], start = [0, 0]} : f32[330,320]"],
+        "%y = mxm.install: a weight tile is at most 320 x 320: f32[330,320]",
+        "%y = mxm.install: a weight tile is at most 160 x 160: f32[330,320]"),
+    "a window starting inside a vector column": (
+        ['%a = host.input %x {name = "x"} : f32[100,480]',
+         "%y = mxm.install %a {size = [100, 160], start = [0, 160]} : f32[100,160]"],
+        "%y = mxm.install: a weight tile's window must start on a vector column (320 lanes): 160", None),
+    "a window ending inside a vector column": (
+        ['%a = host.input %x {name = "x"} : f32[100,480]',
+         "%y = mxm.install %a {size = [100, 100], start = [0, 0]} : f32[100,100]"],
+        "%y = mxm.install: a weight tile's window must end on a vector column (320 lanes) or the end",
+        "%y = mxm.install: a weight tile's window must end on a vector column (160 lanes) or the end"),
 }
 
 

@@ -203,14 +203,16 @@ def test_lowered_form():
     users = Counter(v.name for op in ops for v in op.operands)
     installs = [op for op in ops if op.name == "mxm.install"]
     for inst in installs:
-        w = inst.operands[0].type
-        assert w.shape[-2] <= LANES and w.shape[-1] <= LANES
+        w, tile = inst.operands[0].type, inst.result.type
+        assert tile.shape[-2] <= LANES and tile.shape[-1] <= LANES
+        assert (inst.attrs.get("start") is not None) == (tile != w)  # a window of B exactly when B is tiled
         assert users[inst.result.name] == 1  # one matmul per installed tile
     # [7,333] @ [333,700]: 2 k-tiles x 3 n-tiles; [7,700] @ [700,333]: 3 x 2; ...
     first = [op for op in ops if op.name == "mxm.matmul" and op.result.name.startswith("h.")]
     assert len(first) == 6 and sum(len(op.operands) == 3 for op in first) == 3
     names = Counter(op.name for op in ops)
-    assert names["mem.row_slice"] > 0 and names["mem.column_slice"] > 0 and names["mem.join"] > 0
+    # A's k-tiles are column views; B's tiles are the windows their installs read, no views
+    assert names["mem.column_slice"] > 0 and names["mem.join"] > 0 and names["mem.row_slice"] == 0
 
 
 def test_softmax_and_norms_are_vxm_sequences():
@@ -259,6 +261,28 @@ def test_view_extents_name_the_right_words(op, attrs, shape, fn):
     picked = np.concatenate([data[w:w + n] for _, w, n in ext]) if ext else data[:0]
     assert len(picked) == words(rt, LANES)
     np.testing.assert_array_equal(from_words(picked, rt, LANES), fn(a))
+
+
+@pytest.mark.parametrize("shape, start, size", [
+    ((700, 333), (320, 320), (320, 13)),
+    ((2, 5, 700), (1, 640), (3, 60)),
+    ((7, 333), (0, 0), (7, 333)),
+])
+def test_window_extents_name_the_right_words(shape, start, size):
+    """An install's window, read from the weight's words, is its tile: the words of a row slice of a
+    column slice, as the views named them before."""
+    from lpuc.ir.layout import from_words, to_words, view_extents, window_extents, words
+    t = TensorType(shape, F32)
+    a = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    data, whole = to_words(a, t, LANES), ((0, 0, words(t, LANES)),)
+    ext = window_extents(t, whole, start, size, LANES)
+    (k0, n0), (ks, ns) = start, size
+    tile = TensorType(shape[:-2] + size, F32)
+    picked = np.concatenate([data[w:w + n] for _, w, n in ext])
+    np.testing.assert_array_equal(from_words(picked, tile, LANES), a[..., k0:k0 + ks, n0:n0 + ns])
+    rows = view_extents("mem.row_slice", {"start": k0, "size": ks}, [t], [whole], LANES)
+    rows_type = t.with_shape(shape[:-2] + (ks, shape[-1]))
+    assert ext == view_extents("mem.column_slice", {"start": n0, "size": ns}, [rows_type], [rows], LANES)
 
 
 def test_join_extents_name_the_right_words():
