@@ -63,7 +63,8 @@ from ..ir.core import Module, Op
 from ..ir.costs import cost, link_windows, units
 from ..ir.errors import EvalError, LpucError
 from ..ir.evaluator import check_inputs, conform
-from ..ir.layout import from_words, row_extents, sub_extents, to_words, view_extents, window_segments, words
+from ..ir.layout import (extent_starts, from_words, row_extents, sub_extents, to_words, view_extents, window_extents,
+                         words)
 from ..ir.machine import Machine
 from ..ir.registry import HOST, LINK, OPS, PLANE, SRAM, TypeRuleError
 from ..ir.target import Target
@@ -229,6 +230,7 @@ class _Plan:
         self.instrs_by_idx: dict[int, _Instr] = {}
         self.constants: list[tuple[Op, int, tuple]] = []  # (op, base id, extents)
         self.states: list[tuple[Op, int, tuple]] = []     # (mem.state op, base id, extents)
+        self.starts: dict[str, list[int]] = {}            # per weight an install windows: extent_starts
         self.units = units(self.machine)
         self.n_streams = self.machine.streams.east + self.machine.streams.west
         for idx, op in enumerate(module.ops):
@@ -264,6 +266,13 @@ class _Plan:
             self._hazard("route", cycle, label, f"chip {chip}",
                          f"is on chip {chip}, but the module has {self.chips} chip(s) (0..{self.chips - 1})")
         return chip
+
+    def _window(self, op: Op, v, val: _Val) -> tuple:
+        """The segments of the window of v an install reads (v's starts found once, for all its tiles)."""
+        starts = self.starts.get(v.name)
+        if starts is None:
+            starts = self.starts[v.name] = extent_starts(val.segs)
+        return window_extents(v.type, val.segs, *mo.window(op.attrs, v.type), self.lanes, starts)
 
     # views and constants
 
@@ -440,8 +449,7 @@ class _Plan:
                     ins.ok = False
                 ins.ok &= val.ok
                 ins.args.append(("sram", len(ins.reads)))
-                ins.reads.append(window_segments(v.type, val.segs, *mo.window(op.attrs, v.type), self.lanes)
-                                 if mo.reads_window(op) else val.segs)
+                ins.reads.append(self._window(op, v, val) if mo.reads_window(op) else val.segs)
         # results
         sram_results = list(op.results) if opdef.result_place == SRAM else []
         out_ext = None

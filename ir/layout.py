@@ -79,13 +79,14 @@ Extent = tuple[int, int, int]  # (slice, first word, words)
 
 def extent_starts(extents) -> list[int]:
     """The position in the word sequence where each extent begins."""
-    return list(accumulate((n for _, _, n in extents), initial=0))[:-1]
+    return list(accumulate((e[2] for e in extents), initial=0))[:-1]
 
 
 def sub_extents(extents, offset: int, count: int, starts: list[int] | None = None) -> tuple[Extent, ...]:
     """Words [offset, offset+count) of the word sequence that `extents` (a sequence) spell. Given their
     `starts` (extent_starts), it finds the first by bisection: cutting many runs of one long sequence
-    takes time in the extents returned, not in all of them each time."""
+    takes time in the extents returned, not in all of them each time. Extents may carry more after
+    (slice, first word, words), e.g. the value owning the words: each piece keeps it."""
     if starts is None:
         starts = extent_starts(extents)
     out, end = [], offset + count
@@ -93,10 +94,10 @@ def sub_extents(extents, offset: int, count: int, starts: list[int] | None = Non
         pos = starts[k]
         if pos >= end:
             break
-        s, w, n = extents[k]
-        lo, hi = max(offset, pos), min(end, pos + n)
+        e = extents[k]
+        lo, hi = max(offset, pos), min(end, pos + e[2])
         if lo < hi:
-            out.append((s, w + lo - pos, hi - lo))
+            out.append((e[0], e[1] + lo - pos, hi - lo) + e[3:])
     return tuple(out)
 
 
@@ -119,20 +120,21 @@ def row_extents(t: TensorType, extents, start: int, size: int, lanes: int) -> tu
     return tuple(out)
 
 
-def window_extents(t: TensorType, extents, start: tuple[int, int], size: tuple[int, int],
-                   lanes: int) -> tuple[Extent, ...]:
+def window_extents(t: TensorType, extents, start: tuple[int, int], size: tuple[int, int], lanes: int,
+                   starts: list[int] | None = None) -> tuple:
     """The words of the window rows [k0, k0+ks) x columns [n0, n0+ns) of t's last two axes (an
-    `mxm.install`'s tile), from t's extents: its vector columns, then their rows."""
+    `mxm.install`'s tile), from t's extents: per vector column of the window, per leading index, a run of
+    whole rows (the words a row slice of a column slice names). Given the extents' `starts`, it takes time
+    in the window's words, not in all of t's."""
+    if starts is None:
+        starts = extent_starts(extents)
     (k0, n0), (ks, ns) = start, size
-    cols = column_extents(t, extents, n0, ns, lanes)
-    return row_extents(t.with_shape(t.shape[:-1] + (ns,)), cols, k0, ks, lanes)
-
-
-def window_segments(t: TensorType, segments, start: tuple[int, int], size: tuple[int, int], lanes: int) -> tuple:
-    """window_extents on segments (slice, first word, words, owner): computed on extents whose "slice" is
-    the index of the segment each came from, so each word keeps its slice and owner."""
-    ext = window_extents(t, tuple((k, w, n) for k, (_, w, n, _) in enumerate(segments)), start, size, lanes)
-    return tuple((segments[k][0], w, n, segments[k][3]) for k, w, n in ext)
+    rows, per_batch, itemsize = rows_cols(t)[0], t.shape[-2], t.dtype.itemsize
+    first, out = n0 // lanes, []
+    for col in range(first, first + -(-ns // lanes)):
+        for row in range(col * rows + k0, (col + 1) * rows, per_batch):
+            out += sub_extents(extents, row * itemsize, ks * itemsize, starts)
+    return tuple(out)
 
 
 def view_extents(op_name: str, attrs, operand_types, operand_extents, lanes: int) -> tuple[Extent, ...]:

@@ -35,7 +35,7 @@ from . import machine_ops as mo
 from .core import Module, Op
 from .costs import Cost, cost, link_windows
 from .errors import LpucError
-from .layout import Extent, sub_extents, view_extents, window_segments, words
+from .layout import Extent, extent_starts, sub_extents, view_extents, window_extents, words
 from .machine import Machine
 from .registry import HOST, LINK, OPS, SRAM
 from .rewrite import rewritten_from
@@ -292,6 +292,7 @@ def _describe(module: Module, target: Target) -> Facts:
     producer: dict[str, int] = {}
     bases: list[Base] = []
     instructions: list[Instruction] = []
+    starts: dict[str, list[int]] = {}  # per weight an install windows: its segments' extent_starts
 
     for i, op in enumerate(module.ops):
         if not mo.is_machine_op(op.name):
@@ -316,9 +317,11 @@ def _describe(module: Module, target: Target) -> Facts:
         if opdef.unit is None:  # a constant (in the SRAM image) or a state: no instruction
             continue
         reads = tuple(segments.get(v.name, ()) for k, v in enumerate(op.operands) if opdef.operand_place(k) == SRAM)
-        if mo.reads_window(op):
-            w = op.operands[0].type
-            reads = (window_segments(w, reads[0], *mo.window(op.attrs, w), lanes),)
+        if mo.reads_window(op):  # just its tile's words (the weight's starts found once, for all its tiles)
+            w = op.operands[0]
+            if w.name not in starts:
+                starts[w.name] = extent_starts(reads[0])
+            reads = (window_extents(w.type, reads[0], *mo.window(op.attrs, w.type), lanes, starts[w.name]),)
         if opdef.in_place:  # writes into its state, which it does not read (ir.costs.cost)
             reads = ((),) + reads[1:]
         c = cost(op, machine, [[seg[:3] for seg in segs] for segs in reads], writes)
