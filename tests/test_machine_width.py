@@ -34,7 +34,7 @@ def test_sample_on_160_lanes(name, chips):
     module, summary, machine_text = compile_model(SAMPLES / f"{name}.onnx", NARROW, options)
     program = build_program(module, machine_text, lpu_options(options), summary.facts())
     assert program.target.lanes == 160 and program.target.chips == chips == summary.chips
-    installs = [op.operands[0].type.shape[-2:] for op in module.ops if op.name == "mxm.install"]
+    installs = [op.result.type.shape[-2:] for op in module.ops if op.name == "mxm.install"]  # the tiles
     assert max(max(shape) for shape in installs) == 160  # full 160-wide tiles: wider matmuls were cut
     result = interpreter.run(program, _npz(name, "inputs"))
     ref = _npz(name, "outputs")

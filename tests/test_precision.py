@@ -111,9 +111,9 @@ def test_costs_follow_the_precision(programs):
         matmuls[precision] = {op.operands[1].type.dtype for op in ops if op.name == "mxm.matmul"}
         sizes = {"fp32": {4}, "fp16": {2}, "int8": {1, 2}}[precision]
         assert {op.operands[0].type.dtype.itemsize for op in installs} <= sizes
-        for op in ops:  # the unit's own cycles: a weight row per byte-plane; x's rows at the type's rate
+        for op in ops:  # the unit's own cycles: a row of the tile per byte-plane; x's rows at the type's rate
             if op.name in ("mxm.install", "mxm.matmul"):
-                x, w = (op.operands[0].type, op.operands[0].type) if op.name == "mxm.install" else \
+                x, w = (op.result.type, op.result.type) if op.name == "mxm.install" else \
                     (op.operands[0].type, op.operands[1].type)
                 rows = x.numel // x.shape[-1]
                 expected = x.shape[-2] * x.dtype.itemsize * (rows // x.shape[-2]) if op.name == "mxm.install" \
