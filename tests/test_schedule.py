@@ -18,7 +18,7 @@ from lpuc.compiler.lower import evaluate_machine
 from lpuc.compiler.pipeline import CompileOptions, compile_module
 from lpuc.ir import Module
 from lpuc.ir.costs import cost, units
-from lpuc.ir.layout import extent_starts, sub_extents, view_extents, words
+from lpuc.ir.layout import extent_starts, sub_extents, view_extents, window_extents, words
 from lpuc.ir.machine import load_machine
 from lpuc.ir.printer import print_module
 from lpuc.ir.schedule_facts import places
@@ -95,7 +95,11 @@ def check_schedule(module: Module, machine=MACHINE) -> int:
         if not (unit.startswith(cls) and unit[len(cls):].isdigit() and int(unit[len(cls):]) < n_units[cls]):
             fail(f"{where}: unit {unit!r} is not a {cls} instance")
         sram_operands = [v for v in op.operands if kind[v.name] in ("sram", "view")]
-        k = cost(op, machine, [extents[v.name] for v in sram_operands], result_ext)
+        read_ext = {v.name: extents[v.name] for v in sram_operands}
+        if mo.reads_window(op):  # an install reads just its tile's words
+            wt = op.operands[0]
+            read_ext[wt.name] = window_extents(wt.type, extents[wt.name], *mo.window(op.attrs, wt.type), machine.lanes)
+        k = cost(op, machine, [read_ext[v.name] for v in sram_operands], result_ext)
         occ, lat = k.occupancy, k.latency
         length = max(length, c + lat)
         streams = op.attrs.get("streams", ())
@@ -126,7 +130,7 @@ def check_schedule(module: Module, machine=MACHINE) -> int:
             elif kind[v.name] in ("sram", "view"):
                 if c < land[v.name]:
                     fail(f"{where}: reads {v} at {c} before it lands at {land[v.name]}", "lands")
-                for s, w, n in extents[v.name]:
+                for s, w, n in read_ext[v.name]:
                     for x in range(w, w + n):
                         reads.append((s, x, c, c + occ, bases[v.name], where))
         for r, ext in zip(sram_results, result_ext):
