@@ -133,9 +133,11 @@ def _join(types, attrs):
 
 
 def _on_vector_columns(what: str, t, start: int, size: int, lanes: int) -> None:
-    g.need(start % lanes == 0, f"{what} must start on a vector column ({lanes} lanes): {start}")
-    g.need(size % lanes == 0 or start + size == t.shape[-1],
-           f"{what} must end on a vector column ({lanes} lanes) or the end")
+    # (messages made only on failure: every tile and view checks this)
+    if start % lanes:
+        raise TypeRuleError(f"{what} must start on a vector column ({lanes} lanes): {start}")
+    if size % lanes and start + size != t.shape[-1]:
+        raise TypeRuleError(f"{what} must end on a vector column ({lanes} lanes) or the end")
 
 
 def _whole_columns(types, attrs, machine):
@@ -195,12 +197,12 @@ def _install(types, attrs):
     if start is None and size is None:
         return w
     g.need(start is not None and size is not None, "a window needs both start and size")
-    g.need(len(start) == 2 and len(size) == 2,
-           f"a window's start and size are [rows, columns]: {list(start)}, {list(size)}")
-    g.need(all(x >= 0 for x in start) and all(x > 0 for x in size)
-           and all(x + n <= d for x, n, d in zip(start, size, w.shape[-2:])),
-           f"window start {list(start)} size {list(size)} is outside {w}")
-    return w.with_shape(w.shape[:-2] + tuple(size))
+    if len(start) != 2 or len(size) != 2:
+        raise TypeRuleError(f"a window's start and size are [rows, columns]: {list(start)}, {list(size)}")
+    (k0, n0), (ks, ns), (k, n) = start, size, w.shape[-2:]
+    if not (0 <= k0 and 0 <= n0 and 0 < ks and 0 < ns and k0 + ks <= k and n0 + ns <= n):  # (as _one_tile)
+        raise TypeRuleError(f"window start {list(start)} size {list(size)} is outside {w}")
+    return w.with_shape(w.shape[:-2] + (ks, ns))
 
 
 @defop("mxm.matmul", (2, 3), {"accumulate": A("dtype", None), **SCHEDULE_ATTRS}, operand_names=("x", "w", "acc"),
