@@ -168,7 +168,8 @@ def _build_image(module: Module, lanes: int, weights: bool) -> tuple[Module, dic
                 image[chip, s, w] = _frozen(data[pos:pos + k])
                 owner[chip, s, w] = op.label()
             pos += k
-    return module.replace(ops=tuple(ops)), dict(sorted(image.items()))
+    # (without weights no op changes: the module is the same, and so are its facts)
+    return module.replace(ops=tuple(ops)) if weights else module, dict(sorted(image.items()))
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -177,6 +178,7 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
+@collector_paused()  # (the facts and the image: many objects, no garbage cycles)
 def build_program(module: Module, machine_text: str, options: Mapping[str, Any] | None = None,
                   summary: Mapping[str, Any] | None = None, *, weights: bool = True,
                   verified: bool = False) -> Program:
@@ -273,6 +275,7 @@ def write_lpu(path: str | Path, module: Module, machine_text: str, options: Mapp
     return write_program(path, build_program(module, machine_text, options, summary, weights=weights))
 
 
+@collector_paused()  # (the program's text: many objects made and dropped, no garbage cycles)
 def write_program(path: str | Path, program: Program) -> str:
     """Write `program` (e.g. from `lpuc.compile`) to `path` atomically; return the file's sha256 (hex)."""
     return atomic_write_with(path, lambda f: _write_zip(_parts(program), f))

@@ -75,7 +75,7 @@ class Block:
         object.__setattr__(self, "outputs", tuple((str(n), v) for n, v in self.outputs))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # (ir.rewrite remembers modules weakly)
 class Module:
     """A named block plus module attributes (e.g. the machine it targets)."""
 

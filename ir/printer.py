@@ -57,26 +57,49 @@ def format_attr(v) -> str:
     if isinstance(v, Tensor):
         return format_tensor(v)
     if isinstance(v, tuple):
+        if all(type(x) is int for x in v):  # (the common case: extents, shapes, stream numbers)
+            return "[" + ", ".join(map(str, v)) + "]"
         return "[" + ", ".join(format_attr(x) for x in v) + "]"
     raise TypeError(f"cannot print attribute value {v!r}")
 
 
-def format_attrs(attrs: AttrDict) -> str:
-    return "{" + ", ".join(f"{k} = {format_attr(v)}" for k, v in attrs.items()) + "}"
-
-
-def format_op(op: Op) -> str:
+def format_attrs(attrs: AttrDict, texts: dict[int, str] | None = None) -> str:
+    """`texts`: the text of each value printed before, by its id (print_lines: the values the ops of a module
+    share -- ir.attributes.shared -- are printed once; the module keeps them alive meanwhile)."""
+    if texts is None:
+        return "{" + ", ".join(f"{k} = {format_attr(v)}" for k, v in attrs.items()) + "}"
     parts = []
+    for k, v in attrs.items():
+        if type(v) is int:
+            parts.append(f"{k} = {v}")
+        else:
+            text = texts.get(id(v))
+            if text is None:
+                text = texts[id(v)] = format_attr(v)
+            parts.append(f"{k} = {text}")
+    return "{" + ", ".join(parts) + "}"
+
+
+def format_op(op: Op, texts: dict[int, str] | None = None) -> str:
+    """`texts`: as format_attrs'; the types' too."""
+    line = op.name
     if op.results:
-        parts.append(", ".join(f"%{r.name}" for r in op.results) + " =")
-    parts.append(op.name)
+        line = ", ".join([f"%{r.name}" for r in op.results]) + " = " + line
     if op.operands:
-        parts.append(", ".join(f"%{v.name}" for v in op.operands))
+        line += " " + ", ".join([f"%{v.name}" for v in op.operands])
     if op.attrs:
-        parts.append(format_attrs(op.attrs))
-    line = " ".join(parts)
+        line += " " + format_attrs(op.attrs, texts)
     if op.results:
-        line += " : " + ", ".join(str(r.type) for r in op.results)
+        if texts is None:
+            line += " : " + ", ".join(str(r.type) for r in op.results)
+        else:
+            types = []
+            for r in op.results:
+                text = texts.get(id(r.type))
+                if text is None:
+                    text = texts[id(r.type)] = str(r.type)
+                types.append(text)
+            line += " : " + ", ".join(types)
     return line
 
 
@@ -93,8 +116,9 @@ def print_lines(m: Module) -> Iterator[str]:
     yield head + " {\n"
     for v in m.inputs:
         yield f"  input %{v.name} : {v.type}\n"
+    texts: dict[int, str] = {}
     for op in m.ops:
-        yield "  " + format_op(op) + "\n"
+        yield "  " + format_op(op, texts) + "\n"
     for name, v in m.outputs:
         yield f"  output {json.dumps(name)} = %{v.name}\n"
     yield "}\n"

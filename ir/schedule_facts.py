@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 from . import machine_ops as mo
+from .collector import collector_paused
 from .core import Module, Op
 from .costs import Cost, cost, link_windows
 from .errors import LpucError
@@ -175,8 +176,11 @@ class Facts:
         program, a result from landing until its last read ends (at least one cycle)."""
         end: dict[int, int] = defaultdict(int)
         for ins in self.scheduled:
-            for b in ins.read_bases:
-                end[b] = max(end[b], ins.cycle + ins.cost.occupancy)
+            done = ins.cycle + ins.cost.occupancy
+            for segs in ins.reads:
+                for *_, b in segs:
+                    if end[b] < done:
+                        end[b] = done
         out = []
         for b, base in enumerate(self.bases):
             if base.alias:
@@ -188,15 +192,23 @@ class Facts:
                 out.append((base, land, max(end[b], land + 1)))
         return out
 
-    def sram_live(self) -> dict[tuple[int, int | None], list[tuple[int, int]]]:
+    @collector_paused()  # (a record per value: no garbage cycles)
+    def sram_live(self, slices: bool = True) -> dict[tuple[int, int | None], list[tuple[int, int]]]:
         """The SRAM live curve: (chip, slice, or None for the whole chip) -> [(cycle, words live from that
-        cycle on)], at every cycle where a value lands or is freed (the level may stay the same)."""
+        cycle on)], at every cycle where a value lands or is freed (the level may stay the same). Without
+        `slices`, only the whole chips'."""
         deltas: dict[tuple[int, int | None], dict[int, int]] = defaultdict(lambda: defaultdict(int))
         for base, start, end in self.live():
-            for s, _, n in base.extents:
-                for key in ((base.chip, None), (base.chip, s)):
-                    deltas[key][start] += n
-                    deltas[key][end] -= n
+            if not base.extents:
+                continue
+            chip = deltas[base.chip, None]
+            chip[start] += base.words
+            chip[end] -= base.words
+            if slices:
+                for s, _, n in base.extents:
+                    d = deltas[base.chip, s]
+                    d[start] += n
+                    d[end] -= n
         curves = {}
         for key, d in deltas.items():
             level, curve = 0, []
@@ -209,7 +221,7 @@ class Facts:
     def sram_peak_words(self) -> dict[int, int]:
         """chip -> the most words live at once."""
         peaks = {chip: max((level for _, level in curve), default=0)
-                 for (chip, s), curve in self.sram_live().items() if s is None}
+                 for (chip, _), curve in self.sram_live(slices=False).items()}
         return dict(sorted(peaks.items()))
 
 
@@ -220,7 +232,7 @@ def describe(module: Module, target: Target) -> Facts:
     # scheduled module (and the .lpu's, its constants' data hashed) is such a module rewritten: its facts
     # are taken over, in its order, and replace those it was made from.
     for facts in _recent:
-        if facts.module is module and facts.target is target:
+        if facts.module is module and facts.target == target:
             return facts
     for k, facts in enumerate(_recent):
         if facts.target == target and (rewritten := _rewritten(facts, module)) is not None:
@@ -255,33 +267,33 @@ def _rewritten(facts: Facts, module: Module) -> Facts | None:
         return Facts(module, facts.target, facts.places, facts.words, facts.bases, tuple(
             ins if ins.op is module.ops[ins.index] else replace(ins, op=module.ops[ins.index])
             for ins in facts.instructions))
-    # bases in the new order of their ops; segments name them by their new numbers
+    # Bases in the new order of their ops; segments name them by their new numbers. A value's words name its
+    # own base or those of its operands, defined before it: renumbered in the same pass. An instruction's reads
+    # are the words of its operands, the same tuples: renumbered once, by identity (but an install's window:
+    # its own words).
     base_of = {base.name: b for b, base in enumerate(facts.bases)}
-    renumber, bases = [0] * len(facts.bases), []
+    renumber, bases, words, renumbered = [0] * len(facts.bases), [], {}, {id(()): ()}
+    old_words = facts.words
     for j, op in enumerate(module.ops):
         for r in op.results:
             b = base_of.get(r.name)
             if b is not None:
                 renumber[b] = len(bases)
                 base = facts.bases[b]
-                bases.append(base if base.producer < 0 else replace(base, producer=j))
-    # an instruction's reads are the words of its operands, the same tuples: renumbered once, by identity
-    # (but an install's window: its own words)
-    words, renumbered = {}, {id(()): ()}
-    for op in module.ops:
-        for r in op.results:
-            segs = facts.words.get(r.name)
+                bases.append(base if base.producer < 0 else
+                             Base(base.name, base.chip, base.extents, j, base.state, base.alias))
+            segs = old_words.get(r.name)
             if segs is not None:
-                words[r.name] = renumbered[id(segs)] = tuple((s, w, n, renumber[b]) for s, w, n, b in segs)
+                words[r.name] = renumbered[id(segs)] = tuple([(s, w, n, renumber[b]) for s, w, n, b in segs])
     by_index, instructions = facts.by_index, []
     for j, (op, i) in enumerate(zip(module.ops, order)):
         ins = by_index.get(i)
         if ins is not None:
-            reads = tuple(renumbered.get(id(segs)) or tuple((s, w, n, renumber[b]) for s, w, n, b in segs)
-                          for segs in ins.reads)
+            reads = tuple([renumbered.get(id(segs)) or tuple([(s, w, n, renumber[b]) for s, w, n, b in segs])
+                           for segs in ins.reads])
             instructions.append(Instruction(j, op, ins.unit_class, ins.chip, reads, ins.writes,
-                                            tuple(renumber[b] for b in ins.write_bases), ins.cost, ins.fixed_unit,
-                                            ins.links))
+                                            tuple([renumber[b] for b in ins.write_bases]), ins.cost,
+                                            ins.fixed_unit, ins.links))
     return Facts(module, facts.target, places(module), words, tuple(bases), tuple(instructions))
 
 

@@ -12,7 +12,7 @@ from .attributes import compare_value
 from .core import Module, Op
 from .errors import VerifyError
 from .registry import ATTR_KINDS, HOST, LINK, OPS, PLANE, SRAM, TypeRuleError
-from .rewrite import rewritten_from
+from .rewrite import rewrite_of
 
 PLACE_NAMES = {SRAM: "in SRAM", HOST: "on the host (a model input)",
                PLANE: "on an MXM plane (an mxm.install result)", LINK: "a transfer in flight (a c2c.send result)"}
@@ -27,7 +27,7 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
     `since`: a module this verifier passed (with the same machine) that `module` may rewrite, as allocation
     and scheduling do (ir.rewrite: the same ops, in any order, only their OWN_ATTRS changed): then the
     order and the attributes changed are checked, the rules that held of the ops in `since` are not."""
-    defined: dict[str, object] = {}
+    defined: dict[str, object] = {}  # each value's type, by its name
     place: dict[str, str | None] = {}  # where each value lives, by its definition (graph ops: None)
 
     def define(value, where: Callable[[], str]):  # (the label only for the error: ops are many)
@@ -36,8 +36,13 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
         defined[value.name] = value.type
 
     checked = set()  # signatures of ops that passed the op-local rules: layers and tiles repeat them
-    rewrites = rewritten_from(since, module, OWN_ATTRS) if since is not None and since.attrs == module.attrs \
-        else None
+    # ... and by the attributes object, when it has no OWN_ATTRS (a pass makes equal attributes one object:
+    # ir.attributes.shared; the module keeps it alive meanwhile): id -> (op name, operand types, result types)
+    passed_with: dict[int, set] = {}
+    rewrite = rewrite_of(since, module) if since is not None and since.attrs == module.attrs else None
+    if rewrite is not None and not rewrite.changed <= set(OWN_ATTRS):
+        rewrite = None
+    changed = tuple(k for k in OWN_ATTRS if rewrite is not None and k in rewrite.changed)  # (in OWN_ATTRS order)
     chips = module.attrs.get("chips", 1)
     if not ATTR_KINDS["int"](chips) or chips < 1:
         raise VerifyError(f"module attribute chips = {chips!r}: must be a positive int")
@@ -46,26 +51,29 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
         place[v.name] = HOST
     for j, op in enumerate(module.ops):
         for v in op.operands:
-            if v.name not in defined:
-                if any(r.name == v.name for later in module.ops for r in later.results):
-                    raise VerifyError(f"{op.label()}: operand {v} is used before its definition")
-                raise VerifyError(f"{op.label()}: operand {v} is not defined")
-            if defined[v.name] != v.type:
-                raise VerifyError(f"{op.label()}: operand {v} has type {v.type} but is defined as "
-                                  f"{defined[v.name]}")
-        if rewrites is not None:  # the op passed before, its operands defined by the same ops (in their places)
-            check_own_attrs(op, since.ops[rewrites[j]])
+            if defined.get(v.name) is not v.type:  # (a value's uses share its type: the rest is the rare case)
+                _check_operand(module, op, v, defined)
+        if rewrite is not None:  # the op passed before, its operands defined by the same ops (in their places)
+            was = since.ops[rewrite.order[j]]
+            if op.attrs is not was.attrs:
+                check_own_attrs(op, was, changed)
         else:
-            signature = (op.name, tuple(v.type for v in op.operands), _shared_attrs(op.attrs),
-                         tuple(r.type for r in op.results))
-            if signature not in checked:
-                check_op(op, machine, chips)
-                checked.add(signature)
-            else:
-                check_own_attrs(op)
+            types = (op.name, tuple([v.type for v in op.operands]), tuple([r.type for r in op.results]))
+            passed = passed_with.get(id(op.attrs))
+            if passed is None or types not in passed:
+                shared = _shared_attrs(op.attrs)
+                if (types, shared) not in checked:
+                    check_op(op, machine, chips)
+                    checked.add((types, shared))
+                else:
+                    check_own_attrs(op)
+                if len(shared) == len(op.attrs):  # none of its own: other ops may have this object
+                    passed_with.setdefault(id(op.attrs), set()).add(types)
             check_places(op, [place[v.name] for v in op.operands])
         for r in op.results:
-            define(r, op.label)
+            if r.name in defined:
+                raise VerifyError(f"{op.label()}: value {r} is defined twice")
+            defined[r.name] = r.type
             place[r.name] = OPS[op.name].result_place
     names = set()
     for name, v in module.outputs:
@@ -90,13 +98,27 @@ def _shared_attrs(attrs) -> tuple:
     return tuple((k, compare_value(v)) for k, v in attrs.items() if k not in OWN_ATTRS)
 
 
-def check_own_attrs(op: Op, was: Op | None = None) -> None:
-    """The op-local rules of an op's OWN_ATTRS: each is an attribute of its op, of its kind (those `was`, the
-    op it rewrites, had already: checked there)."""
-    opdef = OPS[op.name]
-    for key in OWN_ATTRS:
-        if key in op.attrs and (was is None or op.attrs[key] is not was.attrs.get(key)):
-            _check_attr(op, opdef, key, op.attrs[key], None)
+def _check_operand(module: Module, op: Op, v, defined: dict) -> None:
+    """An operand defined before, of the type it was defined with."""
+    if v.name not in defined:
+        if any(r.name == v.name for later in module.ops for r in later.results):
+            raise VerifyError(f"{op.label()}: operand {v} is used before its definition")
+        raise VerifyError(f"{op.label()}: operand {v} is not defined")
+    if defined[v.name] != v.type:
+        raise VerifyError(f"{op.label()}: operand {v} has type {v.type} but is defined as {defined[v.name]}")
+
+
+def check_own_attrs(op: Op, was: Op | None = None, keys: tuple[str, ...] = OWN_ATTRS) -> None:
+    """The op-local rules of an op's OWN_ATTRS (those among `keys`): each is an attribute of its op, of its kind
+    (those `was`, the op it rewrites, had already: checked there)."""
+    opdef, attrs = OPS[op.name], op.attrs
+    for key in keys:
+        value = attrs.get(key, _GONE)
+        if value is not _GONE and (was is None or value is not was.attrs.get(key)):
+            _check_attr(op, opdef, key, value, None)
+
+
+_GONE = object()
 
 
 def check_state(module: Module) -> None:

@@ -152,6 +152,18 @@ def test_operand_type_differs_from_its_definition():
     assert verify_error(module(ops)) == "%y = graph.exp: operand %x has type f32[3] but is defined as f32[2,3]"
 
 
+def test_ops_sharing_one_attributes_object_are_each_checked():
+    """A pass makes equal attributes one object (ir.attributes.shared); the verifier checks an op once per op
+    name, attributes and types: another op or other types with the same object are checked again."""
+    attrs = AttrDict({"axes": (1,), "keepdims": True})
+    f21 = TensorType((2, 1), DType.f32)
+    y, z = Value("y", f21), Value("z", F23)
+    assert verify_error(module([Op("graph.reduce_sum", (X,), (y,), attrs), Op("graph.reduce_sum", (X,), (z,), attrs)])
+                        ) == "%z = graph.reduce_sum: result %z has type f32[2,3], expected f32[2,1]"
+    assert verify_error(module([Op("graph.reduce_sum", (X,), (y,), attrs), Op("graph.exp", (X,), (z,), attrs)])
+                        ) == "%z = graph.exp: unknown attribute 'axes'"
+
+
 def test_output_of_an_undefined_value():
     ops = [Op("graph.exp", (X,), (Value("y", F23),))]
     m = module(ops, outputs=(("out", Value("nowhere", F23)),))
