@@ -61,7 +61,8 @@ def _rewrite(before: Module, after: Module) -> Rewrite | None:
             return None
         old = old_ops[i]
         if old is not op:
-            if old.name != op.name or old.operands != op.operands or old.results != op.results:
+            if old.name != op.name or (old.operands is not op.operands and old.operands != op.operands) \
+                    or (old.results is not op.results and old.results != op.results):  # (a rewrite keeps them)
                 return None
             if old.attrs is not op.attrs:
                 changed.update(_changed(old.attrs, op.attrs))

@@ -74,7 +74,9 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
             if r.name in defined:
                 raise VerifyError(f"{op.label()}: value {r} is defined twice")
             defined[r.name] = r.type
-            place[r.name] = OPS[op.name].result_place
+        if rewrite is None:  # (of a rewrite, the places held before)
+            for r in op.results:
+                place[r.name] = OPS[op.name].result_place
     names = set()
     for name, v in module.outputs:
         if name in names:
