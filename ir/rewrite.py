@@ -77,6 +77,6 @@ def _changed(old, new) -> list[str]:
     """The attributes `new` changes, adds or drops (a rewrite carries values over: an equal value that is
     another object counts as changed)."""
     keys = [k for k, v in new.items() if old.get(k, _GONE) is not v]
-    if keys or len(old) != len(new):
-        keys += [k for k in old if k not in new]
+    if keys or len(old) != len(new):  # (else it has the same keys)
+        keys += old.keys() - new.keys()
     return keys
