@@ -3,6 +3,7 @@ schedulers are passes with one result type; the pipeline is built from the compi
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, fields
 
 import pytest
@@ -14,8 +15,9 @@ from lpuc.compiler.passes import Pass
 from lpuc.compiler.pipeline import PASSES, SCHEDULERS, CompileOptions, passes, run_passes
 from lpuc.compiler.schedule_cpsat import CpSatScheduler
 from lpuc.compiler.schedule_list import ListScheduler, ScheduleResult, apply_schedule
-from lpuc.ir import Op, VerifyError, parse
+from lpuc.ir import Op, VerifyError, parse, schedule_facts
 from lpuc.ir.machine import load_machine
+from lpuc.ir.rewrite import rewrite_of
 from lpuc.ir.target import Target
 from lpuc.ir.verifier import verify
 
@@ -86,6 +88,21 @@ def test_a_rewrite_is_checked_in_what_it_changes():
     for since in (None, allocated):
         with pytest.raises(VerifyError, match="attribute 'name' must be str"):
             verify(bad_name, MACHINE, since=since)
+
+
+def test_a_rewrite_is_found_once_and_keeps_no_module_alive():
+    """The verifier and the schedule facts ask in turn how the scheduled program rewrites the allocated one
+    (ir.rewrite): found once, kept only while both modules live."""
+    allocated = _allocated()
+    scheduled = apply_schedule(allocated, ListScheduler().plan(allocated, TWO))
+    verify(scheduled, MACHINE, since=allocated)
+    rewrite = rewrite_of(allocated, scheduled)
+    assert rewrite is rewrite_of(allocated, scheduled) and rewrite.changed == {"cycle", "unit", "streams"}
+    assert [allocated.ops[i].results for i in rewrite.order] == [op.results for op in scheduled.ops]
+    schedule_facts.forget()  # (the facts of the last modules described keep them)
+    gone = weakref.ref(allocated)
+    del allocated
+    assert gone() is None
 
 
 def test_both_schedulers_give_one_result_type():
