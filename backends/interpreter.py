@@ -230,7 +230,7 @@ class _Plan:
         self.instrs_by_idx: dict[int, _Instr] = {}
         self.constants: list[tuple[Op, int, tuple]] = []  # (op, base id, extents)
         self.states: list[tuple[Op, int, tuple]] = []     # (mem.state op, base id, extents)
-        self.starts: dict[str, list[int]] = {}            # per weight an install windows: extent_starts
+        self.starts: dict[str, list[int]] = {}            # per value viewed or windowed: _starts
         self.units = units(self.machine)
         self.n_streams = self.machine.streams.east + self.machine.streams.west
         for idx, op in enumerate(module.ops):
@@ -267,12 +267,16 @@ class _Plan:
                          f"is on chip {chip}, but the module has {self.chips} chip(s) (0..{self.chips - 1})")
         return chip
 
-    def _window(self, op: Op, v, val: _Val) -> tuple:
-        """The segments of the window of v an install reads (v's starts found once, for all its tiles)."""
+    def _starts(self, v, val: _Val) -> list[int]:
+        """extent_starts of v's segments, found once for all the windows and views of v (a weight's tiles)."""
         starts = self.starts.get(v.name)
         if starts is None:
             starts = self.starts[v.name] = extent_starts(val.segs)
-        return window_extents(v.type, val.segs, *mo.window(op.attrs, v.type), self.lanes, starts)
+        return starts
+
+    def _window(self, op: Op, v, val: _Val) -> tuple:
+        """The segments of the window of v an install reads."""
+        return window_extents(v.type, val.segs, *mo.window(op.attrs, v.type), self.lanes, self._starts(v, val))
 
     # views and constants
 
@@ -282,32 +286,22 @@ class _Plan:
         for key in ("out", "unit", "streams"):
             if op.attrs.get(key) is not None:
                 self._hazard("out", cycle, label, key, f"is a view (no data moves) but has `{key}`")
-        segs, fake, ok = [], [], True
-        for v in op.operands:
-            val = self.values[v.name]
+        vals, ok = [self.values[v.name] for v in op.operands], True
+        for v, val in zip(op.operands, vals):
             if val.kind != "sram":
                 self._hazard("operand", None, label, f"value {v}", f"views {v}, which is not in SRAM ({val.kind})")
                 ok = False
-                continue
-            if val.chip != chip:  # a view names words of its own chip only
+            elif val.chip != chip:  # a view names words of its own chip only
                 self._hazard("chip", cycle, label, f"value {v}",
                              f"views {v}, which lives on chip {val.chip}, from chip {chip}")
                 ok = False
-                continue
-            ok &= val.ok
-            for seg in val.segs:
-                fake.append((len(segs), seg[1], seg[2]))
-                segs.append(seg)
+            else:
+                ok &= val.ok
         out = ()
         if ok:
-            by_operand, i = [], 0
-            for v in op.operands:
-                n = len(self.values[v.name].segs)
-                by_operand.append(tuple(fake[i:i + n]))
-                i += n
-            # the layout's own rule, on extents whose "slice" is the index of the segment it came from
-            ext = view_extents(op.name, op.attrs, [v.type for v in op.operands], by_operand, self.lanes)
-            out = tuple((segs[k][0], w, n, segs[k][3]) for k, w, n in ext)
+            # the layout's own rule, on the operands' segments (each piece keeps the base owning its words)
+            out = view_extents(op.name, op.attrs, [v.type for v in op.operands], [val.segs for val in vals],
+                               self.lanes, self._starts(op.operands[0], vals[0]))
         self.values[op.result.name] = _Val("sram", out, ok=ok, chip=chip)
 
     def _constant(self, op: Op):

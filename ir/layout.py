@@ -101,20 +101,22 @@ def sub_extents(extents, offset: int, count: int, starts: list[int] | None = Non
     return tuple(out)
 
 
-def column_extents(t: TensorType, extents, start: int, size: int, lanes: int) -> tuple[Extent, ...]:
+def column_extents(t: TensorType, extents, start: int, size: int, lanes: int,
+                   starts: list[int] | None = None) -> tuple[Extent, ...]:
     """The words of columns [start, start+size) of t's last axis (whole vector columns, the last may be
-    partial), from t's extents: one run of its vector columns."""
+    partial), from t's extents (and their `starts`, if known): one run of its vector columns."""
     per_column = rows_cols(t)[0] * t.dtype.itemsize
     first, ncols = start // lanes, -(-size // lanes)
-    return sub_extents(extents, first * per_column, ncols * per_column)
+    return sub_extents(extents, first * per_column, ncols * per_column, starts)
 
 
-def row_extents(t: TensorType, extents, start: int, size: int, lanes: int) -> tuple[Extent, ...]:
-    """The words of rows [start, start+size) of t's second-to-last axis, from t's extents: per vector
-    column, per batch (leading dims), a run of whole rows."""
+def row_extents(t: TensorType, extents, start: int, size: int, lanes: int,
+                starts: list[int] | None = None) -> tuple[Extent, ...]:
+    """The words of rows [start, start+size) of t's second-to-last axis, from t's extents (and their
+    `starts`, if known): per vector column, per batch (leading dims), a run of whole rows."""
     rows_per_batch, itemsize = t.shape[-2], t.dtype.itemsize
     batches = rows_cols(t)[0] // rows_per_batch if rows_per_batch else 0
-    starts, out = extent_starts(extents), []
+    starts, out = (starts if starts is not None else extent_starts(extents)), []
     for run in range(vector_cols(t, lanes) * batches):
         out += sub_extents(extents, (run * rows_per_batch + start) * itemsize, size * itemsize, starts)
     return tuple(out)
@@ -137,14 +139,18 @@ def window_extents(t: TensorType, extents, start: tuple[int, int], size: tuple[i
     return tuple(out)
 
 
-def view_extents(op_name: str, attrs, operand_types, operand_extents, lanes: int) -> tuple[Extent, ...]:
-    """The words a view op's result names, from its operands' extents."""
+def view_extents(op_name: str, attrs, operand_types, operand_extents, lanes: int,
+                 operand_starts=None) -> tuple[Extent, ...]:
+    """The words a view op's result names, from its operands' extents. Given the first operand's
+    `operand_starts` (extent_starts of its extents, kept by a caller that views one value many times), a
+    slice finds its words by bisection alone."""
     if op_name == "mem.reshape_view":
         return tuple(operand_extents[0])
     if op_name == "mem.join":
         return tuple(e for extents in operand_extents for e in extents)
     if op_name == "mem.column_slice":
-        return column_extents(operand_types[0], operand_extents[0], attrs["start"], attrs["size"], lanes)
+        return column_extents(operand_types[0], operand_extents[0], attrs["start"], attrs["size"], lanes,
+                              operand_starts)
     if op_name == "mem.row_slice":
-        return row_extents(operand_types[0], operand_extents[0], attrs["start"], attrs["size"], lanes)
+        return row_extents(operand_types[0], operand_extents[0], attrs["start"], attrs["size"], lanes, operand_starts)
     raise ValueError(f"{op_name} is not a view")
