@@ -60,7 +60,7 @@ import numpy as np
 from ..ir import machine_ops as mo
 from ..ir.collector import collector_paused
 from ..ir.core import Module, Op
-from ..ir.costs import cost, link_windows, units
+from ..ir.costs import compute_cycles, cost, link_windows, units
 from ..ir.errors import EvalError, LpucError
 from ..ir.evaluator import check_inputs, conform
 from ..ir.layout import (extent_starts, from_words, row_extents, sub_extents, to_words, view_extents, window_extents,
@@ -181,7 +181,7 @@ class _Base:
     """A value that owns SRAM words (an instruction's or constant's result, not a view)."""
     name: str
     instr: int                # producing instruction (-1 for constants)
-    label: str
+    op: Op                    # the op making it (its instruction's, or a constant's or state's)
     land: int
     words: int
     chip: int = 0
@@ -190,12 +190,15 @@ class _Base:
     state: str = ""           # a state's name: its words are the state's (mem.state, or its write's result)
     alias: bool = False       # a state write's result: the state's words again (counted there)
 
+    @property
+    def label(self) -> str:
+        return self.op.label()
+
 
 @dataclass(slots=True)
 class _Instr:
     idx: int
     op: Op
-    label: str
     cls: str
     unit: str | None
     cycle: int | None
@@ -215,6 +218,10 @@ class _Instr:
     recv: int = -1                               # send: the instruction index of its c2c.recv
     state: int = -1                              # a state write: the base id of the state it writes
 
+    @property
+    def label(self) -> str:  # (made when a message or the trace needs it: instructions are many)
+        return self.op.label()
+
 
 class _Plan:
     """Static analysis of a scheduled module: values' words, costs, static hazards."""
@@ -233,6 +240,8 @@ class _Plan:
         self.starts: dict[str, list[int]] = {}            # per value viewed or windowed: _starts
         self.units = units(self.machine)
         self.n_streams = self.machine.streams.east + self.machine.streams.west
+        self._unit_names: dict[str, tuple[str, int]] = {}  # a `unit` -> (its class, its index); ("", 0): no unit name
+        self._cycles: dict[tuple, int] = {}  # (op name, operand types, result types) -> compute_cycles
         for idx, op in enumerate(module.ops):
             if mo.is_view(op.name):
                 self._view(op)
@@ -260,10 +269,10 @@ class _Plan:
     def _hazard(self, kind, cycle, label, resource, detail):
         self.hazards.append(HazardError(kind, cycle, label, resource, detail))
 
-    def _chip(self, op: Op, label: str, cycle) -> int:
+    def _chip(self, op: Op, cycle) -> int:
         chip = mo.chip_of(op)
         if not 0 <= chip < self.chips:
-            self._hazard("route", cycle, label, f"chip {chip}",
+            self._hazard("route", cycle, op.label(), f"chip {chip}",
                          f"is on chip {chip}, but the module has {self.chips} chip(s) (0..{self.chips - 1})")
         return chip
 
@@ -281,18 +290,18 @@ class _Plan:
     # views and constants
 
     def _view(self, op: Op):
-        label, cycle = op.label(), op.attrs.get("cycle")
-        chip = self._chip(op, label, cycle)
+        cycle = op.attrs.get("cycle")
+        chip = self._chip(op, cycle)
         for key in ("out", "unit", "streams"):
             if op.attrs.get(key) is not None:
-                self._hazard("out", cycle, label, key, f"is a view (no data moves) but has `{key}`")
+                self._hazard("out", cycle, op.label(), key, f"is a view (no data moves) but has `{key}`")
         vals, ok = [self.values[v.name] for v in op.operands], True
         for v, val in zip(op.operands, vals):
             if val.kind != "sram":
-                self._hazard("operand", None, label, f"value {v}", f"views {v}, which is not in SRAM ({val.kind})")
+                self._hazard("operand", None, op.label(), f"value {v}", f"views {v}, which is not in SRAM ({val.kind})")
                 ok = False
             elif val.chip != chip:  # a view names words of its own chip only
-                self._hazard("chip", cycle, label, f"value {v}",
+                self._hazard("chip", cycle, op.label(), f"value {v}",
                              f"views {v}, which lives on chip {val.chip}, from chip {chip}")
                 ok = False
             else:
@@ -306,46 +315,46 @@ class _Plan:
 
     def _constant(self, op: Op):
         """A constant (in the SRAM image) or a state (kept from run to run): placed before cycle 0."""
-        label, r = op.label(), op.result
+        r = op.result
         cycle = op.attrs.get("cycle")
-        chip = self._chip(op, label, 0)
+        chip = self._chip(op, 0)
         if cycle not in (None, 0):
-            self._hazard("schedule", cycle, label, "cycle", "is in the SRAM image: its cycle must be 0")
+            self._hazard("schedule", cycle, op.label(), "cycle", "is in the SRAM image: its cycle must be 0")
         for key in ("unit", "streams"):
             if op.attrs.get(key) is not None:
-                self._hazard("unit_class", 0, label, key, f"is in the SRAM image, no instruction: it has no `{key}`")
-        extents = self._out(op, label, 0, [r.type], chip)
+                self._hazard("unit_class", 0, op.label(), key, f"is in the SRAM image, no instruction: it has no `{key}`")
+        extents = self._out(op, 0, [r.type], chip)
         if extents is None:
             self.values[r.name] = _Val("sram", ok=False, chip=chip)
             return
         if mo.is_state(op.name):
-            base = self._new_base(r.name, -1, label, 0, words(r.type, self.lanes), chip)
+            base = self._new_base(r.name, -1, op, 0, words(r.type, self.lanes), chip)
             self.bases[base].state = op.attrs["name"]
             self.states.append((op, base, extents[0]))
         else:
-            base = self._new_base(r.name, -1, label, 0, words(r.type, self.lanes), chip, constant=True)
+            base = self._new_base(r.name, -1, op, 0, words(r.type, self.lanes), chip, constant=True)
             self.constants.append((op, base, extents[0]))
         self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in extents[0]), chip=chip)
 
-    def _new_base(self, name, instr, label, land, nwords, chip, constant=False) -> int:
-        self.bases.append(_Base(name, instr, label, land, nwords, chip, constant=constant))
+    def _new_base(self, name, instr, op, land, nwords, chip, constant=False) -> int:
+        self.bases.append(_Base(name, instr, op, land, nwords, chip, constant=constant))
         return len(self.bases) - 1
 
-    def _out(self, op: Op, label: str, cycle, types, chip: int) -> list[tuple] | None:
+    def _out(self, op: Op, cycle, types, chip: int) -> list[tuple] | None:
         """`out` split per result; None (after a hazard) when it is missing, mis-sized or outside SRAM."""
         out = op.attrs.get("out")
         need = [words(t, self.lanes) for t in types]
         if out is None:
-            self._hazard("out", cycle, label, "out", f"has no `out` extents for its {sum(need)} result words")
+            self._hazard("out", cycle, op.label(), "out", f"has no `out` extents for its {sum(need)} result words")
             return None
         have = sum(n for _, _, n in out)
         if have != sum(need):
-            self._hazard("out", cycle, label, "out", f"has `out` spanning {have} words, its results take {sum(need)}")
+            self._hazard("out", cycle, op.label(), "out", f"has `out` spanning {have} words, its results take {sum(need)}")
             return None
         sram, ok, on = self.machine.sram, True, self.on(chip)
         for s, w, n in out:
             if s >= sram.slices or w + n > sram.words_per_slice:
-                self._hazard("bounds", cycle, label, f"{on}slice {s} word {w}",
+                self._hazard("bounds", cycle, op.label(), f"{on}slice {s} word {w}",
                              f"writes {on}slice {s} word {w} ({n} words), outside SRAM "
                              f"({sram.slices} slices x {sram.words_per_slice} words)")
                 ok = False
@@ -355,7 +364,7 @@ class _Plan:
         for s, w, n in out:
             for w0, n0 in seen[s]:
                 if w < w0 + n0 and w0 < w + n:
-                    self._hazard("out", cycle, label, f"{on}slice {s} word {max(w, w0)}",
+                    self._hazard("out", cycle, op.label(), f"{on}slice {s} word {max(w, w0)}",
                                  f"writes {on}slice {s} word {max(w, w0)} twice (its `out` extents overlap)")
                     return None
             seen[s].append((w, n))
@@ -368,31 +377,33 @@ class _Plan:
     # instructions
 
     def _instruction(self, idx: int, op: Op):
-        label = op.label()
         try:
             cls = mo.unit_class(op.name)
         except TypeRuleError:
-            raise LpucError(f"{label}: {op.name} is not a machine instruction (not a scheduled program)") from None
+            raise LpucError(f"{op.label()}: {op.name} is not a machine instruction (not a scheduled program)") from None
         cycle = op.attrs.get("cycle")
         unit = op.attrs.get("unit")
-        chip = self._chip(op, label, cycle)
-        on = self.on(chip)
-        ins = _Instr(idx, op, label, cls, unit, cycle, chip)
+        chip = self._chip(op, cycle)
+        ins = _Instr(idx, op, cls, unit, cycle, chip)
         if cycle is None:
-            self._hazard("schedule", None, label, "cycle", "has no `cycle` (not scheduled)")
+            self._hazard("schedule", None, op.label(), "cycle", "has no `cycle` (not scheduled)")
             ins.ok = False
         elif not 0 <= cycle <= MAX_CYCLE:  # then it is not scheduled: it never issues
-            self._hazard("schedule", None, label, "cycle", f"has cycle {cycle}, outside 0..{MAX_CYCLE}")
+            self._hazard("schedule", None, op.label(), "cycle", f"has cycle {cycle}, outside 0..{MAX_CYCLE}")
             cycle = ins.cycle = None
             ins.ok = False
         if unit is None:
-            self._hazard("unit_class", cycle, label, "unit", f"has no `unit` (it needs a {cls} unit)")
+            self._hazard("unit_class", cycle, op.label(), "unit", f"has no `unit` (it needs a {cls} unit)")
         else:
-            m = _UNIT_RE.fullmatch(unit)
-            if not m or m.group(1) != cls:
-                self._hazard("unit_class", cycle, label, f"{on}unit {unit}", f"runs on {unit}, not a {cls} unit")
-            elif int(m.group(2)) >= self.units[cls]:
-                self._hazard("unit", cycle, label, f"{on}unit {unit}",
+            named = self._unit_names.get(unit)
+            if named is None:  # (once per unit name)
+                m = _UNIT_RE.fullmatch(unit)
+                named = self._unit_names[unit] = (m.group(1), int(m.group(2))) if m else ("", 0)
+            if named[0] != cls:
+                self._hazard("unit_class", cycle, op.label(), f"{self.on(chip)}unit {unit}",
+                             f"runs on {unit}, not a {cls} unit")
+            elif named[1] >= self.units[cls]:
+                self._hazard("unit", cycle, op.label(), f"{self.on(chip)}unit {unit}",
                              f"runs on {unit}, which {self.machine.name} does not have "
                              f"({cls}0..{cls}{self.units[cls] - 1})")
         # operands, by where the op's definition says each one lives
@@ -401,16 +412,16 @@ class _Plan:
             val, place = self.values[v.name], opdef.operand_place(i)
             if place == HOST:
                 if val.kind != "host":
-                    self._hazard("operand", cycle, label, f"value {v}", f"copies in {v}, which is not a model input")
+                    self._hazard("operand", cycle, op.label(), f"value {v}", f"copies in {v}, which is not a model input")
                     ins.ok = False
                 ins.args.append(("host", v.name))
             elif place == PLANE:
                 if val.kind != "plane":
-                    self._hazard("plane", cycle, label, f"{on}plane {unit}",
+                    self._hazard("plane", cycle, op.label(), f"{self.on(chip)}plane {unit}",
                                  f"multiplies by {v}, which no mxm.install put on an MXM plane")
                     ins.ok = False
                 elif val.chip != chip:
-                    self._hazard("chip", cycle, label, f"value {v}",
+                    self._hazard("chip", cycle, op.label(), f"value {v}",
                                  f"multiplies by {v}, which is installed on chip {val.chip}, not on chip {chip}")
                     ins.ok = False
                 ins.args.append(("plane", val))
@@ -418,19 +429,19 @@ class _Plan:
                 ins.ok &= self._receive(ins, v, val)
                 ins.args.append(("link", val))
             elif val.kind == "link":
-                self._hazard("operand", cycle, label, f"value {v}",
+                self._hazard("operand", cycle, op.label(), f"value {v}",
                              f"reads {v}, a transfer in flight: only its c2c.recv may read it")
                 ins.ok = False
                 ins.args.append(("host", None))
             elif val.kind != "sram":
                 where = "on an MXM plane" if val.kind == "plane" else "on the host"
-                self._hazard("operand", cycle, label, f"value {v}", f"reads {v}, which is {where}, not in SRAM")
+                self._hazard("operand", cycle, op.label(), f"value {v}", f"reads {v}, which is {where}, not in SRAM")
                 ins.ok = False
                 ins.args.append(("host", None))
             elif opdef.in_place and i == 0:  # the state it writes in place: not read
                 state = next((b for *_, b in val.segs if self.bases[b].state and not self.bases[b].alias), None)
                 if state is None or val.chip != chip:
-                    self._hazard("state", cycle, label, f"value {v}", f"writes {v} in place, which is no state "
+                    self._hazard("state", cycle, op.label(), f"value {v}", f"writes {v} in place, which is no state "
                                  f"of its chip {chip}")
                     ins.ok = False
                 ins.state = -1 if state is None else state
@@ -438,7 +449,7 @@ class _Plan:
                 ins.reads.append(())
             else:
                 if val.chip != chip:  # rule 7; its words are still read (and tracked) where they are
-                    self._hazard("chip", cycle, label, f"value {v}",
+                    self._hazard("chip", cycle, op.label(), f"value {v}",
                                  f"reads {v}, which lives on chip {val.chip}, not on its chip {chip}")
                     ins.ok = False
                 ins.ok &= val.ok
@@ -448,36 +459,40 @@ class _Plan:
         sram_results = list(op.results) if opdef.result_place == SRAM else []
         out_ext = None
         if sram_results:
-            out_ext = self._out(op, label, cycle, [r.type for r in sram_results], chip)
+            out_ext = self._out(op, cycle, [r.type for r in sram_results], chip)
             ins.ok &= out_ext is not None
         elif op.attrs.get("out"):
-            self._hazard("out", cycle, label, "out", "has `out` extents, but its result is not in SRAM")
+            self._hazard("out", cycle, op.label(), "out", "has `out` extents, but its result is not in SRAM")
         # streams
         streams = op.attrs.get("streams") or ()
         want = len(ins.reads) + len(sram_results)
         if len(streams) != want:
-            self._hazard("streams", cycle, label, "streams",
+            self._hazard("streams", cycle, op.label(), "streams",
                          f"holds {len(streams)} stream registers, needs {want} (one per SRAM operand and result)")
         for s in streams:
             if s >= self.n_streams:
-                self._hazard("streams", cycle, label, f"{on}stream {s}",
+                self._hazard("streams", cycle, op.label(), f"{self.on(chip)}stream {s}",
                              f"holds stream {s}, which {self.machine.name} does not have (0..{self.n_streams - 1})")
         if len(set(streams)) != len(streams):
             dup = next(s for s in streams if streams.count(s) > 1)
-            self._hazard("stream", cycle, label, f"{on}stream {dup}", f"holds stream {dup} twice")
+            self._hazard("stream", cycle, op.label(), f"{self.on(chip)}stream {dup}", f"holds stream {dup} twice")
         ins.streams = tuple(s for s in dict.fromkeys(streams) if s < self.n_streams)
         # timing, from the cost table only
         writes = out_ext or []
-        c = cost(op, self.machine, [[seg[:3] for seg in segs] for segs in ins.reads], writes)
+        kind = (op.name, tuple(v.type for v in op.operands), tuple(r.type for r in op.results))
+        cycles = self._cycles.get(kind)
+        if cycles is None:  # the unit's own work depends on the op's name and types only
+            cycles = self._cycles[kind] = compute_cycles(op, self.machine)
+        c = cost(op, self.machine, [[seg[:3] for seg in segs] for segs in ins.reads], writes, cycles)
         ins.occ, ins.lat, ins.port_reads, ins.port_writes = c.occupancy, c.latency, c.reads, c.writes
         land = (cycle or 0) + c.latency
         if opdef.in_place:  # its result is its state's words after its write (which land() does itself)
             state = self.bases[ins.state] if ins.state >= 0 else None
             if writes and state is not None and writes[0] != self.values[op.operands[0].name].segs_extents():
-                self._hazard("state", cycle, label, "out", f"has `out` {list(writes[0])[:2]}..., not the words of "
+                self._hazard("state", cycle, op.label(), "out", f"has `out` {list(writes[0])[:2]}..., not the words of "
                              f"its state %{state.name}")
                 ins.ok = False
-            base = self._new_base(sram_results[0].name, idx, label, land, 0, chip)
+            base = self._new_base(sram_results[0].name, idx, op, land, 0, chip)
             self.bases[base].state, self.bases[base].alias = (state.state if state else ""), True
             if writes:
                 ins.writes.append((base, writes[0]))
@@ -485,7 +500,7 @@ class _Plan:
                                                          ok=ins.ok, chip=chip)
         else:
             for r, ext in zip(sram_results, writes):
-                base = self._new_base(r.name, idx, label, land, words(r.type, self.lanes), chip)
+                base = self._new_base(r.name, idx, op, land, words(r.type, self.lanes), chip)
                 ins.writes.append((base, ext))
                 self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in ext), ok=ins.ok, chip=chip)
         if not writes:
@@ -646,6 +661,7 @@ class _Machine:
         self.srams: dict[int, _Sram] = {}                          # chip -> its SRAM, once used
         self.is_const = np.array([False] + [b.constant for b in plan.bases])  # by 1 + base id
         self.is_state = np.array([False] + [bool(b.state) for b in plan.bases])
+        self.is_pinned = self.is_const | self.is_state  # no instruction's result may land on these words
         # The step: its position (the module's `position` input; known in a numeric run) and how many rows
         # it writes; a read of the state needs slots 0 .. position + rows - 1 written.
         self.state = state
@@ -935,14 +951,17 @@ class _Machine:
                     where = f"{on}slice {s} word {word}"
                     self.hazard("war", t, ins.label, where, f"lands on {where} while {r.label} still reads it "
                                 f"(until {int(st.read_end[s, word])})")
-                states = self.is_state[st.owner[s, w:w + n]]
+                owners = st.owner[s, w:w + n]
+                if not self.is_pinned[owners].any():  # (the common case: one check for both rules below)
+                    continue
+                states = self.is_state[owners]
                 if states.any():
                     word = w + int(np.argmax(states))
                     where = f"{on}slice {s} word {word}"
                     name = plan.bases[int(st.owner[s, word]) - 1].state
                     self.hazard("state", t, ins.label, where,
                                 f"lands on {where}, a word of the state {name!r}: only its state write may")
-                consts = self.is_const[st.owner[s, w:w + n]]
+                consts = self.is_const[owners]
                 if consts.any():
                     word = w + int(np.argmax(consts))
                     where = f"{on}slice {s} word {word}"

@@ -91,9 +91,10 @@ def link_windows(op: Op, machine: Machine, occupancy: int) -> list[tuple[int, in
 
 
 def cost(op: Op, machine: Machine, reads: Sequence[Sequence[Extent]] = (),
-         writes: Sequence[Sequence[Extent]] = ()) -> Cost:
+         writes: Sequence[Sequence[Extent]] = (), cycles: int | None = None) -> Cost:
     """Occupancy and latency of `op`, reading the operand extents `reads` and
-    writing the result extents `writes` (one extent list per SRAM operand/result)."""
+    writing the result extents `writes` (one extent list per SRAM operand/result).
+    `cycles`: compute_cycles(op, machine) when the caller has it (from an op of the same name and types)."""
     cls = unit_class(op.name)
     if cls is None:
         return Cost(0, 0)
@@ -118,7 +119,7 @@ def cost(op: Op, machine: Machine, reads: Sequence[Sequence[Extent]] = (),
         for s in per_write:
             per_write[s] = min(per_write[s], written)
     ports = machine.sram
-    occupancy = max([compute_cycles(op, machine)]
+    occupancy = max([compute_cycles(op, machine) if cycles is None else cycles]
                     + [-(-n // ports.read_ports) for n in per_read.values()]
                     + [-(-n // ports.write_ports) for n in per_write.values()])
     latency = occupancy + machine.units[cls].latency
