@@ -483,7 +483,7 @@ class _Plan:
         cycles = self._cycles.get(kind)
         if cycles is None:  # the unit's own work depends on the op's name and types only
             cycles = self._cycles[kind] = compute_cycles(op, self.machine)
-        c = cost(op, self.machine, [[seg[:3] for seg in segs] for segs in ins.reads], writes, cycles)
+        c = cost(op, self.machine, ins.reads, writes, cycles)
         ins.occ, ins.lat, ins.port_reads, ins.port_writes = c.occupancy, c.latency, c.reads, c.writes
         land = (cycle or 0) + c.latency
         if opdef.in_place:  # its result is its state's words after its write (which land() does itself)

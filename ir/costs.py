@@ -93,7 +93,8 @@ def link_windows(op: Op, machine: Machine, occupancy: int) -> list[tuple[int, in
 def cost(op: Op, machine: Machine, reads: Sequence[Sequence[Extent]] = (),
          writes: Sequence[Sequence[Extent]] = (), cycles: int | None = None) -> Cost:
     """Occupancy and latency of `op`, reading the operand extents `reads` and
-    writing the result extents `writes` (one extent list per SRAM operand/result).
+    writing the result extents `writes` (one extent list per SRAM operand/result; a read extent may carry
+    more fields after (slice, first word, words)).
     `cycles`: compute_cycles(op, machine) when the caller has it (from an op of the same name and types)."""
     cls = unit_class(op.name)
     if cls is None:
@@ -101,14 +102,15 @@ def cost(op: Op, machine: Machine, reads: Sequence[Sequence[Extent]] = (),
     per_read: dict[int, int] = {}  # (plain dicts: a Counter's missing key is a Python call, per instruction)
     per_write: dict[int, int] = {}
     for k, extents in enumerate(reads):
-        for s, _, n in extents:
-            per_read[s] = per_read.get(s, 0) + n
+        for e in extents:  # (an extent may carry more fields after its three: the interpreter's base id)
+            s = e[0]
+            per_read[s] = per_read.get(s, 0) + e[2]
         if k == 0 and OPS[op.name].indexed:
             # Which rows are read depends on the indices: at worst all from one slice, so each slice of the
             # table is held for as many words as the result has (or all it holds, if fewer).
             gathered = words(op.results[0].type, machine.lanes)
-            for s, _, _ in extents:
-                per_read[s] = min(per_read[s], gathered)
+            for e in extents:
+                per_read[e[0]] = min(per_read[e[0]], gathered)
     for extents in writes:
         for s, _, n in extents:
             per_write[s] = per_write.get(s, 0) + n
