@@ -242,6 +242,7 @@ class _Plan:
         self.n_streams = self.machine.streams.east + self.machine.streams.west
         self._unit_names: dict[str, tuple[str, int]] = {}  # a `unit` -> (its class, its index); ("", 0): no unit name
         self._cycles: dict[tuple, int] = {}  # (op name, operand types, result types) -> compute_cycles
+        self._type_words: dict = {}          # type -> words (_words)
         for idx, op in enumerate(module.ops):
             if mo.is_view(op.name):
                 self._view(op)
@@ -322,7 +323,8 @@ class _Plan:
             self._hazard("schedule", cycle, op.label(), "cycle", "is in the SRAM image: its cycle must be 0")
         for key in ("unit", "streams"):
             if op.attrs.get(key) is not None:
-                self._hazard("unit_class", 0, op.label(), key, f"is in the SRAM image, no instruction: it has no `{key}`")
+                self._hazard("unit_class", 0, op.label(), key,
+                             f"is in the SRAM image, no instruction: it has no `{key}`")
         extents = self._out(op, 0, [r.type], chip)
         if extents is None:
             self.values[r.name] = _Val("sram", ok=False, chip=chip)
@@ -336,6 +338,13 @@ class _Plan:
             self.constants.append((op, base, extents[0]))
         self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in extents[0]), chip=chip)
 
+    def _words(self, t) -> int:
+        """SRAM words of a value of type `t` (a program spells few distinct types)."""
+        n = self._type_words.get(t)
+        if n is None:
+            n = self._type_words[t] = words(t, self.lanes)
+        return n
+
     def _new_base(self, name, instr, op, land, nwords, chip, constant=False) -> int:
         self.bases.append(_Base(name, instr, op, land, nwords, chip, constant=constant))
         return len(self.bases) - 1
@@ -343,31 +352,36 @@ class _Plan:
     def _out(self, op: Op, cycle, types, chip: int) -> list[tuple] | None:
         """`out` split per result; None (after a hazard) when it is missing, mis-sized or outside SRAM."""
         out = op.attrs.get("out")
-        need = [words(t, self.lanes) for t in types]
+        need = [self._words(t) for t in types]
         if out is None:
             self._hazard("out", cycle, op.label(), "out", f"has no `out` extents for its {sum(need)} result words")
             return None
         have = sum(n for _, _, n in out)
         if have != sum(need):
-            self._hazard("out", cycle, op.label(), "out", f"has `out` spanning {have} words, its results take {sum(need)}")
+            self._hazard("out", cycle, op.label(), "out",
+                         f"has `out` spanning {have} words, its results take {sum(need)}")
             return None
-        sram, ok, on = self.machine.sram, True, self.on(chip)
+        sram, ok = self.machine.sram, True
         for s, w, n in out:
             if s >= sram.slices or w + n > sram.words_per_slice:
-                self._hazard("bounds", cycle, op.label(), f"{on}slice {s} word {w}",
-                             f"writes {on}slice {s} word {w} ({n} words), outside SRAM "
+                self._hazard("bounds", cycle, op.label(), f"{self.on(chip)}slice {s} word {w}",
+                             f"writes {self.on(chip)}slice {s} word {w} ({n} words), outside SRAM "
                              f"({sram.slices} slices x {sram.words_per_slice} words)")
                 ok = False
         if not ok:
             return None
-        seen: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        for s, w, n in out:
-            for w0, n0 in seen[s]:
-                if w < w0 + n0 and w0 < w + n:
-                    self._hazard("out", cycle, op.label(), f"{on}slice {s} word {max(w, w0)}",
-                                 f"writes {on}slice {s} word {max(w, w0)} twice (its `out` extents overlap)")
-                    return None
-            seen[s].append((w, n))
+        if len({s for s, _, _ in out}) < len(out):  # (extents on distinct slices cannot overlap)
+            seen: dict[int, list[tuple[int, int]]] = defaultdict(list)
+            for s, w, n in out:
+                for w0, n0 in seen[s]:
+                    if w < w0 + n0 and w0 < w + n:
+                        where = f"{self.on(chip)}slice {s} word {max(w, w0)}"
+                        self._hazard("out", cycle, op.label(), where,
+                                     f"writes {where} twice (its `out` extents overlap)")
+                        return None
+                seen[s].append((w, n))
+        if len(need) == 1:  # all of `out`, as sub_extents would cut it
+            return [tuple((s, w, n) for s, w, n in out if n)]
         result, pos = [], 0
         for k in need:
             result.append(sub_extents(out, pos, k))
@@ -412,7 +426,8 @@ class _Plan:
             val, place = self.values[v.name], opdef.operand_place(i)
             if place == HOST:
                 if val.kind != "host":
-                    self._hazard("operand", cycle, op.label(), f"value {v}", f"copies in {v}, which is not a model input")
+                    self._hazard("operand", cycle, op.label(), f"value {v}",
+                                 f"copies in {v}, which is not a model input")
                     ins.ok = False
                 ins.args.append(("host", v.name))
             elif place == PLANE:
@@ -500,7 +515,7 @@ class _Plan:
                                                          ok=ins.ok, chip=chip)
         else:
             for r, ext in zip(sram_results, writes):
-                base = self._new_base(r.name, idx, op, land, words(r.type, self.lanes), chip)
+                base = self._new_base(r.name, idx, op, land, self._words(r.type), chip)
                 ins.writes.append((base, ext))
                 self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in ext), ok=ins.ok, chip=chip)
         if not writes:
