@@ -600,8 +600,9 @@ class _Plan:
                 held["write_port", chip, s].append((c + ins.lat - -(-n // wp), c + ins.lat, k))
             for s in ins.streams:
                 held["stream", chip, s].append((c, c + ins.lat, k))
-            for (_, offset, length), (src, port) in zip(link_windows(ins.op, self.machine, ins.occ), ins.hops):
-                held["link", src, port].append((c + offset, c + offset + length, k))
+            if ins.hops:  # a send
+                for (_, offset, length), (src, port) in zip(link_windows(ins.op, self.machine, ins.occ), ins.hops):
+                    held["link", src, port].append((c + offset, c + offset + length, k))
         for key in sorted(held, key=lambda k: (k[0], k[1], str(k[2]))):
             kind, chip, res = key
             resource, what = self._resource(kind, chip, res)
