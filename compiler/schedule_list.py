@@ -32,11 +32,9 @@ the scheduled op list, sorted by (cycle, program order), stays in SSA order.
 from __future__ import annotations
 
 import heapq
-import sys
 from array import array
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
 from itertools import islice
 from dataclasses import dataclass, field
 
@@ -318,7 +316,7 @@ JOIN_WINDOW = 1000  # ops before a matmul's reader whose holds may count towards
 MXM = ("mxm", "mxm planes")  # the resources a matmul's reader counts: its phase's planes
 
 
-def _heads(program: Program, machine: Machine, specs: dict[int, list[Hold]]) -> list[int]:
+def _heads(program: Program, machine: Machine, table: _HoldTable) -> np.ndarray:
     """The earliest cycle each instruction can issue: by its dependences (preds precede in program order)
     and, where the program leaves a chip (a send, a host output) or takes a matmul's result on, by the work
     before it on the chip too -- for every resource, the chain bound (`_chain`) of the holds of its ancestors
@@ -328,23 +326,26 @@ def _heads(program: Program, machine: Machine, specs: dict[int, list[Hold]]) -> 
     resource bound, and the next stage starts from there; within a layer, what reads a phase of matmuls
     waits for the phase's installs and matmuls on the four planes, not just for its longest chain."""
     head = [0] * len(program.preds)
+    heads = np.zeros(len(program.preds), dtype=np.int64)  # (the same, for the chain bounds' numpy)
     by_index = {ins.index: ins for ins in program.instructions}
     for ins in program.instructions:
         i = ins.index
-        head[i] = max([0] + [head[p] + d for p, d in program.preds[i]])
+        h = max([0] + [head[p] + d for p, d in program.preds[i]])
         leaves = ins.unit_class == "tx" or (ins.unit_class == "host" and not ins.writes)
         reads_matmul = ins.unit_class != "mxm" and any(by_index[p].unit_class == "mxm" for p, _ in program.raw[i]
                                                        if p in by_index)
         if leaves or reads_matmul:
             after = _ancestors_on_chip(program, by_index, i, None if leaves else JOIN_WINDOW)
-            holds = _holds(((j, specs[j]) for j in after), head, after, None if leaves else MXM)
-            # resources by the most their chain could give, so that the first raise the head past the others'
-            hopes = sorted(((_hope(items, _capacity(machine, key)), key) for key, items in holds.items()), reverse=True)
-            for hope, key in hopes:
-                if hope <= head[i]:
-                    break
-                head[i] = max(head[i], _chain(holds[key], _capacity(machine, key), machine)[0])
-    return head
+            if after:
+                ancestors = np.fromiter(after, dtype=np.int64, count=len(after))
+                rows, of = table.rows(ancestors, mxm_only=not leaves)
+                if rows.size:
+                    tails = np.fromiter(after.values(), dtype=np.int64, count=len(after))
+                    _, bounds, _ = table.chains(rows, heads[ancestors][of], tails[of], machine)
+                    h = max(h, int(bounds.max()))
+        head[i] = h
+        heads[i] = h
+    return heads
 
 
 def _ancestors_on_chip(program: Program, by_index, i: int, window: int | None = None) -> dict[int, int]:
@@ -369,64 +370,134 @@ def _ancestors_on_chip(program: Program, by_index, i: int, window: int | None = 
     return reach
 
 
-Item = tuple[int, int, int, int]  # (earliest start of the hold, its work, least cycles after it, work that may be early)
-Hold = tuple[str, int, int, int, int]  # (resource, start from issue, work, end from issue, work that may be early)
+class _HoldTable:
+    """Every resource hold of a program, as numpy columns in program order (instruction by instruction):
+    its instruction, its resource (an index into `names`, which are sorted), when it starts and ends from the
+    instruction's issue, its work and the work that may run early (see `_chain`). The resources are named as
+    in the summary: a unit class, "streams", sliceN.read / .write, link ... (on several chips, "chipN ...");
+    an install and its matmul are also one hold of the MXM planes, the matmul's ("mxm planes")."""
+
+    def __init__(self, program: Program, machine: Machine):
+        many = len({ins.chip for ins in program.instructions} - {0}) > 0
+        install_of = dict(program.install_of)
+        installs = set(install_of.values())
+        by_index = {ins.index: ins for ins in program.instructions}
+        rp, wp = machine.sram.read_ports, machine.sram.write_ports
+        ids: dict[tuple, int] = {}  # resource -> its number in order of appearance
+        names: list[str] = []
+        # An instruction's holds follow from its chip, unit class, cost, streams, links (and, a matmul's, its
+        # install's occupancy): instructions alike in those (most, in a repeated program) share a pattern,
+        # its rows (resource, start, end, work, early) made once.
+        patterns: dict[tuple, int] = {}
+        rows: list[tuple[int, int, int, int, int]] = []
+        firsts = [0]  # per pattern, its first row
+
+        def add(chip, name: str, start: int, work: int, end: int, early: int = 0) -> None:
+            r = ids.get((chip, name))
+            if r is None:
+                r = ids[(chip, name)] = len(names)
+                names.append(name if chip is None else f"chip{chip} {name}" if many else name)
+            rows.append((r, start, end, work, early))
+
+        pattern_of = []
+        for ins in program.instructions:
+            i, c, chip = ins.index, ins.cost, ins.chip
+            # (an install: with its matmul, whose plane hold counts the install's work as early)
+            inst = (by_index[install_of[i]].cost.occupancy if i in install_of else 0) \
+                if ins.unit_class == "mxm" and i not in installs else None
+            key = (chip, ins.unit_class, c, ins.streams, ins.links, inst)
+            p = patterns.get(key)
+            if p is None:
+                p = patterns[key] = len(patterns)
+                add(chip, ins.unit_class, 0, c.occupancy, c.occupancy)
+                if inst is not None:
+                    add(chip, "mxm planes", 0, inst + c.occupancy, c.occupancy, inst)
+                if ins.streams:
+                    add(chip, "streams", 0, ins.streams * c.latency, c.latency)
+                for s, n in c.reads:
+                    k = -(-n // rp)
+                    add(chip, f"slice{s}.read", 0, k, k)
+                for s, n in c.writes:
+                    k = -(-n // wp)
+                    add(chip, f"slice{s}.write", c.latency - k, k, c.latency)
+                for link_chip, port, off, length in ins.links:
+                    add(None, f"link c{link_chip}.l{port}", off, length, off + length)
+                firsts.append(len(rows))
+            pattern_of.append(p)
+        order = sorted(range(len(names)), key=names.__getitem__)
+        rank = np.empty(len(names), dtype=np.int64)
+        rank[order] = np.arange(len(names))
+        self.names = [names[r] for r in order]
+        self.capacity = np.array([_capacity(machine, name) for name in self.names], dtype=np.int64)
+        self.mxm = np.array([name.endswith(MXM) for name in self.names], dtype=bool)
+        # the instructions' rows, in program order: each its pattern's
+        instructions = np.array([ins.index for ins in program.instructions], dtype=np.int64)
+        pattern = np.array(pattern_of, dtype=np.int64)
+        firsts = np.array(firsts, dtype=np.int64)
+        counts = np.zeros(len(program.preds), dtype=np.int64)
+        counts[instructions] = firsts[pattern + 1] - firsts[pattern]
+        self.offsets = np.append(0, np.cumsum(counts))  # per op index: its first row (and the next op's)
+        self.instruction = np.repeat(instructions, counts[instructions])
+        table = np.array(rows, dtype=np.int64).reshape(-1, 5)[_expand(firsts[pattern], counts[instructions])]
+        self.resource, self.start, self.end, self.work, self.early = table.T
+        self.resource = rank[self.resource]
+
+    def rows(self, instructions: np.ndarray, mxm_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of `instructions`' holds (of the MXM's resources only, when asked), and for each, its
+        instruction's position in `instructions`."""
+        first, n = self.offsets[instructions], self.offsets[instructions + 1] - self.offsets[instructions]
+        rows, of = _expand(first, n), np.repeat(np.arange(len(instructions)), n)
+        if mxm_only:
+            keep = self.mxm[self.resource[rows]]
+            rows, of = rows[keep], of[keep]
+        return rows, of
+
+    def chains(self, rows: np.ndarray, heads: np.ndarray, tails: np.ndarray, machine: Machine
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For the holds `rows`, their instructions' `heads` (earliest issue) and `tails` (least cycles from
+        the issue to the end), per resource among them (ascending): the resource, `_chain`'s bound of its
+        holds and their work. All resources at once: the holds sorted by resource, then as `_chain` does."""
+        resource, work, early = self.resource[rows], self.work[rows], self.early[rows]
+        items = (heads + self.start[rows], tails - self.end[rows])  # (earliest start, least cycles after)
+        sorter = np.argsort(resource, kind="stable")
+        by_resource = resource[sorter]
+        new = np.append(True, by_resource[1:] != by_resource[:-1])
+        firsts, group = np.flatnonzero(new), np.cumsum(new) - 1  # each resource's first row; each row's resource
+        which = by_resource[firsts]
+        cap = self.capacity[which]
+        planes = np.logical_or.reduceat(early[sorter] > 0, firsts)
+        slack = np.where(planes, machine.latency.mxm, 0)
+        totals = np.add.reduceat(work[sorter], firsts)
+        best = np.zeros(len(which), dtype=np.int64)
+        for key in items:
+            o = np.lexsort((-key, resource))  # by resource, then the largest first (stable)
+            least_head, least_tail = _group_min_accumulate(items[0][o], group), _group_min_accumulate(items[1][o], group)
+            counted = np.cumsum(work[o])
+            counted -= (counted[firsts] - work[o][firsts])[group]
+            for g in np.flatnonzero(planes):
+                span = slice(firsts[g], firsts[g + 1] if g + 1 < len(firsts) else len(o))
+                counted[span] -= _largest_prefix_sums(early[o][span], 2 * int(cap[g]))
+            k = key[o]
+            ends = np.flatnonzero(np.append((group[1:] != group[:-1]) | (k[1:] != k[:-1]), True))
+            g = group[ends]
+            b = least_head[ends] - slack[g] + -(-counted[ends] // cap[g]) + least_tail[ends]
+            np.maximum.at(best, g, b)
+        return which, best, totals
 
 
-def _hold_specs(program: Program, machine: Machine) -> dict[int, list[Hold]]:
-    """Per instruction, the resources it holds (named as in the summary: a unit class, "streams", sliceN.read
-    / .write, link ...), when from its issue, and the work. An install and its matmul are also one hold of
-    the MXM planes, the matmul's ("mxm planes", see `_chain`)."""
-    chips = {ins.chip for ins in program.instructions}
-    many = len(chips - {0}) > 0
-    install_of = dict(program.install_of)
-    installs = set(install_of.values())
-    by_index = {ins.index: ins for ins in program.instructions}
-    specs: dict[int, list[Hold]] = {}
-    for ins in program.instructions:
-        c, out = ins.cost, []
-
-        def add(name: str, start: int, work: int, end: int, early: int = 0, chip=ins.chip) -> None:
-            key = name if chip is None else f"chip{chip} {name}" if many else name
-            out.append((sys.intern(key), start, work, end, early))  # (a few names for millions of holds)
-
-        add(ins.unit_class, 0, c.occupancy, c.occupancy)
-        if ins.unit_class == "mxm" and ins.index not in installs:  # (an install: with its matmul)
-            inst = by_index[install_of[ins.index]].cost.occupancy if ins.index in install_of else 0
-            add("mxm planes", 0, inst + c.occupancy, c.occupancy, inst)
-        if ins.streams:
-            add("streams", 0, ins.streams * c.latency, c.latency)
-        for s, n in c.reads:
-            k = -(-n // machine.sram.read_ports)
-            add(f"slice{s}.read", 0, k, k)
-        for s, n in c.writes:
-            k = -(-n // machine.sram.write_ports)
-            add(f"slice{s}.write", c.latency - k, k, c.latency)
-        for link_chip, port, off, length in ins.links:
-            add(f"link c{link_chip}.l{port}", off, length, off + length, chip=None)
-        specs[ins.index] = out
-    return specs
+def _expand(firsts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The ranges [firsts[k], firsts[k] + counts[k]) one after another."""
+    return np.arange(int(counts.sum())) + np.repeat(firsts - (np.cumsum(counts) - counts), counts)
 
 
-def _holds(specs: Iterable[tuple[int, list[Hold]]], head, after: dict[int, int] | list[int],
-           only: tuple[str, ...] | None = None) -> dict[str, list[Item]]:
-    """Per resource (those whose name ends with one of `only`, when given), the holds `specs` of instructions
-    (index, its holds): the earliest cycle each can start (by `head`), its work, the least cycles that must
-    follow its end (`after[i]`: from the instruction's issue on) and the work that may run early."""
-    holds: dict[str, list[Item]] = {}
-    for key, item in _hold_items(specs, head, after, only):
-        holds.setdefault(key, []).append(item)
-    return holds
-
-
-def _hold_items(specs: Iterable[tuple[int, list[Hold]]], head, after: dict[int, int] | list[int],
-                only: tuple[str, ...] | None = None) -> Iterator[tuple[str, Item]]:
-    """_holds' items, one at a time, with their resources."""
-    for i, spec in specs:
-        h, a = head[i], after[i]
-        for key, start, work, end, early in spec:
-            if only is None or key.endswith(only):
-                yield key, (h + start, work, a - end, early)
+def _group_min_accumulate(values: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """np.minimum.accumulate within each run of equal `group` (ascending): each later group is lowered by
+    more than the values' range, so no earlier group's values reach into it, then raised back."""
+    if not len(values):
+        return values
+    span = int(values.max()) - int(values.min()) + 1
+    lowered = values - group * span
+    return np.minimum.accumulate(lowered) + group * span
 
 
 def _capacity(machine: Machine, key: str) -> int:
@@ -435,14 +506,9 @@ def _capacity(machine: Machine, key: str) -> int:
             "streams": machine.streams.east + machine.streams.west}.get(name, 1)
 
 
-def _hope(items: list[Item], cap: int) -> int:
-    """The most `_chain` can give: all the work between the latest start and the longest tail."""
-    return max(h for h, _, _, _ in items) + -(-sum(w for _, w, _, _ in items) // cap) + max(q for _, _, q, _ in items)
-
-
-def _chain(items: list[Item] | array, cap: int, machine: Machine) -> tuple[int, int, int]:
-    """(the chain bound of a resource's holds `items` (Items, or their numbers one after another) on `cap`
-    instances, the first cycle and the cycles after of the set giving it): for any set S of holds, the
+def _chain(items: np.ndarray, cap: int, machine: Machine) -> tuple[int, int, int]:
+    """(the chain bound of a resource's holds `items` (rows of earliest start, work, least cycles after and work
+    that may be early, or those numbers one after another) on `cap` instances, the first cycle and the cycles after of the set giving it): for any set S of holds, the
     program takes at least min over S of the earliest start, plus S's work over the capacity, plus min over
     S of what must follow. S runs over the holds with the largest starts (one threshold at a time), and those
     followed by the most.
@@ -453,7 +519,7 @@ def _chain(items: list[Item] | array, cap: int, machine: Machine) -> tuple[int, 
     S, and every other install issues after it, less the MXM latency. Their work (`early`, the two largest
     per plane) is not counted, and the set starts that latency earlier."""
     best = (0, 0, 0)
-    if not items:
+    if not len(items):
         return best
     a = np.array(items, dtype=np.int64).reshape(-1, 4)  # (head, work, tail, early) per hold
     planes = bool(a[:, 3].any())
@@ -495,28 +561,25 @@ def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str, int
     start before h (for every h; and symmetrically those followed by at least q) gives, for a pipeline over
     one token stream, each stage's resource bound after the chain of stages before it; with h = q = 0 it is
     the plain bound work / capacity. Named "chain: R from cycle h, then q" when the chain adds to R's work."""
-    prio = _priorities(program, len(program.preds))
-    specs = _hold_specs(program, machine)
-    head = _heads(program, machine, specs)
-    critical = max(prio, default=0)
-    # Every hold of the program, per resource, packed as machine integers (as tuples they took gigabytes at
-    # Llama-2-70B), each instruction's holds let go as they are counted.
-    packed: dict[str, array] = defaultdict(lambda: array("q"))
-    for key, item in _hold_items(((ins.index, specs.pop(ins.index)) for ins in program.instructions), head, prio):
-        packed[key].extend(item)
-    best, which, plain_best = 0, "none", 0
-    for name in sorted(packed):
-        cap = _capacity(machine, name)
-        items = packed.pop(name)
-        plain = -(-sum(items[1::4]) // cap)  # (the works)
-        plain_best = max(plain_best, plain)
-        bound, where = plain, name
-        chained, least_head, least_tail = _chain(items, cap, machine)
-        if chained > bound:
-            bound, where = chained, f"chain: {where} from cycle {least_head:,}, then {least_tail:,}"
-        if bound > best:
-            best, which = bound, where
-    return critical, best, which, plain_best
+    prio = np.array(_priorities(program, len(program.preds)), dtype=np.int64)
+    table = _HoldTable(program, machine)
+    head = _heads(program, machine, table)
+    critical = int(prio.max(initial=0))
+    rows = np.arange(len(table.instruction))
+    which, chained, works = table.chains(rows, head[table.instruction], prio[table.instruction], machine)
+    plain = -(-works // table.capacity[which])
+    bound = np.maximum(plain, chained)
+    if not len(bound) or bound.max() <= 0:
+        return critical, 0, "none", int(plain.max(initial=0))
+    k = int(np.argmax(bound))  # (the first of the largest: the resources are in name order)
+    where = table.names[which[k]]
+    if chained[k] > plain[k]:  # where the chain is: its set's first cycle and the cycles after
+        mine = rows[table.resource == which[k]]
+        items = np.stack([head[table.instruction[mine]] + table.start[mine], table.work[mine],
+                          prio[table.instruction[mine]] - table.end[mine], table.early[mine]], axis=1)
+        _, least_head, least_tail = _chain(items.ravel(), int(table.capacity[which[k]]), machine)
+        where = f"chain: {where} from cycle {least_head:,}, then {least_tail:,}"
+    return critical, int(bound[k]), where, int(plain.max())
 
 
 @dataclass(frozen=True)
