@@ -129,12 +129,10 @@ def analyze(module: Module, target: Target, facts: Facts | None = None) -> Progr
                         raise AssertionError(f"{ops[i].label()}: reuses the words of {u_name}, still read by "
                                              f"op {rd}")
                     preds[i].append((rd, costs[rd].occupancy - lat))
-    # Several paths can give the same predecessor: keep its largest delay, in a fixed order.
+    # Several paths can give the same predecessor: keep its largest delay (sorted, the last of each), in a
+    # fixed order.
     def tidy(edges):
-        best: dict[int, int] = {}
-        for p, d in edges:
-            best[p] = max(best.get(p, d), d)
-        return tuple(sorted(best.items()))
+        return tuple(dict(sorted(edges)).items())
 
     return Program(facts.instructions, tuple(tidy(e) for e in preds), tuple(tidy(e) for e in raw),
                    tuple(install_of))

@@ -156,17 +156,17 @@ class TemplateStats:
     boundary_cycles: int                  # waited for resources beyond the dependences, over all stamps
 
 
-def _sub_program(program: Program, members: list[int]) -> Program:
-    """`program` restricted to `members` (dependences from outside dropped: they are ready at cycle 0)."""
+def _sub_program(program: Program, members: list[int], by_index, pair_of) -> Program:
+    """`program` restricted to `members` (ascending; dependences from outside dropped: they are ready at
+    cycle 0); `by_index`, `pair_of`: its instructions by index, its matmuls' installs."""
     inside = set(members)
-    by_index = {ins.index: ins for ins in program.instructions}
     preds = [()] * len(program.preds)
     raw = [()] * len(program.raw)
     for i in members:
         preds[i] = tuple((p, d) for p, d in program.preds[i] if p in inside)
         raw[i] = tuple((p, d) for p, d in program.raw[i] if p in inside)
     return Program(tuple(by_index[i] for i in members), tuple(preds), tuple(raw),
-                   tuple((m, i) for m, i in program.install_of if m in inside))
+                   tuple((m, pair_of[m]) for m in members if m in pair_of))
 
 
 def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, ...], ...],
@@ -180,6 +180,7 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
         progress(f"templates: dependences and costs of {len(module.ops):,} ops")
     program = analyze(module, target)
     by_index = {ins.index: ins for ins in program.instructions}
+    pair_of = dict(program.install_of)  # matmul -> install
     uses, capacity = _uses(program, machine)
     uses_of: dict[int, list] = defaultdict(list)
     for u in uses:
@@ -188,7 +189,7 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     # Segments: each block's part on each chip, a piece (an install goes with its matmul); every other
     # instruction alone, or with its install. Segments that wait for each other both ways (a split op's
     # parts and their join; a piece and a transfer landing in words the piece read before) are one.
-    segments, n_pieces = _segments(blocks, program, by_index)
+    segments, n_pieces = _segments(blocks, program, by_index, pair_of)
     segments, n_pieces = _merge_cycles(segments, n_pieces, program)
     segment_of = {i: n for n, seg in enumerate(segments) for i in seg.members}
     seg_preds, seg_succs = _segment_graph(segments, segment_of, program)
@@ -220,7 +221,7 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
             progress(f"templates: scheduling template {scheduled + 1} of about {len(instances)} ({len(members):,} "
                      f"instructions; {n_pieces} pieces){left}")
         scheduled += 1
-        sub = _sub_program(program, members)
+        sub = _sub_program(program, members, by_index, pair_of)
         placed = list_placements(sub, machine, rounds)
         cycles = np.zeros(len(module.ops), dtype=np.int64)
         for i in members:
@@ -306,7 +307,7 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     stats = TemplateStats(stamped, len(rel_of), boundary)
     # the assignment and the bounds below take as much memory again as the stamping did: let go of its
     # structures first
-    del uses, uses_of, segments, segment_of, seg_preds, seg_succs, shapes, rel_of, lines, by_index
+    del uses, uses_of, segments, segment_of, seg_preds, seg_succs, shapes, rel_of, lines, by_index, pair_of
     placed = _assign(program, machine, cycles)
     result = schedule_result(module, program, machine, placed)
     status = (f"templates: {stats.templates} for {stats.pieces} pieces, {boundary:,} cycles lost at boundaries"
@@ -316,10 +317,9 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     return replace(result, solver_status=status, solve_seconds=time.perf_counter() - t_start), stats
 
 
-def _segments(blocks, program: Program, by_index) -> tuple[list[_Segment], int]:
+def _segments(blocks, program: Program, by_index, pair_of) -> tuple[list[_Segment], int]:
     """(the segments: first each block's part on each chip, then every other instruction alone or with its
     install; how many are blocks' pieces)."""
-    pair_of = dict(program.install_of)  # matmul -> install
     segment_of: dict[int, _Segment] = {}
     segments: list[_Segment] = []
     for block in blocks:
