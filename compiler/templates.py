@@ -200,8 +200,11 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     # A piece's shape is named by the first piece of that shape; the distinct shapes are about as many as the
     # templates to schedule (a shape whose template misses a piece's own dependences takes another).
     first_of_shape: dict[tuple, int] = {}
-    shape_of = [first_of_shape.setdefault(_shape(segments[n].members, program, by_index, uses_of, capacity), n)
-                for n in range(n_pieces)]
+    shape_of, groups_of = [], []  # per piece: the first piece of its shape; the groups it holds, in order
+    for n in range(n_pieces):
+        shape, groups = _shape(segments[n].members, program, by_index, uses_of, capacity)
+        shape_of.append(first_of_shape.setdefault(shape, n))
+        groups_of.append(groups)
     del first_of_shape
     instances = Counter(shape_of)
     # CP-SAT's budget, `max_windows` models for the whole program, goes to the templates that weigh most
@@ -269,6 +272,7 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     cycles = np.zeros(len(module.ops), dtype=np.int64)
     boundary = done = 0
     stamped = sum(1 for seg in segments if seg.template >= 0)
+    holds_of: dict[int, list] = {}  # per template: its holds per group, relative to it (in `groups_of` order)
     while ready:
         _, n = heapq.heappop(ready)
         seg = segments[n]
@@ -279,10 +283,15 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
             for p, d in program.preds[i]:
                 if p not in pos:
                     o = max(o, int(cycles[p]) + d - pos[i])
-        by_group: dict[tuple, list[tuple[int, int, int]]] = defaultdict(list)
-        for i in seg.members:
-            for u in uses_of.get(i, ()):
-                by_group[u.group].append((pos[u.first] + u.first_off, pos[u.last] + u.last_off, u.demand))
+        if seg.template in holds_of:  # a piece of the template's shape holds what it holds, in its groups
+            by_group = dict(zip(groups_of[n], holds_of[seg.template]))
+        else:
+            by_group: dict[tuple, list[tuple[int, int, int]]] = defaultdict(list)
+            for i in seg.members:
+                for u in uses_of.get(i, ()):
+                    by_group[u.group].append((pos[u.first] + u.first_off, pos[u.last] + u.last_off, u.demand))
+            if seg.template >= 0:
+                holds_of[seg.template] = list(by_group.values())
         wanted = o
         while (step := lines.shift(by_group, o)) > 0:
             o += step
@@ -307,7 +316,7 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     stats = TemplateStats(stamped, len(rel_of), boundary)
     # the assignment and the bounds below take as much memory again as the stamping did: let go of its
     # structures first
-    del uses, uses_of, segments, segment_of, seg_preds, seg_succs, shapes, rel_of, lines, by_index, pair_of
+    del uses, uses_of, segments, segment_of, seg_preds, seg_succs, shapes, rel_of, lines, by_index, pair_of, holds_of
     placed = _assign(program, machine, cycles)
     result = schedule_result(module, program, machine, placed)
     status = (f"templates: {stats.templates} for {stats.pieces} pieces, {boundary:,} cycles lost at boundaries"
@@ -438,9 +447,10 @@ def _meets(rel: list[int], members: list[int], program: Program) -> bool:
     return all(rel[pos[i]] >= rel[pos[p]] + d for i in members for p, d in program.preds[i] if p in pos)
 
 
-def _shape(members: list[int], program: Program, by_index, uses_of, capacity) -> tuple:
+def _shape(members: list[int], program: Program, by_index, uses_of, capacity) -> tuple[tuple, list[tuple]]:
     """What a block is apart from where it sits: per instruction its costs and holds (groups renamed in
-    order of appearance, with their capacities) and its read-after-write dependences within the block."""
+    order of appearance, with their capacities) and its read-after-write dependences within the block; and
+    the groups it holds, in that order."""
     pos = {i: k for k, i in enumerate(members)}
     rename: dict[tuple, int] = {}
     rows = []
@@ -450,7 +460,7 @@ def _shape(members: list[int], program: Program, by_index, uses_of, capacity) ->
                        u.first_off, u.last_off, u.demand) for u in uses_of.get(i, ()))
         edges = tuple((pos[p], d) for p, d in program.raw[i] if p in pos)
         rows.append((ins.unit_class, ins.cost.latency, ins.cost.occupancy, ins.streams, holds, edges))
-    return tuple(rows)
+    return tuple(rows), list(rename)
 
 
 __all__ = ["MIN_REPEATS", "TemplateStats", "machine_blocks", "template_schedule"]
