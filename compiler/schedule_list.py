@@ -312,6 +312,7 @@ def _priorities(program: Program, n_ops: int) -> list[int]:
 
 JOIN_WINDOW = 1000  # ops before a matmul's reader whose holds may count towards its head (any subset is a bound)
 MXM = ("mxm", "mxm planes")  # the resources a matmul's reader counts: its phase's planes
+CHAIN_BATCH = 1 << 21  # holds whose chain bounds are taken at once (memory: a few hundred bytes each)
 
 
 def _heads(program: Program, machine: Machine, table: _HoldTable) -> np.ndarray:
@@ -423,22 +424,23 @@ class _HoldTable:
                 firsts.append(len(rows))
             pattern_of.append(p)
         order = sorted(range(len(names)), key=names.__getitem__)
-        rank = np.empty(len(names), dtype=np.int64)
+        rank = np.empty(len(names), dtype=np.int32)
         rank[order] = np.arange(len(names))
         self.names = [names[r] for r in order]
         self.capacity = np.array([_capacity(machine, name) for name in self.names], dtype=np.int64)
         self.mxm = np.array([name.endswith(MXM) for name in self.names], dtype=bool)
-        # the instructions' rows, in program order: each its pattern's
+        # the instructions' rows, in program order: each its pattern's (as 32-bit integers: Llama-2-70B has
+        # ten million)
         instructions = np.array([ins.index for ins in program.instructions], dtype=np.int64)
         pattern = np.array(pattern_of, dtype=np.int64)
         firsts = np.array(firsts, dtype=np.int64)
         counts = np.zeros(len(program.preds), dtype=np.int64)
         counts[instructions] = firsts[pattern + 1] - firsts[pattern]
         self.offsets = np.append(0, np.cumsum(counts))  # per op index: its first row (and the next op's)
-        self.instruction = np.repeat(instructions, counts[instructions])
-        table = np.array(rows, dtype=np.int64).reshape(-1, 5)[_expand(firsts[pattern], counts[instructions])]
-        self.resource, self.start, self.end, self.work, self.early = table.T
-        self.resource = rank[self.resource]
+        self.instruction = np.repeat(instructions.astype(np.int32), counts[instructions])
+        columns = np.array(rows, dtype=np.int32).reshape(-1, 5).T[:, _expand(firsts[pattern], counts[instructions])]
+        resource, self.start, self.end, self.work, self.early = columns
+        self.resource = rank[resource]
 
     def rows(self, instructions: np.ndarray, mxm_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The rows of `instructions`' holds (of the MXM's resources only, when asked), and for each, its
@@ -465,7 +467,7 @@ class _HoldTable:
         cap = self.capacity[which]
         planes = np.logical_or.reduceat(early[sorter] > 0, firsts)
         slack = np.where(planes, machine.latency.mxm, 0)
-        totals = np.add.reduceat(work[sorter], firsts)
+        totals = np.add.reduceat(work[sorter], firsts, dtype=np.int64)
         best = np.zeros(len(which), dtype=np.int64)
         for key in items:
             o = np.lexsort((-key, resource))  # by resource, then the largest first (stable)
@@ -563,16 +565,26 @@ def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str, int
     table = _HoldTable(program, machine)
     head = _heads(program, machine, table)
     critical = int(prio.max(initial=0))
-    rows = np.arange(len(table.instruction))
-    which, chained, works = table.chains(rows, head[table.instruction], prio[table.instruction], machine)
+    if not table.names:
+        return critical, 0, "none", 0
+    # resource by resource, a few million holds at a time (the chain's arrays take ten times the holds)
+    by_resource = np.argsort(table.resource, kind="stable")
+    firsts = np.searchsorted(table.resource[by_resource], np.arange(len(table.names) + 1))
+    parts, r = [], 0
+    while r < len(table.names):
+        end = max(r + 1, int(np.searchsorted(firsts, firsts[r] + CHAIN_BATCH, side="right")) - 1)
+        rows = by_resource[firsts[r]:firsts[end]]
+        parts.append(table.chains(rows, head[table.instruction[rows]], prio[table.instruction[rows]], machine))
+        r = end
+    which, chained, works = (np.concatenate(column) for column in zip(*parts))
     plain = -(-works // table.capacity[which])
     bound = np.maximum(plain, chained)
-    if not len(bound) or bound.max() <= 0:
-        return critical, 0, "none", int(plain.max(initial=0))
     k = int(np.argmax(bound))  # (the first of the largest: the resources are in name order)
+    if bound[k] <= 0:
+        return critical, 0, "none", 0
     where = table.names[which[k]]
     if chained[k] > plain[k]:  # where the chain is: its set's first cycle and the cycles after
-        mine = rows[table.resource == which[k]]
+        mine = np.flatnonzero(table.resource == which[k])
         items = np.stack([head[table.instruction[mine]] + table.start[mine], table.work[mine],
                           prio[table.instruction[mine]] - table.end[mine], table.early[mine]], axis=1)
         _, least_head, least_tail = _chain(items.ravel(), int(table.capacity[which[k]]), machine)
