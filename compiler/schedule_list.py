@@ -312,7 +312,7 @@ def _priorities(program: Program, n_ops: int) -> list[int]:
 
 JOIN_WINDOW = 1000  # ops before a matmul's reader whose holds may count towards its head (any subset is a bound)
 MXM = ("mxm", "mxm planes")  # the resources a matmul's reader counts: its phase's planes
-CHAIN_BATCH = 1 << 21  # holds whose chain bounds are taken at once (memory: a few hundred bytes each)
+CHAIN_BATCH = 1 << 18  # holds whose chain bounds are taken at once (their arrays take ~200 bytes a hold)
 
 
 def _heads(program: Program, machine: Machine, table: _HoldTable) -> np.ndarray:
@@ -471,7 +471,8 @@ class _HoldTable:
         best = np.zeros(len(which), dtype=np.int64)
         for key in items:
             o = np.lexsort((-key, resource))  # by resource, then the largest first (stable)
-            least_head, least_tail = _group_min_accumulate(items[0][o], group), _group_min_accumulate(items[1][o], group)
+            least_head = _group_min_accumulate(items[0][o], group)
+            least_tail = _group_min_accumulate(items[1][o], group)
             counted = np.cumsum(work[o])
             counted -= (counted[firsts] - work[o][firsts])[group]
             for g in np.flatnonzero(planes):
@@ -508,10 +509,10 @@ def _capacity(machine: Machine, key: str) -> int:
 
 def _chain(items: np.ndarray, cap: int, machine: Machine) -> tuple[int, int, int]:
     """(the chain bound of a resource's holds `items` (rows of earliest start, work, least cycles after and work
-    that may be early, or those numbers one after another) on `cap` instances, the first cycle and the cycles after of the set giving it): for any set S of holds, the
-    program takes at least min over S of the earliest start, plus S's work over the capacity, plus min over
-    S of what must follow. S runs over the holds with the largest starts (one threshold at a time), and those
-    followed by the most.
+    that may be early, or those numbers one after another) on `cap` instances, the first cycle and the cycles
+    after of the set giving it): for any set S of holds, the program takes at least min over S of the earliest
+    start, plus S's work over the capacity, plus min over S of what must follow. S runs over the holds with the
+    largest starts (one threshold at a time), and those followed by the most.
 
     An MXM plane's item is an install and its matmul, starting when the matmul may: the matmul streams only
     once its weights landed and until the next install lands on the plane, so on each plane at most two
@@ -567,7 +568,8 @@ def lower_bounds(program: Program, machine: Machine) -> tuple[int, int, str, int
     critical = int(prio.max(initial=0))
     if not table.names:
         return critical, 0, "none", 0
-    # resource by resource, a few million holds at a time (the chain's arrays take ten times the holds)
+    # resource by resource, CHAIN_BATCH holds at a time (at once, the chains' arrays would take ten times the
+    # table)
     by_resource = np.argsort(table.resource, kind="stable")
     firsts = np.searchsorted(table.resource[by_resource], np.arange(len(table.names) + 1))
     parts, r = [], 0
