@@ -90,6 +90,15 @@ class AttrDict(Mapping):
         self._dict = {k: d[k] for k in sorted(d)}
         self._hash = None
 
+    @classmethod
+    def trusted(cls, d: dict[str, Any]) -> "AttrDict":
+        """AttrDict(d), for a dict of str keys whose values are attribute values by construction (the
+        parser's, which its grammar makes so): not checked again."""
+        new = cls.__new__(cls)
+        new._dict = {k: d[k] for k in sorted(d)}
+        new._hash = None
+        return new
+
     def updated(self, changes: Mapping[str, Any]) -> "AttrDict":
         """These attributes with `changes` (added or replaced): only the changes are checked, the rest were
         (a pass rewriting millions of ops changes one or two attributes of each)."""

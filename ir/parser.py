@@ -1,14 +1,17 @@
 """The parser: IR text -> Module, with lark's LALR parser and a transformer that
 builds the module while the parser reduces, so no parse tree is built.
 
-Speed (a 100,000-line module in a few seconds) comes from three things, none of
+Speed (a 100,000-line module in a few seconds) comes from four things, none of
 which changes the language of grammar.lark:
-- compound terminals (grammar.lark): an op's operand list, result list and type
-  list, an attribute's name and "=", number lists and constants by reference are
-  one token each;
+- OP_LINE (grammar.lark): an op statement on one line as the printer writes it (a
+  program is mostly these) is one token, taken apart by regexes made of the grammar's
+  own terminals (`op_line`); any other statement goes through the rules, and tests
+  check that both read the same text the same way;
+- compound terminals: an op's operand list, result list and type list, an
+  attribute's name and "=", number lists and constants by reference are one token each;
 - `_FastLexer`: lark's contextual lexer at a third of the cost per token;
 - callbacks that take the children list as it is, and no re-validation of what
-  the grammar already guarantees (value names).
+  the grammar already guarantees (value names, attribute values).
 
 Errors are `ParseError`s reading `file:line:column: message`.
 """
@@ -179,6 +182,29 @@ class _Builder(Transformer):
                     name = p
                 else:
                     results = p
+        self._op(name, results, operands, attrs, types)
+
+    def op_line(self, c):
+        """An OP_LINE token: cut into the parts op_stmt gets (each a token at its offset, for errors)."""
+        line = c[0]
+        m, at = _LINE.match(line), line.start_pos
+        parts = [_token(kind, m.group(kind), at + m.start(kind)) if m.group(kind) is not None else None
+                 for kind in ("OP_NAME", "RESULTS", "VALUES", "TYPES")]
+        attrs = _NO_ATTRS if m.group("attrs") is None else self._line_attrs(m.group("attrs"), at + m.start("attrs"))
+        self._op(parts[0], parts[1], parts[2], attrs, parts[3])
+
+    def _line_attrs(self, text: str, at: int) -> AttrDict:
+        """The attributes of an OP_LINE (`text`, found at offset `at`, is what is between its braces)."""
+        items, starts, pos, end = [], [], _SPACES.match(text).end(), len(text)
+        while pos < end:
+            m = _LINE_ATTR.match(text, pos)
+            kind, value = m.lastgroup, m.group(m.lastgroup)
+            starts.append(at + pos)
+            items.append((m.group("key"), _LINE_VALUES[kind](self, value, at + m.start(kind))))
+            pos = m.end()
+        return _attr_dict(items, starts.__getitem__)
+
+    def _op(self, name, results, operands, attrs, types):
         result_names = _names(results) if results is not None else ()
         type_texts = _types(types) if types is not None else ()
         if len(result_names) != len(type_texts):
@@ -248,7 +274,11 @@ class _Builder(Transformer):
 
     def tensor(self, c):
         type_token, body = c
-        ttype, pos = parse_type(type_token), type_token.start_pos
+        return self._tensor(type_token, type_token.start_pos, body)
+
+    def _tensor(self, type_text: str, pos: int, body) -> Tensor:
+        """tensor<type_text, body> (body: a key, or the elements), its type found at offset `pos`."""
+        ttype = parse_type(type_text)
         if isinstance(body, str):
             return Tensor(ttype, body, loader=self.blobs.get(body))
         if len(body) != ttype.numel:
@@ -268,11 +298,22 @@ class _Builder(Transformer):
                     raise _Error(pos, f"tensor<{ttype}>: element {x} is out of range for {dtype.value}")
         return Tensor.from_array(np.array(body, dtype=dtype.numpy).reshape(ttype.shape), dtype)
 
+    def _line_tensor(self, text: str, pos: int) -> Tensor:
+        """A tensor of an OP_LINE: by reference (TENSOR_REF's text) or with its numbers."""
+        m = _LINE_TENSOR.match(text)
+        body = m.group("body")
+        if body.startswith('"'):
+            return self._tensor_ref(text, pos)
+        return self._tensor(m.group("type"), pos + m.start("type"), _numbers(body))
+
+
+_ATTR_NAME = r"[a-z_][a-z0-9_]*"  # grammar.lark's ATTR_NAME
+
 
 @functools.lru_cache(maxsize=1024)
 def _attr_name(key: str) -> str:
     """The name in an ATTR_KEY token (`axis =`)."""
-    return re.match(r"[a-z_][a-z0-9_]*", key).group()
+    return re.match(_ATTR_NAME, key).group()
 
 
 def _attr_dict(items: list[tuple[str, object]], where: Callable[[int], int]) -> AttrDict:
@@ -284,7 +325,7 @@ def _attr_dict(items: list[tuple[str, object]], where: Callable[[int], int]) -> 
             if name in seen:
                 raise _Error(where(i), f"attribute {name} is given twice")
             seen.add(name)
-    return AttrDict(attrs)
+    return AttrDict.trusted(attrs)  # (the callbacks make attribute values only)
 
 
 # --- the lexer ---------------------------------------------------------------
@@ -388,6 +429,57 @@ _builder = _Builder()
 _parser = Lark(_GRAMMAR.read_text(), parser="lalr", lexer=_FastLexer, transformer=_builder,
                maybe_placeholders=False)
 _lock = threading.Lock()
+
+
+# --- splitting an OP_LINE token --------------------------------------------------
+# They run only on text OP_LINE has matched (so they need not check it again), and are made of the
+# grammar's own terminals, so what they take apart is what the rules would.
+
+def _terminal(name: str) -> str:
+    return next(t.pattern.to_regexp() for t in _parser.terminals if t.name == name)
+
+
+_V, _TYPE = _terminal("VALUE"), _terminal("TYPE")
+_LINE = re.compile(rf"(?P<RESULTS>{_V}(?: *, *{_V})* *=) *(?P<OP_NAME>{_terminal('OP_NAME')})"
+                   rf"(?: *(?P<VALUES>{_V}(?: *, *{_V})*))? *(?:\{{(?P<attrs>.*)\}})? *: *(?P<TYPES>{_TYPE}(?: *, *{_TYPE})*)$",
+                   re.S)
+_NUMBER = f"(?:{_terminal('INT')}|{_terminal('FLOAT')})"
+_NUMS = rf"\[ *{_NUMBER}(?: *, *{_NUMBER})* *\]"
+_STRING = _terminal("STRING")
+_SPACES = re.compile(" *")
+_LINE_ATTR = re.compile(
+    rf"(?P<key>{_ATTR_NAME}) *= *(?:(?P<list2>\[ *(?:{_NUMS}(?: *, *{_NUMS})*)? *\])|(?P<nums>{_NUMS})"
+    rf"|(?P<tensor>tensor *< *{_TYPE} *, *(?:{_STRING}|{_NUMS}) *>)|(?P<string>{_STRING})"
+    rf"|(?P<int>{_terminal('INT')})|(?P<float>{_terminal('FLOAT')})|(?P<true>true)|(?P<false>false)"
+    rf"|(?P<dtype>{_terminal('DTYPE')})) *,? *")
+_LINE_TENSOR = re.compile(rf"tensor *< *(?P<type>{_TYPE}) *, *(?P<body>.*?) *>$", re.S)
+
+
+def _line_nums(b, text: str, pos: int) -> tuple:
+    """A list of numbers (or, below, of such lists) as the rules read it: json reads it the same way (its
+    numbers are INT and FLOAT, an int where no '.' or exponent) and faster, where it can."""
+    try:
+        return tuple(json.loads(text))
+    except ValueError:  # e.g. inf, nan, 1.
+        return tuple(_numbers(text))
+
+
+def _line_list2(b, text: str, pos: int) -> tuple:
+    try:
+        return tuple(map(tuple, json.loads(text)))
+    except ValueError:
+        return tuple(tuple(_numbers(inner)) for inner in re.findall(r"\[[^\[\]]*\]", text[1:]))
+
+
+# attribute kind -> its value (as the rules' callbacks make it)
+_LINE_VALUES = {
+    "list2": _line_list2, "nums": _line_nums,
+    "tensor": lambda b, text, pos: b._line_tensor(text, pos),
+    "string": lambda b, text, pos: _string(text, pos),
+    "int": lambda b, text, pos: int(text), "float": lambda b, text, pos: float(text),
+    "true": lambda b, text, pos: True, "false": lambda b, text, pos: False,
+    "dtype": lambda b, text, pos: _DTYPES[text],
+}
 _progress: list = [None]  # parse()'s `progress`, for the lexer (the parser is one, behind _lock)
 
 def parse(text: str, filename: str = "<string>",
@@ -418,7 +510,7 @@ def _describe(e: UnexpectedInput, text: str, filename: str) -> str:
         where = _where(text, e.pos_in_stream)
         found = repr(e.token.value) if isinstance(e, UnexpectedToken) else repr(text[e.pos_in_stream])
     expected = e.expected if isinstance(e, (UnexpectedToken, UnexpectedEOF)) else (e.allowed or set())
-    names = sorted({_EXPECTED.get(t, t.lower()) for t in expected})
+    names = sorted({_EXPECTED.get(t, t.lower()) for t in expected if t != "OP_LINE"})  # (a form of RESULTS ...)
     if len(names) > 6:
         names = names[:6] + ["..."]
     return f"{filename}:{where}: unexpected {found}; expected {' or '.join(names) or 'something else'}"

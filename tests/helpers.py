@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import tracemalloc
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +28,12 @@ def compiled_sample(name: str, precision: str | None = None):
 
     return compile_model(SAMPLES / f"{name}.onnx",
                          options=CompileOptions(precision=precision) if precision else None)
+
+
+def by_the_rules(text: str) -> str:
+    """IR `text` with every op statement broken after its `=`: the parser's one-line form (grammar.lark's
+    OP_LINE) cannot take it, its rules do (tests compare the two readings)."""
+    return re.sub(r"(?m)^( *%[^\n=]*=) ", r"\1\n    ", text)
 
 
 def max_rel_error(ours, ref) -> float:

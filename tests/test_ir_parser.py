@@ -1,8 +1,9 @@
 """Parser errors (`file:line:column: what was expected`, never a traceback), the
-compound-token parts of the grammar, and `lpuc check`."""
+compound-token parts of the grammar (among them OP_LINE, a whole op statement), and `lpuc check`."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 
 from lpuc.compiler.cli import main
 from lpuc.ir import LpucError, ParseError, parse, parse_file, print_module
+from lpuc.ir.parser import _parser
+from helpers import by_the_rules, compiled_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = "module @m {\n  input %x : f32[2,3]\n"
@@ -137,6 +140,60 @@ def test_value_names_may_use_dots_colons_slashes_and_dashes():
     text = ('module @m-1.x {\n  input %layer.0/attn:q-proj : f32[2]\n  %0 = graph.exp %layer.0/attn:q-proj : f32[2]\n'
             '  output "y" = %0\n}\n')
     assert print_module(parse(text)) == text
+
+
+# --- OP_LINE: an op statement as one token, taken apart as the rules would ------------
+
+OP_LINE = re.compile(next(t.pattern.to_regexp() for t in _parser.terminals if t.name == "OP_LINE"))
+
+
+def same_module(a, b) -> None:
+    """Equal to the last detail: every op's attributes with their Python types (1, 1.0, true; tuples)."""
+    assert print_module(a) == print_module(b)
+    assert [op.attrs.compare_key() for op in a.ops] == [op.attrs.compare_key() for op in b.ops]
+    assert a == b
+
+
+EDGE_VALUES = HEAD + (
+    '  %a = graph.softmax %x {axis = -1, f = [1, -2, 3.0, 1e3, -0.0, inf, -inf, nan], g = 1e-07, h = nan, '
+    'l = [[1], [2, 3.5]], m = [], s = "} : f32[1] = %x, \\"q\\" \\u00e9", t = true, u = false, '
+    'v = tensor<f32[2], [1.0, inf]>, w = tensor<i8[2], [1, -1]>, x = tensor<f32[2], "k"> , y = f16, '
+    'z = -0} : f32[2,3]\n'
+    '  %b:1, %c/2 = graph.split %a {axis = 1, sizes = [1, 2]} : f32[2,1], f32[2,2]\n'
+    '  %d = graph.constant {n = [[]], value = tensor<bool[2], [true, false]>} : bool[2]\n'  # (not an OP_LINE)
+    '  output "b" = %b:1\n}\n')
+
+
+def golden_texts() -> dict[str, str]:
+    """The modules of tests/golden/ir: each file's input and, after its separator, its expected output."""
+    texts = {}
+    for path in sorted((ROOT / "tests/golden/ir").glob("*.ir")):
+        for k, part in enumerate(path.read_text().split("# ---- output ----\n")):
+            if "module @" in part:
+                texts[f"{path.stem}.{k}"] = part
+    return texts
+
+
+@pytest.mark.parametrize("text", [EDGE_VALUES, *golden_texts().values()], ids=["edge values", *golden_texts()])
+def test_one_line_statements_read_as_the_rules_read_them(text):
+    if text is EDGE_VALUES:
+        assert [bool(OP_LINE.fullmatch(line.strip())) for line in text.splitlines()[2:5]] == [True, True, False]
+    same_module(parse(text), parse(by_the_rules(text)))
+
+
+def test_a_scheduled_program_is_all_one_line_statements():
+    """What the printer writes for a compiled program (the text a run parses) is OP_LINEs, read as the rules
+    read them: a printer change that left the fast form would show here, not only as a slower run."""
+    text = print_module(compiled_sample("llama_decode")[0])
+    ops = [line.strip() for line in text.splitlines() if line.startswith("  %")]
+    assert len(ops) > 100 and all(OP_LINE.fullmatch(line) for line in ops)
+    same_module(parse(text), parse(by_the_rules(text)))
+
+
+def test_a_statement_that_goes_on_is_not_cut_short():
+    """OP_LINE never ends where the statement goes on, on the next line (more result types)."""
+    text = HEAD + "  %y, %z = graph.split %x {axis = 1, sizes = [1, 2]} : f32[2,1]  # c\n  , f32[2,2]\n}\n"
+    assert [str(r.type) for r in parse(text).ops[0].results] == ["f32[2,1]", "f32[2,2]"]
 
 
 # --- lpuc check --------------------------------------------------------------------------
