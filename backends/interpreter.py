@@ -808,6 +808,15 @@ class _Machine:
                     states.append(base.state)
                     continue
                 st = self.sram(base.chip)
+                if n == 1:  # (most reads: a word's scalars cost a tenth of a slice's reductions)
+                    owner = st.owner[s, w]
+                    if owner != b + 1:
+                        self._read_hazard(ins, c, base.chip, s, w, b, int(owner) - 1)
+                    if st.read_end[s, w] < end:
+                        st.read_end[s, w] = end
+                        st.reader[s, w] = ins.idx + 1
+                    base.end = max(base.end, end)
+                    continue
                 owner = st.owner[s, w:w + n]
                 wrong = owner != b + 1
                 if wrong.any():
@@ -960,6 +969,8 @@ class _Machine:
         st = self.sram(ins.chip) if ins.writes else None
         for b, extents in ins.writes:
             for s, w, n in extents:
+                if n == 1 and st.read_end[s, w] <= t and not self.is_pinned[st.owner[s, w]]:
+                    continue  # (most writes: one word, no hazard; checked as scalars, as below)
                 re_ = st.read_end[s, w:w + n]
                 if re_.max(initial=0) > t:
                     word = w + int(np.argmax(re_ > t))
@@ -1014,7 +1025,10 @@ class _Machine:
             for s, w, n in extents:
                 if data is not None:
                     st.bytes[s, w:w + n] = data[pos:pos + n]
-                st.owner[s, w:w + n] = b + 1
+                if n == 1:
+                    st.owner[s, w] = b + 1
+                else:
+                    st.owner[s, w:w + n] = b + 1
                 pos += n
 
 
