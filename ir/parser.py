@@ -195,14 +195,36 @@ class _Builder(Transformer):
 
     def _line_attrs(self, text: str, at: int) -> AttrDict:
         """The attributes of an OP_LINE (`text`, found at offset `at`, is what is between its braces)."""
-        items, starts, pos, end = [], [], _SPACES.match(text).end(), len(text)
-        while pos < end:
-            m = _LINE_ATTR.match(text, pos)
-            kind, value = m.lastgroup, m.group(m.lastgroup)
-            starts.append(at + pos)
-            items.append((m.group("key"), _LINE_VALUES[kind](self, value, at + m.start(kind))))
-            pos = m.end()
+        items, starts = [], []
+        for m in _LINE_ATTR.finditer(text):
+            starts.append(at + m.start())
+            items.append((m.group(1), self._line_value(m.group(2), at + m.start(2))))
         return _attr_dict(items, starts.__getitem__)
+
+    def _line_value(self, text: str, pos: int):
+        """An attribute value of an OP_LINE, as the rules' callbacks make it; OP_LINE has checked its form,
+        so its first character tells its kind."""
+        c = text[0]
+        if c == "[":  # numbers, or lists of numbers: json reads them as the rules do (INT, FLOAT), and faster
+            try:
+                value = json.loads(text)
+            except ValueError:  # (inf, nan, 1.)
+                inner = re.findall(r"\[[^\[\]]*\]", text[1:])
+                return tuple(tuple(_numbers(i)) for i in inner) if inner else tuple(_numbers(text))
+            return tuple(map(tuple, value)) if value and type(value[0]) is list else tuple(value)
+        if c == '"':
+            return _string(text, pos)
+        if text == "true" or text == "false":
+            return text == "true"
+        if text.startswith("tensor"):
+            return self._line_tensor(text, pos)
+        dtype = _DTYPES.get(text)
+        if dtype is not None:
+            return dtype
+        try:
+            return int(text)
+        except ValueError:  # FLOAT
+            return float(text)
 
     def _op(self, name, results, operands, attrs, types):
         result_names = _names(results) if results is not None else ()
@@ -443,43 +465,12 @@ _V, _TYPE = _terminal("VALUE"), _terminal("TYPE")
 _LINE = re.compile(rf"(?P<RESULTS>{_V}(?: *, *{_V})* *=) *(?P<OP_NAME>{_terminal('OP_NAME')})"
                    rf"(?: *(?P<VALUES>{_V}(?: *, *{_V})*))? *(?:\{{(?P<attrs>.*)\}})? *: *(?P<TYPES>{_TYPE}(?: *, *{_TYPE})*)$",
                    re.S)
-_NUMBER = f"(?:{_terminal('INT')}|{_terminal('FLOAT')})"
-_NUMS = rf"\[ *{_NUMBER}(?: *, *{_NUMBER})* *\]"
 _STRING = _terminal("STRING")
-_SPACES = re.compile(" *")
-_LINE_ATTR = re.compile(
-    rf"(?P<key>{_ATTR_NAME}) *= *(?:(?P<list2>\[ *(?:{_NUMS}(?: *, *{_NUMS})*)? *\])|(?P<nums>{_NUMS})"
-    rf"|(?P<tensor>tensor *< *{_TYPE} *, *(?:{_STRING}|{_NUMS}) *>)|(?P<string>{_STRING})"
-    rf"|(?P<int>{_terminal('INT')})|(?P<float>{_terminal('FLOAT')})|(?P<true>true)|(?P<false>false)"
-    rf"|(?P<dtype>{_terminal('DTYPE')})) *,? *")
+# an attribute: its name, its value (a list, a string or a tensor as a whole; else up to the next comma)
+_LINE_ATTR = re.compile(rf"({_ATTR_NAME}) *= *({_STRING}|tensor *< *{_TYPE} *, *(?:{_STRING}|\[[^\]]*\]) *>"
+                        rf"|\[(?:[^\[\]]|\[[^\]]*\])*\]|[^ ,]+)")
 _LINE_TENSOR = re.compile(rf"tensor *< *(?P<type>{_TYPE}) *, *(?P<body>.*?) *>$", re.S)
 
-
-def _line_nums(b, text: str, pos: int) -> tuple:
-    """A list of numbers (or, below, of such lists) as the rules read it: json reads it the same way (its
-    numbers are INT and FLOAT, an int where no '.' or exponent) and faster, where it can."""
-    try:
-        return tuple(json.loads(text))
-    except ValueError:  # e.g. inf, nan, 1.
-        return tuple(_numbers(text))
-
-
-def _line_list2(b, text: str, pos: int) -> tuple:
-    try:
-        return tuple(map(tuple, json.loads(text)))
-    except ValueError:
-        return tuple(tuple(_numbers(inner)) for inner in re.findall(r"\[[^\[\]]*\]", text[1:]))
-
-
-# attribute kind -> its value (as the rules' callbacks make it)
-_LINE_VALUES = {
-    "list2": _line_list2, "nums": _line_nums,
-    "tensor": lambda b, text, pos: b._line_tensor(text, pos),
-    "string": lambda b, text, pos: _string(text, pos),
-    "int": lambda b, text, pos: int(text), "float": lambda b, text, pos: float(text),
-    "true": lambda b, text, pos: True, "false": lambda b, text, pos: False,
-    "dtype": lambda b, text, pos: _DTYPES[text],
-}
 _progress: list = [None]  # parse()'s `progress`, for the lexer (the parser is one, behind _lock)
 
 def parse(text: str, filename: str = "<string>",
