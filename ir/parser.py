@@ -207,8 +207,8 @@ class _Builder(Transformer):
         c = text[0]
         if c == "[":  # numbers, or lists of numbers: json reads them as the rules do (INT, FLOAT), and faster
             try:
-                value = json.loads(text)
-            except ValueError:  # (inf, nan, 1.)
+                value, end = _json_scan(text, 0)  # (json.loads without its wrappers: the list is the whole text)
+            except (StopIteration, ValueError):  # (inf, nan, 1.)
                 inner = re.findall(r"\[[^\[\]]*\]", text[1:])
                 return tuple(tuple(_numbers(i)) for i in inner) if inner else tuple(_numbers(text))
             return tuple(map(tuple, value)) if value and type(value[0]) is list else tuple(value)
@@ -469,6 +469,7 @@ _STRING = _terminal("STRING")
 # an attribute: its name, its value (a list, a string or a tensor as a whole; else up to the next comma)
 _LINE_ATTR = re.compile(rf"({_ATTR_NAME}) *= *({_STRING}|tensor *< *{_TYPE} *, *(?:{_STRING}|\[[^\]]*\]) *>"
                         rf"|\[(?:[^\[\]]|\[[^\]]*\])*\]|[^ ,]+)")
+_json_scan = json.JSONDecoder().scan_once
 _LINE_TENSOR = re.compile(rf"tensor *< *(?P<type>{_TYPE}) *, *(?P<body>.*?) *>$", re.S)
 
 _progress: list = [None]  # parse()'s `progress`, for the lexer (the parser is one, behind _lock)
