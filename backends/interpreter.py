@@ -656,6 +656,10 @@ def _zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, max(count * np.dtype(dtype).itemsize, 1)), dtype, count).reshape(shape)
 
 
+# the reductions of a slice of a row, without ndarray.max's and .any's Python wrappers (millions of calls)
+_max, _any = np.maximum.reduce, np.logical_or.reduce
+
+
 class _Sram:
     """One chip's SRAM. Zero-filled arrays (the OS maps pages only when touched), hence ids + 1."""
 
@@ -678,6 +682,9 @@ class _Machine:
         self.is_const = np.array([False] + [b.constant for b in plan.bases])  # by 1 + base id
         self.is_state = np.array([False] + [bool(b.state) for b in plan.bases])
         self.is_pinned = self.is_const | self.is_state  # no instruction's result may land on these words
+        # Per base id: 1 while every one of its words holds it (landed, none overwritten since): a read of such a
+        # base needs no look at its words' owners (most reads; the rest are checked word by word)
+        self.intact = bytearray(len(plan.bases))
         # The step: its position (the module's `position` input; known in a numeric run) and how many rows
         # it writes; a read of the state needs slots 0 .. position + rows - 1 written.
         self.state = state
@@ -716,7 +723,7 @@ class _Machine:
             self.written[name], self.state_extents[name] = b.written.copy(), extents
             st, pos = self.sram(chip), 0
             for s, w, n in extents:
-                st.owner[s, w:w + n] = base + 1
+                self._own(st, s, w, n, base)
                 if self.numeric:
                     st.bytes[s, w:w + n] = b.words[pos:pos + n]
                 pos += n
@@ -752,7 +759,7 @@ class _Machine:
                                     f"is placed on {on}slice {s} word {word}, a word of the constant %{other.name}")
                     if data is not None:
                         st.bytes[s, w:w + n] = data
-                    st.owner[s, w:w + n] = base + 1
+                    self._own(st, s, w, n, base)
 
     def _check_image(self, op: Op, chip: int, extents):
         """The image holds the constant's words at its extents, and they hash to its `sha256`."""
@@ -799,7 +806,7 @@ class _Machine:
     # an instruction issues: reads and computes
 
     def issue(self, ins: _Instr, c: int):
-        plan, end = self.plan, c + ins.occ
+        plan, end, intact = self.plan, c + ins.occ, self.intact
         states = []  # the states it reads (their slots are checked, not their words' owners)
         for segs in ins.reads:
             for s, w, n, b in segs:
@@ -817,13 +824,14 @@ class _Machine:
                         st.reader[s, w] = ins.idx + 1
                     base.end = max(base.end, end)
                     continue
-                owner = st.owner[s, w:w + n]
-                wrong = owner != b + 1
-                if wrong.any():
-                    k = int(np.argmax(wrong))
-                    self._read_hazard(ins, c, base.chip, s, w + k, b, int(owner[k]) - 1)
+                if not intact[b]:  # (else every word of it holds it)
+                    owner = st.owner[s, w:w + n]
+                    wrong = owner != b + 1
+                    if wrong.any():
+                        k = int(np.argmax(wrong))
+                        self._read_hazard(ins, c, base.chip, s, w + k, b, int(owner[k]) - 1)
                 re_, rd = st.read_end[s, w:w + n], st.reader[s, w:w + n]
-                if re_.max(initial=0) < end:  # the common case: this read ends last
+                if _max(re_, initial=0) < end:  # the common case: this read ends last
                     re_[:] = end
                     rd[:] = ins.idx + 1
                 else:
@@ -972,14 +980,14 @@ class _Machine:
                 if n == 1 and st.read_end[s, w] <= t and not self.is_pinned[st.owner[s, w]]:
                     continue  # (most writes: one word, no hazard; checked as scalars, as below)
                 re_ = st.read_end[s, w:w + n]
-                if re_.max(initial=0) > t:
+                if _max(re_, initial=0) > t:
                     word = w + int(np.argmax(re_ > t))
                     r = plan.instrs_by_idx[int(st.reader[s, word]) - 1]
                     where = f"{on}slice {s} word {word}"
                     self.hazard("war", t, ins.label, where, f"lands on {where} while {r.label} still reads it "
                                 f"(until {int(st.read_end[s, word])})")
                 owners = st.owner[s, w:w + n]
-                if not self.is_pinned[owners].any():  # (the common case: one check for both rules below)
+                if not _any(self.is_pinned[owners]):  # (the common case: one check for both rules below)
                     continue
                 states = self.is_state[owners]
                 if states.any():
@@ -1025,11 +1033,28 @@ class _Machine:
             for s, w, n in extents:
                 if data is not None:
                     st.bytes[s, w:w + n] = data[pos:pos + n]
-                if n == 1:
-                    st.owner[s, w] = b + 1
-                else:
-                    st.owner[s, w:w + n] = b + 1
+                self._own(st, s, w, n, b)
                 pos += n
+
+    def _own(self, st: _Sram, s: int, w: int, n: int, b: int):
+        """Words s, w .. w + n - 1 now hold base b: the bases they held are no longer intact, b is (its words
+        are written all at once: by its landing, or before cycle 0)."""
+        intact = self.intact
+        if n == 1:
+            o = int(st.owner[s, w])
+            if o and o != b + 1:
+                intact[o - 1] = 0
+            st.owner[s, w] = b + 1
+        elif n:
+            owners = st.owner[s, w:w + n]
+            hi = int(owners.max())
+            if hi:
+                lo = int(owners.min())
+                for o in ((hi,) if lo == hi else np.unique(owners).tolist()):
+                    if o and o != b + 1:
+                        intact[o - 1] = 0
+            owners[:] = b + 1
+        intact[b] = 1
 
 
 # --- running ------------------------------------------------------------------
