@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+from array import array
 import re
 import time
 from collections import defaultdict
@@ -586,29 +587,35 @@ class _Plan:
 
     def check_resources(self):
         """Units, slice read and write ports, stream registers, link directions: never held twice in one cycle."""
-        held: dict[tuple, list[tuple[int, int, int]]] = defaultdict(list)
+        # per resource, its holds as (start, end, instruction) triples of machine integers: millions of them
+        held: dict[tuple, array] = defaultdict(lambda: array("q"))
         rp, wp = self.machine.sram.read_ports, self.machine.sram.write_ports
         for k, ins in enumerate(self.instrs):
             if ins.cycle is None:
                 continue
             c, chip = ins.cycle, ins.chip
             if ins.unit is not None:
-                held["unit", chip, ins.unit].append((c, c + ins.occ, k))
+                held["unit", chip, ins.unit].extend((c, c + ins.occ, k))
             for s, n in ins.port_reads:
-                held["read_port", chip, s].append((c, c + -(-n // rp), k))
+                held["read_port", chip, s].extend((c, c + -(-n // rp), k))
             for s, n in ins.port_writes:
-                held["write_port", chip, s].append((c + ins.lat - -(-n // wp), c + ins.lat, k))
+                held["write_port", chip, s].extend((c + ins.lat - -(-n // wp), c + ins.lat, k))
             for s in ins.streams:
-                held["stream", chip, s].append((c, c + ins.lat, k))
+                held["stream", chip, s].extend((c, c + ins.lat, k))
             if ins.hops:  # a send
                 for (_, offset, length), (src, port) in zip(link_windows(ins.op, self.machine, ins.occ), ins.hops):
-                    held["link", src, port].append((c + offset, c + offset + length, k))
+                    held["link", src, port].extend((c + offset, c + offset + length, k))
         for key in sorted(held, key=lambda k: (k[0], k[1], str(k[2]))):
+            holds = np.frombuffer(held[key], np.int64).reshape(-1, 3)
+            holds = holds[holds[:, 1] > holds[:, 0]]
+            holds = holds[np.lexsort((holds[:, 2], holds[:, 1], holds[:, 0]))]
+            # a hold overlaps an earlier one iff it starts before the latest end so far (the common case: none)
+            if len(holds) < 2 or not (holds[1:, 0] < np.maximum.accumulate(holds[:-1, 1])).any():
+                continue
             kind, chip, res = key
             resource, what = self._resource(kind, chip, res)
-            intervals = sorted(i for i in held[key] if i[1] > i[0])
             cur = None
-            for start, end, k in intervals:
+            for start, end, k in holds.tolist():
                 if cur is not None and start < cur[1]:
                     other = self.instrs[cur[2]]
                     self._hazard(kind, start, self.instrs[k].label, resource,
