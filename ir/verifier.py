@@ -5,7 +5,7 @@ Each rule raises a VerifyError whose message names the op and the value.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from .attributes import compare_value
@@ -13,6 +13,7 @@ from .core import Module, Op
 from .errors import VerifyError
 from .registry import ATTR_KINDS, HOST, LINK, OPS, PLANE, SRAM, TypeRuleError
 from .rewrite import rewrite_of
+from .types import DType
 
 PLACE_NAMES = {SRAM: "in SRAM", HOST: "on the host (a model input)",
                PLANE: "on an MXM plane (an mxm.install result)", LINK: "a transfer in flight (a c2c.send result)"}
@@ -39,6 +40,7 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
     # ... and by the attributes object, when it has no OWN_ATTRS (a pass makes equal attributes one object:
     # ir.attributes.shared; the module keeps it alive meanwhile): id -> (op name, operand types, result types)
     passed_with: dict[int, set] = {}
+    memo = _Memo()  # (of check_op)
     rewrite = rewrite_of(since, module) if since is not None and since.attrs == module.attrs else None
     if rewrite is not None and not rewrite.changed <= set(OWN_ATTRS):
         rewrite = None
@@ -49,8 +51,10 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
     for v in module.inputs:
         define(v, lambda: f"input {v}")
         place[v.name] = HOST
+    places_passed = set()  # (op name, its operands' places) that passed check_places
     for j, op in enumerate(module.ops):
-        for v in op.operands:
+        operands = op.operands
+        for v in operands:
             if defined.get(v.name) is not v.type:  # (a value's uses share its type: the rest is the rare case)
                 _check_operand(module, op, v, defined)
         if rewrite is not None:  # the op passed before, its operands defined by the same ops (in their places)
@@ -58,25 +62,30 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
             if op.attrs is not was.attrs:
                 check_own_attrs(op, was, changed)
         else:
-            types = (op.name, tuple([v.type for v in op.operands]), tuple([r.type for r in op.results]))
-            passed = passed_with.get(id(op.attrs))
+            attrs = op.attrs
+            types = (op.name, tuple([v.type for v in operands]), tuple([r.type for r in op.results]))
+            passed = passed_with.get(id(attrs))
             if passed is None or types not in passed:
-                shared = _shared_attrs(op.attrs)
-                if (types, shared) not in checked:
-                    check_op(op, machine, chips)
-                    checked.add((types, shared))
-                else:
+                shared, own_fine = _split_attrs(op, memo)
+                key = (types, shared)
+                if key not in checked:
+                    check_op(op, machine, chips, memo)
+                    checked.add(key)
+                elif not own_fine:  # (the slow way: it raises the error, or accepts what the fast way did not)
                     check_own_attrs(op)
-                if len(shared) == len(op.attrs):  # none of its own: other ops may have this object
-                    passed_with.setdefault(id(op.attrs), set()).add(types)
-            check_places(op, [place[v.name] for v in op.operands])
+                if len(shared) == len(attrs):  # none of its own: other ops may have this object
+                    passed_with.setdefault(id(attrs), set()).add(types)
+            key = (op.name, tuple([place[v.name] for v in operands]))
+            if key not in places_passed:
+                check_places(op, key[1])
+                places_passed.add(key)
+        result_place = OPS[op.name].result_place if rewrite is None else None  # (of a rewrite, the places held)
         for r in op.results:
             if r.name in defined:
                 raise VerifyError(f"{op.label()}: value {r} is defined twice")
             defined[r.name] = r.type
-        if rewrite is None:  # (of a rewrite, the places held before)
-            for r in op.results:
-                place[r.name] = OPS[op.name].result_place
+            if rewrite is None:
+                place[r.name] = result_place
     names = set()
     for name, v in module.outputs:
         if name in names:
@@ -95,9 +104,44 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
 OWN_ATTRS = ("cycle", "out", "streams", "unit")
 
 
+_OWN = frozenset(OWN_ATTRS)
+
+
 def _shared_attrs(attrs) -> tuple:
     """An op's attributes but its own (OWN_ATTRS), as they compare (ir.attributes.AttrDict)."""
-    return tuple((k, compare_value(v)) for k, v in attrs.items() if k not in OWN_ATTRS)
+    return tuple((k, compare_value(v)) for k, v in attrs.items() if k not in _OWN)
+
+
+def _split_attrs(op: Op, memo: _Memo) -> tuple[tuple, bool]:
+    """(_shared_attrs(op.attrs), whether _FAST_KINDS accepts each of its OWN_ATTRS as an attribute of its op)
+    in one pass over the attributes; if not, check_own_attrs judges."""
+    known = memo.ops.get(op.name)
+    if known is None:
+        opdef = OPS.get(op.name)
+        if opdef is None:  # (check_op says so)
+            return _shared_attrs(op.attrs), False
+        known = memo.of(opdef)
+    fast = known.fast
+    shared, fine = [], True
+    for k, v in op.attrs.items():
+        if k in _OWN:
+            if fine:
+                accept = fast.get(k)
+                fine = accept is not None and accept(v)
+        else:
+            shared.append((k, _compare(v)))
+    return tuple(shared), fine
+
+
+def _compare(v):
+    """compare_value(v), the common cases first: a value of a _PLAIN type, a tuple of ints (as it)."""
+    t = type(v)
+    if t in _PLAIN or (t is tuple and _fast_ints(v)):
+        return t, v
+    return compare_value(v)
+
+
+_PLAIN = frozenset((int, str, bool, DType))  # (compare_value gives (type, value) of these, neither tuple nor float)
 
 
 def _check_operand(module: Module, op: Op, v, defined: dict) -> None:
@@ -117,7 +161,10 @@ def check_own_attrs(op: Op, was: Op | None = None, keys: tuple[str, ...] = OWN_A
     for key in keys:
         value = attrs.get(key, _GONE)
         if value is not _GONE and (was is None or value is not was.attrs.get(key)):
-            _check_attr(op, opdef, key, value, None)
+            spec = opdef.attrs.get(key)
+            fast = _FAST_KINDS.get(spec.kind) if spec is not None else None
+            if fast is None or not fast(value):  # (the slow way: it raises the error, or accepts)
+                _check_attr(op, opdef, key, value, None)
 
 
 _GONE = object()
@@ -131,6 +178,8 @@ def check_state(module: Module) -> None:
     states: dict[str, str] = {}     # state value -> the op writing it
     for op in module.ops:
         opdef = OPS[op.name]
+        if not (states or opdef.persistent or opdef.in_place):  # (no state yet: none of the rules below applies)
+            continue
         if opdef.persistent:
             name = op.attrs["name"]
             if name in names:
@@ -168,36 +217,184 @@ def check_places(op: Op, operand_places) -> None:
             raise VerifyError(f"{op.label()}: operand {v} must be {PLACE_NAMES[want]}, but it is {PLACE_NAMES[got]}")
 
 
-def check_op(op: Op, machine: Machine | None = None, chips: int | None = None) -> None:
+def check_op(op: Op, machine: Machine | None = None, chips: int | None = None, memo: _Memo | None = None) -> None:
     """The op-local rules: known op, operand count, attributes, result types; with `machine`, the
     op's rules that depend on the machine description; with `chips`, that every chip the op names
-    (its `chip`, a split's `parts`) is one of the module's."""
-    where = op.label()
+    (its `chip`, a split's `parts`) is one of the module's. `memo`: what checking other ops with this
+    machine learnt (_Memo)."""
     opdef = OPS.get(op.name)
     if opdef is None:
-        raise VerifyError(f"{where}: unknown op {op.name}")
+        raise VerifyError(f"{op.label()}: unknown op {op.name}")
     n, lo, hi = len(op.operands), opdef.min_operands, opdef.max_operands
     if n < lo or (hi is not None and n > hi):
         want = f"{lo}" if lo == hi else f"{lo} or more" if hi is None else f"{lo} to {hi}"
-        raise VerifyError(f"{where}: takes {want} operands, got {n}")
+        raise VerifyError(f"{op.label()}: takes {want} operands, got {n}")
+    known = (memo if memo is not None else _Memo()).of(opdef)
+    fast = known.fast
     for key, value in op.attrs.items():
-        _check_attr(op, opdef, key, value, chips)
-    for key, spec in opdef.attrs.items():
-        if spec.required and key not in op.attrs:
-            raise VerifyError(f"{where}: missing attribute {key!r}")
+        accept = fast.get(key)
+        if accept is None or not accept(value):  # (the slow way: it raises the error, or accepts)
+            _check_attr(op, opdef, key, value, chips)
+    for key in known.required:
+        if key not in op.attrs:
+            raise VerifyError(f"{op.label()}: missing attribute {key!r}")
     try:
-        operand_types = tuple(v.type for v in op.operands)
-        attrs = opdef.attrs_with_defaults(op.attrs)  # once, for the type rule and the machine rule
-        expected = opdef.result_types(operand_types, attrs, defaults_filled=True)
-        if machine is not None and opdef.machine_rule is not None:
-            opdef.machine_rule(operand_types, attrs, machine)
+        expected = _run_rules(known, tuple([v.type for v in op.operands]), op.attrs, machine)
     except TypeRuleError as e:
-        raise VerifyError(f"{where}: {e} (operands {', '.join(f'{v}: {v.type}' for v in op.operands)})") from None
+        raise VerifyError(f"{op.label()}: {e} (operands {', '.join(f'{v}: {v.type}' for v in op.operands)})") \
+            from None
     if len(expected) != len(op.results):
-        raise VerifyError(f"{where}: has {len(op.results)} results, {op.name} gives {len(expected)}")
+        raise VerifyError(f"{op.label()}: has {len(op.results)} results, {op.name} gives {len(expected)}")
     for r, t in zip(op.results, expected):
         if r.type != t:
-            raise VerifyError(f"{where}: result {r} has type {r.type}, expected {t}")
+            raise VerifyError(f"{op.label()}: result {r} has type {r.type}, expected {t}")
+
+
+class _Memo:
+    """What checking ops with one machine learns, by op name (the registry does not change meanwhile)."""
+
+    __slots__ = ("ops",)
+
+    def __init__(self):
+        self.ops: dict[str, _Known] = {}
+
+    def of(self, opdef) -> _Known:
+        known = self.ops.get(opdef.name)
+        if known is None:
+            known = self.ops[opdef.name] = _Known(opdef)
+        return known
+
+
+class _Known:
+    """Of an op's definition: the fast acceptance of each attribute of a kind in _FAST_KINDS; the required
+    attributes, in order; the defaults the rules see (OpDef.attrs_with_defaults); and its type and machine
+    rules that passed (see _run_rules)."""
+
+    __slots__ = ("opdef", "fast", "required", "defaults", "rules")
+
+    def __init__(self, opdef):
+        self.opdef = opdef
+        self.fast = {k: _FAST_KINDS[s.kind] for k, s in opdef.attrs.items() if s.kind in _FAST_KINDS}
+        self.required = tuple(k for k, s in opdef.attrs.items() if s.required)
+        self.defaults = opdef.attrs_with_defaults({})
+        self.rules: dict[tuple, list] = {}
+
+
+def _run_rules(known: _Known, operand_types: tuple, attrs, machine: Machine | None) -> tuple:
+    """The result types the op's type rule gives, after its machine rule (given `machine`) passed; either raises
+    TypeRuleError. The rules see `attrs` with the defaults filled.
+    known.rules: by operand types, the attributes the rules read when they passed, each with a table: the
+    values they read (as they compare; absent: _GONE) -> the result types. A rule gives the same for the same
+    values of what it reads, so an op giving those keys those values passes and gets those results. (A window
+    `mxm.install` reads its start and size, not its chip: the tiles of a model on a hundred chips repeat.)"""
+    defaults = known.defaults
+    seen = known.rules.get(operand_types)
+    for keys, passed in seen or ():
+        expected = passed.get(tuple([_compare(attrs.get(k, defaults.get(k, _GONE))) for k in keys]))
+        if expected is not None:
+            return expected
+    opdef = known.opdef
+    full = opdef.attrs_with_defaults(attrs)
+    reads = _Reads(full)  # (once, for the type rule and the machine rule)
+    expected = opdef.result_types(operand_types, reads, defaults_filled=True)
+    if machine is not None and opdef.machine_rule is not None:
+        opdef.machine_rule(operand_types, reads, machine)
+    if reads.read is not None:  # (not when a rule went through all of them)
+        keys = tuple(sorted(reads.read))
+        seen = known.rules.setdefault(operand_types, [])
+        passed = next((p for k, p in seen if k == keys), None)
+        if passed is None:
+            passed = {}
+            seen.append((keys, passed))
+        passed[tuple([_compare(full.get(k, _GONE)) for k in keys])] = expected
+    return expected
+
+
+class _Reads(Mapping):
+    """A rule's view of an op's attributes, noting which it reads (present or not): `read`, None once the rule
+    asks for all of them (iterates, counts, compares)."""
+
+    __slots__ = ("_attrs", "read")
+
+    def __init__(self, attrs: dict):
+        self._attrs, self.read = attrs, set()
+
+    def _note(self, key):
+        if self.read is not None:
+            self.read.add(key)
+
+    def __getitem__(self, key):
+        self._note(key)
+        return self._attrs[key]
+
+    def get(self, key, default=None):
+        self._note(key)
+        return self._attrs.get(key, default)
+
+    def __contains__(self, key) -> bool:
+        self._note(key)
+        return key in self._attrs
+
+    def _all(self):
+        self.read = None
+        return self._attrs
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def keys(self):
+        return self._all().keys()
+
+    def items(self):
+        return self._all().items()
+
+    def values(self):
+        return self._all().values()
+
+    def __eq__(self, other):
+        return self._all() == other
+
+    __hash__ = None
+
+
+# Fast acceptance of the common attribute kinds (a scheduled program has millions of cycles, extents and
+# streams): each says yes only of values ATTR_KINDS[kind] accepts, and says no to the rest (e.g. a bool, a
+# subclass of int or tuple) for _check_attr to judge (and word the error) as before. Not "chip" / "chips":
+# those are checked against the module's chip count too.
+def _fast_int(v) -> bool:
+    return type(v) is int
+
+
+def _fast_str(v) -> bool:
+    return type(v) is str
+
+
+def _fast_ints(v) -> bool:
+    if type(v) is not tuple:
+        return False
+    for x in v:
+        if type(x) is not int:
+            return False
+    return True
+
+
+def _fast_extents(v) -> bool:
+    if type(v) is not tuple:
+        return False
+    for e in v:
+        if type(e) is not tuple or len(e) != 3:
+            return False
+        a, b, c = e
+        if type(a) is not int or type(b) is not int or type(c) is not int or a < 0 or b < 0 or c < 0:
+            return False
+    return True
+
+
+_FAST_KINDS: dict[str, Callable[[object], bool]] = {
+    "int": _fast_int, "str": _fast_str, "ints": _fast_ints, "extents": _fast_extents}
 
 
 def _check_attr(op: Op, opdef, key: str, value, chips: int | None) -> None:

@@ -271,3 +271,111 @@ def test_machine_rule(rule):
             with pytest.raises(VerifyError) as e:
                 verify(m, machine)
             assert str(e.value).startswith(error), str(e.value)
+
+
+# --- the fast ways hold the same rules ----------------------------------------------------
+
+class _Int(int):
+    pass
+
+
+class _Tuple(tuple):
+    pass
+
+
+def test_fast_kinds_accept_only_what_their_kinds_accept():
+    """Each fast acceptance says yes only where ATTR_KINDS says yes (else the slow way judges, as before), and
+    yes to the common values (else it would not be fast)."""
+    from lpuc.ir.registry import ATTR_KINDS
+    from lpuc.ir.verifier import _FAST_KINDS
+
+    samples = [0, 7, -1, True, False, _Int(3), 1.0, "a", "", None, DType.f32, (), (0,), (1, 2, 3), (True,),
+               (1, 2.0), (1, "2"), _Tuple((1, 2)), (_Int(1),), ((0, 1, 2),), ((0, 1, 2), (3, 4, 5)),
+               ((0, 1, -2),), ((-1, 0, 0),), ((0, 1),), ((0, 1, 2, 3),), ((0, 1, True),), ((0, 1.0, 2),),
+               ([0, 1, 2],), (_Tuple((0, 1, 2)),), ((0, _Int(1), 2),), ((0, 1, 2), 3), [1, 2]]
+    for kind, fast in _FAST_KINDS.items():
+        for v in samples:
+            assert not fast(v) or ATTR_KINDS[kind](v), (kind, v)
+    common = {"int": [0, 7, -1], "str": ["vxm0", ""], "ints": [(), (0,), (1, 57, 58)],
+              "extents": [(), ((0, 8102, 1),), ((16, 3840, 1), (18, 3712, 1))]}
+    for kind, values in common.items():
+        assert all(_FAST_KINDS[kind](v) for v in values), kind
+
+
+SCHEDULED = {"chip": 0, "cycle": 1, "out": ((0, 0, 1),), "streams": (0, 1), "unit": "vxm0"}
+
+
+def scheduled(*changes: dict) -> Module:
+    """host.input, then a vxm.exp per change of SCHEDULED: the same op name, types and chip (one signature)."""
+    a = Value("a", F23)
+    ops = [Op("host.input", (X,), (a,), AttrDict({"name": "x"}))]
+    ops += [Op("vxm.exp", (a,), (Value(f"y{k}", F23),), AttrDict({**SCHEDULED, **change}))
+            for k, change in enumerate(changes)]
+    return module(ops)
+
+
+@pytest.mark.parametrize("key, value, kind", [
+    ("out", ((0, 0, -1),), "extents"),  # a negative word count
+    ("out", ((0, 0),), "extents"),
+    ("out", ((0, 0, True),), "extents"),
+    ("out", (0, 0, 1), "extents"),  # a triple, not a tuple of them
+    ("cycle", True, "int"),  # a bool where an int is wanted
+    ("cycle", 1.0, "int"),
+    ("streams", (0, "1"), "ints"),  # a stream that is no int
+    ("streams", (0, True), "ints"),
+    ("streams", 0, "ints"),
+    ("unit", 0, "str"),
+])
+def test_an_own_attribute_of_the_wrong_kind_is_caught_on_every_op(key, value, kind):
+    """The first op of a signature gets all its rules checked; the next only its own attributes (OWN_ATTRS):
+    both the fast way, both with the message of the slow way."""
+    want = f"attribute {key!r} must be {kind}, got {value!r}"
+    assert verify_error(scheduled({key: value})) == f"%y0 = vxm.exp: {want}"
+    assert verify_error(scheduled({}, {key: value})) == f"%y1 = vxm.exp: {want}"
+    assert verify_error(scheduled({}, {}, {"cycle": 2, key: value})) == f"%y2 = vxm.exp: {want}"
+
+
+def test_what_only_the_slow_way_accepts_is_still_accepted():
+    """Subclasses of int and tuple are of the kinds as before (the fast way leaves them to the slow way)."""
+    m = scheduled({}, {"cycle": _Int(5), "streams": _Tuple((0, 1)), "out": _Tuple(((0, _Int(2), 1),))})
+    assert verify(m) is m
+
+
+WINDOWS = ['%a = host.input %x {name = "x"} : f32[100,640]',
+           "%y = mxm.install %a {chip = 1, size = [100, 320], start = [0, 0]} : f32[100,320]",
+           "%z = mxm.install %a {chip = 2, size = [100, 320], start = [0, 0]} : f32[100,320]"]
+
+
+def test_rules_that_passed_are_remembered_by_the_values_they_read():
+    """A window install on another chip reads the same start and size: it passes as the first did; another
+    window, or a machine where it does not hold, is checked again and fails with its message."""
+    from lpuc.ir.machine import load_machine
+
+    tsp = load_machine("tsp-v1")
+    verify(text_module(*WINDOWS, inputs="input %x : f32[100,640]", output="%z"), tsp)
+    bad = [*WINDOWS, "%w = mxm.install %a {chip = 3, size = [100, 320], start = [0, 160]} : f32[100,320]"]
+    m = text_module(*bad, inputs="input %x : f32[100,640]", output="%w")
+    verify(m)  # (no machine: the window is inside the weight)
+    with pytest.raises(VerifyError) as e:
+        verify(m, tsp)
+    assert str(e.value) == ("%w = mxm.install: a weight tile's window must start on a vector column (320 lanes): "
+                            "160 (operands %a: f32[100,640])")
+    bad = [*WINDOWS, "%w = mxm.install %a {chip = 3, size = [100, 320], start = [0, 0]} : f32[100,640]"]
+    assert verify_error(text_module(*bad, inputs="input %x : f32[100,640]", output="%w")) == \
+        "%w = mxm.install: result %w has type f32[100,640], expected f32[100,320]"
+    bad = [*WINDOWS, "%w = mxm.install %a {chip = 3, size = [100, 320], start = [0, 400]} : f32[100,320]"]
+    assert verify_error(text_module(*bad, inputs="input %x : f32[100,640]", output="%w")) == \
+        "%w = mxm.install: window start [0, 400] size [100, 320] is outside f32[100,640] (operands %a: f32[100,640])"
+
+
+def test_a_rule_reading_all_attributes_is_not_remembered():
+    from lpuc.ir.verifier import _Reads
+
+    reads = _Reads({"a": 1, "b": 2})
+    assert reads.get("a") == 1 and "c" not in reads and reads["b"] == 2
+    assert reads.read == {"a", "b", "c"}
+    assert dict(reads) == {"a": 1, "b": 2} and reads.read is None
+    for ask in (len, list, lambda r: r.items(), lambda r: r.values(), lambda r: r == {}):
+        reads = _Reads({"a": 1})
+        ask(reads)
+        assert reads.read is None
