@@ -36,11 +36,7 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
             raise VerifyError(f"{where()}: value {value} is defined twice")
         defined[value.name] = value.type
 
-    checked = set()  # signatures of ops that passed the op-local rules: layers and tiles repeat them
-    # ... and by the attributes object, when it has no OWN_ATTRS (a pass makes equal attributes one object:
-    # ir.attributes.shared; the module keeps it alive meanwhile): id -> (op name, operand types, result types)
-    passed_with: dict[int, set] = {}
-    memo = _Memo()  # (of check_op)
+    known: dict[str, _Known] = {}  # what check_op learns of each op's definition and rules (see _Known)
     rewrite = rewrite_of(since, module) if since is not None and since.attrs == module.attrs else None
     if rewrite is not None and not rewrite.changed <= set(OWN_ATTRS):
         rewrite = None
@@ -62,19 +58,7 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
             if op.attrs is not was.attrs:
                 check_own_attrs(op, was, changed)
         else:
-            attrs = op.attrs
-            types = (op.name, tuple([v.type for v in operands]), tuple([r.type for r in op.results]))
-            passed = passed_with.get(id(attrs))
-            if passed is None or types not in passed:
-                shared, own_fine = _split_attrs(op, memo)
-                key = (types, shared)
-                if key not in checked:
-                    check_op(op, machine, chips, memo)
-                    checked.add(key)
-                elif not own_fine:  # (the slow way: it raises the error, or accepts what the fast way did not)
-                    check_own_attrs(op)
-                if len(shared) == len(attrs):  # none of its own: other ops may have this object
-                    passed_with.setdefault(id(attrs), set()).add(types)
+            check_op(op, machine, chips, known)
             key = (op.name, tuple([place[v.name] for v in operands]))
             if key not in places_passed:
                 check_places(op, key[1])
@@ -100,37 +84,8 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
 
 
 # The attributes allocation and scheduling give each instruction its own values of: no type or machine rule
-# reads them, so an op whose other attributes, op name and types were checked before needs only these checked.
+# reads them, so of a rewrite changing only these (verify's `since`) only these are checked.
 OWN_ATTRS = ("cycle", "out", "streams", "unit")
-
-
-_OWN = frozenset(OWN_ATTRS)
-
-
-def _shared_attrs(attrs) -> tuple:
-    """An op's attributes but its own (OWN_ATTRS), as they compare (ir.attributes.AttrDict)."""
-    return tuple((k, compare_value(v)) for k, v in attrs.items() if k not in _OWN)
-
-
-def _split_attrs(op: Op, memo: _Memo) -> tuple[tuple, bool]:
-    """(_shared_attrs(op.attrs), whether _FAST_KINDS accepts each of its OWN_ATTRS as an attribute of its op)
-    in one pass over the attributes; if not, check_own_attrs judges."""
-    known = memo.ops.get(op.name)
-    if known is None:
-        opdef = OPS.get(op.name)
-        if opdef is None:  # (check_op says so)
-            return _shared_attrs(op.attrs), False
-        known = memo.of(opdef)
-    fast = known.fast
-    shared, fine = [], True
-    for k, v in op.attrs.items():
-        if k in _OWN:
-            if fine:
-                accept = fast.get(k)
-                fine = accept is not None and accept(v)
-        else:
-            shared.append((k, _compare(v)))
-    return tuple(shared), fine
 
 
 def _compare(v):
@@ -217,29 +172,35 @@ def check_places(op: Op, operand_places) -> None:
             raise VerifyError(f"{op.label()}: operand {v} must be {PLACE_NAMES[want]}, but it is {PLACE_NAMES[got]}")
 
 
-def check_op(op: Op, machine: Machine | None = None, chips: int | None = None, memo: _Memo | None = None) -> None:
+def check_op(op: Op, machine: Machine | None = None, chips: int | None = None,
+             known: dict[str, _Known] | None = None) -> None:
     """The op-local rules: known op, operand count, attributes, result types; with `machine`, the
     op's rules that depend on the machine description; with `chips`, that every chip the op names
-    (its `chip`, a split's `parts`) is one of the module's. `memo`: what checking other ops with this
-    machine learnt (_Memo)."""
-    opdef = OPS.get(op.name)
-    if opdef is None:
-        raise VerifyError(f"{op.label()}: unknown op {op.name}")
+    (its `chip`, a split's `parts`) is one of the module's. `known`: what checking other ops with this
+    machine learnt, by op name (_Known), for checking many ops."""
+    of = known.get(op.name) if known is not None else None
+    if of is None:
+        opdef = OPS.get(op.name)
+        if opdef is None:
+            raise VerifyError(f"{op.label()}: unknown op {op.name}")
+        of = _Known(opdef)
+        if known is not None:
+            known[op.name] = of
+    opdef = of.opdef
     n, lo, hi = len(op.operands), opdef.min_operands, opdef.max_operands
     if n < lo or (hi is not None and n > hi):
         want = f"{lo}" if lo == hi else f"{lo} or more" if hi is None else f"{lo} to {hi}"
         raise VerifyError(f"{op.label()}: takes {want} operands, got {n}")
-    known = (memo if memo is not None else _Memo()).of(opdef)
-    fast = known.fast
-    for key, value in op.attrs.items():
+    attrs, fast = op.attrs, of.fast
+    for key, value in attrs.items():
         accept = fast.get(key)
         if accept is None or not accept(value):  # (the slow way: it raises the error, or accepts)
             _check_attr(op, opdef, key, value, chips)
-    for key in known.required:
-        if key not in op.attrs:
+    for key in of.required:
+        if key not in attrs:
             raise VerifyError(f"{op.label()}: missing attribute {key!r}")
     try:
-        expected = _run_rules(known, tuple([v.type for v in op.operands]), op.attrs, machine)
+        expected = _run_rules(of, op, machine)
     except TypeRuleError as e:
         raise VerifyError(f"{op.label()}: {e} (operands {', '.join(f'{v}: {v.type}' for v in op.operands)})") \
             from None
@@ -250,25 +211,10 @@ def check_op(op: Op, machine: Machine | None = None, chips: int | None = None, m
             raise VerifyError(f"{op.label()}: result {r} has type {r.type}, expected {t}")
 
 
-class _Memo:
-    """What checking ops with one machine learns, by op name (the registry does not change meanwhile)."""
-
-    __slots__ = ("ops",)
-
-    def __init__(self):
-        self.ops: dict[str, _Known] = {}
-
-    def of(self, opdef) -> _Known:
-        known = self.ops.get(opdef.name)
-        if known is None:
-            known = self.ops[opdef.name] = _Known(opdef)
-        return known
-
-
 class _Known:
     """Of an op's definition: the fast acceptance of each attribute of a kind in _FAST_KINDS; the required
-    attributes, in order; the defaults the rules see (OpDef.attrs_with_defaults); and its type and machine
-    rules that passed (see _run_rules)."""
+    attributes, in order; the defaults its rules see (OpDef.attrs_with_defaults); and its type and machine
+    rules that passed, with one machine (see _run_rules). (The registry does not change during a verify.)"""
 
     __slots__ = ("opdef", "fast", "required", "defaults", "rules")
 
@@ -280,20 +226,24 @@ class _Known:
         self.rules: dict[tuple, list] = {}
 
 
-def _run_rules(known: _Known, operand_types: tuple, attrs, machine: Machine | None) -> tuple:
-    """The result types the op's type rule gives, after its machine rule (given `machine`) passed; either raises
-    TypeRuleError. The rules see `attrs` with the defaults filled.
+def _run_rules(known: _Known, op: Op, machine: Machine | None) -> tuple:
+    """The result types the type rule of `op` gives, after its machine rule (given `machine`) passed; either
+    raises TypeRuleError. The rules see the op's attributes with the defaults filled.
     known.rules: by operand types, the attributes the rules read when they passed, each with a table: the
     values they read (as they compare; absent: _GONE) -> the result types. A rule gives the same for the same
     values of what it reads, so an op giving those keys those values passes and gets those results. (A window
-    `mxm.install` reads its start and size, not its chip: the tiles of a model on a hundred chips repeat.)"""
-    defaults = known.defaults
-    seen = known.rules.get(operand_types)
+    `mxm.install` reads its start and size, not its chip: the tiles of a model on a hundred chips repeat.
+    Most machine ops read nothing but their types.)"""
+    attrs, defaults = op.attrs, known.defaults
+    # (the operand types, a type as its shape and dtype's value: equal as the types are, and hashed without
+    # TensorType's and DType's __hash__, Python's: slow for millions of ops)
+    by = tuple([(v.type.shape, v.type.dtype._value_) for v in op.operands])
+    seen = known.rules.get(by)
     for keys, passed in seen or ():
         expected = passed.get(tuple([_compare(attrs.get(k, defaults.get(k, _GONE))) for k in keys]))
         if expected is not None:
             return expected
-    opdef = known.opdef
+    opdef, operand_types = known.opdef, tuple([v.type for v in op.operands])
     full = opdef.attrs_with_defaults(attrs)
     reads = _Reads(full)  # (once, for the type rule and the machine rule)
     expected = opdef.result_types(operand_types, reads, defaults_filled=True)
@@ -301,7 +251,7 @@ def _run_rules(known: _Known, operand_types: tuple, attrs, machine: Machine | No
         opdef.machine_rule(operand_types, reads, machine)
     if reads.read is not None:  # (not when a rule went through all of them)
         keys = tuple(sorted(reads.read))
-        seen = known.rules.setdefault(operand_types, [])
+        seen = known.rules.setdefault(by, [])
         passed = next((p for k, p in seen if k == keys), None)
         if passed is None:
             passed = {}
@@ -394,7 +344,8 @@ def _fast_extents(v) -> bool:
 
 
 _FAST_KINDS: dict[str, Callable[[object], bool]] = {
-    "int": _fast_int, "str": _fast_str, "ints": _fast_ints, "extents": _fast_extents}
+    "int": _fast_int, "str": _fast_str, "ints": _fast_ints, "extents": _fast_extents,
+    "bool": lambda v: type(v) is bool, "float": lambda v: type(v) is float, "dtype": lambda v: type(v) is DType}
 
 
 def _check_attr(op: Op, opdef, key: str, value, chips: int | None) -> None:

@@ -153,8 +153,8 @@ def test_operand_type_differs_from_its_definition():
 
 
 def test_ops_sharing_one_attributes_object_are_each_checked():
-    """A pass makes equal attributes one object (ir.attributes.shared); the verifier checks an op once per op
-    name, attributes and types: another op or other types with the same object are checked again."""
+    """A pass makes equal attributes one object (ir.attributes.shared): another op or other types with the same
+    object are checked again."""
     attrs = AttrDict({"axes": (1,), "keepdims": True})
     f21 = TensorType((2, 1), DType.f32)
     y, z = Value("y", f21), Value("z", F23)
@@ -283,13 +283,17 @@ class _Tuple(tuple):
     pass
 
 
+class _Float(float):
+    pass
+
+
 def test_fast_kinds_accept_only_what_their_kinds_accept():
     """Each fast acceptance says yes only where ATTR_KINDS says yes (else the slow way judges, as before), and
     yes to the common values (else it would not be fast)."""
     from lpuc.ir.registry import ATTR_KINDS
     from lpuc.ir.verifier import _FAST_KINDS
 
-    samples = [0, 7, -1, True, False, _Int(3), 1.0, "a", "", None, DType.f32, (), (0,), (1, 2, 3), (True,),
+    samples = [0, 7, -1, True, False, _Int(3), 1.0, float("nan"), _Float(1.0), "a", "", None, DType.f32, (), (0,), (1, 2, 3), (True,),
                (1, 2.0), (1, "2"), _Tuple((1, 2)), (_Int(1),), ((0, 1, 2),), ((0, 1, 2), (3, 4, 5)),
                ((0, 1, -2),), ((-1, 0, 0),), ((0, 1),), ((0, 1, 2, 3),), ((0, 1, True),), ((0, 1.0, 2),),
                ([0, 1, 2],), (_Tuple((0, 1, 2)),), ((0, _Int(1), 2),), ((0, 1, 2), 3), [1, 2]]
@@ -297,7 +301,8 @@ def test_fast_kinds_accept_only_what_their_kinds_accept():
         for v in samples:
             assert not fast(v) or ATTR_KINDS[kind](v), (kind, v)
     common = {"int": [0, 7, -1], "str": ["vxm0", ""], "ints": [(), (0,), (1, 57, 58)],
-              "extents": [(), ((0, 8102, 1),), ((16, 3840, 1), (18, 3712, 1))]}
+              "extents": [(), ((0, 8102, 1),), ((16, 3840, 1), (18, 3712, 1))], "bool": [True, False],
+              "float": [0.5, -0.0], "dtype": [DType.f32, DType.i8]}
     for kind, values in common.items():
         assert all(_FAST_KINDS[kind](v) for v in values), kind
 
