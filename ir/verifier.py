@@ -1,6 +1,10 @@
 """The verifier: the rules every module obeys, whatever pass produced it.
 
 Each rule raises a VerifyError whose message names the op and the value.
+
+A scheduled program has millions of ops, each checked: its attributes of the common kinds are accepted by
+exact-type tests (_FAST_KINDS; the rest judged, and errors worded, by the registry's ATTR_KINDS), and its
+type and machine rules are remembered by the attribute values they read (_run_rules).
 """
 
 from __future__ import annotations

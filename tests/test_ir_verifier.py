@@ -293,7 +293,8 @@ def test_fast_kinds_accept_only_what_their_kinds_accept():
     from lpuc.ir.registry import ATTR_KINDS
     from lpuc.ir.verifier import _FAST_KINDS
 
-    samples = [0, 7, -1, True, False, _Int(3), 1.0, float("nan"), _Float(1.0), "a", "", None, DType.f32, (), (0,), (1, 2, 3), (True,),
+    samples = [0, 7, -1, True, False, _Int(3), 1.0, float("nan"), _Float(1.0), "a", "", None, DType.f32, (), (0,),
+               (1, 2, 3), (True,),
                (1, 2.0), (1, "2"), _Tuple((1, 2)), (_Int(1),), ((0, 1, 2),), ((0, 1, 2), (3, 4, 5)),
                ((0, 1, -2),), ((-1, 0, 0),), ((0, 1),), ((0, 1, 2, 3),), ((0, 1, True),), ((0, 1.0, 2),),
                ([0, 1, 2],), (_Tuple((0, 1, 2)),), ((0, _Int(1), 2),), ((0, 1, 2), 3), [1, 2]]
@@ -384,3 +385,23 @@ def test_a_rule_reading_all_attributes_is_not_remembered():
         reads = _Reads({"a": 1})
         ask(reads)
         assert reads.read is None
+
+
+def test_rules_remembered_tell_absent_from_default_and_other_values():
+    """An attribute left to its default reads as the default; one absent without a default, or of another
+    value, is checked again."""
+    from lpuc.ir.machine import load_machine
+
+    m = text_module("%a = graph.reduce_max %x {axes = [0], keepdims = true} : f32[1,3]",
+                    "%y = graph.reduce_max %x {axes = [0]} : f32[1,3]")
+    verify(m)
+    m = text_module("%a = graph.reduce_max %x {axes = [0]} : f32[1,3]",
+                    "%y = graph.reduce_max %x {axes = [0], keepdims = false} : f32[1,3]")
+    assert verify_error(m) == "%y = graph.reduce_max: result %y has type f32[1,3], expected f32[3]"
+    whole = [*WINDOWS, "%w = mxm.install %a {chip = 3} : f32[100,640]"]  # (no window: all of the weight)
+    m = text_module(*whole, inputs="input %x : f32[100,640]", output="%w")
+    verify(m)
+    with pytest.raises(VerifyError) as e:
+        verify(m, load_machine("tsp-v1"))
+    assert str(e.value) == ("%w = mxm.install: a weight tile is at most 320 x 320: f32[100,640] "
+                            "(operands %a: f32[100,640])")
