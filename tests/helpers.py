@@ -66,6 +66,21 @@ def run_ort(model: str | Path | onnx.ModelProto, inputs: dict) -> dict[str, np.n
     return dict(zip(names, sess.run(None, {k: v for k, v in inputs.items() if k in wanted})))
 
 
+
+@lru_cache(maxsize=None)
+def ort_int8_is_exact() -> bool:
+    """Whether ONNX Runtime's uint8 x int8 matmuls give the exact int32 sums on this CPU. On x86 without VNNI
+    (AVX2 only, e.g. the AMD EPYC CI runs on) its kernels add pairs of products in int16 with saturation
+    (OpenVINO's docs: "Saturation (overflow) issue"): 255 * 127 * 2 comes out as 32767. There, a quantized
+    model's ONNX Runtime outputs are no reference for lpuc, which sums exactly."""
+    a, b = np.full((4, 2), 255, np.uint8), np.full((2, 4), 127, np.int8)
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [4, 2]),
+                               helper.make_tensor_value_info("b", TensorProto.INT8, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [4, 4])])
+    got = run_ort(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), {"a": a, "b": b})["y"]
+    return bool((got == a.astype(np.int32) @ b.astype(np.int32)).all())
+
 # --- hand-built ONNX models ----------------------------------------------------
 
 def _i64(*v) -> np.ndarray:

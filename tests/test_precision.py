@@ -22,7 +22,7 @@ from lpuc.ir.machine import parse_machine, read_machine
 from lpuc.ir.printer import print_module
 from lpuc.ir.verifier import verify
 
-from helpers import SAMPLES, max_rel_error, run_ort
+from helpers import SAMPLES, max_rel_error, ort_int8_is_exact, run_ort
 
 BOUND = TOLERANCE
 SAMPLE_PATHS = sorted(p for p in SAMPLES.glob("*.onnx") if not p.stem.endswith("_qdq"))
@@ -187,7 +187,8 @@ QDQ = SAMPLES / "quantized" / "bert_prefill_qdq.onnx"
 
 def test_the_qdq_sample_compiles_as_int8_matmuls_and_matches_onnxruntime():
     """onnxruntime's quantize_static (QDQ) model: every matmul imports as int8 with int32 sums, and the
-    program at fp32 (nothing changed: the model's own precision) gives onnxruntime's outputs within 1e-4."""
+    program at fp32 (nothing changed: the model's own precision) gives onnxruntime's outputs within 1e-4: those
+    recorded with the sample, and onnxruntime's on this machine where its int8 sums are exact."""
     graph = load_model(QDQ)[0]
     matmuls = [op for op in graph.ops if op.name == "graph.matmul"]
     assert matmuls and all(op.attrs.get("accumulate") is DType.i32 for op in matmuls)
@@ -195,13 +196,17 @@ def test_the_qdq_sample_compiles_as_int8_matmuls_and_matches_onnxruntime():
     assert all(op.attrs.get("accumulate") is DType.i32 for op in program.module.ops if op.name == "mxm.matmul")
     inputs = _npz(QDQ.with_name("bert_prefill_qdq.inputs.npz"))
     outputs = lpuc.run(program, inputs).outputs
-    live = run_ort(QDQ, inputs)
+    live = run_ort(QDQ, inputs) if ort_int8_is_exact() else {}
     for name, ref in _npz(QDQ.with_name("bert_prefill_qdq.outputs.npz")).items():
-        assert max_rel_error(outputs[name], ref) <= 1e-4 and max_rel_error(outputs[name], live[name]) <= 1e-4
+        assert max_rel_error(outputs[name], ref) <= 1e-4
+        if live:
+            assert max_rel_error(outputs[name], live[name]) <= 1e-4
 
 
 def test_a_dynamically_quantized_model_imports_as_int8_matmuls(tmp_path):
-    """quantize_dynamic: DynamicQuantizeLinear (uint8 activations) and MatMulInteger (int8 weights)."""
+    """quantize_dynamic: DynamicQuantizeLinear (uint8 activations) and MatMulInteger (int8 weights). The program
+    gives the reference evaluator's outputs of the imported graph (exact integer sums) and, where its int8 sums
+    are exact, onnxruntime's."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = tmp_path / "dynamic.onnx"
@@ -209,9 +214,10 @@ def test_a_dynamically_quantized_model_imports_as_int8_matmuls(tmp_path):
     graph = load_model(model)[0]
     assert any(op.attrs.get("accumulate") is DType.i32 for op in graph.ops if op.name == "graph.matmul")
     inputs = _npz(SAMPLES / "gpt2_prefill.inputs.npz")
-    ours, ref = lpuc.run(lpuc.compile(model, chips=1, precision="fp32", scheduler="list"), inputs).outputs, \
-        run_ort(model, inputs)
-    assert max(max_rel_error(ours[k], ref[k]) for k in ref) <= 1e-4
+    ours = lpuc.run(lpuc.compile(model, chips=1, precision="fp32", scheduler="list"), inputs).outputs
+    refs = [evaluate(graph, inputs)] + ([run_ort(model, inputs)] if ort_int8_is_exact() else [])
+    for ref in refs:
+        assert max(max_rel_error(ours[k], ref[k]) for k in ref) <= 1e-4
 
 
 def test_bert_base_at_int8_fits_one_chip(tmp_path):
