@@ -207,7 +207,7 @@ class _Builder(Transformer):
         c = text[0]
         if c == "[":  # numbers, or lists of numbers: json reads them as the rules do (INT, FLOAT), and faster
             try:
-                value, end = _json_scan(text, 0)  # (json.loads without its wrappers: the list is the whole text)
+                value, _ = _json_scan(text, 0)  # (json.loads without its wrappers: the list is the whole text)
             except (StopIteration, ValueError):  # (inf, nan, 1.)
                 inner = re.findall(r"\[[^\[\]]*\]", text[1:])
                 return tuple(tuple(_numbers(i)) for i in inner) if inner else tuple(_numbers(text))
@@ -463,8 +463,8 @@ def _terminal(name: str) -> str:
 
 _V, _TYPE = _terminal("VALUE"), _terminal("TYPE")
 _LINE = re.compile(rf"(?P<RESULTS>{_V}(?: *, *{_V})* *=) *(?P<OP_NAME>{_terminal('OP_NAME')})"
-                   rf"(?: *(?P<VALUES>{_V}(?: *, *{_V})*))? *(?:\{{(?P<attrs>.*)\}})? *: *(?P<TYPES>{_TYPE}(?: *, *{_TYPE})*)$",
-                   re.S)
+                   rf"(?: *(?P<VALUES>{_V}(?: *, *{_V})*))? *(?:\{{(?P<attrs>.*)\}})?"
+                   rf" *: *(?P<TYPES>{_TYPE}(?: *, *{_TYPE})*)$", re.S)
 _STRING = _terminal("STRING")
 # an attribute: its name, its value (a list, a string or a tensor as a whole; else up to the next comma)
 _LINE_ATTR = re.compile(rf"({_ATTR_NAME}) *= *({_STRING}|tensor *< *{_TYPE} *, *(?:{_STRING}|\[[^\]]*\]) *>"
