@@ -47,9 +47,9 @@ from __future__ import annotations
 
 import hashlib
 import mmap
-from array import array
 import re
 import time
+from array import array
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
