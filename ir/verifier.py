@@ -120,10 +120,7 @@ def check_own_attrs(op: Op, was: Op | None = None, keys: tuple[str, ...] = OWN_A
     for key in keys:
         value = attrs.get(key, _GONE)
         if value is not _GONE and (was is None or value is not was.attrs.get(key)):
-            spec = opdef.attrs.get(key)
-            fast = _FAST_KINDS.get(spec.kind) if spec is not None else None
-            if fast is None or not fast(value):  # (the slow way: it raises the error, or accepts)
-                _check_attr(op, opdef, key, value, None)
+            _check_attr(op, opdef, key, value, None)
 
 
 _GONE = object()
@@ -195,11 +192,9 @@ def check_op(op: Op, machine: Machine | None = None, chips: int | None = None,
     if n < lo or (hi is not None and n > hi):
         want = f"{lo}" if lo == hi else f"{lo} or more" if hi is None else f"{lo} to {hi}"
         raise VerifyError(f"{op.label()}: takes {want} operands, got {n}")
-    attrs, fast = op.attrs, of.fast
+    attrs = op.attrs
     for key, value in attrs.items():
-        accept = fast.get(key)
-        if accept is None or not accept(value):  # (the slow way: it raises the error, or accepts)
-            _check_attr(op, opdef, key, value, chips)
+        _check_attr(op, opdef, key, value, chips)
     for key in of.required:
         if key not in attrs:
             raise VerifyError(f"{op.label()}: missing attribute {key!r}")
@@ -216,15 +211,13 @@ def check_op(op: Op, machine: Machine | None = None, chips: int | None = None,
 
 
 class _Known:
-    """Of an op's definition: the fast acceptance of each attribute of a kind in _FAST_KINDS; the required
-    attributes, in order; the defaults its rules see (OpDef.attrs_with_defaults); and its type and machine
+    """Of an op's definition: the required attributes, in order; the defaults its rules see (OpDef.attrs_with_defaults); and its type and machine
     rules that passed, with one machine (see _run_rules). (The registry does not change during a verify.)"""
 
-    __slots__ = ("opdef", "fast", "required", "defaults", "rules")
+    __slots__ = ("opdef", "required", "defaults", "rules")
 
     def __init__(self, opdef):
         self.opdef = opdef
-        self.fast = {k: _FAST_KINDS[s.kind] for k, s in opdef.attrs.items() if s.kind in _FAST_KINDS}
         self.required = tuple(k for k, s in opdef.attrs.items() if s.required)
         self.defaults = opdef.attrs_with_defaults({})
         self.rules: dict[tuple, list] = {}
@@ -356,6 +349,9 @@ def _check_attr(op: Op, opdef, key: str, value, chips: int | None) -> None:
     spec = opdef.attrs.get(key)
     if spec is None:
         raise VerifyError(f"{op.label()}: unknown attribute {key!r}")
+    fast = _FAST_KINDS.get(spec.kind)
+    if fast is not None and fast(value):  # (else ATTR_KINDS judges it, and words the error)
+        return
     if not ATTR_KINDS[spec.kind](value):
         raise VerifyError(f"{op.label()}: attribute {key!r} must be {spec.kind}, got {value!r}")
     if chips is not None and spec.kind in ("chip", "chips") \
