@@ -9,7 +9,10 @@ sorted order, a fixed timestamp, no extra fields, no pickle anywhere. Members:
                  weights, sha256 of every other part
   program.ir     the scheduled module as IR text (large constants by reference;
                  with weights, each mem.constant's `sha256` is that of its words
-                 in the image, so a run can check the image against the program)
+                 in the image, so a run can check the image against the program);
+                 a repeated layer's part written once, as a template, and a
+                 `stamp` line for each of its pieces (ir.pieces; format 4: a
+                 program without pieces is written as format 3)
   machine.toml   the machine description's text (a run needs no local files)
   image.json     the initial SRAM image's index: [[chip, slice, first word, words], ...]
                  sorted; one entry per extent of every `mem.constant`
@@ -64,7 +67,9 @@ from ..ir.verifier import verify
 from .state import State
 
 FORMAT = "lpu"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4  # 4: program.ir may hold templates and their stamps (ir.pieces)
+PLAIN_VERSION = 3   # what a program without them is written as: the oldest version that reads it
+READS = (PLAIN_VERSION, FORMAT_VERSION)
 PARTS = ("image.bin", "image.json", "machine.toml", "manifest.json", "program.ir")
 HASHED = tuple(p for p in PARTS if p != "manifest.json")
 
@@ -168,8 +173,9 @@ def _build_image(module: Module, lanes: int, weights: bool) -> tuple[Module, dic
                 image[chip, s, w] = _frozen(data[pos:pos + k])
                 owner[chip, s, w] = op.label()
             pos += k
-    # (without weights no op changes: the module is the same, and so are its facts)
-    return module.replace(ops=tuple(ops)) if weights else module, dict(sorted(image.items()))
+    # (without weights no op changes: the module is the same, and so are its facts; with them, constants take
+    # their sha256, a function of their value: a piece's ops stay its template's stamped)
+    return module.replace(ops=tuple(ops), pieces=module.pieces) if weights else module, dict(sorted(image.items()))
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -198,7 +204,7 @@ def build_program(module: Module, machine_text: str, options: Mapping[str, Any] 
     facts = describe(module, target)
     manifest = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if module.pieces else PLAIN_VERSION,
         "lpuc_version": _tool_version(),
         "machine": machine.name,
         "module": module.name,
@@ -471,9 +477,9 @@ def _manifest(raw: bytes, where: str) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise LpuFormatError(f"{where}: not a .lpu file (its manifest does not say format \"{FORMAT}\")")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise LpuFormatError(f"{where}: .lpu format version {version!r}; this lpuc reads version {FORMAT_VERSION} "
-                             "(recompile the model)")
+    if version not in READS or isinstance(version, bool):
+        raise LpuFormatError(f"{where}: .lpu format version {version!r}; this lpuc reads versions "
+                             f"{' and '.join(map(str, READS))} (recompile the model)")
     for key, kind in _MANIFEST_KEYS.items():
         value = manifest.get(key)
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
@@ -535,7 +541,7 @@ def _bind_constants(module: Module, image: dict[tuple[int, int, int], np.ndarray
         c, s, w = extra[0]
         at = f"chip {c} slice {s}" if c else f"slice {s}"
         raise LpuFormatError(f"{where}: the SRAM image holds words at {at} word {w} that no constant names")
-    return module.replace(ops=tuple(ops))
+    return module.replace(ops=tuple(ops), pieces=module.pieces)  # (constants' data bound: equal values stay equal)
 
 
 def _loader(chunks, t, lanes: int):

@@ -44,6 +44,7 @@ from ..ir import machine_ops as mo
 from ..ir import Module
 from ..ir.costs import units
 from ..ir.machine import Machine
+from ..ir.pieces import find_pieces
 from ..ir.target import Target
 from ..ir.registry import LINK, OPS, PLANE
 from ..ir.schedule_facts import Facts, Instruction, describe, view_bases
@@ -284,6 +285,9 @@ class ScheduleResult:
     proven_bound: int = 0               # a solver's proven bound on the optimum (0: none)
     solver_status: str = ""             # a solver's: optimal / feasible / skipped / windowed: ... ("": no solver)
     list_cycles: int = 0                # a solver's warm start: the list schedule's length (0: no solver)
+    # per template (compiler.templates), its pieces' op indices, in program order: the module records those
+    # that are their template stamped (ir.pieces)
+    templates: tuple[tuple[tuple[int, ...], ...], ...] = ()
     # wall-clock, reported only: it never decides anything, and two equal schedules are equal whatever it says
     solve_seconds: float = field(default=0.0, compare=False)
 
@@ -820,13 +824,19 @@ def schedule_result(module: Module, program: Program, machine: Machine,
 
 
 def apply_schedule(module: Module, result: ScheduleResult) -> Module:
-    """Write cycle / unit / streams and order the ops by (cycle, program order)."""
+    """Write cycle / unit / streams and order the ops by (cycle, program order); record the templates' pieces
+    that are their template stamped (ir.pieces)."""
     ops = []
     for i, (op, p) in enumerate(zip(module.ops, result.placements, strict=True)):
         changes = {"cycle": p.cycle} if p.unit is None else {"cycle": p.cycle, "unit": p.unit, "streams": p.streams}
         ops.append((p.cycle, i, type(op)(op.name, op.operands, op.results, op.attrs.updated(changes))))
     ops.sort(key=lambda x: (x[0], x[1]))
-    return module.replace(ops=tuple(op for _, _, op in ops))
+    position = [0] * len(ops)
+    for k, (_, i, _) in enumerate(ops):
+        position[i] = k
+    ordered = tuple(op for _, _, op in ops)
+    groups = [[sorted(position[i] for i in piece) for piece in group] for group in result.templates]
+    return module.replace(ops=ordered, pieces=find_pieces(ordered, groups))
 
 
 __all__ = ["ListScheduler", "Placement", "Program", "ScheduleResult", "Scheduler", "analyze", "apply_schedule",

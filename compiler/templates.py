@@ -37,8 +37,9 @@ schedule reused:
   in the block (the layer's past K/V): it streams ahead of the layers instead of waiting for its block.
 - Unit instances, planes and stream registers are assigned from the cycles at the end, as after CP-SAT.
 
-The result is an ordinary schedule: the verifier and the interpreter check it like any other. Templates
-are in the compiler only; the .lpu holds the stamped program (its size is that of the program either way).
+The result is an ordinary schedule: the verifier and the interpreter check it like any other. The pieces
+that are their template stamped exactly (ir.pieces: the same ops at another cycle, chip, units, stream
+registers and value names) are recorded in the module, so that the .lpu writes each template once.
 Deterministic: pieces, templates and stamps in program order; the solver as in schedule_cpsat.
 """
 
@@ -314,6 +315,9 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
     if progress:
         progress("templates: unit instances and the lower bounds")
     stats = TemplateStats(stamped, len(rel_of), boundary)
+    pieces_of: dict[int, list[tuple[int, ...]]] = defaultdict(list)
+    for seg in segments[:n_pieces]:
+        pieces_of[seg.template].append(tuple(seg.members))
     # the assignment and the bounds below take as much memory again as the stamping did: let go of its
     # structures first
     del uses, uses_of, segments, segment_of, seg_preds, seg_succs, shapes, rel_of, lines, by_index, pair_of, holds_of
@@ -323,7 +327,8 @@ def template_schedule(module: Module, target: Target, blocks: tuple[tuple[int, .
               + (f"; CP-SAT: {solves} models solved (at most {options.max_windows} in all, the heaviest templates "
                  f"first), {improved} templates shortened, {at_bound} at their bound already"
                  if options is not None else ""))
-    return replace(result, solver_status=status, solve_seconds=time.perf_counter() - t_start), stats
+    return replace(result, solver_status=status, solve_seconds=time.perf_counter() - t_start,
+                   templates=tuple(tuple(g) for _, g in sorted(pieces_of.items()) if len(g) > 1)), stats
 
 
 def _segments(blocks, program: Program, by_index, pair_of) -> tuple[list[_Segment], int]:

@@ -107,6 +107,14 @@ class AttrDict(Mapping):
         new._dict = {k: d[k] for k in sorted(d)}
         return new
 
+    def replaced(self, changes: dict[str, Any]) -> "AttrDict":
+        """These attributes with some of their values replaced (keys they have, values that are attribute values
+        by construction: ir.pieces stamps millions of ops), not checked again."""
+        new = AttrDict.__new__(AttrDict)
+        new._dict = {**self._dict, **changes}  # (same keys: still in sorted order)
+        new._hash = None
+        return new
+
     def __getitem__(self, key):
         return self._dict[key]
 

@@ -1,8 +1,9 @@
 """The IR's data structures: Value, Op, Block, Module. All frozen and hashable.
 
 A Block is a flat SSA list (as a jaxpr): its inputs, its ops in order, and its
-named outputs. A Module is a named Block plus module-level attributes. Passes
-build new modules rather than mutate old ones.
+named outputs; and which of its ops are stamped copies of one template (its pieces,
+ir.pieces: a model's repeated layers, scheduled once). A Module is a named Block plus
+module-level attributes. Passes build new modules rather than mutate old ones.
 """
 
 from __future__ import annotations
@@ -62,17 +63,30 @@ class Op:
 
 
 @dataclass(frozen=True, slots=True)
+class Piece:
+    """Ops of a block that are a template's ops stamped elsewhere (ir.pieces): `ops`, ascending indices into
+    the block's ops, are template `template`'s ops, in order, at other cycles, on another chip, on other
+    units and stream registers, with other value names. A template's ops are those of its first piece."""
+
+    template: int
+    ops: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Block:
-    """A flat SSA list: inputs, ops in program order, and named outputs."""
+    """A flat SSA list: inputs, ops in program order, and named outputs; `pieces`, in order of their first
+    op, are made by ir.pieces (which checks that each is its template stamped) or read from text."""
 
     inputs: tuple[Value, ...]
     ops: tuple[Op, ...]
     outputs: tuple[tuple[str, Value], ...]
+    pieces: tuple[Piece, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "inputs", tuple(self.inputs))
         object.__setattr__(self, "ops", tuple(self.ops))
         object.__setattr__(self, "outputs", tuple((str(n), v) for n, v in self.outputs))
+        object.__setattr__(self, "pieces", tuple(self.pieces))
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)  # (ir.rewrite remembers modules weakly)
@@ -101,13 +115,19 @@ class Module:
     def outputs(self) -> tuple[tuple[str, Value], ...]:
         return self.block.outputs
 
+    @property
+    def pieces(self) -> tuple[Piece, ...]:
+        return self.block.pieces
+
     def replace(self, **changes: Any) -> "Module":
-        """A copy with some of name / block / attrs / inputs / ops / outputs replaced."""
+        """A copy with some of name / block / attrs / inputs / ops / outputs / pieces replaced. New ops drop
+        the pieces unless `pieces` is given too (they may be no template's stamps any more)."""
         block = changes.pop("block", self.block)
-        parts = {k: changes.pop(k) for k in ("inputs", "ops", "outputs") if k in changes}
+        parts = {k: changes.pop(k) for k in ("inputs", "ops", "outputs", "pieces") if k in changes}
         if parts:
             block = Block(parts.get("inputs", block.inputs), parts.get("ops", block.ops),
-                          parts.get("outputs", block.outputs))
+                          parts.get("outputs", block.outputs),
+                          parts.get("pieces", () if "ops" in parts else block.pieces))
         return Module(changes.pop("name", self.name), block, changes.pop("attrs", self.attrs))
 
     def __str__(self) -> str:

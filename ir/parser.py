@@ -19,6 +19,7 @@ Errors are `ParseError`s reading `file:line:column: message`.
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 import re
 import threading
@@ -32,8 +33,9 @@ from lark.lexer import Lexer, PatternRE, PatternStr
 
 from .attributes import AttrDict, Tensor
 from .collector import collector_paused
-from .core import Block, Module, Op, Value
+from .core import NAME_RE, Block, Module, Op, Piece, Value
 from .errors import ParseError
+from .pieces import Stamp, Template
 from .types import DType, TensorType
 
 _DTYPES = {d.value: d for d in DType}
@@ -48,7 +50,7 @@ _EXPECTED = {
     "LBRACE": "'{'", "RBRACE": "'}'", "LSQB": "'['", "RSQB": "']'", "COMMA": "','", "COLON": "':'",
     "EQUAL": "'='", "LESSTHAN": "'<'", "MORETHAN": "'>'", "MODULE": "'module'", "INPUT": "'input'",
     "OUTPUT": "'output'", "ATTRIBUTES": "'attributes'", "TENSOR": "'tensor'", "TRUE": "'true'",
-    "FALSE": "'false'", "$END": "end of input",
+    "FALSE": "'false'", "TEMPLATE": "'template'", "STAMP": "'stamp'", "$END": "end of input",
 }
 
 
@@ -142,6 +144,12 @@ class _Builder(Transformer):
         self.blobs = blobs
         self.values: dict[str, Value] = {}
         self.inputs, self.ops, self.outputs = [], [], []
+        self.templates: dict[int, Template] = {}
+        self.template: tuple | None = None  # while a template's ops are read: (its number, token, the module's
+                                            # values and ops, put aside)
+        self.pieces: list[Piece] = []
+        # the stamps' ops still to come, each stamp's next: (its position, piece, its ops, positions, token)
+        self.pending: list[tuple] = []
 
     def _define(self, name: str, ttype: TensorType, token: Token) -> Value:
         """Define %name (spelled in `token`, which may hold a list of values)."""
@@ -154,7 +162,71 @@ class _Builder(Transformer):
         try:
             return self.values[name]
         except KeyError:
+            if self.template is not None:  # a template's operand from outside it: each stamp names its own
+                return _value(name, _OUTSIDE)
             raise _Error(token.start_pos + _find(token, name), f"use of undefined value %{name}") from None
+
+    # pieces (ir.pieces): templates, and stamps of them
+    def template_head(self, c):
+        number = c[0]
+        if int(number) in self.templates:
+            raise _Error(number.start_pos, f"template {int(number)} is defined twice")
+        # its ops are read into a list of their own, its values into a namespace of their own
+        self.template = (int(number), number, self.values, self.ops)
+        self.values, self.ops = {}, []
+
+    def template_stmt(self, c):
+        n, token, self.values, ops = self.template
+        ops, self.ops, self.template = self.ops, ops, None
+        if not ops:
+            raise _Error(token.start_pos, f"template {n} has no ops")
+        self.templates[n] = Template(ops)
+
+    def stamp_line(self, c):
+        """A STAMP_LINE token: its template's number and its attributes, read as an OP_LINE's are."""
+        line = c[0]
+        m = _STAMP_LINE.match(line)
+        number = _token("INT", m.group(1), line.start_pos + m.start(1))
+        self.stamp_stmt([number, self._line_attrs(m.group(2), line.start_pos + m.start(2))])
+
+    def stamp_stmt(self, c):
+        token, attrs = c
+        n, at = int(token), token.start_pos
+        template = self.templates.get(n)
+        if template is None:
+            raise _Error(at, f"stamp of template {n}, which is not defined")
+        stamp = _stamp_of(template, n, attrs, at)
+        ranks = attrs.get("ranks")
+        if not isinstance(ranks, tuple) or len(ranks) != len(template.ops) \
+                or not all(type(r) is int for r in ranks):
+            raise _Error(at, f"stamp of template {n}: `ranks` must list the positions of its {len(template.ops)} ops")
+        self._due()
+        if ranks[0] < len(self.ops) or any(a >= b for a, b in zip(ranks, ranks[1:])):
+            raise _Error(at, f"stamp of template {n}: `ranks` must rise from at least {len(self.ops)} (the ops "
+                             "before it)")
+        use, define = functools.partial(self._use, token=token), functools.partial(self._define, token=token)
+        heapq.heappush(self.pending, (ranks[0], len(self.pieces), template.stamp(stamp, use, define),
+                                      iter(ranks[1:]), token))
+        self.pieces.append(Piece(n, ranks))
+
+    def _due(self):
+        """Make the stamps' ops whose turn has come (their position is the next)."""
+        pending, ops = self.pending, self.ops
+        while pending and pending[0][0] == len(ops):
+            _, k, stamped, ranks, token = heapq.heappop(pending)
+            ops.append(next(stamped))
+            rank = next(ranks, None)
+            if rank is not None:
+                heapq.heappush(pending, (rank, k, stamped, ranks, token))
+
+    def _flush(self):
+        """Make the stamps' ops still to come: the ops end here."""
+        self._due()
+        if self.pending:
+            rank, _, _, _, token = self.pending[0]
+            raise _Error(token.start_pos, f"stamp of template {int(token)}: an op at position {rank}, but "
+                         + (f"the module has {len(self.ops)} ops before it" if rank > len(self.ops) else
+                            "another op is there"))
 
     # statements
     def input_stmt(self, c):
@@ -163,6 +235,7 @@ class _Builder(Transformer):
 
     def output_stmt(self, c):
         name, value = c
+        self._flush()
         self.outputs.append((_string(name, name.start_pos), self._use(value[1:], value)))
 
     def op_stmt(self, parts):
@@ -232,14 +305,18 @@ class _Builder(Transformer):
         if len(result_names) != len(type_texts):
             raise _Error(name.start_pos,
                          f"{name} has {len(result_names)} result(s) but {len(type_texts)} result type(s)")
+        if self.pending:  # (a stamp's ops first, where theirs is the next position)
+            self._due()
         use, define = self._use, self._define
         args = tuple([use(n, operands) for n in _names(operands)]) if operands is not None else ()
         outs = tuple([define(n, parse_type(t), results) for n, t in zip(result_names, type_texts)])
         self.ops.append(Op(str(name), args, outs, attrs))
 
     def start(self, c):
+        self._flush()
         attrs = c[1] if len(c) > 1 and type(c[1]) is AttrDict else _NO_ATTRS
-        return Module(c[0][1:], Block(self.inputs, self.ops, self.outputs), attrs)
+        pieces = sorted(self.pieces, key=lambda p: p.ops[0])
+        return Module(c[0][1:], Block(self.inputs, self.ops, self.outputs, pieces), attrs)
 
     def module_attrs(self, c):
         return c[0]
@@ -330,6 +407,55 @@ class _Builder(Transformer):
 
 
 _ATTR_NAME = r"[a-z_][a-z0-9_]*"  # grammar.lark's ATTR_NAME
+
+
+_OUTSIDE = TensorType((), DType.f32)  # a template operand's type while the template is read (a stamp's is its own)
+
+
+def _ints(items) -> bool:
+    return all(type(x) is int for x in items)
+
+
+def _stamp_of(template: Template, n: int, attrs: AttrDict, at: int) -> Stamp:
+    """The Stamp a stamp statement's attributes describe: with `ranks` alone, the template's own ops; `out` only
+    where an op's is not its template op's."""
+    keys = set(attrs) - {"ranks"}
+    if not keys:
+        return template.identity()
+    want = {"cycle", "values", "units", "streams"} | ({"chip"} if template.chip is not None else set())
+    if keys - {"out"} != want:
+        raise _Error(at, f"stamp of template {n}: give {', '.join(sorted(want | {'ranks'}))} (or `ranks` alone, for "
+                         f"the template's own ops); it has {', '.join(sorted(attrs))}")
+    values, units, streams = attrs["values"], attrs["units"], attrs["streams"]
+    names = values.split() if type(values) is str else ()
+    units = tuple(None if u == "-" else u for u in units.split()) if type(units) is str else None
+    checks = ((type(attrs["cycle"]) is int, "`cycle` must be an integer (added to each op's)"),
+              (template.chip is None or type(attrs["chip"]) is int, "`chip` must be an integer"),
+              (len(names) == len(template.values) and all(map(NAME_RE.fullmatch, names)),
+               f"`values` must name its {len(template.values)} values, separated by spaces"),
+              (units is not None and len(units) == len(template.ops)
+               and all((u is None) == ("unit" not in t.attrs) for u, t in zip(units, template.ops)),
+               f"`units` must name the unit of each of its {len(template.ops)} ops, separated by spaces (- for an "
+               "op without)"),
+              (isinstance(streams, tuple) and len(streams) == len(template.ops)
+               and all(isinstance(x, tuple) and len(x) == len(t.attrs.get("streams", ())) and _ints(x)
+                       for x, t in zip(streams, template.ops)),
+               f"`streams` must give the stream registers of each of its {len(template.ops)} ops"))
+    out = attrs.get("out")
+    if out is not None:
+        out = _tuples(out)
+        checks += ((len(out) == len(template.ops) and all(isinstance(x, tuple) and bool(x) == ("out" in t.attrs)
+                                                           for x, t in zip(out, template.ops)),
+                    f"`out` must give the `out` of each of its {len(template.ops)} ops ([] for an op without)"),)
+    for ok, message in checks:
+        if not ok:
+            raise _Error(at, f"stamp of template {n}: {message}")
+    return Stamp(attrs["cycle"], attrs.get("chip"), tuple(names), units, streams, out)
+
+
+def _tuples(x):
+    """Lists as tuples, all the way down (json reads lists)."""
+    return tuple(map(_tuples, x)) if isinstance(x, (list, tuple)) else x
 
 
 @functools.lru_cache(maxsize=1024)
@@ -468,8 +594,9 @@ _LINE = re.compile(rf"(?P<RESULTS>{_V}(?: *, *{_V})* *=) *(?P<OP_NAME>{_terminal
 _STRING = _terminal("STRING")
 # an attribute: its name, its value (a list, a string or a tensor as a whole; else up to the next comma)
 _LINE_ATTR = re.compile(rf"({_ATTR_NAME}) *= *({_STRING}|tensor *< *{_TYPE} *, *(?:{_STRING}|\[[^\]]*\]) *>"
-                        rf"|\[(?:[^\[\]]|\[[^\]]*\])*\]|[^ ,]+)")
+                        rf"|\[(?:[^\[\]]|\[(?:[^\[\]]|\[[^\]]*\])*\])*\]|[^ ,]+)")  # (lists three deep: a stamp's `out`)
 _json_scan = json.JSONDecoder().scan_once
+_STAMP_LINE = re.compile(r"stamp +(-?[0-9]+) *\{(.*)\}$", re.S)
 _LINE_TENSOR = re.compile(rf"tensor *< *(?P<type>{_TYPE}) *, *(?P<body>.*?) *>$", re.S)
 
 _progress: list = [None]  # parse()'s `progress`, for the lexer (the parser is one, behind _lock)
@@ -502,7 +629,8 @@ def _describe(e: UnexpectedInput, text: str, filename: str) -> str:
         where = _where(text, e.pos_in_stream)
         found = repr(e.token.value) if isinstance(e, UnexpectedToken) else repr(text[e.pos_in_stream])
     expected = e.expected if isinstance(e, (UnexpectedToken, UnexpectedEOF)) else (e.allowed or set())
-    names = sorted({_EXPECTED.get(t, t.lower()) for t in expected if t != "OP_LINE"})  # (a form of RESULTS ...)
+    names = sorted({_EXPECTED.get(t, t.lower()) for t in expected
+                    if t not in ("OP_LINE", "STAMP_LINE")})  # (forms of RESULTS ... and of 'stamp' ...)
     if len(names) > 6:
         names = names[:6] + ["..."]
     return f"{filename}:{where}: unexpected {found}; expected {' or '.join(names) or 'something else'}"

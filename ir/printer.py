@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from .attributes import AttrDict, Tensor
-from .core import Module, Op
+from .core import Module, Op, Piece
+from .pieces import templates
 from .types import DType
 
 
@@ -114,11 +115,57 @@ def print_lines(m: Module) -> Iterator[str]:
     if m.attrs:
         head += " attributes " + format_attrs(m.attrs)
     yield head + " {\n"
+    texts: dict[int, str] = {}
+    for n, template in templates(m.ops, m.pieces).items():
+        yield f"  template {n} {{\n"
+        for op in template.ops:
+            yield "    " + format_op(op, texts) + "\n"
+        yield "  }\n"
     for v in m.inputs:
         yield f"  input %{v.name} : {v.type}\n"
-    texts: dict[int, str] = {}
-    for op in m.ops:
-        yield "  " + format_op(op, texts) + "\n"
+    if m.pieces:
+        yield from _pieces_lines(m, texts)
+    else:
+        for op in m.ops:
+            yield "  " + format_op(op, texts) + "\n"
     for name, v in m.outputs:
         yield f"  output {json.dumps(name)} = %{v.name}\n"
     yield "}\n"
+
+
+def _pieces_lines(m: Module, texts: dict[int, str]) -> Iterator[str]:
+    """The ops of a module with pieces: a piece's as a `stamp` statement where its first op is, the others as
+    they are."""
+    of_template = templates(m.ops, m.pieces)
+    starts = {p.ops[0]: p for p in m.pieces}
+    stamped = bytearray(len(m.ops))
+    for p in m.pieces:
+        for i in p.ops:
+            stamped[i] = 1
+    seen: set[int] = set()  # templates whose first piece is written
+    for i, op in enumerate(m.ops):
+        p = starts.get(i)
+        if p is not None:
+            yield "  " + _stamp_line(p, of_template[p.template], m, p.template in seen) + "\n"
+            seen.add(p.template)
+        if not stamped[i]:
+            yield "  " + format_op(op, texts) + "\n"
+
+
+def _lists(lists) -> str:
+    return "[" + ", ".join("[" + ", ".join(map(str, x)) + "]" for x in lists) + "]"
+
+
+def _stamp_line(piece: Piece, template, m: Module, stamped: bool) -> str:
+    """`stamp N {...}`: the template's own ops (its first piece) by their positions alone, any other piece by
+    its Stamp too."""
+    ranks = "[" + ", ".join(map(str, piece.ops)) + "]"
+    if not stamped:
+        return f"stamp {piece.template} {{ranks = {ranks}}}"
+    s = template.stamp_of([m.ops[i] for i in piece.ops])
+    if s is None:
+        raise ValueError(f"piece at op {piece.ops[0]} is not template {piece.template} stamped")
+    chip = "" if s.chip is None else f"chip = {s.chip}, "
+    out = "" if s.out is None else f"out = {format_attr(s.out)}, "
+    return (f"stamp {piece.template} {{{chip}cycle = {s.cycle}, {out}ranks = {ranks}, streams = {_lists(s.streams)}, "
+            f"units = {format_attr(' '.join(u or '-' for u in s.units))}, values = {format_attr(' '.join(s.values))}}}")

@@ -52,6 +52,11 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
         define(v, lambda: f"input {v}")
         place[v.name] = HOST
     places_passed = set()  # (op name, its operands' places) that passed check_places
+    # a template's ops first (ir.pieces): then each stamp of one needs only what it has of its own
+    template_of, templates = _template_ops(module)
+    if rewrite is None:
+        for i in templates:
+            check_op(module.ops[i], machine, chips, known)
     for j, op in enumerate(module.ops):
         operands = op.operands
         for v in operands:
@@ -62,7 +67,11 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
             if op.attrs is not was.attrs:
                 check_own_attrs(op, was, changed)
         else:
-            check_op(op, machine, chips, known)
+            template = template_of[j]
+            if template is not None:
+                _check_stamped(op, template, machine, known)
+            elif j not in templates:
+                check_op(op, machine, chips, known)
             key = (op.name, tuple([place[v.name] for v in operands]))
             if key not in places_passed:
                 check_places(op, key[1])
@@ -90,6 +99,42 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
 # The attributes allocation and scheduling give each instruction its own values of: no type or machine rule
 # reads them, so of a rewrite changing only these (verify's `since`) only these are checked.
 OWN_ATTRS = ("cycle", "out", "streams", "unit")
+
+
+# What a stamp of a template (ir.pieces) changes in its ops besides value names: no type or machine rule reads
+# them, so a stamped op is its template's op checked again for these only.
+STAMPED_ATTRS = ("chip", "cycle", "out", "streams", "unit")
+
+
+def _template_ops(module: Module) -> tuple[list[Op | None], set[int]]:
+    """(per op, when it is a piece's op but not of its template's own piece, the template's op it stamps (ir.pieces);
+    the indices of the templates' own ops)."""
+    out: list[Op | None] = [None] * len(module.ops)
+    first: dict[int, tuple[int, ...]] = {}
+    for piece in module.pieces:
+        template = first.setdefault(piece.template, piece.ops)
+        if template is not piece.ops:
+            for i, t in zip(piece.ops, template):
+                out[i] = module.ops[t]
+    return out, {i for ops in first.values() for i in ops}
+
+
+def _check_stamped(op: Op, template: Op, machine: Machine | None, known: dict[str, _Known]) -> None:
+    """An op stamped from `template`, which passed check_op: the same op (ir.pieces) but for its value names and
+    STAMPED_ATTRS. Its operands must have the template's types (then its rules give what they gave there, unless
+    they read what the stamp changed) and its STAMPED_ATTRS be of their kinds."""
+    of = known[op.name]
+    for v, t in zip(op.operands, template.operands):
+        if v.type is not t.type and v.type != t.type:
+            raise VerifyError(f"{op.label()}: operand {v} has type {v.type}, but in the template it stamps "
+                              f"({template.label()}) it has {t.type}")
+    attrs, was = op.attrs, template.attrs
+    for key in STAMPED_ATTRS:
+        value = attrs.get(key, _GONE)
+        if value is not _GONE and value is not was[key]:
+            _check_attr(op, of.opdef, key, value, None)
+    if of.reads_stamped:  # (no rule of the registry does: see _run_rules)
+        check_op(op, machine, None, {op.name: of})
 
 
 def _compare(v):
@@ -214,13 +259,14 @@ class _Known:
     """Of an op's definition: the required attributes, in order; the defaults its rules see (OpDef.attrs_with_defaults); and its type and machine
     rules that passed, with one machine (see _run_rules). (The registry does not change during a verify.)"""
 
-    __slots__ = ("opdef", "required", "defaults", "rules")
+    __slots__ = ("opdef", "required", "defaults", "rules", "reads_stamped")
 
     def __init__(self, opdef):
         self.opdef = opdef
         self.required = tuple(k for k, s in opdef.attrs.items() if s.required)
         self.defaults = opdef.attrs_with_defaults({})
         self.rules: dict[tuple, list] = {}
+        self.reads_stamped = False  # a rule read one of STAMPED_ATTRS: each stamped op is checked whole
 
 
 def _run_rules(known: _Known, op: Op, machine: Machine | None) -> tuple:
@@ -246,6 +292,8 @@ def _run_rules(known: _Known, op: Op, machine: Machine | None) -> tuple:
     expected = opdef.result_types(operand_types, reads, defaults_filled=True)
     if machine is not None and opdef.machine_rule is not None:
         opdef.machine_rule(operand_types, reads, machine)
+    if reads.read is None or not reads.read.isdisjoint(STAMPED_ATTRS):
+        known.reads_stamped = True
     if reads.read is not None:  # (not when a rule went through all of them)
         keys = tuple(sorted(reads.read))
         seen = known.rules.setdefault(by, [])

@@ -83,7 +83,7 @@ DAMAGED = {
     "truncated-tail": (lambda d: d[:-7], []),
     "empty": (lambda d: b"", ["not a valid .lpu file"]),
     "format-version-next": (lambda d: _with_manifest(d, format_version=FORMAT_VERSION + 1),
-                            [f".lpu format version {FORMAT_VERSION + 1}", f"reads version {FORMAT_VERSION}",
+                            [f".lpu format version {FORMAT_VERSION + 1}", f"reads versions 3 and {FORMAT_VERSION}",
                              "recompile"]),
     "other-format": (lambda d: _with_manifest(d, format="onnx"), ["not a .lpu file"]),
     "program-edited": (lambda d: _with_part(d, "program.ir", _parts(d)["program.ir"] + b"\n"),

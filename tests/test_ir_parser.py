@@ -25,13 +25,13 @@ ERRORS = {
     "missing input type": ("module @m {\n  input %x :\n}\n",
                            "bad.ir:3:1: unexpected '}'; expected a type like f32[1,7]"),
     "bad token": (HEAD + "  %y = graph.exp %x ; : f32[2,3]\n}\n",
-                  "bad.ir:3:21: unexpected ';'; expected ':' or 'input' or 'output' or '{' or '}' "
-                  "or an op name like graph.add or ..."),
+                  "bad.ir:3:21: unexpected ';'; expected ':' or 'input' or 'output' or 'stamp' or '{' or '}' "
+                  "or ..."),
     "bad character in an attribute": (HEAD + "  %y = graph.softmax %x {axis = $} : f32[2,3]\n}\n",
                                       "bad.ir:3:33: unexpected '$'; expected '[' or 'false' or 'tensor' or 'true' "
                                       "or a dtype like f32 or a float or ..."),
     "unexpected end": (HEAD + "  %y = graph.exp %x : f32[2,3]\n",
-                       "bad.ir:3:31: unexpected end of input; expected 'input' or 'output' or '}' "
+                       "bad.ir:3:31: unexpected end of input; expected 'input' or 'output' or 'stamp' or '}' "
                        "or an op name like graph.add or results like '%y ='"),
     "end inside a list": (HEAD + "  %y, %z = graph.split %x {axis = 1, sizes = [1,",
                           "bad.ir:3:49: unexpected end of input; expected '[' or 'false' or 'tensor' or 'true' "
@@ -39,8 +39,8 @@ ERRORS = {
     "empty file": ("", "bad.ir:1:1: unexpected end of input; expected 'module'"),
     "binary junk": ("\x00\x01", "bad.ir:1:1: unexpected '\\x00'; expected 'module'"),
     "missing =": (HEAD + "  %y graph.exp %x : f32[2,3]\n}\n",
-                  "bad.ir:3:3: unexpected '%y'; expected 'input' or 'output' or '}' or an op name like graph.add "
-                  "or results like '%y ='"),
+                  "bad.ir:3:3: unexpected '%y'; expected 'input' or 'output' or 'stamp' or '}' or an op name like "
+                  "graph.add or results like '%y ='"),
     "unclosed attribute dict": (HEAD + "  %y = graph.softmax %x {axis = 1 : f32[2,3]\n}\n",
                                 "bad.ir:3:35: unexpected ':'; expected ',' or ']' or '}'"),
     "undefined value": (HEAD + "  %y = graph.add %x, %z : f32[2,3]\n}\n",

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from lpuc.backends.interpreter import run
-from lpuc.backends.lpu import (FORMAT_VERSION, PARTS, LpuFormatError, _pack, _unpack, build_program, load_lpu, read_lpu,
-                          schedule_sha256, sha256, write_lpu)
+from lpuc.backends.lpu import (FORMAT_VERSION, PARTS, PLAIN_VERSION, LpuFormatError, _pack, _unpack, build_program,
+                               load_lpu, read_lpu, schedule_sha256, sha256, write_lpu)
 from lpuc.ir.attributes import AttrDict
 from lpuc.ir.core import Op
 from lpuc.ir.errors import LpucError
@@ -67,7 +67,7 @@ def test_round_trip(tmp_path: Path):
     assert print_module(program.module.replace(ops=tuple(ops))) == print_module(module)
     assert program.machine.name == "tsp-v1" and program.machine_text == MACHINE_TEXT
     m = program.manifest
-    assert (m["format"], m["format_version"], m["machine"], m["module"]) == ("lpu", FORMAT_VERSION, "tsp-v1", "sample")
+    assert (m["format"], m["format_version"], m["machine"], m["module"]) == ("lpu", PLAIN_VERSION, "tsp-v1", "sample")
     # the chip count is the module's (attribute `chips`, absent: one); the manifest repeats it
     assert dict(program.options) == {**OPTIONS, "chips": 1} and program.manifest["summary"] == {"chips": 1}
     assert program.target.chips == 1
@@ -162,7 +162,7 @@ def test_missing_hash_mismatch_and_version(good: bytes):
     manifest = json.loads(parts["manifest.json"])
     manifest["format_version"] = FORMAT_VERSION + 1
     one_line_refusal(_pack({**parts, "manifest.json": json.dumps(manifest).encode()}),
-                     f"format version {FORMAT_VERSION + 1}; this lpuc reads version {FORMAT_VERSION}")
+                     f"format version {FORMAT_VERSION + 1}; this lpuc reads versions {PLAIN_VERSION} and {FORMAT_VERSION}")
     one_line_refusal(_pack({**parts, "manifest.json": b"{"}), "manifest.json is not valid JSON")
     manifest = json.loads(parts["manifest.json"])
     manifest["options"]["chips"] = 4

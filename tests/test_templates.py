@@ -7,6 +7,7 @@ optimal on small programs)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from functools import lru_cache
@@ -16,6 +17,7 @@ import pytest
 
 import lpuc
 from lpuc.backends.graph import find_layers
+from lpuc.backends.lpu import FORMAT_VERSION, _unpack, load_lpu, program_bytes
 from lpuc.compiler.driver import load_model, read_ir
 from lpuc.compiler.partition import partition
 from lpuc.compiler.pipeline import CompileOptions, compile_module
@@ -199,3 +201,27 @@ def test_progress_names_the_stages_and_the_time_left(tiny_dir):
     assert any("scheduling template 1 of about " in line for line in templated), templated
     assert any(line.startswith("verifier: the scheduled program") for line in lines), lines
     assert any(f"stamped {LAYERS} of {LAYERS} pieces, about 0 s left" in line for line in templated), templated
+
+
+def test_templated_program_is_written_once_per_template_and_reads_back_the_same(tiny_dir):
+    """The .lpu holds each template's ops once and a stamp statement per piece (ir.pieces, format 4): it reads
+    back as the same program, and runs the same."""
+    path = _tiny(tiny_dir, "decode")
+    program = lpuc.compile(path, precision="fp32")
+    pieces = program.module.pieces
+    # every layer whose schedule is another's stamped (one is scheduled on its own: its neighbours differ)
+    assert len(pieces) == LAYERS - 1 and len({p.template for p in pieces}) == 1
+    data = program_bytes(program)
+    parts = _unpack(data, "tiny.lpu")
+    assert json.loads(parts["manifest.json"])["format_version"] == FORMAT_VERSION
+    text = parts["program.ir"].decode()
+    assert text.count("\n  stamp ") == len(pieces) and text.count("\n  template ") == 1
+    written = text.count("\n  %") + text.count("\n    %")
+    assert written == len(program.module.ops) - sum(len(p.ops) for p in pieces[1:])  # (stamped ops are not)
+    back = load_lpu(data, "tiny.lpu")
+    assert back.module == program.module and back.module.pieces == pieces
+    inputs = _inputs(load_model(path)[0])
+    ours, theirs = lpuc.run(program, inputs), lpuc.run(back, inputs)
+    assert ours.stats == theirs.stats and ours.trace == theirs.trace and not theirs.hazards
+    for name, want in ours.outputs.items():
+        assert np.array_equal(theirs.outputs[name], want), name

@@ -1,0 +1,167 @@
+"""Pieces: ops that are a template's ops stamped elsewhere.
+
+A model is one layer N times. The compiler schedules each distinct part of a layer on a chip once
+(compiler.templates) and stamps it at every repeat; what it stamps is a piece. The ops of a piece are its
+template's ops, in order, with
+- every cycle moved by one offset,
+- another chip,
+- other value names (renamed: equal ones stay equal, distinct ones distinct),
+- other units, stream registers and SRAM words (`out`), op by op (a chip's units, registers and words go to
+  whatever overlaps there: a piece's neighbours in time decide which are free),
+and nothing else different: op names, types and every other attribute are the template's. A Block records
+its pieces (ir.core.Piece), so that what repeats is written, read and checked once: the text holds each
+template once and each piece as a `stamp` statement (its Stamp), from which a reader makes the ops again.
+
+A template's ops are those of its first piece; `find_pieces` keeps, of the groups it is offered, those that
+are their template stamped (checked op by op), so a Block's pieces are always true.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from .attributes import compare_value
+from .core import Op, Piece, Value
+from .types import TensorType
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """How a piece's ops are its template's (Template.values names the values it renames)."""
+
+    cycle: int                            # added to every cycle
+    chip: int | None                      # every op's chip (None: the template's ops have no `chip`)
+    values: tuple[str, ...]               # the name of each of the template's values
+    units: tuple[str | None, ...]         # each op's unit (None for an op without `unit`)
+    streams: tuple[tuple[int, ...], ...]  # each op's stream registers (() for an op without `streams`)
+    out: tuple | None = None              # each op's `out` (() for an op without); None: the template's
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    operands: tuple[int, ...]  # indices into Template.values
+    results: tuple[int, ...]
+
+
+class Template:
+    """A template's ops, and the values (operands and results) a stamp renames in them, in order of first
+    mention."""
+
+    def __init__(self, ops: Sequence[Op]):
+        self.ops = tuple(ops)
+        values: dict[str, int] = {}
+        self.rows = tuple(_Row(tuple(values.setdefault(v.name, len(values)) for v in op.operands),
+                               tuple(values.setdefault(r.name, len(values)) for r in op.results)) for op in self.ops)
+        self.values = tuple(values)
+        chips = {op.attrs.get("chip") for op in self.ops}
+        self.chip = chips.pop() if len(chips) == 1 else _MIXED
+        self.timed = all(type(op.attrs.get("cycle")) is int for op in self.ops)
+
+    def stamp_of(self, ops: Sequence[Op]) -> Stamp | None:
+        """How `ops` are this template stamped, or None when they are not (see the module's docstring)."""
+        if len(ops) != len(self.ops) or self.chip is _MIXED or not self.timed:
+            return None
+        names: list[str | None] = [None] * len(self.values)
+        units: list[str | None] = []
+        streams: list[tuple[int, ...]] = []
+        outs: list[tuple] = []
+        moved = False  # an op's `out` is not its template op's
+        offset = chip = None
+        for t, o, row in zip(self.ops, ops, self.rows):
+            if o.name != t.name or len(o.operands) != len(t.operands) or len(o.results) != len(t.results) \
+                    or o.attrs.keys() != t.attrs.keys():
+                return None
+            for vs, ts, ks in ((o.operands, t.operands, row.operands), (o.results, t.results, row.results)):
+                for v, tv, k in zip(vs, ts, ks):
+                    if v.type != tv.type or not _same(names, k, v.name):
+                        return None
+            units.append(o.attrs.get("unit"))
+            streams.append(o.attrs.get("streams", ()))
+            outs.append(o.attrs.get("out", ()))
+            for key, tv in t.attrs.items():
+                ov = o.attrs[key]
+                if key == "cycle":
+                    if type(ov) is not int or (offset is not None and ov - tv != offset):
+                        return None
+                    offset = ov - tv
+                elif key == "chip":
+                    if type(ov) is not int or (chip is not None and ov != chip):
+                        return None
+                    chip = ov
+                elif key == "unit":
+                    if type(ov) is not str or " " in ov:
+                        return None
+                elif key == "streams":
+                    if type(ov) is not tuple or len(ov) != len(tv) or not all(type(s) is int for s in ov):
+                        return None
+                elif key == "out":
+                    moved = moved or (ov is not tv and compare_value(ov) != compare_value(tv))
+                elif ov is not tv and compare_value(ov) != compare_value(tv):
+                    return None
+        if len(set(names)) != len(names):  # a renaming, not a merge
+            return None
+        return Stamp(offset or 0, chip, tuple(names), tuple(units), tuple(streams), tuple(outs) if moved else None)
+
+    def stamp(self, stamp: Stamp, use: Callable[[str], Value], define: Callable[[str, TensorType], Value]
+              ) -> Iterator[Op]:
+        """The ops of the piece `stamp` says, one at a time (a reader makes each when its turn in the block
+        comes): operands found with `use(name)`, results made with `define(name, type)`."""
+        names = stamp.values
+        for j, (t, row) in enumerate(zip(self.ops, self.rows)):
+            changes = {"cycle": t.attrs["cycle"] + stamp.cycle}
+            if stamp.chip is not None:
+                changes["chip"] = stamp.chip
+            if "unit" in t.attrs:
+                changes["unit"] = stamp.units[j]
+            if "streams" in t.attrs:
+                changes["streams"] = stamp.streams[j]
+            if stamp.out is not None and "out" in t.attrs:
+                changes["out"] = stamp.out[j]
+            yield Op(t.name, tuple([use(names[k]) for k in row.operands]),
+                     tuple([define(names[k], r.type) for k, r in zip(row.results, t.results)]),
+                     t.attrs.replaced(changes))
+
+    def identity(self) -> Stamp:
+        """The stamp of the template's own piece."""
+        return Stamp(0, self.chip, self.values, tuple(op.attrs.get("unit") for op in self.ops),
+                     tuple(op.attrs.get("streams", ()) for op in self.ops))
+
+
+_MIXED = object()  # the chip of a template whose ops are on several chips (no piece: a piece is on one chip)
+
+
+def _same(table: list, k: int, v) -> bool:
+    """Whether renaming the template's k-th value to v agrees with `table` (filling it in)."""
+    have = table[k]
+    if have is None:
+        table[k] = v
+        return True
+    return have == v
+
+
+def find_pieces(ops: Sequence[Op], groups: Sequence[Sequence[Sequence[int]]]) -> tuple[Piece, ...]:
+    """The pieces among `groups`: per template, the op indices of each of its candidate pieces (each ascending;
+    the one with the first op is the template). A candidate is kept when its ops are the template's stamped;
+    a template with no other piece kept has none."""
+    found: list[tuple[tuple[int, ...], ...]] = []
+    for group in groups:
+        first, *rest = sorted(tuple(g) for g in group)
+        template = Template([ops[i] for i in first])
+        kept = [g for g in rest if template.stamp_of([ops[i] for i in g]) is not None]
+        if kept:
+            found.append((first, *kept))
+    found.sort()  # templates numbered in the order of their first op
+    return tuple(sorted((Piece(t, g) for t, group in enumerate(found) for g in group), key=lambda p: p.ops[0]))
+
+
+def templates(ops: Sequence[Op], pieces: Sequence[Piece]) -> dict[int, Template]:
+    """Each template number's Template (its first piece's ops), in the order of their first pieces."""
+    out: dict[int, Template] = {}
+    for p in pieces:
+        if p.template not in out:
+            out[p.template] = Template([ops[i] for i in p.ops])
+    return out
+
+
+__all__ = ["Stamp", "Template", "find_pieces", "templates"]
