@@ -422,7 +422,7 @@ def _stamp_of(template: Template, n: int, attrs: AttrDict, at: int) -> Stamp:
     keys = set(attrs) - {"ranks"}
     if not keys:
         return template.identity()
-    want = {"cycle", "values", "units", "streams"} | ({"chip"} if template.chip is not None else set())
+    want = {"cycle", "values", "units", "streams"} | ({"chips"} if template.chips else set())
     if keys - {"out"} != want:
         raise _Error(at, f"stamp of template {n}: give {', '.join(sorted(want | {'ranks'}))} (or `ranks` alone, for "
                          f"the template's own ops); it has {', '.join(sorted(attrs))}")
@@ -430,7 +430,9 @@ def _stamp_of(template: Template, n: int, attrs: AttrDict, at: int) -> Stamp:
     names = values.split() if type(values) is str else ()
     units = tuple(None if u == "-" else u for u in units.split()) if type(units) is str else None
     checks = ((type(attrs["cycle"]) is int, "`cycle` must be an integer (added to each op's)"),
-              (template.chip is None or type(attrs["chip"]) is int, "`chip` must be an integer"),
+              (not template.chips or (isinstance(attrs["chips"], tuple) and len(attrs["chips"]) == len(template.chips)
+                                      and _ints(attrs["chips"])),
+               f"`chips` must give the chip of each of its {len(template.chips)} chips"),
               (len(names) == len(template.values) and all(map(NAME_RE.fullmatch, names)),
                f"`values` must name its {len(template.values)} values, separated by spaces"),
               (units is not None and len(units) == len(template.ops)
@@ -450,7 +452,7 @@ def _stamp_of(template: Template, n: int, attrs: AttrDict, at: int) -> Stamp:
     for ok, message in checks:
         if not ok:
             raise _Error(at, f"stamp of template {n}: {message}")
-    return Stamp(attrs["cycle"], attrs.get("chip"), tuple(names), units, streams, out)
+    return Stamp(attrs["cycle"], attrs.get("chips", ()), tuple(names), units, streams, out)
 
 
 def _tuples(x):

@@ -4,8 +4,7 @@ A model is one layer N times. The compiler schedules each distinct part of a lay
 (compiler.templates) and stamps it at every repeat; what it stamps is a piece. The ops of a piece are its
 template's ops, in order, with
 - every cycle moved by one offset,
-- another chip,
-- other value names (renamed: equal ones stay equal, distinct ones distinct),
+- other chips and value names (each renamed: equal ones stay equal, distinct ones distinct),
 - other units, stream registers and SRAM words (`out`), op by op (a chip's units, registers and words go to
   whatever overlaps there: a piece's neighbours in time decide which are free),
 and nothing else different: op names, types and every other attribute are the template's. A Block records
@@ -28,10 +27,10 @@ from .types import TensorType
 
 @dataclass(frozen=True, slots=True)
 class Stamp:
-    """How a piece's ops are its template's (Template.values names the values it renames)."""
+    """How a piece's ops are its template's (Template.chips and .values name what it renames)."""
 
     cycle: int                            # added to every cycle
-    chip: int | None                      # every op's chip (None: the template's ops have no `chip`)
+    chips: tuple[int, ...]                # the chip of each of the template's chips (Template.chips)
     values: tuple[str, ...]               # the name of each of the template's values
     units: tuple[str | None, ...]         # each op's unit (None for an op without `unit`)
     streams: tuple[tuple[int, ...], ...]  # each op's stream registers (() for an op without `streams`)
@@ -45,8 +44,8 @@ class _Row:
 
 
 class Template:
-    """A template's ops, and the values (operands and results) a stamp renames in them, in order of first
-    mention."""
+    """A template's ops, and the chips and values (operands and results) a stamp renames in them, in order of
+    first mention."""
 
     def __init__(self, ops: Sequence[Op]):
         self.ops = tuple(ops)
@@ -54,20 +53,23 @@ class Template:
         self.rows = tuple(_Row(tuple(values.setdefault(v.name, len(values)) for v in op.operands),
                                tuple(values.setdefault(r.name, len(values)) for r in op.results)) for op in self.ops)
         self.values = tuple(values)
-        chips = {op.attrs.get("chip") for op in self.ops}
-        self.chip = chips.pop() if len(chips) == 1 else _MIXED
-        self.timed = all(type(op.attrs.get("cycle")) is int for op in self.ops)
+        self.chips = tuple(dict.fromkeys(op.attrs["chip"] for op in self.ops if "chip" in op.attrs))
+        # (ops of which some have a `chip` and some not, or no `cycle`: no stamp)
+        self.stampable = all(("chip" in op.attrs) == bool(self.chips) and type(op.attrs.get("cycle")) is int
+                             for op in self.ops)
 
     def stamp_of(self, ops: Sequence[Op]) -> Stamp | None:
         """How `ops` are this template stamped, or None when they are not (see the module's docstring)."""
-        if len(ops) != len(self.ops) or self.chip is _MIXED or not self.timed:
+        if len(ops) != len(self.ops) or not self.stampable:
             return None
         names: list[str | None] = [None] * len(self.values)
+        chips: list[int | None] = [None] * len(self.chips)
+        chip_of = {c: k for k, c in enumerate(self.chips)}
         units: list[str | None] = []
         streams: list[tuple[int, ...]] = []
         outs: list[tuple] = []
         moved = False  # an op's `out` is not its template op's
-        offset = chip = None
+        offset = None
         for t, o, row in zip(self.ops, ops, self.rows):
             if o.name != t.name or len(o.operands) != len(t.operands) or len(o.results) != len(t.results) \
                     or o.attrs.keys() != t.attrs.keys():
@@ -86,9 +88,8 @@ class Template:
                         return None
                     offset = ov - tv
                 elif key == "chip":
-                    if type(ov) is not int or (chip is not None and ov != chip):
+                    if type(ov) is not int or not _same(chips, chip_of[tv], ov):
                         return None
-                    chip = ov
                 elif key == "unit":
                     if type(ov) is not str or " " in ov:
                         return None
@@ -99,19 +100,20 @@ class Template:
                     moved = moved or (ov is not tv and compare_value(ov) != compare_value(tv))
                 elif ov is not tv and compare_value(ov) != compare_value(tv):
                     return None
-        if len(set(names)) != len(names):  # a renaming, not a merge
+        if len(set(names)) != len(names) or len(set(chips)) != len(chips):  # renamings, not merges
             return None
-        return Stamp(offset or 0, chip, tuple(names), tuple(units), tuple(streams), tuple(outs) if moved else None)
+        return Stamp(offset or 0, tuple(chips), tuple(names), tuple(units), tuple(streams),
+                     tuple(outs) if moved else None)
 
     def stamp(self, stamp: Stamp, use: Callable[[str], Value], define: Callable[[str, TensorType], Value]
               ) -> Iterator[Op]:
         """The ops of the piece `stamp` says, one at a time (a reader makes each when its turn in the block
         comes): operands found with `use(name)`, results made with `define(name, type)`."""
-        names = stamp.values
+        names, chips = stamp.values, dict(zip(self.chips, stamp.chips))
         for j, (t, row) in enumerate(zip(self.ops, self.rows)):
             changes = {"cycle": t.attrs["cycle"] + stamp.cycle}
-            if stamp.chip is not None:
-                changes["chip"] = stamp.chip
+            if chips:
+                changes["chip"] = chips[t.attrs["chip"]]
             if "unit" in t.attrs:
                 changes["unit"] = stamp.units[j]
             if "streams" in t.attrs:
@@ -124,15 +126,12 @@ class Template:
 
     def identity(self) -> Stamp:
         """The stamp of the template's own piece."""
-        return Stamp(0, self.chip, self.values, tuple(op.attrs.get("unit") for op in self.ops),
+        return Stamp(0, self.chips, self.values, tuple(op.attrs.get("unit") for op in self.ops),
                      tuple(op.attrs.get("streams", ()) for op in self.ops))
 
 
-_MIXED = object()  # the chip of a template whose ops are on several chips (no piece: a piece is on one chip)
-
-
 def _same(table: list, k: int, v) -> bool:
-    """Whether renaming the template's k-th value to v agrees with `table` (filling it in)."""
+    """Whether renaming the template's k-th value (or chip) to v agrees with `table` (filling it in)."""
     have = table[k]
     if have is None:
         table[k] = v

@@ -165,7 +165,7 @@ def _stamp_line(piece: Piece, template, m: Module, stamped: bool) -> str:
     s = template.stamp_of([m.ops[i] for i in piece.ops])
     if s is None:
         raise ValueError(f"piece at op {piece.ops[0]} is not template {piece.template} stamped")
-    chip = "" if s.chip is None else f"chip = {s.chip}, "
+    chips = f"chips = {format_attr(s.chips)}, " if s.chips else ""
     out = "" if s.out is None else f"out = {format_attr(s.out)}, "
-    return (f"stamp {piece.template} {{{chip}cycle = {s.cycle}, {out}ranks = {ranks}, streams = {_lists(s.streams)}, "
+    return (f"stamp {piece.template} {{{chips}cycle = {s.cycle}, {out}ranks = {ranks}, streams = {_lists(s.streams)}, "
             f"units = {format_attr(' '.join(u or '-' for u in s.units))}, values = {format_attr(' '.join(s.values))}}}")

@@ -37,7 +37,7 @@ def test_a_piece_is_written_as_a_stamp_and_read_back_as_the_same_ops():
     text = print_module(m)
     assert "  template 0 {\n    %a = vxm.add" in text
     assert "  stamp 0 {ranks = [2, 3]}\n" in text
-    assert ('  stamp 0 {chip = 2, cycle = 20, ranks = [5, 6], streams = [[4, 5, 6], [1, 2, 7]], units = "vxm3 vxm2", '
+    assert ('  stamp 0 {chips = [2], cycle = 20, ranks = [5, 6], streams = [[4, 5, 6], [1, 2, 7]], units = "vxm3 vxm2", '
             'values = "b e c d"}\n') in text
     assert "%c = " not in text  # (written once: as the template's %a)
     back = parse(text)
@@ -48,7 +48,7 @@ def test_a_piece_is_written_as_a_stamp_and_read_back_as_the_same_ops():
 @pytest.mark.parametrize("change", [
     ("cycle = 30", "cycle = 31"),               # its cycles not moved by one offset
     ("%d = vxm.mul %c, %b", "%d = vxm.mul %c, %e"),  # two of its values one
-    ("chip = 2, cycle = 30", "chip = 0, cycle = 30"),  # on two chips
+    ("chip = 2, cycle = 30", "chip = 1, cycle = 30"),  # its chips not one renamed (two of the template's)
 ])
 def test_ops_that_are_not_the_template_stamped_are_no_piece(change):
     m = _stamped(TEXT.replace(*change))
@@ -65,7 +65,7 @@ def test_a_piece_may_have_words_of_its_own():
 
 def test_a_template_on_several_chips_or_of_other_length_stamps_nothing():
     m = parse(TEXT)
-    assert Template([m.ops[2], m.ops[4]]).stamp_of([m.ops[5], m.ops[6]]) is None  # chips 1 and 0
+    assert Template([m.ops[2], m.ops[4]]).stamp_of([m.ops[5], m.ops[6]]) is None  # chips 1, 0 to chip 2
     assert Template(m.ops[2:4]).stamp_of(m.ops[5:6]) is None
 
 
@@ -74,7 +74,7 @@ def _written() -> str:
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda t: t.replace("stamp 0 {chip = 2", "stamp 5 {chip = 2"), "stamp of template 5, which is not defined"),
+    (lambda t: t.replace("stamp 0 {chips = [2]", "stamp 5 {chips = [2]"), "stamp of template 5, which is not defined"),
     (lambda t: t.replace("ranks = [5, 6]", "ranks = [5]"), "`ranks` must list the positions of its 2 ops"),
     (lambda t: t.replace("ranks = [5, 6]", "ranks = [6, 5]"), "`ranks` must rise"),
     (lambda t: t.replace("ranks = [5, 6]", "ranks = [5, 9]"), "an op at position 9, but the module has 6 ops"),
@@ -83,7 +83,8 @@ def _written() -> str:
     (lambda t: t.replace('units = "vxm3 vxm2"', 'units = "vxm3"'), "`units` must name the unit of each of its 2 ops"),
     (lambda t: t.replace("streams = [[4, 5, 6], [1, 2, 7]]", "streams = [[4, 5], [1, 2, 7]]"),
      "`streams` must give the stream registers of each of its 2 ops"),
-    (lambda t: t.replace("chip = 2, cycle = 20, ", "cycle = 20, "), "give chip, cycle, ranks"),
+    (lambda t: t.replace("chips = [2], cycle = 20, ", "cycle = 20, "), "give chips, cycle, ranks"),
+    (lambda t: t.replace("chips = [2]", "chips = [2, 1]"), "`chips` must give the chip of each of its 1 chips"),
     (lambda t: t.replace('values = "b e c d"', 'values = "b e a d"'), "value %a is defined twice"),
     (lambda t: t.replace('values = "b e c d"', 'values = "b q c d"'), "use of undefined value %q"),
     (lambda t: t.replace("  template 0 {", "  template 0 {\n  }\n  template 0 {"), "template 0 has no ops"),
