@@ -15,8 +15,9 @@ compiler/templates.py). The table gives chips, instructions, the cycles, the
 lower bound, the gap and what binds, the wall-clock and CPU compile time (the
 CPU time is what a loaded machine does not inflate), the CPU time per layer
 (falling when compile time grows less than linearly), the compiler's peak
-RSS and the CPU time of `lpuc run --timing-only` of the program (loading the
-.lpu, checking every hazard), then how the scheduler went (templates: how many for how many pieces, a
+RSS, the size of the .lpu (each repeated piece written once: ir/pieces.py) and
+the CPU time of `lpuc run --timing-only` of the program (loading the .lpu,
+checking every hazard), then how the scheduler went (templates: how many for how many pieces, a
 layer's part on each chip, and the cycles lost at their boundaries). Llama-2-70B at its chip count needs a
 machine with that many chips: --machine tests/machines/tsp-v1-torus.toml (at int8, --precision int8: 352
 chips at 80 layers).
@@ -97,7 +98,8 @@ def main(argv=None) -> int:
         print(f"{args.preset} {args.mode} ({f'context {args.context}' if args.mode == 'decode' else f'{args.seq} tokens'}),"
               f" {args.machine}, --partition {args.partition} --scheduler {args.scheduler} --precision {args.precision}; load average {os.getloadavg()[0]:.1f}")
         head = (f"{'layers':>6} {'chips':>5} {'instructions':>12} {'cycles':>12} {'bound':>12} {'gap':>6} "
-                f"{'wall s':>7} {'CPU s':>7} {'CPU s/layer':>11} {'RSS MB':>7} {'run s':>6}  bound from; scheduler")
+                f"{'wall s':>7} {'CPU s':>7} {'CPU s/layer':>11} {'RSS MB':>7} {'.lpu MB':>7} {'run s':>6}  bound from; "
+                "scheduler")
         print(head)
         print("-" * len(head))
         for layers in layer_counts:
@@ -108,7 +110,8 @@ def main(argv=None) -> int:
             run_cpu = _timing_run(model.with_suffix(".lpu"))
             print(f"{layers:>6} {report['chips']:>5} {report['instructions']:>12,} {report['cycles']:>12,} "
                   f"{report['lower_bound_cycles']:>12,} {report['gap']:>6.1%} {seconds:>7.1f} {cpu:>7.1f} "
-                  f"{cpu / layers:>11.2f} {rss:>7.0f} {run_cpu:>6.1f}  {report['bound']}; "
+                  f"{cpu / layers:>11.2f} {rss:>7.0f} {model.with_suffix('.lpu').stat().st_size / 1e6:>7.1f} "
+                  f"{run_cpu:>6.1f}  {report['bound']}; "
                   f"{report.get('solver_status', '')}", flush=True)
             model.with_suffix(".weights").unlink()  # sparse, but a 32-layer file claims 13 GB
         if args.determinism:

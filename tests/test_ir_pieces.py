@@ -106,3 +106,25 @@ def test_a_stamp_whose_operand_has_another_type_is_refused_by_the_verifier():
         "f32[1,1]")
     with pytest.raises(VerifyError, match=r"operand %e has type f32\[1,1\], but in the template it stamps"):
         verify(parse(text))
+
+
+def test_a_piece_on_several_chips_renames_them():
+    text = """module @m attributes {chips = 4} {
+  input %x : f32[1,400]
+  %xs = host.input %x {chip = 1, cycle = 0, name = "x", out = [[5, 0, 2]], streams = [0], unit = "host0"} : f32[1,400]
+  %a = vxm.add %xs, %xs {chip = 1, cycle = 5, out = [[0, 0, 2]], streams = [0, 1, 2], unit = "vxm0"} : f32[1,400]
+  %b = vxm.mul %xs, %xs {chip = 0, cycle = 8, out = [[0, 0, 2]], streams = [0, 1, 2], unit = "vxm0"} : f32[1,400]
+  %c = vxm.add %xs, %xs {chip = 2, cycle = 25, out = [[0, 0, 2]], streams = [0, 1, 2], unit = "vxm1"} : f32[1,400]
+  %d = vxm.mul %xs, %xs {chip = 3, cycle = 28, out = [[0, 0, 2]], streams = [3, 1, 2], unit = "vxm0"} : f32[1,400]
+  output "d" = %d
+}
+"""
+    m = parse(text)
+    m = m.replace(ops=m.ops, pieces=find_pieces(m.ops, [[(1, 2), (3, 4)]]))
+    assert len(m.pieces) == 2
+    written = print_module(m)
+    assert ('stamp 0 {chips = [2, 3], cycle = 20, ranks = [3, 4], streams = [[0, 1, 2], [3, 1, 2]], '
+            'units = "vxm1 vxm0", values = "xs c d"}') in written
+    assert parse(written) == m
+    swapped = parse(text.replace("chip = 3, cycle = 28", "chip = 2, cycle = 28"))  # two chips made one
+    assert find_pieces(swapped.ops, [[(1, 2), (3, 4)]]) == ()
