@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+import operator
 import re
 import time
 from array import array
@@ -244,6 +245,7 @@ class _Plan:
         self._unit_names: dict[str, tuple[str, int]] = {}  # a `unit` -> (its class, its index); ("", 0): no unit name
         self._cycles: dict[tuple, int] = {}  # (op name, operand types, result types) -> compute_cycles
         self._type_words: dict = {}          # type -> words (_words)
+        self._outs: dict[tuple, tuple] = {}  # (`out`, result types) by identity -> `out` split per result (_out)
         for idx, op in enumerate(module.ops):
             if mo.is_view(op.name):
                 self._view(op)
@@ -353,6 +355,16 @@ class _Plan:
     def _out(self, op: Op, cycle, types, chip: int) -> list[tuple] | None:
         """`out` split per result; None (after a hazard) when it is missing, mis-sized or outside SRAM."""
         out = op.attrs.get("out")
+        key = (id(out), *map(id, types))  # (a repeated layer's ops share their `out` and types: ir.pieces)
+        known = self._outs.get(key)
+        if known is not None and known[0] is out and all(map(operator.is_, known[1], types)):
+            return known[2]
+        split = self._split_out(op, cycle, types, chip, out)
+        if split is not None:
+            self._outs[key] = (out, tuple(types), split)
+        return split
+
+    def _split_out(self, op: Op, cycle, types, chip: int, out) -> list[tuple] | None:
         need = [self._words(t) for t in types]
         if out is None:
             self._hazard("out", cycle, op.label(), "out", f"has no `out` extents for its {sum(need)} result words")

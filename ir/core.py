@@ -51,6 +51,17 @@ class Op:
         if not isinstance(self.attrs, AttrDict):
             object.__setattr__(self, "attrs", AttrDict(self.attrs))
 
+    @classmethod
+    def trusted(cls, name: str, operands: tuple[Value, ...], results: tuple[Value, ...], attrs: AttrDict) -> "Op":
+        """Op(name, operands, results, attrs) of tuples and an AttrDict already (a reader stamping millions of
+        ops: ir.pieces), without converting them again."""
+        op = object.__new__(cls)
+        object.__setattr__(op, "name", name)
+        object.__setattr__(op, "operands", operands)
+        object.__setattr__(op, "results", results)
+        object.__setattr__(op, "attrs", attrs)
+        return op
+
     @property
     def result(self) -> Value:
         """The single result of a one-result op."""

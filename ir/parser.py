@@ -19,7 +19,6 @@ Errors are `ParseError`s reading `file:line:column: message`.
 from __future__ import annotations
 
 import functools
-import heapq
 import json
 import re
 import threading
@@ -148,8 +147,8 @@ class _Builder(Transformer):
         self.template: tuple | None = None  # while a template's ops are read: (its number, token, the module's
                                             # values and ops, put aside)
         self.pieces: list[Piece] = []
-        # the stamps' ops still to come, each stamp's next: (its position, piece, its ops, positions, token)
-        self.pending: list[tuple] = []
+        # the stamps' ops still to come, by the position of each stamp's next: (its ops, their positions, token)
+        self.pending: dict[int, tuple] = {}
 
     def _define(self, name: str, ttype: TensorType, token: Token) -> Value:
         """Define %name (spelled in `token`, which may hold a list of values)."""
@@ -205,28 +204,32 @@ class _Builder(Transformer):
             raise _Error(at, f"stamp of template {n}: `ranks` must rise from at least {len(self.ops)} (the ops "
                              "before it)")
         use, define = functools.partial(self._use, token=token), functools.partial(self._define, token=token)
-        heapq.heappush(self.pending, (ranks[0], len(self.pieces), template.stamp(stamp, use, define),
-                                      iter(ranks[1:]), token))
+        self._claim(ranks[0], (template.stamp(stamp, use, define), iter(ranks[1:]), token))
         self.pieces.append(Piece(n, ranks))
+
+    def _claim(self, rank: int, entry: tuple):
+        if rank in self.pending:
+            raise _Error(entry[2].start_pos, f"stamp of template {int(entry[2])}: an op at position {rank}, where "
+                                             "another stamp has one")
+        self.pending[rank] = entry
 
     def _due(self):
         """Make the stamps' ops whose turn has come (their position is the next)."""
         pending, ops = self.pending, self.ops
-        while pending and pending[0][0] == len(ops):
-            _, k, stamped, ranks, token = heapq.heappop(pending)
-            ops.append(next(stamped))
-            rank = next(ranks, None)
+        while (entry := pending.pop(len(ops), None)) is not None:
+            ops.append(next(entry[0]))
+            rank = next(entry[1], None)
             if rank is not None:
-                heapq.heappush(pending, (rank, k, stamped, ranks, token))
+                self._claim(rank, entry)
 
     def _flush(self):
         """Make the stamps' ops still to come: the ops end here."""
         self._due()
         if self.pending:
-            rank, _, _, _, token = self.pending[0]
-            raise _Error(token.start_pos, f"stamp of template {int(token)}: an op at position {rank}, but "
-                         + (f"the module has {len(self.ops)} ops before it" if rank > len(self.ops) else
-                            "another op is there"))
+            rank = min(self.pending)
+            token = self.pending[rank][2]
+            raise _Error(token.start_pos, f"stamp of template {int(token)}: an op at position {rank}, but the "
+                                          f"module has {len(self.ops)} ops before it")
 
     # statements
     def input_stmt(self, c):

@@ -120,9 +120,9 @@ class Template:
                 changes["streams"] = stamp.streams[j]
             if stamp.out is not None and "out" in t.attrs:
                 changes["out"] = stamp.out[j]
-            yield Op(t.name, tuple([use(names[k]) for k in row.operands]),
-                     tuple([define(names[k], r.type) for k, r in zip(row.results, t.results)]),
-                     t.attrs.replaced(changes))
+            yield Op.trusted(t.name, tuple([use(names[k]) for k in row.operands]),
+                             tuple([define(names[k], r.type) for k, r in zip(row.results, t.results)]),
+                             t.attrs.replaced(changes))
 
     def identity(self) -> Stamp:
         """The stamp of the template's own piece."""

@@ -88,6 +88,10 @@ def _written() -> str:
     (lambda t: t.replace('values = "b e c d"', 'values = "b e a d"'), "value %a is defined twice"),
     (lambda t: t.replace('values = "b e c d"', 'values = "b q c d"'), "use of undefined value %q"),
     (lambda t: t.replace("  template 0 {", "  template 0 {\n  }\n  template 0 {"), "template 0 has no ops"),
+    (lambda t: t.replace("ranks = [5, 6]", "ranks = [6, 7]").replace(
+        "  stamp 0 {chips", "  stamp 0 {chips = [2], cycle = 20, ranks = [5, 7], streams = [[4, 5, 6], [1, 2, 7]], "
+                            "units = \"vxm3 vxm2\", values = \"b e c2 d2\"}\n  stamp 0 {chips"),
+     "an op at position 7, where another stamp has one"),
 ])
 def test_a_bad_stamp_is_one_error_naming_its_line(edit, message):
     text = edit(_written())
