@@ -98,8 +98,8 @@ def main(argv=None) -> int:
         print(f"{args.preset} {args.mode} ({f'context {args.context}' if args.mode == 'decode' else f'{args.seq} tokens'}),"
               f" {args.machine}, --partition {args.partition} --scheduler {args.scheduler} --precision {args.precision}; load average {os.getloadavg()[0]:.1f}")
         head = (f"{'layers':>6} {'chips':>5} {'instructions':>12} {'cycles':>12} {'bound':>12} {'gap':>6} "
-                f"{'wall s':>7} {'CPU s':>7} {'CPU s/layer':>11} {'RSS MB':>7} {'.lpu MB':>7} {'run s':>6}  bound from; "
-                "scheduler")
+                f"{'wall s':>7} {'CPU s':>7} {'CPU s/layer':>11} {'RSS MB':>7} {'.lpu MB':>7} {'run s':>6}  "
+                "bound from; scheduler")
         print(head)
         print("-" * len(head))
         for layers in layer_counts:

@@ -37,8 +37,8 @@ def test_a_piece_is_written_as_a_stamp_and_read_back_as_the_same_ops():
     text = print_module(m)
     assert "  template 0 {\n    %a = vxm.add" in text
     assert "  stamp 0 {ranks = [2, 3]}\n" in text
-    assert ('  stamp 0 {chips = [2], cycle = 20, ranks = [5, 6], streams = [[4, 5, 6], [1, 2, 7]], units = "vxm3 vxm2", '
-            'values = "b e c d"}\n') in text
+    assert ('  stamp 0 {chips = [2], cycle = 20, ranks = [5, 6], streams = [[4, 5, 6], [1, 2, 7]], '
+            'units = "vxm3 vxm2", values = "b e c d"}\n') in text
     assert "%c = " not in text  # (written once: as the template's %a)
     back = parse(text)
     assert back == m and back.pieces == m.pieces and print_module(back) == text

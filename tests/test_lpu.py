@@ -162,7 +162,8 @@ def test_missing_hash_mismatch_and_version(good: bytes):
     manifest = json.loads(parts["manifest.json"])
     manifest["format_version"] = FORMAT_VERSION + 1
     one_line_refusal(_pack({**parts, "manifest.json": json.dumps(manifest).encode()}),
-                     f"format version {FORMAT_VERSION + 1}; this lpuc reads versions {PLAIN_VERSION} and {FORMAT_VERSION}")
+                     f"format version {FORMAT_VERSION + 1}; this lpuc reads versions {PLAIN_VERSION} and "
+                     f"{FORMAT_VERSION}")
     one_line_refusal(_pack({**parts, "manifest.json": b"{"}), "manifest.json is not valid JSON")
     manifest = json.loads(parts["manifest.json"])
     manifest["options"]["chips"] = 4

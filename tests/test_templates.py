@@ -8,6 +8,7 @@ optimal on small programs)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from functools import lru_cache
@@ -17,7 +18,7 @@ import pytest
 
 import lpuc
 from lpuc.backends.graph import find_layers
-from lpuc.backends.lpu import FORMAT_VERSION, _unpack, load_lpu, program_bytes
+from lpuc.backends.lpu import FORMAT_VERSION, _pack, _unpack, load_lpu, program_bytes, sha256
 from lpuc.compiler.driver import load_model, read_ir
 from lpuc.compiler.partition import partition
 from lpuc.compiler.pipeline import CompileOptions, compile_module
@@ -28,7 +29,7 @@ from lpuc.ir.evaluator import evaluate
 from lpuc.ir.machine import read_machine
 from lpuc.ir.target import Target
 
-from helpers import ROOT, max_rel_error
+from helpers import ROOT, assert_one_line_error, max_rel_error, run_cli
 
 LAYERS = 5
 
@@ -225,3 +226,21 @@ def test_templated_program_is_written_once_per_template_and_reads_back_the_same(
     assert ours.stats == theirs.stats and ours.trace == theirs.trace and not theirs.hazards
     for name, want in ours.outputs.items():
         assert np.array_equal(theirs.outputs[name], want), name
+
+
+def test_a_damaged_stamp_in_a_lpu_is_one_error_line(tiny_dir, tmp_path, capsys):
+    """A stamp naming one value too few, in a file whose hashes are intact: `lpuc run` says so in one line."""
+    program = lpuc.compile(_tiny(tiny_dir, "decode"), precision="fp32", weights=False)
+    parts = _unpack(program_bytes(program), "tiny.lpu")
+    text = parts["program.ir"].decode()
+    line = next(line for line in text.splitlines() if line.startswith("  stamp ") and "values = " in line)
+    names = re.search(r'values = "([^"]*)"', line).group(1).split()
+    parts["program.ir"] = text.replace(line, line.replace(" ".join(names), " ".join(names[:-1]))).encode()
+    manifest = json.loads(parts["manifest.json"])
+    manifest["parts"]["program.ir"] = sha256(parts["program.ir"])
+    parts["manifest.json"] = (json.dumps(manifest, sort_keys=True, indent=1) + "\n").encode()
+    bad = tmp_path / "bad.lpu"
+    bad.write_bytes(_pack(parts))
+    code, out, err = run_cli(capsys, "run", bad, "--timing-only")
+    assert out == ""
+    assert_one_line_error(code, err, "bad.lpu:program.ir:", "stamp of template 0", f"must name its {len(names)} values")
