@@ -38,8 +38,9 @@ schedule reused:
 - Unit instances, planes and stream registers are assigned from the cycles at the end, as after CP-SAT.
 
 The result is an ordinary schedule: the verifier and the interpreter check it like any other. The pieces
-that are their template stamped exactly (ir.pieces: the same ops at another cycle, chip, units, stream
-registers and value names) are recorded in the module, so that the .lpu writes each template once.
+that are their template stamped (ir.pieces: the same ops at another cycle, with their chips and values
+renamed and their own units, stream registers and words) are recorded in the module, so that the .lpu
+writes each template once.
 Deterministic: pieces, templates and stamps in program order; the solver as in schedule_cpsat.
 """
 

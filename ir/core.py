@@ -76,8 +76,8 @@ class Op:
 @dataclass(frozen=True, slots=True)
 class Piece:
     """Ops of a block that are a template's ops stamped elsewhere (ir.pieces): `ops`, ascending indices into
-    the block's ops, are template `template`'s ops, in order, at other cycles, on another chip, on other
-    units and stream registers, with other value names. A template's ops are those of its first piece."""
+    the block's ops, are template `template`'s ops, in order, at other cycles, with their chips and values
+    renamed and their own units, stream registers and words. A template's ops are those of its first piece."""
 
     template: int
     ops: tuple[int, ...]
