@@ -3,7 +3,7 @@ form (grammar, printer, parser), the verifier and the reference evaluator."""
 
 from . import graph_ops, machine_ops  # noqa: F401  (register the graph and machine dialects)
 from .attributes import AttrDict, Tensor
-from .core import Block, Module, Op, Value
+from .core import Block, Module, Op, Piece, Value
 from .errors import EvalError, LpucError, ParseError, VerifyError
 from .parser import parse, parse_file
 from .printer import print_module
@@ -12,5 +12,5 @@ from .types import DType, TensorType
 
 __all__ = [
     "AttrDict", "AttrSpec", "Block", "DType", "EvalError", "LpucError", "Module", "OPS", "Op", "OpDef",
-    "ParseError", "Tensor", "TensorType", "Value", "VerifyError", "parse", "parse_file", "print_module",
+    "ParseError", "Piece", "Tensor", "TensorType", "Value", "VerifyError", "parse", "parse_file", "print_module",
 ]
