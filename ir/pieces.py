@@ -91,7 +91,7 @@ class Template:
                     if type(ov) is not int or not _same(chips, chip_of[tv], ov):
                         return None
                 elif key == "unit":
-                    if type(ov) is not str or " " in ov:
+                    if type(ov) is not str or ov.split() != [ov] or ov == "-":  # (the text's spelling of units)
                         return None
                 elif key == "streams":
                     if type(ov) is not tuple or len(ov) != len(tv) or not all(type(s) is int for s in ov):

@@ -49,6 +49,7 @@ def test_a_piece_is_written_as_a_stamp_and_read_back_as_the_same_ops():
     ("cycle = 30", "cycle = 31"),               # its cycles not moved by one offset
     ("%d = vxm.mul %c, %b", "%d = vxm.mul %c, %e"),  # two of its values one
     ("chip = 2, cycle = 30", "chip = 1, cycle = 30"),  # its chips not one renamed (two of the template's)
+    ('unit = "vxm2"', 'unit = "-"'),              # a unit the text could not tell from none
 ])
 def test_ops_that_are_not_the_template_stamped_are_no_piece(change):
     m = _stamped(TEXT.replace(*change))
