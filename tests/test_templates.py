@@ -18,12 +18,13 @@ import pytest
 
 import lpuc
 from lpuc.backends.graph import find_layers
-from lpuc.backends.lpu import FORMAT_VERSION, _pack, _unpack, load_lpu, program_bytes, sha256
+from lpuc.backends.interpreter import find_hazards
+from lpuc.backends.lpu import FORMAT_VERSION, _pack, _unpack, build_program, load_lpu, program_bytes, sha256
 from lpuc.compiler.driver import load_model, read_ir
 from lpuc.compiler.partition import partition
 from lpuc.compiler.pipeline import CompileOptions, compile_module
 from lpuc.compiler.templates import MIN_REPEATS
-from lpuc.ir import DType, Module, TensorType
+from lpuc.ir import DType, Module, TensorType, parse, print_module
 from lpuc.ir.builder import Builder
 from lpuc.ir.evaluator import evaluate
 from lpuc.ir.machine import read_machine
@@ -244,3 +245,21 @@ def test_a_damaged_stamp_in_a_lpu_is_one_error_line(tiny_dir, tmp_path, capsys):
     code, out, err = run_cli(capsys, "run", bad, "--timing-only")
     assert out == ""
     assert_one_line_error(code, err, "bad.lpu:program.ir:", "stamp of template 0", f"must name its {len(names)} values")
+
+
+@pytest.mark.parametrize("move, kinds", [
+    ("earlier", {"overwritten", "stream", "unit"}),  # before its inputs land, on units the last piece still holds
+    ("with the last", {"overwritten", "read_port", "write_port"}),  # over the piece before it, word for word
+])
+def test_a_stamp_moved_in_time_is_checked_like_any_op(tiny_dir, move, kinds):
+    """A stamp says where its piece runs: one at the wrong cycle breaks the program where it meets the rest
+    (what a check of pieces must find at their boundaries), and the interpreter finds it."""
+    program = lpuc.compile(_tiny(tiny_dir, "decode"), precision="fp32", weights=False)
+    text = print_module(program.module)
+    stamps = [line for line in text.splitlines() if line.startswith("  stamp ") and "values = " in line]
+    cycles = [int(re.search(r"cycle = (-?\d+),", line).group(1)) for line in stamps]
+    new = cycles[1] - 3000 if move == "earlier" else cycles[0]
+    module = parse(text.replace(stamps[1], stamps[1].replace(f"cycle = {cycles[1]},", f"cycle = {new},")))
+    assert len(module.pieces) == len(program.module.pieces)  # (still a stamp)
+    found = find_hazards(build_program(module, program.machine_text, weights=False))
+    assert kinds <= {h.kind for h in found}, sorted({h.kind for h in found})
