@@ -186,7 +186,7 @@ class _Builder(Transformer):
         line = c[0]
         m = _STAMP_LINE.match(line)
         number = _token("INT", m.group(1), line.start_pos + m.start(1))
-        self.stamp_stmt([number, self._line_attrs(m.group(2), line.start_pos + m.start(2))])
+        self.stamp_stmt([number, _stamp_attrs(m.group(2), line.start_pos + m.start(2))])
 
     def stamp_stmt(self, c):
         token, attrs = c
@@ -456,6 +456,52 @@ def _stamp_of(template: Template, n: int, attrs: AttrDict, at: int) -> Stamp:
         if not ok:
             raise _Error(at, f"stamp of template {n}: {message}")
     return Stamp(attrs["cycle"], attrs.get("chips", ()), tuple(names), units, streams, out)
+
+
+_STAMP_KEY = re.compile(rf"\s*({_ATTR_NAME})\s*=\s*")
+_STAMP_INT = re.compile(r"-?[0-9]+(?![0-9.eE])")
+_STAMP_NEXT = re.compile(r"\s*(,|$)")
+
+
+def _stamp_attrs(text: str, at: int) -> AttrDict:
+    """The attributes of a STAMP_LINE (`text`, at offset `at`, is what is between its braces): integers, strings
+    (names: no escapes) and lists of integers, however deep (json's scanner reads them)."""
+    items, starts, pos = [], [], 0
+    while text.strip():  # (else no attributes)
+        m = _STAMP_KEY.match(text, pos)
+        if m is None:
+            raise _Error(at + pos, "expected an attribute like 'ranks =' in a stamp")
+        key, pos = m.group(1), m.end()
+        if text.startswith("[", pos):
+            try:
+                value, end = _json_scan(text, pos)
+            except (StopIteration, ValueError):
+                raise _Error(at + pos, f"bad list for `{key}`") from None
+            if not _int_lists(value):
+                raise _Error(at + pos, f"`{key}`: a stamp's lists hold integers only")
+            value = _tuples(value)
+        elif text.startswith('"', pos):
+            end = text.find('"', pos + 1) + 1
+            if end == 0:
+                raise _Error(at + pos, f"`{key}`: a string with no end")
+            value = text[pos + 1:end - 1]
+        elif (number := _STAMP_INT.match(text, pos)) is not None:
+            value, end = int(number.group()), number.end()
+        else:
+            raise _Error(at + pos, f"`{key}` must be an integer, a string or a list of integers")
+        items.append((key, value))
+        starts.append(at + m.start(1))
+        after = _STAMP_NEXT.match(text, end)
+        if after is None:
+            raise _Error(at + end, "expected ',' or '}' after an attribute of a stamp")
+        if not after.group(1):  # (the end)
+            break
+        pos = after.end()
+    return _attr_dict(items, starts.__getitem__)
+
+
+def _int_lists(x) -> bool:
+    return all(type(v) is int or (type(v) is list and _int_lists(v)) for v in x)
 
 
 def _tuples(x):

@@ -53,6 +53,9 @@ class Template:
         self.rows = tuple(_Row(tuple(values.setdefault(v.name, len(values)) for v in op.operands),
                                tuple(values.setdefault(r.name, len(values)) for r in op.results)) for op in self.ops)
         self.values = tuple(values)
+        # per op, what a stamp changes: its cycle and chip, whether it has a unit, stream registers and words
+        self._stamped = tuple((op.attrs.get("cycle"), op.attrs.get("chip"), "unit" in op.attrs, "streams" in op.attrs,
+                               "out" in op.attrs) for op in self.ops)
         self.chips = tuple(dict.fromkeys(op.attrs["chip"] for op in self.ops if "chip" in op.attrs))
         # (ops of which some have a `chip` and some not, or no `cycle`: no stamp)
         self.stampable = all(("chip" in op.attrs) == bool(self.chips) and type(op.attrs.get("cycle")) is int
@@ -109,17 +112,18 @@ class Template:
               ) -> Iterator[Op]:
         """The ops of the piece `stamp` says, one at a time (a reader makes each when its turn in the block
         comes): operands found with `use(name)`, results made with `define(name, type)`."""
-        names, chips = stamp.values, dict(zip(self.chips, stamp.chips))
-        for j, (t, row) in enumerate(zip(self.ops, self.rows)):
-            changes = {"cycle": t.attrs["cycle"] + stamp.cycle}
-            if chips:
-                changes["chip"] = chips[t.attrs["chip"]]
-            if "unit" in t.attrs:
-                changes["unit"] = stamp.units[j]
-            if "streams" in t.attrs:
-                changes["streams"] = stamp.streams[j]
-            if stamp.out is not None and "out" in t.attrs:
-                changes["out"] = stamp.out[j]
+        names, chips, offset = stamp.values, dict(zip(self.chips, stamp.chips)), stamp.cycle
+        units, streams, outs = stamp.units, stamp.streams, stamp.out
+        for j, (t, row, (cycle, chip, unit, regs, out)) in enumerate(zip(self.ops, self.rows, self._stamped)):
+            changes = {"cycle": cycle + offset}
+            if chip is not None:
+                changes["chip"] = chips[chip]
+            if unit:
+                changes["unit"] = units[j]
+            if regs:
+                changes["streams"] = streams[j]
+            if out and outs is not None:
+                changes["out"] = outs[j]
             yield Op.trusted(t.name, tuple([use(names[k]) for k in row.operands]),
                              tuple([define(names[k], r.type) for k, r in zip(row.results, t.results)]),
                              t.attrs.replaced(changes))
