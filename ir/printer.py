@@ -116,7 +116,8 @@ def print_lines(m: Module) -> Iterator[str]:
         head += " attributes " + format_attrs(m.attrs)
     yield head + " {\n"
     texts: dict[int, str] = {}
-    for n, template in templates(m.ops, m.pieces).items():
+    of_template = templates(m.ops, m.pieces)
+    for n, template in of_template.items():
         yield f"  template {n} {{\n"
         for op in template.ops:
             yield "    " + format_op(op, texts) + "\n"
@@ -124,7 +125,7 @@ def print_lines(m: Module) -> Iterator[str]:
     for v in m.inputs:
         yield f"  input %{v.name} : {v.type}\n"
     if m.pieces:
-        yield from _pieces_lines(m, texts)
+        yield from _pieces_lines(m, of_template, texts)
     else:
         for op in m.ops:
             yield "  " + format_op(op, texts) + "\n"
@@ -133,10 +134,9 @@ def print_lines(m: Module) -> Iterator[str]:
     yield "}\n"
 
 
-def _pieces_lines(m: Module, texts: dict[int, str]) -> Iterator[str]:
-    """The ops of a module with pieces: a piece's as a `stamp` statement where its first op is, the others as
-    they are."""
-    of_template = templates(m.ops, m.pieces)
+def _pieces_lines(m: Module, of_template: dict, texts: dict[int, str]) -> Iterator[str]:
+    """The ops of a module with pieces (`of_template`: ir.pieces.templates of them): a piece's as a `stamp`
+    statement where its first op is, the others as they are."""
     starts = {p.ops[0]: p for p in m.pieces}
     stamped = bytearray(len(m.ops))
     for p in m.pieces:
@@ -152,10 +152,6 @@ def _pieces_lines(m: Module, texts: dict[int, str]) -> Iterator[str]:
             yield "  " + format_op(op, texts) + "\n"
 
 
-def _lists(lists) -> str:
-    return "[" + ", ".join("[" + ", ".join(map(str, x)) + "]" for x in lists) + "]"
-
-
 def _stamp_line(piece: Piece, template, m: Module, stamped: bool) -> str:
     """`stamp N {...}`: the template's own ops (its first piece) by their positions alone, any other piece by
     its Stamp too."""
@@ -167,5 +163,5 @@ def _stamp_line(piece: Piece, template, m: Module, stamped: bool) -> str:
         raise ValueError(f"piece at op {piece.ops[0]} is not template {piece.template} stamped")
     chips = f"chips = {format_attr(s.chips)}, " if s.chips else ""
     out = "" if s.out is None else f"out = {format_attr(s.out)}, "
-    return (f"stamp {piece.template} {{{chips}cycle = {s.cycle}, {out}ranks = {ranks}, streams = {_lists(s.streams)}, "
+    return (f"stamp {piece.template} {{{chips}cycle = {s.cycle}, {out}ranks = {ranks}, streams = {format_attr(s.streams)}, "
             f"units = {format_attr(' '.join(u or '-' for u in s.units))}, values = {format_attr(' '.join(s.values))}}}")

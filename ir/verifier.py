@@ -128,11 +128,7 @@ def _check_stamped(op: Op, template: Op, machine: Machine | None, known: dict[st
         if v.type is not t.type and v.type != t.type:
             raise VerifyError(f"{op.label()}: operand {v} has type {v.type}, but in the template it stamps "
                               f"({template.label()}) it has {t.type}")
-    attrs, was = op.attrs, template.attrs
-    for key in STAMPED_ATTRS:
-        value = attrs.get(key, _GONE)
-        if value is not _GONE and value is not was[key]:
-            _check_attr(op, of.opdef, key, value, None)
+    check_own_attrs(op, template, STAMPED_ATTRS)
     if of.reads_stamped:  # (no rule of the registry does: see _run_rules)
         check_op(op, machine, None, {op.name: of})
 
@@ -159,8 +155,8 @@ def _check_operand(module: Module, op: Op, v, defined: dict) -> None:
 
 
 def check_own_attrs(op: Op, was: Op | None = None, keys: tuple[str, ...] = OWN_ATTRS) -> None:
-    """The op-local rules of an op's OWN_ATTRS (those among `keys`): each is an attribute of its op, of its kind
-    (those `was`, the op it rewrites, had already: checked there)."""
+    """The op-local rules of the attributes `keys` (OWN_ATTRS; a stamp's, STAMPED_ATTRS): each is an attribute of
+    its op, of its kind (those `was`, the op it rewrites or stamps, had already: checked there)."""
     opdef, attrs = OPS[op.name], op.attrs
     for key in keys:
         value = attrs.get(key, _GONE)
