@@ -676,18 +676,27 @@ def _zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
 
 
 # the reductions of a slice of a row, without ndarray.max's and .any's Python wrappers (millions of calls)
-_max, _any = np.maximum.reduce, np.logical_or.reduce
+_max, _min, _any = np.maximum.reduce, np.minimum.reduce, np.logical_or.reduce
+_FEW = 8  # up to this many words, a run of words is checked word by word (else by slice)
 
 
 class _Sram:
-    """One chip's SRAM. Zero-filled arrays (the OS maps pages only when touched), hence ids + 1."""
+    """One chip's SRAM. Zero-filled arrays (the OS maps pages only when touched), hence ids + 1.
+
+    A constant's words are only marked `pinned`: its weights are most of SRAM, and nothing may land on them,
+    so no owner or read is recorded for them word by word. A pinned word with no owner holds its constant;
+    the reads of constants are looked up in the plan when something lands on one (a hazard)."""
 
     def __init__(self, machine: Machine, numeric: bool, cycle_type):
         shape = (machine.sram.slices, machine.sram.words_per_slice)
         self.bytes = _zeros(shape + (machine.lanes,), np.uint8) if numeric else None
         self.owner = np.zeros(shape, np.int32)       # 1 + base id of the value whose word is there (0: none)
-        self.read_end = np.zeros(shape, cycle_type)  # latest end (c + occ) of a read of the word
+        self.read_end = np.zeros(shape, cycle_type)  # latest end (c + occ) of a read of the word (not a constant's)
         self.reader = np.zeros(shape, np.int32)      # 1 + the instruction reading it until then
+        self.pinned = np.zeros(shape, np.bool_)      # a word of a constant or a state
+        # the same arrays word by word: a memoryview's item costs less than an array's (most runs are a few words)
+        self.owner_at, self.read_end_at, self.reader_at, self.pinned_at = map(
+            memoryview, (self.owner, self.read_end, self.reader, self.pinned))
 
 
 class _Machine:
@@ -700,7 +709,6 @@ class _Machine:
         self.srams: dict[int, _Sram] = {}                          # chip -> its SRAM, once used
         self.is_const = np.array([False] + [b.constant for b in plan.bases])  # by 1 + base id
         self.is_state = np.array([False] + [bool(b.state) for b in plan.bases])
-        self.is_pinned = self.is_const | self.is_state  # no instruction's result may land on these words
         # Per base id: 1 while every one of its words holds it (landed, none overwritten since): a read of such a
         # base needs no look at its words' owners (most reads; the rest are checked word by word)
         self.intact = bytearray(len(plan.bases))
@@ -743,6 +751,7 @@ class _Machine:
             st, pos = self.sram(chip), 0
             for s, w, n in extents:
                 self._own(st, s, w, n, base)
+                st.pinned[s, w:w + n] = True
                 if self.numeric:
                     st.bytes[s, w:w + n] = b.words[pos:pos + n]
                 pos += n
@@ -770,15 +779,18 @@ class _Machine:
                     data = self.program.image.get((chip, s, w)) if self.numeric else None
                     if data is not None and data.shape != (n, plan.lanes):  # (a hazard of _check_image)
                         data = None
-                    taken = st.owner[s, w:w + n]
-                    if (taken > 0).any():
-                        word = w + int(np.argmax(taken > 0))
-                        other = plan.bases[int(st.owner[s, word]) - 1]
+                    taken = st.pinned[s, w:w + n]
+                    if _any(taken):  # (a hazard: the words it overlaps are its own from now on)
+                        word = w + int(np.argmax(taken))
+                        other = plan.bases[self._holder(chip, s, word)]
                         self.hazard("constant", 0, op.label(), f"{on}slice {s} word {word}",
                                     f"is placed on {on}slice {s} word {word}, a word of the constant %{other.name}")
+                        for k in np.flatnonzero(taken).tolist():
+                            self._land_on_constant(st, chip, s, w + k, base)
                     if data is not None:
                         st.bytes[s, w:w + n] = data
-                    self._own(st, s, w, n, base)
+                    taken[:] = True
+            self.intact[base] = 1
 
     def _check_image(self, op: Op, chip: int, extents):
         """The image holds the constant's words at its extents, and they hash to its `sha256`."""
@@ -834,13 +846,24 @@ class _Machine:
                     states.append(base.state)
                     continue
                 st = self.sram(base.chip)
-                if n == 1:  # (most reads: a word's scalars cost a tenth of a slice's reductions)
-                    owner = st.owner[s, w]
-                    if owner != b + 1:
-                        self._read_hazard(ins, c, base.chip, s, w, b, int(owner) - 1)
-                    if st.read_end[s, w] < end:
-                        st.read_end[s, w] = end
-                        st.reader[s, w] = ins.idx + 1
+                if base.constant:  # (its reads are not recorded: see _Sram)
+                    if not intact[b]:  # its words have no owner, or one that landed on them
+                        owner = st.owner[s, w:w + n]
+                        wrong = (owner != b + 1) & (owner != 0)
+                        if _any(wrong):
+                            k = int(np.argmax(wrong))
+                            self._read_hazard(ins, c, base.chip, s, w + k, b, int(owner[k]) - 1)
+                    continue
+                if n <= _FEW:
+                    owner_at, read_end_at = st.owner_at, st.read_end_at
+                    for x in range(w, w + n):
+                        if owner_at[s, x] != b + 1:
+                            self._read_hazard(ins, c, base.chip, s, x, b, owner_at[s, x] - 1)
+                            break
+                    for x in range(w, w + n):
+                        if read_end_at[s, x] < end:
+                            read_end_at[s, x] = end
+                            st.reader_at[s, x] = ins.idx + 1
                     base.end = max(base.end, end)
                     continue
                 if not intact[b]:  # (else every word of it holds it)
@@ -954,6 +977,8 @@ class _Machine:
         plan = self.plan
         base = plan.bases[b]
         where = f"{plan.on(chip)}slice {s} word {word}"
+        if other < 0:  # (no owner recorded: a constant's word, or never written)
+            other = self._holder(chip, s, word)
         if base.land > c:
             self.hazard("raw", c, ins.label, where,
                         f"reads {where} before %{base.name} (landing at {base.land}) is written")
@@ -996,18 +1021,22 @@ class _Machine:
         st = self.sram(ins.chip) if ins.writes else None
         for b, extents in ins.writes:
             for s, w, n in extents:
-                if n == 1 and st.read_end[s, w] <= t and not self.is_pinned[st.owner[s, w]]:
-                    continue  # (most writes: one word, no hazard; checked as scalars, as below)
-                re_ = st.read_end[s, w:w + n]
+                if n <= _FEW and all(st.read_end_at[s, x] <= t and not st.pinned_at[s, x] for x in range(w, w + n)):
+                    continue  # (most writes: a few words, no hazard; checked word by word, as below)
+                re_, pinned = st.read_end[s, w:w + n], _any(st.pinned[s, w:w + n])
+                if pinned:  # (a hazard: the reads of constants count too)
+                    re_, readers = self._read_ends(ins.chip, s, w, n, t)
+                else:
+                    readers = st.reader[s, w:w + n]
                 if _max(re_, initial=0) > t:
-                    word = w + int(np.argmax(re_ > t))
-                    r = plan.instrs_by_idx[int(st.reader[s, word]) - 1]
-                    where = f"{on}slice {s} word {word}"
+                    k = int(np.argmax(re_ > t))
+                    r = plan.instrs_by_idx[int(readers[k]) - 1]
+                    where = f"{on}slice {s} word {w + k}"
                     self.hazard("war", t, ins.label, where, f"lands on {where} while {r.label} still reads it "
-                                f"(until {int(st.read_end[s, word])})")
-                owners = st.owner[s, w:w + n]
-                if not _any(self.is_pinned[owners]):  # (the common case: one check for both rules below)
+                                f"(until {int(re_[k])})")
+                if not pinned:  # (the common case: no state's or constant's words)
                     continue
+                owners = st.owner[s, w:w + n]
                 states = self.is_state[owners]
                 if states.any():
                     word = w + int(np.argmax(states))
@@ -1015,13 +1044,15 @@ class _Machine:
                     name = plan.bases[int(st.owner[s, word]) - 1].state
                     self.hazard("state", t, ins.label, where,
                                 f"lands on {where}, a word of the state {name!r}: only its state write may")
-                consts = self.is_const[owners]
+                consts = st.pinned[s, w:w + n] & ((owners == 0) | self.is_const[owners])  # (a constant's, still)
                 if consts.any():
                     word = w + int(np.argmax(consts))
                     where = f"{on}slice {s} word {word}"
-                    c_base = plan.bases[int(st.owner[s, word]) - 1]
+                    c_base = plan.bases[self._holder(ins.chip, s, word)]
                     self.hazard("constant", t, ins.label, where,
                                 f"lands on {where}, a word of the constant %{c_base.name} (never freed)")
+                    for k in np.flatnonzero(consts).tolist():
+                        self._land_on_constant(st, ins.chip, s, w + k, b)
         results = self.pending.pop(ins.idx, None)
         place = OPS[ins.op.name].result_place
         if place == PLANE:
@@ -1055,20 +1086,62 @@ class _Machine:
                 self._own(st, s, w, n, b)
                 pos += n
 
+    def _holder(self, chip: int, s: int, word: int) -> int:
+        """The base whose value the word holds: its owner, else the constant placed there (the first placed,
+        see _Sram), else -1."""
+        st = self.sram(chip)
+        if st.owner[s, word]:
+            return int(st.owner[s, word]) - 1
+        if st.pinned[s, word]:
+            for _, base, extents in self.plan.constants:
+                if self.plan.bases[base].chip == chip and any(e[0] == s and e[1] <= word < e[1] + e[2]
+                                                              for e in extents):
+                    return base
+        return -1
+
+    def _land_on_constant(self, st: _Sram, chip: int, s: int, word: int, b: int):
+        """Base b takes a word of a constant (a hazard): the constant is no longer intact."""
+        held = self._holder(chip, s, word)
+        if held >= 0 and held != b:
+            self.intact[held] = 0
+        self._own(st, s, word, 1, b)
+
+    def _read_ends(self, chip: int, s: int, w: int, n: int, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """read_end and reader of words s, w .. w + n - 1 at a landing at t, counting the reads of constants
+        issued before t (not recorded: see _Sram; looked up in the plan, on a hazard only). Of equal ends,
+        the first read in event order is the reader, as issue() records it."""
+        st, plan = self.sram(chip), self.plan
+        ends, readers = st.read_end[s, w:w + n].astype(np.int64), st.reader[s, w:w + n].copy()
+        firsts = [(plan.instrs_by_idx[r - 1].cycle, r - 1) if r else None for r in readers.tolist()]
+        for ins in plan.instrs:
+            if ins.cycle is None or ins.cycle >= t:
+                continue
+            for segs in ins.reads:
+                for s2, w2, n2, b in segs:
+                    if s2 != s or not plan.bases[b].constant or plan.bases[b].chip != chip:
+                        continue
+                    end, first = ins.cycle + ins.occ, (ins.cycle, ins.idx)
+                    for k in range(max(w, w2) - w, min(w + n, w2 + n2) - w):
+                        if end > ends[k] or (end == ends[k] and end and first < firsts[k]):
+                            ends[k], readers[k], firsts[k] = end, ins.idx + 1, first
+        return ends, readers
+
     def _own(self, st: _Sram, s: int, w: int, n: int, b: int):
         """Words s, w .. w + n - 1 now hold base b: the bases they held are no longer intact, b is (its words
         are written all at once: by its landing, or before cycle 0)."""
         intact = self.intact
-        if n == 1:
-            o = int(st.owner[s, w])
-            if o and o != b + 1:
-                intact[o - 1] = 0
-            st.owner[s, w] = b + 1
-        elif n:
+        if n <= _FEW:
+            owner_at = st.owner_at
+            for x in range(w, w + n):
+                o = owner_at[s, x]
+                if o and o != b + 1:
+                    intact[o - 1] = 0
+                owner_at[s, x] = b + 1
+        else:
             owners = st.owner[s, w:w + n]
-            hi = int(owners.max())
+            hi = int(_max(owners))
             if hi:
-                lo = int(owners.min())
+                lo = int(_min(owners))
                 for o in ((hi,) if lo == hi else np.unique(owners).tolist()):
                     if o and o != b + 1:
                         intact[o - 1] = 0
