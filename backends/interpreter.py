@@ -173,6 +173,9 @@ class _Val:
     instr: int = -1           # plane / link: the install's / send's instruction index
     ok: bool = True           # False: its words are unknown (the producer is broken)
     chip: int = 0             # sram, plane: the chip holding it
+    extents: tuple | None = None  # sram: its segments' (slice, word, words), one object for all equal extents
+                                  # (_Plan._extents): see _Plan._template
+    base: int = -1            # sram: the base owning all its words (-1: none, or several)
 
     def segs_extents(self) -> tuple:
         return tuple(seg[:3] for seg in self.segs)
@@ -246,9 +249,16 @@ class _Plan:
         self._cycles: dict[tuple, int] = {}  # (op name, operand types, result types) -> compute_cycles
         self._type_words: dict = {}          # type -> words (_words)
         self._outs: dict[tuple, tuple] = {}  # (`out`, result types) by identity -> `out` split per result (_out)
+        self._templates: dict[int, int] = {}  # a stamped op's index -> its template op's (ir.pieces)
+        self._shared: dict[tuple, tuple] = {}  # extents -> themselves (_extents)
+        firsts: dict[int, tuple[int, ...]] = {}
+        for piece in module.pieces:
+            ops = firsts.setdefault(piece.template, piece.ops)
+            if ops is not piece.ops:
+                self._templates.update(zip(piece.ops, ops))
         for idx, op in enumerate(module.ops):
             if mo.is_view(op.name):
-                self._view(op)
+                self._view(idx, op)
             elif mo.is_pinned(op.name):
                 self._constant(op)
             else:
@@ -293,7 +303,7 @@ class _Plan:
 
     # views and constants
 
-    def _view(self, op: Op):
+    def _view(self, idx: int, op: Op):
         cycle = op.attrs.get("cycle")
         chip = self._chip(op, cycle)
         for key in ("out", "unit", "streams"):
@@ -310,12 +320,20 @@ class _Plan:
                 ok = False
             else:
                 ok &= val.ok
-        out = ()
-        if ok:
+        out, extents = (), None
+        template = self._template(idx, op) if ok else None
+        if template is not None:  # its template's segments, of this op's operands
+            tval = self.values[template.result.name]
+            base = {self.values[tv.name].base: val.base for tv, val in zip(template.operands, vals)}
+            out, extents = tuple((s, w, n, base[b]) for s, w, n, b in tval.segs), tval.extents
+        elif ok:
             # the layout's own rule, on the operands' segments (each piece keeps the base owning its words)
             out = view_extents(op.name, op.attrs, [v.type for v in op.operands], [val.segs for val in vals],
                                self.lanes, self._starts(op.operands[0], vals[0]))
-        self.values[op.result.name] = _Val("sram", out, ok=ok, chip=chip)
+            extents = self._extents(tuple(seg[:3] for seg in out))
+        bases = {seg[3] for seg in out}
+        self.values[op.result.name] = _Val("sram", out, ok=ok, chip=chip, extents=extents,
+                                           base=bases.pop() if len(bases) == 1 else -1)
 
     def _constant(self, op: Op):
         """A constant (in the SRAM image) or a state (kept from run to run): placed before cycle 0."""
@@ -339,7 +357,8 @@ class _Plan:
         else:
             base = self._new_base(r.name, -1, op, 0, words(r.type, self.lanes), chip, constant=True)
             self.constants.append((op, base, extents[0]))
-        self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in extents[0]), chip=chip)
+        self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in extents[0]), chip=chip,
+                                   extents=extents[0], base=base)
 
     def _words(self, t) -> int:
         """SRAM words of a value of type `t` (a program spells few distinct types)."""
@@ -361,6 +380,7 @@ class _Plan:
             return known[2]
         split = self._split_out(op, cycle, types, chip, out)
         if split is not None:
+            split = [self._extents(e) for e in split]
             self._outs[key] = (out, tuple(types), split)
         return split
 
@@ -435,6 +455,9 @@ class _Plan:
                              f"({cls}0..{cls}{self.units[cls] - 1})")
         # operands, by where the op's definition says each one lives
         opdef = OPS[op.name]
+        template = self._template(idx, op)
+        if template is not None:
+            template = self.instrs_by_idx[self._templates[idx]]
         for i, v in enumerate(op.operands):
             val, place = self.values[v.name], opdef.operand_place(i)
             if place == HOST:
@@ -482,7 +505,10 @@ class _Plan:
                     ins.ok = False
                 ins.ok &= val.ok
                 ins.args.append(("sram", len(ins.reads)))
-                ins.reads.append(self._window(op, v, val) if mo.reads_window(op) else val.segs)
+                if template is not None:  # the words its template reads, of this op's value
+                    ins.reads.append(tuple((s, w, n, val.base) for s, w, n, _ in template.reads[len(ins.reads)]))
+                else:
+                    ins.reads.append(self._window(op, v, val) if mo.reads_window(op) else val.segs)
         # results
         sram_results = list(op.results) if opdef.result_place == SRAM else []
         out_ext = None
@@ -507,13 +533,17 @@ class _Plan:
         ins.streams = tuple(s for s in dict.fromkeys(streams) if s < self.n_streams)
         # timing, from the cost table only
         writes = out_ext or []
-        kind = (op.name, tuple(v.type for v in op.operands), tuple(r.type for r in op.results))
-        cycles = self._cycles.get(kind)
-        if cycles is None:  # the unit's own work depends on the op's name and types only
-            cycles = self._cycles[kind] = compute_cycles(op, self.machine)
-        c = cost(op, self.machine, ins.reads, writes, cycles)
-        ins.occ, ins.lat, ins.port_reads, ins.port_writes = c.occupancy, c.latency, c.reads, c.writes
-        land = (cycle or 0) + c.latency
+        if template is not None:  # (the same reads and writes)
+            ins.occ, ins.lat, ins.port_reads, ins.port_writes = \
+                template.occ, template.lat, template.port_reads, template.port_writes
+        else:
+            kind = (op.name, tuple(v.type for v in op.operands), tuple(r.type for r in op.results))
+            cycles = self._cycles.get(kind)
+            if cycles is None:  # the unit's own work depends on the op's name and types only
+                cycles = self._cycles[kind] = compute_cycles(op, self.machine)
+            c = cost(op, self.machine, ins.reads, writes, cycles)
+            ins.occ, ins.lat, ins.port_reads, ins.port_writes = c.occupancy, c.latency, c.reads, c.writes
+        land = (cycle or 0) + ins.lat
         if opdef.in_place:  # its result is its state's words after its write (which land() does itself)
             state = self.bases[ins.state] if ins.state >= 0 else None
             if writes and state is not None and writes[0] != self.values[op.operands[0].name].segs_extents():
@@ -525,12 +555,13 @@ class _Plan:
             if writes:
                 ins.writes.append((base, writes[0]))
                 self.values[sram_results[0].name] = _Val("sram", tuple((s, w, n, base) for s, w, n in writes[0]),
-                                                         ok=ins.ok, chip=chip)
+                                                         ok=ins.ok, chip=chip, extents=writes[0], base=base)
         else:
             for r, ext in zip(sram_results, writes):
                 base = self._new_base(r.name, idx, op, land, self._words(r.type), chip)
                 ins.writes.append((base, ext))
-                self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in ext), ok=ins.ok, chip=chip)
+                self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in ext), ok=ins.ok, chip=chip,
+                                           extents=ext, base=base)
         if not writes:
             for r in sram_results:
                 self.values[r.name] = _Val("sram", ok=False, chip=chip)
@@ -543,6 +574,26 @@ class _Plan:
             self.values[op.result.name] = _Val("link", instr=idx, ok=ins.ok and routed, chip=chip)
         self.instrs.append(ins)
         self.instrs_by_idx[idx] = ins
+
+    def _template(self, idx: int, op: Op) -> Op | None:
+        """The op this one stamps (ir.pieces), already planned, when the words it reads and writes are its
+        template's: it has the same attributes but for its chip, cycle, unit and streams (a piece's); if it also
+        has the same `out` and its operands are at the same extents, it reads the same words, and it costs
+        what the cost table gives for them. Then its plan reuses its template's."""
+        j = self._templates.get(idx)
+        t = self.module.ops[j] if j is not None else None
+        if t is None or op.attrs.get("out") is not t.attrs.get("out") or t.results[0].name not in self.values:
+            return None
+        for v, tv in zip(op.operands, t.operands):
+            val, tval = self.values[v.name], self.values[tv.name]
+            if val.kind != tval.kind or val.kind == "sram" and (val.extents is None or val.extents is not tval.extents
+                                                                or val.base < 0 or tval.base < 0):
+                return None
+        return t
+
+    def _extents(self, extents: tuple) -> tuple:
+        """`extents`, as the one object all equal extents are (so that _template compares them by identity)."""
+        return self._shared.setdefault(extents, extents)
 
     # transfers
 

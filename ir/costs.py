@@ -23,7 +23,7 @@ interpreter recomputes it rather than trusting the program.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .core import Op
 from .layout import vectors, words
@@ -34,8 +34,7 @@ from .registry import LINK, OPS, PLANE
 Extent = tuple[int, int, int]  # (slice, first word, words)
 
 
-@dataclass(frozen=True, slots=True)  # one per instruction: millions in a large program
-class Cost:
+class Cost(NamedTuple):  # one per instruction, millions in a large program: a tuple hashes and compares in C
     occupancy: int
     latency: int
     reads: tuple[tuple[int, int], ...] = ()   # (slice, words read) per slice touched

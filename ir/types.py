@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ml_dtypes
 import numpy as np
@@ -118,6 +118,7 @@ class TensorType:
 
     shape: tuple[int, ...]
     dtype: DType
+    _hash: int = field(init=False, repr=False, compare=False)  # (types key the caches of millions of ops)
 
     def __post_init__(self):
         if not isinstance(self.dtype, DType):
@@ -126,6 +127,13 @@ class TensorType:
         if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise TypeError(f"TensorType shape must be non-negative ints, got {self.shape!r}")
         object.__setattr__(self, "shape", tuple(int(d) for d in shape))
+        object.__setattr__(self, "_hash", hash((self.shape, self.dtype)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self):  # (made again where it is unpickled: a string's hash differs from process to process)
+        return TensorType, (self.shape, self.dtype)
 
     @property
     def rank(self) -> int:

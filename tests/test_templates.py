@@ -18,7 +18,7 @@ import pytest
 
 import lpuc
 from lpuc.backends.graph import find_layers
-from lpuc.backends.interpreter import find_hazards
+from lpuc.backends.interpreter import _Plan, find_hazards
 from lpuc.backends.lpu import FORMAT_VERSION, _pack, _unpack, build_program, load_lpu, program_bytes, sha256
 from lpuc.compiler.driver import load_model, read_ir
 from lpuc.compiler.partition import partition
@@ -263,3 +263,21 @@ def test_a_stamp_moved_in_time_is_checked_like_any_op(tiny_dir, move, kinds):
     assert len(module.pieces) == len(program.module.pieces)  # (still a stamp)
     found = find_hazards(build_program(module, program.machine_text, weights=False))
     assert kinds <= {h.kind for h in found}, sorted({h.kind for h in found})
+
+
+@pytest.mark.parametrize("mode, chips, partition", [("decode", 1, "auto"), ("decode", 7, "auto"),
+                                                     ("prefill", 4, "pipeline")])
+def test_a_stamped_op_is_planned_as_it_would_be_alone(tiny_dir, mode, chips, partition):
+    """The interpreter plans a stamped op from its template's plan (its reads and costs) where its words are
+    the template's: that gives exactly what planning it op by op gives, and the run the same stats."""
+    program = lpuc.compile(_tiny(tiny_dir, mode), chips=chips, partition=partition, precision="fp32", weights=False)
+    module = program.module
+    assert module.pieces
+    stamped, alone = _Plan(module, program.target), _Plan(module.replace(pieces=()), program.target)
+    assert stamped._templates and not alone._templates
+    facts = ("idx", "unit", "cycle", "chip", "occ", "lat", "reads", "writes", "streams", "port_reads", "port_writes",
+             "hops", "ok")
+    assert [[getattr(i, f) for f in facts] for i in stamped.instrs] == [[getattr(i, f) for f in facts]
+                                                                       for i in alone.instrs]
+    assert {k: v.segs for k, v in stamped.values.items()} == {k: v.segs for k, v in alone.values.items()}
+    assert not stamped.hazards and not alone.hazards
