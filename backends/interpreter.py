@@ -52,8 +52,9 @@ import re
 import time
 from array import array
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 
@@ -142,8 +143,13 @@ class Stats:
 class Result:
     outputs: Mapping[str, np.ndarray]
     stats: Stats
-    trace: tuple[TraceEvent, ...]
     hazards: tuple[HazardError, ...] = ()
+    instructions: Sequence = field(default=(), repr=False)  # the plan's, from which `trace` is made
+
+    @cached_property
+    def trace(self) -> tuple[TraceEvent, ...]:
+        """What ran, in issue order (made when first asked for: an event per instruction, millions at 70B)."""
+        return _trace(self.instructions)
 
 
 # Issue cycles lie in 0..MAX_CYCLE: far beyond any real program (58 days at 900 MHz), yet
@@ -1252,7 +1258,7 @@ def run(program: Program | str | Path, inputs: Mapping[str, np.ndarray] | None =
         for name, v in module.outputs:
             value = m.host.get(plan.outputs.get(name, ""))
             outputs[name] = value if value is not None else np.zeros(v.type.shape, v.type.dtype.numpy)
-    return Result(MappingProxyType(outputs), _stats(plan), _trace(plan), tuple(hazards))
+    return Result(MappingProxyType(outputs), _stats(plan), tuple(hazards), plan.instrs)
 
 
 def _check_manifest(program: Program, plan: _Plan) -> None:
@@ -1294,9 +1300,9 @@ def _order(h: HazardError):
     return -1 if h.cycle is None else h.cycle
 
 
-def _trace(plan: _Plan) -> tuple[TraceEvent, ...]:
+def _trace(instrs: Sequence[_Instr]) -> tuple[TraceEvent, ...]:
     events = [TraceEvent(i.label, i.op.name, i.unit or "", i.cycle, i.cycle + i.occ, i.cycle + i.lat, i.chip)
-              for i in plan.instrs if i.cycle is not None]
+              for i in instrs if i.cycle is not None]
     return tuple(sorted(events, key=lambda e: (e.start, e.chip, e.unit, e.land, e.instruction)))
 
 
