@@ -228,6 +228,7 @@ class _Instr:
     dest: tuple | None = None                    # send: (chip, arrival port) where its route ends
     recv: int = -1                               # send: the instruction index of its c2c.recv
     state: int = -1                              # a state write: the base id of the state it writes
+    weights: _Val | None = None                  # a matmul: the plane value it streams through (its install's)
 
     @property
     def label(self) -> str:  # (made when a message or the trace needs it: instructions are many)
@@ -482,6 +483,7 @@ class _Plan:
                                  f"multiplies by {v}, which is installed on chip {val.chip}, not on chip {chip}")
                     ins.ok = False
                 ins.args.append(("plane", val))
+                ins.weights = ins.weights or val
             elif place == LINK:
                 ins.ok &= self._receive(ins, v, val)
                 ins.args.append(("link", val))
@@ -870,24 +872,28 @@ class _Machine:
 
     def run(self, progress=None):
         plan = self.plan
-        events = []
-        for k, ins in enumerate(plan.instrs):
-            if ins.cycle is not None:
-                events.append((ins.cycle + ins.lat, 0, k))  # landings before issues of the same cycle
-                events.append((ins.cycle, 1, k))
-        events.sort()
-        step = max(len(events) // 8, 1) if progress else len(events) + 1
+        # the events in order: (cycle, 0 a landing / 1 an issue, instruction): landings before issues of a cycle
+        timed = np.array([k for k, ins in enumerate(plan.instrs) if ins.cycle is not None], np.int64)
+        issues = np.array([plan.instrs[k].cycle for k in timed.tolist()], np.int64)
+        lands = issues + np.array([plan.instrs[k].lat for k in timed.tolist()], np.int64)
+        cycles, kinds, which = (np.concatenate(pair) for pair in (
+            (lands, issues), (np.zeros(len(timed), np.int8), np.ones(len(timed), np.int8)), (timed, timed)))
+        order = np.lexsort((which, kinds, cycles))
+        events = zip(cycles[order].tolist(), kinds[order].tolist(), which[order].tolist())
+        count = len(order)
+        step = max(count // 8, 1) if progress else count + 1
         start = time.perf_counter()
         try:
             self.image()
             self.load_state()
+            instrs, horizon = plan.instrs, self.horizon
             for n, (t, kind, k) in enumerate(events):
-                if self.horizon is not None and t > self.horizon:
+                if horizon is not None and t > horizon:
                     break
                 if n and n % step == 0:
-                    left = (time.perf_counter() - start) / n * (len(events) - n)
+                    left = (time.perf_counter() - start) / n * (count - n)
                     progress(f"running: cycle {t:,} of {plan.cycles:,}, about {left:.0f} s left")
-                (self.land if kind == 0 else self.issue)(plan.instrs[k], t)
+                (self.land if kind == 0 else self.issue)(instrs[k], t)
         except _Stop:
             pass
 
@@ -941,7 +947,7 @@ class _Machine:
         for name in dict.fromkeys(states):
             self._read_state(ins, c, name)
         op = ins.op
-        weights = next((val for where, val in ins.args if where == "plane"), None)
+        weights = ins.weights
         if weights is not None and ins.ok:
             self._check_plane(ins, c, weights)
             self.streaming[ins.chip, ins.unit] = (ins.idx, end, weights.instr)
@@ -1071,7 +1077,6 @@ class _Machine:
 
     def land(self, ins: _Instr, t: int):
         plan = self.plan
-        on = plan.on(ins.chip)
         if ins.state >= 0:
             self._write_state(ins, t)
             return
@@ -1088,7 +1093,7 @@ class _Machine:
                 if _max(re_, initial=0) > t:
                     k = int(np.argmax(re_ > t))
                     r = plan.instrs_by_idx[int(readers[k]) - 1]
-                    where = f"{on}slice {s} word {w + k}"
+                    where = f"{plan.on(ins.chip)}slice {s} word {w + k}"
                     self.hazard("war", t, ins.label, where, f"lands on {where} while {r.label} still reads it "
                                 f"(until {int(re_[k])})")
                 if not pinned:  # (the common case: no state's or constant's words)
@@ -1097,14 +1102,14 @@ class _Machine:
                 states = self.is_state[owners]
                 if states.any():
                     word = w + int(np.argmax(states))
-                    where = f"{on}slice {s} word {word}"
+                    where = f"{plan.on(ins.chip)}slice {s} word {word}"
                     name = plan.bases[int(st.owner[s, word]) - 1].state
                     self.hazard("state", t, ins.label, where,
                                 f"lands on {where}, a word of the state {name!r}: only its state write may")
                 consts = st.pinned[s, w:w + n] & ((owners == 0) | self.is_const[owners])  # (a constant's, still)
                 if consts.any():
                     word = w + int(np.argmax(consts))
-                    where = f"{on}slice {s} word {word}"
+                    where = f"{plan.on(ins.chip)}slice {s} word {word}"
                     c_base = plan.bases[self._holder(ins.chip, s, word)]
                     self.hazard("constant", t, ins.label, where,
                                 f"lands on {where}, a word of the constant %{c_base.name} (never freed)")
@@ -1116,7 +1121,7 @@ class _Machine:
             busy = self.streaming.get((ins.chip, ins.unit))
             if busy is not None and busy[1] > t and busy[2] != ins.idx:  # (its own: reported at issue)
                 mm = plan.instrs_by_idx[busy[0]]
-                self.hazard("plane", t, mm.label, f"{on}plane {ins.unit}",
+                self.hazard("plane", t, mm.label, f"{plan.on(ins.chip)}plane {ins.unit}",
                             f"streams through {ins.unit} until {busy[1]}, but {ins.label} replaces its "
                             f"weights at {t}")
             tile = results[0] if results is not None else None
