@@ -229,6 +229,7 @@ class _Instr:
     recv: int = -1                               # send: the instruction index of its c2c.recv
     state: int = -1                              # a state write: the base id of the state it writes
     weights: _Val | None = None                  # a matmul: the plane value it streams through (its install's)
+    clean: bool = False                          # planned without a hazard (its stamps may be planned as it moved)
 
     @property
     def label(self) -> str:  # (made when a message or the trace needs it: instructions are many)
@@ -431,10 +432,14 @@ class _Plan:
     # instructions
 
     def _instruction(self, idx: int, op: Op):
+        template = self._template(idx, op)
+        if template is not None and self._stamped(idx, op, self.instrs_by_idx[self._templates[idx]]):
+            return
         try:
             cls = mo.unit_class(op.name)
         except TypeRuleError:
             raise LpucError(f"{op.label()}: {op.name} is not a machine instruction (not a scheduled program)") from None
+        hazards = len(self.hazards)
         cycle = op.attrs.get("cycle")
         unit = op.attrs.get("unit")
         chip = self._chip(op, cycle)
@@ -462,9 +467,6 @@ class _Plan:
                              f"({cls}0..{cls}{self.units[cls] - 1})")
         # operands, by where the op's definition says each one lives
         opdef = OPS[op.name]
-        template = self._template(idx, op)
-        if template is not None:
-            template = self.instrs_by_idx[self._templates[idx]]
         for i, v in enumerate(op.operands):
             val, place = self.values[v.name], opdef.operand_place(i)
             if place == HOST:
@@ -513,10 +515,7 @@ class _Plan:
                     ins.ok = False
                 ins.ok &= val.ok
                 ins.args.append(("sram", len(ins.reads)))
-                if template is not None:  # the words its template reads, of this op's value
-                    ins.reads.append(tuple((s, w, n, val.base) for s, w, n, _ in template.reads[len(ins.reads)]))
-                else:
-                    ins.reads.append(self._window(op, v, val) if mo.reads_window(op) else val.segs)
+                ins.reads.append(self._window(op, v, val) if mo.reads_window(op) else val.segs)
         # results
         sram_results = list(op.results) if opdef.result_place == SRAM else []
         out_ext = None
@@ -541,16 +540,12 @@ class _Plan:
         ins.streams = tuple(s for s in dict.fromkeys(streams) if s < self.n_streams)
         # timing, from the cost table only
         writes = out_ext or []
-        if template is not None:  # (the same reads and writes)
-            ins.occ, ins.lat, ins.port_reads, ins.port_writes = \
-                template.occ, template.lat, template.port_reads, template.port_writes
-        else:
-            kind = (op.name, tuple(v.type for v in op.operands), tuple(r.type for r in op.results))
-            cycles = self._cycles.get(kind)
-            if cycles is None:  # the unit's own work depends on the op's name and types only
-                cycles = self._cycles[kind] = compute_cycles(op, self.machine)
-            c = cost(op, self.machine, ins.reads, writes, cycles)
-            ins.occ, ins.lat, ins.port_reads, ins.port_writes = c.occupancy, c.latency, c.reads, c.writes
+        kind = (op.name, tuple(v.type for v in op.operands), tuple(r.type for r in op.results))
+        cycles = self._cycles.get(kind)
+        if cycles is None:  # the unit's own work depends on the op's name and types only
+            cycles = self._cycles[kind] = compute_cycles(op, self.machine)
+        c = cost(op, self.machine, ins.reads, writes, cycles)
+        ins.occ, ins.lat, ins.port_reads, ins.port_writes = c.occupancy, c.latency, c.reads, c.writes
         land = (cycle or 0) + ins.lat
         if opdef.in_place:  # its result is its state's words after its write (which land() does itself)
             state = self.bases[ins.state] if ins.state >= 0 else None
@@ -564,24 +559,67 @@ class _Plan:
                 ins.writes.append((base, writes[0]))
                 self.values[sram_results[0].name] = _Val("sram", tuple((s, w, n, base) for s, w, n in writes[0]),
                                                          ok=ins.ok, chip=chip, extents=writes[0], base=base)
+            self._results(ins, opdef.result_place, [])
         else:
-            for r, ext in zip(sram_results, writes):
+            self._results(ins, opdef.result_place, writes)
+        ins.clean = ins.ok and len(self.hazards) == hazards
+
+    def _results(self, ins: _Instr, place: str, writes: list[tuple]):
+        """Define an instruction's results (SRAM ones at `writes`, its `out` split), and add it to the plan."""
+        op, idx, chip = ins.op, ins.idx, ins.chip
+        land = (ins.cycle or 0) + ins.lat
+        if place == SRAM:
+            for r, ext in zip(op.results, writes):
                 base = self._new_base(r.name, idx, op, land, self._words(r.type), chip)
                 ins.writes.append((base, ext))
                 self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in ext), ok=ins.ok, chip=chip,
                                            extents=ext, base=base)
-        if not writes:
-            for r in sram_results:
-                self.values[r.name] = _Val("sram", ok=False, chip=chip)
-        if opdef.result_place == PLANE:
+            if not writes and not ins.writes:
+                for r in op.results:
+                    self.values[r.name] = _Val("sram", ok=False, chip=chip)
+        elif place == PLANE:
             self.values[op.result.name] = _Val("plane", instr=idx, ok=ins.ok, chip=chip)
-        elif opdef.result_place == HOST:
+        elif place == HOST:
             self.values[op.result.name] = _Val("host", instr=idx, ok=ins.ok)
-        elif opdef.result_place == LINK:
+        elif place == LINK:
             routed = self._route(ins)
             self.values[op.result.name] = _Val("link", instr=idx, ok=ins.ok and routed, chip=chip)
         self.instrs.append(ins)
         self.instrs_by_idx[idx] = ins
+
+    def _stamped(self, idx: int, op: Op, t: _Instr) -> bool:
+        """Plan an op stamped from `t` (_template: the same words read and written) as `t` moved, when it is as
+        clean: `t` was planned without a hazard and this op's own attributes (chip, cycle, unit, streams) and
+        operands are all in order. Else False: it is planned like any op (which finds what is not in order)."""
+        if not t.clean or OPS[op.name].in_place:
+            return False
+        attrs = op.attrs
+        cycle, unit, chip = attrs.get("cycle"), attrs.get("unit"), attrs.get("chip", 0)
+        streams = attrs.get("streams") or ()
+        named = self._unit_names.get(unit)
+        if type(cycle) is not int or not 0 <= cycle <= MAX_CYCLE or not 0 <= chip < self.chips or named is None \
+                or named[0] != t.cls or named[1] >= self.units[t.cls] or len(streams) != len(t.streams) \
+                or max(streams, default=0) >= self.n_streams or len(set(streams)) != len(streams):
+            return False
+        reads, args, weights = [], [], None
+        for v, (where, ref) in zip(op.operands, t.args):
+            val = self.values[v.name]
+            if val.chip != chip or not val.ok:
+                return False
+            if where == "sram":  # the words its template reads, of this op's value (one base: _template)
+                args.append(("sram", len(reads)))
+                reads.append(tuple((s, w, n, val.base) for s, w, n, _ in t.reads[ref]))
+            elif where == "plane":
+                args.append(("plane", val))
+                weights = weights or val
+            else:
+                return False
+        place = OPS[op.name].result_place
+        writes = self._out(op, cycle, [r.type for r in op.results], chip) if place == SRAM else []
+        ins = _Instr(idx, op, t.cls, unit, cycle, chip, t.occ, t.lat, args=args, reads=reads, streams=streams,
+                     port_reads=t.port_reads, port_writes=t.port_writes, weights=weights, clean=True)
+        self._results(ins, place, writes)
+        return True
 
     def _template(self, idx: int, op: Op) -> Op | None:
         """The op this one stamps (ir.pieces), already planned, when the words it reads and writes are its
