@@ -175,13 +175,21 @@ _UNIT_RE = re.compile(r"([a-z]+)(\d+)")
 class _Val:
     kind: str                 # "sram", "host" (block inputs, host.output results), "plane" (install
                               # results), "link" (a c2c.send result: a transfer in flight)
-    segs: tuple = ()          # sram: ((slice, word, words, base id), ...) in the value's word order
     instr: int = -1           # plane / link: the install's / send's instruction index
     ok: bool = True           # False: its words are unknown (the producer is broken)
     chip: int = 0             # sram, plane: the chip holding it
-    extents: tuple | None = None  # sram: its segments' (slice, word, words), one object for all equal extents
-                                  # (_Plan._extents): see _Plan._template
-    base: int = -1            # sram: the base owning all its words (-1: none, or several)
+    extents: tuple | None = None  # sram: its (slice, word, words) in its words' order, one object for all equal
+                                  # extents (_Plan._extents: see _Plan._template)
+    base: int = -1            # sram: the base owning all its words (-1: none, or several: `_segs` then)
+    _segs: tuple | None = None
+
+    @property
+    def segs(self) -> tuple:
+        """Its segments ((slice, word, words, base id), ...) in its words' order (made when first asked for: a
+        value of one base, most of all a weight, is often only read through a stamp of its template's reads)."""
+        if self._segs is None:
+            self._segs = tuple([(s, w, n, self.base) for s, w, n in self.extents]) if self.base >= 0 else ()
+        return self._segs
 
     def segs_extents(self) -> tuple:
         return tuple(seg[:3] for seg in self.segs)
@@ -333,6 +341,9 @@ class _Plan:
         if template is not None:  # its template's segments, of this op's operands
             tval = self.values[template.result.name]
             base = {self.values[tv.name].base: val.base for tv, val in zip(template.operands, vals)}
+            if tval.base >= 0:
+                self.values[op.result.name] = _Val("sram", chip=chip, extents=tval.extents, base=base[tval.base])
+                return
             out, extents = tuple((s, w, n, base[b]) for s, w, n, b in tval.segs), tval.extents
         elif ok:
             # the layout's own rule, on the operands' segments (each piece keeps the base owning its words)
@@ -340,8 +351,8 @@ class _Plan:
                                self.lanes, self._starts(op.operands[0], vals[0]))
             extents = self._extents(tuple(seg[:3] for seg in out))
         bases = {seg[3] for seg in out}
-        self.values[op.result.name] = _Val("sram", out, ok=ok, chip=chip, extents=extents,
-                                           base=bases.pop() if len(bases) == 1 else -1)
+        self.values[op.result.name] = _Val("sram", ok=ok, chip=chip, extents=extents,
+                                           base=bases.pop() if len(bases) == 1 else -1, _segs=out)
 
     def _constant(self, op: Op):
         """A constant (in the SRAM image) or a state (kept from run to run): placed before cycle 0."""
@@ -365,8 +376,7 @@ class _Plan:
         else:
             base = self._new_base(r.name, -1, op, 0, words(r.type, self.lanes), chip, constant=True)
             self.constants.append((op, base, extents[0]))
-        self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in extents[0]), chip=chip,
-                                   extents=extents[0], base=base)
+        self.values[r.name] = _Val("sram", chip=chip, extents=extents[0], base=base)
 
     def _words(self, t) -> int:
         """SRAM words of a value of type `t` (a program spells few distinct types)."""
@@ -557,8 +567,7 @@ class _Plan:
             self.bases[base].state, self.bases[base].alias = (state.state if state else ""), True
             if writes:
                 ins.writes.append((base, writes[0]))
-                self.values[sram_results[0].name] = _Val("sram", tuple((s, w, n, base) for s, w, n in writes[0]),
-                                                         ok=ins.ok, chip=chip, extents=writes[0], base=base)
+                self.values[sram_results[0].name] = _Val("sram", ok=ins.ok, chip=chip, extents=writes[0], base=base)
             self._results(ins, opdef.result_place, [])
         else:
             self._results(ins, opdef.result_place, writes)
@@ -572,8 +581,7 @@ class _Plan:
             for r, ext in zip(op.results, writes):
                 base = self._new_base(r.name, idx, op, land, self._words(r.type), chip)
                 ins.writes.append((base, ext))
-                self.values[r.name] = _Val("sram", tuple((s, w, n, base) for s, w, n in ext), ok=ins.ok, chip=chip,
-                                           extents=ext, base=base)
+                self.values[r.name] = _Val("sram", ok=ins.ok, chip=chip, extents=ext, base=base)
             if not writes and not ins.writes:
                 for r in op.results:
                     self.values[r.name] = _Val("sram", ok=False, chip=chip)
