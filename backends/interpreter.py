@@ -946,7 +946,7 @@ class _Machine:
     # an instruction issues: reads and computes
 
     def issue(self, ins: _Instr, c: int):
-        plan, end, intact = self.plan, c + ins.occ, self.intact
+        plan, end, intact, srams = self.plan, c + ins.occ, self.intact, self.srams
         states = []  # the states it reads (their slots are checked, not their words' owners)
         for segs in ins.reads:
             for s, w, n, b in segs:
@@ -954,26 +954,29 @@ class _Machine:
                 if base.state:
                     states.append(base.state)
                     continue
-                st = self.sram(base.chip)
                 if base.constant:  # (its reads are not recorded: see _Sram)
                     if not intact[b]:  # its words have no owner, or one that landed on them
-                        owner = st.owner[s, w:w + n]
+                        owner = self.sram(base.chip).owner[s, w:w + n]
                         wrong = (owner != b + 1) & (owner != 0)
                         if _any(wrong):
                             k = int(np.argmax(wrong))
                             self._read_hazard(ins, c, base.chip, s, w + k, b, int(owner[k]) - 1)
                     continue
+                st = srams.get(base.chip) or self.sram(base.chip)
                 if n <= _FEW:
-                    owner_at, read_end_at = st.owner_at, st.read_end_at
-                    for x in range(w, w + n):
-                        if owner_at[s, x] != b + 1:
-                            self._read_hazard(ins, c, base.chip, s, x, b, owner_at[s, x] - 1)
-                            break
+                    if not intact[b]:  # (else every word of it holds it)
+                        owner_at = st.owner_at
+                        for x in range(w, w + n):
+                            if owner_at[s, x] != b + 1:
+                                self._read_hazard(ins, c, base.chip, s, x, b, owner_at[s, x] - 1)
+                                break
+                    read_end_at = st.read_end_at
                     for x in range(w, w + n):
                         if read_end_at[s, x] < end:
                             read_end_at[s, x] = end
                             st.reader_at[s, x] = ins.idx + 1
-                    base.end = max(base.end, end)
+                    if end > base.end:
+                        base.end = end
                     continue
                 if not intact[b]:  # (else every word of it holds it)
                     owner = st.owner[s, w:w + n]
@@ -1129,8 +1132,13 @@ class _Machine:
         st = self.sram(ins.chip) if ins.writes else None
         for b, extents in ins.writes:
             for s, w, n in extents:
-                if n <= _FEW and all(st.read_end_at[s, x] <= t and not st.pinned_at[s, x] for x in range(w, w + n)):
-                    continue  # (most writes: a few words, no hazard; checked word by word, as below)
+                if n <= _FEW:  # (most writes: a few words, no hazard; checked word by word, as below)
+                    read_end_at, pinned_at = st.read_end_at, st.pinned_at
+                    for x in range(w, w + n):
+                        if read_end_at[s, x] > t or pinned_at[s, x]:
+                            break
+                    else:
+                        continue
                 re_, pinned = st.read_end[s, w:w + n], _any(st.pinned[s, w:w + n])
                 if pinned:  # (a hazard: the reads of constants count too)
                     re_, readers = self._read_ends(ins.chip, s, w, n, t)
