@@ -266,6 +266,7 @@ class _Plan:
         self._type_words: dict = {}          # type -> words (_words)
         self._outs: dict[tuple, tuple] = {}  # (`out`, result types) by identity -> `out` split per result (_out)
         self._templates: dict[int, int] = {}  # a stamped op's index -> its template op's (ir.pieces)
+        self._ops = module.ops
         self._shared: dict[tuple, tuple] = {}  # extents -> themselves (_extents)
         firsts: dict[int, tuple[int, ...]] = {}
         for piece in module.pieces:
@@ -616,14 +617,15 @@ class _Plan:
                 return False
             if where == "sram":  # the words its template reads, of this op's value (one base: _template)
                 args.append(("sram", len(reads)))
-                reads.append(tuple((s, w, n, val.base) for s, w, n, _ in t.reads[ref]))
+                base = val.base
+                reads.append(tuple([(s, w, n, base) for s, w, n, _ in t.reads[ref]]))
             elif where == "plane":
                 args.append(("plane", val))
                 weights = weights or val
             else:
                 return False
         place = OPS[op.name].result_place
-        writes = self._out(op, cycle, [r.type for r in op.results], chip) if place == SRAM else []
+        writes = [ext for _, ext in t.writes]  # (its `out`, split as the template's: the same object, and types)
         ins = _Instr(idx, op, t.cls, unit, cycle, chip, t.occ, t.lat, args=args, reads=reads, streams=streams,
                      port_reads=t.port_reads, port_writes=t.port_writes, weights=weights, clean=True)
         self._results(ins, place, writes)
@@ -635,7 +637,7 @@ class _Plan:
         has the same `out` and its operands are at the same extents, it reads the same words, and it costs
         what the cost table gives for them. Then its plan reuses its template's."""
         j = self._templates.get(idx)
-        t = self.module.ops[j] if j is not None else None
+        t = self._ops[j] if j is not None else None
         if t is None or op.attrs.get("out") is not t.attrs.get("out") or t.results[0].name not in self.values:
             return None
         for v, tv in zip(op.operands, t.operands):

@@ -115,6 +115,11 @@ class AttrDict(Mapping):
         new._hash = None
         return new
 
+    def as_dict(self) -> dict[str, Any]:
+        """The dict holding the attributes (in sorted key order), for loops over millions of ops: read it, never
+        change it."""
+        return self._dict
+
     def __getitem__(self, key):
         return self._dict[key]
 

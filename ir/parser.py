@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import re
 import threading
 from collections.abc import Callable, Mapping
+from itertools import chain, repeat
 from pathlib import Path
 
 import numpy as np
@@ -436,15 +438,14 @@ def _stamp_of(template: Template, n: int, attrs: AttrDict, at: int) -> Stamp:
               (not template.chips or (isinstance(attrs["chips"], tuple) and len(attrs["chips"]) == len(template.chips)
                                       and _ints(attrs["chips"])),
                f"`chips` must give the chip of each of its {len(template.chips)} chips"),
-              (len(names) == len(template.values) and all(map(NAME_RE.fullmatch, names)),
+              (len(names) == len(template.values) and (not names or _STAMP_NAMES.fullmatch(values) is not None),
                f"`values` must name its {len(template.values)} values, separated by spaces"),
-              (units is not None and len(units) == len(template.ops)
-               and all((u is None) == ("unit" not in t.attrs) for u, t in zip(units, template.ops)),
+              (units is not None and tuple(map(operator.is_not, units, repeat(None))) == template.has_unit,
                f"`units` must name the unit of each of its {len(template.ops)} ops, separated by spaces (- for an "
                "op without)"),
-              (isinstance(streams, tuple) and len(streams) == len(template.ops)
-               and all(isinstance(x, tuple) and len(x) == len(t.attrs.get("streams", ())) and _ints(x)
-                       for x, t in zip(streams, template.ops)),
+              (isinstance(streams, tuple) and set(map(type, streams)) <= {tuple}
+               and tuple(map(len, streams)) == template.stream_counts
+               and set(map(type, chain.from_iterable(streams))) <= {int},
                f"`streams` must give the stream registers of each of its {len(template.ops)} ops"))
     out = attrs.get("out")
     if out is not None:
@@ -477,7 +478,7 @@ def _stamp_attrs(text: str, at: int) -> AttrDict:
                 value, end = _json_scan(text, pos)
             except (StopIteration, ValueError):
                 raise _Error(at + pos, f"bad list for `{key}`") from None
-            if not _int_lists(value):
+            if _INT_LIST.fullmatch(text, pos, end) is None:  # (json reads nothing else from these characters)
                 raise _Error(at + pos, f"`{key}`: a stamp's lists hold integers only")
             value = _tuples(value)
         elif text.startswith('"', pos):
@@ -500,13 +501,15 @@ def _stamp_attrs(text: str, at: int) -> AttrDict:
     return _attr_dict(items, starts.__getitem__)
 
 
-def _int_lists(x) -> bool:
-    return all(type(v) is int or (type(v) is list and _int_lists(v)) for v in x)
+_INT_LIST = re.compile(r"[\[\]\s,0-9-]*")  # a json list of these characters holds integers (and lists) only
+_STAMP_NAMES = re.compile(rf"\s*{NAME_RE.pattern}(?:\s+{NAME_RE.pattern})*\s*")  # names separated by whitespace
 
 
 def _tuples(x):
     """Lists as tuples, all the way down (json reads lists)."""
-    return tuple(map(_tuples, x)) if isinstance(x, (list, tuple)) else x
+    if not isinstance(x, (list, tuple)):
+        return x
+    return tuple([_tuples(e) if isinstance(e, (list, tuple)) else e for e in x])
 
 
 @functools.lru_cache(maxsize=1024)

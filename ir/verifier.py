@@ -157,14 +157,24 @@ def _check_operand(module: Module, op: Op, v, defined: dict) -> None:
 def check_own_attrs(op: Op, was: Op | None = None, keys: tuple[str, ...] = OWN_ATTRS) -> None:
     """The op-local rules of the attributes `keys` (OWN_ATTRS; a stamp's, STAMPED_ATTRS): each is an attribute of
     its op, of its kind (those `was`, the op it rewrites or stamps, had already: checked there)."""
-    opdef, attrs = OPS[op.name], op.attrs
+    mine, theirs = op.attrs.as_dict(), was.attrs.as_dict() if was is not None else {}
     for key in keys:
-        value = attrs.get(key, _GONE)
-        if value is not _GONE and (was is None or value is not was.attrs.get(key)):
-            _check_attr(op, opdef, key, value, None)
+        value = mine.get(key, _GONE)
+        if value is not _GONE and value is not theirs.get(key, _GONE):
+            fast = _fast_checks.get((op.name, key))
+            if fast is None:  # (once per op name and key)
+                spec = OPS[op.name].attrs.get(key)
+                fast = _fast_checks[op.name, key] = _FAST_KINDS.get(spec.kind, _judge) if spec else _judge
+            if not fast(value):
+                _check_attr(op, OPS[op.name], key, value, None)
 
 
 _GONE = object()
+_fast_checks: dict[tuple[str, str], Callable[[object], bool]] = {}  # (op name, key) -> its kind's fast check
+
+
+def _judge(value) -> bool:  # (a kind without a fast check: _check_attr judges the value)
+    return False
 
 
 def check_state(module: Module) -> None:
