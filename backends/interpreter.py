@@ -443,8 +443,7 @@ class _Plan:
     # instructions
 
     def _instruction(self, idx: int, op: Op):
-        template = self._template(idx, op)
-        if template is not None and self._stamped(idx, op, self.instrs_by_idx[self._templates[idx]]):
+        if idx in self._templates and self._stamped(idx, op, self.instrs_by_idx.get(self._templates[idx])):
             return
         try:
             cls = mo.unit_class(op.name)
@@ -596,11 +595,12 @@ class _Plan:
         self.instrs.append(ins)
         self.instrs_by_idx[idx] = ins
 
-    def _stamped(self, idx: int, op: Op, t: _Instr) -> bool:
-        """Plan an op stamped from `t` (_template: the same words read and written) as `t` moved, when it is as
-        clean: `t` was planned without a hazard and this op's own attributes (chip, cycle, unit, streams) and
-        operands are all in order. Else False: it is planned like any op (which finds what is not in order)."""
-        if not t.clean or OPS[op.name].in_place:
+    def _stamped(self, idx: int, op: Op, t: _Instr | None) -> bool:
+        """Plan an op stamped from `t` (ir.pieces) as `t` moved, when it reads and writes the same words (as
+        _template says) and is as clean: `t` was planned without a hazard and this op's own attributes (chip,
+        cycle, unit, streams) and operands are all in order. Else False: it is planned like any op (which finds
+        what is not in order)."""
+        if t is None or not t.clean or OPS[op.name].in_place or op.attrs.get("out") is not t.op.attrs.get("out"):
             return False
         attrs = op.attrs
         cycle, unit, chip = attrs.get("cycle"), attrs.get("unit"), attrs.get("chip", 0)
@@ -610,12 +610,15 @@ class _Plan:
                 or named[0] != t.cls or named[1] >= self.units[t.cls] or len(streams) != len(t.streams) \
                 or max(streams, default=0) >= self.n_streams or len(set(streams)) != len(streams):
             return False
-        reads, args, weights = [], [], None
-        for v, (where, ref) in zip(op.operands, t.args):
-            val = self.values[v.name]
-            if val.chip != chip or not val.ok:
+        reads, args, weights, values = [], [], None, self.values
+        for v, tv, (where, ref) in zip(op.operands, t.op.operands, t.args):
+            val = values[v.name]
+            if val.chip != chip or not val.ok or val.kind != where:
                 return False
-            if where == "sram":  # the words its template reads, of this op's value (one base: _template)
+            if where == "sram":  # the words its template reads (_template), of this op's value
+                tval = values[tv.name]
+                if val.extents is None or val.extents is not tval.extents or val.base < 0 or tval.base < 0:
+                    return False
                 args.append(("sram", len(reads)))
                 base = val.base
                 reads.append(tuple([(s, w, n, base) for s, w, n, _ in t.reads[ref]]))
@@ -632,13 +635,12 @@ class _Plan:
         return True
 
     def _template(self, idx: int, op: Op) -> Op | None:
-        """The op this one stamps (ir.pieces), already planned, when the words it reads and writes are its
-        template's: it has the same attributes but for its chip, cycle, unit and streams (a piece's); if it also
-        has the same `out` and its operands are at the same extents, it reads the same words, and it costs
-        what the cost table gives for them. Then its plan reuses its template's."""
+        """The view this view stamps (ir.pieces), already planned, when each operand is at the extents of its
+        template's (one base each): a view has its template's attributes (a piece's differ in chip and cycle
+        only), so its segments are its template's, of its own operands."""
         j = self._templates.get(idx)
         t = self._ops[j] if j is not None else None
-        if t is None or op.attrs.get("out") is not t.attrs.get("out") or t.results[0].name not in self.values:
+        if t is None or t.results[0].name not in self.values:
             return None
         for v, tv in zip(op.operands, t.operands):
             val, tval = self.values[v.name], self.values[tv.name]

@@ -10,11 +10,13 @@ type and machine rules are remembered by the attribute values they read (_run_ru
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from itertools import chain, repeat
 from typing import TYPE_CHECKING
 
 from .attributes import compare_value
 from .core import Module, Op
 from .errors import VerifyError
+from .machine_ops import SCHEDULE_ATTRS
 from .registry import ATTR_KINDS, HOST, LINK, OPS, PLANE, SRAM, TypeRuleError
 from .rewrite import rewrite_of
 from .types import DType
@@ -57,6 +59,7 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
     if rewrite is None:
         for i in templates:
             check_op(module.ops[i], machine, chips, known)
+        stamps_in_order = _stamps_in_order(module, known)
     for j, op in enumerate(module.ops):
         operands = op.operands
         for v in operands:
@@ -69,7 +72,8 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
         else:
             template = template_of[j]
             if template is not None:
-                _check_stamped(op, template, machine, known)
+                if not stamps_in_order[j]:
+                    _check_stamped(op, template, machine, known)
             elif j not in templates:
                 check_op(op, machine, chips, known)
             key = (op.name, tuple([place[v.name] for v in operands]))
@@ -117,6 +121,41 @@ def _template_ops(module: Module) -> tuple[list[Op | None], set[int]]:
             for i, t in zip(piece.ops, template):
                 out[i] = module.ops[t]
     return out, {i for ops in first.values() for i in ops}
+
+
+def _stamps_in_order(module: Module, known: dict[str, _Known]) -> bytearray:
+    """Per op, 1 for a piece's op (not its template's) that _check_stamped would pass, found for its whole piece
+    at once, attribute by attribute: its STAMPED_ATTRS are of their kinds, and its operands have the types of its
+    template op's (the template's ops passed check_op: `known`). A piece found otherwise is checked op by op, which
+    names what is wrong and where."""
+    in_order = bytearray(len(module.ops))
+    first: dict[int, tuple[int, ...]] = {}
+    for piece in module.pieces:
+        template = first.setdefault(piece.template, piece.ops)
+        if template is piece.ops:
+            continue
+        ops, tops = [module.ops[i] for i in piece.ops], [module.ops[i] for i in template]
+        if not all(map(_plainly_stamped, {op.name for op in tops}, repeat(known))) \
+                or [v.type for op in ops for v in op.operands] != [v.type for op in tops for v in op.operands]:
+            continue
+        attrs = [op.attrs.as_dict() for op in ops]
+        chips, cycles, outs, streams, units = ([a.get(key) for a in attrs] for key in STAMPED_ATTRS)
+        moved = [x for x, op in zip(outs, tops) if x is not None and x is not op.attrs.get("out")]
+        if set(map(type, chips)) | set(map(type, cycles)) <= _INT and set(map(type, units)) <= _STR \
+                and set(map(type, streams)) <= _TUPLE and set(map(type, chain.from_iterable(filter(None, streams)))) \
+                <= _INT and all(map(_fast_extents, moved)):
+            for i in piece.ops:
+                in_order[i] = 1
+    return in_order
+
+
+_INT, _STR, _TUPLE = {int, type(None)}, {str, type(None)}, {tuple, type(None)}  # (None: an op without the attribute)
+
+
+def _plainly_stamped(name: str, known: dict[str, _Known]) -> bool:
+    """Whether the STAMPED_ATTRS of op `name` are the schedule's, of their usual kinds, and read by no rule."""
+    opdef = OPS[name]
+    return not known[name].reads_stamped and all(opdef.attrs.get(k) == SCHEDULE_ATTRS[k] for k in STAMPED_ATTRS)
 
 
 def _check_stamped(op: Op, template: Op, machine: Machine | None, known: dict[str, _Known]) -> None:
