@@ -5,8 +5,10 @@ checks every rule of that contract, independently of the compiler:
 
 - the environment: per chip (created when first used) the SRAM as bytes
   (slices x words x lanes) and, per SRAM word, the value it holds, when
-  that landed and until when it is being read; the MXM planes per chip; the
-  transfers in flight between chips;
+  that landed and until when it is being read (a constant's words are only
+  pinned: _Sram); the MXM planes per chip; the transfers in flight between chips;
+- the plan: what each instruction reads, writes and holds, found once before the loop (a
+  stamped op's from its template's, where that is the same: _Plan._stamped);
 - the loop: events in cycle order — an instruction issues at `c` (reads its
   operand bytes, decodes them with ir.layout, computes with numpy) and its
   results land at `c + lat` (bytes written at its `out` extents). A
