@@ -118,7 +118,8 @@ class TensorType:
 
     shape: tuple[int, ...]
     dtype: DType
-    _hash: int = field(init=False, repr=False, compare=False)  # (types key the caches of millions of ops)
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)  # (made once: types key the
+                                                                                     # caches of millions of ops)
 
     def __post_init__(self):
         if not isinstance(self.dtype, DType):
@@ -127,9 +128,10 @@ class TensorType:
         if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise TypeError(f"TensorType shape must be non-negative ints, got {self.shape!r}")
         object.__setattr__(self, "shape", tuple(int(d) for d in shape))
-        object.__setattr__(self, "_hash", hash((self.shape, self.dtype)))
 
     def __hash__(self) -> int:
+        if self._hash is None:
+            object.__setattr__(self, "_hash", hash((self.shape, self.dtype)))
         return self._hash
 
     def __reduce__(self):  # (made again where it is unpickled: a string's hash differs from process to process)
