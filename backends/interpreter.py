@@ -931,21 +931,25 @@ class _Machine:
         cycles, kinds, which = (np.concatenate(pair) for pair in (
             (lands, issues), (np.zeros(len(timed), np.int8), np.ones(len(timed), np.int8)), (timed, timed)))
         order = np.lexsort((which, kinds, cycles))
-        events = zip(cycles[order].tolist(), kinds[order].tolist(), which[order].tolist())
-        count = len(order)
-        step = max(count // 8, 1) if progress else count + 1
+        if self.horizon is not None:  # (none after it)
+            order = order[:int(np.searchsorted(cycles[order], self.horizon, side="right"))]
+        cycles, kinds, which, count = cycles[order], kinds[order], which[order], len(order)
+        step = -(-count // 8) if progress else count + 1  # (events in eighths: a line of progress after each)
         start = time.perf_counter()
+        instrs, land, issue = plan.instrs, self.land, self.issue
         try:
             self.image()
             self.load_state()
-            instrs, horizon = plan.instrs, self.horizon
-            for n, (t, kind, k) in enumerate(events):
-                if horizon is not None and t > horizon:
-                    break
-                if n and n % step == 0:
+            for n in range(0, count, step):
+                if n:
                     left = (time.perf_counter() - start) / n * (count - n)
-                    progress(f"running: cycle {t:,} of {plan.cycles:,}, about {left:.0f} s left")
-                (self.land if kind == 0 else self.issue)(instrs[k], t)
+                    progress(f"running: cycle {int(cycles[n]):,} of {plan.cycles:,}, about {left:.0f} s left")
+                part = slice(n, n + step)
+                for t, kind, k in zip(cycles[part].tolist(), kinds[part].tolist(), which[part].tolist()):
+                    if kind:
+                        issue(instrs[k], t)
+                    else:
+                        land(instrs[k], t)
         except _Stop:
             pass
 
