@@ -1391,16 +1391,18 @@ def _stats(plan: _Plan) -> Stats:
     chip_busy = [dict.fromkeys(CHIP_CLASSES, 0) for _ in range(chips)]
     chip_instructions = [0] * chips
     timed = [i for i in plan.instrs if i.cycle is not None]
+    per_unit: dict[tuple[int, str | None], int] = defaultdict(int)  # (chip, unit) -> busy cycles
     for i in timed:
-        if not 0 <= i.chip < chips:
-            continue
-        chip_instructions[i.chip] += 1
-        cls = unit_class.get(i.unit)
+        if 0 <= i.chip < chips:
+            chip_instructions[i.chip] += 1
+            per_unit[i.chip, i.unit] += i.occ
+    for (chip, unit), occ in per_unit.items():
+        cls = unit_class.get(unit)
         if cls is not None:
-            busy[key(i.chip, i.unit)] += i.occ
-            class_busy[cls] += i.occ
-            if cls in chip_busy[i.chip]:
-                chip_busy[i.chip][cls] += i.occ
+            busy[key(chip, unit)] += occ
+            class_busy[cls] += occ
+            if cls in chip_busy[chip]:
+                chip_busy[chip][cls] += occ
     peaks = _sram_peaks(plan)
     word_bytes = machine.sram.word_bytes
 
@@ -1469,19 +1471,20 @@ def _link_stats(plan: _Plan, timed: list[_Instr]) -> tuple[tuple[LinkStats, ...]
 def _link_wait(plan: _Plan, timed: list[_Instr]) -> int:
     """Cycles during which a transfer is in flight (its send's issue to its receive's landing) while no
     unit but the links' is busy on any chip."""
-    points = []  # (cycle, 0 transfers / 1 other units, +1 / -1)
+    spans: tuple[list[int], list[int]] = ([], [])  # per kind (0 transfers, 1 other units): start, end, start, ...
     for i in timed:
         if OPS[i.op.name].result_place == LINK:
             r = plan.instrs_by_idx.get(i.recv)
             end = r.cycle + r.lat if r is not None and r.cycle is not None else i.cycle + i.lat
-            points += [(i.cycle, 0, 1), (max(end, i.cycle), 0, -1)]
+            spans[0].extend((i.cycle, max(end, i.cycle)))
         elif not mo.UNIT_CLASS[i.cls].link:
-            points += [(i.cycle, 1, 1), (i.cycle + i.occ, 1, -1)]
-    points.sort()
-    wait, active, prev = 0, [0, 0], 0
-    for t, what, d in points:
-        if active[0] > 0 and active[1] == 0:
-            wait += t - prev
-        active[what] += d
-        prev = t
-    return wait
+            spans[1].extend((i.cycle, i.cycle + i.occ))
+    # the points (cycle, kind, +1 at a start / -1 at an end) in order, and how many of each kind are active after each
+    t = np.array(spans[0] + spans[1], np.int64)
+    what = np.repeat(np.array([0, 1], np.int8), [len(spans[0]), len(spans[1])])
+    d = np.tile(np.array([1, -1], np.int8), len(t) // 2)
+    order = np.lexsort((d, what, t))
+    t, what, d = t[order], what[order], d[order].astype(np.int64)
+    transfers, units = np.cumsum(np.where(what == 0, d, 0)), np.cumsum(np.where(what == 1, d, 0))
+    waiting = (transfers[:-1] > 0) & (units[:-1] == 0)  # from each point to the next
+    return int((t[1:] - t[:-1])[waiting].sum())

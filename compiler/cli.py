@@ -22,6 +22,7 @@ from pathlib import Path
 
 
 from ..ir import LpucError
+from ..ir.collector import collector_paused
 from ..ir.evaluator import evaluate
 from ..ir.files import atomic_write, check_regular, npz_arrays, read_npz, write_module, write_npz
 from ..ir.printer import print_module
@@ -254,6 +255,7 @@ def cmd_compile(args) -> int:
     program = build_program(module, machine_text, lpu_options(options), summary.facts(), weights=not args.no_weights,
                             verified=True)
     sha = write_program(args.output, program)
+    _outlive(module, program)
     seconds = time.perf_counter() - start
     cost = _precision_cost(args, args.precision) if args.precision != "fp32" and not args.no_weights else None
     # The SRAM peak over time (the schedule's live curve), as `lpuc run` will measure it; the
@@ -428,6 +430,7 @@ def cmd_run(args) -> int:
     if args.reference and args.timing_only:
         raise LpucError("--timing-only computes no numbers: it takes no --reference")
     result = interpreter.run(program, inputs, timing_only=args.timing_only, progress=progress)
+    _outlive(program, result)
     stats = result.stats
     precision = program.options.get("precision", "fp32")
     cost = None
@@ -922,11 +925,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+_outliving: list | None = None  # under run_and_exit: what commands built, left to the process's exit
+
+
+def _outlive(*built) -> None:
+    """Keep what a command built until the process exits, when it is the `lpuc` command (run_and_exit): freed
+    one by one when the command returns, a large program's millions of objects cost seconds."""
+    if _outliving is not None:
+        _outliving.extend(built)
+
+
 def run_and_exit() -> None:
     """The `lpuc` command: `main()`, then exit without tearing down what it built. A large model's compile
     holds millions of objects; freeing them one by one at exit costs as long as writing the .lpu (the
-    clang driver skips freeing for the same reason). Everything is written (atomically) and flushed first."""
-    code = main()
+    clang driver skips freeing for the same reason). Everything is written (atomically) and flushed first.
+    The cyclic collector stays paused throughout (ir/collector.py): between the stages that pause it, its
+    first collection would walk every object they made (seconds at 70B), for cycles it never needs to free."""
+    global _outliving
+    _outliving = []
+    with collector_paused():
+        code = main()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
