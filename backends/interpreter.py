@@ -801,10 +801,10 @@ class _Sram:
     def __init__(self, machine: Machine, numeric: bool, cycle_type):
         shape = (machine.sram.slices, machine.sram.words_per_slice)
         self.bytes = _zeros(shape + (machine.lanes,), np.uint8) if numeric else None
-        self.owner = np.zeros(shape, np.int32)       # 1 + base id of the value whose word is there (0: none)
-        self.read_end = np.zeros(shape, cycle_type)  # latest end (c + occ) of a read of the word (not a constant's)
-        self.reader = np.zeros(shape, np.int32)      # 1 + the instruction reading it until then
-        self.pinned = np.zeros(shape, np.bool_)      # a word of a constant or a state
+        self.owner = _zeros(shape, np.int32)       # 1 + base id of the value whose word is there (0: none)
+        self.read_end = _zeros(shape, cycle_type)  # latest end (c + occ) of a read of the word (not a constant's)
+        self.reader = _zeros(shape, np.int32)      # 1 + the instruction reading it until then
+        self.pinned = _zeros(shape, np.bool_)      # a word of a constant or a state
         # the same arrays word by word: a memoryview's item costs less than an array's (most runs are a few words)
         self.owner_at, self.read_end_at, self.reader_at, self.pinned_at = map(
             memoryview, (self.owner, self.read_end, self.reader, self.pinned))
