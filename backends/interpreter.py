@@ -146,12 +146,12 @@ class Result:
     outputs: Mapping[str, np.ndarray]
     stats: Stats
     hazards: tuple[HazardError, ...] = ()
-    instructions: Sequence = field(default=(), repr=False)  # the plan's, from which `trace` is made
+    _instructions: Sequence = field(default=(), repr=False)  # the plan's, from which `trace` is made
 
     @cached_property
     def trace(self) -> tuple[TraceEvent, ...]:
         """What ran, in issue order (made when first asked for: an event per instruction, millions at 70B)."""
-        return _trace(self.instructions)
+        return _trace(self._instructions)
 
 
 # Issue cycles lie in 0..MAX_CYCLE: far beyond any real program (58 days at 900 MHz), yet
@@ -598,8 +598,9 @@ class _Plan:
         self.instrs_by_idx[idx] = ins
 
     def _stamped(self, idx: int, op: Op, t: _Instr | None) -> bool:
-        """Plan an op stamped from `t` (ir.pieces) as `t` moved, when it reads and writes the same words (as
-        _template says) and is as clean: `t` was planned without a hazard and this op's own attributes (chip,
+        """Plan an op stamped from `t` (ir.pieces) as `t` moved, when it reads and writes the same words (the
+        same `out`, each SRAM operand at its template operand's extents, one base each: then the cost table gives
+        the same costs) and is as clean: `t` was planned without a hazard and this op's own attributes (chip,
         cycle, unit, streams) and operands are all in order. Else False: it is planned like any op (which finds
         what is not in order)."""
         if t is None or not t.clean or OPS[op.name].in_place or op.attrs.get("out") is not t.op.attrs.get("out"):
