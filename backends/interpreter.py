@@ -935,7 +935,7 @@ class _Machine:
         if self.horizon is not None:  # (none after it)
             order = order[:int(np.searchsorted(cycles[order], self.horizon, side="right"))]
         cycles, kinds, which, count = cycles[order], kinds[order], which[order], len(order)
-        step = -(-count // 8) if progress else count + 1  # (events in eighths: a line of progress after each)
+        step = max(-(-count // 8), 1) if progress else count + 1  # (events in eighths: progress after each)
         start = time.perf_counter()
         instrs, land, issue = plan.instrs, self.land, self.issue
         try:
