@@ -197,6 +197,12 @@ class _Val:
         return tuple(seg[:3] for seg in self.segs)
 
 
+def _same_words(val: _Val, tval: _Val) -> bool:
+    """Whether SRAM value `val` is at the extents of `tval`, its template's (ir.pieces), each of one base: then what
+    a stamped op reads of it is what its template op reads of `tval`, rebased."""
+    return val.extents is not None and val.extents is tval.extents and val.base >= 0 and tval.base >= 0
+
+
 @dataclass(slots=True)
 class _Base:
     """A value that owns SRAM words (an instruction's or constant's result, not a view)."""
@@ -618,9 +624,8 @@ class _Plan:
             val = values[v.name]
             if val.chip != chip or not val.ok or val.kind != where:
                 return False
-            if where == "sram":  # the words its template reads (_template), of this op's value
-                tval = values[tv.name]
-                if val.extents is None or val.extents is not tval.extents or val.base < 0 or tval.base < 0:
+            if where == "sram":  # the words its template reads, of this op's value
+                if not _same_words(val, values[tv.name]):
                     return False
                 args.append(("sram", len(reads)))
                 base = val.base
@@ -647,8 +652,7 @@ class _Plan:
             return None
         for v, tv in zip(op.operands, t.operands):
             val, tval = self.values[v.name], self.values[tv.name]
-            if val.kind != tval.kind or val.kind == "sram" and (val.extents is None or val.extents is not tval.extents
-                                                                or val.base < 0 or tval.base < 0):
+            if val.kind != tval.kind or val.kind == "sram" and not _same_words(val, tval):
                 return None
         return t
 
