@@ -56,7 +56,7 @@ class Template:
         # per op, what a stamp changes: its cycle and chip, whether it has a unit, stream registers and words
         self._stamped = tuple((op.attrs.get("cycle"), op.attrs.get("chip"), "unit" in op.attrs, "streams" in op.attrs,
                                "out" in op.attrs) for op in self.ops)
-        self.has_unit = tuple("unit" in op.attrs for op in self.ops)
+        self.has_unit = tuple(unit for _, _, unit, _, _ in self._stamped)
         self.stream_counts = tuple(len(op.attrs.get("streams", ())) for op in self.ops)
         self.chips = tuple(dict.fromkeys(op.attrs["chip"] for op in self.ops if "chip" in op.attrs))
         # (ops of which some have a `chip` and some not, or no `cycle`: no stamp)
