@@ -761,8 +761,9 @@ class _Plan:
                 "write_port": f"the write port of {on}slice {res}", "stream": f"{on}stream {res}"}[kind]
         return name, name
 
-    @property
+    @cached_property
     def cycles(self) -> int:
+        """The program's length: its last result lands (found once: the progress lines, checks and stats ask)."""
         return max([i.cycle + i.lat for i in self.instrs if i.cycle is not None], default=0)
 
 

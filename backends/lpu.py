@@ -43,7 +43,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, BinaryIO
@@ -456,9 +456,11 @@ def _check_sizes(module: Module, machine: Machine, where: str) -> None:
     """Every value of a program lives in one chip's SRAM (or came from it, or goes to it): one larger
     is a forged type, refused before a run allocates anything for it (e.g. random inputs)."""
     cap = machine.sram.slices * machine.sram.words_per_slice
-    values = [*module.inputs, *(r for op in module.ops for r in op.results)]
-    for v in values:
-        n = words(v.type, machine.lanes)
+    sizes: dict = {}  # type -> words (a program spells few distinct types, its values millions)
+    for v in chain(module.inputs, (r for op in module.ops for r in op.results)):
+        n = sizes.get(v.type)
+        if n is None:
+            n = sizes[v.type] = words(v.type, machine.lanes)
         if n > cap:
             raise LpuFormatError(f"{where}: %{v.name} is {v.type}, {n:,} SRAM words: more than a "
                                  f"{machine.name} chip holds ({cap:,})")
