@@ -57,6 +57,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import chain, groupby
 from pathlib import Path
 from types import MappingProxyType
 
@@ -184,6 +185,7 @@ class _Val:
                                   # extents (_Plan._extents: see _Plan._template)
     base: int = -1            # sram: the base owning all its words (-1: none, or several: `_segs` then)
     _segs: tuple | None = None
+    _runs: tuple | None = None
 
     @property
     def segs(self) -> tuple:
@@ -195,6 +197,32 @@ class _Val:
 
     def segs_extents(self) -> tuple:
         return tuple(seg[:3] for seg in self.segs)
+
+    @property
+    def runs(self) -> tuple:
+        """Its words as an instruction reads them (_Instr.reads), made once for all its readers."""
+        if self._runs is None:
+            self._runs = ((self.extents, self.base),) if self.base >= 0 else _runs(self.segs)
+        return self._runs
+
+
+def _runs(segs) -> tuple:
+    """Segments ((slice, word, words, base id), ...) as runs ((extents, base id), ...): the extents of consecutive
+    segments of one base together, so that a read looks up each base once (most reads are of one base)."""
+    return tuple([(tuple([seg[:3] for seg in group]), b) for b, group in groupby(segs, key=operator.itemgetter(3))])
+
+
+_SRAM_ARGS = tuple(("sram", k) for k in range(16))  # (one object each: an instruction's args, millions of them)
+
+
+def _sram_arg(k: int) -> tuple:
+    """An instruction's arg for its k-th SRAM operand: ("sram", k), its index in _Instr.reads."""
+    return _SRAM_ARGS[k] if k < len(_SRAM_ARGS) else ("sram", k)
+
+
+def _run_extents(read: tuple) -> tuple:
+    """The extents a read's runs (_runs) name, in order."""
+    return tuple(chain.from_iterable(extents for extents, _ in read))
 
 
 def _same_words(val: _Val, tval: _Val) -> bool:
@@ -232,7 +260,7 @@ class _Instr:
     chip: int = 0
     occ: int = 0
     lat: int = 0
-    reads: list = field(default_factory=list)    # per SRAM operand: segs
+    reads: list = field(default_factory=list)    # per SRAM operand: the words it reads, as runs (_runs)
     writes: list = field(default_factory=list)   # per SRAM result: (base id, extents)
     args: list = field(default_factory=list)     # per operand: ("sram", i) / ("plane", val) / ("link", val)
                                                  # / ("host", name)
@@ -270,6 +298,8 @@ class _Plan:
         self.units = units(self.machine)
         self.n_streams = self.machine.streams.east + self.machine.streams.west
         self._unit_names: dict[str, tuple[str, int]] = {}  # a `unit` -> (its class, its index); ("", 0): no unit name
+        self._unit_set = {cls: {f"{cls}{k}" for k in range(n)} for cls, n in self.units.items()}  # each class's units
+        self._streams_known: dict[tuple, bool] = {}  # `streams` -> _streams_ok
         self._cycles: dict[tuple, int] = {}  # (op name, operand types, result types) -> compute_cycles
         self._type_words: dict = {}          # type -> words (_words)
         self._outs: dict[tuple, tuple] = {}  # (`out`, result types) by identity -> `out` split per result (_out)
@@ -281,12 +311,17 @@ class _Plan:
             ops = firsts.setdefault(piece.template, piece.ops)
             if ops is not piece.ops:
                 self._templates.update(zip(piece.ops, ops))
+        kinds: dict[str, str] = {}  # op name -> "view", "pinned" or "" (an instruction): ops are many, names few
+        templates, by_idx = self._templates, self.instrs_by_idx
         for idx, op in enumerate(module.ops):
-            if mo.is_view(op.name):
+            kind = kinds.get(op.name)
+            if kind is None:
+                kind = kinds[op.name] = "view" if mo.is_view(op.name) else "pinned" if mo.is_pinned(op.name) else ""
+            if kind == "view":
                 self._view(idx, op)
-            elif mo.is_pinned(op.name):
+            elif kind:
                 self._constant(op)
-            else:
+            elif (j := templates.get(idx)) is None or not self._stamped(idx, op, by_idx.get(j)):
                 self._instruction(idx, op)
         self.outputs: dict[str, str] = {}
         for name, v in module.outputs:
@@ -323,8 +358,9 @@ class _Plan:
         return starts
 
     def _window(self, op: Op, v, val: _Val) -> tuple:
-        """The segments of the window of v an install reads."""
-        return window_extents(v.type, val.segs, *mo.window(op.attrs, v.type), self.lanes, self._starts(v, val))
+        """The runs (_runs) of the window of v an install reads."""
+        return _runs(window_extents(v.type, val.segs, *mo.window(op.attrs, v.type), self.lanes,
+                                    self._starts(v, val)))
 
     # views and constants
 
@@ -451,8 +487,6 @@ class _Plan:
     # instructions
 
     def _instruction(self, idx: int, op: Op):
-        if idx in self._templates and self._stamped(idx, op, self.instrs_by_idx.get(self._templates[idx])):
-            return
         try:
             cls = mo.unit_class(op.name)
         except TypeRuleError:
@@ -524,7 +558,7 @@ class _Plan:
                                  f"of its chip {chip}")
                     ins.ok = False
                 ins.state = -1 if state is None else state
-                ins.args.append(("sram", len(ins.reads)))
+                ins.args.append(_sram_arg(len(ins.reads)))
                 ins.reads.append(())
             else:
                 if val.chip != chip:  # rule 7; its words are still read (and tracked) where they are
@@ -532,8 +566,8 @@ class _Plan:
                                  f"reads {v}, which lives on chip {val.chip}, not on its chip {chip}")
                     ins.ok = False
                 ins.ok &= val.ok
-                ins.args.append(("sram", len(ins.reads)))
-                ins.reads.append(self._window(op, v, val) if mo.reads_window(op) else val.segs)
+                ins.args.append(_sram_arg(len(ins.reads)))
+                ins.reads.append(self._window(op, v, val) if mo.reads_window(op) else val.runs)
         # results
         sram_results = list(op.results) if opdef.result_place == SRAM else []
         out_ext = None
@@ -562,7 +596,7 @@ class _Plan:
         cycles = self._cycles.get(kind)
         if cycles is None:  # the unit's own work depends on the op's name and types only
             cycles = self._cycles[kind] = compute_cycles(op, self.machine)
-        c = cost(op, self.machine, ins.reads, writes, cycles)
+        c = cost(op, self.machine, [_run_extents(read) for read in ins.reads], writes, cycles)
         ins.occ, ins.lat, ins.port_reads, ins.port_writes = c.occupancy, c.latency, c.reads, c.writes
         land = (cycle or 0) + ins.lat
         if opdef.in_place:  # its result is its state's words after its write (which land() does itself)
@@ -609,15 +643,15 @@ class _Plan:
         the same costs) and is as clean: `t` was planned without a hazard and this op's own attributes (chip,
         cycle, unit, streams) and operands are all in order. Else False: it is planned like any op (which finds
         what is not in order)."""
-        if t is None or not t.clean or OPS[op.name].in_place or op.attrs.get("out") is not t.op.attrs.get("out"):
+        if t is None or not t.clean or t.state >= 0:  # (t.state: t writes a state in place)
             return False
-        attrs = op.attrs
+        attrs = op.attrs.as_dict()
+        if attrs.get("out") is not t.op.attrs.as_dict().get("out"):
+            return False
         cycle, unit, chip = attrs.get("cycle"), attrs.get("unit"), attrs.get("chip", 0)
         streams = attrs.get("streams") or ()
-        named = self._unit_names.get(unit)
-        if type(cycle) is not int or not 0 <= cycle <= MAX_CYCLE or not 0 <= chip < self.chips or named is None \
-                or named[0] != t.cls or named[1] >= self.units[t.cls] or len(streams) != len(t.streams) \
-                or max(streams, default=0) >= self.n_streams or len(set(streams)) != len(streams):
+        if type(cycle) is not int or not 0 <= cycle <= MAX_CYCLE or not 0 <= chip < self.chips \
+                or unit not in self._unit_set[t.cls] or len(streams) != len(t.streams) or not self._streams_ok(streams):
             return False
         reads, args, weights, values = [], [], None, self.values
         for v, tv, (where, ref) in zip(op.operands, t.op.operands, t.args):
@@ -625,11 +659,11 @@ class _Plan:
             if val.chip != chip or not val.ok or val.kind != where:
                 return False
             if where == "sram":  # the words its template reads, of this op's value
-                if not _same_words(val, values[tv.name]):
+                tval, tread = values[tv.name], t.reads[ref]
+                if not _same_words(val, tval):
                     return False
-                args.append(("sram", len(reads)))
-                base = val.base
-                reads.append(tuple([(s, w, n, base) for s, w, n, _ in t.reads[ref]]))
+                args.append(_sram_arg(len(reads)))
+                reads.append(val.runs if tread is tval.runs else tuple([(e, val.base) for e, _ in tread]))
             elif where == "plane":
                 args.append(("plane", val))
                 weights = weights or val
@@ -641,6 +675,14 @@ class _Plan:
                      port_reads=t.port_reads, port_writes=t.port_writes, weights=weights, clean=True)
         self._results(ins, place, writes)
         return True
+
+    def _streams_ok(self, streams: tuple) -> bool:
+        """Whether `streams` names registers the machine has, each once (a program spells few distinct ones)."""
+        ok = self._streams_known.get(streams)
+        if ok is None:
+            ok = self._streams_known[streams] = max(streams, default=0) < self.n_streams and \
+                len(set(streams)) == len(streams)
+        return ok
 
     def _template(self, idx: int, op: Op) -> Op | None:
         """The view this view stamps (ir.pieces), already planned, when each operand is at the extents of its
@@ -772,8 +814,8 @@ def schedule_stats(module: Module, target: Target) -> Stats:
     plan = _Plan(module, target)
     for ins in plan.instrs:  # what a run learns while reading: when each value's last read ends
         if ins.cycle is not None:
-            for segs in ins.reads:
-                for *_, b in segs:
+            for read in ins.reads:
+                for _, b in read:
                     plan.bases[b].end = max(plan.bases[b].end, ins.cycle + ins.occ)
     return _stats(plan)
 
@@ -964,51 +1006,53 @@ class _Machine:
     def issue(self, ins: _Instr, c: int):
         plan, end, intact, srams = self.plan, c + ins.occ, self.intact, self.srams
         states = []  # the states it reads (their slots are checked, not their words' owners)
-        for segs in ins.reads:
-            for s, w, n, b in segs:
+        for read in ins.reads:
+            for extents, b in read:
                 base = plan.bases[b]
                 if base.state:
                     states.append(base.state)
                     continue
                 if base.constant:  # (its reads are not recorded: see _Sram)
                     if not intact[b]:  # its words have no owner, or one that landed on them
-                        owner = self.sram(base.chip).owner[s, w:w + n]
-                        wrong = (owner != b + 1) & (owner != 0)
-                        if _any(wrong):
-                            k = int(np.argmax(wrong))
-                            self._read_hazard(ins, c, base.chip, s, w + k, b, int(owner[k]) - 1)
+                        for s, w, n in extents:
+                            owner = self.sram(base.chip).owner[s, w:w + n]
+                            wrong = (owner != b + 1) & (owner != 0)
+                            if _any(wrong):
+                                k = int(np.argmax(wrong))
+                                self._read_hazard(ins, c, base.chip, s, w + k, b, int(owner[k]) - 1)
                     continue
                 st = srams.get(base.chip) or self.sram(base.chip)
-                if n <= _FEW:
-                    if not intact[b]:  # (else every word of it holds it)
-                        owner_at = st.owner_at
+                whole = intact[b]  # (then every word of it holds it: no look at its words' owners)
+                if end > base.end:
+                    base.end = end
+                for s, w, n in extents:
+                    if n <= _FEW:
+                        if not whole:
+                            owner_at = st.owner_at
+                            for x in range(w, w + n):
+                                if owner_at[s, x] != b + 1:
+                                    self._read_hazard(ins, c, base.chip, s, x, b, owner_at[s, x] - 1)
+                                    break
+                        read_end_at = st.read_end_at
                         for x in range(w, w + n):
-                            if owner_at[s, x] != b + 1:
-                                self._read_hazard(ins, c, base.chip, s, x, b, owner_at[s, x] - 1)
-                                break
-                    read_end_at = st.read_end_at
-                    for x in range(w, w + n):
-                        if read_end_at[s, x] < end:
-                            read_end_at[s, x] = end
-                            st.reader_at[s, x] = ins.idx + 1
-                    if end > base.end:
-                        base.end = end
-                    continue
-                if not intact[b]:  # (else every word of it holds it)
-                    owner = st.owner[s, w:w + n]
-                    wrong = owner != b + 1
-                    if wrong.any():
-                        k = int(np.argmax(wrong))
-                        self._read_hazard(ins, c, base.chip, s, w + k, b, int(owner[k]) - 1)
-                re_, rd = st.read_end[s, w:w + n], st.reader[s, w:w + n]
-                if _max(re_, initial=0) < end:  # the common case: this read ends last
-                    re_[:] = end
-                    rd[:] = ins.idx + 1
-                else:
-                    later = re_ < end
-                    re_[later] = end
-                    rd[later] = ins.idx + 1
-                base.end = max(base.end, end)
+                            if read_end_at[s, x] < end:
+                                read_end_at[s, x] = end
+                                st.reader_at[s, x] = ins.idx + 1
+                        continue
+                    if not whole:
+                        owner = st.owner[s, w:w + n]
+                        wrong = owner != b + 1
+                        if wrong.any():
+                            k = int(np.argmax(wrong))
+                            self._read_hazard(ins, c, base.chip, s, w + k, b, int(owner[k]) - 1)
+                    re_, rd = st.read_end[s, w:w + n], st.reader[s, w:w + n]
+                    if _max(re_, initial=0) < end:  # the common case: this read ends last
+                        re_[:] = end
+                        rd[:] = ins.idx + 1
+                    else:
+                        later = re_ < end
+                        re_[later] = end
+                        rd[later] = ins.idx + 1
         for name in dict.fromkeys(states):
             self._read_state(ins, c, name)
         op = ins.op
@@ -1024,9 +1068,9 @@ class _Machine:
             if ins.state >= 0 and k == 0:  # the state a write updates in place: land() writes its rows
                 args.append(None)
             elif where == "sram":
-                segs = ins.reads[ref]
-                data = np.concatenate([self.sram(plan.bases[b].chip).bytes[s, w:w + n] for s, w, n, b in segs]) \
-                    if segs else np.zeros((0, lanes), np.uint8)
+                data = [self.sram(plan.bases[b].chip).bytes[s, w:w + n] for extents, b in ins.reads[ref]
+                        for s, w, n in extents]
+                data = np.concatenate(data) if data else np.zeros((0, lanes), np.uint8)
                 # (an install reads its tile's words only: its result's type)
                 args.append(data if moves else from_words(data, op.result.type if mo.reads_window(op) else v.type,
                                                           lanes))
@@ -1248,14 +1292,17 @@ class _Machine:
         for ins in plan.instrs:
             if ins.cycle is None or ins.cycle >= t:
                 continue
-            for segs in ins.reads:
-                for s2, w2, n2, b in segs:
-                    if s2 != s or not plan.bases[b].constant or plan.bases[b].chip != chip:
+            for read in ins.reads:
+                for extents, b in read:
+                    if not plan.bases[b].constant or plan.bases[b].chip != chip:
                         continue
                     end, first = ins.cycle + ins.occ, (ins.cycle, ins.idx)
-                    for k in range(max(w, w2) - w, min(w + n, w2 + n2) - w):
-                        if end > ends[k] or (end == ends[k] and end and first < firsts[k]):
-                            ends[k], readers[k], firsts[k] = end, ins.idx + 1, first
+                    for s2, w2, n2 in extents:
+                        if s2 != s:
+                            continue
+                        for k in range(max(w, w2) - w, min(w + n, w2 + n2) - w):
+                            if end > ends[k] or (end == ends[k] and end and first < firsts[k]):
+                                ends[k], readers[k], firsts[k] = end, ins.idx + 1, first
         return ends, readers
 
     def _own(self, st: _Sram, s: int, w: int, n: int, b: int):

@@ -57,7 +57,7 @@ def test_the_interpreter_derives_the_same_facts(name, chips):
         assert (ins.cls, ins.chip, ins.cycle) == (f.unit_class, f.chip, f.cycle), where
         assert (ins.occ, ins.lat) == (f.cost.occupancy, f.cost.latency), where
         assert (ins.port_reads, ins.port_writes) == (f.cost.reads, f.cost.writes), where
-        assert [[(s, w, n, plan.bases[b].name) for s, w, n, b in segs] for segs in ins.reads] \
+        assert [[(s, w, n, plan.bases[b].name) for extents, b in runs for s, w, n in extents] for runs in ins.reads] \
             == [[(s, w, n, facts.bases[b].name) for s, w, n, b in segs] for segs in f.reads], where
         assert [ext for _, ext in ins.writes] == list(f.writes), where
         assert len(ins.streams) == f.streams, where
