@@ -213,6 +213,7 @@ def _runs(segs) -> tuple:
 
 
 _SRAM_ARGS = tuple(("sram", k) for k in range(16))  # (one object each: an instruction's args, millions of them)
+_PLANE_ARG = ("plane", None)  # (the plane a matmul streams through is its unit's: _Instr.weights says whose)
 
 
 def _sram_arg(k: int) -> tuple:
@@ -262,7 +263,7 @@ class _Instr:
     lat: int = 0
     reads: list = field(default_factory=list)    # per SRAM operand: the words it reads, as runs (_runs)
     writes: list = field(default_factory=list)   # per SRAM result: (base id, extents)
-    args: list = field(default_factory=list)     # per operand: ("sram", i) / ("plane", val) / ("link", val)
+    args: list = field(default_factory=list)     # per operand: ("sram", i) / ("plane", None) / ("link", val)
                                                  # / ("host", name)
     streams: tuple = ()
     ok: bool = True                              # executable (timed, operands known, out well-formed)
@@ -291,7 +292,7 @@ class _Plan:
         self.values: dict[str, _Val] = {v.name: _Val("host") for v in module.inputs}
         self.bases: list[_Base] = []
         self.instrs: list[_Instr] = []
-        self.instrs_by_idx: dict[int, _Instr] = {}
+        self.instr_at: list[_Instr | None] = [None] * len(module.ops)  # by op index: its instruction, if one
         self.constants: list[tuple[Op, int, tuple]] = []  # (op, base id, extents)
         self.states: list[tuple[Op, int, tuple]] = []     # (mem.state op, base id, extents)
         self.starts: dict[str, list[int]] = {}            # per value viewed or windowed: _starts
@@ -312,7 +313,7 @@ class _Plan:
             if ops is not piece.ops:
                 self._templates.update(zip(piece.ops, ops))
         kinds: dict[str, str] = {}  # op name -> "view", "pinned" or "" (an instruction): ops are many, names few
-        templates, by_idx = self._templates, self.instrs_by_idx
+        templates, instr_at = self._templates, self.instr_at
         for idx, op in enumerate(module.ops):
             kind = kinds.get(op.name)
             if kind is None:
@@ -321,7 +322,7 @@ class _Plan:
                 self._view(idx, op)
             elif kind:
                 self._constant(op)
-            elif (j := templates.get(idx)) is None or not self._stamped(idx, op, by_idx.get(j)):
+            elif (j := templates.get(idx)) is None or not self._stamped(idx, op, instr_at[j]):
                 self._instruction(idx, op)
         self.outputs: dict[str, str] = {}
         for name, v in module.outputs:
@@ -536,7 +537,7 @@ class _Plan:
                     self._hazard("chip", cycle, op.label(), f"value {v}",
                                  f"multiplies by {v}, which is installed on chip {val.chip}, not on chip {chip}")
                     ins.ok = False
-                ins.args.append(("plane", val))
+                ins.args.append(_PLANE_ARG)
                 ins.weights = ins.weights or val
             elif place == LINK:
                 ins.ok &= self._receive(ins, v, val)
@@ -620,10 +621,12 @@ class _Plan:
         op, idx, chip = ins.op, ins.idx, ins.chip
         land = (ins.cycle or 0) + ins.lat
         if place == SRAM:
+            bases, values, ok = self.bases, self.values, ins.ok
             for r, ext in zip(op.results, writes):
-                base = self._new_base(r.name, idx, op, land, self._words(r.type), chip)
+                base = len(bases)
+                bases.append(_Base(r.name, idx, op, land, self._words(r.type), chip))
                 ins.writes.append((base, ext))
-                self.values[r.name] = _Val("sram", ok=ins.ok, chip=chip, extents=ext, base=base)
+                values[r.name] = _Val("sram", -1, ok, chip, ext, base)
             if not writes and not ins.writes:
                 for r in op.results:
                     self.values[r.name] = _Val("sram", ok=False, chip=chip)
@@ -635,7 +638,7 @@ class _Plan:
             routed = self._route(ins)
             self.values[op.result.name] = _Val("link", instr=idx, ok=ins.ok and routed, chip=chip)
         self.instrs.append(ins)
-        self.instrs_by_idx[idx] = ins
+        self.instr_at[idx] = ins
 
     def _stamped(self, idx: int, op: Op, t: _Instr | None) -> bool:
         """Plan an op stamped from `t` (ir.pieces) as `t` moved, when it reads and writes the same words (the
@@ -653,7 +656,7 @@ class _Plan:
         if type(cycle) is not int or not 0 <= cycle <= MAX_CYCLE or not 0 <= chip < self.chips \
                 or unit not in self._unit_set[t.cls] or len(streams) != len(t.streams) or not self._streams_ok(streams):
             return False
-        reads, args, weights, values = [], [], None, self.values
+        reads, weights, values = [], None, self.values
         for v, tv, (where, ref) in zip(op.operands, t.op.operands, t.args):
             val = values[v.name]
             if val.chip != chip or not val.ok or val.kind != where:
@@ -662,16 +665,14 @@ class _Plan:
                 tval, tread = values[tv.name], t.reads[ref]
                 if not _same_words(val, tval):
                     return False
-                args.append(_sram_arg(len(reads)))
                 reads.append(val.runs if tread is tval.runs else tuple([(e, val.base) for e, _ in tread]))
             elif where == "plane":
-                args.append(("plane", val))
                 weights = weights or val
             else:
                 return False
         place = OPS[op.name].result_place
         writes = [ext for _, ext in t.writes]  # (its `out`, split as the template's: the same object, and types)
-        ins = _Instr(idx, op, t.cls, unit, cycle, chip, t.occ, t.lat, args=args, reads=reads, streams=streams,
+        ins = _Instr(idx, op, t.cls, unit, cycle, chip, t.occ, t.lat, args=t.args, reads=reads, streams=streams,
                      port_reads=t.port_reads, port_writes=t.port_writes, weights=weights, clean=True)
         self._results(ins, place, writes)
         return True
@@ -730,9 +731,9 @@ class _Plan:
             self._hazard("operand", ins.cycle, ins.label, f"value {v}",
                          f"receives {v}, which is not a transfer (no c2c.send result)")
             return False
-        send = self.instrs_by_idx[val.instr]
+        send = self.instr_at[val.instr]
         if send.recv >= 0:
-            other = self.instrs_by_idx[send.recv]
+            other = self.instr_at[send.recv]
             self._hazard("operand", ins.cycle, ins.label, f"value {v}",
                          f"receives {v}, which {other.label} already receives")
             return False
@@ -1172,7 +1173,7 @@ class _Machine:
         state = self.planes.get((ins.chip, unit))
         if state is not None and state[0] == w_val.instr:
             return
-        ins_w = self.plan.instrs_by_idx[w_val.instr]
+        ins_w = self.plan.instr_at[w_val.instr]
         landing = (ins_w.cycle or 0) + ins_w.lat
         if landing > c:
             self.hazard("plane", c, ins.label, res, f"streams through {unit} before its weights "
@@ -1206,7 +1207,7 @@ class _Machine:
                     readers = st.reader[s, w:w + n]
                 if _max(re_, initial=0) > t:
                     k = int(np.argmax(re_ > t))
-                    r = plan.instrs_by_idx[int(readers[k]) - 1]
+                    r = plan.instr_at[int(readers[k]) - 1]
                     where = f"{plan.on(ins.chip)}slice {s} word {w + k}"
                     self.hazard("war", t, ins.label, where, f"lands on {where} while {r.label} still reads it "
                                 f"(until {int(re_[k])})")
@@ -1234,7 +1235,7 @@ class _Machine:
         if place == PLANE:
             busy = self.streaming.get((ins.chip, ins.unit))
             if busy is not None and busy[1] > t and busy[2] != ins.idx:  # (its own: reported at issue)
-                mm = plan.instrs_by_idx[busy[0]]
+                mm = plan.instr_at[busy[0]]
                 self.hazard("plane", t, mm.label, f"{plan.on(ins.chip)}plane {ins.unit}",
                             f"streams through {ins.unit} until {busy[1]}, but {ins.label} replaces its "
                             f"weights at {t}")
@@ -1288,7 +1289,7 @@ class _Machine:
         the first read in event order is the reader, as issue() records it."""
         st, plan = self.sram(chip), self.plan
         ends, readers = st.read_end[s, w:w + n].astype(np.int64), st.reader[s, w:w + n].copy()
-        firsts = [(plan.instrs_by_idx[r - 1].cycle, r - 1) if r else None for r in readers.tolist()]
+        firsts = [(plan.instr_at[r - 1].cycle, r - 1) if r else None for r in readers.tolist()]
         for ins in plan.instrs:
             if ins.cycle is None or ins.cycle >= t:
                 continue
@@ -1527,7 +1528,7 @@ def _link_wait(plan: _Plan, timed: list[_Instr]) -> int:
     spans: tuple[list[int], list[int]] = ([], [])  # per kind (0 transfers, 1 other units): start, end, start, ...
     for i in timed:
         if OPS[i.op.name].result_place == LINK:
-            r = plan.instrs_by_idx.get(i.recv)
+            r = plan.instr_at[i.recv] if i.recv >= 0 else None
             end = r.cycle + r.lat if r is not None and r.cycle is not None else i.cycle + i.lat
             spans[0].extend((i.cycle, max(end, i.cycle)))
         elif not mo.UNIT_CLASS[i.cls].link:
