@@ -1054,8 +1054,9 @@ class _Machine:
                         later = re_ < end
                         re_[later] = end
                         rd[later] = ins.idx + 1
-        for name in dict.fromkeys(states):
-            self._read_state(ins, c, name)
+        if states:
+            for name in dict.fromkeys(states):
+                self._read_state(ins, c, name)
         op = ins.op
         weights = ins.weights
         if weights is not None and ins.ok:
@@ -1163,15 +1164,14 @@ class _Machine:
                         f"reads {where}, which no longer holds %{base.name}: {o.label} landed there at {o.land}")
 
     def _check_plane(self, ins: _Instr, c: int, w_val: _Val):
+        unit, state = ins.unit, self.planes.get((ins.chip, ins.unit))
+        if state is not None and state[0] == w_val.instr and self.plan.instr_at[w_val.instr].unit == unit:
+            return  # (the common case: its install's weights are on its plane)
         install = self.plan.module.ops[w_val.instr]
-        unit = ins.unit
         res = f"{self.plan.on(ins.chip)}plane {unit}"
         if install.attrs.get("unit") != unit:
             self.hazard("plane", c, ins.label, res, f"runs on {unit}, but its weights "
                         f"%{install.result.name} are installed on {install.attrs.get('unit')}")
-            return
-        state = self.planes.get((ins.chip, unit))
-        if state is not None and state[0] == w_val.instr:
             return
         ins_w = self.plan.instr_at[w_val.instr]
         landing = (ins_w.cycle or 0) + ins_w.lat
