@@ -205,7 +205,17 @@ class _Builder(Transformer):
         if ranks[0] < len(self.ops) or any(a >= b for a, b in zip(ranks, ranks[1:])):
             raise _Error(at, f"stamp of template {n}: `ranks` must rise from at least {len(self.ops)} (the ops "
                              "before it)")
-        use, define = functools.partial(self._use, token=token), functools.partial(self._define, token=token)
+        def use(name: str) -> Value:  # (a piece's ops are millions: the common case first, at a dict's cost)
+            v = self.values.get(name)
+            return v if v is not None else self._use(name, token)
+
+        def define(name: str, ttype: TensorType) -> Value:
+            values = self.values
+            if name in values:
+                return self._define(name, ttype, token)  # (which says it is defined twice)
+            v = values[name] = _value(name, ttype)
+            return v
+
         self._claim(ranks[0], (template.stamp(stamp, use, define), iter(ranks[1:]), token))
         self.pieces.append(Piece(n, ranks))
 
@@ -219,8 +229,12 @@ class _Builder(Transformer):
         """Make the stamps' ops whose turn has come (their position is the next)."""
         pending, ops = self.pending, self.ops
         while (entry := pending.pop(len(ops), None)) is not None:
-            ops.append(next(entry[0]))
-            rank = next(entry[1], None)
+            made, ranks = entry[0], entry[1]
+            ops.append(next(made))
+            rank = next(ranks, None)
+            while rank == len(ops) and rank not in pending:  # (a piece's ops are mostly one after another)
+                ops.append(next(made))
+                rank = next(ranks, None)
             if rank is not None:
                 self._claim(rank, entry)
 
@@ -449,7 +463,6 @@ def _stamp_of(template: Template, n: int, attrs: AttrDict, at: int) -> Stamp:
                f"`streams` must give the stream registers of each of its {len(template.ops)} ops"))
     out = attrs.get("out")
     if out is not None:
-        out = _tuples(out)
         checks += ((len(out) == len(template.ops) and all(isinstance(x, tuple) and bool(x) == ("out" in t.attrs)
                                                            for x, t in zip(out, template.ops)),
                     f"`out` must give the `out` of each of its {len(template.ops)} ops ([] for an op without)"),)
@@ -506,10 +519,15 @@ _STAMP_NAMES = re.compile(rf"\s*{NAME_RE.pattern}(?:\s+{NAME_RE.pattern})*\s*") 
 
 
 def _tuples(x):
-    """Lists as tuples, all the way down (json reads lists)."""
-    if not isinstance(x, (list, tuple)):
+    """Lists as tuples, all the way down (json reads lists; a stamp's hold millions of numbers)."""
+    if type(x) is not list:
         return x
-    return tuple([_tuples(e) if isinstance(e, (list, tuple)) else e for e in x])
+    kinds = set(map(type, x))
+    if list not in kinds:
+        return tuple(x)
+    if kinds == {list} and list not in set(map(type, chain.from_iterable(x))):  # lists of flat lists
+        return tuple(map(tuple, x))
+    return tuple([_tuples(e) for e in x])
 
 
 @functools.lru_cache(maxsize=1024)
