@@ -281,6 +281,10 @@ class _Instr:
         return self.op.label()
 
 
+_HELD = ("unit", "read_port", "write_port", "stream", "link")  # what instructions hold (_Plan.check_resources)
+_ONE_NUMBER = 2 ** 62  # check_resources numbers resources, and holds by resource and cycle, when they fit below
+
+
 class _Plan:
     """Static analysis of a scheduled module: values' words, costs, static hazards."""
 
@@ -584,13 +588,13 @@ class _Plan:
             self._hazard("streams", cycle, op.label(), "streams",
                          f"holds {len(streams)} stream registers, needs {want} (one per SRAM operand and result)")
         for s in streams:
-            if s >= self.n_streams:
+            if not 0 <= s < self.n_streams:
                 self._hazard("streams", cycle, op.label(), f"{self.on(chip)}stream {s}",
                              f"holds stream {s}, which {self.machine.name} does not have (0..{self.n_streams - 1})")
         if len(set(streams)) != len(streams):
             dup = next(s for s in streams if streams.count(s) > 1)
             self._hazard("stream", cycle, op.label(), f"{self.on(chip)}stream {dup}", f"holds stream {dup} twice")
-        ins.streams = tuple(s for s in dict.fromkeys(streams) if s < self.n_streams)
+        ins.streams = tuple(s for s in dict.fromkeys(streams) if 0 <= s < self.n_streams)
         # timing, from the cost table only
         writes = out_ext or []
         kind = (op.name, tuple(v.type for v in op.operands), tuple(r.type for r in op.results))
@@ -681,7 +685,7 @@ class _Plan:
         """Whether `streams` names registers the machine has, each once (a program spells few distinct ones)."""
         ok = self._streams_known.get(streams)
         if ok is None:
-            ok = self._streams_known[streams] = max(streams, default=0) < self.n_streams and \
+            ok = self._streams_known[streams] = all(0 <= s < self.n_streams for s in streams) and \
                 len(set(streams)) == len(streams)
         return ok
 
@@ -756,40 +760,88 @@ class _Plan:
 
     # resources
 
+    def _holds(self) -> tuple[list[np.ndarray], dict[str, int]]:
+        """Every hold of a resource, as columns (kind: _HELD's index, chip, resource, start, end, instruction), no
+        empty one; and the numbers of the units (a unit's name -> its resource number). Millions of holds: the
+        instructions' ports and registers go by their distinct sets (instructions alike share them), each set's
+        instructions at once."""
+        ks = [k for k, ins in enumerate(self.instrs) if ins.cycle is not None]
+        timed = [self.instrs[k] for k in ks]
+        k, c, chip, occ, lat = (np.fromiter(values, np.int64, len(ks)) for values in (
+            ks, (i.cycle for i in timed), (i.chip for i in timed), (i.occ for i in timed), (i.lat for i in timed)))
+        lands, units = c + lat, {}
+        unit = np.fromiter((-1 if i.unit is None else units.setdefault(i.unit, len(units)) for i in timed), np.int64,
+                           len(ks))
+        has = unit >= 0
+        blocks = [(np.zeros(int(has.sum()), np.int64), chip[has], unit[has], c[has], (c + occ)[has], k[has])]
+        reads, writes, streams = {}, {}, {}  # a set of ports (registers) -> the instructions holding it
+        for j, ins in enumerate(timed):
+            reads.setdefault(ins.port_reads, []).append(j)
+            writes.setdefault(ins.port_writes, []).append(j)
+            streams.setdefault(ins.streams, []).append(j)
+        rp, wp = self.machine.sram.read_ports, self.machine.sram.write_ports
+        for kind, sets in ((1, reads), (2, writes), (3, streams)):
+            for held, js in sets.items():
+                js = np.array(js, np.int64)
+                for item in held:
+                    if kind == 1:
+                        start, end = c[js], c[js] + -(-item[1] // rp)
+                    elif kind == 2:
+                        start, end = lands[js] - -(-item[1] // wp), lands[js]
+                    else:
+                        start, end = c[js], lands[js]
+                    blocks.append((np.full(len(js), kind), chip[js], np.full(len(js), item if kind == 3 else item[0]),
+                                   start, end, k[js]))
+        links = [(4, src, port, ins.cycle + offset, ins.cycle + offset + length, idx)  # (sends: few)
+                 for idx, ins in zip(ks, timed) if ins.hops
+                 for (_, offset, length), (src, port) in zip(link_windows(ins.op, self.machine, ins.occ), ins.hops)]
+        blocks.append(tuple(np.array(column, np.int64) for column in zip(*links)) if links else
+                      tuple(np.zeros(0, np.int64) for _ in range(6)))
+        columns = [np.concatenate(column) for column in zip(*blocks)]
+        held = columns[4] > columns[3]
+        return [column[held] for column in columns], units
+
     def check_resources(self):
         """Units, slice read and write ports, stream registers, link directions: never held twice in one cycle."""
-        # per resource, its holds as (start, end, instruction) triples of machine integers: millions of them
-        held: dict[tuple, array] = defaultdict(lambda: array("q"))
-        rp, wp = self.machine.sram.read_ports, self.machine.sram.write_ports
-        for k, ins in enumerate(self.instrs):
-            if ins.cycle is None:
-                continue
-            c, chip = ins.cycle, ins.chip
-            if ins.unit is not None:
-                held["unit", chip, ins.unit].extend((c, c + ins.occ, k))
-            for s, n in ins.port_reads:
-                held["read_port", chip, s].extend((c, c + -(-n // rp), k))
-            for s, n in ins.port_writes:
-                held["write_port", chip, s].extend((c + ins.lat - -(-n // wp), c + ins.lat, k))
-            for s in ins.streams:
-                held["stream", chip, s].extend((c, c + ins.lat, k))
-            if ins.hops:  # a send
-                for (_, offset, length), (src, port) in zip(link_windows(ins.op, self.machine, ins.occ), ins.hops):
-                    held["link", src, port].extend((c + offset, c + offset + length, k))
-        for key in sorted(held, key=lambda k: (k[0], k[1], str(k[2]))):
-            holds = np.frombuffer(held[key], np.int64).reshape(-1, 3)
-            holds = holds[holds[:, 1] > holds[:, 0]]
-            holds = holds[np.lexsort((holds[:, 2], holds[:, 1], holds[:, 0]))]
-            # a hold overlaps an earlier one iff it starts before the latest end so far (the common case: none)
-            if len(holds) < 2 or not (holds[1:, 0] < np.maximum.accumulate(holds[:-1, 1])).any():
-                continue
-            kind, chip, res = key
-            resource, what = self._resource(kind, chip, res)
+        (kinds, chips, res, starts, ends, instrs), units = self._holds()
+        if not len(kinds):
+            return
+        # each resource (kind, chip, resource) one number; a hold overlaps an earlier one of its resource iff, in
+        # order of start, it starts before the latest end so far (the common case: none)
+        key = np.zeros(len(kinds), np.int64)
+        if np.prod([int(c.max()) - int(c.min()) + 1 for c in (kinds, chips, res)], dtype=object) < _ONE_NUMBER:
+            for c in (kinds, chips, res):
+                key = key * (int(c.max()) - int(c.min()) + 1) + (c - c.min())
+        else:  # (a chip number far out of range: reported already)
+            key = np.unique(np.stack([kinds, chips, res], axis=1), axis=0, return_inverse=True)[1].reshape(-1)
+        first = int(starts.min())
+        span = int(ends.max()) - first + 1
+        if (int(key.max()) + 1) * span < _ONE_NUMBER:  # (resource and cycle one number: one sort for all)
+            at, until = key * span + (starts - first), key * span + (ends - first)
+            order = np.argsort(at)
+            late = order[np.flatnonzero(at[order[1:]] < np.maximum.accumulate(until[order[:-1]])) + 1]
+        else:  # (cycles near MAX_CYCLE: resource by resource)
+            order = np.lexsort((starts, key))
+            cuts = np.flatnonzero(np.diff(key[order])) + 1
+            late = np.concatenate([group[np.flatnonzero(starts[group[1:]] < np.maximum.accumulate(ends[group[:-1]]))
+                                         + 1] for group in np.split(order, cuts)])
+        if not len(late):
+            return
+        names = {number: name for name, number in units.items()}
+        broken = {int(key[i]): (int(kinds[i]), int(chips[i]), int(res[i])) for i in late.tolist()}
+        by_key = key[order]  # (each resource's holds are together in `order`)
+        for kk, (kind, chip, r) in sorted(broken.items(), key=lambda b: (
+                _HELD[b[1][0]], b[1][1], str(names[b[1][2]] if b[1][0] == 0 else b[1][2]))):
+            mine = order[np.searchsorted(by_key, kk, "left"):np.searchsorted(by_key, kk, "right")]
+            mine = np.stack([starts[mine], ends[mine], instrs[mine]], axis=1)
+            mine = mine[np.lexsort((mine[:, 2], mine[:, 1], mine[:, 0]))]
+            name = _HELD[kind]
+            resource, what = self._resource(name, chip, names[r] if kind == 0 else r)
             cur = None
-            for start, end, k in holds.tolist():
+            for start, end, k in mine.tolist():
                 if cur is not None and start < cur[1]:
                     other = self.instrs[cur[2]]
-                    self._hazard(kind, start, self.instrs[k].label, resource,
+                    self._hazard(name, start, self.instrs[k].label, resource,
                                  f"holds {what} during [{start}, {end}) while {other.label} holds it "
                                  f"during [{cur[0]}, {cur[1]})")
                 if cur is None or end > cur[1]:

@@ -32,6 +32,7 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
+from lpuc.backends import interpreter
 from lpuc.backends.interpreter import find_hazards, run
 from lpuc.backends.lpu import build_program
 from lpuc.backends.state import State
@@ -348,6 +349,18 @@ def test_fault_is_reported(sample, family, i):
         assert any(k == e.kind and ins in e.instructions and res in e.resources for k, ins, res in reported), (
             f"{why}\nexpected {e.kind} naming one of {sorted(e.instructions)} on one of "
             f"{sorted(e.resources)[:4]}{' ...' if len(e.resources) > 4 else ''}\nreported: {reported[:8]}")
+
+
+@pytest.mark.parametrize("sample", ["gpt2_prefill", "mixtral_decode"])
+@pytest.mark.parametrize("family", ["unit", "read_port", "write_port"])
+def test_either_way_of_checking_holds_finds_the_same(sample, family, monkeypatch):
+    """check_resources sorts all holds at once when each resource, and each hold by resource and cycle, fit one
+    number; else (cycles near MAX_CYCLE, a chip far out of range) resource by resource: the same hazards."""
+    module, _, _ = cases(sample, family)[0]
+    program = build_program(module, compiled(sample)[1])
+    found = [(h.kind, h.cycle, h.instruction, h.resource, str(h)) for h in find_hazards(program)]
+    monkeypatch.setattr(interpreter, "_ONE_NUMBER", 0)
+    assert found and [(h.kind, h.cycle, h.instruction, h.resource, str(h)) for h in find_hazards(program)] == found
 
 
 # --- state: the resident KV cache (docs/machine-ir.md, "State") ----------------------------

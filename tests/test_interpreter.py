@@ -530,6 +530,7 @@ def test_structural_hazards():
         (with_attrs(base, "b", unit="sxm0"), "unit_class", "unit sxm0", "not a vxm unit"),
         (with_attrs(base, "b", unit="vxm16"), "unit", "unit vxm16", "does not have (vxm0..vxm15)"),
         (with_attrs(base, "b", streams=(0, 1)), "streams", "streams", "needs 3"),
+        (with_attrs(base, "b", streams=(0, 1, -1)), "streams", "stream -1", "which tsp-v1 does not have (0..63)"),
         (with_attrs(base, "b", out=((6, 0, 15),)), "out", "out", "spanning 15 words, its results take 16"),
         (with_attrs(base, "b", cycle=None), "schedule", "cycle", "has no `cycle`"),
     ]
