@@ -760,89 +760,112 @@ class _Plan:
 
     # resources
 
-    def _holds(self) -> tuple[list[np.ndarray], dict[str, int]]:
-        """Every hold of a resource, as columns (kind: _HELD's index, chip, resource, start, end, instruction), no
-        empty one; and the numbers of the units (a unit's name -> its resource number). Millions of holds: the
+    def _holds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, callable]:
+        """Every hold of a resource, as columns: the resource (a number: the same resource, the same number), start,
+        end, instruction; and what a resource's number is, (kind, chip, resource name). Millions of holds: the
         instructions' ports and registers go by their distinct sets (instructions alike share them), each set's
-        instructions at once."""
+        instructions at once, into columns made once."""
         ks = [k for k, ins in enumerate(self.instrs) if ins.cycle is not None]
         timed = [self.instrs[k] for k in ks]
-        k, c, chip, occ, lat = (np.fromiter(values, np.int64, len(ks)) for values in (
-            ks, (i.cycle for i in timed), (i.chip for i in timed), (i.occ for i in timed), (i.lat for i in timed)))
-        lands, units = c + lat, {}
-        unit = np.fromiter((-1 if i.unit is None else units.setdefault(i.unit, len(units)) for i in timed), np.int64,
-                           len(ks))
-        has = unit >= 0
-        blocks = [(np.zeros(int(has.sum()), np.int64), chip[has], unit[has], c[has], (c + occ)[has], k[has])]
+        n = len(ks)
+        c, chip, occ, lat = (np.fromiter(values, np.int64, n) for values in (
+            (i.cycle for i in timed), (i.chip for i in timed), (i.occ for i in timed), (i.lat for i in timed)))
+        k, lands, units = np.array(ks, np.int64), c + lat, {}
+        unit = np.fromiter((-1 if i.unit is None else units.setdefault(i.unit, len(units)) for i in timed), np.int64, n)
         reads, writes, streams = {}, {}, {}  # a set of ports (registers) -> the instructions holding it
         for j, ins in enumerate(timed):
             reads.setdefault(ins.port_reads, []).append(j)
             writes.setdefault(ins.port_writes, []).append(j)
             streams.setdefault(ins.streams, []).append(j)
+        links = [(src, port, ins.cycle + offset, ins.cycle + offset + length, idx)  # (sends: few)
+                 for idx, ins in zip(ks, timed) if ins.hops
+                 for (_, offset, length), (src, port) in zip(link_windows(ins.op, self.machine, ins.occ), ins.hops)]
+        # a resource's number: (kind, chip, resource) in mixed radix (chips as the program names them, in order)
+        named = np.unique(np.concatenate([chip, np.arange(self.chips), [src for src, *_ in links]]).astype(np.int64))
+        place = np.searchsorted(named, chip)
+        radix = 1 + max([len(units), self.n_streams, *(s for held in (*reads, *writes) for s, _ in held),
+                         *(port for _, port, *_ in links)])
+        sizes = [int((unit >= 0).sum())] + [len(js) * len(held) for sets in (reads, writes, streams)
+                                            for held, js in sets.items()] + [len(links)]
+        resource, start, end, instr = (np.empty(sum(sizes), np.int64) for _ in range(4))
+        at = 0
+
+        def put(kind, places, res, starts, ends, instrs):
+            nonlocal at
+            m = len(places)
+            resource[at:at + m] = (kind * len(named) + places) * radix + res
+            start[at:at + m], end[at:at + m], instr[at:at + m] = starts, ends, instrs
+            at += m
+
+        has = unit >= 0
+        put(0, place[has], unit[has], c[has], (c + occ)[has], k[has])
         rp, wp = self.machine.sram.read_ports, self.machine.sram.write_ports
         for kind, sets in ((1, reads), (2, writes), (3, streams)):
             for held, js in sets.items():
                 js = np.array(js, np.int64)
                 for item in held:
                     if kind == 1:
-                        start, end = c[js], c[js] + -(-item[1] // rp)
+                        put(1, place[js], item[0], c[js], c[js] + -(-item[1] // rp), k[js])
                     elif kind == 2:
-                        start, end = lands[js] - -(-item[1] // wp), lands[js]
+                        put(2, place[js], item[0], lands[js] - -(-item[1] // wp), lands[js], k[js])
                     else:
-                        start, end = c[js], lands[js]
-                    blocks.append((np.full(len(js), kind), chip[js], np.full(len(js), item if kind == 3 else item[0]),
-                                   start, end, k[js]))
-        links = [(4, src, port, ins.cycle + offset, ins.cycle + offset + length, idx)  # (sends: few)
-                 for idx, ins in zip(ks, timed) if ins.hops
-                 for (_, offset, length), (src, port) in zip(link_windows(ins.op, self.machine, ins.occ), ins.hops)]
-        blocks.append(tuple(np.array(column, np.int64) for column in zip(*links)) if links else
-                      tuple(np.zeros(0, np.int64) for _ in range(6)))
-        columns = [np.concatenate(column) for column in zip(*blocks)]
-        held = columns[4] > columns[3]
-        return [column[held] for column in columns], units
+                        put(3, place[js], item, c[js], lands[js], k[js])
+        if links:
+            src, port, starts, ends, instrs = (np.array(column, np.int64) for column in zip(*links))
+            put(4, np.searchsorted(named, src), port, starts, ends, instrs)
+        names = {number: name for name, number in units.items()}
+
+        def what(number: int) -> tuple[str, int, object]:
+            (kind, where), res = divmod(divmod(number, radix)[0], len(named)), number % radix
+            return _HELD[kind], int(named[where]), names[res] if kind == 0 else res
+
+        held = end > start
+        if not held.all():
+            resource, start, end, instr = resource[held], start[held], end[held], instr[held]
+        return resource, start, end, instr, what
 
     def check_resources(self):
         """Units, slice read and write ports, stream registers, link directions: never held twice in one cycle."""
-        (kinds, chips, res, starts, ends, instrs), units = self._holds()
-        if not len(kinds):
+        resource, starts, ends, instrs, what = self._holds()
+        if not len(resource):
             return
-        # each resource (kind, chip, resource) one number; a hold overlaps an earlier one of its resource iff, in
-        # order of start, it starts before the latest end so far (the common case: none)
-        key = np.zeros(len(kinds), np.int64)
-        if np.prod([int(c.max()) - int(c.min()) + 1 for c in (kinds, chips, res)], dtype=object) < _ONE_NUMBER:
-            for c in (kinds, chips, res):
-                key = key * (int(c.max()) - int(c.min()) + 1) + (c - c.min())
-        else:  # (a chip number far out of range: reported already)
-            key = np.unique(np.stack([kinds, chips, res], axis=1), axis=0, return_inverse=True)[1].reshape(-1)
-        first = int(starts.min())
-        span = int(ends.max()) - first + 1
-        if (int(key.max()) + 1) * span < _ONE_NUMBER:  # (resource and cycle one number: one sort for all)
-            at, until = key * span + (starts - first), key * span + (ends - first)
-            order = np.argsort(at)
-            late = order[np.flatnonzero(at[order[1:]] < np.maximum.accumulate(until[order[:-1]])) + 1]
+        # a hold overlaps an earlier one of its resource iff, in order of start, it starts before the latest end
+        # so far (the common case: none)
+        first, span = int(starts.min()), int(ends.max()) - int(starts.min()) + 1
+        if (int(resource.max()) + 1) * span < _ONE_NUMBER:  # (resource and cycle one number: one sort for all)
+            # (in place: a 70B program has 11 million holds, and each page of memory first touched costs time)
+            shift = resource * span
+            shift -= first
+            starts += shift
+            ends += shift
+            order = np.argsort(starts)
+            sorted_starts, ends_so_far = starts[order], ends[order]
+            np.maximum.accumulate(ends_so_far, out=ends_so_far)
+            late = order[np.flatnonzero(sorted_starts[1:] < ends_so_far[:-1]) + 1]
+            del sorted_starts, ends_so_far
+            starts -= shift
+            ends -= shift
+            del shift
         else:  # (cycles near MAX_CYCLE: resource by resource)
-            order = np.lexsort((starts, key))
-            cuts = np.flatnonzero(np.diff(key[order])) + 1
+            order = np.lexsort((starts, resource))
+            cuts = np.flatnonzero(np.diff(resource[order])) + 1
             late = np.concatenate([group[np.flatnonzero(starts[group[1:]] < np.maximum.accumulate(ends[group[:-1]]))
                                          + 1] for group in np.split(order, cuts)])
         if not len(late):
             return
-        names = {number: name for name, number in units.items()}
-        broken = {int(key[i]): (int(kinds[i]), int(chips[i]), int(res[i])) for i in late.tolist()}
-        by_key = key[order]  # (each resource's holds are together in `order`)
-        for kk, (kind, chip, r) in sorted(broken.items(), key=lambda b: (
-                _HELD[b[1][0]], b[1][1], str(names[b[1][2]] if b[1][0] == 0 else b[1][2]))):
-            mine = order[np.searchsorted(by_key, kk, "left"):np.searchsorted(by_key, kk, "right")]
+        by_resource = resource[order]  # (each resource's holds are together in `order`)
+        for number in sorted(set(resource[late].tolist()), key=lambda r: (lambda w: (w[0], w[1], str(w[2])))(what(r))):
+            mine = order[np.searchsorted(by_resource, number, "left"):np.searchsorted(by_resource, number, "right")]
             mine = np.stack([starts[mine], ends[mine], instrs[mine]], axis=1)
             mine = mine[np.lexsort((mine[:, 2], mine[:, 1], mine[:, 0]))]
-            name = _HELD[kind]
-            resource, what = self._resource(name, chip, names[r] if kind == 0 else r)
+            kind, chip, res = what(number)
+            name, said = self._resource(kind, chip, res)
             cur = None
             for start, end, k in mine.tolist():
                 if cur is not None and start < cur[1]:
                     other = self.instrs[cur[2]]
-                    self._hazard(name, start, self.instrs[k].label, resource,
-                                 f"holds {what} during [{start}, {end}) while {other.label} holds it "
+                    self._hazard(kind, start, self.instrs[k].label, name,
+                                 f"holds {said} during [{start}, {end}) while {other.label} holds it "
                                  f"during [{cur[0]}, {cur[1]})")
                 if cur is None or end > cur[1]:
                     cur = (start, end, k)
