@@ -1563,22 +1563,21 @@ def _stats(plan: _Plan) -> Stats:
 def _sram_peaks(plan: _Plan) -> dict[int, int]:
     """chip -> the most words live at once: each value owning words holds them from landing until its
     last read ends (constants: always)."""
-    cycles = plan.cycles
-    deltas: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    for b in plan.bases:
-        if b.constant or (b.state and not b.alias):  # (a state write's result: its state's words, counted there)
-            deltas[b.chip] += [(0, b.words), (max(cycles, 1), -b.words)]
-        else:
-            deltas[b.chip] += [(b.land, b.words), (max(b.end, b.land + 1), -b.words)]
-    peaks = {}
-    for chip, ds in sorted(deltas.items()):
-        ds.sort()
-        live = peak = 0
-        for _, d in ds:
-            live += d
-            peak = max(peak, live)
-        peaks[chip] = peak
-    return peaks
+    bases, n = plan.bases, len(plan.bases)
+    if not n:
+        return {}
+    chip, size, land, end = (np.fromiter(values, np.int64, n) for values in (
+        (b.chip for b in bases), (b.words for b in bases), (b.land for b in bases), (b.end for b in bases)))
+    # (a state write's result: its state's words, counted there)
+    always = np.fromiter((b.constant or (bool(b.state) and not b.alias) for b in bases), np.bool_, n)
+    times = np.concatenate([np.where(always, 0, land), np.where(always, max(plan.cycles, 1), np.maximum(end, land + 1))])
+    deltas, chips = np.concatenate([size, -size]), np.concatenate([chip, chip])
+    order = np.lexsort((deltas, times, chips))  # per chip, in time, a value's words freed before others take them
+    live, chips = np.cumsum(deltas[order]), chips[order]
+    firsts = np.concatenate([[0], np.flatnonzero(np.diff(chips)) + 1])
+    before = np.concatenate([[0], live[firsts[1:] - 1]])  # (the words live on the chips before)
+    peaks = np.maximum(np.maximum.reduceat(live, firsts) - before, 0)
+    return dict(zip(chips[firsts].tolist(), peaks.tolist()))
 
 
 def _link_stats(plan: _Plan, timed: list[_Instr]) -> tuple[tuple[LinkStats, ...], int]:
@@ -1600,17 +1599,19 @@ def _link_stats(plan: _Plan, timed: list[_Instr]) -> tuple[tuple[LinkStats, ...]
 def _link_wait(plan: _Plan, timed: list[_Instr]) -> int:
     """Cycles during which a transfer is in flight (its send's issue to its receive's landing) while no
     unit but the links' is busy on any chip."""
-    spans: tuple[list[int], list[int]] = ([], [])  # per kind (0 transfers, 1 other units): start, end, start, ...
+    n, link = len(timed), {name for name, c in mo.UNIT_CLASS.items() if c.link}
+    transfers = []  # start, end, start, ... (sends: few)
     for i in timed:
-        if OPS[i.op.name].result_place == LINK:
+        if i.cls in link and OPS[i.op.name].result_place == LINK:
             r = plan.instr_at[i.recv] if i.recv >= 0 else None
             end = r.cycle + r.lat if r is not None and r.cycle is not None else i.cycle + i.lat
-            spans[0].extend((i.cycle, max(end, i.cycle)))
-        elif not mo.UNIT_CLASS[i.cls].link:
-            spans[1].extend((i.cycle, i.cycle + i.occ))
+            transfers.extend((i.cycle, max(end, i.cycle)))
+    busy = ~np.fromiter((i.cls in link for i in timed), np.bool_, n)  # the other units: start, end, start, ...
+    issue = np.fromiter((i.cycle for i in timed), np.int64, n)[busy]
+    units = np.stack([issue, issue + np.fromiter((i.occ for i in timed), np.int64, n)[busy]], axis=1).reshape(-1)
     # the points (cycle, kind, +1 at a start / -1 at an end) in order, and how many of each kind are active after each
-    t = np.array(spans[0] + spans[1], np.int64)
-    what = np.repeat(np.array([0, 1], np.int8), [len(spans[0]), len(spans[1])])
+    t = np.concatenate([np.array(transfers, np.int64), units])
+    what = np.repeat(np.array([0, 1], np.int8), [len(transfers), len(units)])
     d = np.tile(np.array([1, -1], np.int8), len(t) // 2)
     order = np.lexsort((d, what, t))
     t, what, d = t[order], what[order], d[order].astype(np.int64)
