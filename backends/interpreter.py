@@ -54,7 +54,7 @@ import re
 import time
 from array import array
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain, groupby
@@ -676,6 +676,7 @@ class _Plan:
                 return False
         place = OPS[op.name].result_place
         writes = [ext for _, ext in t.writes]  # (its `out`, split as the template's: the same object, and types)
+        # (its args are its template's, the same list: an SRAM arg names a read by position, a plane arg no value)
         ins = _Instr(idx, op, t.cls, unit, cycle, chip, t.occ, t.lat, args=t.args, reads=reads, streams=streams,
                      port_reads=t.port_reads, port_writes=t.port_writes, weights=weights, clean=True)
         self._results(ins, place, writes)
@@ -760,7 +761,7 @@ class _Plan:
 
     # resources
 
-    def _holds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, callable]:
+    def _holds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Callable[[int], tuple]]:
         """Every hold of a resource, as columns: the resource (a number: the same resource, the same number), start,
         end, instruction; and what a resource's number is, (kind, chip, resource name). Millions of holds: the
         instructions' ports and registers go by their distinct sets (instructions alike share them), each set's
@@ -781,7 +782,7 @@ class _Plan:
                  for idx, ins in zip(ks, timed) if ins.hops
                  for (_, offset, length), (src, port) in zip(link_windows(ins.op, self.machine, ins.occ), ins.hops)]
         # a resource's number: (kind, chip, resource) in mixed radix (chips as the program names them, in order)
-        named = np.unique(np.concatenate([chip, np.arange(self.chips), [src for src, *_ in links]]).astype(np.int64))
+        named = np.unique(np.concatenate([chip, np.arange(self.chips), np.array([src for src, *_ in links], np.int64)]))
         place = np.searchsorted(named, chip)
         radix = 1 + max([len(units), self.n_streams, *(s for held in (*reads, *writes) for s, _ in held),
                          *(port for _, port, *_ in links)])
@@ -831,7 +832,8 @@ class _Plan:
             return
         # a hold overlaps an earlier one of its resource iff, in order of start, it starts before the latest end
         # so far (the common case: none)
-        first, span = int(starts.min()), int(ends.max()) - int(starts.min()) + 1
+        first = int(starts.min())
+        span = int(ends.max()) - first + 1
         if (int(resource.max()) + 1) * span < _ONE_NUMBER:  # (resource and cycle one number: one sort for all)
             # (in place: a 70B program has 11 million holds, and each page of memory first touched costs time)
             shift = resource * span
@@ -854,7 +856,12 @@ class _Plan:
         if not len(late):
             return
         by_resource = resource[order]  # (each resource's holds are together in `order`)
-        for number in sorted(set(resource[late].tolist()), key=lambda r: (lambda w: (w[0], w[1], str(w[2])))(what(r))):
+
+        def reported(number: int) -> tuple:  # (the order resources' hazards are found in: kind, chip, name)
+            kind, chip, res = what(number)
+            return kind, chip, str(res)
+
+        for number in sorted(set(resource[late].tolist()), key=reported):
             mine = order[np.searchsorted(by_resource, number, "left"):np.searchsorted(by_resource, number, "right")]
             mine = np.stack([starts[mine], ends[mine], instrs[mine]], axis=1)
             mine = mine[np.lexsort((mine[:, 2], mine[:, 1], mine[:, 0]))]
@@ -1570,7 +1577,8 @@ def _sram_peaks(plan: _Plan) -> dict[int, int]:
         (b.chip for b in bases), (b.words for b in bases), (b.land for b in bases), (b.end for b in bases)))
     # (a state write's result: its state's words, counted there)
     always = np.fromiter((b.constant or (bool(b.state) and not b.alias) for b in bases), np.bool_, n)
-    times = np.concatenate([np.where(always, 0, land), np.where(always, max(plan.cycles, 1), np.maximum(end, land + 1))])
+    times = np.concatenate([np.where(always, 0, land),
+                            np.where(always, max(plan.cycles, 1), np.maximum(end, land + 1))])
     deltas, chips = np.concatenate([size, -size]), np.concatenate([chip, chip])
     order = np.lexsort((deltas, times, chips))  # per chip, in time, a value's words freed before others take them
     live, chips = np.cumsum(deltas[order]), chips[order]
