@@ -151,6 +151,7 @@ class _Builder(Transformer):
         self.pieces: list[Piece] = []
         # the stamps' ops still to come, by the position of each stamp's next: (its ops, their positions, token)
         self.pending: dict[int, tuple] = {}
+        self.shared: dict = {}  # a stamp's unit names and stream lists, one object each (_stamp_of)
 
     def _define(self, name: str, ttype: TensorType, token: Token) -> Value:
         """Define %name (spelled in `token`, which may hold a list of values)."""
@@ -196,7 +197,7 @@ class _Builder(Transformer):
         template = self.templates.get(n)
         if template is None:
             raise _Error(at, f"stamp of template {n}, which is not defined")
-        stamp = _stamp_of(template, n, attrs, at)
+        stamp = _stamp_of(template, n, attrs, at, self.shared)
         ranks = attrs.get("ranks")
         if not isinstance(ranks, tuple) or len(ranks) != len(template.ops) \
                 or not all(type(r) is int for r in ranks):
@@ -435,9 +436,10 @@ def _ints(items) -> bool:
     return all(type(x) is int for x in items)
 
 
-def _stamp_of(template: Template, n: int, attrs: AttrDict, at: int) -> Stamp:
+def _stamp_of(template: Template, n: int, attrs: AttrDict, at: int, shared: dict) -> Stamp:
     """The Stamp a stamp statement's attributes describe: with `ranks` alone, the template's own ops; `out` only
-    where an op's is not its template op's."""
+    where an op's is not its template op's. Its unit names and stream lists are the equal ones in `shared` (a
+    program's pieces spell a million of them, a few hundred distinct)."""
     keys = set(attrs) - {"ranks"}
     if not keys:
         return template.identity()
@@ -447,7 +449,8 @@ def _stamp_of(template: Template, n: int, attrs: AttrDict, at: int) -> Stamp:
                          f"the template's own ops); it has {', '.join(sorted(attrs))}")
     values, units, streams = attrs["values"], attrs["units"], attrs["streams"]
     names = values.split() if type(values) is str else ()
-    units = tuple(None if u == "-" else u for u in units.split()) if type(units) is str else None
+    units = tuple([None if u == "-" else shared.setdefault(u, u) for u in units.split()]) \
+        if type(units) is str else None
     checks = ((type(attrs["cycle"]) is int, "`cycle` must be an integer (added to each op's)"),
               (not template.chips or (isinstance(attrs["chips"], tuple) and len(attrs["chips"]) == len(template.chips)
                                       and _ints(attrs["chips"])),
@@ -469,7 +472,8 @@ def _stamp_of(template: Template, n: int, attrs: AttrDict, at: int) -> Stamp:
     for ok, message in checks:
         if not ok:
             raise _Error(at, f"stamp of template {n}: {message}")
-    return Stamp(attrs["cycle"], attrs.get("chips", ()), tuple(names), units, streams, out)
+    return Stamp(attrs["cycle"], attrs.get("chips", ()), tuple(names), units,
+                 tuple([shared.setdefault(regs, regs) for regs in streams]), out)
 
 
 _STAMP_KEY = re.compile(rf"\s*({_ATTR_NAME})\s*=\s*")
