@@ -172,8 +172,10 @@ def check_chips(machine: Machine, chips: int) -> None:
     if chips > most_chips(machine):
         raise LpucError(f"--chips {chips}: {_limit(machine)}")
     if not supported_chips(machine, chips):
+        below = next(m for m in range(chips - 1, 0, -1) if supported_chips(machine, m))  # (1 chip always is)
         raise LpucError(f"--chips {chips}: a {machine.name} {machine.topology.kind} cannot have {chips} chips "
-                        f"({_sizes(machine)}); the next size it supports is {round_chips(machine, chips)}")
+                        f"({_sizes(machine)}); the nearest sizes it supports are {below} and "
+                        f"{round_chips(machine, chips)}")
 
 
 @lru_cache(maxsize=8)

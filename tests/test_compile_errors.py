@@ -177,8 +177,8 @@ def test_unknown_machine(tmp_path, capsys, name):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("chips, words_", [("9", ["dragonfly cannot have 9 chips", "next size", "16"]),
-                                           ("300", ["cannot have 300 chips", "whole racks of 72", "360"]),
+@pytest.mark.parametrize("chips, words_", [("9", ["dragonfly cannot have 9 chips", "nearest sizes", "are 8 and 16"]),
+                                           ("300", ["cannot have 300 chips", "whole racks of 72", "are 288 and 360"]),
                                            ("10441", ["at most 10440 chips"]),
                                            ("0", ["at least 1"]), ("-3", ["at least 1"])])
 def test_bad_chip_counts(tmp_path, capsys, chips, words_):
