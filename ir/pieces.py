@@ -76,17 +76,18 @@ class Template:
         moved = False  # an op's `out` is not its template op's
         offset = None
         for t, o, row in zip(self.ops, ops, self.rows):
-            if o.name != t.name or len(o.operands) != len(t.operands) or len(o.results) != len(t.results) \
-                    or o.attrs.keys() != t.attrs.keys():
+            if not _alike(t, o):
                 return None
-            for vs, ts, ks in ((o.operands, t.operands, row.operands), (o.results, t.results, row.results)):
-                for v, tv, k in zip(vs, ts, ks):
-                    if v.type != tv.type or not _same(names, k, v.name):
+            for vs, ks in ((o.operands, row.operands), (o.results, row.results)):
+                for v, k in zip(vs, ks):
+                    if not _same(names, k, v.name):
                         return None
             units.append(o.attrs.get("unit"))
             streams.append(o.attrs.get("streams", ()))
             outs.append(o.attrs.get("out", ()))
             for key, tv in t.attrs.items():
+                if key not in STAMPED:  # (_alike: equal)
+                    continue
                 ov = o.attrs[key]
                 if key == "cycle":
                     if type(ov) is not int or (offset is not None and ov - tv != offset):
@@ -101,10 +102,8 @@ class Template:
                 elif key == "streams":
                     if type(ov) is not tuple or len(ov) != len(tv) or not all(type(s) is int for s in ov):
                         return None
-                elif key == "out":
+                else:  # out
                     moved = moved or (ov is not tv and compare_value(ov) != compare_value(tv))
-                elif ov is not tv and compare_value(ov) != compare_value(tv):
-                    return None
         if len(set(names)) != len(names) or len(set(chips)) != len(chips):  # renamings, not merges
             return None
         return Stamp(offset or 0, tuple(chips), tuple(names), tuple(units), tuple(streams),
@@ -136,6 +135,27 @@ class Template:
                      tuple(op.attrs.get("streams", ()) for op in self.ops))
 
 
+STAMPED = ("chip", "cycle", "out", "streams", "unit")  # the attributes a stamp gives each op its own of
+
+
+def _alike(t: Op, o: Op) -> bool:
+    """Whether `o` is `t` but for what a stamp changes (its value names aside): the same op name, operand and
+    result types, and attributes other than STAMPED."""
+    if o.name != t.name or len(o.operands) != len(t.operands) or len(o.results) != len(t.results) \
+            or o.attrs.keys() != t.attrs.keys():
+        return False
+    for vs, ts in ((o.operands, t.operands), (o.results, t.results)):
+        for v, tv in zip(vs, ts):
+            if v.type != tv.type:
+                return False
+    for key, tv in t.attrs.items():
+        if key not in STAMPED:
+            ov = o.attrs[key]
+            if ov is not tv and compare_value(ov) != compare_value(tv):
+                return False
+    return True
+
+
 def _same(table: list, k: int, v) -> bool:
     """Whether renaming the template's k-th value (or chip) to v agrees with `table` (filling it in)."""
     have = table[k]
@@ -152,6 +172,14 @@ def find_pieces(ops: Sequence[Op], groups: Sequence[Sequence[Sequence[int]]]) ->
     found: list[tuple[tuple[int, ...], ...]] = []
     for group in groups:
         first, *rest = sorted(tuple(g) for g in group)
+        # an op that a candidate has otherwise than stamped (a send's route across a dragonfly, whose racks are no
+        # translation of one another) is left out of them all: it is written as it is, the rest is still stamped
+        n = len(first)
+        keep = [j for j, i in enumerate(first) if all(len(g) != n or _alike(ops[i], ops[g[j]]) for g in rest)]
+        if len(keep) < n:
+            first, rest = tuple(first[j] for j in keep), [tuple(g[j] for j in keep) if len(g) == n else g for g in rest]
+        if not first:
+            continue
         template = Template([ops[i] for i in first])
         kept = [g for g in rest if template.stamp_of([ops[i] for i in g]) is not None]
         if kept:
@@ -169,4 +197,4 @@ def templates(ops: Sequence[Op], pieces: Sequence[Piece]) -> dict[int, Template]
     return out
 
 
-__all__ = ["Stamp", "Template", "find_pieces", "templates"]
+__all__ = ["STAMPED", "Stamp", "Template", "find_pieces", "templates"]

@@ -17,6 +17,7 @@ from .attributes import compare_value
 from .core import Module, Op
 from .errors import VerifyError
 from .machine_ops import SCHEDULE_ATTRS
+from .pieces import STAMPED
 from .registry import ATTR_KINDS, HOST, LINK, OPS, PLANE, SRAM, TypeRuleError
 from .rewrite import rewrite_of
 from .types import DType
@@ -107,7 +108,7 @@ OWN_ATTRS = ("cycle", "out", "streams", "unit")
 
 # What a stamp of a template (ir.pieces) changes in its ops besides value names: no type or machine rule reads
 # them, so a stamped op is its template's op checked again for these only.
-STAMPED_ATTRS = ("chip", "cycle", "out", "streams", "unit")
+STAMPED_ATTRS = STAMPED
 
 
 def _template_ops(module: Module) -> tuple[list[Op | None], set[int]]:

@@ -137,3 +137,18 @@ def test_a_piece_on_several_chips_renames_them():
     assert parse(written) == m
     swapped = parse(text.replace("chip = 3, cycle = 28", "chip = 2, cycle = 28"))  # two chips made one
     assert find_pieces(swapped.ops, [[(1, 2), (3, 4)]]) == ()
+
+
+def test_an_op_a_candidate_has_otherwise_is_left_out_of_the_pieces():
+    """An op that a candidate has otherwise than stamped (on a dragonfly a send's route: its racks are no
+    translation of one another) is written as it is, and the rest of the candidates are still pieces."""
+    text = TEXT.replace('streams = [1, 2, 3], unit = "vxm1"', 'route = [1], streams = [1, 2, 3], unit = "vxm1"') \
+        .replace('streams = [1, 2, 7], unit = "vxm2"', 'route = [2], streams = [1, 2, 7], unit = "vxm2"')
+    m = _stamped(text)
+    assert [(p.template, p.ops) for p in m.pieces] == [(0, (2,)), (0, (5,))]
+    written = print_module(m)
+    assert "  %b = vxm.mul" in written and "  %d = vxm.mul" in written  # (as they are, not stamped)
+    back = parse(written)
+    assert back == m and back.pieces == m.pieces
+    # the same route in both: both ops are pieces again
+    assert [p.ops for p in _stamped(text.replace("route = [2]", "route = [1]")).pieces] == [(2, 3), (5, 6)]
