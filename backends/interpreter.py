@@ -52,7 +52,6 @@ import mmap
 import operator
 import re
 import time
-from array import array
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field

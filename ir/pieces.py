@@ -135,7 +135,9 @@ class Template:
                      tuple(op.attrs.get("streams", ()) for op in self.ops))
 
 
-STAMPED = ("chip", "cycle", "out", "streams", "unit")  # the attributes a stamp gives each op its own of
+# The attributes a stamp gives each op its own of: no type or machine rule reads them, so the verifier checks a
+# stamped op as its template's op again for these only.
+STAMPED = ("chip", "cycle", "out", "streams", "unit")
 
 
 def _alike(t: Op, o: Op) -> bool:
@@ -172,16 +174,17 @@ def find_pieces(ops: Sequence[Op], groups: Sequence[Sequence[Sequence[int]]]) ->
     found: list[tuple[tuple[int, ...], ...]] = []
     for group in groups:
         first, *rest = sorted(tuple(g) for g in group)
-        # an op that a candidate has otherwise than stamped (a send's route across a dragonfly, whose racks are no
-        # translation of one another) is left out of them all: it is written as it is, the rest is still stamped
-        n = len(first)
-        keep = [j for j, i in enumerate(first) if all(len(g) != n or _alike(ops[i], ops[g[j]]) for g in rest)]
-        if len(keep) < n:
-            first, rest = tuple(first[j] for j in keep), [tuple(g[j] for j in keep) if len(g) == n else g for g in rest]
-        if not first:
-            continue
         template = Template([ops[i] for i in first])
         kept = [g for g in rest if template.stamp_of([ops[i] for i in g]) is not None]
+        n = len(first)
+        missed = [g for g in set(rest) - set(kept) if len(g) == n]
+        # an op that a candidate has otherwise than stamped (a send's route across a dragonfly, whose racks are no
+        # translation of one another) is left out of them all: it is written as it is, the rest is still stamped
+        keep = [j for j, i in enumerate(first) if all(_alike(ops[i], ops[g[j]]) for g in missed)]
+        if 0 < len(keep) < n:
+            first, rest = tuple(first[j] for j in keep), [tuple(g[j] for j in keep) if len(g) == n else g for g in rest]
+            template = Template([ops[i] for i in first])
+            kept = [g for g in rest if template.stamp_of([ops[i] for i in g]) is not None]
         if kept:
             found.append((first, *kept))
     found.sort()  # templates numbered in the order of their first op

@@ -106,11 +106,6 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
 OWN_ATTRS = ("cycle", "out", "streams", "unit")
 
 
-# What a stamp of a template (ir.pieces) changes in its ops besides value names: no type or machine rule reads
-# them, so a stamped op is its template's op checked again for these only.
-STAMPED_ATTRS = STAMPED
-
-
 def _template_ops(module: Module) -> tuple[list[Op | None], set[int]]:
     """(per op, when it is a piece's op but not of its template's own piece, the template's op it stamps (ir.pieces);
     the indices of the templates' own ops)."""
@@ -126,7 +121,7 @@ def _template_ops(module: Module) -> tuple[list[Op | None], set[int]]:
 
 def _stamps_in_order(module: Module, known: dict[str, _Known]) -> bytearray:
     """Per op, 1 for a piece's op (not its template's) that _check_stamped would pass, found for its whole piece
-    at once, attribute by attribute: its STAMPED_ATTRS are of their kinds, and its operands have the types of its
+    at once, attribute by attribute: its STAMPED are of their kinds, and its operands have the types of its
     template op's (the template's ops passed check_op: `known`). A piece found otherwise is checked op by op, which
     names what is wrong and where."""
     in_order = bytearray(len(module.ops))
@@ -140,7 +135,7 @@ def _stamps_in_order(module: Module, known: dict[str, _Known]) -> bytearray:
                 or [v.type for op in ops for v in op.operands] != [v.type for op in tops for v in op.operands]:
             continue
         attrs = [op.attrs.as_dict() for op in ops]
-        chips, cycles, outs, streams, units = ([a.get(key) for a in attrs] for key in STAMPED_ATTRS)
+        chips, cycles, outs, streams, units = ([a.get(key) for a in attrs] for key in STAMPED)
         moved = [x for x, op in zip(outs, tops) if x is not None and x is not op.attrs.get("out")]
         if set(map(type, chips)) | set(map(type, cycles)) <= _INT and set(map(type, units)) <= _STR \
                 and set(map(type, streams)) <= _TUPLE and set(map(type, chain.from_iterable(filter(None, streams)))) \
@@ -154,21 +149,21 @@ _INT, _STR, _TUPLE = {int, type(None)}, {str, type(None)}, {tuple, type(None)}  
 
 
 def _plainly_stamped(name: str, known: dict[str, _Known]) -> bool:
-    """Whether the STAMPED_ATTRS of op `name` are the schedule's, of their usual kinds, and read by no rule."""
+    """Whether the STAMPED of op `name` are the schedule's, of their usual kinds, and read by no rule."""
     opdef = OPS[name]
-    return not known[name].reads_stamped and all(opdef.attrs.get(k) == SCHEDULE_ATTRS[k] for k in STAMPED_ATTRS)
+    return not known[name].reads_stamped and all(opdef.attrs.get(k) == SCHEDULE_ATTRS[k] for k in STAMPED)
 
 
 def _check_stamped(op: Op, template: Op, machine: Machine | None, known: dict[str, _Known]) -> None:
     """An op stamped from `template`, which passed check_op: the same op (ir.pieces) but for its value names and
-    STAMPED_ATTRS. Its operands must have the template's types (then its rules give what they gave there, unless
-    they read what the stamp changed) and its STAMPED_ATTRS be of their kinds."""
+    STAMPED. Its operands must have the template's types (then its rules give what they gave there, unless
+    they read what the stamp changed) and its STAMPED be of their kinds."""
     of = known[op.name]
     for v, t in zip(op.operands, template.operands):
         if v.type is not t.type and v.type != t.type:
             raise VerifyError(f"{op.label()}: operand {v} has type {v.type}, but in the template it stamps "
                               f"({template.label()}) it has {t.type}")
-    check_own_attrs(op, template, STAMPED_ATTRS)
+    check_own_attrs(op, template, STAMPED)
     if of.reads_stamped:  # (no rule of the registry does: see _run_rules)
         check_op(op, machine, None, {op.name: of})
 
@@ -195,7 +190,7 @@ def _check_operand(module: Module, op: Op, v, defined: dict) -> None:
 
 
 def check_own_attrs(op: Op, was: Op | None = None, keys: tuple[str, ...] = OWN_ATTRS) -> None:
-    """The op-local rules of the attributes `keys` (OWN_ATTRS; a stamp's, STAMPED_ATTRS): each is an attribute of
+    """The op-local rules of the attributes `keys` (OWN_ATTRS; a stamp's, STAMPED): each is an attribute of
     its op, of its kind (those `was`, the op it rewrites or stamps, had already: checked there)."""
     mine, theirs = op.attrs.as_dict(), was.attrs.as_dict() if was is not None else {}
     for key in keys:
@@ -312,7 +307,7 @@ class _Known:
         self.required = tuple(k for k, s in opdef.attrs.items() if s.required)
         self.defaults = opdef.attrs_with_defaults({})
         self.rules: dict[tuple, list] = {}
-        self.reads_stamped = False  # a rule read one of STAMPED_ATTRS: each stamped op is checked whole
+        self.reads_stamped = False  # a rule read one of STAMPED: each stamped op is checked whole
 
 
 def _run_rules(known: _Known, op: Op, machine: Machine | None) -> tuple:
@@ -338,7 +333,7 @@ def _run_rules(known: _Known, op: Op, machine: Machine | None) -> tuple:
     expected = opdef.result_types(operand_types, reads, defaults_filled=True)
     if machine is not None and opdef.machine_rule is not None:
         opdef.machine_rule(operand_types, reads, machine)
-    if reads.read is None or not reads.read.isdisjoint(STAMPED_ATTRS):
+    if reads.read is None or not reads.read.isdisjoint(STAMPED):
         known.reads_stamped = True
     if reads.read is not None:  # (not when a rule went through all of them)
         keys = tuple(sorted(reads.read))
