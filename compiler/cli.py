@@ -193,6 +193,9 @@ def _compile_args(p):
                    help="how to spread the model over chips: pipeline (contiguous layer ranges), tensor "
                         "(matmuls split by columns or rows), or auto: the faster of the two (default; an IR "
                         "file with its partition written, docs/partition.md: as written)")
+    p.add_argument("--layout", metavar="tp=T,pp=P",
+                   help="a deployment's layout instead of --partition: P pipeline stages of T chips each "
+                        "(T=8: one node), every weight split over its stage's chips; takes T*P chips")
     p.add_argument("--scheduler", choices=SCHEDULERS, default=CompileOptions.scheduler,
                    help="cpsat: OR-Tools CP-SAT warm-started from the list schedule, never worse than it, with "
                         "a proven lower bound (default); list: the list scheduler alone (fast)")
@@ -244,8 +247,8 @@ def _precision_arg(p):
 def cmd_compile(args) -> int:
     _check_chips(args.chips)
     start = time.perf_counter()
-    options = CompileOptions(chips=args.chips, partition=args.partition, scheduler=args.scheduler,
-                             effort=args.effort, workers=args.workers, window=args.window,
+    options = CompileOptions(chips=args.chips, partition=args.partition, layout=args.layout,
+                             scheduler=args.scheduler, effort=args.effort, workers=args.workers, window=args.window,
                              max_windows=args.max_windows, state=args.state, context=args.context,
                              precision=args.precision)
     progress = _after_seconds(2.0)  # stderr, so a --json compile says what it does too
@@ -539,6 +542,7 @@ def _generate_args(p):
                    help=f"machine description (default {DEFAULT_MACHINE})")
     p.add_argument("--chips", type=int, metavar="N", help="chips to compile for (default: as `lpuc compile`)")
     p.add_argument("--partition", choices=STRATEGIES, default="auto", help="as for `lpuc compile`")
+    p.add_argument("--layout", metavar="tp=T,pp=P", help="as for `lpuc compile`")
     p.add_argument("--scheduler", choices=SCHEDULERS, default=CompileOptions.scheduler, help="as for `lpuc compile`")
     p.add_argument("--effort", type=float, default=CompileOptions.effort, metavar="SECONDS",
                    help="as for `lpuc compile`")
@@ -563,8 +567,8 @@ def cmd_generate(args) -> int:
         raise LpucError("--timing-only computes no tokens: it takes no -o")
     prompt = _read_prompt(args.prompt)
     step, prefill = compile_generation(args.decode, args.prefill, args.machine, weights=not args.timing_only,
-                                       chips=args.chips, partition=args.partition, scheduler=args.scheduler,
-                                       effort=args.effort, precision=args.precision)
+                                       chips=args.chips, partition=args.partition, layout=args.layout,
+                                       scheduler=args.scheduler, effort=args.effort, precision=args.precision)
     if not args.timing_only:
         interpreter.require_weights(step)
     result = generate(step, prompt, args.tokens, prefill, timing_only=args.timing_only)

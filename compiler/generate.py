@@ -79,14 +79,15 @@ def step_tokens_per_s(program: Program) -> float | None:
     return program.machine.clock_mhz * 1e6 / program.cycles
 
 
-def load_step(path: str | Path, machine, weights: bool, layout=None, **options) -> Program:
-    """A stateful program: a .lpu as compiled, or a model compiled with its cache resident."""
+def load_step(path: str | Path, machine, weights: bool, states=None, **options) -> Program:
+    """A stateful program: a .lpu as compiled, or a model compiled with its cache resident (where `states`,
+    a partner's state_layout, keeps it, when given)."""
     if Path(path).suffix == ".lpu":
         program = read_lpu(path)
         if step_positions(program.module) is None:
             raise LpucError(f"{path} has no resident state: compile it with --state auto (or give the model)")
         return program
-    return compile_program(path, machine, weights=weights, state_layout=layout, state="auto", **options)
+    return compile_program(path, machine, weights=weights, state_layout=states, state="auto", **options)
 
 
 def compile_generation(decode: str | Path, prefill: str | Path | None = None, machine="tsp-v1", *,

@@ -31,6 +31,14 @@ Strategies:
             the k-th N-quantile of the model's weights. An op whose weight
             straddles quantiles (or exceeds a chip) is split over the chips it
             spans, each taking tiles in proportion to its part of the weight.
+  layout    a deployment's layout, `tp=T,pp=P` (Layout): P pipeline stages, each of T consecutive chips
+            (one node of a dragonfly when T is its size: the chips a stage's collectives cross are
+            fully connected). Stages are contiguous ranges of the program balanced by weight bytes,
+            cut between layers when the model repeats them; each op runs on its stage's first chip,
+            and every op with a weight that can split is spread over the stage's chips (tensor
+            parallelism: the activation goes out to the stage's chips and the parts come back, one
+            direct transfer each way, the exchange a fully connected node makes). Attention by heads
+            stays whole: a resident cache lives on the chip of its write.
   tensor    activations stay on chip 0; every op that can split is spread over
             the chips (up to one tile per chip), the least loaded first: a
             matmul with a constant weight of two or more vector-wide tiles by
@@ -56,11 +64,12 @@ from ..ir.machine import Machine
 from ..ir.registry import OPS
 from ..ir.target import Target
 
+from .allocate import DoesNotFit
 from .lower import tilings
 from .passes import Pass
 from .templates import MIN_REPEATS
 
-STRATEGIES = ("auto", "pipeline", "tensor")
+STRATEGIES = ("auto", "pipeline", "tensor")  # (`layout` is given as a Layout, --layout)
 ROOM_PERCENT = 95  # a layer-aligned chip's peak (pinned bytes + its largest working set) at most this much of
                   # its SRAM (the rest: what lowering adds, the allocator's slack)
 MAX_GROUP = 4      # layers per group of the layer-aligned pipeline, at most
@@ -77,17 +86,49 @@ class Partition(Pass):
     name = "partition"
     chips: int = 1
     strategy: str = "pipeline"
+    layout: str = ""  # strategy "layout": its text, tp=T,pp=P
 
     def plan(self, module: Module, target: Target, progress=None) -> Module:
-        return partition(module, Target(target.machine, self.chips), self.strategy)
+        layout = parse_layout(self.layout) if self.strategy == "layout" else None
+        return partition(module, Target(target.machine, self.chips), self.strategy, layout)
 
     def apply(self, module: Module, target: Target, plan: Module) -> Module:
         return plan
 
 
-def partition(module: Module, target: Target, strategy: str) -> Module:
-    """`module` with its partition over the target's chips by `strategy` (pipeline or tensor; auto is the
-    driver's) written on it; on one chip, `module` itself."""
+@dataclass(frozen=True)
+class Layout:
+    """A deployment's layout: `pp` pipeline stages of `tp` chips each (tensor parallelism inside a stage)."""
+
+    tp: int = 1
+    pp: int = 1
+
+    @property
+    def chips(self) -> int:
+        return self.tp * self.pp
+
+    def __str__(self) -> str:
+        return f"tp={self.tp},pp={self.pp}"
+
+
+def parse_layout(text: str) -> Layout:
+    """`tp=T,pp=P` (either may be left out: 1) -> Layout; an LpucError saying what is wrong otherwise."""
+    sizes = {}
+    for word in text.split(","):
+        key, _, value = word.strip().partition("=")
+        if key == "ep":
+            raise LpucError(f"layout {text!r}: ep (experts over chips) is not supported yet; lay a mixture of "
+                            "experts out by tp and pp (its stacked expert weights split like any other)")
+        if key not in ("tp", "pp") or key in sizes or not value.isdigit() or int(value) < 1:
+            raise LpucError(f"layout {text!r}: expected tp=T,pp=P (positive integers: T chips per pipeline "
+                            "stage, P stages), e.g. tp=8,pp=9")
+        sizes[key] = int(value)
+    return Layout(**sizes)
+
+
+def partition(module: Module, target: Target, strategy: str, layout: Layout | None = None) -> Module:
+    """`module` with its partition over the target's chips by `strategy` (pipeline, tensor or layout, which
+    `layout` gives; auto is the driver's) written on it; on one chip, `module` itself."""
     chips, lanes = target.chips, target.lanes
     if "chips" in module.attrs:
         raise LpucError(f"{module.name} is partitioned already (module attribute chips = {module.attrs['chips']})")
@@ -98,6 +139,10 @@ def partition(module: Module, target: Target, strategy: str) -> Module:
         home, kinds, groups = _tensor(module, constants, chips, lanes)
     elif strategy == "pipeline":
         home, kinds, groups = _pipeline(module, target, constants)
+    elif strategy == "layout" and layout is not None:
+        if layout.chips != chips:
+            raise LpucError(f"layout {layout} takes {layout.chips} chips, not {chips}")
+        home, kinds, groups = _staged(module, target, constants, layout)
     else:
         raise LpucError(f"unknown partition strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
     ops = []
@@ -232,6 +277,57 @@ def _quantiles(module: Module, target: Target, constants: set[str]) -> tuple[lis
     room = target.machine.sram.chip_bytes * 85 // 100
     _move_cuts(module, home, weights, set(groups), _chip_loads(home, groups, weights, chips), room, lanes)
     return home, kinds, groups
+
+
+# --- a deployment's layout: pipeline stages of tensor-parallel chips ---------------------------------
+
+def _staged(module: Module, target: Target, constants: set[str], layout: Layout
+            ) -> tuple[list[int], dict[int, str], Groups]:
+    """Each op on a chip of its stage, each op with a weight that can split spread over its stage's chips by
+    its rule's preferred tiling other than heads (module docstring: `layout`)."""
+    lanes, tp = target.lanes, layout.tp
+    home = [s * tp for s in _stage_of(module, target, layout.pp)]
+    stages = _stages(module, lanes, constants) if tp > 1 else None
+    if stages is not None:  # a layer's unsplit ops (its attention, its cache) on one chip of its stage, the
+        segment = dict(stages.segment)  # stage's layers taking its chips in turn: their caches spread out
+        for i in sorted(stages.follows, reverse=True):
+            segment[i] = segment[stages.follows[i]]
+        home = [h + segment.get(i, 0) % tp for i, h in enumerate(home)]
+    kinds, groups = {}, {}
+    for i, op in enumerate(module.ops):
+        offered = [(kind, tiles) for kind, tiles in tilings(op, constants, lanes).items() if kind != "heads"]
+        if tp > 1 and offered:
+            kinds[i], tiles = offered[0]
+            first = home[i] - home[i] % tp
+            groups[i] = tuple((first + c, 1) for c in range(min(tp, tiles)))
+    load = _chip_loads(home, groups, _weight_bytes(module, lanes), target.chips)
+    room = target.machine.sram.chip_bytes
+    full = max(range(target.chips), key=lambda c: (load[c], -c))
+    if load[full] > room:
+        raise DoesNotFit(f"layout {layout} puts {load[full] / 2**20:.1f} MiB of weights and state on chip {full}, "
+                         f"which holds {room / 2**20:.1f} MiB: more stages (pp) or chips per stage (tp)")
+    return home, kinds, groups
+
+
+def _stage_of(module: Module, target: Target, pp: int) -> list[int]:
+    """Per graph op, its pipeline stage (0 .. pp-1): contiguous ranges of the program balanced by weight
+    bytes (a weightless op counts a little, so weightless stretches spread too), each cut moved to a nearby
+    boundary few bytes cross (_move_cuts: never one a cache crosses)."""
+    n, lanes = len(module.ops), target.lanes
+    if pp == 1:
+        return [0] * n
+    weights = _weight_bytes(module, lanes)
+    floor = max(1, sum(weights) // max(1, 50 * n))
+    share = [w + floor if op.name != "graph.constant" else 0 for op, w in zip(module.ops, weights)]
+    total, before, stage = sum(share), 0, [0] * n
+    for i in range(n):
+        stage[i] = min(pp - 1, (before + share[i] // 2) * pp // total)
+        before += share[i]
+    loads = [0] * pp
+    for i, w in enumerate(weights):
+        loads[stage[i]] += w
+    _move_cuts(module, stage, weights, set(), loads, target.machine.sram.chip_bytes * target.chips // pp, lanes)
+    return stage
 
 
 # --- the layer-aligned pipeline ----------------------------------------------------------------------
@@ -547,4 +643,4 @@ def _move_cuts(module: Module, home: list[int], weights: list[int], split: set[i
         cuts[k] = best
 
 
-__all__ = ["STRATEGIES", "Partition", "describe", "layer_aligned_chips", "partition"]
+__all__ = ["STRATEGIES", "Layout", "Partition", "describe", "layer_aligned_chips", "parse_layout", "partition"]

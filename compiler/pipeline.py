@@ -36,7 +36,7 @@ from ..ir.verifier import verify
 from .allocate import Allocate, DoesNotFit
 from .grouped_heads import GroupHeads
 from .lower import Lower
-from .partition import STRATEGIES, Partition, describe, layer_aligned_chips
+from .partition import STRATEGIES, Partition, describe, layer_aligned_chips, parse_layout
 from .passes import DeadCodeElimination, Pass, Verify
 from .precision import DEFAULT_PRECISION, Precision, Stored, check_precision
 from .schedule_cpsat import CpSatScheduler
@@ -60,6 +60,7 @@ class CompileOptions:
     rounds: int = 2              # list scheduler: forward-backward improvement rounds
     chips: int | None = None     # None: the fewest chips whose SRAM holds the model
     partition: str = "auto"      # auto (the fastest of pipeline and tensor), pipeline or tensor
+    layout: str | None = None    # tp=T,pp=P: a deployment's layout (compiler.partition.Layout) instead
     state: str = "none"          # none, auto (Hugging Face past/present pairs) or PAST=PRESENT,...: a resident cache
     context: int | None = None   # the cache's slots (a prefill graph's; a decode graph's is its present's rows)
     precision: str = DEFAULT_PRECISION  # fp32 (the exact reference), fp16, int8 or fp8 (compiler/precision.py)
@@ -122,10 +123,12 @@ class CompileSummary:
 
 
 def passes(options: CompileOptions, chips: int, strategy: str) -> tuple[Pass, ...]:
-    """The pipeline for `chips` chips and a partition strategy (pipeline or tensor; "given": the module is
-    partitioned already); the scheduler's options are CompileOptions fields of the same names."""
+    """The pipeline for `chips` chips and a partition strategy (pipeline, tensor or layout: options.layout;
+    "given": the module is partitioned already); the scheduler's options are CompileOptions fields of the
+    same names."""
     scheduler = SCHEDULERS[options.scheduler]
-    return ((Partition(chips, strategy),) if strategy != "given" else ()) + (
+    layout = options.layout or "" if strategy == "layout" else ""
+    return ((Partition(chips, strategy, layout),) if strategy != "given" else ()) + (
         Lower(), Allocate(options.stripes), scheduler(**{f.name: getattr(options, f.name) for f in fields(scheduler)}))
 
 
@@ -257,6 +260,11 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
                         f"{options.effort:g}, {options.workers}, {options.window}, {options.max_windows})")
     if options.partition not in STRATEGIES:
         raise LpucError(f"unknown partition {options.partition!r} (choose from {', '.join(STRATEGIES)})")
+    layout = parse_layout(options.layout) if options.layout else None
+    if layout is not None and options.partition != "auto":
+        raise LpucError(f"--layout {options.layout} and --partition {options.partition}: give one of them")
+    if layout is not None and options.chips not in (None, layout.chips):
+        raise LpucError(f"--layout {layout} takes {layout.chips} chips, not --chips {options.chips}")
     check_precision(options.precision, machine)
     # Precision first (after grouping heads, which drops the copies it would convert): the weights' storage
     # type decides the SRAM they take, hence the default chip count.
@@ -265,10 +273,12 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
     stored = plans[Precision.name][1]
     if "chips" in graph_module.attrs:  # partitioned already
         chips = graph_module.attrs["chips"]
-        if options.chips not in (None, chips) or options.partition != "auto":
+        if options.chips not in (None, chips) or options.partition != "auto" or options.layout:
             raise LpucError(f"{graph_module.name} is partitioned already, over {chips} chips (its `chips` attribute): "
-                            "leave out --chips and --partition, or remove the partition from the IR")
+                            "leave out --chips, --partition and --layout, or remove the partition from the IR")
         return _compile_on(graph_module, machine, options, chips, stored, progress, "as the IR's partition writes")
+    if layout is not None:
+        return _compile_on(graph_module, machine, options, layout.chips, stored, progress, f"given by --layout {layout}")
     if options.chips is not None:
         return _compile_on(graph_module, machine, options, options.chips, stored, progress, "given by --chips")
     # The default: the fewest chips whose SRAM holds the weights; when the partition leaves one chip too
@@ -301,6 +311,8 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
         strategies = ("pipeline",)
     if "chips" in graph_module.attrs:
         strategies = ("given",)
+    elif options.layout:
+        strategies = ("layout",)
     elif chips == 1:
         strategies = ("single",)
     tried, best = [], None
@@ -350,7 +362,8 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
         bound_resource=result.bound_resource, instructions=result.instructions, ops=len(scheduled.ops),
         sram_peak_bytes=allocation.peak_bytes, sram_image_bytes=allocation.image_bytes,
         clock_mhz=machine.clock_mhz, chips=chips, precision=options.precision, weight_bytes=stored.bytes,
-        model_weight_bytes=stored.model_bytes, partition=strategy,
+        model_weight_bytes=stored.model_bytes,
+        partition=str(parse_layout(options.layout)) if strategy == "layout" else strategy,
         partition_lines=tuple(describe(partitioned, target.lanes)) if chips > 1 else (),
         candidates=tuple(tried) if len(strategies) > 1 else (),
         transfers=sum(1 for op in scheduled.ops if OPS[op.name].result_place == LINK),  # sends

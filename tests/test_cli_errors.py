@@ -312,3 +312,18 @@ def test_usage_errors_are_one_line(capsys, argv, words):
     code, out, err = run(capsys, *argv)
     assert code == 2 and not out and len(err.splitlines()) == 1, err
     assert err.startswith("lpuc") and "error:" in err and all(w in err for w in words), err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--layout", "tp=x"], ["tp=x", "expected tp=T,pp=P"]),
+    (["--layout", "tp=2,tp=2"], ["expected tp=T,pp=P"]),
+    (["--layout", "pp=0"], ["positive integers"]),
+    (["--layout", "tp=2,ep=2"], ["ep", "not supported yet"]),
+    (["--layout", "tp=2,pp=2", "--chips", "8"], ["takes 4 chips", "--chips 8"]),
+    (["--layout", "tp=2", "--partition", "tensor"], ["--layout", "--partition", "give one"]),
+])
+def test_bad_layout(tmp_path, capsys, args, words):
+    out = tmp_path / "x.lpu"
+    code, _, err = run(capsys, "compile", SAMPLES / "llama_decode.onnx", "-o", out, *args)
+    assert_one_line_error(code, err, *words)
+    assert not out.exists()

@@ -13,7 +13,7 @@ import pytest
 from lpuc.backends import interpreter
 from lpuc.backends.lpu import build_program
 from lpuc.compiler.driver import load_model, max_relative_error
-from lpuc.compiler.partition import describe, partition
+from lpuc.compiler.partition import describe, parse_layout, partition
 from lpuc.compiler.pipeline import CompileOptions, compile_module, default_chips
 from lpuc.ir import LpucError
 from lpuc.ir import machine_ops as mo
@@ -53,6 +53,25 @@ def test_sample_on_many_chips_matches_onnxruntime(graphs, name, chips, strategy)
     used = {mo.chip_of(op) for op in module.ops if mo.unit_class(op.name)}
     sends = [op for op in module.ops if op.name == "c2c.send"]
     assert len(used) > 1 and sends and summary.transfers == len(sends)
+    result = interpreter.run(build_program(module, MACHINE_TEXT), _npz(name, "inputs"))
+    ref = _npz(name, "outputs")
+    assert max(max_relative_error(result.outputs[k], ref[k]) for k in ref) <= 1e-4
+    assert result.stats.cycles == summary.cycles
+
+
+@pytest.mark.parametrize("layout", ["tp=2", "tp=2,pp=2", "tp=4,pp=2"])
+@pytest.mark.parametrize("name", MODELS)
+def test_sample_at_a_layout_matches_onnxruntime(graphs, name, layout):
+    module, summary = compile_module(_graph(graphs, name), MACHINE,
+                                     CompileOptions(scheduler="list", layout=layout, precision="fp32"))
+    tp, pp = (int(word[3:]) for word in (layout + ",pp=1").split(",")[:2])
+    assert summary.chips == module.attrs["chips"] == tp * pp and summary.partition == f"tp={tp},pp={pp}"
+    # every op runs on its stage's first chip, a split op's parts inside its stage; every stage runs ops
+    placed = partition(_graph(graphs, name), Target(MACHINE, tp * pp), "layout", parse_layout(layout)).ops
+    homes = {op.attrs.get("chip", 0) for op in placed if op.name != "graph.constant"}
+    assert homes == set(range(0, tp * pp, tp))
+    assert all(c // tp == op.attrs.get("chip", 0) // tp for op in placed for c in op.attrs.get("parts", ()))
+    assert any("parts" in op.attrs for op in placed) == (tp > 1)
     result = interpreter.run(build_program(module, MACHINE_TEXT), _npz(name, "inputs"))
     ref = _npz(name, "outputs")
     assert max(max_relative_error(result.outputs[k], ref[k]) for k in ref) <= 1e-4

@@ -1,0 +1,75 @@
+"""Deployment layouts (`--layout tp=T,pp=P`, compiler.partition.Layout): pipeline stages of tensor-parallel
+chips. The samples at each layout must match onnxruntime (tests/test_many_chips.py); here, generation at a
+layout must give Hugging Face's greedy tokens, and the layout's placement rules must hold on a model of
+several layers wider than one vector."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+
+from lpuc.compiler.driver import load_model
+from lpuc.compiler.frontend.state import make_stateful
+from lpuc.compiler.generate import compile_generation, generate
+from lpuc.compiler.partition import Layout, parse_layout, partition
+from lpuc.ir import LpucError
+from lpuc.ir.machine import read_machine
+from lpuc.ir.registry import OPS
+from lpuc.ir.target import Target
+
+from helpers import SAMPLES
+
+MACHINE = read_machine("tsp-v1")[0]
+spec = importlib.util.spec_from_file_location("samples_shape_only", SAMPLES / "shape_only.py")
+shape_only = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = shape_only
+spec.loader.exec_module(shape_only)
+
+
+@pytest.mark.parametrize("sample", ["llama_decode", "mixtral_decode"])
+@pytest.mark.parametrize("layout", ["tp=2", "tp=2,pp=2"])
+def test_generation_at_a_layout_gives_hugging_face_greedy_tokens(sample, layout):
+    step, first = compile_generation(SAMPLES / f"{sample}.onnx", SAMPLES / f"{sample.replace('_decode', '_prefill')}.onnx",
+                                     layout=layout, scheduler="list")
+    with np.load(SAMPLES / f"{sample}.generate.npz") as f:
+        prompt, tokens = f["prompt"], f["tokens"]
+    assert step.target.chips == parse_layout(layout).chips
+    assert generate(step, prompt, tokens.shape[1], first).tokens.tolist() == tokens.tolist()
+
+
+@pytest.fixture(scope="module")
+def five_layers(tmp_path_factory):
+    """Shape-only tiny Llama decode with 5 layers (hidden 352: wider than one 320-lane vector, not a multiple),
+    its cache resident."""
+    out = tmp_path_factory.mktemp("five") / "five.onnx"
+    assert shape_only.main(["tiny", "--mode", "decode", "--past", "6", "--layers", "5", "-o", str(out)]) == 0
+    return make_stateful(load_model(out)[0])
+
+
+def test_stages_are_contiguous_and_a_stages_layers_keep_their_caches_on_its_chips_in_turn(five_layers):
+    layout = Layout(tp=4, pp=2)
+    placed = partition(five_layers, Target(MACHINE, layout.chips), "layout", layout)
+    ops = [op for op in placed.ops if op.name != "graph.constant"]
+    stages = [op.attrs.get("chip", 0) // layout.tp for op in ops]
+    assert stages == sorted(stages) and set(stages) == {0, 1}  # contiguous, both used
+    writes = [op.attrs.get("chip", 0) for op in ops if OPS[op.name].in_place]  # K and V per layer
+    assert len(writes) == 10
+    per_layer = writes[::2]
+    assert writes[1::2] == per_layer  # a layer's K and V on one chip
+    for stage in (0, 1):
+        chips = [c for c in per_layer if c // layout.tp == stage]
+        assert len(set(chips)) == min(len(chips), layout.tp)  # a stage's layers on its chips in turn
+    for op in ops:
+        assert all(c // layout.tp == op.attrs.get("chip", 0) // layout.tp for c in op.attrs.get("parts", ()))
+    # a split op takes as many of its stage's chips as it has tiles: the MLP's 700 columns are 3
+    assert max(len(op.attrs.get("parts", ())) for op in ops) == 3
+
+
+def test_a_layout_too_small_for_the_weights_names_the_chip(five_layers):
+    small = dataclasses.replace(MACHINE, sram=dataclasses.replace(MACHINE.sram, words_per_slice=8))
+    with pytest.raises(LpucError, match=r"layout tp=1,pp=2 puts .* MiB .* on chip \d, which holds .*: more stages"):
+        partition(five_layers, Target(small, 2), "layout", Layout(tp=1, pp=2))
