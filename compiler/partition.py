@@ -312,7 +312,7 @@ def _staged(module: Module, target: Target, constants: set[str], layout: Layout
 def _stage_of(module: Module, target: Target, pp: int) -> list[int]:
     """Per graph op, its pipeline stage (0 .. pp-1): contiguous ranges of the program balanced by weight
     bytes (a weightless op counts a little, so weightless stretches spread too), each cut moved to a nearby
-    boundary few bytes cross (_move_cuts: never one a cache crosses)."""
+    boundary few bytes cross (_move_cuts: never one a cache crosses) while the stages stay near even."""
     n, lanes = len(module.ops), target.lanes
     if pp == 1:
         return [0] * n
@@ -326,7 +326,9 @@ def _stage_of(module: Module, target: Target, pp: int) -> list[int]:
     loads = [0] * pp
     for i, w in enumerate(weights):
         loads[stage[i]] += w
-    _move_cuts(module, stage, weights, set(), loads, target.machine.sram.chip_bytes * target.chips // pp, lanes)
+    # a cut moves only while its stages stay within a tenth of an even share (a stage is tp chips, and its
+    # weights spread over all of them: a stage that grew by half a layer would overflow them)
+    _move_cuts(module, stage, weights, set(), loads, max(max(loads), sum(weights) * 11 // (10 * pp)), lanes)
     return stage
 
 
