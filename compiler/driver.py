@@ -48,10 +48,10 @@ def compile_model(path: str | Path, machine: str | Path = "tsp-v1", options=None
     machine_desc, machine_text = read_machine(machine)
     graph, _ = load_model(path, input_shapes)
     if options.state != "none":
-        graph = make_stateful(graph, parse_pairs(options.state), options.context, state_layout)
+        graph = make_stateful(graph, parse_pairs(options.state), options.context)
     elif options.context is not None:
         raise LpucError("--context sizes a resident cache: give --state too")
-    scheduled, summary = compile_module(graph, machine_desc, options, progress)
+    scheduled, summary = compile_module(graph, machine_desc, options, progress, state_layout)
     return scheduled, summary, machine_text
 
 

@@ -37,8 +37,9 @@ Strategies:
             cut between layers when the model repeats them; each op runs on its stage's first chip,
             and every op with a weight that can split is spread over the stage's chips (tensor
             parallelism: the activation goes out to the stage's chips and the parts come back, one
-            direct transfer each way, the exchange a fully connected node makes). Attention by heads
-            stays whole: a resident cache lives on the chip of its write.
+            direct transfer each way, the exchange a fully connected node makes). Attention over a
+            resident cache runs by head groups (compiler/split_heads.py), group g on the stage's
+            chip g, where its part of the cache lives.
   tensor    activations stay on chip 0; every op that can split is spread over
             the chips (up to one tile per chip), the least loaded first: a
             matmul with a constant weight of two or more vector-wide tiles by
@@ -293,6 +294,8 @@ def _staged(module: Module, target: Target, constants: set[str], layout: Layout
         for i in sorted(stages.follows, reverse=True):
             segment[i] = segment[stages.follows[i]]
         home = [h + segment.get(i, 0) % tp for i, h in enumerate(home)]
+    # a head group's ops (compiler/split_heads.py) on its stage's chip of the group's index
+    home = [h - h % tp + op.attrs["group"] % tp if "group" in op.attrs else h for h, op in zip(home, module.ops)]
     kinds, groups = {}, {}
     for i, op in enumerate(module.ops):
         offered = [(kind, tiles) for kind, tiles in tilings(op, constants, lanes).items() if kind != "heads"]

@@ -34,6 +34,7 @@ from ..ir.topology import round_chips
 from ..ir.verifier import verify
 
 from .allocate import Allocate, DoesNotFit
+from .frontend.state import place_states
 from .grouped_heads import GroupHeads
 from .lower import Lower
 from .partition import STRATEGIES, Partition, describe, layer_aligned_chips, parse_layout
@@ -41,9 +42,10 @@ from .passes import DeadCodeElimination, Pass, Verify
 from .precision import DEFAULT_PRECISION, Precision, Stored, check_precision
 from .schedule_cpsat import CpSatScheduler
 from .schedule_list import ListScheduler, ScheduleResult, Scheduler, apply_schedule
+from .split_heads import SplitHeads
 from .templates import machine_blocks, template_schedule
 
-PASSES: dict[str, type[Pass]] = {p.name: p for p in (Verify, DeadCodeElimination, GroupHeads, Precision, Partition,
+PASSES: dict[str, type[Pass]] = {p.name: p for p in (Verify, DeadCodeElimination, GroupHeads, Precision, SplitHeads, Partition,
                                                       Lower, Allocate, ListScheduler, CpSatScheduler)}
 SCHEDULERS: dict[str, type[Scheduler]] = {"list": ListScheduler, "cpsat": CpSatScheduler}  # --scheduler NAME
 
@@ -251,8 +253,9 @@ def _templated(allocated: Module, target: Target, blocks, cpsat, rounds: int, pr
 
 @collector_paused()
 def compile_module(graph_module: Module, machine: Machine, options: CompileOptions = CompileOptions(),
-                   progress=None) -> tuple[Module, CompileSummary]:
-    """`progress`, when given, is called with one line per stage (for long compiles)."""
+                   progress=None, states=None) -> tuple[Module, CompileSummary]:
+    """`progress`, when given, is called with one line per stage (for long compiles). `states`, when given,
+    keeps each resident state where a partner program keeps it (frontend.state.place_states)."""
     if options.scheduler not in SCHEDULERS:
         raise LpucError(f"unknown scheduler {options.scheduler!r} (choose from {', '.join(SCHEDULERS)})")
     if options.effort <= 0 or min(options.workers, options.window, options.max_windows) < 1:
@@ -268,8 +271,12 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
     check_precision(options.precision, machine)
     # Precision first (after grouping heads, which drops the copies it would convert): the weights' storage
     # type decides the SRAM they take, hence the default chip count.
+    # A layout's attention runs by head groups, one per chip of its stage (compiler/split_heads.py).
+    split = (SplitHeads(layout.tp),) if layout is not None and layout.tp > 1 else ()
     graph_module, plans = run_passes(graph_module, Target(machine, graph_module.attrs.get("chips", 1)),
-                                     (GroupHeads(), Precision(options.precision)), progress)
+                                     (GroupHeads(), Precision(options.precision), *split), progress)
+    if states is not None:
+        graph_module = place_states(graph_module, states)
     stored = plans[Precision.name][1]
     if "chips" in graph_module.attrs:  # partitioned already
         chips = graph_module.attrs["chips"]

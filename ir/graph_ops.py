@@ -21,7 +21,8 @@ PLACEMENT_ATTRS = {
     "split": A("str", None),     # a split op: what its lowering rule cuts (compiler/lower.py, TILINGS)
     "parts": A("chips", None),   # ... the chip of each part, in tile order
     "shares": A("ints", None),   # ... each part's share of the tiles (absent: equal shares)
-}
+    "group": A("int", None),     # a head group's op (compiler/split_heads.py): a layout runs it on its stage's
+}                                # chip of this index
 
 
 def defop(name: str, operands, attrs=None, **kwargs):

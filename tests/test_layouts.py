@@ -14,9 +14,11 @@ import pytest
 
 from lpuc.compiler.driver import load_model
 from lpuc.compiler.frontend.state import make_stateful
-from lpuc.compiler.generate import compile_generation, generate
+from lpuc.compiler.generate import compile_generation, generate, state_layout
 from lpuc.compiler.partition import Layout, parse_layout, partition
+from lpuc.compiler.split_heads import split_heads
 from lpuc.ir import LpucError
+from lpuc.ir.evaluator import evaluate
 from lpuc.ir.machine import read_machine
 from lpuc.ir.registry import OPS
 from lpuc.ir.target import Target
@@ -30,8 +32,12 @@ sys.modules[spec.name] = shape_only
 spec.loader.exec_module(shape_only)
 
 
-@pytest.mark.parametrize("sample", ["llama_decode", "mixtral_decode"])
-@pytest.mark.parametrize("layout", ["tp=2", "tp=2,pp=2"])
+DECODERS = ("gpt2_decode", "llama_decode", "gemma_decode", "mixtral_decode", "llama_decode_op23",
+            "mixtral_decode_op23")
+
+
+@pytest.mark.parametrize("sample,layout", [(s, "tp=2") for s in DECODERS]
+                         + [("llama_decode", "tp=2,pp=2"), ("mixtral_decode", "tp=4,pp=2")])
 def test_generation_at_a_layout_gives_hugging_face_greedy_tokens(sample, layout):
     step, first = compile_generation(SAMPLES / f"{sample}.onnx", SAMPLES / f"{sample.replace('_decode', '_prefill')}.onnx",
                                      layout=layout, scheduler="list")
@@ -43,10 +49,11 @@ def test_generation_at_a_layout_gives_hugging_face_greedy_tokens(sample, layout)
 
 @pytest.fixture(scope="module")
 def five_layers(tmp_path_factory):
-    """Shape-only tiny Llama decode with 5 layers (hidden 352: wider than one 320-lane vector, not a multiple),
-    its cache resident."""
+    """Tiny Llama decode (samples/shape_only.py, random weights) with 5 layers (hidden 352: wider than one
+    320-lane vector, not a multiple of it), its cache resident."""
     out = tmp_path_factory.mktemp("five") / "five.onnx"
-    assert shape_only.main(["tiny", "--mode", "decode", "--past", "6", "--layers", "5", "-o", str(out)]) == 0
+    assert shape_only.main(["tiny", "--mode", "decode", "--past", "6", "--layers", "5", "--weights", "random",
+                            "-o", str(out)]) == 0
     return make_stateful(load_model(out)[0])
 
 
@@ -73,3 +80,30 @@ def test_a_layout_too_small_for_the_weights_names_the_chip(five_layers):
     small = dataclasses.replace(MACHINE, sram=dataclasses.replace(MACHINE.sram, words_per_slice=8))
     with pytest.raises(LpucError, match=r"layout tp=1,pp=2 puts .* MiB .* on chip \d, which holds .*: more stages"):
         partition(five_layers, Target(small, 2), "layout", Layout(tp=1, pp=2))
+
+
+def test_attention_runs_by_head_groups_on_the_chips_of_its_stage():
+    step = compile_generation(SAMPLES / "gpt2_decode.onnx", layout="tp=2,pp=2", scheduler="list")[0]
+    where = state_layout(step)
+    heads = {op.attrs["name"]: op.result.type.shape for op in step.module.ops if op.name == "mem.state"}
+    # gpt2_decode: 2 layers of 6 heads; each cache cut in two groups of 3 heads, on chips 0 and 1 of its stage
+    assert sorted(where) == [f"past_key_values.{i}.{kv}.heads{h}-{h + 2}" for i in (0, 1) for kv in ("key", "value")
+                             for h in (0, 3)]
+    assert all(shape[1] == 3 for shape in heads.values())
+    for name, (chip, _) in where.items():
+        layer, group = int(name.split(".")[1]), int(name.split("heads")[1].split("-")[0]) // 3
+        assert chip == 2 * layer + group
+
+
+def test_splitting_heads_computes_the_same(five_layers):
+    """The split module and the whole one agree on the reference evaluator, over several steps."""
+    split = split_heads(five_layers, 4)  # KV heads 2: two groups of one head
+    names = sorted(op.attrs["name"] for op in split.ops if op.name == "graph.state")
+    assert len(names) == 20 and all(".heads" in n for n in names)
+    assert split_heads(five_layers, 1) is five_layers
+    rng = np.random.default_rng(0)
+    for pos in (0, 3, 6):  # (a fresh cache each time: the evaluator keeps no state between runs)
+        feeds = {"input_ids": rng.integers(0, 400, (1, 1)), "position_ids": np.asarray([[pos]]),
+                 "attention_mask": rng.integers(0, 2, (1, 7))}
+        whole, parts = evaluate(five_layers, feeds)["logits"], evaluate(split, feeds)["logits"]
+        assert np.abs(whole).max() > 0 and np.array_equal(whole, parts)

@@ -58,11 +58,10 @@ def hf_pairs(module: Module) -> tuple[tuple[str, str], ...]:
     return tuple((past, present) for _, past, present in sorted(found))
 
 
-def make_stateful(module: Module, pairs: Sequence[tuple[str, str]] = (), context: int | None = None,
-                  layout: Layout | None = None) -> Module:
+def make_stateful(module: Module, pairs: Sequence[tuple[str, str]] = (), context: int | None = None) -> Module:
     """`module` (graph level) with each (past input, present output) pair as a resident state of `context`
     rows (default: the present's rows of a decode graph; a prefill graph needs it); `pairs` empty: by
-    Hugging Face's names. `layout` fixes where each state lives (a partner program's)."""
+    Hugging Face's names. Where each state lives is lowering's to choose, or place_states'."""
     pairs = tuple(pairs) or hf_pairs(module)
     where = module.name
     if not pairs:
@@ -115,15 +114,9 @@ def make_stateful(module: Module, pairs: Sequence[tuple[str, str]] = (), context
             target = after
         if op is None:
             raise StateError(f"{where}: {present} is a model input, not computed")
-        fixed = {}
-        if layout is not None:
-            if past not in layout:
-                raise StateError(f"{where}: the partner program has no state {past!r}")
-            chip, out = layout[past]
-            fixed = {"home": chip, "out": tuple(out)} if chip else {"out": tuple(out)}
         shape = v.type.shape[:-2] + (slots, v.type.shape[-1])
         state = Op("graph.state", (), (Value(_fresh(past, taken), v.type.with_shape(shape)),),
-                   AttrDict({"name": past, "shape": shape, "dtype": v.type.dtype, **fixed}))
+                   AttrDict({"name": past, "shape": shape, "dtype": v.type.dtype}))
         states.append(state)
         result = Value(v.name if target is replace else _fresh(f"{present}.written", taken), state.result.type)
         write = Op("graph.state_write", (state.result, new, position), (result,))
@@ -140,6 +133,21 @@ def make_stateful(module: Module, pairs: Sequence[tuple[str, str]] = (), context
         tuple(v for v in module.inputs if v.name not in gone_inputs), tuple(ops),
         tuple((n, v) for n, v in module.outputs if n not in gone_outputs)),
         AttrDict({**module.attrs, "position": POSITION})))
+
+
+def place_states(module: Module, layout: Layout) -> Module:
+    """`module` with each state kept where `layout` (a partner program's: name -> (chip, extents)) keeps it."""
+    ops = []
+    for op in module.ops:
+        if op.name == "graph.state":
+            name = op.attrs["name"]
+            if name not in layout:
+                raise StateError(f"{module.name}: the partner program has no state {name!r}")
+            chip, out = layout[name]
+            fixed = {"home": chip, "out": tuple(out)} if chip else {"out": tuple(out)}
+            op = Op(op.name, op.operands, op.results, AttrDict({**op.attrs, **fixed}))
+        ops.append(op)
+    return module.replace(ops=tuple(ops))
 
 
 def _fresh(hint: str, taken: set[str]) -> str:

@@ -1,0 +1,229 @@
+"""Attention split by heads: each resident cache cut into head groups, and the attention over it with it.
+
+A decode step's attention reads its whole cache every step. On one chip, that is the step's largest cost:
+Llama-2-7B's layer at context 2048 reads 2 x 16 MiB of cache through the MXM and transposes the keys, several
+times what its 8-way split weights cost (docs/partition.md, "Layouts"). A layout's stage has T chips; this
+pass (run for `--layout tp=T,...`, T > 1) cuts each cache of H heads into G groups (G = T when T divides
+H, else the largest common divisor of the two) and rewrites what computes on it group by group, so that
+the partition can put group g on chip g of the stage (the ops carry `group = g`):
+
+- Each `graph.state` with a heads axis (the first axis wider than one before its rows) becomes G states of
+  H/G heads, named `NAME.heads<first>-<last>`.
+- An op reading such a group value becomes G ops when its rule maps the heads axis through (elementwise ops
+  with broadcasting, transpose, a reshape keeping heads a leading factor, softmax and reductions along other
+  axes, slices and concats along other axes, matmul over batch axes, state writes); an operand from outside
+  that spans the heads axis enters as a `graph.slice` of its group, one that broadcasts over it as it is.
+- Anything else (the output projection, which contracts over the heads) reads the groups joined back by one
+  `graph.concat`, made once per value.
+
+The result computes the same numbers (each head's attention is its own), checked against onnxruntime and
+Hugging Face's greedy tokens (tests/test_layouts.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..ir import Module, Op, Value
+from ..ir.attributes import AttrDict
+from ..ir.core import Block
+from ..ir.graph_ops import ARITHMETIC, COMPARISON, FLOAT_UNARY, LOGICAL, NUMERIC_UNARY, REDUCTIONS
+from ..ir.registry import OPS
+from ..ir.target import Target
+from ..ir.verifier import verify
+
+from .passes import Pass
+
+ELEMENTWISE = {f"graph.{n}" for n in (*ARITHMETIC, *COMPARISON, *LOGICAL, *FLOAT_UNARY, *NUMERIC_UNARY,
+                                      "not", "isnan", "round", "gelu", "where", "cast")}
+REDUCING = {f"graph.{n}" for n in REDUCTIONS}
+
+
+@dataclass(frozen=True)
+class SplitHeads(Pass):
+    """split_heads as a pass: `groups` head groups per cache (a layout's chips per stage)."""
+
+    name = "split-heads"
+    groups: int = 1
+
+    def plan(self, module: Module, target: Target, progress=None) -> Module:
+        return split_heads(module, self.groups)
+
+    def apply(self, module: Module, target: Target, plan: Module) -> Module:
+        return plan
+
+
+def heads_axis(shape: tuple[int, ...]) -> int | None:
+    """A cache's heads axis: the first axis wider than one before its rows (second to last); None: none."""
+    return next((a for a, d in enumerate(shape[:-2]) if d > 1), None)
+
+
+@dataclass(frozen=True)
+class _Grouped:
+    axis: int                 # the heads axis of the value
+    parts: tuple[Value, ...]  # the value of each group, in order
+
+
+def split_heads(module: Module, groups: int) -> Module:
+    """`module` with each cache cut into head groups (module docstring); itself when there is nothing to cut."""
+    if groups < 2 or not any(OPS[op.name].persistent for op in module.ops):
+        return module
+    taken = {r.name for op in module.ops for r in op.results} | {v.name for v in module.inputs}
+    grouped: dict[str, _Grouped] = {}
+    sliced: dict[tuple[str, int, int, int], Value] = {}  # (value, axis, groups, group) -> its slice
+    joined: dict[str, Value] = {}                       # grouped value -> the groups concatenated
+    ops: list[Op] = []
+
+    def fresh(hint: str) -> str:
+        name, k = hint, 1
+        while name in taken:
+            name, k = f"{hint}.{k}", k + 1
+        taken.add(name)
+        return name
+
+    def join(v: Value) -> Value:
+        if v.name not in joined:
+            g = grouped[v.name]
+            out = Value(fresh(f"{v.name}.joined"), v.type)
+            ops.append(Op("graph.concat", g.parts, (out,), AttrDict({"axis": g.axis})))
+            joined[v.name] = out
+        return joined[v.name]
+
+    def part(v: Value, axis: int, n: int, k: int) -> Value:
+        key = (v.name, axis, n, k)
+        if key not in sliced:
+            size = v.type.shape[axis] // n
+            out = Value(fresh(f"{v.name}.heads{k * size}-{(k + 1) * size - 1}"), _cut(v.type, axis, n))
+            ops.append(Op("graph.slice", (v,), (out,), AttrDict(
+                {"starts": (k * size,), "ends": ((k + 1) * size,), "axes": (axis,), "steps": (1,),
+                 "group": k})))
+            sliced[key] = out
+        return sliced[key]
+
+    for op in module.ops:
+        if OPS[op.name].persistent:
+            shape, axis = op.result.type.shape, heads_axis(op.result.type.shape)
+            n = math.gcd(groups, shape[axis]) if axis is not None else 1
+            if n < 2:
+                ops.append(op)
+                continue
+            size, parts = shape[axis] // n, []
+            for k in range(n):
+                name = f"{op.attrs['name']}.heads{k * size}-{(k + 1) * size - 1}"
+                t = _cut(op.result.type, axis, n)
+                parts.append(Value(fresh(f"{op.result.name}.heads{k * size}-{(k + 1) * size - 1}"), t))
+                attrs = {a: v for a, v in op.attrs.items() if a not in ("home", "out")}
+                ops.append(Op(op.name, (), (parts[-1],), AttrDict({**attrs, "name": name, "shape": t.shape})))
+            grouped[op.result.name] = _Grouped(axis, tuple(parts))
+            continue
+        mapped = _through(op, grouped)
+        if mapped is None:
+            operands = tuple(join(v) if v.name in grouped else v for v in op.operands)
+            ops.append(op if operands == op.operands else Op(op.name, operands, op.results, op.attrs))
+            continue
+        axis, n, entering = mapped
+        results = [[] for _ in op.results]
+        for k in range(n):
+            operands = []
+            for v, how in zip(op.operands, entering):
+                if v.name in grouped:
+                    operands.append(grouped[v.name].parts[k])
+                elif how is None:
+                    operands.append(v)  # broadcast over the heads
+                else:
+                    operands.append(part(v, how, n, k))
+            outs = []
+            for r, out in zip(op.results, results):
+                t = _cut(r.type, axis, n)
+                size = r.type.shape[axis] // n
+                outs.append(Value(fresh(f"{r.name}.heads{k * size}-{(k + 1) * size - 1}"), t))
+                out.append(outs[-1])
+            ops.append(Op(op.name, tuple(operands), tuple(outs), AttrDict({**_attrs(op, axis, n), "group": k})))
+        for r, parts in zip(op.results, results):
+            grouped[r.name] = _Grouped(axis, tuple(parts))
+    outputs = tuple((name, join(v) if v.name in grouped else v) for name, v in module.outputs)
+    return verify(Module(module.name, Block(module.inputs, tuple(ops), outputs), module.attrs))
+
+
+def _cut(t, axis: int, n: int):
+    return t.with_shape(d // n if a == axis else d for a, d in enumerate(t.shape))
+
+
+def _attrs(op: Op, axis: int, n: int) -> dict:
+    """`op`'s attributes for one of `n` groups along `axis` of its result (a reshape's or expand's shape)."""
+    attrs = dict(op.attrs)
+    if op.name in ("graph.reshape", "graph.expand"):
+        attrs["shape"] = tuple(d // n if a == axis else d for a, d in enumerate(attrs["shape"]))
+    return attrs
+
+
+def _through(op: Op, grouped: dict[str, _Grouped]) -> tuple[int, int, list[int | None]] | None:
+    """How `op` computes group by group: (its result's heads axis, the groups, per operand the axis a
+    value from outside is sliced along or None: used whole), or None when it cannot (it reads the groups
+    joined)."""
+    ins = [(k, grouped[v.name]) for k, v in enumerate(op.operands) if v.name in grouped]
+    ns = {len(g.parts) for _, g in ins}
+    if len(ns) != 1 or len(op.results) != 1:
+        return None
+    n, out = ns.pop(), op.result.type
+    name = op.name
+    if name in ELEMENTWISE or name == "graph.state_write" or name == "graph.matmul":
+        # aligned from the right (numpy broadcasting; a matmul's batch axes, a state write's same-rank operands)
+        axes = {g.axis + out.rank - op.operands[k].type.rank for k, g in ins}
+        if len(axes) != 1:
+            return None
+        axis = axes.pop()
+        if name == "graph.matmul" and axis >= out.rank - 2:
+            return None  # the heads are a matmul's rows or columns, not a batch axis
+        if name == "graph.state_write" and 0 not in dict(ins):
+            return None  # writing a group into a whole cache
+        return _entering(op, axis, n, out.rank)
+    if name == "graph.concat" and len(ins) == len(op.operands) and len({g.axis for _, g in ins}) == 1:
+        a = ins[0][1].axis
+        return (a, n, [None] * len(ins)) if op.attrs["axis"] % out.rank != a else None
+    if len(ins) != 1 or len(op.operands) != 1:
+        return None
+    a, t = ins[0][1].axis, op.operands[0].type
+    if name == "graph.transpose":
+        return list(op.attrs["perm"]).index(a), n, [None]
+    if name == "graph.softmax" and op.attrs["axis"] % t.rank != a:
+        return a, n, [None]
+    if name in REDUCING and a not in {x % t.rank for x in op.attrs["axes"]}:
+        if op.attrs["keepdims"]:
+            return a, n, [None]
+        return a - sum(1 for x in op.attrs["axes"] if x % t.rank < a), n, [None]
+    if name == "graph.slice" and a not in {x % t.rank for x in op.attrs["axes"]}:
+        return a, n, [None]
+    if name == "graph.reshape":
+        # the heads stay a leading factor: the axes before them hold as many elements before and after, and
+        # the new axis there splits into n groups as the old one does
+        before = math.prod(t.shape[:a])
+        shape, p = out.shape, 1
+        for b, d in enumerate(shape):
+            if p == before and d % n == 0 and d > 1:
+                return b, n, [None]
+            p *= d
+            if p > before:
+                break
+    return None
+
+
+def _entering(op: Op, axis: int, n: int, rank: int) -> tuple[int, int, list[int | None]] | None:
+    """(axis, n, how each operand enters) for a broadcasting op whose result's heads axis is `axis`."""
+    out_heads = op.result.type.shape[axis]
+    how: list[int | None] = []
+    for v in op.operands:
+        a = axis - (rank - v.type.rank)
+        if op.name == "graph.state_write" and v is op.operands[2]:
+            how.append(None)  # the position
+        elif a < 0 or v.type.shape[a] == 1:
+            how.append(None)
+        elif v.type.shape[a] == out_heads:
+            how.append(a)
+        else:
+            return None
+    return axis, n, how
+
+
+__all__ = ["SplitHeads", "heads_axis", "split_heads"]
