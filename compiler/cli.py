@@ -37,7 +37,7 @@ from ..ir.machine_ops import is_state
 
 from .driver import (compile_model, compile_program, load_model, lpu_options, max_relative_error, precision_error,
                      read_ir)
-from .generate import step_tokens_per_s
+from .generate import pipelined, step_tokens_per_s
 from .inputs import nonfinite, random_inputs
 from .partition import STRATEGIES
 from .pipeline import SCHEDULERS, CompileOptions
@@ -463,6 +463,7 @@ def cmd_run(args) -> int:
                   for x in stats.links],
         "transfer_bytes": stats.transfer_bytes, "link_wait_cycles": stats.link_wait_cycles,
         "host_bytes": stats.host_bytes, **_per_token(program),
+        **({"pipelined": served} if (served := pipelined(program, stats)) else {}),
         "precision": precision, **({"precision_error": cost} if cost else {}),
     }
     if args.trace:
@@ -473,6 +474,11 @@ def cmd_run(args) -> int:
     if args.timing_only:
         say("timing only: every hazard checked, no numerics, no outputs")
     extra = (_chip_rows(stats) if len(stats.chips) > 1 else []) + _per_token_rows(program)
+    served = pipelined(program, stats)
+    if served and served["stages"] > 1:
+        extra.append(("pipelined", f"{served['aggregate_tokens_per_s']:,.1f} tokens/s in all, {served['stages']} "
+                                   f"sequences in flight (one per stage; the longest stage takes "
+                                   f"{served['longest_stage_cycles']:,} cycles)"))
     if precision != "fp32" and not args.timing_only:
         if cost:
             cost["inputs"] = args.inputs or f"random (seed {args.seed})"

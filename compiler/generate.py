@@ -79,6 +79,27 @@ def step_tokens_per_s(program: Program) -> float | None:
     return program.machine.clock_mhz * 1e6 / program.cycles
 
 
+def pipelined(program: Program, stats) -> dict | None:
+    """A decode step served pipelined: as many sequences in flight as it has stages, each stage taking the
+    next sequence once it is done with one (the span of its chips' instructions in the step's schedule; its
+    chips are its own, so the same schedule replays on them). Aggregate tokens/s = clock x min(stages / step,
+    1 / longest span); per user it stays one token per step. None for a program that is not a decode step.
+    Stages: a layout's (tp=T,pp=P: chips T at a time), else each chip with instructions (a pipeline)."""
+    if step_tokens_per_s(program) is None:
+        return None
+    layout = program.manifest.get("summary", {}).get("partition", "")
+    tp = int(layout.split(",")[0][3:]) if layout.startswith("tp=") else 1
+    spans: dict[int, tuple[int, int]] = {}
+    for c in stats.chips:
+        if c.instructions:
+            lo, hi = spans.get(c.chip // tp, c.span)
+            spans[c.chip // tp] = (min(lo, c.span[0]), max(hi, c.span[1]))
+    longest = max(hi - lo for lo, hi in spans.values())
+    hz = program.machine.clock_mhz * 1e6
+    rate = hz * min(len(spans) / program.cycles, 1 / longest)
+    return {"stages": len(spans), "longest_stage_cycles": longest, "aggregate_tokens_per_s": round(rate, 3)}
+
+
 def load_step(path: str | Path, machine, weights: bool, states=None, **options) -> Program:
     """A stateful program: a .lpu as compiled, or a model compiled with its cache resident (where `states`,
     a partner's state_layout, keeps it, when given)."""

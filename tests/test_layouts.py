@@ -14,7 +14,8 @@ import pytest
 
 from lpuc.compiler.driver import load_model
 from lpuc.compiler.frontend.state import make_stateful
-from lpuc.compiler.generate import compile_generation, generate, state_layout
+from lpuc.backends import interpreter
+from lpuc.compiler.generate import compile_generation, generate, pipelined, state_layout, step_tokens_per_s
 from lpuc.compiler.partition import Layout, parse_layout, partition
 from lpuc.compiler.split_heads import split_heads
 from lpuc.ir import LpucError
@@ -107,3 +108,24 @@ def test_splitting_heads_computes_the_same(five_layers):
                  "attention_mask": rng.integers(0, 2, (1, 7))}
         whole, parts = evaluate(five_layers, feeds)["logits"], evaluate(split, feeds)["logits"]
         assert np.abs(whole).max() > 0 and np.array_equal(whole, parts)
+
+
+@pytest.mark.parametrize("layout, stages", [(None, 1), ("tp=2,pp=2", 2), ("pp=4", 4)])
+def test_pipelined_serving_keeps_one_sequence_per_stage_in_flight(layout, stages):
+    step = compile_generation(SAMPLES / "llama_decode.onnx", layout=layout, scheduler="list")[0]
+    stats = interpreter.run(step, timing_only=True).stats
+    assert all(0 <= c.span[0] <= c.span[1] <= stats.cycles for c in stats.chips)
+    served = pipelined(step, stats)
+    one = step_tokens_per_s(step)
+    assert served["stages"] == stages
+    assert one * (1 - 1e-6) <= served["aggregate_tokens_per_s"] <= stages * one * (1 + 1e-6)  # (rounded)
+    # the longest stage bounds the rate; a stage is as long as its chips' first issue to last landing
+    spans = {}
+    for c in stats.chips:
+        if c.instructions:
+            key = c.chip // (2 if layout == "tp=2,pp=2" else 1)
+            lo, hi = spans.get(key, c.span)
+            spans[key] = (min(lo, c.span[0]), max(hi, c.span[1]))
+    assert served["longest_stage_cycles"] == max(hi - lo for lo, hi in spans.values())
+    if stages == 1:
+        assert served["aggregate_tokens_per_s"] == pytest.approx(one)
