@@ -118,6 +118,9 @@ def compile_generation(decode: str | Path, prefill: str | Path | None = None, ma
     first = None
     if prefill is not None:
         context = _context(step)
+        chosen = step.manifest.get("summary", {}).get("partition", "")
+        if chosen.startswith(("tp=", "pp=")):  # the prefill is laid out as the step is (auto, or by default)
+            options = {**options, "layout": chosen, "partition": "auto", "chips": None}
         first = load_step(prefill, machine, weights, state_layout(step),
                           **({"context": context} if Path(prefill).suffix != ".lpu" else {}), **options)
         if state_layout(first) != state_layout(step):

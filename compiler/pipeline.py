@@ -42,7 +42,7 @@ from .passes import DeadCodeElimination, Pass, Verify
 from .precision import DEFAULT_PRECISION, Precision, Stored, check_precision
 from .schedule_cpsat import CpSatScheduler
 from .schedule_list import ListScheduler, ScheduleResult, Scheduler, apply_schedule
-from .split_heads import SplitHeads
+from .split_heads import SplitHeads, split_heads
 from .templates import machine_blocks, template_schedule
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (Verify, DeadCodeElimination, GroupHeads, Precision, SplitHeads, Partition,
@@ -125,13 +125,25 @@ class CompileSummary:
 
 
 def passes(options: CompileOptions, chips: int, strategy: str) -> tuple[Pass, ...]:
-    """The pipeline for `chips` chips and a partition strategy (pipeline, tensor or layout: options.layout;
+    """The pipeline for `chips` chips and a partition strategy (pipeline, tensor, or a layout's text tp=T,pp=P;
     "given": the module is partitioned already); the scheduler's options are CompileOptions fields of the
     same names."""
     scheduler = SCHEDULERS[options.scheduler]
-    layout = options.layout or "" if strategy == "layout" else ""
-    return ((Partition(chips, strategy, layout),) if strategy != "given" else ()) + (
+    partition = Partition(chips, "layout", strategy) if is_layout(strategy) else Partition(chips, strategy)
+    return ((partition,) if strategy != "given" else ()) + (
         Lower(), Allocate(options.stripes), scheduler(**{f.name: getattr(options, f.name) for f in fields(scheduler)}))
+
+
+def is_layout(strategy: str) -> bool:
+    return strategy.startswith(("tp=", "pp="))
+
+
+def _laid_out(graph_module: Module, strategy: str, states) -> Module:
+    """The module a strategy partitions: at a layout of several chips a stage, its attention by head groups
+    (compiler/split_heads.py); each state where a partner program keeps it (`states`, when given)."""
+    if is_layout(strategy):
+        graph_module = split_heads(graph_module, parse_layout(strategy).tp)
+    return place_states(graph_module, states) if states is not None else graph_module
 
 
 def _at_scheduler(pipeline: tuple[Pass, ...]) -> tuple[tuple[Pass, ...], tuple[Pass, ...]]:
@@ -263,31 +275,30 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
                         f"{options.effort:g}, {options.workers}, {options.window}, {options.max_windows})")
     if options.partition not in STRATEGIES:
         raise LpucError(f"unknown partition {options.partition!r} (choose from {', '.join(STRATEGIES)})")
-    layout = parse_layout(options.layout) if options.layout else None
-    if layout is not None and options.partition != "auto":
+    layout = parse_layout(options.layout) if options.layout not in (None, "auto") else None
+    if options.layout and options.partition != "auto":
         raise LpucError(f"--layout {options.layout} and --partition {options.partition}: give one of them")
     if layout is not None and options.chips not in (None, layout.chips):
         raise LpucError(f"--layout {layout} takes {layout.chips} chips, not --chips {options.chips}")
     check_precision(options.precision, machine)
     # Precision first (after grouping heads, which drops the copies it would convert): the weights' storage
     # type decides the SRAM they take, hence the default chip count.
-    # A layout's attention runs by head groups, one per chip of its stage (compiler/split_heads.py).
-    split = (SplitHeads(layout.tp),) if layout is not None and layout.tp > 1 else ()
     graph_module, plans = run_passes(graph_module, Target(machine, graph_module.attrs.get("chips", 1)),
-                                     (GroupHeads(), Precision(options.precision), *split), progress)
-    if states is not None:
-        graph_module = place_states(graph_module, states)
+                                     (GroupHeads(), Precision(options.precision)), progress)
     stored = plans[Precision.name][1]
     if "chips" in graph_module.attrs:  # partitioned already
         chips = graph_module.attrs["chips"]
         if options.chips not in (None, chips) or options.partition != "auto" or options.layout:
             raise LpucError(f"{graph_module.name} is partitioned already, over {chips} chips (its `chips` attribute): "
                             "leave out --chips, --partition and --layout, or remove the partition from the IR")
-        return _compile_on(graph_module, machine, options, chips, stored, progress, "as the IR's partition writes")
+        return _compile_on(graph_module, machine, options, chips, stored, progress, "as the IR's partition writes",
+                           states)
     if layout is not None:
-        return _compile_on(graph_module, machine, options, layout.chips, stored, progress, f"given by --layout {layout}")
+        return _compile_on(graph_module, machine, options, layout.chips, stored, progress,
+                           f"given by --layout {layout}", states)
     if options.chips is not None:
-        return _compile_on(graph_module, machine, options, options.chips, stored, progress, "given by --chips")
+        return _compile_on(graph_module, machine, options, options.chips, stored, progress, "given by --chips",
+                           states)
     # The default: the fewest chips whose SRAM holds the weights; when the partition leaves one chip too
     # full, the next size the topology has.
     try:
@@ -298,7 +309,7 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
     while True:
         reason = str(need) + (f"; {', '.join(tried)} left a chip too full" if tried else "")
         try:
-            return _compile_on(graph_module, machine, options, chips, stored, progress, reason)
+            return _compile_on(graph_module, machine, options, chips, stored, progress, reason, states)
         except DoesNotFit as e:
             if len(tried) == 8:
                 raise
@@ -308,32 +319,77 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
             chips = round_chips(machine, chips + 1)
 
 
-def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions, chips: int, stored: Stored,
-                progress=None, chips_reason: str = "") -> tuple[Module, CompileSummary]:
-    target = Target(machine, chips)  # an LpucError when the topology has no such size
-    strategies = ("pipeline", "tensor") if options.partition == "auto" else (options.partition,)
-    layered = layer_aligned_chips(graph_module, machine)
-    if options.partition == "auto" and layered is not None and layered <= chips:
-        # the layer-aligned pipeline: its layers share templates (tensor keeps every activation on chip 0)
-        strategies = ("pipeline",)
+def layout_candidates(machine: Machine, chips: int) -> tuple[str, ...]:
+    """The layouts `--layout auto` compares on `chips` chips: T chips per stage for each T up to a node (a
+    stage's chips fully connected) that divides the chips, T=1 (a pipeline) first."""
+    node = machine.topology.chips_per_node if machine.topology.kind == "dragonfly" else 1
+    return tuple(f"tp={t},pp={chips // t}" for t in (1, 2, 4, 8, 16, 32, 64) if t <= max(node, 1)
+                 and chips % t == 0)
+
+
+def node_layout(graph: Module, machine: Machine, chips: int) -> str | None:
+    """The default layout on `chips` chips: tensor parallel over a node and pipelined across nodes, as
+    deployments are built, for a model that repeats layers on two nodes or more; None: none (the
+    partition strategies decide)."""
+    node = machine.topology.chips_per_node if machine.topology.kind == "dragonfly" else 0
+    if node < 2 or chips < 2 * node or chips % node or find_layers(graph) is None:
+        return None
+    return f"tp={node},pp={chips // node}"
+
+
+def _strategies(graph_module: Module, machine: Machine, options: CompileOptions, chips: int) -> tuple[str, ...]:
+    """The partitions to try on `chips` chips, by strategy name or layout text (tp=T,pp=P)."""
     if "chips" in graph_module.attrs:
-        strategies = ("given",)
-    elif options.layout:
-        strategies = ("layout",)
-    elif chips == 1:
-        strategies = ("single",)
+        return ("given",)
+    if options.layout == "auto":
+        return layout_candidates(machine, chips)
+    if options.layout:
+        return (str(parse_layout(options.layout)),)
+    if chips == 1:
+        return ("single",)
+    if options.partition != "auto":
+        return (options.partition,)
+    layout = node_layout(graph_module, machine, chips)
+    if layout is not None:
+        return (layout,)
+    layered = layer_aligned_chips(graph_module, machine)
+    if layered is not None and layered <= chips:
+        return ("pipeline",)  # the layer-aligned pipeline: its layers share templates (tensor keeps every
+    return ("pipeline", "tensor")  # activation on chip 0)
+
+
+def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions, chips: int, stored: Stored,
+                progress=None, chips_reason: str = "", states=None) -> tuple[Module, CompileSummary]:
+    target = Target(machine, chips)  # an LpucError when the topology has no such size
+    strategies = _strategies(graph_module, machine, options, chips)
+    try:
+        return _compile_by(graph_module, machine, options, target, stored, strategies, progress, chips_reason,
+                           states)
+    except DoesNotFit:
+        if options.layout or options.partition != "auto" or strategies[0] in ("given", "single", "pipeline"):
+            raise
+        # the default node layout does not fit (a stage's weights and caches on its chips): the partition's
+        return _compile_by(graph_module, machine, options, target, stored, ("pipeline",), progress, chips_reason,
+                           states)
+
+
+def _compile_by(graph_module: Module, machine: Machine, options: CompileOptions, target: Target, stored: Stored,
+                strategies: tuple[str, ...], progress, chips_reason: str, states) -> tuple[Module, CompileSummary]:
+    """Compile by the best of `strategies` (compared by a quick list schedule when there are several)."""
+    chips = target.chips
     tried, best = [], None
     for strategy in strategies:
         placing, scheduling = _at_scheduler(passes(options, chips, strategy))
+        placed = _laid_out(graph_module, strategy, states)
         try:
-            allocated, plans, blocks = _place(graph_module, target, placing, progress)
+            allocated, plans, blocks = _place(placed, target, placing, progress)
         except DoesNotFit as e:
             if len(strategies) == 1:
                 raise
             tried.append((strategy, f"does not fit: {e}"))
             continue
         if len(strategies) == 1:
-            best = (strategy, scheduling, allocated, plans, blocks)
+            best = (strategy, scheduling, allocated, plans, blocks, placed)
             break
         # Candidates are compared by a quick list schedule (no improvement rounds; templated when the model
         # repeats layers): the cost model is the scheduler itself. Only the winner is scheduled in earnest.
@@ -342,12 +398,12 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
         quick = _templated(allocated, target, blocks, None, 0, progress)
         cycles = (quick or ListScheduler(rounds=0).plan(allocated, target)).cycles
         tried.append((strategy, str(cycles)))
-        if best is None or cycles < best[5]:
-            best = (strategy, scheduling, allocated, plans, blocks, cycles)
+        if best is None or cycles < best[6]:
+            best = (strategy, scheduling, allocated, plans, blocks, placed, cycles)
     if best is None:
         raise DoesNotFit(f"no partition of {graph_module.name} fits {chips} chips: "
                         + "; ".join(f"{s}: {why}" for s, why in tried))
-    strategy, scheduling, allocated, plans, blocks = best[:5]
+    strategy, scheduling, allocated, plans, blocks, placed = best[:6]
     cpsat = scheduling[0] if isinstance(scheduling[0], CpSatScheduler) else None
     result = _templated(allocated, target, blocks, cpsat, options.rounds, progress)
     if result is not None:
@@ -362,7 +418,7 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
     # (ir.schedule_facts); no others are kept (they would keep their modules alive).
     describe_facts(scheduled, target)
     forget_facts(keep=scheduled)
-    partitioned, allocation = plans.get(Partition.name, graph_module), plans[Allocate.name]
+    partitioned, allocation = plans.get(Partition.name, placed), plans[Allocate.name]
     summary = CompileSummary(
         machine=machine.name, cycles=result.cycles, lower_bound=result.lower_bound,
         critical_path=result.critical_path, resource_bound=result.resource_bound,
@@ -370,7 +426,7 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
         sram_peak_bytes=allocation.peak_bytes, sram_image_bytes=allocation.image_bytes,
         clock_mhz=machine.clock_mhz, chips=chips, precision=options.precision, weight_bytes=stored.bytes,
         model_weight_bytes=stored.model_bytes,
-        partition=str(parse_layout(options.layout)) if strategy == "layout" else strategy,
+        partition=strategy,
         partition_lines=tuple(describe(partitioned, target.lanes)) if chips > 1 else (),
         candidates=tuple(tried) if len(strategies) > 1 else (),
         transfers=sum(1 for op in scheduled.ops if OPS[op.name].result_place == LINK),  # sends

@@ -17,6 +17,7 @@ from lpuc.compiler.frontend.state import make_stateful
 from lpuc.backends import interpreter
 from lpuc.compiler.generate import compile_generation, generate, pipelined, state_layout, step_tokens_per_s
 from lpuc.compiler.partition import Layout, parse_layout, partition
+from lpuc.compiler.pipeline import CompileOptions, compile_module
 from lpuc.compiler.split_heads import split_heads
 from lpuc.ir import LpucError
 from lpuc.ir.evaluator import evaluate
@@ -129,3 +130,18 @@ def test_pipelined_serving_keeps_one_sequence_per_stage_in_flight(layout, stages
     assert served["longest_stage_cycles"] == max(hi - lo for lo, hi in spans.values())
     if stages == 1:
         assert served["aggregate_tokens_per_s"] == pytest.approx(one)
+
+
+def test_auto_compares_the_layouts_and_keeps_the_fastest():
+    module, summary = compile_module(load_model(SAMPLES / "llama_decode.onnx")[0], MACHINE,
+                                     CompileOptions(scheduler="list", layout="auto", chips=8, precision="fp32"))
+    tried = dict(summary.candidates)
+    assert list(tried) == ["tp=1,pp=8", "tp=2,pp=4", "tp=4,pp=2", "tp=8,pp=1"]
+    assert summary.partition == min(tried, key=lambda k: int(tried[k]))
+
+
+@pytest.mark.parametrize("chips, partition", [(8, {"pipeline", "tensor"}), (16, {"tp=8,pp=2"})])
+def test_the_default_layout_is_a_node_per_stage_from_two_nodes_on(chips, partition):
+    graph = load_model(SAMPLES / "llama_decode.onnx")[0]
+    summary = compile_module(graph, MACHINE, CompileOptions(scheduler="list", chips=chips, precision="fp32"))[1]
+    assert summary.partition in partition
