@@ -1,10 +1,14 @@
-"""Write Llama-architecture ONNX models at real sizes without allocating their weights.
+"""Write Llama-architecture ONNX models (and Mixtral's mixture of experts) at real sizes without allocating
+their weights.
 
 The graph is built directly with ``onnx.helper`` (no torch, no transformers) and follows Hugging Face's
 ``LlamaForCausalLM`` forward in the decomposed opset-20 form: Gather embedding; per layer RMSNorm
 (Pow/ReduceMean/Add/Sqrt/Reciprocal/Mul), q/k/v MatMul, head split, rotate_half RoPE (cos/sin tables gathered
 by ``position_ids``), GQA ``repeat_kv`` (Unsqueeze/Expand/Reshape), scaled scores, additive mask, Softmax,
-o MatMul, residual; SwiGLU MLP (x * Sigmoid(x)); final RMSNorm and lm_head -> ``logits``.
+o MatMul, residual; SwiGLU MLP (x * Sigmoid(x)); final RMSNorm and lm_head -> ``logits``. A preset with
+experts (``mixtral-8x7b``, ``tiny-moe``) has Mixtral's sparse MoE block in place of the MLP, as transformers
+exports it with ``batched_mm`` experts (static shapes): router Softmax, TopK, renormalised weights, the chosen
+experts' stacked weights gathered by GatherND and multiplied batched, the outputs weighted and summed.
 
 Inputs and outputs are Hugging Face's (batch 1): prefill takes ``input_ids``, ``attention_mask``, ``position_ids``
 [1, SEQ] and returns ``logits`` and per layer ``present.{i}.key/value`` [1, kv_heads, SEQ, head_dim] (K after RoPE);
@@ -58,6 +62,8 @@ class Preset:
     max_pos: int
     rms_eps: float = 1e-5
     rope_theta: float = 1e4
+    experts: int = 0    # a mixture of experts (Mixtral) in place of the MLP: this many, each a SwiGLU MLP
+    top_k: int = 2      # ... of which each token takes this many (router softmax, TopK, renormalised)
 
     @property
     def head_dim(self) -> int:
@@ -69,7 +75,11 @@ PRESETS = {
     "llama2-70b": Preset(layers=80, hidden=8192, heads=64, kv_heads=8, intermediate=28672, vocab=32000,
                          max_pos=4096),
     # hidden 352: wider than one 320-lane vector and not a multiple of 320; head_dim 88; GQA 4 q / 2 kv heads.
+    "mixtral-8x7b": Preset(layers=32, hidden=4096, heads=32, kv_heads=8, intermediate=14336, vocab=32000,
+                           max_pos=32768, rope_theta=1e6, experts=8, top_k=2),
     "tiny": Preset(layers=2, hidden=352, heads=4, kv_heads=2, intermediate=700, vocab=400, max_pos=128),
+    "tiny-moe": Preset(layers=2, hidden=352, heads=4, kv_heads=2, intermediate=330, vocab=400, max_pos=128,
+                       experts=4, top_k=2),
 }
 
 DTYPES = {"float16": (TensorProto.FLOAT16, np.float16), "float32": (TensorProto.FLOAT, np.float32)}
@@ -85,7 +95,7 @@ def param_count(preset: str | Preset, layers: int | None = None) -> int:
     p = _preset(preset, layers)
     kv = p.kv_heads * p.head_dim
     attn = p.hidden * p.hidden * 2 + p.hidden * kv * 2  # q, o; k, v
-    mlp = 3 * p.hidden * p.intermediate
+    mlp = 3 * p.hidden * p.intermediate * max(p.experts, 1) + p.hidden * p.experts  # (+ the router)
     per_layer = attn + mlp + 2 * p.hidden  # + input / post-attention norms
     return p.vocab * p.hidden * 2 + p.layers * per_layer + p.hidden  # embed, lm_head; layers; final norm
 
@@ -232,6 +242,42 @@ def _attention_mask(g: _Graph, causal: str | None, total: int) -> str:
     return padding if causal is None else g.node("Min", [causal, padding], "mask")
 
 
+def _experts(g: _Graph, x: str, pre: str, seq: int) -> str:
+    """Mixtral's sparse MoE block as transformers exports it with `batched_mm` experts (static shapes, no
+    NonZero): router logits -> Softmax -> TopK -> renormalised weights; each token's top-k experts' stacked
+    weights gathered (GatherND) and multiplied batched; the expert outputs weighted and summed. [1, S, H] in
+    and out."""
+    p, k = g.p, g.p.top_k
+    rows = seq * k
+    flat = g.node("Reshape", [x, g.ints(seq, p.hidden)], "tokens")
+    router = g.weight(f"{pre}.block_sparse_moe.gate.weight", (p.hidden, p.experts))
+    probs = g.node("Softmax", [g.node("MatMul", [flat, router], "router")], "router_probs", axis=-1)
+    top = g.name("topk")
+    g.nodes.append(helper.make_node("TopK", [probs, g.ints(k)], [f"{top}_values", f"{top}_indices"], name=top,
+                                    axis=-1))
+    weights = g.node("Div", [f"{top}_values", g.node("ReduceSum", [f"{top}_values", g.ints(1)], "topk_sum",
+                                                      keepdims=1)], "routing")
+    chosen = g.node("Reshape", [f"{top}_indices", g.ints(rows, 1)], "chosen")
+    each = g.node("Reshape", [g.node("Expand", [g.node("Reshape", [flat, g.ints(seq, 1, p.hidden)], "token_rows"),
+                                                 g.ints(seq, k, p.hidden)], "repeat"), g.ints(rows, p.hidden, 1)],
+                  "token_per_choice")
+    gate_up = g.weight(f"{pre}.block_sparse_moe.experts.gate_up_proj", (p.experts, 2 * p.intermediate, p.hidden))
+    both = g.node("MatMul", [g.node("GatherND", [gate_up, chosen], "gate_up_chosen"), each], "gate_up")
+    both = g.node("Reshape", [both, g.ints(rows, 2 * p.intermediate)], "gate_up_rows")
+    gate, up = g.name("gate"), g.name("up")
+    g.nodes.append(helper.make_node("Split", [both, g.ints(p.intermediate, p.intermediate)], [gate, up],
+                                    name=g.name("Split"), axis=1))
+    act = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate], "sigmoid")], "silu"), up], "swiglu")
+    down_w = g.weight(f"{pre}.block_sparse_moe.experts.down_proj", (p.experts, p.hidden, p.intermediate))
+    down = g.node("MatMul", [g.node("GatherND", [down_w, chosen], "down_chosen"),
+                             g.node("Reshape", [act, g.ints(rows, p.intermediate, 1)], "swiglu_cols")], "down")
+    down = g.node("Mul", [g.node("Reshape", [down, g.ints(rows, p.hidden)], "down_rows"),
+                          g.node("Reshape", [weights, g.ints(rows, 1)], "routing_rows")], "weighted")
+    summed = g.node("ReduceSum", [g.node("Reshape", [down, g.ints(seq, k, p.hidden)], "per_token"), g.ints(1)],
+                    "moe", keepdims=0)
+    return g.node("Reshape", [summed, g.ints(1, seq, p.hidden)], "moe_out")
+
+
 def _causal_mask(seq: int, dtype, rows: range | None = None) -> np.ndarray:
     """[S, S] (or those rows): 0 where query i may see key j (j <= i), the dtype's minimum elsewhere."""
     i = np.arange(seq)[rows if rows is not None else slice(None), None]
@@ -310,11 +356,14 @@ def build(preset: str | Preset, mode: str = "prefill", seq: int = 32, past: int 
         h = g.node("Add", [h, o], "resid_attn")
 
         x = _rms_norm(g, h, g.weight(f"{pre}.post_attention_layernorm.weight", (p.hidden,), "norm"))
-        gate = g.node("MatMul", [x, g.weight(f"{pre}.mlp.gate_proj.weight", (p.hidden, p.intermediate))], "gate")
-        act = g.node("Mul", [gate, g.node("Sigmoid", [gate], "sigmoid")], "silu")
-        up = g.node("MatMul", [x, g.weight(f"{pre}.mlp.up_proj.weight", (p.hidden, p.intermediate))], "up")
-        down = g.node("MatMul", [g.node("Mul", [act, up], "swiglu"),
-                                 g.weight(f"{pre}.mlp.down_proj.weight", (p.intermediate, p.hidden))], "down")
+        if p.experts:
+            down = _experts(g, x, pre, seq)
+        else:
+            gate = g.node("MatMul", [x, g.weight(f"{pre}.mlp.gate_proj.weight", (p.hidden, p.intermediate))], "gate")
+            act = g.node("Mul", [gate, g.node("Sigmoid", [gate], "sigmoid")], "silu")
+            up = g.node("MatMul", [x, g.weight(f"{pre}.mlp.up_proj.weight", (p.hidden, p.intermediate))], "up")
+            down = g.node("MatMul", [g.node("Mul", [act, up], "swiglu"),
+                                     g.weight(f"{pre}.mlp.down_proj.weight", (p.intermediate, p.hidden))], "down")
         h = g.node("Add", [h, down], "resid_mlp")
 
     x = _rms_norm(g, h, g.weight("model.norm.weight", (p.hidden,), "norm"))

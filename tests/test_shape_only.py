@@ -1,4 +1,4 @@
-"""samples/shape_only.py: Llama models at real sizes with external (sparse) weights.
+"""samples/shape_only.py: Llama and Mixtral models at real sizes with external (sparse) weights.
 
 The tiny preset with random weights runs on ONNX Runtime and on lpuc's reference evaluator and must agree;
 the real-size presets must import without their weights being read, and count HF's parameters."""
@@ -56,9 +56,10 @@ def _external(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     return [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
 
 
+@pytest.mark.parametrize("preset", ["tiny", "tiny-moe"])
 @pytest.mark.parametrize("mode", ["prefill", "decode"])
-def test_tiny_float32_matches_onnxruntime(tmp_path, mode):
-    path = _write(tmp_path, f"tiny_{mode}", "tiny", "--mode", mode, "--seq", str(SEQ), "--past", str(PAST),
+def test_tiny_float32_matches_onnxruntime(tmp_path, mode, preset):
+    path = _write(tmp_path, f"{preset}_{mode}", preset, "--mode", mode, "--seq", str(SEQ), "--past", str(PAST),
                   "--dtype", "float32", "--weights", "random")
     module, report = load_model(path)
     assert report.supported == report.total > 0, report.summary()
@@ -229,6 +230,7 @@ def test_param_counts_match_hugging_face():
     assert shape_only.param_count("llama2-70b") == 68_976_648_192
     assert abs(shape_only.param_count("llama2-70b") / 68.98e9 - 1) < 0.01
     assert shape_only.param_count("llama2-7b", layers=2) < shape_only.param_count("llama2-7b")
+    assert shape_only.param_count("mixtral-8x7b") == 46_702_792_704  # MixtralForCausalLM's 46.7B
 
 
 def test_help_explains_the_options(capsys):
