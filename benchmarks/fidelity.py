@@ -49,7 +49,8 @@ TARGETS = (
     Target("llama2-7b", 750.0, "tok/s", 72, lambda out: shape_only.write("llama2-7b", out, mode="decode", past=2047)),
     Target("llama2-70b", 300.0, "tok/s", 576,
            lambda out: shape_only.write("llama2-70b", out, mode="decode", past=4095)),
-    Target("mixtral-8x7b", 480.0, "tok/s", 576, None),
+    Target("mixtral-8x7b", 480.0, "tok/s", 576,
+           lambda out: shape_only.write("mixtral-8x7b", out, mode="decode", past=4095)),
 )
 
 

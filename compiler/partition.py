@@ -534,7 +534,7 @@ def _layout(stages: _Stages, k: int, room: int, packed: bool = False) -> _Layout
         for p in units[unit] + [None]:
             i = stages.order[p] if p is not None else None
             tiles = stages.tilings.get(i, ("", 1))[1] if i is not None else 0
-            spread = tiles > 1 and (stages.pinned[i] + stages.working[i] > room or packed and stages.pinned[i] > 0)
+            spread = tiles > 1 and stages.pinned[i] > 0 and (stages.pinned[i] + stages.working[i] > room or packed)
             if p is not None and not spread:
                 run.append(p)
                 continue

@@ -34,6 +34,7 @@ from ..ir.topology import round_chips
 from ..ir.verifier import verify
 
 from .allocate import Allocate, DoesNotFit
+from .experts import dense_experts
 from .frontend.state import place_states
 from .grouped_heads import GroupHeads
 from .lower import Lower
@@ -139,10 +140,11 @@ def is_layout(strategy: str) -> bool:
 
 
 def _laid_out(graph_module: Module, strategy: str, states) -> Module:
-    """The module a strategy partitions: at a layout of several chips a stage, its attention by head groups
+    """The module a strategy partitions: at a layout of several chips a stage, its experts dense (their
+    weights split like any other: compiler/experts.py) and its attention by head groups
     (compiler/split_heads.py); each state where a partner program keeps it (`states`, when given)."""
-    if is_layout(strategy):
-        graph_module = split_heads(graph_module, parse_layout(strategy).tp)
+    if is_layout(strategy) and parse_layout(strategy).tp > 1:
+        graph_module = split_heads(dense_experts(graph_module), parse_layout(strategy).tp)
     return place_states(graph_module, states) if states is not None else graph_module
 
 

@@ -1,0 +1,116 @@
+"""A mixture of experts computed densely: every expert on every token, the unchosen ones weighted by zero.
+
+Mixtral as transformers exports it (`batched_mm` experts, static shapes) gathers the chosen experts' weights
+from one table stacking all of them (GatherND of [E, R, K] by the router's choices) and multiplies each
+token by its gathered matrices. That is the least work, but the table is one constant (Mixtral 8x7B: 940 MB
+per layer at int8), which no chip holds and no tiling cuts. At a layout of several chips a stage this pass
+(`compiler.pipeline` runs it before the partition) rewrites each such gathered matmul
+
+    G = gather_nd(C [E, R, K], I [N, 1]);  Y = matmul(G, X [N, K, 1])           -> [N, R, 1]
+
+as E matmuls with constant weights and a one-hot selection, summed:
+
+    Y = reshape(sum_e matmul(reshape(X, [N, K]), C[e]^T) * cast(I == e), [N, R, 1])
+
+so each expert's weight is an ordinary 2-D constant, split over a stage's chips like any other. The numbers
+are the same (a chosen expert's product times one, the others' times zero, added: exact for finite values);
+the work is E/k times the gathered form's (Mixtral: 4x), spread over the chips. What stays deterministic is
+what the schedule needs: the routing is data, the instructions are not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Module, Op, Value
+from ..ir.attributes import AttrDict, Tensor
+from ..ir.core import Block
+from ..ir.types import DType, TensorType
+from ..ir.verifier import verify
+
+
+def dense_experts(module: Module) -> Module:
+    """`module` with each gathered expert matmul computed densely (module docstring); itself when it has none."""
+    producer = {r.name: op for op in module.ops for r in op.results}
+    readers: dict[str, int] = {}
+    for op in module.ops:
+        for v in op.operands:
+            readers[v.name] = readers.get(v.name, 0) + 1
+    found = {id(op): producer[op.operands[0].name] for op in module.ops if _gathered_matmul(op, producer, readers)}
+    if not found:
+        return module
+    taken = {r.name for op in module.ops for r in op.results} | {v.name for v in module.inputs}
+
+    def fresh(hint: str) -> str:
+        name, k = hint, 1
+        while name in taken:
+            name, k = f"{hint}.{k}", k + 1
+        taken.add(name)
+        return name
+
+    gathers = {id(g) for g in found.values()}
+    ops: list[Op] = []
+    for op in module.ops:
+        if id(op) in gathers:
+            continue  # (read only by its matmul, rewritten below)
+        if id(op) not in found:
+            ops.append(op)
+            continue
+        gather = found[id(op)]
+        table, chosen = gather.operands
+        x, y = op.operands[1], op.result
+        stacked = producer[table.name].attrs["value"]
+        experts, rows, cols = stacked.type.shape
+        n, dtype = x.type.shape[0], y.type.dtype
+        flat = Value(fresh(f"{x.name}.rows"), TensorType((n, cols), x.type.dtype))
+        ops.append(Op("graph.reshape", (x,), (flat,), AttrDict({"shape": (n, cols)})))
+        total = None
+        for e in range(experts):
+            w = Value(fresh(f"{table.name}.expert{e}"), TensorType((cols, rows), stacked.type.dtype))
+            ops.append(Op("graph.constant", (), (w,), AttrDict({"value": _expert(stacked, e)})))
+            prod = Value(fresh(f"{y.name}.expert{e}"), TensorType((n, rows), dtype))
+            ops.append(Op("graph.matmul", (flat, w), (prod,), AttrDict(op.attrs)))
+            index = Value(fresh(f"{chosen.name}.is{e}"), chosen.type)
+            ops.append(Op("graph.constant", (), (index,), AttrDict(
+                {"value": Tensor.from_array(np.full(chosen.type.shape, e, chosen.type.dtype.numpy))})))
+            hit = Value(fresh(f"{chosen.name}.hit{e}"), TensorType(chosen.type.shape, DType.bool))
+            ops.append(Op("graph.equal", (chosen, index), (hit,)))
+            weight = Value(fresh(f"{chosen.name}.weight{e}"), TensorType(chosen.type.shape, dtype))
+            ops.append(Op("graph.cast", (hit,), (weight,), AttrDict({"to": dtype})))
+            part = Value(fresh(f"{y.name}.chosen{e}"), TensorType((n, rows), dtype))
+            ops.append(Op("graph.mul", (prod, weight), (part,)))
+            if total is None:
+                total = part
+            else:
+                summed = Value(fresh(f"{y.name}.sum{e}"), TensorType((n, rows), dtype))
+                ops.append(Op("graph.add", (total, part), (summed,)))
+                total = summed
+        ops.append(Op("graph.reshape", (total,), (y,), AttrDict({"shape": y.type.shape})))
+    used = {v.name for op in ops for v in op.operands} | {v.name for _, v in module.outputs}
+    ops = [op for op in ops if op.name != "graph.constant" or op.result.name in used]  # the stacked tables
+    return verify(Module(module.name, Block(module.inputs, tuple(ops), module.outputs), module.attrs))
+
+
+def _gathered_matmul(op: Op, producer: dict[str, Op], readers: dict[str, int]) -> bool:
+    """`op` is matmul(gather_nd(constant [E, R, K], I [N, 1]), X [N, K, 1]), the gather read by it alone."""
+    if op.name != "graph.matmul" or op.operands[0].name not in producer:
+        return False
+    gather, x = producer[op.operands[0].name], op.operands[1].type
+    if gather.name != "graph.gather_nd" or gather.attrs.get("batch_dims", 0) or readers[gather.result.name] != 1:
+        return False
+    table, chosen = gather.operands
+    source = producer.get(table.name)
+    if source is None or source.name != "graph.constant" or table.type.rank != 3:
+        return False
+    n = chosen.type.shape[0]
+    return chosen.type.shape == (n, 1) and x.shape == (n, table.type.shape[2], 1)
+
+
+def _expert(stacked: Tensor, e: int) -> Tensor:
+    """Expert `e`'s weight [K, R] of a stacked table [E, R, K], read from it when its data is (lazily)."""
+    _, rows, cols = stacked.type.shape
+    loader = (lambda: np.ascontiguousarray(stacked.array[e].T)) if stacked.has_data else None
+    return Tensor(TensorType((cols, rows), stacked.type.dtype), f"{stacked.key}#expert{e}.T", loader)
+
+
+__all__ = ["dense_experts"]
