@@ -115,7 +115,7 @@ def lpu_options(options) -> dict:
     import dataclasses
 
     recorded = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("workers", "chips")}
-    for key in ("state", "context"):  # recorded for stateful programs only (stateless files stay as they were)
+    for key in ("state", "context", "layout"):  # recorded when given (other files stay as they were)
         if recorded[key] == getattr(type(options), key):
             del recorded[key]
     return recorded
