@@ -3,8 +3,8 @@
 Mixtral as transformers exports it (`batched_mm` experts, static shapes) gathers the chosen experts' weights
 from one table stacking all of them (GatherND of [E, R, K] by the router's choices) and multiplies each
 token by its gathered matrices. That is the least work, but the table is one constant (Mixtral 8x7B: 940 MB
-per layer at int8), which no chip holds and no tiling cuts. At a layout of several chips a stage this pass
-(`compiler.pipeline` runs it before the partition) rewrites each such gathered matmul
+per layer at int8), which no chip holds and no tiling cuts. At a layout of several chips a stage, or for a
+table larger than a chip, this pass (`compiler.pipeline` runs it first) rewrites each gathered matmul
 
     G = gather_nd(C [E, R, K], I [N, 1]);  Y = matmul(G, X [N, K, 1])           -> [N, R, 1]
 
@@ -29,14 +29,16 @@ from ..ir.types import DType, TensorType
 from ..ir.verifier import verify
 
 
-def dense_experts(module: Module) -> Module:
-    """`module` with each gathered expert matmul computed densely (module docstring); itself when it has none."""
+def dense_experts(module: Module, larger_than: int | None = None) -> Module:
+    """`module` with each gathered expert matmul computed densely (module docstring), or only those whose
+    stacked table has more than `larger_than` bytes; itself when it has none."""
     producer = {r.name: op for op in module.ops for r in op.results}
     readers: dict[str, int] = {}
     for op in module.ops:
         for v in op.operands:
             readers[v.name] = readers.get(v.name, 0) + 1
-    found = {id(op): producer[op.operands[0].name] for op in module.ops if _gathered_matmul(op, producer, readers)}
+    found = {id(op): producer[op.operands[0].name] for op in module.ops if _gathered_matmul(op, producer, readers)
+             and (larger_than is None or producer[op.operands[0].name].operands[0].type.nbytes > larger_than)}
     if not found:
         return module
     taken = {r.name for op in module.ops for r in op.results} | {v.name for v in module.inputs}

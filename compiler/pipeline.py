@@ -140,11 +140,10 @@ def is_layout(strategy: str) -> bool:
 
 
 def _laid_out(graph_module: Module, strategy: str, states) -> Module:
-    """The module a strategy partitions: at a layout of several chips a stage, its experts dense (their
-    weights split like any other: compiler/experts.py) and its attention by head groups
+    """The module a strategy partitions: at a layout of several chips a stage, its attention by head groups
     (compiler/split_heads.py); each state where a partner program keeps it (`states`, when given)."""
     if is_layout(strategy) and parse_layout(strategy).tp > 1:
-        graph_module = split_heads(dense_experts(graph_module), parse_layout(strategy).tp)
+        graph_module = split_heads(graph_module, parse_layout(strategy).tp)
     return place_states(graph_module, states) if states is not None else graph_module
 
 
@@ -285,6 +284,10 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
     check_precision(options.precision, machine)
     # Precision first (after grouping heads, which drops the copies it would convert): the weights' storage
     # type decides the SRAM they take, hence the default chip count.
+    # Experts dense (compiler/experts.py) at a layout of several chips a stage, or when a stacked expert table
+    # is larger than a chip: before grouping heads and precision, which rewrite the gathered matmul.
+    several = options.layout == "auto" or (layout is not None and layout.tp > 1)
+    graph_module = dense_experts(graph_module, None if several else machine.sram.chip_bytes)
     graph_module, plans = run_passes(graph_module, Target(machine, graph_module.attrs.get("chips", 1)),
                                      (GroupHeads(), Precision(options.precision)), progress)
     stored = plans[Precision.name][1]
