@@ -139,11 +139,12 @@ def is_layout(strategy: str) -> bool:
     return strategy.startswith(("tp=", "pp="))
 
 
-def _laid_out(graph_module: Module, strategy: str, states) -> Module:
+def _laid_out(graph_module: Module, machine: Machine, strategy: str, states) -> Module:
     """The module a strategy partitions: at a layout of several chips a stage, its attention by head groups
-    (compiler/split_heads.py); each state where a partner program keeps it (`states`, when given)."""
+    (compiler/split_heads.py), as many on each chip as it has SXM units (each group transposes its keys);
+    each state where a partner program keeps it (`states`, when given)."""
     if is_layout(strategy) and parse_layout(strategy).tp > 1:
-        graph_module = split_heads(graph_module, parse_layout(strategy).tp)
+        graph_module = split_heads(graph_module, parse_layout(strategy).tp * machine.units["sxm"].count)
     return place_states(graph_module, states) if states is not None else graph_module
 
 
@@ -385,7 +386,7 @@ def _compile_by(graph_module: Module, machine: Machine, options: CompileOptions,
     tried, best = [], None
     for strategy in strategies:
         placing, scheduling = _at_scheduler(passes(options, chips, strategy))
-        placed = _laid_out(graph_module, strategy, states)
+        placed = _laid_out(graph_module, machine, strategy, states)
         try:
             allocated, plans, blocks = _place(placed, target, placing, progress)
         except DoesNotFit as e:
