@@ -97,7 +97,11 @@ def main(argv=None) -> int:
             layouts = [None]
             if target.chips % 8 == 0 and target.chips > 8:
                 layouts.append(f"tp=8,pp={target.chips // 8}")
+            chosen = None
             for layout in layouts:
+                if layout is not None and layout == chosen:
+                    print(f"{target.name:<13} {layout:<12} {target.chips:>5} {'(the default: above)':>12}", flush=True)
+                    continue
                 program = work / f"{target.name}{'_' + layout.replace(',', '_') if layout else ''}.lpu"
                 options = ["--no-weights", "--precision", "int8", "--chips", str(target.chips)]
                 options += ["--state", "auto"] if target.decode else []
@@ -107,9 +111,13 @@ def main(argv=None) -> int:
                     print(f"{target.name:<13} {layout or 'default':<12} {target.chips:>5} {'-':>12} {published:>12} "
                           f"{'-':>8} {seconds:>9.1f} {'-':>6} {'-':>6}  does not compile: {error}", flush=True)
                     continue
+                chosen = chosen or report["partition"]
                 run, error, run_seconds = _lpuc("run", str(program), "--timing-only")
                 predicted = _predicted(target, report)
-                note = f"{report['partition']}; bound: {report['bound']}"
+                served = run.get("pipelined") if run else None
+                note = f"{report['partition']}; bound: {report['bound']}" + (
+                    f"; pipelined {served['aggregate_tokens_per_s']:,.0f} tok/s with {served['stages']} in flight"
+                    if served else "")
                 if run is None:
                     note = f"run failed: {error}"
                 elif run["cycles"] != report["cycles"]:
