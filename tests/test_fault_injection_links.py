@@ -6,7 +6,7 @@ interpreter reports the broken rule (docs/machine-ir.md rule 8), naming the inst
   overlap     a c2c.send moved to start one cycle after another send on the same first link direction,
               inside that send's window [c, c + occ).
 
-Every candidate of each family is tried (not a sample), on pipeline and tensor partitions."""
+Every candidate of each family is tried (not a sample), on pipeline and tensor partitions and a layout."""
 
 from __future__ import annotations
 
@@ -27,13 +27,15 @@ from lpuc.ir.machine import read_machine
 from helpers import SAMPLES
 
 MACHINE, MACHINE_TEXT = read_machine("tsp-v1")
-PROGRAMS = [("llama_prefill", 4, "pipeline"), ("gpt2_decode", 2, "tensor"), ("mixtral_decode_op23", 8, "pipeline")]
+PROGRAMS = [("llama_prefill", 4, "pipeline"), ("gpt2_decode", 2, "tensor"), ("mixtral_decode_op23", 8, "pipeline"),
+            ("llama_decode", 4, "tp=2,pp=2")]  # a layout: its collectives (parts out and back) are transfers too
 
 
 @lru_cache(maxsize=None)
 def _compiled(name: str, chips: int, strategy: str):
     graph, _ = load_model(SAMPLES / f"{name}.onnx")
-    module, _ = compile_module(graph, MACHINE, CompileOptions(scheduler="list", chips=chips, partition=strategy))
+    by = {"layout": strategy} if strategy.startswith("tp=") else {"chips": chips, "partition": strategy}
+    module, _ = compile_module(graph, MACHINE, CompileOptions(scheduler="list", **by))
     assert not find_hazards(build_program(module, MACHINE_TEXT))
     return module
 
