@@ -8,8 +8,10 @@ shapes, weights never read), compiles it with `lpuc compile --no-weights --json`
 `--layout tp=8,pp=<chips/8>` (tensor parallel over a node, pipeline across nodes) where the chips make whole
 nodes, and runs each program with `lpuc run --timing-only` (every hazard checked). A decode step keeps its
 KV cache resident (--state auto). The table gives the layout, the chips, what lpuc predicts (latency or
-tokens/s at batch 1), the published figure, predicted / published, the compile wall time, and the gap of
-the schedule to its lower bound. A model lpuc cannot yet build or compile gets its row with why.
+tokens/s at batch 1), the published figure, predicted / published, the compile and run wall times, the gap
+of the schedule to its lower bound, and in the note the physical bound (each stage's MXM work and the
+hand-offs: compiler/serving.py) and a decode step's aggregate tokens/s served pipelined. A model lpuc cannot
+yet build or compile gets its row with why.
 
 Published figures (Groq; see docs/design.md, "Serving LLMs"): BERT-base, 128 tokens, one chip: 130 us.
 Llama-2 7B decode at 2048 context: 750 tokens/s (taken as one rack, 72 chips). Llama-2 70B decode at 4096
@@ -115,7 +117,10 @@ def main(argv=None) -> int:
                 run, error, run_seconds = _lpuc("run", str(program), "--timing-only")
                 predicted = _predicted(target, report)
                 served = run.get("pipelined") if run else None
-                note = f"{report['partition']}; bound: {report['bound']}" + (
+                physical = run["physical_bound"] if run else None
+                note = f"{report['partition']}" + (
+                    f"; physical bound {physical['physical_bound_cycles']:,} cycles, {physical['gap']:.0%} below"
+                    if physical else "") + (
                     f"; pipelined {served['aggregate_tokens_per_s']:,.0f} tok/s with {served['stages']} in flight"
                     if served else "")
                 if run is None:

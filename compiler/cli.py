@@ -37,7 +37,8 @@ from ..ir.machine_ops import is_state
 
 from .driver import (compile_model, compile_program, load_model, lpu_options, max_relative_error, precision_error,
                      read_ir)
-from .generate import pipelined, step_tokens_per_s
+from .generate import step_tokens_per_s
+from .serving import physical_bound, pipelined
 from .inputs import nonfinite, random_inputs
 from .partition import STRATEGIES
 from .pipeline import SCHEDULERS, CompileOptions
@@ -467,6 +468,7 @@ def cmd_run(args) -> int:
         "transfer_bytes": stats.transfer_bytes, "link_wait_cycles": stats.link_wait_cycles,
         "host_bytes": stats.host_bytes, **_per_token(program),
         **({"pipelined": served} if (served := pipelined(program, stats)) else {}),
+        "physical_bound": physical_bound(program, stats),
         "precision": precision, **({"precision_error": cost} if cost else {}),
     }
     if args.trace:
@@ -477,6 +479,10 @@ def cmd_run(args) -> int:
     if args.timing_only:
         say("timing only: every hazard checked, no numerics, no outputs")
     extra = (_chip_rows(stats) if len(stats.chips) > 1 else []) + _per_token_rows(program)
+    bound = physical_bound(program, stats)
+    extra.append(("physical bound", f"{bound['physical_bound_cycles']:,} cycles  (MXM work of each stage's busiest "
+                                    f"chip {bound['mxm_cycles']:,} + hand-offs {bound['hand_off_cycles']:,}); "
+                                    f"the schedule is {bound['gap']:.1%} above it"))
     served = pipelined(program, stats)
     if served and served["stages"] > 1:
         extra.append(("pipelined", f"{served['aggregate_tokens_per_s']:,.1f} tokens/s in all, {served['stages']} "

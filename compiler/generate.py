@@ -79,32 +79,6 @@ def step_tokens_per_s(program: Program) -> float | None:
     return program.machine.clock_mhz * 1e6 / program.cycles
 
 
-def pipelined(program: Program, stats) -> dict | None:
-    """A decode step served pipelined: as many sequences in flight as it has stages, each stage taking the
-    next sequence once it is done with one. A stage's turn lasts from the first data it receives (from the
-    stage before; stage 0: its first instruction) to its chips' last landing: what comes before that (the
-    step's own inputs from the host) waits for nothing and overlaps the sequence before. Aggregate tokens/s =
-    clock x min(stages / step, 1 / longest turn); per user it stays one token per step. None for a program
-    that is not a decode step. Stages: a layout's (tp=T,pp=P: chips T at a time), else each chip with
-    instructions (a pipeline)."""
-    if step_tokens_per_s(program) is None:
-        return None
-    layout = program.manifest.get("summary", {}).get("partition", "")
-    tp = int(layout.split(",")[0][3:]) if layout.startswith("tp=") else 1
-    stages: dict[int, list] = {}
-    for c in stats.chips:
-        if c.instructions:
-            stages.setdefault(c.chip // tp, []).append(c)
-    turns = []
-    for k, (stage, chips) in enumerate(sorted(stages.items())):
-        received = [c.first_receive for c in chips if c.first_receive is not None]
-        start = min(received) if k and received else min(c.span[0] for c in chips)
-        turns.append(max(c.span[1] for c in chips) - start)
-    longest = max(turns)
-    rate = program.machine.clock_mhz * 1e6 * min(len(turns) / program.cycles, 1 / longest)
-    return {"stages": len(turns), "longest_stage_cycles": longest, "aggregate_tokens_per_s": round(rate, 3)}
-
-
 def load_step(path: str | Path, machine, weights: bool, states=None, **options) -> Program:
     """A stateful program: a .lpu as compiled, or a model compiled with its cache resident (where `states`,
     a partner's state_layout, keeps it, when given)."""

@@ -16,7 +16,8 @@ from lpuc.compiler.driver import load_model
 from lpuc.compiler.frontend.state import make_stateful
 from lpuc.backends import interpreter
 from lpuc.compiler.experts import dense_experts
-from lpuc.compiler.generate import compile_generation, generate, pipelined, state_layout, step_tokens_per_s
+from lpuc.compiler.generate import compile_generation, generate, state_layout, step_tokens_per_s
+from lpuc.compiler.serving import physical_bound, pipelined
 from lpuc.compiler.partition import Layout, parse_layout, partition
 from lpuc.compiler.pipeline import CompileOptions, compile_module
 from lpuc.compiler.split_heads import split_heads
@@ -164,3 +165,14 @@ def test_dense_experts_compute_what_the_gathered_ones_do(sample):
     for name, want in theirs.items():
         assert np.allclose(ours[name], want, rtol=1e-5, atol=1e-6), name
     assert dense_experts(load_model(SAMPLES / "llama_decode.onnx")[0]).ops == load_model(SAMPLES / "llama_decode.onnx")[0].ops
+
+
+@pytest.mark.parametrize("layout", [None, "tp=2,pp=2"])
+def test_the_physical_bound_is_below_the_schedule(layout):
+    step = compile_generation(SAMPLES / "llama_decode.onnx", layout=layout, scheduler="list")[0]
+    stats = interpreter.run(step, timing_only=True).stats
+    bound = physical_bound(step, stats)
+    assert 0 < bound["physical_bound_cycles"] <= step.cycles and bound["gap"] >= 0
+    stages = 2 if layout else 1
+    assert bound["hand_off_cycles"] == (stages - 1) * (MACHINE.c2c.hop_latency_cycles + MACHINE.units["tx"].latency)
+    assert bound["mxm_cycles"] > 0
