@@ -35,6 +35,7 @@ from ..ir.verifier import verify
 
 from .allocate import Allocate, DoesNotFit
 from .experts import dense_experts
+from .fuse_matmuls import fuse_matmuls
 from .frontend.state import place_states
 from .grouped_heads import GroupHeads
 from .lower import Lower
@@ -139,11 +140,17 @@ def is_layout(strategy: str) -> bool:
     return strategy.startswith(("tp=", "pp="))
 
 
-def _laid_out(graph_module: Module, machine: Machine, strategy: str, states) -> Module:
-    """The module a strategy partitions: at a layout of several chips a stage, its attention by head groups
-    (compiler/split_heads.py), as many on each chip as it has SXM units (each group transposes its keys);
-    each state where a partner program keeps it (`states`, when given)."""
+def _laid_out(graph_module: Module, source: Module | None, machine: Machine, options: CompileOptions,
+              strategy: str, states, progress=None) -> Module:
+    """The module a strategy partitions: `graph_module`, or at a layout of several chips a stage `source`
+    (before precision) with its experts dense (compiler/experts.py) and the matmuls of one activation fused
+    (compiler/fuse_matmuls.py: one round trip over the stage each), then grouped and converted as before,
+    and its attention by head groups (compiler/split_heads.py), as many on each chip as it has SXM units
+    (each group transposes its keys); each state where a partner program keeps it (`states`, when given)."""
     if is_layout(strategy) and parse_layout(strategy).tp > 1:
+        if source is not None:
+            graph_module = run_passes(fuse_matmuls(dense_experts(source)), Target(machine, 1),
+                                      (GroupHeads(), Precision(options.precision)), progress)[0]
         graph_module = split_heads(graph_module, parse_layout(strategy).tp * machine.units["sxm"].count)
     return place_states(graph_module, states) if states is not None else graph_module
 
@@ -285,11 +292,10 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
     check_precision(options.precision, machine)
     # Precision first (after grouping heads, which drops the copies it would convert): the weights' storage
     # type decides the SRAM they take, hence the default chip count.
-    # Experts dense (compiler/experts.py) at a layout of several chips a stage, or when a stacked expert table
-    # is larger than a chip: before grouping heads and precision, which rewrite the gathered matmul.
-    several = options.layout == "auto" or (layout is not None and layout.tp > 1)
-    graph_module = dense_experts(graph_module, None if several else machine.sram.chip_bytes)
-    graph_module, plans = run_passes(graph_module, Target(machine, graph_module.attrs.get("chips", 1)),
+    # Experts dense (compiler/experts.py) where a stacked expert table is larger than a chip: before grouping
+    # heads and precision, which rewrite the gathered matmul. (A layout redoes these from `source`: _laid_out.)
+    source = dense_experts(graph_module, machine.sram.chip_bytes)
+    graph_module, plans = run_passes(source, Target(machine, graph_module.attrs.get("chips", 1)),
                                      (GroupHeads(), Precision(options.precision)), progress)
     stored = plans[Precision.name][1]
     if "chips" in graph_module.attrs:  # partitioned already
@@ -298,13 +304,13 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
             raise LpucError(f"{graph_module.name} is partitioned already, over {chips} chips (its `chips` attribute): "
                             "leave out --chips, --partition and --layout, or remove the partition from the IR")
         return _compile_on(graph_module, machine, options, chips, stored, progress, "as the IR's partition writes",
-                           states)
+                           states, source)
     if layout is not None:
         return _compile_on(graph_module, machine, options, layout.chips, stored, progress,
-                           f"given by --layout {layout}", states)
+                           f"given by --layout {layout}", states, source)
     if options.chips is not None:
         return _compile_on(graph_module, machine, options, options.chips, stored, progress, "given by --chips",
-                           states)
+                           states, source)
     # The default: the fewest chips whose SRAM holds the weights; when the partition leaves one chip too
     # full, the next size the topology has.
     try:
@@ -315,7 +321,7 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
     while True:
         reason = str(need) + (f"; {', '.join(tried)} left a chip too full" if tried else "")
         try:
-            return _compile_on(graph_module, machine, options, chips, stored, progress, reason, states)
+            return _compile_on(graph_module, machine, options, chips, stored, progress, reason, states, source)
         except DoesNotFit as e:
             if len(tried) == 8:
                 raise
@@ -365,28 +371,31 @@ def _strategies(graph_module: Module, machine: Machine, options: CompileOptions,
 
 
 def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions, chips: int, stored: Stored,
-                progress=None, chips_reason: str = "", states=None) -> tuple[Module, CompileSummary]:
+                progress=None, chips_reason: str = "", states=None, source: Module | None = None
+                ) -> tuple[Module, CompileSummary]:
+    """Compile `graph_module` (after precision; `source`: before it) on `chips` chips."""
     target = Target(machine, chips)  # an LpucError when the topology has no such size
     strategies = _strategies(graph_module, machine, options, chips)
     try:
         return _compile_by(graph_module, machine, options, target, stored, strategies, progress, chips_reason,
-                           states)
+                           states, source)
     except DoesNotFit:
         if options.layout or options.partition != "auto" or strategies[0] in ("given", "single", "pipeline"):
             raise
         # the default node layout does not fit (a stage's weights and caches on its chips): the partition's
         return _compile_by(graph_module, machine, options, target, stored, ("pipeline",), progress, chips_reason,
-                           states)
+                           states, source)
 
 
 def _compile_by(graph_module: Module, machine: Machine, options: CompileOptions, target: Target, stored: Stored,
-                strategies: tuple[str, ...], progress, chips_reason: str, states) -> tuple[Module, CompileSummary]:
+                strategies: tuple[str, ...], progress, chips_reason: str, states, source: Module | None
+                ) -> tuple[Module, CompileSummary]:
     """Compile by the best of `strategies` (compared by a quick list schedule when there are several)."""
     chips = target.chips
     tried, best = [], None
     for strategy in strategies:
         placing, scheduling = _at_scheduler(passes(options, chips, strategy))
-        placed = _laid_out(graph_module, machine, strategy, states)
+        placed = _laid_out(graph_module, source, machine, options, strategy, states, progress)
         try:
             allocated, plans, blocks = _place(placed, target, placing, progress)
         except DoesNotFit as e:

@@ -16,6 +16,7 @@ from lpuc.compiler.driver import load_model
 from lpuc.compiler.frontend.state import make_stateful
 from lpuc.backends import interpreter
 from lpuc.compiler.experts import dense_experts
+from lpuc.compiler.fuse_matmuls import fuse_matmuls
 from lpuc.compiler.generate import compile_generation, generate, state_layout, step_tokens_per_s
 from lpuc.compiler.serving import physical_bound, pipelined
 from lpuc.compiler.partition import Layout, parse_layout, partition
@@ -176,3 +177,17 @@ def test_the_physical_bound_is_below_the_schedule(layout):
     stages = 2 if layout else 1
     assert bound["hand_off_cycles"] == (stages - 1) * (MACHINE.c2c.hop_latency_cycles + MACHINE.units["tx"].latency)
     assert bound["mxm_cycles"] > 0
+
+
+@pytest.mark.parametrize("sample, before, after", [("llama_decode", 19, 13), ("gemma_prefill", 19, 13),
+                                                   ("mixtral_decode", 19, 15), ("gpt2_decode", 13, 13)])
+def test_matmuls_of_one_activation_fuse_into_one(sample, before, after):
+    """q, k, v (and gate, up) by one weight side by side, split back: the same values (gpt2: c_attn is one)."""
+    graph = load_model(SAMPLES / f"{sample}.onnx")[0]
+    fused = fuse_matmuls(graph)
+    count = lambda m: sum(1 for op in m.ops if op.name == "graph.matmul")  # noqa: E731
+    assert (count(graph), count(fused)) == (before, after)
+    with np.load(SAMPLES / f"{sample}.inputs.npz") as f:
+        inputs = {k: f[k] for k in f.files}
+    ours, theirs = evaluate(fused, inputs), evaluate(graph, inputs)
+    assert all(np.allclose(ours[k], theirs[k], rtol=1e-6, atol=1e-6) for k in theirs)

@@ -1,0 +1,78 @@
+"""Matmuls of one activation by constant weights, fused into one: a split matmul's round trip paid once.
+
+At a layout, a matmul with a constant weight is split over its stage's chips: its activation goes out to
+them and its parts come back (docs/partition.md, "Layouts"), about 4k cycles of hops and transfers beside
+its MXM work. A transformer layer reads each normed activation several times: q, k and v, and the MLP's
+gate and up. This pass (run at layouts of several chips a stage, before precision) makes each such set one
+matmul by the weights side by side, `x @ [W1 W2 ...]`, whose result a `graph.split` cuts back into the
+values the model had: one round trip where there were several. Each column of a product is the same dot
+product as before (and precision quantizes a weight per output column), so the numbers do not change beyond
+the order a host BLAS happens to add in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Module, Op, Value
+from ..ir.attributes import AttrDict, Tensor
+from ..ir.core import Block
+from ..ir.types import TensorType
+from ..ir.verifier import verify
+
+
+def fuse_matmuls(module: Module) -> Module:
+    """`module` with the matmuls of one activation by 2-D constant weights fused (module docstring); itself
+    when no two share an activation."""
+    constants = {op.result.name: op for op in module.ops if op.name == "graph.constant"}
+    sets: dict[tuple, list[int]] = {}
+    for i, op in enumerate(module.ops):
+        if op.name == "graph.matmul" and op.operands[1].name in constants and op.operands[1].type.rank == 2:
+            w = op.operands[1].type
+            sets.setdefault((op.operands[0].name, w.shape[0], w.dtype, op.attrs), []).append(i)
+    fused = {members[0]: members for members in sets.values() if len(members) > 1}
+    if not fused:
+        return module
+    skip = {i for members in fused.values() for i in members[1:]}
+    taken = {r.name for op in module.ops for r in op.results} | {v.name for v in module.inputs}
+    ops: list[Op] = []
+    for i, op in enumerate(module.ops):
+        if i in skip:
+            continue
+        if i not in fused:
+            ops.append(op)
+            continue
+        members = [module.ops[j] for j in fused[i]]
+        weights = [constants[m.operands[1].name].attrs["value"] for m in members]
+        widths = tuple(w.type.shape[1] for w in weights)
+        name = _fresh(f"{members[0].operands[1].name}.fused", taken)
+        w = Value(name, TensorType((weights[0].type.shape[0], sum(widths)), weights[0].type.dtype))
+        ops.append(Op("graph.constant", (), (w,), AttrDict({"value": _side_by_side(weights)})))
+        y = Value(_fresh(f"{op.result.name}.fused", taken),
+                  op.result.type.with_shape(op.result.type.shape[:-1] + (sum(widths),)))
+        ops.append(Op("graph.matmul", (op.operands[0], w), (y,), op.attrs))
+        ops.append(Op("graph.split", (y,), tuple(m.result for m in members),
+                      AttrDict({"axis": y.type.rank - 1, "sizes": widths})))
+    used = {v.name for op in ops for v in op.operands} | {v.name for _, v in module.outputs}
+    ops = [op for op in ops if op.name != "graph.constant" or op.result.name in used]  # the weights fused away
+    return verify(Module(module.name, Block(module.inputs, tuple(ops), module.outputs), module.attrs))
+
+
+def _side_by_side(weights: list[Tensor]) -> Tensor:
+    """The weights [K, N1], [K, N2], ... as one [K, N1 + N2 + ...], read from them when their data is."""
+    shape = (weights[0].type.shape[0], sum(w.type.shape[1] for w in weights))
+    loader = (lambda: np.concatenate([w.array for w in weights], axis=1)) if all(w.has_data for w in weights) \
+        else None
+    return Tensor(TensorType(shape, weights[0].type.dtype), "concat(" + ",".join(w.key for w in weights) + ")",
+                  loader)
+
+
+def _fresh(hint: str, taken: set[str]) -> str:
+    name, k = hint, 1
+    while name in taken:
+        name, k = f"{hint}.{k}", k + 1
+    taken.add(name)
+    return name
+
+
+__all__ = ["fuse_matmuls"]
