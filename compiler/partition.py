@@ -34,12 +34,13 @@ Strategies:
   layout    a deployment's layout, `tp=T,pp=P` (Layout): P pipeline stages, each of T consecutive chips
             (one node of a dragonfly when T is its size: the chips a stage's collectives cross are
             fully connected). Stages are contiguous ranges of the program balanced by weight bytes,
-            cut between layers when the model repeats them; each op runs on its stage's first chip,
-            and every op with a weight that can split is spread over the stage's chips (tensor
-            parallelism: the activation goes out to the stage's chips and the parts come back, one
-            direct transfer each way, the exchange a fully connected node makes). Attention over a
-            resident cache runs by head groups (compiler/split_heads.py), group g on the stage's
-            chip g, where its part of the cache lives.
+            each cut moved to a nearby boundary few bytes cross while the stages stay near even.
+            Every op with a weight that can split is spread over its stage's chips (tensor
+            parallelism: the activation goes out to them and the parts come back, one direct
+            transfer each way, the exchange a fully connected node makes). A head group's ops
+            (compiler/split_heads.py: attention over its part of a resident cache) run on the
+            stage's chip of the group's index; a layer's other ops on one chip of its stage, the
+            stage's layers taking its chips in turn.
   tensor    activations stay on chip 0; every op that can split is spread over
             the chips (up to one tile per chip), the least loaded first: a
             matmul with a constant weight of two or more vector-wide tiles by
@@ -119,7 +120,8 @@ def parse_layout(text: str) -> Layout:
         key, _, value = word.strip().partition("=")
         if key == "ep":
             raise LpucError(f"layout {text!r}: ep (experts over chips) is not supported yet; lay a mixture of "
-                            "experts out by tp and pp (its stacked expert weights split like any other)")
+                            "experts out by tp and pp (its experts computed densely, their weights split like any "
+                            "other)")
         if key not in ("tp", "pp") or key in sizes or not value.isdigit() or int(value) < 1:
             raise LpucError(f"layout {text!r}: expected tp=T,pp=P (positive integers: T chips per pipeline "
                             "stage, P stages), e.g. tp=8,pp=9")

@@ -6,9 +6,12 @@ verifier:
 
     group-heads -> precision -> partition -> lower -> allocate -> schedule-cpsat | schedule-list
 
-The chip count defaults to the fewest chips whose SRAM holds the weights; the
-partition (compiler/partition.py) is the one asked for, or with `auto` the
-fastest of pipeline and tensor: each runs the passes before the schedule, and a
+At a layout of several chips a stage (`--layout tp=T,pp=P`, docs/partition.md "Layouts") the model is
+first rewritten for it (dense experts, fused matmuls: before group-heads and precision) and its attention
+cut into head groups (split-heads, after precision). The chip count defaults to the fewest chips whose SRAM
+holds the weights; the partition (compiler/partition.py) is the one asked for; by default a node per stage
+for a model of repeated layers on two nodes or more, else the fastest of pipeline and tensor; with
+`--layout auto` the fastest of the layouts: each candidate runs the passes before the schedule, and a
 quick list schedule of each decides. A module that is partitioned already (it
 has the `chips` attribute, e.g. an IR file with its partition written by hand)
 keeps its partition ("given": the pipeline starts at lower). `PASSES` names
@@ -35,8 +38,8 @@ from ..ir.verifier import verify
 
 from .allocate import Allocate, DoesNotFit
 from .experts import dense_experts
-from .fuse_matmuls import fuse_matmuls
 from .frontend.state import place_states
+from .fuse_matmuls import fuse_matmuls
 from .grouped_heads import GroupHeads
 from .lower import Lower
 from .partition import STRATEGIES, Partition, describe, layer_aligned_chips, parse_layout
@@ -47,8 +50,8 @@ from .schedule_list import ListScheduler, ScheduleResult, Scheduler, apply_sched
 from .split_heads import SplitHeads, split_heads
 from .templates import machine_blocks, template_schedule
 
-PASSES: dict[str, type[Pass]] = {p.name: p for p in (Verify, DeadCodeElimination, GroupHeads, Precision, SplitHeads, Partition,
-                                                      Lower, Allocate, ListScheduler, CpSatScheduler)}
+PASSES: dict[str, type[Pass]] = {p.name: p for p in (Verify, DeadCodeElimination, GroupHeads, Precision, SplitHeads,
+                                                      Partition, Lower, Allocate, ListScheduler, CpSatScheduler)}
 SCHEDULERS: dict[str, type[Scheduler]] = {"list": ListScheduler, "cpsat": CpSatScheduler}  # --scheduler NAME
 
 
@@ -364,10 +367,10 @@ def _strategies(graph_module: Module, machine: Machine, options: CompileOptions,
     layout = node_layout(graph_module, machine, chips)
     if layout is not None:
         return (layout,)
+    # the layer-aligned pipeline when it fits: its layers share templates (tensor keeps every activation on
+    # chip 0); else whichever of the two a quick schedule finds faster
     layered = layer_aligned_chips(graph_module, machine)
-    if layered is not None and layered <= chips:
-        return ("pipeline",)  # the layer-aligned pipeline: its layers share templates (tensor keeps every
-    return ("pipeline", "tensor")  # activation on chip 0)
+    return ("pipeline",) if layered is not None and layered <= chips else ("pipeline", "tensor")
 
 
 def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions, chips: int, stored: Stored,

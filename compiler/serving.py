@@ -9,12 +9,13 @@ schedule (backends.interpreter.Stats).
 from __future__ import annotations
 
 from .generate import step_tokens_per_s
+from .partition import parse_layout
 
 
 def stages(program, stats) -> list[list]:
     """The program's pipeline stages, in order: each the ChipStats of its chips that run instructions."""
     layout = program.manifest.get("summary", {}).get("partition", "")
-    tp = int(layout.split(",")[0][3:]) if layout.startswith("tp=") else 1
+    tp = parse_layout(layout).tp if layout.startswith(("tp=", "pp=")) else 1
     out: dict[int, list] = {}
     for c in stats.chips:
         if c.instructions:
