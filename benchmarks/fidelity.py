@@ -1,6 +1,6 @@
 """Fidelity: lpuc's predictions against Groq's published figures, on full-size shape-only models.
 
-    python benchmarks/fidelity.py [--only bert-base,llama2-7b,llama2-70b,mixtral-8x7b] [--keep DIR]
+    python benchmarks/fidelity.py [--only bert-base,llama2-7b,llama2-70b,mixtral-8x7b] [--machine M] [--keep DIR]
 
 Each row writes the model from shapes alone (samples/shape_only.py, samples/shape_only_bert.py: the real
 shapes, weights never read), compiles it with `lpuc compile --no-weights --json` in a fresh process at int8
@@ -75,6 +75,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", help="comma-separated rows: " + ",".join(t.name for t in TARGETS))
     p.add_argument("--keep", type=Path, help="write the models and programs here (default: a temporary directory)")
+    p.add_argument("--machine", default="tsp-v1", help="the machine (a shipped name or a TOML file; default tsp-v1): "
+                                                       "what-if machines for calibration")
     args = p.parse_args(argv)
     names = args.only.split(",") if args.only else [t.name for t in TARGETS]
     unknown = sorted(set(names) - {t.name for t in TARGETS})
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
         p.error(f"unknown rows {', '.join(unknown)}")
     head = (f"{'model':<13} {'layout':<12} {'chips':>5} {'predicted':>12} {'published':>12} {'pred/pub':>8} "
             f"{'compile s':>9} {'run s':>6} {'gap':>6}  note")
-    print(f"tsp-v1, int8, batch 1; load average {os.getloadavg()[0]:.1f}")
+    print(f"{args.machine}, int8, batch 1; load average {os.getloadavg()[0]:.1f}")
     print(head)
     print("-" * len(head))
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +107,8 @@ def main(argv=None) -> int:
                     print(f"{target.name:<13} {layout:<12} {target.chips:>5} {'(the default: above)':>12}", flush=True)
                     continue
                 program = work / f"{target.name}{'_' + layout.replace(',', '_') if layout else ''}.lpu"
-                options = ["--no-weights", "--precision", "int8", "--chips", str(target.chips)]
+                options = ["--no-weights", "--precision", "int8", "--chips", str(target.chips), "--machine",
+                           str(Path(args.machine).resolve()) if args.machine.endswith(".toml") else args.machine]
                 options += ["--state", "auto"] if target.decode else []
                 options += ["--layout", layout] if layout else []
                 report, error, seconds = _lpuc("compile", str(model), "-o", str(program), *options)
@@ -119,7 +122,7 @@ def main(argv=None) -> int:
                 served = run.get("pipelined") if run else None
                 physical = run["physical_bound"] if run else None
                 note = f"{report['partition']}" + (
-                    f"; physical bound {physical['physical_bound_cycles']:,} cycles, {physical['gap']:.0%} below"
+                    f"; physical bound {physical['physical_bound_cycles']:,} cycles (the schedule +{physical['gap']:.0%})"
                     if physical else "") + (
                     f"; pipelined {served['aggregate_tokens_per_s']:,.0f} tok/s with {served['stages']} in flight"
                     if served else "")
