@@ -114,8 +114,6 @@ class ChipStats:
     class_busy: Mapping[str, int]           # vxm, mxm, sxm, mem, host -> busy cycles (all instances)
     class_utilization: Mapping[str, float]  # ... -> busy / (cycles * instances)
     sram_peak_bytes: int
-    span: tuple[int, int] = (0, 0)          # its first instruction's issue, its last result's landing
-    first_receive: int | None = None        # the issue of its first c2c.recv (None: it receives nothing)
 
 
 @dataclass(frozen=True)
@@ -1529,15 +1527,10 @@ def _stats(plan: _Plan) -> Stats:
     chip_instructions = [0] * chips
     timed = [i for i in plan.instrs if i.cycle is not None]
     per_unit: dict[tuple[int, str | None], int] = defaultdict(int)  # (chip, unit) -> busy cycles
-    first, last, received = [None] * chips, [0] * chips, [None] * chips
     for i in timed:
         if 0 <= i.chip < chips:
             chip_instructions[i.chip] += 1
             per_unit[i.chip, i.unit] += i.occ
-            first[i.chip] = i.cycle if first[i.chip] is None else min(first[i.chip], i.cycle)
-            last[i.chip] = max(last[i.chip], i.cycle + i.lat)
-            if i.cls == "rx" and (received[i.chip] is None or i.cycle < received[i.chip]):
-                received[i.chip] = i.cycle
     for (chip, unit), occ in per_unit.items():
         cls = unit_class.get(unit)
         if cls is not None:
@@ -1554,8 +1547,7 @@ def _stats(plan: _Plan) -> Stats:
     per_chip = tuple(ChipStats(
         chip=c, instructions=chip_instructions[c], class_busy=MappingProxyType(chip_busy[c]),
         class_utilization=MappingProxyType({cls: share(b, counts[cls]) for cls, b in chip_busy[c].items()}),
-        sram_peak_bytes=peaks.get(c, 0) * word_bytes, span=(first[c] or 0, last[c]), first_receive=received[c])
-        for c in range(chips))
+        sram_peak_bytes=peaks.get(c, 0) * word_bytes) for c in range(chips))
     links, transfer_bytes = _link_stats(plan, timed)
     return Stats(
         cycles=cycles,

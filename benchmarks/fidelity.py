@@ -124,7 +124,7 @@ def main(argv=None) -> int:
                 note = f"{report['partition']}" + (
                     f"; physical bound {physical['physical_bound_cycles']:,} cycles (the schedule +{physical['gap']:.0%})"
                     if physical else "") + (
-                    f"; pipelined {served['aggregate_tokens_per_s']:,.0f} tok/s with {served['stages']} in flight"
+                    f"; pipelined at most {served['aggregate_tokens_per_s']:,.0f} tok/s, {served['in_flight']} in flight"
                     if served else "")
                 if run is None:
                     note = f"run failed: {error}"

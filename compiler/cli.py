@@ -485,9 +485,9 @@ def cmd_run(args) -> int:
                                     f"the schedule is {bound['gap']:.1%} above it"))
     served = pipelined(program, stats)
     if served and served["stages"] > 1:
-        extra.append(("pipelined", f"{served['aggregate_tokens_per_s']:,.1f} tokens/s in all, {served['stages']} "
-                                   f"sequences in flight (one per stage; the longest stage takes "
-                                   f"{served['longest_stage_cycles']:,} cycles)"))
+        extra.append(("pipelined", f"at most {served['aggregate_tokens_per_s']:,.1f} tokens/s in all, "
+                                   f"{served['in_flight']} sequences in flight ({served['stages']} stages; the "
+                                   f"busiest resource holds {served['busiest_cycles']:,} cycles a step)"))
     if precision != "fp32" and not args.timing_only:
         if cost:
             cost["inputs"] = args.inputs or f"random (seed {args.seed})"

@@ -1,5 +1,5 @@
-"""What a program's schedule says about serving it, beyond one run's latency: its pipeline stages, its
-throughput with one sequence in flight per stage, and a physical lower bound on its cycles.
+"""What a program's schedule says about serving it, beyond one run's latency: its pipeline stages, a bound
+on its throughput with one sequence in flight per stage, and a physical lower bound on its cycles.
 
 Stages: a layout's (`tp=T,pp=P`, compiler.partition: chips T at a time), else each chip that runs
 instructions (a pipeline, one chip a stage). All figures come from the interpreter's statistics of the exact
@@ -7,6 +7,9 @@ schedule (backends.interpreter.Stats).
 """
 
 from __future__ import annotations
+
+from ..ir.layout import words
+from ..ir.machine_ops import is_state
 
 from .generate import step_tokens_per_s
 from .partition import parse_layout
@@ -24,22 +27,29 @@ def stages(program, stats) -> list[list]:
 
 
 def pipelined(program, stats) -> dict | None:
-    """A decode step served pipelined: as many sequences in flight as it has stages, each stage taking the
-    next sequence once it is done with one. A stage's turn lasts from the first data it receives (from the
-    stage before; stage 0: its first instruction) to its chips' last landing: what comes before that (the
-    step's own inputs from the host) waits for nothing and overlaps the sequence before. Aggregate tokens/s =
-    clock x min(stages / step, 1 / longest turn); per user it stays one token per step. None for a program
-    that is not a decode step."""
+    """A decode step served pipelined, batch 1 per sequence: up to one sequence in flight per stage, each
+    with its own cache, the step's schedule replayed for each. Per user it stays one token per step; in all,
+    at most clock x min(in flight / step, 1 / busiest), `busiest` the cycles of the busiest resource (a unit
+    instance or a link direction) in one step: no replay can come more often than that resource frees up.
+    In flight: the stages, or fewer when the chips holding the cache lack the SRAM for a copy per sequence
+    beside their peak. An upper bound (a replay's holds may still collide before it), from the exact
+    schedule's statistics. None for a program that is not a decode step."""
     if step_tokens_per_s(program) is None:
         return None
-    turns = []
-    for k, chips in enumerate(stages(program, stats)):
-        received = [c.first_receive for c in chips if c.first_receive is not None]
-        start = min(received) if k and received else min(c.span[0] for c in chips)
-        turns.append(max(c.span[1] for c in chips) - start)
-    longest = max(turns)
-    rate = program.machine.clock_mhz * 1e6 * min(len(turns) / program.cycles, 1 / longest)
-    return {"stages": len(turns), "longest_stage_cycles": longest, "aggregate_tokens_per_s": round(rate, 3)}
+    count = len(stages(program, stats))
+    chip_bytes, lanes = program.machine.sram.chip_bytes, program.machine.lanes
+    cache: dict[int, int] = {}  # chip -> bytes of resident state
+    for op in program.module.ops:
+        if is_state(op.name):
+            chip = op.attrs.get("chip", 0)
+            cache[chip] = cache.get(chip, 0) + words(op.result.type, lanes) * lanes
+    fits = min((1 + (chip_bytes - stats.chips[c].sram_peak_bytes) // b for c, b in cache.items() if b),
+               default=count)
+    in_flight = max(1, min(count, fits))
+    busiest = max([*stats.busy.values(), *(link.busy for link in stats.links)])
+    rate = program.machine.clock_mhz * 1e6 * min(in_flight / program.cycles, 1 / busiest)
+    return {"stages": count, "in_flight": in_flight, "busiest_cycles": busiest,
+            "aggregate_tokens_per_s": round(rate, 3)}
 
 
 def physical_bound(program, stats) -> dict:
