@@ -28,6 +28,8 @@ from ..ir.core import Block
 from ..ir.types import DType, TensorType
 from ..ir.verifier import verify
 
+from .passes import fresh_name
+
 
 def dense_experts(module: Module, larger_than: int | None = None) -> Module:
     """`module` with each gathered expert matmul computed densely (module docstring), or only those whose
@@ -44,11 +46,7 @@ def dense_experts(module: Module, larger_than: int | None = None) -> Module:
     taken = {r.name for op in module.ops for r in op.results} | {v.name for v in module.inputs}
 
     def fresh(hint: str) -> str:
-        name, k = hint, 1
-        while name in taken:
-            name, k = f"{hint}.{k}", k + 1
-        taken.add(name)
-        return name
+        return fresh_name(hint, taken)
 
     gathers = {id(g) for g in found.values()}
     ops: list[Op] = []

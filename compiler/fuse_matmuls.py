@@ -20,6 +20,8 @@ from ..ir.core import Block
 from ..ir.types import TensorType
 from ..ir.verifier import verify
 
+from .passes import fresh_name
+
 
 def fuse_matmuls(module: Module) -> Module:
     """`module` with the matmuls of one activation by 2-D constant weights fused (module docstring); itself
@@ -45,10 +47,10 @@ def fuse_matmuls(module: Module) -> Module:
         members = [module.ops[j] for j in fused[i]]
         weights = [constants[m.operands[1].name].attrs["value"] for m in members]
         widths = tuple(w.type.shape[1] for w in weights)
-        name = _fresh(f"{members[0].operands[1].name}.fused", taken)
+        name = fresh_name(f"{members[0].operands[1].name}.fused", taken)
         w = Value(name, TensorType((weights[0].type.shape[0], sum(widths)), weights[0].type.dtype))
         ops.append(Op("graph.constant", (), (w,), AttrDict({"value": _side_by_side(weights)})))
-        y = Value(_fresh(f"{op.result.name}.fused", taken),
+        y = Value(fresh_name(f"{op.result.name}.fused", taken),
                   op.result.type.with_shape(op.result.type.shape[:-1] + (sum(widths),)))
         ops.append(Op("graph.matmul", (op.operands[0], w), (y,), op.attrs))
         ops.append(Op("graph.split", (y,), tuple(m.result for m in members),
@@ -65,14 +67,6 @@ def _side_by_side(weights: list[Tensor]) -> Tensor:
         else None
     return Tensor(TensorType(shape, weights[0].type.dtype), "concat(" + ",".join(w.key for w in weights) + ")",
                   loader)
-
-
-def _fresh(hint: str, taken: set[str]) -> str:
-    name, k = hint, 1
-    while name in taken:
-        name, k = f"{hint}.{k}", k + 1
-    taken.add(name)
-    return name
 
 
 __all__ = ["fuse_matmuls"]

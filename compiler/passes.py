@@ -77,4 +77,14 @@ def dead_code_elimination(module: Module) -> Module:
     return module.replace(ops=tuple(reversed(kept)))
 
 
-__all__ = ["DeadCodeElimination", "Pass", "Verify", "dead_code_elimination"]
+def fresh_name(hint: str, taken: set[str], sep: str = ".") -> str:
+    """`hint`, or `hint` + sep + n for the first n that is not `taken`; added to `taken` (a rewrite's new
+    values get names no value of the module has)."""
+    name, n = hint, 1
+    while name in taken:
+        name, n = f"{hint}{sep}{n}", n + 1
+    taken.add(name)
+    return name
+
+
+__all__ = ["DeadCodeElimination", "Pass", "Verify", "dead_code_elimination", "fresh_name"]

@@ -33,7 +33,7 @@ from ..ir.registry import OPS
 from ..ir.target import Target
 from ..ir.verifier import verify
 
-from .passes import Pass
+from .passes import Pass, fresh_name
 
 ELEMENTWISE = {f"graph.{n}" for n in (*ARITHMETIC, *COMPARISON, *LOGICAL, *FLOAT_UNARY, *NUMERIC_UNARY,
                                       "not", "isnan", "round", "gelu", "where", "cast")}
@@ -76,11 +76,7 @@ def split_heads(module: Module, groups: int) -> Module:
     ops: list[Op] = []
 
     def fresh(hint: str) -> str:
-        name, k = hint, 1
-        while name in taken:
-            name, k = f"{hint}.{k}", k + 1
-        taken.add(name)
-        return name
+        return fresh_name(hint, taken)
 
     def join(v: Value) -> Value:
         if v.name not in joined:

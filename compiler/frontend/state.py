@@ -22,6 +22,8 @@ from ...ir.core import Block
 from ...ir.attributes import AttrDict
 from ...ir.verifier import verify
 
+from ..passes import fresh_name
+
 POSITION = "position_ids"
 _PRESENT = re.compile(r"present\.(\d+)\.(key|value)")
 
@@ -115,10 +117,10 @@ def make_stateful(module: Module, pairs: Sequence[tuple[str, str]] = (), context
         if op is None:
             raise StateError(f"{where}: {present} is a model input, not computed")
         shape = v.type.shape[:-2] + (slots, v.type.shape[-1])
-        state = Op("graph.state", (), (Value(_fresh(past, taken), v.type.with_shape(shape)),),
+        state = Op("graph.state", (), (Value(fresh_name(past, taken, "_"), v.type.with_shape(shape)),),
                    AttrDict({"name": past, "shape": shape, "dtype": v.type.dtype}))
         states.append(state)
-        result = Value(v.name if target is replace else _fresh(f"{present}.written", taken), state.result.type)
+        result = Value(v.name if target is replace else fresh_name(f"{present}.written", taken, "_"), state.result.type)
         write = Op("graph.state_write", (state.result, new, position), (result,))
         if target is replace:
             replace[id(op)] = write
@@ -150,9 +152,3 @@ def place_states(module: Module, layout: Layout) -> Module:
     return module.replace(ops=tuple(ops))
 
 
-def _fresh(hint: str, taken: set[str]) -> str:
-    name, n = hint, 1
-    while name in taken:
-        name, n = f"{hint}_{n}", n + 1
-    taken.add(name)
-    return name
