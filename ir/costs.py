@@ -66,8 +66,8 @@ def compute_cycles(op: Op, machine: Machine) -> int:
         installs = opdef.result_place == PLANE  # loads the tile w onto a plane, else streams x through it
         w = op.results[0].type if installs else op.operands[1].type  # (an install's result: its tile)
         batch = w.numel // (w.shape[-2] * w.shape[-1]) if w.numel else 0
-        if installs:  # mxm.install_rows weight rows per cycle per byte-plane
-            return max(-(-batch * w.shape[-2] * w.dtype.itemsize // machine.mxm.install_rows), 1)
+        if installs:  # one weight row per cycle per byte-plane
+            return max(batch * w.shape[-2] * w.dtype.itemsize, 1)
         x = op.operands[0].type
         rows = x.numel // x.shape[-1] if x.numel else 0
         rate = machine.mxm.rate(x.dtype, w.dtype)

@@ -61,7 +61,6 @@ class Mxm:
     cols: int
     fp16_rate: float
     fp8_rate: float = 0.0  # 0: no fp8 path
-    install_rows: int = 1  # weight rows a plane installs per cycle, per byte-plane (absent: 1, ASSUMED)
 
     def rate(self, *dtypes) -> float:
         """Rows streamed per cycle, as a share of the int8 rate, for a matmul of these operand types: 8-bit
@@ -195,7 +194,6 @@ RANGES: dict[str, tuple[int | float, int | float, str]] = {
     "mxm.cols": (1, 4096, "tsp-v1: 320"),
     "mxm.fp16_rate": (1 / 64, 1, "a share of the int8 rate; tsp-v1: 0.25"),
     "mxm.fp8_rate": (0, 1, "a share of the int8 rate, 0 for no fp8 path; tsp-v1: 0"),
-    "mxm.install_rows": (1, 4096, "weight rows installed per cycle; tsp-v1: 1"),
     "vxm.alus_per_lane": (1, 64, "tsp-v1: 16"),
     "vxm.transcendental_cycles": (1, 1024, "cycles per vector; tsp-v1: 4"),
     "sxm.units": (1, 64, "tsp-v1: 2"),

@@ -146,28 +146,3 @@ def test_out_of_range_machines(edit, message):
 def test_unknown_machine_name():
     with pytest.raises(LpucError, match="no machine 'tsp-v9'.*tsp-v1"):
         load_machine("tsp-v9")
-
-
-def test_install_rows_set_how_fast_a_weight_tile_installs():
-    """mxm.install_rows (absent: 1, as tsp-v1 assumes): a tile of R int8 rows installs in R / install_rows
-    cycles, in the scheduler's costs and the interpreter's alike."""
-    from lpuc.backends import interpreter
-    from lpuc.backends.lpu import build_program
-    from lpuc.compiler.driver import load_model
-    from lpuc.compiler.pipeline import CompileOptions, compile_module
-    from lpuc.ir.costs import compute_cycles
-
-    graph = load_model(SHIPPED.parents[1] / "samples" / "gpt2_prefill.onnx")[0]
-    assert load_machine("tsp-v1").mxm.install_rows == 1
-    cycles = {}
-    for rows in (1, 4):
-        text = _with(TSP, "mxm.install_rows", rows)
-        machine = parse_machine(text, "m.toml")
-        module, summary = compile_module(graph, machine, CompileOptions(scheduler="list", precision="int8"))
-        tiles = [op for op in module.ops if op.name == "mxm.install"]
-        assert tiles and all(compute_cycles(t, machine) == -(-compute_cycles(t, load_machine("tsp-v1")) // rows)
-                             for t in tiles)
-        result = interpreter.run(build_program(module, text), timing_only=True)
-        assert result.stats.cycles == summary.cycles and not result.hazards
-        cycles[rows] = result.stats.class_busy["mxm"]
-    assert cycles[4] < cycles[1]  # (the MXM's busy cycles: this sample's installs are off its critical path)
