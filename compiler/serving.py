@@ -53,7 +53,8 @@ def pipelined(program, stats) -> dict | None:
 
 
 def physical_bound(program, stats) -> dict:
-    """A lower bound on the cycles of one run from what the hardware must do, whatever the schedule: at batch 1
+    """A lower bound on the cycles of one run from what the hardware must do for this program's instructions,
+    whatever their schedule: at batch 1
     the stages run one after another, each as long as its busiest chip's MXM work (installing its weights,
     streaming the activations) over its planes, less what its planes may hold before its input arrives (one
     tile each); and each hand-off from a stage to the next crosses at least one link (a hop and the
