@@ -59,11 +59,10 @@ def physical_bound(program, stats) -> dict:
     streaming the activations) over its planes, less what its planes may hold before its input arrives (one
     tile each); and each hand-off from a stage to the next crosses at least one link (a hop and the
     transfer's pipeline depth). `gap`: how far the schedule is above it."""
-    machine = program.machine
+    machine, parts = program.machine, stages(program, stats)
     planes, tile = machine.units["mxm"].count, machine.mxm.rows
-    work = sum(max(max(c.class_busy.get("mxm", 0) - planes * tile, 0) for c in chips) // planes
-               for chips in stages(program, stats))
-    hops = (len(stages(program, stats)) - 1) * (machine.c2c.hop_latency_cycles + machine.units["tx"].latency)
+    work = sum(max(max(c.class_busy.get("mxm", 0) - planes * tile, 0) for c in chips) // planes for chips in parts)
+    hops = (len(parts) - 1) * (machine.c2c.hop_latency_cycles + machine.units["tx"].latency)
     bound = max(work + hops, 1)
     return {"physical_bound_cycles": bound, "mxm_cycles": work, "hand_off_cycles": hops,
             "gap": round(program.cycles / bound - 1, 6)}
