@@ -8,14 +8,16 @@ table larger than a chip, this pass (`compiler.pipeline` runs it first) rewrites
 
     G = gather_nd(C [E, R, K], I [N, 1]);  Y = matmul(G, X [N, K, 1])           -> [N, R, 1]
 
-as E matmuls with constant weights and a one-hot selection, summed:
+as one matmul over every expert's weights, stacked, each row's input placed in its expert's block:
 
-    Y = reshape(sum_e matmul(reshape(X, [N, K]), C[e]^T) * cast(I == e), [N, R, 1])
+    X' = reshape(reshape(X, [N, 1, K]) * cast(I == [0 .. E-1])[..., None], [N, E*K])
+    Y  = reshape(matmul(X', [C[0]^T; C[1]^T; ...]), [N, R, 1])        (the weight: one [E*K, R] constant)
 
-so each expert's weight is an ordinary 2-D constant, split over a stage's chips like any other. The numbers
-are the same (a chosen expert's product times one, the others' times zero, added: exact for finite values);
-the work is E/k times the gathered form's (Mixtral: 4x), spread over the chips. What stays deterministic is
-what the schedule needs: the routing is data, the instructions are not.
+so the experts' weights are one ordinary 2-D constant, split over a stage's chips like any other, in one
+round trip. The numbers are the same: a row's products with the other experts' blocks are exact zeros, and
+its quantization (per row: the row's largest value) sees only its own expert's block. The work is E/k times
+the gathered form's (Mixtral: 4x), spread over the chips. What stays deterministic is what the schedule
+needs: the routing is data, the instructions are not.
 """
 
 from __future__ import annotations
@@ -62,30 +64,27 @@ def dense_experts(module: Module, larger_than: int | None = None) -> Module:
         stacked = producer[table.name].attrs["value"]
         experts, rows, cols = stacked.type.shape
         n, dtype = x.type.shape[0], y.type.dtype
-        flat = Value(fresh(f"{x.name}.rows"), TensorType((n, cols), x.type.dtype))
-        ops.append(Op("graph.reshape", (x,), (flat,), AttrDict({"shape": (n, cols)})))
-        total = None
-        for e in range(experts):
-            w = Value(fresh(f"{table.name}.expert{e}"), TensorType((cols, rows), stacked.type.dtype))
-            ops.append(Op("graph.constant", (), (w,), AttrDict({"value": _expert(stacked, e)})))
-            prod = Value(fresh(f"{y.name}.expert{e}"), TensorType((n, rows), dtype))
-            ops.append(Op("graph.matmul", (flat, w), (prod,), AttrDict(op.attrs)))
-            index = Value(fresh(f"{chosen.name}.is{e}"), chosen.type)
-            ops.append(Op("graph.constant", (), (index,), AttrDict(
-                {"value": Tensor.from_array(np.full(chosen.type.shape, e, chosen.type.dtype.numpy))})))
-            hit = Value(fresh(f"{chosen.name}.hit{e}"), TensorType(chosen.type.shape, DType.bool))
-            ops.append(Op("graph.equal", (chosen, index), (hit,)))
-            weight = Value(fresh(f"{chosen.name}.weight{e}"), TensorType(chosen.type.shape, dtype))
-            ops.append(Op("graph.cast", (hit,), (weight,), AttrDict({"to": dtype})))
-            part = Value(fresh(f"{y.name}.chosen{e}"), TensorType((n, rows), dtype))
-            ops.append(Op("graph.mul", (prod, weight), (part,)))
-            if total is None:
-                total = part
-            else:
-                summed = Value(fresh(f"{y.name}.sum{e}"), TensorType((n, rows), dtype))
-                ops.append(Op("graph.add", (total, part), (summed,)))
-                total = summed
-        ops.append(Op("graph.reshape", (total,), (y,), AttrDict({"shape": y.type.shape})))
+        # each row's input in its expert's block of columns, zeros elsewhere: X [N, 1, K] x one-hot [N, E, 1]
+        row = Value(fresh(f"{x.name}.row"), TensorType((n, 1, cols), x.type.dtype))
+        ops.append(Op("graph.reshape", (x,), (row,), AttrDict({"shape": (n, 1, cols)})))
+        every = Value(fresh(f"{chosen.name}.experts"), TensorType((experts,), chosen.type.dtype))
+        ops.append(Op("graph.constant", (), (every,), AttrDict(
+            {"value": Tensor.from_array(np.arange(experts, dtype=chosen.type.dtype.numpy))})))
+        hit = Value(fresh(f"{chosen.name}.hit"), TensorType((n, experts), DType.bool))
+        ops.append(Op("graph.equal", (chosen, every), (hit,)))
+        weight = Value(fresh(f"{chosen.name}.one_hot"), TensorType((n, experts), x.type.dtype))
+        ops.append(Op("graph.cast", (hit,), (weight,), AttrDict({"to": x.type.dtype})))
+        column = Value(fresh(f"{chosen.name}.one_hot_col"), TensorType((n, experts, 1), x.type.dtype))
+        ops.append(Op("graph.reshape", (weight,), (column,), AttrDict({"shape": (n, experts, 1)})))
+        placed = Value(fresh(f"{x.name}.placed"), TensorType((n, experts, cols), x.type.dtype))
+        ops.append(Op("graph.mul", (row, column), (placed,)))
+        wide = Value(fresh(f"{x.name}.wide"), TensorType((n, experts * cols), x.type.dtype))
+        ops.append(Op("graph.reshape", (placed,), (wide,), AttrDict({"shape": (n, experts * cols)})))
+        w = Value(fresh(f"{table.name}.stacked"), TensorType((experts * cols, rows), stacked.type.dtype))
+        ops.append(Op("graph.constant", (), (w,), AttrDict({"value": _stacked(stacked)})))
+        out = Value(fresh(f"{y.name}.dense"), TensorType((n, rows), dtype))
+        ops.append(Op("graph.matmul", (wide, w), (out,), AttrDict(op.attrs)))
+        ops.append(Op("graph.reshape", (out,), (y,), AttrDict({"shape": y.type.shape})))
     used = {v.name for op in ops for v in op.operands} | {v.name for _, v in module.outputs}
     ops = [op for op in ops if op.name != "graph.constant" or op.result.name in used]  # the stacked tables
     return verify(Module(module.name, Block(module.inputs, tuple(ops), module.outputs), module.attrs))
@@ -106,11 +105,13 @@ def _gathered_matmul(op: Op, producer: dict[str, Op], readers: dict[str, int]) -
     return chosen.type.shape == (n, 1) and x.shape == (n, table.type.shape[2], 1)
 
 
-def _expert(stacked: Tensor, e: int) -> Tensor:
-    """Expert `e`'s weight [K, R] of a stacked table [E, R, K], read from it when its data is (lazily)."""
-    _, rows, cols = stacked.type.shape
-    loader = (lambda: np.ascontiguousarray(stacked.array[e].T)) if stacked.has_data else None
-    return Tensor(TensorType((cols, rows), stacked.type.dtype), f"{stacked.key}#expert{e}.T", loader)
+def _stacked(table: Tensor) -> Tensor:
+    """The experts' weights [E, R, K] as one [E*K, R]: expert e's transpose in rows e*K .. e*K + K - 1, read from
+    the table when its data is (lazily)."""
+    experts, rows, cols = table.type.shape
+    loader = (lambda: np.ascontiguousarray(table.array.transpose(0, 2, 1).reshape(experts * cols, rows))) \
+        if table.has_data else None
+    return Tensor(TensorType((experts * cols, rows), table.type.dtype), f"{table.key}#experts.T", loader)
 
 
 __all__ = ["dense_experts"]

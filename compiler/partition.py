@@ -300,11 +300,11 @@ def _staged(module: Module, target: Target, constants: set[str], layout: Layout
     home = [h - h % tp + op.attrs["group"] % tp if "group" in op.attrs else h for h, op in zip(home, module.ops)]
     kinds, groups = {}, {}
     for i, op in enumerate(module.ops):
-        offered = [(kind, tiles) for kind, tiles in tilings(op, constants, lanes).items() if kind != "heads"]
+        offered = {kind: tiles for kind, tiles in tilings(op, constants, lanes).items() if kind != "heads"}
         if tp > 1 and offered:
-            kinds[i], tiles = offered[0]
+            kinds[i] = _fewest_bytes(op, offered, tp)
             first = home[i] - home[i] % tp
-            groups[i] = tuple((first + c, 1) for c in range(min(tp, tiles)))
+            groups[i] = tuple((first + c, 1) for c in range(min(tp, offered[kinds[i]])))
     load = _chip_loads(home, groups, _weight_bytes(module, lanes), target.chips)
     room = target.machine.sram.chip_bytes
     full = max(range(target.chips), key=lambda c: (load[c], -c))
@@ -312,6 +312,21 @@ def _staged(module: Module, target: Target, constants: set[str], layout: Layout
         raise DoesNotFit(f"layout {layout} puts {load[full] / 2**20:.1f} MiB of weights and state on chip {full}, "
                          f"which holds {room / 2**20:.1f} MiB: more stages (pp) or chips per stage (tp)")
     return home, kinds, groups
+
+
+def _fewest_bytes(op: Op, offered: dict[str, int], tp: int) -> str:
+    """Of a matmul's tilings, the one whose split moves the fewest bytes over `tp` chips: by columns, each chip
+    takes the whole activation [M, K] and gives back its columns of [M, N]; by rows, each takes its rows of
+    the activation and gives back a whole [M, N] of partial sums (a dense mixture of experts' stacked weight,
+    K = experts x width: each chip its experts' rows). Else the rule's preferred tiling."""
+    if set(offered) != {"columns", "rows"}:
+        return next(iter(offered))
+    x, y = op.operands[0].type, op.result.type
+    k, n = x.shape[-1], y.shape[-1]
+    ins, outs = x.numel // k * x.dtype.itemsize, y.numel // n * y.dtype.itemsize  # bytes per K, per N
+    by_columns = tp * k * ins + n * outs
+    by_rows = k * ins + tp * n * outs
+    return "rows" if by_rows < by_columns else "columns"
 
 
 def _stage_of(module: Module, target: Target, pp: int) -> list[int]:

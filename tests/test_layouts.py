@@ -182,3 +182,20 @@ def test_matmuls_of_one_activation_fuse_into_one(sample, before, after):
         inputs = {k: f[k] for k in f.files}
     ours, theirs = evaluate(fused, inputs), evaluate(graph, inputs)
     assert all(np.allclose(ours[k], theirs[k], rtol=1e-6, atol=1e-6) for k in theirs)
+
+
+@pytest.mark.parametrize("k, n, kind", [(4096, 6144, "columns"),      # Llama-2-7B's q/k/v fused
+                                        (114688, 4096, "rows"),        # Mixtral's dense down: 8 experts x 14336
+                                        (32768, 28672, "columns")])    # ... and its dense gate/up
+def test_a_split_matmul_moves_the_fewest_bytes(k, n, kind):
+    """By columns each chip takes the whole activation and gives back its columns; by rows it takes its rows of
+    the activation and gives back whole partial sums (i8 activations in two passes, i32 sums, 8 chips)."""
+    from lpuc.compiler.partition import _fewest_bytes
+    from lpuc.ir import Op, Value
+    from lpuc.ir.types import DType, TensorType
+
+    x = Value("x", TensorType((1, 2, k), DType.i8))
+    w = Value("w", TensorType((k, n), DType.i8))
+    op = Op("graph.matmul", (x, w), (Value("y", TensorType((1, 2, n), DType.i32)),))
+    assert _fewest_bytes(op, {"columns": -(-n // 320), "rows": -(-k // 320)}, 8) == kind
+    assert _fewest_bytes(op, {"columns": -(-n // 320)}, 8) == "columns"
