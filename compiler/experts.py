@@ -51,11 +51,14 @@ def dense_experts(module: Module, larger_than: int | None = None) -> Module:
         return fresh_name(hint, taken)
 
     gathers = {id(g) for g in found.values()}
+    direct: dict[str, Value] = {}  # a rewritten matmul's result [N, R, 1] -> the same as [N, R]
     ops: list[Op] = []
     for op in module.ops:
         if id(op) in gathers:
             continue  # (read only by its matmul, rewritten below)
         if id(op) not in found:
+            if op.name == "graph.reshape" and op.operands[0].name in direct:  # [N, R] as the model wants it
+                op = Op(op.name, (direct[op.operands[0].name],), op.results, op.attrs)
             ops.append(op)
             continue
         gather = found[id(op)]
@@ -65,8 +68,11 @@ def dense_experts(module: Module, larger_than: int | None = None) -> Module:
         experts, rows, cols = stacked.type.shape
         n, dtype = x.type.shape[0], y.type.dtype
         # each row's input in its expert's block of columns, zeros elsewhere: X [N, 1, K] x one-hot [N, E, 1]
+        # (X [N, K, 1] is a reshape of [N, K] as exported: read that, not a vector per element)
+        source = producer[x.name].operands[0] if x.name in producer and producer[x.name].name == "graph.reshape" \
+            else x
         row = Value(fresh(f"{x.name}.row"), TensorType((n, 1, cols), x.type.dtype))
-        ops.append(Op("graph.reshape", (x,), (row,), AttrDict({"shape": (n, 1, cols)})))
+        ops.append(Op("graph.reshape", (source,), (row,), AttrDict({"shape": (n, 1, cols)})))
         every = Value(fresh(f"{chosen.name}.experts"), TensorType((experts,), chosen.type.dtype))
         ops.append(Op("graph.constant", (), (every,), AttrDict(
             {"value": Tensor.from_array(np.arange(experts, dtype=chosen.type.dtype.numpy))})))
@@ -85,8 +91,10 @@ def dense_experts(module: Module, larger_than: int | None = None) -> Module:
         out = Value(fresh(f"{y.name}.dense"), TensorType((n, rows), dtype))
         ops.append(Op("graph.matmul", (wide, w), (out,), AttrDict(op.attrs)))
         ops.append(Op("graph.reshape", (out,), (y,), AttrDict({"shape": y.type.shape})))
+        direct[y.name] = out
     used = {v.name for op in ops for v in op.operands} | {v.name for _, v in module.outputs}
-    ops = [op for op in ops if op.name != "graph.constant" or op.result.name in used]  # the stacked tables
+    # the stacked tables, and the [N, K, 1] / [N, R, 1] reshapes nothing reads any more
+    ops = [op for op in ops if op.name not in ("graph.constant", "graph.reshape") or op.result.name in used]
     return verify(Module(module.name, Block(module.inputs, tuple(ops), module.outputs), module.attrs))
 
 
