@@ -30,7 +30,7 @@ from ..ir.core import Block
 from ..ir.types import DType, TensorType
 from ..ir.verifier import verify
 
-from .passes import fresh_name
+from .passes import dead_code_elimination, fresh_name
 
 
 def dense_experts(module: Module, larger_than: int | None = None) -> Module:
@@ -92,10 +92,9 @@ def dense_experts(module: Module, larger_than: int | None = None) -> Module:
         ops.append(Op("graph.matmul", (wide, w), (out,), AttrDict(op.attrs)))
         ops.append(Op("graph.reshape", (out,), (y,), AttrDict({"shape": y.type.shape})))
         direct[y.name] = out
-    used = {v.name for op in ops for v in op.operands} | {v.name for _, v in module.outputs}
-    # the stacked tables, and the [N, K, 1] / [N, R, 1] reshapes nothing reads any more
-    ops = [op for op in ops if op.name not in ("graph.constant", "graph.reshape") or op.result.name in used]
-    return verify(Module(module.name, Block(module.inputs, tuple(ops), module.outputs), module.attrs))
+    # (the stacked tables and the [N, K, 1] / [N, R, 1] reshapes nothing reads any more go)
+    return verify(dead_code_elimination(Module(module.name, Block(module.inputs, tuple(ops), module.outputs),
+                                               module.attrs)))
 
 
 def _gathered_matmul(op: Op, producer: dict[str, Op], readers: dict[str, int]) -> bool:

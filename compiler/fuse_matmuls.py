@@ -20,7 +20,7 @@ from ..ir.core import Block
 from ..ir.types import TensorType
 from ..ir.verifier import verify
 
-from .passes import fresh_name
+from .passes import dead_code_elimination, fresh_name
 
 
 def fuse_matmuls(module: Module) -> Module:
@@ -55,9 +55,9 @@ def fuse_matmuls(module: Module) -> Module:
         ops.append(Op("graph.matmul", (op.operands[0], w), (y,), op.attrs))
         ops.append(Op("graph.split", (y,), tuple(m.result for m in members),
                       AttrDict({"axis": y.type.rank - 1, "sizes": widths})))
-    used = {v.name for op in ops for v in op.operands} | {v.name for _, v in module.outputs}
-    ops = [op for op in ops if op.name != "graph.constant" or op.result.name in used]  # the weights fused away
-    return verify(Module(module.name, Block(module.inputs, tuple(ops), module.outputs), module.attrs))
+    # (the weights fused away go)
+    return verify(dead_code_elimination(Module(module.name, Block(module.inputs, tuple(ops), module.outputs),
+                                               module.attrs)))
 
 
 def _side_by_side(weights: list[Tensor]) -> Tensor:
