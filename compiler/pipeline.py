@@ -144,16 +144,20 @@ def is_layout(strategy: str) -> bool:
 
 
 def _laid_out(graph_module: Module, source: Module | None, machine: Machine, options: CompileOptions,
-              strategy: str, states, progress=None) -> Module:
+              strategy: str, states, progress=None, done: dict | None = None) -> Module:
     """The module a strategy partitions: `graph_module`, or at a layout of several chips a stage `source`
     (before precision) with its experts dense (compiler/experts.py) and the matmuls of one activation fused
     (compiler/fuse_matmuls.py: one round trip over the stage each), then grouped and converted as before,
     and its attention by head groups (compiler/split_heads.py), as many on each chip as it has SXM units
-    (each group transposes its keys); each state where a partner program keeps it (`states`, when given)."""
+    (each group transposes its keys); each state where a partner program keeps it (`states`, when given).
+    `done`: where the rewritten `source` is kept for the next layout (the same for every T)."""
     if is_layout(strategy) and parse_layout(strategy).tp > 1:
         if source is not None:
-            graph_module = run_passes(fuse_matmuls(dense_experts(source)), Target(machine, 1),
-                                      (GroupHeads(), Precision(options.precision)), progress)[0]
+            done = {} if done is None else done
+            if "source" not in done:
+                done["source"] = run_passes(fuse_matmuls(dense_experts(source)), Target(machine, 1),
+                                            (GroupHeads(), Precision(options.precision)), progress)[0]
+            graph_module = done["source"]
         graph_module = split_heads(graph_module, parse_layout(strategy).tp * machine.units["sxm"].count)
     return place_states(graph_module, states) if states is not None else graph_module
 
@@ -395,10 +399,10 @@ def _compile_by(graph_module: Module, machine: Machine, options: CompileOptions,
                 ) -> tuple[Module, CompileSummary]:
     """Compile by the best of `strategies` (compared by a quick list schedule when there are several)."""
     chips = target.chips
-    tried, best = [], None
+    tried, best, rewritten = [], None, {}
     for strategy in strategies:
         placing, scheduling = _at_scheduler(passes(options, chips, strategy))
-        placed = _laid_out(graph_module, source, machine, options, strategy, states, progress)
+        placed = _laid_out(graph_module, source, machine, options, strategy, states, progress, rewritten)
         try:
             allocated, plans, blocks = _place(placed, target, placing, progress)
         except DoesNotFit as e:
