@@ -53,8 +53,9 @@ def fuse_matmuls(module: Module) -> Module:
         y = Value(fresh_name(f"{op.result.name}.fused", taken),
                   op.result.type.with_shape(op.result.type.shape[:-1] + (sum(widths),)))
         ops.append(Op("graph.matmul", (op.operands[0], w), (y,), op.attrs))
+        placement = {k: op.attrs[k] for k in ("chip", "group") if k in op.attrs}  # (where the matmul's result is)
         ops.append(Op("graph.split", (y,), tuple(m.result for m in members),
-                      AttrDict({"axis": y.type.rank - 1, "sizes": widths})))
+                      AttrDict({"axis": y.type.rank - 1, "sizes": widths, **placement})))
     # (the weights fused away go)
     return verify(dead_code_elimination(Module(module.name, Block(module.inputs, tuple(ops), module.outputs),
                                                module.attrs)))

@@ -301,7 +301,7 @@ def _staged(module: Module, target: Target, constants: set[str], layout: Layout
     kinds, groups = {}, {}
     for i, op in enumerate(module.ops):
         offered = {kind: tiles for kind, tiles in tilings(op, constants, lanes).items() if kind != "heads"}
-        if tp > 1 and offered:
+        if tp > 1 and offered and "group" not in op.attrs:  # (a branch's weight is its chip's part already)
             kinds[i] = _fewest_bytes(op, offered, tp)
             first = home[i] - home[i] % tp
             groups[i] = tuple((first + c, 1) for c in range(min(tp, offered[kinds[i]])))

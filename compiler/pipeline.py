@@ -40,6 +40,7 @@ from .allocate import Allocate, DoesNotFit
 from .experts import dense_experts
 from .frontend.state import place_states
 from .fuse_matmuls import fuse_matmuls
+from .paired_matmuls import pair_matmuls
 from .grouped_heads import GroupHeads
 from .lower import Lower
 from .partition import STRATEGIES, Partition, describe, layer_aligned_chips, parse_layout
@@ -145,20 +146,24 @@ def is_layout(strategy: str) -> bool:
 
 def _laid_out(graph_module: Module, source: Module | None, machine: Machine, options: CompileOptions,
               strategy: str, states, progress=None, done: dict | None = None) -> Module:
-    """The module a strategy partitions: `graph_module`, or at a layout of several chips a stage `source`
-    (before precision) with its experts dense (compiler/experts.py) and the matmuls of one activation fused
-    (compiler/fuse_matmuls.py: one round trip over the stage each), then grouped and converted as before,
+    """The module a strategy partitions: `graph_module`, or at a layout of T > 1 chips a stage `source`
+    (before precision) with its experts dense (compiler/experts.py), each matmul split by columns and the one
+    reading it by rows paired into T branches (compiler/paired_matmuls.py: an MLP's parts never meet between
+    its matmuls), and the matmuls of one activation fused (compiler/fuse_matmuls.py: one round trip over the
+    stage each), then grouped and converted as before,
     and its attention by head groups (compiler/split_heads.py), as many on each chip as it has SXM units
     (each group transposes its keys); each state where a partner program keeps it (`states`, when given).
-    `done`: where the rewritten `source` is kept for the next layout (the same for every T)."""
-    if is_layout(strategy) and parse_layout(strategy).tp > 1:
+    `done`: where the rewritten `source` is kept per T (auto compares several layouts)."""
+    tp = parse_layout(strategy).tp if is_layout(strategy) else 1
+    if tp > 1:
         if source is not None:
             done = {} if done is None else done
-            if "source" not in done:
-                done["source"] = run_passes(fuse_matmuls(dense_experts(source)), Target(machine, 1),
-                                            (GroupHeads(), Precision(options.precision)), progress)[0]
-            graph_module = done["source"]
-        graph_module = split_heads(graph_module, parse_layout(strategy).tp * machine.units["sxm"].count)
+            if tp not in done:
+                paired = pair_matmuls(dense_experts(source), tp, machine.lanes)
+                done[tp] = run_passes(fuse_matmuls(paired), Target(machine, 1),
+                                      (GroupHeads(), Precision(options.precision)), progress)[0]
+            graph_module = done[tp]
+        graph_module = split_heads(graph_module, tp * machine.units["sxm"].count)
     return place_states(graph_module, states) if states is not None else graph_module
 
 

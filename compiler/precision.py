@@ -29,7 +29,8 @@ stores and computes:
 
 Quantized constants stay lazy (their data is computed from the original's on first use), so a model compiled
 without weights is never read. Matmuls that accumulate already (an imported MatMulInteger) and integer
-matmuls are left as they are. On a partitioned module, the ops inserted for an op take its chip. The plan
+matmuls are left as they are. The ops inserted for an op take its chip (on a partitioned module) and its
+group (compiler/paired_matmuls.py: a branch quantizes its own activation, on its own chip). The plan
 counts the weights' SRAM bytes before and after (`Stored`), which the compile summary reports.
 """
 
@@ -224,7 +225,7 @@ class _Rewriter:
             self.b.inputs.append(v)
             self.env[v.name] = v
         for op in self.module.ops:
-            self.chip = {"chip": op.attrs["chip"]} if "chip" in op.attrs else {}
+            self.chip = {k: op.attrs[k] for k in ("chip", "group") if k in op.attrs}
             if op.name == "graph.constant" and op.result.name in self.axis:
                 self.weights[op.result.name] = self._store(op)
             elif op.name in LAYOUT and op.operands[0].name in self.weights and self._layout(op):

@@ -12,11 +12,13 @@ import sys
 import numpy as np
 import pytest
 
-from lpuc.compiler.driver import load_model
+from lpuc.compiler.driver import compile_model, load_model
 from lpuc.compiler.frontend.state import make_stateful
 from lpuc.backends import interpreter
+from lpuc.backends.lpu import build_program
 from lpuc.compiler.experts import dense_experts
 from lpuc.compiler.fuse_matmuls import fuse_matmuls
+from lpuc.compiler.paired_matmuls import pair_matmuls
 from lpuc.compiler.generate import compile_generation, generate, state_layout, step_tokens_per_s
 from lpuc.compiler.serving import physical_bound, pipelined
 from lpuc.compiler.partition import Layout, parse_layout, partition
@@ -28,7 +30,7 @@ from lpuc.ir.machine import read_machine
 from lpuc.ir.registry import OPS
 from lpuc.ir.target import Target
 
-from helpers import SAMPLES
+from helpers import SAMPLES, max_rel_error, run_ort
 
 MACHINE = read_machine("tsp-v1")[0]
 spec = importlib.util.spec_from_file_location("samples_shape_only", SAMPLES / "shape_only.py")
@@ -199,3 +201,50 @@ def test_a_split_matmul_moves_the_fewest_bytes(k, n, kind):
     op = Op("graph.matmul", (x, w), (Value("y", TensorType((1, 2, n), DType.i32)),))
     assert _fewest_bytes(op, {"columns": -(-n // 320), "rows": -(-k // 320)}, 8) == kind
     assert _fewest_bytes(op, {"columns": -(-n // 320)}, 8) == "columns"
+
+
+@pytest.fixture(scope="module")
+def tiny_prefill(tmp_path_factory):
+    """Tiny Llama prefill (random weights, float32), 3 layers of hidden 352 and MLP 700 (neither a multiple of
+    the 320 lanes), 7 tokens: the model file and onnxruntime's outputs on it."""
+    out = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    assert shape_only.main(["tiny", "--mode", "prefill", "--seq", "7", "--layers", "3", "--weights", "random",
+                            "--dtype", "float32", "-o", str(out)]) == 0
+    feeds = {"input_ids": np.random.default_rng(1).integers(0, 400, (1, 7)),
+             "attention_mask": np.ones((1, 7), np.int64), "position_ids": np.arange(7)[None]}
+    return out, feeds, run_ort(out, feeds)
+
+
+@pytest.mark.parametrize("parts, branches", [(2, 2), (4, 3), (8, 3)])  # 700 columns: 3 tiles at most
+def test_paired_matmuls_compute_the_same(tiny_prefill, parts, branches):
+    """Each MLP becomes `branches` branches (gate, up, SiLU and down on its own columns) and a sum; an op of
+    a branch carries its group; the numbers are the model's."""
+    graph = load_model(tiny_prefill[0])[0]
+    paired = pair_matmuls(graph, parts, MACHINE.lanes)
+    grouped = [op for op in paired.ops if "group" in op.attrs]
+    assert sum(op.name == "graph.matmul" for op in grouped) == 3 * 3 * branches  # 3 layers x gate, up, down
+    assert {op.attrs["group"] for op in grouped} == set(range(branches))
+    assert {op.name for op in grouped} == {"graph.matmul", "graph.mul", "graph.sigmoid"}
+    widths = sorted({op.result.type.shape[-1] for op in grouped if op.name == "graph.sigmoid"})
+    assert sum(widths) == 700 or len(widths) < branches  # (equal widths print once)
+    assert pair_matmuls(graph, 1, MACHINE.lanes) is graph
+    # at a layout, branch g runs whole on chip g of its stage (its weight is that chip's part already)
+    placed = partition(paired, Target(MACHINE, 8), "layout", Layout(tp=parts, pp=8 // parts)).ops
+    for op in placed:
+        if "group" in op.attrs:
+            assert "parts" not in op.attrs and op.attrs.get("chip", 0) % parts == op.attrs["group"]
+    feeds = tiny_prefill[1]
+    ours, theirs = evaluate(paired, feeds), evaluate(graph, feeds)
+    assert all(np.allclose(ours[k], theirs[k], rtol=1e-5, atol=1e-5) for k in theirs)
+
+
+@pytest.mark.parametrize("layout", ["tp=2", "tp=4,pp=2"])
+def test_a_layout_with_paired_matmuls_matches_onnxruntime(tiny_prefill, layout):
+    """Compiled from the file (so the layout rewrites it: paired, fused, heads split), run on the interpreter:
+    onnxruntime's numbers."""
+    path, feeds, ref = tiny_prefill
+    module, summary, machine_text = compile_model(path, options=CompileOptions(layout=layout, precision="fp32",
+                                                                                scheduler="list"))
+    result = interpreter.run(build_program(module, machine_text), feeds)
+    assert max(max_rel_error(result.outputs[k], ref[k]) for k in ref) <= 1e-4
+    assert result.stats.cycles == summary.cycles

@@ -1,0 +1,197 @@
+"""Paired matmuls: a matmul split by columns and the matmul that reads it split by rows, one branch per chip.
+
+At a layout, each matmul with a constant weight is split over its stage's chips on its own: its activation
+goes out and its parts come back to meet on one chip (docs/partition.md, "Layouts"). An MLP does that twice,
+and between the two the parts meet only to be cut again. Megatron-LM's pairing removes the meeting: the first
+matmul is split by its weight's columns, what runs on its result column by column runs on each chip's
+columns, and the second matmul is split by its weight's rows, the same ones, so that chip g needs nothing but
+its own columns; the partial sums come back and are added once. This pass (run at layouts of several chips
+a stage, before fusion and precision) rewrites each such region into `parts` branches:
+
+    H = f(X @ W1, X @ W1', ...)   (f: elementwise ops, the constants they read of width N)
+    Y = H @ W2                    (W1 [K, N], W2 [N, M] constants)
+
+becomes, for each part g with columns C_g (whole vector tiles of N, as even as they come),
+
+    H_g = f(X @ W1[:, C_g], ...);  Y_g = H_g @ W2[C_g, :]      (ops of branch g carry `group = g`)
+    Y   = Y_0 + Y_1 + ...
+
+A region qualifies when everything reading its values is in it (or is the second matmul) and its every value
+has N columns; the first matmuls are those with a constant weight of N columns whose activation comes from
+outside. The partition puts branch g on chip g of the stage. The numbers are those of the model up to the
+order of the sum (and, at int8, each branch quantizes its own columns of H: a scale per row and part).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Module, Op, Value
+from ..ir.attributes import AttrDict, Tensor
+from ..ir.core import Block
+from ..ir.types import TensorType
+from ..ir.verifier import verify
+
+from .passes import dead_code_elimination, fresh_name
+from .split_heads import ELEMENTWISE
+
+
+def pair_matmuls(module: Module, parts: int, lanes: int) -> Module:
+    """`module` with each column-then-row region (module docstring) in up to `parts` branches of whole
+    `lanes`-wide column tiles; itself when it has none."""
+    if parts < 2:
+        return module
+    regions = _regions(module, parts, lanes)
+    if not regions:
+        return module
+    taken = {r.name for op in module.ops for r in op.results} | {v.name for v in module.inputs}
+    constants = {op.result.name: op.attrs["value"] for op in module.ops if op.name == "graph.constant"}
+    member = {id(op): region for region in regions for op in region.ops}
+    exits = {id(region.exit): region for region in regions}
+    ops: list[Op] = []
+    for op in module.ops:
+        if id(op) in member:
+            continue  # (emitted with its region's exit, in program order)
+        region = exits.get(id(op))
+        if region is None:
+            ops.append(op)
+            continue
+        partial = []
+        for g, cols in enumerate(region.columns):
+            renamed: dict[str, Value] = {}
+
+            def cut(v: Value, rows: bool = False) -> Value:
+                """v as branch g reads it: its own version, or a constant's columns (rows) C_g."""
+                if v.name in renamed:
+                    return renamed[v.name]
+                t = constants.get(v.name)
+                if t is None or not region.sliced(v, rows):
+                    return v  # from outside, broadcast over the columns: read whole
+                part = Value(fresh_name(f"{v.name}.part{g}", taken), _cut_type(v.type, cols, rows))
+                ops.append(Op("graph.constant", (), (part,), AttrDict({"value": _cut(t, cols, rows)})))
+                renamed[v.name] = part
+                return part
+
+            for r_op in region.ops:
+                operands = tuple(cut(v) for v in r_op.operands)
+                results = tuple(Value(fresh_name(f"{r.name}.part{g}", taken),
+                                      r.type.with_shape(r.type.shape[:-1] + (len(cols),))) for r in r_op.results)
+                ops.append(Op(r_op.name, operands, results, AttrDict({**r_op.attrs, "group": g})))
+                renamed.update({old.name: new for old, new in zip(r_op.results, results)})
+            y = Value(fresh_name(f"{op.result.name}.part{g}", taken), op.result.type)
+            ops.append(Op(op.name, (renamed[op.operands[0].name], cut(op.operands[1], rows=True)), (y,),
+                          AttrDict({**op.attrs, "group": g})))
+            partial.append(y)
+        total = partial[0]
+        for k, y in enumerate(partial[1:], 1):
+            last = k == len(partial) - 1
+            total_next = op.result if last else Value(fresh_name(f"{op.result.name}.sum{k}", taken), op.result.type)
+            ops.append(Op("graph.add", (total, y), (total_next,)))
+            total = total_next
+    # (the whole weights, now read by nobody, go)
+    return verify(dead_code_elimination(Module(module.name, Block(module.inputs, tuple(ops), module.outputs),
+                                               module.attrs)))
+
+
+class _Region:
+    """A column-then-row region: its ops in program order (the first matmuls among them), the second matmul
+    (`exit`), the width N and each branch's columns."""
+
+    def __init__(self, ops: list[Op], exit_op: Op, width: int, columns: list[range]):
+        self.ops, self.exit, self.width, self.columns = ops, exit_op, width, columns
+
+    def sliced(self, v: Value, rows: bool) -> bool:
+        """A constant the branches cut: the second matmul's weight (by rows), a weight of a first matmul, or an
+        elementwise operand spanning the N columns (by columns); else it is read whole (broadcast)."""
+        shape = v.type.shape
+        if rows:
+            return True
+        return len(shape) >= 1 and shape[-1] == self.width
+
+
+def _regions(module: Module, parts: int, lanes: int) -> list[_Region]:
+    """The column-then-row regions of `module` (module docstring), each split into up to `parts` branches."""
+    producer = {r.name: op for op in module.ops for r in op.results}
+    readers: dict[str, list[Op]] = {}
+    for op in module.ops:
+        for v in op.operands:
+            readers.setdefault(v.name, []).append(op)
+    outputs = {v.name for _, v in module.outputs}
+    constant = {op.result.name for op in module.ops if op.name == "graph.constant"}
+
+    def weight(op: Op) -> tuple[int, int] | None:
+        """(K, N) of a matmul by a 2-D constant weight, else None."""
+        if op.name != "graph.matmul" or op.operands[1].name not in constant or op.operands[1].type.rank != 2 \
+                or op.operands[0].type.rank < 1:
+            return None
+        return op.operands[1].type.shape
+
+    found, used = [], set()
+    for exit_op in module.ops:
+        shape = weight(exit_op)
+        if shape is None or id(exit_op) in used or "group" in exit_op.attrs:
+            continue
+        width = shape[0]
+        tiles = -(-width // lanes)
+        if tiles < 2:
+            continue
+        region, seen, stack, ok = [], set(), [exit_op.operands[0].name], True
+        while stack and ok:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            op = producer.get(name)
+            if op is None or id(op) in used or "group" in op.attrs or len(op.results) != 1 \
+                    or op.result.type.rank < 1 or op.result.type.shape[-1] != width or name in outputs:
+                ok = False
+                break
+            region.append(op)
+            if weight(op) is not None:  # a first matmul: its activation comes from outside
+                if op.operands[0].name in seen:
+                    ok = False
+                continue
+            if op.name not in ELEMENTWISE:
+                ok = False
+                break
+            for v in op.operands:
+                if v.name in constant:
+                    t = v.type.shape
+                    if t and t[-1] not in (1, width):
+                        ok = False
+                elif v.type.rank >= 1 and v.type.shape[-1] == width:
+                    stack.append(v.name)  # (must be made in the region)
+                elif v.type.rank >= 1 and v.type.shape[-1] != 1:
+                    ok = False
+        if not ok or not any(weight(op) is not None for op in region):
+            continue
+        region_ids = {id(op) for op in region}
+        # every reader of a region value is in the region or is the exit
+        if any(r is not exit_op and id(r) not in region_ids for op in region for r in readers[op.result.name]):
+            continue
+        count = min(parts, tiles)
+        columns = [range(min(width, g * tiles // count * lanes), min(width, (g + 1) * tiles // count * lanes))
+                   for g in range(count)]
+        index = {id(op): i for i, op in enumerate(module.ops)}
+        found.append(_Region(sorted(region, key=lambda op: index[id(op)]), exit_op, width, columns))
+        used |= region_ids | {id(exit_op)}
+    return found
+
+
+def _cut_type(t: TensorType, cols: range, rows: bool) -> TensorType:
+    if rows:
+        return t.with_shape((len(cols),) + t.shape[1:])
+    return t.with_shape(t.shape[:-1] + (len(cols),))
+
+
+def _cut(t: Tensor, cols: range, rows: bool) -> Tensor:
+    """Columns `cols` of a constant (rows, of a 2-D weight), read from it when its data is (lazily)."""
+    a, b = cols.start, cols.stop
+    if rows:
+        loader = (lambda: np.ascontiguousarray(t.array[a:b])) if t.has_data else None
+        return Tensor(_cut_type(t.type, cols, True), f"{t.key}[{a}:{b},:]", loader)
+    loader = (lambda: np.ascontiguousarray(t.array[..., a:b])) if t.has_data else None
+    return Tensor(_cut_type(t.type, cols, False), f"{t.key}[...,{a}:{b}]", loader)
+
+
+__all__ = ["pair_matmuls"]
