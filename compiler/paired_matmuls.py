@@ -24,15 +24,12 @@ order of the sum (and, at int8, each branch quantizes its own columns of H: a sc
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..ir import Module, Op, Value
-from ..ir.attributes import AttrDict, Tensor
+from ..ir.attributes import AttrDict
 from ..ir.core import Block
-from ..ir.types import TensorType
 from ..ir.verifier import verify
 
-from .passes import dead_code_elimination, fresh_name
+from .passes import add_up, cut_constant, dead_code_elimination, fresh_name
 from .split_heads import ELEMENTWISE
 
 
@@ -65,12 +62,12 @@ def pair_matmuls(module: Module, parts: int, lanes: int) -> Module:
                 if v.name in renamed:
                     return renamed[v.name]
                 t = constants.get(v.name)
-                if t is None or not region.sliced(v, rows):
+                if t is None or not (rows or (v.type.rank >= 1 and v.type.shape[-1] == region.width)):
                     return v  # from outside, broadcast over the columns: read whole
-                part = Value(fresh_name(f"{v.name}.part{g}", taken), _cut_type(v.type, cols, rows))
-                ops.append(Op("graph.constant", (), (part,), AttrDict({"value": _cut(t, cols, rows)})))
-                renamed[v.name] = part
-                return part
+                part = cut_constant(t, rows=cols) if rows else cut_constant(t, columns=cols)
+                renamed[v.name] = Value(fresh_name(f"{v.name}.part{g}", taken), part.type)
+                ops.append(Op("graph.constant", (), (renamed[v.name],), AttrDict({"value": part})))
+                return renamed[v.name]
 
             for r_op in region.ops:
                 operands = tuple(cut(v) for v in r_op.operands)
@@ -82,12 +79,7 @@ def pair_matmuls(module: Module, parts: int, lanes: int) -> Module:
             ops.append(Op(op.name, (renamed[op.operands[0].name], cut(op.operands[1], rows=True)), (y,),
                           AttrDict({**op.attrs, "group": g})))
             partial.append(y)
-        total = partial[0]
-        for k, y in enumerate(partial[1:], 1):
-            last = k == len(partial) - 1
-            total_next = op.result if last else Value(fresh_name(f"{op.result.name}.sum{k}", taken), op.result.type)
-            ops.append(Op("graph.add", (total, y), (total_next,)))
-            total = total_next
+        ops.extend(add_up(partial, op.result, lambda hint: fresh_name(hint, taken), len(partial)))
     # (the whole weights, now read by nobody, go)
     return verify(dead_code_elimination(Module(module.name, Block(module.inputs, tuple(ops), module.outputs),
                                                module.attrs)))
@@ -99,14 +91,6 @@ class _Region:
 
     def __init__(self, ops: list[Op], exit_op: Op, width: int, columns: list[range]):
         self.ops, self.exit, self.width, self.columns = ops, exit_op, width, columns
-
-    def sliced(self, v: Value, rows: bool) -> bool:
-        """A constant the branches cut: the second matmul's weight (by rows), a weight of a first matmul, or an
-        elementwise operand spanning the N columns (by columns); else it is read whole (broadcast)."""
-        shape = v.type.shape
-        if rows:
-            return True
-        return len(shape) >= 1 and shape[-1] == self.width
 
 
 def _regions(module: Module, parts: int, lanes: int) -> list[_Region]:
@@ -176,22 +160,6 @@ def _regions(module: Module, parts: int, lanes: int) -> list[_Region]:
         found.append(_Region(sorted(region, key=lambda op: index[id(op)]), exit_op, width, columns))
         used |= region_ids | {id(exit_op)}
     return found
-
-
-def _cut_type(t: TensorType, cols: range, rows: bool) -> TensorType:
-    if rows:
-        return t.with_shape((len(cols),) + t.shape[1:])
-    return t.with_shape(t.shape[:-1] + (len(cols),))
-
-
-def _cut(t: Tensor, cols: range, rows: bool) -> Tensor:
-    """Columns `cols` of a constant (rows, of a 2-D weight), read from it when its data is (lazily)."""
-    a, b = cols.start, cols.stop
-    if rows:
-        loader = (lambda: np.ascontiguousarray(t.array[a:b])) if t.has_data else None
-        return Tensor(_cut_type(t.type, cols, True), f"{t.key}[{a}:{b},:]", loader)
-    loader = (lambda: np.ascontiguousarray(t.array[..., a:b])) if t.has_data else None
-    return Tensor(_cut_type(t.type, cols, False), f"{t.key}[...,{a}:{b}]", loader)
 
 
 __all__ = ["pair_matmuls"]

@@ -18,10 +18,14 @@ without deriving anything again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from ..ir import Module
+import numpy as np
+
+from ..ir import Module, Op, Value
+from ..ir.attributes import AttrDict, Tensor
 from ..ir.registry import OPS
 from ..ir.verifier import verify
 
@@ -87,4 +91,35 @@ def fresh_name(hint: str, taken: set[str], sep: str = ".") -> str:
     return name
 
 
-__all__ = ["DeadCodeElimination", "Pass", "Verify", "dead_code_elimination", "fresh_name"]
+def cut_constant(t: Tensor, rows: range | None = None, columns: range | None = None) -> Tensor:
+    """Rows (of a 2-D weight) or columns (the last axis) of a constant, read from it when its data is (lazily:
+    a model compiled from shapes is never read)."""
+    index = (slice(rows.start, rows.stop),) if rows is not None else (Ellipsis, slice(columns.start, columns.stop))
+    shape = (len(rows),) + t.type.shape[1:] if rows is not None else t.type.shape[:-1] + (len(columns),)
+    where = f"[{rows.start}:{rows.stop},:]" if rows is not None else f"[...,{columns.start}:{columns.stop}]"
+    loader = (lambda: np.ascontiguousarray(t.array[index])) if t.has_data else None
+    return Tensor(t.type.with_shape(shape), t.key + where, loader)
+
+
+def add_up(partials: list[Value], result: Value, fresh: Callable[[str], str], chips: int) -> list[Op]:
+    """The ops adding `partials` (partial k carrying `group = k`, so on chip k mod `chips` of its stage) into
+    `result`: first those on one chip, there (the sum carrying that chip's group), then the chips' sums one
+    after another where `result` is placed: one transfer from each chip."""
+    ops, per_chip = [], []
+    for c in range(min(chips, len(partials))):
+        total = partials[c]
+        for k in range(c + chips, len(partials), chips):
+            out = Value(fresh(f"{result.name}.chip{c}"), result.type)
+            ops.append(Op("graph.add", (total, partials[k]), (out,), AttrDict({"group": c})))
+            total = out
+        per_chip.append(total)
+    total = per_chip[0]
+    for k, part in enumerate(per_chip[1:], 1):
+        out = result if k == len(per_chip) - 1 else Value(fresh(f"{result.name}.sum{k}"), result.type)
+        ops.append(Op("graph.add", (total, part), (out,)))
+        total = out
+    return ops
+
+
+__all__ = ["DeadCodeElimination", "Pass", "Verify", "add_up", "cut_constant", "dead_code_elimination",
+           "fresh_name"]

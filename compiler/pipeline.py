@@ -48,7 +48,7 @@ from .passes import DeadCodeElimination, Pass, Verify
 from .precision import DEFAULT_PRECISION, Precision, Stored, check_precision
 from .schedule_cpsat import CpSatScheduler
 from .schedule_list import ListScheduler, ScheduleResult, Scheduler, apply_schedule
-from .split_heads import SplitHeads, split_heads
+from .split_heads import SplitHeads
 from .templates import machine_blocks, template_schedule
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (Verify, DeadCodeElimination, GroupHeads, Precision, SplitHeads,
@@ -150,20 +150,22 @@ def _laid_out(graph_module: Module, source: Module | None, machine: Machine, opt
     (before precision) with its experts dense (compiler/experts.py), each matmul split by columns and the one
     reading it by rows paired into T branches (compiler/paired_matmuls.py: an MLP's parts never meet between
     its matmuls), and the matmuls of one activation fused (compiler/fuse_matmuls.py: one round trip over the
-    stage each), then grouped and converted as before,
-    and its attention by head groups (compiler/split_heads.py), as many on each chip as it has SXM units
-    (each group transposes its keys); each state where a partner program keeps it (`states`, when given).
+    stage each), its attention split by head groups (compiler/split_heads.py: as many on each chip as it has
+    SXM units, each group transposing its keys; the output projection by the groups' rows), and converted to
+    the precision asked for; each state where a partner program keeps it (`states`, when given).
     `done`: where the rewritten `source` is kept per T (auto compares several layouts)."""
     tp = parse_layout(strategy).tp if is_layout(strategy) else 1
     if tp > 1:
-        if source is not None:
+        heads = SplitHeads(tp * machine.units["sxm"].count, tp)
+        if source is None:
+            graph_module = heads.run(graph_module, Target(machine, 1))
+        else:
             done = {} if done is None else done
             if tp not in done:
                 paired = pair_matmuls(dense_experts(source), tp, machine.lanes)
                 done[tp] = run_passes(fuse_matmuls(paired), Target(machine, 1),
-                                      (GroupHeads(), Precision(options.precision)), progress)[0]
+                                      (GroupHeads(), heads, Precision(options.precision)), progress)[0]
             graph_module = done[tp]
-        graph_module = split_heads(graph_module, tp * machine.units["sxm"].count)
     return place_states(graph_module, states) if states is not None else graph_module
 
 

@@ -13,8 +13,11 @@ the partition can put group g on chip g of the stage (the ops carry `group = g`)
   with broadcasting, transpose, a reshape keeping heads a leading factor, softmax and reductions along other
   axes, slices and concats along other axes, matmul over batch axes, state writes); an operand from outside
   that spans the heads axis enters as a `graph.slice` of its group, one that broadcasts over it as it is.
-- Anything else (the output projection, which contracts over the heads) reads the groups joined back by one
-  `graph.concat`, made once per value.
+- A matmul contracting the groups joined along its last axis by a 2-D constant (the output projection) becomes
+  one matmul per group by the constant's rows for that group's columns (Megatron-LM's row split: a group's
+  heads never leave its chip), the partial products added up on each chip, then over the chips
+  (`passes.add_up`: `chips` is the stage's, group g running on chip g mod chips).
+- Anything else reads the groups joined back by one `graph.concat`, made once per value.
 
 The result computes the same numbers (each head's attention is its own), checked against onnxruntime and
 Hugging Face's greedy tokens (tests/test_layouts.py).
@@ -33,7 +36,7 @@ from ..ir.registry import OPS
 from ..ir.target import Target
 from ..ir.verifier import verify
 
-from .passes import Pass, fresh_name
+from .passes import Pass, add_up, cut_constant, dead_code_elimination, fresh_name
 
 ELEMENTWISE = {f"graph.{n}" for n in (*ARITHMETIC, *COMPARISON, *LOGICAL, *FLOAT_UNARY, *NUMERIC_UNARY,
                                       "not", "isnan", "round", "gelu", "where", "cast")}
@@ -46,9 +49,10 @@ class SplitHeads(Pass):
 
     name = "split-heads"
     groups: int = 1
+    chips: int = 1
 
     def plan(self, module: Module, target: Target, progress=None) -> Module:
-        return split_heads(module, self.groups)
+        return split_heads(module, self.groups, self.chips)
 
     def apply(self, module: Module, target: Target, plan: Module) -> Module:
         return plan
@@ -65,11 +69,13 @@ class _Grouped:
     parts: tuple[Value, ...]  # the value of each group, in order
 
 
-def split_heads(module: Module, groups: int) -> Module:
-    """`module` with each cache cut into head groups (module docstring); itself when there is nothing to cut."""
+def split_heads(module: Module, groups: int, chips: int = 1) -> Module:
+    """`module` with each cache cut into head groups (module docstring), group g to run on chip g mod `chips`;
+    itself when there is nothing to cut."""
     if groups < 2 or not any(OPS[op.name].persistent for op in module.ops):
         return module
     taken = {r.name for op in module.ops for r in op.results} | {v.name for v in module.inputs}
+    constants = {op.result.name: op.attrs["value"] for op in module.ops if op.name == "graph.constant"}
     grouped: dict[str, _Grouped] = {}
     sliced: dict[tuple[str, int, int, int], Value] = {}  # (value, axis, groups, group) -> its slice
     joined: dict[str, Value] = {}                       # grouped value -> the groups concatenated
@@ -113,6 +119,18 @@ def split_heads(module: Module, groups: int) -> Module:
                 ops.append(Op(op.name, (), (parts[-1],), AttrDict({**attrs, "name": name, "shape": t.shape})))
             grouped[op.result.name] = _Grouped(axis, tuple(parts))
             continue
+        if _contracts_groups(op, grouped, constants):
+            x, w = grouped[op.operands[0].name], op.operands[1]
+            size, partials = x.parts[0].type.shape[-1], []
+            for k, part_x in enumerate(x.parts):
+                rows = range(k * size, (k + 1) * size)
+                cut = cut_constant(constants[w.name], rows=rows)
+                part_w = Value(fresh(f"{w.name}.rows{rows.start}-{rows.stop - 1}"), cut.type)
+                ops.append(Op("graph.constant", (), (part_w,), AttrDict({"value": cut})))
+                partials.append(Value(fresh(f"{op.result.name}.group{k}"), op.result.type))
+                ops.append(Op(op.name, (part_x, part_w), (partials[-1],), AttrDict({**op.attrs, "group": k})))
+            ops.extend(add_up(partials, op.result, fresh, chips))
+            continue
         mapped = _through(op, grouped)
         if mapped is None:
             operands = tuple(join(v) if v.name in grouped else v for v in op.operands)
@@ -139,7 +157,17 @@ def split_heads(module: Module, groups: int) -> Module:
         for r, parts in zip(op.results, results):
             grouped[r.name] = _Grouped(axis, tuple(parts))
     outputs = tuple((name, join(v) if v.name in grouped else v) for name, v in module.outputs)
-    return verify(Module(module.name, Block(module.inputs, tuple(ops), outputs), module.attrs))
+    # (a weight now read only by rows goes)
+    return verify(dead_code_elimination(Module(module.name, Block(module.inputs, tuple(ops), outputs),
+                                               module.attrs)))
+
+
+def _contracts_groups(op: Op, grouped: dict[str, _Grouped], constants: dict) -> bool:
+    """`op` is a matmul of groups joined along its last axis (its contraction) by a 2-D constant."""
+    if op.name != "graph.matmul" or op.operands[0].name not in grouped or op.operands[1].name not in constants:
+        return False
+    x, w = grouped[op.operands[0].name], op.operands[1].type
+    return x.axis == op.operands[0].type.rank - 1 and w.rank == 2 and op.operands[0].type.rank >= 2
 
 
 def _cut(t, axis: int, n: int):

@@ -18,6 +18,7 @@ from lpuc.backends import interpreter
 from lpuc.backends.lpu import build_program
 from lpuc.compiler.experts import dense_experts
 from lpuc.compiler.fuse_matmuls import fuse_matmuls
+from lpuc.compiler.grouped_heads import GroupHeads
 from lpuc.compiler.paired_matmuls import pair_matmuls
 from lpuc.compiler.generate import compile_generation, generate, state_layout, step_tokens_per_s
 from lpuc.compiler.serving import physical_bound, pipelined
@@ -114,6 +115,22 @@ def test_splitting_heads_computes_the_same(five_layers):
                  "attention_mask": rng.integers(0, 2, (1, 7))}
         whole, parts = evaluate(five_layers, feeds)["logits"], evaluate(split, feeds)["logits"]
         assert np.abs(whole).max() > 0 and np.array_equal(whole, parts)
+
+
+def test_the_output_projection_runs_by_the_head_groups_rows(five_layers):
+    """With the query heads grouped by KV head (the pipeline's GroupHeads), the attention splits too, and the
+    output projection becomes one matmul per group by its rows, added on each chip, then over the chips."""
+    grouped = GroupHeads().run(five_layers, Target(MACHINE, 1))
+    split = split_heads(grouped, 4, chips=2)  # 2 KV heads: 2 groups
+    rows = [op for op in split.ops if op.name == "graph.matmul" and ".rows" in op.operands[1].name]
+    assert len(rows) == 5 * 2 and {op.attrs["group"] for op in rows} == {0, 1}
+    assert {op.operands[1].type.shape for op in rows} == {(176, 352)}  # 352 rows: 2 heads x 88 columns
+    rng = np.random.default_rng(0)
+    for pos in (0, 6):
+        feeds = {"input_ids": rng.integers(0, 400, (1, 1)), "position_ids": np.asarray([[pos]]),
+                 "attention_mask": np.ones((1, 7), np.int64)}
+        whole, parts = evaluate(grouped, feeds)["logits"], evaluate(split, feeds)["logits"]
+        assert np.abs(whole).max() > 0 and max_rel_error(parts, whole) <= 1e-2  # (float16: the sum's order)
 
 
 @pytest.mark.parametrize("layout, stages", [(None, 1), ("tp=2,pp=2", 2), ("pp=4", 4)])
