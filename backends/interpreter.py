@@ -958,6 +958,8 @@ class _Machine:
         self.state = state
         self.buffers: dict[str, Buffer] = {}       # state name -> its buffer in the generation
         self.written: dict[str, np.ndarray] = {}   # state name -> slots written so far (this run's included)
+        self.landed: dict[str, int] = {}           # state name -> when this run's write landed
+        self.read_before_write: dict[str, int] = {}  # state name -> when the reads of it as the run found it end
         self.state_extents: dict[str, tuple] = {}
         name = plan.module.attrs.get("position")
         pos = np.asarray(inputs[name]) if self.numeric and name is not None else None
@@ -1092,7 +1094,7 @@ class _Machine:
             for extents, b in read:
                 base = plan.bases[b]
                 if base.state:
-                    states.append(base.state)
+                    states.append((base.state, base.alias))
                     continue
                 if base.constant:  # (its reads are not recorded: see _Sram)
                     if not intact[b]:  # its words have no owner, or one that landed on them
@@ -1136,8 +1138,8 @@ class _Machine:
                         re_[later] = end
                         rd[later] = ins.idx + 1
         if states:
-            for name in dict.fromkeys(states):
-                self._read_state(ins, c, name)
+            for name, after_write in dict.fromkeys(states):
+                self._read_state(ins, c, name, after_write)
         op = ins.op
         weights = ins.weights
         if weights is not None and ins.ok:
@@ -1189,13 +1191,22 @@ class _Machine:
             results = tuple(np.zeros(r.type.shape, r.type.dtype.numpy) for r in op.results)
         self.pending[ins.idx] = results
 
-    def _read_state(self, ins: _Instr, c: int, name: str):
-        """A read of a state's words: the step's slots 0 .. position + rows - 1 must be written by now (this
-        generation's earlier steps, or this step's write landed). Unknown in a timing-only run."""
+    def _read_state(self, ins: _Instr, c: int, name: str, after_write: bool):
+        """A read of a state's words. Through its write's result (`after_write`): the step's slots
+        0 .. position + rows - 1 must be written by now (this generation's earlier steps, or this step's write
+        landed). Of the state itself, as the step found it: slots 0 .. position - 1, and the read must end before
+        this step's write lands (checked when it lands: `read_before_write`). Slots are unknown in a timing-only
+        run."""
+        if not after_write:
+            if name in self.landed:
+                self.hazard("war", c, ins.label, f"state {name}",
+                            f"reads state {name!r} as the step found it, but this step's write landed at cycle "
+                            f"{self.landed[name]}")
+            self.read_before_write[name] = max(self.read_before_write.get(name, 0), c + ins.occ)
         written = self.written.get(name)
         if self.position is None or written is None:
             return
-        hi = sum(self.position)
+        hi = self.position[0] + (self.position[1] if after_write else 0)
         missing = np.flatnonzero(~written[:hi])
         if len(missing):
             slot = int(missing[0])
@@ -1206,10 +1217,15 @@ class _Machine:
     def _write_state(self, ins: _Instr, t: int):
         """A state write lands: the new rows at its position (its address stream), which must be the step's."""
         plan, results = self.plan, self.pending.pop(ins.idx, None)
+        state = plan.bases[ins.state]
+        if self.read_before_write.get(state.state, 0) > t:
+            self.hazard("war", t, ins.label, f"state {state.state}",
+                        f"lands in state {state.state!r} while a read of it as the step found it runs until cycle "
+                        f"{self.read_before_write[state.state]}")
+        self.landed[state.state] = t
         if results is None:
             return
         new, pos = results
-        state = plan.bases[ins.state]
         ttype = ins.op.operands[0].type
         p, n, slots = int(np.asarray(pos).flat[0]), new.shape[-2], ttype.shape[-2]
         if not 0 <= p <= slots - n:

@@ -37,6 +37,7 @@ from ..ir.topology import round_chips
 from ..ir.verifier import verify
 
 from .allocate import Allocate, DoesNotFit
+from .cache_scores import ScoreCacheBeforeWrite
 from .experts import dense_experts
 from .frontend.state import place_states
 from .fuse_matmuls import fuse_matmuls
@@ -51,8 +52,9 @@ from .schedule_list import ListScheduler, ScheduleResult, Scheduler, apply_sched
 from .split_heads import SplitHeads
 from .templates import machine_blocks, template_schedule
 
-PASSES: dict[str, type[Pass]] = {p.name: p for p in (Verify, DeadCodeElimination, GroupHeads, Precision, SplitHeads,
-                                                      Partition, Lower, Allocate, ListScheduler, CpSatScheduler)}
+PASSES: dict[str, type[Pass]] = {p.name: p for p in (Verify, DeadCodeElimination, GroupHeads, Precision,
+                                                      ScoreCacheBeforeWrite, SplitHeads, Partition, Lower, Allocate,
+                                                      ListScheduler, CpSatScheduler)}
 SCHEDULERS: dict[str, type[Scheduler]] = {"list": ListScheduler, "cpsat": CpSatScheduler}  # --scheduler NAME
 
 
@@ -149,22 +151,25 @@ def _laid_out(graph_module: Module, source: Module | None, machine: Machine, opt
     """The module a strategy partitions: `graph_module`, or at a layout of T > 1 chips a stage `source`
     (before precision) with its experts dense (compiler/experts.py), each matmul split by columns and the one
     reading it by rows paired into T branches (compiler/paired_matmuls.py: an MLP's parts never meet between
-    its matmuls), and the matmuls of one activation fused (compiler/fuse_matmuls.py: one round trip over the
-    stage each), its attention split by head groups (compiler/split_heads.py: as many on each chip as it has
-    SXM units, each group transposing its keys; the output projection by the groups' rows), and converted to
-    the precision asked for; each state where a partner program keeps it (`states`, when given).
+    its matmuls), its heads grouped (GQA), its scores over a key cache started before the step's key is written
+    (compiler/cache_scores.py), its attention split by head groups (compiler/split_heads.py: as many on each
+    chip as it has SXM units, each group transposing its keys, computing its own q, k and v by its columns of
+    their weights, and its rows of the output projection), the matmuls of one activation by one group fused
+    (compiler/fuse_matmuls.py: one round trip each), and converted to the precision asked for; each state where
+    a partner program keeps it (`states`, when given).
     `done`: where the rewritten `source` is kept per T (auto compares several layouts)."""
     tp = parse_layout(strategy).tp if is_layout(strategy) else 1
     if tp > 1:
         heads = SplitHeads(tp * machine.units["sxm"].count, tp)
         if source is None:
-            graph_module = heads.run(graph_module, Target(machine, 1))
+            graph_module = run_passes(graph_module, Target(machine, 1), (ScoreCacheBeforeWrite(), heads))[0]
         else:
             done = {} if done is None else done
             if tp not in done:
+                one = Target(machine, 1)
                 paired = pair_matmuls(dense_experts(source), tp, machine.lanes)
-                done[tp] = run_passes(fuse_matmuls(paired), Target(machine, 1),
-                                      (GroupHeads(), heads, Precision(options.precision)), progress)[0]
+                split = run_passes(paired, one, (GroupHeads(), ScoreCacheBeforeWrite(), heads), progress)[0]
+                done[tp] = run_passes(fuse_matmuls(split), one, (Precision(options.precision),), progress)[0]
             graph_module = done[tp]
     return place_states(graph_module, states) if states is not None else graph_module
 

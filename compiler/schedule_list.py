@@ -92,6 +92,17 @@ def analyze(module: Module, target: Target, facts: Facts | None = None) -> Progr
                     raw[i].append((p, costs[p].latency))
     for i in range(len(ops)):
         preds[i] = list(raw[i])
+    # A state write lands in its state's own words: whatever reads the state as it was (before it in program
+    # order, e.g. attention scoring the cache while the step's key is still on its way) finishes first.
+    for ins in facts.instructions:
+        i = ins.index
+        if OPS[ins.op.name].in_place:
+            for b in bases.get(ins.op.operands[0].name, ()):
+                for rd in readers.get(b, ()):
+                    if rd > i:
+                        raise AssertionError(f"{ops[i].label()}: overwrites {b}, read after it by op {rd}")
+                    if rd != i:
+                        preds[i].append((rd, costs[rd].occupancy - costs[i].latency))
 
     # Write after read / write after write, from which earlier value held each word: chip by chip (chips share
     # no words), so one table of owners (slice x word -> the value there) serves every chip in turn.

@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 
 from ..ir import Module, Op, Value
-from ..ir.attributes import AttrDict
+from ..ir.attributes import AttrDict, Tensor
 from ..ir.core import Block
 from ..ir.graph_ops import ARITHMETIC, COMPARISON, FLOAT_UNARY, LOGICAL, NUMERIC_UNARY, REDUCTIONS
 from ..ir.registry import OPS
@@ -76,8 +76,9 @@ def split_heads(module: Module, groups: int, chips: int = 1) -> Module:
         return module
     taken = {r.name for op in module.ops for r in op.results} | {v.name for v in module.inputs}
     constants = {op.result.name: op.attrs["value"] for op in module.ops if op.name == "graph.constant"}
+    producer = {r.name: op for op in module.ops for r in op.results}
     grouped: dict[str, _Grouped] = {}
-    sliced: dict[tuple[str, int, int, int], Value] = {}  # (value, axis, groups, group) -> its slice
+    sliced: dict[tuple[str, int, int, int], Value] = {}  # (value, axis, first, end) -> that part of it
     joined: dict[str, Value] = {}                       # grouped value -> the groups concatenated
     ops: list[Op] = []
 
@@ -93,13 +94,46 @@ def split_heads(module: Module, groups: int, chips: int = 1) -> Module:
         return joined[v.name]
 
     def part(v: Value, axis: int, n: int, k: int) -> Value:
-        key = (v.name, axis, n, k)
-        if key not in sliced:
-            size = v.type.shape[axis] // n
-            out = Value(fresh(f"{v.name}.heads{k * size}-{(k + 1) * size - 1}"), _cut(v.type, axis, n))
-            ops.append(Op("graph.slice", (v,), (out,), AttrDict(
-                {"starts": (k * size,), "ends": ((k + 1) * size,), "axes": (axis,), "steps": (1,),
-                 "group": k})))
+        size = v.type.shape[axis] // n
+        return span(v, axis, range(k * size, (k + 1) * size), k)
+
+    def span(v: Value, axis: int, rows: range, k: int) -> Value:
+        """`v`'s `rows` along `axis`, made by group k: its producer's work on them alone when that can be cut so
+        (_pulled: back to a matmul's columns, whose chip then computes only what its group reads), else a slice."""
+        key = (v.name, axis, rows.start, rows.stop)
+        if key in sliced:
+            return sliced[key]
+        if v.name in grouped:  # a group's value already: its part, or the groups joined and cut
+            g = grouped[v.name]
+            size = v.type.shape[axis] // len(g.parts)
+            if g.axis == axis and rows.start % size == 0 and len(rows) == size:
+                return g.parts[rows.start // size]
+            v = join(v)
+        made = producer.get(v.name)
+        if made is not None and made.name == "graph.split" and made.attrs["axis"] % v.type.rank == axis:
+            start = sum(made.attrs["sizes"][:[r.name for r in made.results].index(v.name)])
+            sliced[key] = span(made.operands[0], axis, range(start + rows.start, start + rows.stop), k)
+        else:
+            hint = f"{v.name}.heads{rows.start}-{rows.stop - 1}"
+            cut_type = v.type.with_shape(v.type.shape[:axis] + (len(rows),) + v.type.shape[axis + 1:])
+            pulled = _pulled(made, v, axis, rows, constants)
+            if pulled is None:
+                out = Value(fresh(hint), cut_type)
+                ops.append(Op("graph.slice", (v,), (out,), AttrDict(
+                    {"starts": (rows.start,), "ends": (rows.stop,), "axes": (axis,), "steps": (1,), "group": k})))
+            else:
+                op, how, attrs = pulled
+                operands = []
+                for u, cut in zip(op.operands, how):
+                    if cut is None:
+                        operands.append(join(u) if u.name in grouped else u)
+                    elif isinstance(cut, Tensor):
+                        operands.append(Value(fresh(f"{u.name}.heads{rows.start}-{rows.stop - 1}"), cut.type))
+                        ops.append(Op("graph.constant", (), (operands[-1],), AttrDict({"value": cut})))
+                    else:
+                        operands.append(span(u, cut[0], cut[1], k))
+                out = Value(fresh(hint), cut_type)
+                ops.append(Op(op.name, tuple(operands), (out,), AttrDict({**attrs, "group": k})))
             sliced[key] = out
         return sliced[key]
 
@@ -160,6 +194,65 @@ def split_heads(module: Module, groups: int, chips: int = 1) -> Module:
     # (a weight now read only by rows goes)
     return verify(dead_code_elimination(Module(module.name, Block(module.inputs, tuple(ops), outputs),
                                                module.attrs)))
+
+
+def _pulled(op: Op | None, v: Value, axis: int, rows: range, constants: dict):
+    """How `op` (making `v`) computes just `rows` of `v` along `axis`: (op, per operand None (read whole), a
+    constant's cut (Tensor) or (axis, rows) of an operand to pull in turn, the attributes), or None when it
+    cannot (then the rows are sliced out of `v`). A matmul by a 2-D constant cut along its columns ends the
+    pull: its group's chip multiplies by its columns of the weight alone."""
+    if op is None or len(op.results) > 1:
+        return None
+    out, name = v.type, op.name
+    if name == "graph.matmul" and axis == out.rank - 1 and op.operands[1].name in constants \
+            and op.operands[1].type.rank == 2:
+        return op, (None, cut_constant(constants[op.operands[1].name], columns=rows)), op.attrs
+    if name in ELEMENTWISE:
+        how = []
+        for u in op.operands:
+            a = axis - (out.rank - u.type.rank)
+            if a < 0 or u.type.shape[a] == 1:
+                how.append(None)
+            elif u.type.shape[a] != out.shape[axis]:
+                return None
+            elif u.name in constants:
+                how.append(cut_constant(constants[u.name], columns=rows) if a == u.type.rank - 1 else None)
+                if how[-1] is None:
+                    return None
+            else:
+                how.append((a, rows))
+        return op, tuple(how), op.attrs
+    x = op.operands[0].type if op.operands else None
+    if name == "graph.transpose":
+        return op, ((op.attrs["perm"][axis], rows),), op.attrs
+    if name == "graph.slice" and len(op.operands) == 1:
+        axes = [a % x.rank for a in op.attrs["axes"]]
+        if axis not in axes:
+            return op, ((axis, rows),), op.attrs
+        i = axes.index(axis)
+        start = op.attrs["starts"][i]
+        if op.attrs["steps"][i] != 1 or start < 0:
+            return None
+        inside = range(start + rows.start, start + rows.stop)
+        attrs = {**op.attrs, "starts": tuple(s if j != i else 0 for j, s in enumerate(op.attrs["starts"])),
+                 "ends": tuple(e if j != i else len(rows) for j, e in enumerate(op.attrs["ends"]))}
+        return op, ((axis, inside),), attrs
+    if name == "graph.concat" and op.attrs["axis"] % out.rank != axis:
+        return op, tuple((axis, rows) for _ in op.operands), op.attrs
+    if name in REDUCING and len(op.operands) == 1 and op.attrs["keepdims"] and \
+            axis not in {a % x.rank for a in op.attrs["axes"]}:
+        return op, ((axis, rows),), op.attrs
+    if name == "graph.reshape":
+        before, inner = math.prod(out.shape[:axis]), math.prod(out.shape[axis + 1:])
+        for a, d in enumerate(x.shape):
+            inner_x = math.prod(x.shape[a + 1:])
+            if math.prod(x.shape[:a]) == before and d > 1 and rows.start * inner % inner_x == 0 \
+                    and rows.stop * inner % inner_x == 0 and d * inner_x == out.shape[axis] * inner:
+                inside = range(rows.start * inner // inner_x, rows.stop * inner // inner_x)
+                shape = out.shape[:axis] + (len(rows),) + out.shape[axis + 1:]
+                return op, ((a, inside),), {**op.attrs, "shape": shape}
+        return None
+    return None
 
 
 def _contracts_groups(op: Op, grouped: dict[str, _Grouped], constants: dict) -> bool:

@@ -214,8 +214,9 @@ def _judge(value) -> bool:  # (a kind without a fast check: _check_attr judges t
 
 def check_state(module: Module) -> None:
     """The rules of persistent state (docs/machine-ir.md, "State"): each state is declared once by name and
-    read only by its one in-place write (so every reader sees it after this step's write), and a module writing
-    state names the integer input holding the step's position (module attribute `position`)."""
+    written once, in place; what reads the state itself comes before its write in program order (and sees it as
+    the step found it), what comes after reads the write's result; and a module writing state names the integer
+    input holding the step's position (module attribute `position`)."""
     names: dict[str, str] = {}
     states: dict[str, str] = {}     # state value -> the op writing it
     for op in module.ops:
@@ -234,7 +235,10 @@ def check_state(module: Module) -> None:
                     raise VerifyError(f"{op.label()}: writes {v}, which is no state (declare it with a state op)")
                 continue
             if not (opdef.in_place and k == 0):
-                raise VerifyError(f"{op.label()}: reads the state {v} itself; read its write's result")
+                if states[v.name]:
+                    raise VerifyError(f"{op.label()}: reads the state {v} itself after its write "
+                                      f"({states[v.name]}); read the write's result")
+                continue
             if states[v.name]:
                 raise VerifyError(f"{op.label()}: writes the state {v} a second time (already by "
                                   f"{states[v.name]}): one write per state per step")

@@ -16,6 +16,7 @@ from lpuc.compiler.driver import compile_model, load_model
 from lpuc.compiler.frontend.state import make_stateful
 from lpuc.backends import interpreter
 from lpuc.backends.lpu import build_program
+from lpuc.compiler.cache_scores import score_cache_before_write
 from lpuc.compiler.experts import dense_experts
 from lpuc.compiler.fuse_matmuls import fuse_matmuls
 from lpuc.compiler.grouped_heads import GroupHeads
@@ -25,10 +26,12 @@ from lpuc.compiler.serving import physical_bound, pipelined
 from lpuc.compiler.partition import Layout, parse_layout, partition
 from lpuc.compiler.pipeline import CompileOptions, compile_module
 from lpuc.compiler.split_heads import split_heads
-from lpuc.ir import LpucError
+from lpuc.ir import LpucError, Op
+from lpuc.ir.attributes import AttrDict
 from lpuc.ir.evaluator import evaluate
 from lpuc.ir.machine import read_machine
 from lpuc.ir.registry import OPS
+from lpuc.ir.schedule_facts import view_bases
 from lpuc.ir.target import Target
 
 from helpers import SAMPLES, max_rel_error, run_ort
@@ -117,14 +120,24 @@ def test_splitting_heads_computes_the_same(five_layers):
         assert np.abs(whole).max() > 0 and np.array_equal(whole, parts)
 
 
-def test_the_output_projection_runs_by_the_head_groups_rows(five_layers):
-    """With the query heads grouped by KV head (the pipeline's GroupHeads), the attention splits too, and the
-    output projection becomes one matmul per group by its rows, added on each chip, then over the chips."""
+def test_a_head_group_computes_its_own_q_k_v_and_rows_of_the_output_projection(five_layers):
+    """With the query heads grouped by KV head (the pipeline's GroupHeads), the attention splits too: each group
+    computes its q, k and v by its columns of their weights (pulled back through RoPE, reshapes and
+    transposes), and the output projection becomes one matmul per group by its rows, added on each chip, then
+    over the chips."""
     grouped = GroupHeads().run(five_layers, Target(MACHINE, 1))
     split = split_heads(grouped, 4, chips=2)  # 2 KV heads: 2 groups
     rows = [op for op in split.ops if op.name == "graph.matmul" and ".rows" in op.operands[1].name]
     assert len(rows) == 5 * 2 and {op.attrs["group"] for op in rows} == {0, 1}
     assert {op.operands[1].type.shape for op in rows} == {(176, 352)}  # 352 rows: 2 heads x 88 columns
+    # and each group computes its own q, k and v by its columns of their weights: no slice of a whole one
+    columns = [op for op in split.ops if op.name == "graph.matmul" and "group" in op.attrs
+               and op.operands[1].name.startswith("model.layers.") and ".rows" not in op.operands[1].name]
+    assert sorted({op.operands[1].type.shape for op in columns}) == [(352, 88), (352, 176)]  # k, v; q (2 heads)
+    assert len(columns) == 5 * 2 * 3
+    made = {r.name: op for op in split.ops for r in op.results}
+    assert not [op for op in split.ops if op.name == "graph.slice" and "group" in op.attrs
+                and "group" not in made[op.operands[0].name].attrs]  # (RoPE's halves of a group's own k are)
     rng = np.random.default_rng(0)
     for pos in (0, 6):
         feeds = {"input_ids": rng.integers(0, 400, (1, 1)), "position_ids": np.asarray([[pos]]),
@@ -265,3 +278,42 @@ def test_a_layout_with_paired_matmuls_matches_onnxruntime(tiny_prefill, layout):
     result = interpreter.run(build_program(module, machine_text), feeds)
     assert max(max_rel_error(result.outputs[k], ref[k]) for k in ref) <= 1e-4
     assert result.stats.cycles == summary.cycles
+
+
+def test_the_cache_is_scored_before_the_steps_key_is_written(five_layers):
+    """Each layer's scores: the cache as it was (its transpose before the write, in program order) and the new
+    key's on the VXM, the new slot chosen by position; the numbers are the model's, at every position."""
+    grouped = GroupHeads().run(five_layers, Target(MACHINE, 1))
+    early = score_cache_before_write(grouped)
+    wheres = [op for op in early.ops if op.name == "graph.where" and ".is_new" in op.operands[0].name]
+    assert len(wheres) == 5
+    index = {op.result.name: i for i, op in enumerate(early.ops)}
+    for op in early.ops:
+        if op.name == "graph.transpose" and op.operands[0].name.startswith("past_key_values"):
+            write = next(w for w in early.ops if w.name == "graph.state_write" and w.operands[0] == op.operands[0])
+            assert index[op.result.name] < index[write.result.name]
+    assert score_cache_before_write(early) is early  # (nothing left to rewrite)
+    rng = np.random.default_rng(0)
+    for pos in (0, 3, 6):
+        feeds = {"input_ids": rng.integers(0, 400, (1, 1)), "position_ids": np.asarray([[pos]]),
+                 "attention_mask": np.ones((1, 7), np.int64)}
+        whole, ours = evaluate(grouped, feeds)["logits"], evaluate(early, feeds)["logits"]
+        assert np.abs(whole).max() > 0 and max_rel_error(ours, whole) <= 1e-2  # (float16: the new dot product)
+
+
+def test_a_write_landing_under_a_read_of_the_cache_as_it_was_is_a_hazard():
+    """The scheduler orders a read of the cache as the step found it before the step's write lands; moved
+    after it (or the write moved under it), the interpreter reports it (rule 9)."""
+    step = compile_generation(SAMPLES / "llama_decode.onnx", layout="tp=2", scheduler="list")[0]
+    assert not interpreter.find_hazards(step)
+    ops, bases = step.module.ops, view_bases(step.module)
+    states = {op.result.name for op in ops if op.name == "mem.state"}
+    reads = [(op, state) for op in ops if op.name != "mem.state_write" and "cycle" in op.attrs
+             for v in op.operands for state in bases.get(v.name, ()) if state in states]
+    assert len({state for _, state in reads}) == 2 * 2  # each layer's keys, in 2 head groups
+    read, state = reads[0]
+    j = next(k for k, w in enumerate(ops) if w.name == "mem.state_write" and w.operands[0].name == state)
+    moved = list(ops)
+    moved[j] = Op(ops[j].name, ops[j].operands, ops[j].results, AttrDict({**ops[j].attrs, "cycle": read.attrs["cycle"]}))
+    hazards = interpreter.find_hazards(dataclasses.replace(step, module=step.module.replace(ops=tuple(moved))))
+    assert any(h.kind == "war" and "as the step found it" in str(h) for h in hazards)
