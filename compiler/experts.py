@@ -30,12 +30,15 @@ from ..ir.core import Block
 from ..ir.types import DType, TensorType
 from ..ir.verifier import verify
 
-from .passes import dead_code_elimination, fresh_name
+from .passes import add_up, cut_constant, dead_code_elimination, fresh_name
 
 
-def dense_experts(module: Module, larger_than: int | None = None) -> Module:
+def dense_experts(module: Module, larger_than: int | None = None, groups: int = 1) -> Module:
     """`module` with each gathered expert matmul computed densely (module docstring), or only those whose
-    stacked table has more than `larger_than` bytes; itself when it has none."""
+    stacked table has more than `larger_than` bytes; itself when it has none. `groups` > 1: expert
+    parallelism (`--layout ...,ep=E`): the experts in that many contiguous groups (as even as they come), each
+    group's matmul by its experts' weights alone (`group = j`, so on chip j of its stage), the partial
+    products added (passes.add_up)."""
     producer = {r.name: op for op in module.ops for r in op.results}
     readers: dict[str, int] = {}
     for op in module.ops:
@@ -73,23 +76,35 @@ def dense_experts(module: Module, larger_than: int | None = None) -> Module:
             else x
         row = Value(fresh(f"{x.name}.row"), TensorType((n, 1, cols), x.type.dtype))
         ops.append(Op("graph.reshape", (source,), (row,), AttrDict({"shape": (n, 1, cols)})))
-        every = Value(fresh(f"{chosen.name}.experts"), TensorType((experts,), chosen.type.dtype))
-        ops.append(Op("graph.constant", (), (every,), AttrDict(
-            {"value": Tensor.from_array(np.arange(experts, dtype=chosen.type.dtype.numpy))})))
-        hit = Value(fresh(f"{chosen.name}.hit"), TensorType((n, experts), DType.bool))
-        ops.append(Op("graph.equal", (chosen, every), (hit,)))
-        weight = Value(fresh(f"{chosen.name}.one_hot"), TensorType((n, experts), x.type.dtype))
-        ops.append(Op("graph.cast", (hit,), (weight,), AttrDict({"to": x.type.dtype})))
-        column = Value(fresh(f"{chosen.name}.one_hot_col"), TensorType((n, experts, 1), x.type.dtype))
-        ops.append(Op("graph.reshape", (weight,), (column,), AttrDict({"shape": (n, experts, 1)})))
-        placed = Value(fresh(f"{x.name}.placed"), TensorType((n, experts, cols), x.type.dtype))
-        ops.append(Op("graph.mul", (row, column), (placed,)))
-        wide = Value(fresh(f"{x.name}.wide"), TensorType((n, experts * cols), x.type.dtype))
-        ops.append(Op("graph.reshape", (placed,), (wide,), AttrDict({"shape": (n, experts * cols)})))
-        w = Value(fresh(f"{table.name}.stacked"), TensorType((experts * cols, rows), stacked.type.dtype))
-        ops.append(Op("graph.constant", (), (w,), AttrDict({"value": _stacked(stacked)})))
         out = Value(fresh(f"{y.name}.dense"), TensorType((n, rows), dtype))
-        ops.append(Op("graph.matmul", (wide, w), (out,), AttrDict(op.attrs)))
+        every = _stacked(stacked)
+        count = min(groups, experts)
+        partials = []
+        for j in range(count):
+            first, last = j * experts // count, (j + 1) * experts // count  # (experts first .. last - 1)
+            place = {"group": j} if count > 1 else {}
+            tag = f".experts{first}-{last - 1}" if count > 1 else ""
+            ids = Value(fresh(f"{chosen.name}.experts{tag}"), TensorType((last - first,), chosen.type.dtype))
+            ops.append(Op("graph.constant", (), (ids,), AttrDict(
+                {"value": Tensor.from_array(np.arange(first, last, dtype=chosen.type.dtype.numpy))})))
+            hit = Value(fresh(f"{chosen.name}.hit{tag}"), TensorType((n, last - first), DType.bool))
+            ops.append(Op("graph.equal", (chosen, ids), (hit,), AttrDict(place)))
+            weight = Value(fresh(f"{chosen.name}.one_hot{tag}"), TensorType((n, last - first), x.type.dtype))
+            ops.append(Op("graph.cast", (hit,), (weight,), AttrDict({"to": x.type.dtype, **place})))
+            column = Value(fresh(f"{chosen.name}.one_hot_col{tag}"), TensorType((n, last - first, 1), x.type.dtype))
+            ops.append(Op("graph.reshape", (weight,), (column,), AttrDict({"shape": (n, last - first, 1), **place})))
+            placed = Value(fresh(f"{x.name}.placed{tag}"), TensorType((n, last - first, cols), x.type.dtype))
+            ops.append(Op("graph.mul", (row, column), (placed,), AttrDict(place)))
+            width = (last - first) * cols
+            wide = Value(fresh(f"{x.name}.wide{tag}"), TensorType((n, width), x.type.dtype))
+            ops.append(Op("graph.reshape", (placed,), (wide,), AttrDict({"shape": (n, width), **place})))
+            part = every if count == 1 else cut_constant(every, rows=range(first * cols, last * cols))
+            w = Value(fresh(f"{table.name}.stacked{tag}"), part.type)
+            ops.append(Op("graph.constant", (), (w,), AttrDict({"value": part})))
+            partials.append(out if count == 1 else Value(fresh(f"{out.name}{tag}"), out.type))
+            ops.append(Op("graph.matmul", (wide, w), (partials[-1],), AttrDict({**op.attrs, **place})))
+        if count > 1:
+            ops.extend(add_up(partials, out, fresh, count))
         ops.append(Op("graph.reshape", (out,), (y,), AttrDict({"shape": y.type.shape})))
         direct[y.name] = out
     # (the stacked tables and the [N, K, 1] / [N, R, 1] reshapes nothing reads any more go)

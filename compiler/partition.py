@@ -31,7 +31,7 @@ Strategies:
             the k-th N-quantile of the model's weights. An op whose weight
             straddles quantiles (or exceeds a chip) is split over the chips it
             spans, each taking tiles in proportion to its part of the weight.
-  layout    a deployment's layout, `tp=T,pp=P` (Layout): P pipeline stages, each of T consecutive chips
+  layout    a deployment's layout, `tp=T,pp=P[,ep=E]` (Layout): P pipeline stages, each of T consecutive chips
             (one node of a dragonfly when T is its size: the chips a stage's collectives cross are
             fully connected). Stages are contiguous ranges of the program balanced by weight bytes,
             each cut moved to a nearby boundary few bytes cross while the stages stay near even.
@@ -88,7 +88,7 @@ class Partition(Pass):
     name = "partition"
     chips: int = 1
     strategy: str = "pipeline"
-    layout: str = ""  # strategy "layout": its text, tp=T,pp=P
+    layout: str = ""  # strategy "layout": its text, tp=T,pp=P[,ep=E]
 
     def plan(self, module: Module, target: Target, progress=None) -> Module:
         layout = parse_layout(self.layout) if self.strategy == "layout" else None
@@ -100,33 +100,36 @@ class Partition(Pass):
 
 @dataclass(frozen=True)
 class Layout:
-    """A deployment's layout: `pp` pipeline stages of `tp` chips each (tensor parallelism inside a stage)."""
+    """A deployment's layout: `pp` pipeline stages of `tp` chips each (tensor parallelism inside a stage), each
+    layer's experts (a mixture of experts) in `ep` groups, group j on chip j of its stage (expert
+    parallelism: compiler/experts.py)."""
 
     tp: int = 1
     pp: int = 1
+    ep: int = 1
 
     @property
     def chips(self) -> int:
         return self.tp * self.pp
 
     def __str__(self) -> str:
-        return f"tp={self.tp},pp={self.pp}"
+        return f"tp={self.tp},pp={self.pp}" + (f",ep={self.ep}" if self.ep > 1 else "")
 
 
 def parse_layout(text: str) -> Layout:
-    """`tp=T,pp=P` (either may be left out: 1) -> Layout; an LpucError saying what is wrong otherwise."""
+    """`tp=T,pp=P,ep=E` (any may be left out: 1) -> Layout; an LpucError saying what is wrong otherwise."""
     sizes = {}
     for word in text.split(","):
         key, _, value = word.strip().partition("=")
-        if key == "ep":
-            raise LpucError(f"layout {text!r}: ep (experts over chips) is not supported yet; lay a mixture of "
-                            "experts out by tp and pp (its experts computed densely, their weights split like any "
-                            "other)")
-        if key not in ("tp", "pp") or key in sizes or not value.isdigit() or int(value) < 1:
-            raise LpucError(f"layout {text!r}: expected tp=T,pp=P (positive integers: T chips per pipeline "
-                            "stage, P stages), e.g. tp=8,pp=9")
+        if key not in ("tp", "pp", "ep") or key in sizes or not value.isdigit() or int(value) < 1:
+            raise LpucError(f"layout {text!r}: expected tp=T,pp=P[,ep=E] (positive integers: T chips per pipeline "
+                            "stage, P stages, each layer's experts over E chips of its stage), e.g. tp=8,pp=9")
         sizes[key] = int(value)
-    return Layout(**sizes)
+    layout = Layout(**sizes)
+    if layout.ep > layout.tp:
+        raise LpucError(f"layout {text!r}: ep={layout.ep} spreads each layer's experts over {layout.ep} chips of "
+                        f"its stage, which has tp={layout.tp}: choose ep <= tp")
+    return layout
 
 
 def partition(module: Module, target: Target, strategy: str, layout: Layout | None = None) -> Module:

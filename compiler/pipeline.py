@@ -149,28 +149,30 @@ def is_layout(strategy: str) -> bool:
 def _laid_out(graph_module: Module, source: Module | None, machine: Machine, options: CompileOptions,
               strategy: str, states, progress=None, done: dict | None = None) -> Module:
     """The module a strategy partitions: `graph_module`, or at a layout of T > 1 chips a stage `source`
-    (before precision) with its experts dense (compiler/experts.py), each matmul split by columns and the one
-    reading it by rows paired into T branches (compiler/paired_matmuls.py: an MLP's parts never meet between
-    its matmuls), its heads grouped (GQA), its scores over a key cache started before the step's key is written
+    (before precision) with its experts dense (compiler/experts.py; at ep=E in E groups, one per chip), each
+    matmul split by columns and the one reading it by rows paired into T branches (compiler/paired_matmuls.py:
+    an MLP's parts never meet between its matmuls), its heads grouped (GQA), its scores over a key cache started before the step's key is written
     (compiler/cache_scores.py), its attention split by head groups (compiler/split_heads.py: as many on each
     chip as it has SXM units, each group transposing its keys, computing its own q, k and v by its columns of
     their weights, and its rows of the output projection), the matmuls of one activation by one group fused
     (compiler/fuse_matmuls.py: one round trip each), and converted to the precision asked for; each state where
     a partner program keeps it (`states`, when given).
-    `done`: where the rewritten `source` is kept per T (auto compares several layouts)."""
-    tp = parse_layout(strategy).tp if is_layout(strategy) else 1
+    `done`: where the rewritten `source` is kept per T and E (auto compares several layouts)."""
+    layout = parse_layout(strategy) if is_layout(strategy) else None
+    tp = layout.tp if layout else 1
     if tp > 1:
         heads = SplitHeads(tp * machine.units["sxm"].count, tp)
         if source is None:
             graph_module = run_passes(graph_module, Target(machine, 1), (ScoreCacheBeforeWrite(), heads))[0]
         else:
             done = {} if done is None else done
-            if tp not in done:
+            key = (tp, layout.ep)
+            if key not in done:
                 one = Target(machine, 1)
-                paired = pair_matmuls(dense_experts(source), tp, machine.lanes)
+                paired = pair_matmuls(dense_experts(source, groups=layout.ep), tp, machine.lanes)
                 split = run_passes(paired, one, (GroupHeads(), ScoreCacheBeforeWrite(), heads), progress)[0]
-                done[tp] = run_passes(fuse_matmuls(split), one, (Precision(options.precision),), progress)[0]
-            graph_module = done[tp]
+                done[key] = run_passes(fuse_matmuls(split), one, (Precision(options.precision),), progress)[0]
+            graph_module = done[key]
     return place_states(graph_module, states) if states is not None else graph_module
 
 

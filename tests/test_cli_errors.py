@@ -318,7 +318,8 @@ def test_usage_errors_are_one_line(capsys, argv, words):
     (["--layout", "tp=x"], ["tp=x", "expected tp=T,pp=P"]),
     (["--layout", "tp=2,tp=2"], ["expected tp=T,pp=P"]),
     (["--layout", "pp=0"], ["positive integers"]),
-    (["--layout", "tp=2,ep=2"], ["ep", "not supported yet"]),
+    (["--layout", "tp=2,ep=4"], ["ep=4", "tp=2", "choose ep <= tp"]),
+    (["--layout", "tp=2,ep=0"], ["positive integers"]),
     (["--layout", "tp=2,pp=2", "--chips", "8"], ["takes 4 chips", "--chips 8"]),
     (["--layout", "tp=2", "--partition", "tensor"], ["--layout", "--partition", "give one"]),
 ])

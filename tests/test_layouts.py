@@ -48,7 +48,8 @@ DECODERS = ("gpt2_decode", "llama_decode", "gemma_decode", "mixtral_decode", "ll
 
 
 @pytest.mark.parametrize("sample,layout", [(s, "tp=2") for s in DECODERS]
-                         + [("llama_decode", "tp=2,pp=2"), ("mixtral_decode", "tp=4,pp=2")])
+                         + [("llama_decode", "tp=2,pp=2"), ("mixtral_decode", "tp=4,pp=2"),
+                            ("mixtral_decode", "tp=4,pp=2,ep=4"), ("mixtral_decode_op23", "tp=2,ep=2")])
 def test_generation_at_a_layout_gives_hugging_face_greedy_tokens(sample, layout):
     step, first = compile_generation(SAMPLES / f"{sample}.onnx", SAMPLES / f"{sample.replace('_decode', '_prefill')}.onnx",
                                      layout=layout, scheduler="list")
@@ -317,3 +318,50 @@ def test_a_write_landing_under_a_read_of_the_cache_as_it_was_is_a_hazard():
     moved[j] = Op(ops[j].name, ops[j].operands, ops[j].results, AttrDict({**ops[j].attrs, "cycle": read.attrs["cycle"]}))
     hazards = interpreter.find_hazards(dataclasses.replace(step, module=step.module.replace(ops=tuple(moved))))
     assert any(h.kind == "war" and "as the step found it" in str(h) for h in hazards)
+
+
+MOE = ("mixtral_decode", "mixtral_prefill", "mixtral_decode_op23", "mixtral_prefill_op23")
+
+
+@pytest.mark.parametrize("layout", ["tp=2,ep=2", "tp=4,pp=2,ep=4", "tp=8,ep=8"])  # 2, 8 and 8 chips
+@pytest.mark.parametrize("sample", MOE)
+def test_a_sample_at_an_expert_parallel_layout_matches_onnxruntime(sample, layout):
+    """Compiled from the file (the layout's rewrites run), on the interpreter: onnxruntime's numbers."""
+    module, summary, machine_text = compile_model(SAMPLES / f"{sample}.onnx", options=CompileOptions(
+        layout=layout, precision="fp32", scheduler="list"))
+    assert summary.partition == str(parse_layout(layout))
+    with np.load(SAMPLES / f"{sample}.inputs.npz") as f:
+        inputs = {k: f[k] for k in f.files}
+    with np.load(SAMPLES / f"{sample}.outputs.npz") as f:
+        ref = {k: f[k] for k in f.files}
+    result = interpreter.run(build_program(module, machine_text), inputs)
+    assert max(max_rel_error(result.outputs[k], ref[k]) for k in ref) <= 1e-4
+
+
+@pytest.mark.parametrize("groups", [2, 4])
+def test_expert_groups_each_hold_their_experts(groups):
+    """ep=E: each layer's experts in E contiguous groups, group j's matmul by its experts' stacked weights alone
+    (their rows of the whole stack), on chip j of its stage; the numbers are the dense form's."""
+    graph = load_model(SAMPLES / "mixtral_decode.onnx")[0]
+    whole, grouped = dense_experts(graph), dense_experts(graph, groups=groups)
+    stacks = [op for op in whole.ops if op.name == "graph.constant" and ".stacked" in op.result.name]
+    parts = [op for op in grouped.ops if op.name == "graph.constant" and ".stacked" in op.result.name]
+    assert len(parts) == groups * len(stacks)
+    assert sum(op.result.type.numel for op in parts) == sum(op.result.type.numel for op in stacks)
+    matmuls = [op for op in grouped.ops if op.name == "graph.matmul" and ".stacked" in op.operands[1].name]
+    assert sorted({op.attrs["group"] for op in matmuls}) == list(range(groups))
+    layout = Layout(tp=4, pp=1, ep=groups)
+    placed = partition(grouped, Target(MACHINE, 4), "layout", layout).ops
+    for op in placed:
+        if op.name == "graph.matmul" and ".stacked" in op.operands[1].name:
+            assert op.attrs.get("chip", 0) == op.attrs["group"] and "parts" not in op.attrs
+    with np.load(SAMPLES / "mixtral_decode.inputs.npz") as f:
+        inputs = {k: f[k] for k in f.files}
+    ours, theirs = evaluate(grouped, inputs), evaluate(whole, inputs)
+    assert all(np.allclose(ours[k], theirs[k], rtol=1e-5, atol=1e-6) for k in theirs)
+
+
+def test_a_layouts_text_reads_back():
+    for text in ("tp=8,pp=72", "tp=8,pp=72,ep=8", "tp=2,pp=1,ep=2"):
+        assert str(parse_layout(text)) == text
+    assert parse_layout("tp=4,ep=2") == Layout(tp=4, pp=1, ep=2)
