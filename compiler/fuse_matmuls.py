@@ -23,15 +23,20 @@ from ..ir.verifier import verify
 from .passes import dead_code_elimination, fresh_name
 
 
-def fuse_matmuls(module: Module) -> Module:
+def fuse_matmuls(module: Module, chips: int | None = None) -> Module:
     """`module` with the matmuls of one activation by 2-D constant weights fused (module docstring); itself
-    when no two share an activation."""
+    when no two share an activation. Matmuls of groups (`group`, compiler/split_heads.py) fuse when they run on
+    one chip, group g on chip g mod `chips` (None: only those of one group): two head groups on a chip make
+    one matmul whose last weight tile is fuller."""
     constants = {op.result.name: op for op in module.ops if op.name == "graph.constant"}
     sets: dict[tuple, list[int]] = {}
     for i, op in enumerate(module.ops):
         if op.name == "graph.matmul" and op.operands[1].name in constants and op.operands[1].type.rank == 2:
             w = op.operands[1].type
-            sets.setdefault((op.operands[0].name, w.shape[0], w.dtype, op.attrs), []).append(i)
+            attrs = {k: v for k, v in op.attrs.items() if k != "group"}
+            where = op.attrs.get("group") if chips is None or "group" not in op.attrs else op.attrs["group"] % chips
+            sets.setdefault((op.operands[0].name, w.shape[0], w.dtype, tuple(sorted(attrs.items())), where),
+                            []).append(i)
     fused = {members[0]: members for members in sets.values() if len(members) > 1}
     if not fused:
         return module

@@ -77,6 +77,7 @@ class _Emitter:
         self.lazy: dict[str, tuple[str, object]] = {}  # placeholder -> ("constant", Tensor) / ("input", Value)
                                                        # / ("state", its graph.state op)
         self.copies: dict[tuple[str, int], Value] = {}  # (value, chip) -> it, on that chip
+        self.state_home: dict[str, int] = {}            # a state's placeholder -> the chip it lives on
         self.attrs: dict[tuple, AttrDict] = {}          # equal attributes, one object (ir.attributes.shared)
 
     @contextmanager
@@ -92,6 +93,9 @@ class _Emitter:
         chip = self.chip if chip is None else chip
         if v.name not in self.lazy and self.chip_of.get(v.name, chip) == chip:
             return v
+        home = self.state_home.get(v.name)
+        if home is not None and home != chip:  # a state lives on one chip: read elsewhere, it comes over
+            return self.at(self.at(v, home), chip)
         key = (v.name, chip)
         if key not in self.copies:
             with self.on(chip):
@@ -504,6 +508,8 @@ def lower(module: Module, target: Target, origins: list[int] | None = None) -> M
         e.b._taken.add(v.name)
         env[v.name] = e.placeholder("input", block_input, v.type, v.name)
     fixed = {op.result.name: state_chip(op, target.chips) for op in module.ops if OPS[op.name].persistent}
+    writer = {op.operands[0].name: op.attrs.get("chip", 0) for op in module.ops if OPS[op.name].in_place}
+    homes = {name: writer.get(name, 0) if chip is None else chip for name, chip in fixed.items()}
     for k, op in enumerate(module.ops):
         if op.name.split(".", 1)[0] != "graph":
             raise VerifyError(f"{op.label()}: lowering takes a graph-level module, found {op.name}")
@@ -527,6 +533,8 @@ def lower(module: Module, target: Target, origins: list[int] | None = None) -> M
             if lowered.type != r.type:
                 raise AssertionError(f"{op.label()}: lowered to {lowered.type}, expected {r.type}")
             env[r.name] = lowered
+        if OPS[op.name].persistent:
+            e.state_home[env[op.result.name].name] = homes[op.result.name]
     for out_name, v in module.outputs:
         value = env[v.name]
         with e.on(e.chip_of.get(value.name, 0)):

@@ -171,7 +171,7 @@ def _laid_out(graph_module: Module, source: Module | None, machine: Machine, opt
                 one = Target(machine, 1)
                 paired = pair_matmuls(dense_experts(source, groups=layout.ep), tp, machine.lanes)
                 split = run_passes(paired, one, (GroupHeads(), ScoreCacheBeforeWrite(), heads), progress)[0]
-                done[key] = run_passes(fuse_matmuls(split), one, (Precision(options.precision),), progress)[0]
+                done[key] = run_passes(fuse_matmuls(split, tp), one, (Precision(options.precision),), progress)[0]
             graph_module = done[key]
     return place_states(graph_module, states) if states is not None else graph_module
 

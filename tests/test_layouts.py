@@ -36,7 +36,7 @@ from lpuc.ir.target import Target
 
 from helpers import SAMPLES, max_rel_error, run_ort
 
-MACHINE = read_machine("tsp-v1")[0]
+MACHINE, MACHINE_TEXT = read_machine("tsp-v1")
 spec = importlib.util.spec_from_file_location("samples_shape_only", SAMPLES / "shape_only.py")
 shape_only = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = shape_only
@@ -365,3 +365,27 @@ def test_a_layouts_text_reads_back():
     for text in ("tp=8,pp=72", "tp=8,pp=72,ep=8", "tp=2,pp=1,ep=2"):
         assert str(parse_layout(text)) == text
     assert parse_layout("tp=4,ep=2") == Layout(tp=4, pp=1, ep=2)
+
+
+def test_a_state_read_on_another_chip_comes_over_from_its_own():
+    """A read of the cache as the step found it placed on another chip than the cache (a stage's cut between
+    them) gets the state's words by a transfer from its chip: one state, not a second declared there."""
+    graph = score_cache_before_write(GroupHeads().run(make_stateful(load_model(SAMPLES / "llama_decode.onnx")[0]),
+                                                      Target(MACHINE, 1)))
+    states = {op.result.name for op in graph.ops if op.name == "graph.state"}
+    ops = []
+    for op in graph.ops:
+        elsewhere = any(v.name in states for v in op.operands) and op.name != "graph.state_write"
+        ops.append(Op(op.name, op.operands, op.results, AttrDict({**op.attrs, "chip": 1})) if elsewhere else op)
+    assert sum(1 for op in ops if op.attrs.get("chip") == 1) == 2  # each layer's keys, read early
+    placed = graph.replace(ops=tuple(ops), attrs=AttrDict({**graph.attrs, "chips": 2}))
+    module, _ = compile_module(placed, MACHINE, CompileOptions(scheduler="list"))
+    declared = [op for op in module.ops if op.name == "mem.state"]
+    assert len(declared) == len(states) and all(op.attrs.get("chip", 0) == 0 for op in declared)
+    sent = {op.operands[0].name for op in module.ops if op.name == "c2c.send"}
+    assert sum(1 for op in declared if op.result.name in sent) == 2
+    feeds = {"input_ids": np.asarray([[3]]), "position_ids": np.asarray([[0]]),
+             "attention_mask": np.ones((1, 24), np.int64)}
+    feeds["attention_mask"][0, 1:] = 0
+    result = interpreter.run(build_program(module, MACHINE_TEXT), feeds)
+    assert max_rel_error(result.outputs["logits"], evaluate(graph, feeds)["logits"]) <= 1e-2
