@@ -352,6 +352,18 @@ def _stage_of(module: Module, target: Target, pp: int) -> list[int]:
     # a cut moves only while its stages stay within a tenth of an even share (a stage is tp chips, and its
     # weights spread over all of them: a stage that grew by half a layer would overflow them)
     _move_cuts(module, stage, weights, set(), loads, max(max(loads), sum(weights) * 11 // (10 * pp)), lanes)
+    # what is made of a cache as the step found it alone (compiler/cache_scores.py: its keys transposed) stays
+    # with the cache, on its write's stage: across a cut it would take the whole cache over a link every step
+    writer = {op.operands[0].name: i for i, op in enumerate(module.ops) if OPS[op.name].in_place}
+    constants = {op.result.name for op in module.ops if op.name == "graph.constant"}
+    cache_of = {name: name for name in writer}  # value -> the state it is made of alone
+    for i, op in enumerate(module.ops):
+        made = {cache_of[v.name] for v in op.operands if v.name in cache_of}
+        if len(made) == 1 and not OPS[op.name].in_place and \
+                all(v.name in cache_of or v.name in constants for v in op.operands):
+            state = made.pop()
+            stage[i] = stage[writer[state]]
+            cache_of.update({r.name: state for r in op.results})
     return stage
 
 

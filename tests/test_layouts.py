@@ -389,3 +389,18 @@ def test_a_state_read_on_another_chip_comes_over_from_its_own():
     feeds["attention_mask"][0, 1:] = 0
     result = interpreter.run(build_program(module, MACHINE_TEXT), feeds)
     assert max_rel_error(result.outputs["logits"], evaluate(graph, feeds)["logits"]) <= 1e-2
+
+
+@pytest.mark.parametrize("sample, layout", [("llama_decode", "tp=2,pp=4"), ("gpt2_decode", "tp=2,pp=3")])
+def test_what_is_made_of_a_cache_as_it_was_stays_on_the_caches_stage(sample, layout):
+    """More stages than layers put cuts inside layers; none falls between a cache and its keys' early
+    transpose (the whole cache would cross a link every step), and generation gives Hugging Face's tokens."""
+    step, first = compile_generation(SAMPLES / f"{sample}.onnx", SAMPLES / f"{sample.replace('_decode', '_prefill')}.onnx",
+                                     layout=layout, scheduler="list")
+    bases = view_bases(step.module)
+    states = {op.result.name for op in step.module.ops if op.name == "mem.state"}
+    assert not [op for op in step.module.ops if op.name == "c2c.send"
+                and states & set(bases.get(op.operands[0].name, (op.operands[0].name,)))]
+    with np.load(SAMPLES / f"{sample}.generate.npz") as f:
+        prompt, tokens = f["prompt"], f["tokens"]
+    assert generate(step, prompt, tokens.shape[1], first).tokens.tolist() == tokens.tolist()
