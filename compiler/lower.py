@@ -366,6 +366,26 @@ def _split_batch(e: _Emitter, op: Op, a: Value, b: Value) -> Value:
     return e.one("sxm.concat", parts, {"axis": axis}, h) if len(parts) > 1 else parts[0]
 
 
+TRANSPOSE_ROWS = 2  # a transpose of many rows is cut into pieces of this many vector columns of its result
+
+
+def _transpose(e: _Emitter, op: Op, args):
+    """A transpose; one swapping the last two axes of many rows (a key cache: [..., slots, D]) in pieces of
+    TRANSPOSE_ROWS vectors of rows each (row slices are free views, the pieces' results join as vector
+    columns): the same SXM work, but no piece holds its unit and its slices' ports for long, so what the
+    step waits on interleaves with it."""
+    (x,), perm, h = args, tuple(op.attrs["perm"]), _hint(op)
+    rank, piece = x.type.rank, TRANSPOSE_ROWS * e.lanes
+    if rank < 2 or perm != tuple(range(rank - 2)) + (rank - 1, rank - 2) or x.type.shape[-2] <= piece:
+        return e.op("sxm.transpose", args, op.attrs, [h])
+    rows, parts = x.type.shape[-2], []
+    for k, start in enumerate(range(0, rows, piece)):
+        size = min(piece, rows - start)
+        rows_k = e.one("mem.row_slice", [x], {"start": start, "size": size}, f"{h}.rows{k}")
+        parts.append(e.one("sxm.transpose", [rows_k], {"perm": perm}, f"{h}.part{k}"))
+    return (e.one("mem.join", parts, {}, h),)
+
+
 def _gather(e: _Emitter, op: Op, args):
     """A gather; from a constant table spread over e.split, by column tiles joined at home."""
     if not e.split:
@@ -390,6 +410,7 @@ RULES.update({
     "graph.rms_norm": _rms_norm,
     "graph.matmul": _matmul,
     "graph.gather": _gather,
+    "graph.transpose": _transpose,
     "graph.state": _state,
     "graph.state_write": lambda e, op, args: e.op("mem.state_write", args, {}, [_hint(op)]),
 })
