@@ -349,9 +349,13 @@ def _stage_of(module: Module, target: Target, pp: int) -> list[int]:
     loads = [0] * pp
     for i, w in enumerate(weights):
         loads[stage[i]] += w
-    # a cut moves only while its stages stay within a tenth of an even share (a stage is tp chips, and its
-    # weights spread over all of them: a stage that grew by half a layer would overflow them)
-    _move_cuts(module, stage, weights, set(), loads, max(max(loads), sum(weights) * 11 // (10 * pp)), lanes)
+    # a cut moves only while its stages' weights stay within a tenth of an even share, or three quarters of
+    # the stage's SRAM when that is more (a stage is tp chips, its weights spread over all of them; at batch 1
+    # the stages run one after another, so an uneven cut costs nothing, and one between a layer's branches costs
+    # its chips an extra branch each: _group_spans)
+    stage_bytes = target.machine.sram.chip_bytes * (target.chips // pp) * 3 // 4
+    _move_cuts(module, stage, weights, set(), loads, max(max(loads), sum(weights) * 11 // (10 * pp), stage_bytes),
+               lanes)
     # what is made of a cache as the step found it alone (compiler/cache_scores.py: its keys transposed) stays
     # with the cache, on its write's stage: across a cut it would take the whole cache over a link every step
     writer = {op.operands[0].name: i for i, op in enumerate(module.ops) if OPS[op.name].in_place}
@@ -644,11 +648,38 @@ def _cuts_of(profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]], 
     return tuple(out), best[-1][1]
 
 
+def _group_spans(module: Module, order: list[int]) -> list[int]:
+    """Per position p of `order`: how many values crossing a cut there tie head groups or paired-matmul branches
+    together (made by a group's op, or made inside the layers and read by groups' ops): a stage cut there would
+    put part of one layer's groups on the next stage, whose chips then do more than a layer's share."""
+    layers = find_layers(module)
+    if layers is None or not any("group" in module.ops[i].attrs for i in order):
+        return [0] * (len(order) + 1)
+    first, last = min(layers.blocks[0]), max(layers.blocks[-1])
+    grouped_readers: dict[str, list[int]] = {}
+    for p, i in enumerate(order):
+        if "group" in module.ops[i].attrs:
+            for v in module.ops[i].operands:
+                grouped_readers.setdefault(v.name, []).append(p)
+    spans = [0] * (len(order) + 1)
+    for p, i in enumerate(order):
+        op = module.ops[i]
+        for r in op.results:
+            readers = grouped_readers.get(r.name)
+            if readers and ("group" in op.attrs or first <= i <= last) and max(readers) > p:
+                spans[p + 1] += 1
+                spans[max(readers) + 1] -= 1
+    for p in range(1, len(spans)):
+        spans[p] += spans[p - 1]
+    return spans
+
+
 def _move_cuts(module: Module, home: list[int], weights: list[int], split: set[int], load: list[int],
                room: int, lanes: int) -> None:
     """Move each cut between two pipeline stages to the nearby op boundary (within half a stage)
-    that the fewest activation bytes cross, so stages hand over small values: a cut inside a mixture of
-    experts would otherwise send gathered expert weights over a link. A cut never moves across a split
+    that the fewest activation bytes cross, and none tying a layer's groups together (_group_spans), so stages
+    hand over small values: a cut inside a mixture of experts would otherwise send gathered expert weights
+    over a link. A cut never moves across a split
     op, nor so far that a stage's weights exceed `room` bytes. Nor does it stay where a value the size of a
     state crosses (a resident cache, or a copy of it, read on the next chip: the cache would cross a link
     every step): it goes to the nearest boundary without one, however far, between its neighbours."""
@@ -657,6 +688,7 @@ def _move_cuts(module: Module, home: list[int], weights: list[int], split: set[i
     order = [i for i, op in enumerate(module.ops) if op.name != "graph.constant" and not OPS[op.name].persistent]
     big = min((words(v.type, lanes) for v in states), default=None)
     crossing, heavy = _crossings(module, order, lanes, big)  # heavy[p]: crossing values the size of a state
+    tying = _group_spans(module, order)
     cuts = [p for p in range(1, len(order)) if home[order[p]] == home[order[p - 1]] + 1]
     window = max(1, len(order) // (2 * chips))
     for k, p in enumerate(cuts):
@@ -671,7 +703,7 @@ def _move_cuts(module: Module, home: list[int], weights: list[int], split: set[i
         while hi > p and (any(order[q] in split for q in range(p, hi))
                           or load[stage - 1] + sum(weights[order[q]] for q in range(p, hi)) > room):
             hi -= 1
-        best = min(range(lo, hi + 1), key=lambda q: (heavy[q] > 0, crossing[q], abs(q - p), q))
+        best = min(range(lo, hi + 1), key=lambda q: (heavy[q] > 0, tying[q] > 0, crossing[q], abs(q - p), q))
         moved = sum(weights[order[q]] for q in range(min(best, p), max(best, p)))
         load[stage if best < p else stage - 1] += moved
         load[stage - 1 if best < p else stage] -= moved

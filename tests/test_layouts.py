@@ -404,3 +404,18 @@ def test_what_is_made_of_a_cache_as_it_was_stays_on_the_caches_stage(sample, lay
     with np.load(SAMPLES / f"{sample}.generate.npz") as f:
         prompt, tokens = f["prompt"], f["tokens"]
     assert generate(step, prompt, tokens.shape[1], first).tokens.tolist() == tokens.tolist()
+
+
+def test_stage_cuts_keep_a_layers_branches_together(tiny_prefill):
+    """With more stages than layers, cuts fall inside layers, but not between one MLP's branches (one stage's
+    chips would do some of them on top of their own layer's share)."""
+    graph = pair_matmuls(load_model(tiny_prefill[0])[0], 2, MACHINE.lanes)
+    placed = partition(graph, Target(MACHINE, 8), "layout", Layout(tp=2, pp=4)).ops
+    branches: dict[str, set[int]] = {}
+    for op in placed:
+        if op.name == "graph.matmul" and "group" in op.attrs:  # gate_17.part0 ... : its region by its exit
+            region = op.result.name.split(".part")[0]
+            branches.setdefault(region, set()).add(op.attrs.get("chip", 0) // 2)
+    assert len(branches) == 3 * 3 and all(len(stages) == 1 for stages in branches.values())
+    stages = {op.attrs.get("chip", 0) // 2 for op in placed if op.name != "graph.constant"}
+    assert len(stages) == 4
