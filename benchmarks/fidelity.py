@@ -6,7 +6,7 @@ Each row writes the model from shapes alone (samples/shape_only.py, samples/shap
 shapes, weights never read), compiles it with `lpuc compile --no-weights --json` in a fresh process at int8
 (the chip's integer path) on tsp-v1, with the published chip count and lpuc's default layout, then with
 `--layout tp=8,pp=<chips/8>` (tensor parallel over a node, pipeline across nodes) where the chips make whole
-nodes, and runs each program with `lpuc run --timing-only` (every hazard checked). A decode step keeps its
+nodes, and at the alternatives a row names (Mixtral: `ep=8`, an expert per chip), and runs each program with `lpuc run --timing-only` (every hazard checked). A decode step keeps its
 KV cache resident (--state auto). The table gives the layout, the chips, what lpuc predicts (latency or
 tokens/s at batch 1), the published figure, predicted / published, the compile and run wall times, the gap
 of the schedule to its lower bound, and in the note the physical bound (each stage's MXM work and the
@@ -44,6 +44,7 @@ class Target:
     chips: int
     write: object           # (path) -> None: the shape-only model, or None: no builder yet
     decode: bool = True
+    alternatives: tuple[str, ...] = ()  # more layouts to measure beside the default and tp=8 over nodes
 
 
 TARGETS = (
@@ -52,7 +53,8 @@ TARGETS = (
     Target("llama2-70b", 300.0, "tok/s", 576,
            lambda out: shape_only.write("llama2-70b", out, mode="decode", past=4095)),
     Target("mixtral-8x7b", 480.0, "tok/s", 576,
-           lambda out: shape_only.write("mixtral-8x7b", out, mode="decode", past=4095)),
+           lambda out: shape_only.write("mixtral-8x7b", out, mode="decode", past=4095),
+           alternatives=("tp=8,pp=72,ep=8",)),  # each chip of a node holding one expert whole
 )
 
 
@@ -82,10 +84,10 @@ def main(argv=None) -> int:
     unknown = sorted(set(names) - {t.name for t in TARGETS})
     if unknown:
         p.error(f"unknown rows {', '.join(unknown)}")
-    head = (f"{'model':<13} {'layout':<12} {'chips':>5} {'predicted':>12} {'published':>12} {'pred/pub':>8} "
+    head = (f"{'model':<13} {'layout':<16} {'chips':>5} {'predicted':>12} {'published':>12} {'pred/pub':>8} "
             f"{'compile s':>9} {'run s':>6} {'gap':>6}  note")
     print(f"{args.machine}, int8, batch 1; load average {os.getloadavg()[0]:.1f}")
-    print(head)
+    print(head, flush=True)
     print("-" * len(head))
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
@@ -101,10 +103,11 @@ def main(argv=None) -> int:
             layouts = [None]
             if target.chips % 8 == 0 and target.chips > 8:
                 layouts.append(f"tp=8,pp={target.chips // 8}")
+            layouts += target.alternatives
             chosen = None
             for layout in layouts:
                 if layout is not None and layout == chosen:
-                    print(f"{target.name:<13} {layout:<12} {target.chips:>5} {'(the default: above)':>12}", flush=True)
+                    print(f"{target.name:<13} {layout:<16} {target.chips:>5} {'(the default: above)':>12}", flush=True)
                     continue
                 program = work / f"{target.name}{'_' + layout.replace(',', '_') if layout else ''}.lpu"
                 options = ["--no-weights", "--precision", "int8", "--chips", str(target.chips), "--machine",
@@ -113,7 +116,7 @@ def main(argv=None) -> int:
                 options += ["--layout", layout] if layout else []
                 report, error, seconds = _lpuc("compile", str(model), "-o", str(program), *options)
                 if report is None:
-                    print(f"{target.name:<13} {layout or 'default':<12} {target.chips:>5} {'-':>12} {published:>12} "
+                    print(f"{target.name:<13} {layout or 'default':<16} {target.chips:>5} {'-':>12} {published:>12} "
                           f"{'-':>8} {seconds:>9.1f} {'-':>6} {'-':>6}  does not compile: {error}", flush=True)
                     continue
                 chosen = chosen or report["partition"]
@@ -130,7 +133,7 @@ def main(argv=None) -> int:
                     note = f"run failed: {error}"
                 elif run["cycles"] != report["cycles"]:
                     note = f"run took {run['cycles']:,} cycles, the schedule {report['cycles']:,}"
-                print(f"{target.name:<13} {layout or 'default':<12} {target.chips:>5} "
+                print(f"{target.name:<13} {layout or 'default':<16} {target.chips:>5} "
                       f"{f'{predicted:,.1f} {target.unit}':>12} {published:>12} {predicted / target.published:>8.3f} "
                       f"{seconds:>9.1f} {run_seconds:>6.1f} {report['gap']:>6.1%}  {note}", flush=True)
                 program.unlink(missing_ok=True)
