@@ -419,3 +419,22 @@ def test_stage_cuts_keep_a_layers_branches_together(tiny_prefill):
     assert len(branches) == 3 * 3 and all(len(stages) == 1 for stages in branches.values())
     stages = {op.attrs.get("chip", 0) // 2 for op in placed if op.name != "graph.constant"}
     assert len(stages) == 4
+
+
+@pytest.mark.parametrize("layout", ["tp=2", "tp=4,pp=2"])
+def test_a_decode_step_with_its_cache_resident_at_a_layout_computes_the_models_numbers(tmp_path, layout):
+    """Tiny Llama decode, widths beyond one vector and not multiples of it, its cache resident, compiled from the
+    file at a layout (paired MLPs, head groups computing their own q/k/v, scores over the cache as it was,
+    the output projection by rows): the interpreter gives the reference evaluator's numbers on the model."""
+    out = tmp_path / "decode.onnx"
+    assert shape_only.main(["tiny", "--mode", "decode", "--past", "6", "--layers", "3", "--weights", "random",
+                            "--dtype", "float32", "-o", str(out)]) == 0
+    module, _, machine_text = compile_model(out, options=CompileOptions(layout=layout, precision="fp32",
+                                                                         scheduler="list", state="auto"))
+    names = {op.result.name for op in module.ops if op.name == "mem.state"}
+    assert names and all(".heads" in n for n in names)
+    feeds = {"input_ids": np.asarray([[17]]), "position_ids": np.asarray([[0]]),
+             "attention_mask": np.asarray([[1, 0, 0, 0, 0, 0, 0]])}
+    ours = interpreter.run(build_program(module, machine_text), feeds).outputs["logits"]
+    reference = evaluate(make_stateful(load_model(out)[0]), feeds)["logits"]
+    assert np.abs(reference).max() > 0 and max_rel_error(ours, reference) <= 1e-4
