@@ -12,7 +12,10 @@ the partition can put group g on chip g of the stage (the ops carry `group = g`)
 - An op reading such a group value becomes G ops when its rule maps the heads axis through (elementwise ops
   with broadcasting, transpose, a reshape keeping heads a leading factor, softmax and reductions along other
   axes, slices and concats along other axes, matmul over batch axes, state writes); an operand from outside
-  that spans the heads axis enters as a `graph.slice` of its group, one that broadcasts over it as it is.
+  that broadcasts over the heads axis enters as it is, one that spans it as its group's part: made by its
+  producer's work on that part alone where the work can be cut so (`_pulled`: back through elementwise ops,
+  transposes, reshapes, slices, splits, concats and reductions to a matmul by a constant's columns, so that
+  each group computes its own q, k and v), else a `graph.slice` of the whole.
 - A matmul contracting the groups joined along its last axis by a 2-D constant (the output projection) becomes
   one matmul per group by the constant's rows for that group's columns (Megatron-LM's row split: a group's
   heads never leave its chip), the partial products added up on each chip, then over the chips
