@@ -47,8 +47,8 @@ from ..ir.attributes import AttrDict, shared
 from ..ir.builder import Builder
 from ..ir.errors import EvalError, VerifyError
 from ..ir.evaluator import check_inputs, conform
-from ..ir.graph_ops import PLACEMENT_ATTRS, broadcast_shapes
-from ..ir.layout import rows_cols
+from ..ir.graph_ops import ELEMENTWISE, PLACEMENT_ATTRS, broadcast_shapes
+from ..ir.layout import rows_cols, words
 from ..ir.registry import OPS, TypeRuleError
 from ..ir.target import Target
 from ..ir.types import DType, TensorType
@@ -163,10 +163,41 @@ def _hint(op: Op, i: int = 0) -> str:
     return op.results[i].name
 
 
+PIECE_WORDS = 256  # an elementwise VXM op on many vector columns is cut into column pieces of at least this many
+                  # words: pieces run on several ALUs at once, and the next op of a chain starts on a piece as
+                  # soon as it lands (the VXM's chaining, in whole instructions)
+
+
 def _same(unit: str, name: str) -> Rule:
     def rule(e: _Emitter, op: Op, args: list[Value]):
+        if unit == "vxm" and op.name in ELEMENTWISE:
+            pieces = _column_pieces(e, op, f"{unit}.{name}", args)
+            if pieces:
+                return pieces
         return e.op(f"{unit}.{name}", args, op.attrs, [r.name for r in op.results])
     return rule
+
+
+def _column_pieces(e: _Emitter, op: Op, machine_op: str, args: list[Value]) -> tuple[Value, ...] | None:
+    """An elementwise op on a result of several vector columns and many words, as one instruction per run of
+    columns (PIECE_WORDS words or more each): an operand spanning the columns read by its columns (a free view),
+    one broadcast along them whole; the pieces joined (a free view). None: not worth cutting."""
+    out, lanes = op.result.type, e.lanes
+    if out.rank < 1 or len(op.results) != 1:
+        return None
+    n = out.shape[-1]
+    tiles = -(-n // lanes)
+    per_tile = words(out, lanes) // max(tiles, 1)
+    step = max(1, -(-PIECE_WORDS // max(per_tile, 1)))  # column tiles per piece
+    if tiles < 2 or step >= tiles or any(a.type.rank >= 1 and a.type.shape[-1] not in (1, n) for a in args):
+        return None
+    h, parts = _hint(op), []
+    for k, first in enumerate(range(0, tiles, step)):
+        start, size = first * lanes, min(n, (first + step) * lanes) - first * lanes
+        operands = [a if a.type.rank < 1 or a.type.shape[-1] == 1 else
+                    e.one("mem.column_slice", [a], {"start": start, "size": size}, f"{h}.in{k}") for a in args]
+        parts.append(e.one(machine_op, operands, op.attrs, f"{h}.cols{k}"))
+    return (e.one("mem.join", parts, {}, h),)
 
 
 for _machine_op, _graph_op in mo.GRAPH_EQUIVALENT.items():

@@ -27,10 +27,10 @@ from __future__ import annotations
 from ..ir import Module, Op, Value
 from ..ir.attributes import AttrDict
 from ..ir.core import Block
+from ..ir.graph_ops import ELEMENTWISE
 from ..ir.verifier import verify
 
 from .passes import add_up, cut_constant, dead_code_elimination, fresh_name
-from .split_heads import ELEMENTWISE
 
 
 def pair_matmuls(module: Module, parts: int, lanes: int) -> Module:

@@ -34,15 +34,13 @@ from dataclasses import dataclass
 from ..ir import Module, Op, Value
 from ..ir.attributes import AttrDict, Tensor
 from ..ir.core import Block
-from ..ir.graph_ops import ARITHMETIC, COMPARISON, FLOAT_UNARY, LOGICAL, NUMERIC_UNARY, REDUCTIONS
+from ..ir.graph_ops import ELEMENTWISE, REDUCTIONS
 from ..ir.registry import OPS
 from ..ir.target import Target
 from ..ir.verifier import verify
 
 from .passes import Pass, add_up, cut_constant, dead_code_elimination, fresh_name
 
-ELEMENTWISE = {f"graph.{n}" for n in (*ARITHMETIC, *COMPARISON, *LOGICAL, *FLOAT_UNARY, *NUMERIC_UNARY,
-                                      "not", "isnan", "round", "gelu", "where", "cast")}
 REDUCING = {f"graph.{n}" for n in REDUCTIONS}
 
 

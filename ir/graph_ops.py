@@ -199,6 +199,9 @@ def _matmul(types, attrs):
 
 
 REDUCTIONS = ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min")
+# the ops computing each element of their result from the same element of each operand (numpy broadcasting)
+ELEMENTWISE = frozenset(f"graph.{n}" for n in (*ARITHMETIC, *COMPARISON, *LOGICAL, *FLOAT_UNARY, *NUMERIC_UNARY,
+                                               "not", "isnan", "round", "gelu", "where", "cast"))
 
 
 def _reduce(types, attrs):

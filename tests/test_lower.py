@@ -299,3 +299,27 @@ def test_join_extents_name_the_right_words():
     joined = TensorType((3, 5, 1021), F32)
     picked = np.concatenate([data[w:w + n] for _, w, n in ext])
     np.testing.assert_array_equal(from_words(picked, joined, LANES), np.concatenate(parts, axis=-1))
+
+
+def test_a_wide_elementwise_chain_runs_in_column_pieces():
+    """Elementwise ops on a result of several vector columns and many words become one VXM instruction per run
+    of columns (operands spanning the columns read by theirs, broadcast ones whole; the pieces joined), which the
+    evaluator computes as the graph does; a narrow op stays one instruction."""
+    rng = np.random.default_rng(3)
+    b = Builder()
+    x = b.input("x", TensorType((97, 1000), F32))        # 97 rows x 4 columns of f32: 1,552 words
+    row = b.input("row", TensorType((97, 1), F32))       # broadcast along the columns
+    small = b.input("small", TensorType((1, 1000), F32))  # one row: 16 words, below a piece
+    scale = b.constant(rng.standard_normal(1000).astype(np.float32), name="scale")
+    y = b.op("graph.mul", b.op("graph.relu", x), scale)
+    z = b.op("graph.add", y, row)
+    b.output("z", z)
+    b.output("s", b.op("graph.exp", small))
+    module = verify(b.build("wide"))
+    lowered = verify(lower(module, TSP_V1), TSP_V1.machine)
+    counts = Counter(op.name for op in lowered.ops)
+    assert counts["vxm.relu"] == counts["vxm.mul"] == counts["vxm.add"] == 4 and counts["vxm.exp"] == 1
+    feeds = {"x": rng.standard_normal((97, 1000)).astype(np.float32),
+             "row": rng.standard_normal((97, 1)).astype(np.float32),
+             "small": rng.standard_normal((1, 1000)).astype(np.float32)}
+    assert rel_error(evaluate_machine(lowered, feeds), evaluate(module, feeds)) == 0
