@@ -314,9 +314,11 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
     # Precision first (after grouping heads, which drops the copies it would convert): the weights' storage
     # type decides the SRAM they take, hence the default chip count.
     # Experts dense (compiler/experts.py) where a stacked expert table is larger than a chip: before grouping
-    # heads and precision, which rewrite the gathered matmul. (A layout redoes these from `source`: _laid_out.)
-    source = dense_experts(graph_module, machine.sram.chip_bytes)
-    graph_module, plans = run_passes(source, Target(machine, graph_module.attrs.get("chips", 1)),
+    # heads and precision, which rewrite the gathered matmul. (A layout redoes these from `source`, the model as
+    # imported: _laid_out.)
+    source = graph_module
+    graph_module, plans = run_passes(dense_experts(source, machine.sram.chip_bytes),
+                                     Target(machine, graph_module.attrs.get("chips", 1)),
                                      (GroupHeads(), Precision(options.precision)), progress)
     stored = plans[Precision.name][1]
     if "chips" in graph_module.attrs:  # partitioned already

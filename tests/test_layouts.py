@@ -438,3 +438,26 @@ def test_a_decode_step_with_its_cache_resident_at_a_layout_computes_the_models_n
     ours = interpreter.run(build_program(module, machine_text), feeds).outputs["logits"]
     reference = evaluate(make_stateful(load_model(out)[0]), feeds)["logits"]
     assert np.abs(reference).max() > 0 and max_rel_error(ours, reference) <= 1e-4
+
+
+def test_expert_groups_also_when_a_stacked_table_is_larger_than_a_chip(monkeypatch):
+    """A table larger than a chip is made dense before a layout is chosen; at ep=E the layout still groups its
+    experts (it rewrites the model as imported), and the numbers are onnxruntime's. (Every table counts as
+    larger than a chip here: the sample's are small.)"""
+    import lpuc.compiler.pipeline as pipeline
+
+    def every_table(module, larger_than=None, groups=1):
+        return dense_experts(module, None if larger_than is None else 0, groups)
+
+    monkeypatch.setattr(pipeline, "dense_experts", every_table)
+    module, summary, machine_text = compile_model(SAMPLES / "mixtral_decode.onnx", options=CompileOptions(
+        layout="tp=4,ep=4", precision="fp32", scheduler="list"))
+    groups = {op.attrs.get("chip", 0) for op in module.ops if op.name == "mem.constant"
+              and ".stacked.experts" in op.result.name}
+    assert groups == set(range(4))  # 4 experts: 4 groups, one per chip
+    with np.load(SAMPLES / "mixtral_decode.inputs.npz") as f:
+        inputs = {k: f[k] for k in f.files}
+    with np.load(SAMPLES / "mixtral_decode.outputs.npz") as f:
+        ref = {k: f[k] for k in f.files}
+    result = interpreter.run(build_program(module, machine_text), inputs)
+    assert max(max_rel_error(result.outputs[k], ref[k]) for k in ref) <= 1e-4
