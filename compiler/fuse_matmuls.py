@@ -34,7 +34,8 @@ def fuse_matmuls(module: Module, chips: int | None = None) -> Module:
         if op.name == "graph.matmul" and op.operands[1].name in constants and op.operands[1].type.rank == 2:
             w = op.operands[1].type
             attrs = {k: v for k, v in op.attrs.items() if k != "group"}
-            where = op.attrs.get("group") if chips is None or "group" not in op.attrs else op.attrs["group"] % chips
+            group = op.attrs.get("group")
+            where = group if group is None or chips is None else group % chips
             sets.setdefault((op.operands[0].name, w.shape[0], w.dtype, tuple(sorted(attrs.items())), where),
                             []).append(i)
     fused = {members[0]: members for members in sets.values() if len(members) > 1}

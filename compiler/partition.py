@@ -652,8 +652,8 @@ def _group_spans(module: Module, order: list[int]) -> list[int]:
     """Per position p of `order`: how many values crossing a cut there tie head groups or paired-matmul branches
     together (made by a group's op, or made inside the layers and read by groups' ops): a stage cut there would
     put part of one layer's groups on the next stage, whose chips then do more than a layer's share."""
-    layers = find_layers(module)
-    if layers is None or not any("group" in module.ops[i].attrs for i in order):
+    layers = find_layers(module) if any("group" in module.ops[i].attrs for i in order) else None
+    if layers is None:  # (a partition with no groups never looks for layers here)
         return [0] * (len(order) + 1)
     first, last = min(layers.blocks[0]), max(layers.blocks[-1])
     grouped_readers: dict[str, list[int]] = {}
