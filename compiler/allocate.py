@@ -168,34 +168,46 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None,
     alias = {op.result.name: op.operands[0].name for op in module.ops if OPS[op.name].in_place}
     pinned = set(constants) | {op.result.name for op in states}
     size = {name: words(types[name], machine.lanes) for name in first}
-    # a layer's load from the host (its past K/V) is live from the start: compiler.templates streams it ahead
-    # of its layer, so it must not wait for the words of the layer's earlier values
+    # Values live from the start, in words no earlier value held, so that they wait for nothing: a layer's load
+    # from the host (its past K/V), which compiler.templates streams ahead of its layer; and, when the chips have
+    # the room, what is computed from a state alone (the cache as the step found it, transposed for the scores):
+    # in words freed by the layer before, it would wait for that layer's last reader of them, and stand in the
+    # way of its own layer's start.
     block_of = {i: r for r, block in enumerate(layers) for i in block}
-    ahead = [op.result.name for i, op in enumerate(module.ops) if i in block_of and op.name == "host.input"]
-
-    # The peak per chip, from liveness alone: placement can always cut values into pieces, so it
-    # fails exactly when this exceeds a chip.
-    live = [0] * chips
-    for c in constants:
-        live[chip[c]] += size[c]
-    image = sum(live)
-    for name in [op.result.name for op in states] + ahead:
-        live[chip[name]] += size[name]
-    ahead_set = set(ahead)
+    loads = [op.result.name for i, op in enumerate(module.ops) if i in block_of and op.name == "host.input"]
     ends_at: dict[int, list[str]] = {}
     for name in first:
         if name not in pinned and name not in alias:
             ends_at.setdefault(last[name], []).append(name)
-    peak = list(live)
-    for i, op in enumerate(module.ops):
-        if not mo.is_pinned(op.name):
-            for r in op.results:
-                if where[r.name] == SRAM and r.name not in alias and r.name not in ahead_set:
-                    live[chip[r.name]] += size[r.name]
-                    peak[chip[r.name]] = max(peak[chip[r.name]], live[chip[r.name]])
-        for n in ends_at.get(i, ()):
-            live[chip[n]] -= size[n]
     capacity = sram.slices * sram.words_per_slice
+
+    def peaks(ahead: list[str]) -> tuple[list[int], int]:
+        """The peak per chip, from liveness alone (placement can always cut values into pieces, so it fails
+        exactly when this exceeds a chip), and the image's words."""
+        live = [0] * chips
+        for c in constants:
+            live[chip[c]] += size[c]
+        image = sum(live)
+        for name in [op.result.name for op in states] + ahead:
+            live[chip[name]] += size[name]
+        early = set(ahead)
+        peak = list(live)
+        for i, op in enumerate(module.ops):
+            if not mo.is_pinned(op.name):
+                for r in op.results:
+                    if where[r.name] == SRAM and r.name not in alias and r.name not in early:
+                        live[chip[r.name]] += size[r.name]
+                        peak[chip[r.name]] = max(peak[chip[r.name]], live[chip[r.name]])
+            for n in ends_at.get(i, ()):
+                live[chip[n]] -= size[n]
+        return peak, image
+
+    ahead = loads + _state_derived(module, where)
+    peak, image = peaks(ahead)
+    if max(peak) > capacity and len(ahead) > len(loads):  # no room to keep them all: as any other value
+        ahead = loads
+        peak, image = peaks(ahead)
+    ahead_set = set(ahead)
     worst = max(range(chips), key=lambda c: (peak[c], -c))
     if peak[worst] > capacity:
         needed, available = peak[worst] * sram.word_bytes, sram.chip_bytes
@@ -264,6 +276,23 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None,
                 free[chip[name]].release(s, start, n)
     order = [r.name for op in module.ops for r in op.results if r.name in placed]
     return Allocation(tuple((name, placed[name]) for name in order), peak[worst], image, sram.word_bytes)
+
+
+def _state_derived(module: Module, where: dict[str, str]) -> list[str]:
+    """SRAM results of the instructions that read states (and constants) alone, directly or through such
+    results or views of them, in program order."""
+    pinned = {op.result.name for op in module.ops if mo.is_pinned(op.name)}
+    from_state = {op.result.name for op in module.ops if mo.is_state(op.name)}
+    out = []
+    for op in module.ops:
+        if mo.is_pinned(op.name) or OPS[op.name].in_place or not op.operands:
+            continue
+        names = [v.name for v in op.operands]
+        if all(n in pinned or n in from_state for n in names) and any(n in from_state for n in names):
+            from_state.update(r.name for r in op.results)
+            if not mo.is_view(op.name):
+                out += [r.name for r in op.results if where[r.name] == SRAM]
+    return out
 
 
 def _take_next(free: _Free, cursor: list[int], c: int, want: int, slices: int) -> Extent:
