@@ -298,7 +298,12 @@ def _staged(module: Module, target: Target, constants: set[str], layout: Layout
         segment = dict(stages.segment)  # stage's layers taking its chips in turn: their caches spread out
         for i in sorted(stages.follows, reverse=True):
             segment[i] = segment[stages.follows[i]]
-        home = [h + segment.get(i, 0) % tp for i, h in enumerate(home)]
+        # A layer whose cache went to its head groups (compiler/split_heads.py) keeps only its norms and residual
+        # sums unsplit: those stay on the stage's first chip, where the layer before left the residual stream
+        # (in turn, each layer's would cross a link to the next layer's chip and back).
+        spread = {segment[i] for i, op in enumerate(module.ops)  # (a state lives on its writer's chip)
+                  if i in segment and "group" not in op.attrs and OPS[op.name].in_place}
+        home = [h + (r % tp if (r := segment.get(i, 0)) in spread else 0) for i, h in enumerate(home)]
     # a head group's ops (compiler/split_heads.py) on its stage's chip of the group's index
     home = [h - h % tp + op.attrs["group"] % tp if "group" in op.attrs else h for h, op in zip(home, module.ops)]
     kinds, groups = {}, {}
