@@ -153,6 +153,11 @@ class Result:
         """What ran, in issue order (made when first asked for: an event per instruction, millions at 70B)."""
         return _trace(self._instructions)
 
+    @cached_property
+    def occupancy(self) -> Mapping[int, int]:
+        """Op index -> the cycles its instruction held its unit (its cost with its SRAM extents)."""
+        return MappingProxyType({i.idx: i.occ for i in self._instructions})
+
 
 # Issue cycles lie in 0..MAX_CYCLE: far beyond any real program (58 days at 900 MHz), yet
 # every sum of cycles and latencies stays exact in int64 arrays and in the trace's float timestamps.

@@ -440,6 +440,7 @@ def cmd_run(args) -> int:
     result = interpreter.run(program, inputs, timing_only=args.timing_only, progress=progress)
     _outlive(program, result)
     stats = result.stats
+    bound = physical_bound(program, stats, result.occupancy)
     precision = program.options.get("precision", "fp32")
     cost = None
     if args.reference and precision != "fp32":
@@ -469,7 +470,7 @@ def cmd_run(args) -> int:
         "transfer_bytes": stats.transfer_bytes, "link_wait_cycles": stats.link_wait_cycles,
         "host_bytes": stats.host_bytes, **_per_token(program),
         **({"pipelined": served} if (served := pipelined(program, stats)) else {}),
-        "physical_bound": physical_bound(program, stats),
+        "physical_bound": bound,
         "precision": precision, **({"precision_error": cost} if cost else {}),
     }
     if args.trace:
@@ -480,9 +481,9 @@ def cmd_run(args) -> int:
     if args.timing_only:
         say("timing only: every hazard checked, no numerics, no outputs")
     extra = (_chip_rows(stats) if len(stats.chips) > 1 else []) + _per_token_rows(program)
-    bound = physical_bound(program, stats)
     extra.append(("physical bound", f"{bound['physical_bound_cycles']:,} cycles  (MXM work of each stage's busiest "
-                                    f"chip {bound['mxm_cycles']:,} + hand-offs {bound['hand_off_cycles']:,}); "
+                                    f"chip {bound['mxm_cycles']:,} + exchanges inside stages "
+                                    f"{bound['exchange_cycles']:,} + hand-offs {bound['hand_off_cycles']:,}); "
                                     f"the schedule is {bound['gap']:.1%} above it"))
     served = pipelined(program, stats)
     if served and served["stages"] > 1:

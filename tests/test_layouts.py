@@ -22,7 +22,7 @@ from lpuc.compiler.fuse_matmuls import fuse_matmuls
 from lpuc.compiler.grouped_heads import GroupHeads
 from lpuc.compiler.paired_matmuls import pair_matmuls
 from lpuc.compiler.generate import compile_generation, generate, state_layout, step_tokens_per_s
-from lpuc.compiler.serving import physical_bound, pipelined
+from lpuc.compiler.serving import exchange_chains, physical_bound, pipelined
 from lpuc.compiler.partition import Layout, parse_layout, partition
 from lpuc.compiler.pipeline import CompileOptions, compile_module
 from lpuc.compiler.split_heads import split_heads
@@ -192,15 +192,35 @@ def test_dense_experts_compute_what_the_gathered_ones_do(sample):
     assert dense_experts(load_model(SAMPLES / "llama_decode.onnx")[0]).ops == load_model(SAMPLES / "llama_decode.onnx")[0].ops
 
 
-@pytest.mark.parametrize("layout", [None, "tp=2,pp=2"])
-def test_the_physical_bound_is_below_the_schedule(layout):
-    step = compile_generation(SAMPLES / "llama_decode.onnx", layout=layout, scheduler="list")[0]
-    stats = interpreter.run(step, timing_only=True).stats
-    bound = physical_bound(step, stats)
+@pytest.mark.parametrize("sample, layout, scheduler", [
+    ("llama_decode", None, "list"), ("llama_decode", "tp=2,pp=2", "list"), ("llama_decode", "tp=8,pp=1", "cpsat"),
+    ("mixtral_decode", "tp=4,pp=2,ep=4", "list"), ("gpt2_decode", "tp=4,pp=2", "cpsat"),
+    ("gemma_decode", "tp=2,pp=4", "list")])
+def test_the_physical_bound_is_below_the_schedule(sample, layout, scheduler):
+    """Below every schedule, whatever the scheduler; at a layout it counts the exchanges inside a stage."""
+    step = compile_generation(SAMPLES / f"{sample}.onnx", layout=layout, scheduler=scheduler)[0]
+    result = interpreter.run(step, timing_only=True)
+    bound = physical_bound(step, result.stats, result.occupancy)
     assert 0 < bound["physical_bound_cycles"] <= step.cycles and bound["gap"] >= 0
-    stages = 2 if layout else 1
+    stages = parse_layout(layout).pp if layout else 1
     assert bound["hand_off_cycles"] == (stages - 1) * (MACHINE.c2c.hop_latency_cycles + MACHINE.units["tx"].latency)
-    assert bound["mxm_cycles"] > 0
+    assert bound["mxm_cycles"] > 0 or layout  # (a tiny sample's chips may hold less than a tile a plane)
+    assert (bound["exchange_cycles"] > 0) == (layout is not None)  # (a stage of one chip exchanges nothing)
+    assert bound["physical_bound_cycles"] == bound["mxm_cycles"] + bound["exchange_cycles"] + bound["hand_off_cycles"]
+    # without the run's occupancies (the costs without SRAM ports): still a bound, and no higher
+    assert physical_bound(step, result.stats)["physical_bound_cycles"] <= bound["physical_bound_cycles"]
+
+
+def test_exchange_chains_count_each_exchange_on_the_way():
+    """At tp=2 a layer's chips exchange twice (after attention, after the MLP): each chip's chain bound counts
+    at least a hop for each of the sample's two layers' exchanges, and no program is shorter."""
+    step = compile_generation(SAMPLES / "llama_decode.onnx", layout="tp=2,pp=1", scheduler="list")[0]
+    result = interpreter.run(step, timing_only=True)
+    chains = exchange_chains(step, [[0, 1]], result.occupancy)
+    assert set(chains) == {0, 1}
+    for cycles in chains.values():
+        assert 2 * 2 * MACHINE.c2c.hop_latency_cycles <= cycles <= step.cycles
+    assert exchange_chains(step, [[0], [1]], result.occupancy) == {}  # (stages of one chip: nothing to exchange)
 
 
 @pytest.mark.parametrize("sample, before, after", [("llama_decode", 19, 13), ("gemma_prefill", 19, 13),
