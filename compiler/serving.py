@@ -87,9 +87,10 @@ def exchange_chains(program, stage_chips: list[list[int]], occupancy=None) -> di
     The chain of a chip: the transfers it receives from its own stage, each kept when the one kept before is
     among its ancestors (read after write). They cut the chip's MXM work (a matmul and its install) into
     phases: phase k is what the k-th transfer's arrival precedes and the (k+1)-th's send waits for (phase 0:
-    from the stage's start). Phase k starts once transfer k has landed, less what its planes may have
-    installed before (one tile each: the `planes` longest installs), and transfer k+1 lands no sooner than the
-    shortest path of dependences from the end of a matmul of phase k (sends, hops, sums, receives: their
+    from the stage's start). Its matmuls start no sooner than the shortest path of dependences from transfer
+    k's landing (the activation's quantization, say), and its planes' work from then is all of the phase's but
+    one install each (the `planes` longest: a plane holds one tile ahead); transfer k+1 lands no sooner than
+    the shortest path of dependences from the end of a matmul of phase k (sends, hops, sums, receives: their
     latencies). Work in no such phase is left out, so the sum stays a bound. Occupancies: `occupancy` (op
     index -> cycles), else ir.costs without SRAM ports (which only lengthen them); latencies: the occupancy
     plus the instruction's pipeline depth and hops (ir.costs)."""
@@ -123,17 +124,23 @@ def exchange_chains(program, stage_chips: list[list[int]], occupancy=None) -> di
 
     # per op and chip of its stage: the latest kept transfer of the chip's chain among its ancestors (0: none);
     # the chain is ordered by ancestry, so that is the largest over its producers
+    # and the shortest path of dependences from that transfer's landing to the op's issue (every path from it
+    # runs through ops it precedes as the latest)
+    far = np.iinfo(np.int64).max // 4
     after = np.zeros((len(ops), width), np.int32)
+    landed = np.full((len(ops), width), far, np.int64)
     chain: dict[int, list[int]] = {}  # chip -> its kept receives, in order
     for i in order:
         if preds[i]:
             after[i] = after[preds[i]].max(axis=0)
+            landed[i] = np.min([np.where(after[p] == after[i], landed[p] + lat[p], far) for p in preds[i]], axis=0)
             c = chip_of(ops[i])
             if unit_class(ops[i].name) == "rx" and chip_of(ops[preds[i][0]]) != c:
                 kept = chain.setdefault(c, [])
                 if after[i, slot[c]] == len(kept):
                     kept.append(i)
                     after[i, slot[c]] = len(kept)
+                    landed[i, slot[c]] = -lat[i]  # (its issue, lat before it lands)
     # ... and the earliest kept transfer among its descendants (or itself)
     never = np.iinfo(np.int32).max
     before = np.full((len(ops), width), never, np.int32)
@@ -152,7 +159,6 @@ def exchange_chains(program, stage_chips: list[list[int]], occupancy=None) -> di
                 phase[i] = a
     # per op and chip: the shortest path of dependences from the end of one of the chip's phased matmuls to the
     # op's issue
-    far = np.iinfo(np.int64).max // 4
     reach = np.full((len(ops), width), far, np.int64)
     for i in order:
         if preds[i]:
@@ -163,12 +169,15 @@ def exchange_chains(program, stage_chips: list[list[int]], occupancy=None) -> di
     for c, kept in chain.items():
         work = [0] * (len(kept) + 1)
         installs: list[list[int]] = [[] for _ in work]
+        first = [far] * len(work)  # the shortest way from the phase's transfer landing to one of its matmuls
         for i, k in phase.items():
             if chip_of(ops[i]) == c:
                 own = [occ[p] for p in preds[i] if ops[p].name == "mxm.install"]
                 work[k] += occ[i] + sum(own)
                 installs[k] += own
-        total = sum(max(w - sum(sorted(x, reverse=True)[:planes]), 0) // planes for w, x in zip(work, installs))
+                first[k] = min(first[k], int(landed[i, slot[c]]) if k else 0)
+        total = sum(max(w - sum(sorted(x, reverse=True)[:planes]), 0) // planes + (f if f < far else 0)
+                    for w, x, f in zip(work, installs, first))
         for i in kept:
             gap = int(reach[i, slot[c]])
             total += (gap if gap < far // 2 else lat[preds[i][0]]) + lat[i]
