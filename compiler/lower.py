@@ -171,7 +171,9 @@ PIECE_WORDS = 256  # an elementwise VXM op on many vector columns is cut into co
 def _same(unit: str, name: str) -> Rule:
     def rule(e: _Emitter, op: Op, args: list[Value]):
         if unit == "vxm" and op.name in ELEMENTWISE:
-            pieces = _column_pieces(e, op, f"{unit}.{name}", args)
+            pieces = (_column_pieces(e, op, f"{unit}.{name}", args)
+                      or _row_pieces(e, op, args, lambda e, parts, k: (e.one(f"{unit}.{name}", parts, op.attrs,
+                                                                               f"{_hint(op)}.rows{k}"),)))
             if pieces:
                 return pieces
         return e.op(f"{unit}.{name}", args, op.attrs, [r.name for r in op.results])
@@ -198,6 +200,42 @@ def _column_pieces(e: _Emitter, op: Op, machine_op: str, args: list[Value]) -> t
                     e.one("mem.column_slice", [a], {"start": start, "size": size}, f"{h}.in{k}") for a in args]
         parts.append(e.one(machine_op, operands, op.attrs, f"{h}.cols{k}"))
     return (e.one("mem.join", parts, {}, h),)
+
+
+def _row_pieces(e: _Emitter, op: Op, args: list[Value], emit) -> tuple[Value, ...] | None:
+    """An op that works row by row (elementwise, or along the last axis) on a result of one vector column and
+    many rows (attention's scores: heads x queries rows), as `emit(e, operands, k)` on each run of rows
+    (PIECE_WORDS words or more): an operand of the result's rows read by its rows (free views), one the same
+    for every row whole; the pieces joined (free views). Pieces run on several ALUs at once, and the next op of
+    a chain starts on a piece as soon as it lands. None: not worth cutting, or an operand it cannot cut."""
+    out, lanes = op.result.type, e.lanes
+    if out.rank < 2 or len(op.results) != 1 or out.shape[-1] > lanes:
+        return None
+    rows, cols = rows_cols(out)
+    step = -(-PIECE_WORDS // max(1, words(out, lanes) // max(rows, 1)))  # rows per piece
+    if rows < 2 * step:
+        return None
+    h, lead, flat = _hint(op), out.shape[:-1], []
+    for a in args:
+        t = a.type
+        last = t.shape[-1] if t.rank else 1
+        if last not in (1, cols):
+            return None
+        if t.rank and t.shape[:-1] == lead:
+            flat.append((e.reshape(a, (rows, last), f"{h}.in{len(flat)}"), True))
+        elif t.numel == last:  # the same for every row
+            flat.append((a if t.rank in (0, 2) else e.reshape(a, (1, last), f"{h}.in{len(flat)}"), False))
+        else:
+            return None
+    parts = []
+    for k, start in enumerate(range(0, rows, step)):
+        size = min(step, rows - start)
+        operands = [e.one("mem.row_slice", [a], {"start": start, "size": size}, f"{h}.in{i}_{k}") if by_rows
+                    else a for i, (a, by_rows) in enumerate(flat)]
+        parts.append(emit(e, operands, k)[0])
+    if len(lead) == 1:
+        return (e.one("mem.row_join", parts, {}, h),)
+    return (e.reshape(e.one("mem.row_join", parts, {}, f"{h}.rows"), out.shape, h),)
 
 
 for _machine_op, _graph_op in mo.GRAPH_EQUIVALENT.items():
@@ -231,12 +269,22 @@ def _reshape(e: _Emitter, op: Op, args):
 
 def _softmax(e: _Emitter, op: Op, args):
     (x,) = args
-    h, axes = _hint(op), (op.attrs.get("axis", -1),)
-    m = e.one("vxm.reduce_max", [x], {"axes": axes, "keepdims": True}, f"{h}.max")
-    d = e.one("vxm.sub", [x, m], {}, f"{h}.shifted")
-    p = e.one("vxm.exp", [d], {}, f"{h}.exp")
-    s = e.one("vxm.reduce_sum", [p], {"axes": axes, "keepdims": True}, f"{h}.sum")
-    return (e.one("vxm.div", [p, s], {}, h),)
+    axis = op.attrs.get("axis", -1)
+
+    def chain(e: _Emitter, operands: list[Value], k: int | None = None) -> tuple[Value, ...]:
+        (x,), h = operands, _hint(op) + ("" if k is None else f".rows{k}")
+        axes = (axis if k is None else -1,)
+        m = e.one("vxm.reduce_max", [x], {"axes": axes, "keepdims": True}, f"{h}.max")
+        d = e.one("vxm.sub", [x, m], {}, f"{h}.shifted")
+        p = e.one("vxm.exp", [d], {}, f"{h}.exp")
+        s = e.one("vxm.reduce_sum", [p], {"axes": axes, "keepdims": True}, f"{h}.sum")
+        return (e.one("vxm.div", [p, s], {}, h),)
+
+    if axis % x.type.rank == x.type.rank - 1:  # rows apart: a chain per run of rows
+        pieces = _row_pieces(e, op, args, chain)
+        if pieces:
+            return pieces
+    return chain(e, args)
 
 
 def _norm_axes(op: Op, x: Value) -> tuple[int, ...]:

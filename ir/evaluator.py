@@ -405,6 +405,7 @@ EVAL.update({
     "mem.state_write": EVAL["graph.state_write"],
     "mem.reshape_view": EVAL["graph.reshape"],
     "mem.join": lambda a, attrs: np.concatenate(a, axis=-1),
+    "mem.row_join": lambda a, attrs: np.concatenate(a, axis=0),
     "mem.column_slice": lambda a, attrs: a[0][..., attrs["start"]:attrs["start"] + attrs["size"]],
     "mem.row_slice": lambda a, attrs: a[0][..., attrs["start"]:attrs["start"] + attrs["size"], :],
     "mxm.install": _window,

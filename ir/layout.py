@@ -146,7 +146,7 @@ def view_extents(op_name: str, attrs, operand_types, operand_extents, lanes: int
     slice finds its words by bisection alone."""
     if op_name == "mem.reshape_view":
         return tuple(operand_extents[0])
-    if op_name == "mem.join":
+    if op_name in ("mem.join", "mem.row_join"):  # (parts of one vector column: their rows follow on)
         return tuple(e for extents in operand_extents for e in extents)
     if op_name == "mem.column_slice":
         return column_extents(operand_types[0], operand_extents[0], attrs["start"], attrs["size"], lanes,

@@ -99,6 +99,8 @@ HAND_BUILT = {
     "w64-l4-s1": dict(width=64, heads=4, layers=4, seq=1),
     # a long odd sequence, an MLP of 500 (K = 500 on the way down)
     "w96-l2-s33-mlp500": dict(width=96, heads=3, layers=2, seq=33, mlp=500),
+    # a sequence of 161: the scores (3 x 161 rows of one vector column) and their softmax run in row pieces
+    "w96-l2-s161": dict(width=96, heads=3, layers=2, seq=161, max_pos=192),
 }
 
 
@@ -112,6 +114,8 @@ def test_hand_built_model(name, compiled, tmp_path_factory):
     assert max_rel_error(c.result.outputs["logits"], ref["logits"]) <= TOL
     assert c.result.stats.cycles == c.summary.cycles
     assert c.summary.lower_bound <= c.summary.cycles
+    if kw["seq"] > 128:  # the scores and their softmax really run in row pieces
+        assert any(op.name == "mem.row_join" for op in c.module.ops)
     if kw["width"] > 320 or kw.get("mlp", 0) > 320:  # row-tiled weights really occur (a window's k0 > 0)
         assert any(op.name == "mxm.install" and op.attrs.get("start", (0,))[0] > 0 for op in c.module.ops)
 

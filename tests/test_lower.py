@@ -301,6 +301,33 @@ def test_join_extents_name_the_right_words():
     np.testing.assert_array_equal(from_words(picked, joined, LANES), np.concatenate(parts, axis=-1))
 
 
+def test_ops_on_many_rows_of_one_vector_column_run_in_row_pieces():
+    """Elementwise ops and a softmax over the last axis on many rows of one vector column (attention's scores:
+    heads x queries) become one VXM instruction (softmax: one chain) per run of rows: operands of the result's
+    rows read by their rows, per-row ones too, ones the same for every row whole; the pieces joined by rows.
+    The evaluator computes them as the graph does; a few rows stay one instruction."""
+    rng = np.random.default_rng(4)
+    b = Builder()
+    x = b.input("x", TensorType((3, 161, 161), F32))       # 483 rows of 161 f32: 1,932 words
+    per_row = b.input("per_row", TensorType((3, 161, 1), F32))
+    few = b.input("few", TensorType((2, 7, 161), F32))      # 14 rows: below two pieces
+    scale = b.constant(rng.standard_normal(161).astype(np.float32), name="scale")
+    y = b.op("graph.add", b.op("graph.mul", x, scale), per_row)
+    b.output("p", b.op("graph.softmax", b.op("graph.mul", y, b.constant(np.float32(0.125), name="c")), axis=-1))
+    b.output("f", b.op("graph.exp", few))
+    module = verify(b.build("rows"))
+    lowered = verify(lower(module, TSP_V1), TSP_V1.machine)
+    counts = Counter(op.name for op in lowered.ops)
+    pieces = -(-483 // 64)  # (256 words of 4-word rows a piece)
+    assert counts["vxm.add"] == counts["vxm.reduce_max"] == counts["vxm.div"] == pieces
+    assert counts["vxm.exp"] == pieces + 1  # (and the few rows' one)
+    assert counts["mem.row_join"] == 4 and counts["vxm.mul"] == 2 * pieces
+    feeds = {"x": rng.standard_normal((3, 161, 161)).astype(np.float32),
+             "per_row": rng.standard_normal((3, 161, 1)).astype(np.float32),
+             "few": rng.standard_normal((2, 7, 161)).astype(np.float32)}
+    assert rel_error(evaluate_machine(lowered, feeds), evaluate(module, feeds)) == 0
+
+
 def test_a_wide_elementwise_chain_runs_in_column_pieces():
     """Elementwise ops on a result of several vector columns and many words become one VXM instruction per run
     of columns (operands spanning the columns read by theirs, broadcast ones whole; the pieces joined), which the
