@@ -31,7 +31,11 @@ shapes how fast the schedule can be:
 
 State (`mem.state`) is pinned: placed before everything else (at the `out` it
 carries when a partner program fixed it, else from word 0 of the next slices),
-never freed nor reused; its write's result names the state's own words.
+never freed nor reused; its write's result names the state's own words. What is
+computed from states alone (the cache as the step found it, transposed) is live
+from the start, in words no earlier value held, when every chip has the room: it
+then waits for no earlier value's readers (as a layer's past K/V loaded from the
+host always is).
 """
 
 from __future__ import annotations
