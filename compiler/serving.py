@@ -96,10 +96,10 @@ def exchange_chains(program, stage_chips: list[list[int]], occupancy=None) -> di
     plus the instruction's pipeline depth and hops (ir.costs)."""
     module, machine = program.module, program.machine
     planes = machine.units["mxm"].count
-    stage_of = {c: k for k, chips in enumerate(stage_chips) for c in chips}
+    stage_of = {c: k for k, chips in enumerate(stage_chips) for c in chips if len(chips) > 1}
     slot = {c: chips.index(c) for chips in stage_chips for c in chips}
     width = max((len(chips) for chips in stage_chips), default=0)
-    if width < 2:
+    if not stage_of:
         return {}
     ops = module.ops
     bases, where = view_bases(module), places(module)
@@ -115,74 +115,100 @@ def exchange_chains(program, stage_chips: list[list[int]], occupancy=None) -> di
                         and stage_of.get(chip_of(ops[p])) == stage_of[chip_of(op)]]
         for r in op.results:
             producer[r.name] = i
-    order = sorted(preds)  # (scheduled: producers come first)
-    occ, lat = {}, {}
-    for i in order:
-        c = cost(ops[i], machine)
-        occ[i] = occupancy[i] if occupancy is not None else c.occupancy
-        lat[i] = occ[i] + c.latency - c.occupancy  # (pipeline depth and hops)
 
-    # per op and chip of its stage: the latest kept transfer of the chip's chain among its ancestors (0: none);
-    # the chain is ordered by ancestry, so that is the largest over its producers
-    # and the shortest path of dependences from that transfer's landing to the op's issue (every path from it
-    # runs through ops it precedes as the latest)
-    far = np.iinfo(np.int64).max // 4
-    after = np.zeros((len(ops), width), np.int32)
-    landed = np.full((len(ops), width), far, np.int64)
+    # Those instructions numbered 0..n-1 in program order (producers first), and their edges by level (1 + the
+    # highest of their producers'): each pass below takes a level at a time, in numpy.
+    order = sorted(preds)
+    number = {i: k for k, i in enumerate(order)}
+    n = len(order)
+    occ, lat, level = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    for k, i in enumerate(order):
+        c = cost(ops[i], machine)
+        occ[k] = occupancy[i] if occupancy is not None else c.occupancy
+        lat[k] = occ[k] + c.latency - c.occupancy  # (pipeline depth and hops)
+        if preds[i]:
+            level[k] = 1 + max(level[number[p]] for p in preds[i])
+    src = np.fromiter((number[p] for i in order for p in preds[i]), np.int64)
+    dst = np.fromiter((number[i] for i in order for _ in preds[i]), np.int64)
+    by_level = np.lexsort((dst, level[dst]))
+    src, dst = src[by_level], dst[by_level]
+    cuts = np.searchsorted(level[dst], np.arange(1, int(level.max(initial=0)) + 2))
+    levels = [(src[a:b], dst[a:b], *np.unique(dst[a:b], return_index=True)) for a, b in zip(cuts[:-1], cuts[1:])]
+    chip = [chip_of(ops[i]) for i in order]
+    column = np.array([slot[c] for c in chip], np.int64)
+    receives: dict[int, list[int]] = {}  # level -> its receives from a chip of their own stage
+    for k, i in enumerate(order):
+        if unit_class(ops[i].name) == "rx" and preds[i] and chip_of(ops[preds[i][0]]) != chip[k]:
+            receives.setdefault(int(level[k]), []).append(k)
+
+    # Per instruction and chip of its stage (a column): the latest kept transfer of the chip's chain among its
+    # ancestors (0: none); the chain is ordered by ancestry, so that is the largest over its producers. A
+    # transfer is a candidate once a matmul of the stage precedes it (not a flag or a table from the inputs,
+    # which would keep the exchanges after it out of the chain).
+    after = np.zeros((n, width), np.int32)
+    matmul = np.array([ops[i].name == "mxm.matmul" for i in order])
+    fed = matmul.copy()  # a matmul among its ancestors (or itself)
     chain: dict[int, list[int]] = {}  # chip -> its kept receives, in order
-    for i in order:
-        if preds[i]:
-            after[i] = after[preds[i]].max(axis=0)
-            landed[i] = np.min([np.where(after[p] == after[i], landed[p] + lat[p], far) for p in preds[i]], axis=0)
-            c = chip_of(ops[i])
-            if unit_class(ops[i].name) == "rx" and chip_of(ops[preds[i][0]]) != c:
-                kept = chain.setdefault(c, [])
-                if after[i, slot[c]] == len(kept):
-                    kept.append(i)
-                    after[i, slot[c]] = len(kept)
-                    landed[i, slot[c]] = -lat[i]  # (its issue, lat before it lands)
-    # ... and the earliest kept transfer among its descendants (or itself)
+    for lv, (s_, _, heads, starts) in enumerate(levels, 1):
+        after[heads] = np.maximum.reduceat(after[s_], starts, axis=0)
+        fed[heads] |= np.logical_or.reduceat(fed[s_], starts)
+        for k in receives.get(lv, ()):
+            kept = chain.setdefault(chip[k], [])
+            if fed[k] and after[k, column[k]] == len(kept):
+                kept.append(k)
+                after[k, column[k]] = len(kept)
+    # ... and the earliest kept transfer among its descendants (or itself).
     never = np.iinfo(np.int32).max
-    before = np.full((len(ops), width), never, np.int32)
+    before = np.full((n, width), never, np.int32)
     for c, kept in chain.items():
-        for k, i in enumerate(kept, 1):
-            before[i, slot[c]] = k
-    for i in reversed(order):
-        for p in preds[i]:
-            np.minimum(before[p], before[i], out=before[p])
-    phase = {}  # matmul -> its phase, when it lies between two consecutive transfers of its chip's chain
-    for i in order:
-        c = chip_of(ops[i])
-        if ops[i].name == "mxm.matmul" and c in chain:
-            a, b = int(after[i, slot[c]]), int(before[i, slot[c]])
-            if b == a + 1 or (a == len(chain[c]) and b == never):
-                phase[i] = a
-    # per op and chip: the shortest path of dependences from the end of one of the chip's phased matmuls to the
-    # op's issue
-    reach = np.full((len(ops), width), far, np.int64)
-    for i in order:
-        if preds[i]:
-            reach[i] = np.min([reach[p] + lat[p] for p in preds[i]], axis=0)
-        if i in phase:
-            reach[i, slot[chip_of(ops[i])]] = -occ[i]  # (its issue: occ before its end)
+        before[kept, slot[c]] = np.arange(1, len(kept) + 1)
+    for s_, d_, _, _ in reversed(levels):
+        np.minimum.at(before, s_, before[d_])
+    # A matmul between two consecutive transfers of its chip's chain is in the phase of the first.
+    phase: dict[int, int] = {}
+    for k, i in enumerate(order):
+        if ops[i].name == "mxm.matmul" and chip[k] in chain:
+            a, b = int(after[k, column[k]]), int(before[k, column[k]])
+            if b == a + 1 or (a == len(chain[chip[k]]) and b == never):
+                phase[k] = a
+    # The shortest path of dependences to each instruction's issue: from its latest kept transfer's landing
+    # (every path from it runs through instructions it precedes as the latest), and from the end of one of
+    # the chip's phased matmuls.
+    far = np.iinfo(np.int64).max // 4
+    landed = np.full((n, width), far, np.int64)
+    reach = np.full((n, width), far, np.int64)
+    kept_at = {k: slot[c] for c, kept in chain.items() for k in kept}
+    phased: dict[int, list[int]] = {}
+    for k in phase:
+        phased.setdefault(int(level[k]), []).append(k)
+    for lv, (s_, d_, heads, starts) in enumerate(levels, 1):
+        step = lat[s_][:, None]
+        landed[heads] = np.minimum.reduceat(np.where(after[s_] == after[d_], landed[s_] + step, far), starts, axis=0)
+        reach[heads] = np.minimum.reduceat(reach[s_] + step, starts, axis=0)
+        for k in receives.get(lv, ()):
+            if k in kept_at:
+                landed[k, kept_at[k]] = -lat[k]  # (its issue: lat before it lands)
+        for k in phased.get(lv, ()):
+            reach[k, column[k]] = -occ[k]  # (its issue: occ before its end)
+
     out: dict[int, int] = {}
     for c, kept in chain.items():
+        j = slot[c]
         work = [0] * (len(kept) + 1)
         installs: list[list[int]] = [[] for _ in work]
         first = [far] * len(work)  # the shortest way from the phase's transfer landing to one of its matmuls
-        for i, k in phase.items():
-            if chip_of(ops[i]) == c:
-                own = [occ[p] for p in preds[i] if ops[p].name == "mxm.install"]
-                work[k] += occ[i] + sum(own)
-                installs[k] += own
-                first[k] = min(first[k], int(landed[i, slot[c]]) if k else 0)
+        for k, ph in phase.items():
+            if chip[k] == c:
+                own = [int(occ[number[p]]) for p in preds[order[k]] if ops[p].name == "mxm.install"]
+                work[ph] += int(occ[k]) + sum(own)
+                installs[ph] += own
+                first[ph] = min(first[ph], int(landed[k, j]) if ph else 0)
         total = sum(max(w - sum(sorted(x, reverse=True)[:planes]), 0) // planes + (f if f < far else 0)
                     for w, x, f in zip(work, installs, first))
-        for i in kept:
-            gap = int(reach[i, slot[c]])
-            total += (gap if gap < far // 2 else lat[preds[i][0]]) + lat[i]
+        for k in kept:
+            gap = int(reach[k, j])
+            total += (gap if gap < far // 2 else int(lat[number[preds[order[k]][0]]])) + int(lat[k])
         out[c] = total
     return out
-
 
 __all__ = ["exchange_chains", "physical_bound", "pipelined", "stages"]
