@@ -6,10 +6,11 @@ Each row writes the model from shapes alone (samples/shape_only.py, samples/shap
 shapes, weights never read), compiles it with `lpuc compile --no-weights --json` in a fresh process at int8
 (the chip's integer path) on tsp-v1, with the published chip count and lpuc's default layout, then with
 `--layout tp=8,pp=<chips/8>` (tensor parallel over a node, pipeline across nodes) where the chips make whole
-nodes, and at the alternatives a row names (Mixtral: `ep=8`, an expert per chip), and runs each program with `lpuc run --timing-only` (every hazard checked). A decode step keeps its
-KV cache resident (--state auto). The table gives the layout, the chips, what lpuc predicts (latency or
-tokens/s at batch 1), the published figure, predicted / published, the compile and run wall times, the gap
-of the schedule to its lower bound, and in the note the physical bound (each stage's MXM work and the
+nodes, and at the alternatives a row names (Mixtral: `ep=8`, an expert per chip), and runs each program
+with `lpuc run --timing-only` (every hazard checked). A decode step keeps its KV cache resident (--state
+auto). The table gives the layout, the chips, what lpuc predicts (latency or tokens/s at batch 1), the
+published figure, predicted / published, the compile and run wall times, the gap of the schedule to its
+lower bound, and in the note the physical bound (each stage's MXM work, the exchanges inside stages and the
 hand-offs: compiler/serving.py) and a decode step's aggregate tokens/s served pipelined. A model lpuc cannot
 yet build or compile gets its row with why.
 
