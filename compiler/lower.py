@@ -171,9 +171,10 @@ PIECE_WORDS = 256  # an elementwise VXM op on many vector columns is cut into co
 def _same(unit: str, name: str) -> Rule:
     def rule(e: _Emitter, op: Op, args: list[Value]):
         if unit == "vxm" and op.name in ELEMENTWISE:
-            pieces = (_column_pieces(e, op, f"{unit}.{name}", args)
-                      or _row_pieces(e, op, args, lambda e, parts, k: (e.one(f"{unit}.{name}", parts, op.attrs,
-                                                                               f"{_hint(op)}.rows{k}"),)))
+            def piece(e: _Emitter, operands: list[Value], k: int) -> tuple[Value, ...]:
+                return (e.one(f"{unit}.{name}", operands, op.attrs, f"{_hint(op)}.rows{k}"),)
+
+            pieces = _column_pieces(e, op, f"{unit}.{name}", args) or _row_pieces(e, op, args, piece)
             if pieces:
                 return pieces
         return e.op(f"{unit}.{name}", args, op.attrs, [r.name for r in op.results])
