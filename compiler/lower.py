@@ -78,6 +78,7 @@ class _Emitter:
                                                        # / ("state", its graph.state op)
         self.copies: dict[tuple[str, int], Value] = {}  # (value, chip) -> it, on that chip
         self.state_home: dict[str, int] = {}            # a state's placeholder -> the chip it lives on
+        self.sent: dict[str, list[tuple[int, Value]]] = {}  # value -> (chip, its copy there), in sending order
         self.attrs: dict[tuple, AttrDict] = {}          # equal attributes, one object (ir.attributes.shared)
 
     @contextmanager
@@ -111,12 +112,25 @@ class _Emitter:
                         self.copies[key] = self.one("host.input", [what], {"name": what.name},
                                                     f"{what.name}.sram" if chip == 0 else f"{what.name}.sram@c{chip}")
                 else:
-                    src = self.chip_of[v.name]
+                    src, source = self.nearest_copy(v, chip)
                     route = self.target.network.route(src, chip)
                     with self.on(src):
-                        wire = self.one("c2c.send", [v], {"route": route}, f"{v.name}.to_c{chip}")
+                        wire = self.one("c2c.send", [source], {"route": route}, f"{v.name}.to_c{chip}")
                     self.copies[key] = self.one("c2c.recv", [wire], {}, f"{v.name}@c{chip}")
+                    self.sent.setdefault(v.name, []).append((chip, self.copies[key]))
         return self.copies[key]
+
+    def nearest_copy(self, v: Value, chip: int) -> tuple[int, Value]:
+        """(chip, value) to send `v` to `chip` from: its home, or a copy already sent to a chip fewer hops
+        away. A value broadcast over several nodes thus crosses each global link once, then fans out over
+        the node's own links, instead of every chip's copy queuing on the same global link."""
+        home = self.chip_of[v.name]
+        best = (len(self.target.network.route(home, chip)), home, v)
+        for c, copy in self.sent.get(v.name, ()):
+            hops = len(self.target.network.route(c, chip))
+            if hops < best[0]:
+                best = (hops, c, copy)
+        return best[1], best[2]
 
     def placeholder(self, kind: str, what, ttype, hint: str) -> Value:
         v = Value(self.b.fresh(f"{hint}.lazy"), ttype)

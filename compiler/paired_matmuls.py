@@ -33,9 +33,10 @@ from ..ir.verifier import verify
 from .passes import add_up, cut_constant, dead_code_elimination, fresh_name
 
 
-def pair_matmuls(module: Module, parts: int, lanes: int) -> Module:
+def pair_matmuls(module: Module, parts: int, lanes: int, node: int = 0) -> Module:
     """`module` with each column-then-row region (module docstring) in up to `parts` branches of whole
-    `lanes`-wide column tiles; itself when it has none."""
+    `lanes`-wide column tiles (their sums added node by node first when the branches' chips span nodes of
+    `node`: passes.add_up); itself when it has none."""
     if parts < 2:
         return module
     regions = _regions(module, parts, lanes)
@@ -79,7 +80,7 @@ def pair_matmuls(module: Module, parts: int, lanes: int) -> Module:
             ops.append(Op(op.name, (renamed[op.operands[0].name], cut(op.operands[1], rows=True)), (y,),
                           AttrDict({**op.attrs, "group": g})))
             partial.append(y)
-        ops.extend(add_up(partial, op.result, lambda hint: fresh_name(hint, taken), len(partial)))
+        ops.extend(add_up(partial, op.result, lambda hint: fresh_name(hint, taken), len(partial), node))
     # (the whole weights, now read by nobody, go)
     return verify(dead_code_elimination(Module(module.name, Block(module.inputs, tuple(ops), module.outputs),
                                                module.attrs)))

@@ -101,10 +101,13 @@ def cut_constant(t: Tensor, rows: range | None = None, columns: range | None = N
     return Tensor(t.type.with_shape(shape), t.key + where, loader)
 
 
-def add_up(partials: list[Value], result: Value, fresh: Callable[[str], str], chips: int) -> list[Op]:
+def add_up(partials: list[Value], result: Value, fresh: Callable[[str], str], chips: int, node: int = 0
+           ) -> list[Op]:
     """The ops adding `partials` (partial k carrying `group = k`, so on chip k mod `chips` of its stage) into
     `result`: first those on one chip, there (the sum carrying that chip's group), then the chips' sums one
-    after another where `result` is placed: one transfer from each chip."""
+    after another where `result` is placed: one transfer from each chip. `node`: when the chips span
+    several nodes of that many chips, each node's chips are first summed on its first chip, so that one
+    transfer a node crosses the global links, not one a chip."""
     ops, per_chip = [], []
     for c in range(min(chips, len(partials))):
         total = partials[c]
@@ -113,6 +116,16 @@ def add_up(partials: list[Value], result: Value, fresh: Callable[[str], str], ch
             ops.append(Op("graph.add", (total, partials[k]), (out,), AttrDict({"group": c})))
             total = out
         per_chip.append(total)
+    if node and len(per_chip) > node:
+        per_node = []
+        for first in range(0, len(per_chip), node):
+            total = per_chip[first]
+            for part in per_chip[first + 1:first + node]:
+                out = Value(fresh(f"{result.name}.node{first // node}"), result.type)
+                ops.append(Op("graph.add", (total, part), (out,), AttrDict({"group": first})))
+                total = out
+            per_node.append(total)
+        per_chip = per_node
     total = per_chip[0]
     for k, part in enumerate(per_chip[1:], 1):
         out = result if k == len(per_chip) - 1 else Value(fresh(f"{result.name}.sum{k}"), result.type)

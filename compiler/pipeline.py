@@ -33,7 +33,7 @@ from ..ir.registry import LINK, OPS
 from ..ir.schedule_facts import describe as describe_facts
 from ..ir.schedule_facts import forget as forget_facts
 from ..ir.target import Target
-from ..ir.topology import round_chips
+from ..ir.topology import round_chips, spanned_nodes
 from ..ir.verifier import verify
 
 from .allocate import Allocate, DoesNotFit
@@ -169,7 +169,8 @@ def _laid_out(graph_module: Module, source: Module | None, machine: Machine, opt
             key = (tp, layout.ep)
             if key not in done:
                 one = Target(machine, 1)
-                paired = pair_matmuls(dense_experts(source, groups=layout.ep), tp, machine.lanes)
+                paired = pair_matmuls(dense_experts(source, groups=layout.ep), tp, machine.lanes,
+                                      spanned_nodes(machine, tp))
                 split = run_passes(paired, one, (GroupHeads(), ScoreCacheBeforeWrite(), heads), progress)[0]
                 done[key] = run_passes(fuse_matmuls(split, tp), one, (Precision(options.precision),), progress)[0]
             graph_module = done[key]

@@ -37,6 +37,7 @@ from ..ir.core import Block
 from ..ir.graph_ops import ELEMENTWISE, REDUCTIONS
 from ..ir.registry import OPS
 from ..ir.target import Target
+from ..ir.topology import spanned_nodes
 from ..ir.verifier import verify
 
 from .passes import Pass, add_up, cut_constant, dead_code_elimination, fresh_name
@@ -53,7 +54,7 @@ class SplitHeads(Pass):
     chips: int = 1
 
     def plan(self, module: Module, target: Target, progress=None) -> Module:
-        return split_heads(module, self.groups, self.chips)
+        return split_heads(module, self.groups, self.chips, spanned_nodes(target.machine, self.chips))
 
     def apply(self, module: Module, target: Target, plan: Module) -> Module:
         return plan
@@ -70,9 +71,10 @@ class _Grouped:
     parts: tuple[Value, ...]  # the value of each group, in order
 
 
-def split_heads(module: Module, groups: int, chips: int = 1) -> Module:
-    """`module` with each cache cut into head groups (module docstring), group g to run on chip g mod `chips`;
-    itself when there is nothing to cut."""
+def split_heads(module: Module, groups: int, chips: int = 1, node: int = 0) -> Module:
+    """`module` with each cache cut into head groups (module docstring), group g to run on chip g mod `chips`
+    (their sums added node by node first when the chips span nodes of `node`: passes.add_up); itself when
+    there is nothing to cut."""
     if groups < 2 or not any(OPS[op.name].persistent for op in module.ops):
         return module
     taken = {r.name for op in module.ops for r in op.results} | {v.name for v in module.inputs}
@@ -164,7 +166,7 @@ def split_heads(module: Module, groups: int, chips: int = 1) -> Module:
                 ops.append(Op("graph.constant", (), (part_w,), AttrDict({"value": cut})))
                 partials.append(Value(fresh(f"{op.result.name}.group{k}"), op.result.type))
                 ops.append(Op(op.name, (part_x, part_w), (partials[-1],), AttrDict({**op.attrs, "group": k})))
-            ops.extend(add_up(partials, op.result, fresh, chips))
+            ops.extend(add_up(partials, op.result, fresh, chips, node))
             continue
         mapped = _through(op, grouped)
         if mapped is None:

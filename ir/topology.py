@@ -120,6 +120,14 @@ def supported_chips(machine: Machine, n: int) -> bool:
     return True
 
 
+def spanned_nodes(machine: Machine, chips: int) -> int:
+    """Chips per node when a group of `chips` consecutive chips (from a node's first) spans several whole
+    dragonfly nodes, else 0: what sums over the group add node by node first (compiler/passes.add_up)."""
+    t = machine.topology
+    node = t.chips_per_node if t.kind == "dragonfly" else 0
+    return node if node and chips > node and chips % node == 0 else 0
+
+
 def most_chips(machine: Machine) -> int:
     """The largest chip count lpuc builds a network for: the machine's max_chips, and for a dragonfly the
     racks that one cable between every two of them can join (the nodes that one global cable between every

@@ -481,3 +481,46 @@ def test_expert_groups_also_when_a_stacked_table_is_larger_than_a_chip(monkeypat
         ref = {k: f[k] for k in f.files}
     result = interpreter.run(build_program(module, machine_text), inputs)
     assert max(max_rel_error(result.outputs[k], ref[k]) for k in ref) <= 1e-4
+
+
+def _mlp_over_two_nodes(path):
+    """x [1, 5, 352] -> Sigmoid (on the stage's first chip) -> MatMul [352, 5000] -> Relu -> MatMul
+    [5000, 352] -> + x: an MLP of 16 column tiles (5,000 is no multiple of the 320 lanes), so at tp=16 its
+    branches fill chips 0-15: two nodes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from helpers import save, tiny_model
+
+    rng = np.random.default_rng(7)
+    w1 = numpy_helper.from_array((rng.standard_normal((352, 5000)) / 19).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((5000, 352)) / 55).astype(np.float32), "w2")
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("MatMul", ["s", "w1"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"]), helper.make_node("Add", ["y", "x"], ["out"])]
+    model = tiny_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 352])],
+                       [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 5, 352])], [w1, w2])
+    return save(model, path)
+
+
+def test_a_stage_over_two_nodes_crosses_between_them_once_each_way(tmp_path):
+    """At tp=16 (two nodes of 8, one cable between them) the activation crosses to the second node once
+    and fans out there; the second node's partial sums are added there and cross back once. The numbers
+    are onnxruntime's."""
+    from lpuc.ir.topology import spanned_nodes
+
+    assert spanned_nodes(MACHINE, 16) == 8 and spanned_nodes(MACHINE, 8) == 0 and spanned_nodes(MACHINE, 12) == 0
+    path = _mlp_over_two_nodes(tmp_path / "mlp.onnx")
+    module, summary, machine_text = compile_model(path, options=CompileOptions(layout="tp=16", precision="fp32",
+                                                                                scheduler="list"))
+    network = Target(MACHINE, 16).network
+    crossings = []
+    for op in module.ops:
+        if op.name == "c2c.send":
+            src = op.attrs.get("chip", 0)
+            dst = network.destination(src, op.attrs["route"])[0]
+            if src // 8 != dst // 8:
+                crossings.append((src // 8, dst // 8))
+    assert sorted(crossings) == [(0, 1), (1, 0)]
+    feeds = {"x": np.random.default_rng(3).standard_normal((1, 5, 352)).astype(np.float32)}
+    result = interpreter.run(build_program(module, machine_text), feeds)
+    assert max_rel_error(result.outputs["out"], run_ort(path, feeds)["out"]) <= 1e-4
