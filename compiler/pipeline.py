@@ -363,14 +363,21 @@ def layout_candidates(machine: Machine, chips: int) -> tuple[str, ...]:
                  and chips % t == 0)
 
 
-def node_layout(graph: Module, machine: Machine, chips: int) -> str | None:
-    """The default layout on `chips` chips: tensor parallel over a node and pipelined across nodes, as
-    deployments are built, for a model that repeats layers on two nodes or more; None: none (the
-    partition strategies decide)."""
+def node_layouts(graph: Module, machine: Machine, chips: int) -> tuple[str, ...]:
+    """The default layouts on `chips` chips, to try in turn, for a model that repeats layers on two nodes or
+    more: tensor parallel over whole nodes of one rack, the widest first, pipelined across the rest; () when
+    none applies (the partition strategies decide). At batch 1 the stages run one after another, so only a
+    stage's chips work at once on a token: chips beyond what the weights need go to wider stages rather
+    than more of them. A stage is no wider than the model's widest weight has column tiles to share out
+    (else its chips would idle), and than a rack (beyond it, racks join by single cables)."""
     node = machine.topology.chips_per_node if machine.topology.kind == "dragonfly" else 0
     if node < 2 or chips < 2 * node or chips % node or find_layers(graph) is None:
-        return None
-    return f"tp={node},pp={chips // node}"
+        return ()
+    rack = node * max(machine.topology.nodes_per_rack, 1)
+    widest = max((-(-op.operands[1].type.shape[-1] // machine.lanes) for op in graph.ops
+                  if op.name == "graph.matmul" and op.operands[1].type.rank == 2), default=0)
+    wide = [t for t in range(node, min(rack, chips) + 1, node) if chips % t == 0 and (t == node or t <= widest)]
+    return tuple(f"tp={t},pp={chips // t}" for t in reversed(wide))
 
 
 def _strategies(graph_module: Module, machine: Machine, options: CompileOptions, chips: int) -> tuple[str, ...]:
@@ -385,9 +392,9 @@ def _strategies(graph_module: Module, machine: Machine, options: CompileOptions,
         return ("single",)
     if options.partition != "auto":
         return (options.partition,)
-    layout = node_layout(graph_module, machine, chips)
-    if layout is not None:
-        return (layout,)
+    layouts = node_layouts(graph_module, machine, chips)
+    if layouts:
+        return layouts
     # the layer-aligned pipeline when it fits: its layers share templates (tensor keeps every activation on
     # chip 0); else whichever of the two a quick schedule finds faster
     layered = layer_aligned_chips(graph_module, machine)
@@ -400,15 +407,20 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
     """Compile `graph_module` (after precision; `source`: before it) on `chips` chips."""
     target = Target(machine, chips)  # an LpucError when the topology has no such size
     strategies = _strategies(graph_module, machine, options, chips)
-    try:
+    if options.layout or options.partition != "auto" or not is_layout(strategies[0]):
         return _compile_by(graph_module, machine, options, target, stored, strategies, progress, chips_reason,
                            states, source)
-    except DoesNotFit:
-        if options.layout or options.partition != "auto" or strategies[0] in ("given", "single", "pipeline"):
-            raise
-        # the default node layout does not fit (a stage's weights and caches on its chips): the partition's
-        return _compile_by(graph_module, machine, options, target, stored, ("pipeline",), progress, chips_reason,
-                           states, source)
+    # the default layouts in turn, widest first, until one fits (a stage's weights and caches on its
+    # chips); then the partition's pipeline
+    for strategy in strategies + ("pipeline",):
+        try:
+            return _compile_by(graph_module, machine, options, target, stored, (strategy,), progress,
+                               chips_reason, states, source)
+        except DoesNotFit as e:
+            if strategy == "pipeline":
+                raise
+            if progress:
+                progress(f"{e}; trying the next layout")
 
 
 def _compile_by(graph_module: Module, machine: Machine, options: CompileOptions, target: Target, stored: Stored,

@@ -483,22 +483,28 @@ def test_expert_groups_also_when_a_stacked_table_is_larger_than_a_chip(monkeypat
     assert max(max_rel_error(result.outputs[k], ref[k]) for k in ref) <= 1e-4
 
 
-def _mlp_over_two_nodes(path):
-    """x [1, 5, 352] -> Sigmoid (on the stage's first chip) -> MatMul [352, 5000] -> Relu -> MatMul
-    [5000, 352] -> + x: an MLP of 16 column tiles (5,000 is no multiple of the 320 lanes), so at tp=16 its
-    branches fill chips 0-15: two nodes."""
+def _mlp_over_two_nodes(path, layers: int = 1):
+    """`layers` times: x [1, 5, 352] -> Sigmoid (on the stage's first chip) -> MatMul [352, 5000] -> Relu ->
+    MatMul [5000, 352] -> + x: an MLP of 16 column tiles (5,000 is no multiple of the 320 lanes), so at tp=16
+    its branches fill chips 0-15: two nodes."""
     from onnx import TensorProto, helper, numpy_helper
 
     from helpers import save, tiny_model
 
     rng = np.random.default_rng(7)
-    w1 = numpy_helper.from_array((rng.standard_normal((352, 5000)) / 19).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array((rng.standard_normal((5000, 352)) / 55).astype(np.float32), "w2")
-    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("MatMul", ["s", "w1"], ["h"]),
-             helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("MatMul", ["r", "w2"], ["y"]), helper.make_node("Add", ["y", "x"], ["out"])]
+    nodes, weights, x = [], [], "x"
+    for i in range(layers):
+        for shape, scale, name in (((352, 5000), 19, f"w{i}a"), ((5000, 352), 55, f"w{i}b")):
+            weights.append(numpy_helper.from_array((rng.standard_normal(shape) / scale).astype(np.float32), name))
+        out = "out" if i == layers - 1 else f"x{i + 1}"
+        nodes += [helper.make_node("Sigmoid", [x], [f"s{i}"]),
+                  helper.make_node("MatMul", [f"s{i}", f"w{i}a"], [f"h{i}"]),
+                  helper.make_node("Relu", [f"h{i}"], [f"r{i}"]),
+                  helper.make_node("MatMul", [f"r{i}", f"w{i}b"], [f"y{i}"]),
+                  helper.make_node("Add", [f"y{i}", x], [out])]
+        x = out
     model = tiny_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 352])],
-                       [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 5, 352])], [w1, w2])
+                       [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 5, 352])], weights)
     return save(model, path)
 
 
@@ -524,3 +530,27 @@ def test_a_stage_over_two_nodes_crosses_between_them_once_each_way(tmp_path):
     feeds = {"x": np.random.default_rng(3).standard_normal((1, 5, 352)).astype(np.float32)}
     result = interpreter.run(build_program(module, machine_text), feeds)
     assert max_rel_error(result.outputs["out"], run_ort(path, feeds)["out"]) <= 1e-4
+
+
+def test_the_default_layout_widens_its_stages_while_they_fit(tmp_path, monkeypatch):
+    """Beyond what the weights need, chips widen the stages (whole nodes of a rack, no wider than the widest
+    weight's column tiles), the widest that fits first; a layout that does not fit gives way to the next."""
+    import lpuc.compiler.partition as partition_module
+    from lpuc.compiler.allocate import DoesNotFit
+    from lpuc.compiler.pipeline import node_layouts
+
+    graph = load_model(_mlp_over_two_nodes(tmp_path / "mlp.onnx", layers=3))[0]
+    assert node_layouts(graph, MACHINE, 16) == ("tp=16,pp=1", "tp=8,pp=2")
+    assert node_layouts(graph, MACHINE, 24) == ("tp=8,pp=3",)  # 24 chips a stage: more than 16 tiles
+    assert node_layouts(graph, MACHINE, 8) == ()                # one node: the partition strategies
+    options = CompileOptions(scheduler="list", chips=16, precision="fp32")
+    assert compile_module(graph, MACHINE, options)[1].partition == "tp=16,pp=1"
+    staged = partition_module._staged
+
+    def sixteen_too_many(module, target, constants, layout):
+        if layout.tp == 16:
+            raise DoesNotFit(f"layout {layout} does not fit (as if)")
+        return staged(module, target, constants, layout)
+
+    monkeypatch.setattr(partition_module, "_staged", sixteen_too_many)
+    assert compile_module(graph, MACHINE, options)[1].partition == "tp=8,pp=2"
