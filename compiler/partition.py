@@ -57,6 +57,7 @@ so each chip's SRAM holds only its part.
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 from ..backends.graph import constant_like, find_layers
@@ -696,20 +697,21 @@ def _move_cuts(module: Module, home: list[int], weights: list[int], split: set[i
     tying = _group_spans(module, order)
     cuts = [p for p in range(1, len(order)) if home[order[p]] == home[order[p - 1]] + 1]
     window = max(1, len(order) // (2 * chips))
+    # prefix sums over `order`: split ops and weight bytes before each position (a range's in O(1))
+    splits = list(itertools.accumulate((i in split for i in order), initial=0))
+    bytes_before = list(itertools.accumulate((weights[i] for i in order), initial=0))
     for k, p in enumerate(cuts):
         left, right = cuts[k - 1] + 1 if k else 1, cuts[k + 1] - 1 if k + 1 < len(cuts) else len(order) - 1
         lo, hi = max(left, p - window), min(right, p + window)
         if all(heavy[q] for q in range(lo, hi + 1)):  # a state-sized value crosses everywhere nearby
             lo, hi = left, right
         stage = home[order[p]]
-        while lo < p and (any(order[q] in split for q in range(lo, p))
-                          or load[stage] + sum(weights[order[q]] for q in range(lo, p)) > room):
+        while lo < p and (splits[p] > splits[lo] or load[stage] + bytes_before[p] - bytes_before[lo] > room):
             lo += 1
-        while hi > p and (any(order[q] in split for q in range(p, hi))
-                          or load[stage - 1] + sum(weights[order[q]] for q in range(p, hi)) > room):
+        while hi > p and (splits[hi] > splits[p] or load[stage - 1] + bytes_before[hi] - bytes_before[p] > room):
             hi -= 1
         best = min(range(lo, hi + 1), key=lambda q: (heavy[q] > 0, tying[q] > 0, crossing[q], abs(q - p), q))
-        moved = sum(weights[order[q]] for q in range(min(best, p), max(best, p)))
+        moved = bytes_before[max(best, p)] - bytes_before[min(best, p)]
         load[stage if best < p else stage - 1] += moved
         load[stage - 1 if best < p else stage] -= moved
         for q in range(min(best, p), max(best, p)):
