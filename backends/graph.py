@@ -89,7 +89,11 @@ def _best_run(a: Sequence[int]) -> tuple[int, int, int] | None:
     arr = np.asarray(a, np.int64)
     n, best = len(arr), None
     for p in range(MIN_LAYER_OPS, n // 2 + 1):
-        eq = np.concatenate([[False], arr[:-p] == arr[p:], [False]]).astype(np.int8)
+        same = arr[:-p] == arr[p:]
+        # a run of period p covers at most its equal positions plus p: skip p when that cannot beat the best
+        if best is not None and int(np.count_nonzero(same)) + p <= best[1] * best[2]:
+            continue
+        eq = np.concatenate([[False], same, [False]]).astype(np.int8)
         edges = np.flatnonzero(np.diff(eq))
         starts, lengths = edges[::2], edges[1::2] - edges[::2]
         if not len(lengths):
