@@ -199,8 +199,9 @@ def _compile_args(p):
                         "(T=8: one node), every weight split over its stage's chips (MLPs column then row) and "
                         "attention by head groups; ep=E (<= T): each layer's experts in E groups, group j on "
                         "chip j of its stage; takes T*P chips. auto: the fastest of T = 1, 2, 4, 8 by a quick "
-                        "schedule of each (printed). Default: tp=8 over whole nodes for a model of repeated "
-                        "layers on two nodes or more, else --partition's")
+                        "schedule of each (printed). Default, for a model of repeated layers on two nodes or more: "
+                        "stages of whole nodes, the widest that fits within a rack (T whole nodes, dividing "
+                        "the chips), else --partition's")
     p.add_argument("--scheduler", choices=SCHEDULERS, default=CompileOptions.scheduler,
                    help="cpsat: OR-Tools CP-SAT warm-started from the list schedule, never worse than it, with "
                         "a proven lower bound (default); list: the list scheduler alone (fast)")

@@ -9,8 +9,9 @@ verifier:
 At a layout of several chips a stage (`--layout tp=T,pp=P`, docs/partition.md "Layouts") the model is
 first rewritten for it (dense experts, fused matmuls: before group-heads and precision) and its attention
 cut into head groups (split-heads, after precision). The chip count defaults to the fewest chips whose SRAM
-holds the weights; the partition (compiler/partition.py) is the one asked for; by default a node per stage
-for a model of repeated layers on two nodes or more, else the fastest of pipeline and tensor; with
+holds the weights; the partition (compiler/partition.py) is the one asked for; by default stages of whole
+nodes, the widest that fits within a rack (node_layouts), for a model of repeated layers on two nodes or
+more, else the fastest of pipeline and tensor; with
 `--layout auto` the fastest of the layouts: each candidate runs the passes before the schedule, and a
 quick list schedule of each decides. A module that is partitioned already (it
 has the `chips` attribute, e.g. an IR file with its partition written by hand)
