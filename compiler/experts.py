@@ -18,6 +18,16 @@ round trip. The numbers are the same: a row's products with the other experts' b
 its quantization (per row: the row's largest value) sees only its own expert's block. The work is E/k times
 the gathered form's (Mixtral: 4x), spread over the chips. What stays deterministic is what the schedule
 needs: the routing is data, the instructions are not.
+
+At a layout of several chips a stage, `expert_chains` does better for an expert MLP (a gathered matmul, ops
+on each row alone, a gathered matmul by the same choices: gate-and-up, SwiGLU, down): it becomes one
+ordinary MLP per expert, on the rows masked by whether they chose it,
+
+    Y = sum over e of  f((X * [I == e]) @ C1[e]^T) @ C2[e]^T
+
+an unchosen row's input all zeros, so its products exact zeros, as above. Each is then split like any MLP
+(compiler/paired_matmuls.py) over its share of the stage's chips: a chip takes the activation of its expert
+alone ([N, K]), not every expert's ([N, E*K]), and gives back a partial sum.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import numpy as np
 from ..ir import Module, Op, Value
 from ..ir.attributes import AttrDict, Tensor
 from ..ir.core import Block
+from ..ir.graph_ops import ELEMENTWISE
 from ..ir.types import DType, TensorType
 from ..ir.verifier import verify
 
@@ -136,4 +147,198 @@ def _stacked(table: Tensor) -> Tensor:
     return Tensor(TensorType((experts * cols, rows), table.type.dtype), f"{table.key}#experts.T", loader)
 
 
-__all__ = ["dense_experts"]
+def expert_chains(module: Module, parts: int) -> tuple[Module, dict[str, range]]:
+    """`module` with each expert MLP (module docstring) one MLP per expert, and for each expert's last matmul
+    (by its result's name) the groups its branches take: expert e of E the e-th share of `parts` chips (at
+    least one); (module, {}) when it has none."""
+    producer = {r.name: op for op in module.ops for r in op.results}
+    readers: dict[str, list[Op]] = {}
+    for op in module.ops:
+        for v in op.operands:
+            readers.setdefault(v.name, []).append(op)
+    counts = {name: len(ops) for name, ops in readers.items()}
+    order = {id(op): i for i, op in enumerate(module.ops)}
+    chains = {}  # id(the last matmul) -> (its ops before it, in program order; the first matmuls)
+    for op in module.ops:
+        if _gathered_matmul(op, producer, counts):
+            chain = _chain(op, producer, readers, counts, {v.name for _, v in module.outputs}, order)
+            if chain is not None:
+                chains[id(op)] = chain
+    if not chains:
+        return module, {}
+    taken = {r.name for op in module.ops for r in op.results} | {v.name for v in module.inputs}
+
+    def fresh(hint: str) -> str:
+        return fresh_name(hint, taken)
+
+    dropped = {id(o) for last, (between, firsts) in chains.items() for o in between}
+    dropped |= {id(producer[m.operands[0].name]) for last, (between, firsts) in chains.items() for m in firsts}
+    dropped |= {id(producer[op.operands[0].name]) for op in module.ops if id(op) in chains}
+    direct: dict[str, Value] = {}
+    spans: dict[str, range] = {}
+    ops: list[Op] = []
+
+    def emit(name: str, result: Value, *operands: Value, **attrs) -> Value:
+        ops.append(Op(name, operands, (result,), AttrDict(attrs)))
+        return result
+
+    def constant(hint: str, t: Tensor) -> Value:
+        return emit("graph.constant", Value(fresh(hint), t.type), value=t)
+
+    for op in module.ops:
+        if id(op) in dropped:
+            continue
+        if id(op) not in chains:
+            if op.name == "graph.reshape" and op.operands[0].name in direct:
+                op = Op(op.name, (direct[op.operands[0].name],), op.results, op.attrs)
+            ops.append(op)
+            continue
+        between, firsts = chains[id(op)]
+        table, chosen = producer[op.operands[0].name].operands
+        experts = table.type.shape[0]
+        n, y = chosen.type.shape[0], op.result
+        rows = {}  # a first matmul's input X [N, K, 1] as [N, K]
+        for first in firsts:
+            x = first.operands[1]
+            rows[first.result.name] = _rows(x, producer) or emit(
+                "graph.reshape", Value(fresh(f"{x.name}.rows"), TensorType(x.type.shape[:2], x.type.dtype)), x,
+                shape=x.type.shape[:2])
+        partials = []
+        for e in range(experts):
+            index = constant(f"{chosen.name}.expert{e}", Tensor.from_array(np.array(e, chosen.type.dtype.numpy)))
+            hit = emit("graph.equal", Value(fresh(f"{chosen.name}.hit{e}"), TensorType((n, 1), DType.bool)),
+                       chosen, index)
+            masks: dict[object, Value] = {}
+            renamed: dict[str, Value] = {}    # a value of the chain -> expert e's
+            flat: dict[str, Value] = {}       # ... as [N, width] when it is [N, width, 1]
+            by_weight: dict[str, tuple[Value, Tensor]] = {}  # an expert matmul's result -> (input, weight)
+            for first in firsts:
+                x = rows[first.result.name]
+                if x.type.dtype not in masks:
+                    masks[x.type.dtype] = emit("graph.cast", Value(fresh(f"{chosen.name}.mask{e}"),
+                                                                   TensorType((n, 1), x.type.dtype)), hit,
+                                               to=x.type.dtype)
+                masked = emit("graph.mul", Value(fresh(f"{x.name}.expert{e}"), x.type), x, masks[x.type.dtype])
+                name, w = _expert(first, producer, e)
+                a = emit("graph.matmul", Value(fresh(f"{first.result.name}.expert{e}"),
+                                               TensorType((n, w.type.shape[1]), first.result.type.dtype)),
+                         masked, constant(name, w), **first.attrs.as_dict())
+                flat[first.result.name] = a
+                by_weight[a.name] = (masked, w)
+
+            def read(v: Value) -> Value:
+                if v.name in renamed:
+                    return renamed[v.name]
+                if v.name in flat:  # read as the model has it: [N, width, 1]
+                    renamed[v.name] = emit("graph.reshape", Value(fresh(f"{v.name}.expert{e}"), v.type), flat[v.name],
+                                           shape=v.type.shape)
+                    return renamed[v.name]
+                return v
+
+            for b in between:
+                source = b.operands[0]
+                if b.name == "graph.reshape" and (source.name in flat or source.name in renamed):
+                    same = flat.get(source.name, renamed.get(source.name))
+                    if same.type.shape == b.result.type.shape:
+                        renamed[b.result.name] = same
+                        continue
+                    if b.result.type.shape == same.type.shape + (1,):
+                        flat[b.result.name] = same
+                        continue
+                if b.name == "graph.split" and _last_axis(b) and read(source).name in by_weight:
+                    x, w = by_weight[read(source).name]
+                    name, start = read(source).name, 0
+                    for r in b.results:  # a matmul by each piece's columns, not the split of one
+                        width = r.type.shape[-1]
+                        part = cut_constant(w, columns=range(start, start + width))
+                        start += width
+                        renamed[r.name] = emit("graph.matmul", Value(fresh(f"{r.name}.expert{e}"), r.type), x,
+                                               constant(f"{name}.weight", part))
+                    continue
+                results = tuple(Value(fresh(f"{r.name}.expert{e}"), r.type) for r in b.results)
+                ops.append(Op(b.name, tuple(read(v) for v in b.operands), results, b.attrs))
+                renamed.update({r.name: new for r, new in zip(b.results, results)})
+            h = op.operands[1]
+            h = flat[h.name] if h.name in flat else emit(
+                "graph.reshape", Value(fresh(f"{h.name}.rows{e}"), TensorType((n, h.type.shape[1]), h.type.dtype)),
+                read(h), shape=(n, h.type.shape[1]))
+            name, w = _expert(op, producer, e)
+            partials.append(emit("graph.matmul", Value(fresh(f"{y.name}.expert{e}"), TensorType(
+                (n, w.type.shape[1]), y.type.dtype)), h, constant(name, w), **op.attrs.as_dict()))
+            first_chip = e * parts // experts
+            spans[partials[-1].name] = range(first_chip, max(first_chip + 1, (e + 1) * parts // experts))
+        total = partials[0]
+        for k, part in enumerate(partials[1:], 1):
+            total = emit("graph.add", Value(fresh(f"{y.name}.experts0-{k}"), part.type), total, part)
+        emit("graph.reshape", y, total, shape=y.type.shape)
+        direct[y.name] = total
+    return verify(dead_code_elimination(Module(module.name, Block(module.inputs, tuple(ops), module.outputs),
+                                               module.attrs))), spans
+
+
+def _chain(last: Op, producer: dict[str, Op], readers: dict[str, list[Op]], counts: dict[str, int],
+           outputs: set[str], order: dict[int, int]) -> tuple[list[Op], list[Op]] | None:
+    """(the ops between, the first gathered matmuls) of the expert MLP ending at the gathered matmul `last`:
+    from its input back to gathered matmuls by the same choices, through ops on each row alone (elementwise,
+    a split but not of the rows, a reshape keeping the rows), everything they make read only by them and
+    `last`; None when its input is not made so."""
+    chosen = producer[last.operands[0].name].operands[1].name
+    n = last.result.type.shape[0]
+    between, firsts, seen, stack = [], [], set(), [last.operands[1].name]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        op = producer.get(name)
+        if op is None or name in outputs:
+            return None
+        if op.name == "graph.matmul" and _gathered_matmul(op, producer, counts):
+            if producer[op.operands[0].name].operands[1].name != chosen:
+                return None
+            firsts.append(op)
+            continue
+        rows_kept = all(r.type.rank >= 1 and r.type.shape[0] == n for r in op.results)
+        if not rows_kept or not (op.name in ELEMENTWISE or (op.name == "graph.split" and _axis(op) != 0)
+                                 or (op.name == "graph.reshape" and op.operands[0].type.shape[:1] == (n,))):
+            return None
+        between.append(op)
+        for v in op.operands:
+            made = producer.get(v.name)
+            if made is None or made.name != "graph.constant":
+                stack.append(v.name)
+    if not firsts:
+        return None
+    inside = {id(op) for op in between + firsts} | {id(last)}
+    if any(id(r) not in inside for op in between + firsts for res in op.results for r in readers.get(res.name, ())):
+        return None
+    return sorted(between, key=lambda op: order[id(op)]), sorted(firsts, key=lambda op: order[id(op)])
+
+
+def _axis(split: Op) -> int:
+    return split.attrs["axis"] % split.operands[0].type.rank
+
+
+def _last_axis(split: Op) -> bool:
+    return _axis(split) == split.operands[0].type.rank - 1
+
+
+def _rows(x: Value, producer: dict[str, Op]) -> Value | None:
+    """A gathered matmul's input X [N, K, 1] as [N, K]: the value it is a reshape of, when it is."""
+    made = producer.get(x.name)
+    return made.operands[0] if made is not None and made.name == "graph.reshape" \
+        and made.operands[0].type.shape == x.type.shape[:2] else None
+
+
+def _expert(matmul: Op, producer: dict[str, Op], e: int) -> tuple[str, Tensor]:
+    """(a name for it, expert e's weight) of the stacked table [E, R, K] a gathered matmul gathers from, as a
+    matmul's [K, R] (read lazily, like _stacked)."""
+    table = producer[matmul.operands[0].name].operands[0]
+    stacked = producer[table.name].attrs["value"]
+    _, rows, cols = stacked.type.shape
+    loader = (lambda: np.ascontiguousarray(stacked.array[e].T)) if stacked.has_data else None
+    return f"{table.name}.expert{e}", Tensor(TensorType((cols, rows), stacked.type.dtype),
+                                             f"{stacked.key}#expert{e}.T", loader)
+
+
+__all__ = ["dense_experts", "expert_chains"]

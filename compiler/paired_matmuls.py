@@ -33,13 +33,16 @@ from ..ir.verifier import verify
 from .passes import add_up, cut_constant, dead_code_elimination, fresh_name
 
 
-def pair_matmuls(module: Module, parts: int, lanes: int, node: int = 0) -> Module:
+def pair_matmuls(module: Module, parts: int, lanes: int, node: int = 0, spans: dict[str, range] | None = None
+                 ) -> Module:
     """`module` with each column-then-row region (module docstring) in up to `parts` branches of whole
     `lanes`-wide column tiles (their sums added node by node first when the branches' chips span nodes of
-    `node`: passes.add_up); itself when it has none."""
+    `node`: passes.add_up); itself when it has none. `spans`: of a region whose second matmul's result is
+    named there, the groups (chips of the stage) its branches take, instead of 0 .. parts - 1 (an expert's
+    MLP its share of the stage: compiler/experts.py)."""
     if parts < 2:
         return module
-    regions = _regions(module, parts, lanes)
+    regions = _regions(module, parts, lanes, spans or {})
     if not regions:
         return module
     taken = {r.name for op in module.ops for r in op.results} | {v.name for v in module.inputs}
@@ -74,13 +77,16 @@ def pair_matmuls(module: Module, parts: int, lanes: int, node: int = 0) -> Modul
                 operands = tuple(cut(v) for v in r_op.operands)
                 results = tuple(Value(fresh_name(f"{r.name}.part{g}", taken),
                                       r.type.with_shape(r.type.shape[:-1] + (len(cols),))) for r in r_op.results)
-                ops.append(Op(r_op.name, operands, results, AttrDict({**r_op.attrs, "group": g})))
+                ops.append(Op(r_op.name, operands, results, AttrDict({**r_op.attrs, "group": region.first + g})))
                 renamed.update({old.name: new for old, new in zip(r_op.results, results)})
-            y = Value(fresh_name(f"{op.result.name}.part{g}", taken), op.result.type)
+            y = op.result if len(region.columns) == 1 else Value(fresh_name(f"{op.result.name}.part{g}", taken),
+                                                                  op.result.type)
             ops.append(Op(op.name, (renamed[op.operands[0].name], cut(op.operands[1], rows=True)), (y,),
-                          AttrDict({**op.attrs, "group": g})))
+                          AttrDict({**op.attrs, "group": region.first + g})))
             partial.append(y)
-        ops.extend(add_up(partial, op.result, lambda hint: fresh_name(hint, taken), len(partial), node))
+        if len(partial) > 1:
+            ops.extend(add_up(partial, op.result, lambda hint: fresh_name(hint, taken), len(partial), node,
+                              region.first))
     # (the whole weights, now read by nobody, go)
     return verify(dead_code_elimination(Module(module.name, Block(module.inputs, tuple(ops), module.outputs),
                                                module.attrs)))
@@ -88,14 +94,15 @@ def pair_matmuls(module: Module, parts: int, lanes: int, node: int = 0) -> Modul
 
 class _Region:
     """A column-then-row region: its ops in program order (the first matmuls among them), the second matmul
-    (`exit`), the width N and each branch's columns."""
+    (`exit`), the width N, each branch's columns and the group of its first branch."""
 
-    def __init__(self, ops: list[Op], exit_op: Op, width: int, columns: list[range]):
-        self.ops, self.exit, self.width, self.columns = ops, exit_op, width, columns
+    def __init__(self, ops: list[Op], exit_op: Op, width: int, columns: list[range], first: int = 0):
+        self.ops, self.exit, self.width, self.columns, self.first = ops, exit_op, width, columns, first
 
 
-def _regions(module: Module, parts: int, lanes: int) -> list[_Region]:
-    """The column-then-row regions of `module` (module docstring), each split into up to `parts` branches."""
+def _regions(module: Module, parts: int, lanes: int, spans: dict[str, range]) -> list[_Region]:
+    """The column-then-row regions of `module` (module docstring), each split into up to `parts` branches (or
+    as many as its span has groups)."""
     producer = {r.name: op for op in module.ops for r in op.results}
     readers: dict[str, list[Op]] = {}
     for op in module.ops:
@@ -118,7 +125,7 @@ def _regions(module: Module, parts: int, lanes: int) -> list[_Region]:
             continue
         width = shape[0]
         tiles = -(-width // lanes)
-        if tiles < 2:
+        if tiles < 2 and exit_op.result.name not in spans:
             continue
         region, seen, stack, ok = [], set(), [exit_op.operands[0].name], True
         while stack and ok:
@@ -154,11 +161,12 @@ def _regions(module: Module, parts: int, lanes: int) -> list[_Region]:
         # every reader of a region value is in the region or is the exit
         if any(r is not exit_op and id(r) not in region_ids for op in region for r in readers[op.result.name]):
             continue
-        count = min(parts, tiles)
+        span = spans.get(exit_op.result.name, range(parts))
+        count = min(len(span), tiles)
         columns = [range(min(width, g * tiles // count * lanes), min(width, (g + 1) * tiles // count * lanes))
                    for g in range(count)]
         index = {id(op): i for i, op in enumerate(module.ops)}
-        found.append(_Region(sorted(region, key=lambda op: index[id(op)]), exit_op, width, columns))
+        found.append(_Region(sorted(region, key=lambda op: index[id(op)]), exit_op, width, columns, span.start))
         used |= region_ids | {id(exit_op)}
     return found
 

@@ -18,6 +18,7 @@ without deriving anything again.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
@@ -101,33 +102,33 @@ def cut_constant(t: Tensor, rows: range | None = None, columns: range | None = N
     return Tensor(t.type.with_shape(shape), t.key + where, loader)
 
 
-def add_up(partials: list[Value], result: Value, fresh: Callable[[str], str], chips: int, node: int = 0
-           ) -> list[Op]:
-    """The ops adding `partials` (partial k carrying `group = k`, so on chip k mod `chips` of its stage) into
-    `result`: first those on one chip, there (the sum carrying that chip's group), then the chips' sums one
-    after another where `result` is placed: one transfer from each chip. `node`: when the chips span
-    several nodes of that many chips, each node's chips are first summed on its first chip, so that one
-    transfer a node crosses the global links, not one a chip."""
-    ops, per_chip = [], []
+def add_up(partials: list[Value], result: Value, fresh: Callable[[str], str], chips: int, node: int = 0,
+           first: int = 0) -> list[Op]:
+    """The ops adding `partials` (partial k carrying `group = first + k`, so on chip first + k mod `chips` of its
+    stage) into `result`: first those on one chip, there (the sum carrying that chip's group), then the chips'
+    sums one after another where `result` is placed: one transfer from each chip. `node`: when the chips
+    reach past the stage's first node of that many chips, each node's chips are first summed on the first
+    of them, so that one transfer a node crosses the global links, not one a chip."""
+    ops, per_chip = [], []  # (group, the chip's sum)
     for c in range(min(chips, len(partials))):
         total = partials[c]
         for k in range(c + chips, len(partials), chips):
-            out = Value(fresh(f"{result.name}.chip{c}"), result.type)
-            ops.append(Op("graph.add", (total, partials[k]), (out,), AttrDict({"group": c})))
+            out = Value(fresh(f"{result.name}.chip{first + c}"), result.type)
+            ops.append(Op("graph.add", (total, partials[k]), (out,), AttrDict({"group": first + c})))
             total = out
-        per_chip.append(total)
-    if node and len(per_chip) > node:
+        per_chip.append((first + c, total))
+    if node and per_chip[-1][0] >= node:
         per_node = []
-        for first in range(0, len(per_chip), node):
-            total = per_chip[first]
-            for part in per_chip[first + 1:first + node]:
-                out = Value(fresh(f"{result.name}.node{first // node}"), result.type)
-                ops.append(Op("graph.add", (total, part), (out,), AttrDict({"group": first})))
+        for _, chips_of_node in itertools.groupby(per_chip, key=lambda gv: gv[0] // node):
+            (group, total), *more = chips_of_node
+            for _, part in more:
+                out = Value(fresh(f"{result.name}.node{group // node}"), result.type)
+                ops.append(Op("graph.add", (total, part), (out,), AttrDict({"group": group})))
                 total = out
-            per_node.append(total)
+            per_node.append((group, total))
         per_chip = per_node
-    total = per_chip[0]
-    for k, part in enumerate(per_chip[1:], 1):
+    total = per_chip[0][1]
+    for k, (_, part) in enumerate(per_chip[1:], 1):
         out = result if k == len(per_chip) - 1 else Value(fresh(f"{result.name}.sum{k}"), result.type)
         ops.append(Op("graph.add", (total, part), (out,)))
         total = out

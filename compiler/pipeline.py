@@ -39,7 +39,7 @@ from ..ir.verifier import verify
 
 from .allocate import Allocate, DoesNotFit
 from .cache_scores import ScoreCacheBeforeWrite
-from .experts import dense_experts
+from .experts import dense_experts, expert_chains
 from .frontend.state import place_states
 from .fuse_matmuls import fuse_matmuls
 from .paired_matmuls import pair_matmuls
@@ -150,7 +150,8 @@ def is_layout(strategy: str) -> bool:
 def _laid_out(graph_module: Module, source: Module | None, machine: Machine, options: CompileOptions,
               strategy: str, states, progress=None, done: dict | None = None) -> Module:
     """The module a strategy partitions: `graph_module`, or at a layout of T > 1 chips a stage `source`
-    (before precision) with its experts dense (compiler/experts.py; at ep=E in E groups, one per chip), each
+    (before precision) with its expert MLPs one MLP per expert, each on its share of the stage's chips (at
+    ep=E: its experts dense, in E groups, one per chip: compiler/experts.py), each
     matmul split by columns and the one reading it by rows paired into T branches (compiler/paired_matmuls.py:
     an MLP's parts never meet between its matmuls), its heads grouped (GQA), its scores over a key cache started before the step's key is written
     (compiler/cache_scores.py), its attention split by head groups (compiler/split_heads.py: as many on each
@@ -170,8 +171,9 @@ def _laid_out(graph_module: Module, source: Module | None, machine: Machine, opt
             key = (tp, layout.ep)
             if key not in done:
                 one = Target(machine, 1)
-                paired = pair_matmuls(dense_experts(source, groups=layout.ep), tp, machine.lanes,
-                                      spanned_nodes(machine, tp))
+                chained, spans = expert_chains(source, tp) if layout.ep == 1 else (source, {})
+                paired = pair_matmuls(dense_experts(chained, groups=layout.ep), tp, machine.lanes,
+                                      spanned_nodes(machine, tp), spans)
                 split = run_passes(paired, one, (GroupHeads(), ScoreCacheBeforeWrite(), heads), progress)[0]
                 done[key] = run_passes(fuse_matmuls(split, tp), one, (Precision(options.precision),), progress)[0]
             graph_module = done[key]

@@ -17,7 +17,7 @@ from lpuc.compiler.frontend.state import make_stateful
 from lpuc.backends import interpreter
 from lpuc.backends.lpu import build_program
 from lpuc.compiler.cache_scores import score_cache_before_write
-from lpuc.compiler.experts import dense_experts
+from lpuc.compiler.experts import dense_experts, expert_chains
 from lpuc.compiler.fuse_matmuls import fuse_matmuls
 from lpuc.compiler.grouped_heads import GroupHeads
 from lpuc.compiler.paired_matmuls import pair_matmuls
@@ -554,3 +554,52 @@ def test_the_default_layout_widens_its_stages_while_they_fit(tmp_path, monkeypat
 
     monkeypatch.setattr(partition_module, "_staged", sixteen_too_many)
     assert compile_module(graph, MACHINE, options)[1].partition == "tp=8,pp=2"
+
+
+@pytest.mark.parametrize("sample", MOE)
+@pytest.mark.parametrize("parts", [2, 4, 8])
+def test_an_expert_mlp_becomes_an_mlp_per_expert_on_its_share_of_the_stage(sample, parts):
+    """At a layout (no ep), each expert MLP (gathered gate-and-up, SwiGLU, gathered down by the same choices)
+    becomes an ordinary MLP per expert on its rows masked by the choice, paired over its share of the stage's
+    chips (4 experts: e * parts // 4 on); the numbers are the gathered form's."""
+    graph = load_model(SAMPLES / f"{sample}.onnx")[0]
+    chained, spans = expert_chains(graph, parts)
+    assert not any(op.name == "graph.gather_nd" and op.operands[0].type.rank == 3 for op in chained.ops)
+    assert sorted((r.start, r.stop) for r in spans.values()) == sorted(
+        (e * parts // 4, max(e * parts // 4 + 1, (e + 1) * parts // 4)) for e in range(4) for _layer in range(2))
+    paired = pair_matmuls(chained, parts, MACHINE.lanes, 0, spans)
+    producer = {r.name: op for op in paired.ops for r in op.results}
+    for name, span in spans.items():
+        assert producer[name].attrs["group"] in span  # (one column tile: one branch, the expert's first chip)
+    with np.load(SAMPLES / f"{sample}.inputs.npz") as f:
+        inputs = {k: f[k] for k in f.files}
+    ours, theirs = evaluate(paired, inputs), evaluate(graph, inputs)
+    assert all(np.allclose(ours[k], theirs[k], rtol=1e-5, atol=1e-6) for k in theirs)
+    assert expert_chains(load_model(SAMPLES / "llama_decode.onnx")[0], parts)[1] == {}
+
+
+@pytest.mark.parametrize("layout", ["tp=8", "tp=4,pp=2"])
+def test_experts_wider_than_a_vector_split_over_their_share_and_match_onnxruntime(tmp_path, layout):
+    """Mixtral of hidden 352 and experts of 330 columns (two tiles, neither a multiple of 320), 4 experts,
+    5 tokens, random weights: at tp=8 each expert's gate, up and down split over its own 2 chips, every chip
+    holding one expert's part; the program's numbers are onnxruntime's."""
+    path = tmp_path / "moe.onnx"
+    assert shape_only.main(["tiny-moe", "--mode", "prefill", "--seq", "5", "--weights", "random", "--dtype",
+                            "float32", "-o", str(path)]) == 0
+    feeds = {"input_ids": np.random.default_rng(4).integers(0, 400, (1, 5)),
+             "attention_mask": np.ones((1, 5), np.int64), "position_ids": np.arange(5)[None]}
+    module, summary, machine_text = compile_model(path, options=CompileOptions(layout=layout, precision="fp32",
+                                                                                scheduler="list"))
+    tp = parse_layout(layout).tp
+    expert_weights = {}  # chip of the stage -> the experts whose weights it holds
+    for op in module.ops:
+        key = op.attrs["value"].key if op.name == "mem.constant" else ""
+        if "#expert" in key:
+            expert = int(key.split("#expert")[1].split(".")[0])
+            expert_weights.setdefault(op.attrs.get("chip", 0) % tp, set()).add(expert)
+    assert expert_weights and all(len(experts) == 1 for experts in expert_weights.values()), expert_weights
+    if tp == 8:
+        assert sorted(expert_weights) == list(range(8))
+    result = interpreter.run(build_program(module, machine_text), feeds)
+    ref = run_ort(path, feeds)
+    assert max(max_rel_error(result.outputs[k], ref[k]) for k in ref) <= 1e-4
