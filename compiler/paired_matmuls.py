@@ -77,16 +77,16 @@ def pair_matmuls(module: Module, parts: int, lanes: int, node: int = 0, spans: d
                 operands = tuple(cut(v) for v in r_op.operands)
                 results = tuple(Value(fresh_name(f"{r.name}.part{g}", taken),
                                       r.type.with_shape(r.type.shape[:-1] + (len(cols),))) for r in r_op.results)
-                ops.append(Op(r_op.name, operands, results, AttrDict({**r_op.attrs, "group": region.first + g})))
+                ops.append(Op(r_op.name, operands, results, AttrDict({**r_op.attrs, "group": region.groups[g]})))
                 renamed.update({old.name: new for old, new in zip(r_op.results, results)})
             y = op.result if len(region.columns) == 1 else Value(fresh_name(f"{op.result.name}.part{g}", taken),
                                                                   op.result.type)
             ops.append(Op(op.name, (renamed[op.operands[0].name], cut(op.operands[1], rows=True)), (y,),
-                          AttrDict({**op.attrs, "group": region.first + g})))
+                          AttrDict({**op.attrs, "group": region.groups[g]})))
             partial.append(y)
         if len(partial) > 1:
             ops.extend(add_up(partial, op.result, lambda hint: fresh_name(hint, taken), len(partial), node,
-                              region.first))
+                              region.groups))
     # (the whole weights, now read by nobody, go)
     return verify(dead_code_elimination(Module(module.name, Block(module.inputs, tuple(ops), module.outputs),
                                                module.attrs)))
@@ -94,10 +94,10 @@ def pair_matmuls(module: Module, parts: int, lanes: int, node: int = 0, spans: d
 
 class _Region:
     """A column-then-row region: its ops in program order (the first matmuls among them), the second matmul
-    (`exit`), the width N, each branch's columns and the group of its first branch."""
+    (`exit`), the width N, and each branch's columns and group (ascending)."""
 
-    def __init__(self, ops: list[Op], exit_op: Op, width: int, columns: list[range], first: int = 0):
-        self.ops, self.exit, self.width, self.columns, self.first = ops, exit_op, width, columns, first
+    def __init__(self, ops: list[Op], exit_op: Op, width: int, columns: list[range], groups: list[int]):
+        self.ops, self.exit, self.width, self.columns, self.groups = ops, exit_op, width, columns, groups
 
 
 def _regions(module: Module, parts: int, lanes: int, spans: dict[str, range]) -> list[_Region]:
@@ -118,6 +118,7 @@ def _regions(module: Module, parts: int, lanes: int, spans: dict[str, range]) ->
             return None
         return op.operands[1].type.shape
 
+    index = {id(op): i for i, op in enumerate(module.ops)}
     found, used = [], set()
     for exit_op in module.ops:
         shape = weight(exit_op)
@@ -165,8 +166,8 @@ def _regions(module: Module, parts: int, lanes: int, spans: dict[str, range]) ->
         count = min(len(span), tiles)
         columns = [range(min(width, g * tiles // count * lanes), min(width, (g + 1) * tiles // count * lanes))
                    for g in range(count)]
-        index = {id(op): i for i, op in enumerate(module.ops)}
-        found.append(_Region(sorted(region, key=lambda op: index[id(op)]), exit_op, width, columns, span.start))
+        found.append(_Region(sorted(region, key=lambda op: index[id(op)]), exit_op, width, columns,
+                             list(span[:count])))
         used |= region_ids | {id(exit_op)}
     return found
 

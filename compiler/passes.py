@@ -103,20 +103,21 @@ def cut_constant(t: Tensor, rows: range | None = None, columns: range | None = N
 
 
 def add_up(partials: list[Value], result: Value, fresh: Callable[[str], str], chips: int, node: int = 0,
-           first: int = 0) -> list[Op]:
-    """The ops adding `partials` (partial k carrying `group = first + k`, so on chip first + k mod `chips` of its
-    stage) into `result`: first those on one chip, there (the sum carrying that chip's group), then the chips'
-    sums one after another where `result` is placed: one transfer from each chip. `node`: when the chips
-    reach past the stage's first node of that many chips, each node's chips are first summed on the first
-    of them, so that one transfer a node crosses the global links, not one a chip."""
+           groups: list[int] | None = None) -> list[Op]:
+    """The ops adding `partials` (partial k carrying `group = k`, so on chip k mod `chips` of its stage; or
+    `groups[k]`, ascending) into `result`: first those on one chip, there (the sum carrying that chip's group),
+    then the chips' sums one after another where `result` is placed: one transfer from each chip. `node`: when
+    the chips reach past the stage's first node of that many chips, each node's chips are first summed on the
+    first of them, so that one transfer a node crosses the global links, not one a chip."""
+    groups = groups or list(range(min(chips, len(partials))))
     ops, per_chip = [], []  # (group, the chip's sum)
-    for c in range(min(chips, len(partials))):
+    for c, group in enumerate(groups):
         total = partials[c]
         for k in range(c + chips, len(partials), chips):
-            out = Value(fresh(f"{result.name}.chip{first + c}"), result.type)
-            ops.append(Op("graph.add", (total, partials[k]), (out,), AttrDict({"group": first + c})))
+            out = Value(fresh(f"{result.name}.chip{group}"), result.type)
+            ops.append(Op("graph.add", (total, partials[k]), (out,), AttrDict({"group": group})))
             total = out
-        per_chip.append((first + c, total))
+        per_chip.append((group, total))
     if node and per_chip[-1][0] >= node:
         per_node = []
         for _, chips_of_node in itertools.groupby(per_chip, key=lambda gv: gv[0] // node):
