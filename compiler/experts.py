@@ -199,32 +199,38 @@ def expert_chains(module: Module, parts: int) -> tuple[Module, dict[str, range]]
         n, y = chosen.type.shape[0], op.result
         rows = {}  # a first matmul's input X [N, K, 1] as [N, K]
         for first in firsts:
-            x = first.operands[1]
-            rows[first.result.name] = _rows(x, producer) or emit(
-                "graph.reshape", Value(fresh(f"{x.name}.rows"), TensorType(x.type.shape[:2], x.type.dtype)), x,
-                shape=x.type.shape[:2])
-        partials = []
+            x = _unreshaped(first.operands[1], producer)
+            shape = first.operands[1].type.shape[:2]
+            rows[first.result.name] = x if x.type.shape == shape else emit(
+                "graph.reshape", Value(fresh(f"{x.name}.rows"), TensorType(shape, x.type.dtype)), x, shape=shape)
+        # every expert's masked inputs first, so that each can leave for its expert's chips at once
+        masked: dict[tuple[int, str], Value] = {}  # (expert, input) -> the input's rows that chose the expert
         for e in range(experts):
             index = constant(f"{chosen.name}.expert{e}", Tensor.from_array(np.array(e, chosen.type.dtype.numpy)))
             hit = emit("graph.equal", Value(fresh(f"{chosen.name}.hit{e}"), TensorType((n, 1), DType.bool)),
                        chosen, index)
             masks: dict[object, Value] = {}
-            renamed: dict[str, Value] = {}    # a value of the chain -> expert e's
-            flat: dict[str, Value] = {}       # ... as [N, width] when it is [N, width, 1]
-            by_weight: dict[str, tuple[Value, Tensor]] = {}  # an expert matmul's result -> (input, weight)
-            for first in firsts:
-                x = rows[first.result.name]
+            for x in rows.values():
                 if x.type.dtype not in masks:
                     masks[x.type.dtype] = emit("graph.cast", Value(fresh(f"{chosen.name}.mask{e}"),
                                                                    TensorType((n, 1), x.type.dtype)), hit,
                                                to=x.type.dtype)
-                masked = emit("graph.mul", Value(fresh(f"{x.name}.expert{e}"), x.type), x, masks[x.type.dtype])
+                if (e, x.name) not in masked:
+                    masked[e, x.name] = emit("graph.mul", Value(fresh(f"{x.name}.expert{e}"), x.type), x,
+                                             masks[x.type.dtype])
+        partials = []
+        for e in range(experts):
+            renamed: dict[str, Value] = {}    # a value of the chain -> expert e's
+            flat: dict[str, Value] = {}       # ... as [N, width] when it is [N, width, 1]
+            by_weight: dict[str, tuple[Value, Tensor]] = {}  # an expert matmul's result -> (input, weight)
+            for first in firsts:
+                x = masked[e, rows[first.result.name].name]
                 name, w = _expert(first, producer, e)
                 a = emit("graph.matmul", Value(fresh(f"{first.result.name}.expert{e}"),
                                                TensorType((n, w.type.shape[1]), first.result.type.dtype)),
-                         masked, constant(name, w), **first.attrs.as_dict())
+                         x, constant(name, w), **first.attrs.as_dict())
                 flat[first.result.name] = a
-                by_weight[a.name] = (masked, w)
+                by_weight[a.name] = (x, w)
 
             def read(v: Value) -> Value:
                 if v.name in renamed:
@@ -323,11 +329,11 @@ def _last_axis(split: Op) -> bool:
     return _axis(split) == split.operands[0].type.rank - 1
 
 
-def _rows(x: Value, producer: dict[str, Op]) -> Value | None:
-    """A gathered matmul's input X [N, K, 1] as [N, K]: the value it is a reshape of, when it is."""
+def _unreshaped(x: Value, producer: dict[str, Op]) -> Value:
+    """The value `x` is a reshape of, or `x`: a gathered matmul's input X [N, K, 1] is best read from it (a
+    trailing axis of 1 puts each element in a vector of its own, which the SXM takes long to make)."""
     made = producer.get(x.name)
-    return made.operands[0] if made is not None and made.name == "graph.reshape" \
-        and made.operands[0].type.shape == x.type.shape[:2] else None
+    return made.operands[0] if made is not None and made.name == "graph.reshape" else x
 
 
 def _expert(matmul: Op, producer: dict[str, Op], e: int) -> tuple[str, Tensor]:
