@@ -102,7 +102,7 @@ class _Region:
 
 def _regions(module: Module, parts: int, lanes: int, spans: dict[str, range]) -> list[_Region]:
     """The column-then-row regions of `module` (module docstring), each split into up to `parts` branches (or
-    as many as its span has groups)."""
+    as many as its span has groups), the chips holding head groups taking the fewest tiles (_share)."""
     producer = {r.name: op for op in module.ops for r in op.results}
     readers: dict[str, list[Op]] = {}
     for op in module.ops:
@@ -120,7 +120,10 @@ def _regions(module: Module, parts: int, lanes: int, spans: dict[str, range]) ->
 
     index = {id(op): i for i, op in enumerate(module.ops)}
     found, used = [], set()
+    busy: set[int] = set()  # the chips (groups mod parts) of the head groups' matmuls since the last region
     for exit_op in module.ops:
+        if exit_op.name == "graph.matmul" and "group" in exit_op.attrs:
+            busy.add(exit_op.attrs["group"] % parts)
         shape = weight(exit_op)
         if shape is None or id(exit_op) in used or "group" in exit_op.attrs:
             continue
@@ -162,14 +165,32 @@ def _regions(module: Module, parts: int, lanes: int, spans: dict[str, range]) ->
         # every reader of a region value is in the region or is the exit
         if any(r is not exit_op and id(r) not in region_ids for op in region for r in readers[op.result.name]):
             continue
-        span = spans.get(exit_op.result.name, range(parts))
-        count = min(len(span), tiles)
-        columns = [range(min(width, g * tiles // count * lanes), min(width, (g + 1) * tiles // count * lanes))
-                   for g in range(count)]
-        found.append(_Region(sorted(region, key=lambda op: index[id(op)]), exit_op, width, columns,
-                             list(span[:count])))
+        groups, sizes = _share(tiles, spans.get(exit_op.result.name, range(parts)), busy)
+        starts = [sum(sizes[:k]) for k in range(len(sizes))]
+        columns = [range(min(width, s * lanes), min(width, (s + n) * lanes)) for s, n in zip(starts, sizes)]
+        found.append(_Region(sorted(region, key=lambda op: index[id(op)]), exit_op, width, columns, groups))
         used |= region_ids | {id(exit_op)}
+        busy = set()
     return found
+
+
+def _share(tiles: int, span: range, busy: set[int]) -> tuple[list[int], list[int]]:
+    """(the groups, ascending, and each one's count of column tiles) of a region of `tiles` tiles over the
+    groups of `span`: no chip more than the even split's most, and the chips `busy` with attention's head
+    groups (which run before the MLP, one after the other) the fewest, so that their SRAM holds more
+    layers' attention: at a stage wider than the model has KV heads, none."""
+    count = min(len(span), tiles)
+    if not busy & set(span):  # as even as they come
+        return list(span[:count]), [(g + 1) * tiles // count - g * tiles // count for g in range(count)]
+    most = -(-tiles // len(span))
+    free = [g for g in span if g not in busy]
+    taken = [g for g in span if g in busy]
+    on_free = min(tiles, most * len(free))
+    sizes = {g: (k + 1) * on_free // len(free) - k * on_free // len(free) for k, g in enumerate(free)} if free else {}
+    rest = tiles - on_free
+    sizes.update({g: (k + 1) * rest // len(taken) - k * rest // len(taken) for k, g in enumerate(taken)})
+    groups = [g for g in span if sizes[g]]
+    return groups, [sizes[g] for g in groups]
 
 
 __all__ = ["pair_matmuls"]

@@ -172,10 +172,11 @@ def _laid_out(graph_module: Module, source: Module | None, machine: Machine, opt
             if key not in done:
                 one = Target(machine, 1)
                 chained, spans = expert_chains(source, tp) if layout.ep == 1 else (source, {})
-                paired = pair_matmuls(dense_experts(chained, groups=layout.ep), tp, machine.lanes,
-                                      spanned_nodes(machine, tp), spans)
-                split = run_passes(paired, one, (GroupHeads(), ScoreCacheBeforeWrite(), heads), progress)[0]
-                done[key] = run_passes(fuse_matmuls(split, tp), one, (Precision(options.precision),), progress)[0]
+                split = run_passes(dense_experts(chained, groups=layout.ep), one,
+                                   (GroupHeads(), ScoreCacheBeforeWrite(), heads), progress)[0]
+                # (paired after the heads are split: the chips holding head groups take the fewest MLP tiles)
+                paired = pair_matmuls(split, tp, machine.lanes, spanned_nodes(machine, tp), spans)
+                done[key] = run_passes(fuse_matmuls(paired, tp), one, (Precision(options.precision),), progress)[0]
             graph_module = done[key]
     return place_states(graph_module, states) if states is not None else graph_module
 

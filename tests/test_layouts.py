@@ -603,3 +603,25 @@ def test_experts_wider_than_a_vector_split_over_their_share_and_match_onnxruntim
     result = interpreter.run(build_program(module, machine_text), feeds)
     ref = run_ort(path, feeds)
     assert max(max_rel_error(result.outputs[k], ref[k]) for k in ref) <= 1e-4
+
+
+def test_the_chips_holding_head_groups_take_the_fewest_mlp_tiles(five_layers):
+    """Attention runs before the MLP, so the chips of its head groups take the fewest of the MLP's tiles, no
+    chip more than the even split's most: Llama-2-70B (8 KV heads, 90 tiles) at tp=24 gives them 3 or 4
+    (the others 4), at tp=72 none; the tiny model (2 KV heads, 3 tiles) at tp=4: chips 1-3."""
+    from lpuc.compiler.paired_matmuls import _share
+    from lpuc.compiler.pipeline import _laid_out
+
+    groups, sizes = _share(90, range(24), set(range(8)))
+    assert sum(sizes) == 90 and max(sizes) == 4 and groups == list(range(24))
+    assert all(sizes[g] == 4 for g in range(8, 24)) and sorted(sizes[:8]) == [3] * 6 + [4] * 2
+    groups, sizes = _share(90, range(72), set(range(8)))
+    assert groups == list(range(8, 72)) and sum(sizes) == 90 and max(sizes) == 2
+    assert _share(90, range(24), set()) == (list(range(24)), [(g + 1) * 90 // 24 - g * 90 // 24 for g in range(24)])
+    laid = _laid_out(five_layers, five_layers, MACHINE, CompileOptions(precision="fp32"), "tp=4,pp=1", None)
+    heads = {op.attrs["group"] for op in laid.ops if op.name == "graph.matmul" and ".heads" in op.result.name}
+    mlp = {op.attrs["group"] for op in laid.ops if op.name == "graph.matmul" and ".mlp." in op.operands[1].name}
+    assert heads == {0, 1} and mlp == {1, 2, 3}
+    feeds = {"input_ids": np.asarray([[7]]), "position_ids": np.asarray([[3]]), "attention_mask": np.ones((1, 7), np.int64)}
+    ours, theirs = evaluate(laid, feeds)["logits"], evaluate(five_layers, feeds)["logits"]
+    assert np.abs(theirs).max() > 0 and np.allclose(ours, theirs, rtol=1e-2, atol=1e-2)
