@@ -314,11 +314,6 @@ def _staged(module: Module, target: Target, constants: set[str], layout: Layout
             kinds[i] = _fewest_bytes(op, offered, tp)
             first = home[i] - home[i] % tp
             groups[i] = tuple((first + c, 1) for c in range(min(tp, offered[kinds[i]])))
-        elif tp > 1 and offered and len(op.attrs.get("team", ())) > 1:  # a head group's, over its team's chips
-            team = op.attrs["team"]
-            kinds[i] = _fewest_bytes(op, offered, len(team))
-            first = home[i] - home[i] % tp
-            groups[i] = tuple((first + t % tp, 1) for t in team[:offered[kinds[i]]])
     load = _chip_loads(home, groups, _weight_bytes(module, lanes), target.chips)
     room = target.machine.sram.chip_bytes
     full = max(range(target.chips), key=lambda c: (load[c], -c))

@@ -96,16 +96,11 @@ def split_heads(module: Module, groups: int, chips: int = 1, node: int = 0) -> M
             joined[v.name] = out
         return joined[v.name]
 
-    def team(k: int, n: int) -> dict:
-        """Of group k of n: the groups whose chips share its matmuls' weights when the stage has more chips
-        than groups (k, k + n, ...: the partition splits the matmul over them), else nothing."""
-        return {"team": tuple(range(k, chips, n))} if chips >= 2 * n else {}
-
     def part(v: Value, axis: int, n: int, k: int) -> Value:
         size = v.type.shape[axis] // n
-        return span(v, axis, range(k * size, (k + 1) * size), k, n)
+        return span(v, axis, range(k * size, (k + 1) * size), k)
 
-    def span(v: Value, axis: int, rows: range, k: int, n: int) -> Value:
+    def span(v: Value, axis: int, rows: range, k: int) -> Value:
         """`v`'s `rows` along `axis`, made by group k: its producer's work on them alone when that can be cut so
         (_pulled: back to a matmul's columns, whose chip then computes only what its group reads), else a slice."""
         key = (v.name, axis, rows.start, rows.stop)
@@ -120,7 +115,7 @@ def split_heads(module: Module, groups: int, chips: int = 1, node: int = 0) -> M
         made = producer.get(v.name)
         if made is not None and made.name == "graph.split" and made.attrs["axis"] % v.type.rank == axis:
             start = sum(made.attrs["sizes"][:[r.name for r in made.results].index(v.name)])
-            sliced[key] = span(made.operands[0], axis, range(start + rows.start, start + rows.stop), k, n)
+            sliced[key] = span(made.operands[0], axis, range(start + rows.start, start + rows.stop), k)
         else:
             hint = f"{v.name}.heads{rows.start}-{rows.stop - 1}"
             cut_type = v.type.with_shape(v.type.shape[:axis] + (len(rows),) + v.type.shape[axis + 1:])
@@ -139,10 +134,9 @@ def split_heads(module: Module, groups: int, chips: int = 1, node: int = 0) -> M
                         operands.append(Value(fresh(f"{u.name}.heads{rows.start}-{rows.stop - 1}"), cut.type))
                         ops.append(Op("graph.constant", (), (operands[-1],), AttrDict({"value": cut})))
                     else:
-                        operands.append(span(u, cut[0], cut[1], k, n))
+                        operands.append(span(u, cut[0], cut[1], k))
                 out = Value(fresh(hint), cut_type)
-                spread = team(k, n) if op.name == "graph.matmul" else {}
-                ops.append(Op(op.name, tuple(operands), (out,), AttrDict({**attrs, "group": k, **spread})))
+                ops.append(Op(op.name, tuple(operands), (out,), AttrDict({**attrs, "group": k})))
             sliced[key] = out
         return sliced[key]
 
@@ -171,8 +165,7 @@ def split_heads(module: Module, groups: int, chips: int = 1, node: int = 0) -> M
                 part_w = Value(fresh(f"{w.name}.rows{rows.start}-{rows.stop - 1}"), cut.type)
                 ops.append(Op("graph.constant", (), (part_w,), AttrDict({"value": cut})))
                 partials.append(Value(fresh(f"{op.result.name}.group{k}"), op.result.type))
-                ops.append(Op(op.name, (part_x, part_w), (partials[-1],),
-                              AttrDict({**op.attrs, "group": k, **team(k, len(x.parts))})))
+                ops.append(Op(op.name, (part_x, part_w), (partials[-1],), AttrDict({**op.attrs, "group": k})))
             ops.extend(add_up(partials, op.result, fresh, chips, node))
             continue
         mapped = _through(op, grouped)

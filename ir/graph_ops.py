@@ -22,9 +22,7 @@ PLACEMENT_ATTRS = {
     "parts": A("chips", None),   # ... the chip of each part, in tile order
     "shares": A("ints", None),   # ... each part's share of the tiles (absent: equal shares)
     "group": A("int", None),     # a head group's op (compiler/split_heads.py): a layout runs it on its stage's
-                                 # chip of this index
-    "team": A("ints", None),     # ... a head group's matmul: the groups whose chips share its weight (split
-}                                # over them, meeting on its own; a stage with more chips than head groups)
+}                                # chip of this index
 
 
 def defop(name: str, operands, attrs=None, **kwargs):
