@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -152,8 +153,21 @@ def constant_like(module: Module) -> set[int]:
     return out
 
 
+_last_found: tuple[weakref.ref, Layers | None] | None = None  # (a module, its layers): modules never change
+
+
 def find_layers(module: Module) -> Layers | None:
-    """The longest run of repeated blocks of ops (ops computing from constants only excluded), or None."""
+    """The longest run of repeated blocks of ops (ops computing from constants only excluded), or None.
+    The last module's answer is kept: a compile asks of one module several times in a row (its default
+    layout, the partition's stage cuts, the layer templates), and a large one takes a minute to answer."""
+    global _last_found
+    if _last_found is not None and _last_found[0]() is module:
+        return _last_found[1]
+    _last_found = (weakref.ref(module), _find_layers(module))
+    return _last_found[1]
+
+
+def _find_layers(module: Module) -> Layers | None:
     skip = constant_like(module)
     nodes = [i for i in range(len(module.ops)) if i not in skip]
     ids: dict[tuple, int] = {}
