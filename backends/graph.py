@@ -90,6 +90,9 @@ def _best_run(a: Sequence[int]) -> tuple[int, int, int] | None:
     arr = np.asarray(a, np.int64)
     n, best = len(arr), None
     for p in range(MIN_LAYER_OPS, n // 2 + 1):
+        # a run of period p covers a multiple of p, n at most: skip p when no such multiple beats the best
+        if best is not None and n // p * p <= best[1] * best[2]:
+            continue
         same = arr[:-p] == arr[p:]
         # a run of period p covers at most its equal positions plus p: skip p when that cannot beat the best
         if best is not None and int(np.count_nonzero(same)) + p <= best[1] * best[2]:
