@@ -625,3 +625,20 @@ def test_the_chips_holding_head_groups_take_the_fewest_mlp_tiles(five_layers):
     feeds = {"input_ids": np.asarray([[7]]), "position_ids": np.asarray([[3]]), "attention_mask": np.ones((1, 7), np.int64)}
     ours, theirs = evaluate(laid, feeds)["logits"], evaluate(five_layers, feeds)["logits"]
     assert np.abs(theirs).max() > 0 and np.allclose(ours, theirs, rtol=1e-2, atol=1e-2)
+
+
+def test_partial_sums_of_a_share_are_added_node_by_node_on_their_own_chips():
+    """add_up with the groups of its partials (an expert's share, chips 9-17 of a stage of 72, nodes of 8):
+    node 1's seven (chips 9-15) are summed on chip 9, node 2's two on chip 16, then the two node sums meet where
+    the result is."""
+    from lpuc.compiler.passes import add_up
+    from lpuc.ir import Value
+    from lpuc.ir.types import DType, TensorType
+
+    t = TensorType((1, 4), DType.f32)
+    partials = [Value(f"p{g}", t) for g in range(9, 18)]
+    names = iter(f"s{k}" for k in range(100))
+    ops = add_up(partials, Value("y", t), lambda hint: next(names), 9, node=8, groups=list(range(9, 18)))
+    on = [(op.attrs.get("group"), [v.name for v in op.operands]) for op in ops]
+    assert on[:6] == [(9, ["p9", "p10"])] + [(9, [f"s{k}", f"p{k + 11}"]) for k in range(5)]
+    assert on[6:] == [(16, ["p16", "p17"]), (None, ["s5", "s6"])] and ops[-1].result.name == "y"
