@@ -171,8 +171,9 @@ def expert_chains(module: Module, parts: int) -> tuple[Module, dict[str, range]]
     def fresh(hint: str) -> str:
         return fresh_name(hint, taken)
 
-    dropped = {id(o) for last, (between, firsts) in chains.items() for o in between}
-    dropped |= {id(producer[m.operands[0].name]) for last, (between, firsts) in chains.items() for m in firsts}
+    # (rewritten at the last matmul: the ops between, the first matmuls and their gathers, the last's gather)
+    dropped = {id(o) for between, _ in chains.values() for o in between}
+    dropped |= {id(o) for _, firsts in chains.values() for m in firsts for o in (m, producer[m.operands[0].name])}
     dropped |= {id(producer[op.operands[0].name]) for op in module.ops if id(op) in chains}
     direct: dict[str, Value] = {}
     spans: dict[str, range] = {}
