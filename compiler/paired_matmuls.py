@@ -6,19 +6,22 @@ and between the two the parts meet only to be cut again. Megatron-LM's pairing r
 matmul is split by its weight's columns, what runs on its result column by column runs on each chip's
 columns, and the second matmul is split by its weight's rows, the same ones, so that chip g needs nothing but
 its own columns; the partial sums come back and are added once. This pass (run at layouts of several chips
-a stage, before fusion and precision) rewrites each such region into `parts` branches:
+a stage, after the heads are split and before fusion and precision) rewrites each such region into `parts`
+branches:
 
     H = f(X @ W1, X @ W1', ...)   (f: elementwise ops, the constants they read of width N)
     Y = H @ W2                    (W1 [K, N], W2 [N, M] constants)
 
-becomes, for each part g with columns C_g (whole vector tiles of N, as even as they come),
+becomes, for each part g with columns C_g (whole vector tiles of N, as even as they come; the chips holding
+attention's head groups, which run before, the fewest: _share),
 
     H_g = f(X @ W1[:, C_g], ...);  Y_g = H_g @ W2[C_g, :]      (ops of branch g carry `group = g`)
     Y   = Y_0 + Y_1 + ...
 
 A region qualifies when everything reading its values is in it (or is the second matmul) and its every value
 has N columns; the first matmuls are those with a constant weight of N columns whose activation comes from
-outside. The partition puts branch g on chip g of the stage. The numbers are those of the model up to the
+outside. The partition puts branch g on chip g of the stage (an expert's MLP: on its share of the stage,
+compiler/experts.py). The numbers are those of the model up to the
 order of the sum (and, at int8, each branch quantizes its own columns of H: a scale per row and part).
 """
 
