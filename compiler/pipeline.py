@@ -150,16 +150,21 @@ def is_layout(strategy: str) -> bool:
 def _laid_out(graph_module: Module, source: Module | None, machine: Machine, options: CompileOptions,
               strategy: str, states, progress=None, done: dict | None = None) -> Module:
     """The module a strategy partitions: `graph_module`, or at a layout of T > 1 chips a stage `source`
-    (before precision) with its expert MLPs one MLP per expert, each on its share of the stage's chips (at
-    ep=E: its experts dense, in E groups, one per chip: compiler/experts.py), each
-    matmul split by columns and the one reading it by rows paired into T branches (compiler/paired_matmuls.py:
-    an MLP's parts never meet between its matmuls), its heads grouped (GQA), its scores over a key cache started before the step's key is written
-    (compiler/cache_scores.py), its attention split by head groups (compiler/split_heads.py: as many on each
-    chip as it has SXM units, each group transposing its keys, computing its own q, k and v by its columns of
-    their weights, and its rows of the output projection), the matmuls of one activation by one group fused
-    (compiler/fuse_matmuls.py: one round trip each), and converted to the precision asked for; each state where
-    a partner program keeps it (`states`, when given).
-    `done`: where the rewritten `source` is kept per T and E (auto compares several layouts)."""
+    (before precision) rewritten for it:
+    - its expert MLPs one MLP per expert, each on its share of the stage's chips, while the stages hold whole
+      layers (else, and at ep=E, its experts dense; at ep=E in E groups, one per chip: compiler/experts.py);
+    - its heads grouped (GQA), its scores over a key cache started before the step's key is written
+      (compiler/cache_scores.py), its attention split by head groups (compiler/split_heads.py: as many on
+      each chip as it has SXM units, each group transposing its keys, computing its own q, k and v by its
+      columns of their weights, and its rows of the output projection);
+    - each matmul split by columns and the one reading it by rows paired into T branches
+      (compiler/paired_matmuls.py: an MLP's parts never meet between its matmuls; the chips holding head
+      groups take the fewest of its tiles);
+    - the matmuls of one activation by one group fused (compiler/fuse_matmuls.py: one round trip each);
+    - converted to the precision asked for;
+    each state where a partner program keeps it (`states`, when given).
+    `done`: where the rewritten `source` is kept per T, E and whether an MLP per expert (auto compares several
+    layouts)."""
     layout = parse_layout(strategy) if is_layout(strategy) else None
     tp = layout.tp if layout else 1
     if tp > 1:
@@ -168,10 +173,16 @@ def _laid_out(graph_module: Module, source: Module | None, machine: Machine, opt
             graph_module = run_passes(graph_module, Target(machine, 1), (ScoreCacheBeforeWrite(), heads))[0]
         else:
             done = {} if done is None else done
-            key = (tp, layout.ep)
+            # An MLP per expert while the stages hold whole layers: with more stages than layers, a layer's
+            # experts would straddle two stages and run on both at once, and the stages would no longer run one
+            # after another, as the physical bound and the pipelined figure take them to (dense experts, one
+            # op, then).
+            layers = find_layers(source)
+            per_expert = layout.ep == 1 and (layout.pp == 1 or (layers is not None and layout.pp <= layers.count))
+            key = (tp, layout.ep, per_expert)
             if key not in done:
                 one = Target(machine, 1)
-                chained, spans = expert_chains(source, tp) if layout.ep == 1 else (source, {})
+                chained, spans = expert_chains(source, tp) if per_expert else (source, {})
                 split = run_passes(dense_experts(chained, groups=layout.ep), one,
                                    (GroupHeads(), ScoreCacheBeforeWrite(), heads), progress)[0]
                 # (paired after the heads are split: the chips holding head groups take the fewest MLP tiles)
