@@ -307,14 +307,28 @@ def _staged(module: Module, target: Target, constants: set[str], layout: Layout
         home = [h + (r % tp if (r := segment.get(i, 0)) in spread else 0) for i, h in enumerate(home)]
     # a head group's ops (compiler/split_heads.py) on its stage's chip of the group's index
     home = [h - h % tp + op.attrs["group"] % tp if "group" in op.attrs else h for h, op in zip(home, module.ops)]
-    kinds, groups = {}, {}
+    kinds, groups, tables = {}, {}, []
     for i, op in enumerate(module.ops):
         offered = {kind: tiles for kind, tiles in tilings(op, constants, lanes).items() if kind != "heads"}
         if tp > 1 and offered and "group" not in op.attrs:  # (a branch's weight is its chip's part already)
             kinds[i] = _fewest_bytes(op, offered, tp)
-            first = home[i] - home[i] % tp
-            groups[i] = tuple((first + c, 1) for c in range(min(tp, offered[kinds[i]])))
-    load = _chip_loads(home, groups, _weight_bytes(module, lanes), target.chips)
+            first, count = home[i] - home[i] % tp, min(tp, offered[kinds[i]])
+            if op.name == "graph.gather" and count < tp:
+                tables.append((i, first, count))
+                groups[i] = ()  # (placed below)
+            else:
+                groups[i] = tuple((first + c, 1) for c in range(count))
+    weights = _weight_bytes(module, lanes)
+    # A table of fewer column tiles than the stage has chips (an embedding) goes to the stage's least loaded
+    # chips, not its first ones, which hold its first head groups and the layers' norms (its gather, once a
+    # step, meets on its own chip)
+    load = _chip_loads(home, groups, weights, target.chips)
+    for i, first, count in tables:
+        chosen = sorted(sorted(range(first, first + tp), key=lambda c: (load[c], c))[:count])
+        groups[i] = tuple((c, 1) for c in chosen)
+        for c in chosen:
+            load[c] += weights[i] // count
+    load = _chip_loads(home, groups, weights, target.chips)
     room = target.machine.sram.chip_bytes
     full = max(range(target.chips), key=lambda c: (load[c], -c))
     if load[full] > room:
