@@ -177,8 +177,9 @@ def _laid_out(graph_module: Module, source: Module | None, machine: Machine, opt
             # experts would straddle two stages and run on both at once, and the stages would no longer run one
             # after another, as the physical bound and the pipelined figure take them to (dense experts, one
             # op, then).
-            layers = find_layers(source)
-            per_expert = layout.ep == 1 and (layout.pp == 1 or (layers is not None and layout.pp <= layers.count))
+            moe = layout.ep == 1 and any(op.name == "graph.gather_nd" for op in source.ops)
+            layers = find_layers(source) if moe and layout.pp > 1 else None
+            per_expert = moe and (layout.pp == 1 or (layers is not None and layout.pp <= layers.count))
             key = (tp, layout.ep, per_expert)
             if key not in done:
                 one = Target(machine, 1)
