@@ -83,8 +83,7 @@ def dense_experts(module: Module, larger_than: int | None = None, groups: int = 
         n, dtype = x.type.shape[0], y.type.dtype
         # each row's input in its expert's block of columns, zeros elsewhere: X [N, 1, K] x one-hot [N, E, 1]
         # (X [N, K, 1] is a reshape of [N, K] as exported: read that, not a vector per element)
-        source = producer[x.name].operands[0] if x.name in producer and producer[x.name].name == "graph.reshape" \
-            else x
+        source = _unreshaped(x, producer)
         row = Value(fresh(f"{x.name}.row"), TensorType((n, 1, cols), x.type.dtype))
         ops.append(Op("graph.reshape", (source,), (row,), AttrDict({"shape": (n, 1, cols)})))
         out = Value(fresh(f"{y.name}.dense"), TensorType((n, rows), dtype))
