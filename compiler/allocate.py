@@ -229,6 +229,7 @@ def plan_allocation(module: Module, target: Target, stripes: int | None = None,
 
     twin = _twins(module, layers)
     weights = _weights(module)
+    weights |= {alias[n] for n in weights if n in alias}  # (a cache written in place: its state's words)
 
     def place(name: str) -> None:
         c, n = chip[name], size[name]
@@ -316,11 +317,10 @@ def _take_next(free: _Free, cursor: list[int], c: int, want: int, slices: int) -
 
 
 def _weights(module: Module) -> set[str]:
-    """The constants an mxm.install reads (through views)."""
+    """The values an mxm.install reads (through views): the constant weights, and the KV cache (a state, or
+    what is computed from it) that attention's matmuls install."""
     bases = view_bases(module)
-    constants = {op.result.name for op in module.ops if mo.is_constant(op.name)}
-    return {b for op in module.ops if op.name == "mxm.install" for v in op.operands for b in bases.get(v.name, ())
-            if b in constants}
+    return {b for op in module.ops if op.name == "mxm.install" for v in op.operands for b in bases.get(v.name, ())}
 
 
 def _tile_words(t, lanes: int) -> list[int]:
