@@ -43,6 +43,7 @@ from .experts import dense_experts, expert_chains
 from .frontend.state import place_states
 from .fuse_matmuls import fuse_matmuls
 from .paired_matmuls import pair_matmuls
+from .replicated_kv import replicate_kv
 from .grouped_heads import GroupHeads
 from .lower import Lower
 from .partition import STRATEGIES, Partition, describe, layer_aligned_chips, parse_layout
@@ -184,7 +185,9 @@ def _laid_out(graph_module: Module, source: Module | None, machine: Machine, opt
             if key not in done:
                 one = Target(machine, 1)
                 chained, spans = expert_chains(source, tp) if per_expert else (source, {})
-                split = run_passes(dense_experts(chained, groups=layout.ep), one,
+                # (KV heads in copies first, so that the stage's chips each get a head group: GroupHeads groups the
+                # fewer query heads each copy serves)
+                split = run_passes(dense_experts(replicate_kv(chained, tp), groups=layout.ep), one,
                                    (GroupHeads(), ScoreCacheBeforeWrite(), heads), progress)[0]
                 # (paired after the heads are split: the chips holding head groups take the fewest MLP tiles)
                 paired = pair_matmuls(split, tp, machine.lanes, spanned_nodes(machine, tp), spans)

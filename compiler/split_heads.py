@@ -103,7 +103,7 @@ def split_heads(module: Module, groups: int, chips: int = 1, node: int = 0) -> M
     def span(v: Value, axis: int, rows: range, k: int) -> Value:
         """`v`'s `rows` along `axis`, made by group k: its producer's work on them alone when that can be cut so
         (_pulled: back to a matmul's columns, whose chip then computes only what its group reads), else a slice."""
-        key = (v.name, axis, rows.start, rows.stop)
+        key = (v.name, axis, rows.start, rows.stop, k)  # (k: copies of a KV head each compute their own)
         if key in sliced:
             return sliced[key]
         if v.name in grouped:  # a group's value already: its part, or the groups joined and cut
@@ -113,9 +113,9 @@ def split_heads(module: Module, groups: int, chips: int = 1, node: int = 0) -> M
                 return g.parts[rows.start // size]
             v = join(v)
         made = producer.get(v.name)
-        if made is not None and made.name == "graph.split" and made.attrs["axis"] % v.type.rank == axis:
-            start = sum(made.attrs["sizes"][:[r.name for r in made.results].index(v.name)])
-            sliced[key] = span(made.operands[0], axis, range(start + rows.start, start + rows.stop), k)
+        inside = _inside(made, v, axis, rows)
+        if inside is not None:  # the rows of one part of a split or a concat along the axis: that part's
+            sliced[key] = span(*inside, k)
         else:
             hint = f"{v.name}.heads{rows.start}-{rows.stop - 1}"
             cut_type = v.type.with_shape(v.type.shape[:axis] + (len(rows),) + v.type.shape[axis + 1:])
@@ -197,6 +197,23 @@ def split_heads(module: Module, groups: int, chips: int = 1, node: int = 0) -> M
     # (a weight now read only by rows goes)
     return verify(dead_code_elimination(Module(module.name, Block(module.inputs, tuple(ops), outputs),
                                                module.attrs)))
+
+
+def _inside(op: Op | None, v: Value, axis: int, rows: range) -> tuple[Value, int, range] | None:
+    """(value, axis, rows) that `rows` of `v` along `axis` are, when `op` splits one value along that axis or
+    concatenates several (each KV head's copies: compiler/replicated_kv.py) and the rows lie in one part."""
+    if op is None or op.name not in ("graph.split", "graph.concat") or op.attrs["axis"] % v.type.rank != axis:
+        return None
+    if op.name == "graph.split":
+        start = sum(op.attrs["sizes"][:[r.name for r in op.results].index(v.name)])
+        return op.operands[0], axis, range(start + rows.start, start + rows.stop)
+    start = 0
+    for u in op.operands:
+        size = u.type.shape[axis]
+        if start <= rows.start and rows.stop <= start + size:
+            return u, axis, range(rows.start - start, rows.stop - start)
+        start += size
+    return None
 
 
 def _pulled(op: Op | None, v: Value, axis: int, rows: range, constants: dict):

@@ -25,6 +25,7 @@ from lpuc.compiler.generate import compile_generation, generate, state_layout, s
 from lpuc.compiler.serving import exchange_chains, physical_bound, pipelined
 from lpuc.compiler.partition import Layout, parse_layout, partition
 from lpuc.compiler.pipeline import CompileOptions, compile_module
+from lpuc.compiler.replicated_kv import copies, replicate_kv
 from lpuc.compiler.split_heads import split_heads
 from lpuc.ir import LpucError, Op
 from lpuc.ir.attributes import AttrDict
@@ -48,7 +49,7 @@ DECODERS = ("gpt2_decode", "llama_decode", "gemma_decode", "mixtral_decode", "ll
 
 
 @pytest.mark.parametrize("sample,layout", [(s, "tp=2") for s in DECODERS]
-                         + [("llama_decode", "tp=2,pp=2"), ("mixtral_decode", "tp=4,pp=2"),
+                         + [("llama_decode", "tp=2,pp=2"), ("llama_decode", "tp=6"), ("mixtral_decode", "tp=4,pp=2"),
                             ("mixtral_decode", "tp=4,pp=2,ep=4"), ("mixtral_decode_op23", "tp=2,ep=2")])
 def test_generation_at_a_layout_gives_hugging_face_greedy_tokens(sample, layout):
     step, first = compile_generation(SAMPLES / f"{sample}.onnx", SAMPLES / f"{sample.replace('_decode', '_prefill')}.onnx",
@@ -145,6 +146,36 @@ def test_a_head_group_computes_its_own_q_k_v_and_rows_of_the_output_projection(f
                  "attention_mask": np.ones((1, 7), np.int64)}
         whole, parts = evaluate(grouped, feeds)["logits"], evaluate(split, feeds)["logits"]
         assert np.abs(whole).max() > 0 and max_rel_error(parts, whole) <= 1e-2  # (float16: the sum's order)
+
+
+def test_copies_of_the_kv_heads_fill_a_stage_wider_than_them():
+    assert copies(8, 8, 32) == 4   # Llama-2-70B at tp=32: 32 copies, 2 query heads each
+    assert copies(8, 8, 24) == 2   # 16 groups on 24 chips (a third copy would not divide the 8 query heads)
+    assert copies(8, 4, 72) == 4   # Mixtral at tp=72: a query head a copy
+    assert copies(2, 3, 4) == 1 and copies(32, 1, 24) == 1  # (3 copies exceed 4 chips; no query heads to share)
+
+
+def test_kv_heads_in_copies_give_each_chip_a_head_group_and_compute_the_same(five_layers):
+    """2 KV heads of 2 query heads each, at 4 chips: each KV head twice in the cache, so each chip has a group
+    of one query head, computing its own q, k and v and its rows of the output projection."""
+    copied = replicate_kv(five_layers, 4)
+    assert replicate_kv(five_layers, 2) is five_layers
+    shapes = {op.result.type.shape for op in copied.ops if op.name == "graph.state"}
+    assert shapes == {(1, 4, 7, 88)} and sum(op.name == "graph.state" for op in copied.ops) == 10
+    split = split_heads(GroupHeads().run(copied, Target(MACHINE, 1)), 8, chips=4)
+    assert len([op for op in split.ops if op.name == "graph.state"]) == 40
+    rows = [op for op in split.ops if op.name == "graph.matmul" and ".rows" in op.operands[1].name]
+    assert {op.attrs["group"] for op in rows} == {0, 1, 2, 3} and {op.operands[1].type.shape for op in rows} == {(88, 352)}
+    columns = [op for op in split.ops if op.name == "graph.matmul" and "group" in op.attrs
+               and op.operands[1].name.startswith("model.layers.") and ".rows" not in op.operands[1].name]
+    assert {op.operands[1].type.shape for op in columns} == {(352, 88)} and len(columns) == 5 * 4 * 3
+    rng = np.random.default_rng(0)
+    for pos in (0, 6):
+        feeds = {"input_ids": rng.integers(0, 400, (1, 1)), "position_ids": np.asarray([[pos]]),
+                 "attention_mask": np.ones((1, 7), np.int64)}
+        whole = evaluate(five_layers, feeds)["logits"]
+        assert np.abs(whole).max() > 0 and np.array_equal(evaluate(copied, feeds)["logits"], whole)
+        assert max_rel_error(evaluate(split, feeds)["logits"], whole) <= 1e-2  # (float16: the sum's order)
 
 
 @pytest.mark.parametrize("layout, stages", [(None, 1), ("tp=2,pp=2", 2), ("pp=4", 4)])
@@ -608,7 +639,8 @@ def test_experts_wider_than_a_vector_split_over_their_share_and_match_onnxruntim
 def test_the_chips_holding_head_groups_take_the_fewest_mlp_tiles(five_layers):
     """Attention runs before the MLP, so the chips of its head groups take the fewest of the MLP's tiles, no
     chip more than the even split's most: Llama-2-70B (8 KV heads, 90 tiles) at tp=24 gives them 3 or 4
-    (the others 4), at tp=72 none; the tiny model (2 KV heads, 3 tiles) at tp=4: chips 1-3."""
+    (the others 4), at tp=72 none; the tiny model (2 KV heads, 3 tiles) at tp=4, its KV heads in two copies
+    (compiler/replicated_kv.py) and so a head group on every chip: chips 1-3."""
     from lpuc.compiler.paired_matmuls import _share
     from lpuc.compiler.pipeline import _laid_out
 
@@ -621,7 +653,7 @@ def test_the_chips_holding_head_groups_take_the_fewest_mlp_tiles(five_layers):
     laid = _laid_out(five_layers, five_layers, MACHINE, CompileOptions(precision="fp32"), "tp=4,pp=1", None)
     heads = {op.attrs["group"] for op in laid.ops if op.name == "graph.matmul" and ".heads" in op.result.name}
     mlp = {op.attrs["group"] for op in laid.ops if op.name == "graph.matmul" and ".mlp." in op.operands[1].name}
-    assert heads == {0, 1} and mlp == {1, 2, 3}
+    assert heads == {0, 1, 2, 3} and mlp == {1, 2, 3}
     feeds = {"input_ids": np.asarray([[7]]), "position_ids": np.asarray([[3]]), "attention_mask": np.ones((1, 7), np.int64)}
     ours, theirs = evaluate(laid, feeds)["logits"], evaluate(five_layers, feeds)["logits"]
     assert np.abs(theirs).max() > 0 and np.allclose(ours, theirs, rtol=1e-2, atol=1e-2)
