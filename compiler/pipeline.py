@@ -187,7 +187,7 @@ def _laid_out(graph_module: Module, source: Module | None, machine: Machine, opt
                 chained, spans = expert_chains(source, tp) if per_expert else (source, {})
                 # (KV heads in copies first, so that the stage's chips each get a head group: GroupHeads groups the
                 # fewer query heads each copy serves)
-                split = run_passes(dense_experts(replicate_kv(chained, tp, heads.groups), groups=layout.ep), one,
+                split = run_passes(dense_experts(replicate_kv(chained, tp), groups=layout.ep), one,
                                    (GroupHeads(), ScoreCacheBeforeWrite(), heads), progress)[0]
                 # (paired after the heads are split: the chips holding head groups take the fewest MLP tiles)
                 paired = pair_matmuls(split, tp, machine.lanes, spanned_nodes(machine, tp), spans)

@@ -14,8 +14,8 @@ times the SRAM, spread over `s` times the chips. Each copy's chip computes its o
 the weights: one more tile column, not a transfer of about 2k cycles a way), its `r / s` query heads and
 their rows of the output projection.
 
-`s`: the largest divisor of `r` with `kv * s` groups no more than the stage's chips (and dividing the head
-groups split_heads cuts). A state is copied only
+`s`: the largest divisor of `r` with `kv * s` heads no more than the stage's chips, which split_heads then cuts
+a head a chip. A state is copied only
 when the step reads it through such repeats alone (what grouped_heads.GroupHeads then groups); anything else
 keeps one copy.
 """
@@ -32,19 +32,16 @@ from .passes import dead_code_elimination, fresh_name
 from .split_heads import heads_axis
 
 
-def copies(kv_heads: int, repeat: int, chips: int, groups: int | None = None) -> int:
+def copies(kv_heads: int, repeat: int, chips: int) -> int:
     """How many copies of each of `kv_heads` KV heads, each serving `repeat` query heads, a stage of `chips`
-    chips runs: the largest divisor s of `repeat` with kv_heads * s <= chips, and dividing `groups` (the head
-    groups split_heads cuts at most: a group is then one copy or several whole ones); default `chips`."""
-    groups = groups or chips
-    return max(s for s in range(1, repeat + 1)
-               if repeat % s == 0 and (s == 1 or (kv_heads * s <= chips and groups % (kv_heads * s) == 0)))
+    chips runs: the largest divisor s of `repeat` with kv_heads * s <= chips (split_heads then cuts a head, a
+    copy, a chip)."""
+    return max(s for s in range(1, repeat + 1) if repeat % s == 0 and (s == 1 or kv_heads * s <= chips))
 
 
-def replicate_kv(module: Module, chips: int, groups: int | None = None) -> Module:
-    """`module` with each KV cache kept in copies for a stage of `chips` chips, split_heads cutting at most
-    `groups` head groups (module docstring); itself when no cache is read only through a repeat of its heads,
-    or none needs copies."""
+def replicate_kv(module: Module, chips: int) -> Module:
+    """`module` with each KV cache kept in copies for a stage of `chips` chips (module docstring); itself when
+    no cache is read only through a repeat of its heads, or none needs copies."""
     users: dict[str, list[Op]] = {}
     for op in module.ops:
         for v in op.operands:
@@ -53,7 +50,7 @@ def replicate_kv(module: Module, chips: int, groups: int | None = None) -> Modul
     for op in module.ops:
         if not OPS[op.name].persistent:
             continue
-        plan = _plan(op, users, chips, groups)
+        plan = _plan(op, users, chips)
         if plan is not None:
             plans[id(op)] = plan
     if not plans:
@@ -102,7 +99,7 @@ def replicate_kv(module: Module, chips: int, groups: int | None = None) -> Modul
                                                module.attrs)))
 
 
-def _plan(state: Op, users: dict[str, list[Op]], chips: int, groups: int | None):
+def _plan(state: Op, users: dict[str, list[Op]], chips: int):
     """(heads axis, copies, the state's write, its repeats as (unsqueeze, expand)) when `state` is written once
     and read only through repeats of its heads by a common factor (then merged by reshapes) and wants copies;
     else None."""
@@ -123,7 +120,7 @@ def _plan(state: Op, users: dict[str, list[Op]], chips: int, groups: int | None)
               or ()}
     if len(factor) != 1:
         return None
-    s = copies(state.result.type.shape[axis], factor.pop(), chips, groups)
+    s = copies(state.result.type.shape[axis], factor.pop(), chips)
     return (axis, s, write, repeats or []) if s > 1 else None
 
 

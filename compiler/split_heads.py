@@ -3,9 +3,10 @@
 A decode step's attention reads its whole cache every step. On one chip, that is the step's largest cost:
 Llama-2-7B's layer at context 2048 reads 2 x 16 MiB of cache through the MXM and transposes the keys, several
 times what its 8-way split weights cost (docs/partition.md, "Layouts"). A layout's stage has T chips; this
-pass (run for `--layout tp=T,...`, T > 1) cuts each cache of H heads into G groups (G = T when T divides
-H, else the largest common divisor of the two) and rewrites what computes on it group by group, so that
-the partition can put group g on chip g of the stage (the ops carry `group = g`):
+pass (run for `--layout tp=T,...`, T > 1) cuts each cache of H heads into G groups (G = H, a head a chip, when
+H <= T; else the largest common divisor of H and the groups asked for, T times the SXM units) and rewrites
+what computes on it group by group, so that the partition can put group g on chip g mod T of the stage (the
+ops carry `group = g`):
 
 - Each `graph.state` with a heads axis (the first axis wider than one before its rows) becomes G states of
   H/G heads, named `NAME.heads<first>-<last>`.
@@ -143,7 +144,8 @@ def split_heads(module: Module, groups: int, chips: int = 1, node: int = 0) -> M
     for op in module.ops:
         if OPS[op.name].persistent:
             shape, axis = op.result.type.shape, heads_axis(op.result.type.shape)
-            n = math.gcd(groups, shape[axis]) if axis is not None else 1
+            # a head a group when the chips have room for them all (a group a chip); else groups spread evenly
+            n = (shape[axis] if shape[axis] <= chips else math.gcd(groups, shape[axis])) if axis is not None else 1
             if n < 2:
                 ops.append(op)
                 continue
