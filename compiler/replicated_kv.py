@@ -57,7 +57,7 @@ def replicate_kv(module: Module, chips: int) -> Module:
         return module
     taken = {r.name for op in module.ops for r in op.results} | {v.name for v in module.inputs}
     renamed: dict[str, Value] = {}  # old value name -> the copied value, under the same name
-    replaced: dict[int, Op] = {}    # op id -> its rewrite (the state's write and the repeats' first two ops)
+    replaced: dict[int, list[Op]] = {}  # op id -> its rewrite (the state's write; each repeat's first two ops)
     ops: list[Op] = []
     for op in module.ops:
         plan = plans.get(id(op))
