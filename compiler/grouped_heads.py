@@ -41,6 +41,14 @@ class _Repeat:
     times: int
 
 
+def repeat_factor(x: tuple[int, ...], ones: tuple[int, ...], wide: tuple[int, ...], axis: int) -> int | None:
+    """r when a value of shape `x`, reshaped to `ones` (a new axis of 1 after `axis`) and expanded to `wide`,
+    repeats its `axis` r times (the first two ops of repeat_kv); else None."""
+    if ones == x[:axis + 1] + (1,) + x[axis + 1:] and wide[:axis + 1] == x[:axis + 1] and wide[axis + 2:] == x[axis + 1:]:
+        return wide[axis + 1]
+    return None
+
+
 class _Rewriter:
     def __init__(self, module: Module):
         self.module = module
@@ -98,12 +106,11 @@ class _Rewriter:
         unsqueeze = self.producer.get(expand.operands[0].name)
         if unsqueeze is None or unsqueeze.name != "graph.reshape":
             return None
-        x, ones, wide = unsqueeze.operands[0].type.shape, unsqueeze.result.type.shape, expand.result.type.shape
+        x = unsqueeze.operands[0].type.shape
         for a in range(len(x)):
-            if ones == x[:a + 1] + (1,) + x[a + 1:] and wide[:a + 1] == x[:a + 1] and wide[a + 2:] == x[a + 1:]:
-                r = wide[a + 1]
-                if r > 1:
-                    return self._reshaped(_Repeat(unsqueeze.operands[0], a, r), x[:a] + (x[a] * r,) + x[a + 1:], op)
+            r = repeat_factor(x, unsqueeze.result.type.shape, expand.result.type.shape, a)
+            if r is not None and r > 1:
+                return self._reshaped(_Repeat(unsqueeze.operands[0], a, r), x[:a] + (x[a] * r,) + x[a + 1:], op)
         return None
 
     def _reshaped(self, rep: _Repeat, shape: tuple[int, ...], op: Op) -> _Repeat | None:
@@ -163,4 +170,4 @@ class GroupHeads(Pass):
         return group_heads(module)
 
 
-__all__ = ["GroupHeads", "group_heads"]
+__all__ = ["GroupHeads", "group_heads", "repeat_factor"]

@@ -28,6 +28,7 @@ from ..ir.core import Block
 from ..ir.registry import OPS
 from ..ir.verifier import verify
 
+from .grouped_heads import repeat_factor
 from .passes import dead_code_elimination, fresh_name
 from .split_heads import heads_axis
 
@@ -127,15 +128,11 @@ def _plan(state: Op, users: dict[str, list[Op]], chips: int):
 def _repeats(v: Value, axis: int, users: dict[str, list[Op]]) -> list[tuple[Op, Op]] | None:
     """[(unsqueeze, expand)] of each read of `v`, when each repeats its heads axis (a new axis of 1 after it,
     expanded) and only reshapes read the repeat; else None."""
-    shape, out = v.type.shape, []
+    out = []
     for unsqueeze in users.get(v.name, []):
-        if unsqueeze.name != "graph.reshape" or unsqueeze.result.type.shape != shape[:axis + 1] + (1,) + shape[axis + 1:]:
-            return None
-        expands = users.get(unsqueeze.result.name, [])
-        if len(expands) != 1 or expands[0].name != "graph.expand":
-            return None
-        wide = expands[0].result.type.shape
-        if wide[:axis + 1] != shape[:axis + 1] or wide[axis + 2:] != shape[axis + 1:]:
+        expands = users.get(unsqueeze.result.name, []) if unsqueeze.name == "graph.reshape" else []
+        if len(expands) != 1 or expands[0].name != "graph.expand" or repeat_factor(
+                v.type.shape, unsqueeze.result.type.shape, expands[0].result.type.shape, axis) is None:
             return None
         if not all(u.name == "graph.reshape" for u in users.get(expands[0].result.name, [])):
             return None  # (only a reshape reads the same numbers from the copies, in the same order)
