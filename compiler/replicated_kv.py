@@ -116,9 +116,9 @@ def _plan(state: Op, users: dict[str, list[Op]], chips: int):
     # A prefill writes its cache without reading it (its attention reads the rows it writes): copied all the
     # same, as its decode partner reads it, by the repeat of those rows
     rows = write.operands[1]
-    factor = {expand.result.type.shape[axis + 1]
-              for _, expand in repeats or _repeats(rows, axis, {**users, rows.name: [u for u in users[rows.name] if u is not write]})
-              or ()}
+    if repeats is None:
+        repeats_of_rows = _repeats(rows, axis, {**users, rows.name: [u for u in users[rows.name] if u is not write]})
+    factor = {expand.result.type.shape[axis + 1] for _, expand in repeats or repeats_of_rows or ()}
     if len(factor) != 1:
         return None
     s = copies(state.result.type.shape[axis], factor.pop(), chips)
