@@ -122,13 +122,17 @@ class _Emitter:
 
     def nearest_copy(self, v: Value, chip: int) -> tuple[int, Value]:
         """(chip, value) to send `v` to `chip` from: its home, or a copy already sent to a chip fewer hops
-        away. A value broadcast over several nodes thus crosses each global link once, then fans out over
-        the node's own links, instead of every chip's copy queuing on the same global link."""
+        away (on a dragonfly, one in `chip`'s own node). A value broadcast over several nodes thus crosses
+        each global link once, then fans out over the node's own links, instead of every chip's copy queuing
+        on the same global link; a copy in a third node is not waited for (it lands later than a route
+        straight from home, a hop longer)."""
         home = self.chip_of[v.name]
+        topology = self.target.machine.topology
+        node = topology.chips_per_node if topology.kind == "dragonfly" else 0
         best = (len(self.target.network.route(home, chip)), home, v)
         for c, copy in self.sent.get(v.name, ()):
             hops = len(self.target.network.route(c, chip))
-            if hops < best[0]:
+            if hops < best[0] and (not node or c // node == chip // node):
                 best = (hops, c, copy)
         return best[1], best[2]
 

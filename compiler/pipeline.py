@@ -46,6 +46,7 @@ from .paired_matmuls import pair_matmuls
 from .replicated_kv import replicate_kv
 from .grouped_heads import GroupHeads
 from .lower import Lower
+from .node_residual import residual_on_every_node
 from .partition import STRATEGIES, Partition, describe, layer_aligned_chips, parse_layout
 from .passes import DeadCodeElimination, Pass, Verify
 from .precision import DEFAULT_PRECISION, Precision, Stored, check_precision
@@ -191,7 +192,8 @@ def _laid_out(graph_module: Module, source: Module | None, machine: Machine, opt
                                    (GroupHeads(), ScoreCacheBeforeWrite(), heads), progress)[0]
                 # (paired after the heads are split: the chips holding head groups take the fewest MLP tiles)
                 paired = pair_matmuls(split, tp, machine.lanes, spanned_nodes(machine, tp), spans)
-                done[key] = run_passes(fuse_matmuls(paired, tp), one, (Precision(options.precision),), progress)[0]
+                precise = run_passes(fuse_matmuls(paired, tp), one, (Precision(options.precision),), progress)[0]
+                done[key] = residual_on_every_node(precise, tp, spanned_nodes(machine, tp), machine.lanes)
             graph_module = done[key]
     return place_states(graph_module, states) if states is not None else graph_module
 

@@ -1,0 +1,101 @@
+"""A stage's unsplit ops on every node it spans: an all-reduce between node leaders.
+
+At a layout, a layer's head groups and matmul branches run on the chips of their stage (`group` attributes:
+compiler/split_heads.py, compiler/paired_matmuls.py); what is left unsplit (the residual stream, the norms,
+the sums of the partial products) runs on the stage's first chip. When a stage spans several dragonfly nodes,
+each exchange then goes: partial products summed on each node's first chip (passes.add_up), the node sums over
+the global links to the stage's first chip, which adds them, adds the residual, norms, and sends the normed
+activation back over the global links to each node's first chip, which fans it out. The stage's first chip
+takes every node's sum in and sends every node its activation out, one after another on its links, and each
+exchange crosses the global links twice.
+
+Here each of those unsplit ops is also computed on the first chip of every other node whose chips read it
+(directly, or through the ops computed there): each node's first chip keeps its own residual stream, takes
+the other nodes' sums straight from them, adds them in the same order (so every copy is the same number) and
+norms for its own node. An exchange then crosses the global links once, from every node to every other at
+once: an all-reduce between the node leaders, not a reduce to one chip and a broadcast from it.
+
+What is copied: ops with no `group`, no split of their own (matmuls, gathers: compiler/lower.py TILINGS), no
+state read (a state, its write, what is made of them alone, and what reads those stay where the state is), and
+nothing read larger than what the op makes, of what is not copied too: constants (lowering gives each chip
+reading one a copy of its own: a norm's weights, not a table), and values crossing a link once a node (a
+matmul's result; not a value the op shrinks, which is better sent once shrunk).
+"""
+
+from __future__ import annotations
+
+from ..ir import Module, Op, Value
+from ..ir.attributes import AttrDict
+from ..ir.core import Block
+from ..ir.layout import words
+from ..ir.registry import OPS
+from ..ir.verifier import verify
+
+from .lower import TILINGS
+from .passes import fresh_name
+
+
+def residual_on_every_node(module: Module, tp: int, node: int, lanes: int) -> Module:
+    """`module` (laid out for stages of `tp` chips, `group` g on chip g mod tp of its stage) with its unsplit
+    ops also on the first chip of each other node of `node` chips that reads them (module docstring); itself
+    when a stage spans one node (`node` 0: ir.topology.spanned_nodes)."""
+    if not node or tp <= node:
+        return module
+    ops = module.ops
+    producer = {r.name: i for i, op in enumerate(ops) for r in op.results}
+    copyable = _copyable(module, lanes)
+    wanted: dict[int, set[int]] = {}  # op index -> the nodes (other than the first) whose first chip computes it
+    for i in range(len(ops) - 1, -1, -1):
+        op = ops[i]
+        nodes = {op.attrs["group"] % tp // node} - {0} if "group" in op.attrs else wanted.get(i, set())
+        for v in op.operands:
+            p = producer.get(v.name)
+            if nodes and p is not None and p in copyable:
+                wanted.setdefault(p, set()).update(nodes)
+    if not wanted:
+        return module
+    taken = {r.name for op in ops for r in op.results} | {v.name for v in module.inputs}
+    copy_of: dict[tuple[str, int], Value] = {}  # (value name, node) -> its copy there
+    out: list[Op] = []
+    for i, op in enumerate(ops):
+        # a grouped op on another node reads the copy there
+        n = op.attrs["group"] % tp // node if "group" in op.attrs else 0
+        operands = tuple(copy_of.get((v.name, n), v) for v in op.operands)
+        out.append(op if operands == op.operands else Op(op.name, operands, op.results, op.attrs))
+        for n in sorted(wanted.get(i, ())):
+            results = tuple(Value(fresh_name(f"{r.name}.node{n}", taken), r.type) for r in op.results)
+            for r, c in zip(op.results, results):
+                copy_of[(r.name, n)] = c
+            out.append(Op(op.name, tuple(copy_of.get((v.name, n), v) for v in op.operands), results,
+                          AttrDict({**op.attrs, "group": n * node})))
+    return verify(Module(module.name, Block(module.inputs, tuple(out), module.outputs), module.attrs))
+
+
+def _copyable(module: Module, lanes: int) -> set[int]:
+    """The indices of the ops a node may compute for itself (module docstring)."""
+    constant = {op.result.name for op in module.ops if op.name == "graph.constant"}
+    producer = {r.name: i for i, op in enumerate(module.ops) for r in op.results}
+    stateful: set[str] = set()  # a state, its writes, and what is made of them alone (with constants)
+    found = set()
+    for i, op in enumerate(module.ops):
+        spec = OPS[op.name]
+        if spec.persistent or spec.in_place or (any(v.name in stateful for v in op.operands) and all(
+                v.name in stateful or v.name in constant for v in op.operands)):
+            stateful.update(r.name for r in op.results)
+            continue
+        if any(v.name in stateful for v in op.operands):
+            continue  # (what reads a state and more stays where the state is, as a cache is never sent)
+        if "group" in op.attrs or "chip" in op.attrs or op.name in TILINGS or not op.results:
+            continue
+        if op.name == "graph.constant":
+            continue  # (lowering gives each chip reading a constant its own copy)
+        # what a copy reads and does not copy (a constant, or a value crossing a link to the node) is no larger
+        # than what the op makes: else the node is better sent that
+        made = max(words(r.type, lanes) for r in op.results)
+        if all(words(v.type, lanes) <= made for v in op.operands
+               if v.name in constant or producer.get(v.name) not in found):
+            found.add(i)
+    return found
+
+
+__all__ = ["residual_on_every_node"]
