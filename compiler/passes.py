@@ -128,6 +128,10 @@ def add_up(partials: list[Value], result: Value, fresh: Callable[[str], str], ch
                 total = out
             per_node.append((group, total))
         per_chip = per_node
+    if len(per_chip) == 1:  # (the chips all in one node past the first: its sum is the result, on its first chip)
+        last = ops[-1]
+        assert last.result is per_chip[0][1], "add_up: one partial needs no sum"
+        return [*ops[:-1], Op(last.name, last.operands, (result,), last.attrs)]
     total = per_chip[0][1]
     for k, (_, part) in enumerate(per_chip[1:], 1):
         out = result if k == len(per_chip) - 1 else Value(fresh(f"{result.name}.sum{k}"), result.type)

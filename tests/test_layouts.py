@@ -50,7 +50,10 @@ DECODERS = ("gpt2_decode", "llama_decode", "gemma_decode", "mixtral_decode", "ll
 
 @pytest.mark.parametrize("sample,layout", [(s, "tp=2") for s in DECODERS]
                          + [("llama_decode", "tp=2,pp=2"), ("llama_decode", "tp=6"), ("mixtral_decode", "tp=4,pp=2"),
-                            ("mixtral_decode", "tp=4,pp=2,ep=4"), ("mixtral_decode_op23", "tp=2,ep=2")])
+                            ("mixtral_decode", "tp=4,pp=2,ep=4"), ("mixtral_decode_op23", "tp=2,ep=2"),
+                            # stages over two nodes: each node's first chip keeps the residual stream
+                            # (compiler/node_residual.py); the MLPs fall on the second node's chips alone
+                            ("llama_decode", "tp=16"), ("llama_decode", "tp=16,pp=2"), ("mixtral_decode", "tp=16")])
 def test_generation_at_a_layout_gives_hugging_face_greedy_tokens(sample, layout):
     step, first = compile_generation(SAMPLES / f"{sample}.onnx", SAMPLES / f"{sample.replace('_decode', '_prefill')}.onnx",
                                      layout=layout, scheduler="list")
@@ -677,3 +680,18 @@ def test_partial_sums_of_a_share_are_added_node_by_node_on_their_own_chips():
     on = [(op.attrs.get("group"), [v.name for v in op.operands]) for op in ops]
     assert on[:6] == [(9, ["p9", "p10"])] + [(9, [f"s{k}", f"p{k + 11}"]) for k in range(5)]
     assert on[6:] == [(16, ["p16", "p17"]), (None, ["s5", "s6"])] and ops[-1].result.name == "y"
+
+
+def test_partial_sums_all_on_one_node_past_the_first_are_its_sum():
+    """add_up with every partial on node 1 (chips 9-11 of a stage of 16): the node's sum, on its first chip
+    of them, is the result (there is no sum across nodes to make it)."""
+    from lpuc.compiler.passes import add_up
+    from lpuc.ir import Value
+    from lpuc.ir.types import DType, TensorType
+
+    t = TensorType((1, 4), DType.f32)
+    partials = [Value(f"p{g}", t) for g in range(9, 12)]
+    names = iter(f"s{k}" for k in range(100))
+    ops = add_up(partials, Value("y", t), lambda hint: next(names), 3, node=8, groups=[9, 10, 11])
+    assert [(op.attrs.get("group"), [v.name for v in op.operands], op.result.name) for op in ops] == [
+        (9, ["p9", "p10"], "s0"), (9, ["s0", "p11"], "y")]
