@@ -164,6 +164,8 @@ def _laid_out(graph_module: Module, source: Module | None, machine: Machine, opt
       groups take the fewest of its tiles);
     - the matmuls of one activation by one group fused (compiler/fuse_matmuls.py: one round trip each);
     - converted to the precision asked for;
+    - its unsplit ops also on the first chip of each other node a stage spans (compiler/node_residual.py: an
+      all-reduce between node leaders);
     each state where a partner program keeps it (`states`, when given).
     `done`: where the rewritten `source` is kept per T, E and whether an MLP per expert (auto compares several
     layouts)."""

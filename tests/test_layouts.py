@@ -695,3 +695,31 @@ def test_partial_sums_all_on_one_node_past_the_first_are_its_sum():
     ops = add_up(partials, Value("y", t), lambda hint: next(names), 3, node=8, groups=[9, 10, 11])
     assert [(op.attrs.get("group"), [v.name for v in op.operands], op.result.name) for op in ops] == [
         (9, ["p9", "p10"], "s0"), (9, ["s0", "p11"], "y")]
+
+
+def test_a_stage_over_two_nodes_keeps_the_residual_stream_on_each_nodes_first_chip(five_layers, monkeypatch):
+    """At tp=16 each layer's unsplit ops (residual adds, norms, the sum of the node sums) are computed on
+    node 1's first chip too (group 8) wherever node 1's chips read them, each copy reading copies, never the
+    cache; the last layer's output, read by the head alone, is not copied. The copies are the same numbers:
+    the evaluator's logits are exactly those without them."""
+    import lpuc.compiler.pipeline as pipeline_module
+    from lpuc.compiler.node_residual import residual_on_every_node
+
+    options = CompileOptions(precision="fp32")
+    laid = pipeline_module._laid_out(five_layers, five_layers, MACHINE, options, "tp=16,pp=1", None)
+    monkeypatch.setattr(pipeline_module, "residual_on_every_node", lambda module, *args: module)
+    alone = pipeline_module._laid_out(five_layers, five_layers, MACHINE, options, "tp=16,pp=1", None)
+    copies = [op for op in laid.ops if op.attrs.get("group") == 8 and op.result.name.endswith(".node1")]
+    produced = {r.name: op for op in laid.ops for r in op.results}
+    norms = sorted(op.result.name for op in copies if op.name == "graph.reduce_mean")
+    # each layer's norm before its MLP, whose branches fall on node 1; not the norm before attention (the
+    # tiny model's heads all run on node 0) nor the final norm (the head splits on its own)
+    assert len(norms) == 5 and not any(OPS[produced[v.name].name].persistent
+                                       for op in copies for v in op.operands if v.name in produced)
+    # a copy reads copies of what has them (the residual stream), the partial sums straight from their chips
+    assert all(v.name + ".node1" not in produced for op in copies for v in op.operands)
+    assert any(op.name == "graph.add" and ".sum" in op.result.name for op in copies)
+    assert residual_on_every_node(alone, 8, 0, MACHINE.lanes) is alone  # (a stage of one node: nothing)
+    feeds = {"input_ids": np.asarray([[7]]), "position_ids": np.asarray([[3]]), "attention_mask": np.ones((1, 7), np.int64)}
+    ours, theirs = evaluate(laid, feeds)["logits"], evaluate(alone, feeds)["logits"]
+    assert np.abs(theirs).max() > 0 and np.array_equal(ours, theirs)
