@@ -194,11 +194,12 @@ def _compile_args(p):
                    help="how to spread the model over chips: pipeline (contiguous layer ranges), tensor "
                         "(matmuls split by columns or rows), or auto: the faster of the two (default; an IR "
                         "file with its partition written, docs/partition.md: as written)")
-    p.add_argument("--layout", metavar="tp=T,pp=P[,ep=E]|auto",
+    p.add_argument("--layout", metavar="tp=T,pp=P[,ep=E][,kv=S]|auto",
                    help="a deployment's layout instead of --partition: P pipeline stages of T chips each "
                         "(T=8: one node), every weight split over its stage's chips (MLPs column then row) and "
                         "attention by head groups; ep=E (<= T): each layer's experts in E groups, group j on "
-                        "chip j of its stage; takes T*P chips. auto: the fastest of T = 1, 2, 4, 8 by a quick "
+                        "chip j of its stage; kv=S: each KV head in at most S copies (default: as many as the stage "
+                        "has chips for); takes T*P chips. auto: the fastest of T = 1, 2, 4, 8 by a quick "
                         "schedule of each (printed). Default, for a model of repeated layers on two nodes or more: "
                         "stages of whole nodes, the widest that fits within a rack (T whole nodes, dividing "
                         "the chips), else --partition's")
@@ -560,7 +561,7 @@ def _generate_args(p):
                    help=f"machine description (default {DEFAULT_MACHINE})")
     p.add_argument("--chips", type=int, metavar="N", help="chips to compile for (default: as `lpuc compile`)")
     p.add_argument("--partition", choices=STRATEGIES, default="auto", help="as for `lpuc compile`")
-    p.add_argument("--layout", metavar="tp=T,pp=P[,ep=E]|auto", help="as for `lpuc compile`")
+    p.add_argument("--layout", metavar="tp=T,pp=P[,ep=E][,kv=S]|auto", help="as for `lpuc compile`")
     p.add_argument("--scheduler", choices=SCHEDULERS, default=CompileOptions.scheduler, help="as for `lpuc compile`")
     p.add_argument("--effort", type=float, default=CompileOptions.effort, metavar="SECONDS",
                    help="as for `lpuc compile`")

@@ -103,28 +103,33 @@ class Partition(Pass):
 class Layout:
     """A deployment's layout: `pp` pipeline stages of `tp` chips each (tensor parallelism inside a stage), each
     layer's experts (a mixture of experts) in `ep` groups, group j on chip j of its stage (expert
-    parallelism: compiler/experts.py)."""
+    parallelism: compiler/experts.py), each KV head kept in at most `kv` copies (compiler/replicated_kv.py;
+    None: as many as the stage has chips for)."""
 
     tp: int = 1
     pp: int = 1
     ep: int = 1
+    kv: int | None = None
 
     @property
     def chips(self) -> int:
         return self.tp * self.pp
 
     def __str__(self) -> str:
-        return f"tp={self.tp},pp={self.pp}" + (f",ep={self.ep}" if self.ep > 1 else "")
+        return (f"tp={self.tp},pp={self.pp}" + (f",ep={self.ep}" if self.ep > 1 else "")
+                + (f",kv={self.kv}" if self.kv is not None else ""))
 
 
 def parse_layout(text: str) -> Layout:
-    """`tp=T,pp=P,ep=E` (any may be left out: 1) -> Layout; an LpucError saying what is wrong otherwise."""
+    """`tp=T,pp=P,ep=E,kv=S` (tp, pp, ep may be left out: 1; kv: as many as fit) -> Layout; an LpucError saying
+    what is wrong otherwise."""
     sizes = {}
     for word in text.split(","):
         key, _, value = word.strip().partition("=")
-        if key not in ("tp", "pp", "ep") or key in sizes or not value.isdigit() or int(value) < 1:
-            raise LpucError(f"layout {text!r}: expected tp=T,pp=P[,ep=E] (positive integers: T chips per pipeline "
-                            "stage, P stages, each layer's experts over E chips of its stage), e.g. tp=8,pp=9")
+        if key not in ("tp", "pp", "ep", "kv") or key in sizes or not value.isdigit() or int(value) < 1:
+            raise LpucError(f"layout {text!r}: expected tp=T,pp=P[,ep=E][,kv=S] (positive integers: T chips per "
+                            "pipeline stage, P stages, each layer's experts over E chips of its stage, each KV head "
+                            "in at most S copies), e.g. tp=8,pp=9")
         sizes[key] = int(value)
     layout = Layout(**sizes)
     if layout.ep > layout.tp:

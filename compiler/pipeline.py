@@ -43,7 +43,7 @@ from .experts import dense_experts, expert_chains
 from .frontend.state import place_states
 from .fuse_matmuls import fuse_matmuls
 from .paired_matmuls import pair_matmuls
-from .replicated_kv import replicate_kv
+from .replicated_kv import planned_copies, replicate_kv
 from .grouped_heads import GroupHeads
 from .lower import Lower
 from .node_residual import residual_on_every_node
@@ -184,13 +184,13 @@ def _laid_out(graph_module: Module, source: Module | None, machine: Machine, opt
             moe = layout.ep == 1 and any(op.name == "graph.gather_nd" for op in source.ops)
             layers = find_layers(source) if moe and layout.pp > 1 else None
             per_expert = moe and (layout.pp == 1 or (layers is not None and layout.pp <= layers.count))
-            key = (tp, layout.ep, per_expert)
+            key = (tp, layout.ep, per_expert, layout.kv)
             if key not in done:
                 one = Target(machine, 1)
                 chained, spans = expert_chains(source, tp) if per_expert else (source, {})
                 # (KV heads in copies first, so that the stage's chips each get a head group: GroupHeads groups the
                 # fewer query heads each copy serves)
-                split = run_passes(dense_experts(replicate_kv(chained, tp), groups=layout.ep), one,
+                split = run_passes(dense_experts(replicate_kv(chained, tp, layout.kv), groups=layout.ep), one,
                                    (GroupHeads(), ScoreCacheBeforeWrite(), heads), progress)[0]
                 # (paired after the heads are split: the chips holding head groups take the fewest MLP tiles)
                 paired = pair_matmuls(split, tp, machine.lanes, spanned_nodes(machine, tp), spans)
@@ -434,16 +434,30 @@ def _compile_on(graph_module: Module, machine: Machine, options: CompileOptions,
         return _compile_by(graph_module, machine, options, target, stored, strategies, progress, chips_reason,
                            states, source)
     # the default layouts in turn, widest first, until one fits (a stage's weights and caches on its
-    # chips); then the partition's pipeline
-    for strategy in strategies + ("pipeline",):
+    # chips), each with fewer KV copies before the next (a copy's cache is SRAM on more chips); then the
+    # partition's pipeline
+    pending = [*strategies, "pipeline"]
+    while pending:
+        strategy = pending.pop(0)
         try:
             return _compile_by(graph_module, machine, options, target, stored, (strategy,), progress,
                                chips_reason, states, source)
         except DoesNotFit as e:
             if strategy == "pipeline":
                 raise
+            fewer = fewer_copies(source if source is not None else graph_module, strategy)
+            if fewer:
+                pending.insert(0, fewer)
             if progress:
-                progress(f"{e}; trying the next layout")
+                progress(f"{e}; trying {fewer if fewer else 'the next layout'}")
+
+
+def fewer_copies(module: Module, strategy: str) -> str | None:
+    """The layout `strategy` with fewer copies of each KV head than it keeps (compiler/replicated_kv.py: the
+    next fewer, 1 for none); None when it keeps none."""
+    layout = parse_layout(strategy)
+    kept = planned_copies(module, layout.tp, layout.kv)
+    return str(replace(layout, kv=planned_copies(module, layout.tp, kept - 1))) if kept > 1 else None
 
 
 def _compile_by(graph_module: Module, machine: Machine, options: CompileOptions, target: Target, stored: Stored,

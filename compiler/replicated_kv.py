@@ -33,27 +33,24 @@ from .passes import dead_code_elimination, fresh_name
 from .split_heads import heads_axis
 
 
-def copies(kv_heads: int, repeat: int, chips: int) -> int:
+def copies(kv_heads: int, repeat: int, chips: int, most: int | None = None) -> int:
     """How many copies of each of `kv_heads` KV heads, each serving `repeat` query heads, a stage of `chips`
     chips runs: the largest divisor s of `repeat` with kv_heads * s <= chips (split_heads then cuts a head, a
-    copy, a chip)."""
-    return max(s for s in range(1, repeat + 1) if repeat % s == 0 and (s == 1 or kv_heads * s <= chips))
+    copy, a chip), and no more than `most` when given (a layout's `kv`)."""
+    return max(s for s in range(1, repeat + 1) if repeat % s == 0 and (s == 1 or kv_heads * s <= chips)
+               and (most is None or s <= most))
 
 
-def replicate_kv(module: Module, chips: int) -> Module:
-    """`module` with each KV cache kept in copies for a stage of `chips` chips (module docstring); itself when
-    no cache is read only through a repeat of its heads, or none needs copies."""
-    users: dict[str, list[Op]] = {}
-    for op in module.ops:
-        for v in op.operands:
-            users.setdefault(v.name, []).append(op)
-    plans = {}  # state op id -> (heads axis, copies, its write, [(unsqueeze, expand)])
-    for op in module.ops:
-        if not OPS[op.name].persistent:
-            continue
-        plan = _plan(op, users, chips)
-        if plan is not None:
-            plans[id(op)] = plan
+def planned_copies(module: Module, chips: int, most: int | None = None) -> int:
+    """The most copies replicate_kv(module, chips, most) keeps of a KV head (1: none)."""
+    return max((plan[1] for plan in _plans(module, chips, most).values()), default=1)
+
+
+def replicate_kv(module: Module, chips: int, most: int | None = None) -> Module:
+    """`module` with each KV cache kept in copies for a stage of `chips` chips, at most `most` of a head when
+    given (module docstring); itself when no cache is read only through a repeat of its heads, or none needs
+    copies."""
+    plans = _plans(module, chips, most)
     if not plans:
         return module
     taken = {r.name for op in module.ops for r in op.results} | {v.name for v in module.inputs}
@@ -100,7 +97,22 @@ def replicate_kv(module: Module, chips: int) -> Module:
                                                module.attrs)))
 
 
-def _plan(state: Op, users: dict[str, list[Op]], chips: int):
+def _plans(module: Module, chips: int, most: int | None) -> dict:
+    """state op id -> (heads axis, copies, its write, [(unsqueeze, expand)]), for each state wanting copies."""
+    users: dict[str, list[Op]] = {}
+    for op in module.ops:
+        for v in op.operands:
+            users.setdefault(v.name, []).append(op)
+    plans = {}
+    for op in module.ops:
+        if OPS[op.name].persistent:
+            plan = _plan(op, users, chips, most)
+            if plan is not None:
+                plans[id(op)] = plan
+    return plans
+
+
+def _plan(state: Op, users: dict[str, list[Op]], chips: int, most: int | None):
     """(heads axis, copies, the state's write, its repeats as (unsqueeze, expand)) when `state` is written once
     and read only through repeats of its heads by a common factor (then merged by reshapes) and wants copies;
     else None."""
@@ -121,7 +133,7 @@ def _plan(state: Op, users: dict[str, list[Op]], chips: int):
     factor = {expand.result.type.shape[axis + 1] for _, expand in repeats or repeats_of_rows or ()}
     if len(factor) != 1:
         return None
-    s = copies(state.result.type.shape[axis], factor.pop(), chips)
+    s = copies(state.result.type.shape[axis], factor.pop(), chips, most)
     return (axis, s, write, repeats or []) if s > 1 else None
 
 
@@ -150,4 +162,4 @@ def _widened(v: Value, axis: int, s: int) -> Value:
     return Value(v.name, v.type.with_shape(shape[:axis] + (shape[axis] * s,) + shape[axis + 1:]))
 
 
-__all__ = ["copies", "replicate_kv"]
+__all__ = ["copies", "planned_copies", "replicate_kv"]

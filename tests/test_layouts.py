@@ -158,6 +158,19 @@ def test_copies_of_the_kv_heads_fill_a_stage_wider_than_them():
     assert copies(2, 3, 4) == 1 and copies(32, 1, 24) == 1  # (3 copies exceed 4 chips; no query heads to share)
 
 
+def test_a_layouts_kv_caps_the_copies_and_a_layout_that_does_not_fit_tries_fewer_first(five_layers):
+    """kv=S keeps each KV head in at most S copies (kv=1: none); a default layout that does not fit gives way
+    to itself with the next fewer copies before a narrower one (Llama-2-70B: tp=72 fits with 4 copies, not 8)."""
+    from lpuc.compiler.pipeline import fewer_copies
+    from lpuc.compiler.replicated_kv import planned_copies
+
+    assert copies(8, 8, 72, most=4) == 4 and copies(8, 8, 72, most=3) == 2 and copies(8, 8, 72, most=1) == 1
+    assert planned_copies(five_layers, 4) == 2 and planned_copies(five_layers, 4, most=1) == 1
+    assert replicate_kv(five_layers, 4, most=1) is five_layers
+    assert fewer_copies(five_layers, "tp=4,pp=1") == "tp=4,pp=1,kv=1"
+    assert fewer_copies(five_layers, "tp=4,pp=1,kv=1") is None and fewer_copies(five_layers, "tp=2,pp=2") is None
+
+
 def test_kv_heads_in_copies_give_each_chip_a_head_group_and_compute_the_same(five_layers):
     """2 KV heads of 2 query heads each, at 4 chips: each KV head twice in the cache, so each chip has a group
     of one query head, computing its own q, k and v and its rows of the output projection."""
@@ -416,9 +429,10 @@ def test_expert_groups_each_hold_their_experts(groups):
 
 
 def test_a_layouts_text_reads_back():
-    for text in ("tp=8,pp=72", "tp=8,pp=72,ep=8", "tp=2,pp=1,ep=2"):
+    for text in ("tp=8,pp=72", "tp=8,pp=72,ep=8", "tp=2,pp=1,ep=2", "tp=72,pp=8,kv=4"):
         assert str(parse_layout(text)) == text
     assert parse_layout("tp=4,ep=2") == Layout(tp=4, pp=1, ep=2)
+    assert parse_layout("tp=4,kv=1") == Layout(tp=4, pp=1, kv=1) and Layout(tp=4).kv is None
 
 
 def test_a_state_read_on_another_chip_comes_over_from_its_own():
@@ -591,6 +605,27 @@ def test_the_default_layout_widens_its_stages_while_they_fit(tmp_path, monkeypat
 
     monkeypatch.setattr(partition_module, "_staged", sixteen_too_many)
     assert compile_module(graph, MACHINE, options)[1].partition == "tp=8,pp=2"
+
+
+def test_a_default_layout_too_full_with_kv_copies_tries_fewer_before_a_narrower_one(five_layers, monkeypatch):
+    """Sixteen chips: the default tp=8,pp=2 keeps the tiny model's 2 KV heads in 2 copies; as if that did not
+    fit, tp=8,pp=2 with one copy (kv=1) comes next, before the partition strategies."""
+    import lpuc.compiler.partition as partition_module
+    from lpuc.compiler.allocate import DoesNotFit
+    from lpuc.compiler.pipeline import node_layouts
+
+    assert node_layouts(five_layers, MACHINE, 16) == ("tp=8,pp=2",)  # (its widest weight: 8 column tiles)
+    staged, tried = partition_module._staged, []
+
+    def copies_too_many(module, target, constants, layout):
+        tried.append(str(layout))
+        if layout.kv is None:
+            raise DoesNotFit(f"layout {layout} does not fit (as if)")
+        return staged(module, target, constants, layout)
+
+    monkeypatch.setattr(partition_module, "_staged", copies_too_many)
+    summary = compile_module(five_layers, MACHINE, CompileOptions(scheduler="list", chips=16, precision="fp32"))[1]
+    assert tried == ["tp=8,pp=2", "tp=8,pp=2,kv=1"] and summary.partition == "tp=8,pp=2,kv=1"
 
 
 @pytest.mark.parametrize("sample", MOE)
