@@ -15,6 +15,11 @@ the other nodes' sums straight from them, adds them in the same order (so every 
 norms for its own node. An exchange then crosses the global links once, from every node to every other at
 once: an all-reduce between the node leaders, not a reduce to one chip and a broadcast from it.
 
+A sum of partial products from several chips with no `group` (a mixture of experts sums each expert's, then
+the experts') is first added node by node, each node's terms on its first chip, so that one sum a node
+crosses (_sums_by_node), as for a single matmul: copied to every node, each expert's node sums would go to
+every node.
+
 What is copied: ops with no `group`, no split of their own (matmuls, gathers: compiler/lower.py TILINGS), no
 state read (a state, its write, what is made of them alone, and what reads those stay where the state is), and
 nothing read larger than what the op makes, of what is not copied too: constants (lowering gives each chip
@@ -32,7 +37,7 @@ from ..ir.registry import OPS
 from ..ir.verifier import verify
 
 from .lower import TILINGS
-from .passes import fresh_name
+from .passes import dead_code_elimination, fresh_name
 
 
 def residual_on_every_node(module: Module, tp: int, node: int, lanes: int) -> Module:
@@ -41,6 +46,7 @@ def residual_on_every_node(module: Module, tp: int, node: int, lanes: int) -> Mo
     when a stage spans one node (`node` 0: ir.topology.spanned_nodes)."""
     if not node or tp <= node:
         return module
+    module = _sums_by_node(module, tp, node)
     ops = module.ops
     producer = {r.name: i for i, op in enumerate(ops) for r in op.results}
     copyable = _copyable(module, lanes)
@@ -69,6 +75,68 @@ def residual_on_every_node(module: Module, tp: int, node: int, lanes: int) -> Mo
             out.append(Op(op.name, tuple(copy_of.get((v.name, n), v) for v in op.operands), results,
                           AttrDict({**op.attrs, "group": n * node})))
     return verify(Module(module.name, Block(module.inputs, tuple(out), module.outputs), module.attrs))
+
+
+def _sums_by_node(module: Module, tp: int, node: int) -> Module:
+    """`module` with each unsplit sum of partial products from several chips (a tree of adds with no `group`
+    over results that have one) added node by node first, on each node's first chip, then across the nodes:
+    a mixture of experts sums each expert's partial products (passes.add_up), then the experts' sums, and so
+    would send every expert's node sums to every node's first chip; added by node, one sum a node crosses,
+    as for a single matmul. Itself when no node holds two terms of one sum."""
+    ops = module.ops
+    producer = {r.name: i for i, op in enumerate(ops) for r in op.results}
+    uses: dict[str, int] = {}
+    for op in ops:
+        for v in op.operands:
+            uses[v.name] = uses.get(v.name, 0) + 1
+    for _, v in module.outputs:
+        uses[v.name] = uses.get(v.name, 0) + 1
+    terms: dict[int, list[Value]] = {}  # an unsplit add over partial products -> its terms, in order
+    absorbed: set[int] = set()          # ... read only by another such add
+    for i, op in enumerate(ops):
+        if op.name != "graph.add" or "group" in op.attrs or "chip" in op.attrs or \
+                any(v.type != op.result.type for v in op.operands):
+            continue
+        found, inner = [], []
+        for v in op.operands:
+            p = producer.get(v.name)
+            if p in terms and uses[v.name] == 1:
+                found += terms[p]
+                inner.append(p)
+            elif p is not None and "group" in ops[p].attrs:
+                found.append(v)
+            else:
+                break
+        else:
+            terms[i] = found
+            absorbed.update(inner)
+    rewrite: dict[int, list[Op]] = {}
+    taken = {r.name for op in ops for r in op.results} | {v.name for v in module.inputs}
+    for i in sorted(set(terms) - absorbed):
+        by_node: dict[int, list[Value]] = {}
+        for v in terms[i]:
+            by_node.setdefault(ops[producer[v.name]].attrs["group"] % tp // node, []).append(v)
+        if all(len(vs) == 1 for vs in by_node.values()):
+            continue
+        root, new, sums = ops[i].result, [], []
+        for n in sorted(by_node):
+            total = by_node[n][0]
+            for v in by_node[n][1:]:
+                out = Value(fresh_name(f"{root.name}.node{n}", taken), root.type)
+                new.append(Op("graph.add", (total, v), (out,), AttrDict({"group": n * node})))
+                total = out
+            sums.append(total)
+        for k, v in enumerate(sums[1:], 1):
+            out = root if k == len(sums) - 1 else Value(fresh_name(f"{root.name}.sum{k}", taken), root.type)
+            new.append(Op("graph.add", (sums[k - 1] if k == 1 else new[-1].result, v), (out,)))
+        if len(sums) == 1:  # (all on one node: its sum is the result)
+            last = new.pop()
+            new.append(Op(last.name, last.operands, (root,), last.attrs))
+        rewrite[i] = new
+    if not rewrite:
+        return module
+    out = [new for i, op in enumerate(ops) for new in rewrite.get(i, [op])]
+    return dead_code_elimination(Module(module.name, Block(module.inputs, tuple(out), module.outputs), module.attrs))
 
 
 def _copyable(module: Module, lanes: int) -> set[int]:
