@@ -126,9 +126,11 @@ def _sums_by_node(module: Module, tp: int, node: int) -> Module:
                 new.append(Op("graph.add", (total, v), (out,), AttrDict({"group": n * node})))
                 total = out
             sums.append(total)
+        total = sums[0]
         for k, v in enumerate(sums[1:], 1):
             out = root if k == len(sums) - 1 else Value(fresh_name(f"{root.name}.sum{k}", taken), root.type)
-            new.append(Op("graph.add", (sums[k - 1] if k == 1 else new[-1].result, v), (out,)))
+            new.append(Op("graph.add", (total, v), (out,)))
+            total = out
         if len(sums) == 1:  # (all on one node: its sum is the result)
             last = new.pop()
             new.append(Op(last.name, last.operands, (root,), last.attrs))
