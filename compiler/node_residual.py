@@ -49,11 +49,11 @@ def residual_on_every_node(module: Module, tp: int, node: int, lanes: int) -> Mo
     module = _sums_by_node(module, tp, node)
     ops = module.ops
     producer = {r.name: i for i, op in enumerate(ops) for r in op.results}
-    copyable = _copyable(module, lanes)
+    copyable = _copyable(module, producer, lanes)
     wanted: dict[int, set[int]] = {}  # op index -> the nodes (other than the first) whose first chip computes it
     for i in range(len(ops) - 1, -1, -1):
         op = ops[i]
-        nodes = {op.attrs["group"] % tp // node} - {0} if "group" in op.attrs else wanted.get(i, set())
+        nodes = {_node_of(op, tp, node)} - {0} if "group" in op.attrs else wanted.get(i, set())
         for v in op.operands:
             p = producer.get(v.name)
             if nodes and p is not None and p in copyable:
@@ -65,7 +65,7 @@ def residual_on_every_node(module: Module, tp: int, node: int, lanes: int) -> Mo
     out: list[Op] = []
     for i, op in enumerate(ops):
         # a grouped op on another node reads the copy there
-        n = op.attrs["group"] % tp // node if "group" in op.attrs else 0
+        n = _node_of(op, tp, node)
         operands = tuple(copy_of.get((v.name, n), v) for v in op.operands)
         out.append(op if operands == op.operands else Op(op.name, operands, op.results, op.attrs))
         for n in sorted(wanted.get(i, ())):
@@ -115,7 +115,7 @@ def _sums_by_node(module: Module, tp: int, node: int) -> Module:
     for i in sorted(set(terms) - absorbed):
         by_node: dict[int, list[Value]] = {}
         for v in terms[i]:
-            by_node.setdefault(ops[producer[v.name]].attrs["group"] % tp // node, []).append(v)
+            by_node.setdefault(_node_of(ops[producer[v.name]], tp, node), []).append(v)
         if all(len(vs) == 1 for vs in by_node.values()):
             continue
         root, new, sums = ops[i].result, [], []
@@ -141,10 +141,15 @@ def _sums_by_node(module: Module, tp: int, node: int) -> Module:
     return dead_code_elimination(Module(module.name, Block(module.inputs, tuple(out), module.outputs), module.attrs))
 
 
-def _copyable(module: Module, lanes: int) -> set[int]:
-    """The indices of the ops a node may compute for itself (module docstring)."""
+def _node_of(op: Op, tp: int, node: int) -> int:
+    """The node of its stage `op` runs on: its group's (an op with none: the stage's first chip's)."""
+    return op.attrs.get("group", 0) % tp // node
+
+
+def _copyable(module: Module, producer: dict[str, int], lanes: int) -> set[int]:
+    """The indices of the ops a node may compute for itself (module docstring); `producer`: value name -> the
+    index of the op making it."""
     constant = {op.result.name for op in module.ops if op.name == "graph.constant"}
-    producer = {r.name: i for i, op in enumerate(module.ops) for r in op.results}
     stateful: set[str] = set()  # a state, its writes, and what is made of them alone (with constants)
     found = set()
     for i, op in enumerate(module.ops):

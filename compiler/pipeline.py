@@ -193,9 +193,10 @@ def _laid_out(graph_module: Module, source: Module | None, machine: Machine, opt
                 split = run_passes(dense_experts(replicate_kv(chained, tp, layout.kv), groups=layout.ep), one,
                                    (GroupHeads(), ScoreCacheBeforeWrite(), heads), progress)[0]
                 # (paired after the heads are split: the chips holding head groups take the fewest MLP tiles)
-                paired = pair_matmuls(split, tp, machine.lanes, spanned_nodes(machine, tp), spans)
+                node = spanned_nodes(machine, tp)
+                paired = pair_matmuls(split, tp, machine.lanes, node, spans)
                 precise = run_passes(fuse_matmuls(paired, tp), one, (Precision(options.precision),), progress)[0]
-                done[key] = residual_on_every_node(precise, tp, spanned_nodes(machine, tp), machine.lanes)
+                done[key] = residual_on_every_node(precise, tp, node, machine.lanes)
             graph_module = done[key]
     return place_states(graph_module, states) if states is not None else graph_module
 
