@@ -19,7 +19,7 @@ from ..ir.evaluator import is_floating
 # Ops through which an integer tensor keeps its values on the way to a gather,
 # by name without the dialect, so graph and machine modules read alike.
 _PASS_THROUGH = {"reshape", "cast", "expand", "transpose", "slice", "concat", "tile", "split", "input",
-                 "reshape_view", "join", "row_join", "column_slice", "row_slice"}
+                 "reshape_view", "transpose_view", "join", "row_join", "column_slice", "row_slice"}
 _GATHERS = {"gather", "gather_elements", "gather_nd"}
 
 

@@ -468,12 +468,15 @@ TRANSPOSE_ROWS = 2  # a transpose of many rows is cut into pieces of this many v
 
 
 def _transpose(e: _Emitter, op: Op, args):
-    """A transpose; one swapping the last two axes of many rows (a key cache: [..., slots, D]) in pieces of
-    TRANSPOSE_ROWS vectors of rows each (row slices are free views, the pieces' results join as vector
-    columns): the same SXM work, but no piece holds its unit and its slices' ports for long, so what the
-    step waits on interleaves with it."""
+    """A transpose. One keeping the last axis only reorders whole rows: a free view (`mem.transpose_view`;
+    attention's heads split from and merged into the hidden axis). One swapping the last two axes of many rows
+    (a key cache: [..., slots, D]) runs in pieces of TRANSPOSE_ROWS vectors of rows each (row slices are free
+    views, the pieces' results join as vector columns): the same SXM work, but no piece holds its unit and
+    its slices' ports for long, so what the step waits on interleaves with it."""
     (x,), perm, h = args, tuple(op.attrs["perm"]), _hint(op)
     rank, piece = x.type.rank, TRANSPOSE_ROWS * e.lanes
+    if perm[-1:] == (rank - 1,):  # rows reordered, each whole: the consumers read them in the new order
+        return (e.one("mem.transpose_view", [x], {"perm": perm}, h),)
     if rank < 2 or perm != tuple(range(rank - 2)) + (rank - 1, rank - 2) or x.type.shape[-2] <= piece:
         return e.op("sxm.transpose", args, op.attrs, [h])
     rows, parts = x.type.shape[-2], []

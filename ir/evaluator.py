@@ -404,6 +404,7 @@ EVAL.update({
     "mem.state": EVAL["graph.state"],
     "mem.state_write": EVAL["graph.state_write"],
     "mem.reshape_view": EVAL["graph.reshape"],
+    "mem.transpose_view": EVAL["graph.transpose"],
     "mem.join": lambda a, attrs: np.concatenate(a, axis=-1),
     "mem.row_join": lambda a, attrs: np.concatenate(a, axis=0),
     "mem.column_slice": lambda a, attrs: a[0][..., attrs["start"]:attrs["start"] + attrs["size"]],

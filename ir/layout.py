@@ -122,6 +122,25 @@ def row_extents(t: TensorType, extents, start: int, size: int, lanes: int,
     return tuple(out)
 
 
+def transpose_extents(t: TensorType, extents, perm, lanes: int, starts: list[int] | None = None) \
+        -> tuple[Extent, ...]:
+    """The words of t transposed by `perm` keeping its last axis, from t's extents: per vector column, each
+    row of the result is a row of t (whole words), in the result's order; neighbouring runs merge."""
+    itemsize, lead = t.dtype.itemsize, t.shape[:-1]
+    order = np.arange(rows_cols(t)[0]).reshape(lead).transpose(perm[:-1]).ravel() if lead else np.zeros(1, int)
+    starts, out = (starts if starts is not None else extent_starts(extents)), []
+    for col in range(vector_cols(t, lanes)):
+        base = col * len(order)
+        for row in order.tolist():
+            for e in sub_extents(extents, (base + row) * itemsize, itemsize, starts):
+                last = out[-1] if out else None
+                if last and last[0] == e[0] and last[1] + last[2] == e[1] and last[3:] == e[3:]:
+                    out[-1] = (last[0], last[1], last[2] + e[2]) + last[3:]
+                else:
+                    out.append(e)
+    return tuple(out)
+
+
 def window_extents(t: TensorType, extents, start: tuple[int, int], size: tuple[int, int], lanes: int,
                    starts: list[int] | None = None) -> tuple:
     """The words of the window rows [k0, k0+ks) x columns [n0, n0+ns) of t's last two axes (an
@@ -151,6 +170,8 @@ def view_extents(op_name: str, attrs, operand_types, operand_extents, lanes: int
     if op_name == "mem.column_slice":
         return column_extents(operand_types[0], operand_extents[0], attrs["start"], attrs["size"], lanes,
                               operand_starts)
+    if op_name == "mem.transpose_view":
+        return transpose_extents(operand_types[0], operand_extents[0], tuple(attrs["perm"]), lanes, operand_starts)
     if op_name == "mem.row_slice":
         return row_extents(operand_types[0], operand_extents[0], attrs["start"], attrs["size"], lanes, operand_starts)
     raise ValueError(f"{op_name} is not a view")

@@ -174,6 +174,14 @@ def _row_slice(types, attrs):
     return t.with_shape(t.shape[:-2] + (size, t.shape[-1]))
 
 
+@defop("mem.transpose_view", 1, {"perm": A("ints"), **SCHEDULE_ATTRS},
+       doc="a transpose keeping the last axis: each row stays whole words, only their order changes", **VIEW)
+def _transpose_view(types, attrs):
+    perm = tuple(attrs["perm"])
+    g.need(perm and perm[-1] == len(perm) - 1, f"transpose {perm} moves the last axis: use sxm.transpose")
+    return g._transpose(types, attrs)
+
+
 def _one_tile(types, attrs, machine):
     w, rows, cols = types[0], machine.mxm.rows, machine.mxm.cols
     k, n = window(attrs, w)[1]

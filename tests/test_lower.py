@@ -231,6 +231,20 @@ def test_reshape_views_and_copies():
     assert kinds[(5, 9, 37)] == "sxm.reshape" and kinds[(5, 1, 333)] == "mem.reshape_view"
 
 
+def test_a_transpose_keeping_the_last_axis_is_a_view():
+    """Attention's heads split out of the hidden axis and merged back: whole rows reordered, no SXM work; the
+    interpreter reads them in the new order (the evaluators agree on the lowered module)."""
+    b = Builder()
+    x = b.input("x", TensorType((1, 7, 3, 333), F32))
+    b.output("out", b.op("graph.transpose", b.op("graph.transpose", x, perm=[0, 2, 1, 3]), perm=[0, 2, 1, 3]))
+    module = b.build("heads")
+    lowered = lower(module, TSP_V1)
+    assert [op.name for op in lowered.ops if op.name.endswith("transpose_view") or op.name.startswith("sxm")] \
+        == ["mem.transpose_view"] * 2
+    x_value = np.random.default_rng(1).standard_normal((1, 7, 3, 333)).astype(np.float32)
+    np.testing.assert_array_equal(evaluate_machine(lowered, {"x": x_value})["out"], x_value)
+
+
 def test_row_slice_extents():
     from lpuc.ir.layout import view_extents, words
     t = TensorType((2, 5, 333), F32)  # 2 batches x 5 rows, 2 vector columns, 4 planes
@@ -248,6 +262,10 @@ def test_row_slice_extents():
     ("mem.column_slice", {"start": 320, "size": 320}, (2, 5, 700), lambda a: a[..., 320:640]),
     ("mem.column_slice", {"start": 640, "size": 60}, (3, 700), lambda a: a[..., 640:]),
     ("mem.reshape_view", {"shape": (10, 700)}, (2, 5, 700), lambda a: a.reshape(10, 700)),
+    # heads out of and back into the hidden axis: rows reordered, over several vector columns too
+    ("mem.transpose_view", {"perm": (1, 0, 2)}, (3, 5, 64), lambda a: a.transpose(1, 0, 2)),
+    ("mem.transpose_view", {"perm": (0, 2, 1, 3)}, (1, 3, 4, 700), lambda a: a.transpose(0, 2, 1, 3)),
+    ("mem.transpose_view", {"perm": (2, 0, 1, 3)}, (2, 3, 5, 333), lambda a: a.transpose(2, 0, 1, 3)),
 ])
 def test_view_extents_name_the_right_words(op, attrs, shape, fn):
     """A view's extents, read from the operand's words, are the view's value."""
