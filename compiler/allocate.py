@@ -81,16 +81,25 @@ class Allocation:
 
 
 class _Free:
-    """Free word ranges of every slice, first-fit, merged on release."""
+    """Free word ranges of every slice, next-fit, merged on release.
+
+    Next-fit: a slice's next value goes at or after where its last one ended, wrapping to the slice's start
+    only when nothing after has room. Words just freed are taken last, not first: a value placed in the
+    words of one freed a moment before in program order would have to wait for that value's readers (a
+    write-after-read dependence the scheduler must keep), tying together work that could overlap."""
 
     def __init__(self, slices: int, words_per_slice: int):
         self.blocks = [[(0, words_per_slice)] for _ in range(slices)]  # sorted (start, end)
+        self.after = [0] * slices  # per slice, where the last value taken ended
 
     def first_fit(self, s: int, n: int) -> int | None:
+        after, wrapped = self.after[s], None
         for start, end in self.blocks[s]:
-            if end - start >= n:
-                return start
-        return None
+            if end - max(start, after) >= n:
+                return max(start, after)
+            if wrapped is None and end - start >= n:
+                wrapped = start
+        return wrapped
 
     def first_fit_at(self, s: int, start: int, n: int) -> bool:
         """Words [start, start + n) of slice s are free."""
@@ -101,6 +110,7 @@ class _Free:
         for i, (a, b) in enumerate(blocks):
             if a <= start and start + n <= b:
                 blocks[i:i + 1] = [x for x in ((a, start), (start + n, b)) if x[1] > x[0]]
+                self.after[s] = start + n
                 return
         raise AssertionError("taking words that are not free")
 
