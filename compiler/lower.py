@@ -366,8 +366,35 @@ def _matmul(e: _Emitter, op: Op, args):
             a = e.one("sxm.expand", [a], {"shape": batch + (m, k)}, f"{h}.a_batched")
         if b_batch != batch:
             b = e.one("sxm.expand", [b], {"shape": batch + (k, n)}, f"{h}.b_batched")
+        pieces = _batch_pieces(e, a, b, h, op.attrs.get("accumulate"))
+        if pieces is not None:
+            return (e.reshape(pieces, out_shape, h),)
     y = _tiles(e, a, b, f"{h}.mm" if vector_operand else h, h, op.attrs.get("accumulate"))
     return (e.reshape(y, out_shape, h),)
+
+
+def _batch_pieces(e: _Emitter, a: Value, b: Value, h: str, accumulate=None) -> Value | None:
+    """a [..., M, K] @ b [..., K, N] with equal batches of several (attention's heads), as one matmul per run of
+    batches, as many runs as the chip has MXM planes: each installs and streams its own heads, and the planes
+    work at once where one instruction would hold one plane for all. Each run's rows are a row slice (a free
+    view) of a and of b; the results' rows follow on (`mem.row_join`, whence N of one vector column). None: one
+    batch, or N wider than a vector."""
+    (m, k), n = a.type.shape[-2:], b.type.shape[-1]
+    batches, planes = math.prod(a.type.shape[:-2]), e.target.machine.mxm.planes
+    if batches < 2 or planes < 2 or n > e.lanes:
+        return None
+    a2, b2 = e.reshape(a, (batches * m, k), f"{h}.a_rows"), e.reshape(b, (batches * k, n), f"{h}.b_rows")
+    runs = min(planes, batches)
+    parts = []
+    for r in range(runs):
+        first, last = batches * r // runs, batches * (r + 1) // runs
+        ar = e.reshape(e.one("mem.row_slice", [a2], {"start": first * m, "size": (last - first) * m}, f"{h}.a{r}"),
+                       (last - first, m, k), f"{h}.a{r}_heads")
+        br = e.reshape(e.one("mem.row_slice", [b2], {"start": first * k, "size": (last - first) * k}, f"{h}.b{r}"),
+                       (last - first, k, n), f"{h}.b{r}_heads")
+        y = _tiles(e, ar, br, f"{h}.heads{r}", f"{h}.heads{r}", accumulate)
+        parts.append(e.reshape(y, ((last - first) * m, n), f"{h}.rows{r}"))
+    return e.one("mem.row_join", parts, {}, f"{h}.rows")
 
 
 def _tiles(e: _Emitter, a: Value, b: Value, final: str, h: str, accumulate=None) -> Value:
