@@ -47,7 +47,7 @@ from ..ir.attributes import AttrDict, shared
 from ..ir.builder import Builder
 from ..ir.errors import EvalError, VerifyError
 from ..ir.evaluator import check_inputs, conform
-from ..ir.graph_ops import ELEMENTWISE, PLACEMENT_ATTRS, broadcast_shapes
+from ..ir.graph_ops import ELEMENTWISE, PLACEMENT_ATTRS, REDUCTIONS, broadcast_shapes
 from ..ir.layout import rows_cols, words
 from ..ir.registry import OPS, TypeRuleError
 from ..ir.target import Target
@@ -186,6 +186,16 @@ PIECE_WORDS = 256  # an elementwise VXM op on many vector columns is cut into co
                   # soon as it lands (the VXM's chaining, in whole instructions)
 
 
+REDUCING = frozenset(f"graph.{n}" for n in REDUCTIONS)
+
+
+def _along_last(op: Op) -> bool:
+    """A reduction of the last axis alone, keeping it (each row its own result)."""
+    rank = op.operands[0].type.rank
+    return rank >= 2 and op.attrs.get("keepdims", True) and \
+        tuple(sorted(a % rank for a in op.attrs["axes"])) == (rank - 1,)
+
+
 def _same(unit: str, name: str) -> Rule:
     def rule(e: _Emitter, op: Op, args: list[Value]):
         if unit == "vxm" and op.name in ELEMENTWISE:
@@ -193,6 +203,13 @@ def _same(unit: str, name: str) -> Rule:
                 return (e.one(f"{unit}.{name}", operands, op.attrs, f"{_hint(op)}.rows{k}"),)
 
             pieces = _column_pieces(e, op, f"{unit}.{name}", args) or _row_pieces(e, op, args, piece)
+            if pieces:
+                return pieces
+        if unit == "vxm" and op.name in REDUCING and _along_last(op):  # rows apart: a reduction per run of rows
+            def rows(e: _Emitter, operands: list[Value], k: int) -> tuple[Value, ...]:
+                return (e.one(f"{unit}.{name}", operands, {**op.attrs, "axes": (-1,)}, f"{_hint(op)}.rows{k}"),)
+
+            pieces = _row_pieces(e, op, args, rows)
             if pieces:
                 return pieces
         return e.op(f"{unit}.{name}", args, op.attrs, [r.name for r in op.results])
@@ -222,30 +239,33 @@ def _column_pieces(e: _Emitter, op: Op, machine_op: str, args: list[Value]) -> t
 
 
 def _row_pieces(e: _Emitter, op: Op, args: list[Value], emit) -> tuple[Value, ...] | None:
-    """An op that works row by row (elementwise, or along the last axis) on a result of one vector column and
-    many rows (attention's scores: heads x queries rows), as `emit(e, operands, k)` on each run of rows
-    (PIECE_WORDS words or more): an operand of the result's rows read by its rows (free views), one the same
-    for every row whole; the pieces joined (free views). Pieces run on several ALUs at once, and the next op of
-    a chain starts on a piece as soon as it lands. None: not worth cutting, or an operand it cannot cut."""
+    """An op that works row by row (elementwise, or along the last axis: a softmax, a norm, a reduction) on a
+    result of many rows (attention's scores: heads x queries rows; a norm's tokens), as `emit(e, operands, k)`
+    on each run of rows (PIECE_WORDS words or more): an operand of the result's rows read by its rows (free
+    views), one the same for every row whole; the pieces joined (free views). Pieces run on several ALUs at
+    once, and the next op of a chain starts on a piece as soon as it lands. None: not worth cutting, or an
+    operand it cannot cut."""
     out, lanes = op.result.type, e.lanes
-    if out.rank < 2 or len(op.results) != 1 or out.shape[-1] > lanes:
+    if out.rank < 2 or len(op.results) != 1:
         return None
     rows, cols = rows_cols(out)
-    step = -(-PIECE_WORDS // max(1, words(out, lanes) // max(rows, 1)))  # rows per piece
-    if rows < 2 * step:
-        return None
     h, lead, flat = _hint(op), out.shape[:-1], []
     for a in args:
         t = a.type
         last = t.shape[-1] if t.rank else 1
-        if last not in (1, cols):
-            return None
         if t.rank and t.shape[:-1] == lead:
-            flat.append((e.reshape(a, (rows, last), f"{h}.in{len(flat)}"), True))
-        elif t.numel == last:  # the same for every row
-            flat.append((a if t.rank in (0, 2) else e.reshape(a, (1, last), f"{h}.in{len(flat)}"), False))
+            flat.append((a, True))
+        elif t.numel == last and last in (1, cols):  # the same for every row
+            flat.append((a, False))
         else:
             return None
+    row_words = max([words(out, lanes)] + [words(a.type, lanes) for a, by_rows in flat if by_rows]) // max(rows, 1)
+    step = -(-PIECE_WORDS // max(1, row_words))  # rows per piece
+    if rows < 2 * step:
+        return None
+    flat = [(e.reshape(a, (rows, a.type.shape[-1]), f"{h}.in{i}") if by_rows else
+             a if a.type.rank in (0, 2) else e.reshape(a, (1, a.type.shape[-1]), f"{h}.in{i}"), by_rows)
+            for i, (a, by_rows) in enumerate(flat)]
     parts = []
     for k, start in enumerate(range(0, rows, step)):
         size = min(step, rows - start)
@@ -315,32 +335,55 @@ def _eps(e: _Emitter, op: Op, x: Value) -> Value:
     return e.constant(np.asarray(op.attrs.get("epsilon", 1e-5)), x.type.dtype, f"{_hint(op)}.eps")
 
 
+def _by_rows(e: _Emitter, op: Op, args: list[Value], chain) -> tuple[Value, ...]:
+    """A norm: `chain(e, operands, k)` per run of rows when it normalizes the last axis alone (rows apart),
+    else `chain(e, args, None)` on the whole."""
+    x = args[0]
+    if _norm_axes(op, x) == (x.type.rank - 1,):
+        pieces = _row_pieces(e, op, args, chain)
+        if pieces:
+            return pieces
+    return chain(e, args, None)
+
+
 def _layer_norm(e: _Emitter, op: Op, args):
     # The reference's order of operations, so the numbers agree bit for bit.
-    x, scale = args[0], args[1]
-    h, red = _hint(op), {"axes": _norm_axes(op, args[0]), "keepdims": True}
-    mean = e.one("vxm.reduce_mean", [x], red, f"{h}.mean")
-    d = e.one("vxm.sub", [x, mean], {}, f"{h}.centered")
-    sq = e.one("vxm.mul", [d, d], {}, f"{h}.sq")
-    var = e.one("vxm.reduce_mean", [sq], red, f"{h}.var")
-    ve = e.one("vxm.add", [var, _eps(e, op, x)], {}, f"{h}.var_eps")
-    sd = e.one("vxm.sqrt", [ve], {}, f"{h}.std")
-    n = e.one("vxm.div", [d, sd], {}, f"{h}.normed")
-    if len(args) == 2:
-        return (e.one("vxm.mul", [n, scale], {}, h),)
-    y = e.one("vxm.mul", [n, scale], {}, f"{h}.scaled")
-    return (e.one("vxm.add", [y, args[2]], {}, h),)
+    eps = _eps(e, op, args[0])
+
+    def chain(e: _Emitter, operands: list[Value], k: int | None) -> tuple[Value, ...]:
+        x, scale = operands[0], operands[1]
+        h = _hint(op) + ("" if k is None else f".rows{k}")
+        red = {"axes": _norm_axes(op, args[0]) if k is None else (-1,), "keepdims": True}
+        mean = e.one("vxm.reduce_mean", [x], red, f"{h}.mean")
+        d = e.one("vxm.sub", [x, mean], {}, f"{h}.centered")
+        sq = e.one("vxm.mul", [d, d], {}, f"{h}.sq")
+        var = e.one("vxm.reduce_mean", [sq], red, f"{h}.var")
+        ve = e.one("vxm.add", [var, eps], {}, f"{h}.var_eps")
+        sd = e.one("vxm.sqrt", [ve], {}, f"{h}.std")
+        n = e.one("vxm.div", [d, sd], {}, f"{h}.normed")
+        if len(operands) == 2:
+            return (e.one("vxm.mul", [n, scale], {}, h),)
+        y = e.one("vxm.mul", [n, scale], {}, f"{h}.scaled")
+        return (e.one("vxm.add", [y, operands[2]], {}, h),)
+
+    return _by_rows(e, op, args, chain)
 
 
 def _rms_norm(e: _Emitter, op: Op, args):
-    x, scale = args
-    h, red = _hint(op), {"axes": _norm_axes(op, x), "keepdims": True}
-    sq = e.one("vxm.mul", [x, x], {}, f"{h}.sq")
-    ms = e.one("vxm.reduce_mean", [sq], red, f"{h}.ms")
-    me = e.one("vxm.add", [ms, _eps(e, op, x)], {}, f"{h}.ms_eps")
-    rms = e.one("vxm.sqrt", [me], {}, f"{h}.rms")
-    n = e.one("vxm.div", [x, rms], {}, f"{h}.normed")
-    return (e.one("vxm.mul", [n, scale], {}, h),)
+    eps = _eps(e, op, args[0])
+
+    def chain(e: _Emitter, operands: list[Value], k: int | None) -> tuple[Value, ...]:
+        x, scale = operands
+        h = _hint(op) + ("" if k is None else f".rows{k}")
+        red = {"axes": _norm_axes(op, args[0]) if k is None else (-1,), "keepdims": True}
+        sq = e.one("vxm.mul", [x, x], {}, f"{h}.sq")
+        ms = e.one("vxm.reduce_mean", [sq], red, f"{h}.ms")
+        me = e.one("vxm.add", [ms, eps], {}, f"{h}.ms_eps")
+        rms = e.one("vxm.sqrt", [me], {}, f"{h}.rms")
+        n = e.one("vxm.div", [x, rms], {}, f"{h}.normed")
+        return (e.one("vxm.mul", [n, scale], {}, h),)
+
+    return _by_rows(e, op, args, chain)
 
 
 def _matmul(e: _Emitter, op: Op, args):

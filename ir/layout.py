@@ -141,6 +141,18 @@ def transpose_extents(t: TensorType, extents, perm, lanes: int, starts: list[int
     return tuple(out)
 
 
+def row_join_extents(types, extents, lanes: int) -> tuple[Extent, ...]:
+    """The words of [rows, cols] parts (of equal cols) joined along their rows, from the parts' extents: per
+    vector column, each part's run of rows in that column (one vector column: the parts' words in turn)."""
+    columns = vector_cols(types[0], lanes)
+    if columns == 1:
+        return tuple(e for part in extents for e in part)
+    per_column = [t.shape[0] * t.dtype.itemsize for t in types]
+    starts = [extent_starts(part) for part in extents]
+    return tuple(e for c in range(columns) for part, n, first in zip(extents, per_column, starts)
+                 for e in sub_extents(part, c * n, n, first))
+
+
 def window_extents(t: TensorType, extents, start: tuple[int, int], size: tuple[int, int], lanes: int,
                    starts: list[int] | None = None) -> tuple:
     """The words of the window rows [k0, k0+ks) x columns [n0, n0+ns) of t's last two axes (an
@@ -165,8 +177,10 @@ def view_extents(op_name: str, attrs, operand_types, operand_extents, lanes: int
     slice finds its words by bisection alone."""
     if op_name == "mem.reshape_view":
         return tuple(operand_extents[0])
-    if op_name in ("mem.join", "mem.row_join"):  # (parts of one vector column: their rows follow on)
+    if op_name == "mem.join":  # (parts of whole vector columns: their columns follow on)
         return tuple(e for extents in operand_extents for e in extents)
+    if op_name == "mem.row_join":  # per vector column, each part's rows of it in turn
+        return row_join_extents(operand_types, operand_extents, lanes)
     if op_name == "mem.column_slice":
         return column_extents(operand_types[0], operand_extents[0], attrs["start"], attrs["size"], lanes,
                               operand_starts)

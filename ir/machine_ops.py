@@ -144,13 +144,9 @@ def _whole_columns(types, attrs, machine):
     _on_vector_columns("a column slice", types[0], attrs["start"], attrs["size"], machine.lanes)
 
 
-def _one_vector_column(types, attrs, machine):
-    for t in types:
-        g.need(t.shape[-1] <= machine.lanes, f"a part must be one vector column ({machine.lanes} lanes): {t}")
-
-
-@defop("mem.row_join", (1, None), {**SCHEDULE_ATTRS}, machine_rule=_one_vector_column,
-       doc="concat along the rows of [rows, cols] parts of one vector column each: their words follow on", **VIEW)
+@defop("mem.row_join", (1, None), {**SCHEDULE_ATTRS},
+       doc="concat along the rows of [rows, cols] parts of equal cols: per vector column, their rows follow on",
+       **VIEW)
 def _row_join(types, attrs):
     for t in types:
         g.need(t.rank == 2, f"a part must be [rows, cols]: {t}")

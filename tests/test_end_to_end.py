@@ -101,6 +101,9 @@ HAND_BUILT = {
     "w96-l2-s33-mlp500": dict(width=96, heads=3, layers=2, seq=33, mlp=500),
     # a sequence of 161: the scores (3 x 161 rows of one vector column) and their softmax run in row pieces
     "w96-l2-s161": dict(width=96, heads=3, layers=2, seq=161, max_pos=192),
+    # width 700 over 61 tokens: the norms and the reductions along rows of three vector columns run in row
+    # pieces; 7 heads over the 4 MXM planes
+    "w700-l2-s61": dict(width=700, heads=7, layers=2, seq=61),
 }
 
 
@@ -116,6 +119,8 @@ def test_hand_built_model(name, compiled, tmp_path_factory):
     assert c.summary.lower_bound <= c.summary.cycles
     if kw["seq"] > 128:  # the scores and their softmax really run in row pieces
         assert any(op.name == "mem.row_join" for op in c.module.ops)
+    if kw["width"] > 320 and kw["seq"] > 44:  # ... and rows wider than a vector (22 rows of 12 words a piece)
+        assert any(op.name == "mem.row_join" and op.operands[0].type.shape[-1] > 320 for op in c.module.ops)
     if kw["width"] > 320 or kw.get("mlp", 0) > 320:  # row-tiled weights really occur (a window's k0 > 0)
         assert any(op.name == "mxm.install" and op.attrs.get("start", (0,))[0] > 0 for op in c.module.ops)
 

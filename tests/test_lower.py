@@ -327,6 +327,41 @@ def test_join_extents_name_the_right_words():
     np.testing.assert_array_equal(from_words(picked, joined, LANES), np.concatenate(parts, axis=-1))
 
 
+def test_row_join_extents_name_the_right_words():
+    """Parts of several vector columns joined by rows: per vector column, each part's rows in turn."""
+    from lpuc.ir.layout import from_words, to_words, view_extents, words
+    rng = np.random.default_rng(5)
+    parts = [rng.standard_normal((r, 700)).astype(np.float32) for r in (5, 1, 9)]
+    types = [TensorType(p.shape, F32) for p in parts]
+    data = np.concatenate([to_words(p, t, LANES) for p, t in zip(parts, types)])
+    exts, pos = [], 0
+    for t in types:
+        exts.append(((0, pos, words(t, LANES)),))
+        pos += words(t, LANES)
+    ext = view_extents("mem.row_join", {}, types, exts, LANES)
+    picked = np.concatenate([data[w:w + n] for _, w, n in ext])
+    np.testing.assert_array_equal(from_words(picked, TensorType((15, 700), F32), LANES), np.concatenate(parts))
+
+
+def test_norms_and_reductions_along_wide_rows_run_in_row_pieces():
+    """A layer norm, an RMS norm and a reduction along the last axis of many rows wider than a vector (a
+    prefill's tokens) run as one chain per run of rows, joined by rows; the evaluator agrees bit for bit."""
+    rng = np.random.default_rng(6)
+    b = Builder()
+    x = b.input("x", TensorType((1, 61, 700), F32))  # 61 rows of 12 words: 22 rows a piece
+    scale = b.constant(rng.standard_normal(700).astype(np.float32), name="scale")
+    bias = b.constant(rng.standard_normal(700).astype(np.float32), name="bias")
+    b.output("ln", b.op("graph.layer_norm", x, scale, bias, axis=-1))
+    b.output("rms", b.op("graph.rms_norm", x, scale, axis=-1))
+    b.output("max", b.op("graph.reduce_max", x, axes=[-1], keepdims=True))
+    module = verify(b.build("wide_rows"))
+    lowered = verify(lower(module, TSP_V1), TSP_V1.machine)
+    counts = Counter(op.name for op in lowered.ops)
+    assert counts["vxm.reduce_mean"] == 3 * 3 and counts["vxm.reduce_max"] == 3 and counts["mem.row_join"] == 3
+    feeds = {"x": rng.standard_normal((1, 61, 700)).astype(np.float32)}
+    assert rel_error(evaluate_machine(lowered, feeds), evaluate(module, feeds)) == 0
+
+
 def test_ops_on_many_rows_of_one_vector_column_run_in_row_pieces():
     """Elementwise ops and a softmax over the last axis on many rows of one vector column (attention's scores:
     heads x queries) become one VXM instruction (softmax: one chain) per run of rows: operands of the result's
