@@ -41,6 +41,7 @@ from .allocate import Allocate, DoesNotFit
 from .cache_scores import ScoreCacheBeforeWrite
 from .experts import dense_experts, expert_chains
 from .frontend.state import place_states
+from .fold_transposes import fold_transposes, hoist_casts
 from .fuse_matmuls import fuse_matmuls
 from .paired_matmuls import pair_matmuls
 from .replicated_kv import planned_copies, replicate_kv
@@ -196,6 +197,7 @@ def _laid_out(graph_module: Module, source: Module | None, machine: Machine, opt
                 node = spanned_nodes(machine, tp)
                 paired = pair_matmuls(split, tp, machine.lanes, node, spans)
                 precise = run_passes(fuse_matmuls(paired, tp), one, (Precision(options.precision),), progress)[0]
+                precise = verify(hoist_casts(precise))
                 done[key] = residual_on_every_node(precise, tp, node, machine.lanes)
             graph_module = done[key]
     return place_states(graph_module, states) if states is not None else graph_module
@@ -341,11 +343,15 @@ def compile_module(graph_module: Module, machine: Machine, options: CompileOptio
     # Experts dense (compiler/experts.py) where a stacked expert table is larger than a chip: before grouping
     # heads and precision, which rewrite the gathered matmul. (A layout redoes these from `source`, the model as
     # imported: _laid_out.)
+    if "chips" not in graph_module.attrs:  # (a partition written in the IR names its ops: left as written)
+        graph_module = verify(fold_transposes(graph_module))
     source = graph_module
     graph_module, plans = run_passes(dense_experts(source, machine.sram.chip_bytes),
                                      Target(machine, graph_module.attrs.get("chips", 1)),
                                      (GroupHeads(), Precision(options.precision)), progress)
     stored = plans[Precision.name][1]
+    if "chips" not in graph_module.attrs:
+        graph_module = verify(hoist_casts(graph_module))
     if "chips" in graph_module.attrs:  # partitioned already
         chips = graph_module.attrs["chips"]
         if options.chips not in (None, chips) or options.partition != "auto" or options.layout:
