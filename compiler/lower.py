@@ -196,6 +196,29 @@ def _along_last(op: Op) -> bool:
         tuple(sorted(a % rank for a in op.attrs["axes"])) == (rank - 1,)
 
 
+def _two_runs_of_rows(op: Op) -> bool:
+    """A sum over one axis of two, before the last, with nothing but ones before it: its two halves are runs
+    of rows (int8's two parts of a matmul's sums, [2, rows, N])."""
+    t, axes = op.operands[0].type, op.attrs["axes"]
+    if len(axes) != 1 or t.rank < 2:
+        return False
+    a = axes[0] % t.rank
+    return a < t.rank - 1 and t.shape[a] == 2 and math.prod(t.shape[:a]) == 1
+
+
+def _sum_of_two(e: _Emitter, op: Op, x: Value) -> tuple[Value, ...]:
+    """The sum of two runs of rows as an elementwise add of the two (row slices: free views), which runs in
+    column pieces on several ALUs where one reduction would run on one; the same numbers (a + b)."""
+    t, h = x.type, _hint(op)
+    rows, cols = rows_cols(t)
+    flat = e.reshape(x, (rows, cols), f"{h}.runs")
+    halves = [e.one("mem.row_slice", [flat], {"start": k * rows // 2, "size": rows // 2}, f"{h}.run{k}")
+              for k in range(2)]
+    total = Value(f"{h}.pair", TensorType((rows // 2, cols), t.dtype))
+    (y,) = RULES["graph.add"](e, Op("graph.add", tuple(halves), (total,), AttrDict()), halves)
+    return (e.reshape(y, op.result.type.shape, h),)
+
+
 def _same(unit: str, name: str) -> Rule:
     def rule(e: _Emitter, op: Op, args: list[Value]):
         if unit == "vxm" and op.name in ELEMENTWISE:
@@ -205,6 +228,8 @@ def _same(unit: str, name: str) -> Rule:
             pieces = _column_pieces(e, op, f"{unit}.{name}", args) or _row_pieces(e, op, args, piece)
             if pieces:
                 return pieces
+        if op.name == "graph.reduce_sum" and _two_runs_of_rows(op):
+            return _sum_of_two(e, op, args[0])
         if unit == "vxm" and op.name in REDUCING and _along_last(op):  # rows apart: a reduction per run of rows
             def rows(e: _Emitter, operands: list[Value], k: int) -> tuple[Value, ...]:
                 return (e.one(f"{unit}.{name}", operands, {**op.attrs, "axes": (-1,)}, f"{_hint(op)}.rows{k}"),)

@@ -362,6 +362,28 @@ def test_norms_and_reductions_along_wide_rows_run_in_row_pieces():
     assert rel_error(evaluate_machine(lowered, feeds), evaluate(module, feeds)) == 0
 
 
+def test_a_sum_of_two_runs_of_rows_is_an_add_of_the_two():
+    """int8's two parts of a matmul's sums, [2, rows, N], added by an elementwise add of row slices (in column
+    pieces): no reduction instruction, the same numbers; a sum over three, or over a middle axis, stays one."""
+    rng = np.random.default_rng(8)
+    b = Builder()
+    two = b.input("two", TensorType((2, 9, 700), F32))
+    three = b.input("three", TensorType((3, 9, 700), F32))
+    middle = b.input("middle", TensorType((4, 2, 5), F32))
+    b.output("a", b.op("graph.reduce_sum", two, axes=[0], keepdims=False))
+    b.output("b", b.op("graph.reduce_sum", b.op("graph.reshape", two, shape=[1, 2, 9, 700]), axes=[-3],
+                       keepdims=True))
+    b.output("c", b.op("graph.reduce_sum", three, axes=[0], keepdims=False))
+    b.output("d", b.op("graph.reduce_sum", middle, axes=[1], keepdims=False))
+    module = verify(b.build("sums"))
+    lowered = verify(lower(module, TSP_V1), TSP_V1.machine)
+    counts = Counter(op.name for op in lowered.ops)
+    assert counts["vxm.reduce_sum"] == 2 and counts["vxm.add"] >= 2
+    feeds = {name: rng.standard_normal(t.shape).astype(np.float32)
+             for name, t in [(v.name, v.type) for v in module.inputs]}
+    assert rel_error(evaluate_machine(lowered, feeds), evaluate(module, feeds)) == 0
+
+
 def test_ops_on_many_rows_of_one_vector_column_run_in_row_pieces():
     """Elementwise ops and a softmax over the last axis on many rows of one vector column (attention's scores:
     heads x queries) become one VXM instruction (softmax: one chain) per run of rows: operands of the result's
