@@ -114,6 +114,15 @@ def test_reuse_under_pressure():
     assert allocation.peak_words == big.peak_words
 
 
+def test_words_just_freed_are_taken_last():
+    """Next-fit: with room to spare, no value takes words another value held (each would have to wait for
+    the readers of the one before); under pressure words are reused (test_reuse_under_pressure)."""
+    module, _ = every_op()
+    lowered = lower(module, TSP_V1)
+    owners = check_allocation(lowered, plan_allocation(lowered, TSP_V1), TSP_V1)
+    assert max(len(v) for v in owners.values()) == 1
+
+
 def test_f32_values_spread_over_slices():
     module = lower(wide_matmuls()[0], TSP_V1)
     allocation = plan_allocation(module, TSP_V1)
