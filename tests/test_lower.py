@@ -311,36 +311,25 @@ def test_window_extents_name_the_right_words(shape, start, size):
     assert ext == view_extents("mem.column_slice", {"start": n0, "size": ns}, [rows_type], [rows], LANES)
 
 
-def test_join_extents_name_the_right_words():
+@pytest.mark.parametrize("op, shapes, join", [
+    ("mem.join", [(3, 5, 320), (3, 5, 640), (3, 5, 61)], lambda parts: np.concatenate(parts, axis=-1)),
+    # parts of several vector columns joined by rows: per vector column, each part's rows in turn
+    ("mem.row_join", [(5, 700), (1, 700), (9, 700)], np.concatenate),
+])
+def test_join_extents_name_the_right_words(op, shapes, join):
     from lpuc.ir.layout import from_words, to_words, view_extents, words
-    parts = [np.random.default_rng(i).standard_normal((3, 5, n)).astype(np.float32) for i, n in
-             enumerate((320, 640, 61))]
+    from lpuc.ir.registry import OPS as REG
+    parts = [np.random.default_rng(i).standard_normal(shape).astype(np.float32) for i, shape in enumerate(shapes)]
     types = [TensorType(p.shape, F32) for p in parts]
     data = np.concatenate([to_words(p, t, LANES) for p, t in zip(parts, types)])
     exts, pos = [], 0
     for t in types:
         exts.append(((0, pos, words(t, LANES)),))
         pos += words(t, LANES)
-    ext = view_extents("mem.join", {}, types, exts, LANES)
-    joined = TensorType((3, 5, 1021), F32)
+    ext = view_extents(op, {}, types, exts, LANES)
+    (joined,) = REG[op].result_types(types, {})
     picked = np.concatenate([data[w:w + n] for _, w, n in ext])
-    np.testing.assert_array_equal(from_words(picked, joined, LANES), np.concatenate(parts, axis=-1))
-
-
-def test_row_join_extents_name_the_right_words():
-    """Parts of several vector columns joined by rows: per vector column, each part's rows in turn."""
-    from lpuc.ir.layout import from_words, to_words, view_extents, words
-    rng = np.random.default_rng(5)
-    parts = [rng.standard_normal((r, 700)).astype(np.float32) for r in (5, 1, 9)]
-    types = [TensorType(p.shape, F32) for p in parts]
-    data = np.concatenate([to_words(p, t, LANES) for p, t in zip(parts, types)])
-    exts, pos = [], 0
-    for t in types:
-        exts.append(((0, pos, words(t, LANES)),))
-        pos += words(t, LANES)
-    ext = view_extents("mem.row_join", {}, types, exts, LANES)
-    picked = np.concatenate([data[w:w + n] for _, w, n in ext])
-    np.testing.assert_array_equal(from_words(picked, TensorType((15, 700), F32), LANES), np.concatenate(parts))
+    np.testing.assert_array_equal(from_words(picked, joined, LANES), join(parts))
 
 
 def test_norms_and_reductions_along_wide_rows_run_in_row_pieces():
