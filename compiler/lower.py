@@ -598,7 +598,20 @@ def _gather(e: _Emitter, op: Op, args):
     return (e.one("mem.join", parts, {}, h) if len(parts) > 1 else parts[0],)
 
 
+def _concat(e: _Emitter, op: Op, args):
+    """A concat along the rows of parts with nothing but ones before them (int8's two parts of an activation
+    stacked for one pass through the MXM) is a free view: per vector column, each part's rows in turn
+    (`mem.row_join`); any other an SXM copy."""
+    out = op.result.type
+    if out.rank >= 2 and op.attrs["axis"] % out.rank == out.rank - 2 and math.prod(out.shape[:-2]) == 1:
+        h = _hint(op)
+        parts = [e.reshape(a, a.type.shape[-2:], f"{h}.part{k}") for k, a in enumerate(args)]
+        return (e.reshape(e.one("mem.row_join", parts, {}, f"{h}.rows"), out.shape, h),)
+    return e.op("sxm.concat", args, op.attrs, [_hint(op)])
+
+
 RULES.update({
+    "graph.concat": _concat,
     "graph.constant": _constant,
     "graph.reshape": _reshape,
     "graph.softmax": _softmax,

@@ -373,6 +373,23 @@ def test_a_sum_of_two_runs_of_rows_is_an_add_of_the_two():
     assert rel_error(evaluate_machine(lowered, feeds), evaluate(module, feeds)) == 0
 
 
+def test_a_concat_along_rows_is_a_view():
+    """int8's two parts of an activation stacked by rows for one pass through the MXM: a row join (no data
+    moves) when nothing but ones stands before the rows; with heads before them, an SXM copy."""
+    rng = np.random.default_rng(9)
+    b = Builder()
+    q1, q2 = (b.input(n, TensorType((1, 7, 700), F32)) for n in ("q1", "q2"))
+    h1, h2 = (b.input(n, TensorType((3, 7, 40), F32)) for n in ("h1", "h2"))
+    b.output("parts", b.op("graph.concat", q1, q2, axis=1))
+    b.output("heads", b.op("graph.concat", h1, h2, axis=-2))
+    module = verify(b.build("concats"))
+    lowered = verify(lower(module, TSP_V1), TSP_V1.machine)
+    counts = Counter(op.name for op in lowered.ops)
+    assert counts["mem.row_join"] == 1 and counts["sxm.concat"] == 1
+    feeds = {v.name: rng.standard_normal(v.type.shape).astype(np.float32) for v in module.inputs}
+    assert rel_error(evaluate_machine(lowered, feeds), evaluate(module, feeds)) == 0
+
+
 def test_ops_on_many_rows_of_one_vector_column_run_in_row_pieces():
     """Elementwise ops and a softmax over the last axis on many rows of one vector column (attention's scores:
     heads x queries) become one VXM instruction (softmax: one chain) per run of rows: operands of the result's
