@@ -161,13 +161,31 @@ class _Emitter:
         return r
 
     def reshape(self, x: Value, shape, hint: str) -> Value:
-        """A free view when rows and cols stay, an SXM copy otherwise."""
+        """A free view when rows and cols stay, an SXM copy otherwise: one per SXM unit, each on a run of the
+        leading indices both shapes share (attention's tokens, split into heads or merged back), when it is
+        large enough to cut."""
         shape = tuple(shape)
         if shape == x.type.shape:
             return x
-        if rows_cols(x.type.with_shape(shape)) == rows_cols(x.type):
+        out = x.type.with_shape(shape)
+        if rows_cols(out) == rows_cols(x.type):
             return self.one("mem.reshape_view", [x], {"shape": shape}, hint)
-        return self.one("sxm.reshape", [x], {"shape": shape}, hint)
+        lead = 0
+        while lead < min(x.type.rank, len(shape)) - 1 and x.type.shape[lead] == shape[lead]:
+            lead += 1
+        runs = min(math.prod(shape[:lead]), self.target.machine.units["sxm"].count)
+        if runs < 2 or max(words(x.type, self.lanes), words(out, self.lanes)) < 2 * runs * PIECE_WORDS:
+            return self.one("sxm.reshape", [x], {"shape": shape}, hint)
+        # each run's rows, in and out, follow on: its leading indices' rows (views), reshaped, joined by rows
+        tokens, (rows_in, cols_in), (rows_out, cols_out) = math.prod(shape[:lead]), rows_cols(x.type), rows_cols(out)
+        flat, parts = self.reshape(x, (rows_in, cols_in), f"{hint}.in"), []
+        for k in range(runs):
+            first, last = tokens * k // runs, tokens * (k + 1) // runs
+            piece = self.one("mem.row_slice", [flat], {"start": first * rows_in // tokens,
+                                                       "size": (last - first) * rows_in // tokens}, f"{hint}.in{k}")
+            parts.append(self.one("sxm.reshape", [piece], {"shape": ((last - first) * rows_out // tokens, cols_out)},
+                                  f"{hint}.part{k}"))
+        return self.reshape(self.one("mem.row_join", parts, {}, f"{hint}.rows"), shape, hint)
 
     def constant(self, array: np.ndarray, dtype, hint: str) -> Value:
         return self.one("mem.constant", [], {"value": Tensor.from_array(np.asarray(array, dtype.numpy), dtype)}, hint)

@@ -390,6 +390,26 @@ def test_a_concat_along_rows_is_a_view():
     assert rel_error(evaluate_machine(lowered, feeds), evaluate(module, feeds)) == 0
 
 
+def test_a_large_reshape_of_tokens_runs_on_every_sxm_unit():
+    """Heads split out of 61 tokens of 700 and merged back: one SXM reshape per unit, each on a run of the
+    tokens (row slices in, parts joined by rows); a small one stays one instruction."""
+    rng = np.random.default_rng(10)
+    b = Builder()
+    x = b.input("x", TensorType((1, 61, 700), F32))
+    small = b.input("small", TensorType((1, 3, 700), F32))
+    heads = b.op("graph.reshape", x, shape=[1, 61, 7, 100])
+    b.output("heads", heads)
+    b.output("merged", b.op("graph.reshape", b.op("graph.mul", heads, b.constant(np.float32(2.0))),
+                            shape=[1, 61, 700]))
+    b.output("small", b.op("graph.reshape", small, shape=[1, 3, 7, 100]))
+    module = verify(b.build("token_reshapes"))
+    lowered = verify(lower(module, TSP_V1), TSP_V1.machine)
+    reshapes = [op.result.type.shape for op in lowered.ops if op.name == "sxm.reshape"]
+    assert reshapes == [(210, 100), (217, 100), (30, 700), (31, 700), (1, 3, 7, 100)]
+    feeds = {v.name: rng.standard_normal(v.type.shape).astype(np.float32) for v in module.inputs}
+    assert rel_error(evaluate_machine(lowered, feeds), evaluate(module, feeds)) == 0
+
+
 def test_ops_on_many_rows_of_one_vector_column_run_in_row_pieces():
     """Elementwise ops and a softmax over the last axis on many rows of one vector column (attention's scores:
     heads x queries) become one VXM instruction (softmax: one chain) per run of rows: operands of the result's
