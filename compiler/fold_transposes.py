@@ -59,13 +59,14 @@ def hoist_casts(module: Module) -> Module:
     readers.update(v.name for _, v in module.outputs)
     producer = {r.name: i for i, op in enumerate(module.ops) for r in op.results}
     taken = {v.name for op in module.ops for v in op.results} | {v.name for v in module.inputs}
-    ops: list[Op | None] = list(module.ops)
+    ops = list(module.ops)
     changed = False
     for i, op in enumerate(module.ops):
         if op.name != "graph.cast":
             continue
-        cast = op
+        at = i  # where the cast is now
         while True:
+            cast = ops[at]
             j = producer.get(cast.operands[0].name)
             move = ops[j] if j is not None else None
             if move is None or move.name not in MOVES or not _only_read_once(cast.operands[0], readers):
@@ -74,12 +75,10 @@ def hoist_casts(module: Module) -> Module:
             x, dtype = move.operands[0], cast.results[0].type.dtype
             early = Value(fresh_name(cast.results[0].name + ".early", taken), x.type.with_dtype(dtype))
             ops[j] = Op("graph.cast", (x,), (early,), cast.attrs)
-            moved = Op(move.name, (early,), cast.results, move.attrs)
-            ops[ops.index(cast)] = moved
+            ops[at] = Op(move.name, (early,), cast.results, move.attrs)
             producer[early.name] = j
             readers[early.name] = 1
-            cast = ops[j]
-            changed = True
+            at, changed = j, True
     return module.replace(ops=tuple(ops)) if changed else module
 
 
