@@ -92,7 +92,7 @@ class _Free:
         self.blocks = [[(0, words_per_slice)] for _ in range(slices)]  # sorted (start, end)
         self.after = [0] * slices  # per slice, where the last value taken ended
 
-    def first_fit(self, s: int, n: int) -> int | None:
+    def next_fit(self, s: int, n: int) -> int | None:
         after, wrapped = self.after[s], None
         for start, end in self.blocks[s]:
             if end - max(start, after) >= n:
@@ -315,7 +315,7 @@ def _take_next(free: _Free, cursor: list[int], c: int, want: int, slices: int) -
     cursor past it); when none has, as much as the largest free block holds."""
     for step in range(slices):
         s = (cursor[c] + step) % slices
-        start = free.first_fit(s, want)
+        start = free.next_fit(s, want)
         if start is not None:
             cursor[c] = s + 1
             break
@@ -380,7 +380,7 @@ def _take_like(free: _Free, like: tuple[Extent, ...] | None, n: int, name: str, 
         return True
     out = []
     for s, _, k in like:  # piece by piece, taking each before looking for the next (a slice may recur)
-        start = free.first_fit(s, k)
+        start = free.next_fit(s, k)
         if start is None:
             for taken in out:
                 free.release(*taken)
