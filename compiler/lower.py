@@ -463,8 +463,8 @@ def _batch_pieces(e: _Emitter, a: Value, b: Value, h: str, accumulate=None) -> V
     """a [..., M, K] @ b [..., K, N] with equal batches of several (attention's heads), as one matmul per run of
     batches, as many runs as the chip has MXM planes: each installs and streams its own heads, and the planes
     work at once where one instruction would hold one plane for all. Each run's rows are a row slice (a free
-    view) of a and of b; the results' rows follow on (`mem.row_join`, whence N of one vector column). None: one
-    batch, or N wider than a vector."""
+    view) of a and of b; the results' rows follow on (`mem.row_join`). None: one batch, or N wider than a
+    vector (a decode step's scores over its cache: left whole, as measured at scale; cutting them is untried)."""
     (m, k), n = a.type.shape[-2:], b.type.shape[-1]
     batches, planes = math.prod(a.type.shape[:-2]), e.target.machine.mxm.planes
     if batches < 2 or planes < 2 or n > e.lanes:
