@@ -31,12 +31,17 @@ from ..ir.registry import OPS
 from .passes import dead_code_elimination, fresh_name
 
 
-def fold_transposes(module: Module) -> Module:
-    """`module` with transposes folded (module docstring); itself when none folds."""
+def _readers_and_names(module: Module) -> tuple[Counter, set[str]]:
+    """How many times each value is read (outputs count), and the names the module's values take."""
     readers = Counter(v.name for op in module.ops for v in op.operands)
     readers.update(v.name for _, v in module.outputs)
+    return readers, {v.name for op in module.ops for v in op.results} | {v.name for v in module.inputs}
+
+
+def fold_transposes(module: Module) -> Module:
+    """`module` with transposes folded (module docstring); itself when none folds."""
+    readers, taken = _readers_and_names(module)
     producer = {r.name: op for op in module.ops for r in op.results}
-    taken = {v.name for op in module.ops for v in op.results} | {v.name for v in module.inputs}
     ops, changed = [], False
     for op in module.ops:
         folded = _folded(op, producer, readers, taken) if op.name == "graph.transpose" else None
@@ -55,10 +60,8 @@ MOVES = ("graph.reshape", "graph.transpose")
 def hoist_casts(module: Module) -> Module:
     """`module` with each cast of a move (reshape, transpose) of a value read once done before the move,
     repeatedly (a cast after a reshape and a transpose goes before both); itself when none moves."""
-    readers = Counter(v.name for op in module.ops for v in op.operands)
-    readers.update(v.name for _, v in module.outputs)
+    readers, taken = _readers_and_names(module)
     producer = {r.name: i for i, op in enumerate(module.ops) for r in op.results}
-    taken = {v.name for op in module.ops for v in op.results} | {v.name for v in module.inputs}
     ops = list(module.ops)
     changed = False
     for i, op in enumerate(module.ops):
@@ -95,14 +98,14 @@ def _folded(op: Op, producer, readers, taken) -> list[Op] | None:
         first = tuple(inner.attrs["perm"])
         x, perm = inner.operands[0], tuple(first[p] for p in perm)
         inner = producer.get(x.name)
-        ops = [_transpose(x, perm, out.name, out.name, taken, op)]
+        ops = [_transpose(x, perm, out.name, op)]
     if inner is not None and _only_read_once(x, readers) and _split_last(inner, x):
         source = inner.operands[0]
         rank = len(perm)
         at = perm.index(rank - 2)
         if at + 1 < rank and perm[at + 1] == rank - 1:  # the split axes side by side, in order
             merged = tuple(p for p in perm if p != rank - 1)  # axis rank - 2 stands for the unsplit last axis
-            whole = _transpose(source, merged, out.name + ".unsplit", out.name, taken, op)
+            whole = _transpose(source, merged, fresh_name(out.name + ".unsplit", taken), op)
             shaped = Op("graph.reshape", (whole.results[0],), (out,), AttrDict({"shape": out.type.shape}))
             return [whole, shaped]
     return ops or None
@@ -117,9 +120,8 @@ def _split_last(op: Op, x: Value) -> bool:
     return x.type.rank == a.type.rank + 1 and x.type.shape[:len(lead)] == lead and a.type.numel == x.type.numel
 
 
-def _transpose(x: Value, perm: tuple[int, ...], name: str, keep: str, taken: set, like: Op) -> Op:
-    """graph.transpose of x by perm, its result named `name` (`keep`: a name the module has already, reused)."""
+def _transpose(x: Value, perm: tuple[int, ...], name: str, like: Op) -> Op:
+    """graph.transpose of x by perm, its result named `name`, with `like`'s other attributes (its placement)."""
     attrs = AttrDict({**{k: v for k, v in like.attrs.items() if k != "perm"}, "perm": perm})
     (t,) = OPS["graph.transpose"].result_types([x.type], attrs)
-    result = Value(name if name == keep else fresh_name(name, taken), t)
-    return Op("graph.transpose", (x,), (result,), attrs)
+    return Op("graph.transpose", (x,), (Value(name, t),), attrs)
