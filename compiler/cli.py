@@ -30,14 +30,13 @@ from ..ir.printer import print_module
 import numpy as np
 
 from ..backends import interpreter
-from ..backends.lpu import build_program, read_lpu, schedule_sha256, write_program
+from ..backends.lpu import read_lpu, schedule_sha256, write_program
 from ..ir.machine import DEFAULT_MACHINE
 
-from ..ir.machine_ops import is_state
 
-from .driver import (compile_model, compile_program, load_model, lpu_options, max_relative_error, precision_error,
-                     read_ir)
-from .generate import step_tokens_per_s
+from .cache import cache_dir
+from .driver import (compile_cached, compile_program, load_model, max_relative_error, per_token, precision_error,
+                     read_ir, state_fields)
 from .serving import physical_bound, pipelined
 from .inputs import nonfinite, random_inputs
 from .partition import STRATEGIES
@@ -233,7 +232,15 @@ def _compile_args(p):
     p.add_argument("--inputs", metavar="IN.npz", help="inputs on which a non-fp32 precision's error against the "
                    "fp32 reference is reported (default: seeded random inputs, --seed)")
     p.add_argument("--seed", type=int, default=0, help="seed of those random inputs (default 0)")
+    _cache_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+
+
+def _cache_args(p):
+    p.add_argument("--no-cache", action="store_true",
+                   help="compile afresh: neither take nor record a build-cache entry (`lpuc cache ls`)")
+    p.add_argument("--cache-dir", metavar="DIR", help="the build cache's directory (default: $LPUC_CACHE_DIR, else "
+                   "the platform's cache directory, e.g. ~/.cache/lpuc)")
 
 
 def _precision_arg(p):
@@ -259,91 +266,66 @@ def cmd_compile(args) -> int:
                              max_windows=args.max_windows, state=args.state, context=args.context,
                              precision=args.precision)
     progress = _after_seconds(2.0)  # stderr, so a --json compile says what it does too
-    module, summary, machine_text = compile_model(args.model, args.machine, options, dict(args.shape),
-                                                  progress=progress)
-    progress(f"writing {args.output} ({summary.instructions:,} instructions)")
-    program = build_program(module, machine_text, lpu_options(options), summary.facts(), weights=not args.no_weights,
-                            verified=True)
-    sha = write_program(args.output, program)
-    _outlive(module, program)
-    seconds = time.perf_counter() - start
+    report = compile_cached(args.model, args.machine, options, dict(args.shape), weights=not args.no_weights,
+                            output=args.output, cache=None if args.no_cache else cache_dir(args.cache_dir),
+                            progress=progress, keep=_outlive)
+    report["compile_seconds"] = round(time.perf_counter() - start, 3)
     cost = _precision_cost(args, args.precision) if args.precision != "fp32" and not args.no_weights else None
-    # The SRAM peak over time (the schedule's live curve), as `lpuc run` will measure it; the
-    # allocator's peak (its footprint in program order) is reported beside it.
-    sram_peak_bytes = max(program.facts.sram_peak_words().values(), default=0) \
-        * program.machine.sram.word_bytes
-    report = {
-        "output": str(args.output), "machine": summary.machine, "chips": summary.chips,
-        "chips_reason": summary.chips_reason,
-        "partition": summary.partition, "scheduler": options.scheduler,
-        "cycles": summary.cycles, "lower_bound_cycles": summary.lower_bound, "gap": round(summary.gap, 6),
-        "bound": summary.bound,
-        "latency_us": round(summary.microseconds, 3), "instructions": summary.instructions,
-        "transfers": summary.transfers,
-        "sram_peak_bytes": sram_peak_bytes, "sram_allocated_bytes": summary.sram_peak_bytes,
-        "sram_image_bytes": summary.sram_image_bytes, "weights": not args.no_weights,
-        "solver_status": summary.solver_status, "solve_seconds": round(summary.solve_seconds, 3),
-        "list_cycles": summary.list_cycles,
-        "partition_chips": list(summary.partition_lines),
-        "partition_candidates": {s: c for s, c in summary.candidates},
-        "compile_seconds": round(seconds, 3), "schedule_sha256": sha,
-        **_per_token(program),
-        "precision": summary.precision, **({"precision_error": cost} if cost else {}),
-        "weight_bytes": summary.weight_bytes, "model_weight_bytes": summary.model_weight_bytes,
-    }
+    if cost:
+        report["precision_error"] = cost
     if args.json:
         print(json.dumps(report))
         return 0
-    chips = f"{summary.chips} chip" + ("s" if summary.chips > 1 else "")
-    print(f"{args.model} -> {args.output} ({summary.machine}, {chips}, {options.scheduler} scheduler)")
-    rows = [
-        *([("chips", f"{summary.chips}: {summary.chips_reason}")] if summary.chips_reason else []),
-        ("cycles", f"{summary.cycles:,}  ({summary.microseconds:.2f} us at {summary.clock_mhz:g} MHz)"),
-        ("lower bound", f"{summary.lower_bound:,}  (gap {summary.gap:.1%}; bound: {summary.bound})"),
-        *([("CP-SAT", f"{summary.solver_status}, {summary.solve_seconds:.1f} s; the list schedule had "
-                      f"{summary.list_cycles:,} cycles")] if options.scheduler == "cpsat" else []),
-        ("instructions", f"{summary.instructions:,}" + (f"  ({summary.transfers:,} chip-to-chip transfers)"
-                                                        if summary.chips > 1 else "")),
-        ("SRAM peak", f"{_mib(sram_peak_bytes)}  (allocated {_mib(summary.sram_peak_bytes)}, "
-                      f"of which weights and constants {_mib(summary.sram_image_bytes)})" if summary.chips == 1 else
-                      f"{_mib(sram_peak_bytes)} on the fullest chip  (allocated "
-                      f"{_mib(summary.sram_peak_bytes)}; weights and constants {_mib(summary.sram_image_bytes)} "
-                      "on all chips)"),
-    ]
-    if summary.chips > 1:
-        tried = ", ".join(f"{s} {c if c.isdigit() else 'does not fit'}" for s, c in summary.candidates)
-        rows.append(("partition", summary.partition + (f"  (cycles of each: {tried})" if tried else "")))
-        shown = summary.partition_lines if len(summary.partition_lines) <= 8 else \
-            summary.partition_lines[:4] + (f"... {len(summary.partition_lines) - 8} more chips",) \
-            + summary.partition_lines[-4:]
-        rows += [("", line) for line in shown]
-    rows += _precision_rows(summary.precision, program.machine.name, cost)
-    if summary.model_weight_bytes:
-        rows.append(("weight bytes", f"{_mib(summary.weight_bytes)} in SRAM, scales included ("
-                                f"{summary.weight_bytes / summary.model_weight_bytes:.3f} of the model's "
-                                f"{_mib(summary.model_weight_bytes)})"))
-    if args.no_weights:
-        rows.append(("weights", "none (compiled from shapes): run with `lpuc run --timing-only`"))
-    rows += _per_token_rows(program)
-    rows += [("compile", f"{seconds:.2f} s"), ("schedule sha256", sha)]
-    _table(rows)
+    _print_compile(args.model, report, options.scheduler)
     return 0
 
 
-def _per_token(program) -> dict:
-    """A decode step's per-token latency and tokens/s (for --json); nothing for other programs."""
-    rate = step_tokens_per_s(program)
-    return {} if rate is None else {"per_token_us": round(program.machine.cycles_to_us(program.cycles), 3),
-                                    "tokens_per_s": round(rate, 3)}
+def _print_compile(model: str, r: dict, scheduler: str) -> None:
+    """The compile's report as a table: everything in it comes from the --json report `r`."""
+    chips = f"{r['chips']} chip" + ("s" if r["chips"] > 1 else "")
+    print(f"{model} -> {r['output']} ({r['machine']}, {chips}, {scheduler} scheduler)")
+    rows = [
+        *([("chips", f"{r['chips']}: {r['chips_reason']}")] if r["chips_reason"] else []),
+        ("cycles", f"{r['cycles']:,}  ({r['latency_us']:.2f} us at {r['clock_mhz']:g} MHz)"),
+        ("lower bound", f"{r['lower_bound_cycles']:,}  (gap {r['gap']:.1%}; bound: {r['bound']})"),
+        *([("CP-SAT", f"{r['solver_status']}, {r['solve_seconds']:.1f} s; the list schedule had "
+                      f"{r['list_cycles']:,} cycles")] if scheduler == "cpsat" else []),
+        ("instructions", f"{r['instructions']:,}" + (f"  ({r['transfers']:,} chip-to-chip transfers)"
+                                                     if r["chips"] > 1 else "")),
+        ("SRAM peak", f"{_mib(r['sram_peak_bytes'])}  (allocated {_mib(r['sram_allocated_bytes'])}, "
+                      f"of which weights and constants {_mib(r['sram_image_bytes'])})" if r["chips"] == 1 else
+                      f"{_mib(r['sram_peak_bytes'])} on the fullest chip  (allocated "
+                      f"{_mib(r['sram_allocated_bytes'])}; weights and constants {_mib(r['sram_image_bytes'])} "
+                      "on all chips)"),
+    ]
+    if r["chips"] > 1:
+        tried = ", ".join(f"{s} {c if c.isdigit() else 'does not fit'}" for s, c in r["partition_candidates"].items())
+        rows.append(("partition", r["partition"] + (f"  (cycles of each: {tried})" if tried else "")))
+        lines = r["partition_chips"]
+        shown = lines if len(lines) <= 8 else lines[:4] + [f"... {len(lines) - 8} more chips"] + lines[-4:]
+        rows += [("", line) for line in shown]
+    rows += _precision_rows(r["precision"], r["machine"], r.get("precision_error"))
+    if r["model_weight_bytes"]:
+        rows.append(("weight bytes", f"{_mib(r['weight_bytes'])} in SRAM, scales included ("
+                                     f"{r['weight_bytes'] / r['model_weight_bytes']:.3f} of the model's "
+                                     f"{_mib(r['model_weight_bytes'])})"))
+    if not r["weights"]:
+        rows.append(("weights", "none (compiled from shapes): run with `lpuc run --timing-only`"))
+    rows += _per_token_rows(r)
+    cache = r.get("cache")
+    if cache:
+        rows.append(("cache", f"{cache['status']} {cache['key'][:16]}" + (
+            f"  (compiled in {cache['compiled_seconds']:.2f} s)" if cache["status"] == "hit" else "")))
+    rows += [("compile", f"{r['compile_seconds']:.2f} s"), ("schedule sha256", r["schedule_sha256"])]
+    _table(rows)
 
 
-def _per_token_rows(program) -> list[tuple[str, str]]:
-    state = sum(1 for op in program.module.ops if is_state(op.name))
-    rows = [("state", f"{state} resident buffers (KV cache), position from {program.module.attrs['position']}")] \
-        if state else []
-    rate = step_tokens_per_s(program)
-    if rate is not None:
-        rows.append(("per token", f"{program.machine.cycles_to_us(program.cycles):.2f} us  ({rate:,.1f} tokens/s, "
+def _per_token_rows(report: dict) -> list[tuple[str, str]]:
+    """The resident state and a decode step's rate, from a compile's or a run's --json report."""
+    rows = [("state", f"{report['state_buffers']} resident buffers (KV cache), position from "
+                      f"{report['position']}")] if report.get("state_buffers") else []
+    if "tokens_per_s" in report:
+        rows.append(("per token", f"{report['per_token_us']:.2f} us  ({report['tokens_per_s']:,.1f} tokens/s, "
                                   "one decode step)"))
     return rows
 
@@ -470,7 +452,7 @@ def cmd_run(args) -> int:
         "links": [{"link": x.name, "bytes": x.bytes, "busy_cycles": x.busy, "transfers": x.transfers}
                   for x in stats.links],
         "transfer_bytes": stats.transfer_bytes, "link_wait_cycles": stats.link_wait_cycles,
-        "host_bytes": stats.host_bytes, **_per_token(program),
+        "host_bytes": stats.host_bytes, **state_fields(program), **per_token(program),
         **({"pipelined": served} if (served := pipelined(program, stats)) else {}),
         "physical_bound": bound,
         "precision": precision, **({"precision_error": cost} if cost else {}),
@@ -482,7 +464,7 @@ def cmd_run(args) -> int:
         return 0
     if args.timing_only:
         say("timing only: every hazard checked, no numerics, no outputs")
-    extra = (_chip_rows(stats) if len(stats.chips) > 1 else []) + _per_token_rows(program)
+    extra = (_chip_rows(stats) if len(stats.chips) > 1 else []) + _per_token_rows(report)
     extra.append(("physical bound", f"{bound['physical_bound_cycles']:,} cycles  (MXM work of each stage's busiest "
                                     f"chip {bound['mxm_cycles']:,} + exchanges inside stages "
                                     f"{bound['exchange_cycles']:,} + hand-offs {bound['hand_off_cycles']:,}); "
@@ -691,6 +673,48 @@ def _table(rows) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"  {k:<{width}}  {v}")
+
+
+# --- cache ---------------------------------------------------------------------
+
+def _cache_cmd_args(p):
+    p.add_argument("action", choices=("ls", "clear"), help="ls: list the entries; clear: remove them all")
+    p.add_argument("--cache-dir", metavar="DIR", help="the build cache's directory (default: $LPUC_CACHE_DIR, else "
+                   "the platform's cache directory, e.g. ~/.cache/lpuc)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+
+
+@command("cache", "list or clear the build cache",
+         "`lpuc compile` and `lpuc sweep` keep each program they compile in the build cache, keyed by the "
+         "model's content, the options that shape the schedule, the machine file's text and lpuc's version "
+         "and source, and reuse it for the same compile (byte-identical to a fresh one; `--no-cache` "
+         "bypasses it). ls: one line an entry (key, model, machine, chips, layout, precision, cycles, size); "
+         "clear: remove every entry.", _cache_cmd_args)
+def cmd_cache(args) -> int:
+    from .cache import clear, entries
+
+    directory = cache_dir(args.cache_dir)
+    if args.action == "clear":
+        count, freed = clear(directory)
+        if args.json:
+            print(json.dumps({"cache_dir": str(directory), "removed": count, "bytes_freed": freed}))
+        else:
+            print(f"{directory}: removed {count} entr{'y' if count == 1 else 'ies'}, {_mib(freed)} freed")
+        return 0
+    found = entries(directory)
+    if args.json:
+        print(json.dumps({"cache_dir": str(directory), "entries": [
+            {"key": e.key, "bytes": e.bytes, "ran": e.run is not None,
+             **{k: e.report[k] for k in ("module", "machine", "chips", "partition", "precision", "cycles",
+                                         "weights", "compile_seconds") if k in e.report}} for e in found]}))
+        return 0
+    total = sum(e.bytes for e in found)
+    print(f"{directory}: {len(found)} entr{'y' if len(found) == 1 else 'ies'}, {_mib(total)}")
+    for e in found:
+        r = e.report
+        print(f"  {e.key[:16]}  {r.get('module', '?'):<24} {r['machine']:<10} {r['chips']:>5} chips  "
+              f"{r['partition']:<18} {r['precision']:<5} {r['cycles']:>12,} cycles  {_mib(e.bytes):>12}")
+    return 0
 
 
 # --- viz -----------------------------------------------------------------------

@@ -3,6 +3,7 @@ into a verified graph-level module, evaluate it."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from ..ir import LpucError, Module, VerifyError
@@ -73,6 +74,14 @@ def compile_program(path: str | Path, machine: str | Path = "tsp-v1", *, weights
                          verified=True)
 
 
+def cache_options(options) -> dict:
+    """The compile options a build-cache key holds: all but the solver's thread count, which changes no byte
+    (the chips asked for are held too, unlike in `lpu_options`: the same program may come of other requests)."""
+    import dataclasses
+
+    return {k: v for k, v in dataclasses.asdict(options).items() if k != "workers"}
+
+
 def max_relative_error(ours, ref) -> float:
     """max |ours - ref| / max |ref| (in float64): how lpuc compares outputs with
     ONNX Runtime. Integer and bool outputs must be equal (else inf)."""
@@ -119,3 +128,76 @@ def lpu_options(options) -> dict:
         if recorded[key] == getattr(type(options), key):
             del recorded[key]
     return recorded
+
+
+def compile_cached(model, machine, options, shapes: dict, *, weights: bool, output, cache: Path | None,
+                   progress=None, keep=None) -> dict:
+    """Compile `model` to `output` (.lpu) and return the compile's --json report, reusing the build
+    cache's entry when `cache` (a directory) has one for the same content (compiler/cache.py). The
+    report says which ("cache": status and key; none without a cache); a program taken from the cache
+    is byte-identical to a fresh compile's."""
+    from ..backends.lpu import build_program, write_program
+    from ..ir.machine import read_machine
+
+    from .cache import compile_key, copy_file, lookup, store
+
+    _, machine_text = read_machine(machine)
+    key = compile_key(model, machine_text, cache_options(options), shapes, weights) if cache else None
+    found = lookup(cache, key) if cache else None
+    if found:
+        copy_file(found.program, output)
+        return {**found.report, "output": str(output),
+                "cache": {"status": "hit", "key": key, "compiled_seconds": found.report["compile_seconds"]}}
+    start = time.perf_counter()
+    module, summary, machine_text = compile_model(model, machine, options, shapes, progress=progress)
+    (progress or (lambda line: None))(f"writing {output} ({summary.instructions:,} instructions)")
+    program = build_program(module, machine_text, lpu_options(options), summary.facts(), weights=weights,
+                            verified=True)
+    sha = write_program(output, program)
+    if keep:
+        keep(module, program)
+    # The SRAM peak over time (the schedule's live curve), as `lpuc run` will measure it; the
+    # allocator's peak (its footprint in program order) is reported beside it.
+    sram_peak_bytes = max(program.facts.sram_peak_words().values(), default=0) \
+        * program.machine.sram.word_bytes
+    report = {
+        "output": str(output), "module": module.name, "machine": summary.machine, "chips": summary.chips,
+        "chips_reason": summary.chips_reason, "clock_mhz": summary.clock_mhz,
+        "partition": summary.partition, "scheduler": options.scheduler,
+        "cycles": summary.cycles, "lower_bound_cycles": summary.lower_bound, "gap": round(summary.gap, 6),
+        "bound": summary.bound,
+        "latency_us": round(summary.microseconds, 3), "instructions": summary.instructions,
+        "transfers": summary.transfers,
+        "sram_peak_bytes": sram_peak_bytes, "sram_allocated_bytes": summary.sram_peak_bytes,
+        "sram_image_bytes": summary.sram_image_bytes, "weights": weights,
+        "solver_status": summary.solver_status, "solve_seconds": round(summary.solve_seconds, 3),
+        "list_cycles": summary.list_cycles,
+        "partition_chips": list(summary.partition_lines),
+        "partition_candidates": {s: c for s, c in summary.candidates},
+        "compile_seconds": round(time.perf_counter() - start, 3), "schedule_sha256": sha,
+        **state_fields(program),
+        **per_token(program),
+        "precision": summary.precision,
+        "weight_bytes": summary.weight_bytes, "model_weight_bytes": summary.model_weight_bytes,
+    }
+    if cache:
+        store(cache, key, Path(output), report)
+        report["cache"] = {"status": "miss", "key": key}
+    return report
+
+
+def per_token(program) -> dict:
+    """A decode step's per-token latency and tokens/s (for --json); nothing for other programs."""
+    from .generate import step_tokens_per_s
+
+    rate = step_tokens_per_s(program)
+    return {} if rate is None else {"per_token_us": round(program.machine.cycles_to_us(program.cycles), 3),
+                                    "tokens_per_s": round(rate, 3)}
+
+
+def state_fields(program) -> dict:
+    """A program's resident state (its count of buffers, where its position comes from), for reports."""
+    from ..ir.machine_ops import is_state
+
+    state = sum(1 for op in program.module.ops if is_state(op.name))
+    return {"state_buffers": state, "position": program.module.attrs["position"]} if state else {}

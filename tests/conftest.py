@@ -16,3 +16,12 @@ def pytest_addoption(parser):
 @pytest.fixture
 def update_golden(request) -> bool:
     return request.config.getoption("--update-golden")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _build_cache(tmp_path_factory):
+    """The suite's compiles share one build cache of its own, never the user's (~/.cache/lpuc)."""
+    import os
+
+    os.environ["LPUC_CACHE_DIR"] = str(tmp_path_factory.mktemp("lpuc-cache"))
+    yield

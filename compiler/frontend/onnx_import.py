@@ -196,11 +196,24 @@ def _weight(init: onnx.TensorProto, base_dir: Path) -> Tensor:
 
 
 def _external_data(init: onnx.TensorProto, base_dir: Path, nbytes: int) -> tuple[str, Path, int]:
-    """(location, file, offset) of an initializer's external data of `nbytes`. The file must be
-    inside the model's directory, as ONNX specifies: a location that is absolute, has a `..` or
-    resolves (through symlinks) outside the directory is refused before anything is opened."""
+    """(location, file, offset) of an initializer's external data of `nbytes`, its file checked
+    by `_external_file`."""
+    location, path = _external_file(init, base_dir)
     info = {e.key: e.value for e in init.external_data}
-    location = info.get("location", "")
+    where = f"initializer {init.name}: external data"
+    offset, length = info.get("offset", "0"), info.get("length", str(nbytes))
+    if not (offset.isascii() and offset.isdigit() and int(offset) < 1 << 63):  # a file offset has 63 bits
+        raise LpucError(f"{where} offset {offset!r} is not a byte offset")
+    if not (length.isascii() and length.isdigit() and int(length) == nbytes):
+        raise LpucError(f"{where} length {length!r} is not the tensor's {nbytes} bytes")
+    return location, path, int(offset)
+
+
+def _external_file(init: onnx.TensorProto, base_dir: Path) -> tuple[str, Path]:
+    """(location, file) of an initializer's external data. The file must be inside the model's
+    directory, as ONNX specifies: a location that is absolute, has a `..` or resolves (through
+    symlinks) outside the directory is refused before anything is opened."""
+    location = next((e.value for e in init.external_data if e.key == "location"), "")
     where = f"initializer {init.name}: external data"
     if not location:
         raise LpucError(f"{where} has no location")
@@ -212,12 +225,14 @@ def _external_data(init: onnx.TensorProto, base_dir: Path, nbytes: int) -> tuple
     path = (directory / location).resolve()
     if not path.is_relative_to(directory):
         raise LpucError(f"{where} location {location!r} leads outside the model's directory (to {path})")
-    offset, length = info.get("offset", "0"), info.get("length", str(nbytes))
-    if not (offset.isascii() and offset.isdigit() and int(offset) < 1 << 63):  # a file offset has 63 bits
-        raise LpucError(f"{where} offset {offset!r} is not a byte offset")
-    if not (length.isascii() and length.isdigit() and int(length) == nbytes):
-        raise LpucError(f"{where} length {length!r} is not the tensor's {nbytes} bytes")
-    return location, path, int(offset)
+    return location, path
+
+
+def external_files(proto: onnx.ModelProto, base_dir: Path) -> dict[str, Path]:
+    """The files a model's initializers keep their data in, by location (each checked as
+    `_external_file` checks it)."""
+    return dict(_external_file(init, base_dir) for init in proto.graph.initializer
+                if init.data_location == onnx.TensorProto.EXTERNAL)
 
 
 def onnx_nbytes(ttype: TensorType) -> int:
