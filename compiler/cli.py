@@ -675,6 +675,92 @@ def _table(rows) -> None:
         print(f"  {k:<{width}}  {v}")
 
 
+# --- sweep ---------------------------------------------------------------------
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated chip counts, e.g. 72,144") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: a chip count must be at least 1")
+    return values
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v for v in text.split(",") if v)
+
+
+def _sweep_args(p):
+    p.add_argument("model", metavar="MODEL.onnx|MODEL.ir", help="the model (compiled from shapes alone: a sweep "
+                   "times schedules, it never reads weights)")
+    p.add_argument("--chips", type=_int_list, required=True, metavar="N,N,...", help="chip counts, e.g. 72,144,288")
+    p.add_argument("--layout", action="append", metavar="default|auto|tp=T,pp=P[,ep=E][,kv=S]",
+                   help="a layout to try (repeat the option for several; default: lpuc's default for each chip "
+                        "count); a fixed layout applies where its T*P equals the chips")
+    p.add_argument("--precision", type=_names, default=(CompileOptions.precision,), metavar="P,P,...",
+                   help=f"precisions ({', '.join(PRECISIONS)}; default {CompileOptions.precision})")
+    p.add_argument("--machine", type=_names, default=(DEFAULT_MACHINE,), metavar="M,M,...",
+                   help=f"machines: shipped names or TOML files (default {DEFAULT_MACHINE})")
+    p.add_argument("--tokens", type=int, metavar="N", help="for a decode step: also the time to generate N tokens "
+                   "at batch 1 (N steps of its schedule)")
+    p.add_argument("--effort", type=float, metavar="SECONDS", help="CP-SAT's deterministic time budget per point "
+                   f"(default {CompileOptions.effort:g}, as `lpuc compile`)")
+    p.add_argument("--jobs", type=int, metavar="N", help="local worker processes (default: the machine's cores)")
+    p.add_argument("--ray", metavar="auto|ADDRESS", help="run each point as a Ray task: auto joins the cluster "
+                   "`ray start` made, or starts a local one; ADDRESS: that cluster (needs the cluster extra: "
+                   "pip install 'lpuc[cluster]')")
+    _cache_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object per point (a line each) and nothing "
+                   "else; each object's `wall` holds its timings, the rest is the same in any job count")
+    p.add_argument("--csv", metavar="OUT.csv", help="also write the rows as CSV")
+    p.add_argument("--html", metavar="OUT.html", help="also write a self-contained page: the table and plots "
+                   "(latency and tokens/s against chips, MXM utilization per chip), viewable offline")
+
+
+@command("sweep", "compile and time a model at many chip counts, layouts, precisions and machines",
+         "Every combination of --chips, --layout, --precision and --machine is compiled (the build cache "
+         "first: `lpuc cache`) and run timing-only, every hazard checked, on local worker processes or on a "
+         "Ray cluster. Prints a line per finished point (with an estimate of the time left) on stderr and "
+         "the table on stdout: chips, the layout chosen, precision, machine, cycles, latency, tokens/s of a "
+         "decode step, SRAM peak, the gap to the physical bound, compile seconds and whether the cache had "
+         "the point. A failed point gets its row with its one-line error. Ctrl-C stops the sweep; finished "
+         "points stay in the cache.", _sweep_args)
+def cmd_sweep(args) -> int:
+    from .sweep import csv_text, html_page, sweep, table
+
+    for precision in args.precision:
+        if precision not in PRECISIONS:
+            raise LpucError(f"--precision {precision}: unknown (expected {', '.join(PRECISIONS)})")
+    if args.jobs is not None and args.jobs < 1:
+        raise LpucError(f"--jobs {args.jobs}: at least 1")
+    if args.tokens is not None and args.tokens < 1:
+        raise LpucError(f"--tokens {args.tokens}: at least 1")
+    for path, option, suffix in ((args.csv, "--csv", ".csv"), (args.html, "--html", ".html")):
+        if path:
+            _check_output(path, option, (suffix,))
+    layouts = tuple(None if lay == "default" else lay for lay in (args.layout or ["default"]))
+    rows = sweep(args.model, args.chips, layouts, args.precision, args.machine, tokens=args.tokens, jobs=args.jobs,
+                 ray=args.ray, cache=None if args.no_cache else cache_dir(args.cache_dir), effort=args.effort,
+                 progress=say)
+    if args.csv:
+        atomic_write(args.csv, csv_text(rows).encode())
+    if args.html:
+        atomic_write(args.html, html_page(rows, args.model).encode())
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+    else:
+        print(table(rows))
+        hits = sum(r["wall"].get("cached", False) for r in rows)
+        failed = sum("error" in r for r in rows)
+        print(f"{len(rows)} points: {hits} from the cache, {len(rows) - hits - failed} computed, {failed} failed")
+    for path in (args.csv, args.html):
+        if path:
+            say(f"wrote {path}")
+    return 1 if rows and all("error" in r for r in rows) else 0
+
+
 # --- cache ---------------------------------------------------------------------
 
 def _cache_cmd_args(p):
