@@ -389,12 +389,12 @@ def _plot(title: str, x_label: str, y_label: str, series: dict[str, list[tuple[f
              f'<text x="{(left + w - right) / 2}" y="{h - 8}" text-anchor="middle">{escape(x_label)}</text>',
              f'<text x="14" y="{(top + h - bottom) / 2}" text-anchor="middle" transform="rotate(-90 14 '
              f'{(top + h - bottom) / 2})">{escape(y_label)}</text>']
+    distinct = sorted(set(xs))  # integer axes (chips, a chip's index): their own values when few, else steps
+    x_ticks = distinct if len(distinct) <= 8 else [round(x_max * k / 4) for k in range(5)]
+    for x in x_ticks:
+        parts.append(f'<text x="{px(x)}" y="{h - bottom + 16}" text-anchor="middle">{x:,}</text>')
     for k in range(5):
-        for value, horizontal in ((x_max * k / 4, True), (y_max * k / 4, False)):
-            label = f"{value:,.3g}"
-            parts.append(f'<text x="{px(value)}" y="{h - bottom + 16}" text-anchor="middle">{label}</text>'
-                         if horizontal else
-                         f'<text x="{left - 6}" y="{py(value) + 4}" text-anchor="end">{label}</text>')
+        parts.append(f'<text x="{left - 6}" y="{py(y_max * k / 4) + 4}" text-anchor="end">{y_max * k / 4:,.3g}</text>')
     for n, (name, pts) in enumerate(series.items()):
         colour = _COLOURS[n % len(_COLOURS)]
         pts = sorted(pts)
@@ -421,7 +421,7 @@ def html_page(rows: list[dict], model: str) -> str:
                            {name: [(r["chips"], r["tokens_per_s"]) for r in rs if "tokens_per_s" in r]
                             for name, rs in by_series.items()}))
     plots.append(_plot("MXM utilization of each chip", "chip", "MXM utilization",
-                       {f"{r['chips']} chips, {_series_name(r)}": list(enumerate(r["mxm_utilization"]))
+                       {f"{r['chips']} chip{'s' if r['chips'] > 1 else ''}, {_series_name(r)}": list(enumerate(r["mxm_utilization"]))
                         for r in ok}))
     head = "".join(f"<th>{escape(t)}</th>" for t, _ in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{escape(_cell(r, key, t))}</td>" for t, key in COLUMNS) + "</tr>"
