@@ -239,6 +239,10 @@ def _compile_args(p):
 def _cache_args(p):
     p.add_argument("--no-cache", action="store_true",
                    help="compile afresh: neither take nor record a build-cache entry (`lpuc cache ls`)")
+    _cache_dir_arg(p)
+
+
+def _cache_dir_arg(p):
     p.add_argument("--cache-dir", metavar="DIR", help="the build cache's directory (default: $LPUC_CACHE_DIR, else "
                    "the platform's cache directory, e.g. ~/.cache/lpuc)")
 
@@ -765,8 +769,7 @@ def cmd_sweep(args) -> int:
 
 def _cache_cmd_args(p):
     p.add_argument("action", choices=("ls", "clear"), help="ls: list the entries; clear: remove them all")
-    p.add_argument("--cache-dir", metavar="DIR", help="the build cache's directory (default: $LPUC_CACHE_DIR, else "
-                   "the platform's cache directory, e.g. ~/.cache/lpuc)")
+    _cache_dir_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
 
 
