@@ -3,8 +3,8 @@
 An entry's key is the sha256 of everything that decides the program's bytes: the model's content
 (the ONNX or IR file's bytes: its graph, inline weights and the references of external data, never
 its path; with weights compiled in, the external data's bytes too), the input shapes given, the
-compile options that shape the schedule (`driver.lpu_options`: not the solver's thread count), whether
-weights are compiled in, the machine file's text, and lpuc's version with a digest of its own source
+compile options (`driver.cache_options`: all but the solver's thread count), where a partner program keeps
+the resident state (a prefill compiled beside its decode step), whether weights are compiled in, the machine file's text, and lpuc's version with a digest of its own source
 (a changed compiler never reuses an old program). An entry holds the .lpu, the compile's report and,
 once a sweep has run it, the timing-only run's findings, each written atomically: `KEY.lpu`, then
 `KEY.json` (its presence marks the entry complete), then `KEY.run.json`.
@@ -87,8 +87,10 @@ def _weight_files(model: Path) -> list[tuple[str, Path]]:
     return sorted(external_files(proto, model.parent).items())
 
 
-def compile_key(model: str | Path, machine_text: str, options: dict, shapes: dict, weights: bool) -> str:
-    """The cache key (sha256 hex) of compiling `model` so: see the module's docstring."""
+def compile_key(model: str | Path, machine_text: str, options: dict, shapes: dict, weights: bool,
+                state_layout: dict | None = None) -> str:
+    """The cache key (sha256 hex) of compiling `model` so: see the module's docstring. `state_layout`: where
+    a partner program keeps the resident state this compile must keep there too (a prefill's)."""
     model = Path(model)
     parts = {
         "tool": tool_identity(),
@@ -99,6 +101,7 @@ def compile_key(model: str | Path, machine_text: str, options: dict, shapes: dic
         "shapes": sorted((name, list(dims)) for name, dims in shapes.items()),
         "options": options,
         "machine": hashlib.sha256(machine_text.encode()).hexdigest(),
+        **({"state_layout": state_layout} if state_layout else {}),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 

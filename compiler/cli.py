@@ -706,6 +706,9 @@ def _sweep_args(p):
                    help=f"precisions ({', '.join(PRECISIONS)}; default {CompileOptions.precision})")
     p.add_argument("--machine", type=_names, default=(DEFAULT_MACHINE,), metavar="M,M,...",
                    help=f"machines: shipped names or TOML files (default {DEFAULT_MACHINE})")
+    p.add_argument("--prefill", metavar="PREFILL.onnx|PREFILL.ir", help="for a decode step: its prefill graph, "
+                   "compiled beside each point (laid out as the step, its cache where the step keeps it, as "
+                   "`lpuc generate --prefill` does) for the time to first token")
     p.add_argument("--tokens", type=int, metavar="N", help="for a decode step: also the time to generate N tokens "
                    "at batch 1 (N steps of its schedule)")
     p.add_argument("--effort", type=float, metavar="SECONDS", help="CP-SAT's deterministic time budget per point "
@@ -727,7 +730,7 @@ def _sweep_args(p):
          "first: `lpuc cache`) and run timing-only, every hazard checked, on local worker processes or on a "
          "Ray cluster. Prints a line per finished point (with an estimate of the time left) on stderr and "
          "the table on stdout: chips, the layout chosen, precision, machine, cycles, latency, tokens/s of a "
-         "decode step, SRAM peak, the gap to the physical bound, compile seconds and whether the cache had "
+         "decode step (with --prefill, its time to first token), SRAM peak, the gap to the physical bound, compile seconds and whether the cache had "
          "the point. A failed point gets its row with its one-line error. Ctrl-C stops the sweep; finished "
          "points stay in the cache.", _sweep_args)
 def cmd_sweep(args) -> int:
@@ -746,7 +749,7 @@ def cmd_sweep(args) -> int:
     layouts = tuple(None if lay == "default" else lay for lay in (args.layout or ["default"]))
     rows = sweep(args.model, args.chips, layouts, args.precision, args.machine, tokens=args.tokens, jobs=args.jobs,
                  ray=args.ray, cache=None if args.no_cache else cache_dir(args.cache_dir), effort=args.effort,
-                 progress=say)
+                 prefill=args.prefill, progress=say)
     if args.csv:
         atomic_write(args.csv, csv_text(rows).encode())
     if args.html:

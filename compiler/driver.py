@@ -131,25 +131,24 @@ def lpu_options(options) -> dict:
 
 
 def compile_cached(model, machine, options, shapes: dict, *, weights: bool, output, cache: Path | None,
-                   progress=None, keep=None) -> dict:
+                   progress=None, keep=None, state_layout=None) -> dict:
     """Compile `model` to `output` (.lpu) and return the compile's --json report, reusing the build
     cache's entry when `cache` (a directory) has one for the same content (compiler/cache.py). The
     report says which ("cache": status and key; none without a cache); a program taken from the cache
     is byte-identical to a fresh compile's."""
     from ..backends.lpu import build_program, write_program
-    from ..ir.machine import read_machine
 
-    from .cache import compile_key, copy_file, lookup, store
+    from .cache import copy_file, lookup, store
 
-    _, machine_text = read_machine(machine)
-    key = compile_key(model, machine_text, cache_options(options), shapes, weights) if cache else None
+    key = cache_key(model, machine, options, shapes, weights, state_layout) if cache else None
     found = lookup(cache, key) if cache else None
     if found:
         copy_file(found.program, output)
         return {**found.report, "output": str(output),
                 "cache": {"status": "hit", "key": key, "compiled_seconds": found.report["compile_seconds"]}}
     start = time.perf_counter()
-    module, summary, machine_text = compile_model(model, machine, options, shapes, progress=progress)
+    module, summary, machine_text = compile_model(model, machine, options, shapes, progress=progress,
+                                                  state_layout=state_layout)
     (progress or (lambda line: None))(f"writing {output} ({summary.instructions:,} instructions)")
     program = build_program(module, machine_text, lpu_options(options), summary.facts(), weights=weights,
                             verified=True)
@@ -175,7 +174,7 @@ def compile_cached(model, machine, options, shapes: dict, *, weights: bool, outp
         "partition_chips": list(summary.partition_lines),
         "partition_candidates": {s: c for s, c in summary.candidates},
         "compile_seconds": round(time.perf_counter() - start, 3), "schedule_sha256": sha,
-        **state_fields(program),
+        **state_fields(program), **_state_layout(program),
         **per_token(program),
         "precision": summary.precision,
         "weight_bytes": summary.weight_bytes, "model_weight_bytes": summary.model_weight_bytes,
@@ -193,6 +192,33 @@ def per_token(program) -> dict:
     rate = step_tokens_per_s(program)
     return {} if rate is None else {"per_token_us": round(program.machine.cycles_to_us(program.cycles), 3),
                                     "tokens_per_s": round(rate, 3)}
+
+
+def cache_key(model, machine, options, shapes: dict, weights: bool, state_layout=None) -> str:
+    """The build-cache key of compiling `model` so (compiler/cache.py)."""
+    from ..ir.machine import read_machine
+
+    from .cache import compile_key
+
+    _, machine_text = read_machine(machine)
+    layout = None if state_layout is None else {name: [chip, list(map(list, out))]
+                                                for name, (chip, out) in sorted(state_layout.items())}
+    return compile_key(model, machine_text, cache_options(options), shapes, weights, layout)
+
+
+def _state_layout(program) -> dict:
+    """Where a stateful program keeps each state and the states' rows (its context), for a partner's compile
+    (a sweep's prefill): {"state_layout": {name: [chip, extents]}, "context": rows}, or nothing."""
+    from .generate import state_layout
+
+    layout = state_layout(program)
+    if not layout:
+        return {}
+    from ..ir.machine_ops import is_state
+
+    rows = next(op.results[0].type.shape[-2] for op in program.module.ops if is_state(op.name))
+    return {"state_layout": {name: [chip, list(map(list, out))] for name, (chip, out) in sorted(layout.items())},
+            "context": rows}
 
 
 def state_fields(program) -> dict:

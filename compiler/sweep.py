@@ -46,9 +46,10 @@ class Fixed:
     """What every point of a sweep compiles with."""
     effort: float | None  # CP-SAT's budget (None: the default)
     state: str            # "auto" for a decode step (its KV cache resident, as it is served), else "none"
+    prefill: str | None = None  # a decode step's prefill partner: compiled beside it for the time to first token
 
 
-def fixed(model: str, effort: float | None) -> Fixed:
+def fixed(model: str, effort: float | None, prefill: str | None = None) -> Fixed:
     """A decode step (Hugging Face's past_key_values.* inputs) keeps its cache resident; other graphs none."""
     if Path(model).suffix == ".ir":
         from .driver import read_ir
@@ -61,7 +62,10 @@ def fixed(model: str, effort: float | None) -> Fixed:
             names = [v.name for v in onnx.load(model, load_external_data=False).graph.input]
         except Exception:  # not ONNX: every point's compile says why, in its words
             names = []
-    return Fixed(effort, "auto" if any(n.startswith("past_key_values.") for n in names) else "none")
+    state = "auto" if any(n.startswith("past_key_values.") for n in names) else "none"
+    if prefill is not None and state == "none":
+        raise LpucError(f"--prefill {prefill}: {model} is not a decode step (no past_key_values.* inputs)")
+    return Fixed(effort, state, prefill)
 
 
 def _options(point: Point, settings: Fixed):
@@ -115,16 +119,50 @@ def compute_point(model: str, point: Point, cache: str | None, settings: Fixed,
                  "hit": entry is not None and entry.run is not None}
         if keep_program:
             found["program"] = output.read_bytes()
+        if settings.prefill:
+            found["prefill"] = _prefill(point, settings, report, directory, Path(tmp) / "prefill.lpu")
+            found["hit"] = found["hit"] and found["prefill"].get("cache", {}).get("status") == "hit"
+            if keep_program:
+                found["prefill_program"] = (Path(tmp) / "prefill.lpu").read_bytes()
     return found
 
 
+def _prefill_options(point: Point, settings: Fixed, step: dict):
+    """How the prefill partner is compiled: laid out as the step is and keeping the cache where the step keeps
+    it (as `lpuc generate --prefill` compiles them), its cache's rows the step's context."""
+    from .pipeline import CompileOptions
+
+    layout = step["partition"] if step["partition"].startswith(("tp=", "pp=")) else None
+    options = CompileOptions(chips=None if layout else step["chips"], layout=layout, precision=point.precision,
+                             state="auto", context=step["context"],
+                             **({} if settings.effort is None else {"effort": settings.effort}))
+    states = {name: (chip, tuple(map(tuple, out))) for name, (chip, out) in step["state_layout"].items()}
+    return options, states
+
+
+def _prefill(point: Point, settings: Fixed, step: dict, directory: Path | None, output: Path) -> dict:
+    """The prefill partner's compile report (cache first)."""
+    from .driver import compile_cached
+
+    options, states = _prefill_options(point, settings, step)
+    report = compile_cached(settings.prefill, point.machine, options, {}, weights=False, output=output,
+                            cache=directory, state_layout=states)
+    if report["chips"] != step["chips"]:
+        raise LpucError(f"the prefill takes {report['chips']} chips, the decode step {step['chips']}")
+    return report
+
+
 def _remote_point(model_name: str, model_bytes: bytes, machine_name: str, machine_text: str | None,
-                  point: Point, settings: Fixed) -> dict:
-    """A point computed where the model's and the machine's files are not: written to a temporary
-    directory first (the model's external data is not shipped: a sweep compiles without weights)."""
+                  point: Point, settings: Fixed, prefill_bytes: bytes | None = None) -> dict:
+    """A point computed where the model's (and prefill's) and the machine's files are not: written to a
+    temporary directory first (no external data is shipped: a sweep compiles without weights)."""
     with tempfile.TemporaryDirectory(prefix="lpuc-ray-") as tmp:
         model = Path(tmp) / model_name
         model.write_bytes(model_bytes)
+        if settings.prefill:
+            prefill = Path(tmp) / ("prefill-" + Path(settings.prefill).name)
+            prefill.write_bytes(prefill_bytes)
+            settings = Fixed(settings.effort, settings.state, str(prefill))
         machine = point.machine
         if machine_text is not None:
             machine = str(Path(tmp) / machine_name)
@@ -161,6 +199,10 @@ def row(point: Point, found: dict, tokens: int | None) -> dict:
            "lower_bound_cycles": report["lower_bound_cycles"], "gap": report["gap"],
            **{k: report[k] for k in ("tokens_per_s", "per_token_us") if k in report},
            **run, "schedule_sha256": report["schedule_sha256"]}
+    if "prefill" in found:
+        prefill = found["prefill"]
+        out.update(ttft_us=prefill["latency_us"], prefill_cycles=prefill["cycles"],
+                   prefill_schedule_sha256=prefill["schedule_sha256"])
     if tokens and "per_token_us" in report:
         out["tokens_ms"] = round(tokens * report["per_token_us"] / 1000, 3)
     out["wall"] = {"seconds": round(found["seconds"], 3), "cached": found["hit"],
@@ -171,11 +213,12 @@ def row(point: Point, found: dict, tokens: int | None) -> dict:
 
 def sweep(model: str | Path, chips, layouts=(None,), precisions=("fp16",), machines=("tsp-v1",), *,
           tokens: int | None = None, jobs: int | None = None, ray: str | None = None, cache: str | Path | None = None,
-          effort: float | None = None, progress=None) -> list[dict]:
+          effort: float | None = None, prefill: str | Path | None = None, progress=None) -> list[dict]:
     """Every combination compiled (cache first) and run timing-only: a row each, in combination order
     (`lpuc sweep`; docs/design.md, "Sweeps"). `jobs`: local worker processes (default: the cores);
     `ray`: "auto" or a cluster's address, each point a Ray task; `cache`: the build cache's directory
-    (None: no cache); `progress(line)`: a line per finished point with an estimate of the time left.
+    (None: no cache); `prefill`: a decode step's prefill graph, compiled beside each point for its time to
+    first token; `progress(line)`: a line per finished point with an estimate of the time left.
     Ctrl-C stops it: finished points stay in the cache."""
     from .cache import lookup
 
@@ -187,7 +230,9 @@ def sweep(model: str | Path, chips, layouts=(None,), precisions=("fp16",), machi
 
         read_machine(text)  # an unknown machine is the sweep's error, not every point's
     todo = combinations(chips, layouts, precisions, [str(m) for m in machines])
-    settings = fixed(model, effort)
+    if prefill is not None and not Path(prefill).is_file():
+        raise LpucError(f"{prefill}: no such file")
+    settings = fixed(model, effort, None if prefill is None else str(prefill))
     found: dict[int, dict] = {}
     directory = Path(cache) if cache else None
     if directory:  # cache first: a point whose program and run are recorded costs a lookup
@@ -221,23 +266,36 @@ def sweep(model: str | Path, chips, layouts=(None,), precisions=("fp16",), machi
 
 def _key(model: str, point: Point, settings: Fixed) -> str:
     """The point's build-cache key, as its compile computes it."""
-    from ..ir.machine import read_machine
-    from .cache import compile_key
-    from .driver import cache_options
+    from .driver import cache_key
 
-    _, text = read_machine(point.machine)
-    return compile_key(model, text, cache_options(_options(point, settings)), {}, False)
+    return cache_key(model, point.machine, _options(point, settings), {}, False)
+
+
+def _prefill_key(point: Point, settings: Fixed, step: dict) -> str:
+    from .driver import cache_key
+
+    options, states = _prefill_options(point, settings, step)
+    return cache_key(settings.prefill, point.machine, options, {}, False, states)
 
 
 def _recorded(model: str, point: Point, directory: Path, settings: Fixed, lookup) -> dict | None:
-    """The point's recorded compile and run, or None."""
+    """The point's recorded compile and run (and its prefill's compile), or None."""
     key = _key(model, point, settings)
     entry = lookup(directory, key)
     if entry is None or entry.run is None:
         return None
-    report = {**entry.report, "cache": {"status": "hit", "key": key,
-                                        "compiled_seconds": entry.report["compile_seconds"]}}
-    return {"report": report, "run": entry.run, "seconds": 0.0, "hit": True}
+    found = {"report": _as_hit(entry.report, key), "run": entry.run, "seconds": 0.0, "hit": True}
+    if settings.prefill:
+        prefill_key = _prefill_key(point, settings, entry.report)
+        prefill = lookup(directory, prefill_key)
+        if prefill is None:
+            return None
+        found["prefill"] = _as_hit(prefill.report, prefill_key)
+    return found
+
+
+def _as_hit(report: dict, key: str) -> dict:
+    return {**report, "cache": {"status": "hit", "key": key, "compiled_seconds": report["compile_seconds"]}}
 
 
 def _on_processes(model, todo, rest, jobs, directory, settings, finished) -> None:
@@ -281,8 +339,9 @@ def _on_ray(model, todo, rest, address, directory, settings, finished) -> None:
     for point in (todo[i] for i in rest):
         shipped = not point.machine.endswith(".toml") and (SHIPPED / f"{point.machine}.toml").is_file()
         machines[point.machine] = None if shipped else Path(point.machine).read_text()
+    prefill_ref = ray.put(Path(settings.prefill).read_bytes()) if settings.prefill else None
     pending = {task.remote(Path(model).name, model_ref, Path(todo[i].machine).name, machines[todo[i].machine],
-                           todo[i], settings): i for i in rest}
+                           todo[i], settings, prefill_ref): i for i in rest}
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -290,7 +349,11 @@ def _on_ray(model, todo, rest, address, directory, settings, finished) -> None:
             result = ray.get(done[0])
             if "error" not in result and directory:
                 _record(directory, _key(model, todo[i], settings), result)
+                if settings.prefill:
+                    _record(directory, _prefill_key(todo[i], settings, result["report"]),
+                            {"program": result.pop("prefill_program"), "report": result["prefill"]})
             result.pop("program", None)
+            result.pop("prefill_program", None)
             finished(i, result)
     except BaseException:
         for ref in pending:
@@ -299,19 +362,25 @@ def _on_ray(model, todo, rest, address, directory, settings, finished) -> None:
 
 
 def _record(directory: Path, key: str, result: dict) -> None:
-    """A remote point's program, report and run, recorded in the driver's cache."""
+    """A remote compile's program, report (and run), recorded in the driver's cache."""
     from .cache import store, store_run
 
     store(directory, key, result["program"], result["report"])
-    store_run(directory, key, result["run"])
+    if "run" in result:
+        store_run(directory, key, result["run"])
 
 
 # --- output -----------------------------------------------------------------------------------------
 
 COLUMNS = (("chips", "chips"), ("layout", "partition"), ("precision", "precision"), ("machine", "machine_name"),
-           ("cycles", "cycles"), ("latency us", "latency_us"), ("tokens/s", "tokens_per_s"),
-           ("SRAM peak MiB", "sram_peak_bytes"), ("gap to bound", "bound_gap"), ("compile s", None),
-           ("cache", None))
+           ("cycles", "cycles"), ("latency us", "latency_us"), ("tokens/s", "tokens_per_s"), ("TTFT us", "ttft_us"),
+           ("N tokens ms", "tokens_ms"), ("SRAM peak MiB", "sram_peak_bytes"), ("gap to bound", "bound_gap"),
+           ("compile s", None), ("cache", None))
+_OPTIONAL = {"tokens_per_s", "ttft_us", "tokens_ms"}  # shown when some row has them
+
+
+def _columns(rows: list[dict]):
+    return [(t, k) for t, k in COLUMNS if k not in _OPTIONAL or any(k in r for r in rows)]
 
 
 def _cell(r: dict, key: str | None, title: str) -> str:
@@ -335,8 +404,9 @@ def _cell(r: dict, key: str | None, title: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    cells = [[title for title, _ in COLUMNS]] + [[_cell(r, key, title) for title, key in COLUMNS] for r in rows]
-    widths = [max(len(c[j]) for c in cells if not c[j].startswith("error")) for j in range(len(COLUMNS))]
+    columns = _columns(rows)
+    cells = [[title for title, _ in columns]] + [[_cell(r, key, title) for title, key in columns] for r in rows]
+    widths = [max(len(c[j]) for c in cells if not c[j].startswith("error")) for j in range(len(columns))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
 
 
@@ -345,7 +415,8 @@ def csv_text(rows: list[dict]) -> str:
     import io
 
     fields = ["chips", "layout", "partition", "precision", "machine", "machine_name", "cycles", "latency_us",
-              "tokens_per_s", "per_token_us", "aggregate_tokens_per_s", "tokens_ms", "sram_peak_bytes",
+              "tokens_per_s", "per_token_us", "aggregate_tokens_per_s", "ttft_us", "prefill_cycles", "tokens_ms",
+              "sram_peak_bytes",
               "lower_bound_cycles", "gap", "physical_bound_cycles", "bound_gap", "schedule_sha256", "error",
               "compile_seconds", "cached"]
     out = io.StringIO()
@@ -423,8 +494,9 @@ def html_page(rows: list[dict], model: str) -> str:
     plots.append(_plot("MXM utilization of each chip", "chip", "MXM utilization",
                        {f"{r['chips']} chip{'s' if r['chips'] > 1 else ''}, {_series_name(r)}": list(enumerate(r["mxm_utilization"]))
                         for r in ok}))
-    head = "".join(f"<th>{escape(t)}</th>" for t, _ in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{escape(_cell(r, key, t))}</td>" for t, key in COLUMNS) + "</tr>"
+    columns = _columns(rows)
+    head = "".join(f"<th>{escape(t)}</th>" for t, _ in columns)
+    body = "".join("<tr>" + "".join(f"<td>{escape(_cell(r, key, t))}</td>" for t, key in columns) + "</tr>"
                    for r in rows)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

@@ -163,3 +163,27 @@ def test_a_missing_model_and_a_missing_ray(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if Ray were not installed
     code, _, err = run_cli(capsys, "sweep", DECODE, "--chips", "1", "--ray", "auto", "--no-cache")
     assert_one_line_error(code, err, "pip install 'lpuc[cluster]'")
+
+
+def test_the_prefill_gives_generations_time_to_first_token(ray_cluster, tmp_path, monkeypatch):
+    import numpy as np
+
+    prefill = SAMPLES / "llama_prefill.onnx"
+    rows = lpuc.sweep(DECODE, (1, 2), precisions=("int8",), prefill=prefill, jobs=1, cache=tmp_path / "local")
+    on_ray = lpuc.sweep(DECODE, (1, 2), precisions=("int8",), prefill=prefill, ray="auto", cache=tmp_path / "ray")
+    assert without_wall(on_ray) == without_wall(rows)
+    for r in rows:
+        step, first = lpuc.compile_generation(DECODE, prefill, chips=r["chips"], precision="int8", weights=False)
+        length = next(v for v in first.module.inputs if v.name == "input_ids").type.shape[1]
+        made = lpuc.generate(step, np.ones((1, length), np.int64), 1, first, timing_only=True)
+        assert r["ttft_us"] == pytest.approx(made.ttft_us, abs=1e-3) and r["prefill_cycles"] == first.cycles
+    monkeypatch.setattr(driver, "compile_model", _no_compile)  # both caches hold the prefills too
+    for store in ("local", "ray"):
+        again = lpuc.sweep(DECODE, (1, 2), precisions=("int8",), prefill=prefill, jobs=1, cache=tmp_path / store)
+        assert all(r["wall"]["cached"] for r in again) and without_wall(again) == without_wall(rows)
+
+
+def test_a_prefill_needs_a_decode_step(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "sweep", SAMPLES / "llama_prefill.onnx", "--prefill", SAMPLES / "llama_prefill.onnx",
+                           "--chips", "1", "--cache-dir", tmp_path)
+    assert_one_line_error(code, err, "is not a decode step")
