@@ -12,7 +12,6 @@ worker placement, except each row's `wall` (seconds and whether the cache had it
 
 from __future__ import annotations
 
-import concurrent.futures
 import itertools
 import tempfile
 import time
@@ -299,6 +298,7 @@ def _as_hit(report: dict, key: str) -> dict:
 
 
 def _on_processes(model, todo, rest, jobs, directory, settings, finished) -> None:
+    import multiprocessing
     import os
 
     workers = max(1, min(jobs or os.cpu_count() or 1, len(rest)))
@@ -307,15 +307,28 @@ def _on_processes(model, todo, rest, jobs, directory, settings, finished) -> Non
         for i in rest:
             finished(i, _local_point(model, todo[i], cache, settings))
         return
-    pool = concurrent.futures.ProcessPoolExecutor(workers)
+    # Workers ignore Ctrl-C: the sweep itself stops them (terminate), so none lives on after it.
+    pool = multiprocessing.get_context().Pool(workers, initializer=_ignore_interrupts)
     try:
-        futures = {pool.submit(_local_point, model, todo[i], cache, settings): i for i in rest}
-        for future in concurrent.futures.as_completed(futures):
-            finished(futures[future], future.result())
+        for i, result in pool.imap_unordered(_indexed_point, [(i, model, todo[i], cache, settings) for i in rest]):
+            finished(i, result)
+        pool.close()
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.terminate()
         raise
-    pool.shutdown()
+    finally:
+        pool.join()
+
+
+def _ignore_interrupts() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _indexed_point(task) -> tuple[int, dict]:
+    i, *point = task
+    return i, _local_point(*point)
 
 
 def _on_ray(model, todo, rest, address, directory, settings, finished) -> None:
