@@ -336,16 +336,28 @@ def _on_ray(model, todo, rest, address, directory, settings, finished) -> None:
         import ray
     except ImportError:
         raise LpucError(RAY_HINT) from None
+    joined = not ray.is_initialized()  # else the caller's session: theirs to end
+    if joined:
+        try:
+            if address == "auto":
+                try:  # the cluster `ray start` made, else a local one (on the loopback interface: it is ours alone)
+                    ray.init(address="auto", log_to_driver=False)
+                except ConnectionError:
+                    ray.init(log_to_driver=False, _node_ip_address="127.0.0.1")
+            else:
+                ray.init(address=address, log_to_driver=False)
+        except Exception as e:  # noqa: BLE001 -- Ray's many ways of not connecting: one line
+            raise LpucError(f"--ray {address}: cannot join the cluster: {_one_line(e)}") from None
+    try:
+        _ray_points(ray, model, todo, rest, directory, settings, finished)
+    finally:
+        if joined:  # leave the cluster (a local one we started stops with it): nothing outlives the sweep
+            ray.shutdown()
+
+
+def _ray_points(ray, model, todo, rest, directory, settings, finished) -> None:
     from ..ir.machine import SHIPPED
 
-    if not ray.is_initialized():
-        if address == "auto":
-            try:  # the cluster `ray start` made, else a local one
-                ray.init(address="auto", log_to_driver=False)
-            except ConnectionError:
-                ray.init(log_to_driver=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
     task = ray.remote(num_cpus=1)(_remote_point)
     model_ref = ray.put(Path(model).read_bytes())
     machines = {}
@@ -359,7 +371,10 @@ def _on_ray(model, todo, rest, address, directory, settings, finished) -> None:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             i = pending.pop(done[0])
-            result = ray.get(done[0])
+            try:
+                result = ray.get(done[0])
+            except Exception as e:  # noqa: BLE001 -- a lost worker or task: that point's row
+                result = {"error": f"Ray: {_one_line(e)}"}
             if "error" not in result and directory:
                 _record(directory, _key(model, todo[i], settings), result)
                 if settings.prefill:
