@@ -111,7 +111,7 @@ def main(argv=None) -> int:
                     print(f"{target.name:<13} {layout:<16} {target.chips:>5} {'(the default: above)':>12}", flush=True)
                     continue
                 program = work / f"{target.name}{'_' + layout.replace(',', '_') if layout else ''}.lpu"
-                options = ["--no-weights", "--precision", "int8", "--chips", str(target.chips), "--machine",
+                options = ["--no-weights", "--no-cache", "--precision", "int8", "--chips", str(target.chips), "--machine",
                            str(Path(args.machine).resolve()) if args.machine.endswith(".toml") else args.machine]
                 options += ["--state", "auto"] if target.decode else []
                 options += ["--layout", layout] if layout else []

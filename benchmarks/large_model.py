@@ -51,7 +51,7 @@ def _compile(model: Path, out: Path, seed: str, workers: int, scheduler: str, ma
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "lpuc.compiler", "compile", str(model), "-o", str(out), "--no-weights",
-                        "--json", "--workers", str(workers), "--scheduler", scheduler, "--machine", machine,
+                        "--no-cache", "--json", "--workers", str(workers), "--scheduler", scheduler, "--machine", machine,
                         "--partition", partition, "--precision", precision],
                        cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True)
     seconds = time.perf_counter() - t0

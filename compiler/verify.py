@@ -2,7 +2,8 @@
 the same output bits -- across runs, processes, hash seeds and solver thread counts.
 
 `verify_determinism` compiles a model `repeat` times, each in a fresh process (`python -m compiler
-compile`) under another PYTHONHASHSEED and another `--workers` count, then runs every program `repeat`
+compile --no-cache`: a program from the build cache would prove nothing) under another PYTHONHASHSEED and
+another `--workers` count, then runs every program `repeat`
 times on the interpreter with the same inputs. The first compile and its first run are the reference;
 the first thing that differs from them is the verdict's `divergence` (for programs: the first differing
 instruction, from `backends.diff`). `lpuc verify` prints it; tests call it directly (see the README).
@@ -95,7 +96,7 @@ def _compile_args(options: Mapping) -> list[str]:
 def _compile(model: Path, out: Path, seed: str, workers: int, options: Mapping) -> Compiled:
     env = {**os.environ, "PYTHONHASHSEED": seed}
     p = subprocess.run([sys.executable, "-m", "lpuc.compiler", "compile", str(model), "-o", str(out), "--json",
-                        "--workers", str(workers), *_compile_args(options)],
+                        "--no-cache", "--workers", str(workers), *_compile_args(options)],
                        env=env, capture_output=True, text=True)
     if p.returncode:
         lines = p.stderr.strip().splitlines()
