@@ -11,6 +11,8 @@ once a sweep has run it, the timing-only run's findings, each written atomically
 
 The directory: `--cache-dir`, else $LPUC_CACHE_DIR, else the platform's cache directory
 ($XDG_CACHE_HOME or ~/.cache on Linux, ~/Library/Caches on macOS, %LOCALAPPDATA% on Windows) + lpuc.
+`--no-cache` bypasses it; so does $LPUC_NO_CACHE, unless `--cache-dir` is given (the test suite sets it:
+a test compiling twice must compile twice).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from ..ir.files import atomic_write, atomic_write_with, blob_path, read_bytes
 
 ENV = "LPUC_CACHE_DIR"
+OFF = "LPUC_NO_CACHE"  # set (non-empty): no cache unless a directory is given explicitly
 _CHUNK = 1 << 24
 
 
@@ -42,6 +45,13 @@ def cache_dir(option: str | Path | None = None) -> Path:
     if os.name == "nt":
         return Path(os.environ.get("LOCALAPPDATA", home / "AppData" / "Local")) / "lpuc" / "Cache"
     return Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "lpuc"
+
+
+def chosen_dir(no_cache: bool, option: str | Path | None = None) -> Path | None:
+    """The cache a command uses: none with --no-cache, nor under $LPUC_NO_CACHE unless --cache-dir names one."""
+    if no_cache or (os.environ.get(OFF) and not option):
+        return None
+    return cache_dir(option)
 
 
 @functools.cache

@@ -34,7 +34,7 @@ from ..backends.lpu import read_lpu, schedule_sha256, write_program
 from ..ir.machine import DEFAULT_MACHINE
 
 
-from .cache import cache_dir
+from .cache import cache_dir, chosen_dir
 from .driver import (compile_cached, compile_program, load_model, max_relative_error, per_token, precision_error,
                      read_ir, state_fields)
 from .serving import physical_bound, pipelined
@@ -238,7 +238,8 @@ def _compile_args(p):
 
 def _cache_args(p):
     p.add_argument("--no-cache", action="store_true",
-                   help="compile afresh: neither take nor record a build-cache entry (`lpuc cache ls`)")
+                   help="compile afresh: neither take nor record a build-cache entry (`lpuc cache ls`; so does "
+                        "$LPUC_NO_CACHE, unless --cache-dir is given)")
     _cache_dir_arg(p)
 
 
@@ -271,7 +272,7 @@ def cmd_compile(args) -> int:
                              precision=args.precision)
     progress = _after_seconds(2.0)  # stderr, so a --json compile says what it does too
     report = compile_cached(args.model, args.machine, options, dict(args.shape), weights=not args.no_weights,
-                            output=args.output, cache=None if args.no_cache else cache_dir(args.cache_dir),
+                            output=args.output, cache=chosen_dir(args.no_cache, args.cache_dir),
                             progress=progress, keep=_outlive)
     report["compile_seconds"] = round(time.perf_counter() - start, 3)
     cost = _precision_cost(args, args.precision) if args.precision != "fp32" and not args.no_weights else None
@@ -748,7 +749,7 @@ def cmd_sweep(args) -> int:
             _check_output(path, option, (suffix,))
     layouts = tuple(None if lay == "default" else lay for lay in (args.layout or ["default"]))
     rows = sweep(args.model, args.chips, layouts, args.precision, args.machine, tokens=args.tokens, jobs=args.jobs,
-                 ray=args.ray, cache=None if args.no_cache else cache_dir(args.cache_dir), effort=args.effort,
+                 ray=args.ray, cache=chosen_dir(args.no_cache, args.cache_dir), effort=args.effort,
                  prefill=args.prefill, progress=say)
     if args.csv:
         atomic_write(args.csv, csv_text(rows).encode())

@@ -20,8 +20,10 @@ def update_golden(request) -> bool:
 
 @pytest.fixture(autouse=True, scope="session")
 def _build_cache(tmp_path_factory):
-    """The suite's compiles share one build cache of its own, never the user's (~/.cache/lpuc)."""
+    """No build cache for the suite (a test compiling twice must compile twice), unless a test names one
+    (--cache-dir, `cache=`); and never the user's (~/.cache/lpuc)."""
     import os
 
     os.environ["LPUC_CACHE_DIR"] = str(tmp_path_factory.mktemp("lpuc-cache"))
+    os.environ["LPUC_NO_CACHE"] = "1"
     yield

@@ -147,3 +147,15 @@ def test_a_bad_model_is_still_the_compiles_one_line_error(tmp_path, capsys):
     code, _, err = run_cli(capsys, "compile", bad, "-o", tmp_path / "a.lpu", "--cache-dir", tmp_path / "cache")
     assert_one_line_error(code, err, "bad.onnx")
     assert not (tmp_path / "a.lpu").exists()
+
+
+def test_lpuc_no_cache_turns_it_off_unless_a_directory_is_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(cache.ENV, str(tmp_path / "env"))
+    monkeypatch.setenv(cache.OFF, "1")  # as the suite sets it
+    code, stdout, err = run_cli(capsys, "compile", SAMPLE, "-o", tmp_path / "a.lpu", "--scheduler", "list", "--json")
+    assert code == 0 and "cache" not in json.loads(stdout) and not (tmp_path / "env").exists()
+    assert compile_json(capsys, SAMPLE, tmp_path / "b.lpu", tmp_path / "named")["cache"]["status"] == "miss"
+    monkeypatch.delenv(cache.OFF)
+    assert compile_json(capsys, SAMPLE, tmp_path / "c.lpu", tmp_path / "env")["cache"]["status"] == "miss"
+    code, stdout, err = run_cli(capsys, "compile", SAMPLE, "-o", tmp_path / "d.lpu", "--scheduler", "list", "--json")
+    assert code == 0 and json.loads(stdout)["cache"]["status"] == "hit"  # $LPUC_CACHE_DIR's entry
