@@ -275,6 +275,7 @@ def cmd_compile(args) -> int:
                             output=args.output, cache=chosen_dir(args.no_cache, args.cache_dir),
                             progress=progress, keep=_outlive)
     report["compile_seconds"] = round(time.perf_counter() - start, 3)
+    report.pop("state_layout", None)  # for a partner's compile (a sweep's prefill), not for reading
     cost = _precision_cost(args, args.precision) if args.precision != "fp32" and not args.no_weights else None
     if cost:
         report["precision_error"] = cost

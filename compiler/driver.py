@@ -201,24 +201,22 @@ def cache_key(model, machine, options, shapes: dict, weights: bool, state_layout
     from .cache import compile_key
 
     _, machine_text = read_machine(machine)
-    layout = None if state_layout is None else {name: [chip, list(map(list, out))]
-                                                for name, (chip, out) in sorted(state_layout.items())}
+    layout = None if state_layout is None else _layout_json(state_layout)
     return compile_key(model, machine_text, cache_options(options), shapes, weights, layout)
+
+
+def _layout_json(state_layout) -> dict:
+    """A state layout (generate.state_layout: name -> (chip, extents)) as JSON data, by name."""
+    return {name: [chip, list(map(list, out))] for name, (chip, out) in sorted(state_layout.items())}
 
 
 def _state_layout(program) -> dict:
     """Where a stateful program keeps each state and the states' rows (its context), for a partner's compile
     (a sweep's prefill): {"state_layout": {name: [chip, extents]}, "context": rows}, or nothing."""
-    from .generate import state_layout
+    from .generate import state_context, state_layout
 
     layout = state_layout(program)
-    if not layout:
-        return {}
-    from ..ir.machine_ops import is_state
-
-    rows = next(op.results[0].type.shape[-2] for op in program.module.ops if is_state(op.name))
-    return {"state_layout": {name: [chip, list(map(list, out))] for name, (chip, out) in sorted(layout.items())},
-            "context": rows}
+    return {"state_layout": _layout_json(layout), "context": state_context(program)} if layout else {}
 
 
 def state_fields(program) -> dict:

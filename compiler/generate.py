@@ -96,7 +96,7 @@ def compile_generation(decode: str | Path, prefill: str | Path | None = None, ma
     step = load_step(decode, machine, weights, **options)
     first = None
     if prefill is not None:
-        context = _context(step)
+        context = state_context(step)
         chosen = step.manifest.get("summary", {}).get("partition", "")
         if chosen.startswith(("tp=", "pp=")):  # the prefill is laid out as the step is (auto, or by default)
             options = {**options, "layout": chosen, "partition": "auto", "chips": None}
@@ -110,7 +110,8 @@ def compile_generation(decode: str | Path, prefill: str | Path | None = None, ma
     return step, first
 
 
-def _context(step: Program) -> int:
+def state_context(step: Program) -> int:
+    """The rows of a stateful program's resident cache (its context)."""
     return next(op.result.type.shape[-2] for op in step.module.ops if is_state(op.name))
 
 
@@ -128,7 +129,7 @@ def generate(step: Program, prompt: np.ndarray, tokens: int, prefill: Program | 
         raise LpucError(f"the prompt must be token ids, int [1, L] with L >= 1, got {prompt.dtype}{list(prompt.shape)}")
     if tokens < 1:
         raise LpucError(f"--tokens {tokens}: generate at least one token")
-    context, length = _context(step), prompt.shape[1]
+    context, length = state_context(step), prompt.shape[1]
     if length + tokens > context:
         raise LpucError(f"the prompt ({length} tokens) and {tokens} new tokens need {length + tokens} slots; the "
                         f"cache holds {context} (the decode graph's context): export it with a longer context")
