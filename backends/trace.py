@@ -35,6 +35,7 @@ share their boundary exactly); every event's args also carry its exact cycle.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -113,9 +114,11 @@ def flow_pair(flow_id: int, name: str, cat: str, src: tuple[int, int, float], ds
 # --- the trace-event document --------------------------------------------------------
 
 def chrome_trace(program: Program, events: Sequence[TraceEvent] | None = None, *, source: str = "schedule",
-                 transfers: Iterable[Transfer] | None = None, per_slice: bool = True) -> dict:
+                 transfers: Iterable[Transfer] | None = None, per_slice: bool = True,
+                 chips: Iterable[int] | None = None) -> dict:
     """The trace-event JSON object of `events` (default: the static schedule) of `program`, with its
-    chip-to-chip `transfers` (default: the program's own)."""
+    chip-to-chip `transfers` (default: the program's own). `chips`: only these chips' tracks (a transfer
+    drawn on the side of it that is one of them, its flow arrow when both are)."""
     machine = program.machine
     facts = program.facts
     details = {ins.op.label(): ins for ins in facts.instructions}
@@ -127,8 +130,13 @@ def chrome_trace(program: Program, events: Sequence[TraceEvent] | None = None, *
     def us(cycle: int) -> float:  # cycles -> microseconds, on a whole-nanosecond grid
         return round(cycle * 1000 / clock) / 1000
 
+    shown = None if chips is None else frozenset(chips)
     chips = sorted({0} | {details[e.instruction].chip for e in events if e.instruction in details}
                    | {t.src_chip for t in transfers} | {t.dst_chip for t in transfers})
+    if shown is not None:
+        chips = [c for c in chips if c in shown]
+        events = [e for e in events if e.instruction not in details or details[e.instruction].chip in shown]
+        transfers = tuple(t for t in transfers if t.src_chip in shown or t.dst_chip in shown)
     unit_tids = {}
     counts = units(machine)
     for cls in UNIT_ORDER:
@@ -180,18 +188,20 @@ def chrome_trace(program: Program, events: Sequence[TraceEvent] | None = None, *
                          "dur": round(us(e.land) - t0, 3),
                          "args": {"instruction": e.instruction, "slice": s, "words": n, "cycle": e.land - held}})
     for k, t in enumerate(transfers):
-        src = track(t.src_chip, LINK_TID + t.link, f"link {t.link}")
-        dst_link = t.link if t.dst_link is None else t.dst_link
-        dst = track(t.dst_chip, LINK_TID + dst_link, f"link {dst_link}")
         args = {"transfer": t.name, "from": f"chip{t.src_chip}", "to": f"chip{t.dst_chip}", "bytes": t.bytes,
                 "cycle": t.start, "lands": t.land}
-        body.append({"ph": "X", "cat": "link", "name": t.name, "pid": src[0], "tid": src[1], "ts": us(t.start),
-                     "dur": round(us(t.end) - us(t.start), 3), "args": args})
         recv = t.land - (t.end - t.start)
-        body.append({"ph": "X", "cat": "link", "name": t.name, "pid": dst[0], "tid": dst[1], "ts": us(recv),
-                     "dur": round(us(t.land) - us(recv), 3), "args": args})
-        body += flow_pair(k + 1, t.name, "transfer", (*src, us(t.start)), (*dst, us(recv)))
-    body += _sram_counters(facts, us, per_slice)
+        dst_link = t.link if t.dst_link is None else t.dst_link
+        sides = [(t.src_chip, t.link, t.start, t.end), (t.dst_chip, dst_link, recv, t.land)]
+        ends = []
+        for chip, link, start, end in sides:
+            if shown is None or chip in shown:
+                ends.append(track(chip, LINK_TID + link, f"link {link}") + (us(start),))
+                body.append({"ph": "X", "cat": "link", "name": t.name, "pid": ends[-1][0], "tid": ends[-1][1],
+                             "ts": us(start), "dur": round(us(end) - us(start), 3), "args": args})
+        if len(ends) == 2:
+            body += flow_pair(k + 1, t.name, "transfer", *ends)
+    body += [c for c in _sram_counters(facts, us, per_slice) if shown is None or c["pid"] - 1 in shown]
 
     for chip in chips:
         pid = chip + 1
@@ -230,12 +240,15 @@ def _sram_counters(facts: Facts, us, per_slice: bool):
     return counters
 
 
-def trace_json(program: Program, events: Sequence[TraceEvent] | None = None, **kwargs) -> bytes:
-    """`chrome_trace` as UTF-8 JSON bytes (compact, one event per line)."""
+def trace_json(program: Program, events: Sequence[TraceEvent] | None = None, *, compress: bool = False,
+               **kwargs) -> bytes:
+    """`chrome_trace` as UTF-8 JSON bytes (compact, one event per line); `compress`: gzip-compressed (as
+    Perfetto and chrome://tracing open a .json.gz), the same bytes every time (no timestamp, no name)."""
     doc = chrome_trace(program, events, **kwargs)
     lines = ",\n".join(json.dumps(ev, separators=(",", ":")) for ev in doc["traceEvents"])
     rest = {k: v for k, v in doc.items() if k != "traceEvents"}
-    return ('{"traceEvents":[\n' + lines + "\n],\n" + json.dumps(rest)[1:] + "\n").encode()
+    data = ('{"traceEvents":[\n' + lines + "\n],\n" + json.dumps(rest)[1:] + "\n").encode()
+    return gzip.compress(data, compresslevel=6, mtime=0) if compress else data
 
 
 # --- checking a document against the format --------------------------------------------

@@ -821,8 +821,11 @@ def _viz_args(p):
                    help="a model (its graph), an IR file, or an executable schedule (its instructions)")
     p.add_argument("--dot", metavar="OUT.svg|OUT.png|OUT.pdf|OUT.dot",
                    help="the dataflow graph, rendered by Graphviz's `dot` (or its DOT source for .dot)")
-    p.add_argument("--perfetto", metavar="TRACE.json",
-                   help="the scheduled timeline as Chrome trace-event JSON (ui.perfetto.dev, chrome://tracing)")
+    p.add_argument("--perfetto", metavar="TRACE.json|TRACE.json.gz",
+                   help="the scheduled timeline as Chrome trace-event JSON (ui.perfetto.dev, chrome://tracing); "
+                        ".json.gz: gzip-compressed, as both open it")
+    p.add_argument("--trace-chips", type=_chip_set, metavar="0-7,12",
+                   help="--perfetto: only these chips' tracks (default: every chip)")
     p.add_argument("--html", metavar="REPORT.html", help="the self-contained HTML report of the schedule")
     p.add_argument("--collapse", action=argparse.BooleanOptionalAction, default=None,
                    help="draw repeated layers once, as one 'layer × N' cluster (default: when there are "
@@ -832,6 +835,17 @@ def _viz_args(p):
                         f"{DEFAULT_MACHINE}; a .lpu names its own)")
     p.add_argument("--shape", action="append", type=_shape_arg, default=[], metavar="NAME=D0,D1",
                    help="fix the shape of an ONNX input with symbolic dims (repeatable)")
+
+
+def _chip_set(text: str) -> tuple[int, ...]:
+    """`0-7,12` -> (0, 1, ..., 7, 12)."""
+    chips = set()
+    for part in text.split(","):
+        first, dash, last = part.partition("-")
+        if not (first.isdigit() and (not dash or last.isdigit())) or (dash and int(last) < int(first)):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected chips and ranges, e.g. 0-7,12")
+        chips.update(range(int(first), int(last if dash else first) + 1))
+    return tuple(sorted(chips))
 
 
 # --- verify ---------------------------------------------------------------------
@@ -904,7 +918,11 @@ def cmd_viz(args) -> int:
     if args.dot:
         _check_output(args.dot, "--dot", DOT_FORMATS)
     if args.perfetto:
-        _check_output(args.perfetto, "--perfetto", (".json",))
+        _check_output(args.perfetto, "--perfetto", (".json", ".gz"))
+        if args.perfetto.lower().endswith(".gz") and not args.perfetto.lower().endswith(".json.gz"):
+            raise LpucError(f"--perfetto {args.perfetto}: expected TRACE.json or TRACE.json.gz")
+    elif args.trace_chips:
+        raise LpucError("--trace-chips selects the chips of --perfetto's trace: give --perfetto TRACE.json too")
     if args.html:
         _check_output(args.html, "--html", (".html", ".htm"))
     program = module = None
@@ -927,13 +945,30 @@ def cmd_viz(args) -> int:
     if args.perfetto:
         from ..backends.trace import trace_json
 
-        outputs.append((Path(args.perfetto), trace_json(program)))
+        chips = program.target.chips
+        if args.trace_chips and args.trace_chips[-1] >= chips:
+            raise LpucError(f"--trace-chips: the program has {chips} chip{'s' if chips > 1 else ''} "
+                            f"(0-{chips - 1}), not chip {args.trace_chips[-1]}")
+        outputs.append((Path(args.perfetto), trace_json(program, chips=args.trace_chips,
+                                                        compress=args.perfetto.lower().endswith(".gz"))))
     if args.html:
         outputs.append((Path(args.html), _render_html(program).encode()))
     for out, data in outputs:
         atomic_write(out, data)
-        say(f"wrote {out}")
+        say(f"wrote {out} ({_size(len(data))}): {_OPEN_HINT.get(out.suffix.lower(), 'open it with its viewer')}")
     return 0
+
+
+_OPEN_HINT = {
+    ".html": "open it in a browser (it works offline)",
+    ".json": "open it at ui.perfetto.dev (the page reads it in your browser) or chrome://tracing",
+    ".gz": "open it at ui.perfetto.dev (the page reads it in your browser) or chrome://tracing",
+    ".svg": "open it in a browser", ".png": "an image", ".pdf": "a PDF", ".dot": "Graphviz's source: dot -Tsvg",
+}
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 1024:.1f} KB" if n >= 1024 else f"{n} bytes"
 
 
 def _graph_outputs(module, out: Path, chips, collapse) -> list[tuple[Path, bytes]]:

@@ -18,7 +18,7 @@ from lpuc.compiler.driver import compile_model, lpu_options
 from lpuc.compiler.inputs import random_inputs
 from lpuc.compiler.pipeline import CompileOptions
 
-from helpers import SAMPLES
+from helpers import SAMPLES, run_cli
 
 MODEL = SAMPLES / "llama_prefill.onnx"
 
@@ -125,6 +125,21 @@ def test_transfers_become_paired_flows_between_chips(compiled):
     assert {(1, "link 3"), (2, "link 3")} <= tracks
 
 
+def test_trace_chips_keeps_only_their_tracks(compiled):
+    _, program, _ = compiled
+    transfers = [Transfer("kv to chip1", 0, 1, 3, 100, 160, 800, bytes=19200),
+                 Transfer("back", 1, 0, 3, 900, 920, 1500, bytes=640)]
+    whole = chrome_trace(program, transfers=transfers)
+    doc = chrome_trace(program, transfers=transfers, chips=[1])
+    assert validate(doc) == []
+    assert {e["pid"] for e in doc["traceEvents"]} == {2}  # chip 1 alone: its link ends, no flow arrows
+    assert not [e for e in doc["traceEvents"] if e["ph"] in ("s", "f")]
+    assert sorted(e["name"] for e in doc["traceEvents"] if e["ph"] == "X") == ["back", "kv to chip1"]
+    only0 = chrome_trace(program, transfers=transfers, chips=[0])
+    assert instructions(only0) == instructions(whole)  # every instruction of this program is on chip 0
+    assert chrome_trace(program, transfers=transfers, chips=[0, 1]) == whole
+
+
 def test_flow_pair_and_the_checker():
     s, f = flow_pair(7, "x", "transfer", (1, 10000, 0.5), (2, 10000, 1.25))
     assert (s["ph"], f["ph"], s["id"], f["id"], s["cat"], f["cat"]) == ("s", "f", 7, 7, "transfer", "transfer")
@@ -158,6 +173,34 @@ def test_viz_perfetto_writes_the_schedule(compiled, tmp_path, capsys):
     assert code == 0 and f"wrote {out}" in err
     assert out.read_bytes() == trace_json(program)
     assert json.loads(out.read_bytes())["otherData"]["source"] == "schedule"
+
+
+def test_viz_perfetto_gzip_and_chips(tmp_path, capsys):
+    import gzip
+
+    program = tmp_path / "four.lpu"
+    assert main(["compile", str(SAMPLES / "llama_decode.onnx"), "-o", str(program), "--chips", "4",
+                 "--scheduler", "list"]) == 0
+    capsys.readouterr()
+    plain, packed = tmp_path / "t.json", tmp_path / "t.json.gz"
+    code, _, err = run(capsys, "viz", program, "--perfetto", plain, "--trace-chips", "1-2")
+    assert code == 0 and f"wrote {plain} (" in err and "ui.perfetto.dev" in err
+    doc = json.loads(plain.read_bytes())
+    assert validate(doc) == [] and {e["pid"] for e in doc["traceEvents"]} == {2, 3} and instructions(doc)
+    code, _, err = run(capsys, "viz", program, "--perfetto", packed, "--trace-chips", "1-2")
+    assert code == 0 and gzip.decompress(packed.read_bytes()) == plain.read_bytes()
+    first = packed.read_bytes()
+    assert run(capsys, "viz", program, "--perfetto", packed, "--trace-chips", "1-2")[0] == 0
+    assert packed.read_bytes() == first  # no timestamp in the gzip header: the same bytes
+    for argv, words in ((["--perfetto", tmp_path / "u.json", "--trace-chips", "2-9"], ["4 chips", "chip 9"]),
+                        (["--perfetto", tmp_path / "u.json.zip"], ["--perfetto", "'.zip'"]),
+                        (["--perfetto", tmp_path / "u.gz"], ["TRACE.json.gz"]),
+                        (["--html", tmp_path / "u.html", "--trace-chips", "1"], ["--trace-chips", "--perfetto"])):
+        code, _, err = run(capsys, "viz", program, *argv)
+        assert code == 2 and len(err.splitlines()) == 1 and all(str(w) in err for w in words), err
+    code, _, err = run_cli(capsys, "viz", program, "--perfetto", tmp_path / "u.json", "--trace-chips", "3-1")
+    assert code == 2 and "expected chips and ranges" in err
+    assert not list(tmp_path.glob("u.*"))
 
 
 def test_viz_perfetto_compiles_a_model_first(tmp_path, capsys):
