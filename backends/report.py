@@ -5,7 +5,8 @@ offline in any browser (inline CSS, JS and SVG; no fetch of any kind):
 
 - a summary: model, machine, cycles, latency, lower bound and gap, chips,
   instructions, SRAM peak, tokens/s for a decode step;
-- a zoomable, pannable timeline: one row per chip x unit instance, one
+- a zoomable, pannable timeline: one row per chip x unit instance that does work (idle
+  instances folded away, their count per class said above the plot), one
   `<rect class="instr" data-i="I">` per instruction (its occupancy; a lighter
   tail shows the rest of its latency), hover for a summary, click for
   every detail (op, results, operands and the values they name, unit, cycles,
@@ -237,13 +238,18 @@ def report_data(program: Program, run_result: Result | None = None) -> dict[str,
     extra = sorted({i.cls for i in a.instrs} - set(classes))
     classes += extra
 
-    # timeline rows: chip x unit instance (every instance, used or not), then any unit the machine lacks
+    # timeline rows: chip x unit instance that does work (idle ones folded away, counted by class in
+    # `folded`), in the machine's order, then any unit the machine lacks
     rows, row_of = [], {}
     per_unit_n = Counter((i.chip, i.unit) for i in a.instrs)
+    folded: Counter = Counter()
     for chip in a.chips:
         names = [f"{c}{j}" for c in classes for j in range(counts.get(c, 0))]
         names += sorted({i.unit for i in a.instrs if i.chip == chip} - set(names))
         for u in names:
+            if not per_unit_n[chip, u]:
+                folded[next((c for c in classes if u.startswith(c)), "")] += 1
+                continue
             row_of[chip, u] = len(rows)
             cls = next((c for c in classes if u.startswith(c)), "")
             busy = stats.busy.get(u, 0) if len(a.chips) == 1 else \
@@ -325,6 +331,7 @@ def report_data(program: Program, run_result: Result | None = None) -> dict[str,
         "styled": list(CLASS_ORDER),  # the classes with a colour of their own (_class_css); others: "other"
         "class_rows": class_rows,
         "rows": rows,
+        "folded": dict(sorted(folded.items())),
         "ops": ops,
         "instrs": instrs,
         "details": details,
@@ -460,6 +467,7 @@ window.lpucErrors = [];
     </div>
   </div>
   <div class="hint muted">Wheel to zoom at the cursor, drag to pan, double-click to fit. Hover an instruction for a summary, click it for details. Bars: occupancy (unit busy); lighter tail: until its results land in SRAM.</div>
+  <div id="folded" class="hint muted"></div>
   <div id="view-readout" class="readout"></div>
   <div id="timeline" class="plot"></div>
   <div id="details" class="details"><span class="muted">Click an instruction to see its details here.</span></div>
@@ -666,6 +674,8 @@ var legend = CLASSES.filter(function (c) { return D.rows.some(function (r) { ret
   return '<span><i class="c-' + clsName(CLASSES.indexOf(c)) + '"></i>' + esc(c) + '</span>';
 }).join('') + '<span><i class="crit"></i>critical path</span>';
 $('legend').innerHTML = legend;
+var foldedText = Object.keys(D.folded).map(function (c) { return num(D.folded[c]) + ' ' + c; });
+$('folded').textContent = foldedText.length ? 'Not shown: unit instances with no work (' + foldedText.join(', ') + ').' : '';
 
 function buildTimeline() {
   measure();
