@@ -18,7 +18,11 @@ offline in any browser (inline CSS, JS and SVG; no fetch of any kind):
 - SRAM occupancy per slice over time (a heat strip per slice, exact step
   functions, on the timeline's time axis) and in total;
 - link traffic (chip-to-chip; on one chip: none) and a utilization table per
-  unit class and instance.
+  unit class and instance;
+- on several chips, an overview sized by chips, not instructions (`overview`): a row per
+  chip over the whole program, each cell coloured by the class binding the chip then, the
+  stages of a `tp=T,pp=P` layout and the critical path drawn over it; and the bytes sent
+  between each pair of chips, with the busiest link directions.
 
 All data is embedded as one JSON document (`<script type="application/json"
 id="lpuc-data">`, keys sorted, no timestamps) and the page's script draws
@@ -33,7 +37,7 @@ import html
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from ..ir import machine_ops as mo
 from ..ir.core import Op
@@ -329,6 +333,7 @@ def report_data(program: Program, run_result: Result | None = None) -> dict[str,
         "summary": summary,
         "classes": classes,
         "styled": list(CLASS_ORDER),  # the classes with a colour of their own (_class_css); others: "other"
+        "colours": {c.name: c.colour for c in mo.UNIT_CLASSES},  # the same, for the overview's canvas
         "class_rows": class_rows,
         "rows": rows,
         "folded": dict(sorted(folded.items())),
@@ -345,6 +350,7 @@ def report_data(program: Program, run_result: Result | None = None) -> dict[str,
         "sram": {"words_per_slice": machine.sram.words_per_slice, "word_bytes": machine.sram.word_bytes,
                  "chips": sram},
         "links": links,
+        "overview": overview(a, classes, counts, str(summary_in.get("partition", "")), stats),
         "run": _run(run_result),
     }
     return data
@@ -368,6 +374,71 @@ def _why(a: Analysis, st: CriticalStep) -> list | None:
         end, o = max(busy)
         return ["unit", None, o, end]
     return ["other", None, None, None]
+
+
+OVERVIEW_BINS = 240  # time columns of the chip x time overview
+
+
+def overview(a: Analysis, classes: list[str], counts: Mapping[str, int], partition: str, stats: Stats
+             ) -> dict[str, Any]:
+    """The picture at a glance, sized by chips and not by instructions: for each chip and each of
+    OVERVIEW_BINS spans of time, the unit class busiest relative to its instances there (what binds the
+    chip) and that busy fraction (0-100); the stages and tensor-parallel groups of a `tp=T,pp=P` layout;
+    the critical path's (chip, cycle) steps; the bytes and busy cycles between each pair of chips, and the
+    hottest link directions."""
+    import numpy as np
+
+    from .trace import transfers_of
+
+    bins = max(1, min(OVERVIEW_BINS, a.cycles))
+    edges = np.linspace(0, a.cycles, bins + 1)
+    n_chips = max(a.chips) + 1
+    frac = np.zeros((n_chips, len(classes), bins))
+    by_group: dict[tuple[int, int], list[Instr]] = {}
+    for ins in a.instrs:
+        if ins.cls in classes:
+            by_group.setdefault((ins.chip, classes.index(ins.cls)), []).append(ins)
+    for (chip, c), group in by_group.items():  # busy cycles before each edge, from sorted starts and ends
+        starts = np.sort(np.array([i.start for i in group], dtype=np.float64))
+        ends = np.sort(np.array([i.end for i in group], dtype=np.float64))
+        def before(t, sorted_t):
+            n = np.searchsorted(sorted_t, t, side="left")
+            prefix = np.concatenate(([0.0], np.cumsum(sorted_t)))
+            return n * t - prefix[n]
+        busy = before(edges, starts) - before(edges, ends)
+        frac[chip, c] = np.diff(busy) / (np.diff(edges) * max(1, counts.get(classes[c], 1)))
+    dominant = frac.argmax(axis=1)
+    level = np.rint(np.clip(frac.max(axis=1), 0, 1) * 100).astype(int)
+    tp, pp = _layout(partition, n_chips)
+    pairs: dict[tuple[int, int], list[int]] = {}
+    for t in transfers_of(a.program):
+        pair = pairs.setdefault((t.src_chip, t.dst_chip), [0, 0])
+        pair[0] += t.bytes
+        pair[1] += t.end - t.start
+    hot = sorted(stats.links, key=lambda x: (-x.busy, x.name))[:10]
+    return {
+        "bins": bins, "cycles": a.cycles,
+        "chips": [{"chip": chip, "cls": dominant[chip].tolist(), "busy": level[chip].tolist()} for chip in a.chips],
+        "stages": [[s * tp, min(n_chips, (s + 1) * tp) - 1] for s in range(pp)] if tp else [],
+        "tp": tp, "pp": pp,
+        "critical": [[a.instrs[st.instr].chip, a.instrs[st.instr].start, a.instrs[st.instr].land]
+                     for st in a.critical],
+        "pairs": [[src, dst, b, busy] for (src, dst), (b, busy) in sorted(pairs.items())],
+        "hot": [{"link": x.name, "bytes": x.bytes, "busy": x.busy, "util": x.busy / a.cycles if a.cycles else 0.0}
+                for x in hot if x.busy],
+    }
+
+
+def _layout(partition: str, chips: int) -> tuple[int, int]:
+    """(T, P) of a `tp=T,pp=P[,...]` partition; (0, 0) for any other."""
+    fields = dict(part.partition("=")[::2] for part in partition.split(","))
+    if "tp" in fields or "pp" in fields:
+        try:
+            tp, pp = int(fields.get("tp", 1)), int(fields.get("pp", 1))
+        except ValueError:
+            return 0, 0
+        return (tp, pp) if tp * pp == chips else (0, 0)
+    return 0, 0
 
 
 def _links(stats: Stats, cycles: int, machine) -> dict[str, Any]:
@@ -454,6 +525,15 @@ window.lpucErrors = [];
 <div id="lpuc-errors" class="errors" hidden></div>
 <header><h1 id="title"></h1><div id="subtitle" class="muted"></div></header>
 <section id="summary" class="cards"></section>
+<section id="overview-section" hidden>
+  <div class="sechead"><h2>Chips over time</h2><span id="ov-legend" class="legend"></span></div>
+  <div class="hint muted">A row per chip, the whole program left to right: each cell takes the colour of the unit class busiest for its instances there (what binds the chip then), darker when busier. Lines part the pipeline stages; the red line is the critical path. Hover for numbers; click a chip to find it in the timeline.</div>
+  <div class="plot"><canvas id="overview"></canvas></div>
+  <h3>Traffic between chips</h3>
+  <div class="hint muted">Bytes sent from the chip of a row to the chip of a column (darker: more; hover for numbers), and the busiest link directions.</div>
+  <div class="plot"><canvas id="pairs"></canvas></div>
+  <div id="hot"></div>
+</section>
 <section id="timeline-section">
   <div class="sechead"><h2>Timeline</h2>
     <div class="toolbar">
@@ -1005,6 +1085,112 @@ function sramHover(e, x, yy) {
   $('run').innerHTML = h.join('');
 })();
 
+// ---- chips over time, and the traffic between them (many chips)
+var OV = D.overview;
+function ovRowH() { return Math.max(2, Math.min(14, Math.floor(480 / OV.chips.length))); }
+function canvasFor(cv, w, h) {
+  var dpr = window.devicePixelRatio || 1;
+  cv.width = Math.round(w * dpr); cv.height = Math.round(h * dpr); cv.style.width = w + 'px'; cv.style.height = h + 'px';
+  var ctx = cv.getContext('2d'); ctx.setTransform(dpr, 0, 0, dpr, 0, 0); return ctx;
+}
+function drawOverview() {
+  if (S.chips < 2) return;
+  var rh = ovRowH(), W = LABEL + plotW + PADR, top = AXISH, H = top + OV.chips.length * rh + 4;
+  var ctx = canvasFor($('overview'), W, H), bw = plotW / OV.bins, cx = plotW / Math.max(1, OV.cycles);
+  ctx.font = '10px sans-serif'; ctx.fillStyle = '#3b4252'; ctx.textAlign = 'center';
+  [0, 0.25, 0.5, 0.75, 1].forEach(function (f) {
+    ctx.textAlign = f === 1 ? 'right' : 'center';
+    ctx.fillText(tickLabel(Math.round(f * OV.cycles)), LABEL + f * plotW, top - 7);
+  });
+  var ink = 0;
+  ctx.textAlign = 'left';
+  OV.chips.forEach(function (c, r) {
+    var y = top + r * rh;
+    for (var b = 0; b < OV.bins; b++) {
+      if (!c.busy[b]) continue;
+      ink++;
+      ctx.globalAlpha = 0.2 + 0.8 * c.busy[b] / 100;
+      ctx.fillStyle = D.colours[CLASSES[c.cls[b]]] || '#98a2b3';
+      ctx.fillRect(LABEL + b * bw, y, Math.max(1, bw), rh > 4 ? rh - 1 : rh);
+    }
+    ctx.globalAlpha = 1;
+    if (rh >= 10) { ctx.fillStyle = '#3b4252'; ctx.fillText('chip ' + c.chip, 4, y + rh - 2); }
+  });
+  ctx.strokeStyle = '#3b4252'; ctx.lineWidth = 1; ctx.fillStyle = '#3b4252';
+  OV.stages.forEach(function (st, j) {
+    var y = top + st[0] * rh;
+    if (j > 0) { ctx.beginPath(); ctx.moveTo(0, y + 0.5); ctx.lineTo(W, y + 0.5); ctx.stroke(); }
+    if (rh < 10 && (st[1] - st[0] + 1) * rh >= 10) ctx.fillText('stage ' + j, 4, y + 11);
+  });
+  ctx.strokeStyle = '#d1242f'; ctx.lineWidth = 1.5; ctx.beginPath();
+  OV.critical.forEach(function (st, j) {
+    var x = LABEL + st[1] * cx, y = top + st[0] * rh + rh / 2;
+    if (j) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+    ctx.lineTo(LABEL + st[2] * cx, y);
+  });
+  ctx.stroke();
+  $('overview').setAttribute('data-rows', OV.chips.length);  // what was drawn, for a test to read
+  $('overview').setAttribute('data-cells', ink);
+}
+function ovAt(e) {  // (row, bin) under the mouse, or null
+  var r = e.target.getBoundingClientRect(), x = e.clientX - r.left - LABEL, y = e.clientY - r.top - AXISH;
+  var row = Math.floor(y / ovRowH()), b = Math.floor(x / (plotW / OV.bins));
+  return row >= 0 && row < OV.chips.length && b >= 0 && b < OV.bins ? [row, b] : null;
+}
+function drawPairs() {
+  if (S.chips < 2) return;
+  var n = OV.chips.length, cell = Math.max(1, Math.min(12, Math.floor(480 / n))), side = n * cell;
+  var ctx = canvasFor($('pairs'), LABEL + side + PADR, side + 4), most = 1;
+  OV.pairs.forEach(function (p) { most = Math.max(most, p[2]); });
+  ctx.fillStyle = '#f3f4f6'; ctx.fillRect(LABEL, 0, side, side);
+  OV.pairs.forEach(function (p) {
+    ctx.globalAlpha = 0.25 + 0.75 * Math.log(1 + p[2]) / Math.log(1 + most);
+    ctx.fillStyle = '#1f77b4'; ctx.fillRect(LABEL + p[1] * cell, p[0] * cell, cell, cell);
+  });
+  ctx.globalAlpha = 1; ctx.fillStyle = '#3b4252'; ctx.font = '10px sans-serif';
+  ctx.fillText('from \u2193 to \u2192', 4, 12);
+  var h = ['<table><tr><th class="l">link direction</th><th>bytes</th><th>busy cycles</th><th>busy</th></tr>'];
+  OV.hot.forEach(function (x) {
+    h.push('<tr><td class="l mono">' + esc(x.link) + '</td><td>' + num(x.bytes) + '</td><td>' + num(x.busy) + '</td><td>' + pct(x.util) + '</td></tr>');
+  });
+  $('hot').innerHTML = OV.hot.length ? h.join('') + '</table>' : '<p class="muted">No chip-to-chip links used.</p>';
+}
+if (S.chips > 1) {
+  $('overview-section').hidden = false;
+  $('ov-legend').innerHTML = CLASSES.filter(function (c) {
+    return OV.chips.some(function (ch) { return ch.busy.some(function (b, j) { return b && CLASSES[ch.cls[j]] === c; }); });
+  }).map(function (c) { return '<span><i class="c-' + clsName(CLASSES.indexOf(c)) + '"></i>' + esc(c) + '</span>'; }).join('') +
+    '<span><i class="crit"></i>critical path</span>';
+  $('overview').addEventListener('mousemove', function (e) {
+    var at = ovAt(e);
+    if (!at) { hideTip(); return; }
+    var c = OV.chips[at[0]], b = at[1], w = OV.cycles / OV.bins;
+    showTip(e, 'chip ' + c.chip + ', cycles ' + num(b * w) + '\u2013' + num((b + 1) * w) + ': ' +
+      (c.busy[b] ? '<b>' + esc(CLASSES[c.cls[b]]) + '</b> ' + c.busy[b] + '% busy' : 'idle'));
+  });
+  $('overview').addEventListener('mouseleave', hideTip);
+  $('overview').addEventListener('click', function (e) {
+    var at = ovAt(e);
+    if (!at) return;
+    var chip = OV.chips[at[0]].chip, r = 0;
+    while (r < rows.length && rows[r].chip !== chip) r++;
+    var w = OV.cycles / OV.bins;
+    if (r < rows.length) {
+      setView(at[1] * w - 2 * w, (at[1] + 3) * w);  // the time clicked, on the chip clicked
+      var y = $('timeline').getBoundingClientRect().top + window.pageYOffset + rowY[r] - CHIPH - 48;
+      window.scrollTo({ top: Math.max(0, y), behavior: 'smooth' });
+    }
+  });
+  $('pairs').addEventListener('mousemove', function (e) {
+    var n = OV.chips.length, cell = Math.max(1, Math.min(12, Math.floor(480 / n)));
+    var r = e.target.getBoundingClientRect(), col = Math.floor((e.clientX - r.left - LABEL) / cell), row = Math.floor((e.clientY - r.top) / cell);
+    var p = OV.pairs.filter(function (q) { return q[0] === row && q[1] === col; })[0];
+    if (p) showTip(e, 'chip ' + p[0] + ' \u2192 chip ' + p[1] + ': <b>' + num(p[2]) + '</b> bytes, ' + num(p[3]) + ' busy cycles');
+    else hideTip();
+  });
+  $('pairs').addEventListener('mouseleave', hideTip);
+}
+
 // ---- wiring
 function build() {
   buildTimeline();
@@ -1019,7 +1205,9 @@ function setShow() {
   svg.classList.toggle('nolat', !$('show-lat').checked);
 }
 redraws.push(drawTimeline, drawSram);
+function buildOverview() { drawOverview(); drawPairs(); }
 build();
+buildOverview();
 drawAll();
 interact($('timeline'), function (e) {
   if (!e) { hideTip(); return; }
@@ -1051,7 +1239,7 @@ window.addEventListener('keydown', function (e) {
 var lastW = $('timeline').clientWidth;
 window.addEventListener('resize', function () {
   var w = $('timeline').clientWidth;
-  if (w !== lastW) { lastW = w; build(); drawAll(); }
+  if (w !== lastW) { lastW = w; build(); buildOverview(); drawAll(); }
 });
 document.body.offsetHeight;  // force layout: rendering is done
 document.body.setAttribute('data-render-ms', performance.now().toFixed(1));

@@ -335,3 +335,41 @@ def test_many_chips_page_renders_in_chromium(many_chips, tmp_path):
     assert errors and errors.group(1).strip() == ""
     links = re.search(r'<div id="links">(.*?)</section>', dom, re.S)
     assert links and "<table" in links.group(1) and "No chip-to-chip links" not in links.group(1)
+
+
+def test_many_chips_overview_data(many_chips):
+    data = embedded(render_html(many_chips))
+    ov = data["overview"]
+    assert [c["chip"] for c in ov["chips"]] == [0, 1, 2, 3]
+    assert all(len(c["busy"]) == len(c["cls"]) == ov["bins"] for c in ov["chips"])
+    assert all(0 <= b <= 100 for c in ov["chips"] for b in c["busy"]) and any(b == 100 for c in ov["chips"]
+                                                                                 for b in c["busy"])
+    sends = [op for op in many_chips.module.ops if op.name == "c2c.send"]
+    assert sum(p[2] for p in ov["pairs"]) == sum(link["bytes"] for link in data["links"]["rows"]) > 0
+    assert all(src != dst for src, dst, *_ in ov["pairs"]) and len(sends) >= len(ov["pairs"])
+    assert [st[0] for st in ov["critical"]] == [data["rows"][data["instrs"][i][0]]["chip"]
+                                                for i in data["critical"]["chain"]]
+    # a chip busy in a span of time has a class there, and its busy share is what the instructions hold
+    total = sum(r["busy"] for r in data["rows"] if r["chip"] == 1 and r["cls"] == "host")
+    width = ov["cycles"] / ov["bins"]
+    host = data["classes"].index("host")
+    share = sum(b for c, b in zip(ov["chips"][1]["cls"], ov["chips"][1]["busy"]) if c == host) / 100 * width
+    assert share == pytest.approx(total, rel=0.05)
+
+
+@needs_chromium
+def test_many_chips_overview_renders(many_chips, tmp_path):
+    path = tmp_path / "many.html"
+    path.write_text(render_html(many_chips))
+    done = chromium(["--virtual-time-budget=5000", "--dump-dom", path.as_uri()], tmp_path / "profile")
+    assert done.returncode == 0, done.stderr[-2000:]
+    overview = re.search(r'<canvas id="overview"([^>]*)>', done.stdout)
+    assert overview and 'data-rows="4"' in overview.group(1), done.stdout[:2000]
+    assert int(re.search(r'data-cells="(\d+)"', overview.group(1)).group(1)) > 0
+    assert '<section id="overview-section">' in done.stdout  # shown (it is hidden on one chip)
+    shot = tmp_path / "many.png"
+    chromium(["--virtual-time-budget=5000", "--window-size=1400,900", f"--screenshot={shot}", path.as_uri()],
+             tmp_path / "profile2")
+    px = read_png(shot)[:, :, :3]
+    band = px[250:420]  # the overview, under the summary cards: coloured, not blank
+    assert len(np.unique(band.reshape(-1, 3) // 8, axis=0)) >= 8 and band.std() > 10
