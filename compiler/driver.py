@@ -180,8 +180,13 @@ def compile_cached(model, machine, options, shapes: dict, *, weights: bool, outp
         "weight_bytes": summary.weight_bytes, "model_weight_bytes": summary.model_weight_bytes,
     }
     if cache:
-        store(cache, key, Path(output), report)
-        report["cache"] = {"status": "miss", "key": key}
+        try:
+            store(cache, key, Path(output), report)
+            report["cache"] = {"status": "miss", "key": key}
+        except (LpucError, OSError) as e:  # the program is written: a cache we cannot write costs a warning
+            import sys
+
+            print(f"lpuc: warning: the build cache keeps nothing: {' '.join(str(e).split())}", file=sys.stderr)
     return report
 
 

@@ -159,3 +159,12 @@ def test_lpuc_no_cache_turns_it_off_unless_a_directory_is_named(tmp_path, capsys
     assert compile_json(capsys, SAMPLE, tmp_path / "c.lpu", tmp_path / "env")["cache"]["status"] == "miss"
     code, stdout, err = run_cli(capsys, "compile", SAMPLE, "-o", tmp_path / "d.lpu", "--scheduler", "list", "--json")
     assert code == 0 and json.loads(stdout)["cache"]["status"] == "hit"  # $LPUC_CACHE_DIR's entry
+
+
+def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_compile(tmp_path, capsys):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    code, stdout, err = run_cli(capsys, "compile", SAMPLE, "-o", tmp_path / "a.lpu", "--cache-dir", blocked,
+                                "--scheduler", "list", "--json")
+    assert code == 0 and (tmp_path / "a.lpu").exists() and "cache" not in json.loads(stdout)
+    assert err.count("lpuc: warning: the build cache keeps nothing") == 1
