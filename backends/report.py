@@ -22,7 +22,8 @@ offline in any browser (inline CSS, JS and SVG; no fetch of any kind):
 - on several chips, an overview sized by chips, not instructions (`overview`): a row per
   chip over the whole program, each cell coloured by the class binding the chip then, the
   stages of a `tp=T,pp=P` layout and the critical path drawn over it; and the bytes sent
-  between each pair of chips, with the busiest link directions.
+  between each pair of chips, with the busiest link directions. Beyond 8 chips the timeline
+  and SRAM views draw one chip at a time (a picker; a click in the overview).
 
 All data is embedded as one JSON document (`<script type="application/json"
 id="lpuc-data">`, keys sorted, no timestamps) and the page's script draws
@@ -418,6 +419,7 @@ def overview(a: Analysis, classes: list[str], counts: Mapping[str, int], partiti
     hot = sorted(stats.links, key=lambda x: (-x.busy, x.name))[:10]
     return {
         "bins": bins, "cycles": a.cycles,
+        "focus": a.instrs[a.critical[-1].instr].chip if a.critical else a.chips[0],  # where the run ends
         "chips": [{"chip": chip, "cls": dominant[chip].tolist(), "busy": level[chip].tolist()} for chip in a.chips],
         "stages": [[s * tp, min(n_chips, (s + 1) * tp) - 1] for s in range(pp)] if tp else [],
         "tp": tp, "pp": pp,
@@ -541,6 +543,7 @@ window.lpucErrors = [];
       <button id="zoom-in" title="zoom in (wheel up, +)">+</button>
       <button id="zoom-out" title="zoom out (wheel down, -)">&minus;</button>
       <button id="zoom-crit" title="zoom to the critical path's last steps">Critical end</button>
+      <label id="chip-pick-label" hidden>chip <select id="chip-pick"></select></label>
       <label><input type="checkbox" id="show-crit" checked> highlight critical path</label>
       <label><input type="checkbox" id="show-lat" checked> latency tails</label>
       <span id="legend" class="legend"></span>
@@ -742,12 +745,24 @@ function interact(el, onMove, onClick) {
 // ---- timeline
 var ROWH = 15, ROWGAP = 3, AXISH = 20, CHIPH = 16;
 var rows = D.rows, multiChip = S.chips > 1;
-var rowY = [], y = AXISH;
-for (var r = 0; r < rows.length; r++) {
-  if (multiChip && (r === 0 || rows[r].chip !== rows[r - 1].chip)) y += CHIPH;
-  rowY.push(y); y += ROWH + ROWGAP;
+// On more than ALL_CHIPS chips the timeline and SRAM show one chip at a time (the chip picker, or a click
+// in the overview): a page of hundreds of chips would otherwise draw every instruction of every chip.
+var ALL_CHIPS = 8, shown = S.chips > ALL_CHIPS ? D.overview.focus : null;
+function visibleChip(chip) { return shown === null || chip === shown; }
+var rowY = [], TLH = 0, shownIdx = [];
+function layoutRows() {
+  var y = AXISH, last = null;
+  rowY = [];
+  for (var r = 0; r < rows.length; r++) {
+    if (!visibleChip(rows[r].chip)) { rowY.push(undefined); continue; }
+    if (multiChip && rows[r].chip !== last) { y += CHIPH; last = rows[r].chip; }
+    rowY.push(y); y += ROWH + ROWGAP;
+  }
+  TLH = y + 4;
+  shownIdx = [];
+  for (var i = 0; i < N; i++) if (rowY[D.instrs[i][0]] !== undefined) shownIdx.push(i);
 }
-var TLH = y + 4;
+layoutRows();
 var critSet = {};
 D.critical.chain.forEach(function (i) { critSet[i] = true; });
 var legend = CLASSES.filter(function (c) { return D.rows.some(function (r) { return r.cls === c; }); }).map(function (c, j) {
@@ -766,6 +781,7 @@ function buildTimeline() {
   var lastChip = null;
   for (var r = 0; r < rows.length; r++) {
     var row = rows[r];
+    if (rowY[r] === undefined) continue;
     if (multiChip && row.chip !== lastChip) {
       h.push('<rect class="chiphead" x="0" y="' + (rowY[r] - CHIPH) + '" width="' + W + '" height="' + (CHIPH - 1) + '"></rect>');
       h.push('<text x="4" y="' + (rowY[r] - 4) + '" font-weight="600">chip ' + row.chip + '</text>');
@@ -781,8 +797,8 @@ function buildTimeline() {
   for (var j = 0; j < CLASSES.length; j++) h.push('<path class="lat c-' + clsName(j) + '"></path>');
   h.push('</g><g id="instrs">');
   var k = plotW / (view.t1 - view.t0);
-  for (var i = 0; i < N; i++) {
-    var a = D.instrs[i], g = geom(a, k);
+  for (var j = 0; j < shownIdx.length; j++) {
+    var i = shownIdx[j], a = D.instrs[i], g = geom(a, k);
     h.push('<rect class="instr c-' + clsName(a[5]) + (critSet[i] ? ' crit' : '') + '" data-i="' + i + '" x="' + g[0] + '" width="' + g[1] +
       '" y="' + rowY[a[0]] + '" height="' + ROWH + '"></rect>');
   }
@@ -804,15 +820,16 @@ function drawTimeline() {
   $('axis').innerHTML = axis.join('');
   var k = plotW / (view.t1 - view.t0), i, a;
   if (!drawn) {  // the bars were drawn by buildTimeline for this view
-    for (i = 0; i < N; i++) {
+    for (var j = 0; j < shownIdx.length; j++) {
+      i = shownIdx[j];
       var g = geom(D.instrs[i], k), el = instrEls[i];
       el.setAttribute('x', g[0]); el.setAttribute('width', g[1]);
     }
   }
   drawn = false;
   var tails = CLASSES.map(function () { return []; }), lo = LABEL - 2, hi = LABEL + plotW + 2;
-  for (i = 0; i < N; i++) {
-    a = D.instrs[i];
+  for (var m = 0; m < shownIdx.length; m++) {
+    i = shownIdx[m]; a = D.instrs[i];
     var x1 = Math.max(LABEL + (a[1] - view.t0) * k + Math.max(a[2] * k, 1.5), lo), x2 = Math.min(LABEL + (a[1] + a[3] - view.t0) * k, hi);
     if (x2 - x1 >= 0.2 && a[5] >= 0) tails[a[5]].push('M' + x1.toFixed(1) + ' ' + (rowY[a[0]] + 4) + 'H' + x2.toFixed(1) + 'v' + (ROWH - 8) + 'H' + x1.toFixed(1) + 'z');
   }
@@ -821,6 +838,7 @@ function drawTimeline() {
   var chain = D.critical.steps, p = [];
   for (j = 1; j < chain.length; j++) {
     var pi = chain[j][1], ci = chain[j][0], pa = D.instrs[pi], ca = D.instrs[ci];
+    if (rowY[pa[0]] === undefined || rowY[ca[0]] === undefined) continue;  // a step on a chip not shown
     var x1 = LABEL + (pa[1] + pa[3] - view.t0) * k, y1 = rowY[pa[0]] + ROWH / 2;
     var x2 = LABEL + (ca[1] - view.t0) * k, y2 = rowY[ca[0]] + ROWH / 2;
     p.push('M' + x1.toFixed(1) + ' ' + y1 + 'L' + x2.toFixed(1) + ' ' + y2);
@@ -877,7 +895,8 @@ function detailHTML(i, full) {
 }
 var selected = -1;
 function select(i, zoom) {
-  if (selected >= 0) instrEls[selected].classList.remove('sel');
+  if (i >= 0 && !instrEls[i]) showChip(rows[D.instrs[i][0]].chip);  // on a chip not shown: show it
+  if (selected >= 0 && instrEls[selected]) instrEls[selected].classList.remove('sel');
   selected = i;
   if (i < 0) { $('details').innerHTML = '<span class="muted">Click an instruction to see its details here.</span>'; return; }
   instrEls[i].classList.add('sel');
@@ -902,6 +921,7 @@ var SR = D.sram, SL_H = 3, TOT_H = 56, SR_GAP = 8;
 function sramLayout() {
   var chips = SR.chips, h = 0, lay = [];
   for (var c = 0; c < chips.length; c++) {
+    if (!visibleChip(chips[c].chip)) { lay.push(null); continue; }
     var top = h + (multiChip ? CHIPH : 0);
     lay.push({ total: top + 4, heat: top + 4 + TOT_H + SR_GAP, slices: chips[c].slices.length });
     h = top + 4 + TOT_H + SR_GAP + chips[c].slices.length * SL_H + 10;
@@ -909,6 +929,18 @@ function sramLayout() {
   return { lay: lay, h: h };
 }
 var SRL = sramLayout();
+function showChip(chip) {  // the timeline and SRAM of one chip (null: every chip)
+  shown = chip;
+  $('chip-pick').value = chip === null ? 'all' : String(chip);
+  layoutRows(); SRL = sramLayout(); build(); drawAll();
+}
+if (multiChip) {
+  $('chip-pick-label').hidden = false;
+  $('chip-pick').innerHTML = (S.chips <= ALL_CHIPS ? '<option value="all">all</option>' : '') +
+    D.overview.chips.map(function (c) { return '<option value="' + c.chip + '">' + c.chip + '</option>'; }).join('');
+  $('chip-pick').value = shown === null ? 'all' : String(shown);
+  $('chip-pick').onchange = function () { showChip(this.value === 'all' ? null : +this.value); };
+}
 var heatMax = Math.max(1, Math.max.apply(null, SR.chips.map(function (c) { return c.max_slice_words; })));
 function heatRGB(f) {
   // light to dark blue-violet; f in [0, 1]
@@ -956,6 +988,7 @@ function drawSram() {
   ctx.font = '10px system-ui, sans-serif'; ctx.textBaseline = 'middle';
   for (var c = 0; c < SR.chips.length; c++) {
     var chip = SR.chips[c], L = SRL.lay[c];
+    if (!L) continue;
     if (multiChip) { ctx.fillStyle = '#3b4252'; ctx.fillText('chip ' + chip.chip, 4, L.total - 10); }
     // total
     var cap = SR.words_per_slice * chip.slices.length, tmax = Math.max(1, chip.peak_words);
@@ -996,6 +1029,7 @@ function sramHover(e, x, yy) {
   var t = Math.round(T(x));
   for (var c = 0; c < SR.chips.length; c++) {
     var L = SRL.lay[c], chip = SR.chips[c];
+    if (!L) continue;
     if (yy >= L.heat && yy < L.heat + L.slices * SL_H) {
       var s = Math.floor((yy - L.heat) / SL_H), lv = levelAt(chip.slices[s], t);
       showTip(e, (multiChip ? 'chip ' + chip.chip + ', ' : '') + 'slice ' + s + ' at cycle ' + num(t) + ': <b>' + num(lv) + '</b> words live (' +
@@ -1173,6 +1207,7 @@ if (S.chips > 1) {
     var at = ovAt(e);
     if (!at) return;
     var chip = OV.chips[at[0]].chip, r = 0;
+    if (!visibleChip(chip)) showChip(chip);
     while (r < rows.length && rows[r].chip !== chip) r++;
     var w = OV.cycles / OV.bins;
     if (r < rows.length) {
@@ -1194,7 +1229,9 @@ if (S.chips > 1) {
 // ---- wiring
 function build() {
   buildTimeline();
-  instrEls = Array.prototype.slice.call($('instrs').children);
+  instrEls = [];
+  var kids = $('instrs').children;
+  for (var j = 0; j < shownIdx.length; j++) instrEls[shownIdx[j]] = kids[j];
   buildSram();
   if (selected >= 0) { var s = selected; selected = -1; select(s, false); }
   setShow();

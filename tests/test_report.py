@@ -365,3 +365,29 @@ def test_many_chips_overview_data(many_chips):
     host = data["classes"].index("host")
     share = sum(b for c, b in zip(ov["chips"][1]["cls"], ov["chips"][1]["busy"]) if c == host) / 100 * width
     assert share == pytest.approx(total, rel=0.05)
+
+
+@needs_chromium
+def test_sixteen_chips_show_one_chip_at_a_time(tmp_path):
+    """Beyond 8 chips the timeline draws one chip (where the run ends, or the one picked), not every chip."""
+    from lpuc.compiler.pipeline import compile_module
+    from lpuc.ir.machine import read_machine
+
+    machine, text = read_machine("tsp-v1")
+    options = CompileOptions(scheduler="list", chips=16)
+    module, summary = compile_module(load_model(SAMPLES / "llama_decode.onnx")[0], machine, options)
+    program = build_program(module, text, lpu_options(options), summary.facts())
+    page = render_html(program)
+    data = embedded(page)
+    focus = data["overview"]["focus"]
+    path = tmp_path / "sixteen.html"
+    path.write_text(page)
+    done = chromium(["--virtual-time-budget=5000", "--dump-dom", path.as_uri()], tmp_path / "profile")
+    assert done.returncode == 0 and 'data-rendered="1"' in done.stdout, done.stderr[-2000:]
+    assert not [line for line in done.stderr.splitlines() if re.search(r"CONSOLE[:(]|Uncaught", line)]
+    drawn = [int(i) for i in re.findall(r'class="instr[^"]*" data-i="(\d+)"', done.stdout)]
+    on_focus = [i for i, a in enumerate(data["instrs"]) if data["rows"][a[0]]["chip"] == focus]
+    assert drawn == on_focus and 0 < len(drawn) < len(data["instrs"])
+    assert re.search(r'<canvas id="overview"[^>]*data-rows="16"', done.stdout)
+    picker = re.search(r'<select id="chip-pick">(.*?)</select>', done.stdout, re.S).group(1)
+    assert picker.count("<option") == 16 and "all" not in picker
