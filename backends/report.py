@@ -23,7 +23,8 @@ offline in any browser (inline CSS, JS and SVG; no fetch of any kind):
   chip over the whole program, each cell coloured by the class binding the chip then, the
   stages of a `tp=T,pp=P` layout and the critical path drawn over it; and the bytes sent
   between each pair of chips, with the busiest link directions. Beyond 8 chips the timeline
-  and SRAM views draw one chip at a time (a picker; a click in the overview).
+  and SRAM views draw one chip at a time (first the one the critical path spends the most
+  cycles on; a picker; a click in the overview).
 
 All data is embedded as one JSON document (`<script type="application/json"
 id="lpuc-data">`, keys sorted, no timestamps) and the page's script draws
@@ -419,7 +420,7 @@ def overview(a: Analysis, classes: list[str], counts: Mapping[str, int], partiti
     hot = sorted(stats.links, key=lambda x: (-x.busy, x.name))[:10]
     return {
         "bins": bins, "cycles": a.cycles,
-        "focus": a.instrs[a.critical[-1].instr].chip if a.critical else a.chips[0],  # where the run ends
+        "focus": _focus(a),
         "chips": [{"chip": chip, "cls": dominant[chip].tolist(), "busy": level[chip].tolist()} for chip in a.chips],
         "stages": [[s * tp, min(n_chips, (s + 1) * tp) - 1] for s in range(pp)] if tp else [],
         "tp": tp, "pp": pp,
@@ -429,6 +430,15 @@ def overview(a: Analysis, classes: list[str], counts: Mapping[str, int], partiti
         "hot": [{"link": x.name, "bytes": x.bytes, "busy": x.busy, "util": x.busy / a.cycles if a.cycles else 0.0}
                 for x in hot if x.busy],
     }
+
+
+def _focus(a: Analysis) -> int:
+    """The chip a many-chip page shows first: the one the critical path spends the most cycles on."""
+    spent: Counter = Counter()
+    for st in a.critical:
+        ins = a.instrs[st.instr]
+        spent[ins.chip] += ins.lat
+    return min(spent, key=lambda chip: (-spent[chip], chip)) if spent else a.chips[0]
 
 
 def _layout(partition: str, chips: int) -> tuple[int, int]:

@@ -369,7 +369,8 @@ def test_many_chips_overview_data(many_chips):
 
 @needs_chromium
 def test_sixteen_chips_show_one_chip_at_a_time(tmp_path):
-    """Beyond 8 chips the timeline draws one chip (where the run ends, or the one picked), not every chip."""
+    """Beyond 8 chips the timeline draws one chip (the critical path's busiest, or the one picked), not every
+    chip."""
     from lpuc.compiler.pipeline import compile_module
     from lpuc.ir.machine import read_machine
 
