@@ -733,8 +733,8 @@ def _sweep_args(p):
          "Ray cluster. Prints a line per finished point (with an estimate of the time left) on stderr and "
          "the table on stdout: chips, the layout chosen, precision, machine, cycles, latency, tokens/s of a "
          "decode step (with --prefill, its time to first token), SRAM peak, the gap to the physical bound, compile seconds and whether the cache had "
-         "the point. A failed point gets its row with its one-line error. Ctrl-C stops the sweep; finished "
-         "points stay in the cache.", _sweep_args)
+         "the point. A failed point gets its row with its one-line error (exit 1 when every point failed). Ctrl-C "
+         "stops the sweep; finished points stay in the cache.", _sweep_args)
 def cmd_sweep(args) -> int:
     from .sweep import csv_text, html_page, sweep, table
 
