@@ -419,6 +419,8 @@ def _cell(r: dict, key: str | None, title: str) -> str:
         return f"{r['wall']['compile_seconds']:.1f}"
     if title == "cache":
         return "hit" if r["wall"]["cached"] else "miss"
+    if title == "layout" and r["layout"] not in ("default", r["partition"]):  # what was asked, beside what came
+        return f"{r['partition']} ({r['layout']})"
     value = r.get(key)
     if value is None:
         return ""
