@@ -53,6 +53,7 @@ from .lpu import Program
 from .state import step_positions
 
 CLASS_ORDER = tuple(c.name for c in mo.UNIT_CLASSES)
+ONE_CHIP_BEYOND = 8  # more chips than this: the page draws one chip at a time, its data packed per chip
 SCHEDULE_KEYS = frozenset(mo.SCHEDULE_ATTRS)
 
 
@@ -350,12 +351,43 @@ def report_data(program: Program, run_result: Result | None = None) -> dict[str,
                      "latency": sum(a.instrs[st.instr].lat for st in a.critical),
                      "waits": crit_wait},
         "sram": {"words_per_slice": machine.sram.words_per_slice, "word_bytes": machine.sram.word_bytes,
+                 "slices": machine.sram.slices,
                  "chips": sram},
         "links": links,
         "overview": overview(a, classes, counts, str(summary_in.get("partition", "")), stats),
         "run": _run(run_result),
+        "one_chip_beyond": ONE_CHIP_BEYOND,
     }
+    if len(a.chips) > ONE_CHIP_BEYOND:
+        _pack_by_chip(data, a)
     return data
+
+
+def _pack_by_chip(data: dict[str, Any], a: Analysis) -> None:
+    """Move what the page needs only for the chip it shows (instruction details, SRAM step functions) into
+    one gzip-compressed chunk per chip (`chunks`: chip -> base64), which the page unpacks when it shows that
+    chip; keep the critical path's labels, which its table needs for every chip."""
+    import base64
+    import gzip
+
+    by_chip: dict[int, list] = {chip: [] for chip in a.chips}
+    for ins, detail in zip(a.instrs, data["details"]):
+        by_chip[ins.chip].append(detail)
+    sram = {entry["chip"]: entry for entry in data["sram"]["chips"]}
+    chunks = {}
+    for chip in a.chips:
+        steps = sram.get(chip, {})
+        part = {"details": by_chip[chip], "slices": steps.pop("slices", []), "total": steps.pop("total", [])}
+        packed = gzip.compress(json.dumps(part, separators=(",", ":"), sort_keys=True).encode(), 6, mtime=0)
+        chunks[str(chip)] = base64.b64encode(packed).decode()
+    data["labels"] = {str(st.instr): _label(a.instrs[st.instr]) for st in a.critical}
+    data["details"] = None
+    data["chunks"] = chunks
+
+
+def _label(ins: Instr) -> str:
+    """An instruction as the interpreter names it: its first result and its op."""
+    return (f"%{ins.op.results[0].name} = " if ins.op.results else "") + ins.op.name
 
 
 def _why(a: Analysis, st: CriticalStep) -> list | None:
@@ -757,7 +789,7 @@ var ROWH = 15, ROWGAP = 3, AXISH = 20, CHIPH = 16;
 var rows = D.rows, multiChip = S.chips > 1;
 // On more than ALL_CHIPS chips the timeline and SRAM show one chip at a time (the chip picker, or a click
 // in the overview): a page of hundreds of chips would otherwise draw every instruction of every chip.
-var ALL_CHIPS = 8, shown = S.chips > ALL_CHIPS ? D.overview.focus : null;
+var ALL_CHIPS = D.one_chip_beyond, shown = S.chips > ALL_CHIPS ? D.overview.focus : null;
 function visibleChip(chip) { return shown === null || chip === shown; }
 var rowY = [], TLH = 0, shownIdx = [];
 function layoutRows() {
@@ -857,9 +889,35 @@ function drawTimeline() {
 }
 
 // ---- details
+// Beyond D.one_chip_beyond chips, a chip's details and SRAM steps come packed (D.chunks: gzip, base64),
+// unpacked when the chip is shown or one of its instructions is looked at.
+var unpacked = {}, detailPos = null;
+function chipOf(i) { return rows[D.instrs[i][0]].chip; }
+function unpack(chip, then) {
+  if (!D.chunks || unpacked[chip]) { if (then) then(); return; }
+  if (unpacked[chip] === false) return;  // on its way
+  unpacked[chip] = false;
+  var bin = atob(D.chunks[chip]), bytes = new Uint8Array(bin.length);
+  for (var k = 0; k < bin.length; k++) bytes[k] = bin.charCodeAt(k);
+  new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'))).json().then(function (part) {
+    unpacked[chip] = part;
+    document.body.setAttribute('data-unpacked', Object.keys(unpacked).filter(function (c) { return unpacked[c]; }).join(','));
+    if (then) then();
+  }, function (e) { window.lpucNote('chip ' + chip + ': ' + e); });
+}
+function det(i) {  // an instruction's details, or null while its chip is packed
+  if (D.details) return D.details[i];
+  if (!detailPos) {
+    detailPos = []; var seen = {};
+    for (var j = 0; j < N; j++) { var c = chipOf(j); seen[c] = seen[c] || 0; detailPos.push(seen[c]++); }
+  }
+  var part = unpacked[chipOf(i)];
+  return part ? part.details[detailPos[i]] : null;
+}
 function label(i) {  // as the interpreter names an instruction: its first result and its op
-  var r = D.details[i].results;
-  return (r.length ? '%' + r[0][0] + ' = ' : '') + D.ops[D.instrs[i][4]];
+  var d = det(i);
+  if (!d) return (D.labels && D.labels[i]) || D.ops[D.instrs[i][4]];
+  return (d.results.length ? '%' + d.results[0][0] + ' = ' : '') + D.ops[D.instrs[i][4]];
 }
 function ext(list) {
   if (!list || !list.length) return '\u2014';
@@ -879,7 +937,11 @@ function opnd(o) {
   return s;
 }
 function detailHTML(i, full) {
-  var a = D.instrs[i], d = D.details[i], t = [];
+  var a = D.instrs[i], d = det(i), t = [];
+  if (!d) {  // packed: unpack its chip, then show it if it is still the one selected
+    unpack(chipOf(i), function () { if (selected === i) $('details').innerHTML = detailHTML(i, true); });
+    return '<span class="muted">' + esc(label(i)) + ': unpacking chip ' + chipOf(i) + ' \u2026</span>';
+  }
   function row(k, v) { t.push('<tr><td class="k">' + k + '</td><td>' + v + '</td></tr>'); }
   row('instruction', '<b class="mono">' + esc(label(i)) + '</b>');
   row('op', esc(D.ops[a[4]]) + ' <span class="muted">(' + esc(CLASSES[a[5]] || '') + ')</span>');
@@ -933,8 +995,8 @@ function sramLayout() {
   for (var c = 0; c < chips.length; c++) {
     if (!visibleChip(chips[c].chip)) { lay.push(null); continue; }
     var top = h + (multiChip ? CHIPH : 0);
-    lay.push({ total: top + 4, heat: top + 4 + TOT_H + SR_GAP, slices: chips[c].slices.length });
-    h = top + 4 + TOT_H + SR_GAP + chips[c].slices.length * SL_H + 10;
+    lay.push({ total: top + 4, heat: top + 4 + TOT_H + SR_GAP, slices: SR.slices });
+    h = top + 4 + TOT_H + SR_GAP + SR.slices * SL_H + 10;
   }
   return { lay: lay, h: h };
 }
@@ -999,6 +1061,10 @@ function drawSram() {
   for (var c = 0; c < SR.chips.length; c++) {
     var chip = SR.chips[c], L = SRL.lay[c];
     if (!L) continue;
+    if (D.chunks) {  // its steps are packed with its details
+      if (!unpacked[chip.chip]) { unpack(chip.chip, redraw); continue; }
+      chip = Object.assign({}, chip, { slices: unpacked[chip.chip].slices, total: unpacked[chip.chip].total });
+    }
     if (multiChip) { ctx.fillStyle = '#3b4252'; ctx.fillText('chip ' + chip.chip, 4, L.total - 10); }
     // total
     var cap = SR.words_per_slice * chip.slices.length, tmax = Math.max(1, chip.peak_words);
@@ -1040,6 +1106,10 @@ function sramHover(e, x, yy) {
   for (var c = 0; c < SR.chips.length; c++) {
     var L = SRL.lay[c], chip = SR.chips[c];
     if (!L) continue;
+    if (D.chunks) {
+      if (!unpacked[chip.chip]) continue;
+      chip = Object.assign({}, chip, { slices: unpacked[chip.chip].slices, total: unpacked[chip.chip].total });
+    }
     if (yy >= L.heat && yy < L.heat + L.slices * SL_H) {
       var s = Math.floor((yy - L.heat) / SL_H), lv = levelAt(chip.slices[s], t);
       showTip(e, (multiChip ? 'chip ' + chip.chip + ', ' : '') + 'slice ' + s + ' at cycle ' + num(t) + ': <b>' + num(lv) + '</b> words live (' +

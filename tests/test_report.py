@@ -392,3 +392,33 @@ def test_sixteen_chips_show_one_chip_at_a_time(tmp_path):
     assert re.search(r'<canvas id="overview"[^>]*data-rows="16"', done.stdout)
     picker = re.search(r'<select id="chip-pick">(.*?)</select>', done.stdout, re.S).group(1)
     assert picker.count("<option") == 16 and "all" not in picker
+    # the shown chip's packed details and SRAM steps were unpacked in the page (gzip, base64)
+    assert f'data-unpacked="{focus}"' in done.stdout
+
+
+def test_many_chips_pack_each_chip_apart(monkeypatch):
+    """Beyond 8 chips a chip's details and SRAM steps are a gzip chunk each: unpacked, what the page had."""
+    import base64
+    import gzip
+
+    import lpuc.backends.report as report
+    from lpuc.compiler.pipeline import compile_module
+    from lpuc.ir.machine import read_machine
+
+    machine, text = read_machine("tsp-v1")
+    options = CompileOptions(scheduler="list", chips=16)
+    module, summary = compile_module(load_model(SAMPLES / "llama_decode.onnx")[0], machine, options)
+    program = build_program(module, text, lpu_options(options), summary.facts())
+    packed = report_data(program)
+    monkeypatch.setattr(report, "ONE_CHIP_BEYOND", 100)
+    whole = report_data(program)
+    assert packed["details"] is None and whole.get("chunks") is None
+    chips = [whole["rows"][a[0]]["chip"] for a in whole["instrs"]]
+    for entry in whole["sram"]["chips"]:
+        part = json.loads(gzip.decompress(base64.b64decode(packed["chunks"][str(entry["chip"])])))
+        assert part["details"] == [d for d, c in zip(whole["details"], chips) if c == entry["chip"]]
+        assert part["slices"] == entry["slices"] and part["total"] == entry["total"]
+    for i, name in packed["labels"].items():
+        results = whole["details"][int(i)]["results"]
+        assert name == (f"%{results[0][0]} = " if results else "") + whole["ops"][whole["instrs"][int(i)][4]]
+    assert set(map(int, packed["labels"])) == set(whole["critical"]["chain"])
