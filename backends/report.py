@@ -24,7 +24,8 @@ offline in any browser (inline CSS, JS and SVG; no fetch of any kind):
   stages of a `tp=T,pp=P` layout and the critical path drawn over it; and the bytes sent
   between each pair of chips, with the busiest link directions. Beyond 8 chips the timeline
   and SRAM views draw one chip at a time (first the one the critical path spends the most
-  cycles on; a picker; a click in the overview).
+  cycles on; a picker; a click in the overview), and each chip's instruction details and
+  SRAM steps come as one gzip chunk (`chunks`), unpacked in the browser when needed.
 
 All data is embedded as one JSON document (`<script type="application/json"
 id="lpuc-data">`, keys sorted, no timestamps) and the page's script draws
