@@ -1002,6 +1002,11 @@ function sramLayout() {
   return { lay: lay, h: h };
 }
 var SRL = sramLayout();
+function sramSteps(chip) {  // a chip's SRAM entry with its step functions, or null while they are packed
+  if (!D.chunks) return chip;
+  var part = unpacked[chip.chip];
+  return part ? Object.assign({}, chip, { slices: part.slices, total: part.total }) : null;
+}
 function showChip(chip) {  // the timeline and SRAM of one chip (null: every chip)
   shown = chip;
   $('chip-pick').value = chip === null ? 'all' : String(chip);
@@ -1062,10 +1067,8 @@ function drawSram() {
   for (var c = 0; c < SR.chips.length; c++) {
     var chip = SR.chips[c], L = SRL.lay[c];
     if (!L) continue;
-    if (D.chunks) {  // its steps are packed with its details
-      if (!unpacked[chip.chip]) { unpack(chip.chip, redraw); continue; }
-      chip = Object.assign({}, chip, { slices: unpacked[chip.chip].slices, total: unpacked[chip.chip].total });
-    }
+    chip = sramSteps(chip);
+    if (!chip) { unpack(SR.chips[c].chip, redraw); continue; }
     if (multiChip) { ctx.fillStyle = '#3b4252'; ctx.fillText('chip ' + chip.chip, 4, L.total - 10); }
     // total
     var cap = SR.words_per_slice * chip.slices.length, tmax = Math.max(1, chip.peak_words);
@@ -1107,10 +1110,8 @@ function sramHover(e, x, yy) {
   for (var c = 0; c < SR.chips.length; c++) {
     var L = SRL.lay[c], chip = SR.chips[c];
     if (!L) continue;
-    if (D.chunks) {
-      if (!unpacked[chip.chip]) continue;
-      chip = Object.assign({}, chip, { slices: unpacked[chip.chip].slices, total: unpacked[chip.chip].total });
-    }
+    chip = sramSteps(chip);
+    if (!chip) continue;
     if (yy >= L.heat && yy < L.heat + L.slices * SL_H) {
       var s = Math.floor((yy - L.heat) / SL_H), lv = levelAt(chip.slices[s], t);
       showTip(e, (multiChip ? 'chip ' + chip.chip + ', ' : '') + 'slice ' + s + ' at cycle ' + num(t) + ': <b>' + num(lv) + '</b> words live (' +
