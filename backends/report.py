@@ -250,18 +250,22 @@ def report_data(program: Program, run_result: Result | None = None) -> dict[str,
     # `folded`), in the machine's order, then any unit the machine lacks
     rows, row_of = [], {}
     per_unit_n = Counter((i.chip, i.unit) for i in a.instrs)
+    busy_of: Counter = Counter()  # (chip, unit) -> occupied cycles: one pass, not one per row
+    on_unit: dict[tuple[int, str], list[Instr]] = {}
+    for i in a.instrs:
+        busy_of[i.chip, i.unit] += i.occ
+        on_unit.setdefault((i.chip, i.unit), []).append(i)
     folded: Counter = Counter()
     for chip in a.chips:
         names = [f"{c}{j}" for c in classes for j in range(counts.get(c, 0))]
-        names += sorted({i.unit for i in a.instrs if i.chip == chip} - set(names))
+        names += sorted({unit for c, unit in per_unit_n if c == chip} - set(names))
         for u in names:
             if not per_unit_n[chip, u]:
                 folded[next((c for c in classes if u.startswith(c)), "")] += 1
                 continue
             row_of[chip, u] = len(rows)
             cls = next((c for c in classes if u.startswith(c)), "")
-            busy = stats.busy.get(u, 0) if len(a.chips) == 1 else \
-                sum(i.occ for i in a.instrs if i.chip == chip and i.unit == u)
+            busy = stats.busy.get(u, 0) if len(a.chips) == 1 else busy_of[chip, u]
             rows.append({"chip": chip, "unit": u, "cls": cls, "n": per_unit_n[chip, u], "busy": busy,
                          "util": busy / a.cycles if a.cycles else 0.0})
 
@@ -346,7 +350,7 @@ def report_data(program: Program, run_result: Result | None = None) -> dict[str,
         "details": details,
         "critical": {"chain": [st.instr for st in a.critical],
                      "steps": [[st.instr, st.producer, st.operand, st.ready, st.wait] for st in a.critical],
-                     "why": [_why(a, st) for st in a.critical],
+                     "why": [_why(a, st, on_unit) for st in a.critical],
                      "bound": summary_in.get("critical_path_cycles"),
                      "first_issue": a.critical[0].wait if a.critical else 0,
                      "latency": sum(a.instrs[st.instr].lat for st in a.critical),
@@ -391,10 +395,11 @@ def _label(ins: Instr) -> str:
     return (f"%{ins.op.results[0].name} = " if ins.op.results else "") + ins.op.name
 
 
-def _why(a: Analysis, st: CriticalStep) -> list | None:
+def _why(a: Analysis, st: CriticalStep, on_unit: Mapping[tuple[int, str], list[Instr]]) -> list | None:
     """What a critical step waited for after its operand had landed: another operand
     landing later ["operand", name, producer, cycle], its unit busy ["unit", None,
-    instruction, cycle], or something else (ports, streams, an MXM plane) ["other"]."""
+    instruction, cycle], or something else (ports, streams, an MXM plane) ["other"].
+    `on_unit`: each (chip, unit)'s instructions."""
     if st.wait <= 0 or st.producer is None:
         return None
     ins = a.instrs[st.instr]
@@ -403,8 +408,7 @@ def _why(a: Analysis, st: CriticalStep) -> list | None:
     if late:
         land, p, name = max(late)
         return ["operand", name, p, land]
-    busy = [(o.end, o.i) for o in a.instrs if o.chip == ins.chip and o.unit == ins.unit and o.i != ins.i
-            and st.ready < o.end <= ins.start]
+    busy = [(o.end, o.i) for o in on_unit[ins.chip, ins.unit] if o.i != ins.i and st.ready < o.end <= ins.start]
     if busy:
         end, o = max(busy)
         return ["unit", None, o, end]
