@@ -36,9 +36,11 @@ share their boundary exactly); every event's args also carry its exact cycle.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from typing import BinaryIO
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -104,11 +106,15 @@ def flow_pair(flow_id: int, name: str, cat: str, src: tuple[int, int, float], ds
               ) -> list[dict]:
     """A flow arrow from (pid, tid, ts) to (pid, tid, ts): an "s" and an "f" event with one id and cat.
     Each end binds to the slice enclosing its ts on its track ("bp": "e")."""
-    (spid, stid, sts), (dpid, dtid, dts) = src, dst
-    if dts < sts:
-        raise ValueError(f"flow {name!r}: it ends ({dts}) before it starts ({sts})")
-    return [{"ph": "s", "id": flow_id, "name": name, "cat": cat, "pid": spid, "tid": stid, "ts": sts},
-            {"ph": "f", "id": flow_id, "name": name, "cat": cat, "pid": dpid, "tid": dtid, "ts": dts, "bp": "e"}]
+    if dst[2] < src[2]:
+        raise ValueError(f"flow {name!r}: it ends ({dst[2]}) before it starts ({src[2]})")
+    return [flow_end("s", flow_id, name, cat, *src), flow_end("f", flow_id, name, cat, *dst)]
+
+
+def flow_end(ph: str, flow_id: int, name: str, cat: str, pid: int, tid: int, ts: float) -> dict:
+    """One end of a flow arrow: "s" (its start) or "f" (its finish, bound to the enclosing slice)."""
+    return {"ph": ph, "id": flow_id, "name": name, "cat": cat, "pid": pid, "tid": tid, "ts": ts,
+            **({"bp": "e"} if ph == "f" else {})}
 
 
 # --- the trace-event document --------------------------------------------------------
@@ -119,6 +125,15 @@ def chrome_trace(program: Program, events: Sequence[TraceEvent] | None = None, *
     """The trace-event JSON object of `events` (default: the static schedule) of `program`, with its
     chip-to-chip `transfers` (default: the program's own). `chips`: only these chips' tracks (a transfer
     drawn on the side of it that is one of them, its flow arrow when both are)."""
+    other, sections = _trace(program, events, source=source, transfers=transfers, per_slice=per_slice, chips=chips)
+    return {"traceEvents": [ev for section in sections for ev in section], **other}
+
+
+def _trace(program: Program, events: Sequence[TraceEvent] | None, *, source: str,
+           transfers: Iterable[Transfer] | None, per_slice: bool, chips: Iterable[int] | None):
+    """(the document's keys but its events, the events chip by chip: an iterator of lists). A chip's list is
+    made when it is reached and can be dropped once written, so a trace of hundreds of chips is written
+    holding one chip's events at a time: its metadata (process, tracks), then its events in time order."""
     machine = program.machine
     facts = program.facts
     details = {ins.op.label(): ins for ins in facts.instructions}
@@ -130,100 +145,100 @@ def chrome_trace(program: Program, events: Sequence[TraceEvent] | None = None, *
     def us(cycle: int) -> float:  # cycles -> microseconds, on a whole-nanosecond grid
         return round(cycle * 1000 / clock) / 1000
 
+    for e in events:
+        if e.instruction not in details:
+            raise LpucError(f"trace: {e.instruction} is not an instruction of @{program.module.name}")
     shown = None if chips is None else frozenset(chips)
-    chips = sorted({0} | {details[e.instruction].chip for e in events if e.instruction in details}
+    chips = sorted({0} | {details[e.instruction].chip for e in events}
                    | {t.src_chip for t in transfers} | {t.dst_chip for t in transfers})
     if shown is not None:
         chips = [c for c in chips if c in shown]
-        events = [e for e in events if e.instruction not in details or details[e.instruction].chip in shown]
-        transfers = tuple(t for t in transfers if t.src_chip in shown or t.dst_chip in shown)
+    by_chip: dict[int, list[TraceEvent]] = defaultdict(list)
+    for e in events:
+        by_chip[details[e.instruction].chip].append(e)
+    ends: dict[int, list[tuple[int, str, int, int, int, Transfer]]] = defaultdict(list)  # chip -> its link ends
+    for k, t in enumerate(transfers):
+        recv = t.land - (t.end - t.start)
+        dst_link = t.link if t.dst_link is None else t.dst_link
+        both = shown is None or (t.src_chip in shown and t.dst_chip in shown)
+        ends[t.src_chip].append((k, "s" if both else "", t.link, t.start, t.end, t))
+        ends[t.dst_chip].append((k, "f" if both else "", dst_link, recv, t.land, t))
+    counters = defaultdict(list)
+    for c in _sram_counters(facts, us, per_slice):
+        counters[c["pid"] - 1].append(c)
     unit_tids = {}
     counts = units(machine)
     for cls in UNIT_ORDER:
         for i in range(counts.get(cls, 0)):
             unit_tids[f"{cls}{i}"] = len(unit_tids) + 1
-    out: list[dict] = []
-    body: list[dict] = []
-    tracks: dict[tuple[int, int], str] = {}
-
-    def track(chip: int, tid: int, name: str) -> tuple[int, int]:
-        tracks.setdefault((chip, tid), name)
-        return chip + 1, tid
-
-    for chip in chips:
-        for unit, tid in unit_tids.items():
-            track(chip, tid, unit)
     rp, wp = machine.sram.read_ports, machine.sram.write_ports
-    for e in events:
-        d = details.get(e.instruction)
-        if d is None:
-            raise LpucError(f"trace: {e.instruction} is not an instruction of @{program.module.name}")
-        tid = unit_tids.get(e.unit)
-        if tid is None:  # a unit the machine does not have (a broken program): its own track
-            tid = len(unit_tids) + 1
-            unit_tids[e.unit] = tid
-        pid, tid = track(d.chip, tid, e.unit or "no unit")
-        ts = us(e.start)
-        body.append({
-            "ph": "X", "cat": "instruction", "name": e.op, "pid": pid, "tid": tid, "ts": ts,
-            "dur": round(us(e.end) - ts, 3),
-            "args": {
-                "instruction": e.instruction, "unit": e.unit, "cycle": e.start,
-                "occupancy": e.end - e.start, "latency": e.land - e.start, "lands": e.land,
-                "operands": [f"%{v.name}" for v in d.op.operands], "results": [f"%{r.name}" for r in d.op.results],
-                "operand_extents": [[list(x) for x in r] for r in d.operand_extents()],
-                "result_extents": [[list(x) for x in w] for w in d.writes or [()] * len(d.op.results)],
-            }})
-        for s, n in d.cost.reads:
-            held = -(-n // rp)
-            pid, tid = track(d.chip, PORT_TID + 2 * s, f"slice {s} read")
-            body.append({"ph": "X", "cat": "sram.read", "name": e.op, "pid": pid, "tid": tid, "ts": ts,
-                         "dur": round(us(e.start + held) - ts, 3),
-                         "args": {"instruction": e.instruction, "slice": s, "words": n, "cycle": e.start}})
-        for s, n in d.cost.writes:
-            held = -(-n // wp)
-            pid, tid = track(d.chip, PORT_TID + 2 * s + 1, f"slice {s} write")
-            t0 = us(e.land - held)
-            body.append({"ph": "X", "cat": "sram.write", "name": e.op, "pid": pid, "tid": tid, "ts": t0,
-                         "dur": round(us(e.land) - t0, 3),
-                         "args": {"instruction": e.instruction, "slice": s, "words": n, "cycle": e.land - held}})
-    for k, t in enumerate(transfers):
-        args = {"transfer": t.name, "from": f"chip{t.src_chip}", "to": f"chip{t.dst_chip}", "bytes": t.bytes,
-                "cycle": t.start, "lands": t.land}
-        recv = t.land - (t.end - t.start)
-        dst_link = t.link if t.dst_link is None else t.dst_link
-        sides = [(t.src_chip, t.link, t.start, t.end), (t.dst_chip, dst_link, recv, t.land)]
-        ends = []
-        for chip, link, start, end in sides:
-            if shown is None or chip in shown:
-                ends.append(track(chip, LINK_TID + link, f"link {link}") + (us(start),))
-                body.append({"ph": "X", "cat": "link", "name": t.name, "pid": ends[-1][0], "tid": ends[-1][1],
-                             "ts": us(start), "dur": round(us(end) - us(start), 3), "args": args})
-        if len(ends) == 2:
-            body += flow_pair(k + 1, t.name, "transfer", *ends)
-    body += [c for c in _sram_counters(facts, us, per_slice) if shown is None or c["pid"] - 1 in shown]
 
-    for chip in chips:
+    def section(chip: int) -> list[dict]:
         pid = chip + 1
-        out.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "ts": 0,
-                    "args": {"name": f"chip{chip} ({machine.name})"}})
-        out.append({"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0, "ts": 0,
-                    "args": {"sort_index": chip}})
-    for (chip, tid), name in sorted(tracks.items()):
-        out.append({"ph": "M", "name": "thread_name", "pid": chip + 1, "tid": tid, "ts": 0, "args": {"name": name}})
-        out.append({"ph": "M", "name": "thread_sort_index", "pid": chip + 1, "tid": tid, "ts": 0,
-                    "args": {"sort_index": tid}})
-    body.sort(key=lambda ev: (ev["ts"], ev["pid"], ev["tid"], -ev.get("dur", 0)))
+        tracks: dict[int, str] = {tid: unit for unit, tid in unit_tids.items()}
+        body: list[dict] = []
+        for e in by_chip[chip]:
+            d = details[e.instruction]
+            tid = unit_tids.get(e.unit)
+            if tid is None:  # a unit the machine does not have (a broken program): its own track
+                tid = unit_tids[e.unit] = len(unit_tids) + 1
+            tracks.setdefault(tid, e.unit or "no unit")
+            ts = us(e.start)
+            body.append({
+                "ph": "X", "cat": "instruction", "name": e.op, "pid": pid, "tid": tid, "ts": ts,
+                "dur": round(us(e.end) - ts, 3),
+                "args": {
+                    "instruction": e.instruction, "unit": e.unit, "cycle": e.start,
+                    "occupancy": e.end - e.start, "latency": e.land - e.start, "lands": e.land,
+                    "operands": [f"%{v.name}" for v in d.op.operands], "results": [f"%{r.name}" for r in d.op.results],
+                    "operand_extents": [[list(x) for x in r] for r in d.operand_extents()],
+                    "result_extents": [[list(x) for x in w] for w in d.writes or [()] * len(d.op.results)],
+                }})
+            for sl, n in d.cost.reads:
+                held = -(-n // rp)
+                tracks.setdefault(PORT_TID + 2 * sl, f"slice {sl} read")
+                body.append({"ph": "X", "cat": "sram.read", "name": e.op, "pid": pid, "tid": PORT_TID + 2 * sl,
+                             "ts": ts, "dur": round(us(e.start + held) - ts, 3),
+                             "args": {"instruction": e.instruction, "slice": sl, "words": n, "cycle": e.start}})
+            for sl, n in d.cost.writes:
+                held = -(-n // wp)
+                tracks.setdefault(PORT_TID + 2 * sl + 1, f"slice {sl} write")
+                t0 = us(e.land - held)
+                body.append({"ph": "X", "cat": "sram.write", "name": e.op, "pid": pid, "tid": PORT_TID + 2 * sl + 1,
+                             "ts": t0, "dur": round(us(e.land) - t0, 3),
+                             "args": {"instruction": e.instruction, "slice": sl, "words": n,
+                                      "cycle": e.land - held}})
+        for k, flow, link, start, end, t in ends[chip]:  # its side of each transfer, and its end of the arrow
+            tid = LINK_TID + link
+            tracks.setdefault(tid, f"link {link}")
+            args = {"transfer": t.name, "from": f"chip{t.src_chip}", "to": f"chip{t.dst_chip}", "bytes": t.bytes,
+                    "cycle": t.start, "lands": t.land}
+            body.append({"ph": "X", "cat": "link", "name": t.name, "pid": pid, "tid": tid, "ts": us(start),
+                         "dur": round(us(end) - us(start), 3), "args": args})
+            if flow:
+                body.append(flow_end(flow, k + 1, t.name, "transfer", pid, tid, us(start)))
+        body += counters[chip]
+        body.sort(key=lambda ev: (ev["ts"], ev["tid"], -ev.get("dur", 0)))
+        head = [{"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "ts": 0,
+                 "args": {"name": f"chip{chip} ({machine.name})"}},
+                {"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0, "ts": 0, "args": {"sort_index": chip}}]
+        for tid, name in sorted(tracks.items()):
+            head.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "ts": 0, "args": {"name": name}})
+            head.append({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid, "ts": 0,
+                         "args": {"sort_index": tid}})
+        return head + body
+
     cycles = max([e.land for e in events] + [t.land for t in transfers], default=0)
-    return {
-        "traceEvents": out + body,
+    other = {
         "displayTimeUnit": "ns",
         "otherData": {
             "tool": "lpuc", "module": program.module.name, "machine": machine.name, "chips": len(chips),
-            "source": source, "cycles": cycles, "clock_mhz": machine.clock_mhz, "instructions": len(events),
+            "source": source, "cycles": cycles, "clock_mhz": machine.clock_mhz,
+            "instructions": sum(len(by_chip[c]) for c in chips),
             "time": "ts and dur in microseconds: cycles / clock_mhz, rounded to whole nanoseconds",
         },
     }
+    return other, (section(chip) for chip in chips)
 
 
 def _sram_counters(facts: Facts, us, per_slice: bool):
@@ -242,13 +257,30 @@ def _sram_counters(facts: Facts, us, per_slice: bool):
 
 def trace_json(program: Program, events: Sequence[TraceEvent] | None = None, *, compress: bool = False,
                **kwargs) -> bytes:
-    """`chrome_trace` as UTF-8 JSON bytes (compact, one event per line); `compress`: gzip-compressed (as
-    Perfetto and chrome://tracing open a .json.gz), the same bytes every time (no timestamp, no name)."""
-    doc = chrome_trace(program, events, **kwargs)
-    lines = ",\n".join(json.dumps(ev, separators=(",", ":")) for ev in doc["traceEvents"])
-    rest = {k: v for k, v in doc.items() if k != "traceEvents"}
-    data = ('{"traceEvents":[\n' + lines + "\n],\n" + json.dumps(rest)[1:] + "\n").encode()
-    return gzip.compress(data, compresslevel=6, mtime=0) if compress else data
+    """`chrome_trace` as UTF-8 JSON bytes (compact, one event per line); `compress`: gzip-compressed."""
+    out = io.BytesIO()
+    write_trace(out, program, events, compress=compress, **kwargs)
+    return out.getvalue()
+
+
+def write_trace(out: BinaryIO, program: Program, events: Sequence[TraceEvent] | None = None, *,
+                compress: bool = False, source: str = "schedule", transfers: Iterable[Transfer] | None = None,
+                per_slice: bool = True, chips: Iterable[int] | None = None) -> None:
+    """Write `chrome_trace` to `out` as compact JSON, one event per line, chip by chip (holding one chip's
+    events at a time); `compress`: gzip-compressed (as Perfetto and chrome://tracing open a .json.gz), the
+    same bytes every time (no timestamp, no name in the header)."""
+    other, sections = _trace(program, events, source=source, transfers=transfers, per_slice=per_slice, chips=chips)
+    sink = gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=6, mtime=0) if compress else out
+    sink.write(b'{"traceEvents":[\n')
+    first = True
+    for section in sections:
+        if section:
+            text = ",\n".join(json.dumps(ev, separators=(",", ":")) for ev in section)
+            sink.write((text if first else ",\n" + text).encode())
+            first = False
+    sink.write(("\n],\n" + json.dumps(other)[1:] + "\n").encode())
+    if compress:
+        sink.close()
 
 
 # --- checking a document against the format --------------------------------------------

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..ir import LpucError
 from ..ir.collector import collector_paused
 from ..ir.evaluator import evaluate
-from ..ir.files import atomic_write, check_regular, npz_arrays, read_npz, write_module, write_npz
+from ..ir.files import atomic_write, atomic_write_with, check_regular, npz_arrays, read_npz, write_module, write_npz
 from ..ir.printer import print_module
 
 import numpy as np
@@ -441,9 +441,9 @@ def cmd_run(args) -> int:
     if args.output:
         write_npz(args.output, result.outputs)
     if args.trace:
-        from ..backends.trace import trace_json
+        from ..backends.trace import write_trace
 
-        atomic_write(args.trace, trace_json(program, result.trace, source="interpreter"))
+        atomic_write_with(args.trace, lambda f: write_trace(f, program, result.trace, source="interpreter"))
     report = {
         "program": str(args.program), "machine": program.machine.name, "cycles": stats.cycles,
         "latency_us": round(stats.latency_us, 3), "instructions": stats.instructions,
@@ -942,20 +942,25 @@ def cmd_viz(args) -> int:
         outputs += _graph_outputs(module, Path(args.dot),
                                   chips=program.target.chips if path.suffix == ".lpu" else None,
                                   collapse=args.collapse)
-    if args.perfetto:
-        from ..backends.trace import trace_json
-
+    if args.perfetto and args.trace_chips and args.trace_chips[-1] >= program.target.chips:
         chips = program.target.chips
-        if args.trace_chips and args.trace_chips[-1] >= chips:
-            raise LpucError(f"--trace-chips: the program has {chips} chip{'s' if chips > 1 else ''} "
-                            f"(0-{chips - 1}), not chip {args.trace_chips[-1]}")
-        outputs.append((Path(args.perfetto), trace_json(program, chips=args.trace_chips,
-                                                        compress=args.perfetto.lower().endswith(".gz"))))
+        raise LpucError(f"--trace-chips: the program has {chips} chip{'s' if chips > 1 else ''} "
+                        f"(0-{chips - 1}), not chip {args.trace_chips[-1]}")
     if args.html:
         outputs.append((Path(args.html), _render_html(program).encode()))
+    written = []
+    if args.perfetto:  # streamed chip by chip (a trace of hundreds of chips is never held whole), atomically
+        from ..backends.trace import write_trace
+
+        out = Path(args.perfetto)
+        atomic_write_with(out, lambda f: write_trace(f, program, chips=args.trace_chips,
+                                                     compress=args.perfetto.lower().endswith(".gz")))
+        written.append((out, out.stat().st_size))
     for out, data in outputs:
         atomic_write(out, data)
-        say(f"wrote {out} ({_size(len(data))}): {_OPEN_HINT.get(out.suffix.lower(), 'open it with its viewer')}")
+        written.append((out, len(data)))
+    for out, size in written:
+        say(f"wrote {out} ({_size(size)}): {_OPEN_HINT.get(out.suffix.lower(), 'open it with its viewer')}")
     return 0
 
 
