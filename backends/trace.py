@@ -171,11 +171,12 @@ def _trace(program: Program, events: Sequence[TraceEvent] | None, *, source: str
     for cls in UNIT_ORDER:
         for i in range(counts.get(cls, 0)):
             unit_tids[f"{cls}{i}"] = len(unit_tids) + 1
+    every_chip = dict(unit_tids)  # a track on every chip; other units (a send's tx) only where they work
     rp, wp = machine.sram.read_ports, machine.sram.write_ports
 
     def section(chip: int) -> list[dict]:
         pid = chip + 1
-        tracks: dict[int, str] = {tid: unit for unit, tid in unit_tids.items()}
+        tracks: dict[int, str] = {tid: unit for unit, tid in every_chip.items()}
         body: list[dict] = []
         for e in by_chip[chip]:
             d = details[e.instruction]
