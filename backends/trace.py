@@ -25,7 +25,12 @@ Format" (`{"traceEvents": [...], "displayTimeUnit": "ns", "otherData": {...}}`):
   measures the SRAM peak) and "SRAM slice N" per slice used, from the
   schedule (ir.schedule_facts) whichever events are drawn;
 - chip-to-chip transfers (`Transfer`): an "X" on the sender's and the receiver's
-  link track joined by a flow arrow (`flow_pair`: an "s" / "f" pair, one id).
+  link track joined by a flow arrow (an "s" / "f" pair, one id).
+
+The document is made chip by chip (`_trace`): a chip's metadata, then its events in time
+order. `write_trace` streams it into a file (gzip-compressed too), holding one chip's
+events at a time; `chrome_trace` and `trace_json` give it whole, for tests and small
+programs.
 
 Time: cycles at the machine clock, in microseconds as the format wants:
 `ts = cycle / clock_mhz`, rounded to whole nanoseconds (so slices that touch
