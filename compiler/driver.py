@@ -144,8 +144,7 @@ def compile_cached(model, machine, options, shapes: dict, *, weights: bool, outp
     found = lookup(cache, key) if cache else None
     if found:
         copy_file(found.program, output)
-        return {**found.report, "output": str(output),
-                "cache": {"status": "hit", "key": key, "compiled_seconds": found.report["compile_seconds"]}}
+        return {**cached_report(found.report, key), "output": str(output)}
     start = time.perf_counter()
     module, summary, machine_text = compile_model(model, machine, options, shapes, progress=progress,
                                                   state_layout=state_layout)
@@ -188,6 +187,11 @@ def compile_cached(model, machine, options, shapes: dict, *, weights: bool, outp
 
             print(f"lpuc: warning: the build cache keeps nothing: {' '.join(str(e).split())}", file=sys.stderr)
     return report
+
+
+def cached_report(report: dict, key: str) -> dict:
+    """A recorded compile's report as a cache hit gives it: saying so, and how long the compile took."""
+    return {**report, "cache": {"status": "hit", "key": key, "compiled_seconds": report["compile_seconds"]}}
 
 
 def per_token(program) -> dict:

@@ -279,22 +279,20 @@ def _prefill_key(point: Point, settings: Fixed, step: dict) -> str:
 
 def _recorded(model: str, point: Point, directory: Path, settings: Fixed, lookup) -> dict | None:
     """The point's recorded compile and run (and its prefill's compile), or None."""
+    from .driver import cached_report
+
     key = _key(model, point, settings)
     entry = lookup(directory, key)
     if entry is None or entry.run is None:
         return None
-    found = {"report": _as_hit(entry.report, key), "run": entry.run, "seconds": 0.0, "hit": True}
+    found = {"report": cached_report(entry.report, key), "run": entry.run, "seconds": 0.0, "hit": True}
     if settings.prefill:
         prefill_key = _prefill_key(point, settings, entry.report)
         prefill = lookup(directory, prefill_key)
         if prefill is None:
             return None
-        found["prefill"] = _as_hit(prefill.report, prefill_key)
+        found["prefill"] = cached_report(prefill.report, prefill_key)
     return found
-
-
-def _as_hit(report: dict, key: str) -> dict:
-    return {**report, "cache": {"status": "hit", "key": key, "compiled_seconds": report["compile_seconds"]}}
 
 
 def _on_processes(model, todo, rest, jobs, directory, settings, finished) -> None:
