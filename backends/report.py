@@ -362,32 +362,91 @@ def report_data(program: Program, run_result: Result | None = None) -> dict[str,
         "overview": overview(a, classes, counts, str(summary_in.get("partition", "")), stats),
         "run": _run(run_result),
         "one_chip_beyond": ONE_CHIP_BEYOND,
+        "kinds": list(KINDS),
     }
     if len(a.chips) > ONE_CHIP_BEYOND:
         _pack_by_chip(data, a)
     return data
 
 
+KINDS = ("sram", "plane", "link", "host")  # an operand's kind, by its number in a packed chunk
+
+
 def _pack_by_chip(data: dict[str, Any], a: Analysis) -> None:
-    """Move what the page needs only for the chip it shows (instruction details, SRAM step functions) into
-    one gzip-compressed chunk per chip (`chunks`: chip -> base64), which the page unpacks when it shows that
-    chip; keep the critical path's labels, which its table needs for every chip."""
+    """Move what the page needs only for the chip it shows (instructions, their details, SRAM step
+    functions) into one gzip-compressed chunk per chip (`chunks`: chip -> base64, each `_chunk`), which the
+    page unpacks when it shows that chip. `instrs` keeps, by index, the instructions the critical path's
+    table needs on every chip, with their `labels`."""
     import base64
     import gzip
 
-    by_chip: dict[int, list] = {chip: [] for chip in a.chips}
-    for ins, detail in zip(a.instrs, data["details"]):
-        by_chip[ins.chip].append(detail)
+    on_chip: dict[int, list[int]] = {chip: [] for chip in a.chips}
+    for ins in a.instrs:
+        on_chip[ins.chip].append(ins.i)
     sram = {entry["chip"]: entry for entry in data["sram"]["chips"]}
     chunks = {}
     for chip in a.chips:
         steps = sram.get(chip, {})
-        part = {"details": by_chip[chip], "slices": steps.pop("slices", []), "total": steps.pop("total", [])}
+        part = _chunk(on_chip[chip], data["instrs"], data["details"], steps.pop("slices", []), steps.pop("total", []))
         packed = gzip.compress(json.dumps(part, separators=(",", ":"), sort_keys=True).encode(), 6, mtime=0)
         chunks[str(chip)] = base64.b64encode(packed).decode()
-    data["labels"] = {str(st.instr): _label(a.instrs[st.instr]) for st in a.critical}
+    named = sorted({i for st, why in zip(data["critical"]["steps"], data["critical"]["why"])
+                    for i in (st[0], st[1], why[2] if why else None) if i is not None})
+    data["labels"] = {str(i): _label(a.instrs[i]) for i in named}
+    data["instrs"] = {str(i): data["instrs"][i] for i in named}
     data["details"] = None
     data["chunks"] = chunks
+
+
+def _deltas(xs: list[int]) -> list[int]:
+    return [x - y for x, y in zip(xs, [0] + xs[:-1])]
+
+
+def _chunk(indices: list[int], instrs: list[list], details: list[dict], slices: list[list[int]],
+           total: list[int]) -> dict[str, Any]:
+    """One chip's instructions (`indices`, ascending), their details and its SRAM step functions, by column
+    (what gzip packs best): every number that grows as a difference from the one before, an instruction's
+    producers as differences from its own index, each value's name and type once (`values`, `types`), and
+    the rest as the page's `instrs` and `details` have it. The page's `unpackPart` is the inverse."""
+    values: dict[str, int] = {}
+    value_types: list[int] = []
+    types: dict[str, int] = {}
+
+    def value(name: str, type_: str | None = None) -> int:
+        j = values.setdefault(name, len(values))
+        if j == len(value_types):
+            value_types.append(-1)
+        if type_ is not None and value_types[j] < 0:
+            value_types[j] = types.setdefault(type_, len(types))
+        return j
+
+    def steps(flat: list[int]) -> list[list[int]]:
+        return [_deltas(flat[0::2]), _deltas(flat[1::2])]
+
+    rec = [instrs[i] for i in indices]
+    det = [details[i] for i in indices]
+    operands = []
+    for i, d in zip(indices, det):
+        row = []
+        for o in d["operands"]:
+            entry = [value(o["name"], o["type"]), KINDS.index(o.get("kind", "sram")),
+                     [i - p for p in o.get("producers", ())]]
+            if o.get("views"):
+                entry += [[value(v) for v in o["views"]], [value(v) for v in o["sources"]]]
+            row.append(entry)
+        operands.append(row)
+    results = [[value(name, type_) for name, type_ in d["results"]] for d in det]
+    return {
+        "i": _deltas(indices),
+        "row": [r[0] for r in rec], "start": _deltas([r[1] for r in rec]), "occ": [r[2] for r in rec],
+        "lat": [r[3] for r in rec], "op": [r[4] for r in rec], "cls": [r[5] for r in rec],
+        "k": _deltas([d["k"] for d in det]),
+        "values": list(values), "value_types": value_types, "types": list(types),
+        "results": results, "operands": operands,
+        "out": [d["out"] for d in det], "reads": [d["reads"] for d in det], "streams": [d["streams"] for d in det],
+        "attrs": [[j, d["attrs"]] for j, d in enumerate(det) if "attrs" in d],
+        "slices": [steps(s) for s in slices], "total": steps(total),
+    }
 
 
 def _label(ins: Instr) -> str:
@@ -724,7 +783,7 @@ $('summary').innerHTML = cards.map(function (c) {
 }).join('');
 
 // ---- shared time view
-var N = D.instrs.length, CYC = Math.max(S.cycles, 1);
+var N = S.instructions, CYC = Math.max(S.cycles, 1);
 var LABEL = 92, PADR = 12;
 var view = { t0: 0, t1: CYC };
 var plotW = 800;
@@ -794,9 +853,17 @@ var ROWH = 15, ROWGAP = 3, AXISH = 20, CHIPH = 16;
 var rows = D.rows, multiChip = S.chips > 1;
 // On more than ALL_CHIPS chips the timeline and SRAM show one chip at a time (the chip picker, or a click
 // in the overview): a page of hundreds of chips would otherwise draw every instruction of every chip.
-var ALL_CHIPS = D.one_chip_beyond, shown = S.chips > ALL_CHIPS ? D.overview.focus : null;
+// The address may name what to show first: #chip=C (beyond ALL_CHIPS chips) and #i=N (an instruction,
+// selected and zoomed to; on a chip still packed, it needs its chip).
+var HASH = {};
+location.hash.replace(/^#/, '').split('&').forEach(function (kv) {
+  var m = /^(chip|i)=(\d+)$/.exec(kv); if (m) HASH[m[1]] = +m[2];
+});
+var ALL_CHIPS = D.one_chip_beyond, shown = null;
+if (S.chips > ALL_CHIPS) shown = D.overview.chips.some(function (c) { return c.chip === HASH.chip; }) ? HASH.chip : D.overview.focus;
 function visibleChip(chip) { return shown === null || chip === shown; }
 var rowY = [], TLH = 0, shownIdx = [];
+var unpacked = {}, waiting = {};  // chips unpacked (unpackPart), and what waits for chips on their way
 function layoutRows() {
   var y = AXISH, last = null;
   rowY = [];
@@ -806,6 +873,7 @@ function layoutRows() {
     rowY.push(y); y += ROWH + ROWGAP;
   }
   TLH = y + 4;
+  if (D.chunks) { shownIdx = unpacked[shown] ? unpacked[shown].index : []; return; }
   shownIdx = [];
   for (var i = 0; i < N; i++) if (rowY[D.instrs[i][0]] !== undefined) shownIdx.push(i);
 }
@@ -894,30 +962,60 @@ function drawTimeline() {
 }
 
 // ---- details
-// Beyond D.one_chip_beyond chips, a chip's details and SRAM steps come packed (D.chunks: gzip, base64),
-// unpacked when the chip is shown or one of its instructions is looked at.
-var unpacked = {}, detailPos = null;
+// Beyond D.one_chip_beyond chips, a chip's instructions, their details and its SRAM steps come packed
+// (D.chunks: gzip, base64, by column: report._chunk), unpacked when the chip is shown or one of its
+// instructions is looked at; until then D.instrs holds only the critical path's instructions.
+var critOf = {};
+D.critical.chain.forEach(function (i, j) { critOf[i] = j; });
 function chipOf(i) { return rows[D.instrs[i][0]].chip; }
+function sums(d) { var out = [], s = 0; for (var j = 0; j < d.length; j++) out.push(s += d[j]); return out; }
+function unSteps(p) {  // [time differences, level differences] -> [t0, l0, t1, l1, ...]
+  var t = sums(p[0]), l = sums(p[1]), out = [];
+  for (var j = 0; j < t.length; j++) out.push(t[j], l[j]);
+  return out;
+}
+function unpackPart(p) {  // the inverse of report._chunk: instructions into D.instrs, details as D.details has them
+  var index = sums(p.i), start = sums(p.start), k = sums(p.k), at = {}, details = [], attrs = {};
+  p.attrs.forEach(function (e) { attrs[e[0]] = e[1]; });
+  function name(v) { return p.values[v]; }
+  function type(v) { return p.types[p.value_types[v]]; }
+  for (var j = 0; j < index.length; j++) {
+    var i = index[j];
+    at[i] = j;
+    D.instrs[i] = [p.row[j], start[j], p.occ[j], p.lat[j], p.op[j], p.cls[j]];
+    var d = { k: k[j], out: p.out[j], reads: p.reads[j], streams: p.streams[j],
+              results: p.results[j].map(function (v) { return [name(v), type(v)]; }),
+              operands: p.operands[j].map(function (e) {
+                var o = { name: name(e[0]), type: type(e[0]) };
+                if (e[1]) o.kind = D.kinds[e[1]];
+                if (e[2].length) o.producers = e[2].map(function (q) { return i - q; });
+                if (e.length > 3) { o.views = e[3].map(name); o.sources = e[4].map(name); }
+                return o;
+              }) };
+    if (attrs[j]) d.attrs = attrs[j];
+    if (critOf[i] !== undefined) d.crit = critOf[i];
+    details.push(d);
+  }
+  return { index: index, at: at, details: details, slices: p.slices.map(unSteps), total: unSteps(p.total) };
+}
 function unpack(chip, then) {
   if (!D.chunks || unpacked[chip]) { if (then) then(); return; }
-  if (unpacked[chip] === false) return;  // on its way
-  unpacked[chip] = false;
+  var first = !waiting[chip];
+  waiting[chip] = (waiting[chip] || []).concat(then ? [then] : []);
+  if (!first) return;  // on its way
   var bin = atob(D.chunks[chip]), bytes = new Uint8Array(bin.length);
   for (var k = 0; k < bin.length; k++) bytes[k] = bin.charCodeAt(k);
   new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'))).json().then(function (part) {
-    unpacked[chip] = part;
-    document.body.setAttribute('data-unpacked', Object.keys(unpacked).filter(function (c) { return unpacked[c]; }).join(','));
-    if (then) then();
-  }, function (e) { window.lpucNote('chip ' + chip + ': ' + e); });
+    unpacked[chip] = unpackPart(part);
+    document.body.setAttribute('data-unpacked', Object.keys(unpacked).join(','));
+    var calls = waiting[chip]; delete waiting[chip];
+    calls.forEach(function (f) { f(); });
+  }).catch(function (e) { window.lpucNote('chip ' + chip + ': ' + e); });
 }
 function det(i) {  // an instruction's details, or null while its chip is packed
   if (D.details) return D.details[i];
-  if (!detailPos) {
-    detailPos = []; var seen = {};
-    for (var j = 0; j < N; j++) { var c = chipOf(j); seen[c] = seen[c] || 0; detailPos.push(seen[c]++); }
-  }
-  var part = unpacked[chipOf(i)];
-  return part ? part.details[detailPos[i]] : null;
+  var part = D.instrs[i] && unpacked[chipOf(i)];
+  return part ? part.details[part.at[i]] : null;
 }
 function label(i) {  // as the interpreter names an instruction: its first result and its op
   var d = det(i);
@@ -936,7 +1034,9 @@ function opnd(o) {
   else if (kind === 'host') s += ' <span class="muted">(host)</span>';
   if (o.views && o.views.length) s += ' <span class="muted">view of</span> ' + o.sources.map(function (n) { return '%' + esc(n); }).join(', ');
   if (o.producers && o.producers.length) s += ' <span class="muted">\u2190 ' + o.producers.map(function (p) {
-    var a = D.instrs[p]; return esc(D.ops[a[4]]) + ' on ' + esc(rows[a[0]].unit) + ', lands ' + num(a[1] + a[3]);
+    var a = D.instrs[p];  // (undefined: on a chip still packed)
+    if (!a) return 'instruction ' + p;
+    return esc(D.ops[a[4]]) + ' on ' + esc(rows[a[0]].unit) + (multiChip ? ' of chip ' + rows[a[0]].chip : '') + ', lands ' + num(a[1] + a[3]);
   }).join('; ') + '</span>';
   else if (kind === 'sram') s += ' <span class="muted">(SRAM image)</span>';
   return s;
@@ -971,8 +1071,19 @@ function detailHTML(i, full) {
   return '<table>' + t.join('') + '</table>';
 }
 var selected = -1;
+function initial() {  // the instruction the address names, if it is there to select
+  var i = HASH.i;
+  if (i === undefined) return -1;
+  if (i >= 0 && i < N && D.instrs[i]) return i;
+  window.lpucNote('#i=' + i + ': no such instruction' + (D.chunks ? ' on chip ' + shown : ''));
+  return -1;
+}
 function select(i, zoom) {
-  if (i >= 0 && !instrEls[i]) showChip(rows[D.instrs[i][0]].chip);  // on a chip not shown: show it
+  if (i >= 0 && !instrEls[i]) {  // on a chip not shown: show it, then select
+    var chip = chipOf(i);
+    if (shown !== chip) showChip(chip, function () { select(i, zoom); });
+    return;
+  }
   if (selected >= 0 && instrEls[selected]) instrEls[selected].classList.remove('sel');
   selected = i;
   if (i < 0) { $('details').innerHTML = '<span class="muted">Click an instruction to see its details here.</span>'; return; }
@@ -1011,10 +1122,14 @@ function sramSteps(chip) {  // a chip's SRAM entry with its step functions, or n
   var part = unpacked[chip.chip];
   return part ? Object.assign({}, chip, { slices: part.slices, total: part.total }) : null;
 }
-function showChip(chip) {  // the timeline and SRAM of one chip (null: every chip)
+function showChip(chip, then) {  // the timeline and SRAM of one chip (null: every chip), once unpacked
   shown = chip;
   $('chip-pick').value = chip === null ? 'all' : String(chip);
-  layoutRows(); SRL = sramLayout(); build(); drawAll();
+  unpack(chip, function () {
+    if (shown !== chip) return;  // another was picked meanwhile
+    layoutRows(); SRL = sramLayout(); build(); drawAll();
+    if (then) then();
+  });
 }
 if (multiChip) {
   $('chip-pick-label').hidden = false;
@@ -1329,9 +1444,14 @@ function setShow() {
 }
 redraws.push(drawTimeline, drawSram);
 function buildOverview() { drawOverview(); drawPairs(); }
-build();
+function rendered() {
+  document.body.offsetHeight;  // force layout: rendering is done
+  document.body.setAttribute('data-render-ms', performance.now().toFixed(1));
+  document.body.setAttribute('data-rendered', '1');
+}
 buildOverview();
-drawAll();
+if (D.chunks) showChip(shown, function () { select(initial(), true); rendered(); });
+else { build(); drawAll(); }
 interact($('timeline'), function (e) {
   if (!e) { hideTip(); return; }
   var t = e.target;
@@ -1364,8 +1484,6 @@ window.addEventListener('resize', function () {
   var w = $('timeline').clientWidth;
   if (w !== lastW) { lastW = w; build(); buildOverview(); drawAll(); }
 });
-document.body.offsetHeight;  // force layout: rendering is done
-document.body.setAttribute('data-render-ms', performance.now().toFixed(1));
-document.body.setAttribute('data-rendered', '1');
+if (!D.chunks) { select(initial(), true); rendered(); }
 })();
 """

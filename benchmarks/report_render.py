@@ -1,13 +1,16 @@
 """The HTML report: its size and how fast headless Chromium renders it.
 
-    python benchmarks/report_render.py [--runs 5] [MODEL.onnx ...]
+    python benchmarks/report_render.py [--runs 5] [MODEL.onnx | PROGRAM.lpu ...]
 
 For each model (default: the sample with the most instructions, compiled for one
-chip) prints the report's size, the time `render_html` takes in Python, and the
+chip) or compiled program (a .lpu, e.g. a full-size shape-only model's, as
+`lpuc viz` reads it) prints the report's size, the time `render_html` takes in
+Python (for a .lpu also reading it: what `lpuc viz --html` takes), and the
 median over `--runs` fresh headless Chromium processes (no network) of the page's
 render time: performance.now() from navigation start until the page's script has
 drawn everything and forced layout (it writes the value into the DOM as
-`data-render-ms`, read back with --dump-dom). Targets: < 5 MB, < 2 s.
+`data-render-ms`, read back with --dump-dom; beyond 8 chips that includes
+unpacking the chip shown first). Targets: < 10 MB, < 3 s.
 """
 
 from __future__ import annotations
@@ -25,16 +28,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lpuc.backends.lpu import build_program  # noqa: E402
+from lpuc.backends.lpu import build_program, read_lpu  # noqa: E402
 from lpuc.backends.report import render_html  # noqa: E402
 from lpuc.compiler.driver import compile_model, load_model, lpu_options  # noqa: E402
 from lpuc.compiler.lower import lower  # noqa: E402
 from lpuc.compiler.pipeline import CompileOptions  # noqa: E402
 from lpuc.ir import machine_ops as mo  # noqa: E402
+from lpuc.ir.collector import collector_paused  # noqa: E402
 from lpuc.ir.machine import load_machine  # noqa: E402
 from lpuc.ir.target import Target  # noqa: E402
 
-MAX_MB, MAX_S = 5.0, 2.0
+MAX_MB, MAX_S = 10.0, 3.0
 
 
 def largest_sample() -> Path:
@@ -52,7 +56,7 @@ def chromium_render_ms(chromium: str, page: Path, profile: Path) -> tuple[float,
            "--disable-extensions", "--no-proxy-server", "--host-resolver-rules=MAP * ~NOTFOUND",
            f"--user-data-dir={profile}", "--window-size=1400,900", "--dump-dom", page.as_uri()]
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cmd + ["--virtual-time-budget=30000"], capture_output=True, text=True, timeout=300)
     wall = time.perf_counter() - t0
     m = re.search(r'data-render-ms="([0-9.]+)"', done.stdout)
     if done.returncode or not m or 'data-rendered="1"' not in done.stdout:
@@ -71,12 +75,17 @@ def main(argv=None) -> int:
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         for path in models:
-            options = CompileOptions()
-            module, summary, machine_text = compile_model(path, options=options)
-            program = build_program(module, machine_text, lpu_options(options), summary.facts())
-            t0 = time.perf_counter()
-            html = render_html(program)
-            py_s = time.perf_counter() - t0
+            with collector_paused():  # as lpuc viz reads and renders
+                t0 = time.perf_counter()
+                if path.suffix == ".lpu":
+                    program = read_lpu(path)
+                else:
+                    options = CompileOptions()
+                    module, summary, machine_text = compile_model(path, options=options)
+                    program = build_program(module, machine_text, lpu_options(options), summary.facts())
+                    t0 = time.perf_counter()
+                html = render_html(program)
+                py_s = time.perf_counter() - t0
             page = Path(tmp) / f"{path.stem}.html"
             page.write_text(html)
             mb = len(html.encode()) / 1e6
@@ -85,7 +94,7 @@ def main(argv=None) -> int:
                 runs = [chromium_render_ms(chromium, page, Path(tmp) / f"profile{i}") for i in range(args.runs)]
                 render = statistics.median(r for r, _ in runs) / 1000
                 wall = statistics.median(w for _, w in runs)
-            print(f"{path.stem:<24} {summary.instructions:>6} {summary.cycles:>8} {mb:>6.3f} {py_s:>8.3f} "
+            print(f"{path.stem[:24]:<24} {len(program.facts.scheduled):>6} {program.facts.length:>8} {mb:>6.3f} {py_s:>8.3f} "
                   f"{render:>8.3f} {wall:>10.2f}")
             ok &= mb < MAX_MB and (not chromium or render < MAX_S)
     if not chromium:

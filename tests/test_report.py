@@ -387,17 +387,69 @@ def test_sixteen_chips_show_one_chip_at_a_time(tmp_path):
     assert done.returncode == 0 and 'data-rendered="1"' in done.stdout, done.stderr[-2000:]
     assert not [line for line in done.stderr.splitlines() if re.search(r"CONSOLE[:(]|Uncaught", line)]
     drawn = [int(i) for i in re.findall(r'class="instr[^"]*" data-i="(\d+)"', done.stdout)]
-    on_focus = [i for i, a in enumerate(data["instrs"]) if data["rows"][a[0]]["chip"] == focus]
-    assert drawn == on_focus and 0 < len(drawn) < len(data["instrs"])
+    on_focus = [i for i, ins in enumerate(program.facts.scheduled) if ins.chip == focus]
+    assert drawn == on_focus and 0 < len(drawn) < data["summary"]["instructions"]
     assert re.search(r'<canvas id="overview"[^>]*data-rows="16"', done.stdout)
     picker = re.search(r'<select id="chip-pick">(.*?)</select>', done.stdout, re.S).group(1)
     assert picker.count("<option") == 16 and "all" not in picker
     # the shown chip's packed details and SRAM steps were unpacked in the page (gzip, base64)
     assert f'data-unpacked="{focus}"' in done.stdout
+    # an address naming another chip and one of its instructions: that chip drawn, the instruction's
+    # details (unpacked in the page) in the panel
+    other = next(c for c in range(16) if c != focus and c != data["overview"]["critical"][-1][0])
+    instr = next(i for i, ins in reversed(list(enumerate(program.facts.scheduled)))
+                 if ins.chip == other and ins.op.results and ins.op.operands)
+    done = chromium(["--virtual-time-budget=5000", "--dump-dom", f"{path.as_uri()}#chip={other}&i={instr}"],
+                    tmp_path / "profile3")
+    assert 'data-rendered="1"' in done.stdout and f'data-unpacked="{other}"' in done.stdout
+    drawn = [int(i) for i in re.findall(r'class="instr[^"]*" data-i="(\d+)"', done.stdout)]
+    assert drawn == [i for i, ins in enumerate(program.facts.scheduled) if ins.chip == other]
+    panel = re.search(r'<div id="details" class="details">(.*?)</div>', done.stdout, re.S).group(1)
+    op = program.facts.scheduled[instr].op
+    assert f"%{op.results[0].name}" in panel and str(op.results[0].type) in panel
+    assert all(f"%{v.name}" in panel for v in op.operands) and f"instruction {instr}," in panel
+
+
+def unpack_chunk(part: dict) -> tuple[list[int], list[list], list[dict], list[list[int]], list[int]]:
+    """A chip's packed chunk read back the way the page's unpackPart reads it: (indices, instrs, details,
+    slices, total)."""
+    from itertools import accumulate
+
+    from lpuc.backends.report import KINDS
+
+    def steps(p):
+        return [x for pair in zip(accumulate(p[0]), accumulate(p[1])) for x in pair]
+
+    index, start, k = (list(accumulate(part[c])) for c in ("i", "start", "k"))
+    instrs = [list(r) for r in zip(part["row"], start, part["occ"], part["lat"], part["op"], part["cls"])]
+    attrs = dict((j, a) for j, a in part["attrs"])
+
+    def value(v):
+        return [part["values"][v], part["types"][part["value_types"][v]]]
+
+    def operand(i, e):
+        o = dict(zip(("name", "type"), value(e[0])))
+        if e[1]:
+            o["kind"] = KINDS[e[1]]
+        if e[2]:
+            o["producers"] = [i - q for q in e[2]]
+        if len(e) > 3:
+            o["views"], o["sources"] = [part["values"][v] for v in e[3]], [part["values"][v] for v in e[4]]
+        return o
+    details = []
+    for j, i in enumerate(index):
+        d = {"k": k[j], "out": part["out"][j], "reads": part["reads"][j], "streams": part["streams"][j],
+             "results": [value(v) for v in part["results"][j]],
+             "operands": [operand(i, e) for e in part["operands"][j]]}
+        if j in attrs:
+            d["attrs"] = attrs[j]
+        details.append(d)
+    return index, instrs, details, [steps(s) for s in part["slices"]], steps(part["total"])
 
 
 def test_many_chips_pack_each_chip_apart(monkeypatch):
-    """Beyond 8 chips a chip's details and SRAM steps are a gzip chunk each: unpacked, what the page had."""
+    """Beyond 8 chips a chip's instructions, details and SRAM steps are a gzip chunk each: unpacked, what
+    the page had."""
     import base64
     import gzip
 
@@ -416,9 +468,15 @@ def test_many_chips_pack_each_chip_apart(monkeypatch):
     chips = [whole["rows"][a[0]]["chip"] for a in whole["instrs"]]
     for entry in whole["sram"]["chips"]:
         part = json.loads(gzip.decompress(base64.b64decode(packed["chunks"][str(entry["chip"])])))
-        assert part["details"] == [d for d, c in zip(whole["details"], chips) if c == entry["chip"]]
-        assert part["slices"] == entry["slices"] and part["total"] == entry["total"]
+        index, instrs, details, slices, total = unpack_chunk(part)
+        assert index == [i for i, c in enumerate(chips) if c == entry["chip"]]
+        assert instrs == [whole["instrs"][i] for i in index]
+        assert details == [{k: v for k, v in whole["details"][i].items() if k != "crit"} for i in index]
+        assert slices == entry["slices"] and total == entry["total"]
+    # the critical path's instructions stay unpacked, with their labels
+    steps = whole["critical"]["steps"]
+    assert {int(i) for i in packed["instrs"]} >= {s[0] for s in steps} | {s[1] for s in steps if s[1] is not None}
     for i, name in packed["labels"].items():
         results = whole["details"][int(i)]["results"]
+        assert packed["instrs"][i] == whole["instrs"][int(i)]
         assert name == (f"%{results[0][0]} = " if results else "") + whole["ops"][whole["instrs"][int(i)][4]]
-    assert set(map(int, packed["labels"])) == set(whole["critical"]["chain"])
