@@ -405,12 +405,14 @@ def _deltas(xs: list[int]) -> list[int]:
 def _chunk(indices: list[int], instrs: list[list], details: list[dict], slices: list[list[int]],
            total: list[int]) -> dict[str, Any]:
     """One chip's instructions (`indices`, ascending), their details and its SRAM step functions, by column
-    (what gzip packs best): every number that grows as a difference from the one before, an instruction's
-    producers as differences from its own index, each value's name and type once (`values`, `types`), and
-    the rest as the page's `instrs` and `details` have it. The page's `unpackPart` is the inverse."""
+    (what gzip packs best): every number that grows as a difference from the one before (SRAM extents: from
+    the extent before), an instruction's producers as differences from its own index, each value's name and
+    type once (`values`, `types`), and each attribute once (`attr_table`); the rest as the page's `instrs`
+    and `details` have it. The page's `unpackPart` is the inverse."""
     values: dict[str, int] = {}
     value_types: list[int] = []
     types: dict[str, int] = {}
+    attrs: dict[tuple[str, str], int] = {}  # each (name, value) of an attribute once
 
     def value(name: str, type_: str | None = None) -> int:
         j = values.setdefault(name, len(values))
@@ -422,6 +424,11 @@ def _chunk(indices: list[int], instrs: list[list], details: list[dict], slices: 
 
     def steps(flat: list[int]) -> list[list[int]]:
         return [_deltas(flat[0::2]), _deltas(flat[1::2])]
+
+    def extents(per_value: list[list[list[int]]]) -> list[list[int]]:
+        """Each value's extents [slice, word, words] flat, each as differences from the extent before."""
+        flats = ([x for e in ext for x in e] for ext in per_value)
+        return [[x - y for x, y in zip(flat, [0, 0, 0] + flat[:-3])] for flat in flats]
 
     rec = [instrs[i] for i in indices]
     det = [details[i] for i in indices]
@@ -443,8 +450,11 @@ def _chunk(indices: list[int], instrs: list[list], details: list[dict], slices: 
         "k": _deltas([d["k"] for d in det]),
         "values": list(values), "value_types": value_types, "types": list(types),
         "results": results, "operands": operands,
-        "out": [d["out"] for d in det], "reads": [d["reads"] for d in det], "streams": [d["streams"] for d in det],
-        "attrs": [[j, d["attrs"]] for j, d in enumerate(det) if "attrs" in d],
+        "out": [extents(d["out"]) for d in det], "reads": [extents(d["reads"]) for d in det],
+        "streams": [d["streams"] for d in det],
+        "attrs": [[j, [attrs.setdefault(kv, len(attrs)) for kv in d["attrs"].items()]] for j, d in enumerate(det)
+                  if "attrs" in d],
+        "attr_table": list(attrs),
         "slices": [steps(s) for s in slices], "total": steps(total),
     }
 
@@ -976,14 +986,24 @@ function unSteps(p) {  // [time differences, level differences] -> [t0, l0, t1, 
 }
 function unpackPart(p) {  // the inverse of report._chunk: instructions into D.instrs, details as D.details has them
   var index = sums(p.i), start = sums(p.start), k = sums(p.k), at = {}, details = [], attrs = {};
-  p.attrs.forEach(function (e) { attrs[e[0]] = e[1]; });
+  p.attrs.forEach(function (e) {
+    var a = {}; e[1].forEach(function (t) { a[p.attr_table[t][0]] = p.attr_table[t][1]; }); attrs[e[0]] = a;
+  });
+  function extents(flat) {  // [[slice, word, words], ...] from differences with the extent before
+    var out = [];
+    for (var j = 0; j < flat.length; j += 3) {
+      var b = j ? out[out.length - 1] : [0, 0, 0];
+      out.push([b[0] + flat[j], b[1] + flat[j + 1], b[2] + flat[j + 2]]);
+    }
+    return out;
+  }
   function name(v) { return p.values[v]; }
   function type(v) { return p.types[p.value_types[v]]; }
   for (var j = 0; j < index.length; j++) {
     var i = index[j];
     at[i] = j;
     D.instrs[i] = [p.row[j], start[j], p.occ[j], p.lat[j], p.op[j], p.cls[j]];
-    var d = { k: k[j], out: p.out[j], reads: p.reads[j], streams: p.streams[j],
+    var d = { k: k[j], out: p.out[j].map(extents), reads: p.reads[j].map(extents), streams: p.streams[j],
               results: p.results[j].map(function (v) { return [name(v), type(v)]; }),
               operands: p.operands[j].map(function (e) {
                 var o = { name: name(e[0]), type: type(e[0]) };

@@ -422,7 +422,14 @@ def unpack_chunk(part: dict) -> tuple[list[int], list[list], list[dict], list[li
 
     index, start, k = (list(accumulate(part[c])) for c in ("i", "start", "k"))
     instrs = [list(r) for r in zip(part["row"], start, part["occ"], part["lat"], part["op"], part["cls"])]
-    attrs = dict((j, a) for j, a in part["attrs"])
+    attrs = {j: dict(part["attr_table"][t] for t in a) for j, a in part["attrs"]}
+
+    def extents(flat):
+        out = []
+        for j in range(0, len(flat), 3):
+            before = out[-1] if out else [0, 0, 0]
+            out.append([b + d for b, d in zip(before, flat[j:j + 3])])
+        return out
 
     def value(v):
         return [part["values"][v], part["types"][part["value_types"][v]]]
@@ -438,7 +445,8 @@ def unpack_chunk(part: dict) -> tuple[list[int], list[list], list[dict], list[li
         return o
     details = []
     for j, i in enumerate(index):
-        d = {"k": k[j], "out": part["out"][j], "reads": part["reads"][j], "streams": part["streams"][j],
+        d = {"k": k[j], "out": [extents(e) for e in part["out"][j]], "reads": [extents(e) for e in part["reads"][j]],
+             "streams": part["streams"][j],
              "results": [value(v) for v in part["results"][j]],
              "operands": [operand(i, e) for e in part["operands"][j]]}
         if j in attrs:
