@@ -59,6 +59,7 @@ from functools import cached_property
 from itertools import chain, groupby
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -114,6 +115,12 @@ class ChipStats:
     class_busy: Mapping[str, int]           # vxm, mxm, sxm, mem, host -> busy cycles (all instances)
     class_utilization: Mapping[str, float]  # ... -> busy / (cycles * instances)
     sram_peak_bytes: int
+
+    def as_json(self) -> dict[str, Any]:
+        """As `lpuc run --json` writes it (its `per_chip`), and the report's chip table shows it."""
+        return {"chip": self.chip, "instructions": self.instructions, "sram_peak_bytes": self.sram_peak_bytes,
+                "utilization": {k: round(v, 6) for k, v in self.class_utilization.items()},
+                "busy_cycles": dict(self.class_busy)}
 
 
 @dataclass(frozen=True)

@@ -359,6 +359,7 @@ def report_data(program: Program, run_result: Result | None = None) -> dict[str,
                  "slices": machine.sram.slices,
                  "chips": sram},
         "links": links,
+        "per_chip": [c.as_json() for c in stats.chips],
         "overview": overview(a, classes, counts, str(summary_in.get("partition", "")), stats),
         "run": _run(run_result),
         "one_chip_beyond": ONE_CHIP_BEYOND,
@@ -651,6 +652,7 @@ window.lpucErrors = [];
   <div class="hint muted">Bytes sent from the chip of a row to the chip of a column (darker: more; hover for numbers), and the busiest link directions.</div>
   <div class="plot"><canvas id="pairs"></canvas></div>
   <div id="hot"></div>
+  <details id="chip-table-box"><summary>Each chip: its instructions, SRAM peak and how busy each unit class kept its instances (the numbers of <code>lpuc run --json</code>'s <code>per_chip</code>); click a row to show the chip</summary><div id="chip-table"></div></details>
 </section>
 <section id="timeline-section">
   <div class="sechead"><h2>Timeline</h2>
@@ -1410,8 +1412,23 @@ function drawPairs() {
   });
   $('hot').innerHTML = OV.hot.length ? h.join('') + '</table>' : '<p class="muted">No chip-to-chip links used.</p>';
 }
+function chipTable() {
+  var cls = Object.keys(D.per_chip.length ? D.per_chip[0].utilization : {});
+  var h = ['<table><tr><th class="l">chip</th><th>instructions</th><th>SRAM peak</th>' +
+    cls.map(function (c) { return '<th>' + esc(c) + '</th>'; }).join('') + '</tr>'];
+  D.per_chip.forEach(function (c) {
+    h.push('<tr data-chip="' + c.chip + '"><td class="l">' + c.chip + '</td><td>' + num(c.instructions) + '</td><td>' + bytes(c.sram_peak_bytes) + '</td>' +
+      cls.map(function (k) { return '<td title="' + num(c.busy_cycles[k]) + ' busy cycles">' + pct(c.utilization[k]) + '</td>'; }).join('') + '</tr>');
+  });
+  $('chip-table').innerHTML = h.join('') + '</table>';
+  $('chip-table').addEventListener('click', function (e) {
+    var tr = e.target.closest('tr[data-chip]');
+    if (tr) showChip(+tr.getAttribute('data-chip'), function () { $('timeline-section').scrollIntoView({ behavior: 'smooth' }); });
+  });
+}
 if (S.chips > 1) {
   $('overview-section').hidden = false;
+  chipTable();
   $('ov-legend').innerHTML = CLASSES.filter(function (c) {
     return OV.chips.some(function (ch) { return ch.busy.some(function (b, j) { return b && CLASSES[ch.cls[j]] === c; }); });
   }).map(function (c) { return '<span><i class="c-' + clsName(CLASSES.indexOf(c)) + '"></i>' + esc(c) + '</span>'; }).join('') +
@@ -1427,15 +1444,16 @@ if (S.chips > 1) {
   $('overview').addEventListener('click', function (e) {
     var at = ovAt(e);
     if (!at) return;
-    var chip = OV.chips[at[0]].chip, r = 0;
-    if (!visibleChip(chip)) showChip(chip);
-    while (r < rows.length && rows[r].chip !== chip) r++;
-    var w = OV.cycles / OV.bins;
-    if (r < rows.length) {
-      setView(at[1] * w - 2 * w, (at[1] + 3) * w);  // the time clicked, on the chip clicked
+    var chip = OV.chips[at[0]].chip;
+    function there() {  // the time clicked, on the chip clicked
+      var r = 0, w = OV.cycles / OV.bins;
+      while (r < rows.length && rows[r].chip !== chip) r++;
+      if (r === rows.length) return;
+      setView(at[1] * w - 2 * w, (at[1] + 3) * w);
       var y = $('timeline').getBoundingClientRect().top + window.pageYOffset + rowY[r] - CHIPH - 48;
       window.scrollTo({ top: Math.max(0, y), behavior: 'smooth' });
     }
+    if (visibleChip(chip)) there(); else showChip(chip, there);
   });
   $('pairs').addEventListener('mousemove', function (e) {
     var n = OV.chips.length, cell = Math.max(1, Math.min(12, Math.floor(480 / n)));

@@ -452,9 +452,7 @@ def cmd_run(args) -> int:
         "busy_cycles": dict(sorted(stats.class_busy.items())),
         "outputs": {k: list(v.shape) for k, v in result.outputs.items()},
         "timing_only": args.timing_only, "chips": len(stats.chips),
-        "per_chip": [{"chip": c.chip, "instructions": c.instructions, "sram_peak_bytes": c.sram_peak_bytes,
-                      "utilization": {k: round(v, 6) for k, v in c.class_utilization.items()},
-                      "busy_cycles": dict(c.class_busy)} for c in stats.chips],
+        "per_chip": [c.as_json() for c in stats.chips],
         "links": [{"link": x.name, "bytes": x.bytes, "busy_cycles": x.busy, "transfers": x.transfers}
                   for x in stats.links],
         "transfer_bytes": stats.transfer_bytes, "link_wait_cycles": stats.link_wait_cycles,

@@ -392,6 +392,7 @@ def test_sixteen_chips_show_one_chip_at_a_time(tmp_path):
     assert re.search(r'<canvas id="overview"[^>]*data-rows="16"', done.stdout)
     picker = re.search(r'<select id="chip-pick">(.*?)</select>', done.stdout, re.S).group(1)
     assert picker.count("<option") == 16 and "all" not in picker
+    assert done.stdout.count("<tr data-chip=") == 16  # the chip table
     # the shown chip's packed details and SRAM steps were unpacked in the page (gzip, base64)
     assert f'data-unpacked="{focus}"' in done.stdout
     # an address naming another chip and one of its instructions: that chip drawn, the instruction's
@@ -488,3 +489,25 @@ def test_many_chips_pack_each_chip_apart(monkeypatch):
         results = whole["details"][int(i)]["results"]
         assert packed["instrs"][i] == whole["instrs"][int(i)]
         assert name == (f"%{results[0][0]} = " if results else "") + whole["ops"][whole["instrs"][int(i)][4]]
+
+def test_many_chips_numbers_are_lpuc_runs(tmp_path, capsys):
+    """The page's cycles, each chip's instructions, SRAM peak and utilization, and each link's bytes are
+    what `lpuc run --json` prints for the same program (16 chips: the page packs each chip apart)."""
+    from helpers import run_cli
+
+    lpu = tmp_path / "sixteen.lpu"
+    code, _, err = run_cli(capsys, "compile", SAMPLES / "llama_decode.onnx", "--chips", 16, "--scheduler", "list",
+                           "--no-cache", "-o", lpu)
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "run", lpu, "--json", "--timing-only")
+    assert code == 0, err
+    ran = json.loads(out)
+    data = embedded(render_html(read_lpu(lpu)))
+    assert data["chunks"] and data["summary"]["cycles"] == ran["cycles"]
+    assert data["summary"]["instructions"] == ran["instructions"]
+    assert data["summary"]["sram_peak_bytes"] == ran["sram_peak_bytes"]
+    assert data["per_chip"] == ran["per_chip"] and len(data["per_chip"]) == 16
+    assert [[x["link"], x["bytes"], x["busy"], x["transfers"]] for x in data["links"]["rows"]] == \
+        [[x["link"], x["bytes"], x["busy_cycles"], x["transfers"]] for x in ran["links"]]
+    assert sum(p[2] for p in data["overview"]["pairs"]) == ran["transfer_bytes"] > 0
+    assert [c["chip"] for c in data["overview"]["chips"]] == list(range(16))  # a row per chip
