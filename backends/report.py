@@ -360,6 +360,7 @@ def report_data(program: Program, run_result: Result | None = None) -> dict[str,
                  "chips": sram},
         "links": links,
         "per_chip": [c.as_json() for c in stats.chips],
+        "pieces": _pieces(a),
         "overview": overview(a, classes, counts, str(summary_in.get("partition", "")), stats),
         "run": _run(run_result),
         "one_chip_beyond": ONE_CHIP_BEYOND,
@@ -458,6 +459,29 @@ def _chunk(indices: list[int], instrs: list[list], details: list[dict], slices: 
         "attr_table": list(attrs),
         "slices": [steps(s) for s in slices], "total": steps(total),
     }
+
+
+def _pieces(a: Analysis) -> dict[str, Any] | None:
+    """The layer templates the program was stamped from (ir.pieces), each drawn once in the timeline with its
+    repetitions marked: per template [template, instructions, pieces]; per piece and chip it runs on
+    [template, piece, chip, first issue, last end]. None: a program without pieces."""
+    pieces = a.program.module.pieces
+    if not pieces:
+        return None
+    by_op = {ins.k: ins for ins in a.instrs}
+    size: dict[int, int] = {}
+    count: Counter = Counter()
+    spans = []
+    for n, piece in enumerate(pieces):
+        size.setdefault(piece.template, len(piece.ops))
+        count[piece.template] += 1
+        on_chip: dict[int, list[int]] = {}
+        for k in piece.ops:
+            if (ins := by_op.get(k)) is not None:
+                span = on_chip.setdefault(ins.chip, [ins.start, ins.end])
+                span[0], span[1] = min(span[0], ins.start), max(span[1], ins.end)
+        spans += [[piece.template, n, chip, lo, hi] for chip, (lo, hi) in sorted(on_chip.items())]
+    return {"templates": [[t, size[t], count[t]] for t in sorted(count)], "spans": spans}
 
 
 def _label(ins: Instr) -> str:
@@ -669,6 +693,7 @@ window.lpucErrors = [];
   </div>
   <div class="hint muted">Wheel to zoom at the cursor, drag to pan, double-click to fit. Hover an instruction for a summary, click it for details. Bars: occupancy (unit busy); lighter tail: until its results land in SRAM.</div>
   <div id="folded" class="hint muted"></div>
+  <div id="templates" class="hint muted" hidden></div>
   <div id="view-readout" class="readout"></div>
   <div id="timeline" class="plot"></div>
   <div id="details" class="details"><span class="muted">Click an instruction to see its details here.</span></div>
@@ -722,6 +747,10 @@ svg .axis text { fill: #667085; font-size: 10px; }
 svg .axis line { stroke: #e3e6eb; }
 svg .band { fill: var(--band); }
 svg .chiphead { fill: #eef1f6; }
+svg .piece { fill: #c7d2fe; stroke: #6366f1; stroke-width: 0.5; }
+svg .piece.first { fill: #a5b4fc; }
+svg .piecelabel { font-size: 10px; fill: #312e81; pointer-events: none; }
+#templates a { cursor: pointer; }
 rect.instr { stroke: rgba(0,0,0,.25); stroke-width: .5; }
 rect.instr:hover { stroke: #000; stroke-width: 1.5; }
 rect.instr.sel { stroke: #000; stroke-width: 2; }
@@ -874,6 +903,9 @@ location.hash.replace(/^#/, '').split('&').forEach(function (kv) {
 var ALL_CHIPS = D.one_chip_beyond, shown = null;
 if (S.chips > ALL_CHIPS) shown = D.overview.chips.some(function (c) { return c.chip === HASH.chip; }) ? HASH.chip : D.overview.focus;
 function visibleChip(chip) { return shown === null || chip === shown; }
+// A program stamped from layer templates (D.pieces) gets a band over each chip's rows: each piece there,
+// labelled with its template (darker: the template's first piece, the one scheduled; the others repeat it).
+var PIECES = D.pieces, heads = multiChip || !!PIECES, headY = {};
 var rowY = [], TLH = 0, shownIdx = [];
 var unpacked = {}, waiting = {};  // chips unpacked (unpackPart), and what waits for chips on their way
 function layoutRows() {
@@ -881,7 +913,7 @@ function layoutRows() {
   rowY = [];
   for (var r = 0; r < rows.length; r++) {
     if (!visibleChip(rows[r].chip)) { rowY.push(undefined); continue; }
-    if (multiChip && rows[r].chip !== last) { y += CHIPH; last = rows[r].chip; }
+    if (heads && rows[r].chip !== last) { y += CHIPH; last = rows[r].chip; headY[last] = y - CHIPH; }
     rowY.push(y); y += ROWH + ROWGAP;
   }
   TLH = y + 4;
@@ -909,9 +941,9 @@ function buildTimeline() {
   for (var r = 0; r < rows.length; r++) {
     var row = rows[r];
     if (rowY[r] === undefined) continue;
-    if (multiChip && row.chip !== lastChip) {
+    if (heads && row.chip !== lastChip) {
       h.push('<rect class="chiphead" x="0" y="' + (rowY[r] - CHIPH) + '" width="' + W + '" height="' + (CHIPH - 1) + '"></rect>');
-      h.push('<text x="4" y="' + (rowY[r] - 4) + '" font-weight="600">chip ' + row.chip + '</text>');
+      h.push('<text x="4" y="' + (rowY[r] - 4) + '" font-weight="600">' + (multiChip ? 'chip ' + row.chip : 'pieces') + '</text>');
       lastChip = row.chip;
     }
     if (r % 2 === 0) h.push('<rect class="band" x="0" y="' + (rowY[r] - ROWGAP / 2) + '" width="' + W + '" height="' + (ROWH + ROWGAP) + '"></rect>');
@@ -929,7 +961,7 @@ function buildTimeline() {
     h.push('<rect class="instr c-' + clsName(a[5]) + (critSet[i] ? ' crit' : '') + '" data-i="' + i + '" x="' + g[0] + '" width="' + g[1] +
       '" y="' + rowY[a[0]] + '" height="' + ROWH + '"></rect>');
   }
-  h.push('</g><path class="critlink" id="critlink"></path></g></svg>');
+  h.push('</g><g id="pieces"></g><path class="critlink" id="critlink"></path></g></svg>');
   $('timeline').innerHTML = h.join('');
   drawn = true;
 }
@@ -971,6 +1003,39 @@ function drawTimeline() {
     p.push('M' + x1.toFixed(1) + ' ' + y1 + 'L' + x2.toFixed(1) + ' ' + y2);
   }
   $('critlink').setAttribute('d', p.join(''));
+  if (PIECES) drawPieces(k);
+}
+function drawPieces(k) {
+  var out = [], firstOf = {};
+  PIECES.spans.forEach(function (sp) { if (firstOf[sp[0]] === undefined) firstOf[sp[0]] = sp[1]; });
+  PIECES.spans.forEach(function (sp, j) {
+    var y = headY[sp[2]];
+    if (y === undefined || !visibleChip(sp[2])) return;
+    var x1 = LABEL + (sp[3] - view.t0) * k, x2 = LABEL + (sp[4] - view.t0) * k;
+    if (x2 < LABEL || x1 > LABEL + plotW) return;
+    out.push('<rect class="piece' + (firstOf[sp[0]] === sp[1] ? ' first' : '') + '" data-span="' + j + '" x="' + x1.toFixed(1) +
+      '" y="' + (y + 2) + '" width="' + Math.max(1, x2 - x1).toFixed(1) + '" height="' + (CHIPH - 5) + '"></rect>');
+    if (x2 - x1 > 24) out.push('<text class="piecelabel" x="' + (Math.max(x1, LABEL) + 3).toFixed(1) + '" y="' + (y + CHIPH - 5) + '">T' + sp[0] + '</text>');
+  });
+  $('pieces').innerHTML = out.join('');
+}
+function pieceTip(j) {
+  var sp = PIECES.spans[j], t = PIECES.templates.filter(function (x) { return x[0] === sp[0]; })[0];
+  return 'piece ' + sp[1] + ': <b>template ' + sp[0] + '</b> (' + num(t[1]) + ' instructions, ' + t[2] + ' pieces)<br>' +
+    'on chip ' + sp[2] + ', cycles ' + num(sp[3]) + '\u2013' + num(sp[4]);
+}
+if (PIECES) {
+  $('templates').hidden = false;
+  $('templates').innerHTML = 'Layer templates: scheduled once each, then stamped at every repeat (the band over each chip: a piece, darker where its template was scheduled). ' +
+    PIECES.templates.map(function (t) {
+      return '<a data-t="' + t[0] + '">T' + t[0] + '</a> \u00d7' + t[2] + ' (' + num(t[1]) + ' instructions)';
+    }).join(', ') + '.';
+  $('templates').addEventListener('click', function (e) {  // show the template's first piece
+    var a = e.target.closest('a[data-t]'); if (!a) return;
+    var sp = PIECES.spans.filter(function (x) { return x[0] === +a.getAttribute('data-t'); })[0];
+    function there() { setView(sp[3] - (sp[4] - sp[3]) * 0.05, sp[4] + (sp[4] - sp[3]) * 0.05); }
+    if (visibleChip(sp[2])) there(); else showChip(sp[2], there);
+  });
 }
 
 // ---- details
@@ -1494,6 +1559,7 @@ interact($('timeline'), function (e) {
   if (!e) { hideTip(); return; }
   var t = e.target;
   if (t && t.classList && t.classList.contains('instr')) showTip(e, detailHTML(+t.getAttribute('data-i'), false));
+  else if (t && t.classList && t.classList.contains('piece')) showTip(e, pieceTip(+t.getAttribute('data-span')));
   else hideTip();
 }, function (e) {
   var t = e.target;

@@ -511,3 +511,48 @@ def test_many_chips_numbers_are_lpuc_runs(tmp_path, capsys):
         [[x["link"], x["bytes"], x["busy_cycles"], x["transfers"]] for x in ran["links"]]
     assert sum(p[2] for p in data["overview"]["pairs"]) == ran["transfer_bytes"] > 0
     assert [c["chip"] for c in data["overview"]["chips"]] == list(range(16))  # a row per chip
+
+
+@pytest.fixture(scope="module")
+def stamped(tmp_path_factory):
+    """A program stamped from a layer template (five layers of a tiny decoder on one chip)."""
+    import subprocess
+    import sys
+
+    import lpuc
+    from helpers import ROOT
+
+    path = tmp_path_factory.mktemp("stamped") / "tiny.onnx"
+    subprocess.run([sys.executable, str(ROOT / "samples" / "shape_only.py"), "tiny", "--mode", "decode", "--seq", "5",
+                    "--past", "6", "--layers", "5", "--dtype", "float32", "--weights", "random", "-o", str(path)],
+                   check=True, capture_output=True)
+    program = lpuc.compile(path, precision="fp32", scheduler="list")
+    assert program.module.pieces
+    return program
+
+
+def test_layer_templates_are_marked_with_their_pieces(stamped):
+    pieces = embedded(render_html(stamped))["pieces"]
+    module, a = stamped.module, analyze(stamped)
+    assert [[t, n] for t, _, n in pieces["templates"]] == sorted(
+        [t, sum(p.template == t for p in module.pieces)] for t in {p.template for p in module.pieces})
+    by_op = {ins.k: ins for ins in a.instrs}
+    assert [s[1] for s in pieces["spans"]] == list(range(len(module.pieces)))  # one chip: a span per piece
+    for (t, n, chip, lo, hi), piece in zip(pieces["spans"], module.pieces):
+        ins = [by_op[k] for k in piece.ops if k in by_op]
+        assert t == piece.template and chip == 0
+        assert lo == min(i.start for i in ins) and hi == max(i.end for i in ins)
+    assert embedded(render_html(compile_program(SAMPLES / "llama_decode.onnx")))["pieces"] is None
+
+
+@needs_chromium
+def test_layer_templates_drawn_in_chromium(stamped, tmp_path):
+    path = tmp_path / "stamped.html"
+    path.write_text(render_html(stamped))
+    done = chromium(["--virtual-time-budget=5000", "--dump-dom", path.as_uri()], tmp_path / "profile")
+    assert 'data-rendered="1"' in done.stdout, done.stderr[-2000:]
+    assert not [line for line in done.stderr.splitlines() if re.search(r"CONSOLE[:(]|Uncaught", line)]
+    drawn = re.findall(r'<rect class="piece( first)?" data-span="(\d+)"', done.stdout)
+    assert [int(j) for _, j in drawn] == list(range(len(stamped.module.pieces)))  # the whole run is in view
+    assert sum(1 for first, _ in drawn if first) == len({p.template for p in stamped.module.pieces})
+    assert re.search(r'<div id="templates" class="hint muted">Layer templates', done.stdout)
