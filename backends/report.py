@@ -235,11 +235,17 @@ def _extents(ext) -> list[list[int]]:
     return [[s, w, n] for s, w, n in ext]
 
 
-def report_data(program: Program, run_result: Result | None = None) -> dict[str, Any]:
-    """Everything the page draws, as JSON data (deterministic for a program)."""
+def report_data(program: Program, run_result: Result | None = None, progress=None) -> dict[str, Any]:
+    """Everything the page draws, as JSON data (deterministic for a program); `progress`: called with a line
+    at each stage of a large program."""
+    say = progress or (lambda line: None)
+    say(f"report: the timing, words and critical path of {len(program.module.ops):,} ops")
     a = analyze(program)
     machine, manifest = program.machine, program.manifest
+    if run_result is None:
+        say("report: the schedule's statistics")
     stats: Stats = run_result.stats if run_result is not None else schedule_stats(program.module, program.target)
+    say(f"report: {len(a.instrs):,} instructions' details")
     summary_in = dict(manifest.get("summary") or {})
     counts = units(machine)
     classes = [c for c in CLASS_ORDER if c in counts] + sorted(set(counts) - set(CLASS_ORDER))
@@ -297,6 +303,7 @@ def report_data(program: Program, run_result: Result | None = None) -> dict[str,
             d["crit"] = crit_of[ins.i]
         details.append(d)
 
+    say("report: SRAM occupancy")
     steps = sram_occupancy(a)
     sram = []
     for chip in a.chips:
@@ -367,14 +374,14 @@ def report_data(program: Program, run_result: Result | None = None) -> dict[str,
         "kinds": list(KINDS),
     }
     if len(a.chips) > ONE_CHIP_BEYOND:
-        _pack_by_chip(data, a)
+        _pack_by_chip(data, a, say)
     return data
 
 
 KINDS = ("sram", "plane", "link", "host")  # an operand's kind, by its number in a packed chunk
 
 
-def _pack_by_chip(data: dict[str, Any], a: Analysis) -> None:
+def _pack_by_chip(data: dict[str, Any], a: Analysis, say) -> None:
     """Move what the page needs only for the chip it shows (instructions, their details, SRAM step
     functions) into one gzip-compressed chunk per chip (`chunks`: chip -> base64, each `_chunk`), which the
     page unpacks when it shows that chip. `instrs` keeps, by index, the instructions the critical path's
@@ -387,7 +394,9 @@ def _pack_by_chip(data: dict[str, Any], a: Analysis) -> None:
         on_chip[ins.chip].append(ins.i)
     sram = {entry["chip"]: entry for entry in data["sram"]["chips"]}
     chunks = {}
-    for chip in a.chips:
+    for n, chip in enumerate(a.chips):
+        if n % 64 == 0:
+            say(f"report: packing chip {n + 1} of {len(a.chips)}")
         steps = sram.get(chip, {})
         part = _chunk(on_chip[chip], data["instrs"], data["details"], steps.pop("slices", []), steps.pop("total", []))
         packed = gzip.compress(json.dumps(part, separators=(",", ":"), sort_keys=True).encode(), 6, mtime=0)
@@ -625,9 +634,10 @@ def _class_css() -> str:
                    for c in mo.UNIT_CLASSES)
 
 
-def render_html(program: Program, run_result: Result | None = None) -> str:
-    """The report page of `program` (and of a run of it, when given): one offline HTML file."""
-    data = report_data(program, run_result)
+def render_html(program: Program, run_result: Result | None = None, progress=None) -> str:
+    """The report page of `program` (and of a run of it, when given): one offline HTML file; `progress` as
+    report_data's."""
+    data = report_data(program, run_result, progress)
     title = f"lpuc report: {program.module.name} on {program.machine.name}"
     return (_PAGE.replace("@@TITLE@@", html.escape(title))
             .replace("@@CSS@@", _CSS + _class_css())

@@ -927,7 +927,7 @@ def cmd_viz(args) -> int:
     if path.suffix == ".lpu":
         if args.shape:
             raise LpucError("--shape applies to ONNX models; a .lpu program has static shapes already")
-        program = read_lpu(path)
+        program = read_lpu(path, _after_seconds(2.0))  # stderr: a large program takes minutes
         module = program.module
     elif args.dot:
         module, _ = load_model(path, dict(args.shape))
@@ -945,7 +945,7 @@ def cmd_viz(args) -> int:
         raise LpucError(f"--trace-chips: the program has {chips} chip{'s' if chips > 1 else ''} "
                         f"(0-{chips - 1}), not chip {args.trace_chips[-1]}")
     if args.html:
-        outputs.append((Path(args.html), _render_html(program).encode()))
+        outputs.append((Path(args.html), _render_html(program, progress=_after_seconds(2.0)).encode()))
     written = []
     if args.perfetto:  # streamed chip by chip (a trace of hundreds of chips is never held whole), atomically
         from ..backends.trace import write_trace
@@ -1011,13 +1011,13 @@ def _check_output(path: str, option: str, suffixes: tuple[str, ...]) -> None:
         raise LpucError(f"{path}: cannot write: permission denied")
 
 
-def _render_html(program, run_result=None) -> str:
+def _render_html(program, run_result=None, progress=None) -> str:
     """backends.report's HTML report of `program` (and of a run of it)."""
     try:
         from ..backends.report import render_html
     except ImportError as e:
         raise LpucError(f"the HTML report is not available in this lpuc (backends.report: {e})") from None
-    return render_html(program, run_result)
+    return render_html(program, run_result, progress)
 
 
 # --- diff --------------------------------------------------------------------
