@@ -40,6 +40,7 @@ import html
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Mapping
 
 from ..ir import machine_ops as mo
@@ -55,6 +56,8 @@ from .state import step_positions
 
 CLASS_ORDER = tuple(c.name for c in mo.UNIT_CLASSES)
 ONE_CHIP_BEYOND = 8  # more chips than this: the page draws one chip at a time, its data packed per chip
+DETAILS_BUDGET = 250_000  # instructions whose details a page holds by default (about 10 MB): beyond it, those
+                          # of the chips the critical path spends the most cycles on, the rest timing only
 SCHEDULE_KEYS = frozenset(mo.SCHEDULE_ATTRS)
 
 
@@ -235,9 +238,11 @@ def _extents(ext) -> list[list[int]]:
     return [[s, w, n] for s, w, n in ext]
 
 
-def report_data(program: Program, run_result: Result | None = None, progress=None) -> dict[str, Any]:
+def report_data(program: Program, run_result: Result | None = None, progress=None,
+                detail_chips: Sequence[int] | None = None) -> dict[str, Any]:
     """Everything the page draws, as JSON data (deterministic for a program); `progress`: called with a line
-    at each stage of a large program."""
+    at each stage of a large program; `detail_chips`: beyond ONE_CHIP_BEYOND chips, the chips whose
+    instructions' details the page holds (default: `_detailed`'s)."""
     say = progress or (lambda line: None)
     say(f"report: the timing, words and critical path of {len(program.module.ops):,} ops")
     a = analyze(program)
@@ -374,18 +379,18 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
         "kinds": list(KINDS),
     }
     if len(a.chips) > ONE_CHIP_BEYOND:
-        _pack_by_chip(data, a, say)
+        _pack_by_chip(data, a, say, _detailed(a, detail_chips))
     return data
 
 
 KINDS = ("sram", "plane", "link", "host")  # an operand's kind, by its number in a packed chunk
 
 
-def _pack_by_chip(data: dict[str, Any], a: Analysis, say) -> None:
-    """Move what the page needs only for the chip it shows (instructions, their details, SRAM step
-    functions) into one gzip-compressed chunk per chip (`chunks`: chip -> base64, each `_chunk`), which the
-    page unpacks when it shows that chip. `instrs` keeps, by index, the instructions the critical path's
-    table needs on every chip, with their `labels`."""
+def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detailed: list[int]) -> None:
+    """Move what the page needs only for the chip it shows (instructions, their details on the `detailed`
+    chips, SRAM step functions) into one gzip-compressed chunk per chip (`chunks`: chip -> base64, each
+    `_chunk`), which the page unpacks when it shows that chip. `instrs` keeps, by index, the instructions
+    the critical path's table needs on every chip, with their `labels`."""
     import base64
     import gzip
 
@@ -393,12 +398,13 @@ def _pack_by_chip(data: dict[str, Any], a: Analysis, say) -> None:
     for ins in a.instrs:
         on_chip[ins.chip].append(ins.i)
     sram = {entry["chip"]: entry for entry in data["sram"]["chips"]}
-    chunks = {}
+    chunks, keep = {}, set(detailed)
     for n, chip in enumerate(a.chips):
         if n % 64 == 0:
             say(f"report: packing chip {n + 1} of {len(a.chips)}")
         steps = sram.get(chip, {})
-        part = _chunk(on_chip[chip], data["instrs"], data["details"], steps.pop("slices", []), steps.pop("total", []))
+        part = _chunk(on_chip[chip], data["instrs"], data["details"] if chip in keep else None,
+                      steps.pop("slices", []), steps.pop("total", []))
         packed = gzip.compress(json.dumps(part, separators=(",", ":"), sort_keys=True).encode(), 6, mtime=0)
         chunks[str(chip)] = base64.b64encode(packed).decode()
     named = sorted({i for st, why in zip(data["critical"]["steps"], data["critical"]["why"])
@@ -407,19 +413,21 @@ def _pack_by_chip(data: dict[str, Any], a: Analysis, say) -> None:
     data["instrs"] = {str(i): data["instrs"][i] for i in named}
     data["details"] = None
     data["chunks"] = chunks
+    data["detailed"] = detailed
 
 
 def _deltas(xs: list[int]) -> list[int]:
     return [x - y for x, y in zip(xs, [0] + xs[:-1])]
 
 
-def _chunk(indices: list[int], instrs: list[list], details: list[dict], slices: list[list[int]],
+def _chunk(indices: list[int], instrs: list[list], details: list[dict] | None, slices: list[list[int]],
            total: list[int]) -> dict[str, Any]:
     """One chip's instructions (`indices`, ascending), their details and its SRAM step functions, by column
     (what gzip packs best): every number that grows as a difference from the one before (SRAM extents: from
     the extent before), an instruction's producers as differences from its own index, each value's name and
     type once (`values`, `types`), and each attribute once (`attr_table`); the rest as the page's `instrs`
-    and `details` have it. The page's `unpackPart` is the inverse."""
+    and `details` have it; without `details`, the instructions' timing alone. The page's `unpackPart` is the
+    inverse."""
     values: dict[str, int] = {}
     value_types: list[int] = []
     types: dict[str, int] = {}
@@ -442,6 +450,14 @@ def _chunk(indices: list[int], instrs: list[list], details: list[dict], slices: 
         return [[x - y for x, y in zip(flat, [0, 0, 0] + flat[:-3])] for flat in flats]
 
     rec = [instrs[i] for i in indices]
+    timing = {
+        "i": _deltas(indices),
+        "row": [r[0] for r in rec], "start": _deltas([r[1] for r in rec]), "occ": [r[2] for r in rec],
+        "lat": [r[3] for r in rec], "op": [r[4] for r in rec], "cls": [r[5] for r in rec],
+        "slices": [steps(s) for s in slices], "total": steps(total),
+    }
+    if details is None:
+        return timing
     det = [details[i] for i in indices]
     operands = []
     for i, d in zip(indices, det):
@@ -455,9 +471,7 @@ def _chunk(indices: list[int], instrs: list[list], details: list[dict], slices: 
         operands.append(row)
     results = [[value(name, type_) for name, type_ in d["results"]] for d in det]
     return {
-        "i": _deltas(indices),
-        "row": [r[0] for r in rec], "start": _deltas([r[1] for r in rec]), "occ": [r[2] for r in rec],
-        "lat": [r[3] for r in rec], "op": [r[4] for r in rec], "cls": [r[5] for r in rec],
+        **timing,
         "k": _deltas([d["k"] for d in det]),
         "values": list(values), "value_types": value_types, "types": list(types),
         "results": results, "operands": operands,
@@ -466,7 +480,6 @@ def _chunk(indices: list[int], instrs: list[list], details: list[dict], slices: 
         "attrs": [[j, [attrs.setdefault(kv, len(attrs)) for kv in d["attrs"].items()]] for j, d in enumerate(det)
                   if "attrs" in d],
         "attr_table": list(attrs),
-        "slices": [steps(s) for s in slices], "total": steps(total),
     }
 
 
@@ -572,13 +585,36 @@ def overview(a: Analysis, classes: list[str], counts: Mapping[str, int], partiti
     }
 
 
-def _focus(a: Analysis) -> int:
-    """The chip a many-chip page shows first: the one the critical path spends the most cycles on."""
+def _by_critical_cycles(a: Analysis) -> list[int]:
+    """The chips, those the critical path spends the most cycles on first (then by number)."""
     spent: Counter = Counter()
     for st in a.critical:
         ins = a.instrs[st.instr]
         spent[ins.chip] += ins.lat
-    return min(spent, key=lambda chip: (-spent[chip], chip)) if spent else a.chips[0]
+    return sorted(a.chips, key=lambda chip: (-spent[chip], chip))
+
+
+def _focus(a: Analysis) -> int:
+    """The chip a many-chip page shows first: the one the critical path spends the most cycles on."""
+    return _by_critical_cycles(a)[0]
+
+
+def _detailed(a: Analysis, chips: Sequence[int] | None) -> list[int]:
+    """The chips whose instructions' details the page holds: `chips`, else every chip when there are at most
+    DETAILS_BUDGET instructions, else the chips the critical path spends the most cycles on while their
+    instructions fit the budget (at least one)."""
+    if chips is not None:
+        return sorted(set(chips) & set(a.chips))
+    if len(a.instrs) <= DETAILS_BUDGET:
+        return list(a.chips)
+    count = Counter(ins.chip for ins in a.instrs)
+    kept, total = [], 0
+    for chip in _by_critical_cycles(a):
+        if kept and total + count[chip] > DETAILS_BUDGET:
+            break
+        kept.append(chip)
+        total += count[chip]
+    return sorted(kept)
 
 
 def _layout(partition: str, chips: int) -> tuple[int, int]:
@@ -634,10 +670,11 @@ def _class_css() -> str:
                    for c in mo.UNIT_CLASSES)
 
 
-def render_html(program: Program, run_result: Result | None = None, progress=None) -> str:
-    """The report page of `program` (and of a run of it, when given): one offline HTML file; `progress` as
-    report_data's."""
-    data = report_data(program, run_result, progress)
+def render_html(program: Program, run_result: Result | None = None, progress=None,
+                detail_chips: Sequence[int] | None = None) -> str:
+    """The report page of `program` (and of a run of it, when given): one offline HTML file; `progress` and
+    `detail_chips` as report_data's."""
+    data = report_data(program, run_result, progress, detail_chips)
     title = f"lpuc report: {program.module.name} on {program.machine.name}"
     return (_PAGE.replace("@@TITLE@@", html.escape(title))
             .replace("@@CSS@@", _CSS + _class_css())
@@ -1062,8 +1099,8 @@ function unSteps(p) {  // [time differences, level differences] -> [t0, l0, t1, 
   return out;
 }
 function unpackPart(p) {  // the inverse of report._chunk: instructions into D.instrs, details as D.details has them
-  var index = sums(p.i), start = sums(p.start), k = sums(p.k), at = {}, details = [], attrs = {};
-  p.attrs.forEach(function (e) {
+  var index = sums(p.i), start = sums(p.start), k = sums(p.k || []), at = {}, details = [], attrs = {};
+  (p.attrs || []).forEach(function (e) {
     var a = {}; e[1].forEach(function (t) { a[p.attr_table[t][0]] = p.attr_table[t][1]; }); attrs[e[0]] = a;
   });
   function extents(flat) {  // [[slice, word, words], ...] from differences with the extent before
@@ -1080,6 +1117,7 @@ function unpackPart(p) {  // the inverse of report._chunk: instructions into D.i
     var i = index[j];
     at[i] = j;
     D.instrs[i] = [p.row[j], start[j], p.occ[j], p.lat[j], p.op[j], p.cls[j]];
+    if (!p.values) continue;  // a chip whose details the page does not hold
     var d = { k: k[j], out: p.out[j].map(extents), reads: p.reads[j].map(extents), streams: p.streams[j],
               results: p.results[j].map(function (v) { return [name(v), type(v)]; }),
               operands: p.operands[j].map(function (e) {
@@ -1093,7 +1131,7 @@ function unpackPart(p) {  // the inverse of report._chunk: instructions into D.i
     if (critOf[i] !== undefined) d.crit = critOf[i];
     details.push(d);
   }
-  return { index: index, at: at, details: details, slices: p.slices.map(unSteps), total: unSteps(p.total) };
+  return { index: index, at: at, details: p.values ? details : null, slices: p.slices.map(unSteps), total: unSteps(p.total) };
 }
 function unpack(chip, then) {
   if (!D.chunks || unpacked[chip]) { if (then) then(); return; }
@@ -1109,10 +1147,19 @@ function unpack(chip, then) {
     calls.forEach(function (f) { f(); });
   }).catch(function (e) { window.lpucNote('chip ' + chip + ': ' + e); });
 }
-function det(i) {  // an instruction's details, or null while its chip is packed
+function det(i) {  // an instruction's details; null while its chip is packed, false when the page has none
   if (D.details) return D.details[i];
   var part = D.instrs[i] && unpacked[chipOf(i)];
-  return part ? part.details[part.at[i]] : null;
+  if (!part) return null;
+  return part.details ? part.details[part.at[i]] : false;
+}
+function ranges(chips) {  // [0, 1, 2, 5] -> "0-2, 5"
+  var out = [];
+  for (var j = 0; j < chips.length; j++) {
+    var k = j; while (k + 1 < chips.length && chips[k + 1] === chips[k] + 1) k++;
+    out.push(k > j ? chips[j] + '-' + chips[k] : String(chips[j])); j = k;
+  }
+  return out.join(', ');
 }
 function label(i) {  // as the interpreter names an instruction: its first result and its op
   var d = det(i);
@@ -1140,7 +1187,7 @@ function opnd(o) {
 }
 function detailHTML(i, full) {
   var a = D.instrs[i], d = det(i), t = [];
-  if (!d) {  // packed: unpack its chip, then show it if it is still the one selected
+  if (d === null) {  // packed: unpack its chip, then show it if it is still the one selected
     unpack(chipOf(i), function () { if (selected === i) $('details').innerHTML = detailHTML(i, true); });
     return '<span class="muted">' + esc(label(i)) + ': unpacking chip ' + chipOf(i) + ' \u2026</span>';
   }
@@ -1151,6 +1198,11 @@ function detailHTML(i, full) {
   row('issue', 'cycle ' + num(a[1]) + ' <span class="muted">(' + fix(us(a[1]), 3) + ' \u00b5s)</span>');
   row('occupancy', num(a[2]) + ' cycles <span class="muted">(unit free at ' + num(a[1] + a[2]) + ')</span>');
   row('latency', num(a[3]) + ' cycles <span class="muted">(results land at ' + num(a[1] + a[3]) + ')</span>');
+  if (d === false) {
+    row('details', '<span class="muted">This page holds the operands, results and words of chip' + (D.detailed.length > 1 ? 's ' : ' ') +
+      esc(ranges(D.detailed)) + ' only. For chip ' + chipOf(i) + '\'s: <span class="mono">lpuc viz PROGRAM.lpu --html REPORT.html --detail-chips ' + chipOf(i) + '</span></span>');
+    return '<table>' + t.join('') + '</table>';
+  }
   row('results', d.results.map(function (r) { return '%' + esc(r[0]) + ' <span class="muted">' + esc(r[1]) + '</span>'; }).join('<br>'));
   row('operands', d.operands.length ? d.operands.map(opnd).join('<br>') : '\u2014');
   if (full || d.out.length) row('writes', d.out.length ? d.out.map(function (e) { return '<span class="mono">' + ext(e) + '</span>'; }).join('<br>') : '\u2014');

@@ -825,6 +825,10 @@ def _viz_args(p):
     p.add_argument("--trace-chips", type=_chip_set, metavar="0-7,12",
                    help="--perfetto: only these chips' tracks (default: every chip)")
     p.add_argument("--html", metavar="REPORT.html", help="the self-contained HTML report of the schedule")
+    p.add_argument("--detail-chips", type=_chip_set, metavar="0-7,12",
+                   help="--html beyond 8 chips: the chips whose instructions' operands, results and SRAM words "
+                        "the page holds; every chip's timing is there (default: every chip up to 250,000 "
+                        "instructions, else the chips the critical path spends the most cycles on, within that)")
     p.add_argument("--collapse", action=argparse.BooleanOptionalAction, default=None,
                    help="draw repeated layers once, as one 'layer × N' cluster (default: when there are "
                         "3 or more)")
@@ -923,6 +927,8 @@ def cmd_viz(args) -> int:
         raise LpucError("--trace-chips selects the chips of --perfetto's trace: give --perfetto TRACE.json too")
     if args.html:
         _check_output(args.html, "--html", (".html", ".htm"))
+    elif args.detail_chips:
+        raise LpucError("--detail-chips selects the chips of --html's report: give --html REPORT.html too")
     program = module = None
     if path.suffix == ".lpu":
         if args.shape:
@@ -940,12 +946,14 @@ def cmd_viz(args) -> int:
         outputs += _graph_outputs(module, Path(args.dot),
                                   chips=program.target.chips if path.suffix == ".lpu" else None,
                                   collapse=args.collapse)
-    if args.perfetto and args.trace_chips and args.trace_chips[-1] >= program.target.chips:
-        chips = program.target.chips
-        raise LpucError(f"--trace-chips: the program has {chips} chip{'s' if chips > 1 else ''} "
-                        f"(0-{chips - 1}), not chip {args.trace_chips[-1]}")
+    for option, chips in (("--trace-chips", args.trace_chips if args.perfetto else None),
+                          ("--detail-chips", args.detail_chips)):
+        if chips and chips[-1] >= program.target.chips:
+            n = program.target.chips
+            raise LpucError(f"{option}: the program has {n} chip{'s' if n > 1 else ''} (0-{n - 1}), not chip {chips[-1]}")
     if args.html:
-        outputs.append((Path(args.html), _render_html(program, progress=_after_seconds(2.0)).encode()))
+        outputs.append((Path(args.html), _render_html(program, progress=_after_seconds(2.0),
+                                                      detail_chips=args.detail_chips).encode()))
     written = []
     if args.perfetto:  # streamed chip by chip (a trace of hundreds of chips is never held whole), atomically
         from ..backends.trace import write_trace
@@ -1011,13 +1019,13 @@ def _check_output(path: str, option: str, suffixes: tuple[str, ...]) -> None:
         raise LpucError(f"{path}: cannot write: permission denied")
 
 
-def _render_html(program, run_result=None, progress=None) -> str:
+def _render_html(program, run_result=None, progress=None, detail_chips=None) -> str:
     """backends.report's HTML report of `program` (and of a run of it)."""
     try:
         from ..backends.report import render_html
     except ImportError as e:
         raise LpucError(f"the HTML report is not available in this lpuc (backends.report: {e})") from None
-    return render_html(program, run_result, progress)
+    return render_html(program, run_result, progress, detail_chips)
 
 
 # --- diff --------------------------------------------------------------------

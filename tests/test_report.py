@@ -215,6 +215,13 @@ def chromium(args: list[str], profile: Path, timeout: float = 120) -> subprocess
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
+def page_errors(done: subprocess.CompletedProcess) -> list[str]:
+    """What went wrong in a page Chromium opened: console lines, and the notes the page shows itself."""
+    notes = re.search(r'<div id="lpuc-errors"[^>]*>(.*?)</div>', done.stdout, re.S)
+    return ([line for line in done.stderr.splitlines() if re.search(r"CONSOLE[:(]|Uncaught", line)]
+            + ([notes.group(1)] if notes and notes.group(1).strip() else []))
+
+
 def read_png(path: Path) -> np.ndarray:
     """RGB(A) pixels of an 8-bit, non-interlaced PNG (what Chromium writes): zlib and the five filters."""
     data = path.read_bytes()
@@ -385,7 +392,7 @@ def test_sixteen_chips_show_one_chip_at_a_time(tmp_path):
     path.write_text(page)
     done = chromium(["--virtual-time-budget=5000", "--dump-dom", path.as_uri()], tmp_path / "profile")
     assert done.returncode == 0 and 'data-rendered="1"' in done.stdout, done.stderr[-2000:]
-    assert not [line for line in done.stderr.splitlines() if re.search(r"CONSOLE[:(]|Uncaught", line)]
+    assert not page_errors(done)
     drawn = [int(i) for i in re.findall(r'class="instr[^"]*" data-i="(\d+)"', done.stdout)]
     on_focus = [i for i, ins in enumerate(program.facts.scheduled) if ins.chip == focus]
     assert drawn == on_focus and 0 < len(drawn) < data["summary"]["instructions"]
@@ -402,7 +409,7 @@ def test_sixteen_chips_show_one_chip_at_a_time(tmp_path):
                  if ins.chip == other and ins.op.results and ins.op.operands)
     done = chromium(["--virtual-time-budget=5000", "--dump-dom", f"{path.as_uri()}#chip={other}&i={instr}"],
                     tmp_path / "profile3")
-    assert 'data-rendered="1"' in done.stdout and f'data-unpacked="{other}"' in done.stdout
+    assert 'data-rendered="1"' in done.stdout and f'data-unpacked="{other}"' in done.stdout and not page_errors(done)
     drawn = [int(i) for i in re.findall(r'class="instr[^"]*" data-i="(\d+)"', done.stdout)]
     assert drawn == [i for i, ins in enumerate(program.facts.scheduled) if ins.chip == other]
     panel = re.search(r'<div id="details" class="details">(.*?)</div>', done.stdout, re.S).group(1)
@@ -551,8 +558,66 @@ def test_layer_templates_drawn_in_chromium(stamped, tmp_path):
     path.write_text(render_html(stamped))
     done = chromium(["--virtual-time-budget=5000", "--dump-dom", path.as_uri()], tmp_path / "profile")
     assert 'data-rendered="1"' in done.stdout, done.stderr[-2000:]
-    assert not [line for line in done.stderr.splitlines() if re.search(r"CONSOLE[:(]|Uncaught", line)]
+    assert not page_errors(done)
     drawn = re.findall(r'<rect class="piece( first)?" data-span="(\d+)"', done.stdout)
     assert [int(j) for _, j in drawn] == list(range(len(stamped.module.pieces)))  # the whole run is in view
     assert sum(1 for first, _ in drawn if first) == len({p.template for p in stamped.module.pieces})
     assert re.search(r'<div id="templates" class="hint muted">Layer templates', done.stdout)
+
+
+@pytest.fixture(scope="module")
+def sixteen(tmp_path_factory):
+    """llama_decode on 16 chips (the list scheduler), as a .lpu."""
+    from lpuc.compiler.cli import main
+
+    lpu = tmp_path_factory.mktemp("sixteen") / "sixteen.lpu"
+    assert main(["compile", str(SAMPLES / "llama_decode.onnx"), "--chips", "16", "--scheduler", "list",
+                 "--no-cache", "-o", str(lpu)]) == 0
+    return lpu
+
+
+def test_detail_chips_keep_every_chips_timing_and_some_chips_details(sixteen):
+    import base64
+    import gzip
+
+    program = read_lpu(sixteen)
+    data = report_data(program, detail_chips=[3, 5])
+    assert data["detailed"] == [3, 5]
+    whole = report_data(program)
+    assert whole["detailed"] == list(range(16))  # within the budget: every chip
+    timing = {"i", "row", "start", "occ", "lat", "op", "cls", "slices", "total"}
+    for chip, chunk in data["chunks"].items():
+        part = json.loads(gzip.decompress(base64.b64decode(chunk)))
+        full = json.loads(gzip.decompress(base64.b64decode(whole["chunks"][chip])))
+        assert part == (full if int(chip) in (3, 5) else {k: full[k] for k in timing})
+
+
+@needs_chromium
+def test_a_chip_without_details_says_how_to_get_them(sixteen, tmp_path, capsys):
+    from helpers import run_cli
+
+    page = tmp_path / "r.html"
+    code, _, err = run_cli(capsys, "viz", sixteen, "--html", page, "--detail-chips", "0-2")
+    assert code == 0, err
+    program = read_lpu(sixteen)
+    instr, chip = next((i, ins.chip) for i, ins in enumerate(program.facts.scheduled) if ins.chip > 2)
+    done = chromium(["--virtual-time-budget=5000", "--dump-dom", f"{page.as_uri()}#chip={chip}&i={instr}"],
+                    tmp_path / "profile")
+    assert 'data-rendered="1"' in done.stdout, done.stderr[-2000:]
+    assert not page_errors(done)
+    drawn = [int(i) for i in re.findall(r'class="instr[^"]*" data-i="(\d+)"', done.stdout)]
+    assert drawn == [i for i, ins in enumerate(program.facts.scheduled) if ins.chip == chip]  # its timing
+    panel = re.search(r'<div id="details" class="details">(.*?)</div>', done.stdout, re.S).group(1)
+    assert "chips 0-2 only" in panel and f"--detail-chips {chip}" in panel
+    assert f"cycle {program.facts.scheduled[instr].cycle:,}" in panel
+
+
+def test_detail_chips_errors(sixteen, tmp_path, capsys):
+    from helpers import run_cli
+
+    for argv, words in ((["--html", tmp_path / "u.html", "--detail-chips", "9-16"], ["16 chips", "chip 16"]),
+                        (["--perfetto", tmp_path / "u.json", "--detail-chips", "1"], ["--detail-chips", "--html"]),
+                        (["--html", tmp_path / "u.html", "--detail-chips", "x"], ["expected chips and ranges"])):
+        code, _, err = run_cli(capsys, "viz", sixteen, *argv)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and all(str(w) in err for w in words), err
+    assert not list(tmp_path.glob("u.*"))
