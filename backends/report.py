@@ -56,8 +56,8 @@ from .state import step_positions
 
 CLASS_ORDER = tuple(c.name for c in mo.UNIT_CLASSES)
 ONE_CHIP_BEYOND = 8  # more chips than this: the page draws one chip at a time, its data packed per chip
-DETAILS_BUDGET = 250_000  # instructions whose details a page holds by default (about 10 MB): beyond it, those
-                          # of the chips the critical path spends the most cycles on, the rest timing only
+PAGE_BYTES = 9_500_000  # beyond ONE_CHIP_BEYOND chips, the most a page weighs by default: every chip's
+                        # instructions' timing, and their details for as many chips as fit (at least one)
 SCHEDULE_KEYS = frozenset(mo.SCHEDULE_ATTRS)
 
 
@@ -242,7 +242,7 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
                 detail_chips: Sequence[int] | None = None) -> dict[str, Any]:
     """Everything the page draws, as JSON data (deterministic for a program); `progress`: called with a line
     at each stage of a large program; `detail_chips`: beyond ONE_CHIP_BEYOND chips, the chips whose
-    instructions' details the page holds (default: `_detailed`'s)."""
+    instructions' details the page holds (default: as many as fit PAGE_BYTES, _pack_by_chip)."""
     say = progress or (lambda line: None)
     say(f"report: the timing, words and critical path of {len(program.module.ops):,} ops")
     a = analyze(program)
@@ -379,40 +379,67 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
         "kinds": list(KINDS),
     }
     if len(a.chips) > ONE_CHIP_BEYOND:
-        _pack_by_chip(data, a, say, _detailed(a, detail_chips))
+        _pack_by_chip(data, a, say, detail_chips)
     return data
 
 
 KINDS = ("sram", "plane", "link", "host")  # an operand's kind, by its number in a packed chunk
 
 
-def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detailed: list[int]) -> None:
-    """Move what the page needs only for the chip it shows (instructions, their details on the `detailed`
-    chips, SRAM step functions) into one gzip-compressed chunk per chip (`chunks`: chip -> base64, each
-    `_chunk`), which the page unpacks when it shows that chip. `instrs` keeps, by index, the instructions
-    the critical path's table needs on every chip, with their `labels`."""
+def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detail_chips: Sequence[int] | None) -> None:
+    """Move what the page needs only for the chip it shows (instructions, their details, SRAM step functions)
+    into one gzip-compressed chunk per chip (`chunks`: chip -> base64, each `_chunk`), which the page unpacks
+    when it shows that chip. Every chip's chunk has its instructions' timing; the details are those of
+    `detail_chips`, else of as many chips as keep the page within PAGE_BYTES, those the critical path spends
+    the most cycles on first (at least one): `detailed`. `instrs` keeps, by index, the instructions the
+    critical path's table needs on every chip, with their `labels`."""
     import base64
     import gzip
 
+    named = sorted({i for st, why in zip(data["critical"]["steps"], data["critical"]["why"])
+                    for i in (st[0], st[1], why[2] if why else None) if i is not None})
+    data["labels"] = {str(i): _label(a.instrs[i]) for i in named}
+    instrs, details = data["instrs"], data["details"]
+    data["instrs"] = {str(i): instrs[i] for i in named}
+    data["details"] = None
     on_chip: dict[int, list[int]] = {chip: [] for chip in a.chips}
     for ins in a.instrs:
         on_chip[ins.chip].append(ins.i)
     sram = {entry["chip"]: entry for entry in data["sram"]["chips"]}
-    chunks, keep = {}, set(detailed)
+    steps = {chip: (sram.get(chip, {}).pop("slices", []), sram.get(chip, {}).pop("total", [])) for chip in a.chips}
+
+    def pack(chip: int, with_details: bool) -> str:
+        part = _chunk(on_chip[chip], instrs, details if with_details else None, *steps[chip])
+        packed = gzip.compress(json.dumps(part, separators=(",", ":"), sort_keys=True).encode(), 6, mtime=0)
+        return base64.b64encode(packed).decode()
+
+    chunks = {}
     for n, chip in enumerate(a.chips):
         if n % 64 == 0:
-            say(f"report: packing chip {n + 1} of {len(a.chips)}")
-        steps = sram.get(chip, {})
-        part = _chunk(on_chip[chip], data["instrs"], data["details"] if chip in keep else None,
-                      steps.pop("slices", []), steps.pop("total", []))
-        packed = gzip.compress(json.dumps(part, separators=(",", ":"), sort_keys=True).encode(), 6, mtime=0)
-        chunks[str(chip)] = base64.b64encode(packed).decode()
-    named = sorted({i for st, why in zip(data["critical"]["steps"], data["critical"]["why"])
-                    for i in (st[0], st[1], why[2] if why else None) if i is not None})
-    data["labels"] = {str(i): _label(a.instrs[i]) for i in named}
-    data["instrs"] = {str(i): data["instrs"][i] for i in named}
-    data["details"] = None
-    data["chunks"] = chunks
+            say(f"report: packing the timing of chip {n + 1} of {len(a.chips)}")
+        chunks[chip] = pack(chip, False)
+    if detail_chips is not None:
+        detailed = sorted(set(detail_chips) & set(a.chips))
+    else:
+        # the page's size, every chip's timing packed: the page around its data, the data but the chunks (with
+        # the longest `detailed`), and each chunk with its key
+        data["detailed"] = list(a.chips)
+        size = (len(_shell(a.program)) - len("@@DATA@@") + len(_json_for_script(data)) + len('"chunks":{},')
+                + sum(len(c) + len(str(chip)) + 6 for chip, c in chunks.items()))
+        detailed = []
+        for chip in _by_critical_cycles(a):
+            full = pack(chip, True)
+            size += len(full) - len(chunks[chip])
+            if detailed and size > PAGE_BYTES:
+                break
+            if len(detailed) % 64 == 0:
+                say(f"report: packing the details of chip {chip} ({len(detailed) + 1} of at most {len(a.chips)})")
+            chunks[chip] = full
+            detailed.append(chip)
+        detailed.sort()
+    for chip in detailed if detail_chips is not None else ():
+        chunks[chip] = pack(chip, True)
+    data["chunks"] = {str(chip): chunks[chip] for chip in a.chips}
     data["detailed"] = detailed
 
 
@@ -599,24 +626,6 @@ def _focus(a: Analysis) -> int:
     return _by_critical_cycles(a)[0]
 
 
-def _detailed(a: Analysis, chips: Sequence[int] | None) -> list[int]:
-    """The chips whose instructions' details the page holds: `chips`, else every chip when there are at most
-    DETAILS_BUDGET instructions, else the chips the critical path spends the most cycles on while their
-    instructions fit the budget (at least one)."""
-    if chips is not None:
-        return sorted(set(chips) & set(a.chips))
-    if len(a.instrs) <= DETAILS_BUDGET:
-        return list(a.chips)
-    count = Counter(ins.chip for ins in a.instrs)
-    kept, total = [], 0
-    for chip in _by_critical_cycles(a):
-        if kept and total + count[chip] > DETAILS_BUDGET:
-            break
-        kept.append(chip)
-        total += count[chip]
-    return sorted(kept)
-
-
 def _layout(partition: str, chips: int) -> tuple[int, int]:
     """(T, P) of a `tp=T,pp=P[,...]` partition; (0, 0) for any other."""
     fields = dict(part.partition("=")[::2] for part in partition.split(","))
@@ -675,10 +684,14 @@ def render_html(program: Program, run_result: Result | None = None, progress=Non
     """The report page of `program` (and of a run of it, when given): one offline HTML file; `progress` and
     `detail_chips` as report_data's."""
     data = report_data(program, run_result, progress, detail_chips)
+    return _shell(program).replace("@@DATA@@", _json_for_script(data))
+
+
+def _shell(program: Program) -> str:
+    """The page without its data (in its place, "@@DATA@@")."""
     title = f"lpuc report: {program.module.name} on {program.machine.name}"
     return (_PAGE.replace("@@TITLE@@", html.escape(title))
             .replace("@@CSS@@", _CSS + _class_css())
-            .replace("@@DATA@@", _json_for_script(data))
             .replace("@@JS@@", _JS))
 
 

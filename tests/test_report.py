@@ -621,3 +621,26 @@ def test_detail_chips_errors(sixteen, tmp_path, capsys):
         code, _, err = run_cli(capsys, "viz", sixteen, *argv)
         assert code == 2 and len(err.strip().splitlines()) == 1 and all(str(w) in err for w in words), err
     assert not list(tmp_path.glob("u.*"))
+
+
+def test_the_page_keeps_to_its_size_by_leaving_out_details(sixteen, monkeypatch):
+    """By default a page of many chips holds the details of as many chips as fit PAGE_BYTES, those the
+    critical path spends the most cycles on first, and at least one (the chip it opens on)."""
+    import lpuc.backends.report as report
+
+    program = read_lpu(sixteen)
+    full = render_html(program)
+    assert embedded(full)["detailed"] == list(range(16))
+    order = report._by_critical_cycles(analyze(program))
+    monkeypatch.setattr(report, "PAGE_BYTES", 1)
+    data = embedded(render_html(program))
+    assert data["detailed"] == [order[0]] == [data["overview"]["focus"]]
+    one = len(render_html(program))
+    second = len(render_html(program, detail_chips=order[:2]))
+    # (the page's size is reckoned with every chip in `detailed`: a few bytes over, never under)
+    for budget, kept in ((second + 64, 2), (second - 1, 1), ((second + len(full)) // 2, None)):
+        monkeypatch.setattr(report, "PAGE_BYTES", budget)
+        page = render_html(program)
+        detailed = embedded(page)["detailed"]
+        assert sorted(order[:len(detailed)]) == detailed and len(detailed) == (kept or len(detailed))
+        assert len(page) <= budget and 1 < len(detailed) < 16 if kept is None else len(page) <= max(budget, one)
