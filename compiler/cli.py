@@ -828,7 +828,7 @@ def _viz_args(p):
     p.add_argument("--detail-chips", type=_chip_set, metavar="0-7,12",
                    help="--html beyond 8 chips: the chips whose instructions' operands, results and SRAM words "
                         "the page holds; every chip's timing is there (default: as many chips as keep the page "
-                        "under 9.5 MB, those the critical path spends the most cycles on first)")
+                        "under 10 MB, those the critical path spends the most cycles on first)")
     p.add_argument("--collapse", action=argparse.BooleanOptionalAction, default=None,
                    help="draw repeated layers once, as one 'layer × N' cluster (default: when there are "
                         "3 or more)")
