@@ -57,7 +57,7 @@ from .state import step_positions
 CLASS_ORDER = tuple(c.name for c in mo.UNIT_CLASSES)
 ONE_CHIP_BEYOND = 8  # more chips than this: the page draws one chip at a time, its data packed per chip
 PAGE_BYTES = 10_000_000  # beyond ONE_CHIP_BEYOND chips, the most a page weighs by default: every chip's
-                        # instructions' timing, and their details for as many chips as fit (at least one)
+                         # instructions' timing, and their details for as many chips as fit (at least one)
 SCHEDULE_KEYS = frozenset(mo.SCHEDULE_ATTRS)
 
 
