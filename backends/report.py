@@ -250,7 +250,8 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
     if run_result is None:
         say("report: the schedule's statistics")
     stats: Stats = run_result.stats if run_result is not None else schedule_stats(program.module, program.target)
-    say(f"report: {len(a.instrs):,} instructions' details")
+    packed = len(a.chips) > ONE_CHIP_BEYOND
+    say(f"report: {len(a.instrs):,} instructions" + ("" if packed else "' details"))
     summary_in = dict(manifest.get("summary") or {})
     counts = units(machine)
     classes = [c for c in CLASS_ORDER if c in counts] + sorted(set(counts) - set(CLASS_ORDER))
@@ -283,10 +284,12 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
     crit_of = {st.instr: j for j, st in enumerate(a.critical)}
     ops = sorted({i.op.name for i in a.instrs})
     op_index = {n: j for j, n in enumerate(ops)}
-    instrs, details = [], []
-    for ins in a.instrs:
-        instrs.append([row_of[ins.chip, ins.unit], ins.start, ins.occ, ins.lat, op_index[ins.op.name],
-                       classes.index(ins.cls) if ins.cls in classes else -1])
+    class_index = {c: j for j, c in enumerate(classes)}
+    instrs = [[row_of[ins.chip, ins.unit], ins.start, ins.occ, ins.lat, op_index[ins.op.name],
+               class_index.get(ins.cls, -1)] for ins in a.instrs]
+
+    def detail(ins: Instr) -> dict[str, Any]:
+        """What the page shows of an instruction beyond its timing."""
         operands = []
         for v, prods in zip(ins.op.operands, ins.producers):
             val = a.values.get(v.name, _Value(HOST))
@@ -306,7 +309,7 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
             d["attrs"] = attrs
         if ins.i in crit_of:
             d["crit"] = crit_of[ins.i]
-        details.append(d)
+        return d
 
     say("report: SRAM occupancy")
     steps = sram_occupancy(a)
@@ -359,7 +362,7 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
         "folded": dict(sorted(folded.items())),
         "ops": ops,
         "instrs": instrs,
-        "details": details,
+        "details": None if packed else [detail(ins) for ins in a.instrs],
         "critical": {"chain": [st.instr for st in a.critical],
                      "steps": [[st.instr, st.producer, st.operand, st.ready, st.wait] for st in a.critical],
                      "why": [_why(a, st, on_unit) for st in a.critical],
@@ -378,30 +381,30 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
         "one_chip_beyond": ONE_CHIP_BEYOND,
         "kinds": list(KINDS),
     }
-    if len(a.chips) > ONE_CHIP_BEYOND:
-        _pack_by_chip(data, a, say, detail_chips)
+    if packed:
+        _pack_by_chip(data, a, say, detail, detail_chips)
     return data
 
 
 KINDS = ("sram", "plane", "link", "host")  # an operand's kind, by its number in a packed chunk
 
 
-def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detail_chips: Sequence[int] | None) -> None:
+def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detail, detail_chips: Sequence[int] | None) -> None:
     """Move what the page needs only for the chip it shows (instructions, their details, SRAM step functions)
     into one gzip-compressed chunk per chip (`chunks`: chip -> base64, each `_chunk`), which the page unpacks
     when it shows that chip. Every chip's chunk has its instructions' timing; the details are those of
     `detail_chips`, else of as many chips as keep the page within PAGE_BYTES, those the critical path spends
     the most cycles on first (at least one): `detailed`. `instrs` keeps, by index, the instructions the
-    critical path's table needs on every chip, with their `labels`."""
+    critical path's table needs on every chip, with their `labels`. `detail`: an instruction's details (made
+    only for the chips that keep them)."""
     import base64
     import gzip
 
     named = sorted({i for st, why in zip(data["critical"]["steps"], data["critical"]["why"])
                     for i in (st[0], st[1], why[2] if why else None) if i is not None})
     data["labels"] = {str(i): _label(a.instrs[i]) for i in named}
-    instrs, details = data["instrs"], data["details"]
+    instrs = data["instrs"]
     data["instrs"] = {str(i): instrs[i] for i in named}
-    data["details"] = None
     on_chip: dict[int, list[int]] = {chip: [] for chip in a.chips}
     for ins in a.instrs:
         on_chip[ins.chip].append(ins.i)
@@ -409,7 +412,8 @@ def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detail_chips: Sequence
     steps = {chip: (sram.get(chip, {}).pop("slices", []), sram.get(chip, {}).pop("total", [])) for chip in a.chips}
 
     def pack(chip: int, with_details: bool) -> str:
-        part = _chunk(on_chip[chip], instrs, details if with_details else None, *steps[chip])
+        details = [detail(a.instrs[i]) for i in on_chip[chip]] if with_details else None
+        part = _chunk(on_chip[chip], instrs, details, *steps[chip])
         packed = gzip.compress(json.dumps(part, separators=(",", ":"), sort_keys=True).encode(), 6, mtime=0)
         return base64.b64encode(packed).decode()
 
@@ -449,7 +453,7 @@ def _deltas(xs: list[int]) -> list[int]:
 
 def _chunk(indices: list[int], instrs: list[list], details: list[dict] | None, slices: list[list[int]],
            total: list[int]) -> dict[str, Any]:
-    """One chip's instructions (`indices`, ascending), their details and its SRAM step functions, by column
+    """One chip's instructions (`indices`, ascending; `details`: theirs) and its SRAM step functions, by column
     (what gzip packs best): every number that grows as a difference from the one before (SRAM extents: from
     the extent before), an instruction's producers as differences from its own index, each value's name and
     type once (`values`, `types`), and each attribute once (`attr_table`); the rest as the page's `instrs`
@@ -485,7 +489,7 @@ def _chunk(indices: list[int], instrs: list[list], details: list[dict] | None, s
     }
     if details is None:
         return timing
-    det = [details[i] for i in indices]
+    det = details
     operands = []
     for i, d in zip(indices, det):
         row = []
