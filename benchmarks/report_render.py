@@ -7,7 +7,8 @@ chip) or compiled program (a .lpu, e.g. a full-size shape-only model's, as
 `lpuc viz` reads it) prints the report's size, the time `render_html` takes in
 Python (for a .lpu also reading it: what `lpuc viz --html` takes), and the
 median over `--runs` fresh headless Chromium processes (no network) of the page's
-render time: performance.now() from navigation start until the page's script has
+render time (any console line or error the page notes fails the run):
+performance.now() from navigation start until the page's script has
 drawn everything and forced layout (it writes the value into the DOM as
 `data-render-ms`, read back with --dump-dom; beyond 8 chips that includes
 unpacking the chip shown first). Targets: < 10 MB, < 3 s.
@@ -54,13 +55,18 @@ def chromium_render_ms(chromium: str, page: Path, profile: Path) -> tuple[float,
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            "--disable-extensions", "--no-proxy-server", "--host-resolver-rules=MAP * ~NOTFOUND",
-           f"--user-data-dir={profile}", "--window-size=1400,900", "--dump-dom", page.as_uri()]
+           f"--user-data-dir={profile}", "--window-size=1400,900", "--enable-logging=stderr", "--v=0",
+           "--dump-dom", page.as_uri()]
     t0 = time.perf_counter()
     done = subprocess.run(cmd + ["--virtual-time-budget=30000"], capture_output=True, text=True, timeout=300)
     wall = time.perf_counter() - t0
     m = re.search(r'data-render-ms="([0-9.]+)"', done.stdout)
     if done.returncode or not m or 'data-rendered="1"' not in done.stdout:
         raise SystemExit(f"chromium did not render {page}: {done.stderr[-500:]}")
+    notes = re.search(r'<div id="lpuc-errors"[^>]*>(.*?)</div>', done.stdout, re.S)
+    errors = [line for line in done.stderr.splitlines() if re.search(r"CONSOLE[:(]|Uncaught", line)]
+    if errors or (notes and notes.group(1).strip()):
+        raise SystemExit(f"{page}: errors in the page: {errors[:3]} {notes.group(1)[:300] if notes else ''}")
     return float(m.group(1)), wall
 
 
