@@ -457,8 +457,8 @@ def _chunk(indices: list[int], instrs: list[list], details: list[dict] | None, s
     (what gzip packs best): every number that grows as a difference from the one before (SRAM extents: from
     the extent before), an instruction's producers as differences from its own index, each value's name and
     type once (`values`, `types`), and each attribute once (`attr_table`); the rest as the page's `instrs`
-    and `details` have it; without `details`, the instructions' timing alone. The page's `unpackPart` is the
-    inverse."""
+    and `details` have it; without `details`, the instructions' timing and the chip's SRAM total alone (no
+    slice's). The page's `unpackPart` is the inverse."""
     values: dict[str, int] = {}
     value_types: list[int] = []
     types: dict[str, int] = {}
@@ -485,7 +485,7 @@ def _chunk(indices: list[int], instrs: list[list], details: list[dict] | None, s
         "i": _deltas(indices),
         "row": [r[0] for r in rec], "start": _deltas([r[1] for r in rec]), "occ": [r[2] for r in rec],
         "lat": [r[3] for r in rec], "op": [r[4] for r in rec], "cls": [r[5] for r in rec],
-        "slices": [steps(s) for s in slices], "total": steps(total),
+        "total": steps(total),
     }
     if details is None:
         return timing
@@ -503,6 +503,7 @@ def _chunk(indices: list[int], instrs: list[list], details: list[dict] | None, s
     results = [[value(name, type_) for name, type_ in d["results"]] for d in det]
     return {
         **timing,
+        "slices": [steps(s) for s in slices],
         "k": _deltas([d["k"] for d in det]),
         "values": list(values), "value_types": value_types, "types": list(types),
         "results": results, "operands": operands,
@@ -1148,7 +1149,8 @@ function unpackPart(p) {  // the inverse of report._chunk: instructions into D.i
     if (critOf[i] !== undefined) d.crit = critOf[i];
     details.push(d);
   }
-  return { index: index, at: at, details: p.values ? details : null, slices: p.slices.map(unSteps), total: unSteps(p.total) };
+  return { index: index, at: at, details: p.values ? details : null, total: unSteps(p.total),
+           slices: p.slices ? p.slices.map(unSteps) : null };
 }
 function unpack(chip, then) {
   if (!D.chunks || unpacked[chip]) { if (then) then(); return; }
@@ -1285,8 +1287,9 @@ function sramLayout() {
 var SRL = sramLayout();
 function sramSteps(chip) {  // a chip's SRAM entry with its step functions, or null while they are packed
   if (!D.chunks) return chip;
-  var part = unpacked[chip.chip];
-  return part ? Object.assign({}, chip, { slices: part.slices, total: part.total }) : null;
+  var part = unpacked[chip.chip], none = [];
+  for (var s = 0; s < SR.slices; s++) none.push([]);
+  return part ? Object.assign({}, chip, { slices: part.slices || none, total: part.total, sliceless: !part.slices }) : null;
 }
 function showChip(chip, then) {  // the timeline and SRAM of one chip (null: every chip), once unpacked
   shown = chip;
@@ -1382,6 +1385,10 @@ function drawSram() {
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(off, LABEL, L.heat, PW, chip.slices.length * SL_H);
     ctx.textAlign = 'left';
+    if (chip.sliceless) {
+      ctx.fillStyle = '#667085';
+      ctx.fillText('Each slice\'s occupancy on this chip is not in this page: lpuc viz PROGRAM.lpu --html REPORT.html --detail-chips ' + chip.chip, LABEL + 8, L.heat + 12);
+    }
     // axis lines
     ctx.strokeStyle = 'rgba(0,0,0,.08)'; ctx.beginPath();
     var tk = ticks();

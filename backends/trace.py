@@ -271,15 +271,18 @@ def trace_json(program: Program, events: Sequence[TraceEvent] | None = None, *, 
 
 def write_trace(out: BinaryIO, program: Program, events: Sequence[TraceEvent] | None = None, *,
                 compress: bool = False, source: str = "schedule", transfers: Iterable[Transfer] | None = None,
-                per_slice: bool = True, chips: Iterable[int] | None = None) -> None:
+                per_slice: bool = True, chips: Iterable[int] | None = None, progress=None) -> None:
     """Write `chrome_trace` to `out` as compact JSON, one event per line, chip by chip (holding one chip's
     events at a time); `compress`: gzip-compressed (as Perfetto and chrome://tracing open a .json.gz), the
-    same bytes every time (no timestamp, no name in the header)."""
+    same bytes every time (no timestamp, no name in the header); `progress`: called with a line now and
+    then."""
     other, sections = _trace(program, events, source=source, transfers=transfers, per_slice=per_slice, chips=chips)
     sink = gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=6, mtime=0) if compress else out
     sink.write(b'{"traceEvents":[\n')
     first = True
-    for section in sections:
+    for n, section in enumerate(sections):
+        if progress and n % 32 == 0:
+            progress(f"trace: chip {n + 1} of {other['otherData']['chips']}")
         if section:
             text = ",\n".join(json.dumps(ev, separators=(",", ":")) for ev in section)
             sink.write((text if first else ",\n" + text).encode())

@@ -960,7 +960,8 @@ def cmd_viz(args) -> int:
 
         out = Path(args.perfetto)
         atomic_write_with(out, lambda f: write_trace(f, program, chips=args.trace_chips,
-                                                     compress=args.perfetto.lower().endswith(".gz")))
+                                                     compress=args.perfetto.lower().endswith(".gz"),
+                                                     progress=_after_seconds(2.0)))
         written.append((out, out.stat().st_size))
     for out, data in outputs:
         atomic_write(out, data)

@@ -585,7 +585,7 @@ def test_detail_chips_keep_every_chips_timing_and_some_chips_details(sixteen):
     assert data["detailed"] == [3, 5]
     whole = report_data(program)
     assert whole["detailed"] == list(range(16))  # within the budget: every chip
-    timing = {"i", "row", "start", "occ", "lat", "op", "cls", "slices", "total"}
+    timing = {"i", "row", "start", "occ", "lat", "op", "cls", "total"}
     for chip, chunk in data["chunks"].items():
         part = json.loads(gzip.decompress(base64.b64decode(chunk)))
         full = json.loads(gzip.decompress(base64.b64decode(whole["chunks"][chip])))
