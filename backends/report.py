@@ -39,8 +39,8 @@ from __future__ import annotations
 import html
 import json
 from collections import Counter
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..ir import machine_ops as mo
@@ -424,9 +424,11 @@ def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detail, detail_chips: 
         chunks[chip] = pack(chip, False)
     if detail_chips is not None:
         detailed = sorted(set(detail_chips) & set(a.chips))
+        for chip in detailed:
+            chunks[chip] = pack(chip, True)
     else:
-        # the page's size, every chip's timing packed: the page around its data, the data but the chunks (with
-        # the longest `detailed`), and each chunk with its key
+        # the page's size with every chip's timing packed: the page around its data, the data but the chunks
+        # (`detailed` at its longest: never under), and each chunk with its key
         data["detailed"] = list(a.chips)
         size = (len(_shell(a.program)) - len("@@DATA@@") + len(_json_for_script(data)) + len('"chunks":{},')
                 + sum(len(c) + len(str(chip)) + 6 for chip, c in chunks.items()))
@@ -441,8 +443,6 @@ def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detail, detail_chips: 
             chunks[chip] = full
             detailed.append(chip)
         detailed.sort()
-    for chip in detailed if detail_chips is not None else ():
-        chunks[chip] = pack(chip, True)
     data["chunks"] = {str(chip): chunks[chip] for chip in a.chips}
     data["detailed"] = detailed
 
