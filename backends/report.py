@@ -1638,6 +1638,7 @@ function rendered() {
   document.body.setAttribute('data-render-ms', performance.now().toFixed(1));
   document.body.setAttribute('data-rendered', '1');
 }
+measure();  // (the overview is drawn as wide as the timeline will be)
 buildOverview();
 if (D.chunks) showChip(shown, function () { select(initial(), true); rendered(); });
 else { build(); drawAll(); }
