@@ -137,6 +137,16 @@ def analyze(program: Program) -> Analysis:
             for r in op.results:
                 values[r.name] = _Value(place, -1 if place == SRAM else at.get(k, -1),
                                         sources=(r.name,) if place != HOST else ())
+    producers_of: dict[str, list[int]] = {}  # an SRAM value -> the instructions writing its words (a value
+                                              # read by many, of many extents, is looked at once)
+
+    def word_producers(name: str) -> list[int]:
+        found = producers_of.get(name)
+        if found is None:
+            owners = {facts.bases[b].producer for *_, b in facts.words.get(name, ())}
+            found = producers_of[name] = sorted(at[p] for p in owners if p in at)
+        return found
+
     instrs = []
     for i, fact in enumerate(facts.scheduled):
         op = fact.op
@@ -148,8 +158,7 @@ def analyze(program: Program) -> Analysis:
             if where in (PLANE, LINK):
                 ins.producers.append([at[producer[v.name]]] if producer[v.name] in at else [])
             elif where in (SRAM, VIEW):
-                owners = {facts.bases[b].producer for *_, b in facts.words.get(v.name, ())}
-                ins.producers.append(sorted(at[p] for p in owners if p in at))
+                ins.producers.append(word_producers(v.name))
             else:
                 ins.producers.append([])
         instrs.append(ins)
