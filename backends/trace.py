@@ -168,9 +168,9 @@ def _trace(program: Program, events: Sequence[TraceEvent] | None, *, source: str
         both = shown is None or (t.src_chip in shown and t.dst_chip in shown)
         ends[t.src_chip].append((k, "s" if both else "", t.link, t.start, t.end, t))
         ends[t.dst_chip].append((k, "f" if both else "", dst_link, recv, t.land, t))
-    counters = defaultdict(list)
-    for c in _sram_counters(facts, us, per_slice):
-        counters[c["pid"] - 1].append(c)
+    curves = defaultdict(list)  # chip -> its SRAM live curves (made into counter events chip by chip)
+    for (chip, s), curve in facts.sram_live(slices=per_slice).items():
+        curves[chip].append((s, curve))
     unit_tids = {}
     counts = units(machine)
     for cls in UNIT_ORDER:
@@ -223,7 +223,7 @@ def _trace(program: Program, events: Sequence[TraceEvent] | None, *, source: str
                          "dur": round(us(end) - us(start), 3), "args": args})
             if flow:
                 body.append(flow_end(flow, k + 1, t.name, "transfer", pid, tid, us(start)))
-        body += counters[chip]
+        body += _sram_counters(chip, curves.pop(chip, ()), us, facts.machine.sram.word_bytes)
         body.sort(key=lambda ev: (ev["ts"], ev["tid"], -ev.get("dur", 0)))
         head = [{"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "ts": 0,
                  "args": {"name": f"chip{chip} ({machine.name})"}},
@@ -247,17 +247,15 @@ def _trace(program: Program, events: Sequence[TraceEvent] | None, *, source: str
     return other, (section(chip) for chip in chips)
 
 
-def _sram_counters(facts: Facts, us, per_slice: bool):
-    """Bytes live per chip (and per slice) over time: the SRAM live curve (ir.schedule_facts)."""
+def _sram_counters(chip: int, curves, us, word_bytes: int) -> list[dict]:
+    """Bytes live on `chip` (and per slice) over time: its SRAM live curves (ir.schedule_facts), as
+    [(slice or None for the whole chip, curve)], the whole chip's first."""
     counters = []
-    curves = facts.sram_live()
-    for (chip, s), curve in sorted(curves.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
-        if s is not None and not per_slice:
-            continue
+    for s, curve in sorted(curves, key=lambda sc: -1 if sc[0] is None else sc[0]):
         name = "SRAM live" if s is None else f"SRAM slice {s}"
         for t, live in curve:
             counters.append({"ph": "C", "name": name, "pid": chip + 1, "tid": 0, "ts": us(t),
-                             "args": {"bytes": live * facts.machine.sram.word_bytes}})
+                             "args": {"bytes": live * word_bytes}})
     return counters
 
 
