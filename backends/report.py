@@ -406,9 +406,6 @@ def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detail, detail_chips: 
     the most cycles on first (at least one): `detailed`. `instrs` keeps, by index, the instructions the
     critical path's table needs on every chip, with their `labels`. `detail`: an instruction's details (made
     only for the chips that keep them)."""
-    import base64
-    import gzip
-
     named = sorted({i for st, why in zip(data["critical"]["steps"], data["critical"]["why"])
                     for i in (st[0], st[1], why[2] if why else None) if i is not None})
     data["labels"] = {str(i): _label(a.instrs[i]) for i in named}
@@ -422,9 +419,7 @@ def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detail, detail_chips: 
 
     def pack(chip: int, with_details: bool) -> str:
         details = [detail(a.instrs[i]) for i in on_chip[chip]] if with_details else None
-        part = _chunk(on_chip[chip], instrs, details, *steps[chip])
-        packed = gzip.compress(json.dumps(part, separators=(",", ":"), sort_keys=True).encode(), 6, mtime=0)
-        return base64.b64encode(packed).decode()
+        return _packed(_chunk(on_chip[chip], instrs, details, *steps[chip]))
 
     chunks = {}
     for n, chip in enumerate(a.chips):
@@ -436,11 +431,11 @@ def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detail, detail_chips: 
         for chip in detailed:
             chunks[chip] = pack(chip, True)
     else:
-        # the page's size with every chip's timing packed: the page around its data, the data but the chunks
-        # (`detailed` at its longest: never under), and each chunk with its key
-        data["detailed"] = list(a.chips)
-        size = (len(_shell(a.program)) - len("@@DATA@@") + len(_json_for_script(data)) + len('"chunks":{},')
-                + sum(len(c) + len(str(chip)) + 6 for chip, c in chunks.items()))
+        def page_bytes(detailed: list[int]) -> int:
+            data["chunks"], data["detailed"] = {str(chip): chunks[chip] for chip in a.chips}, sorted(detailed)
+            return len(_shell(a.program)) - len("@@DATA@@") + len(_page_json(data))
+
+        size = page_bytes(a.chips)  # every chip's timing, `detailed` at its longest
         detailed = []
         for chip in _by_critical_cycles(a):
             full = pack(chip, True)
@@ -449,11 +444,12 @@ def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detail, detail_chips: 
                 break
             if len(detailed) % 64 == 0:
                 say(f"report: packing the details of chip {chip} ({len(detailed) + 1} of at most {len(a.chips)})")
-            chunks[chip] = full
-            detailed.append(chip)
-        detailed.sort()
+            chunks[chip], detailed = full, detailed + [chip]
+        while len(detailed) > 1 and page_bytes(detailed) > PAGE_BYTES:  # (the core's gzip moved a few bytes)
+            chunks[detailed[-1]] = pack(detailed[-1], False)
+            detailed = detailed[:-1]
     data["chunks"] = {str(chip): chunks[chip] for chip in a.chips}
-    data["detailed"] = detailed
+    data["detailed"] = sorted(detailed)
 
 
 def _deltas(xs: list[int]) -> list[int]:
@@ -698,7 +694,25 @@ def render_html(program: Program, run_result: Result | None = None, progress=Non
     """The report page of `program` (and of a run of it, when given): one offline HTML file; `progress` and
     `detail_chips` as report_data's."""
     data = report_data(program, run_result, progress, detail_chips)
-    return _shell(program).replace("@@DATA@@", _json_for_script(data))
+    return _shell(program).replace("@@DATA@@", _page_json(data))
+
+
+def _page_json(data: dict[str, Any]) -> str:
+    """The page's data as its script reads it: as it is, or, when packed by chip, all but the chunks
+    gzip-compressed too (`core`)."""
+    if not data.get("chunks"):
+        return _json_for_script(data)
+    core = {k: v for k, v in data.items() if k != "chunks"}
+    return _json_for_script({"core": _packed(core), "chunks": data["chunks"]})
+
+
+def _packed(part: Any) -> str:
+    """`part` as JSON, gzip-compressed (the same bytes every time), in base64: what the page's inflate reads."""
+    import base64
+    import gzip
+
+    text = json.dumps(part, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+    return base64.b64encode(gzip.compress(text, 6, mtime=0)).decode()
 
 
 def _shell(program: Program) -> str:
@@ -858,7 +872,18 @@ details summary { cursor: pointer; margin: 6px 0; }
 _JS = r"""
 (function () {
 'use strict';
-var D = JSON.parse(document.getElementById('lpuc-data').textContent);
+// A page of many chips carries its data gzip-compressed (base64): the page's `core` and a chunk per chip.
+function inflate(b64) {  // -> a promise of the JSON inside
+  var bin = atob(b64), bytes = new Uint8Array(bin.length);
+  for (var k = 0; k < bin.length; k++) bytes[k] = bin.charCodeAt(k);
+  return new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'))).json();
+}
+var RAW = JSON.parse(document.getElementById('lpuc-data').textContent);
+if (RAW.core) inflate(RAW.core).then(function (core) { core.chunks = RAW.chunks; start(core); })
+  .catch(function (e) { window.lpucNote('the page\'s data: ' + e); });
+else start(RAW);
+
+function start(D) {
 var S = D.summary;
 function $(id) { return document.getElementById(id); }
 function esc(s) { return String(s).replace(/[&<>"']/g, function (c) { return {'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c]; }); }
@@ -1166,9 +1191,7 @@ function unpack(chip, then) {
   var first = !waiting[chip];
   waiting[chip] = (waiting[chip] || []).concat(then ? [then] : []);
   if (!first) return;  // on its way
-  var bin = atob(D.chunks[chip]), bytes = new Uint8Array(bin.length);
-  for (var k = 0; k < bin.length; k++) bytes[k] = bin.charCodeAt(k);
-  new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'))).json().then(function (part) {
+  inflate(D.chunks[chip]).then(function (part) {
     unpacked[chip] = unpackPart(part);
     document.body.setAttribute('data-unpacked', Object.keys(unpacked).join(','));
     var calls = waiting[chip]; delete waiting[chip];
@@ -1685,5 +1708,6 @@ window.addEventListener('resize', function () {
   if (w !== lastW) { lastW = w; build(); buildOverview(); drawAll(); }
 });
 if (!D.chunks) { select(initial(), true); rendered(); }
+}
 })();
 """

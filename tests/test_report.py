@@ -64,9 +64,19 @@ def page(largest):
 
 
 def embedded(page_text: str) -> dict:
+    """The page's data (of a page of many chips, its gzip-compressed `core` unpacked, with its chunks)."""
+    import base64
+    import gzip
+
     m = DATA_RE.search(page_text)
     assert m, "no embedded JSON data block"
-    return json.loads(m.group(1))
+    data = json.loads(m.group(1))
+    if "core" in data:
+        assert set(data) == {"core", "chunks"}
+        core = json.loads(gzip.decompress(base64.b64decode(data["core"])))
+        assert "chunks" not in core
+        return {**core, "chunks": data["chunks"]}
+    return data
 
 
 def timed_instructions(program) -> int:
