@@ -41,6 +41,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Mapping
 
 from ..ir import machine_ops as mo
@@ -83,8 +84,8 @@ class Instr:
     start: int
     occ: int
     lat: int
-    reads: list = field(default_factory=list)        # per SRAM operand: ((slice, word, words), ...)
-    writes: list = field(default_factory=list)       # per SRAM result: ((slice, word, words), ...)
+    reads: Sequence = ()     # per SRAM operand: ((slice, word, words, ...), ...): the facts' segments, as they are
+    writes: Sequence = ()    # per SRAM result: ((slice, word, words), ...)
     producers: list = field(default_factory=list)    # per operand: sorted instruction indices
 
     @property
@@ -116,6 +117,9 @@ class Analysis:
     critical: list[CriticalStep]   # first instruction first
 
 
+_OWNER = itemgetter(3)  # a segment's base: the value owning its words (ir.schedule_facts.Segment)
+
+
 def analyze(program: Program) -> Analysis:
     """Timing, SRAM words, producers and the critical path of a scheduled program (from its description,
     ir.schedule_facts)."""
@@ -143,7 +147,7 @@ def analyze(program: Program) -> Analysis:
     def word_producers(name: str) -> list[int]:
         found = producers_of.get(name)
         if found is None:
-            owners = {facts.bases[b].producer for *_, b in facts.words.get(name, ())}
+            owners = {facts.bases[b].producer for b in set(map(_OWNER, facts.words.get(name, ())))}
             found = producers_of[name] = sorted(at[p] for p in owners if p in at)
         return found
 
@@ -152,7 +156,7 @@ def analyze(program: Program) -> Analysis:
         op = fact.op
         ins = Instr(i, fact.index, op, fact.unit_class, op.attrs.get("unit") or f"{fact.unit_class}?", fact.chip,
                     fact.cycle, fact.cost.occupancy, fact.cost.latency,
-                    [tuple(seg[:3] for seg in segs) for segs in fact.reads], list(fact.writes))
+                    fact.reads, fact.writes)
         for v in op.operands:
             where = facts.places[v.name]
             if where in (PLANE, LINK):
@@ -244,7 +248,7 @@ def decode_batch(program: Program) -> int | None:
 # --- the page's data ------------------------------------------------------------------
 
 def _extents(ext) -> list[list[int]]:
-    return [[s, w, n] for s, w, n in ext]
+    return [[e[0], e[1], e[2]] for e in ext]  # (a read's segment carries its owner's base after the three)
 
 
 def report_data(program: Program, run_result: Result | None = None, progress=None,
