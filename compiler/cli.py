@@ -930,10 +930,11 @@ def cmd_viz(args) -> int:
     elif args.detail_chips:
         raise LpucError("--detail-chips selects the chips of --html's report: give --html REPORT.html too")
     program = module = None
+    progress = _after_seconds(2.0)  # one clock for reading, the report and the trace: a large program takes minutes
     if path.suffix == ".lpu":
         if args.shape:
             raise LpucError("--shape applies to ONNX models; a .lpu program has static shapes already")
-        program = read_lpu(path, _after_seconds(2.0))  # stderr: a large program takes minutes
+        program = read_lpu(path, progress)
         module = program.module
     elif args.dot:
         module, _ = load_model(path, dict(args.shape))
@@ -952,7 +953,7 @@ def cmd_viz(args) -> int:
             n = program.target.chips
             raise LpucError(f"{option}: the program has {n} chip{'s' if n > 1 else ''} (0-{n - 1}), not chip {chips[-1]}")
     if args.html:
-        outputs.append((Path(args.html), _render_html(program, progress=_after_seconds(2.0),
+        outputs.append((Path(args.html), _render_html(program, progress=progress,
                                                       detail_chips=args.detail_chips).encode()))
     written = []
     if args.perfetto:  # streamed chip by chip (a trace of hundreds of chips is never held whole), atomically
@@ -961,7 +962,7 @@ def cmd_viz(args) -> int:
         out = Path(args.perfetto)
         atomic_write_with(out, lambda f: write_trace(f, program, chips=args.trace_chips,
                                                      compress=args.perfetto.lower().endswith(".gz"),
-                                                     progress=_after_seconds(2.0)))
+                                                     progress=progress))
         written.append((out, out.stat().st_size))
     for out, data in outputs:
         atomic_write(out, data)
