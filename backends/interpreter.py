@@ -66,7 +66,7 @@ import numpy as np
 from ..ir import machine_ops as mo
 from ..ir.collector import collector_paused
 from ..ir.core import Module, Op
-from ..ir.costs import compute_cycles, cost, link_windows, units
+from ..ir.costs import UnitCycles, cost, link_windows, units
 from ..ir.errors import EvalError, LpucError
 from ..ir.evaluator import check_inputs, conform
 from ..ir.layout import (extent_starts, from_words, row_extents, sub_extents, to_words, view_extents, window_extents,
@@ -316,7 +316,7 @@ class _Plan:
         self._unit_names: dict[str, tuple[str, int]] = {}  # a `unit` -> (its class, its index); ("", 0): no unit name
         self._unit_set = {cls: {f"{cls}{k}" for k in range(n)} for cls, n in self.units.items()}  # each class's units
         self._streams_known: dict[tuple, bool] = {}  # `streams` -> _streams_ok
-        self._cycles: dict[tuple, int] = {}  # (op name, operand types, result types) -> compute_cycles
+        self._unit_cycles = UnitCycles(self.machine)
         self._type_words: dict = {}          # type -> words (_words)
         self._outs: dict[tuple, tuple] = {}  # (`out`, result types) by identity -> `out` split per result (_out)
         self._templates: dict[int, int] = {}  # a stamped op's index -> its template op's (ir.pieces)
@@ -608,11 +608,7 @@ class _Plan:
         ins.streams = tuple(s for s in dict.fromkeys(streams) if 0 <= s < self.n_streams)
         # timing, from the cost table only
         writes = out_ext or []
-        kind = (op.name, tuple(v.type for v in op.operands), tuple(r.type for r in op.results))
-        cycles = self._cycles.get(kind)
-        if cycles is None:  # the unit's own work depends on the op's name and types only
-            cycles = self._cycles[kind] = compute_cycles(op, self.machine)
-        c = cost(op, self.machine, [_run_extents(read) for read in ins.reads], writes, cycles)
+        c = cost(op, self.machine, [_run_extents(read) for read in ins.reads], writes, self._unit_cycles(op))
         ins.occ, ins.lat, ins.port_reads, ins.port_writes = c.occupancy, c.latency, c.reads, c.writes
         land = (cycle or 0) + ins.lat
         if opdef.in_place:  # its result is its state's words after its write (which land() does itself)

@@ -81,6 +81,22 @@ def compute_cycles(op: Op, machine: Machine) -> int:
     raise AssertionError(op.name)
 
 
+class UnitCycles:
+    """compute_cycles of a machine's instructions, found once per kind of instruction (its name and types, all
+    it depends on): a program's layers repeat a few kinds a million times."""
+
+    def __init__(self, machine: Machine):
+        self.machine = machine
+        self._known: dict[tuple, int] = {}  # (op name, operand types, result types) -> cycles
+
+    def __call__(self, op: Op) -> int:
+        kind = (op.name, tuple([v.type for v in op.operands]), tuple([r.type for r in op.results]))
+        cycles = self._known.get(kind)
+        if cycles is None:
+            cycles = self._known[kind] = compute_cycles(op, self.machine)
+        return cycles
+
+
 def link_windows(op: Op, machine: Machine, occupancy: int) -> list[tuple[int, int, int]]:
     """(hop, offset from issue, length) of each link a `c2c.send` holds; [] for anything else."""
     if OPS[op.name].result_place != LINK:

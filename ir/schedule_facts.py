@@ -34,7 +34,7 @@ from functools import cached_property
 from . import machine_ops as mo
 from .collector import collector_paused
 from .core import Module, Op
-from .costs import Cost, compute_cycles, cost, link_windows
+from .costs import Cost, UnitCycles, cost, link_windows
 from .errors import LpucError
 from .layout import Extent, extent_starts, sub_extents, view_extents, window_extents, words
 from .machine import Machine
@@ -305,7 +305,7 @@ def _describe(module: Module, target: Target) -> Facts:
     bases: list[Base] = []
     instructions: list[Instruction] = []
     starts: dict[str, list[int]] = {}  # per weight an install windows: its segments' extent_starts
-    unit_cycles: dict[tuple, int] = {}  # (op name, operand types, result types) -> compute_cycles
+    unit_cycles = UnitCycles(machine)
 
     for i, op in enumerate(module.ops):
         if not mo.is_machine_op(op.name):
@@ -337,11 +337,7 @@ def _describe(module: Module, target: Target) -> Facts:
             reads = (window_extents(w.type, reads[0], *mo.window(op.attrs, w.type), lanes, starts[w.name]),)
         if opdef.in_place:  # writes into its state, which it does not read (ir.costs.cost)
             reads = ((),) + reads[1:]
-        kind = (op.name, tuple([v.type for v in op.operands]), tuple([r.type for r in op.results]))
-        cycles = unit_cycles.get(kind)
-        if cycles is None:  # (layers repeat a few kinds of instruction a million times)
-            cycles = unit_cycles[kind] = compute_cycles(op, machine)
-        c = cost(op, machine, reads, writes, cycles)  # (cost reads the first three fields of a segment)
+        c = cost(op, machine, reads, writes, unit_cycles(op))  # (cost reads the first three fields of a segment)
         fixed, links = None, ()
         if opdef.result_place == LINK:  # a send: its route fixes its port and the links it holds
             route = op.attrs["route"]
