@@ -68,7 +68,6 @@ SCHEDULE_KEYS = frozenset(mo.SCHEDULE_ATTRS)
 class _Value:
     kind: str                  # "sram" (or a view of it), "plane" (an mxm.install result), "link" (a c2c.send
                                # result), "host" (inputs, host.output results)
-    instr: int = -1            # plane / link / host.output: the instruction that made it
     sources: tuple = ()        # sram: names of the values owning its words (itself unless a view)
     views: tuple = ()          # the views between it and those owners, outermost first
 
@@ -111,10 +110,28 @@ class Analysis:
     program: Program
     facts: Facts                   # the program's description (ir.schedule_facts)
     instrs: list[Instr]            # its scheduled instructions
-    values: dict[str, _Value]
+    producer: dict[str, int]       # a value -> the index of the op making it (module.ops)
     chips: list[int]
     cycles: int
     critical: list[CriticalStep]   # first instruction first
+    _values: dict[str, _Value] = field(default_factory=dict)
+
+    def value(self, name: str) -> _Value:
+        """Where a value lives and, for a view, the values owning its words (asked only for the instructions
+        whose details a page holds: a few chips of hundreds)."""
+        found = self._values.get(name)
+        if found is None:
+            place = self.facts.places.get(name, HOST)
+            if place == VIEW:  # the values owning its words, and the views in between
+                sources, views = [], [name]
+                for v in self.program.module.ops[self.producer[name]].operands:
+                    sources += self.value(v.name).sources
+                    views += self.value(v.name).views
+                found = _Value(SRAM, tuple(dict.fromkeys(sources)), tuple(dict.fromkeys(views)))
+            else:
+                found = _Value(place, (name,) if place != HOST else ())
+            self._values[name] = found
+        return found
 
 
 _OWNER = itemgetter(3)  # a segment's base: the value owning its words (ir.schedule_facts.Segment)
@@ -127,28 +144,17 @@ def analyze(program: Program) -> Analysis:
     facts = program.facts
     at = {ins.index: i for i, ins in enumerate(facts.scheduled)}  # op index -> timeline index
     producer = {r.name: k for k, op in enumerate(module.ops) for r in op.results}
-    values: dict[str, _Value] = {v.name: _Value(HOST) for v in module.inputs}
-    for k, op in enumerate(module.ops):
-        place = facts.places[op.results[0].name] if op.results else SRAM
-        if place == VIEW:  # the values owning its words, and the views in between
-            sources, views = [], [op.result.name]
-            for v in op.operands:
-                sources += values[v.name].sources
-                views += values[v.name].views
-            values[op.result.name] = _Value(SRAM, sources=tuple(dict.fromkeys(sources)),
-                                            views=tuple(dict.fromkeys(views)))
-        else:
-            for r in op.results:
-                values[r.name] = _Value(place, -1 if place == SRAM else at.get(k, -1),
-                                        sources=(r.name,) if place != HOST else ())
     producers_of: dict[str, list[int]] = {}  # an SRAM value -> the instructions writing its words (a value
                                               # read by many, of many extents, is looked at once)
 
-    def word_producers(name: str) -> list[int]:
+    def word_producers(name: str, view: bool) -> list[int]:
         found = producers_of.get(name)
         if found is None:
-            owners = {facts.bases[b].producer for b in set(map(_OWNER, facts.words.get(name, ())))}
-            found = producers_of[name] = sorted(at[p] for p in owners if p in at)
+            segments = facts.words.get(name, ())
+            # (a value's own words are all its own base's; a view's may be several values')
+            owners = set(map(_OWNER, segments)) if view else {segments[0][3]} if segments else ()
+            made = {facts.bases[b].producer for b in owners}
+            found = producers_of[name] = sorted(at[p] for p in made if p in at)
         return found
 
     instrs = []
@@ -162,13 +168,13 @@ def analyze(program: Program) -> Analysis:
             if where in (PLANE, LINK):
                 ins.producers.append([at[producer[v.name]]] if producer[v.name] in at else [])
             elif where in (SRAM, VIEW):
-                ins.producers.append(word_producers(v.name))
+                ins.producers.append(word_producers(v.name, where == VIEW))
             else:
                 ins.producers.append([])
         instrs.append(ins)
     chips = sorted({i.chip for i in instrs} | {b.chip for b in facts.bases}
                    | set(range(program.target.chips)))
-    return Analysis(program, facts, instrs, values, chips, facts.length, critical_path(instrs))
+    return Analysis(program, facts, instrs, producer, chips, facts.length, critical_path(instrs))
 
 
 def critical_path(instrs: list[Instr]) -> list[CriticalStep]:
@@ -305,7 +311,7 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
         """What the page shows of an instruction beyond its timing."""
         operands = []
         for v, prods in zip(ins.op.operands, ins.producers):
-            val = a.values.get(v.name, _Value(HOST))
+            val = a.value(v.name)
             o = {"name": v.name, "type": str(v.type)}  # defaults left out: kind "sram", no producers, no views
             if val.kind != "sram":
                 o["kind"] = val.kind
