@@ -30,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
+from operator import itemgetter
 
 from . import machine_ops as mo
 from .collector import collector_paused
@@ -297,6 +298,9 @@ def _rewritten(facts: Facts, module: Module) -> Facts | None:
     return Facts(module, facts.target, places(module), words, tuple(bases), tuple(instructions))
 
 
+_WORDS = itemgetter(2)  # an extent's words
+
+
 def _describe(module: Module, target: Target) -> Facts:
     machine, lanes = target.machine, target.lanes
     where = places(module)
@@ -306,6 +310,7 @@ def _describe(module: Module, target: Target) -> Facts:
     instructions: list[Instruction] = []
     starts: dict[str, list[int]] = {}  # per weight an install windows: its segments' extent_starts
     unit_cycles = UnitCycles(machine)
+    in_sram: dict[tuple[str, int], list[int]] = {}  # (op name, operands) -> the positions of its SRAM operands
 
     for i, op in enumerate(module.ops):
         if not mo.is_machine_op(op.name):
@@ -320,8 +325,11 @@ def _describe(module: Module, target: Target) -> Facts:
         if opdef.result_place == SRAM:
             out, pos = tuple(op.attrs.get("out") or ()), 0
             for r in op.results:
-                ext = sub_extents(out, pos, words(r.type, lanes))
-                pos += words(r.type, lanes)
+                n = words(r.type, lanes)
+                # (one result in all of `out`, as most: those very extents, shared by the stamps of a template)
+                whole = len(op.results) == 1 and sum(map(_WORDS, out)) == n and all(map(_WORDS, out))
+                ext = out if whole else sub_extents(out, pos, n)
+                pos += n
                 write_bases.append(len(bases))
                 bases.append(Base(r.name, chip, ext, i if opdef.unit else -1, state=opdef.persistent,
                                   alias=opdef.in_place))
@@ -329,7 +337,12 @@ def _describe(module: Module, target: Target) -> Facts:
                 writes.append(ext)
         if opdef.unit is None:  # a constant (in the SRAM image) or a state: no instruction
             continue
-        reads = tuple(segments.get(v.name, ()) for k, v in enumerate(op.operands) if opdef.operand_place(k) == SRAM)
+        operands = op.operands
+        positions = in_sram.get((op.name, len(operands)))
+        if positions is None:  # (a million instructions, a few dozen kinds)
+            positions = in_sram[op.name, len(operands)] = [k for k in range(len(operands))
+                                                           if opdef.operand_place(k) == SRAM]
+        reads = tuple([segments.get(operands[k].name, ()) for k in positions])
         if mo.reads_window(op):  # just its tile's words (the weight's starts found once, for all its tiles)
             w = op.operands[0]
             if w.name not in starts:
