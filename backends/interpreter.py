@@ -1541,15 +1541,42 @@ CHIP_CLASSES = tuple(c.name for c in mo.UNIT_CLASSES if not c.link)
 
 
 def _stats(plan: _Plan) -> Stats:
-    machine, cycles, chips = plan.machine, plan.cycles, plan.chips
-    counts = plan.units
+    timed = [i for i in plan.instrs if i.cycle is not None]
+    word_bytes, sends = plan.machine.sram.word_bytes, []
+    link = {name for name, c in mo.UNIT_CLASS.items() if c.link}
+    for i in timed:
+        if i.cls in link and OPS[i.op.name].result_place == LINK:
+            r = plan.instr_at[i.recv] if i.recv >= 0 else None
+            arrival = r.cycle + r.lat if r is not None and r.cycle is not None else i.cycle + i.lat
+            held = [length for _, _, length in link_windows(i.op, plan.machine, i.occ)]
+            sends.append(Transfer(i.cycle, arrival, words(i.op.operands[0].type, plan.lanes) * word_bytes,
+                                  tuple(zip(i.hops, held))))
+    return summarize(plan.machine, plan.chips, plan.cycles, timed, _sram_peaks(plan), sends)
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """What the statistics read of a transfer (a c2c.send and its receive)."""
+    issue: int                                      # its send's cycle
+    arrival: int                                    # its receive's landing (its send's, without a receive)
+    bytes: int
+    hops: tuple[tuple[tuple[int, int], int], ...]   # ((chip, port), cycles held) per link direction of its route
+
+
+def summarize(machine: Machine, chips: int, cycles: int, timed: Sequence, peaks: Mapping[int, int],
+              transfers: Sequence[Transfer]) -> Stats:
+    """The statistics of a scheduled program of `cycles` on `chips`, from what it is made of, however that was
+    found (a run's plan; the report: ir.schedule_facts): `timed`, its instructions with a cycle (each with its
+    chip, unit, cls, cycle, occ and op), `peaks` (chip -> the most SRAM words live at once) and its
+    `transfers`."""
+    counts = units(machine)
+    multi = chips > 1
     unit_class = {f"{cls}{i}": cls for cls in sorted(counts) for i in range(counts[cls])}
-    key = (lambda chip, unit: f"c{chip}.{unit}") if plan.multi else (lambda chip, unit: unit)
+    key = (lambda chip, unit: f"c{chip}.{unit}") if multi else (lambda chip, unit: unit)
     busy = {key(chip, u): 0 for chip in range(chips) for u in unit_class}
     class_busy = {cls: 0 for cls in sorted(counts)}
     chip_busy = [dict.fromkeys(CHIP_CLASSES, 0) for _ in range(chips)]
     chip_instructions = [0] * chips
-    timed = [i for i in plan.instrs if i.cycle is not None]
     per_unit: dict[tuple[int, str | None], int] = defaultdict(int)  # (chip, unit) -> busy cycles
     for i in timed:
         if 0 <= i.chip < chips:
@@ -1562,7 +1589,6 @@ def _stats(plan: _Plan) -> Stats:
             class_busy[cls] += occ
             if cls in chip_busy[chip]:
                 chip_busy[chip][cls] += occ
-    peaks = _sram_peaks(plan)
     word_bytes = machine.sram.word_bytes
 
     def share(b, n):
@@ -1572,7 +1598,6 @@ def _stats(plan: _Plan) -> Stats:
         chip=c, instructions=chip_instructions[c], class_busy=MappingProxyType(chip_busy[c]),
         class_utilization=MappingProxyType({cls: share(b, counts[cls]) for cls, b in chip_busy[c].items()}),
         sram_peak_bytes=peaks.get(c, 0) * word_bytes) for c in range(chips))
-    links, transfer_bytes = _link_stats(plan, timed)
     return Stats(
         cycles=cycles,
         latency_us=machine.cycles_to_us(cycles),
@@ -1583,10 +1608,10 @@ def _stats(plan: _Plan) -> Stats:
         class_utilization=MappingProxyType({c: share(b, counts[c] * chips) for c, b in class_busy.items()}),
         sram_peak_bytes=max(peaks.values(), default=0) * word_bytes,
         chips=per_chip,
-        links=links,
-        link_wait_cycles=_link_wait(plan, timed),
-        transfer_bytes=transfer_bytes,
-        host_bytes=sum(words(i.op.operands[0].type, plan.lanes) for i in timed if i.cls == "host") * word_bytes,
+        links=_link_stats(transfers),
+        link_wait_cycles=_link_wait(timed, transfers),
+        transfer_bytes=sum(t.bytes for t in transfers if t.hops),
+        host_bytes=sum(words(i.op.operands[0].type, machine.lanes) for i in timed if i.cls == "host") * word_bytes,
     )
 
 
@@ -1611,32 +1636,22 @@ def _sram_peaks(plan: _Plan) -> dict[int, int]:
     return dict(zip(chips[firsts].tolist(), peaks.tolist()))
 
 
-def _link_stats(plan: _Plan, timed: list[_Instr]) -> tuple[tuple[LinkStats, ...], int]:
+def _link_stats(transfers: Sequence[Transfer]) -> tuple[LinkStats, ...]:
     per: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0, 0])  # (chip, port) -> bytes, busy, n
-    total = 0
-    for i in timed:
-        if not i.hops:
-            continue
-        nbytes = words(i.op.operands[0].type, plan.lanes) * plan.machine.sram.word_bytes
-        total += nbytes
-        for (_, _, length), hop in zip(link_windows(i.op, plan.machine, i.occ), i.hops):
+    for t in transfers:
+        for hop, length in t.hops:
             row = per[hop]
-            row[0] += nbytes
+            row[0] += t.bytes
             row[1] += length
             row[2] += 1
-    return tuple(LinkStats(link_name(*hop), *per[hop]) for hop in sorted(per)), total
+    return tuple(LinkStats(link_name(*hop), *per[hop]) for hop in sorted(per))
 
 
-def _link_wait(plan: _Plan, timed: list[_Instr]) -> int:
+def _link_wait(timed: Sequence, transfers: Sequence[Transfer]) -> int:
     """Cycles during which a transfer is in flight (its send's issue to its receive's landing) while no
     unit but the links' is busy on any chip."""
     n, link = len(timed), {name for name, c in mo.UNIT_CLASS.items() if c.link}
-    transfers = []  # start, end, start, ... (sends: few)
-    for i in timed:
-        if i.cls in link and OPS[i.op.name].result_place == LINK:
-            r = plan.instr_at[i.recv] if i.recv >= 0 else None
-            end = r.cycle + r.lat if r is not None and r.cycle is not None else i.cycle + i.lat
-            transfers.extend((i.cycle, max(end, i.cycle)))
+    transfers = [x for t in transfers for x in (t.issue, max(t.arrival, t.issue))]  # start, end, start, ...
     busy = ~np.fromiter((i.cls in link for i in timed), np.bool_, n)  # the other units: start, end, start, ...
     issue = np.fromiter((i.cycle for i in timed), np.int64, n)[busy]
     units = np.stack([issue, issue + np.fromiter((i.occ for i in timed), np.int64, n)[busy]], axis=1).reshape(-1)

@@ -30,8 +30,9 @@ offline in any browser (inline CSS, JS and SVG; no fetch of any kind):
 All data is embedded as one JSON document (`<script type="application/json"
 id="lpuc-data">`, keys sorted, no timestamps) and the page's script draws
 from it, so the same program always gives the same bytes. Timing, SRAM words
-and the SRAM live curve come from the program's description (ir.schedule_facts);
-the statistics are `schedule_stats` (or the run's, when a run result is given).
+and the SRAM live curve come from the program's description (ir.schedule_facts),
+and so do the statistics (`described_stats`: what `lpuc run` reports, summed by the
+interpreter's `summarize`), or they are the run's, when a run result is given.
 """
 
 from __future__ import annotations
@@ -48,10 +49,11 @@ from ..ir import machine_ops as mo
 from ..ir.core import Op
 from ..ir.costs import units
 from ..ir.printer import format_attr
-from ..ir.registry import HOST, LINK, PLANE, SRAM
+from ..ir.layout import words
+from ..ir.registry import HOST, LINK, OPS, PLANE, SRAM
 from ..ir.schedule_facts import VIEW, Facts
 
-from .interpreter import Result, Stats, schedule_stats
+from .interpreter import Result, Stats, Transfer, summarize
 from .lpu import Program
 from .state import step_positions
 
@@ -86,6 +88,10 @@ class Instr:
     reads: Sequence = ()     # per SRAM operand: ((slice, word, words, ...), ...): the facts' segments, as they are
     writes: Sequence = ()    # per SRAM result: ((slice, word, words), ...)
     producers: list = field(default_factory=list)    # per operand: sorted instruction indices
+
+    @property
+    def cycle(self) -> int:  # (as interpreter.summarize reads it)
+        return self.start
 
     @property
     def end(self) -> int:
@@ -235,6 +241,27 @@ def sram_occupancy(a: Analysis) -> dict[tuple[int, int | None], list[int]]:
     return {key: _steps(curve) for key, curve in a.facts.sram_live().items()}
 
 
+def described_stats(a: Analysis, steps: Mapping[tuple[int, int | None], list[int]]) -> Stats:
+    """The statistics `lpuc run` reports (interpreter.summarize) of the analysed program, whose SRAM occupancy is
+    `steps` (sram_occupancy): from its description, which tests/test_report.py checks gives a run's."""
+    machine, places, word_bytes = a.program.machine, a.facts.places, a.program.machine.sram.word_bytes
+    arrival = {}  # a send's timeline index -> its receive's landing
+    for ins in a.instrs:
+        if ins.cls in _LINK_CLASSES:
+            for v, prods in zip(ins.op.operands, ins.producers):
+                if places[v.name] == LINK and prods:
+                    arrival[prods[0]] = ins.land
+    transfers = [Transfer(ins.start, arrival.get(ins.i, ins.land), words(ins.op.operands[0].type, machine.lanes)
+                          * word_bytes, tuple(((ch, port), length) for ch, port, _, length in fact.links))
+                 for ins, fact in zip(a.instrs, a.facts.scheduled)
+                 if ins.cls in _LINK_CLASSES and OPS[ins.op.name].result_place == LINK]
+    peaks = {chip: max(total[1::2], default=0) for (chip, s), total in steps.items() if s is None}
+    return summarize(machine, a.program.target.chips, a.cycles, a.instrs, peaks, transfers)
+
+
+_LINK_CLASSES = frozenset(name for name, c in mo.UNIT_CLASS.items() if c.link)
+
+
 # --- the model -----------------------------------------------------------------------
 
 def decode_batch(program: Program) -> int | None:
@@ -266,9 +293,9 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
     say(f"report: the timing, words and critical path of {len(program.module.ops):,} ops")
     a = analyze(program)
     machine, manifest = program.machine, program.manifest
-    if run_result is None:
-        say("report: the schedule's statistics")
-    stats: Stats = run_result.stats if run_result is not None else schedule_stats(program.module, program.target)
+    say("report: SRAM occupancy")
+    steps = sram_occupancy(a)
+    stats: Stats = run_result.stats if run_result is not None else described_stats(a, steps)
     packed = len(a.chips) > ONE_CHIP_BEYOND
     say(f"report: {len(a.instrs):,} instructions" + ("" if packed else "' details"))
     summary_in = dict(manifest.get("summary") or {})
@@ -330,8 +357,6 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
             d["crit"] = crit_of[ins.i]
         return d
 
-    say("report: SRAM occupancy")
-    steps = sram_occupancy(a)
     sram = []
     for chip in a.chips:
         per = [steps.get((chip, s), []) for s in range(machine.sram.slices)]

@@ -77,7 +77,9 @@ def view_bases(module: Module) -> dict[str, tuple[str, ...]]:
     return bases
 
 
-@dataclass(frozen=True, slots=True)
+# (Base and Instruction are never changed once made, but not frozen: a frozen dataclass's __init__ costs five
+# times as much, and a program makes a million of each)
+@dataclass(slots=True, unsafe_hash=True)
 class Base:
     """A value owning SRAM words: an instruction's result, or a constant (in the SRAM image)."""
     name: str
@@ -97,7 +99,7 @@ class Base:
         return sum(n for _, _, n in self.extents)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Instruction:
     index: int                                   # op index (program order)
     op: Op
@@ -311,29 +313,65 @@ def _describe(module: Module, target: Target) -> Facts:
     starts: dict[str, list[int]] = {}  # per weight an install windows: its segments' extent_starts
     unit_cycles = UnitCycles(machine)
     in_sram: dict[tuple[str, int], list[int]] = {}  # (op name, operands) -> the positions of its SRAM operands
+    # A stamped op (ir.pieces) is its template op's name, types and attributes but for its cycle, chip, unit,
+    # streams and `out`: when it reads the words its template op reads (other values' words, in the same
+    # places) and writes the same `out`, it costs what its template op costs (a million instructions, a few
+    # thousand distinct). `template_of`: a stamped op's index -> its template op's; `extents_of`: an SRAM or
+    # view value's words as extents (its segments without their bases), to compare a stamp's with its template's.
+    template_of: dict[int, int] = {}
+    firsts: dict[int, tuple[int, ...]] = {}
+    for piece in module.pieces:
+        first = firsts.setdefault(piece.template, piece.ops)
+        if first is not piece.ops:
+            template_of.update(zip(piece.ops, first))
+    template_ops = set(template_of.values())
+    described: dict[int, Instruction] = {}  # a template op's index -> its Instruction
+    extents_of: dict[str, tuple] = {}
+    interned: dict[tuple, tuple] = {}  # extents -> themselves: equal words, one object (compared by identity)
 
+    opdefs: dict[str, object] = {}  # op name -> its definition, once checked to be a machine instruction's
     for i, op in enumerate(module.ops):
-        if not mo.is_machine_op(op.name):
-            raise LpucError(f"{op.label()}: {op.name} is not a machine instruction (not a scheduled program)")
-        opdef, chip = OPS[op.name], mo.chip_of(op)
+        opdef = opdefs.get(op.name)
+        if opdef is None:
+            if not mo.is_machine_op(op.name):
+                raise LpucError(f"{op.label()}: {op.name} is not a machine instruction (not a scheduled program)")
+            opdef = opdefs[op.name] = OPS[op.name]
+        attrs = op.attrs.as_dict()
+        chip = attrs.get("chip", 0)
         for r in op.results:
             producer[r.name] = i
         if opdef.view:
-            segments[op.result.name] = _view_words(op, segments, lanes)
+            segs = segments[op.result.name] = _view_words(op, segments, lanes)
+            words_at = tuple([s[:3] for s in segs])
+            extents_of[op.result.name] = interned.setdefault(words_at, words_at)
             continue
+        t = described.get(template_of.get(i, -1))  # its template op's facts, when it is a stamp of one
+        if t is not None and not _same_words(op, t.op, extents_of):
+            t = None
         writes, write_bases = [], []
+        same_writes = t is not None and opdef.result_place != SRAM  # it writes what its template op writes
         if opdef.result_place == SRAM:
-            out, pos = tuple(op.attrs.get("out") or ()), 0
-            for r in op.results:
-                n = words(r.type, lanes)
-                # (one result in all of `out`, as most: those very extents, shared by the stamps of a template)
-                whole = len(op.results) == 1 and sum(map(_WORDS, out)) == n and all(map(_WORDS, out))
-                ext = out if whole else sub_extents(out, pos, n)
-                pos += n
-                write_bases.append(len(bases))
-                bases.append(Base(r.name, chip, ext, i if opdef.unit else -1, state=opdef.persistent,
-                                  alias=opdef.in_place))
-                segments[r.name] = tuple((s, w, n, write_bases[-1]) for s, w, n in ext)
+            o = attrs.get("out")
+            out, pos = tuple(o or ()), 0
+            if t is not None:  # (its `out` is most often its template op's very tuple)
+                to = t.op.attrs.get("out")
+                same_writes = t_out = o is to or o == to
+            else:
+                t_out = False
+            for k, r in enumerate(op.results):
+                if t_out:  # its template op's results' words
+                    ext = t.writes[k]
+                else:
+                    n = words(r.type, lanes)
+                    # (one result in all of `out`, as most: those very extents, shared by the stamps of a template)
+                    whole = len(op.results) == 1 and sum(map(_WORDS, out)) == n and all(map(_WORDS, out))
+                    ext = out if whole else sub_extents(out, pos, n)
+                    pos += n
+                extents_of[r.name] = interned.setdefault(ext, ext)
+                b = len(bases)
+                write_bases.append(b)
+                bases.append(Base(r.name, chip, ext, i if opdef.unit else -1, opdef.persistent, opdef.in_place))
+                segments[r.name] = tuple([(s, w, n, b) for s, w, n in ext])
                 writes.append(ext)
         if opdef.unit is None:  # a constant (in the SRAM image) or a state: no instruction
             continue
@@ -345,15 +383,21 @@ def _describe(module: Module, target: Target) -> Facts:
         reads = tuple([segments.get(operands[k].name, ()) for k in positions])
         if mo.reads_window(op):  # just its tile's words (the weight's starts found once, for all its tiles)
             w = op.operands[0]
-            if w.name not in starts:
-                starts[w.name] = extent_starts(reads[0])
-            reads = (window_extents(w.type, reads[0], *mo.window(op.attrs, w.type), lanes, starts[w.name]),)
+            if t is not None and reads[0] and where[w.name] == SRAM:  # its template's window, in its own weight
+                # (a value, not a view: all its words are its own base's)
+                b = reads[0][0][3]
+                reads = (tuple([(s, w_, n, b) for s, w_, n, _ in t.reads[0]]),)
+            else:
+                if w.name not in starts:
+                    starts[w.name] = extent_starts(reads[0])
+                reads = (window_extents(w.type, reads[0], *mo.window(op.attrs, w.type), lanes, starts[w.name]),)
         if opdef.in_place:  # writes into its state, which it does not read (ir.costs.cost)
             reads = ((),) + reads[1:]
-        c = cost(op, machine, reads, writes, unit_cycles(op))  # (cost reads the first three fields of a segment)
+        # (cost reads the first three fields of a segment)
+        c = t.cost if same_writes else cost(op, machine, reads, writes, unit_cycles(op))
         fixed, links = None, ()
         if opdef.result_place == LINK:  # a send: its route fixes its port and the links it holds
-            route = op.attrs["route"]
+            route = attrs["route"]
             fixed = route[0]
             try:
                 hops = target.network.hops(chip, route)
@@ -367,9 +411,21 @@ def _describe(module: Module, target: Target) -> Facts:
                 fixed = target.network.destination(mo.chip_of(send), send.attrs["route"])[1]
             except LpucError:
                 fixed = None
-        instructions.append(Instruction(i, op, opdef.unit, chip, reads, tuple(writes), tuple(write_bases), c,
-                                        fixed, links))
+        ins = Instruction(i, op, opdef.unit, chip, reads, tuple(writes), tuple(write_bases), c, fixed, links)
+        instructions.append(ins)
+        if i in template_ops:
+            described[i] = ins
     return Facts(module, target, where, segments, tuple(bases), tuple(instructions))
+
+
+def _same_words(op: Op, t: Op, extents_of: Mapping[str, tuple]) -> bool:
+    """Whether each SRAM or view operand of `op` names the words (slices and places, perhaps of other values)
+    that its template op `t`'s names (`extents_of`: interned)."""
+    for v, tv in zip(op.operands, t.operands):
+        e = extents_of.get(v.name)
+        if e is not None and e is not extents_of.get(tv.name):
+            return False
+    return True
 
 
 def _view_words(op: Op, segments: Mapping[str, tuple[Segment, ...]], lanes: int) -> tuple[Segment, ...]:

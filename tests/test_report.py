@@ -22,7 +22,7 @@ import pytest
 
 from lpuc.backends.interpreter import run, schedule_stats
 from lpuc.backends.lpu import build_program, read_lpu, write_lpu
-from lpuc.backends.report import analyze, decode_batch, render_html, report_data
+from lpuc.backends.report import analyze, decode_batch, described_stats, render_html, report_data, sram_occupancy
 from lpuc.compiler.driver import compile_model, load_model, lpu_options
 from lpuc.compiler.lower import lower
 from lpuc.compiler.pipeline import CompileOptions
@@ -654,3 +654,16 @@ def test_the_page_keeps_to_its_size_by_leaving_out_details(sixteen, monkeypatch)
         detailed = embedded(page)["detailed"]
         assert sorted(order[:len(detailed)]) == detailed and len(detailed) == (kept or len(detailed))
         assert len(page) <= budget and 1 < len(detailed) < 16 if kept is None else len(page) <= max(budget, one)
+
+
+@pytest.mark.parametrize("which", ["largest", "many_chips", "stamped", "sixteen"])
+def test_the_reports_statistics_are_the_interpreters(which, request):
+    """The report sums its statistics from the program's description (ir.schedule_facts); the interpreter derives
+    them on its own: both give the same Stats, field by field (links, SRAM peaks, per chip)."""
+    program = request.getfixturevalue(which)
+    if not hasattr(program, "module"):
+        program = read_lpu(program)
+    a = analyze(program)
+    ours, theirs = described_stats(a, sram_occupancy(a)), schedule_stats(program.module, program.target)
+    assert ours == theirs
+    assert ours.instructions > 0 and (ours.links or program.target.chips == 1)
