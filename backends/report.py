@@ -224,21 +224,11 @@ def critical_path(instrs: list[Instr]) -> list[CriticalStep]:
 
 # --- the SRAM over time -----------------------------------------------------------
 
-def _steps(curve: list[tuple[int, int]]) -> list[int]:
-    """A step function, flat [t0, level0, t1, level1, ...] (levels hold until the next t), of a live curve
-    (ir.schedule_facts.Facts.sram_live), keeping only the cycles where the level changes."""
-    out, level = [], 0
-    for t, now in curve:
-        if now != level:
-            out += [t, now]
-            level = now
-    return out
-
-
 def sram_occupancy(a: Analysis) -> dict[tuple[int, int | None], list[int]]:
-    """(chip, slice, or None for all slices) -> step function of the words live there: each value owning
-    words holds them from landing until its last read ends (constants: the whole run)."""
-    return {key: _steps(curve) for key, curve in a.facts.sram_live().items()}
+    """(chip, slice, or None for all slices) -> step function of the words live there, flat [cycle, words, ...]
+    (ir.schedule_facts.Facts.sram_live): each value owning words holds them from landing until its last read
+    ends (constants: the whole run)."""
+    return a.facts.sram_live()
 
 
 def described_stats(a: Analysis, steps: Mapping[tuple[int, int | None], list[int]]) -> Stats:

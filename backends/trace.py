@@ -253,7 +253,7 @@ def _sram_counters(chip: int, curves, us, word_bytes: int) -> list[dict]:
     counters = []
     for s, curve in sorted(curves, key=lambda sc: -1 if sc[0] is None else sc[0]):
         name = "SRAM live" if s is None else f"SRAM slice {s}"
-        for t, live in curve:
+        for t, live in zip(curve[0::2], curve[1::2]):
             counters.append({"ph": "C", "name": name, "pid": chip + 1, "tid": 0, "ts": us(t),
                              "args": {"bytes": live * word_bytes}})
     return counters

@@ -177,28 +177,30 @@ class Facts:
     def live(self) -> list[tuple[Base, int, int]]:
         """Each value owning words with the cycles [start, end) it holds them: a constant for the whole
         program, a result from landing until its last read ends (at least one cycle)."""
-        end: dict[int, int] = defaultdict(int)
+        end = [0] * len(self.bases)
         for ins in self.scheduled:
-            done = ins.cycle + ins.cost.occupancy
+            done = ins.op.attrs["cycle"] + ins.cost.occupancy
             for segs in ins.reads:
-                for *_, b in segs:
+                for seg in segs:
+                    b = seg[3]
                     if end[b] < done:
                         end[b] = done
         out = []
+        length, by_index = max(self.length, 1), self.by_index
         for b, base in enumerate(self.bases):
             if base.alias:
                 continue
             if base.constant:
-                out.append((base, 0, max(self.length, 1)))
-            elif self.by_index[base.producer].cycle is not None:
-                land = self.by_index[base.producer].land
+                out.append((base, 0, length))
+            elif (ins := by_index[base.producer]).cycle is not None:
+                land = ins.land
                 out.append((base, land, max(end[b], land + 1)))
         return out
 
     @collector_paused()  # (a record per value: no garbage cycles)
-    def sram_live(self, slices: bool = True) -> dict[tuple[int, int | None], list[tuple[int, int]]]:
-        """The SRAM live curve: (chip, slice, or None for the whole chip) -> [(cycle, words live from that
-        cycle on)], at every cycle where a value lands or is freed (the level may stay the same). Without
+    def sram_live(self, slices: bool = True) -> dict[tuple[int, int | None], list[int]]:
+        """The SRAM live curve: (chip, slice, or None for the whole chip) -> a step function, flat [cycle,
+        words live from that cycle on, cycle, words, ...], at every cycle where the words live change. Without
         `slices`, only the whole chips'."""
         deltas: dict[tuple[int, int | None], dict[int, int]] = defaultdict(lambda: defaultdict(int))
         for base, start, end in self.live():
@@ -214,17 +216,17 @@ class Facts:
                     d[end] -= n
         curves = {}
         for key, d in deltas.items():
-            level, curve = 0, []
+            level, steps = 0, []
             for t in sorted(d):
-                level += d[t]
-                curve.append((t, level))
-            curves[key] = curve
+                if d[t]:
+                    level += d[t]
+                    steps += (t, level)
+            curves[key] = steps
         return curves
 
     def sram_peak_words(self) -> dict[int, int]:
         """chip -> the most words live at once."""
-        peaks = {chip: max((level for _, level in curve), default=0)
-                 for (chip, _), curve in self.sram_live(slices=False).items()}
+        peaks = {chip: max(steps[1::2], default=0) for (chip, _), steps in self.sram_live(slices=False).items()}
         return dict(sorted(peaks.items()))
 
 
