@@ -42,6 +42,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from operator import itemgetter
 from typing import Any, Mapping
 
@@ -74,7 +75,7 @@ class _Value:
     views: tuple = ()          # the views between it and those owners, outermost first
 
 
-@dataclass
+@dataclass(slots=True)
 class Instr:
     i: int                     # index among instructions (the timeline's data-i)
     k: int                     # index in module.ops
@@ -116,11 +117,15 @@ class Analysis:
     program: Program
     facts: Facts                   # the program's description (ir.schedule_facts)
     instrs: list[Instr]            # its scheduled instructions
-    producer: dict[str, int]       # a value -> the index of the op making it (module.ops)
     chips: list[int]
     cycles: int
     critical: list[CriticalStep]   # first instruction first
     _values: dict[str, _Value] = field(default_factory=dict)
+
+    @cached_property
+    def _view_ops(self) -> dict[str, Op]:
+        """Each view's op, by its result (asked only for details)."""
+        return {op.results[0].name: op for op in self.program.module.ops if OPS[op.name].view}
 
     def value(self, name: str) -> _Value:
         """Where a value lives and, for a view, the values owning its words (asked only for the instructions
@@ -130,7 +135,7 @@ class Analysis:
             place = self.facts.places.get(name, HOST)
             if place == VIEW:  # the values owning its words, and the views in between
                 sources, views = [], [name]
-                for v in self.program.module.ops[self.producer[name]].operands:
+                for v in self._view_ops[name].operands:
                     sources += self.value(v.name).sources
                     views += self.value(v.name).views
                 found = _Value(SRAM, tuple(dict.fromkeys(sources)), tuple(dict.fromkeys(views)))
@@ -140,47 +145,53 @@ class Analysis:
         return found
 
 
+_MADE = (PLANE, LINK)  # the places of values an instruction makes that are not SRAM words
 _OWNER = itemgetter(3)  # a segment's base: the value owning its words (ir.schedule_facts.Segment)
 
 
 def analyze(program: Program) -> Analysis:
     """Timing, SRAM words, producers and the critical path of a scheduled program (from its description,
     ir.schedule_facts)."""
-    module = program.module
     facts = program.facts
-    at = {ins.index: i for i, ins in enumerate(facts.scheduled)}  # op index -> timeline index
-    producer = {r.name: k for k, op in enumerate(module.ops) for r in op.results}
+    places, bases = facts.places, facts.bases
+    made_at = [-1] * len(bases)  # a base -> the timeline index of the instruction writing it (-1: none scheduled)
+    made: dict[str, int] = {}    # a plane or link value -> the timeline index of the instruction making it
     producers_of: dict[str, list[int]] = {}  # an SRAM value -> the instructions writing its words (a value
                                               # read by many, of many extents, is looked at once)
+    none: list[int] = []  # (shared by the operands nothing scheduled makes: never changed)
 
     def word_producers(name: str, view: bool) -> list[int]:
         found = producers_of.get(name)
         if found is None:
             segments = facts.words.get(name, ())
-            # (a value's own words are all its own base's; a view's may be several values')
+            # (a value's own words are all its own base's; a view's may be several values'; program order is SSA
+            # order, so its producers are in the timeline already)
             owners = set(map(_OWNER, segments)) if view else {segments[0][3]} if segments else ()
-            made = {facts.bases[b].producer for b in owners}
-            found = producers_of[name] = sorted(at[p] for p in made if p in at)
+            found = producers_of[name] = sorted({made_at[b] for b in owners} - {-1})
         return found
 
     instrs = []
     for i, fact in enumerate(facts.scheduled):
-        op = fact.op
-        ins = Instr(i, fact.index, op, fact.unit_class, op.attrs.get("unit") or f"{fact.unit_class}?", fact.chip,
-                    fact.cycle, fact.cost.occupancy, fact.cost.latency,
-                    fact.reads, fact.writes)
+        op, cost = fact.op, fact.cost
+        attrs = op.attrs.as_dict()
+        producers = []
         for v in op.operands:
-            where = facts.places[v.name]
-            if where in (PLANE, LINK):
-                ins.producers.append([at[producer[v.name]]] if producer[v.name] in at else [])
-            elif where in (SRAM, VIEW):
-                ins.producers.append(word_producers(v.name, where == VIEW))
+            where = places[v.name]
+            if where == SRAM or where == VIEW:
+                producers.append(word_producers(v.name, where == VIEW))
+            elif where == PLANE or where == LINK:
+                p = made.get(v.name)
+                producers.append(none if p is None else [p])
             else:
-                ins.producers.append([])
-        instrs.append(ins)
-    chips = sorted({i.chip for i in instrs} | {b.chip for b in facts.bases}
-                   | set(range(program.target.chips)))
-    return Analysis(program, facts, instrs, producer, chips, facts.length, critical_path(instrs))
+                producers.append(none)
+        for b in fact.write_bases:
+            made_at[b] = i
+        if OPS[op.name].result_place in _MADE:
+            made[op.results[0].name] = i
+        instrs.append(Instr(i, fact.index, op, fact.unit_class, attrs.get("unit") or f"{fact.unit_class}?", fact.chip,
+                            attrs["cycle"], cost.occupancy, cost.latency, fact.reads, fact.writes, producers))
+    chips = sorted({i.chip for i in instrs} | {b.chip for b in bases} | set(range(program.target.chips)))
+    return Analysis(program, facts, instrs, chips, facts.length, critical_path(instrs))
 
 
 def critical_path(instrs: list[Instr]) -> list[CriticalStep]:
@@ -202,7 +213,12 @@ def critical_path(instrs: list[Instr]) -> list[CriticalStep]:
         return []
     longest = [0] * len(instrs)  # latency of the longest RAW chain ending with each instruction
     for ins in instrs:           # program order is SSA order: producers come first
-        longest[ins.i] = ins.lat + max((longest[p] for prods in ins.producers for p in prods), default=0)
+        most = 0
+        for prods in ins.producers:
+            for p in prods:
+                if longest[p] > most:
+                    most = longest[p]
+        longest[ins.i] = ins.lat + most
     cur = max(instrs, key=lambda x: (x.land, longest[x.i], x.i))
     chain = []
     while True:

@@ -206,9 +206,9 @@ class Facts:
         for base, start, end in self.live():
             if not base.extents:
                 continue
-            chip = deltas[base.chip, None]
-            chip[start] += base.words
-            chip[end] -= base.words
+            chip, n = deltas[base.chip, None], base.words
+            chip[start] += n
+            chip[end] -= n
             if slices:
                 for s, _, n in base.extents:
                     d = deltas[base.chip, s]
