@@ -43,8 +43,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import chain
 from operator import itemgetter
 from typing import Any, Mapping
+
+import numpy as np
 
 from ..ir import machine_ops as mo
 from ..ir.core import Op
@@ -568,20 +571,29 @@ def _pieces(a: Analysis) -> dict[str, Any] | None:
     pieces = a.program.module.pieces
     if not pieces:
         return None
-    by_op = {ins.k: ins for ins in a.instrs}
     size: dict[int, int] = {}
     count: Counter = Counter()
-    spans = []
-    for n, piece in enumerate(pieces):
+    for piece in pieces:
         size.setdefault(piece.template, len(piece.ops))
         count[piece.template] += 1
-        on_chip: dict[int, list[int]] = {}
-        for k in piece.ops:
-            if (ins := by_op.get(k)) is not None:
-                span = on_chip.setdefault(ins.chip, [ins.start, ins.end])
-                span[0], span[1] = min(span[0], ins.start), max(span[1], ins.end)
-        spans += [[piece.template, n, chip, lo, hi] for chip, (lo, hi) in sorted(on_chip.items())]
-    return {"templates": [[t, size[t], count[t]] for t in sorted(count)], "spans": spans}
+    # per instruction in a piece: its piece, chip, issue and end; then per (piece, chip) the first and the last
+    piece_of = np.full(len(a.program.module.ops), -1, np.int64)
+    piece_of[np.fromiter(chain.from_iterable(p.ops for p in pieces), np.int64)] = \
+        np.repeat(np.arange(len(pieces)), [len(p.ops) for p in pieces])
+    n = len(a.instrs)
+    k, chip, start, end = (np.fromiter(values, np.int64, n) for values in (
+        (i.k for i in a.instrs), (i.chip for i in a.instrs), (i.start for i in a.instrs), (i.end for i in a.instrs)))
+    piece = piece_of[k]
+    inside = piece >= 0
+    piece, chip, start, end = piece[inside], chip[inside], start[inside], end[inside]
+    order = np.lexsort((chip, piece))
+    piece, chip, start, end = piece[order], chip[order], start[order], end[order]
+    firsts = np.concatenate([[0], np.flatnonzero((np.diff(piece) != 0) | (np.diff(chip) != 0)) + 1]) \
+        if len(piece) else np.zeros(0, np.int64)
+    template = np.array([p.template for p in pieces], np.int64)
+    spans = np.stack([template[piece[firsts]], piece[firsts], chip[firsts], np.minimum.reduceat(start, firsts),
+                      np.maximum.reduceat(end, firsts)], axis=1) if len(firsts) else np.zeros((0, 5), np.int64)
+    return {"templates": [[t, size[t], count[t]] for t in sorted(count)], "spans": spans.tolist()}
 
 
 def _label(ins: Instr) -> str:
