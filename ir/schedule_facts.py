@@ -348,8 +348,12 @@ def _describe(module: Module, target: Target) -> Facts:
             extents_of[op.result.name] = interned.setdefault(words_at, words_at)
             continue
         t = described.get(template_of.get(i, -1))  # its template op's facts, when it is a stamp of one
-        if t is not None and not _same_words(op, t.op, extents_of):
-            t = None
+        if t is not None:  # (unless an operand's words are not its template operand's)
+            for v, tv in zip(op.operands, t.op.operands):
+                e = extents_of.get(v.name)
+                if e is not None and e is not extents_of.get(tv.name):
+                    t = None
+                    break
         writes, write_bases = [], []
         same_writes = t is not None and opdef.result_place != SRAM  # it writes what its template op writes
         if opdef.result_place == SRAM:
@@ -361,15 +365,16 @@ def _describe(module: Module, target: Target) -> Facts:
             else:
                 t_out = False
             for k, r in enumerate(op.results):
-                if t_out:  # its template op's results' words
+                if t_out:  # its template op's results' words (interned already)
                     ext = t.writes[k]
+                    extents_of[r.name] = extents_of[t.op.results[k].name]
                 else:
                     n = words(r.type, lanes)
                     # (one result in all of `out`, as most: those very extents, shared by the stamps of a template)
                     whole = len(op.results) == 1 and sum(map(_WORDS, out)) == n and all(map(_WORDS, out))
                     ext = out if whole else sub_extents(out, pos, n)
                     pos += n
-                extents_of[r.name] = interned.setdefault(ext, ext)
+                    extents_of[r.name] = interned.setdefault(ext, ext)
                 b = len(bases)
                 write_bases.append(b)
                 bases.append(Base(r.name, chip, ext, i if opdef.unit else -1, opdef.persistent, opdef.in_place))
@@ -418,16 +423,6 @@ def _describe(module: Module, target: Target) -> Facts:
         if i in template_ops:
             described[i] = ins
     return Facts(module, target, where, segments, tuple(bases), tuple(instructions))
-
-
-def _same_words(op: Op, t: Op, extents_of: Mapping[str, tuple]) -> bool:
-    """Whether each SRAM or view operand of `op` names the words (slices and places, perhaps of other values)
-    that its template op `t`'s names (`extents_of`: interned)."""
-    for v, tv in zip(op.operands, t.operands):
-        e = extents_of.get(v.name)
-        if e is not None and e is not extents_of.get(tv.name):
-            return False
-    return True
 
 
 def _view_words(op: Op, segments: Mapping[str, tuple[Segment, ...]], lanes: int) -> tuple[Segment, ...]:
