@@ -56,6 +56,7 @@ from ..ir.printer import format_attr
 from ..ir.layout import words
 from ..ir.registry import HOST, LINK, OPS, PLANE, SRAM
 from ..ir.schedule_facts import VIEW, Facts
+from ..ir.types import TensorType
 
 from .interpreter import Result, Stats, Transfer, summarize
 from .lpu import Program
@@ -343,12 +344,28 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
     instrs = [[row_of[ins.chip, ins.unit], ins.start, ins.occ, ins.lat, op_index[ins.op.name],
                class_index.get(ins.cls, -1)] for ins in a.instrs]
 
+    type_text: dict[TensorType, str] = {}  # (a program spells few types, of many values)
+    attr_text: dict[int, tuple[Any, str]] = {}  # id(an attribute's value) -> (it, its text): a template's stamps
+                                                # share their attributes' values
+
+    def text_of(t: TensorType) -> str:
+        found = type_text.get(t)
+        if found is None:
+            found = type_text[t] = str(t)
+        return found
+
+    def formatted(value: Any) -> str:
+        found = attr_text.get(id(value))
+        if found is None:
+            found = attr_text[id(value)] = (value, format_attr(value))
+        return found[1]
+
     def detail(ins: Instr) -> dict[str, Any]:
         """What the page shows of an instruction beyond its timing."""
         operands = []
         for v, prods in zip(ins.op.operands, ins.producers):
             val = a.value(v.name)
-            o = {"name": v.name, "type": str(v.type)}  # defaults left out: kind "sram", no producers, no views
+            o = {"name": v.name, "type": text_of(v.type)}  # defaults left out: kind "sram", no producers, no views
             if val.kind != "sram":
                 o["kind"] = val.kind
             if prods:
@@ -356,10 +373,10 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
             if val.views:
                 o["views"], o["sources"] = list(val.views), list(val.sources)
             operands.append(o)
-        d = {"k": ins.k, "results": [[r.name, str(r.type)] for r in ins.op.results], "operands": operands,
+        d = {"k": ins.k, "results": [[r.name, text_of(r.type)] for r in ins.op.results], "operands": operands,
              "out": [_extents(e) for e in ins.writes], "reads": [_extents(e) for e in ins.reads],
              "streams": list(ins.op.attrs.get("streams") or ())}
-        attrs = {k: format_attr(v) for k, v in ins.op.attrs.items() if k not in SCHEDULE_KEYS}
+        attrs = {k: formatted(v) for k, v in ins.op.attrs.items() if k not in SCHEDULE_KEYS}
         if attrs:
             d["attrs"] = attrs
         if ins.i in crit_of:
