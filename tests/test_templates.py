@@ -24,7 +24,7 @@ from lpuc.compiler.driver import load_model, read_ir
 from lpuc.compiler.partition import partition
 from lpuc.compiler.pipeline import CompileOptions, compile_module
 from lpuc.compiler.templates import MIN_REPEATS
-from lpuc.ir import DType, Module, TensorType, parse, print_module
+from lpuc.ir import DType, Module, TensorType, parse, print_module, schedule_facts
 from lpuc.ir.builder import Builder
 from lpuc.ir.evaluator import evaluate
 from lpuc.ir.machine import read_machine
@@ -80,6 +80,25 @@ def test_templated_program_runs_and_matches_the_evaluator(tiny_dir, mode, chips,
     ref = evaluate(module, inputs)
     for name, want in ref.items():
         assert max_rel_error(result.outputs[name], want) <= 1e-4, name
+
+
+@pytest.mark.parametrize("mode, chips, partition", [("decode", 1, "auto"), ("prefill", 4, "pipeline"),
+                                                    ("decode", 7, "auto")])
+def test_a_stamps_facts_taken_from_its_template_are_its_own(tiny_dir, mode, chips, partition):
+    """ir.schedule_facts takes a stamp's cost and words from its template op's when it reads the same words:
+    the facts are those found op by op, with no pieces to go by."""
+    program = lpuc.compile(_tiny(tiny_dir, mode), chips=chips, partition=partition, scheduler="list",
+                           precision="fp32")
+    module = program.module
+    assert module.pieces
+    stamped = schedule_facts._describe(module, program.target)
+    alone = schedule_facts._describe(module.replace(pieces=()), program.target)
+
+    def fields(facts):
+        return (facts.words, [(b.name, b.chip, b.extents, b.producer, b.state, b.alias) for b in facts.bases],
+                [(i.index, i.unit_class, i.chip, i.reads, i.writes, i.write_bases, i.cost, i.fixed_unit, i.links)
+                 for i in facts.instructions])
+    assert fields(stamped) == fields(alone)
 
 
 @pytest.mark.parametrize("chips", [7, 8, 16])
