@@ -1538,14 +1538,14 @@ def _trace(instrs: Sequence[_Instr]) -> tuple[TraceEvent, ...]:
 
 # the compute and I/O units of ChipStats (links: LinkStats)
 CHIP_CLASSES = tuple(c.name for c in mo.UNIT_CLASSES if not c.link)
+LINK_CLASSES = frozenset(c.name for c in mo.UNIT_CLASSES if c.link)  # the units of the links (tx, rx)
 
 
 def _stats(plan: _Plan) -> Stats:
     timed = [i for i in plan.instrs if i.cycle is not None]
     word_bytes, sends = plan.machine.sram.word_bytes, []
-    link = {name for name, c in mo.UNIT_CLASS.items() if c.link}
     for i in timed:
-        if i.cls in link and OPS[i.op.name].result_place == LINK:
+        if i.cls in LINK_CLASSES and OPS[i.op.name].result_place == LINK:
             r = plan.instr_at[i.recv] if i.recv >= 0 else None
             arrival = r.cycle + r.lat if r is not None and r.cycle is not None else i.cycle + i.lat
             held = [length for _, _, length in link_windows(i.op, plan.machine, i.occ)]
@@ -1650,9 +1650,9 @@ def _link_stats(transfers: Sequence[Transfer]) -> tuple[LinkStats, ...]:
 def _link_wait(timed: Sequence, transfers: Sequence[Transfer]) -> int:
     """Cycles during which a transfer is in flight (its send's issue to its receive's landing) while no
     unit but the links' is busy on any chip."""
-    n, link = len(timed), {name for name, c in mo.UNIT_CLASS.items() if c.link}
+    n = len(timed)
     transfers = [x for t in transfers for x in (t.issue, max(t.arrival, t.issue))]  # start, end, start, ...
-    busy = ~np.fromiter((i.cls in link for i in timed), np.bool_, n)  # the other units: start, end, start, ...
+    busy = ~np.fromiter((i.cls in LINK_CLASSES for i in timed), np.bool_, n)  # the other units: start, end, ...
     issue = np.fromiter((i.cycle for i in timed), np.int64, n)[busy]
     units = np.stack([issue, issue + np.fromiter((i.occ for i in timed), np.int64, n)[busy]], axis=1).reshape(-1)
     # the points (cycle, kind, +1 at a start / -1 at an end) in order, and how many of each kind are active after each

@@ -58,7 +58,7 @@ from ..ir.registry import HOST, LINK, OPS, PLANE, SRAM
 from ..ir.schedule_facts import VIEW, Facts
 from ..ir.types import TensorType
 
-from .interpreter import Result, Stats, Transfer, summarize
+from .interpreter import LINK_CLASSES, Result, Stats, Transfer, summarize
 from .lpu import Program
 from .state import step_positions
 
@@ -257,19 +257,17 @@ def described_stats(a: Analysis, steps: Mapping[tuple[int, int | None], list[int
     machine, places, word_bytes = a.program.machine, a.facts.places, a.program.machine.sram.word_bytes
     arrival = {}  # a send's timeline index -> its receive's landing
     for ins in a.instrs:
-        if ins.cls in _LINK_CLASSES:
+        if ins.cls in LINK_CLASSES:
             for v, prods in zip(ins.op.operands, ins.producers):
                 if places[v.name] == LINK and prods:
                     arrival[prods[0]] = ins.land
     transfers = [Transfer(ins.start, arrival.get(ins.i, ins.land), words(ins.op.operands[0].type, machine.lanes)
                           * word_bytes, tuple(((ch, port), length) for ch, port, _, length in fact.links))
                  for ins, fact in zip(a.instrs, a.facts.scheduled)
-                 if ins.cls in _LINK_CLASSES and OPS[ins.op.name].result_place == LINK]
+                 if ins.cls in LINK_CLASSES and OPS[ins.op.name].result_place == LINK]
     peaks = {chip: max(total[1::2], default=0) for (chip, s), total in steps.items() if s is None}
     return summarize(machine, a.program.target.chips, a.cycles, a.instrs, peaks, transfers)
 
-
-_LINK_CLASSES = frozenset(name for name, c in mo.UNIT_CLASS.items() if c.link)
 
 
 # --- the model -----------------------------------------------------------------------
