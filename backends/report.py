@@ -269,7 +269,6 @@ def described_stats(a: Analysis, steps: Mapping[tuple[int, int | None], list[int
     return summarize(machine, a.program.target.chips, a.cycles, a.instrs, peaks, transfers)
 
 
-
 # --- the model -----------------------------------------------------------------------
 
 def decode_batch(program: Program) -> int | None:
@@ -599,15 +598,15 @@ def _pieces(a: Analysis) -> dict[str, Any] | None:
     k, chip, start, end = (np.fromiter(values, np.int64, n) for values in (
         (i.k for i in a.instrs), (i.chip for i in a.instrs), (i.start for i in a.instrs), (i.end for i in a.instrs)))
     piece = piece_of[k]
-    inside = piece >= 0
-    piece, chip, start, end = piece[inside], chip[inside], start[inside], end[inside]
-    order = np.lexsort((chip, piece))
-    piece, chip, start, end = piece[order], chip[order], start[order], end[order]
-    firsts = np.concatenate([[0], np.flatnonzero((np.diff(piece) != 0) | (np.diff(chip) != 0)) + 1]) \
-        if len(piece) else np.zeros(0, np.int64)
-    template = np.array([p.template for p in pieces], np.int64)
-    spans = np.stack([template[piece[firsts]], piece[firsts], chip[firsts], np.minimum.reduceat(start, firsts),
-                      np.maximum.reduceat(end, firsts)], axis=1) if len(firsts) else np.zeros((0, 5), np.int64)
+    rows = np.flatnonzero(piece >= 0)  # the instructions in pieces, by piece and chip
+    rows = rows[np.lexsort((chip[rows], piece[rows]))]
+    piece, chip, start, end = piece[rows], chip[rows], start[rows], end[rows]
+    spans = np.zeros((0, 5), np.int64)
+    if len(piece):
+        firsts = np.concatenate([[0], np.flatnonzero((np.diff(piece) != 0) | (np.diff(chip) != 0)) + 1])
+        template = np.array([p.template for p in pieces], np.int64)
+        spans = np.stack([template[piece[firsts]], piece[firsts], chip[firsts], np.minimum.reduceat(start, firsts),
+                          np.maximum.reduceat(end, firsts)], axis=1)
     return {"templates": [[t, size[t], count[t]] for t in sorted(count)], "spans": spans.tolist()}
 
 
