@@ -149,7 +149,8 @@ class Analysis:
         return found
 
 
-_MADE = (PLANE, LINK)  # the places of values an instruction makes that are not SRAM words
+_MAKERS = frozenset(name for name, opdef in OPS.items() if opdef.result_place in (PLANE, LINK))  # the ops whose
+                                                                    # result is no SRAM words: a plane, a transfer
 _OWNER = itemgetter(3)  # a segment's base: the value owning its words (ir.schedule_facts.Segment)
 
 
@@ -157,43 +158,34 @@ def analyze(program: Program) -> Analysis:
     """Timing, SRAM words, producers and the critical path of a scheduled program (from its description,
     ir.schedule_facts)."""
     facts = program.facts
-    places, bases = facts.places, facts.bases
-    made_at = [-1] * len(bases)  # a base -> the timeline index of the instruction writing it (-1: none scheduled)
-    made: dict[str, int] = {}    # a plane or link value -> the timeline index of the instruction making it
-    producers_of: dict[str, list[int]] = {}  # an SRAM value -> the instructions writing its words (a value
-                                              # read by many, of many extents, is looked at once)
-    none: list[int] = []  # (shared by the operands nothing scheduled makes: never changed)
+    places, bases, words = facts.places, facts.bases, facts.words
+    made_at: dict[int, int] = {}  # a base -> the timeline index of the instruction writing it
+    found: dict[str, list[int]] = {}  # a value -> the instructions making it, or writing the words it names
+    none: list[int] = []  # (shared by the values nothing scheduled makes: never changed)
 
-    def word_producers(name: str, view: bool) -> list[int]:
-        found = producers_of.get(name)
-        if found is None:
-            segments = facts.words.get(name, ())
-            # (a value's own words are all its own base's; a view's may be several values'; program order is SSA
-            # order, so its producers are in the timeline already)
-            owners = set(map(_OWNER, segments)) if view else {segments[0][3]} if segments else ()
-            found = producers_of[name] = sorted({made_at[b] for b in owners} - {-1})
-        return found
+    def producers(name: str) -> list[int]:
+        """Of a value no instruction makes: a view's (those of the values owning its words), else none."""
+        if places.get(name) == VIEW:  # (program order is SSA order: its owners' producers are known already)
+            made = sorted({made_at[b] for b in set(map(_OWNER, words.get(name, ()))) if b in made_at})
+        else:
+            made = none
+        found[name] = made
+        return made
 
+    get = found.get
     instrs = []
-    for i, fact in enumerate(facts.scheduled):
-        op, cost = fact.op, fact.cost
-        attrs = op.attrs.as_dict()
-        producers = []
-        for v in op.operands:
-            where = places[v.name]
-            if where == SRAM or where == VIEW:
-                producers.append(word_producers(v.name, where == VIEW))
-            elif where == PLANE or where == LINK:
-                p = made.get(v.name)
-                producers.append(none if p is None else [p])
-            else:
-                producers.append(none)
-        for b in fact.write_bases:
-            made_at[b] = i
-        if OPS[op.name].result_place in _MADE:
-            made[op.results[0].name] = i
-        instrs.append(Instr(i, fact.index, op, fact.unit_class, attrs.get("unit") or f"{fact.unit_class}?", fact.chip,
-                            attrs["cycle"], cost.occupancy, cost.latency, fact.reads, fact.writes, producers))
+    for i, (fact, (cycle, occupancy, latency)) in enumerate(zip(facts.scheduled, facts.timing.tolist())):
+        op, cls = fact.op, fact.unit_class
+        instrs.append(Instr(i, fact.index, op, cls, op.attrs.as_dict().get("unit") or f"{cls}?", fact.chip, cycle,
+                            occupancy, latency, fact.reads, fact.writes,
+                            [p if (p := get(v.name)) is not None else producers(v.name) for v in op.operands]))
+        if op.name in _MAKERS:  # a plane or a transfer
+            found[op.results[0].name] = [i]
+        elif fact.writes:  # SRAM results (one with no words has no producer)
+            mine = [i]
+            for r, written, b in zip(op.results, fact.writes, fact.write_bases):
+                found[r.name] = mine if written else none
+                made_at[b] = i
     chips = sorted({i.chip for i in instrs} | {b.chip for b in bases} | set(range(program.target.chips)))
     return Analysis(program, facts, instrs, chips, facts.length, critical_path(instrs))
 
@@ -265,7 +257,7 @@ def described_stats(a: Analysis, steps: Mapping[tuple[int, int | None], list[int
                           * word_bytes, tuple(((ch, port), length) for ch, port, _, length in fact.links))
                  for ins, fact in zip(a.instrs, a.facts.scheduled)
                  if ins.cls in LINK_CLASSES and OPS[ins.op.name].result_place == LINK]
-    peaks = {chip: max(total[1::2], default=0) for (chip, s), total in steps.items() if s is None}
+    peaks = {chip: int(total[1::2].max(initial=0)) for (chip, s), total in steps.items() if s is None}
     return summarize(machine, a.program.target.chips, a.cycles, a.instrs, peaks, transfers)
 
 
@@ -381,13 +373,16 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
         return d
 
     sram = []
+    none = np.zeros(0, np.int64)
     for chip in a.chips:
-        per = [steps.get((chip, s), []) for s in range(machine.sram.slices)]
-        total = steps.get((chip, None), [])
-        peak = max(total[1::2], default=0)
-        peak_at = total[total[1::2].index(peak) * 2] if total else 0
-        sram.append({"chip": chip, "slices": per, "total": total, "peak_words": peak, "peak_cycle": peak_at,
-                     "max_slice_words": max((lv for st in per for lv in st[1::2]), default=0)})
+        per = [steps.get((chip, s), none) for s in range(machine.sram.slices)]
+        total = steps.get((chip, None), none)
+        at = int(total[1::2].argmax()) if len(total) else 0  # (the first cycle at the peak)
+        sram.append({"chip": chip, "slices": per if packed else [st.tolist() for st in per],
+                     "total": total if packed else total.tolist(),
+                     "peak_words": int(total[2 * at + 1]) if len(total) else 0,
+                     "peak_cycle": int(total[2 * at]) if len(total) else 0,
+                     "max_slice_words": max((int(st[1::2].max()) for st in per if len(st)), default=0)})
 
     links = _links(stats, a.cycles, machine)
     batch = decode_batch(program)
@@ -514,8 +509,8 @@ def _deltas(xs: list[int]) -> list[int]:
     return [x - y for x, y in zip(xs, [0] + xs[:-1])]
 
 
-def _chunk(indices: list[int], instrs: list[list], details: list[dict] | None, slices: list[list[int]],
-           total: list[int]) -> dict[str, Any]:
+def _chunk(indices: list[int], instrs: list[list], details: list[dict] | None, slices: list[np.ndarray],
+           total: np.ndarray) -> dict[str, Any]:
     """One chip's instructions (`indices`, ascending; `details`: theirs) and its SRAM step functions, by column
     (what gzip packs best): every number that grows as a difference from the one before (SRAM extents: from
     the extent before), an instruction's producers as differences from its own index, each value's name and
@@ -535,8 +530,8 @@ def _chunk(indices: list[int], instrs: list[list], details: list[dict] | None, s
             value_types[j] = types.setdefault(type_, len(types))
         return j
 
-    def steps(flat: list[int]) -> list[list[int]]:
-        return [_deltas(flat[0::2]), _deltas(flat[1::2])]
+    def steps(flat: np.ndarray) -> list[list[int]]:
+        return [np.diff(flat[0::2], prepend=0).tolist(), np.diff(flat[1::2], prepend=0).tolist()]
 
     def extents(per_value: list[list[list[int]]]) -> list[list[int]]:
         """Each value's extents [slice, word, words] flat, each as differences from the extent before."""

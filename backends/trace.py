@@ -170,7 +170,7 @@ def _trace(program: Program, events: Sequence[TraceEvent] | None, *, source: str
         ends[t.dst_chip].append((k, "f" if both else "", dst_link, recv, t.land, t))
     curves = defaultdict(list)  # chip -> its SRAM live curves (made into counter events chip by chip)
     for (chip, s), curve in facts.sram_live(slices=per_slice).items():
-        curves[chip].append((s, curve))
+        curves[chip].append((s, curve.tolist()))
     unit_tids = {}
     counts = units(machine)
     for cls in UNIT_ORDER:

@@ -26,14 +26,15 @@ the same facts on its own, as the independent checker it is
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
+from itertools import chain
 from operator import itemgetter
 
+import numpy as np
+
 from . import machine_ops as mo
-from .collector import collector_paused
 from .core import Module, Op
 from .costs import Cost, UnitCycles, cost, link_windows
 from .errors import LpucError
@@ -170,63 +171,87 @@ class Facts:
         return tuple(ins for ins in self.instructions if ins.cycle is not None)
 
     @cached_property
+    def timing(self) -> np.ndarray:
+        """Per scheduled instruction, in order: [cycle, occupancy, latency]."""
+        return np.fromiter(chain.from_iterable((ins.op.attrs["cycle"], ins.cost.occupancy, ins.cost.latency)
+                                               for ins in self.scheduled), np.int64,
+                           3 * len(self.scheduled)).reshape(-1, 3)
+
+    @cached_property
     def length(self) -> int:
         """The program's length in cycles: the largest cycle + latency."""
-        return max((ins.land for ins in self.scheduled), default=0)
+        return int((self.timing[:, 0] + self.timing[:, 2]).max(initial=0))
 
     def live(self) -> list[tuple[Base, int, int]]:
         """Each value owning words with the cycles [start, end) it holds them: a constant for the whole
         program, a result from landing until its last read ends (at least one cycle)."""
-        end = [0] * len(self.bases)
-        for ins in self.scheduled:
-            done = ins.op.attrs["cycle"] + ins.cost.occupancy
-            for segs in ins.reads:
-                for seg in segs:
-                    b = seg[3]
-                    if end[b] < done:
-                        end[b] = done
-        out = []
-        length, by_index = max(self.length, 1), self.by_index
-        for b, base in enumerate(self.bases):
-            if base.alias:
-                continue
-            if base.constant:
-                out.append((base, 0, length))
-            elif (ins := by_index[base.producer]).cycle is not None:
-                land = ins.land
-                out.append((base, land, max(end[b], land + 1)))
-        return out
+        held, start, end = self._lifetimes()
+        bases = self.bases
+        return [(bases[b], s, e) for b, s, e in zip(held.tolist(), start.tolist(), end.tolist())]
 
-    @collector_paused()  # (a record per value: no garbage cycles)
-    def sram_live(self, slices: bool = True) -> dict[tuple[int, int | None], list[int]]:
+    def _lifetimes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """live(), as arrays: the bases' numbers, starts and ends."""
+        scheduled, timing, bases = self.scheduled, self.timing, self.bases
+        # a value's words are free when its last read ends
+        read = np.fromiter((seg[3] for ins in scheduled for segs in ins.reads for seg in segs), np.int64)
+        per_instruction = np.fromiter((sum(map(len, ins.reads)) for ins in scheduled), np.int64, len(scheduled))
+        freed = np.zeros(len(bases), np.int64)
+        np.maximum.at(freed, read, np.repeat(timing[:, 0] + timing[:, 1], per_instruction))
+        # a result's words are taken when it lands (its producer scheduled), a constant's throughout
+        land = np.full(len(self.module.ops), -1, np.int64)
+        land[np.fromiter((ins.index for ins in scheduled), np.int64, len(scheduled))] = timing[:, 0] + timing[:, 2]
+        producer = np.fromiter((base.producer for base in bases), np.int64, len(bases))
+        alias = np.fromiter((base.alias for base in bases), bool, len(bases))
+        constant = producer < 0
+        start = np.where(constant, 0, land[producer])
+        held = np.flatnonzero(~alias & (constant | (start >= 0)))
+        start = start[held]
+        end = np.where(constant[held], max(self.length, 1), np.maximum(freed[held], start + 1))
+        return held, start, end
+
+    def sram_live(self, slices: bool = True) -> dict[tuple[int, int | None], np.ndarray]:
         """The SRAM live curve: (chip, slice, or None for the whole chip) -> a step function, flat [cycle,
-        words live from that cycle on, cycle, words, ...], at every cycle where the words live change. Without
-        `slices`, only the whole chips'."""
-        deltas: dict[tuple[int, int | None], dict[int, int]] = defaultdict(lambda: defaultdict(int))
-        for base, start, end in self.live():
-            if not base.extents:
-                continue
-            chip, n = deltas[base.chip, None], base.words
-            chip[start] += n
-            chip[end] -= n
-            if slices:
-                for s, _, n in base.extents:
-                    d = deltas[base.chip, s]
-                    d[start] += n
-                    d[end] -= n
-        curves = {}
-        for key, d in deltas.items():
-            level, steps = 0, []
-            for t in sorted(d):
-                if d[t]:
-                    level += d[t]
-                    steps += (t, level)
-            curves[key] = steps
-        return curves
+        words live from that cycle on, cycle, words, ...] (int64), at every cycle where the words live change;
+        by chip, the whole chip before its slices. Without `slices`, only the whole chips'."""
+        numbers, start, end = self._lifetimes()
+        held = [self.bases[b] for b in numbers.tolist()]
+        per_base = np.fromiter(map(len, (base.extents for base in held)), np.int64, len(held))
+        some = per_base > 0  # (the values holding words)
+        if not some.any():
+            return {}
+        held, start, end, per_base = [base for base in held if base.extents], start[some], end[some], per_base[some]
+        n = len(held)
+        chip = np.fromiter((base.chip for base in held), np.int64, n)
+        extents = np.fromiter(chain.from_iterable(chain.from_iterable(base.extents for base in held)),
+                              np.int64, 3 * int(per_base.sum())).reshape(-1, 3)  # (slice, first word, words)
+        # each value changes its chip's key (slot 0) by its words, and with `slices` each of its slices' (s + 1)
+        # by the words it holds there
+        span = self.machine.sram.slices + 1
+        keys, words = chip * span, np.add.reduceat(extents[:, 2], np.cumsum(per_base) - per_base)
+        if slices:
+            keys = np.concatenate((keys, np.repeat(chip, per_base) * span + extents[:, 0] + 1))
+            words = np.concatenate((words, extents[:, 2]))
+            start, end = (np.concatenate((x, np.repeat(x, per_base))) for x in (start, end))
+        # +words from the start, -words from the end, summed per key and cycle; a key's changes sum to 0, so
+        # the running sum over all keys in order is each key's level
+        cycles = int(end.max()) + 1
+        at = np.concatenate((keys * cycles + start, keys * cycles + end))  # (by key and cycle)
+        order = np.argsort(at)  # (the order among equals sums alike)
+        at, d = at[order], np.concatenate((words, -words))[order]
+        group = np.flatnonzero(np.concatenate(([True], at[1:] != at[:-1])))
+        k, t = np.divmod(at[group], cycles)
+        d = np.add.reduceat(d, group)
+        change = d != 0
+        k, t, level = k[change], t[change], np.cumsum(d[change])
+        flat = np.stack((t, level), axis=1).ravel()
+        names = np.unique(k)
+        bounds = 2 * np.append(np.searchsorted(k, names), len(k))
+        return {(c, None if s == 0 else s - 1): flat[bounds[j]:bounds[j + 1]]
+                for j, (c, s) in enumerate(zip((names // span).tolist(), (names % span).tolist()))}
 
     def sram_peak_words(self) -> dict[int, int]:
         """chip -> the most words live at once."""
-        peaks = {chip: max(steps[1::2], default=0) for (chip, _), steps in self.sram_live(slices=False).items()}
+        peaks = {chip: int(steps[1::2].max()) for (chip, _), steps in self.sram_live(slices=False).items()}
         return dict(sorted(peaks.items()))
 
 
