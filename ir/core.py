@@ -32,8 +32,21 @@ class Value:
         if not isinstance(self.type, TensorType):
             raise TypeError(f"value %{self.name}: type must be a TensorType, got {self.type!r}")
 
+    @classmethod
+    def trusted(cls, name: str, type: TensorType) -> "Value":
+        """Value(name, type) of a name and a type a reader has made sure of (its grammar's VALUE is NAME_RE:
+        checking it again is a third of the cost of a Value, and a program has millions)."""
+        v = _new(cls)
+        _set_name(v, name)
+        _set_type(v, type)
+        return v
+
     def __str__(self) -> str:
         return f"%{self.name}"
+
+
+_new = object.__new__
+_set_name, _set_type = Value.__dict__["name"].__set__, Value.__dict__["type"].__set__
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +68,11 @@ class Op:
     def trusted(cls, name: str, operands: tuple[Value, ...], results: tuple[Value, ...], attrs: AttrDict) -> "Op":
         """Op(name, operands, results, attrs) of tuples and an AttrDict already (a reader stamping millions of
         ops: ir.pieces), without converting them again."""
-        op = object.__new__(cls)
-        object.__setattr__(op, "name", name)
-        object.__setattr__(op, "operands", operands)
-        object.__setattr__(op, "results", results)
-        object.__setattr__(op, "attrs", attrs)
+        op = _new(cls)
+        _set_op_name(op, name)
+        _set_operands(op, operands)
+        _set_results(op, results)
+        _set_attrs(op, attrs)
         return op
 
     @property
@@ -71,6 +84,11 @@ class Op:
     def label(self) -> str:
         """How errors name this op: its first result and its op name."""
         return f"{self.results[0]} = {self.name}" if self.results else self.name
+
+
+# (setting a frozen slot directly: the trusted constructors make millions)
+_set_op_name, _set_operands, _set_results, _set_attrs = (Op.__dict__[k].__set__ for k in ("name", "operands", "results",
+                                                                                          "attrs"))
 
 
 @dataclass(frozen=True, slots=True)

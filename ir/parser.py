@@ -122,16 +122,7 @@ def _string(text: str, pos: int) -> str:
         raise _Error(pos, f"bad string {shown}: {e}") from None
 
 
-_object_new, _setattr = object.__new__, object.__setattr__
-
-
-def _value(name: str, ttype: TensorType) -> Value:
-    """Value(name, ttype) without checking the name again: the grammar's VALUE is
-    core.NAME_RE (the check is a third of the cost of a Value)."""
-    v = _object_new(Value)
-    _setattr(v, "name", name)
-    _setattr(v, "type", ttype)
-    return v
+_value = Value.trusted  # (the grammar's VALUE is core.NAME_RE)
 
 
 _NO_ATTRS = AttrDict()
@@ -206,18 +197,9 @@ class _Builder(Transformer):
         if ranks[0] < len(self.ops) or any(a >= b for a, b in zip(ranks, ranks[1:])):
             raise _Error(at, f"stamp of template {n}: `ranks` must rise from at least {len(self.ops)} (the ops "
                              "before it)")
-        def use(name: str) -> Value:  # (a piece's ops are millions: the common case first, at a dict's cost)
-            v = self.values.get(name)
-            return v if v is not None else self._use(name, token)
-
-        def define(name: str, ttype: TensorType) -> Value:
-            values = self.values
-            if name in values:
-                return self._define(name, ttype, token)  # (which says it is defined twice)
-            v = values[name] = _value(name, ttype)
-            return v
-
-        self._claim(ranks[0], (template.stamp(stamp, use, define), iter(ranks[1:]), token))
+        made = template.stamp(stamp, self.values, lambda name: self._use(name, token),
+                              lambda name, ttype: self._define(name, ttype, token))  # (which says it is defined twice)
+        self._claim(ranks[0], (made, iter(ranks[1:]), token))
         self.pieces.append(Piece(n, ranks))
 
     def _claim(self, rank: int, entry: tuple):

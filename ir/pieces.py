@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from .attributes import compare_value
+from .attributes import AttrDict, compare_value
 from .core import Op, Piece, Value
 from .types import TensorType
 
@@ -53,6 +53,9 @@ class Template:
         self.rows = tuple(_Row(tuple(values.setdefault(v.name, len(values)) for v in op.operands),
                                tuple(values.setdefault(r.name, len(values)) for r in op.results)) for op in self.ops)
         self.values = tuple(values)
+        # per op, its operands' numbers and its results' (number, type): what a stamp renames
+        self._renamed = tuple((row.operands, tuple(zip(row.results, (r.type for r in op.results))))
+                              for row, op in zip(self.rows, self.ops))
         # per op, what a stamp changes: its cycle and chip, whether it has a unit, stream registers and words
         self._stamped = tuple((op.attrs.get("cycle"), op.attrs.get("chip"), "unit" in op.attrs, "streams" in op.attrs,
                                "out" in op.attrs) for op in self.ops)
@@ -109,13 +112,16 @@ class Template:
         return Stamp(offset or 0, tuple(chips), tuple(names), tuple(units), tuple(streams),
                      tuple(outs) if moved else None)
 
-    def stamp(self, stamp: Stamp, use: Callable[[str], Value], define: Callable[[str, TensorType], Value]
-              ) -> Iterator[Op]:
+    def stamp(self, stamp: Stamp, values: dict[str, Value], use: Callable[[str], Value],
+              define: Callable[[str, TensorType], Value]) -> Iterator[Op]:
         """The ops of the piece `stamp` says, one at a time (a reader makes each when its turn in the block
-        comes): operands found with `use(name)`, results made with `define(name, type)`."""
+        comes): operands found in `values` (else `use(name)`, which makes one or says what is wrong), results
+        put there (a name there already: `define(name, type)`, which says so)."""
         names, chips, offset = stamp.values, dict(zip(self.chips, stamp.chips)), stamp.cycle
         units, streams, outs = stamp.units, stamp.streams, stamp.out
-        for j, (t, row, (cycle, chip, unit, regs, out)) in enumerate(zip(self.ops, self.rows, self._stamped)):
+        get, trusted, replaced, new_value = values.get, Op.trusted, AttrDict.replaced, Value.trusted
+        for j, (t, (operands, results), (cycle, chip, unit, regs, out)) in enumerate(
+                zip(self.ops, self._renamed, self._stamped)):
             changes = {"cycle": cycle + offset}
             if chip is not None:
                 changes["chip"] = chips[chip]
@@ -125,9 +131,13 @@ class Template:
                 changes["streams"] = streams[j]
             if out and outs is not None:
                 changes["out"] = outs[j]
-            yield Op.trusted(t.name, tuple([use(names[k]) for k in row.operands]),
-                             tuple([define(names[k], r.type) for k, r in zip(row.results, t.results)]),
-                             t.attrs.replaced(changes))
+            args = tuple([get(name) or use(name) for name in map(names.__getitem__, operands)])
+            made = []
+            for k, ttype in results:
+                name = names[k]
+                made.append(define(name, ttype) if name in values else new_value(name, ttype))
+                values[name] = made[-1]
+            yield trusted(t.name, args, tuple(made), replaced(t.attrs, changes))
 
     def identity(self) -> Stamp:
         """The stamp of the template's own piece."""
