@@ -334,7 +334,7 @@ def _describe(module: Module, target: Target) -> Facts:
     machine, lanes = target.machine, target.lanes
     where = places(module)
     segments: dict[str, tuple[Segment, ...]] = {}
-    producer: dict[str, int] = {}
+    sent_by: dict[str, int] = {}  # a transfer -> the index of its send
     bases: list[Base] = []
     instructions: list[Instruction] = []
     starts: dict[str, list[int]] = {}  # per weight an install windows: its segments' extent_starts
@@ -343,16 +343,17 @@ def _describe(module: Module, target: Target) -> Facts:
     # A stamped op (ir.pieces) is its template op's name, types and attributes but for its cycle, chip, unit,
     # streams and `out`: when it reads the words its template op reads (other values' words, in the same
     # places) and writes the same `out`, it costs what its template op costs (a million instructions, a few
-    # thousand distinct). `template_of`: a stamped op's index -> its template op's; `extents_of`: an SRAM or
-    # view value's words as extents (its segments without their bases), to compare a stamp's with its template's.
-    template_of: dict[int, int] = {}
+    # thousand distinct). `template_of`: each op's template op's index (none: past the last op); `described`:
+    # each op's Instruction (a view's, a constant's, the past-the-last: None); `extents_of`: an SRAM or view
+    # value's words as extents (its segments without their bases), to compare a stamp's with its template's.
+    template_of = [len(module.ops)] * len(module.ops)
     firsts: dict[int, tuple[int, ...]] = {}
     for piece in module.pieces:
         first = firsts.setdefault(piece.template, piece.ops)
         if first is not piece.ops:
-            template_of.update(zip(piece.ops, first))
-    template_ops = set(template_of.values())
-    described: dict[int, Instruction] = {}  # a template op's index -> its Instruction
+            for i, t in zip(piece.ops, first):
+                template_of[i] = t
+    described: list[Instruction | None] = [None] * (len(module.ops) + 1)
     extents_of: dict[str, tuple] = {}
     interned: dict[tuple, tuple] = {}  # extents -> themselves: equal words, one object (compared by identity)
 
@@ -365,14 +366,12 @@ def _describe(module: Module, target: Target) -> Facts:
             opdef = opdefs[op.name] = OPS[op.name]
         attrs = op.attrs.as_dict()
         chip = attrs.get("chip", 0)
-        for r in op.results:
-            producer[r.name] = i
         if opdef.view:
             segs = segments[op.result.name] = _view_words(op, segments, lanes)
             words_at = tuple([s[:3] for s in segs])
             extents_of[op.result.name] = interned.setdefault(words_at, words_at)
             continue
-        t = described.get(template_of.get(i, -1))  # its template op's facts, when it is a stamp of one
+        t = described[template_of[i]]  # its template op's facts, when it is a stamp of one
         if t is not None:  # (unless an operand's words are not its template operand's)
             for v, tv in zip(op.operands, t.op.operands):
                 e = extents_of.get(v.name)
@@ -431,6 +430,7 @@ def _describe(module: Module, target: Target) -> Facts:
         if opdef.result_place == LINK:  # a send: its route fixes its port and the links it holds
             route = attrs["route"]
             fixed = route[0]
+            sent_by[op.result.name] = i
             try:
                 hops = target.network.hops(chip, route)
             except LpucError:  # a port with no cable (the interpreter reports it): no link is held
@@ -438,15 +438,14 @@ def _describe(module: Module, target: Target) -> Facts:
             links = tuple((ch, port, off, length) for (ch, port), (_, off, length)
                           in zip(hops, link_windows(op, machine, c.occupancy)))
         elif LINK in opdef.places:  # a receive: on the port where its send's route arrives
-            send = module.ops[producer[op.operands[opdef.places.index(LINK)].name]]
+            send = module.ops[sent_by[op.operands[opdef.places.index(LINK)].name]]
             try:
                 fixed = target.network.destination(mo.chip_of(send), send.attrs["route"])[1]
             except LpucError:
                 fixed = None
         ins = Instruction(i, op, opdef.unit, chip, reads, tuple(writes), tuple(write_bases), c, fixed, links)
         instructions.append(ins)
-        if i in template_ops:
-            described[i] = ins
+        described[i] = ins
     return Facts(module, target, where, segments, tuple(bases), tuple(instructions))
 
 
