@@ -124,19 +124,29 @@ def _stamps_in_order(module: Module, known: dict[str, _Known]) -> bytearray:
     at once, attribute by attribute: its STAMPED are of their kinds, and its operands have the types of its
     template op's (the template's ops passed check_op: `known`). A piece found otherwise is checked op by op, which
     names what is wrong and where."""
-    in_order = bytearray(len(module.ops))
+    all_ops = module.ops
+    in_order = bytearray(len(all_ops))
     first: dict[int, tuple[int, ...]] = {}
+    templates: dict[int, tuple | None] = {}  # a template -> its operands' types and its ops' `out` (None: not
+                                             # plainly stamped)
     for piece in module.pieces:
         template = first.setdefault(piece.template, piece.ops)
         if template is piece.ops:
             continue
-        ops, tops = [module.ops[i] for i in piece.ops], [module.ops[i] for i in template]
-        if not all(map(_plainly_stamped, {op.name for op in tops}, repeat(known))) \
-                or [v.type for op in ops for v in op.operands] != [v.type for op in tops for v in op.operands]:
+        if piece.template not in templates:
+            tops = [all_ops[i] for i in template]
+            templates[piece.template] = (
+                [v.type for op in tops for v in op.operands], [op.attrs.get("out") for op in tops]) \
+                if all(map(_plainly_stamped, {op.name for op in tops}, repeat(known))) else None
+        if templates[piece.template] is None:
+            continue
+        types, template_outs = templates[piece.template]
+        ops = [all_ops[i] for i in piece.ops]
+        if [v.type for op in ops for v in op.operands] != types:
             continue
         attrs = [op.attrs.as_dict() for op in ops]
-        chips, cycles, outs, streams, units = ([a.get(key) for a in attrs] for key in STAMPED)
-        moved = [x for x, op in zip(outs, tops) if x is not None and x is not op.attrs.get("out")]
+        chips, cycles, outs, streams, units = (list(map(dict.get, attrs, repeat(key))) for key in STAMPED)
+        moved = [x for x, t in zip(outs, template_outs) if x is not None and x is not t]
         if set(map(type, chips)) | set(map(type, cycles)) <= _INT and set(map(type, units)) <= _STR \
                 and set(map(type, streams)) <= _TUPLE and set(map(type, chain.from_iterable(filter(None, streams)))) \
                 <= _INT and all(map(_fast_extents, moved)):
