@@ -306,24 +306,28 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
     # timeline rows: chip x unit instance that does work (idle ones folded away, counted by class in
     # `folded`), in the machine's order, then any unit the machine lacks
     rows, row_of = [], {}
-    per_unit_n = Counter((i.chip, i.unit) for i in a.instrs)
-    busy_of: Counter = Counter()  # (chip, unit) -> occupied cycles: one pass, not one per row
     on_unit: dict[tuple[int, str], list[Instr]] = {}
     for i in a.instrs:
-        busy_of[i.chip, i.unit] += i.occ
         on_unit.setdefault((i.chip, i.unit), []).append(i)
+    units_on: dict[int, set[str]] = {}
+    for chip, u in on_unit:
+        units_on.setdefault(chip, set()).add(u)
+    machine_units = [f"{c}{j}" for c in classes for j in range(counts.get(c, 0))]
+    theirs = set(machine_units)
+    class_of: dict[str, str] = {}  # a unit -> its class
     folded: Counter = Counter()
     for chip in a.chips:
-        names = [f"{c}{j}" for c in classes for j in range(counts.get(c, 0))]
-        names += sorted({unit for c, unit in per_unit_n if c == chip} - set(names))
-        for u in names:
-            if not per_unit_n[chip, u]:
-                folded[next((c for c in classes if u.startswith(c)), "")] += 1
+        for u in machine_units + sorted(units_on.get(chip, set()) - theirs):
+            cls = class_of.get(u)
+            if cls is None:
+                cls = class_of[u] = next((c for c in classes if u.startswith(c)), "")
+            mine = on_unit.get((chip, u))
+            if not mine:
+                folded[cls] += 1
                 continue
             row_of[chip, u] = len(rows)
-            cls = next((c for c in classes if u.startswith(c)), "")
-            busy = stats.busy.get(u, 0) if len(a.chips) == 1 else busy_of[chip, u]
-            rows.append({"chip": chip, "unit": u, "cls": cls, "n": per_unit_n[chip, u], "busy": busy,
+            busy = stats.busy.get(u, 0) if len(a.chips) == 1 else sum(i.occ for i in mine)
+            rows.append({"chip": chip, "unit": u, "cls": cls, "n": len(mine), "busy": busy,
                          "util": busy / a.cycles if a.cycles else 0.0})
 
     crit_of = {st.instr: j for j, st in enumerate(a.critical)}
