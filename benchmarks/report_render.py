@@ -4,10 +4,10 @@
 
 For each model (default: the sample with the most instructions, compiled for one
 chip) or compiled program (a .lpu, e.g. a full-size shape-only model's, as
-`lpuc viz` reads it) prints the report's size, the time `render_html` takes in
-Python (for a .lpu also reading it: what `lpuc viz --html` takes), and the
-median over `--runs` fresh headless Chromium processes (no network) of the page's
-render time (any console line or error the page notes fails the run):
+`lpuc viz` reads it) prints the report's size, the median over `--runs` of the time
+`render_html` takes in Python (for a .lpu also reading it: what `lpuc viz --html`
+takes), and the median over `--runs` fresh headless Chromium processes (no network)
+of the page's render time (any console line or error the page notes fails the run):
 performance.now() from navigation start until the page's script has
 drawn everything and forced layout (it writes the value into the DOM as
 `data-render-ms`, read back with --dump-dom; beyond 8 chips that includes
@@ -81,17 +81,19 @@ def main(argv=None) -> int:
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         for path in models:
-            with collector_paused():  # as lpuc viz reads and renders
-                t0 = time.perf_counter()
-                if path.suffix == ".lpu":
-                    program = read_lpu(path)
-                else:
-                    options = CompileOptions()
-                    module, summary, machine_text = compile_model(path, options=options)
-                    program = build_program(module, machine_text, lpu_options(options), summary.facts())
+            if path.suffix != ".lpu":
+                options = CompileOptions()
+                module, summary, machine_text = compile_model(path, options=options)
+                compiled = build_program(module, machine_text, lpu_options(options), summary.facts())
+            times = []
+            for _ in range(args.runs):
+                program = html = None  # (the run before's freed first)
+                with collector_paused():  # as lpuc viz reads and renders
                     t0 = time.perf_counter()
-                html = render_html(program)
-                py_s = time.perf_counter() - t0
+                    program = read_lpu(path) if path.suffix == ".lpu" else compiled
+                    html = render_html(program)
+                    times.append(time.perf_counter() - t0)
+            py_s = statistics.median(times)
             page = Path(tmp) / f"{path.stem}.html"
             page.write_text(html)
             mb = len(html.encode()) / 1e6
