@@ -35,6 +35,7 @@ from lpuc.compiler.driver import compile_model, load_model, lpu_options  # noqa:
 from lpuc.compiler.lower import lower  # noqa: E402
 from lpuc.compiler.pipeline import CompileOptions  # noqa: E402
 from lpuc.ir import machine_ops as mo  # noqa: E402
+from lpuc.ir import schedule_facts  # noqa: E402
 from lpuc.ir.collector import collector_paused  # noqa: E402
 from lpuc.ir.machine import load_machine  # noqa: E402
 from lpuc.ir.target import Target  # noqa: E402
@@ -87,7 +88,9 @@ def main(argv=None) -> int:
                 compiled = build_program(module, machine_text, lpu_options(options), summary.facts())
             times = []
             for _ in range(args.runs):
-                program = html = None  # (the run before's freed first)
+                program = html = None  # (the run before's freed first, its facts too: as a fresh `lpuc viz`)
+                if path.suffix == ".lpu":
+                    schedule_facts.forget()
                 with collector_paused():  # as lpuc viz reads and renders
                     t0 = time.perf_counter()
                     program = read_lpu(path) if path.suffix == ".lpu" else compiled
