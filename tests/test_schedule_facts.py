@@ -8,6 +8,7 @@ the ports allow)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import lru_cache
 
 import pytest
@@ -115,3 +116,39 @@ def test_a_link_faster_than_a_slice_port(tmp_path):
         assert (t.start, t.end, t.land) == (e.start, e.end, e.land)
         slower += cost(send, p.machine).occupancy < e.end - e.start  # the link alone would be quicker
     assert slower
+
+
+@pytest.mark.parametrize("name, chips", [("llama_decode", 4), (STATEFUL, 1), ("bert_prefill", 1)])
+def test_the_sram_lifetimes_and_live_curve_follow_their_definition(name, chips):
+    """live() and sram_live() (numpy: events sorted by key and cycle) against their definitions, op by op: a
+    constant or state holds its words throughout, a result from landing until its last read ends (at least a
+    cycle; an in-place write's are its state's); the curve, per chip and per slice, steps where the words held
+    change, to the words held then."""
+    facts = program(name, chips).facts
+    freed = Counter()
+    for ins in facts.scheduled:
+        for b in {seg[3] for segs in ins.reads for seg in segs}:
+            freed[b] = max(freed[b], ins.cycle + ins.cost.occupancy)
+    lands = {ins.index: ins.land for ins in facts.scheduled}
+    expected = [(base, 0, max(facts.length, 1)) if base.constant else
+                (base, lands[base.producer], max(freed[b], lands[base.producer] + 1))
+                for b, base in enumerate(facts.bases) if not base.alias and (base.constant or base.producer in lands)]
+    assert facts.live() == expected
+    changes: dict = {}
+    for base, start, end in expected:
+        for key, n in [((base.chip, None), base.words)] + [((base.chip, s), n) for s, _, n in base.extents]:
+            at = changes.setdefault(key, Counter())
+            at[start] += n
+            at[end] -= n
+    curves = {}
+    for key, at in changes.items():
+        level, steps = 0, []
+        for t in sorted(at):
+            if at[t]:
+                level += at[t]
+                steps += [t, level]
+        if steps:
+            curves[key] = steps
+    assert {key: curve.tolist() for key, curve in facts.sram_live().items()} == curves
+    assert {key: curve.tolist() for key, curve in facts.sram_live(slices=False).items()} == \
+        {key: curve for key, curve in curves.items() if key[1] is None}
