@@ -215,7 +215,9 @@ def critical_path(instrs: list[Instr]) -> list[CriticalStep]:
                 if longest[p] > most:
                     most = longest[p]
         longest[ins.i] = ins.lat + most
-    cur = max(instrs, key=lambda x: (x.land, longest[x.i], x.i))
+    lands = [ins.start + ins.lat for ins in instrs]
+    last = max(lands)
+    cur = instrs[max((i for i, land in enumerate(lands) if land == last), key=lambda i: (longest[i], i))]
     chain = []
     while True:
         best = None
