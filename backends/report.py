@@ -149,8 +149,8 @@ class Analysis:
         return found
 
 
-_MAKERS = frozenset(name for name, opdef in OPS.items() if opdef.result_place in (PLANE, LINK))  # the ops whose
-                                                                    # result is no SRAM words: a plane, a transfer
+# the ops whose result is no SRAM words: an installed plane, a transfer in flight
+_MAKERS = frozenset(name for name, opdef in OPS.items() if opdef.result_place in (PLANE, LINK))
 _OWNER = itemgetter(3)  # a segment's base: the value owning its words (ir.schedule_facts.Segment)
 
 
@@ -315,11 +315,11 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
     for chip, u in on_unit:
         units_on.setdefault(chip, set()).add(u)
     machine_units = [f"{c}{j}" for c in classes for j in range(counts.get(c, 0))]
-    theirs = set(machine_units)
+    in_machine = set(machine_units)
     class_of: dict[str, str] = {}  # a unit -> its class
     folded: Counter = Counter()
     for chip in a.chips:
-        for u in machine_units + sorted(units_on.get(chip, set()) - theirs):
+        for u in machine_units + sorted(units_on.get(chip, set()) - in_machine):
             cls = class_of.get(u)
             if cls is None:
                 cls = class_of[u] = next((c for c in classes if u.startswith(c)), "")
