@@ -203,7 +203,7 @@ class Facts:
         producer = np.fromiter((base.producer for base in bases), np.int64, len(bases))
         alias = np.fromiter((base.alias for base in bases), bool, len(bases))
         constant = producer < 0
-        start = np.where(constant, 0, land[producer])
+        start = np.where(constant, 0, land[producer])  # (a constant's producer -1 reads some land: not taken)
         held = np.flatnonzero(~alias & (constant | (start >= 0)))
         start = start[held]
         end = np.where(constant[held], max(self.length, 1), np.maximum(freed[held], start + 1))
