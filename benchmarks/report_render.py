@@ -6,9 +6,11 @@ For each model (default: the sample with the most instructions, compiled for one
 chip) or compiled program (a .lpu, e.g. a full-size shape-only model's, as
 `lpuc viz` reads it) prints the report's size, the median over `--runs` of the time
 `render_html` takes in Python (for a .lpu also reading it: what `lpuc viz --html`
-takes), and the median over `--runs` fresh headless Chromium processes (no network)
-of the page's render time (any console line or error the page notes fails the run):
-performance.now() from navigation start until the page's script has
+takes) and of each of its stages (from the progress lines: parsing, verifying, the
+analysis, the SRAM curves, the rows and details, the packing by chip), and the median
+over `--runs` fresh headless Chromium processes (no network) of the page's render
+time (any console line or error the page notes fails the run): performance.now()
+from navigation start until the page's script has
 drawn everything and forced layout (it writes the value into the DOM as
 `data-render-ms`, read back with --dump-dom; beyond 8 chips that includes
 unpacking the chip shown first). Targets: < 10 MB, < 3 s.
@@ -71,6 +73,31 @@ def chromium_render_ms(chromium: str, page: Path, profile: Path) -> tuple[float,
     return float(m.group(1)), wall
 
 
+# The stages of reading a program and making its page, each starting at the first progress line
+# (read_lpu's, report_data's) beginning with its prefix
+STAGES = {"parse": "parsing the program", "verify": "verifying the program",
+          "analysis": "report: the timing", "sram": "report: SRAM", "rows": "report: ", "packing": "report: packing"}
+
+
+def note(marks: list):
+    return lambda line: marks.append((time.perf_counter(), line))
+
+
+def stage_times(marks: list, start: float, end: float) -> dict[str, float]:
+    """Seconds per stage (STAGES) from the progress lines' times: a stage runs from its first line to the next
+    stage's first (the last to `end`); a stage with no line (a compiled model: no parse; a page not packed) has
+    none."""
+    starts = []  # (when, stage), in order
+    for when, line in marks:
+        # (the most specific prefix: "report: packing" before "report: ")
+        stage = max((s for s, prefix in STAGES.items() if line.startswith(prefix)), key=lambda s: len(STAGES[s]),
+                    default=None)
+        if stage is not None and stage not in {s for _, s in starts}:
+            starts.append((when, stage))
+    bounds = [when for when, _ in starts[1:]] + [end]
+    return {stage: stop - when for (when, stage), stop in zip(starts, bounds)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="*", type=Path)
@@ -80,23 +107,27 @@ def main(argv=None) -> int:
     models = args.models or [largest_sample()]
     print(f"{'model':<24} {'instrs':>6} {'cycles':>8} {'MB':>6} {'python s':>8} {'render s':>8} {'chromium s':>10}")
     ok = True
+    where: dict[str, dict[str, float]] = {}  # model -> stage -> seconds
     with tempfile.TemporaryDirectory() as tmp:
         for path in models:
             if path.suffix != ".lpu":
                 options = CompileOptions()
                 module, summary, machine_text = compile_model(path, options=options)
                 compiled = build_program(module, machine_text, lpu_options(options), summary.facts())
-            times = []
+            times, stages = [], []
             for _ in range(args.runs):
                 program = html = None  # (the run before's freed first, its facts too: as a fresh `lpuc viz`)
                 if path.suffix == ".lpu":
                     schedule_facts.forget()
+                marks = []  # (when, the progress line said then)
                 with collector_paused():  # as lpuc viz reads and renders
                     t0 = time.perf_counter()
-                    program = read_lpu(path) if path.suffix == ".lpu" else compiled
-                    html = render_html(program)
+                    program = read_lpu(path, note(marks)) if path.suffix == ".lpu" else compiled
+                    html = render_html(program, progress=note(marks))
                     times.append(time.perf_counter() - t0)
+                stages.append(stage_times(marks, t0, t0 + times[-1]))
             py_s = statistics.median(times)
+            where[path.stem] = {stage: statistics.median(run.get(stage, 0.0) for run in stages) for stage in STAGES}
             page = Path(tmp) / f"{path.stem}.html"
             page.write_text(html)
             mb = len(html.encode()) / 1e6
@@ -110,6 +141,9 @@ def main(argv=None) -> int:
             ok &= mb < MAX_MB and (not chromium or render < MAX_S)
     if not chromium:
         print("chromium is not installed: render times not measured")
+    print(f"\nwhere the Python time goes (medians, s): {', '.join(STAGES)}")
+    for name, spent in where.items():
+        print(f"{name[:24]:<24} " + " ".join(f"{spent[stage]:>7.2f}" for stage in STAGES))
     print(f"targets: < {MAX_MB:g} MB, render < {MAX_S:g} s: {'met' if ok else 'MISSED'}")
     return 0 if ok else 1
 
