@@ -1551,7 +1551,21 @@ def _stats(plan: _Plan) -> Stats:
             held = [length for _, _, length in link_windows(i.op, plan.machine, i.occ)]
             sends.append(Transfer(i.cycle, arrival, words(i.op.operands[0].type, plan.lanes) * word_bytes,
                                   tuple(zip(i.hops, held))))
-    return summarize(plan.machine, plan.chips, plan.cycles, timed, _sram_peaks(plan), sends)
+    columns = Timed([i.op for i in timed], [i.chip for i in timed], [i.unit for i in timed], [i.cls for i in timed],
+                    [i.cycle for i in timed], [i.occ for i in timed])
+    return summarize(plan.machine, plan.chips, plan.cycles, columns, _sram_peaks(plan), sends)
+
+
+@dataclass(frozen=True)
+class Timed:
+    """What the statistics read of a program's instructions with a cycle, by column (an entry each, in any
+    order): a report reads a million instructions as columns, a run as its plan's."""
+    op: Sequence[Op]
+    chip: Sequence[int]
+    unit: Sequence[str | None]
+    cls: Sequence[str]
+    cycle: Sequence[int]
+    occ: Sequence[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -1563,12 +1577,11 @@ class Transfer:
     hops: tuple[tuple[tuple[int, int], int], ...]   # ((chip, port), cycles held) per link direction of its route
 
 
-def summarize(machine: Machine, chips: int, cycles: int, timed: Sequence, peaks: Mapping[int, int],
+def summarize(machine: Machine, chips: int, cycles: int, timed: Timed, peaks: Mapping[int, int],
               transfers: Sequence[Transfer]) -> Stats:
     """The statistics of a scheduled program of `cycles` on `chips`, from what it is made of, however that was
-    found (a run's plan; the report: ir.schedule_facts): `timed`, its instructions with a cycle (each with its
-    chip, unit, cls, cycle, occ and op), `peaks` (chip -> the most SRAM words live at once) and its
-    `transfers`."""
+    found (a run's plan; the report: ir.schedule_facts): `timed`, its instructions with a cycle, `peaks` (chip
+    -> the most SRAM words live at once) and its `transfers`."""
     counts = units(machine)
     multi = chips > 1
     unit_class = {f"{cls}{i}": cls for cls in sorted(counts) for i in range(counts[cls])}
@@ -1576,19 +1589,26 @@ def summarize(machine: Machine, chips: int, cycles: int, timed: Sequence, peaks:
     busy = {key(chip, u): 0 for chip in range(chips) for u in unit_class}
     class_busy = {cls: 0 for cls in sorted(counts)}
     chip_busy = [dict.fromkeys(CHIP_CLASSES, 0) for _ in range(chips)]
-    chip_instructions = [0] * chips
-    per_unit: dict[tuple[int, str | None], int] = defaultdict(int)  # (chip, unit) -> busy cycles
-    for i in timed:
-        if 0 <= i.chip < chips:
-            chip_instructions[i.chip] += 1
-            per_unit[i.chip, i.unit] += i.occ
-    for (chip, unit), occ in per_unit.items():
+    # the instructions and busy cycles of each (chip, unit), by number: unit j of `names` on chip c is c * U + j
+    code: dict[str | None, int] = {}
+    n = len(timed.chip)
+    unit_of = np.fromiter((code.setdefault(u, len(code)) for u in timed.unit), np.int64, n)
+    names = list(code)
+    chip, occ = np.asarray(timed.chip, np.int64).reshape(n), np.asarray(timed.occ, np.int64).reshape(n)
+    inside = (chip >= 0) & (chip < chips)
+    chip_instructions = np.bincount(chip[inside], minlength=chips).tolist()
+    at = chip[inside] * len(names) + unit_of[inside]
+    per_unit = np.zeros(chips * len(names), np.int64)
+    np.add.at(per_unit, at, occ[inside])
+    for j in np.unique(at).tolist():
+        c, unit = j // len(names), names[j % len(names)]
         cls = unit_class.get(unit)
         if cls is not None:
-            busy[key(chip, unit)] += occ
-            class_busy[cls] += occ
-            if cls in chip_busy[chip]:
-                chip_busy[chip][cls] += occ
+            b = int(per_unit[j])
+            busy[key(c, unit)] += b
+            class_busy[cls] += b
+            if cls in chip_busy[c]:
+                chip_busy[c][cls] += b
     word_bytes = machine.sram.word_bytes
 
     def share(b, n):
@@ -1601,7 +1621,7 @@ def summarize(machine: Machine, chips: int, cycles: int, timed: Sequence, peaks:
     return Stats(
         cycles=cycles,
         latency_us=machine.cycles_to_us(cycles),
-        instructions=len(timed),
+        instructions=n,
         busy=MappingProxyType(busy),
         utilization=MappingProxyType({u: share(b, 1) for u, b in busy.items()}),
         class_busy=MappingProxyType(class_busy),
@@ -1611,7 +1631,8 @@ def summarize(machine: Machine, chips: int, cycles: int, timed: Sequence, peaks:
         links=_link_stats(transfers),
         link_wait_cycles=_link_wait(timed, transfers),
         transfer_bytes=sum(t.bytes for t in transfers if t.hops),
-        host_bytes=sum(words(i.op.operands[0].type, machine.lanes) for i in timed if i.cls == "host") * word_bytes,
+        host_bytes=sum(words(op.operands[0].type, machine.lanes) for op, cls in zip(timed.op, timed.cls)
+                       if cls == "host") * word_bytes,
     )
 
 
@@ -1647,14 +1668,14 @@ def _link_stats(transfers: Sequence[Transfer]) -> tuple[LinkStats, ...]:
     return tuple(LinkStats(link_name(*hop), *per[hop]) for hop in sorted(per))
 
 
-def _link_wait(timed: Sequence, transfers: Sequence[Transfer]) -> int:
+def _link_wait(timed: Timed, transfers: Sequence[Transfer]) -> int:
     """Cycles during which a transfer is in flight (its send's issue to its receive's landing) while no
     unit but the links' is busy on any chip."""
-    n = len(timed)
+    n = len(timed.cls)
     transfers = [x for t in transfers for x in (t.issue, max(t.arrival, t.issue))]  # start, end, start, ...
-    busy = ~np.fromiter((i.cls in LINK_CLASSES for i in timed), np.bool_, n)  # the other units: start, end, ...
-    issue = np.fromiter((i.cycle for i in timed), np.int64, n)[busy]
-    units = np.stack([issue, issue + np.fromiter((i.occ for i in timed), np.int64, n)[busy]], axis=1).reshape(-1)
+    busy = ~np.fromiter((c in LINK_CLASSES for c in timed.cls), np.bool_, n)  # the other units: start, end, ...
+    issue = np.asarray(timed.cycle, np.int64).reshape(n)[busy]
+    units = np.stack([issue, issue + np.asarray(timed.occ, np.int64).reshape(n)[busy]], axis=1).reshape(-1)
     # the points (cycle, kind, +1 at a start / -1 at an end) in order, and how many of each kind are active after each
     t = np.concatenate([np.array(transfers, np.int64), units])
     what = np.repeat(np.array([0, 1], np.int8), [len(transfers), len(units)])

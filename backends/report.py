@@ -58,7 +58,7 @@ from ..ir.registry import HOST, LINK, OPS, PLANE, SRAM
 from ..ir.schedule_facts import VIEW, Facts
 from ..ir.types import TensorType
 
-from .interpreter import LINK_CLASSES, Result, Stats, Transfer, summarize
+from .interpreter import LINK_CLASSES, Result, Stats, Timed, Transfer, summarize
 from .lpu import Program
 from .state import step_positions
 
@@ -118,13 +118,35 @@ class CriticalStep:
 
 @dataclass
 class Analysis:
+    """A scheduled program's instructions (those with a cycle, in program order: the timeline's indices) by
+    column, with what the page draws of them."""
     program: Program
     facts: Facts                   # the program's description (ir.schedule_facts)
-    instrs: list[Instr]            # its scheduled instructions
     chips: list[int]
     cycles: int
+    k: np.ndarray                  # per instruction: its index in module.ops
+    chip: np.ndarray
+    start: np.ndarray
+    occ: np.ndarray
+    lat: np.ndarray
+    unit: list[str]                # (its `unit`; without one, its class and "?")
+    cls: list[str]
+    producers: list[list[list[int]]]  # per instruction, per operand: the instructions making it (sorted)
     critical: list[CriticalStep]   # first instruction first
     _values: dict[str, _Value] = field(default_factory=dict)
+
+    @cached_property
+    def end(self) -> np.ndarray:
+        return self.start + self.occ
+
+    @cached_property
+    def land(self) -> np.ndarray:
+        return self.start + self.lat
+
+    @cached_property
+    def instrs(self) -> Sequence[Instr]:
+        """The instructions as objects, each made when first asked for (a page details a few chips of hundreds)."""
+        return _Instrs(self)
 
     @cached_property
     def _view_ops(self) -> dict[str, Op]:
@@ -149,6 +171,30 @@ class Analysis:
         return found
 
 
+class _Instrs(Sequence):
+    """Analysis.instrs: an Instr per instruction, made on demand."""
+
+    def __init__(self, a: Analysis):
+        self._a, self._made = a, {}
+
+    def __len__(self) -> int:
+        return len(self._a.unit)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        made = self._made.get(i)
+        if made is None:
+            a = self._a
+            if not -len(self) <= i < len(self):
+                raise IndexError(i)
+            i %= len(self)
+            fact = a.facts.scheduled[i]
+            made = self._made[i] = Instr(i, fact.index, fact.op, a.cls[i], a.unit[i], fact.chip, int(a.start[i]),
+                                         int(a.occ[i]), int(a.lat[i]), fact.reads, fact.writes, a.producers[i])
+        return made
+
+
 # the ops whose result is no SRAM words: an installed plane, a transfer in flight
 _MAKERS = frozenset(name for name, opdef in OPS.items() if opdef.result_place in (PLANE, LINK))
 _OWNER = itemgetter(3)  # a segment's base: the value owning its words (ir.schedule_facts.Segment)
@@ -159,11 +205,12 @@ def analyze(program: Program) -> Analysis:
     ir.schedule_facts)."""
     facts = program.facts
     places, bases, words = facts.places, facts.bases, facts.words
+    scheduled, timing = facts.scheduled, facts.timing
     made_at: dict[int, int] = {}  # a base -> the timeline index of the instruction writing it
     found: dict[str, list[int]] = {}  # a value -> the instructions making it, or writing the words it names
     none: list[int] = []  # (shared by the values nothing scheduled makes: never changed)
 
-    def producers(name: str) -> list[int]:
+    def producers_of(name: str) -> list[int]:
         """Of a value no instruction makes: a view's (those of the values owning its words), else none."""
         if places.get(name) == VIEW:  # (program order is SSA order: its owners' producers are known already)
             made = sorted({made_at[b] for b in set(map(_OWNER, words.get(name, ()))) if b in made_at})
@@ -173,12 +220,21 @@ def analyze(program: Program) -> Analysis:
         return made
 
     get = found.get
-    instrs = []
-    for i, (fact, (cycle, occupancy, latency)) in enumerate(zip(facts.scheduled, facts.timing.tolist())):
-        op, cls = fact.op, fact.unit_class
-        instrs.append(Instr(i, fact.index, op, cls, op.attrs.as_dict().get("unit") or f"{cls}?", fact.chip, cycle,
-                            occupancy, latency, fact.reads, fact.writes,
-                            [p if (p := get(v.name)) is not None else producers(v.name) for v in op.operands]))
+    lat = timing[:, 2].tolist()
+    longest: list[int] = []  # per instruction: the latency of the longest chain of reads after writes ending with it
+    producers, unit, cls = [], [], []
+    for i, fact in enumerate(scheduled):
+        op = fact.op
+        prods = [p if (p := get(v.name)) is not None else producers_of(v.name) for v in op.operands]
+        producers.append(prods)
+        most = 0
+        for made in prods:
+            for p in made:
+                if longest[p] > most:
+                    most = longest[p]
+        longest.append(lat[i] + most)
+        unit.append(op.attrs.as_dict().get("unit") or f"{fact.unit_class}?")
+        cls.append(fact.unit_class)
         if op.name in _MAKERS:  # a plane or a transfer
             found[op.results[0].name] = [i]
         elif fact.writes:  # SRAM results (one with no words has no producer)
@@ -186,12 +242,20 @@ def analyze(program: Program) -> Analysis:
             for r, written, b in zip(op.results, fact.writes, fact.write_bases):
                 found[r.name] = mine if written else none
                 made_at[b] = i
-    chips = sorted({i.chip for i in instrs} | {b.chip for b in bases} | set(range(program.target.chips)))
-    return Analysis(program, facts, instrs, chips, facts.length, critical_path(instrs))
+    n = len(scheduled)
+    chip = np.fromiter((fact.chip for fact in scheduled), np.int64, n)
+    chips = sorted(set(np.unique(chip).tolist()) | {b.chip for b in bases} | set(range(program.target.chips)))
+    start = timing[:, 0].copy()
+    critical = critical_path(scheduled, start.tolist(), lat, producers, longest)
+    return Analysis(program, facts, chips, facts.length, np.fromiter((fact.index for fact in scheduled), np.int64, n),
+                    chip, start, timing[:, 1].copy(), timing[:, 2].copy(), unit, cls, producers, critical)
 
 
-def critical_path(instrs: list[Instr]) -> list[CriticalStep]:
-    """The chain of read-after-write steps ending at the last instruction to land.
+def critical_path(scheduled: Sequence, start: list[int], lat: list[int], producers: list[list[list[int]]],
+                  longest: list[int]) -> list[CriticalStep]:
+    """The chain of read-after-write steps ending at the last instruction to land, of the instructions
+    `scheduled` (ir.schedule_facts.Instruction) issued at `start` with latency `lat`, their `producers` (per
+    operand) and the `longest` latency of a chain ending with each.
 
     From each instruction it steps to the producer of one of its operands (views
     resolved to the values owning their words; an MXM weight to its install):
@@ -205,34 +269,25 @@ def critical_path(instrs: list[Instr]) -> list[CriticalStep]:
     (Following plainly the operand that landed last ends every chain at the last
     weight install: installs of weights read nothing computed, so the scheduler
     places them just in time, landing as their matmul issues.)"""
-    if not instrs:
+    if not scheduled:
         return []
-    longest = [0] * len(instrs)  # latency of the longest RAW chain ending with each instruction
-    for ins in instrs:           # program order is SSA order: producers come first
-        most = 0
-        for prods in ins.producers:
-            for p in prods:
-                if longest[p] > most:
-                    most = longest[p]
-        longest[ins.i] = ins.lat + most
-    lands = [ins.start + ins.lat for ins in instrs]
+    lands = [s + l for s, l in zip(start, lat)]
     last = max(lands)
-    cur = instrs[max((i for i, land in enumerate(lands) if land == last), key=lambda i: (longest[i], i))]
+    cur = max((i for i, land in enumerate(lands) if land == last), key=lambda i: (longest[i], i))
     chain = []
     while True:
         best = None
-        for pos, prods in enumerate(cur.producers):
-            for p in prods:
-                key = (longest[p], instrs[p].land, p)
+        for pos, made in enumerate(producers[cur]):
+            for p in made:
+                key = (longest[p], lands[p], p)
                 if best is None or key > best[0]:
-                    best = (key, p, cur.op.operands[pos].name)
+                    best = (key, p, scheduled[cur].op.operands[pos].name)
         if best is None:
-            chain.append(CriticalStep(cur.i, None, None, 0, cur.start))
+            chain.append(CriticalStep(cur, None, None, 0, start[cur]))
             break
         _, p, operand = best
-        ready = instrs[p].land
-        chain.append(CriticalStep(cur.i, p, operand, ready, cur.start - ready))
-        cur = instrs[p]
+        chain.append(CriticalStep(cur, p, operand, lands[p], start[cur] - lands[p]))
+        cur = p
     return chain[::-1]
 
 
@@ -249,18 +304,19 @@ def described_stats(a: Analysis, steps: Mapping[tuple[int, int | None], list[int
     """The statistics `lpuc run` reports (interpreter.summarize) of the analysed program, whose SRAM occupancy is
     `steps` (sram_occupancy): from its description, which tests/test_report.py checks gives a run's."""
     machine, places, word_bytes = a.program.machine, a.facts.places, a.program.machine.sram.word_bytes
+    scheduled, start, land = a.facts.scheduled, a.start.tolist(), a.land.tolist()
+    on_links = [i for i, cls in enumerate(a.cls) if cls in LINK_CLASSES]
     arrival = {}  # a send's timeline index -> its receive's landing
-    for ins in a.instrs:
-        if ins.cls in LINK_CLASSES:
-            for v, prods in zip(ins.op.operands, ins.producers):
-                if places[v.name] == LINK and prods:
-                    arrival[prods[0]] = ins.land
-    transfers = [Transfer(ins.start, arrival.get(ins.i, ins.land), words(ins.op.operands[0].type, machine.lanes)
+    for i in on_links:
+        for v, prods in zip(scheduled[i].op.operands, a.producers[i]):
+            if places[v.name] == LINK and prods:
+                arrival[prods[0]] = land[i]
+    transfers = [Transfer(start[i], arrival.get(i, land[i]), words(fact.op.operands[0].type, machine.lanes)
                           * word_bytes, tuple(((ch, port), length) for ch, port, _, length in fact.links))
-                 for ins, fact in zip(a.instrs, a.facts.scheduled)
-                 if ins.cls in LINK_CLASSES and OPS[ins.op.name].result_place == LINK]
+                 for i in on_links if OPS[(fact := scheduled[i]).op.name].result_place == LINK]
     peaks = {chip: int(total[1::2].max(initial=0)) for (chip, s), total in steps.items() if s is None}
-    return summarize(machine, a.program.target.chips, a.cycles, a.instrs, peaks, transfers)
+    timed = Timed([fact.op for fact in scheduled], a.chip, a.unit, a.cls, a.start, a.occ)
+    return summarize(machine, a.program.target.chips, a.cycles, timed, peaks, transfers)
 
 
 # --- the model -----------------------------------------------------------------------
@@ -302,42 +358,47 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
     summary_in = dict(manifest.get("summary") or {})
     counts = units(machine)
     classes = [c for c in CLASS_ORDER if c in counts] + sorted(set(counts) - set(CLASS_ORDER))
-    extra = sorted({i.cls for i in a.instrs} - set(classes))
+    extra = sorted(set(a.cls) - set(classes))
     classes += extra
 
     # timeline rows: chip x unit instance that does work (idle ones folded away, counted by class in
     # `folded`), in the machine's order, then any unit the machine lacks
-    rows, row_of = [], {}
-    on_unit: dict[tuple[int, str], list[Instr]] = {}
-    for i in a.instrs:
-        on_unit.setdefault((i.chip, i.unit), []).append(i)
+    code: dict[str, int] = {}  # a unit -> its number: (chip, unit) is chip * len(code) + the unit's number
+    n = len(a.unit)
+    unit_of = np.fromiter((code.setdefault(u, len(code)) for u in a.unit), np.int64, n)
+    on_key = a.chip * len(code) + unit_of
+    on_unit = _grouped(on_key)  # each (chip, unit)'s instructions
     units_on: dict[int, set[str]] = {}
-    for chip, u in on_unit:
-        units_on.setdefault(chip, set()).add(u)
+    unit_names = list(code)
+    for key in on_unit:
+        units_on.setdefault(key // len(code), set()).add(unit_names[key % len(code)])
     machine_units = [f"{c}{j}" for c in classes for j in range(counts.get(c, 0))]
     in_machine = set(machine_units)
     class_of: dict[str, str] = {}  # a unit -> its class
     folded: Counter = Counter()
+    rows, row = [], np.zeros(n, np.int64)
     for chip in a.chips:
         for u in machine_units + sorted(units_on.get(chip, set()) - in_machine):
             cls = class_of.get(u)
             if cls is None:
                 cls = class_of[u] = next((c for c in classes if u.startswith(c)), "")
-            mine = on_unit.get((chip, u))
-            if not mine:
+            mine = on_unit.get(chip * len(code) + code[u]) if u in code else None
+            if mine is None:
                 folded[cls] += 1
                 continue
-            row_of[chip, u] = len(rows)
-            busy = stats.busy.get(u, 0) if len(a.chips) == 1 else sum(i.occ for i in mine)
+            row[mine] = len(rows)
+            busy = stats.busy.get(u, 0) if len(a.chips) == 1 else int(a.occ[mine].sum())
             rows.append({"chip": chip, "unit": u, "cls": cls, "n": len(mine), "busy": busy,
                          "util": busy / a.cycles if a.cycles else 0.0})
 
     crit_of = {st.instr: j for j, st in enumerate(a.critical)}
-    ops = sorted({i.op.name for i in a.instrs})
+    op_names = [fact.op.name for fact in a.facts.scheduled]
+    ops = sorted(set(op_names))
     op_index = {n: j for j, n in enumerate(ops)}
     class_index = {c: j for j, c in enumerate(classes)}
-    instrs = [[row_of[ins.chip, ins.unit], ins.start, ins.occ, ins.lat, op_index[ins.op.name],
-               class_index.get(ins.cls, -1)] for ins in a.instrs]
+    # per instruction [row, start, occupancy, latency, op, class]: the page's `instrs`
+    instrs = np.stack([row, a.start, a.occ, a.lat, np.fromiter(map(op_index.__getitem__, op_names), np.int64, n),
+                       np.fromiter(map(class_index.__getitem__, a.cls), np.int64, n)], axis=1).reshape(n, 6)
 
     type_text: dict[TensorType, str] = {}  # (a program spells few types, of many values)
     attr_text: dict[int, tuple[Any, str]] = {}  # id(an attribute's value) -> (it, its text): a template's stamps
@@ -429,11 +490,11 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
         "rows": rows,
         "folded": dict(sorted(folded.items())),
         "ops": ops,
-        "instrs": instrs,
+        "instrs": instrs if packed else instrs.tolist(),
         "details": None if packed else [detail(ins) for ins in a.instrs],
         "critical": {"chain": [st.instr for st in a.critical],
                      "steps": [[st.instr, st.producer, st.operand, st.ready, st.wait] for st in a.critical],
-                     "why": [_why(a, st, on_unit) for st in a.critical],
+                     "why": [_why(a, st, on_unit[on_key[st.instr]]) for st in a.critical],
                      "bound": summary_in.get("critical_path_cycles"),
                      "first_issue": a.critical[0].wait if a.critical else 0,
                      "latency": sum(a.instrs[st.instr].lat for st in a.critical),
@@ -469,15 +530,15 @@ def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detail, detail_chips: 
                     for i in (st[0], st[1], why[2] if why else None) if i is not None})
     data["labels"] = {str(i): _label(a.instrs[i]) for i in named}
     instrs = data["instrs"]
-    data["instrs"] = {str(i): instrs[i] for i in named}
-    on_chip: dict[int, list[int]] = {chip: [] for chip in a.chips}
-    for ins in a.instrs:
-        on_chip[ins.chip].append(ins.i)
+    data["instrs"] = {str(i): instrs[i].tolist() for i in named}
+    on_chip = _grouped(a.chip)
+    nothing = np.zeros(0, np.int64)
+    on_chip = {chip: on_chip.get(chip, nothing) for chip in a.chips}
     sram = {entry["chip"]: entry for entry in data["sram"]["chips"]}
     steps = {chip: (sram.get(chip, {}).pop("slices", []), sram.get(chip, {}).pop("total", [])) for chip in a.chips}
 
     def pack(chip: int, with_details: bool) -> str:
-        details = [detail(a.instrs[i]) for i in on_chip[chip]] if with_details else None
+        details = [detail(a.instrs[i]) for i in on_chip[chip].tolist()] if with_details else None
         return _packed(_chunk(on_chip[chip], instrs, details, *steps[chip]))
 
     chunks = {}
@@ -515,9 +576,17 @@ def _deltas(xs: list[int]) -> list[int]:
     return [x - y for x, y in zip(xs, [0] + xs[:-1])]
 
 
-def _chunk(indices: list[int], instrs: list[list], details: list[dict] | None, slices: list[np.ndarray],
+def _grouped(keys: np.ndarray) -> dict[int, np.ndarray]:
+    """key -> the positions holding it (ascending), in the order of the keys."""
+    order = np.argsort(keys, kind="stable")
+    found, firsts = np.unique(keys[order], return_index=True)
+    return dict(zip(found.tolist(), np.split(order, firsts[1:])))
+
+
+def _chunk(indices: np.ndarray, instrs: np.ndarray, details: list[dict] | None, slices: list[np.ndarray],
            total: np.ndarray) -> dict[str, Any]:
-    """One chip's instructions (`indices`, ascending; `details`: theirs) and its SRAM step functions, by column
+    """One chip's instructions (`indices`, ascending, into `instrs`, the page's [row, start, occupancy, latency,
+    op, class] per instruction; `details`: theirs) and its SRAM step functions, by column
     (what gzip packs best): every number that grows as a difference from the one before (SRAM extents: from
     the extent before), an instruction's producers as differences from its own index, each value's name and
     type once (`values`, `types`), and each attribute once (`attr_table`); the rest as the page's `instrs`
@@ -544,18 +613,18 @@ def _chunk(indices: list[int], instrs: list[list], details: list[dict] | None, s
         flats = ([x for e in ext for x in e] for ext in per_value)
         return [[x - y for x, y in zip(flat, [0, 0, 0] + flat[:-3])] for flat in flats]
 
-    rec = [instrs[i] for i in indices]
+    row, start, occ, lat, op, cls = instrs[indices].T
     timing = {
-        "i": _deltas(indices),
-        "row": [r[0] for r in rec], "start": _deltas([r[1] for r in rec]), "occ": [r[2] for r in rec],
-        "lat": [r[3] for r in rec], "op": [r[4] for r in rec], "cls": [r[5] for r in rec],
+        "i": np.diff(indices, prepend=0).tolist(),
+        "row": row.tolist(), "start": np.diff(start, prepend=0).tolist(), "occ": occ.tolist(),
+        "lat": lat.tolist(), "op": op.tolist(), "cls": cls.tolist(),
         "total": steps(total),
     }
     if details is None:
         return timing
     det = details
     operands = []
-    for i, d in zip(indices, det):
+    for i, d in zip(indices.tolist(), det):
         row = []
         for o in d["operands"]:
             entry = [value(o["name"], o["type"]), KINDS.index(o.get("kind", "sram")),
@@ -595,10 +664,8 @@ def _pieces(a: Analysis) -> dict[str, Any] | None:
     piece_of = np.full(len(a.program.module.ops), -1, np.int64)
     piece_of[np.fromiter(chain.from_iterable(p.ops for p in pieces), np.int64)] = \
         np.repeat(np.arange(len(pieces)), [len(p.ops) for p in pieces])
-    n = len(a.instrs)
-    k, chip, start, end = (np.fromiter(values, np.int64, n) for values in (
-        (i.k for i in a.instrs), (i.chip for i in a.instrs), (i.start for i in a.instrs), (i.end for i in a.instrs)))
-    piece = piece_of[k]
+    chip, start, end = a.chip, a.start, a.end
+    piece = piece_of[a.k]
     rows = np.flatnonzero(piece >= 0)  # the instructions in pieces, by piece and chip
     rows = rows[np.lexsort((chip[rows], piece[rows]))]
     piece, chip, start, end = piece[rows], chip[rows], start[rows], end[rows]
@@ -616,22 +683,24 @@ def _label(ins: Instr) -> str:
     return (f"%{ins.op.results[0].name} = " if ins.op.results else "") + ins.op.name
 
 
-def _why(a: Analysis, st: CriticalStep, on_unit: Mapping[tuple[int, str], list[Instr]]) -> list | None:
+def _why(a: Analysis, st: CriticalStep, same_unit: np.ndarray) -> list | None:
     """What a critical step waited for after its operand had landed: another operand
     landing later ["operand", name, producer, cycle], its unit busy ["unit", None,
     instruction, cycle], or something else (ports, streams, an MXM plane) ["other"].
-    `on_unit`: each (chip, unit)'s instructions."""
+    `same_unit`: the instructions on its instruction's unit."""
     if st.wait <= 0 or st.producer is None:
         return None
-    ins = a.instrs[st.instr]
-    late = [(a.instrs[p].land, p, v.name) for v, prods in zip(ins.op.operands, ins.producers) for p in prods
-            if st.ready < a.instrs[p].land <= ins.start]
+    i, start = st.instr, int(a.start[st.instr])
+    lands = a.land
+    late = [(int(lands[p]), p, v.name) for v, prods in zip(a.facts.scheduled[i].op.operands, a.producers[i])
+            for p in prods if st.ready < lands[p] <= start]
     if late:
         land, p, name = max(late)
         return ["operand", name, p, land]
-    busy = [(o.end, o.i) for o in on_unit[ins.chip, ins.unit] if o.i != ins.i and st.ready < o.end <= ins.start]
-    if busy:
-        end, o = max(busy)
+    ends = a.end[same_unit]
+    busy = (same_unit != i) & (st.ready < ends) & (ends <= start)
+    if busy.any():
+        end, o = max(zip(ends[busy].tolist(), same_unit[busy].tolist()))
         return ["unit", None, o, end]
     return ["other", None, None, None]
 
@@ -654,13 +723,13 @@ def overview(a: Analysis, classes: list[str], counts: Mapping[str, int], partiti
     edges = np.linspace(0, a.cycles, bins + 1)
     n_chips = max(a.chips) + 1
     frac = np.zeros((n_chips, len(classes), bins))
-    by_group: dict[tuple[int, int], list[Instr]] = {}
-    for ins in a.instrs:
-        if ins.cls in classes:
-            by_group.setdefault((ins.chip, classes.index(ins.cls)), []).append(ins)
-    for (chip, c), group in by_group.items():  # busy cycles before each edge, from sorted starts and ends
-        starts = np.sort(np.array([i.start for i in group], dtype=np.float64))
-        ends = np.sort(np.array([i.end for i in group], dtype=np.float64))
+    class_of = np.fromiter((classes.index(c) if c in classes else -1 for c in a.cls), np.int64, len(a.cls))
+    shown = np.flatnonzero(class_of >= 0)
+    starts_of, ends_of = a.start.astype(np.float64), a.end.astype(np.float64)
+    for key, group in _grouped(a.chip[shown] * len(classes) + class_of[shown]).items():
+        # busy cycles before each edge, from sorted starts and ends
+        chip, c = divmod(key, len(classes))
+        starts, ends = np.sort(starts_of[shown[group]]), np.sort(ends_of[shown[group]])
         def before(t, sorted_t):
             n = np.searchsorted(sorted_t, t, side="left")
             prefix = np.concatenate(([0.0], np.cumsum(sorted_t)))
@@ -682,7 +751,7 @@ def overview(a: Analysis, classes: list[str], counts: Mapping[str, int], partiti
         "chips": [{"chip": chip, "cls": dominant[chip].tolist(), "busy": level[chip].tolist()} for chip in a.chips],
         "stages": [[s * tp, min(n_chips, (s + 1) * tp) - 1] for s in range(pp)] if tp else [],
         "tp": tp, "pp": pp,
-        "critical": [[a.instrs[st.instr].chip, a.instrs[st.instr].start, a.instrs[st.instr].land]
+        "critical": [[int(a.chip[st.instr]), int(a.start[st.instr]), int(a.start[st.instr] + a.lat[st.instr])]
                      for st in a.critical],
         "pairs": [[src, dst, b, busy] for (src, dst), (b, busy) in sorted(pairs.items())],
         "hot": [{"link": x.name, "bytes": x.bytes, "busy": x.busy, "util": x.busy / a.cycles if a.cycles else 0.0}
@@ -694,8 +763,7 @@ def _by_critical_cycles(a: Analysis) -> list[int]:
     """The chips, those the critical path spends the most cycles on first (then by number)."""
     spent: Counter = Counter()
     for st in a.critical:
-        ins = a.instrs[st.instr]
-        spent[ins.chip] += ins.lat
+        spent[int(a.chip[st.instr])] += int(a.lat[st.instr])
     return sorted(a.chips, key=lambda chip: (-spent[chip], chip))
 
 
