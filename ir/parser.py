@@ -143,6 +143,9 @@ class _Builder(Transformer):
         # the stamps' ops still to come, by the position of each stamp's next: (its ops, their positions, token)
         self.pending: dict[int, tuple] = {}
         self.shared: dict = {}  # a stamp's unit names and stream lists, one object each (_stamp_of)
+        # each attribute value of an OP_LINE as spelled -> as read: values are immutable, so equal ones are read
+        # once and shared (a program repeats its units, chips, streams and words a lot)
+        self.attr_values: dict[str, object] = {}
 
     def _define(self, name: str, ttype: TensorType, token: Token) -> Value:
         """Define %name (spelled in `token`, which may hold a list of values)."""
@@ -270,10 +273,16 @@ class _Builder(Transformer):
 
     def _line_attrs(self, text: str, at: int) -> AttrDict:
         """The attributes of an OP_LINE (`text`, found at offset `at`, is what is between its braces)."""
-        items, starts = [], []
+        items, starts, read = [], [], self.attr_values
         for m in _LINE_ATTR.finditer(text):
             starts.append(at + m.start())
-            items.append((m.group(1), self._line_value(m.group(2), at + m.start(2))))
+            spelled = m.group(2)
+            value = read.get(spelled)
+            if value is None:
+                value = self._line_value(spelled, at + m.start(2))
+                if spelled[0] != "t":  # (a tensor's numbers are not kept)
+                    read[spelled] = value
+            items.append((m.group(1), value))
         return _attr_dict(items, starts.__getitem__)
 
     def _line_value(self, text: str, pos: int):
