@@ -661,8 +661,8 @@ _LINE = re.compile(rf"(?P<RESULTS>{_V}(?: *, *{_V})* *=) *(?P<OP_NAME>{_terminal
 _STRING = _terminal("STRING")
 # an attribute: its name, its value (a list, a string or a tensor as a whole; else up to the next comma)
 _LINE_ATTR = re.compile(rf"({_ATTR_NAME}) *= *({_STRING}|tensor *< *{_TYPE} *, *(?:{_STRING}|\[[^\]]*\]) *>"
-                        # (lists three deep: a stamp's `out`)
-                        rf"|\[(?:[^\[\]]|\[(?:[^\[\]]|\[[^\]]*\])*\])*\]|[^ ,]+)")
+                        # (lists three deep: a stamp's `out`; what is no bracket taken as a run, never given back)
+                        rf"|\[(?:[^\[\]]++|\[(?:[^\[\]]++|\[[^\]]*+\])*+\])*+\]|[^ ,]+)")
 _json_scan = json.JSONDecoder().scan_once
 _STAMP_LINE = re.compile(r"stamp +(-?[0-9]+) *\{(.*)\}$", re.S)
 _LINE_TENSOR = re.compile(rf"tensor *< *(?P<type>{_TYPE}) *, *(?P<body>.*?) *>$", re.S)
