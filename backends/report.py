@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain
-from operator import itemgetter
+from operator import itemgetter, sub
 from typing import Any, Mapping
 
 import numpy as np
@@ -116,7 +116,7 @@ class CriticalStep:
     wait: int                  # issue - ready: cycles the instruction waited with its operands in place
 
 
-@dataclass
+@dataclass(eq=False)
 class Analysis:
     """A scheduled program's instructions (those with a cycle, in program order: the timeline's indices) by
     column, with what the page draws of them."""
@@ -610,8 +610,11 @@ def _chunk(indices: np.ndarray, instrs: np.ndarray, details: list[dict] | None, 
 
     def extents(per_value: list[list[list[int]]]) -> list[list[int]]:
         """Each value's extents [slice, word, words] flat, each as differences from the extent before."""
-        flats = ([x for e in ext for x in e] for ext in per_value)
-        return [[x - y for x, y in zip(flat, [0, 0, 0] + flat[:-3])] for flat in flats]
+        out = []
+        for ext in per_value:
+            flat = list(chain.from_iterable(ext))
+            out.append(list(map(sub, flat, chain((0, 0, 0), flat))))
+        return out
 
     row, start, occ, lat, op, cls = instrs[indices].T
     timing = {
