@@ -1594,7 +1594,7 @@ def summarize(machine: Machine, chips: int, cycles: int, timed: Timed, peaks: Ma
     n = len(timed.chip)
     unit_of = np.fromiter((code.setdefault(u, len(code)) for u in timed.unit), np.int64, n)
     names = list(code)
-    chip, occ = np.asarray(timed.chip, np.int64).reshape(n), np.asarray(timed.occ, np.int64).reshape(n)
+    chip, occ = np.asarray(timed.chip, np.int64), np.asarray(timed.occ, np.int64)
     inside = (chip >= 0) & (chip < chips)
     chip_instructions = np.bincount(chip[inside], minlength=chips).tolist()
     at = chip[inside] * len(names) + unit_of[inside]
@@ -1674,8 +1674,8 @@ def _link_wait(timed: Timed, transfers: Sequence[Transfer]) -> int:
     n = len(timed.cls)
     transfers = [x for t in transfers for x in (t.issue, max(t.arrival, t.issue))]  # start, end, start, ...
     busy = ~np.fromiter((c in LINK_CLASSES for c in timed.cls), np.bool_, n)  # the other units: start, end, ...
-    issue = np.asarray(timed.cycle, np.int64).reshape(n)[busy]
-    units = np.stack([issue, issue + np.asarray(timed.occ, np.int64).reshape(n)[busy]], axis=1).reshape(-1)
+    issue = np.asarray(timed.cycle, np.int64)[busy]
+    units = np.stack([issue, issue + np.asarray(timed.occ, np.int64)[busy]], axis=1).reshape(-1)
     # the points (cycle, kind, +1 at a start / -1 at an end) in order, and how many of each kind are active after each
     t = np.concatenate([np.array(transfers, np.int64), units])
     what = np.repeat(np.array([0, 1], np.int8), [len(transfers), len(units)])

@@ -183,13 +183,12 @@ class _Instrs(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i = int(i) % len(self)
         made = self._made.get(i)
         if made is None:
-            a = self._a
-            if not -len(self) <= i < len(self):
-                raise IndexError(i)
-            i %= len(self)
-            fact = a.facts.scheduled[i]
+            a, fact = self._a, self._a.facts.scheduled[i]
             made = self._made[i] = Instr(i, fact.index, fact.op, a.cls[i], a.unit[i], fact.chip, int(a.start[i]),
                                          int(a.occ[i]), int(a.lat[i]), fact.reads, fact.writes, a.producers[i])
         return made
