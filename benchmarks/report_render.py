@@ -13,7 +13,8 @@ time (any console line or error the page notes fails the run): performance.now()
 from navigation start until the page's script has
 drawn everything and forced layout (it writes the value into the DOM as
 `data-render-ms`, read back with --dump-dom; beyond 8 chips that includes
-unpacking the chip shown first). Targets: < 10 MB, < 3 s.
+unpacking the chip shown first). Targets: < 10 MB, made from a .lpu in < 30 s (issue 20's
+acceptance, for full-size programs), drawn in < 3 s; the exit status is 1 when one is missed.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from lpuc.ir.collector import collector_paused  # noqa: E402
 from lpuc.ir.machine import load_machine  # noqa: E402
 from lpuc.ir.target import Target  # noqa: E402
 
-MAX_MB, MAX_S = 10.0, 3.0
+MAX_MB, MAX_MADE_S, MAX_S = 10.0, 30.0, 3.0  # the page's size, the time to make it from a .lpu, to draw it
 
 
 def largest_sample() -> Path:
@@ -138,13 +139,14 @@ def main(argv=None) -> int:
                 wall = statistics.median(w for _, w in runs)
             print(f"{path.stem[:24]:<24} {len(program.facts.scheduled):>6} {program.facts.length:>8} {mb:>6.3f} {py_s:>8.3f} "
                   f"{render:>8.3f} {wall:>10.2f}")
-            ok &= mb < MAX_MB and (not chromium or render < MAX_S)
+            ok &= mb < MAX_MB and (path.suffix != ".lpu" or py_s < MAX_MADE_S) and (not chromium or render < MAX_S)
     if not chromium:
         print("chromium is not installed: render times not measured")
     print(f"\nwhere the Python time goes (medians, s): {', '.join(STAGES)}")
     for name, spent in where.items():
         print(f"{name[:24]:<24} " + " ".join(f"{spent[stage]:>7.2f}" for stage in STAGES))
-    print(f"targets: < {MAX_MB:g} MB, render < {MAX_S:g} s: {'met' if ok else 'MISSED'}")
+    print(f"targets: < {MAX_MB:g} MB, made from a .lpu in < {MAX_MADE_S:g} s, drawn in < {MAX_S:g} s: "
+          f"{'met' if ok else 'MISSED'}")
     return 0 if ok else 1
 
 
