@@ -190,6 +190,17 @@ def test_a_scheduled_program_is_all_one_line_statements():
     same_module(parse(text), parse(by_the_rules(text)))
 
 
+def test_a_number_in_a_list_is_an_int_or_a_float():
+    """grammar.lark spells NUMBER as INT | FLOAT in one regex, an integer tried first (a scheduled program's lists
+    are integers: the other order scans each twice): a list holds just what INT and FLOAT accept."""
+    terminal = {t.name: re.compile(t.pattern.to_regexp()) for t in _parser.terminals}
+    for text in ["0", "-7", "12", "8102", "1.", "1.5", "-0.0", "1e3", "1E-07", "2.5e+3", "inf", "-inf", "nan",
+                 "1.2.3", "e3", "--1", "1e", "0x1", "+1", ".5", "-nan", "infinity", "1_000", ""]:
+        alone = bool(terminal["INT"].fullmatch(text) or terminal["FLOAT"].fullmatch(text))
+        assert bool(terminal["NUMBERS"].fullmatch(f"[{text}]")) == alone, text
+        assert bool(terminal["NUMBERS"].fullmatch(f"[1, {text}, 2]")) == alone, text
+
+
 def test_a_statement_that_goes_on_is_not_cut_short():
     """OP_LINE never ends where the statement goes on, on the next line (more result types)."""
     text = HEAD + "  %y, %z = graph.split %x {axis = 1, sizes = [1, 2]} : f32[2,1]  # c\n  , f32[2,2]\n}\n"
