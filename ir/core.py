@@ -92,13 +92,27 @@ _set_op_name, _set_operands, _set_results, _set_attrs = (Op.__dict__[k].__set__ 
 
 
 @dataclass(frozen=True, slots=True)
+class Stamp:
+    """How a piece's ops are its template's (ir.pieces.Template.chips and .values name what it renames)."""
+
+    cycle: int                            # added to every cycle
+    chips: tuple[int, ...]                # the chip of each of the template's chips (Template.chips)
+    values: tuple[str, ...]               # the name of each of the template's values
+    units: tuple[str | None, ...]         # each op's unit (None for an op without `unit`)
+    streams: tuple[tuple[int, ...], ...]  # each op's stream registers (() for an op without `streams`)
+    out: tuple | None = None              # each op's `out` (() for an op without); None: the template's
+
+
+@dataclass(frozen=True, slots=True)
 class Piece:
     """Ops of a block that are a template's ops stamped elsewhere (ir.pieces): `ops`, ascending indices into
     the block's ops, are template `template`'s ops, in order, at other cycles, with their chips and values
-    renamed and their own units, stream registers and words. A template's ops are those of its first piece."""
+    renamed and their own units, stream registers and words, as `stamp` says (the template's own piece: its
+    identity). A template's ops are those of its first piece."""
 
     template: int
     ops: tuple[int, ...]
+    stamp: Stamp
 
 
 @dataclass(frozen=True, slots=True)

@@ -203,7 +203,7 @@ class _Builder(Transformer):
         made = template.stamp(stamp, self.values, lambda name: self._use(name, token),
                               lambda name, ttype: self._define(name, ttype, token))  # (which says it is defined twice)
         self._claim(ranks[0], (made, iter(ranks[1:]), token))
-        self.pieces.append(Piece(n, ranks))
+        self.pieces.append(Piece(n, ranks, stamp))
 
     def _claim(self, rank: int, entry: tuple):
         if rank in self.pending:

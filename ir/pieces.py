@@ -21,20 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .attributes import AttrDict, compare_value
-from .core import Op, Piece, Value
+from .core import Op, Piece, Stamp, Value
 from .types import TensorType
-
-
-@dataclass(frozen=True, slots=True)
-class Stamp:
-    """How a piece's ops are its template's (Template.chips and .values name what it renames)."""
-
-    cycle: int                            # added to every cycle
-    chips: tuple[int, ...]                # the chip of each of the template's chips (Template.chips)
-    values: tuple[str, ...]               # the name of each of the template's values
-    units: tuple[str | None, ...]         # each op's unit (None for an op without `unit`)
-    streams: tuple[tuple[int, ...], ...]  # each op's stream registers (() for an op without `streams`)
-    out: tuple | None = None              # each op's `out` (() for an op without); None: the template's
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,33 +169,25 @@ def find_pieces(ops: Sequence[Op], groups: Sequence[Sequence[Sequence[int]]]) ->
     """The pieces among `groups`: per template, the op indices of each of its candidate pieces (each ascending;
     the one with the first op is the template). A candidate is kept when its ops are the template's stamped;
     a template with no other piece kept has none."""
-    found: list[tuple[tuple[int, ...], ...]] = []
+    found: list[tuple[tuple[tuple[int, ...], Stamp], ...]] = []  # per template, its pieces' ops and stamps
     for group in groups:
         first, *rest = sorted(tuple(g) for g in group)
         template = Template([ops[i] for i in first])
-        kept = [g for g in rest if template.stamp_of([ops[i] for i in g]) is not None]
+        kept = [(g, stamp) for g in rest if (stamp := template.stamp_of([ops[i] for i in g])) is not None]
         n = len(first)
-        missed = [g for g in set(rest) - set(kept) if len(g) == n]
+        missed = [g for g in set(rest) - {g for g, _ in kept} if len(g) == n]
         # an op that a candidate has otherwise than stamped (a send's route across a dragonfly, whose racks are no
         # translation of one another) is left out of them all: it is written as it is, the rest is still stamped
         keep = [j for j, i in enumerate(first) if all(_alike(ops[i], ops[g[j]]) for g in missed)]
         if 0 < len(keep) < n:
             first, rest = tuple(first[j] for j in keep), [tuple(g[j] for j in keep) if len(g) == n else g for g in rest]
             template = Template([ops[i] for i in first])
-            kept = [g for g in rest if template.stamp_of([ops[i] for i in g]) is not None]
+            kept = [(g, stamp) for g in rest if (stamp := template.stamp_of([ops[i] for i in g])) is not None]
         if kept:
-            found.append((first, *kept))
-    found.sort()  # templates numbered in the order of their first op
-    return tuple(sorted((Piece(t, g) for t, group in enumerate(found) for g in group), key=lambda p: p.ops[0]))
+            found.append(((first, template.identity()), *kept))
+    found.sort(key=lambda pieces: pieces[0][0])  # templates numbered in the order of their first op
+    return tuple(sorted((Piece(t, g, stamp) for t, group in enumerate(found) for g, stamp in group),
+                        key=lambda p: p.ops[0]))
 
 
-def templates(ops: Sequence[Op], pieces: Sequence[Piece]) -> dict[int, Template]:
-    """Each template number's Template (its first piece's ops), in the order of their first pieces."""
-    out: dict[int, Template] = {}
-    for p in pieces:
-        if p.template not in out:
-            out[p.template] = Template([ops[i] for i in p.ops])
-    return out
-
-
-__all__ = ["STAMPED", "Stamp", "Template", "find_pieces", "templates"]
+__all__ = ["STAMPED", "Stamp", "Template", "find_pieces"]

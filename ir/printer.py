@@ -13,7 +13,6 @@ import numpy as np
 
 from .attributes import AttrDict, Tensor
 from .core import Module, Op, Piece
-from .pieces import templates
 from .types import DType
 
 
@@ -116,16 +115,18 @@ def print_lines(m: Module) -> Iterator[str]:
         head += " attributes " + format_attrs(m.attrs)
     yield head + " {\n"
     texts: dict[int, str] = {}
-    of_template = templates(m.ops, m.pieces)
-    for n, template in of_template.items():
+    first: dict[int, tuple[int, ...]] = {}  # each template's ops: those of its first piece
+    for p in m.pieces:
+        first.setdefault(p.template, p.ops)
+    for n, ops in first.items():
         yield f"  template {n} {{\n"
-        for op in template.ops:
-            yield "    " + format_op(op, texts) + "\n"
+        for i in ops:
+            yield "    " + format_op(m.ops[i], texts) + "\n"
         yield "  }\n"
     for v in m.inputs:
         yield f"  input %{v.name} : {v.type}\n"
     if m.pieces:
-        yield from _pieces_lines(m, of_template, texts)
+        yield from _pieces_lines(m, texts)
     else:
         for op in m.ops:
             yield "  " + format_op(op, texts) + "\n"
@@ -134,9 +135,9 @@ def print_lines(m: Module) -> Iterator[str]:
     yield "}\n"
 
 
-def _pieces_lines(m: Module, of_template: dict, texts: dict[int, str]) -> Iterator[str]:
-    """The ops of a module with pieces (`of_template`: ir.pieces.templates of them): a piece's as a `stamp`
-    statement where its first op is, the others as they are."""
+def _pieces_lines(m: Module, texts: dict[int, str]) -> Iterator[str]:
+    """The ops of a module with pieces: a piece's as a `stamp` statement (its Stamp) where its first op is, the
+    others as they are."""
     starts = {p.ops[0]: p for p in m.pieces}
     stamped = bytearray(len(m.ops))
     for p in m.pieces:
@@ -146,21 +147,19 @@ def _pieces_lines(m: Module, of_template: dict, texts: dict[int, str]) -> Iterat
     for i, op in enumerate(m.ops):
         p = starts.get(i)
         if p is not None:
-            yield "  " + _stamp_line(p, of_template[p.template], m, p.template in seen) + "\n"
+            yield "  " + _stamp_line(p, p.template in seen) + "\n"
             seen.add(p.template)
         if not stamped[i]:
             yield "  " + format_op(op, texts) + "\n"
 
 
-def _stamp_line(piece: Piece, template, m: Module, stamped: bool) -> str:
+def _stamp_line(piece: Piece, stamped: bool) -> str:
     """`stamp N {...}`: the template's own ops (its first piece) by their positions alone, any other piece by
     its Stamp too."""
     ranks = "[" + ", ".join(map(str, piece.ops)) + "]"
     if not stamped:
         return f"stamp {piece.template} {{ranks = {ranks}}}"
-    s = template.stamp_of([m.ops[i] for i in piece.ops])
-    if s is None:
-        raise ValueError(f"piece at op {piece.ops[0]} is not template {piece.template} stamped")
+    s = piece.stamp
     chips = f"chips = {format_attr(s.chips)}, " if s.chips else ""
     out = "" if s.out is None else f"out = {format_attr(s.out)}, "
     return (f"stamp {piece.template} {{{chips}cycle = {s.cycle}, {out}ranks = {ranks}, streams = {format_attr(s.streams)}, "

@@ -63,24 +63,35 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
         stamps_in_order = _stamps_in_order(module, known)
     for j, op in enumerate(module.ops):
         operands = op.operands
-        for v in operands:
-            if defined.get(v.name) is not v.type:  # (a value's uses share its type: the rest is the rare case)
-                _check_operand(module, op, v, defined)
-        if rewrite is not None:  # the op passed before, its operands defined by the same ops (in their places)
-            was = since.ops[rewrite.order[j]]
-            if op.attrs is not was.attrs:
-                check_own_attrs(op, was, changed)
+        outside = stamps_in_order[j] if rewrite is None else None
+        if outside is not None:  # a stamp's op in order: its own piece's values are its template op's renamed
+            if outside:
+                for k in outside:
+                    v = operands[k]
+                    if defined.get(v.name) is not v.type:
+                        _check_operand(module, op, v, defined)
+                key = (op.name, tuple([place[v.name] if k in outside else None for k, v in enumerate(operands)]))
+                if key not in places_passed:
+                    check_places(op, key[1])
+                    places_passed.add(key)
         else:
-            template = template_of[j]
-            if template is not None:
-                if not stamps_in_order[j]:
+            for v in operands:
+                if defined.get(v.name) is not v.type:  # (a value's uses share its type: the rest is the rare case)
+                    _check_operand(module, op, v, defined)
+            if rewrite is not None:  # the op passed before, its operands defined by the same ops (in their places)
+                was = since.ops[rewrite.order[j]]
+                if op.attrs is not was.attrs:
+                    check_own_attrs(op, was, changed)
+            else:
+                template = template_of[j]
+                if template is not None:
                     _check_stamped(op, template, machine, known)
-            elif j not in templates:
-                check_op(op, machine, chips, known)
-            key = (op.name, tuple([place[v.name] for v in operands]))
-            if key not in places_passed:
-                check_places(op, key[1])
-                places_passed.add(key)
+                elif j not in templates:
+                    check_op(op, machine, chips, known)
+                key = (op.name, tuple([place[v.name] for v in operands]))
+                if key not in places_passed:
+                    check_places(op, key[1])
+                    places_passed.add(key)
         result_place = OPS[op.name].result_place if rewrite is None else None  # (of a rewrite, the places held)
         for r in op.results:
             if r.name in defined:
@@ -119,40 +130,50 @@ def _template_ops(module: Module) -> tuple[list[Op | None], set[int]]:
     return out, {i for ops in first.values() for i in ops}
 
 
-def _stamps_in_order(module: Module, known: dict[str, _Known]) -> bytearray:
-    """Per op, 1 for a piece's op (not its template's) that _check_stamped would pass, found for its whole piece
-    at once, attribute by attribute: its STAMPED are of their kinds, and its operands have the types of its
-    template op's (the template's ops passed check_op: `known`). A piece found otherwise is checked op by op, which
-    names what is wrong and where."""
+def _stamps_in_order(module: Module, known: dict[str, _Known]) -> list[tuple[int, ...] | None]:
+    """Per op of a piece (not its template's) that _check_stamped would pass, the positions of its operands from
+    outside its piece (the rest are its piece's own values, as its stamp says); None for every other op. Found
+    for a whole piece at once, from its Stamp: its STAMPED are of their kinds, and its operands from outside have
+    the types of its template op's (the template's ops passed check_op: `known`). A piece found otherwise is
+    checked op by op, which names what is wrong and where."""
     all_ops = module.ops
-    in_order = bytearray(len(all_ops))
+    outside: list[tuple[int, ...] | None] = [None] * len(all_ops)
     first: dict[int, tuple[int, ...]] = {}
-    templates: dict[int, tuple | None] = {}  # a template -> its operands' types and its ops' `out` (None: not
-                                             # plainly stamped)
+    templates: dict[int, tuple | None] = {}  # a template -> per op its operands from outside, its ops' `out`
+                                             # (None: not plainly stamped)
     for piece in module.pieces:
         template = first.setdefault(piece.template, piece.ops)
         if template is piece.ops:
             continue
         if piece.template not in templates:
             tops = [all_ops[i] for i in template]
-            templates[piece.template] = (
-                [v.type for op in tops for v in op.operands], [op.attrs.get("out") for op in tops]) \
+            templates[piece.template] = (_from_outside(tops), [op.attrs.get("out") for op in tops]) \
                 if all(map(_plainly_stamped, {op.name for op in tops}, repeat(known))) else None
         if templates[piece.template] is None:
             continue
-        types, template_outs = templates[piece.template]
-        ops = [all_ops[i] for i in piece.ops]
-        if [v.type for op in ops for v in op.operands] != types:
+        from_outside, template_outs = templates[piece.template]
+        stamp = piece.stamp
+        if any(all_ops[piece.ops[j]].operands[k].type != all_ops[template[j]].operands[k].type
+               for j, k in from_outside[1]):
             continue
-        attrs = [op.attrs.as_dict() for op in ops]
-        chips, cycles, outs, streams, units = (list(map(dict.get, attrs, repeat(key))) for key in STAMPED)
-        moved = [x for x, t in zip(outs, template_outs) if x is not None and x is not t]
-        if set(map(type, chips)) | set(map(type, cycles)) <= _INT and set(map(type, units)) <= _STR \
-                and set(map(type, streams)) <= _TUPLE and set(map(type, chain.from_iterable(filter(None, streams)))) \
-                <= _INT and all(map(_fast_extents, moved)):
-            for i in piece.ops:
-                in_order[i] = 1
-    return in_order
+        moved = [x for x, t in zip(stamp.out, template_outs) if x and x is not t] if stamp.out is not None else []
+        if type(stamp.cycle) is int and set(map(type, stamp.chips)) <= _INT and set(map(type, stamp.units)) <= _STR \
+                and set(map(type, stamp.streams)) <= _TUPLE \
+                and set(map(type, chain.from_iterable(stamp.streams))) <= _INT and all(map(_fast_extents, moved)):
+            for i, ks in zip(piece.ops, from_outside[0]):
+                outside[i] = ks
+    return outside
+
+
+def _from_outside(ops: list[Op]) -> tuple[list[tuple[int, ...]], list[tuple[int, int]]]:
+    """Per op of a piece, the positions of its operands that no op before it in the piece makes; and those as
+    (op, position) pairs."""
+    made: set[str] = set()
+    per_op = []
+    for op in ops:
+        per_op.append(tuple(k for k, v in enumerate(op.operands) if v.name not in made))
+        made.update(r.name for r in op.results)
+    return per_op, [(j, k) for j, ks in enumerate(per_op) for k in ks]
 
 
 _INT, _STR, _TUPLE = {int, type(None)}, {str, type(None)}, {tuple, type(None)}  # (None: an op without the attribute)

@@ -152,3 +152,14 @@ def test_an_op_a_candidate_has_otherwise_is_left_out_of_the_pieces():
     assert back == m and back.pieces == m.pieces
     # the same route in both: both ops are pieces again
     assert [p.ops for p in _stamped(text.replace("route = [2]", "route = [1]")).pieces] == [(2, 3), (5, 6)]
+
+
+def test_a_stamp_is_checked_by_what_it_gives_each_op():
+    """The verifier reads a piece's STAMPED from its stamp: words that are no extents are refused, naming the op
+    the stamp made."""
+    text = _written().replace("cycle = 20, ranks = [5, 6]", "cycle = 20, out = [[[0, 0, 2]], [[1, -8, 2]]], "
+                                                               "ranks = [5, 6]")
+    m = parse(text)
+    assert m.pieces[1].stamp.out == (((0, 0, 2),), ((1, -8, 2),))
+    with pytest.raises(VerifyError, match=r"%d = vxm.mul: .*out"):
+        verify(m)
