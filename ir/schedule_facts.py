@@ -342,10 +342,12 @@ def _describe(module: Module, target: Target) -> Facts:
     in_sram: dict[tuple[str, int], list[int]] = {}  # (op name, operands) -> the positions of its SRAM operands
     # A stamped op (ir.pieces) is its template op's name, types and attributes but for its cycle, chip, unit,
     # streams and `out`: when it reads the words its template op reads (other values' words, in the same
-    # places) and writes the same `out`, it costs what its template op costs (a million instructions, a few
-    # thousand distinct). `template_of`: each op's template op's index (none: past the last op); `described`:
-    # each op's Instruction (a view's, a constant's, the past-the-last: None); `extents_of`: an SRAM or view
-    # value's words as extents (its segments without their bases), to compare a stamp's with its template's.
+    # places) and writes the same `out`, its facts are its template op's but for its chip and its values' bases
+    # (a million instructions, a few thousand distinct). `template_of`: each op's template op's index (none: past
+    # the last op); `plain`: per template op whose stamps may take its facts so (no transfer, no state), its
+    # Instruction, its operands' words, its SRAM operands' positions and whether it reads a window; `extents_of`:
+    # an SRAM or view value's words as extents (its segments without their bases), one object for equal words,
+    # to compare a stamp's with its template's by identity.
     template_of = [len(module.ops)] * len(module.ops)
     firsts: dict[int, tuple[int, ...]] = {}
     for piece in module.pieces:
@@ -353,12 +355,41 @@ def _describe(module: Module, target: Target) -> Facts:
         if first is not piece.ops:
             for i, t in zip(piece.ops, first):
                 template_of[i] = t
-    described: list[Instruction | None] = [None] * (len(module.ops) + 1)
+    plain: list[tuple | None] = [None] * (len(module.ops) + 1)
+    in_template = set(chain.from_iterable(firsts.values()))
     extents_of: dict[str, tuple] = {}
-    interned: dict[tuple, tuple] = {}  # extents -> themselves: equal words, one object (compared by identity)
-
+    interned: dict[tuple, tuple] = {}  # extents -> themselves: equal words, one object
     opdefs: dict[str, object] = {}  # op name -> its definition, once checked to be a machine instruction's
     for i, op in enumerate(module.ops):
+        how = plain[template_of[i]]
+        if how is not None:  # a stamp of a template op: its facts, when it reads and writes that op's words
+            t, words_of, positions, window = how
+            operands = op.operands
+            for v, w in zip(operands, words_of):
+                if extents_of.get(v.name) is not w:
+                    break
+            else:
+                attrs = op.attrs.as_dict()
+                chip = attrs.get("chip", 0)
+                o = attrs.get("out")
+                to = t.op.attrs.get("out")
+                if (not window or (where[operands[0].name] == SRAM and segments.get(operands[0].name))) \
+                        and (o is to or o == to):
+                    write_bases = []
+                    for r, tr, ext in zip(op.results, t.op.results, t.writes):
+                        b = len(bases)
+                        write_bases.append(b)
+                        bases.append(Base(r.name, chip, ext, i, False, False))
+                        segments[r.name] = tuple([(s, first, n, b) for s, first, n in ext])
+                        extents_of[r.name] = extents_of[tr.name]
+                    if window:  # its template's window, in its own weight's words
+                        b = segments[operands[0].name][0][3]
+                        reads = (tuple([(s, first, n, b) for s, first, n, _ in t.reads[0]]),)
+                    else:
+                        reads = tuple([segments.get(operands[k].name, ()) for k in positions])
+                    instructions.append(Instruction(i, op, t.unit_class, chip, reads, t.writes, tuple(write_bases),
+                                                    t.cost))
+                    continue
         opdef = opdefs.get(op.name)
         if opdef is None:
             if not mo.is_machine_op(op.name):
@@ -371,34 +402,16 @@ def _describe(module: Module, target: Target) -> Facts:
             words_at = tuple([s[:3] for s in segs])
             extents_of[op.result.name] = interned.setdefault(words_at, words_at)
             continue
-        t = described[template_of[i]]  # its template op's facts, when it is a stamp of one
-        if t is not None:  # (unless an operand's words are not its template operand's)
-            for v, tv in zip(op.operands, t.op.operands):
-                e = extents_of.get(v.name)
-                if e is not None and e is not extents_of.get(tv.name):
-                    t = None
-                    break
         writes, write_bases = [], []
-        same_writes = t is not None and opdef.result_place != SRAM  # it writes what its template op writes
         if opdef.result_place == SRAM:
-            o = attrs.get("out")
-            out, pos = tuple(o or ()), 0
-            if t is not None:  # (its `out` is most often its template op's very tuple)
-                to = t.op.attrs.get("out")
-                same_writes = t_out = o is to or o == to
-            else:
-                t_out = False
-            for k, r in enumerate(op.results):
-                if t_out:  # its template op's results' words (interned already)
-                    ext = t.writes[k]
-                    extents_of[r.name] = extents_of[t.op.results[k].name]
-                else:
-                    n = words(r.type, lanes)
-                    # (one result in all of `out`, as most: those very extents, shared by the stamps of a template)
-                    whole = len(op.results) == 1 and sum(map(_WORDS, out)) == n and all(map(_WORDS, out))
-                    ext = out if whole else sub_extents(out, pos, n)
-                    pos += n
-                    extents_of[r.name] = interned.setdefault(ext, ext)
+            out, pos = tuple(attrs.get("out") or ()), 0
+            for r in op.results:
+                n = words(r.type, lanes)
+                # (one result in all of `out`, as most: those very extents)
+                whole = len(op.results) == 1 and sum(map(_WORDS, out)) == n and all(map(_WORDS, out))
+                ext = out if whole else sub_extents(out, pos, n)
+                pos += n
+                extents_of[r.name] = interned.setdefault(ext, ext)
                 b = len(bases)
                 write_bases.append(b)
                 bases.append(Base(r.name, chip, ext, i if opdef.unit else -1, opdef.persistent, opdef.in_place))
@@ -412,20 +425,16 @@ def _describe(module: Module, target: Target) -> Facts:
             positions = in_sram[op.name, len(operands)] = [k for k in range(len(operands))
                                                            if opdef.operand_place(k) == SRAM]
         reads = tuple([segments.get(operands[k].name, ()) for k in positions])
-        if mo.reads_window(op):  # just its tile's words (the weight's starts found once, for all its tiles)
+        window = mo.reads_window(op)
+        if window:  # just its tile's words (the weight's starts found once, for all its tiles)
             w = op.operands[0]
-            if t is not None and reads[0] and where[w.name] == SRAM:  # its template's window, in its own weight
-                # (a value, not a view: all its words are its own base's)
-                b = reads[0][0][3]
-                reads = (tuple([(s, w_, n, b) for s, w_, n, _ in t.reads[0]]),)
-            else:
-                if w.name not in starts:
-                    starts[w.name] = extent_starts(reads[0])
-                reads = (window_extents(w.type, reads[0], *mo.window(op.attrs, w.type), lanes, starts[w.name]),)
+            if w.name not in starts:
+                starts[w.name] = extent_starts(reads[0])
+            reads = (window_extents(w.type, reads[0], *mo.window(op.attrs, w.type), lanes, starts[w.name]),)
         if opdef.in_place:  # writes into its state, which it does not read (ir.costs.cost)
             reads = ((),) + reads[1:]
         # (cost reads the first three fields of a segment)
-        c = t.cost if same_writes else cost(op, machine, reads, writes, unit_cycles(op))
+        c = cost(op, machine, reads, writes, unit_cycles(op))
         fixed, links = None, ()
         if opdef.result_place == LINK:  # a send: its route fixes its port and the links it holds
             route = attrs["route"]
@@ -445,7 +454,9 @@ def _describe(module: Module, target: Target) -> Facts:
                 fixed = None
         ins = Instruction(i, op, opdef.unit, chip, reads, tuple(writes), tuple(write_bases), c, fixed, links)
         instructions.append(ins)
-        described[i] = ins
+        if i in in_template and fixed is None and not links and not opdef.in_place and not opdef.persistent \
+                and (not window or where[operands[0].name] == SRAM):  # (a window of a value: all one base's words)
+            plain[i] = (ins, tuple([extents_of.get(v.name) for v in operands]), positions, window)
     return Facts(module, target, where, segments, tuple(bases), tuple(instructions))
 
 
