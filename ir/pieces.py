@@ -190,4 +190,12 @@ def find_pieces(ops: Sequence[Op], groups: Sequence[Sequence[Sequence[int]]]) ->
                         key=lambda p: p.ops[0]))
 
 
-__all__ = ["STAMPED", "Stamp", "Template", "find_pieces"]
+def template_ops(pieces: Sequence[Piece]) -> dict[int, tuple[int, ...]]:
+    """Each template's ops (those of its first piece), by template, in the order of their first pieces."""
+    first: dict[int, tuple[int, ...]] = {}
+    for p in pieces:
+        first.setdefault(p.template, p.ops)
+    return first
+
+
+__all__ = ["STAMPED", "Stamp", "Template", "find_pieces", "template_ops"]

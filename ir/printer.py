@@ -13,6 +13,7 @@ import numpy as np
 
 from .attributes import AttrDict, Tensor
 from .core import Module, Op, Piece
+from .pieces import template_ops
 from .types import DType
 
 
@@ -115,10 +116,7 @@ def print_lines(m: Module) -> Iterator[str]:
         head += " attributes " + format_attrs(m.attrs)
     yield head + " {\n"
     texts: dict[int, str] = {}
-    first: dict[int, tuple[int, ...]] = {}  # each template's ops: those of its first piece
-    for p in m.pieces:
-        first.setdefault(p.template, p.ops)
-    for n, ops in first.items():
+    for n, ops in template_ops(m.pieces).items():
         yield f"  template {n} {{\n"
         for i in ops:
             yield "    " + format_op(m.ops[i], texts) + "\n"

@@ -41,6 +41,7 @@ from .errors import LpucError
 from .layout import Extent, extent_starts, sub_extents, view_extents, window_extents, words
 from .machine import Machine
 from .registry import HOST, LINK, OPS, SRAM
+from .pieces import template_ops
 from .rewrite import rewritten_from
 from .target import Target
 
@@ -349,9 +350,9 @@ def _describe(module: Module, target: Target) -> Facts:
     # an SRAM or view value's words as extents (its segments without their bases), one object for equal words,
     # to compare a stamp's with its template's by identity.
     template_of = [len(module.ops)] * len(module.ops)
-    firsts: dict[int, tuple[int, ...]] = {}
+    firsts = template_ops(module.pieces)
     for piece in module.pieces:
-        first = firsts.setdefault(piece.template, piece.ops)
+        first = firsts[piece.template]
         if first is not piece.ops:
             for i, t in zip(piece.ops, first):
                 template_of[i] = t

@@ -17,7 +17,7 @@ from .attributes import compare_value
 from .core import Module, Op
 from .errors import VerifyError
 from .machine_ops import SCHEDULE_ATTRS
-from .pieces import STAMPED
+from .pieces import STAMPED, template_ops
 from .registry import ATTR_KINDS, HOST, LINK, OPS, PLANE, SRAM, TypeRuleError
 from .rewrite import rewrite_of
 from .types import DType
@@ -121,9 +121,9 @@ def _template_ops(module: Module) -> tuple[list[Op | None], set[int]]:
     """(per op, when it is a piece's op but not of its template's own piece, the template's op it stamps (ir.pieces);
     the indices of the templates' own ops)."""
     out: list[Op | None] = [None] * len(module.ops)
-    first: dict[int, tuple[int, ...]] = {}
+    first = template_ops(module.pieces)
     for piece in module.pieces:
-        template = first.setdefault(piece.template, piece.ops)
+        template = first[piece.template]
         if template is not piece.ops:
             for i, t in zip(piece.ops, template):
                 out[i] = module.ops[t]
@@ -138,11 +138,11 @@ def _stamps_in_order(module: Module, known: dict[str, _Known]) -> list[tuple[int
     checked op by op, which names what is wrong and where."""
     all_ops = module.ops
     outside: list[tuple[int, ...] | None] = [None] * len(all_ops)
-    first: dict[int, tuple[int, ...]] = {}
+    first = template_ops(module.pieces)
     templates: dict[int, tuple | None] = {}  # a template -> _from_outside of its ops, and their `out` (None: not
                                              # plainly stamped)
     for piece in module.pieces:
-        template = first.setdefault(piece.template, piece.ops)
+        template = first[piece.template]
         if template is piece.ops:
             continue
         if piece.template not in templates:
