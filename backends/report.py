@@ -550,11 +550,10 @@ def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detail, detail_chips: 
         for chip in detailed:
             chunks[chip] = pack(chip, True)
     else:
-        def page_bytes(detailed: list[int]) -> int:
-            data["chunks"], data["detailed"] = {str(chip): chunks[chip] for chip in a.chips}, sorted(detailed)
-            return len(_shell(a.program)) - len("@@DATA@@") + len(_page_json(data))
-
-        size = page_bytes(a.chips)  # every chip's timing, `detailed` at its longest
+        # the page's size: with every chip's timing, then each chip's details added; exact but for `detailed`,
+        # reckoned with every chip in it (a few bytes over, never under)
+        data["chunks"], data["detailed"] = {str(chip): chunks[chip] for chip in a.chips}, list(a.chips)
+        size = len(_shell(a.program)) - len("@@DATA@@") + len(_page_json(data))
         detailed = []
         for chip in _by_critical_cycles(a):
             full = pack(chip, True)
@@ -564,9 +563,6 @@ def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detail, detail_chips: 
             if len(detailed) % 64 == 0:
                 say(f"report: packing the details of chip {chip} ({len(detailed) + 1} of at most {len(a.chips)})")
             chunks[chip], detailed = full, detailed + [chip]
-        while len(detailed) > 1 and page_bytes(detailed) > PAGE_BYTES:  # (the core's gzip moved a few bytes)
-            chunks[detailed[-1]] = pack(detailed[-1], False)
-            detailed = detailed[:-1]
     data["chunks"] = {str(chip): chunks[chip] for chip in a.chips}
     data["detailed"] = sorted(detailed)
 
@@ -836,12 +832,15 @@ def render_html(program: Program, run_result: Result | None = None, progress=Non
 
 
 def _page_json(data: dict[str, Any]) -> str:
-    """The page's data as its script reads it: as it is, or, when packed by chip, all but the chunks
-    gzip-compressed too (`core`)."""
+    """The page's data as its script reads it: as it is, or, when packed by chip, all but the chunks and the
+    chips they detail gzip-compressed too (`core`: the same whichever chips are detailed, _pack_by_chip)."""
     if not data.get("chunks"):
         return _json_for_script(data)
-    core = {k: v for k, v in data.items() if k != "chunks"}
-    return _json_for_script({"core": _packed(core), "chunks": data["chunks"]})
+    core = {k: v for k, v in data.items() if k not in _BY_CHIP}
+    return _json_for_script({"core": _packed(core), **{k: data[k] for k in _BY_CHIP}})
+
+
+_BY_CHIP = ("chunks", "detailed")  # what a page packed by chip keeps beside its core
 
 
 def _packed(part: Any) -> str:
@@ -1017,7 +1016,8 @@ function inflate(b64) {  // -> a promise of the JSON inside
   return new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'))).json();
 }
 var RAW = JSON.parse(document.getElementById('lpuc-data').textContent);
-if (RAW.core) inflate(RAW.core).then(function (core) { core.chunks = RAW.chunks; start(core); })
+if (RAW.core) inflate(RAW.core).then(function (core) {
+    core.chunks = RAW.chunks; core.detailed = RAW.detailed; start(core); })
   .catch(function (e) { window.lpucNote('the page\'s data: ' + e); });
 else start(RAW);
 

@@ -72,10 +72,10 @@ def embedded(page_text: str) -> dict:
     assert m, "no embedded JSON data block"
     data = json.loads(m.group(1))
     if "core" in data:
-        assert set(data) == {"core", "chunks"}
+        assert set(data) == {"core", "chunks", "detailed"}
         core = json.loads(gzip.decompress(base64.b64decode(data["core"])))
-        assert "chunks" not in core
-        return {**core, "chunks": data["chunks"]}
+        assert not set(core) & {"chunks", "detailed"}
+        return {**core, "chunks": data["chunks"], "detailed": data["detailed"]}
     return data
 
 
