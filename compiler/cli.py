@@ -10,6 +10,7 @@ reports to stderr.
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import os
@@ -22,7 +23,6 @@ from pathlib import Path
 
 
 from ..ir import LpucError
-from ..ir.collector import collector_paused
 from ..ir.evaluator import evaluate
 from ..ir.files import atomic_write, atomic_write_with, check_regular, npz_arrays, read_npz, write_module, write_npz
 from ..ir.printer import print_module
@@ -1132,8 +1132,8 @@ def run_and_exit() -> None:
     first collection would walk every object they made (seconds at 70B), for cycles it never needs to free."""
     global _outliving
     _outliving = []
-    with collector_paused():
-        code = main()
+    gc.disable()  # (never enabled again: its first collection, here at the end, would walk everything made)
+    code = main()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
