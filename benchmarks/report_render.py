@@ -5,16 +5,18 @@
 For each model (default: the sample with the most instructions, compiled for one
 chip) or compiled program (a .lpu, e.g. a full-size shape-only model's, as
 `lpuc viz` reads it) prints the report's size, the median over `--runs` of the time
-`render_html` takes in Python (for a .lpu also reading it: what `lpuc viz --html`
-takes) and of each of its stages (from the progress lines: parsing, verifying, the
-analysis, the SRAM curves, the rows and details, the packing by chip), and the median
-over `--runs` fresh headless Chromium processes (no network) of the page's render
-time (any console line or error the page notes fails the run): performance.now()
-from navigation start until the page's script has
-drawn everything and forced layout (it writes the value into the DOM as
-`data-render-ms`, read back with --dump-dom; beyond 8 chips that includes
-unpacking the chip shown first). Targets: < 10 MB, made from a .lpu in < 30 s (issue 20's
-acceptance, for full-size programs), drawn in < 3 s; the exit status is 1 when one is missed.
+`render_html` takes in Python (for a .lpu also reading it) and of each of its stages
+(from the progress lines: parsing, verifying, the analysis, the SRAM curves, the rows
+and details, the packing by chip), for a .lpu the median over `--runs` of the wall
+time of the command itself, `lpuc viz PROGRAM.lpu --html` (a fresh process: its
+imports, writing the page and its exit too), and the median over `--runs` fresh
+headless Chromium processes (no network) of the page's render time (any console
+line or error the page notes fails the run): performance.now() from navigation
+start until the page's script has drawn everything and forced layout (it writes the
+value into the DOM as `data-render-ms`, read back with --dump-dom; beyond 8 chips
+that includes unpacking the chip shown first). Targets: < 10 MB, made from a .lpu by
+`lpuc viz` in < 30 s (issue 20's acceptance, for full-size programs), drawn in < 3 s;
+the exit status is 1 when one is missed.
 """
 
 from __future__ import annotations
@@ -74,6 +76,16 @@ def chromium_render_ms(chromium: str, page: Path, profile: Path) -> tuple[float,
     return float(m.group(1)), wall
 
 
+def viz_seconds(program: Path, page: Path) -> float:
+    """The wall time of `lpuc viz PROGRAM --html PAGE` in a fresh process."""
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "lpuc.compiler.cli", "viz", str(program), "--html", str(page)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"lpuc viz {program} failed: {done.stderr[-500:]}")
+    return time.perf_counter() - t0
+
+
 # The stages of reading a program and making its page, each starting at the first progress line
 # (read_lpu's, report_data's) beginning with its prefix
 STAGES = {"parse": "parsing the program", "verify": "verifying the program",
@@ -106,11 +118,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     chromium = shutil.which("chromium")
     models = args.models or [largest_sample()]
-    print(f"{'model':<24} {'instrs':>6} {'cycles':>8} {'MB':>6} {'python s':>8} {'render s':>8} {'chromium s':>10}")
+    print(f"{'model':<24} {'instrs':>6} {'cycles':>8} {'MB':>6} {'python s':>8} {'viz s':>7} {'render s':>8} "
+          f"{'chromium s':>10}")
     ok = True
     where: dict[str, dict[str, float]] = {}  # model -> stage -> seconds
     with tempfile.TemporaryDirectory() as tmp:
         for path in models:
+            program = html = compiled = None  # (the command first, while this process holds no program)
+            viz = statistics.median(viz_seconds(path, Path(tmp) / "viz.html") for _ in range(args.runs)) \
+                if path.suffix == ".lpu" else float("nan")
             if path.suffix != ".lpu":
                 options = CompileOptions()
                 module, summary, machine_text = compile_model(path, options=options)
@@ -138,14 +154,14 @@ def main(argv=None) -> int:
                 render = statistics.median(r for r, _ in runs) / 1000
                 wall = statistics.median(w for _, w in runs)
             print(f"{path.stem[:24]:<24} {len(program.facts.scheduled):>6} {program.facts.length:>8} {mb:>6.3f} {py_s:>8.3f} "
-                  f"{render:>8.3f} {wall:>10.2f}")
-            ok &= mb < MAX_MB and (path.suffix != ".lpu" or py_s < MAX_MADE_S) and (not chromium or render < MAX_S)
+                  f"{viz:>7.2f} {render:>8.3f} {wall:>10.2f}")
+            ok &= mb < MAX_MB and (path.suffix != ".lpu" or viz < MAX_MADE_S) and (not chromium or render < MAX_S)
     if not chromium:
         print("chromium is not installed: render times not measured")
     print(f"\nwhere the Python time goes (medians, s): {', '.join(STAGES)}")
     for name, spent in where.items():
         print(f"{name[:24]:<24} " + " ".join(f"{spent[stage]:>7.2f}" for stage in STAGES))
-    print(f"targets: < {MAX_MB:g} MB, made from a .lpu in < {MAX_MADE_S:g} s, drawn in < {MAX_S:g} s: "
+    print(f"targets: < {MAX_MB:g} MB, made from a .lpu by lpuc viz in < {MAX_MADE_S:g} s, drawn in < {MAX_S:g} s: "
           f"{'met' if ok else 'MISSED'}")
     return 0 if ok else 1
 
