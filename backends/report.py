@@ -41,6 +41,7 @@ import html
 import json
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain
@@ -292,16 +293,9 @@ def critical_path(scheduled: Sequence, start: list[int], lat: list[int], produce
 
 # --- the SRAM over time -----------------------------------------------------------
 
-def sram_occupancy(a: Analysis) -> dict[tuple[int, int | None], list[int]]:
-    """(chip, slice, or None for all slices) -> step function of the words live there, flat [cycle, words, ...]
-    (ir.schedule_facts.Facts.sram_live): each value owning words holds them from landing until its last read
-    ends (constants: the whole run)."""
-    return a.facts.sram_live()
-
-
 def described_stats(a: Analysis, steps: Mapping[tuple[int, int | None], list[int]]) -> Stats:
     """The statistics `lpuc run` reports (interpreter.summarize) of the analysed program, whose SRAM occupancy is
-    `steps` (sram_occupancy): from its description, which tests/test_report.py checks gives a run's."""
+    `steps` (ir.schedule_facts.Facts.sram_live): from its description, which tests/test_report.py checks gives a run's."""
     machine, places, word_bytes = a.program.machine, a.facts.places, a.program.machine.sram.word_bytes
     scheduled, start, land = a.facts.scheduled, a.start.tolist(), a.land.tolist()
     on_links = [i for i, cls in enumerate(a.cls) if cls in LINK_CLASSES]
@@ -347,10 +341,16 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
     instructions' details the page holds (default: as many as fit PAGE_BYTES, _pack_by_chip)."""
     say = progress or (lambda line: None)
     say(f"report: the timing, words and critical path of {len(program.module.ops):,} ops")
-    a = analyze(program)
+    facts = program.facts
+    facts.length  # (and the timing it is found from: made once, before two threads read the facts)
+    # the SRAM curves (chip, slice, or None for all slices -> words live, Facts.sram_live), numpy mostly, so
+    # without holding the interpreter, beside the analysis, Python mostly
+    with ThreadPoolExecutor(1) as beside:
+        curves = beside.submit(facts.sram_live)
+        a = analyze(program)
+        say("report: SRAM occupancy")
+        steps = curves.result()
     machine, manifest = program.machine, program.manifest
-    say("report: SRAM occupancy")
-    steps = sram_occupancy(a)
     stats: Stats = run_result.stats if run_result is not None else described_stats(a, steps)
     packed = len(a.chips) > ONE_CHIP_BEYOND
     say(f"report: {len(a.instrs):,} instructions" + ("" if packed else "' details"))

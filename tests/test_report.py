@@ -22,7 +22,7 @@ import pytest
 
 from lpuc.backends.interpreter import run, schedule_stats
 from lpuc.backends.lpu import build_program, read_lpu, write_lpu
-from lpuc.backends.report import analyze, decode_batch, described_stats, render_html, report_data, sram_occupancy
+from lpuc.backends.report import analyze, decode_batch, described_stats, render_html, report_data
 from lpuc.compiler.driver import compile_model, load_model, lpu_options
 from lpuc.compiler.lower import lower
 from lpuc.compiler.pipeline import CompileOptions
@@ -664,6 +664,6 @@ def test_the_reports_statistics_are_the_interpreters(which, request):
     if not hasattr(program, "module"):
         program = read_lpu(program)
     a = analyze(program)
-    ours, theirs = described_stats(a, sram_occupancy(a)), schedule_stats(program.module, program.target)
+    ours, theirs = described_stats(a, a.facts.sram_live()), schedule_stats(program.module, program.target)
     assert ours == theirs
     assert ours.instructions > 0 and (ours.links or program.target.chips == 1)
