@@ -139,21 +139,23 @@ def _stamps_in_order(module: Module, known: dict[str, _Known]) -> list[tuple[int
     all_ops = module.ops
     outside: list[tuple[int, ...] | None] = [None] * len(all_ops)
     first = template_ops(module.pieces)
-    templates: dict[int, tuple | None] = {}  # a template -> _from_outside of its ops, and their `out` (None: not
-                                             # plainly stamped)
+    templates: dict[int, tuple | None] = {}  # a template -> _from_outside of its ops, the types of those operands,
+                                             # and its ops' `out` (None: not plainly stamped)
     for piece in module.pieces:
         template = first[piece.template]
         if template is piece.ops:
             continue
         if piece.template not in templates:
             tops = [all_ops[i] for i in template]
-            templates[piece.template] = (*_from_outside(tops), [op.attrs.get("out") for op in tops]) \
+            per_op, pairs = _from_outside(tops)
+            templates[piece.template] = (per_op, pairs, [tops[j].operands[k].type for j, k in pairs],
+                                         [op.attrs.get("out") for op in tops]) \
                 if all(map(_plainly_stamped, {op.name for op in tops}, repeat(known))) else None
         if templates[piece.template] is None:
             continue
-        per_op, pairs, template_outs = templates[piece.template]
+        per_op, pairs, template_types, template_outs = templates[piece.template]
         stamp = piece.stamp
-        if any(all_ops[piece.ops[j]].operands[k].type != all_ops[template[j]].operands[k].type for j, k in pairs):
+        if [all_ops[piece.ops[j]].operands[k].type for j, k in pairs] != template_types:  # (equal types: mostly one)
             continue
         moved = [x for x, t in zip(stamp.out, template_outs) if x and x is not t] if stamp.out is not None else []
         if type(stamp.cycle) is int and set(map(type, stamp.chips)) <= _INT and set(map(type, stamp.units)) <= _STR \
