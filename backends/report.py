@@ -295,7 +295,7 @@ def critical_path(scheduled: Sequence, start: list[int], lat: list[int], produce
 
 def described_stats(a: Analysis, steps: Mapping[tuple[int, int | None], list[int]]) -> Stats:
     """The statistics `lpuc run` reports (interpreter.summarize) of the analysed program, whose SRAM occupancy is
-    `steps` (ir.schedule_facts.Facts.sram_live): from its description, which tests/test_report.py checks gives a run's."""
+    `steps` (Facts.sram_live): from its description, which tests/test_report.py checks gives a run's."""
     machine, places, word_bytes = a.program.machine, a.facts.places, a.program.machine.sram.word_bytes
     scheduled, start, land = a.facts.scheduled, a.start.tolist(), a.land.tolist()
     on_links = [i for i, cls in enumerate(a.cls) if cls in LINK_CLASSES]

@@ -278,7 +278,6 @@ def test_real_process_exit_code_and_streams(tmp_path):
     assert not ir.exists()
 
 
-
 def test_the_collector_stays_off_to_the_exit(tmp_path):
     """`lpuc` leaves Python's cyclic collector off until it exits: turned on again, its first collection would walk
     every object the command made (4.4 s of the 70B's `lpuc viz --html`), for no cycle worth freeing."""
