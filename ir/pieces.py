@@ -198,4 +198,17 @@ def template_ops(pieces: Sequence[Piece]) -> dict[int, tuple[int, ...]]:
     return first
 
 
-__all__ = ["STAMPED", "Stamp", "Template", "find_pieces", "template_ops"]
+def stamped_from(pieces: Sequence[Piece], n: int) -> list[int | None]:
+    """Per op of a block of `n` ops: the index of the template op it stamps, when it is an op of a piece other than
+    its template's own; else None."""
+    of: list[int | None] = [None] * n
+    first = template_ops(pieces)
+    for piece in pieces:
+        template = first[piece.template]
+        if template is not piece.ops:
+            for i, t in zip(piece.ops, template):
+                of[i] = t
+    return of
+
+
+__all__ = ["STAMPED", "Stamp", "Template", "find_pieces", "stamped_from", "template_ops"]

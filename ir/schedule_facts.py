@@ -41,7 +41,7 @@ from .errors import LpucError
 from .layout import Extent, extent_starts, sub_extents, view_extents, window_extents, words
 from .machine import Machine
 from .registry import HOST, LINK, OPS, SRAM
-from .pieces import template_ops
+from .pieces import stamped_from, template_ops
 from .rewrite import rewritten_from
 from .target import Target
 
@@ -344,25 +344,19 @@ def _describe(module: Module, target: Target) -> Facts:
     # A stamped op (ir.pieces) is its template op's name, types and attributes but for its cycle, chip, unit,
     # streams and `out`: when it reads the words its template op reads (other values' words, in the same
     # places) and writes the same `out`, its facts are its template op's but for its chip and its values' bases
-    # (a million instructions, a few thousand distinct). `template_of`: each op's template op's index (none: past
-    # the last op); `plain`: per template op whose stamps may take its facts so (no transfer, no state), its
+    # (a million instructions, a few thousand distinct). `template_of`: each op's template op's index (or None,
+    # ir.pieces.stamped_from); `plain`: per template op whose stamps may take its facts so (no transfer, no state), its
     # Instruction, its operands' words, its SRAM operands' positions and whether it reads a window; `extents_of`:
     # an SRAM or view value's words as extents (its segments without their bases), one object for equal words,
     # to compare a stamp's with its template's by identity.
-    template_of = [len(module.ops)] * len(module.ops)
-    firsts = template_ops(module.pieces)
-    for piece in module.pieces:
-        first = firsts[piece.template]
-        if first is not piece.ops:
-            for i, t in zip(piece.ops, first):
-                template_of[i] = t
-    plain: list[tuple | None] = [None] * (len(module.ops) + 1)
-    in_template = set(chain.from_iterable(firsts.values()))
+    template_of = stamped_from(module.pieces, len(module.ops))
+    plain: dict[int, tuple] = {}
+    in_template = set(chain.from_iterable(template_ops(module.pieces).values()))
     extents_of: dict[str, tuple] = {}
     interned: dict[tuple, tuple] = {}  # extents -> themselves: equal words, one object
     opdefs: dict[str, object] = {}  # op name -> its definition, once checked to be a machine instruction's
     for i, op in enumerate(module.ops):
-        how = plain[template_of[i]]
+        how = plain.get(template_of[i])
         if how is not None:  # a stamp of a template op: its facts, when it reads and writes that op's words
             t, words_of, positions, window = how
             operands = op.operands

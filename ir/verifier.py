@@ -17,7 +17,7 @@ from .attributes import compare_value
 from .core import Module, Op
 from .errors import VerifyError
 from .machine_ops import SCHEDULE_ATTRS
-from .pieces import STAMPED, template_ops
+from .pieces import STAMPED, stamped_from, template_ops
 from .registry import ATTR_KINDS, HOST, LINK, OPS, PLANE, SRAM, TypeRuleError
 from .rewrite import rewrite_of
 from .types import DType
@@ -56,7 +56,8 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
         place[v.name] = HOST
     places_passed = set()  # (op name, its operands' places) that passed check_places
     # a template's ops first (ir.pieces): then each stamp of one needs only what it has of its own
-    template_of, templates = _template_ops(module)
+    stamped = stamped_from(module.pieces, len(module.ops))
+    templates = set(chain.from_iterable(template_ops(module.pieces).values()))
     if rewrite is None:
         for i in templates:
             check_op(module.ops[i], machine, chips, known)
@@ -83,9 +84,9 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
                 if op.attrs is not was.attrs:
                     check_own_attrs(op, was, changed)
             else:
-                template = template_of[j]
+                template = stamped[j]
                 if template is not None:
-                    _check_stamped(op, template, machine, known)
+                    _check_stamped(op, module.ops[template], machine, known)
                 elif j not in templates:
                     check_op(op, machine, chips, known)
                 key = (op.name, tuple([place[v.name] for v in operands]))
@@ -115,19 +116,6 @@ def verify(module: Module, machine: Machine | None = None, since: Module | None 
 # The attributes allocation and scheduling give each instruction its own values of: no type or machine rule
 # reads them, so of a rewrite changing only these (verify's `since`) only these are checked.
 OWN_ATTRS = ("cycle", "out", "streams", "unit")
-
-
-def _template_ops(module: Module) -> tuple[list[Op | None], set[int]]:
-    """(per op, when it is a piece's op but not of its template's own piece, the template's op it stamps (ir.pieces);
-    the indices of the templates' own ops)."""
-    out: list[Op | None] = [None] * len(module.ops)
-    first = template_ops(module.pieces)
-    for piece in module.pieces:
-        template = first[piece.template]
-        if template is not piece.ops:
-            for i, t in zip(piece.ops, template):
-                out[i] = module.ops[t]
-    return out, {i for ops in first.values() for i in ops}
 
 
 def _stamps_in_order(module: Module, known: dict[str, _Known]) -> list[tuple[int, ...] | None]:
