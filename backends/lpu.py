@@ -51,6 +51,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..ir.attributes import AttrDict, Tensor
+from ..ir.beside import Beside
 from ..ir.collector import collector_paused
 from ..ir.core import Module, Op
 from ..ir.errors import LpucError
@@ -391,10 +392,11 @@ def _one_line(e: BaseException) -> str:
 
 # --- loading ----------------------------------------------------------------
 
-def read_lpu(path: str | Path, progress=None) -> Program:
+def read_lpu(path: str | Path, progress=None, described: bool = False) -> Program:
     """Load and check a .lpu file; every problem is one LpuFormatError line naming the file. `progress`,
-    when given, is called with a line per stage (a large program takes minutes)."""
-    return load_lpu(_read_container(path), str(path), progress)
+    when given, is called with a line per stage (a large program takes minutes); `described`: its facts
+    (Program.facts) derived too, while it is verified."""
+    return load_lpu(_read_container(path), str(path), progress, described)
 
 
 _END = struct.Struct("<IHHHHIIH")  # the ZIP end-of-directory record, the last bytes _pack writes
@@ -421,7 +423,7 @@ def _read_container(path: str | Path) -> bytes:
 
 
 @collector_paused()  # a program's millions of objects, checked as they are made: no garbage cycles
-def load_lpu(data: bytes, where: str = "<lpu>", progress=None) -> Program:
+def load_lpu(data: bytes, where: str = "<lpu>", progress=None, described: bool = False) -> Program:
     """Load a .lpu file from its bytes (see read_lpu)."""
     say = progress or (lambda line: None)
     parts = _unpack(data, where)
@@ -439,10 +441,33 @@ def load_lpu(data: bytes, where: str = "<lpu>", progress=None) -> Program:
         say(f"parsing the program ({len(program_text) / 1e6:,.1f} MB of IR text)")
         module = parse(program_text, f"{where}:program.ir", progress=lambda pos, end: say(
             f"parsing the program: {pos / end:.0%} of {end / 1e6:,.1f} MB"))
-        say(f"verifying the program ({len(module.ops):,} ops)")
-        module = verify(module, machine)
     except LpucError as e:
         raise LpuFormatError(_one_line(e)) from None
+    say(f"verifying {'and describing ' if described else ''}the program ({len(module.ops):,} ops)")
+    # verified beside the rest (ir.beside: a large program's verification takes seconds), as if first: on
+    # any failure its error is the one raised
+    with Beside(lambda: _verify(module, machine)) as verifying:
+        try:
+            program = _checked(module, machine, machine_text, parts, manifest, where)
+            if described:
+                program.facts
+        except Exception:
+            verifying.result()
+            raise
+        verifying.result()
+    return program
+
+
+def _verify(module: Module, machine: Machine) -> None:
+    try:
+        verify(module, machine)
+    except LpucError as e:
+        raise LpuFormatError(_one_line(e)) from None
+
+
+def _checked(module: Module, machine: Machine, machine_text: str, parts: Mapping[str, bytes],
+             manifest: dict[str, Any], where: str) -> Program:
+    """The Program of a parsed .lpu, once its parts agree with its manifest and its image holds its constants."""
     if machine.name != manifest["machine"]:
         raise LpuFormatError(f"{where}: the manifest names machine {manifest['machine']!r}, "
                              f"machine.toml describes {machine.name!r}")

@@ -42,6 +42,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain
@@ -51,6 +52,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..ir import machine_ops as mo
+from ..ir.beside import alternately
 from ..ir.core import Op
 from ..ir.costs import units
 from ..ir.printer import format_attr
@@ -540,29 +542,34 @@ def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detail, detail_chips: 
         details = [detail(a.instrs[i]) for i in on_chip[chip].tolist()] if with_details else None
         return _packed(_chunk(on_chip[chip], instrs, details, *steps[chip]))
 
-    chunks = {}
-    for n, chip in enumerate(a.chips):
-        if n % 64 == 0:
-            say(f"report: packing the timing of chip {n + 1} of {len(a.chips)}")
-        chunks[chip] = pack(chip, False)
+    def timing(chip: int) -> str:
+        return pack(chip, False)
+
+    def details(chip: int) -> str:
+        return pack(chip, True)
+
+    # (chips packed two at a time, ir.beside: a page of hundreds of chips takes seconds to pack)
+    say(f"report: packing the timing of {len(a.chips)} chips")
+    chunks = dict(zip(a.chips, alternately(timing, a.chips)))
     if detail_chips is not None:
         detailed = sorted(set(detail_chips) & set(a.chips))
-        for chip in detailed:
-            chunks[chip] = pack(chip, True)
+        chunks.update(zip(detailed, alternately(details, detailed)))
     else:
         # the page's size: with every chip's timing, then each chip's details added; exact but for `detailed`,
         # reckoned with every chip in it (a few bytes over, never under)
         data["chunks"], data["detailed"] = {str(chip): chunks[chip] for chip in a.chips}, list(a.chips)
         size = len(_shell(a.program)) - len("@@DATA@@") + len(_page_json(data))
         detailed = []
-        for chip in _by_critical_cycles(a):
-            full = pack(chip, True)
-            size += len(full) - len(chunks[chip])
-            if detailed and size > PAGE_BYTES:
-                break
-            if len(detailed) % 64 == 0:
-                say(f"report: packing the details of chip {chip} ({len(detailed) + 1} of at most {len(a.chips)})")
-            chunks[chip], detailed = full, detailed + [chip]
+        order = _by_critical_cycles(a)
+        with closing(alternately(details, order)) as packed:
+            for chip, full in zip(order, packed):
+                size += len(full) - len(chunks[chip])
+                if detailed and size > PAGE_BYTES:
+                    break
+                if len(detailed) % 64 == 0:
+                    say(f"report: packing the details of chip {chip} ({len(detailed) + 1} of at most "
+                        f"{len(a.chips)})")
+                chunks[chip], detailed = full, detailed + [chip]
     data["chunks"] = {str(chip): chunks[chip] for chip in a.chips}
     data["detailed"] = sorted(detailed)
 

@@ -934,7 +934,7 @@ def cmd_viz(args) -> int:
     if path.suffix == ".lpu":
         if args.shape:
             raise LpucError("--shape applies to ONNX models; a .lpu program has static shapes already")
-        program = read_lpu(path, progress)
+        program = read_lpu(path, progress, described=bool(args.html or args.perfetto))
         module = program.module
     elif args.dot:
         module, _ = load_model(path, dict(args.shape))
