@@ -6,11 +6,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from ..ir import LpucError, Module, VerifyError
 from ..ir.files import check_regular, read_module
 from ..ir.verifier import verify
 
-from .frontend import SupportReport, import_onnx
+if TYPE_CHECKING:
+    from .frontend import SupportReport
 
 
 def load_model(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None
@@ -22,6 +25,8 @@ def load_model(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None
         if input_shapes:
             raise LpucError("--shape applies to ONNX models; an IR file has static shapes already")
         return read_ir(path), None
+    from .frontend import import_onnx
+
     module, report = import_onnx(path, input_shapes)
     return verify(module), report
 

@@ -42,6 +42,7 @@ options; none is read from the environment.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import zlib
@@ -50,7 +51,6 @@ from itertools import islice
 from typing import NamedTuple
 
 import numpy as np
-from ortools.sat.python import cp_model
 
 from ..ir import Module
 from ..ir.costs import units
@@ -59,10 +59,6 @@ from ..ir.target import Target
 
 from .schedule_list import (Program, ScheduleResult, Scheduler, analyze, list_schedule, lower_bounds,
                             schedule_result)
-
-STATUS = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible", cp_model.INFEASIBLE: "infeasible",
-          cp_model.MODEL_INVALID: "invalid", cp_model.UNKNOWN: "unknown"}
-
 
 @dataclass(frozen=True)
 class CpSatScheduler(Scheduler):
@@ -178,6 +174,8 @@ class _Spec:
 def _solve(spec: _Spec, options: CpSatScheduler, progress=None, sequential: bool = False):
     """-> (status, cycles relative to the window or None when nothing better was found, proven bound).
     `sequential`: one solver thread (`options.workers` does not apply)."""
+    from ortools.sat.python import cp_model  # (imported once a model is solved: with pandas, a fifth of a second)
+
     m = cp_model.CpModel()
     n = len(spec.latency)
     start = [m.new_int_var(lo, hi, f"c{k}") for k, (lo, hi) in enumerate(zip(spec.lo, spec.hi))]
@@ -234,22 +232,31 @@ def _solve(spec: _Spec, options: CpSatScheduler, progress=None, sequential: bool
         prm.num_workers = max(2, options.workers)
         prm.interleave_search = True
         prm.interleave_batch_size = 8
-    status = solver.solve(m, _Progress(finish, progress) if progress and spec.makespan_only else None)
+    status = solver.solve(m, _progress_class()(finish, progress) if progress and spec.makespan_only else None)
+    name = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible", cp_model.INFEASIBLE: "infeasible",
+            cp_model.MODEL_INVALID: "invalid"}.get(status, "unknown")
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return STATUS.get(status, "unknown"), None, 0
+        return name, None, 0
     bound = int(solver.best_objective_bound) if spec.makespan_only else 0
-    return STATUS[status], tuple(solver.value(s) for s in start), bound
+    return name, tuple(solver.value(s) for s in start), bound
 
 
-class _Progress(cp_model.CpSolverSolutionCallback):
-    """Reports each better schedule and the bound (it only watches: the search is the same without it)."""
+@functools.cache
+def _progress_class() -> type:
+    from ortools.sat.python import cp_model
 
-    def __init__(self, makespan, progress):
-        super().__init__()
-        self.makespan, self.progress = makespan, progress
+    class _Progress(cp_model.CpSolverSolutionCallback):
+        """Reports each better schedule and the bound (it only watches: the search is the same without it)."""
 
-    def on_solution_callback(self):
-        self.progress(f"CP-SAT: {int(self.value(self.makespan)):,} cycles, bound {int(self.best_objective_bound):,}")
+        def __init__(self, makespan, progress):
+            super().__init__()
+            self.makespan, self.progress = makespan, progress
+
+        def on_solution_callback(self):
+            self.progress(f"CP-SAT: {int(self.value(self.makespan)):,} cycles, "
+                          f"bound {int(self.best_objective_bound):,}")
+
+    return _Progress
 
 
 # --- windows ------------------------------------------------------------------------------------------

@@ -9,11 +9,11 @@ shares its entry; the others are listed here).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from .core import Module, Op
@@ -51,11 +51,21 @@ def int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def is_floating(a: np.ndarray) -> bool:
     """Whether an array holds floats: numpy's, or ml_dtypes' float8 / float4."""
-    return a.dtype.kind == "f" or a.dtype in _NARROW_FLOAT
+    return a.dtype.kind == "f" or a.dtype in _narrow_numpy(True)
 
 
-_NARROW_FLOAT = frozenset(d.numpy for d in DType if d.is_narrow and d.is_float)
-_NARROW_INT = frozenset(d.numpy for d in DType if d.is_narrow and d.is_int)
+@functools.cache
+def _narrow_numpy(floats: bool) -> frozenset[np.dtype]:
+    """The narrow float (or int) types' numpy types (ml_dtypes' module loaded only once one is asked for)."""
+    return frozenset(d.numpy for d in DType if d.is_narrow and d.is_float == floats)
+
+
+def _finfo(dtype: DType):
+    """The range of a narrow float type (ml_dtypes')."""
+    import ml_dtypes
+
+    return ml_dtypes.finfo(dtype.numpy)
+
 _EXACT_IN_F32 = frozenset(np.dtype(t) for t in (np.float32, np.float16, np.bool_, np.int8, np.uint8, np.int16,
                                                 np.uint16))
 SATURATING = frozenset({DType.f8e4m3fn, DType.f8e4m3fnuz, DType.f8e5m2, DType.f8e5m2fnuz})  # ONNX's `saturate`
@@ -64,9 +74,9 @@ ROUND_MODES = ("up", "down", "nearest")
 
 def _standard(x: np.ndarray) -> np.ndarray:
     """The values of `x` in a numpy type of their own (narrow floats in f32, narrow ints in i8/u8): exact."""
-    if x.dtype in _NARROW_FLOAT:
+    if x.dtype in _narrow_numpy(True):
         return x.astype(np.float32)
-    if x.dtype in _NARROW_INT:
+    if x.dtype in _narrow_numpy(False):
         return x.astype(np.int8 if DType.from_numpy(x.dtype).iinfo.min < 0 else np.uint8)
     return x
 
@@ -154,7 +164,7 @@ def cast(x: np.ndarray, to: DType, saturate: bool = True, round_mode: str = "up"
         if to is DType.f4e2m1:
             x = np.where(np.isnan(x), np.float32(6), np.clip(x, np.float32(-6), np.float32(6)))
         elif saturate and to in SATURATING:
-            big = np.float32(ml_dtypes.finfo(to.numpy).max)
+            big = np.float32(_finfo(to).max)
             x = np.clip(x, -big, big)
     with np.errstate(over="ignore"):  # beyond the type's range: infinity (ONNX: "+/- infinity if OOR")
         return x.astype(to.numpy)
@@ -225,7 +235,7 @@ def quantize_symmetric(w: np.ndarray, to: DType, axis: int = -2) -> tuple[np.nda
     scale. int8: q = round(w / scale) (ties to even) in -127..127, scale = max|w| / 127; a float8 type:
     q = w / scale rounded to it, scale = max|w| / its largest finite value. A channel of zeros has scale 1."""
     w = np.asarray(w, np.float32)
-    top = 127.0 if to is DType.i8 else float(ml_dtypes.finfo(to.numpy).max)
+    top = 127.0 if to is DType.i8 else float(_finfo(to).max)
     amax = np.max(np.abs(w), axis=axis, keepdims=True, initial=0.0)
     scale = np.where(amax > 0, amax / np.float32(top), np.float32(1)).astype(np.float32)
     with np.errstate(all="ignore"):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 
-import ml_dtypes
 import numpy as np
 
 
@@ -59,7 +59,8 @@ class DType(enum.Enum):
     @property
     def numpy(self) -> np.dtype:
         """The numpy dtype used to compute with this type (bf16 computes in f32)."""
-        return _NUMPY[self]
+        found = _NUMPY.get(self)
+        return found if found is not None else _narrow_numpy()[self]
 
     @property
     def is_narrow(self) -> bool:
@@ -69,15 +70,24 @@ class DType(enum.Enum):
     @property
     def iinfo(self):
         """The range of an integer type (.min, .max), numpy's or ml_dtypes'."""
+        if not self.is_narrow:
+            return np.iinfo(self.numpy)
+        import ml_dtypes
+
         return ml_dtypes.iinfo(self.numpy)
 
     @staticmethod
     def from_numpy(dtype) -> "DType":
         dtype = np.dtype(dtype)
-        if dtype == np.dtype(ml_dtypes.bfloat16):  # the bf16 values, computed in f32
-            return DType.bf16
         for d, n in _NUMPY.items():
             if n == dtype and d is not DType.bf16:
+                return d
+        import ml_dtypes
+
+        if dtype == np.dtype(ml_dtypes.bfloat16):  # the bf16 values, computed in f32
+            return DType.bf16
+        for d, n in _narrow_numpy().items():
+            if n == dtype:
                 return d
         raise ValueError(f"no lpuc dtype for numpy dtype {dtype}")
 
@@ -85,13 +95,22 @@ class DType(enum.Enum):
         return f"DType.{self.name}"
 
 
-_NARROW_NUMPY = {
-    DType.f8e4m3fn: ml_dtypes.float8_e4m3fn, DType.f8e4m3fnuz: ml_dtypes.float8_e4m3fnuz,
-    DType.f8e5m2: ml_dtypes.float8_e5m2, DType.f8e5m2fnuz: ml_dtypes.float8_e5m2fnuz,
-    DType.f8e8m0: ml_dtypes.float8_e8m0fnu, DType.f4e2m1: ml_dtypes.float4_e2m1fn,
-    DType.i4: ml_dtypes.int4, DType.u4: ml_dtypes.uint4, DType.i2: ml_dtypes.int2, DType.u2: ml_dtypes.uint2,
-}
-_NARROW = frozenset(_NARROW_NUMPY)
+_NARROW = frozenset({DType.f8e4m3fn, DType.f8e4m3fnuz, DType.f8e5m2, DType.f8e5m2fnuz, DType.f8e8m0, DType.f4e2m1,
+                     DType.i4, DType.u4, DType.i2, DType.u2})
+
+
+@functools.cache
+def _narrow_numpy() -> dict[DType, np.dtype]:
+    """The narrow types' numpy types: ml_dtypes', imported when first asked for (it takes half a second, and most
+    programs have no narrow type)."""
+    import ml_dtypes
+
+    found = {DType.f8e4m3fn: ml_dtypes.float8_e4m3fn, DType.f8e4m3fnuz: ml_dtypes.float8_e4m3fnuz,
+             DType.f8e5m2: ml_dtypes.float8_e5m2, DType.f8e5m2fnuz: ml_dtypes.float8_e5m2fnuz,
+             DType.f8e8m0: ml_dtypes.float8_e8m0fnu, DType.f4e2m1: ml_dtypes.float4_e2m1fn,
+             DType.i4: ml_dtypes.int4, DType.u4: ml_dtypes.uint4, DType.i2: ml_dtypes.int2, DType.u2: ml_dtypes.uint2}
+    return {d: np.dtype(t) for d, t in found.items()}
+
 _FLOATS = frozenset({DType.f64, DType.f32, DType.f16, DType.bf16, DType.f8e4m3fn, DType.f8e4m3fnuz,
                      DType.f8e5m2, DType.f8e5m2fnuz, DType.f8e8m0, DType.f4e2m1})
 _ITEMSIZE = {
@@ -108,8 +127,7 @@ _NUMPY = {
     DType.u8: np.dtype(np.uint8), DType.u16: np.dtype(np.uint16),
     DType.u32: np.dtype(np.uint32), DType.u64: np.dtype(np.uint64),
     DType.bool: np.dtype(np.bool_),
-    **{d: np.dtype(t) for d, t in _NARROW_NUMPY.items()},
-}
+}  # (and the narrow types', _narrow_numpy)
 
 
 @dataclass(frozen=True, slots=True)

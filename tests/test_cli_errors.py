@@ -290,6 +290,20 @@ def test_the_collector_stays_off_to_the_exit(tmp_path):
     assert r.stdout.splitlines()[-1] == "collector False"
 
 
+def test_reading_a_program_imports_no_onnx_or_solver(tmp_path):
+    """onnx, ml_dtypes (which onnx imports) and OR-Tools (with pandas) take most of a second to import: `lpuc` imports
+    them only for the work that needs them, not to draw or run a program of no narrow type."""
+    lpu = tmp_path / "m.lpu"
+    assert main(["compile", str(SAMPLES / "bert_prefill.onnx"), "-o", str(lpu), "--no-cache", "--scheduler", "list"]) == 0
+    probe = ("import sys\nfrom lpuc.compiler.cli import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
+             "    print(sorted({m.split('.')[0] for m in sys.modules} & {'onnx', 'ml_dtypes', 'ortools', 'pandas'}))")
+    for args in (["--help"], ["viz", str(lpu), "--html", str(tmp_path / "r.html")], ["run", str(lpu), "--timing-only"]):
+        r = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines()[-1] == "[]", args
+
+
 # --- help -------------------------------------------------------------------------
 
 def test_main_help(capsys):
