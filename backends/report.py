@@ -538,15 +538,12 @@ def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detail, detail_chips: 
     sram = {entry["chip"]: entry for entry in data["sram"]["chips"]}
     steps = {chip: (sram.get(chip, {}).pop("slices", []), sram.get(chip, {}).pop("total", [])) for chip in a.chips}
 
-    def pack(chip: int, with_details: bool) -> str:
-        details = [detail(a.instrs[i]) for i in on_chip[chip].tolist()] if with_details else None
-        return _packed(_chunk(on_chip[chip], instrs, details, *steps[chip]))
-
     def timing(chip: int) -> str:
-        return pack(chip, False)
+        return _packed(_chunk(on_chip[chip], instrs, None, *steps[chip]))
 
     def details(chip: int) -> str:
-        return pack(chip, True)
+        return _packed(_chunk(on_chip[chip], instrs, [detail(a.instrs[i]) for i in on_chip[chip].tolist()],
+                              *steps[chip]))
 
     # (chips packed two at a time, ir.beside: a page of hundreds of chips takes seconds to pack)
     say(f"report: packing the timing of {len(a.chips)} chips")

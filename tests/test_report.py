@@ -656,6 +656,24 @@ def test_the_page_keeps_to_its_size_by_leaving_out_details(sixteen, monkeypatch)
         assert len(page) <= budget and 1 < len(detailed) < 16 if kept is None else len(page) <= max(budget, one)
 
 
+def test_chips_packed_beside_give_the_same_page(sixteen, monkeypatch):
+    """Chips are packed two at a time, every second one in a forked copy (ir.beside), and a page's details stop at
+    its budget: the page is the same when all are packed here."""
+    import lpuc.backends.report as report
+    from lpuc.ir import beside
+
+    program = read_lpu(sixteen)
+    order = report._by_critical_cycles(analyze(program))
+    monkeypatch.setattr(report, "PAGE_BYTES", (len(render_html(program)) + len(render_html(program,
+                                                                                          detail_chips=order[:2]))) // 2)
+    pages = []
+    for fork in (beside.FORK, False):
+        monkeypatch.setattr(beside, "FORK", fork)
+        pages += [render_html(program), render_html(program, detail_chips=[1, 2, 7])]
+    assert pages[:2] == pages[2:]
+    assert 1 < len(embedded(pages[0])["detailed"]) < 16 and embedded(pages[1])["detailed"] == [1, 2, 7]
+
+
 @pytest.mark.parametrize("which", ["largest", "many_chips", "stamped", "sixteen"])
 def test_the_reports_statistics_are_the_interpreters(which, request):
     """The report sums its statistics from the program's description (ir.schedule_facts); the interpreter derives
