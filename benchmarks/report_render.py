@@ -6,7 +6,8 @@ For each model (default: the sample with the most instructions, compiled for one
 chip) or compiled program (a .lpu, e.g. a full-size shape-only model's, as
 `lpuc viz` reads it) prints the report's size, the median over `--runs` of the time
 `render_html` takes in Python (for a .lpu also reading it) and of each of its stages
-(from the progress lines: parsing, verifying, the analysis, the SRAM curves, the rows
+(from the progress lines: parsing, verifying and describing (the facts, with the
+verifier beside them as `lpuc viz` reads), the analysis, the SRAM curves, the rows
 and details, the packing by chip), for a .lpu the median over `--runs` of the wall
 time of the command itself, `lpuc viz PROGRAM.lpu --html` (a fresh process: its
 imports, writing the page and its exit too), and the median over `--runs` fresh
@@ -88,7 +89,7 @@ def viz_seconds(program: Path, page: Path) -> float:
 
 # The stages of reading a program and making its page, each starting at the first progress line
 # (read_lpu's, report_data's) beginning with its prefix
-STAGES = {"parse": "parsing the program", "verify": "verifying the program",
+STAGES = {"parse": "parsing the program", "verify+facts": "verifying",
           "analysis": "report: the timing", "sram": "report: SRAM", "rows": "report: ", "packing": "report: packing"}
 
 
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
                 marks = []  # (when, the progress line said then)
                 with collector_paused():  # as lpuc viz reads and renders
                     t0 = time.perf_counter()
-                    program = read_lpu(path, note(marks)) if path.suffix == ".lpu" else compiled
+                    program = read_lpu(path, note(marks), described=True) if path.suffix == ".lpu" else compiled
                     html = render_html(program, progress=note(marks))
                     times.append(time.perf_counter() - t0)
                 stages.append(stage_times(marks, t0, t0 + times[-1]))

@@ -51,11 +51,11 @@ def int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def is_floating(a: np.ndarray) -> bool:
     """Whether an array holds floats: numpy's, or ml_dtypes' float8 / float4."""
-    return a.dtype.kind == "f" or a.dtype in _narrow_numpy(True)
+    return a.dtype.kind == "f" or a.dtype in _narrow_dtypes(True)
 
 
 @functools.cache
-def _narrow_numpy(floats: bool) -> frozenset[np.dtype]:
+def _narrow_dtypes(floats: bool) -> frozenset[np.dtype]:
     """The narrow float (or int) types' numpy types (ml_dtypes' module loaded only once one is asked for)."""
     return frozenset(d.numpy for d in DType if d.is_narrow and d.is_float == floats)
 
@@ -66,6 +66,7 @@ def _finfo(dtype: DType):
 
     return ml_dtypes.finfo(dtype.numpy)
 
+
 _EXACT_IN_F32 = frozenset(np.dtype(t) for t in (np.float32, np.float16, np.bool_, np.int8, np.uint8, np.int16,
                                                 np.uint16))
 SATURATING = frozenset({DType.f8e4m3fn, DType.f8e4m3fnuz, DType.f8e5m2, DType.f8e5m2fnuz})  # ONNX's `saturate`
@@ -74,9 +75,9 @@ ROUND_MODES = ("up", "down", "nearest")
 
 def _standard(x: np.ndarray) -> np.ndarray:
     """The values of `x` in a numpy type of their own (narrow floats in f32, narrow ints in i8/u8): exact."""
-    if x.dtype in _narrow_numpy(True):
+    if x.dtype in _narrow_dtypes(True):
         return x.astype(np.float32)
-    if x.dtype in _narrow_numpy(False):
+    if x.dtype in _narrow_dtypes(False):
         return x.astype(np.int8 if DType.from_numpy(x.dtype).iinfo.min < 0 else np.uint8)
     return x
 

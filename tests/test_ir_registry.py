@@ -104,6 +104,15 @@ def test_dtypes():
     assert DType.from_numpy(np.int16) is DType.i16 and DType.from_numpy(np.float32) is DType.f32
     with pytest.raises(ValueError):
         DType.from_numpy(np.complex64)
+    import ml_dtypes
+
+    assert DType.from_numpy(ml_dtypes.bfloat16) is DType.bf16
+    for d in DType:  # (the narrow types' numpy types are ml_dtypes', loaded when first asked for)
+        assert d.is_narrow == (d.numpy.type.__module__.split(".")[0] == "ml_dtypes")
+        assert d is DType.bf16 or DType.from_numpy(d.numpy) is d
+        if d.is_int:  # numpy's range, or ml_dtypes' for a narrow type
+            bits, signed = int(d.value[1:]), d.value[0] == "i"
+            assert (d.iinfo.min, d.iinfo.max) == ((-2 ** (bits - 1), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1))
 
 
 # --- values, ops, blocks, modules --------------------------------------------------------
