@@ -60,6 +60,7 @@ from ..ir.target import Target
 from .schedule_list import (Program, ScheduleResult, Scheduler, analyze, list_schedule, lower_bounds,
                             schedule_result)
 
+
 @dataclass(frozen=True)
 class CpSatScheduler(Scheduler):
     """The CP-SAT scheduler as a pass; its ScheduleResult says how the solve went (status: optimal / feasible /
@@ -243,6 +244,7 @@ def _solve(spec: _Spec, options: CpSatScheduler, progress=None, sequential: bool
 
 @functools.cache
 def _progress_class() -> type:
+    """The solver's callback reporting progress (a class of OR-Tools', made once it is imported)."""
     from ortools.sat.python import cp_model
 
     class _Progress(cp_model.CpSolverSolutionCallback):
