@@ -44,15 +44,19 @@ class Beside(Generic[T]):
     def result(self) -> T:
         if self._copy is not None:
             self._outcome = self._copy.next_outcome() or _outcome(self._work)
-            self._copy = self._copy.stop()
+            self._stop()
         return _given(self._outcome)
 
     def __enter__(self) -> Beside[T]:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
         if self._copy is not None:
-            self._copy = self._copy.stop()
+            self._copy.stop()
+            self._copy = None
 
 
 def alternately(work: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
@@ -67,7 +71,8 @@ def alternately(work: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
                 continue
             outcome = copy.next_outcome()
             if outcome is None:  # (the copy failed): the rest here
-                copy = copy.stop()
+                copy.stop()
+                copy = None
                 outcome = _outcome(lambda: work(item))
             yield _given(outcome)
     finally:
@@ -129,7 +134,6 @@ class _Copy:
         os.kill(self.pid, signal.SIGKILL)
         os.waitpid(self.pid, 0)
         self.pipe.close()
-        return None
 
 
 def _serve(run: Callable, pipe: int) -> None:
@@ -140,16 +144,14 @@ def _serve(run: Callable, pipe: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # (Ctrl-C stops the parent, which stops the copy)
         out = os.fdopen(pipe, "wb")
 
-        def send(result: object) -> None:
-            data = pickle.dumps((True, result), pickle.HIGHEST_PROTOCOL)
+        def put(outcome: tuple[bool, object]) -> None:
+            data = pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL)
             out.write(_LENGTH.pack(len(data)) + data)
             out.flush()
 
         try:
-            run(send)
+            run(lambda result: put((True, result)))
         except LpucError as e:
-            data = pickle.dumps((False, e), pickle.HIGHEST_PROTOCOL)
-            out.write(_LENGTH.pack(len(data)) + data)
-        out.flush()
+            put((False, e))
     finally:
         os._exit(0)
