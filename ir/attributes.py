@@ -107,11 +107,13 @@ class AttrDict(Mapping):
         new._dict = {k: d[k] for k in sorted(d)}
         return new
 
-    def replaced(self, changes: dict[str, Any]) -> "AttrDict":
-        """These attributes with some of their values replaced (keys they have, values that are attribute values
-        by construction: ir.pieces stamps millions of ops), not checked again."""
-        new = AttrDict.__new__(AttrDict)
-        new._dict = {**self._dict, **changes}  # (same keys: still in sorted order)
+    @classmethod
+    def holding(cls, d: dict[str, Any]) -> "AttrDict":
+        """An AttrDict of `d` itself: a dict in sorted key order whose values are attribute values by
+        construction (ir.pieces stamps millions of ops, each one's a copy of its template op's with a few values
+        set), neither copied nor checked again."""
+        new = cls.__new__(cls)
+        new._dict = d
         new._hash = None
         return new
 

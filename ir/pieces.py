@@ -45,6 +45,7 @@ class Template:
         self._renamed = tuple((row.operands, tuple(zip(row.results, (r.type for r in op.results))))
                               for row, op in zip(self.rows, self.ops))
         # per op, what a stamp changes: its cycle and chip, whether it has a unit, stream registers and words
+        self._attrs = tuple(op.attrs.as_dict() for op in self.ops)
         self._stamped = tuple((op.attrs.get("cycle"), op.attrs.get("chip"), "unit" in op.attrs, "streams" in op.attrs,
                                "out" in op.attrs) for op in self.ops)
         self.has_unit = tuple(unit for _, _, unit, _, _ in self._stamped)
@@ -107,25 +108,29 @@ class Template:
         put there (a name there already: `define(name, type)`, which says so)."""
         names, chips, offset = stamp.values, dict(zip(self.chips, stamp.chips)), stamp.cycle
         units, streams, outs = stamp.units, stamp.streams, stamp.out
-        get, trusted, replaced, new_value = values.get, Op.trusted, AttrDict.replaced, Value.trusted
-        for j, (t, (operands, results), (cycle, chip, unit, regs, out)) in enumerate(
-                zip(self.ops, self._renamed, self._stamped)):
-            changes = {"cycle": cycle + offset}
+        get, name_of, trusted, new_value, holding = values.get, names.__getitem__, Op.trusted, Value.trusted, \
+            AttrDict.holding
+        for j, (t, attrs, (operands, results), (cycle, chip, unit, regs, out)) in enumerate(
+                zip(self.ops, self._attrs, self._renamed, self._stamped)):
+            d = attrs.copy()  # (its template op's, as is: keys in sorted order, the stamp's values set)
+            d["cycle"] = cycle + offset
             if chip is not None:
-                changes["chip"] = chips[chip]
+                d["chip"] = chips[chip]
             if unit:
-                changes["unit"] = units[j]
+                d["unit"] = units[j]
             if regs:
-                changes["streams"] = streams[j]
+                d["streams"] = streams[j]
             if out and outs is not None:
-                changes["out"] = outs[j]
-            args = tuple([get(name) or use(name) for name in map(names.__getitem__, operands)])
+                d["out"] = outs[j]
+            args = tuple(map(get, map(name_of, operands)))
+            if not all(args):  # (an operand from outside `values`)
+                args = tuple([get(name) or use(name) for name in map(name_of, operands)])
             made = []
             for k, ttype in results:
                 name = names[k]
                 made.append(define(name, ttype) if name in values else new_value(name, ttype))
                 values[name] = made[-1]
-            yield trusted(t.name, args, tuple(made), replaced(t.attrs, changes))
+            yield trusted(t.name, args, tuple(made), holding(d))
 
     def identity(self) -> Stamp:
         """The stamp of the template's own piece."""
