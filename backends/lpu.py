@@ -438,17 +438,21 @@ def load_lpu(data: bytes, where: str = "<lpu>", progress=None, described: bool =
         raise LpuFormatError(f"{where}: a text part is not UTF-8 ({e})") from None
     try:
         machine = parse_machine(machine_text, f"{where}:machine.toml")
-        say(f"parsing the program ({len(program_text) / 1e6:,.1f} MB of IR text)")
-        module = parse(program_text, f"{where}:program.ir", progress=lambda pos, end: say(
-            f"parsing the program: {pos / end:.0%} of {end / 1e6:,.1f} MB"))
     except LpucError as e:
         raise LpuFormatError(_one_line(e)) from None
-    say(f"verifying {'and describing ' if described else ''}the program ({len(module.ops):,} ops)")
-    # verified beside the rest (ir.beside: a large program's verification takes seconds), as if first: on
-    # any failure its error is the one raised
-    with Beside(lambda: _verify(module, machine)) as verifying:
+    # Verified beside the rest (ir.beside: a large program's verification takes seconds), as if first: on any
+    # failure its error is the one raised. The copy reads the program for itself, made before this process
+    # reads it, so that the two share no page this one goes on to write (a copy made after the parse slows
+    # describing the 70B's million ops by a second: every page either process writes is copied). Where no
+    # copy is made, the program read here is verified when the verdict is asked for.
+    read: list[Module] = []
+    with Beside(lambda: _verify(read[0] if read else _parsed(program_text, where), machine, where)) as verifying:
+        say(f"parsing the program ({len(program_text) / 1e6:,.1f} MB of IR text)")
+        read.append(_parsed(program_text, where, lambda pos, end: say(
+            f"parsing the program: {pos / end:.0%} of {end / 1e6:,.1f} MB")))
+        say(f"verifying {'and describing ' if described else ''}the program ({len(read[0].ops):,} ops)")
         try:
-            program = _checked(module, machine, machine_text, parts, manifest, where)
+            program = _checked(read[0], machine, machine_text, parts, manifest, where)
             if described:
                 program.facts
         except Exception:
@@ -458,11 +462,19 @@ def load_lpu(data: bytes, where: str = "<lpu>", progress=None, described: bool =
     return program
 
 
-def _verify(module: Module, machine: Machine) -> None:
+def _parsed(program_text: str, where: str, progress=None) -> Module:
+    try:
+        return parse(program_text, f"{where}:program.ir", progress=progress)
+    except LpucError as e:
+        raise LpuFormatError(_one_line(e)) from None
+
+
+def _verify(module: Module, machine: Machine, where: str) -> None:
     try:
         verify(module, machine)
     except LpucError as e:
         raise LpuFormatError(_one_line(e)) from None
+    _check_sizes(module, machine, where)
 
 
 def _checked(module: Module, machine: Machine, machine_text: str, parts: Mapping[str, bytes],
@@ -477,7 +489,6 @@ def _checked(module: Module, machine: Machine, machine_text: str, parts: Mapping
             _with_chips(manifest[key], target.chips, f"manifest's {key}")
     except LpucError as e:
         raise LpuFormatError(f"{where}: {_one_line(e)}") from None
-    _check_sizes(module, machine, where)
     image = _image(parts["image.json"], parts["image.bin"], machine.lanes, where)
     if not manifest["weights"] and image:
         raise LpuFormatError(f"{where}: the manifest says it has no weights, but its SRAM image is not empty")

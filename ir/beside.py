@@ -1,10 +1,13 @@
 """Work done beside the rest: in a forked copy of this process, on a second core.
 
 Reading a large program is Python from end to end (the 70B's report: a million ops parsed, checked,
-described, analysed and packed), and Python runs on one core. Some of that work only needs what is
-already made and gives back little: the verifier's verdict, a chip's packed page chunk. A forked copy
-of the process has all it needs without copying anything up front (its pages are shared until one of
-the two writes them) and hands its results back through a pipe, pickled.
+described, analysed and packed), and Python runs on one core. Some of that work gives back little: the
+verifier's verdict, a chip's packed page chunk. A forked copy of the process has all it needs without
+copying anything up front and hands its results back through a pipe, pickled. The two share their pages
+until one writes one, which is then copied: a fault for each page either process writes, and Python
+writes every object it reads (its reference count). So a copy working on millions of objects made before
+the fork slows this process working on them too (the 70B's description: 9.9 s, 8.0 s alone); a copy made
+before them, making its own (the verifier's, reading the program for itself), does not.
 
 What it gives is what the same calls give here, so nothing depends on whether they ran beside: where a
 process cannot fork safely (not Linux, or other threads running), or the copy fails in any way but an
@@ -31,20 +34,21 @@ FORK = sys.platform == "linux" and hasattr(os, "fork")  # (macOS forks unsafely 
 
 
 class Beside(Generic[T]):
-    """`work()` started in a forked copy of this process (else run here and now); result() waits for it and
-    gives what it returned (or raises the LpucError it raised). As a context manager: a copy whose result
-    is not asked for is stopped on leaving."""
+    """`work()` started in a forked copy of this process (else run here when its result is first asked for);
+    result() waits for it and gives what it returned (or raises the LpucError it raised). As a context manager:
+    a copy whose result is not asked for is stopped on leaving."""
 
     def __init__(self, work: Callable[[], T]):
         self._work = work
+        self._outcome: tuple[bool, object] | None = None
         self._copy = _Copy.start(lambda send: send(work()))
-        if self._copy is None:
-            self._outcome = _outcome(work)
 
     def result(self) -> T:
-        if self._copy is not None:
-            self._outcome = self._copy.next_outcome() or _outcome(self._work)
-            self._stop()
+        if self._outcome is None:
+            if self._copy is not None:
+                self._outcome = self._copy.next_outcome()
+                self._stop()
+            self._outcome = self._outcome or _outcome(self._work)
         return _given(self._outcome)
 
     def __enter__(self) -> Beside[T]:
