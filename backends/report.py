@@ -45,13 +45,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import chain
-from operator import itemgetter, sub
+from itertools import chain, repeat
+from operator import attrgetter, itemgetter, sub
 from typing import Any, Mapping
 
 import numpy as np
 
 from ..ir import machine_ops as mo
+from ..ir.attributes import AttrDict
 from ..ir.beside import alternately
 from ..ir.core import Op
 from ..ir.costs import units
@@ -200,6 +201,8 @@ class _Instrs(Sequence):
 # the ops whose result is no SRAM words: an installed plane, a transfer in flight
 _MAKERS = frozenset(name for name, opdef in OPS.items() if opdef.result_place in (PLANE, LINK))
 _OWNER = itemgetter(3)  # a segment's base: the value owning its words (ir.schedule_facts.Segment)
+# (fields read of a million instructions, by loops in C)
+_NAME, _ATTRS, _UNIT_CLASS, _CHIP, _INDEX = (attrgetter(f) for f in ("name", "op.attrs", "unit_class", "chip", "index"))
 
 
 def analyze(program: Program) -> Analysis:
@@ -221,10 +224,10 @@ def analyze(program: Program) -> Analysis:
         found[name] = made
         return made
 
-    get = found.get
     lat = timing[:, 2].tolist()
     longest: list[int] = []  # per instruction: the latency of the longest chain of reads after writes ending with it
-    producers, unit, cls = [], [], []
+    get = found.get
+    producers = []
     for i, fact in enumerate(scheduled):
         op = fact.op
         prods = [p if (p := get(v.name)) is not None else producers_of(v.name) for v in op.operands]
@@ -235,8 +238,6 @@ def analyze(program: Program) -> Analysis:
                 if longest[p] > most:
                     most = longest[p]
         longest.append(lat[i] + most)
-        unit.append(op.attrs.as_dict().get("unit") or f"{fact.unit_class}?")
-        cls.append(fact.unit_class)
         if op.name in _MAKERS:  # a plane or a transfer
             found[op.results[0].name] = [i]
         elif fact.writes:  # SRAM results (one with no words has no producer)
@@ -245,11 +246,15 @@ def analyze(program: Program) -> Analysis:
                 found[r.name] = mine if written else none
                 made_at[b] = i
     n = len(scheduled)
-    chip = np.fromiter((fact.chip for fact in scheduled), np.int64, n)
+    cls = list(map(_UNIT_CLASS, scheduled))
+    unit = list(map(dict.get, map(AttrDict.as_dict, map(_ATTRS, scheduled)), repeat("unit")))
+    if None in unit:  # (an instruction without a unit: its class and "?")
+        unit = [u or f"{c}?" for u, c in zip(unit, cls)]
+    chip = np.fromiter(map(_CHIP, scheduled), np.int64, n)
     chips = sorted(set(np.unique(chip).tolist()) | {b.chip for b in bases} | set(range(program.target.chips)))
     start = timing[:, 0].copy()
     critical = critical_path(scheduled, start.tolist(), lat, producers, longest)
-    return Analysis(program, facts, chips, facts.length, np.fromiter((fact.index for fact in scheduled), np.int64, n),
+    return Analysis(program, facts, chips, facts.length, np.fromiter(map(_INDEX, scheduled), np.int64, n),
                     chip, start, timing[:, 1].copy(), timing[:, 2].copy(), unit, cls, producers, critical)
 
 

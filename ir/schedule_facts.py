@@ -29,12 +29,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
-from itertools import chain
-from operator import itemgetter
+from itertools import chain, compress, repeat
+from operator import attrgetter, is_not, itemgetter
 
 import numpy as np
 
 from . import machine_ops as mo
+from .attributes import AttrDict
 from .core import Module, Op
 from .costs import Cost, UnitCycles, cost, link_windows
 from .errors import LpucError
@@ -149,6 +150,13 @@ class Instruction:
         return out
 
 
+# (fields read of millions of instructions and bases, by loops in C)
+_ATTRS, _READS, _INDEX, _OCCUPANCY, _LATENCY = (attrgetter(f) for f in ("op.attrs", "reads", "index", "cost.occupancy",
+                                                                       "cost.latency"))
+_PRODUCER, _ALIAS, _EXTENTS, _CHIP = (attrgetter(f) for f in ("producer", "alias", "extents", "chip"))
+_BASE = itemgetter(3)  # a segment's base
+
+
 @dataclass(frozen=True, eq=False)
 class Facts:
     module: Module
@@ -167,16 +175,24 @@ class Facts:
         return {ins.index: ins for ins in self.instructions}
 
     @cached_property
+    def _cycles(self) -> list[int | None]:
+        """Per instruction, its cycle (None: not scheduled)."""
+        return list(map(dict.get, map(AttrDict.as_dict, map(_ATTRS, self.instructions)), repeat("cycle")))
+
+    @cached_property
     def scheduled(self) -> tuple[Instruction, ...]:
         """The instructions with a cycle."""
-        return tuple(ins for ins in self.instructions if ins.cycle is not None)
+        return tuple(compress(self.instructions, map(is_not, self._cycles, repeat(None))))
 
     @cached_property
     def timing(self) -> np.ndarray:
         """Per scheduled instruction, in order: [cycle, occupancy, latency]."""
-        return np.fromiter(chain.from_iterable((ins.op.attrs["cycle"], ins.cost.occupancy, ins.cost.latency)
-                                               for ins in self.scheduled), np.int64,
-                           3 * len(self.scheduled)).reshape(-1, 3)
+        n = len(self.scheduled)
+        timing = np.empty((n, 3), np.int64)
+        timing[:, 0] = np.fromiter([c for c in self._cycles if c is not None], np.int64, n)
+        timing[:, 1] = np.fromiter(map(_OCCUPANCY, self.scheduled), np.int64, n)
+        timing[:, 2] = np.fromiter(map(_LATENCY, self.scheduled), np.int64, n)
+        return timing
 
     @cached_property
     def length(self) -> int:
@@ -194,15 +210,16 @@ class Facts:
         """live(), as arrays: the bases' numbers, starts and ends."""
         scheduled, timing, bases = self.scheduled, self.timing, self.bases
         # a value's words are free when its last read ends
-        read = np.fromiter((seg[3] for ins in scheduled for segs in ins.reads for seg in segs), np.int64)
-        per_instruction = np.fromiter((sum(map(len, ins.reads)) for ins in scheduled), np.int64, len(scheduled))
+        reads = list(map(_READS, scheduled))
+        read = np.fromiter(map(_BASE, chain.from_iterable(chain.from_iterable(reads))), np.int64)
+        per_instruction = np.fromiter(map(sum, map(map, repeat(len), reads)), np.int64, len(scheduled))
         freed = np.zeros(len(bases), np.int64)
         np.maximum.at(freed, read, np.repeat(timing[:, 0] + timing[:, 1], per_instruction))
         # a result's words are taken when it lands (its producer scheduled), a constant's throughout
         land = np.full(len(self.module.ops), -1, np.int64)
-        land[np.fromiter((ins.index for ins in scheduled), np.int64, len(scheduled))] = timing[:, 0] + timing[:, 2]
-        producer = np.fromiter((base.producer for base in bases), np.int64, len(bases))
-        alias = np.fromiter((base.alias for base in bases), bool, len(bases))
+        land[np.fromiter(map(_INDEX, scheduled), np.int64, len(scheduled))] = timing[:, 0] + timing[:, 2]
+        producer = np.fromiter(map(_PRODUCER, bases), np.int64, len(bases))
+        alias = np.fromiter(map(_ALIAS, bases), bool, len(bases))
         constant = producer < 0
         start = np.where(constant, 0, land[producer])  # (a constant's producer -1 reads some land: not taken)
         held = np.flatnonzero(~alias & (constant | (start >= 0)))
@@ -216,14 +233,14 @@ class Facts:
         by chip, the whole chip before its slices. Without `slices`, only the whole chips'."""
         numbers, start, end = self._lifetimes()
         held = [self.bases[b] for b in numbers.tolist()]
-        per_base = np.fromiter(map(len, (base.extents for base in held)), np.int64, len(held))
+        per_base = np.fromiter(map(len, map(_EXTENTS, held)), np.int64, len(held))
         some = per_base > 0  # (the values holding words)
         if not some.any():
             return {}
         held, start, end, per_base = [base for base in held if base.extents], start[some], end[some], per_base[some]
         n = len(held)
-        chip = np.fromiter((base.chip for base in held), np.int64, n)
-        extents = np.fromiter(chain.from_iterable(chain.from_iterable(base.extents for base in held)),
+        chip = np.fromiter(map(_CHIP, held), np.int64, n)
+        extents = np.fromiter(chain.from_iterable(chain.from_iterable(map(_EXTENTS, held))),
                               np.int64, 3 * int(per_base.sum())).reshape(-1, 3)  # (slice, first word, words)
         # each value changes its chip's key (slot 0) by its words, and with `slices` each of its slices' (s + 1)
         # by the words it holds there
