@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import chain, repeat
+from itertools import chain, compress, repeat
 from operator import attrgetter, itemgetter, sub
 from typing import Any, Mapping
 
@@ -155,7 +155,8 @@ class Analysis:
     @cached_property
     def _view_ops(self) -> dict[str, Op]:
         """Each view's op, by its result (asked only for details)."""
-        return {op.results[0].name: op for op in self.program.module.ops if OPS[op.name].view}
+        ops = self.program.module.ops
+        return {op.results[0].name: op for op in compress(ops, map(_VIEWS.__contains__, map(_NAME, ops)))}
 
     def value(self, name: str) -> _Value:
         """Where a value lives and, for a view, the values owning its words (asked only for the instructions
@@ -202,7 +203,9 @@ class _Instrs(Sequence):
 _MAKERS = frozenset(name for name, opdef in OPS.items() if opdef.result_place in (PLANE, LINK))
 _OWNER = itemgetter(3)  # a segment's base: the value owning its words (ir.schedule_facts.Segment)
 # (fields read of a million instructions, by loops in C)
-_NAME, _ATTRS, _UNIT_CLASS, _CHIP, _INDEX = (attrgetter(f) for f in ("name", "op.attrs", "unit_class", "chip", "index"))
+_ATTRS, _UNIT_CLASS, _CHIP, _INDEX, _OP_NAME, _NAME = (attrgetter(f) for f in ("op.attrs", "unit_class", "chip",
+                                                                                "index", "op.name", "name"))
+_VIEWS = frozenset(name for name, opdef in OPS.items() if opdef.view)
 
 
 def analyze(program: Program) -> Analysis:
@@ -369,9 +372,10 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
 
     # timeline rows: chip x unit instance that does work (idle ones folded away, counted by class in
     # `folded`), in the machine's order, then any unit the machine lacks
-    code: dict[str, int] = {}  # a unit -> its number: (chip, unit) is chip * len(code) + the unit's number
+    code = {u: j for j, u in enumerate(dict.fromkeys(a.unit))}  # a unit -> its number: (chip, unit) is
+                                                                 # chip * len(code) + the unit's number
     n = len(a.unit)
-    unit_of = np.fromiter((code.setdefault(u, len(code)) for u in a.unit), np.int64, n)
+    unit_of = np.fromiter(map(code.__getitem__, a.unit), np.int64, n)
     on_key = a.chip * len(code) + unit_of
     on_unit = _grouped(on_key)  # each (chip, unit)'s instructions
     units_on: dict[int, set[str]] = {}
@@ -398,7 +402,8 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
                          "util": busy / a.cycles if a.cycles else 0.0})
 
     crit_of = {st.instr: j for j, st in enumerate(a.critical)}
-    op_names = [fact.op.name for fact in a.facts.scheduled]
+    scheduled = a.facts.scheduled
+    op_names = list(map(_OP_NAME, scheduled))
     ops = sorted(set(op_names))
     op_index = {n: j for j, n in enumerate(ops)}
     class_index = {c: j for j, c in enumerate(classes)}
@@ -422,10 +427,12 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
             found = attr_text[id(value)] = (value, format_attr(value))
         return found[1]
 
-    def detail(ins: Instr) -> dict[str, Any]:
-        """What the page shows of an instruction beyond its timing."""
+    def detail(i: int) -> dict[str, Any]:
+        """What the page shows of instruction i beyond its timing."""
+        fact = scheduled[i]
+        op = fact.op
         operands = []
-        for v, prods in zip(ins.op.operands, ins.producers):
+        for v, prods in zip(op.operands, a.producers[i]):
             val = a.value(v.name)
             o = {"name": v.name, "type": text_of(v.type)}  # defaults left out: kind "sram", no producers, no views
             if val.kind != "sram":
@@ -435,14 +442,14 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
             if val.views:
                 o["views"], o["sources"] = list(val.views), list(val.sources)
             operands.append(o)
-        d = {"k": ins.k, "results": [[r.name, text_of(r.type)] for r in ins.op.results], "operands": operands,
-             "out": [_extents(e) for e in ins.writes], "reads": [_extents(e) for e in ins.reads],
-             "streams": list(ins.op.attrs.get("streams") or ())}
-        attrs = {k: formatted(v) for k, v in ins.op.attrs.items() if k not in SCHEDULE_KEYS}
+        d = {"k": fact.index, "results": [[r.name, text_of(r.type)] for r in op.results], "operands": operands,
+             "out": [_extents(e) for e in fact.writes], "reads": [_extents(e) for e in fact.reads],
+             "streams": list(op.attrs.get("streams") or ())}
+        attrs = {k: formatted(v) for k, v in op.attrs.items() if k not in SCHEDULE_KEYS}
         if attrs:
             d["attrs"] = attrs
-        if ins.i in crit_of:
-            d["crit"] = crit_of[ins.i]
+        if i in crit_of:
+            d["crit"] = crit_of[i]
         return d
 
     sram = []
@@ -497,7 +504,7 @@ def report_data(program: Program, run_result: Result | None = None, progress=Non
         "folded": dict(sorted(folded.items())),
         "ops": ops,
         "instrs": instrs if packed else instrs.tolist(),
-        "details": None if packed else [detail(ins) for ins in a.instrs],
+        "details": None if packed else [detail(i) for i in range(n)],
         "critical": {"chain": [st.instr for st in a.critical],
                      "steps": [[st.instr, st.producer, st.operand, st.ready, st.wait] for st in a.critical],
                      "why": [_why(a, st, on_unit[on_key[st.instr]]) for st in a.critical],
@@ -547,10 +554,12 @@ def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detail, detail_chips: 
         return _packed(_chunk(on_chip[chip], instrs, None, *steps[chip]))
 
     def details(chip: int) -> str:
-        return _packed(_chunk(on_chip[chip], instrs, [detail(a.instrs[i]) for i in on_chip[chip].tolist()],
+        return _packed(_chunk(on_chip[chip], instrs, list(map(detail, on_chip[chip].tolist())),
                               *steps[chip]))
 
-    # (chips packed two at a time, ir.beside: a page of hundreds of chips takes seconds to pack)
+    # (chips packed two at a time, ir.beside: a page of hundreds of chips takes seconds to pack; what details
+    # need of the whole program found first, once for both)
+    a._view_ops
     say(f"report: packing the timing of {len(a.chips)} chips")
     chunks = dict(zip(a.chips, alternately(timing, a.chips)))
     if detail_chips is not None:
