@@ -538,7 +538,7 @@ def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detail, detail_chips: 
     `detail_chips`, else of as many chips as keep the page within PAGE_BYTES, those the critical path spends
     the most cycles on first (at least one): `detailed`. `instrs` keeps, by index, the instructions the
     critical path's table needs on every chip, with their `labels`. `detail`: an instruction's details (made
-    only for the chips that keep them)."""
+    only for the chips that keep them). All the rest, the page's core, is packed once too: `core` (_page_json)."""
     named = sorted({i for st, why in zip(data["critical"]["steps"], data["critical"]["why"])
                     for i in (st[0], st[1], why[2] if why else None) if i is not None})
     data["labels"] = {str(i): _label(a.instrs[i]) for i in named}
@@ -549,6 +549,7 @@ def _pack_by_chip(data: dict[str, Any], a: Analysis, say, detail, detail_chips: 
     on_chip = {chip: on_chip.get(chip, nothing) for chip in a.chips}
     sram = {entry["chip"]: entry for entry in data["sram"]["chips"]}
     steps = {chip: (sram.get(chip, {}).pop("slices", []), sram.get(chip, {}).pop("total", [])) for chip in a.chips}
+    data["core"] = _packed({k: v for k, v in data.items() if k not in _BY_CHIP})  # (the same whichever are detailed)
 
     def timing(chip: int) -> str:
         return _packed(_chunk(on_chip[chip], instrs, None, *steps[chip]))
@@ -850,15 +851,15 @@ def render_html(program: Program, run_result: Result | None = None, progress=Non
 
 
 def _page_json(data: dict[str, Any]) -> str:
-    """The page's data as its script reads it: as it is, or, when packed by chip, all but the chunks and the
-    chips they detail gzip-compressed too (`core`: the same whichever chips are detailed, _pack_by_chip)."""
+    """The page's data as its script reads it: as it is, or, when packed by chip (_pack_by_chip), its packed
+    `core` (all but the chunks and the chips they detail), the chunks and those chips."""
     if not data.get("chunks"):
         return _json_for_script(data)
-    core = {k: v for k, v in data.items() if k not in _BY_CHIP}
-    return _json_for_script({"core": _packed(core), **{k: data[k] for k in _BY_CHIP}})
+    return _json_for_script({k: data[k] for k in _BY_CHIP})
 
 
-_BY_CHIP = ("chunks", "detailed")  # what a page packed by chip keeps beside its core
+_BY_CHIP = ("core", "chunks", "detailed")  # what a page packed by chip holds: its core packed, the chunks, the chips
+                                          # they detail (the rest of the data: that core)
 
 
 def _packed(part: Any) -> str:

@@ -508,3 +508,21 @@ def test_cli_numeric_run_on_two_chips(capsys, lpus, tmp_path):
     report = json.loads(out)
     assert report["timing_only"] is False and set(report["outputs"]) == {"b", "z"}
     assert report["cycles"] == stats.cycles and report["sram_peak_bytes"] == stats.sram_peak_bytes
+
+
+def test_link_wait_counts_the_cycles_a_transfer_flies_with_every_other_unit_idle():
+    """interpreter._link_wait against its definition, cycle by cycle, on random timings: transfers and units
+    starting and ending together, the links' own units (tx, rx) not counted."""
+    import random
+    from lpuc.backends.interpreter import LINK_CLASSES, Timed, Transfer, _link_wait
+    rng = random.Random(3)
+    for _ in range(50):
+        cls = [rng.choice(["vxm", "mxm", "tx", "rx", "mem"]) for _ in range(rng.randrange(0, 12))]
+        cycle = [rng.randrange(0, 40) for _ in cls]
+        occ = [rng.randrange(1, 6) for _ in cls]
+        flights = [(a, a + rng.randrange(-2, 15)) for a in (rng.randrange(0, 40) for _ in range(rng.randrange(0, 5)))]
+        transfers = [Transfer(a, b, 0, ()) for a, b in flights]
+        timed = Timed([None] * len(cls), [0] * len(cls), [None] * len(cls), cls, cycle, occ)
+        flying = {c for a, b in flights for c in range(a, max(a, b))}
+        busy = {c for k, s, o in zip(cls, cycle, occ) if k not in LINK_CLASSES for c in range(s, s + o)}
+        assert _link_wait(timed, transfers) == len(flying - busy)
