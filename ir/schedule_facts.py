@@ -232,12 +232,12 @@ class Facts:
         words live from that cycle on, cycle, words, ...] (int64), at every cycle where the words live change;
         by chip, the whole chip before its slices. Without `slices`, only the whole chips'."""
         numbers, start, end = self._lifetimes()
-        held = [self.bases[b] for b in numbers.tolist()]
+        held = list(map(self.bases.__getitem__, numbers.tolist()))
         per_base = np.fromiter(map(len, map(_EXTENTS, held)), np.int64, len(held))
         some = per_base > 0  # (the values holding words)
         if not some.any():
             return {}
-        held, start, end, per_base = [base for base in held if base.extents], start[some], end[some], per_base[some]
+        held, start, end, per_base = list(compress(held, some.tolist())), start[some], end[some], per_base[some]
         n = len(held)
         chip = np.fromiter(map(_CHIP, held), np.int64, n)
         extents = np.fromiter(chain.from_iterable(chain.from_iterable(map(_EXTENTS, held))),
