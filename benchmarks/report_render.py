@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from lpuc.backends.lpu import build_program, read_lpu  # noqa: E402
 from lpuc.backends.report import render_html  # noqa: E402
+from lpuc.compiler.cli import no_huge_pages  # noqa: E402
 from lpuc.compiler.driver import compile_model, load_model, lpu_options  # noqa: E402
 from lpuc.compiler.lower import lower  # noqa: E402
 from lpuc.compiler.pipeline import CompileOptions  # noqa: E402
@@ -117,6 +118,7 @@ def main(argv=None) -> int:
     ap.add_argument("models", nargs="*", type=Path)
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args(argv)
+    no_huge_pages()  # (as the `lpuc` command runs)
     chromium = shutil.which("chromium")
     models = args.models or [largest_sample()]
     print(f"{'model':<24} {'instrs':>6} {'cycles':>8} {'MB':>6} {'python s':>8} {'viz s':>7} {'render s':>8} "

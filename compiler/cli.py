@@ -1124,6 +1124,16 @@ def _outlive(*built) -> None:
         _outliving.extend(built)
 
 
+def no_huge_pages() -> None:
+    """Have numpy stop asking the kernel for huge pages for its large arrays, unless NUMPY_MADVISE_HUGEPAGE (numpy's
+    own switch, read when numpy is imported, which `import lpuc` does first) says otherwise. Where the kernel
+    compacts memory to find them when asked (transparent_hugepage/defrag "madvise", as on many virtual machines),
+    a large program's first large arrays stall for seconds: `lpuc viz --html` of Llama-2-70B's decode step took
+    33.4 s asking (11.3 s of it in the kernel), 27.1 s not (3.2 s)."""
+    if "NUMPY_MADVISE_HUGEPAGE" not in os.environ:
+        np._core.multiarray._set_madvise_hugepage(False)  # (what numpy does with the variable)
+
+
 def run_and_exit() -> None:
     """The `lpuc` command: `main()`, then exit without tearing down what it built. A large model's compile
     holds millions of objects; freeing them one by one at exit costs as long as writing the .lpu (the
@@ -1133,6 +1143,7 @@ def run_and_exit() -> None:
     global _outliving
     _outliving = []
     gc.disable()  # (never enabled again: its first collection, here at the end, would walk everything made)
+    no_huge_pages()
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -3,6 +3,7 @@ traceback, nothing written at the -o path. And the help texts."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -302,6 +303,21 @@ def test_reading_a_program_imports_no_onnx_or_solver(tmp_path):
                            timeout=300)
         assert r.returncode == 0, r.stderr
         assert r.stdout.splitlines()[-1] == "[]", args
+
+
+@pytest.mark.parametrize("variable, asks", [(None, False), ("1", True), ("0", False)])
+def test_the_lpuc_command_asks_numpy_for_huge_pages_only_when_told(variable, asks):
+    """Huge pages asked for as numpy allocates stall a large program's arrays where the kernel compacts memory to find
+    them (cli.no_huge_pages); NUMPY_MADVISE_HUGEPAGE, numpy's own switch, still decides when set."""
+    probe = ("import numpy, lpuc.compiler.cli as cli\n"
+             "cli.main = lambda: print(numpy._core.multiarray._set_madvise_hugepage(True)) or 0\n"
+             "cli.run_and_exit()")
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    if variable is not None:
+        env["NUMPY_MADVISE_HUGEPAGE"] = variable
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(asks)]
 
 
 # --- help -------------------------------------------------------------------------
