@@ -44,7 +44,8 @@ class Template:
         # per op, its operands' numbers and its results' (number, type): what a stamp renames
         self._renamed = tuple((row.operands, tuple(zip(row.results, (r.type for r in op.results))))
                               for row, op in zip(self.rows, self.ops))
-        # per op, what a stamp changes: its cycle and chip, whether it has a unit, stream registers and words
+        # per op, its attributes (a stamp's op's are a copy, with what the stamp changes set) and what a stamp
+        # changes: its cycle and chip, whether it has a unit, stream registers and words
         self._attrs = tuple(op.attrs.as_dict() for op in self.ops)
         self._stamped = tuple((op.attrs.get("cycle"), op.attrs.get("chip"), "unit" in op.attrs, "streams" in op.attrs,
                                "out" in op.attrs) for op in self.ops)
