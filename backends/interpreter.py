@@ -73,6 +73,7 @@ from ..ir.layout import (extent_starts, from_words, row_extents, sub_extents, to
                          words)
 from ..ir.machine import Machine
 from ..ir.registry import HOST, LINK, OPS, PLANE, SRAM, TypeRuleError
+from ..ir.sorting import by_key
 from ..ir.target import Target
 from ..ir.topology import Network, link_name
 
@@ -1675,14 +1676,10 @@ def _link_wait(timed: Timed, transfers: Sequence[Transfer]) -> int:
     busy = ~np.fromiter(map(LINK_CLASSES.__contains__, timed.cls), np.bool_, len(timed.cls))  # the other units
     issue = np.asarray(timed.cycle, np.int64)[busy]
     units = np.stack([issue, issue + np.asarray(timed.occ, np.int64)[busy]], axis=1).reshape(-1)  # start, end, ...
-    # the points in order of (cycle, kind: 0 a transfer's, 1 a unit's, +1 at a start / -1 at an end), packed into
-    # the low bits of one number each: one sort of numbers (several times np.lexsort's speed on millions), and how
-    # many of each kind are active after each
-    at = np.concatenate([np.array(transfers, np.int64), units]) << 2
-    at[len(transfers):] |= 2
-    at[0::2] |= 1  # (a start: +1, sorted after the ends at its cycle)
-    at.sort()
-    t, unit, d = at >> 2, (at & 2).astype(bool), (at & 1) * 2 - 1
-    transfers, units = np.cumsum(np.where(unit, 0, d)), np.cumsum(np.where(unit, d, 0))
+    # the points in order of cycle, each +1 at a transfer's start, -1 at its end, +2 and -2 at a unit's (the order
+    # among a cycle's points changes no count between cycles), and how many of each kind are active after each
+    t, d = by_key(np.concatenate([np.array(transfers, np.int64), units]),
+                  np.concatenate([np.tile([1, -1], len(transfers) // 2), np.tile([2, -2], len(units) // 2)]))
+    transfers, units = np.cumsum(np.where(abs(d) == 1, d, 0)), np.cumsum(np.where(abs(d) == 2, d // 2, 0))
     waiting = (transfers[:-1] > 0) & (units[:-1] == 0)  # from each point to the next
     return int((t[1:] - t[:-1])[waiting].sum())

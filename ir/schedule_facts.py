@@ -44,6 +44,7 @@ from .machine import Machine
 from .registry import HOST, LINK, OPS, SRAM
 from .pieces import stamped_from, template_ops
 from .rewrite import rewritten_from
+from .sorting import by_key
 from .target import Target
 
 VIEW = "view"  # the place of a view's result: it names words of SRAM values
@@ -253,8 +254,8 @@ class Facts:
         # +words from the start, -words from the end, summed per key and cycle; a key's changes sum to 0, so
         # the running sum over all keys in order is each key's level
         cycles = int(end.max()) + 1
-        at, d = _by_place(np.concatenate((keys * cycles + start, keys * cycles + end)),  # (by key and cycle)
-                          np.concatenate((words, -words)))
+        at, d = by_key(np.concatenate((keys * cycles + start, keys * cycles + end)),  # (by key and cycle)
+                       np.concatenate((words, -words)))
         group = np.flatnonzero(np.concatenate(([True], at[1:] != at[:-1])))
         k, t = np.divmod(at[group], cycles)
         d = np.add.reduceat(d, group)
@@ -270,20 +271,6 @@ class Facts:
         """chip -> the most words live at once."""
         peaks = {chip: int(steps[1::2].max()) for (chip, _), steps in self.sram_live(slices=False).items()}
         return dict(sorted(peaks.items()))
-
-
-def _by_place(at: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`at` (>= 0) and `d` ordered by `at` (equal ones in any order). Where both fit in 63 bits, one sort of
-    their values packed together (`d` with an offset in the low bits): several times faster than sorting the
-    positions (np.argsort) of the 70B's 8 million changes."""
-    if not len(at):
-        return at, d
-    bits = int(np.abs(d).max()).bit_length() + 1  # (`d` + 2 ** (bits - 1): from 0 to 2 ** bits - 1)
-    if int(at.max()) >> (63 - bits):
-        order = np.argsort(at)
-        return at[order], d[order]
-    packed = np.sort((at << bits) | (d + (1 << (bits - 1))))
-    return packed >> bits, (packed & ((1 << bits) - 1)) - (1 << (bits - 1))
 
 
 def describe(module: Module, target: Target) -> Facts:

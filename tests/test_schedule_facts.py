@@ -152,17 +152,3 @@ def test_the_sram_lifetimes_and_live_curve_follow_their_definition(name, chips):
     assert {key: curve.tolist() for key, curve in facts.sram_live().items()} == curves
     assert {key: curve.tolist() for key, curve in facts.sram_live(slices=False).items()} == \
         {key: curve for key, curve in curves.items() if key[1] is None}
-
-
-@pytest.mark.parametrize("largest", [10**6, 2**62])  # packed in one sort; too large for that: by positions
-def test_changes_are_ordered_by_place_with_their_words(largest):
-    import numpy as np
-    rng = np.random.default_rng(7)
-    at = rng.integers(0, largest, 5000)
-    at[::3] = at[1::3][:len(at[::3])]  # (equal places, their changes in any order)
-    d = rng.integers(-4096, 4097, len(at))
-    by_at, with_d = schedule_facts._by_place(at, d)
-    assert (np.diff(by_at) >= 0).all()
-    assert sorted(zip(by_at.tolist(), with_d.tolist())) == sorted(zip(at.tolist(), d.tolist()))
-    empty = np.zeros(0, np.int64)
-    assert [len(x) for x in schedule_facts._by_place(empty, empty)] == [0, 0]
