@@ -45,21 +45,20 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import chain, compress, repeat
+from itertools import chain, compress
 from operator import attrgetter, itemgetter, sub
 from typing import Any, Mapping
 
 import numpy as np
 
 from ..ir import machine_ops as mo
-from ..ir.attributes import AttrDict
 from ..ir.beside import alternately
 from ..ir.core import Op
 from ..ir.costs import units
 from ..ir.printer import format_attr
 from ..ir.layout import words
 from ..ir.registry import HOST, LINK, OPS, PLANE, SRAM
-from ..ir.schedule_facts import VIEW, Facts
+from ..ir.schedule_facts import VIEW, Facts, attribute_of_each
 from ..ir.types import TensorType
 
 from .interpreter import LINK_CLASSES, Result, Stats, Timed, Transfer, summarize
@@ -203,8 +202,8 @@ class _Instrs(Sequence):
 _MAKERS = frozenset(name for name, opdef in OPS.items() if opdef.result_place in (PLANE, LINK))
 _OWNER = itemgetter(3)  # a segment's base: the value owning its words (ir.schedule_facts.Segment)
 # (fields read of a million instructions, by loops in C)
-_ATTRS, _UNIT_CLASS, _CHIP, _INDEX, _OP_NAME, _NAME = (attrgetter(f) for f in ("op.attrs", "unit_class", "chip",
-                                                                                "index", "op.name", "name"))
+_UNIT_CLASS, _CHIP, _INDEX, _OP_NAME, _NAME = (attrgetter(f) for f in ("unit_class", "chip", "index", "op.name",
+                                                                       "name"))
 _VIEWS = frozenset(name for name, opdef in OPS.items() if opdef.view)
 
 
@@ -250,7 +249,7 @@ def analyze(program: Program) -> Analysis:
                 made_at[b] = i
     n = len(scheduled)
     cls = list(map(_UNIT_CLASS, scheduled))
-    unit = list(map(dict.get, map(AttrDict.as_dict, map(_ATTRS, scheduled)), repeat("unit")))
+    unit = attribute_of_each(scheduled, "unit")
     if None in unit:  # (an instruction without a unit: its class and "?")
         unit = [u or f"{c}?" for u, c in zip(unit, cls)]
     chip = np.fromiter(map(_CHIP, scheduled), np.int64, n)
